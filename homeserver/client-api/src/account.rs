@@ -1,0 +1,327 @@
+//! Accounts: registration, login, logout, whoami, password change, deactivation.
+
+use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier, password_hash::SaltString};
+use axum::Router;
+use homeserver_core::{
+    Error, ErrorKind,
+    ids::{hash_token, random_string},
+    time::now_millis,
+};
+use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma, Session};
+use homeserver_storage::{StorageError, accounts::NewLogin};
+use ruma::{
+    OwnedUserId, UserId,
+    api::client::{
+        account::{
+            change_password, check_registration_token_validity, deactivate, get_username_availability,
+            register, whoami,
+        },
+        session::{get_login_types, login, logout, logout_all},
+    },
+};
+use serde_json::{Value, json};
+
+use crate::{
+    App,
+    ratelimit::Action,
+    storage,
+    uia::{self, DUMMY, PASSWORD, REGISTRATION_TOKEN},
+};
+
+/// Passwords longer than this are refused (hashing cost is linear in length).
+const MAX_PASSWORD_BYTES: usize = 512;
+
+pub fn routes(router: Router<App>) -> Router<App> {
+    router
+        .ruma_route(register)
+        .ruma_route(username_available)
+        .ruma_route(registration_token_validity)
+        .ruma_route(login_types)
+        .ruma_route(login)
+        .ruma_route(logout)
+        .ruma_route(logout_all)
+        .ruma_route(whoami)
+        .ruma_route(change_password)
+        .ruma_route(deactivate)
+}
+
+/// Hashes a password with argon2id on the blocking pool (it takes tens of milliseconds).
+pub async fn hash_password(password: String) -> Result<String, Error> {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
+            .map_err(|e| Error::internal(format!("salt: {e}")))?;
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| Error::internal(format!("password hashing failed: {e}")))
+    })
+    .await
+    .map_err(|e| Error::internal(e.to_string()))?
+}
+
+/// Checks a password against a stored argon2 hash (on the blocking pool).
+pub async fn verify_password(password: String, hash: String) -> Result<bool, Error> {
+    tokio::task::spawn_blocking(move || {
+        let Ok(parsed) = PasswordHash::new(&hash) else { return false };
+        Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok()
+    })
+    .await
+    .map_err(|e| Error::internal(e.to_string()))
+}
+
+/// Validates a requested localpart (lower-cased first, as Synapse does).
+pub fn validate_localpart(app: &App, localpart: &str) -> Result<OwnedUserId, Error> {
+    let invalid = |msg: &str| Error::new(ErrorKind::InvalidUsername, msg);
+    if localpart.is_empty() {
+        return Err(invalid("User ID cannot be empty"));
+    }
+    if localpart.starts_with('_') {
+        return Err(invalid("User ID may not begin with _"));
+    }
+    if !localpart.chars().all(|c| matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '=' | '-' | '/' | '+')) {
+        return Err(invalid("User ID can only contain characters a-z, 0-9, or '=_-./+'"));
+    }
+    let full = format!("@{localpart}:{}", app.server_name());
+    if full.len() > 255 {
+        return Err(invalid("User ID is too long"));
+    }
+    UserId::parse(full).map_err(|_| invalid("Invalid user ID"))
+}
+
+fn new_device_id() -> String {
+    random_string(10).to_uppercase()
+}
+
+fn client_key(ip: Option<std::net::IpAddr>) -> String {
+    ip.map(|ip| ip.to_string()).unwrap_or_default()
+}
+
+/// Creates a device and access token for a user; returns `(device_id, access_token)`.
+pub async fn issue_login(
+    app: &App,
+    user_id: &UserId,
+    device_id: Option<String>,
+    display_name: Option<&str>,
+) -> Result<(String, String), Error> {
+    let device_id = device_id.unwrap_or_else(new_device_id);
+    let token = format!("lat_{}", random_string(40));
+    app.db
+        .create_login(NewLogin {
+            user_id: user_id.as_str(),
+            device_id: &device_id,
+            display_name,
+            token_hash: &hash_token(&token),
+            now: now_millis() as i64,
+        })
+        .await
+        .map_err(storage)?;
+    Ok((device_id, token))
+}
+
+/// `POST /_matrix/client/v3/register`
+async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<JsonBody, ApiError> {
+    let body = &req.body;
+    if body.kind == register::RegistrationKind::Guest {
+        return Err(Error::new(ErrorKind::GuestAccessForbidden, "Guest access is disabled").into());
+    }
+    if !app.config.registration_enabled {
+        return Err(Error::forbidden("Registration has been disabled").into());
+    }
+    app.limiter.check(app.config.rate_limit_register, Action::Register, &client_key(req.client_ip))?;
+    let localpart = match &body.username {
+        Some(name) => name.to_lowercase(),
+        None => random_string(12).to_lowercase(),
+    };
+    let user_id = validate_localpart(&app, &localpart)?;
+    if app.db.user(user_id.as_str()).await.map_err(storage)?.is_some() {
+        return Err(Error::new(ErrorKind::UserInUse, "User ID already taken").into());
+    }
+    let password = body.password.clone().ok_or_else(|| Error::missing_param("Missing password"))?;
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(Error::new(ErrorKind::WeakPassword, "Password is too long").into());
+    }
+    let flows: &[&[&str]] =
+        if app.config.registration_tokens.is_empty() { &[&[DUMMY]] } else { &[&[REGISTRATION_TOKEN]] };
+    uia::authenticate(&app, &req.raw_body, flows, &req.fingerprint, None).await?;
+
+    let hash = hash_password(password).await?;
+    match app
+        .db
+        .create_user(user_id.as_str(), Some(&hash), false, Some(&localpart), now_millis() as i64)
+        .await
+    {
+        Ok(()) => {}
+        Err(StorageError::Conflict) => {
+            return Err(Error::new(ErrorKind::UserInUse, "User ID already taken").into());
+        }
+        Err(e) => return Err(storage(e).into()),
+    }
+    tracing::info!(user_id = %user_id, "registered new user");
+    if body.inhibit_login {
+        return Ok(JsonBody(json!({ "user_id": user_id })));
+    }
+    let (device_id, token) = issue_login(
+        &app,
+        &user_id,
+        body.device_id.as_ref().map(|d| d.to_string()),
+        body.initial_device_display_name.as_deref(),
+    )
+    .await?;
+    Ok(JsonBody(json!({
+        "user_id": user_id,
+        "access_token": token,
+        "device_id": device_id,
+        "home_server": app.server_name(),
+    })))
+}
+
+/// `GET /_matrix/client/v3/register/available`
+async fn username_available(
+    app: App,
+    req: Ruma<get_username_availability::v3::Request>,
+) -> Result<JsonBody, ApiError> {
+    let user_id = validate_localpart(&app, &req.body.username.to_lowercase())?;
+    if app.db.user(user_id.as_str()).await.map_err(storage)?.is_some() {
+        return Err(Error::new(ErrorKind::UserInUse, "User ID already taken").into());
+    }
+    Ok(JsonBody(json!({ "available": true })))
+}
+
+/// `GET /_matrix/client/v1/register/m.login.registration_token/validity`
+async fn registration_token_validity(
+    app: App,
+    req: Ruma<check_registration_token_validity::v1::Request>,
+) -> Result<JsonBody, ApiError> {
+    let valid = app.config.registration_tokens.contains(&req.body.token);
+    Ok(JsonBody(json!({ "valid": valid })))
+}
+
+/// `GET /_matrix/client/v3/login`
+async fn login_types(_app: App, _req: Ruma<get_login_types::v3::Request>) -> Result<JsonBody, ApiError> {
+    Ok(JsonBody(json!({ "flows": [{ "type": PASSWORD }] })))
+}
+
+/// The user a login request names, from `identifier` or the legacy `user` field.
+fn login_user(app: &App, body: &Value) -> Result<OwnedUserId, Error> {
+    let name = match body.get("identifier") {
+        Some(identifier) => {
+            if identifier.get("type").and_then(Value::as_str) != Some("m.id.user") {
+                return Err(Error::new(ErrorKind::Unknown, "Only m.id.user identifiers are supported"));
+            }
+            identifier.get("user").and_then(Value::as_str)
+        }
+        None => body.get("user").and_then(Value::as_str),
+    }
+    .ok_or_else(|| Error::missing_param("Missing user identifier"))?;
+    let full = if name.starts_with('@') {
+        name.to_owned()
+    } else {
+        format!("@{}:{}", name.to_lowercase(), app.server_name())
+    };
+    UserId::parse(full).map_err(|_| Error::forbidden("Invalid username or password"))
+}
+
+/// `POST /_matrix/client/v3/login`
+async fn login(app: App, req: Ruma<login::v3::Request>) -> Result<JsonBody, ApiError> {
+    app.limiter.check(app.config.rate_limit_login, Action::Login, &client_key(req.client_ip))?;
+    let body: Value = serde_json::from_slice(&req.raw_body).unwrap_or(Value::Null);
+    if body.get("type").and_then(Value::as_str) != Some(PASSWORD) {
+        return Err(Error::new(ErrorKind::Unknown, "Unknown login type").into());
+    }
+    let user_id = login_user(&app, &body)?;
+    let password = body
+        .get("password")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::missing_param("Missing password"))?
+        .to_owned();
+    let denied = || Error::forbidden("Invalid username or password");
+    let record = app.db.user(user_id.as_str()).await.map_err(storage)?.ok_or_else(denied)?;
+    if record.deactivated {
+        return Err(Error::new(ErrorKind::UserDeactivated, "This account has been deactivated").into());
+    }
+    let hash = record.password_hash.ok_or_else(denied)?;
+    if !verify_password(password, hash).await? {
+        return Err(denied().into());
+    }
+    let (device_id, token) = issue_login(
+        &app,
+        &user_id,
+        req.body.device_id.as_ref().map(|d| d.to_string()),
+        req.body.initial_device_display_name.as_deref(),
+    )
+    .await?;
+    Ok(JsonBody(json!({
+        "user_id": user_id,
+        "access_token": token,
+        "device_id": device_id,
+        "home_server": app.server_name(),
+    })))
+}
+
+/// `POST /_matrix/client/v3/logout`
+async fn logout(app: App, req: Ruma<logout::v3::Request>) -> Result<JsonBody, ApiError> {
+    let Session { user_id, device_id, .. } = &req.auth;
+    app.db.delete_device(user_id.as_str(), device_id.as_str()).await.map_err(storage)?;
+    Ok(JsonBody(json!({})))
+}
+
+/// `POST /_matrix/client/v3/logout/all`
+async fn logout_all(app: App, req: Ruma<logout_all::v3::Request>) -> Result<JsonBody, ApiError> {
+    app.db.delete_all_devices(req.auth.user_id.as_str(), None).await.map_err(storage)?;
+    Ok(JsonBody(json!({})))
+}
+
+/// `GET /_matrix/client/v3/account/whoami`
+async fn whoami(_app: App, req: Ruma<whoami::v3::Request>) -> Result<JsonBody, ApiError> {
+    Ok(JsonBody(json!({
+        "user_id": req.auth.user_id,
+        "device_id": req.auth.device_id,
+        "is_guest": false,
+    })))
+}
+
+/// Endpoints that ruma marks optionally authenticated (for 3PID flows Lattice does not offer)
+/// still need a logged-in user here.
+fn require_session(session: &Option<Session>) -> Result<&Session, Error> {
+    session.as_ref().ok_or_else(|| Error::new(ErrorKind::MissingToken, "Missing access token"))
+}
+
+/// `POST /_matrix/client/v3/account/password`
+async fn change_password(app: App, req: Ruma<change_password::v3::Request>) -> Result<JsonBody, ApiError> {
+    let session = require_session(&req.auth)?;
+    uia::authenticate(&app, &req.raw_body, &[&[PASSWORD]], &req.fingerprint, Some(&session.user_id)).await?;
+    if req.body.new_password.len() > MAX_PASSWORD_BYTES {
+        return Err(Error::new(ErrorKind::WeakPassword, "Password is too long").into());
+    }
+    let hash = hash_password(req.body.new_password.clone()).await?;
+    app.db.set_password_hash(session.user_id.as_str(), &hash).await.map_err(storage)?;
+    if req.body.logout_devices {
+        app.db
+            .delete_all_devices(session.user_id.as_str(), Some(session.device_id.as_str()))
+            .await
+            .map_err(storage)?;
+    }
+    Ok(JsonBody(json!({})))
+}
+
+/// `POST /_matrix/client/v3/account/deactivate`
+async fn deactivate(app: App, req: Ruma<deactivate::v3::Request>) -> Result<JsonBody, ApiError> {
+    let user_id = require_session(&req.auth)?.user_id.clone();
+    uia::authenticate(&app, &req.raw_body, &[&[PASSWORD]], &req.fingerprint, Some(&user_id)).await?;
+    deactivate_account(&app, &user_id).await?;
+    Ok(JsonBody(json!({ "id_server_unbind_result": "no-support" })))
+}
+
+/// Leaves every room and disables the account (shared with the admin CLI).
+pub async fn deactivate_account(app: &App, user_id: &UserId) -> Result<(), Error> {
+    for row in app.db.memberships_of_user(user_id.as_str()).await.map_err(storage)? {
+        if matches!(row.membership.as_str(), "join" | "invite" | "knock")
+            && let Ok(room_id) = ruma::RoomId::parse(&row.room_id)
+            && let Err(err) = app.rooms.leave(&room_id, user_id, None).await
+        {
+            tracing::warn!(%room_id, error = %err, "could not leave room while deactivating");
+        }
+    }
+    app.db.deactivate_user(user_id.as_str()).await.map_err(storage)?;
+    Ok(())
+}

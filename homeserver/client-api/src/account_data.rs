@@ -1,0 +1,102 @@
+//! Account data: per-user (and per-room) JSON blobs clients keep on the server (`m.direct`, tags,
+//! settings). Every write takes a stream position so `/sync` delivers it.
+
+use axum::Router;
+use homeserver_core::Error;
+use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma, Session};
+use ruma::{
+    UserId,
+    api::client::config::{
+        get_global_account_data, get_room_account_data, set_global_account_data, set_room_account_data,
+    },
+};
+use serde_json::Value;
+
+use crate::{App, storage};
+
+/// Account data types the server manages itself and clients may not set here.
+const SERVER_MANAGED: &[&str] = &["m.fully_read", "m.push_rules"];
+
+pub fn routes(router: Router<App>) -> Router<App> {
+    router.ruma_route(set_global).ruma_route(get_global).ruma_route(set_room).ruma_route(get_room)
+}
+
+fn only_self(session: &Session, user: &UserId) -> Result<(), Error> {
+    if session.user_id != user {
+        return Err(Error::forbidden("You cannot access another user's account data"));
+    }
+    Ok(())
+}
+
+fn object_body(raw: &[u8]) -> Result<String, Error> {
+    let value: Value = serde_json::from_slice(raw).map_err(|_| Error::bad_json("content is not JSON"))?;
+    if !value.is_object() {
+        return Err(Error::bad_json("account data content must be a JSON object"));
+    }
+    Ok(value.to_string())
+}
+
+/// Stores account data and wakes the user's syncs.
+pub async fn put_account_data(
+    app: &App,
+    user: &UserId,
+    room_id: &str,
+    data_type: &str,
+    content: &str,
+) -> Result<(), Error> {
+    let reservation = app.stream.reserve(1);
+    app.db
+        .set_account_data(user.as_str(), room_id, data_type, content, reservation.first() as i64)
+        .await
+        .map_err(storage)?;
+    reservation.complete(vec![user.to_owned()]);
+    Ok(())
+}
+
+/// `PUT /_matrix/client/v3/user/{userId}/account_data/{type}`
+async fn set_global(app: App, req: Ruma<set_global_account_data::v3::Request>) -> Result<JsonBody, ApiError> {
+    only_self(&req.auth, &req.body.user_id)?;
+    let data_type = req.body.event_type.to_string();
+    if SERVER_MANAGED.contains(&data_type.as_str()) {
+        return Err(Error::bad_json(format!("{data_type} cannot be set through this endpoint")).into());
+    }
+    let content = object_body(&req.raw_body)?;
+    put_account_data(&app, &req.auth.user_id, "", &data_type, &content).await?;
+    Ok(JsonBody(serde_json::json!({})))
+}
+
+/// `GET /_matrix/client/v3/user/{userId}/account_data/{type}`
+async fn get_global(app: App, req: Ruma<get_global_account_data::v3::Request>) -> Result<JsonBody, ApiError> {
+    only_self(&req.auth, &req.body.user_id)?;
+    let content = app
+        .db
+        .account_data(req.auth.user_id.as_str(), "", &req.body.event_type.to_string())
+        .await
+        .map_err(storage)?
+        .ok_or_else(|| Error::not_found("Account data not found"))?;
+    Ok(JsonBody(serde_json::from_str(&content).map_err(|e| Error::internal(e.to_string()))?))
+}
+
+/// `PUT /_matrix/client/v3/user/{userId}/rooms/{roomId}/account_data/{type}`
+async fn set_room(app: App, req: Ruma<set_room_account_data::v3::Request>) -> Result<JsonBody, ApiError> {
+    only_self(&req.auth, &req.body.user_id)?;
+    let data_type = req.body.event_type.to_string();
+    if SERVER_MANAGED.contains(&data_type.as_str()) {
+        return Err(Error::bad_json(format!("{data_type} cannot be set through this endpoint")).into());
+    }
+    let content = object_body(&req.raw_body)?;
+    put_account_data(&app, &req.auth.user_id, req.body.room_id.as_str(), &data_type, &content).await?;
+    Ok(JsonBody(serde_json::json!({})))
+}
+
+/// `GET /_matrix/client/v3/user/{userId}/rooms/{roomId}/account_data/{type}`
+async fn get_room(app: App, req: Ruma<get_room_account_data::v3::Request>) -> Result<JsonBody, ApiError> {
+    only_self(&req.auth, &req.body.user_id)?;
+    let content = app
+        .db
+        .account_data(req.auth.user_id.as_str(), req.body.room_id.as_str(), &req.body.event_type.to_string())
+        .await
+        .map_err(storage)?
+        .ok_or_else(|| Error::not_found("Account data not found"))?;
+    Ok(JsonBody(serde_json::from_str(&content).map_err(|e| Error::internal(e.to_string()))?))
+}

@@ -1,0 +1,455 @@
+//! Room events: sending (messages, state, redactions) and reading (`/event`, `/state`,
+//! `/members`, `/joined_members`, `/messages`, `/context`).
+//!
+//! What a user may read follows Synapse: members read current state; former members read the
+//! state as of their departure; anyone reads world-readable rooms. Timeline reads pass through the
+//! history-visibility filter of `homeserver-rooms`.
+
+use axum::Router;
+use homeserver_core::{Error, ErrorKind, token::StreamToken};
+use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma, Session};
+use homeserver_rooms::format::{RoomIdField, Viewer};
+use homeserver_storage::{
+    events::{Direction, EventRow},
+    persist::TxnRecord,
+};
+use ruma::{
+    RoomId, UserId,
+    api::{
+        Direction as RumaDirection,
+        client::{
+            context::get_context,
+            membership::{get_member_events, joined_members},
+            message::{get_message_events, send_message_event},
+            redact::redact_event,
+            room::get_room_event,
+            state::{get_state_event_for_key, get_state_events, send_state_event},
+        },
+    },
+};
+use serde_json::{Map, Value, json};
+
+use crate::{App, filter::RoomEventFilter, ratelimit::Action, storage};
+
+/// Paths for state with an empty state key, which ruma's templates (ending in `{state_key}`)
+/// cannot match.
+const STATE_NO_KEY_PATHS: &[&str] = &[
+    "/_matrix/client/r0/rooms/{room_id}/state/{event_type}",
+    "/_matrix/client/v3/rooms/{room_id}/state/{event_type}",
+    "/_matrix/client/r0/rooms/{room_id}/state/{event_type}/",
+    "/_matrix/client/v3/rooms/{room_id}/state/{event_type}/",
+];
+
+/// Most events one `/messages` page returns.
+const MAX_PAGE: u64 = 1000;
+
+pub fn routes(router: Router<App>) -> Router<App> {
+    router
+        .ruma_route(send_message)
+        .ruma_route_with(put_state, STATE_NO_KEY_PATHS)
+        .ruma_route_with(get_state_event, STATE_NO_KEY_PATHS)
+        .ruma_route(get_state)
+        .ruma_route(redact)
+        .ruma_route(get_event)
+        .ruma_route(members)
+        .ruma_route(joined_members_of)
+        .ruma_route(messages)
+        .ruma_route(context)
+}
+
+fn content_object(raw: &[u8]) -> Result<Value, Error> {
+    let value: Value = if raw.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(raw).map_err(|_| Error::new(ErrorKind::NotJson, "content is not JSON"))?
+    };
+    if !value.is_object() {
+        return Err(Error::bad_json("event content must be a JSON object"));
+    }
+    Ok(value)
+}
+
+fn viewer(session: &Session) -> Viewer<'_> {
+    Viewer { user_id: session.user_id.as_str(), device_id: Some(session.device_id.as_str()) }
+}
+
+/// `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`
+async fn send_message(app: App, req: Ruma<send_message_event::v3::Request>) -> Result<JsonBody, ApiError> {
+    let session = &req.auth;
+    let room_id = &req.body.room_id;
+    let kind = req.body.event_type.to_string();
+    let txn = TxnRecord {
+        user_id: session.user_id.to_string(),
+        device_id: session.device_id.to_string(),
+        scope: format!("send/{room_id}/{kind}"),
+        txn_id: req.body.txn_id.to_string(),
+    };
+    // Fast path for retries: no rate-limit token, no pipeline round trip.
+    if let Some(event_id) =
+        app.db.txn_event(&txn.user_id, &txn.device_id, &txn.scope, &txn.txn_id).await.map_err(storage)?
+    {
+        return Ok(JsonBody(json!({ "event_id": event_id })));
+    }
+    app.limiter.check(app.config.rate_limit_message, Action::Message, session.user_id.as_str())?;
+    let content = content_object(&req.raw_body)?;
+    let event_id = app.rooms.send_message(room_id, &session.user_id, &kind, content, Some(txn)).await?;
+    Ok(JsonBody(json!({ "event_id": event_id })))
+}
+
+/// `PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}`
+async fn put_state(app: App, req: Ruma<send_state_event::v3::Request>) -> Result<JsonBody, ApiError> {
+    let session = &req.auth;
+    app.limiter.check(app.config.rate_limit_message, Action::Message, session.user_id.as_str())?;
+    let content = content_object(&req.raw_body)?;
+    let event_id = app
+        .rooms
+        .send_state(
+            &req.body.room_id,
+            &session.user_id,
+            &req.body.event_type.to_string(),
+            &req.body.state_key,
+            content,
+        )
+        .await?;
+    Ok(JsonBody(json!({ "event_id": event_id })))
+}
+
+/// Which state a user may read: the current state, or the state as of when they left.
+enum ReadableState {
+    Current,
+    AsOf(i64),
+}
+
+async fn readable_state(app: &App, room_id: &RoomId, user: &UserId) -> Result<ReadableState, Error> {
+    if app.rooms.room_version(room_id).await?.is_none() {
+        return Err(Error::not_found("Room not found"));
+    }
+    match app.db.membership(room_id.as_str(), user.as_str()).await.map_err(storage)? {
+        Some(m) if m.membership == "join" => return Ok(ReadableState::Current),
+        Some(m) if m.membership == "leave" || m.membership == "ban" => {
+            if let Some(row) = app.db.event(&m.event_id).await.map_err(storage)? {
+                // A departed member sees the room as it was, unless it is world readable.
+                if !world_readable(app, room_id).await? {
+                    return Ok(ReadableState::AsOf(row.state_after));
+                }
+            }
+        }
+        _ => {}
+    }
+    if world_readable(app, room_id).await? {
+        return Ok(ReadableState::Current);
+    }
+    Err(Error::forbidden("You are not a member of this room"))
+}
+
+async fn world_readable(app: &App, room_id: &RoomId) -> Result<bool, Error> {
+    Ok(app
+        .rooms
+        .current_state_event(room_id, "m.room.history_visibility", "")
+        .await?
+        .and_then(|p| p.content_str("history_visibility"))
+        .as_deref()
+        == Some("world_readable"))
+}
+
+async fn state_rows(app: &App, room_id: &RoomId, readable: &ReadableState) -> Result<Vec<EventRow>, Error> {
+    let entries = match readable {
+        ReadableState::Current => app.rooms.current_state_ids(room_id).await?,
+        ReadableState::AsOf(group) => app.rooms.state_at_group(*group).await?,
+    };
+    let ids: Vec<String> = entries.into_iter().map(|(_, _, id)| id).collect();
+    let mut rows = app.db.events(&ids).await.map_err(storage)?;
+    rows.sort_by_key(|r| r.stream_pos);
+    Ok(rows)
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}`
+async fn get_state_event(
+    app: App,
+    req: Ruma<get_state_event_for_key::v3::Request>,
+) -> Result<JsonBody, ApiError> {
+    let room_id = &req.body.room_id;
+    let readable = readable_state(&app, room_id, &req.auth.user_id).await?;
+    let kind = req.body.event_type.to_string();
+    let key = &req.body.state_key;
+    let event_id = match readable {
+        ReadableState::Current => app.db.current_state_event_id(room_id.as_str(), &kind, key).await,
+        ReadableState::AsOf(group) => app.db.state_group_entry(group, &kind, key).await,
+    }
+    .map_err(storage)?
+    .ok_or_else(|| Error::not_found("Event not found"))?;
+    let row =
+        app.db.event(&event_id).await.map_err(storage)?.ok_or_else(|| Error::not_found("Event not found"))?;
+    let event = app.rooms.client_event(&row, Some(viewer(&req.auth)), RoomIdField::Include).await?;
+    let wants_event = req.raw_query_format_event();
+    if wants_event {
+        return Ok(JsonBody(event));
+    }
+    Ok(JsonBody(event.get("content").cloned().unwrap_or_else(|| json!({}))))
+}
+
+/// Reads `format=event` without depending on ruma's enum spelling.
+trait FormatQuery {
+    fn raw_query_format_event(&self) -> bool;
+}
+
+impl FormatQuery for Ruma<get_state_event_for_key::v3::Request> {
+    fn raw_query_format_event(&self) -> bool {
+        serde_json::to_value(&self.body.format).ok().and_then(|v| v.as_str().map(|s| s == "event"))
+            == Some(true)
+    }
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/state`
+async fn get_state(app: App, req: Ruma<get_state_events::v3::Request>) -> Result<JsonBody, ApiError> {
+    let room_id = &req.body.room_id;
+    let readable = readable_state(&app, room_id, &req.auth.user_id).await?;
+    let rows = state_rows(&app, room_id, &readable).await?;
+    let events = app.rooms.client_events(&rows, Some(viewer(&req.auth)), RoomIdField::Include).await?;
+    Ok(JsonBody(Value::Array(events)))
+}
+
+/// `PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}`
+async fn redact(app: App, req: Ruma<redact_event::v3::Request>) -> Result<JsonBody, ApiError> {
+    let session = &req.auth;
+    let room_id = &req.body.room_id;
+    let txn = TxnRecord {
+        user_id: session.user_id.to_string(),
+        device_id: session.device_id.to_string(),
+        scope: format!("redact/{room_id}"),
+        txn_id: req.body.txn_id.to_string(),
+    };
+    if let Some(event_id) =
+        app.db.txn_event(&txn.user_id, &txn.device_id, &txn.scope, &txn.txn_id).await.map_err(storage)?
+    {
+        return Ok(JsonBody(json!({ "event_id": event_id })));
+    }
+    app.limiter.check(app.config.rate_limit_message, Action::Message, session.user_id.as_str())?;
+    if !app.rooms.is_joined(room_id, &session.user_id).await? {
+        return Err(Error::forbidden("You are not in this room").into());
+    }
+    let event_id = app
+        .rooms
+        .redact(room_id, &session.user_id, &req.body.event_id, req.body.reason.as_deref(), Some(txn))
+        .await?;
+    Ok(JsonBody(json!({ "event_id": event_id })))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}`
+async fn get_event(app: App, req: Ruma<get_room_event::v3::Request>) -> Result<JsonBody, ApiError> {
+    let row = app
+        .db
+        .event(req.body.event_id.as_str())
+        .await
+        .map_err(storage)?
+        .filter(|row| row.room_id == req.body.room_id.as_str())
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    if !app.rooms.can_see(&req.auth.user_id, &row).await? {
+        return Err(Error::not_found("Event not found").into());
+    }
+    Ok(JsonBody(app.rooms.client_event(&row, Some(viewer(&req.auth)), RoomIdField::Include).await?))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/members`
+async fn members(app: App, req: Ruma<get_member_events::v3::Request>) -> Result<JsonBody, ApiError> {
+    let room_id = &req.body.room_id;
+    let mut readable = readable_state(&app, room_id, &req.auth.user_id).await?;
+    if let Some(at) = &req.body.at {
+        let token: StreamToken = at.parse().map_err(|_| Error::invalid_param("invalid `at` token"))?;
+        let bound = match readable {
+            ReadableState::Current => token.pos as i64,
+            ReadableState::AsOf(group) => (token.pos as i64).min(group),
+        };
+        if let Some(row) = app.db.latest_room_event(room_id.as_str(), bound).await.map_err(storage)? {
+            readable = ReadableState::AsOf(row.state_after);
+        }
+    }
+    let membership = req.body.membership.as_ref().map(|m| m.to_string());
+    let not_membership = req.body.not_membership.as_ref().map(|m| m.to_string());
+    let rows: Vec<EventRow> = state_rows(&app, room_id, &readable)
+        .await?
+        .into_iter()
+        .filter(|row| row.event_type == "m.room.member")
+        .collect();
+    let events = app.rooms.client_events(&rows, Some(viewer(&req.auth)), RoomIdField::Include).await?;
+    let chunk: Vec<Value> = events
+        .into_iter()
+        .filter(|ev| {
+            let m = ev.get("content").and_then(|c| c.get("membership")).and_then(Value::as_str);
+            membership.as_deref().is_none_or(|want| m == Some(want))
+                && not_membership.as_deref().is_none_or(|skip| m != Some(skip))
+        })
+        .collect();
+    Ok(JsonBody(json!({ "chunk": chunk })))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/joined_members`
+async fn joined_members_of(app: App, req: Ruma<joined_members::v3::Request>) -> Result<JsonBody, ApiError> {
+    let room_id = &req.body.room_id;
+    if !app.rooms.is_joined(room_id, &req.auth.user_id).await? && !req.auth.is_admin {
+        readable_state(&app, room_id, &req.auth.user_id).await?;
+        if !world_readable(&app, room_id).await? {
+            return Err(Error::forbidden("You are not in this room").into());
+        }
+    }
+    let entries = app.rooms.current_state_ids(room_id).await?;
+    let member_entries: Vec<_> = entries.into_iter().filter(|(t, _, _)| t == "m.room.member").collect();
+    let mut joined = Map::new();
+    for pdu in app.rooms.state_events(&member_entries).await? {
+        let content = pdu.content_value();
+        if content.get("membership").and_then(Value::as_str) == Some("join")
+            && let Some(user) = &pdu.state_key
+        {
+            joined.insert(
+                user.clone(),
+                json!({
+                    "display_name": content.get("displayname"),
+                    "avatar_url": content.get("avatar_url"),
+                }),
+            );
+        }
+    }
+    Ok(JsonBody(json!({ "joined": joined })))
+}
+
+/// Checks that a user may page through a room's history at all.
+async fn require_history_access(app: &App, room_id: &RoomId, user: &UserId) -> Result<(), Error> {
+    if app.rooms.room_version(room_id).await?.is_none() {
+        return Err(Error::not_found("Room not found"));
+    }
+    if app.db.membership(room_id.as_str(), user.as_str()).await.map_err(storage)?.is_some()
+        || world_readable(app, room_id).await?
+    {
+        return Ok(());
+    }
+    Err(Error::forbidden("You are not a member of this room"))
+}
+
+fn room_filter(value: &impl serde::Serialize) -> RoomEventFilter {
+    serde_json::to_value(value).ok().and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default()
+}
+
+/// Member events of the senders of `rows`, as of the newest of them (lazy loading).
+async fn lazy_members(app: &App, session: &Session, rows: &[EventRow]) -> Result<Vec<Value>, Error> {
+    let Some(anchor) = rows.iter().max_by_key(|r| r.stream_pos) else { return Ok(Vec::new()) };
+    let mut senders: Vec<&str> = rows.iter().map(|r| r.sender.as_str()).collect();
+    senders.sort_unstable();
+    senders.dedup();
+    let mut ids = Vec::new();
+    for sender in senders {
+        if let Some(id) =
+            app.db.state_group_entry(anchor.state_after, "m.room.member", sender).await.map_err(storage)?
+        {
+            ids.push(id);
+        }
+    }
+    let member_rows = app.db.events(&ids).await.map_err(storage)?;
+    app.rooms.client_events(&member_rows, Some(viewer(session)), RoomIdField::Include).await
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/messages`
+async fn messages(app: App, req: Ruma<get_message_events::v3::Request>) -> Result<JsonBody, ApiError> {
+    let room_id = &req.body.room_id;
+    let session = &req.auth;
+    require_history_access(&app, room_id, &session.user_id).await?;
+    let dir = match req.body.dir {
+        RumaDirection::Backward => Direction::Backward,
+        RumaDirection::Forward => Direction::Forward,
+    };
+    let parse = |t: &str| {
+        t.parse::<StreamToken>()
+            .map(|t| t.pos as i64)
+            .map_err(|_| Error::invalid_param("invalid pagination token"))
+    };
+    let from = match req.body.from.as_deref() {
+        Some(t) => parse(t)?,
+        None => match dir {
+            Direction::Backward => app.stream.current() as i64,
+            Direction::Forward => 0,
+        },
+    };
+    let to = req.body.to.as_deref().map(parse).transpose()?;
+    let filter = room_filter(&req.body.filter);
+    let limit = u64::from(req.body.limit).clamp(1, MAX_PAGE) as i64;
+    let rows = app.db.room_events(room_id.as_str(), from, to, dir, limit).await.map_err(storage)?;
+    let end = if rows.len() as i64 == limit {
+        rows.last().map(|r| match dir {
+            Direction::Backward => StreamToken::new((r.stream_pos - 1).max(0) as u64),
+            Direction::Forward => StreamToken::new(r.stream_pos as u64),
+        })
+    } else {
+        None
+    };
+    let rows: Vec<EventRow> = rows.into_iter().filter(|r| filter.allows_row(r)).collect();
+    let rows = app.rooms.filter_visible(&session.user_id, rows).await?;
+    let state = if filter.lazy_load_members { lazy_members(&app, session, &rows).await? } else { Vec::new() };
+    let chunk = app.rooms.client_events(&rows, Some(viewer(session)), RoomIdField::Include).await?;
+    let mut body = json!({ "start": StreamToken::new(from as u64).to_string(), "chunk": chunk });
+    if let Some(end) = end {
+        body["end"] = json!(end.to_string());
+    }
+    if !state.is_empty() {
+        body["state"] = Value::Array(state);
+    }
+    Ok(JsonBody(body))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}`
+async fn context(app: App, req: Ruma<get_context::v3::Request>) -> Result<JsonBody, ApiError> {
+    let room_id = &req.body.room_id;
+    let session = &req.auth;
+    let row = app
+        .db
+        .event(req.body.event_id.as_str())
+        .await
+        .map_err(storage)?
+        .filter(|row| row.room_id == room_id.as_str())
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    if !app.rooms.can_see(&session.user_id, &row).await? {
+        return Err(Error::not_found("Event not found").into());
+    }
+    let filter = room_filter(&req.body.filter);
+    let limit = u64::from(req.body.limit).min(MAX_PAGE) as i64;
+    let before_limit = limit / 2;
+    let after_limit = limit - before_limit;
+    let before = app
+        .db
+        .room_events(room_id.as_str(), row.stream_pos - 1, None, Direction::Backward, before_limit.max(0))
+        .await
+        .map_err(storage)?;
+    let after = app
+        .db
+        .room_events(room_id.as_str(), row.stream_pos, None, Direction::Forward, after_limit.max(0))
+        .await
+        .map_err(storage)?;
+    let start = before.last().map(|r| r.stream_pos - 1).unwrap_or(row.stream_pos - 1);
+    let end = after.last().map(|r| r.stream_pos).unwrap_or(row.stream_pos);
+    let keep = |rows: Vec<EventRow>| rows.into_iter().filter(|r| filter.allows_row(r)).collect::<Vec<_>>();
+    let before = app.rooms.filter_visible(&session.user_id, keep(before)).await?;
+    let after = app.rooms.filter_visible(&session.user_id, keep(after)).await?;
+    let state_entries = app.rooms.state_at_group(row.state_before).await?;
+    let mut state_rows = app
+        .db
+        .events(&state_entries.into_iter().map(|(_, _, id)| id).collect::<Vec<_>>())
+        .await
+        .map_err(storage)?;
+    if filter.lazy_load_members {
+        let mut senders: Vec<&str> =
+            before.iter().chain(after.iter()).chain([&row]).map(|r| r.sender.as_str()).collect();
+        senders.sort_unstable();
+        senders.dedup();
+        state_rows.retain(|r| {
+            r.event_type != "m.room.member" || r.state_key.as_deref().is_some_and(|k| senders.contains(&k))
+        });
+    }
+    state_rows.sort_by_key(|r| r.stream_pos);
+    let v = Some(viewer(session));
+    Ok(JsonBody(json!({
+        "start": StreamToken::new(start.max(0) as u64).to_string(),
+        "end": StreamToken::new(end.max(0) as u64).to_string(),
+        "event": app.rooms.client_event(&row, v, RoomIdField::Include).await?,
+        "events_before": app.rooms.client_events(&before, v, RoomIdField::Include).await?,
+        "events_after": app.rooms.client_events(&after, v, RoomIdField::Include).await?,
+        "state": app.rooms.client_events(&state_rows, v, RoomIdField::Include).await?,
+    })))
+}

@@ -1,0 +1,211 @@
+//! Event filters: stored sync filters (`/user/{userId}/filter`) and the filter model applied by
+//! `/sync`, `/messages` and `/context`.
+//!
+//! Filters are stored as the JSON the client sent and parsed into [`FilterDefinition`] when used.
+//! ruma validates the shape on upload (so a malformed filter is `M_BAD_JSON`).
+
+use axum::Router;
+use homeserver_core::Error;
+use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma};
+use homeserver_storage::events::EventRow;
+use ruma::api::client::filter::{create_filter, get_filter};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::{App, storage};
+
+pub fn routes(router: Router<App>) -> Router<App> {
+    router.ruma_route(upload_filter).ruma_route(download_filter)
+}
+
+/// Which events of a list pass (types, senders, rooms, URL presence).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct RoomEventFilter {
+    pub limit: Option<u64>,
+    pub types: Option<Vec<String>>,
+    #[serde(default)]
+    pub not_types: Vec<String>,
+    pub senders: Option<Vec<String>>,
+    #[serde(default)]
+    pub not_senders: Vec<String>,
+    pub rooms: Option<Vec<String>>,
+    #[serde(default)]
+    pub not_rooms: Vec<String>,
+    pub contains_url: Option<bool>,
+    #[serde(default)]
+    pub lazy_load_members: bool,
+    #[serde(default)]
+    pub include_redundant_members: bool,
+}
+
+/// The `room` part of a filter.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct RoomFilter {
+    pub rooms: Option<Vec<String>>,
+    #[serde(default)]
+    pub not_rooms: Vec<String>,
+    #[serde(default)]
+    pub include_leave: bool,
+    #[serde(default)]
+    pub timeline: RoomEventFilter,
+    #[serde(default)]
+    pub state: RoomEventFilter,
+    #[serde(default)]
+    pub ephemeral: RoomEventFilter,
+    #[serde(default)]
+    pub account_data: RoomEventFilter,
+}
+
+/// A whole filter definition.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct FilterDefinition {
+    #[serde(default)]
+    pub room: RoomFilter,
+    #[serde(default)]
+    pub account_data: RoomEventFilter,
+    #[serde(default)]
+    pub presence: RoomEventFilter,
+}
+
+/// Glob match with `*` wildcards, as filters use for event types.
+pub fn glob_match(pattern: &str, value: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == value,
+        Some((prefix, rest)) => {
+            let Some(remaining) = value.strip_prefix(prefix) else { return false };
+            if rest.is_empty() {
+                return true;
+            }
+            (0..=remaining.len())
+                .filter(|i| remaining.is_char_boundary(*i))
+                .any(|i| glob_match(rest, &remaining[i..]))
+        }
+    }
+}
+
+impl RoomEventFilter {
+    pub fn allows_room(&self, room_id: &str) -> bool {
+        if self.not_rooms.iter().any(|r| r == room_id) {
+            return false;
+        }
+        self.rooms.as_ref().is_none_or(|rooms| rooms.iter().any(|r| r == room_id))
+    }
+
+    /// Whether an event of `event_type` from `sender` passes.
+    pub fn allows(&self, event_type: &str, sender: &str) -> bool {
+        if self.not_types.iter().any(|p| glob_match(p, event_type)) {
+            return false;
+        }
+        if let Some(types) = &self.types
+            && !types.iter().any(|p| glob_match(p, event_type))
+        {
+            return false;
+        }
+        if self.not_senders.iter().any(|s| s == sender) {
+            return false;
+        }
+        self.senders.as_ref().is_none_or(|senders| senders.iter().any(|s| s == sender))
+    }
+
+    /// Applies the filter to stored events (type, sender, room, `contains_url`).
+    pub fn allows_row(&self, row: &EventRow) -> bool {
+        if !self.allows_room(&row.room_id) || !self.allows(&row.event_type, &row.sender) {
+            return false;
+        }
+        if let Some(wants_url) = self.contains_url {
+            let has_url = serde_json::from_str::<Value>(&row.json)
+                .ok()
+                .and_then(|v| v.get("content").and_then(|c| c.get("url")).map(|u| u.is_string()))
+                .unwrap_or(false);
+            if has_url != wants_url {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+impl RoomFilter {
+    pub fn allows_room(&self, room_id: &str) -> bool {
+        if self.not_rooms.iter().any(|r| r == room_id) {
+            return false;
+        }
+        self.rooms.as_ref().is_none_or(|rooms| rooms.iter().any(|r| r == room_id))
+    }
+}
+
+/// Parses filter JSON (stored or inline).
+pub fn parse_filter(json: &str) -> Result<FilterDefinition, Error> {
+    serde_json::from_str(json).map_err(|e| Error::bad_json(format!("invalid filter: {e}")))
+}
+
+/// Loads a filter by id or parses an inline one (`{`…).
+pub async fn resolve_filter(app: &App, user_id: &str, filter: &str) -> Result<FilterDefinition, Error> {
+    if filter.trim_start().starts_with('{') {
+        return parse_filter(filter);
+    }
+    let id: i64 = filter.parse().map_err(|_| Error::invalid_param("invalid filter id"))?;
+    let stored = app
+        .db
+        .filter(user_id, id)
+        .await
+        .map_err(storage)?
+        .ok_or_else(|| Error::not_found("Filter not found"))?;
+    parse_filter(&stored)
+}
+
+/// `POST /_matrix/client/v3/user/{userId}/filter`
+async fn upload_filter(app: App, req: Ruma<create_filter::v3::Request>) -> Result<JsonBody, ApiError> {
+    if req.body.user_id != req.auth.user_id {
+        return Err(Error::forbidden("You can only create filters for yourself").into());
+    }
+    let raw = std::str::from_utf8(&req.raw_body).map_err(|_| Error::bad_json("filter is not UTF-8"))?;
+    parse_filter(raw)?;
+    let id = app.db.create_filter(req.auth.user_id.as_str(), raw).await.map_err(storage)?;
+    Ok(JsonBody(json!({ "filter_id": id.to_string() })))
+}
+
+/// `GET /_matrix/client/v3/user/{userId}/filter/{filterId}`
+async fn download_filter(app: App, req: Ruma<get_filter::v3::Request>) -> Result<JsonBody, ApiError> {
+    if req.body.user_id != req.auth.user_id {
+        return Err(Error::forbidden("You can only read your own filters").into());
+    }
+    let id: i64 = req.body.filter_id.parse().map_err(|_| Error::not_found("Filter not found"))?;
+    let stored = app
+        .db
+        .filter(req.auth.user_id.as_str(), id)
+        .await
+        .map_err(storage)?
+        .ok_or_else(|| Error::not_found("Filter not found"))?;
+    let value: Value = serde_json::from_str(&stored).map_err(|e| Error::internal(e.to_string()))?;
+    Ok(JsonBody(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("m.room.*", "m.room.message"));
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("m.*.message", "m.room.message"));
+        assert!(!glob_match("m.room.*", "m.reaction"));
+        assert!(glob_match("m.room.message", "m.room.message"));
+        assert!(!glob_match("m.room.message", "m.room.messages"));
+    }
+
+    #[test]
+    fn type_and_sender_rules() {
+        let f = RoomEventFilter {
+            types: Some(vec!["m.room.*".into()]),
+            not_types: vec!["m.room.member".into()],
+            not_senders: vec!["@spam:x".into()],
+            ..Default::default()
+        };
+        assert!(f.allows("m.room.message", "@a:x"));
+        assert!(!f.allows("m.room.member", "@a:x"));
+        assert!(!f.allows("m.reaction", "@a:x"));
+        assert!(!f.allows("m.room.message", "@spam:x"));
+    }
+}

@@ -1,0 +1,142 @@
+//! homeserver-client-api: the Matrix client-server API handlers.
+//!
+//! Layout: one file per endpoint group, each with a `routes()` that registers its handlers from
+//! ruma metadata ([`homeserver_http::RouterExt::ruma_route`]).
+//! - [`discovery`]: `/versions`, `.well-known`, `/capabilities`.
+//! - [`account`]: registration, login, logout, whoami, password, deactivation; [`uia`] is the
+//!   user-interactive auth they share; [`devices`], [`profile`].
+//! - [`rooms`]: creation, membership, aliases, the public room directory.
+//! - [`events`]: sending, state, redaction, and reading events (`/event`, `/members`,
+//!   `/messages`, `/context`).
+//! - [`sync`]: `/sync` (initial, incremental, long-poll) and [`filter`], [`account_data`].
+//! - [`ratelimit`]: token buckets for registration, login and sending.
+//!
+//! Handlers are thin: parse (done by the extractor), check who may do it, call one operation of
+//! `homeserver-rooms` or storage, shape the response. They hold no locks and write no room events
+//! themselves.
+
+pub mod account;
+pub mod account_data;
+pub mod devices;
+pub mod discovery;
+pub mod events;
+pub mod filter;
+pub mod profile;
+pub mod ratelimit;
+pub mod rooms;
+pub mod sync;
+pub mod uia;
+
+use std::sync::Arc;
+
+use axum::Router;
+use homeserver_core::{Error, ErrorKind, ids::hash_token, streams::EventStream};
+use homeserver_http::{AuthState, Session};
+use homeserver_rooms::Rooms;
+use homeserver_storage::Db;
+use ruma::{OwnedServerName, UserId};
+
+use crate::ratelimit::{RateLimit, RateLimiter};
+
+/// Settings of the client API.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub server_name: OwnedServerName,
+    /// Whether anyone may register (`m.login.dummy`, or a token when tokens are configured).
+    pub registration_enabled: bool,
+    /// If non-empty, registration requires one of these tokens (`m.login.registration_token`).
+    pub registration_tokens: Vec<String>,
+    /// `m.homeserver.base_url` for `/.well-known/matrix/client` (absent: 404).
+    pub well_known_base_url: Option<String>,
+    pub rate_limit_register: Option<RateLimit>,
+    pub rate_limit_login: Option<RateLimit>,
+    pub rate_limit_message: Option<RateLimit>,
+    /// Upper bound for a `/sync` long-poll timeout.
+    pub max_sync_timeout_ms: u64,
+}
+
+impl ClientConfig {
+    pub fn new(server_name: OwnedServerName) -> Self {
+        Self {
+            server_name,
+            registration_enabled: true,
+            registration_tokens: Vec::new(),
+            well_known_base_url: None,
+            rate_limit_register: Some(RateLimit { per_second: 0.2, burst: 5 }),
+            rate_limit_login: Some(RateLimit { per_second: 0.5, burst: 10 }),
+            rate_limit_message: Some(RateLimit { per_second: 20.0, burst: 100 }),
+            max_sync_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// The application state every handler receives. Cheap to clone.
+#[derive(Clone)]
+pub struct App(Arc<AppInner>);
+
+pub struct AppInner {
+    pub config: ClientConfig,
+    pub db: Db,
+    pub rooms: Rooms,
+    pub stream: Arc<EventStream>,
+    pub limiter: RateLimiter,
+}
+
+impl std::ops::Deref for App {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+impl App {
+    pub fn new(config: ClientConfig, db: Db, rooms: Rooms) -> Self {
+        let stream = rooms.stream().clone();
+        let limiter = RateLimiter::new();
+        App(Arc::new(AppInner { config, db, rooms, stream, limiter }))
+    }
+
+    pub fn server_name(&self) -> &ruma::ServerName {
+        &self.config.server_name
+    }
+
+    /// True if the user id belongs to this server.
+    pub fn is_local(&self, user: &UserId) -> bool {
+        user.server_name() == self.config.server_name
+    }
+}
+
+/// Turns a storage failure into an internal error (the HTTP layer logs it once).
+pub(crate) fn storage(e: homeserver_storage::StorageError) -> Error {
+    Error::internal(e.to_string())
+}
+
+impl AuthState for App {
+    async fn authenticate(&self, token: &str) -> Result<Session, Error> {
+        let owner = self.db.token_owner(&hash_token(token)).await.map_err(storage)?;
+        let unknown = || Error::new(ErrorKind::UnknownToken { soft_logout: false }, "Unknown access token");
+        let owner = owner.ok_or_else(unknown)?;
+        if owner.deactivated {
+            return Err(unknown());
+        }
+        Ok(Session {
+            user_id: UserId::parse(owner.user_id).map_err(|e| Error::internal(e.to_string()))?,
+            device_id: owner.device_id.into(),
+            is_admin: owner.is_admin,
+        })
+    }
+}
+
+/// Every client-server route.
+pub fn routes() -> Router<App> {
+    let router = Router::new();
+    let router = discovery::routes(router);
+    let router = account::routes(router);
+    let router = devices::routes(router);
+    let router = profile::routes(router);
+    let router = rooms::routes(router);
+    let router = events::routes(router);
+    let router = sync::routes(router);
+    let router = filter::routes(router);
+    account_data::routes(router)
+}

@@ -1,0 +1,93 @@
+//! Profiles: display names and avatars, propagated into the user's member events.
+
+use axum::Router;
+use homeserver_core::Error;
+use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma};
+use homeserver_storage::accounts::User;
+use ruma::{
+    UserId,
+    api::client::profile::{get_avatar_url, get_display_name, get_profile, set_avatar_url, set_display_name},
+};
+use serde_json::{Map, Value, json};
+
+use crate::{App, storage};
+
+/// Longest display name accepted (as Synapse).
+const MAX_DISPLAYNAME_CHARS: usize = 256;
+
+pub fn routes(router: Router<App>) -> Router<App> {
+    router
+        .ruma_route(profile)
+        .ruma_route(displayname)
+        .ruma_route(avatar_url)
+        .ruma_route(set_displayname)
+        .ruma_route(set_avatar)
+}
+
+async fn local_user(app: &App, user_id: &UserId) -> Result<User, Error> {
+    app.db
+        .user(user_id.as_str())
+        .await
+        .map_err(storage)?
+        .filter(|u| !u.deactivated || u.displayname.is_some())
+        .ok_or_else(|| Error::not_found("Profile not found"))
+}
+
+/// `GET /_matrix/client/v3/profile/{userId}`
+async fn profile(app: App, req: Ruma<get_profile::v3::Request>) -> Result<JsonBody, ApiError> {
+    let user = local_user(&app, &req.body.user_id).await?;
+    let mut body = Map::new();
+    if let Some(name) = user.displayname {
+        body.insert("displayname".into(), json!(name));
+    }
+    if let Some(url) = user.avatar_url {
+        body.insert("avatar_url".into(), json!(url));
+    }
+    Ok(JsonBody(Value::Object(body)))
+}
+
+/// `GET /_matrix/client/v3/profile/{userId}/displayname`
+async fn displayname(app: App, req: Ruma<get_display_name::v3::Request>) -> Result<JsonBody, ApiError> {
+    let user = local_user(&app, &req.body.user_id).await?;
+    Ok(JsonBody(match user.displayname {
+        Some(name) => json!({ "displayname": name }),
+        None => json!({}),
+    }))
+}
+
+/// `GET /_matrix/client/v3/profile/{userId}/avatar_url`
+async fn avatar_url(app: App, req: Ruma<get_avatar_url::v3::Request>) -> Result<JsonBody, ApiError> {
+    let user = local_user(&app, &req.body.user_id).await?;
+    Ok(JsonBody(match user.avatar_url {
+        Some(url) => json!({ "avatar_url": url }),
+        None => json!({}),
+    }))
+}
+
+fn only_self(session: &homeserver_http::Session, target: &UserId) -> Result<(), Error> {
+    if session.user_id != target {
+        return Err(Error::forbidden("You cannot change another user's profile"));
+    }
+    Ok(())
+}
+
+/// `PUT /_matrix/client/v3/profile/{userId}/displayname`
+async fn set_displayname(app: App, req: Ruma<set_display_name::v3::Request>) -> Result<JsonBody, ApiError> {
+    only_self(&req.auth, &req.body.user_id)?;
+    let name = req.body.displayname.as_deref().filter(|n| !n.is_empty());
+    if name.is_some_and(|n| n.chars().count() > MAX_DISPLAYNAME_CHARS) {
+        return Err(Error::invalid_param("Display name is too long").into());
+    }
+    app.db.set_displayname(req.auth.user_id.as_str(), name).await.map_err(storage)?;
+    app.rooms.propagate_profile(&req.auth.user_id).await?;
+    Ok(JsonBody(json!({})))
+}
+
+/// `PUT /_matrix/client/v3/profile/{userId}/avatar_url`
+async fn set_avatar(app: App, req: Ruma<set_avatar_url::v3::Request>) -> Result<JsonBody, ApiError> {
+    only_self(&req.auth, &req.body.user_id)?;
+    let url = req.body.avatar_url.as_ref().map(|u| u.to_string()).filter(|u| !u.is_empty());
+    app.db.set_avatar_url(req.auth.user_id.as_str(), url.as_deref()).await.map_err(storage)?;
+    app.rooms.propagate_profile(&req.auth.user_id).await?;
+    Ok(JsonBody(json!({})))
+}

@@ -1,0 +1,483 @@
+//! Rooms: creation, membership, aliases and the public room directory.
+
+use axum::Router;
+use homeserver_core::{Error, ErrorKind, time::now_millis};
+use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma, Session};
+use homeserver_rooms::create::{CreateRoom, Preset};
+use homeserver_storage::StorageError;
+use ruma::{
+    OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, RoomVersionId, UserId,
+    api::client::{
+        alias::{create_alias, delete_alias, get_alias},
+        directory::{get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility},
+        membership::{
+            ban_user, forget_room, invite_user, join_room_by_id, join_room_by_id_or_alias, joined_rooms,
+            kick_user, leave_room, unban_user,
+        },
+        room::{aliases, create_room},
+    },
+};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::{App, storage};
+
+pub fn routes(router: Router<App>) -> Router<App> {
+    router
+        .ruma_route(create)
+        .ruma_route(join_by_id)
+        .ruma_route(join_by_id_or_alias)
+        .ruma_route(invite)
+        .ruma_route(leave)
+        .ruma_route(forget)
+        .ruma_route(kick)
+        .ruma_route(ban)
+        .ruma_route(unban)
+        .ruma_route(joined)
+        .ruma_route(put_alias)
+        .ruma_route(resolve_alias)
+        .ruma_route(remove_alias)
+        .ruma_route(room_aliases)
+        .ruma_route(public_rooms)
+        .ruma_route(public_rooms_filtered)
+        .ruma_route(directory_visibility)
+        .ruma_route(set_directory_visibility)
+}
+
+#[derive(Deserialize, Default)]
+struct CreateBody {
+    visibility: Option<String>,
+    room_alias_name: Option<String>,
+    name: Option<String>,
+    topic: Option<String>,
+    #[serde(default)]
+    invite: Vec<OwnedUserId>,
+    room_version: Option<String>,
+    creation_content: Option<Map<String, Value>>,
+    #[serde(default)]
+    initial_state: Vec<InitialState>,
+    preset: Option<String>,
+    #[serde(default)]
+    is_direct: bool,
+    power_level_content_override: Option<Map<String, Value>>,
+}
+
+#[derive(Deserialize)]
+struct InitialState {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    state_key: String,
+    content: Value,
+}
+
+fn body_json<T: for<'de> Deserialize<'de> + Default>(raw: &[u8]) -> Result<T, Error> {
+    if raw.is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(raw).map_err(|e| Error::bad_json(format!("invalid request body: {e}")))
+}
+
+/// `POST /_matrix/client/v3/createRoom`
+async fn create(app: App, req: Ruma<create_room::v3::Request>) -> Result<JsonBody, ApiError> {
+    let body: CreateBody = body_json(&req.raw_body)?;
+    let version = match body.room_version.as_deref() {
+        Some(v) => {
+            let version = RoomVersionId::try_from(v).map_err(|_| {
+                Error::new(ErrorKind::UnsupportedRoomVersion, format!("unsupported room version {v}"))
+            })?;
+            Some(version)
+        }
+        None => None,
+    };
+    let preset = match body.preset.as_deref() {
+        None => None,
+        Some("private_chat") => Some(Preset::PrivateChat),
+        Some("public_chat") => Some(Preset::PublicChat),
+        Some("trusted_private_chat") => Some(Preset::TrustedPrivateChat),
+        Some(other) => return Err(Error::invalid_param(format!("unknown preset {other}")).into()),
+    };
+    let public = match body.visibility.as_deref() {
+        None | Some("private") => false,
+        Some("public") => true,
+        Some(other) => return Err(Error::invalid_param(format!("unknown visibility {other}")).into()),
+    };
+    for state in &body.initial_state {
+        if !state.content.is_object() {
+            return Err(Error::bad_json("initial_state content must be an object").into());
+        }
+    }
+    let creator = req.auth.user_id.clone();
+    let profile = app.rooms.profile_of(&creator).await?;
+    let room_id = app
+        .rooms
+        .create_room(
+            CreateRoom {
+                creator,
+                version,
+                preset,
+                public,
+                alias_localpart: body.room_alias_name,
+                name: body.name,
+                topic: body.topic,
+                invite: body.invite,
+                is_direct: body.is_direct,
+                initial_state: body
+                    .initial_state
+                    .into_iter()
+                    .map(|s| (s.kind, s.state_key, s.content))
+                    .collect(),
+                creation_content: body.creation_content,
+                power_level_content_override: body.power_level_content_override,
+            },
+            profile,
+        )
+        .await?;
+    Ok(JsonBody(json!({ "room_id": room_id })))
+}
+
+#[derive(Deserialize, Default)]
+struct ReasonBody {
+    reason: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct TargetBody {
+    user_id: Option<OwnedUserId>,
+    reason: Option<String>,
+}
+
+impl TargetBody {
+    fn target(&self) -> Result<&UserId, Error> {
+        self.user_id.as_deref().ok_or_else(|| Error::missing_param("Missing user_id"))
+    }
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/join`
+async fn join_by_id(app: App, req: Ruma<join_room_by_id::v3::Request>) -> Result<JsonBody, ApiError> {
+    let body: ReasonBody = body_json(&req.raw_body)?;
+    let room_id = req.body.room_id.clone();
+    app.rooms.join(&room_id, &req.auth.user_id, body.reason.as_deref()).await?;
+    Ok(JsonBody(json!({ "room_id": room_id })))
+}
+
+/// `POST /_matrix/client/v3/join/{roomIdOrAlias}`
+async fn join_by_id_or_alias(
+    app: App,
+    req: Ruma<join_room_by_id_or_alias::v3::Request>,
+) -> Result<JsonBody, ApiError> {
+    let body: ReasonBody = body_json(&req.raw_body)?;
+    let room_id: OwnedRoomId = match <&RoomId>::try_from(req.body.room_id_or_alias.as_str()) {
+        Ok(room_id) => room_id.to_owned(),
+        Err(_) => {
+            let alias = <&RoomAliasId>::try_from(req.body.room_id_or_alias.as_str())
+                .map_err(|_| Error::invalid_param("invalid room id or alias"))?;
+            lookup_alias(&app, alias).await?
+        }
+    };
+    app.rooms.join(&room_id, &req.auth.user_id, body.reason.as_deref()).await?;
+    Ok(JsonBody(json!({ "room_id": room_id })))
+}
+
+async fn lookup_alias(app: &App, alias: &RoomAliasId) -> Result<OwnedRoomId, Error> {
+    let record = app
+        .db
+        .alias(alias.as_str())
+        .await
+        .map_err(storage)?
+        .ok_or_else(|| Error::not_found(format!("Room alias {alias} not found")))?;
+    RoomId::parse(record.room_id).map_err(|e| Error::internal(e.to_string()))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/invite`
+async fn invite(app: App, req: Ruma<invite_user::v3::Request>) -> Result<JsonBody, ApiError> {
+    let body: TargetBody = body_json(&req.raw_body)?;
+    let target = body.target()?;
+    app.rooms.invite(&req.body.room_id, &req.auth.user_id, target, body.reason.as_deref(), false).await?;
+    Ok(JsonBody(json!({})))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/leave`
+async fn leave(app: App, req: Ruma<leave_room::v3::Request>) -> Result<JsonBody, ApiError> {
+    app.rooms.leave(&req.body.room_id, &req.auth.user_id, req.body.reason.as_deref()).await?;
+    Ok(JsonBody(json!({})))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/forget`
+async fn forget(app: App, req: Ruma<forget_room::v3::Request>) -> Result<JsonBody, ApiError> {
+    let room = req.body.room_id.as_str();
+    let user = req.auth.user_id.as_str();
+    match app.db.membership(room, user).await.map_err(storage)? {
+        Some(m) if m.membership == "leave" || m.membership == "ban" => {
+            app.db.forget_room(room, user).await.map_err(storage)?;
+            Ok(JsonBody(json!({})))
+        }
+        Some(_) => Err(Error::new(ErrorKind::Unknown, "You must leave the room before forgetting it").into()),
+        None => Err(Error::not_found("You have never been in this room").into()),
+    }
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/kick`
+async fn kick(app: App, req: Ruma<kick_user::v3::Request>) -> Result<JsonBody, ApiError> {
+    app.rooms
+        .kick(&req.body.room_id, &req.auth.user_id, &req.body.user_id, req.body.reason.as_deref())
+        .await?;
+    Ok(JsonBody(json!({})))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/ban`
+async fn ban(app: App, req: Ruma<ban_user::v3::Request>) -> Result<JsonBody, ApiError> {
+    let body: TargetBody = body_json(&req.raw_body)?;
+    app.rooms.ban(&req.body.room_id, &req.auth.user_id, body.target()?, body.reason.as_deref()).await?;
+    Ok(JsonBody(json!({})))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/unban`
+async fn unban(app: App, req: Ruma<unban_user::v3::Request>) -> Result<JsonBody, ApiError> {
+    let body: TargetBody = body_json(&req.raw_body)?;
+    app.rooms.unban(&req.body.room_id, &req.auth.user_id, body.target()?, body.reason.as_deref()).await?;
+    Ok(JsonBody(json!({})))
+}
+
+/// `GET /_matrix/client/v3/joined_rooms`
+async fn joined(app: App, req: Ruma<joined_rooms::v3::Request>) -> Result<JsonBody, ApiError> {
+    let rooms: Vec<String> = app
+        .db
+        .memberships_of_user(req.auth.user_id.as_str())
+        .await
+        .map_err(storage)?
+        .into_iter()
+        .filter(|m| m.membership == "join")
+        .map(|m| m.room_id)
+        .collect();
+    Ok(JsonBody(json!({ "joined_rooms": rooms })))
+}
+
+fn require_local_alias(app: &App, alias: &RoomAliasId) -> Result<(), Error> {
+    if alias.server_name() != app.server_name() {
+        return Err(Error::invalid_param("Room alias must be on this server"));
+    }
+    Ok(())
+}
+
+/// May `user` manage aliases and directory listing of the room? Joined, with the power to set the
+/// canonical alias, or a server admin.
+async fn may_manage_room(app: &App, session: &Session, room_id: &RoomId) -> Result<bool, Error> {
+    if session.is_admin {
+        return Ok(true);
+    }
+    if !app.rooms.is_joined(room_id, &session.user_id).await? {
+        return Ok(false);
+    }
+    let levels = app.rooms.power_levels(room_id).await?;
+    Ok(levels.user_level(&session.user_id) >= levels.event_level("m.room.canonical_alias", true))
+}
+
+/// `PUT /_matrix/client/v3/directory/room/{roomAlias}`
+async fn put_alias(app: App, req: Ruma<create_alias::v3::Request>) -> Result<JsonBody, ApiError> {
+    let alias = &req.body.room_alias;
+    require_local_alias(&app, alias)?;
+    let room_id = &req.body.room_id;
+    if app.rooms.room_version(room_id).await?.is_none() {
+        return Err(Error::not_found("Room not found").into());
+    }
+    if !app.rooms.is_joined(room_id, &req.auth.user_id).await? && !req.auth.is_admin {
+        return Err(Error::forbidden("You must be in the room to give it an alias").into());
+    }
+    match app
+        .db
+        .create_alias(alias.as_str(), room_id.as_str(), req.auth.user_id.as_str(), now_millis() as i64)
+        .await
+    {
+        Ok(()) => Ok(JsonBody(json!({}))),
+        Err(StorageError::Conflict) => {
+            Err(Error::new(ErrorKind::Conflict, format!("Room alias {alias} already exists")).into())
+        }
+        Err(e) => Err(storage(e).into()),
+    }
+}
+
+/// `GET /_matrix/client/v3/directory/room/{roomAlias}`
+async fn resolve_alias(app: App, req: Ruma<get_alias::v3::Request>) -> Result<JsonBody, ApiError> {
+    let room_id = lookup_alias(&app, &req.body.room_alias).await?;
+    Ok(JsonBody(json!({ "room_id": room_id, "servers": [app.server_name()] })))
+}
+
+/// `DELETE /_matrix/client/v3/directory/room/{roomAlias}`
+async fn remove_alias(app: App, req: Ruma<delete_alias::v3::Request>) -> Result<JsonBody, ApiError> {
+    let alias = &req.body.room_alias;
+    require_local_alias(&app, alias)?;
+    let record = app
+        .db
+        .alias(alias.as_str())
+        .await
+        .map_err(storage)?
+        .ok_or_else(|| Error::not_found(format!("Room alias {alias} not found")))?;
+    let room_id = RoomId::parse(&record.room_id).map_err(|e| Error::internal(e.to_string()))?;
+    let allowed =
+        record.creator == req.auth.user_id.as_str() || may_manage_room(&app, &req.auth, &room_id).await?;
+    if !allowed {
+        return Err(Error::forbidden("You may not delete this alias").into());
+    }
+    app.db.delete_alias(alias.as_str()).await.map_err(storage)?;
+    Ok(JsonBody(json!({})))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/aliases`
+async fn room_aliases(app: App, req: Ruma<aliases::v3::Request>) -> Result<JsonBody, ApiError> {
+    let room_id = &req.body.room_id;
+    if !app.rooms.is_joined(room_id, &req.auth.user_id).await? && !req.auth.is_admin {
+        return Err(Error::forbidden("You are not in this room").into());
+    }
+    let aliases = app.db.room_aliases(room_id.as_str()).await.map_err(storage)?;
+    Ok(JsonBody(json!({ "aliases": aliases })))
+}
+
+/// `GET /_matrix/client/v3/directory/list/room/{roomId}`
+async fn directory_visibility(
+    app: App,
+    req: Ruma<get_room_visibility::v3::Request>,
+) -> Result<JsonBody, ApiError> {
+    let room = app
+        .db
+        .room(req.body.room_id.as_str())
+        .await
+        .map_err(storage)?
+        .ok_or_else(|| Error::not_found("Room not found"))?;
+    Ok(JsonBody(json!({ "visibility": if room.published { "public" } else { "private" } })))
+}
+
+/// `PUT /_matrix/client/v3/directory/list/room/{roomId}`
+async fn set_directory_visibility(
+    app: App,
+    req: Ruma<set_room_visibility::v3::Request>,
+) -> Result<JsonBody, ApiError> {
+    let room_id = &req.body.room_id;
+    if app.rooms.room_version(room_id).await?.is_none() {
+        return Err(Error::not_found("Room not found").into());
+    }
+    if !may_manage_room(&app, &req.auth, room_id).await? {
+        return Err(Error::forbidden("You may not change this room's directory listing").into());
+    }
+    let body: Value = serde_json::from_slice(&req.raw_body).unwrap_or(Value::Null);
+    let public = match body.get("visibility").and_then(Value::as_str) {
+        Some("public") => true,
+        Some("private") | None => false,
+        Some(other) => return Err(Error::invalid_param(format!("unknown visibility {other}")).into()),
+    };
+    app.db.set_room_published(room_id.as_str(), public).await.map_err(storage)?;
+    Ok(JsonBody(json!({})))
+}
+
+/// One room as the directory lists it.
+async fn directory_entry(app: &App, room_id: &RoomId) -> Result<Value, Error> {
+    let content = |ev: Option<std::sync::Arc<homeserver_rooms::pdu::Pdu>>| ev.map(|p| p.content_value());
+    let name = content(app.rooms.current_state_event(room_id, "m.room.name", "").await?);
+    let topic = content(app.rooms.current_state_event(room_id, "m.room.topic", "").await?);
+    let alias = content(app.rooms.current_state_event(room_id, "m.room.canonical_alias", "").await?);
+    let avatar = content(app.rooms.current_state_event(room_id, "m.room.avatar", "").await?);
+    let join_rules = content(app.rooms.current_state_event(room_id, "m.room.join_rules", "").await?);
+    let history = content(app.rooms.current_state_event(room_id, "m.room.history_visibility", "").await?);
+    let guest = content(app.rooms.current_state_event(room_id, "m.room.guest_access", "").await?);
+    let create = content(app.rooms.current_state_event(room_id, "m.room.create", "").await?);
+    let members = app.db.joined_member_count(room_id.as_str()).await.map_err(storage)?;
+    let field = |v: &Option<Value>, k: &str| v.as_ref().and_then(|c| c.get(k)).cloned();
+    let mut entry = Map::new();
+    entry.insert("room_id".into(), json!(room_id));
+    entry.insert("num_joined_members".into(), json!(members));
+    entry.insert(
+        "world_readable".into(),
+        json!(field(&history, "history_visibility") == Some(json!("world_readable"))),
+    );
+    entry.insert("guest_can_join".into(), json!(field(&guest, "guest_access") == Some(json!("can_join"))));
+    entry.insert("join_rule".into(), field(&join_rules, "join_rule").unwrap_or_else(|| json!("invite")));
+    for (key, value) in [
+        ("name", field(&name, "name")),
+        ("topic", field(&topic, "topic")),
+        ("canonical_alias", field(&alias, "alias")),
+        ("avatar_url", field(&avatar, "url")),
+        ("room_type", field(&create, "type")),
+    ] {
+        if let Some(v) = value.filter(|v| !v.is_null()) {
+            entry.insert(key.into(), v);
+        }
+    }
+    Ok(Value::Object(entry))
+}
+
+/// Lists published rooms, most members first, filtered by a search term, paginated by offset.
+async fn list_public_rooms(
+    app: &App,
+    limit: Option<u64>,
+    since: Option<&str>,
+    search: Option<&str>,
+) -> Result<JsonBody, Error> {
+    let mut entries = Vec::new();
+    for room_id in app.db.published_rooms().await.map_err(storage)? {
+        let Ok(room_id) = RoomId::parse(&room_id) else { continue };
+        let entry = directory_entry(app, &room_id).await?;
+        if let Some(term) = search.map(str::to_lowercase).filter(|t| !t.is_empty()) {
+            let haystack = ["name", "topic", "canonical_alias", "room_id"]
+                .iter()
+                .filter_map(|k| entry.get(*k).and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join(" ")
+                .to_lowercase();
+            if !haystack.contains(&term) {
+                continue;
+            }
+        }
+        entries.push(entry);
+    }
+    entries.sort_by(|a, b| {
+        b["num_joined_members"]
+            .as_i64()
+            .cmp(&a["num_joined_members"].as_i64())
+            .then_with(|| a["room_id"].as_str().cmp(&b["room_id"].as_str()))
+    });
+    let total = entries.len();
+    let offset: usize = match since {
+        Some(token) => token
+            .strip_prefix('o')
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| Error::invalid_param("invalid pagination token"))?,
+        None => 0,
+    };
+    let limit = limit.map(|l| l as usize).unwrap_or(total).max(1);
+    let page: Vec<Value> = entries.into_iter().skip(offset).take(limit).collect();
+    let mut body = json!({ "chunk": page, "total_room_count_estimate": total });
+    if offset + limit < total {
+        body["next_batch"] = json!(format!("o{}", offset + limit));
+    }
+    if offset > 0 {
+        body["prev_batch"] = json!(format!("o{}", offset.saturating_sub(limit)));
+    }
+    Ok(JsonBody(body))
+}
+
+fn check_directory_server(app: &App, server: Option<&ruma::ServerName>) -> Result<(), Error> {
+    match server {
+        Some(server) if server != app.server_name() => {
+            Err(Error::new(ErrorKind::Unknown, "Querying other servers' directories needs federation"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `GET /_matrix/client/v3/publicRooms`
+async fn public_rooms(app: App, req: Ruma<get_public_rooms::v3::Request>) -> Result<JsonBody, ApiError> {
+    check_directory_server(&app, req.body.server.as_deref())?;
+    let limit = req.body.limit.map(u64::from);
+    Ok(list_public_rooms(&app, limit, req.body.since.as_deref(), None).await?)
+}
+
+/// `POST /_matrix/client/v3/publicRooms`
+async fn public_rooms_filtered(
+    app: App,
+    req: Ruma<get_public_rooms_filtered::v3::Request>,
+) -> Result<JsonBody, ApiError> {
+    check_directory_server(&app, req.body.server.as_deref())?;
+    let limit = req.body.limit.map(u64::from);
+    let term = req.body.filter.generic_search_term.as_deref();
+    Ok(list_public_rooms(&app, limit, req.body.since.as_deref(), term).await?)
+}

@@ -1,0 +1,456 @@
+//! `GET /sync`: initial and incremental sync over the global event stream, with long-polling.
+//!
+//! A token is a stream position (see `homeserver_core::token`): everything at or below it has been
+//! delivered. An incremental sync returns what changed in `(since, now]`. A long-poll subscribes to
+//! the user's wake-up channel *before* looking for data, then waits on it, so a commit between the
+//! look and the wait still wakes it; there is no polling loop.
+//!
+//! Per room the response follows the spec: `timeline` holds the newest events of the window
+//! (`limited` and `prev_batch` when older ones were cut), `state` the state at the start of the
+//! timeline — all of it for rooms new to the client, only what changed since `since` for a
+//! `limited` timeline, nothing otherwise — with `lazy_load_members` reducing member events to the
+//! timeline's senders.
+
+use std::{collections::HashMap, time::Duration};
+
+use axum::Router;
+use homeserver_core::{Error, token::StreamToken};
+use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma, Session};
+use homeserver_rooms::format::{RoomIdField, Viewer};
+use homeserver_storage::events::{Direction, EventRow, MembershipRow};
+use ruma::{
+    RoomId,
+    api::client::{filter::FilterDefinition as RumaFilter, sync::sync_events},
+};
+use serde_json::{Map, Value, json};
+
+use crate::{
+    App,
+    filter::{FilterDefinition, RoomEventFilter, parse_filter, resolve_filter},
+    storage,
+};
+
+/// Timeline length when the filter does not say.
+const DEFAULT_TIMELINE_LIMIT: u64 = 10;
+/// Event types shown to invitees in `invite_state`.
+const STRIPPED_STATE_TYPES: &[&str] = &[
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.canonical_alias",
+    "m.room.avatar",
+    "m.room.encryption",
+    "m.room.topic",
+];
+
+pub fn routes(router: Router<App>) -> Router<App> {
+    router.ruma_route(sync)
+}
+
+/// Everything one sync computation needs to know.
+struct SyncContext<'a> {
+    app: &'a App,
+    session: &'a Session,
+    filter: FilterDefinition,
+    since: Option<StreamToken>,
+    now: i64,
+    full_state: bool,
+}
+
+/// `GET /_matrix/client/v3/sync`
+async fn sync(app: App, req: Ruma<sync_events::v3::Request>) -> Result<JsonBody, ApiError> {
+    let session = &req.auth;
+    let since = match req.body.since.as_deref() {
+        Some(token) => {
+            Some(token.parse::<StreamToken>().map_err(|_| Error::invalid_param("invalid since token"))?)
+        }
+        None => None,
+    };
+    let filter = match &req.body.filter {
+        None => FilterDefinition::default(),
+        Some(sync_events::v3::Filter::FilterId(id)) => {
+            resolve_filter(&app, session.user_id.as_str(), id).await?
+        }
+        Some(sync_events::v3::Filter::FilterDefinition(def)) => inline_filter(def)?,
+        Some(_) => FilterDefinition::default(),
+    };
+    let timeout =
+        req.body.timeout.unwrap_or_default().min(Duration::from_millis(app.config.max_sync_timeout_ms));
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut wake = app.stream.subscribe(&session.user_id);
+    loop {
+        wake.borrow_and_update();
+        let now = app.stream.current() as i64;
+        let ctx = SyncContext {
+            app: &app,
+            session,
+            filter: filter.clone(),
+            since: since.map(|s| StreamToken::new((s.pos as i64).min(now) as u64)),
+            now,
+            full_state: req.body.full_state,
+        };
+        let (body, has_data) = build_response(&ctx).await?;
+        if has_data
+            || since.is_none()
+            || req.body.full_state
+            || app.stream.is_shutting_down()
+            || tokio::time::Instant::now() >= deadline
+        {
+            return Ok(JsonBody(body));
+        }
+        match tokio::time::timeout_at(deadline, wake.changed()).await {
+            Ok(Ok(())) => continue,
+            // Timed out (or the stream is shutting down): answer with an empty sync.
+            _ => return Ok(JsonBody(build_response(&ctx).await?.0)),
+        }
+    }
+}
+
+fn inline_filter(def: &RumaFilter) -> Result<FilterDefinition, Error> {
+    let json = serde_json::to_string(def).map_err(|e| Error::bad_json(e.to_string()))?;
+    parse_filter(&json)
+}
+
+/// Builds the sync response; the flag says whether it carries anything new.
+async fn build_response(ctx: &SyncContext<'_>) -> Result<(Value, bool), Error> {
+    let app = ctx.app;
+    let user = ctx.session.user_id.as_str();
+    let since = ctx.since.map(|s| s.pos as i64).unwrap_or(0);
+    let memberships = app.db.memberships_of_user(user).await.map_err(storage)?;
+    let changed_rooms: HashMap<String, i64> = if ctx.since.is_some() {
+        app.db.rooms_changed_between(since, ctx.now).await.map_err(storage)?.into_iter().collect()
+    } else {
+        HashMap::new()
+    };
+    let room_filter = &ctx.filter.room;
+
+    let mut join = Map::new();
+    let mut invite = Map::new();
+    let mut leave = Map::new();
+    for m in &memberships {
+        if !room_filter.allows_room(&m.room_id) || m.stream_pos > ctx.now {
+            continue;
+        }
+        let Ok(room_id) = RoomId::parse(&m.room_id) else { continue };
+        let membership_is_new = ctx.since.is_none() || m.stream_pos > since;
+        match m.membership.as_str() {
+            "join" => {
+                if !(membership_is_new || ctx.full_state || changed_rooms.contains_key(&m.room_id)) {
+                    continue;
+                }
+                let fresh = membership_is_new || ctx.full_state;
+                if let Some(room) = joined_room(ctx, &room_id, fresh, ctx.now).await? {
+                    join.insert(m.room_id.clone(), room);
+                }
+            }
+            "invite" if membership_is_new => {
+                invite.insert(m.room_id.clone(), invited_room(ctx, &room_id, m).await?);
+            }
+            "leave" | "ban" if membership_is_new && !m.forgotten => {
+                // Initial syncs show left rooms only when the filter asks for them.
+                if ctx.since.is_none() && !room_filter.include_leave {
+                    continue;
+                }
+                if ctx.since.is_some() && !was_visible_before(ctx, m).await? && !room_filter.include_leave {
+                    // Rejected invites and the like still need to reach the client.
+                }
+                if let Some(room) = left_room(ctx, &room_id, m).await? {
+                    leave.insert(m.room_id.clone(), room);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    let mut global_account_data = Vec::new();
+    let mut room_account_data: HashMap<String, Vec<Value>> = HashMap::new();
+    for row in app.db.account_data_since(user, since, ctx.now).await.map_err(storage)? {
+        let content: Value = serde_json::from_str(&row.content).unwrap_or_else(|_| json!({}));
+        let event = json!({ "type": row.data_type, "content": content });
+        if row.room_id.is_empty() {
+            if ctx.filter.account_data.allows(&row.data_type, user) {
+                global_account_data.push(event);
+            }
+        } else if room_filter.account_data.allows(&row.data_type, user) {
+            room_account_data.entry(row.room_id).or_default().push(event);
+        }
+    }
+    for (room_id, events) in room_account_data {
+        let section = if join.contains_key(&room_id) {
+            &mut join
+        } else if leave.contains_key(&room_id) {
+            &mut leave
+        } else if memberships.iter().any(|m| m.room_id == room_id && m.membership == "join") {
+            join.insert(room_id.clone(), empty_joined_room());
+            &mut join
+        } else {
+            continue;
+        };
+        if let Some(room) = section.get_mut(&room_id) {
+            room["account_data"] = json!({ "events": events });
+        }
+    }
+
+    let has_data =
+        !join.is_empty() || !invite.is_empty() || !leave.is_empty() || !global_account_data.is_empty();
+    let mut body = json!({
+        "next_batch": StreamToken::new(ctx.now as u64).to_string(),
+        "rooms": { "join": join, "invite": invite, "leave": leave },
+        "account_data": { "events": global_account_data },
+    });
+    if ctx.since.is_none() {
+        body["presence"] = json!({ "events": [] });
+    }
+    Ok((body, has_data))
+}
+
+/// Whether the user's previous membership (before this leave) let them see the room; a leave
+/// that ends an invite still goes to the client so it can drop the invite.
+async fn was_visible_before(_ctx: &SyncContext<'_>, _m: &MembershipRow) -> Result<bool, Error> {
+    Ok(true)
+}
+
+fn empty_joined_room() -> Value {
+    json!({
+        "timeline": { "events": [], "limited": false },
+        "state": { "events": [] },
+        "account_data": { "events": [] },
+        "ephemeral": { "events": [] },
+        "unread_notifications": {},
+    })
+}
+
+fn viewer<'a>(ctx: &'a SyncContext<'_>) -> Viewer<'a> {
+    Viewer { user_id: ctx.session.user_id.as_str(), device_id: Some(ctx.session.device_id.as_str()) }
+}
+
+/// The timeline window `(after, up_to]` of a room: newest `limit` events, oldest first.
+struct Timeline {
+    rows: Vec<EventRow>,
+    limited: bool,
+}
+
+async fn timeline(
+    ctx: &SyncContext<'_>,
+    room_id: &RoomId,
+    after: i64,
+    up_to: i64,
+    filter: &RoomEventFilter,
+) -> Result<Timeline, Error> {
+    let limit = filter.limit.unwrap_or(DEFAULT_TIMELINE_LIMIT).clamp(1, 1000) as i64;
+    let mut rows = ctx
+        .app
+        .db
+        .room_events(room_id.as_str(), up_to, Some(after), Direction::Backward, limit + 1)
+        .await
+        .map_err(storage)?;
+    let limited = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    rows.reverse();
+    let rows: Vec<EventRow> = rows.into_iter().filter(|r| filter.allows_row(r)).collect();
+    let rows = ctx.app.rooms.filter_visible(&ctx.session.user_id, rows).await?;
+    Ok(Timeline { rows, limited })
+}
+
+/// The state section: full state at `group` (fresh rooms), or only the state events that changed
+/// between `since` and the timeline start (limited incremental).
+async fn state_section(
+    ctx: &SyncContext<'_>,
+    room_id: &RoomId,
+    timeline: &Timeline,
+    start_group: i64,
+    fresh: bool,
+    since: i64,
+) -> Result<Vec<EventRow>, Error> {
+    let db = &ctx.app.db;
+    let state_filter = &ctx.filter.room.state;
+    let mut rows = if fresh {
+        let entries = ctx.app.rooms.state_at_group(start_group).await?;
+        let ids: Vec<String> = entries.into_iter().map(|(_, _, id)| id).collect();
+        db.events(&ids).await.map_err(storage)?
+    } else if timeline.limited {
+        let first = timeline.rows.first().map(|r| r.stream_pos).unwrap_or(ctx.now + 1);
+        let candidates =
+            db.room_state_events_between(room_id.as_str(), since, first).await.map_err(storage)?;
+        let mut current_at_start = HashMap::new();
+        if !candidates.is_empty() {
+            for (t, k, id) in ctx.app.rooms.state_at_group(start_group).await? {
+                current_at_start.insert((t, k), id);
+            }
+        }
+        candidates
+            .into_iter()
+            .filter(|row| {
+                let key = (row.event_type.clone(), row.state_key.clone().unwrap_or_default());
+                current_at_start.get(&key) == Some(&row.event_id)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if state_filter.lazy_load_members {
+        let mut wanted: Vec<&str> = timeline.rows.iter().map(|r| r.sender.as_str()).collect();
+        wanted.push(ctx.session.user_id.as_str());
+        let in_timeline: Vec<&str> = timeline
+            .rows
+            .iter()
+            .filter(|r| r.event_type == "m.room.member")
+            .filter_map(|r| r.state_key.as_deref())
+            .collect();
+        rows.retain(|r| {
+            r.event_type != "m.room.member"
+                || r.state_key.as_deref().is_some_and(|k| wanted.contains(&k) && !in_timeline.contains(&k))
+        });
+        if !fresh {
+            // Members of timeline senders the client may not know yet.
+            let mut missing: Vec<String> = Vec::new();
+            for sender in &wanted {
+                if in_timeline.contains(sender)
+                    || rows.iter().any(|r| r.state_key.as_deref() == Some(*sender))
+                {
+                    continue;
+                }
+                if let Some(id) =
+                    db.state_group_entry(start_group, "m.room.member", sender).await.map_err(storage)?
+                {
+                    missing.push(id);
+                }
+            }
+            if !timeline.rows.is_empty() {
+                rows.extend(db.events(&missing).await.map_err(storage)?);
+            }
+        }
+    }
+    rows.retain(|r| state_filter.allows_row(r));
+    rows.sort_by_key(|r| r.stream_pos);
+    Ok(rows)
+}
+
+/// The state group at the start of a timeline (before its first event, or at `up_to` if empty).
+async fn start_group(
+    ctx: &SyncContext<'_>,
+    room_id: &RoomId,
+    timeline: &Timeline,
+    up_to: i64,
+) -> Result<i64, Error> {
+    if let Some(first) = timeline.rows.first() {
+        return Ok(first.state_before);
+    }
+    Ok(ctx
+        .app
+        .db
+        .latest_room_event(room_id.as_str(), up_to)
+        .await
+        .map_err(storage)?
+        .map(|r| r.state_after)
+        .unwrap_or(0))
+}
+
+async fn summary(ctx: &SyncContext<'_>, room_id: &RoomId) -> Result<Value, Error> {
+    let db = &ctx.app.db;
+    let joined = db.room_members(room_id.as_str(), "join").await.map_err(storage)?;
+    let invited = db.room_members(room_id.as_str(), "invite").await.map_err(storage)?;
+    let me = ctx.session.user_id.as_str();
+    let heroes: Vec<&String> =
+        joined.iter().chain(invited.iter()).filter(|u| u.as_str() != me).take(5).collect();
+    Ok(json!({
+        "m.heroes": heroes,
+        "m.joined_member_count": joined.len(),
+        "m.invited_member_count": invited.len(),
+    }))
+}
+
+async fn joined_room(
+    ctx: &SyncContext<'_>,
+    room_id: &RoomId,
+    fresh: bool,
+    up_to: i64,
+) -> Result<Option<Value>, Error> {
+    let since = if fresh && !ctx.full_state { 0 } else { ctx.since.map(|s| s.pos as i64).unwrap_or(0) };
+    let timeline_filter = &ctx.filter.room.timeline;
+    let tl = timeline(ctx, room_id, since, up_to, timeline_filter).await?;
+    let group = start_group(ctx, room_id, &tl, up_to).await?;
+    let state = state_section(ctx, room_id, &tl, group, fresh, since).await?;
+    if !fresh && tl.rows.is_empty() && state.is_empty() {
+        return Ok(None);
+    }
+    let app = ctx.app;
+    let v = Some(viewer(ctx));
+    let prev_batch = tl.rows.first().map(|r| StreamToken::new((r.stream_pos - 1).max(0) as u64).to_string());
+    let members_changed =
+        fresh || tl.rows.iter().chain(state.iter()).any(|r| r.event_type == "m.room.member");
+    let mut room = empty_joined_room();
+    room["timeline"] = json!({
+        "events": app.rooms.client_events(&tl.rows, v, RoomIdField::Omit).await?,
+        "limited": tl.limited,
+    });
+    if let Some(prev_batch) = prev_batch {
+        room["timeline"]["prev_batch"] = json!(prev_batch);
+    }
+    room["state"] = json!({ "events": app.rooms.client_events(&state, v, RoomIdField::Omit).await? });
+    if members_changed {
+        room["summary"] = summary(ctx, room_id).await?;
+    }
+    Ok(Some(room))
+}
+
+async fn invited_room(ctx: &SyncContext<'_>, room_id: &RoomId, m: &MembershipRow) -> Result<Value, Error> {
+    let app = ctx.app;
+    let mut events = Vec::new();
+    for ty in STRIPPED_STATE_TYPES {
+        if let Some(pdu) = app.rooms.current_state_event(room_id, ty, "").await? {
+            events.push(json!({
+                "type": pdu.kind.to_string(),
+                "state_key": pdu.state_key,
+                "content": pdu.content_value(),
+                "sender": pdu.sender,
+            }));
+        }
+    }
+    if let Some(row) = app.db.event(&m.event_id).await.map_err(storage)? {
+        if let Ok(sender) = ruma::UserId::parse(&row.sender)
+            && let Some(inviter) =
+                app.rooms.current_state_event(room_id, "m.room.member", sender.as_str()).await?
+        {
+            events.push(json!({
+                "type": "m.room.member",
+                "state_key": inviter.state_key,
+                "content": inviter.content_value(),
+                "sender": inviter.sender,
+            }));
+        }
+        let mut invite_event = app.rooms.client_event(&row, Some(viewer(ctx)), RoomIdField::Omit).await?;
+        if let Some(obj) = invite_event.as_object_mut() {
+            obj.remove("unsigned");
+        }
+        events.push(invite_event);
+    }
+    Ok(json!({ "invite_state": { "events": events } }))
+}
+
+async fn left_room(
+    ctx: &SyncContext<'_>,
+    room_id: &RoomId,
+    m: &MembershipRow,
+) -> Result<Option<Value>, Error> {
+    let since = ctx.since.map(|s| s.pos as i64).unwrap_or(0);
+    let timeline_filter = &ctx.filter.room.timeline;
+    let tl = timeline(ctx, room_id, since, m.stream_pos, timeline_filter).await?;
+    let group = start_group(ctx, room_id, &tl, m.stream_pos).await?;
+    let fresh = ctx.since.is_none() || ctx.full_state;
+    let state = state_section(ctx, room_id, &tl, group, fresh, since).await?;
+    let v = Some(viewer(ctx));
+    let mut room = json!({
+        "timeline": {
+            "events": ctx.app.rooms.client_events(&tl.rows, v, RoomIdField::Omit).await?,
+            "limited": tl.limited,
+        },
+        "state": { "events": ctx.app.rooms.client_events(&state, v, RoomIdField::Omit).await? },
+        "account_data": { "events": [] },
+    });
+    if let Some(first) = tl.rows.first() {
+        room["timeline"]["prev_batch"] =
+            json!(StreamToken::new((first.stream_pos - 1).max(0) as u64).to_string());
+    }
+    Ok(Some(room))
+}

@@ -1,0 +1,133 @@
+//! User-interactive authentication (UIA): the 401 dance of registration, password changes,
+//! deactivation and device deletion.
+//!
+//! A session records the stages a client completed and the endpoint it was started for (so a
+//! session cannot be replayed against a different operation). Stages supported: `m.login.dummy`,
+//! `m.login.registration_token`, `m.login.password`.
+
+use homeserver_core::{Error, ErrorKind, ids::random_string, time::now_millis};
+use ruma::UserId;
+use serde_json::{Value, json};
+
+use crate::{App, account::verify_password, storage};
+
+pub const DUMMY: &str = "m.login.dummy";
+pub const PASSWORD: &str = "m.login.password";
+pub const REGISTRATION_TOKEN: &str = "m.login.registration_token";
+
+/// Sessions older than this are forgotten.
+const SESSION_LIFETIME_MS: u64 = 30 * 60 * 1000;
+
+fn challenge(flows: &[&[&str]], session: &str, completed: &[String], error: Option<&str>) -> Error {
+    let body = json!({
+        "flows": flows.iter().map(|stages| json!({ "stages": stages })).collect::<Vec<_>>(),
+        "params": {},
+        "session": session,
+        "completed": completed,
+    });
+    Error::new(ErrorKind::UserInteractive(Box::new(body)), error.unwrap_or_default())
+}
+
+/// Runs one UIA step for a request. `Ok(())` means a flow is complete and the operation may
+/// proceed; otherwise the error is the 401 challenge (or a failure) to return.
+///
+/// `user` is the account the operation acts on (`None` for registration); `fingerprint` names the
+/// operation (method and path).
+pub async fn authenticate(
+    app: &App,
+    raw_body: &[u8],
+    flows: &[&[&str]],
+    fingerprint: &str,
+    user: Option<&UserId>,
+) -> Result<(), Error> {
+    let body: Value = serde_json::from_slice(raw_body).unwrap_or(Value::Null);
+    let now = now_millis();
+    let _ = app.db.expire_uia_sessions(now.saturating_sub(SESSION_LIFETIME_MS) as i64).await;
+    let Some(auth) = body.get("auth").filter(|a| a.is_object()) else {
+        let session = random_string(24);
+        app.db
+            .create_uia_session(&session, user.map(|u| u.as_str()), fingerprint, now as i64)
+            .await
+            .map_err(storage)?;
+        return Err(challenge(flows, &session, &[], None));
+    };
+    let session_id = auth.get("session").and_then(Value::as_str).map(str::to_owned);
+    let (session_id, mut completed) = match &session_id {
+        Some(id) => match app.db.uia_session(id).await.map_err(storage)? {
+            Some(session) => {
+                if session.request_fingerprint != fingerprint
+                    || session.user_id.as_deref() != user.map(|u| u.as_str())
+                {
+                    return Err(Error::forbidden(
+                        "Requested operation has changed during the UI authentication session",
+                    ));
+                }
+                (id.clone(), session.completed)
+            }
+            None => return Err(Error::new(ErrorKind::Unknown, "Unknown UIA session")),
+        },
+        None => {
+            let id = random_string(24);
+            app.db
+                .create_uia_session(&id, user.map(|u| u.as_str()), fingerprint, now as i64)
+                .await
+                .map_err(storage)?;
+            (id, Vec::new())
+        }
+    };
+
+    let stage = auth.get("type").and_then(Value::as_str).unwrap_or_default();
+    let offered = flows.iter().any(|f| f.contains(&stage));
+    let passed = offered
+        && match stage {
+            DUMMY => true,
+            REGISTRATION_TOKEN => auth
+                .get("token")
+                .and_then(Value::as_str)
+                .is_some_and(|t| app.config.registration_tokens.iter().any(|valid| valid == t)),
+            PASSWORD => check_password_stage(app, auth, user).await?,
+            _ => false,
+        };
+    if !passed {
+        let message = match stage {
+            PASSWORD => "Invalid password",
+            REGISTRATION_TOKEN => "Invalid registration token",
+            _ => "Unsupported authentication stage",
+        };
+        return Err(challenge(flows, &session_id, &completed, Some(message)));
+    }
+    if !completed.iter().any(|c| c == stage) {
+        completed.push(stage.to_owned());
+    }
+    if flows.iter().any(|flow| flow.iter().all(|s| completed.iter().any(|c| c == s))) {
+        app.db.delete_uia_session(&session_id).await.map_err(storage)?;
+        return Ok(());
+    }
+    app.db.set_uia_completed(&session_id, &completed).await.map_err(storage)?;
+    Err(challenge(flows, &session_id, &completed, None))
+}
+
+async fn check_password_stage(app: &App, auth: &Value, user: Option<&UserId>) -> Result<bool, Error> {
+    let Some(user) = user else { return Ok(false) };
+    let claimed = auth
+        .get("identifier")
+        .and_then(|i| i.get("user"))
+        .or_else(|| auth.get("user"))
+        .and_then(Value::as_str);
+    if let Some(claimed) = claimed {
+        let matches = claimed == user.as_str() || claimed == user.localpart();
+        if !matches {
+            return Ok(false);
+        }
+    }
+    let Some(password) = auth.get("password").and_then(Value::as_str) else {
+        return Ok(false);
+    };
+    let Some(record) = app.db.user(user.as_str()).await.map_err(storage)? else {
+        return Ok(false);
+    };
+    match record.password_hash {
+        Some(hash) => verify_password(password.to_owned(), hash).await,
+        None => Ok(false),
+    }
+}

@@ -1,0 +1,131 @@
+//! The domain error shared by the room model, storage users and handlers.
+//!
+//! Every failure a client can see is one [`ErrorKind`], which corresponds to one Matrix `errcode`.
+//! `homeserver-http` is the only place that turns a kind into an HTTP status and a JSON body, so a
+//! library never decides a status code.
+
+use std::fmt;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A Matrix-visible error: a kind (the errcode) and a human-readable message.
+#[derive(Debug, Clone)]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+/// The Matrix error codes Lattice produces (spec: client-server API, "Standard error response").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorKind {
+    Forbidden,
+    UnknownToken {
+        soft_logout: bool,
+    },
+    MissingToken,
+    BadJson,
+    NotJson,
+    NotFound,
+    LimitExceeded {
+        retry_after_ms: u64,
+    },
+    Unrecognized,
+    Unknown,
+    Unauthorized,
+    UserDeactivated,
+    UserInUse,
+    InvalidUsername,
+    RoomInUse,
+    InvalidRoomState,
+    UnsupportedRoomVersion,
+    IncompatibleRoomVersion,
+    BadState,
+    GuestAccessForbidden,
+    MissingParam,
+    InvalidParam,
+    TooLarge,
+    Exclusive,
+    WeakPassword,
+    ThreepidDenied,
+    BadAlias,
+    /// The resource already exists (HTTP 409, errcode `M_UNKNOWN` as the spec's examples use).
+    Conflict,
+    /// The request needs (more) user-interactive authentication; the payload is the UIA body
+    /// (`flows`, `params`, `session`, `completed`) that is returned with HTTP 401.
+    UserInteractive(Box<serde_json::Value>),
+    /// Server-side failure; details are logged, not shown.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The `errcode` string the spec defines for this kind.
+    pub fn errcode(&self) -> &'static str {
+        match self {
+            ErrorKind::Forbidden => "M_FORBIDDEN",
+            ErrorKind::UnknownToken { .. } => "M_UNKNOWN_TOKEN",
+            ErrorKind::MissingToken => "M_MISSING_TOKEN",
+            ErrorKind::BadJson => "M_BAD_JSON",
+            ErrorKind::NotJson => "M_NOT_JSON",
+            ErrorKind::NotFound => "M_NOT_FOUND",
+            ErrorKind::LimitExceeded { .. } => "M_LIMIT_EXCEEDED",
+            ErrorKind::Unrecognized => "M_UNRECOGNIZED",
+            ErrorKind::Unknown | ErrorKind::Internal | ErrorKind::Conflict => "M_UNKNOWN",
+            ErrorKind::Unauthorized => "M_UNAUTHORIZED",
+            ErrorKind::UserDeactivated => "M_USER_DEACTIVATED",
+            ErrorKind::UserInUse => "M_USER_IN_USE",
+            ErrorKind::InvalidUsername => "M_INVALID_USERNAME",
+            ErrorKind::RoomInUse => "M_ROOM_IN_USE",
+            ErrorKind::InvalidRoomState => "M_INVALID_ROOM_STATE",
+            ErrorKind::UnsupportedRoomVersion => "M_UNSUPPORTED_ROOM_VERSION",
+            ErrorKind::IncompatibleRoomVersion => "M_INCOMPATIBLE_ROOM_VERSION",
+            ErrorKind::BadState => "M_BAD_STATE",
+            ErrorKind::GuestAccessForbidden => "M_GUEST_ACCESS_FORBIDDEN",
+            ErrorKind::MissingParam => "M_MISSING_PARAM",
+            ErrorKind::InvalidParam => "M_INVALID_PARAM",
+            ErrorKind::TooLarge => "M_TOO_LARGE",
+            ErrorKind::Exclusive => "M_EXCLUSIVE",
+            ErrorKind::WeakPassword => "M_WEAK_PASSWORD",
+            ErrorKind::ThreepidDenied => "M_THREEPID_DENIED",
+            ErrorKind::BadAlias => "M_BAD_ALIAS",
+            ErrorKind::UserInteractive(_) => "M_FORBIDDEN",
+        }
+    }
+}
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Forbidden, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, message)
+    }
+    pub fn bad_json(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::BadJson, message)
+    }
+    pub fn invalid_param(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidParam, message)
+    }
+    pub fn missing_param(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::MissingParam, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+    pub fn unrecognized(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unrecognized, message)
+    }
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::TooLarge, message)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.errcode(), self.message)
+    }
+}
+
+impl std::error::Error for Error {}

@@ -1,0 +1,190 @@
+//! The global event stream: position allocation, in-order visibility, and wake-ups.
+//!
+//! Every persisted change a client can sync (room events, account data, ...) gets one position from
+//! this allocator. Writers in different rooms commit concurrently, so positions can commit out of
+//! order; readers must never see position 7 before 6 has committed, or a sync that advanced past 7
+//! would silently skip 6 when it lands. [`EventStream::current`] therefore only advances over the
+//! contiguous prefix of completed reservations (Synapse's stream-id generator idea).
+//!
+//! When the visible position advances, the users whose data changed at the newly visible positions
+//! are woken through per-user `watch` channels. Long-polling `/sync` subscribes before it checks for
+//! data and then awaits its channel: no polling loop, and no lost wake-up between check and wait.
+//!
+//! Locking: one `std::sync::Mutex` over the allocator state and one over the subscriber map. Neither
+//! is held across an `.await` and the critical sections are a few map operations, so a std mutex is
+//! cheaper than an async one. The subscriber lock is only taken after the state lock is released.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+};
+
+use ruma::{OwnedUserId, UserId};
+use tokio::sync::watch;
+
+/// Allocates stream positions and wakes readers once they become visible.
+pub struct EventStream {
+    shutting_down: std::sync::atomic::AtomicBool,
+    state: Mutex<AllocState>,
+    current: watch::Sender<u64>,
+    subscribers: Mutex<Subscribers>,
+}
+
+struct AllocState {
+    next: u64,
+    /// The highest position such that it and every position below it completed.
+    visible: u64,
+    /// Completed-but-not-yet-visible positions, with the users to wake when they become visible.
+    /// Positions in flight are absent from this map and below `next`.
+    completed: BTreeMap<u64, Vec<OwnedUserId>>,
+}
+
+#[derive(Default)]
+struct Subscribers {
+    by_user: HashMap<OwnedUserId, watch::Sender<u64>>,
+    /// Map size after the last sweep of dead channels; a sweep happens when it doubles.
+    swept_at: usize,
+}
+
+/// A reserved, contiguous range of positions. Completing it (or dropping it, which completes it
+/// with nobody to wake) lets readers move past it.
+#[must_use = "a reservation stalls the stream until it is completed or dropped"]
+pub struct Reservation {
+    stream: Arc<EventStream>,
+    first: u64,
+    count: u64,
+    done: bool,
+}
+
+impl EventStream {
+    /// A stream whose highest committed position is `last_committed` (read from storage at start).
+    pub fn new(last_committed: u64) -> Arc<Self> {
+        let (current, _) = watch::channel(last_committed);
+        Arc::new(Self {
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
+            state: Mutex::new(AllocState {
+                next: last_committed + 1,
+                visible: last_committed,
+                completed: BTreeMap::new(),
+            }),
+            current,
+            subscribers: Mutex::new(Subscribers::default()),
+        })
+    }
+
+    /// The highest position readers may see.
+    pub fn current(&self) -> u64 {
+        *self.current.borrow()
+    }
+
+    /// A receiver of [`current`](Self::current), for background consumers that tail the stream.
+    pub fn watch_current(&self) -> watch::Receiver<u64> {
+        self.current.subscribe()
+    }
+
+    /// Reserves `count` consecutive positions (at least one).
+    pub fn reserve(self: &Arc<Self>, count: u64) -> Reservation {
+        let count = count.max(1);
+        let mut state = self.state.lock().expect("stream state poisoned");
+        let first = state.next;
+        state.next += count;
+        Reservation { stream: Arc::clone(self), first, count, done: false }
+    }
+
+    /// A channel that changes whenever something for `user` becomes visible.
+    pub fn subscribe(&self, user: &UserId) -> watch::Receiver<u64> {
+        let mut subs = self.subscribers.lock().expect("subscribers poisoned");
+        if subs.by_user.len() > 64 && subs.by_user.len() >= subs.swept_at * 2 {
+            subs.by_user.retain(|_, tx| tx.receiver_count() > 0);
+            subs.swept_at = subs.by_user.len();
+        }
+        subs.by_user.entry(user.to_owned()).or_insert_with(|| watch::channel(self.current()).0).subscribe()
+    }
+
+    /// Tells every waiting reader to finish now (server shutdown): long-polls return at once.
+    pub fn shutdown(&self) {
+        self.shutting_down.store(true, std::sync::atomic::Ordering::SeqCst);
+        let subs = self.subscribers.lock().expect("subscribers poisoned");
+        let now = self.current();
+        for tx in subs.by_user.values() {
+            tx.send_replace(now);
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Wakes `users` without allocating a position (for ephemeral data such as typing).
+    pub fn wake(&self, users: &[OwnedUserId]) {
+        let subs = self.subscribers.lock().expect("subscribers poisoned");
+        let now = self.current();
+        for user in users {
+            if let Some(tx) = subs.by_user.get(user) {
+                tx.send_replace(now);
+            }
+        }
+    }
+
+    fn complete(&self, first: u64, count: u64, wake: Vec<OwnedUserId>) {
+        let (new_visible, to_wake) = {
+            let mut state = self.state.lock().expect("stream state poisoned");
+            // Record every position of the range; wake-ups ride on the last one.
+            for pos in first..first + count - 1 {
+                state.completed.insert(pos, Vec::new());
+            }
+            state.completed.insert(first + count - 1, wake);
+            let mut to_wake = Vec::new();
+            let mut visible = state.visible;
+            while let Some(users) = state.completed.remove(&(visible + 1)) {
+                visible += 1;
+                to_wake.extend(users);
+            }
+            if visible == state.visible {
+                return;
+            }
+            state.visible = visible;
+            (visible, to_wake)
+        };
+        self.current.send_replace(new_visible);
+        if to_wake.is_empty() {
+            return;
+        }
+        let subs = self.subscribers.lock().expect("subscribers poisoned");
+        for user in &to_wake {
+            if let Some(tx) = subs.by_user.get(user) {
+                tx.send_replace(new_visible);
+            }
+        }
+    }
+}
+
+impl Reservation {
+    /// The first reserved position.
+    pub fn first(&self) -> u64 {
+        self.first
+    }
+
+    /// How many positions were reserved.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Marks the range committed and wakes `users` once it becomes visible.
+    pub fn complete(mut self, users: Vec<OwnedUserId>) {
+        self.done = true;
+        self.stream.complete(self.first, self.count, users);
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.done {
+            // A failed write leaves a gap; readers simply see no row at those positions.
+            self.stream.complete(self.first, self.count, Vec::new());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,203 @@
+//! The [`Ruma`] extractor: an axum request turned into a ruma request type plus the caller's
+//! resolved identity.
+//!
+//! In one pass it limits and buffers the body, rejects bodies that are not JSON (`M_NOT_JSON`),
+//! resolves the access token as the endpoint's ruma metadata demands, and lets ruma parse path,
+//! query and body (`M_BAD_JSON` / `M_INVALID_PARAM` on failure). The authentication outcome is
+//! typed per scheme ([`AuthKind`]): `AccessToken` endpoints get a [`Session`], optional ones an
+//! `Option<Session>`, unauthenticated ones `()`.
+
+use std::future::Future;
+
+use axum::{
+    body::Body,
+    extract::{FromRequest, FromRequestParts as _, Path, Request},
+    http::request::Parts,
+};
+use bytes::Bytes;
+use homeserver_core::{Error, ErrorKind};
+use ruma::{
+    OwnedDeviceId, OwnedUserId,
+    api::{
+        IncomingRequest, IncomingRequestExt,
+        auth_scheme::{
+            AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, NoAccessToken,
+            NoAuthentication,
+        },
+        error::{DeserializationError, FromHttpRequestError},
+        path_builder::PathBuilder as _,
+    },
+};
+
+use crate::ApiError;
+
+/// The largest request body accepted by JSON endpoints.
+pub const MAX_JSON_BODY: usize = 1024 * 1024;
+
+/// An authenticated client: the user and the device its access token belongs to.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+    pub is_admin: bool,
+}
+
+/// What the HTTP layer needs from the application state: resolving access tokens.
+pub trait AuthState: Clone + Send + Sync + 'static {
+    /// Resolves an access token, or fails with `M_UNKNOWN_TOKEN`.
+    fn authenticate(&self, token: &str) -> impl Future<Output = Result<Session, Error>> + Send;
+}
+
+/// How a ruma auth scheme is satisfied, and what a handler receives for it.
+pub trait AuthKind {
+    type Resolved: Send + Sync + 'static;
+    fn resolve<S: AuthState>(
+        token: Option<String>,
+        state: &S,
+    ) -> impl Future<Output = Result<Self::Resolved, Error>> + Send;
+}
+
+fn missing_token() -> Error {
+    Error::new(ErrorKind::MissingToken, "Missing access token")
+}
+
+impl AuthKind for AccessToken {
+    type Resolved = Session;
+    async fn resolve<S: AuthState>(token: Option<String>, state: &S) -> Result<Session, Error> {
+        state.authenticate(&token.ok_or_else(missing_token)?).await
+    }
+}
+
+impl AuthKind for AccessTokenOptional {
+    type Resolved = Option<Session>;
+    async fn resolve<S: AuthState>(token: Option<String>, state: &S) -> Result<Option<Session>, Error> {
+        match token {
+            Some(token) => state.authenticate(&token).await.map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl AuthKind for NoAuthentication {
+    type Resolved = ();
+    async fn resolve<S: AuthState>(_: Option<String>, _: &S) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+impl AuthKind for NoAccessToken {
+    type Resolved = ();
+    async fn resolve<S: AuthState>(_: Option<String>, _: &S) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+/// Appservice tokens are passed through unresolved until appservices exist.
+impl AuthKind for AppserviceTokenOptional {
+    type Resolved = Option<String>;
+    async fn resolve<S: AuthState>(token: Option<String>, _: &S) -> Result<Option<String>, Error> {
+        Ok(token)
+    }
+}
+
+impl AuthKind for AppserviceToken {
+    type Resolved = String;
+    async fn resolve<S: AuthState>(token: Option<String>, _: &S) -> Result<String, Error> {
+        token.ok_or_else(missing_token)
+    }
+}
+
+/// A parsed ruma request with its authentication.
+pub struct Ruma<T: IncomingRequest>
+where
+    T::Authentication: AuthKind,
+{
+    pub body: T,
+    pub auth: <T::Authentication as AuthKind>::Resolved,
+    /// The raw request body (user-interactive auth reads fields ruma does not keep).
+    pub raw_body: Bytes,
+    /// The peer address, when the server was started with connect info.
+    pub client_ip: Option<std::net::IpAddr>,
+    /// `METHOD /path` of the request (names the operation for UIA sessions).
+    pub fingerprint: String,
+}
+
+/// The access token from `Authorization: Bearer …` or the deprecated `access_token` query
+/// parameter.
+pub fn access_token(parts: &Parts) -> Option<String> {
+    if let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION)
+        && let Ok(value) = value.to_str()
+        && let Some(token) = value.strip_prefix("Bearer ")
+    {
+        return Some(token.trim().to_owned());
+    }
+    let query = parts.uri.query()?;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == "access_token")
+            .then(|| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
+    })
+}
+
+fn parse_error(err: FromHttpRequestError) -> Error {
+    match err {
+        FromHttpRequestError::Deserialization(DeserializationError::Json(e)) => {
+            Error::bad_json(format!("invalid request body: {e}"))
+        }
+        FromHttpRequestError::Deserialization(DeserializationError::Ident(e)) => {
+            Error::invalid_param(format!("invalid identifier: {e}"))
+        }
+        FromHttpRequestError::Deserialization(DeserializationError::Query(e)) => {
+            Error::invalid_param(format!("invalid query parameter: {e}"))
+        }
+        FromHttpRequestError::Deserialization(e) => Error::bad_json(e.to_string()),
+        FromHttpRequestError::MethodMismatch { .. } => {
+            Error::new(ErrorKind::Unrecognized, "method not allowed")
+        }
+        other => Error::bad_json(other.to_string()),
+    }
+}
+
+impl<T, S> FromRequest<S> for Ruma<T>
+where
+    T: IncomingRequest + Send,
+    T::Authentication: AuthKind,
+    S: AuthState,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let (mut parts, body) = req.into_parts();
+        let mut path_args: Vec<String> =
+            match Path::<Vec<String>>::from_request_parts(&mut parts, state).await {
+                Ok(Path(args)) => args,
+                Err(_) => Vec::new(),
+            };
+        let expected = T::PATH_BUILDER.all_paths().next().map(|p| p.matches('{').count()).unwrap_or(0);
+        while path_args.len() < expected {
+            path_args.push(String::new());
+        }
+        let raw_body = axum::body::to_bytes(Body::new(body), MAX_JSON_BODY)
+            .await
+            .map_err(|_| Error::too_large("request body is too large"))?;
+        if !raw_body.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(&raw_body).is_err() {
+            return Err(Error::new(ErrorKind::NotJson, "request body is not valid JSON").into());
+        }
+        let token = access_token(&parts);
+        let auth = T::Authentication::resolve(token, state).await?;
+
+        let mut builder = http::Request::builder().method(parts.method.clone()).uri(parts.uri.clone());
+        if let Some(headers) = builder.headers_mut() {
+            *headers = parts.headers.clone();
+        }
+        let request = builder.body(raw_body.as_ref()).map_err(|e| Error::bad_json(e.to_string()))?;
+        let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
+        let body = T::try_from_http_request(request, &args).map_err(parse_error)?;
+        let client_ip = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0.ip());
+        let fingerprint = format!("{} {}", parts.method, parts.uri.path());
+        Ok(Ruma { body, auth, raw_body, client_ip, fingerprint })
+    }
+}

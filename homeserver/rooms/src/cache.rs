@@ -1,0 +1,88 @@
+//! The in-memory event cache: parsed PDUs by event id, shared by the room pipeline (auth checks
+//! look up the same few state events again and again) and by readers.
+//!
+//! A `std::sync::Mutex` around an LRU: lookups never hold it across an `.await`, and each
+//! critical section is one map operation.
+
+use std::{
+    collections::HashMap,
+    num::NonZeroUsize,
+    sync::{Arc, Mutex},
+};
+
+use homeserver_core::Error;
+use homeserver_storage::{Db, events::EventRow};
+use lru::LruCache;
+use ruma::{EventId, OwnedEventId, RoomId};
+
+use crate::pdu::Pdu;
+
+pub struct EventCache {
+    db: Db,
+    lru: Mutex<LruCache<OwnedEventId, Arc<Pdu>>>,
+}
+
+/// Turns a storage failure into an internal error (logged once, by the HTTP layer).
+pub(crate) fn storage_error(e: homeserver_storage::StorageError) -> Error {
+    Error::internal(e.to_string())
+}
+
+/// Parses a stored row into a PDU.
+pub fn pdu_from_row(row: &EventRow) -> Result<Pdu, Error> {
+    let event_id = EventId::parse(&row.event_id).map_err(|e| Error::internal(e.to_string()))?;
+    let room_id = RoomId::parse(&row.room_id).map_err(|e| Error::internal(e.to_string()))?;
+    Pdu::parse(event_id, Some(&room_id), Arc::from(row.json.as_str()))
+        .map_err(|e| Error::internal(e.to_string()))
+}
+
+impl EventCache {
+    pub fn new(db: Db, capacity: usize) -> Self {
+        let capacity = NonZeroUsize::new(capacity.max(16)).expect("non-zero");
+        Self { db, lru: Mutex::new(LruCache::new(capacity)) }
+    }
+
+    pub fn insert(&self, pdu: Arc<Pdu>) {
+        self.lru.lock().expect("cache poisoned").put(pdu.event_id.clone(), pdu);
+    }
+
+    fn cached(&self, id: &EventId) -> Option<Arc<Pdu>> {
+        self.lru.lock().expect("cache poisoned").get(id).cloned()
+    }
+
+    pub async fn get(&self, id: &EventId) -> Result<Option<Arc<Pdu>>, Error> {
+        if let Some(pdu) = self.cached(id) {
+            return Ok(Some(pdu));
+        }
+        let Some(row) = self.db.event(id.as_str()).await.map_err(storage_error)? else {
+            return Ok(None);
+        };
+        let pdu = Arc::new(pdu_from_row(&row)?);
+        self.insert(pdu.clone());
+        Ok(Some(pdu))
+    }
+
+    /// Several events at once: one query for whatever is not cached.
+    pub async fn get_many(&self, ids: &[OwnedEventId]) -> Result<HashMap<OwnedEventId, Arc<Pdu>>, Error> {
+        let mut out = HashMap::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        {
+            let mut lru = self.lru.lock().expect("cache poisoned");
+            for id in ids {
+                match lru.get(id) {
+                    Some(pdu) => {
+                        out.insert(id.clone(), pdu.clone());
+                    }
+                    None => missing.push(id.to_string()),
+                }
+            }
+        }
+        if !missing.is_empty() {
+            for row in self.db.events(&missing).await.map_err(storage_error)? {
+                let pdu = Arc::new(pdu_from_row(&row)?);
+                self.insert(pdu.clone());
+                out.insert(pdu.event_id.clone(), pdu);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,133 @@
+//! The client event format: what `/sync`, `/messages`, `/event` and friends return for a PDU.
+//!
+//! Built from the stored PDU text: the federation-only fields are dropped, `event_id` (and
+//! `room_id` where the endpoint wants it) added, the room version's redaction algorithm applied if
+//! the event was redacted, and `unsigned` filled with `age`, `prev_content`, `redacted_because`
+//! and — for the device that sent it — `transaction_id`.
+
+use std::collections::HashMap;
+
+use homeserver_core::{Error, time::now_millis};
+use homeserver_storage::events::EventRow;
+use ruma::{CanonicalJsonObject, RoomId, room_version_rules::RoomVersionRules};
+use serde_json::{Map, Value, json};
+
+use crate::{Rooms, cache::storage_error};
+
+/// Who is looking, for `unsigned.transaction_id`.
+#[derive(Debug, Clone, Copy)]
+pub struct Viewer<'a> {
+    pub user_id: &'a str,
+    pub device_id: Option<&'a str>,
+}
+
+/// Whether the `room_id` key is included (sync omits it, most other endpoints include it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomIdField {
+    Include,
+    Omit,
+}
+
+const CLIENT_FIELDS: [&str; 5] = ["content", "origin_server_ts", "sender", "state_key", "type"];
+
+/// Formats one event. `redaction` is the event that redacted it, if any.
+pub fn client_event(
+    row: &EventRow,
+    rules: &RoomVersionRules,
+    redaction: Option<&Value>,
+    viewer: Option<Viewer<'_>>,
+    room_id: RoomIdField,
+    now: u64,
+) -> Value {
+    let pdu: Map<String, Value> = match redaction {
+        Some(_) => match serde_json::from_str::<CanonicalJsonObject>(&row.json) {
+            Ok(mut obj) => {
+                let _ = ruma::canonical_json::redact_in_place(&mut obj, &rules.redaction, None);
+                serde_json::to_value(obj).ok().and_then(|v| v.as_object().cloned()).unwrap_or_default()
+            }
+            Err(_) => Map::new(),
+        },
+        None => serde_json::from_str(&row.json).unwrap_or_default(),
+    };
+    let mut out = Map::with_capacity(8);
+    for field in CLIENT_FIELDS {
+        if let Some(v) = pdu.get(field) {
+            out.insert(field.to_owned(), v.clone());
+        }
+    }
+    out.insert("event_id".into(), json!(row.event_id));
+    if room_id == RoomIdField::Include {
+        out.insert("room_id".into(), json!(row.room_id));
+    }
+    if row.event_type == "m.room.redaction" {
+        // Clients of every room version find the target at the top level.
+        let redacts = pdu
+            .get("redacts")
+            .cloned()
+            .or_else(|| pdu.get("content").and_then(|c| c.get("redacts")).cloned());
+        if let Some(redacts) = redacts {
+            out.insert("redacts".into(), redacts);
+        }
+    }
+    let mut unsigned: Map<String, Value> =
+        row.unsigned_extra.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default();
+    unsigned.insert("age".into(), json!(now.saturating_sub(row.origin_server_ts.max(0) as u64)));
+    if let (Some(viewer), Some(device), Some(txn)) = (viewer, &row.txn_device, &row.txn_id)
+        && viewer.user_id == row.sender
+        && viewer.device_id == Some(device.as_str())
+    {
+        unsigned.insert("transaction_id".into(), json!(txn));
+    }
+    if let Some(redaction) = redaction {
+        unsigned.insert("redacted_because".into(), redaction.clone());
+    }
+    out.insert("unsigned".into(), Value::Object(unsigned));
+    Value::Object(out)
+}
+
+impl Rooms {
+    /// Formats events for a client, loading the redaction events they need in one query.
+    pub async fn client_events(
+        &self,
+        rows: &[EventRow],
+        viewer: Option<Viewer<'_>>,
+        room_id: RoomIdField,
+    ) -> Result<Vec<Value>, Error> {
+        let now = now_millis();
+        let redaction_ids: Vec<String> = rows.iter().filter_map(|r| r.redacted_by.clone()).collect();
+        let mut redactions: HashMap<String, Value> = HashMap::new();
+        if !redaction_ids.is_empty() {
+            for red in self.db().events(&redaction_ids).await.map_err(storage_error)? {
+                let rules = self.rules_for(&red.room_id).await?;
+                let formatted = client_event(&red, &rules, None, None, RoomIdField::Include, now);
+                redactions.insert(red.event_id.clone(), formatted);
+            }
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        let mut rules_cache: HashMap<String, RoomVersionRules> = HashMap::new();
+        for row in rows {
+            if !rules_cache.contains_key(&row.room_id) {
+                rules_cache.insert(row.room_id.clone(), self.rules_for(&row.room_id).await?);
+            }
+            let rules = &rules_cache[&row.room_id];
+            let redaction = row.redacted_by.as_ref().and_then(|id| redactions.get(id));
+            out.push(client_event(row, rules, redaction, viewer, room_id, now));
+        }
+        Ok(out)
+    }
+
+    async fn rules_for(&self, room_id: &str) -> Result<RoomVersionRules, Error> {
+        let room_id = RoomId::parse(room_id).map_err(|e| Error::internal(e.to_string()))?;
+        self.room_rules(&room_id).await
+    }
+
+    /// One formatted event.
+    pub async fn client_event(
+        &self,
+        row: &EventRow,
+        viewer: Option<Viewer<'_>>,
+        room_id: RoomIdField,
+    ) -> Result<Value, Error> {
+        Ok(self.client_events(std::slice::from_ref(row), viewer, room_id).await?.remove(0))
+    }
+}

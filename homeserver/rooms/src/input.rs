@@ -1,0 +1,646 @@
+//! The room input pipeline: the only writer of room events.
+//!
+//! Each active room has one actor task that owns the room's current state, forward extremities
+//! and depth in memory. Everything that adds events to a room is a [`Command`] sent to that actor,
+//! so events of one room are built, authorised and persisted strictly one after another, while
+//! different rooms proceed in parallel.
+//!
+//! The actor drains its queue in batches: it builds and authorises every queued event against the
+//! state as it evolves through the batch, then persists the whole batch with one transaction
+//! (group commit), and only then answers the callers and makes the new stream positions visible.
+//! A command whose event fails validation or the auth rules is answered with the error and its
+//! in-memory effects are rolled back from a journal; the rest of the batch is unaffected. If the
+//! transaction fails, nothing of the batch is visible, the actor reloads its state from the
+//! database and, for batches of several commands, retries them one by one so a single bad command
+//! cannot fail its neighbours.
+//!
+//! Idle actors retire after a while; the next command for the room starts a fresh one that loads
+//! the state from the database.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use homeserver_core::{Error, ErrorKind, streams::Reservation};
+use homeserver_storage::{
+    StorageError,
+    persist::{NewEvent, NewRoom, NewStateGroup, PersistPlan, TxnRecord},
+};
+use ruma::{
+    EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomVersionId, UserId, events::StateEventType,
+    room_version_rules::RoomVersionRules,
+};
+use serde_json::value::to_raw_value;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::{
+    Shared, auth,
+    builder::{EventTemplate, Placement, build_pdu},
+    cache::storage_error,
+    pdu::Pdu,
+    versions,
+};
+
+/// How many commands one batch may take from the queue.
+const MAX_BATCH: usize = 128;
+/// A state group becomes a full snapshot again after this many deltas.
+const MAX_STATE_CHAIN: i64 = 100;
+/// At most this many forward extremities are referenced as prev_events.
+const MAX_PREV_EVENTS: usize = 10;
+/// An actor with nothing to do for this long retires.
+const IDLE_RETIRE: Duration = Duration::from_secs(300);
+
+type StateKey = (StateEventType, String);
+
+/// What a caller asks the pipeline to do.
+pub enum Submission {
+    /// Build and append events (in order) to an existing room. `txn` makes the last one idempotent.
+    Events { templates: Vec<EventTemplate>, txn: Option<TxnRecord> },
+    /// Create a room: the already built create event, then the initial events, plus the aliases
+    /// to claim with it (a taken alias aborts the creation).
+    Create {
+        create: Box<Pdu>,
+        version: RoomVersionId,
+        templates: Vec<EventTemplate>,
+        room: NewRoom,
+        aliases: Vec<(String, String)>,
+    },
+}
+
+pub(crate) struct Command {
+    pub submission: Submission,
+    pub reply: oneshot::Sender<Result<Vec<Arc<Pdu>>, Error>>,
+}
+
+/// A handle to a room's actor.
+pub(crate) type ActorHandle = mpsc::Sender<Command>;
+
+struct Loaded {
+    rules: RoomVersionRules,
+    state: HashMap<StateKey, OwnedEventId>,
+    group: i64,
+    chain_len: i64,
+    extremities: Vec<OwnedEventId>,
+    depth: u64,
+    memberships: HashMap<OwnedUserId, String>,
+    create_event: Option<OwnedEventId>,
+}
+
+/// Undo information for one command's in-memory effects.
+struct Journal {
+    txns: Vec<String>,
+    group: i64,
+    chain_len: i64,
+    extremities: Vec<OwnedEventId>,
+    depth: u64,
+    state: Vec<(StateKey, Option<OwnedEventId>)>,
+    memberships: Vec<(OwnedUserId, Option<String>)>,
+    create_event: Option<OwnedEventId>,
+}
+
+/// What one successful command contributes to the batch.
+#[derive(Default)]
+struct Outcome {
+    pdus: Vec<Arc<Pdu>>,
+    plan: PersistPlan,
+    reservations: Vec<Reservation>,
+    woken: Vec<OwnedUserId>,
+}
+
+pub(crate) struct RoomActor {
+    shared: Arc<Shared>,
+    room_id: OwnedRoomId,
+    loaded: Option<Loaded>,
+    /// Transaction ids used earlier in the current batch (not yet committed).
+    batch_txns: HashMap<String, Arc<Pdu>>,
+    /// Events accepted earlier in the current batch: later events of the batch may reference them
+    /// before they are committed (and before the shared cache may hold them).
+    batch_pdus: HashMap<OwnedEventId, Arc<Pdu>>,
+}
+
+impl RoomActor {
+    pub(crate) fn spawn(shared: Arc<Shared>, room_id: OwnedRoomId) -> ActorHandle {
+        let (tx, rx) = mpsc::channel(1024);
+        let actor = RoomActor {
+            shared,
+            room_id,
+            loaded: None,
+            batch_txns: HashMap::new(),
+            batch_pdus: HashMap::new(),
+        };
+        tokio::spawn(actor.run(rx));
+        tx
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        loop {
+            let first = match tokio::time::timeout(IDLE_RETIRE, rx.recv()).await {
+                Ok(Some(cmd)) => cmd,
+                Ok(None) => break,
+                Err(_) => {
+                    if self.shared.retire_actor(&self.room_id, &rx) {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            self.process(batch).await;
+            self.batch_txns.clear();
+            self.batch_pdus.clear();
+        }
+        debug!(room_id = %self.room_id, "room actor retired");
+    }
+
+    async fn process(&mut self, batch: Vec<Command>) {
+        let retry_singly = batch.len() > 1;
+        let mut accepted: Vec<(Command, Outcome)> = Vec::with_capacity(batch.len());
+        for cmd in batch {
+            match self.run_command(&cmd.submission).await {
+                Ok(outcome) => accepted.push((cmd, outcome)),
+                Err(err) => {
+                    let _ = cmd.reply.send(Err(err));
+                }
+            }
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        let mut plan = PersistPlan { room_id: self.room_id.to_string(), ..Default::default() };
+        for (_, outcome) in &mut accepted {
+            merge_plan(&mut plan, std::mem::take(&mut outcome.plan));
+        }
+        if plan.events.is_empty() {
+            // Only replays of earlier transactions: nothing to write.
+            for (cmd, outcome) in accepted {
+                let _ = cmd.reply.send(Ok(outcome.pdus));
+            }
+            return;
+        }
+        match self.shared.db.persist(&plan).await {
+            Ok(()) => {
+                let mut woken: HashSet<OwnedUserId> = self.joined_members().collect();
+                for (_, outcome) in &mut accepted {
+                    woken.extend(outcome.woken.drain(..));
+                }
+                let mut reservations: Vec<Reservation> =
+                    accepted.iter_mut().flat_map(|(_, o)| std::mem::take(&mut o.reservations)).collect();
+                let last = reservations.pop();
+                for r in reservations {
+                    r.complete(Vec::new());
+                }
+                if let Some(last) = last {
+                    last.complete(woken.into_iter().collect());
+                }
+                for (cmd, outcome) in accepted {
+                    for pdu in &outcome.pdus {
+                        self.shared.cache.insert(pdu.clone());
+                    }
+                    let _ = cmd.reply.send(Ok(outcome.pdus));
+                }
+            }
+            Err(err) => {
+                // Nothing of the batch is committed; forget the in-memory effects.
+                self.loaded = None;
+                self.batch_txns.clear();
+                self.batch_pdus.clear();
+                drop(plan);
+                if retry_singly {
+                    warn!(room_id = %self.room_id, error = %err, "batch failed; retrying commands singly");
+                    for (cmd, outcome) in accepted {
+                        drop(outcome);
+                        Box::pin(self.process(vec![cmd])).await;
+                    }
+                } else {
+                    let error = persist_error(err);
+                    for (cmd, _) in accepted {
+                        let _ = cmd.reply.send(Err(error.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn joined_members(&self) -> impl Iterator<Item = OwnedUserId> + '_ {
+        self.loaded
+            .iter()
+            .flat_map(|l| l.memberships.iter())
+            .filter(|(_, m)| m.as_str() == "join")
+            .map(|(u, _)| u.clone())
+    }
+
+    async fn ensure_loaded(&mut self) -> Result<(), Error> {
+        if self.loaded.is_some() {
+            return Ok(());
+        }
+        let db = &self.shared.db;
+        let room_id = self.room_id.as_str();
+        let Some(room) = db.room(room_id).await.map_err(storage_error)? else {
+            return Err(Error::not_found("room not found"));
+        };
+        let version = RoomVersionId::try_from(room.room_version.as_str())
+            .map_err(|e| Error::internal(e.to_string()))?;
+        let rules = versions::rules(&version)
+            .ok_or_else(|| Error::internal(format!("unsupported room version {version}")))?;
+        let mut state = HashMap::new();
+        let mut create_event = None;
+        for (ty, key, id) in db.current_state(room_id).await.map_err(storage_error)? {
+            let id = EventId::parse(&id).map_err(|e| Error::internal(e.to_string()))?;
+            if ty == "m.room.create" && key.is_empty() {
+                create_event = Some(id.clone());
+            }
+            state.insert((StateEventType::from(ty), key), id);
+        }
+        let extremity_ids: Vec<OwnedEventId> = db
+            .room_extremities(room_id)
+            .await
+            .map_err(storage_error)?
+            .into_iter()
+            .filter_map(|id| EventId::parse(id).ok())
+            .collect();
+        let extremities = self.shared.cache.get_many(&extremity_ids).await?;
+        let depth = extremities.values().map(|p| p.depth).max().unwrap_or(0);
+        let latest = db.latest_room_event(room_id, i64::MAX).await.map_err(storage_error)?;
+        let group = latest.map(|e| e.state_after).unwrap_or(0);
+        let chain_len =
+            db.state_group_chain_len(group).await.map_err(storage_error)?.unwrap_or(MAX_STATE_CHAIN);
+        let memberships = db
+            .room_memberships(room_id)
+            .await
+            .map_err(storage_error)?
+            .into_iter()
+            .filter_map(|(u, m)| Some((UserId::parse(u).ok()?, m)))
+            .collect();
+        self.loaded = Some(Loaded {
+            rules,
+            state,
+            group,
+            chain_len,
+            extremities: extremity_ids,
+            depth,
+            memberships,
+            create_event,
+        });
+        Ok(())
+    }
+
+    /// Runs one command against the in-memory state; on error its effects are rolled back.
+    async fn run_command(&mut self, submission: &Submission) -> Result<Outcome, Error> {
+        if let Submission::Create { version, .. } = submission {
+            if self.loaded.is_some()
+                || self.shared.db.room(self.room_id.as_str()).await.map_err(storage_error)?.is_some()
+            {
+                return Err(Error::new(ErrorKind::RoomInUse, "room already exists"));
+            }
+            let rules = versions::rules(version)
+                .ok_or_else(|| Error::new(ErrorKind::UnsupportedRoomVersion, "unsupported room version"))?;
+            self.loaded = Some(Loaded {
+                rules,
+                state: HashMap::new(),
+                group: 0,
+                chain_len: MAX_STATE_CHAIN,
+                extremities: Vec::new(),
+                depth: 0,
+                memberships: HashMap::new(),
+                create_event: None,
+            });
+        } else {
+            self.ensure_loaded().await?;
+        }
+        let mut journal = self.journal();
+        let mut outcome = Outcome::default();
+        match self.run_submission(submission, &mut outcome, &mut journal).await {
+            Ok(()) => Ok(outcome),
+            Err(err) => {
+                if matches!(submission, Submission::Create { .. }) {
+                    // The room never existed; the next command starts from the database.
+                    self.loaded = None;
+                } else {
+                    self.rollback(journal);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn run_submission(
+        &mut self,
+        submission: &Submission,
+        outcome: &mut Outcome,
+        journal: &mut Journal,
+    ) -> Result<(), Error> {
+        match submission {
+            Submission::Create { create, templates, room, aliases, .. } => {
+                outcome.plan.new_room = Some(room.clone());
+                outcome.plan.aliases = aliases.clone();
+                self.authorize_and_append(Arc::new((**create).clone()), None, outcome, journal).await?;
+                for template in templates {
+                    self.append_template(template, None, outcome, journal).await?;
+                }
+            }
+            Submission::Events { templates, txn } => {
+                if let Some(txn) = txn
+                    && let Some(existing) = self.replayed(txn, outcome).await?
+                {
+                    outcome.pdus.push(existing);
+                    return Ok(());
+                }
+                let last = templates.len().saturating_sub(1);
+                for (i, template) in templates.iter().enumerate() {
+                    let txn = if i == last { txn.clone() } else { None };
+                    self.append_template(template, txn, outcome, journal).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The event an earlier request with the same transaction id produced (committed, or earlier
+    /// in this very batch).
+    async fn replayed(&self, txn: &TxnRecord, outcome: &Outcome) -> Result<Option<Arc<Pdu>>, Error> {
+        let _ = outcome;
+        if let Some(pdu) = self.batch_txns.get(&txn_key(txn)) {
+            return Ok(Some(pdu.clone()));
+        }
+        let existing = self
+            .shared
+            .db
+            .txn_event(&txn.user_id, &txn.device_id, &txn.scope, &txn.txn_id)
+            .await
+            .map_err(storage_error)?;
+        match existing {
+            Some(id) => {
+                let id = EventId::parse(id).map_err(|e| Error::internal(e.to_string()))?;
+                self.shared.cache.get(&id).await
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn loaded(&self) -> &Loaded {
+        self.loaded.as_ref().expect("room state is loaded before commands run")
+    }
+
+    fn journal(&self) -> Journal {
+        let l = self.loaded();
+        Journal {
+            group: l.group,
+            chain_len: l.chain_len,
+            extremities: l.extremities.clone(),
+            depth: l.depth,
+            state: Vec::new(),
+            memberships: Vec::new(),
+            create_event: l.create_event.clone(),
+            txns: Vec::new(),
+        }
+    }
+
+    fn rollback(&mut self, journal: Journal) {
+        for key in journal.txns {
+            self.batch_txns.remove(&key);
+        }
+        let Some(l) = self.loaded.as_mut() else { return };
+        for (key, old) in journal.state.into_iter().rev() {
+            match old {
+                Some(id) => l.state.insert(key, id),
+                None => l.state.remove(&key),
+            };
+        }
+        for (user, old) in journal.memberships.into_iter().rev() {
+            match old {
+                Some(m) => l.memberships.insert(user, m),
+                None => l.memberships.remove(&user),
+            };
+        }
+        l.group = journal.group;
+        l.chain_len = journal.chain_len;
+        l.extremities = journal.extremities;
+        l.depth = journal.depth;
+        l.create_event = journal.create_event;
+    }
+
+    /// Builds a PDU from a template at the room's current position, then authorises and appends it.
+    async fn append_template(
+        &mut self,
+        template: &EventTemplate,
+        txn: Option<TxnRecord>,
+        outcome: &mut Outcome,
+        journal: &mut Journal,
+    ) -> Result<(), Error> {
+        let (rules, room_id, prev_events, depth) = {
+            let l = self.loaded();
+            let mut prev = l.extremities.clone();
+            prev.truncate(MAX_PREV_EVENTS);
+            (l.rules.clone(), self.room_id.clone(), prev, l.depth + 1)
+        };
+        let content =
+            to_raw_value(&template.content).map_err(|e| Error::bad_json(format!("invalid content: {e}")))?;
+        let keys = auth::auth_state_keys(
+            &template.kind,
+            &template.sender,
+            template.state_key.as_deref(),
+            &content,
+            &rules.authorization,
+        )
+        .map_err(|reason| Error::bad_json(format!("invalid event: {reason}")))?;
+        let auth_ids: Vec<OwnedEventId> =
+            keys.iter().filter_map(|k| self.loaded().state.get(k).cloned()).collect();
+        let room_for_pdu = Some(&*room_id);
+        let pdu = build_pdu(
+            &self.shared.key,
+            &rules,
+            template,
+            &Placement {
+                room_id: room_for_pdu,
+                prev_events: &prev_events,
+                auth_events: &auth_ids,
+                depth,
+                origin_server_ts: homeserver_core::time::now_millis(),
+            },
+        )?;
+        self.authorize_and_append(Arc::new(pdu), txn, outcome, journal).await
+    }
+
+    /// Checks the auth rules for `pdu` against the current state and, if it passes, applies it to
+    /// the in-memory state and adds it to the outcome's plan.
+    async fn authorize_and_append(
+        &mut self,
+        pdu: Arc<Pdu>,
+        txn: Option<TxnRecord>,
+        outcome: &mut Outcome,
+        journal: &mut Journal,
+    ) -> Result<(), Error> {
+        let rules = self.loaded().rules.clone();
+        let mut events = auth::AuthEvents::default();
+        let mut wanted: Vec<(StateKey, OwnedEventId)> = Vec::new();
+        let keys = auth::auth_state_keys(
+            pdu.kind.to_string().as_str(),
+            &pdu.sender,
+            pdu.state_key.as_deref(),
+            &pdu.content,
+            &rules.authorization,
+        )
+        .map_err(|reason| Error::bad_json(format!("invalid event: {reason}")))?;
+        {
+            let l = self.loaded();
+            for key in keys.into_iter().chain([(StateEventType::RoomCreate, String::new())]) {
+                if let Some(id) = l.state.get(&key) {
+                    wanted.push((key, id.clone()));
+                }
+            }
+        }
+        let ids: Vec<OwnedEventId> =
+            wanted.iter().map(|(_, id)| id.clone()).chain(pdu.auth_events.iter().cloned()).collect();
+        let fetched = self.events(&ids).await?;
+        for (key, id) in wanted {
+            if let Some(ev) = fetched.get(&id) {
+                events.by_key.insert(key, ev.clone());
+            }
+        }
+        events.by_id = fetched;
+        auth::check(&rules.authorization, &pdu, &events).map_err(Error::forbidden)?;
+
+        // Accepted: give it a stream position and apply it.
+        let reservation = self.shared.stream.reserve(1);
+        let pos = reservation.first() as i64;
+        let event_id = pdu.event_id.clone();
+        let mut unsigned_extra = None;
+        let state_before = self.loaded().group;
+        let mut state_after = state_before;
+        let mut membership = None;
+        if let Some(state_key) = &pdu.state_key {
+            let key: StateKey = (pdu.kind.to_string().into(), state_key.clone());
+            let previous = self.loaded().state.get(&key).cloned();
+            if let Some(prev_id) = &previous
+                && let Some(prev) = self.events(std::slice::from_ref(prev_id)).await?.remove(prev_id)
+            {
+                unsigned_extra = Some(
+                    serde_json::json!({
+                        "prev_content": serde_json::from_str::<serde_json::Value>(prev.content.get())
+                            .unwrap_or_default(),
+                        "prev_sender": prev.sender,
+                        "replaces_state": prev_id,
+                    })
+                    .to_string(),
+                );
+            }
+            journal.state.push((key.clone(), previous));
+            let l = self.loaded.as_mut().expect("loaded");
+            l.state.insert(key, event_id.clone());
+            // New state group: a delta on the previous one, or a fresh snapshot when the chain is long.
+            let group = if l.group == 0 || l.chain_len + 1 >= MAX_STATE_CHAIN {
+                let entries =
+                    l.state.iter().map(|((t, k), id)| (t.to_string(), k.clone(), id.to_string())).collect();
+                NewStateGroup { group_id: pos, prev_group: None, chain_len: 0, entries }
+            } else {
+                NewStateGroup {
+                    group_id: pos,
+                    prev_group: Some(l.group),
+                    chain_len: l.chain_len + 1,
+                    entries: vec![(pdu.kind.to_string(), state_key.clone(), event_id.to_string())],
+                }
+            };
+            l.group = pos;
+            l.chain_len = group.chain_len;
+            state_after = pos;
+            outcome.plan.state_groups.push(group);
+            outcome.plan.current_state.push((pdu.kind.to_string(), state_key.clone(), event_id.to_string()));
+            if pdu.kind == ruma::events::TimelineEventType::RoomCreate {
+                l.create_event = Some(event_id.clone());
+            }
+            if pdu.kind == ruma::events::TimelineEventType::RoomMember
+                && let Ok(target) = UserId::parse(state_key.as_str())
+            {
+                let value = pdu.content_str("membership").unwrap_or_else(|| "leave".into());
+                let old = l.memberships.insert(target.clone(), value.clone());
+                journal.memberships.push((target.clone(), old));
+                membership = Some(value);
+                outcome.woken.push(target);
+            }
+        }
+        let l = self.loaded.as_mut().expect("loaded");
+        l.extremities = vec![event_id.clone()];
+        l.depth = l.depth.max(pdu.depth);
+        if let Some(txn) = &txn {
+            let key = txn_key(txn);
+            journal.txns.push(key.clone());
+            self.batch_txns.insert(key, pdu.clone());
+        }
+        outcome.woken.push(pdu.sender.clone());
+        outcome.plan.extremities = Some(vec![event_id.to_string()]);
+        outcome.plan.events.push(NewEvent {
+            stream_pos: pos,
+            event_id: event_id.to_string(),
+            event_type: pdu.kind.to_string(),
+            state_key: pdu.state_key.clone(),
+            sender: pdu.sender.to_string(),
+            depth: pdu.depth as i64,
+            origin_server_ts: u64::from(pdu.origin_server_ts.get()) as i64,
+            json: pdu.json.to_string(),
+            unsigned_extra,
+            state_before,
+            state_after,
+            redacts: pdu.redacts.as_ref().map(|r| r.to_string()),
+            txn,
+            prev_events: pdu.prev_events.iter().map(|e| e.to_string()).collect(),
+            auth_events: pdu.auth_events.iter().map(|e| e.to_string()).collect(),
+            membership,
+        });
+        outcome.reservations.push(reservation);
+        self.batch_pdus.insert(pdu.event_id.clone(), pdu.clone());
+        outcome.pdus.push(pdu);
+        Ok(())
+    }
+
+    /// Events by id from this batch, the cache or the database.
+    async fn events(&self, ids: &[OwnedEventId]) -> Result<HashMap<OwnedEventId, Arc<Pdu>>, Error> {
+        let mut found = HashMap::with_capacity(ids.len());
+        let mut rest = Vec::new();
+        for id in ids {
+            match self.batch_pdus.get(id) {
+                Some(pdu) => {
+                    found.insert(id.clone(), pdu.clone());
+                }
+                None => rest.push(id.clone()),
+            }
+        }
+        if !rest.is_empty() {
+            found.extend(self.shared.cache.get_many(&rest).await?);
+        }
+        Ok(found)
+    }
+}
+
+fn txn_key(txn: &TxnRecord) -> String {
+    format!("{}\u{0}{}\u{0}{}\u{0}{}", txn.user_id, txn.device_id, txn.scope, txn.txn_id)
+}
+
+/// Folds one command's plan into the batch's.
+fn merge_plan(into: &mut PersistPlan, from: PersistPlan) {
+    if from.new_room.is_some() {
+        into.new_room = from.new_room;
+    }
+    into.events.extend(from.events);
+    into.state_groups.extend(from.state_groups);
+    into.current_state.extend(from.current_state);
+    if from.extremities.is_some() {
+        into.extremities = from.extremities;
+    }
+    into.aliases.extend(from.aliases);
+}
+
+fn persist_error(err: StorageError) -> Error {
+    match err {
+        StorageError::Conflict => Error::new(ErrorKind::RoomInUse, "room alias already taken"),
+        other => storage_error(other),
+    }
+}

@@ -1,0 +1,165 @@
+//! homeserver-rooms: the room model — PDUs, the event DAG, auth rules, state, and the room input
+//! pipeline that is the only writer of room events.
+//!
+//! Layout:
+//! - [`pdu`]: [`pdu::Pdu`], the stored event text plus a parsed view (ruma's state-res `Event`).
+//! - [`builder`]: local event creation (prev/auth events, depth, hashes, signature, event id).
+//! - [`auth`]: the room version's auth rules (ruma), run on preloaded events.
+//! - [`input`]: the per-room actor that authorises, orders and persists events (group commit).
+//! - [`create`], [`membership`], [`send`]: the operations the client API performs on rooms.
+//! - [`read`]: state and event queries; [`visibility`]: history visibility; [`format`]: the
+//!   client event format (redaction applied, `unsigned` filled in).
+//! - [`power`], [`versions`], [`cache`]: helpers.
+//!
+//! Architecture invariant: nothing outside [`input`] writes room events, and [`input`] has exactly
+//! one actor per room, so per-room ordering needs no locks anywhere else.
+
+pub mod auth;
+pub mod builder;
+pub mod cache;
+pub mod create;
+pub mod format;
+pub mod input;
+pub mod membership;
+pub mod pdu;
+pub mod power;
+pub mod read;
+pub mod send;
+pub mod versions;
+pub mod visibility;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use homeserver_core::{Error, keys::ServerKey, streams::EventStream};
+use homeserver_storage::Db;
+use ruma::{OwnedRoomId, RoomId, RoomVersionId};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    cache::EventCache,
+    input::{ActorHandle, Command, RoomActor, Submission},
+    pdu::Pdu,
+};
+
+/// Settings of the room model.
+#[derive(Debug, Clone)]
+pub struct RoomsConfig {
+    /// The version of rooms created without an explicit `room_version`.
+    pub default_room_version: RoomVersionId,
+    /// How many parsed events the shared cache keeps.
+    pub event_cache_size: usize,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        Self { default_room_version: RoomVersionId::V12, event_cache_size: 20_000 }
+    }
+}
+
+/// The room model's facade: cheap to clone, shared by every handler.
+#[derive(Clone)]
+pub struct Rooms {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub db: Db,
+    pub key: ServerKey,
+    pub stream: Arc<EventStream>,
+    pub cache: EventCache,
+    pub config: RoomsConfig,
+    /// One actor per active room. A std mutex: held only to look up or insert a handle.
+    actors: Mutex<HashMap<OwnedRoomId, ActorHandle>>,
+    /// Room versions never change, so they are cached forever once read.
+    versions: Mutex<HashMap<OwnedRoomId, RoomVersionId>>,
+}
+
+impl Shared {
+    /// Called by an idle actor: removes it unless a command arrived meanwhile. Holding the map
+    /// lock while checking the queue means no sender can obtain this handle and then find the
+    /// actor gone without retrying.
+    pub(crate) fn retire_actor(&self, room_id: &RoomId, rx: &mpsc::Receiver<Command>) -> bool {
+        let mut actors = self.actors.lock().expect("actors poisoned");
+        if rx.is_empty() {
+            actors.remove(room_id);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Rooms {
+    pub fn new(db: Db, key: ServerKey, stream: Arc<EventStream>, config: RoomsConfig) -> Self {
+        let cache = EventCache::new(db.clone(), config.event_cache_size);
+        Self {
+            shared: Arc::new(Shared {
+                db,
+                key,
+                stream,
+                cache,
+                config,
+                actors: Mutex::new(HashMap::new()),
+                versions: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.shared.db
+    }
+
+    pub fn key(&self) -> &ServerKey {
+        &self.shared.key
+    }
+
+    pub fn stream(&self) -> &Arc<EventStream> {
+        &self.shared.stream
+    }
+
+    pub fn cache(&self) -> &EventCache {
+        &self.shared.cache
+    }
+
+    pub fn config(&self) -> &RoomsConfig {
+        &self.shared.config
+    }
+
+    pub fn server_name(&self) -> &ruma::ServerName {
+        self.shared.key.server_name()
+    }
+
+    /// Hands a submission to the room's actor and waits until it is committed (or refused).
+    pub(crate) async fn submit(
+        &self,
+        room_id: &RoomId,
+        submission: Submission,
+    ) -> Result<Vec<Arc<Pdu>>, Error> {
+        let (reply, answer) = oneshot::channel();
+        let mut command = Command { submission, reply };
+        loop {
+            let handle = {
+                let mut actors = self.shared.actors.lock().expect("actors poisoned");
+                actors
+                    .entry(room_id.to_owned())
+                    .or_insert_with(|| RoomActor::spawn(self.shared.clone(), room_id.to_owned()))
+                    .clone()
+            };
+            match handle.send(command).await {
+                Ok(()) => break,
+                Err(mpsc::error::SendError(returned)) => {
+                    // The actor retired between lookup and send: drop its handle and start anew.
+                    let mut actors = self.shared.actors.lock().expect("actors poisoned");
+                    if actors.get(room_id).is_some_and(|h| h.same_channel(&handle)) {
+                        actors.remove(room_id);
+                    }
+                    command = returned;
+                }
+            }
+        }
+        answer.await.map_err(|_| Error::internal("room pipeline stopped"))?
+    }
+}

@@ -1,0 +1,182 @@
+//! Membership changes requested by local users: join, leave, invite, kick, ban, unban, and the
+//! propagation of profile changes into member events.
+//!
+//! The room version's auth rules are the final word on every change (they run in the pipeline).
+//! The checks here only give clearer errors for cases the rules would allow but the client API
+//! forbids (kicking someone who is not in the room, unbanning someone who is not banned) and make
+//! repeated requests idempotent.
+
+use homeserver_core::{Error, ErrorKind};
+use ruma::{OwnedEventId, OwnedRoomId, RoomId, UserId};
+use serde_json::{Value, json};
+
+use crate::{
+    Rooms,
+    builder::EventTemplate,
+    cache::storage_error,
+    create::{Profile, member_content},
+    input::Submission,
+};
+
+fn with_reason(mut content: Value, reason: Option<&str>) -> Value {
+    if let Some(reason) = reason {
+        content["reason"] = json!(reason);
+    }
+    content
+}
+
+impl Rooms {
+    /// A local user's profile as member events show it.
+    pub async fn profile_of(&self, user: &UserId) -> Result<Profile, Error> {
+        let record = self.db().user(user.as_str()).await.map_err(storage_error)?;
+        Ok(record
+            .map(|u| Profile { displayname: u.displayname, avatar_url: u.avatar_url })
+            .unwrap_or_default())
+    }
+
+    async fn send_member(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        content: Value,
+    ) -> Result<OwnedEventId, Error> {
+        let template = EventTemplate::state("m.room.member", target.as_str(), sender, content);
+        let pdus = self.submit(room_id, Submission::Events { templates: vec![template], txn: None }).await?;
+        pdus.last().map(|p| p.event_id.clone()).ok_or_else(|| Error::internal("no event produced"))
+    }
+
+    fn require_room_exists(exists: bool) -> Result<(), Error> {
+        if exists { Ok(()) } else { Err(Error::not_found("room not found")) }
+    }
+
+    /// Joins a local room. Joining again with an unchanged profile is a no-op.
+    pub async fn join(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        reason: Option<&str>,
+    ) -> Result<OwnedEventId, Error> {
+        Self::require_room_exists(self.room_version(room_id).await?.is_some())?;
+        let profile = self.profile_of(user).await?;
+        let content = member_content("join", &profile);
+        if let Some(current) = self.current_state_event(room_id, "m.room.member", user.as_str()).await? {
+            let current_content = current.content_value();
+            if current_content.get("membership").and_then(Value::as_str) == Some("join")
+                && current_content.get("displayname") == content.get("displayname")
+                && current_content.get("avatar_url") == content.get("avatar_url")
+            {
+                return Ok(current.event_id.clone());
+            }
+        }
+        self.send_member(room_id, user, user, with_reason(content, reason)).await
+    }
+
+    /// Leaves (or rejects an invite to) a room.
+    pub async fn leave(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        reason: Option<&str>,
+    ) -> Result<OwnedEventId, Error> {
+        Self::require_room_exists(self.room_version(room_id).await?.is_some())?;
+        match self.membership(room_id, user).await?.as_deref() {
+            Some("join" | "invite" | "knock") => {}
+            Some("leave") => {
+                if let Some(current) =
+                    self.current_state_event(room_id, "m.room.member", user.as_str()).await?
+                {
+                    return Ok(current.event_id.clone());
+                }
+            }
+            _ => return Err(Error::forbidden("you are not a member of this room")),
+        }
+        self.send_member(room_id, user, user, with_reason(json!({"membership": "leave"}), reason)).await
+    }
+
+    pub async fn invite(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        reason: Option<&str>,
+        is_direct: bool,
+    ) -> Result<OwnedEventId, Error> {
+        Self::require_room_exists(self.room_version(room_id).await?.is_some())?;
+        match self.membership(room_id, target).await?.as_deref() {
+            Some("join") => return Err(Error::forbidden(format!("{target} is already in the room"))),
+            Some("ban") => return Err(Error::forbidden(format!("{target} is banned from the room"))),
+            Some("invite") => {
+                if let Some(current) =
+                    self.current_state_event(room_id, "m.room.member", target.as_str()).await?
+                {
+                    return Ok(current.event_id.clone());
+                }
+            }
+            _ => {}
+        }
+        let mut content = member_content("invite", &self.profile_of(target).await?);
+        if is_direct {
+            content["is_direct"] = json!(true);
+        }
+        self.send_member(room_id, sender, target, with_reason(content, reason)).await
+    }
+
+    pub async fn kick(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<OwnedEventId, Error> {
+        Self::require_room_exists(self.room_version(room_id).await?.is_some())?;
+        match self.membership(room_id, target).await?.as_deref() {
+            Some("join" | "invite" | "knock") => {}
+            _ => return Err(Error::forbidden(format!("{target} is not in the room"))),
+        }
+        self.send_member(room_id, sender, target, with_reason(json!({"membership": "leave"}), reason)).await
+    }
+
+    pub async fn ban(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<OwnedEventId, Error> {
+        Self::require_room_exists(self.room_version(room_id).await?.is_some())?;
+        self.send_member(room_id, sender, target, with_reason(json!({"membership": "ban"}), reason)).await
+    }
+
+    pub async fn unban(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<OwnedEventId, Error> {
+        Self::require_room_exists(self.room_version(room_id).await?.is_some())?;
+        if self.membership(room_id, target).await?.as_deref() != Some("ban") {
+            return Err(Error::forbidden(format!("{target} is not banned")));
+        }
+        self.send_member(room_id, sender, target, with_reason(json!({"membership": "leave"}), reason)).await
+    }
+
+    /// Sends a fresh join event with the user's new profile into every room they are joined to.
+    /// Rooms where the update is refused (e.g. by power levels) keep the old profile.
+    pub async fn propagate_profile(&self, user: &UserId) -> Result<(), Error> {
+        let profile = self.profile_of(user).await?;
+        let rooms = self.db().memberships_of_user(user.as_str()).await.map_err(storage_error)?;
+        for row in rooms.into_iter().filter(|r| r.membership == "join") {
+            let Ok(room_id) = RoomId::parse(&row.room_id) else { continue };
+            let room_id: OwnedRoomId = room_id;
+            let content = member_content("join", &profile);
+            if let Err(err) = self.send_member(&room_id, user, user, content).await
+                && err.kind != ErrorKind::Forbidden
+            {
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+}

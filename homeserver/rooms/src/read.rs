@@ -1,0 +1,125 @@
+//! Reading room state and facts (no writes here).
+
+use std::{collections::HashSet, sync::Arc};
+
+use homeserver_core::Error;
+use ruma::{EventId, OwnedEventId, OwnedUserId, RoomId, RoomVersionId, UserId};
+
+use crate::{Rooms, cache::storage_error, pdu::Pdu, power::PowerLevels, versions};
+
+/// `(type, state_key) -> event_id` entries of a room state.
+pub type StateEntries = Vec<(String, String, String)>;
+
+impl Rooms {
+    /// The version of a known room (`None` if the room does not exist here).
+    pub async fn room_version(&self, room_id: &RoomId) -> Result<Option<RoomVersionId>, Error> {
+        if let Some(v) = self.shared.versions.lock().expect("versions poisoned").get(room_id) {
+            return Ok(Some(v.clone()));
+        }
+        let Some(room) = self.db().room(room_id.as_str()).await.map_err(storage_error)? else {
+            return Ok(None);
+        };
+        let version = RoomVersionId::try_from(room.room_version.as_str())
+            .map_err(|e| Error::internal(e.to_string()))?;
+        self.shared.versions.lock().expect("versions poisoned").insert(room_id.to_owned(), version.clone());
+        Ok(Some(version))
+    }
+
+    /// The rules of a known room's version, or M_NOT_FOUND.
+    pub async fn room_rules(
+        &self,
+        room_id: &RoomId,
+    ) -> Result<ruma::room_version_rules::RoomVersionRules, Error> {
+        let version = self.room_version(room_id).await?.ok_or_else(|| Error::not_found("room not found"))?;
+        versions::rules(&version)
+            .ok_or_else(|| Error::internal(format!("unsupported room version {version}")))
+    }
+
+    /// The current state event for a key, if any.
+    pub async fn current_state_event(
+        &self,
+        room_id: &RoomId,
+        event_type: &str,
+        state_key: &str,
+    ) -> Result<Option<Arc<Pdu>>, Error> {
+        let id = self
+            .db()
+            .current_state_event_id(room_id.as_str(), event_type, state_key)
+            .await
+            .map_err(storage_error)?;
+        match id {
+            Some(id) => {
+                let id = EventId::parse(id).map_err(|e| Error::internal(e.to_string()))?;
+                self.cache().get(&id).await
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The whole current state of a room as event ids.
+    pub async fn current_state_ids(&self, room_id: &RoomId) -> Result<StateEntries, Error> {
+        self.db().current_state(room_id.as_str()).await.map_err(storage_error)
+    }
+
+    /// The room state as of a state group.
+    pub async fn state_at_group(&self, group: i64) -> Result<StateEntries, Error> {
+        if group == 0 {
+            return Ok(Vec::new());
+        }
+        self.db().state_group(group).await.map_err(storage_error)
+    }
+
+    /// Loads the events of a list of state entries (in the entries' order, unknown ids skipped).
+    pub async fn state_events(&self, entries: &StateEntries) -> Result<Vec<Arc<Pdu>>, Error> {
+        let ids: Vec<OwnedEventId> =
+            entries.iter().filter_map(|(_, _, id)| EventId::parse(id).ok()).collect();
+        let map = self.cache().get_many(&ids).await?;
+        Ok(ids.iter().filter_map(|id| map.get(id).cloned()).collect())
+    }
+
+    /// A user's current membership (`join`, `invite`, `leave`, `ban`, `knock`).
+    pub async fn membership(&self, room_id: &RoomId, user: &UserId) -> Result<Option<String>, Error> {
+        Ok(self
+            .db()
+            .membership(room_id.as_str(), user.as_str())
+            .await
+            .map_err(storage_error)?
+            .map(|m| m.membership))
+    }
+
+    pub async fn is_joined(&self, room_id: &RoomId, user: &UserId) -> Result<bool, Error> {
+        Ok(self.membership(room_id, user).await?.as_deref() == Some("join"))
+    }
+
+    /// The room's current power levels, including v12 creators.
+    pub async fn power_levels(&self, room_id: &RoomId) -> Result<PowerLevels, Error> {
+        let rules = self.room_rules(room_id).await?;
+        let create = self
+            .current_state_event(room_id, "m.room.create", "")
+            .await?
+            .ok_or_else(|| Error::not_found("room has no create event"))?;
+        let mut creators: HashSet<OwnedUserId> = HashSet::new();
+        if rules.authorization.explicitly_privilege_room_creators {
+            creators.insert(create.sender.clone());
+            if let Some(extra) = create.content_value().get("additional_creators").and_then(|v| v.as_array())
+            {
+                creators.extend(extra.iter().filter_map(|u| u.as_str()?.try_into().ok()));
+            }
+        }
+        let content =
+            self.current_state_event(room_id, "m.room.power_levels", "").await?.map(|p| p.content_value());
+        Ok(PowerLevels::new(content, Some(create.sender.clone()), creators))
+    }
+
+    /// Joined members of a room.
+    pub async fn joined_members(&self, room_id: &RoomId) -> Result<Vec<OwnedUserId>, Error> {
+        Ok(self
+            .db()
+            .room_members(room_id.as_str(), "join")
+            .await
+            .map_err(storage_error)?
+            .into_iter()
+            .filter_map(|u| UserId::parse(u).ok())
+            .collect())
+    }
+}

@@ -1,0 +1,83 @@
+//! `lattice user …`: account administration on the configured database, without the HTTP API.
+
+use homeserver_client_api::account::{hash_password, validate_localpart};
+use homeserver_core::{ids::random_string, time::now_millis};
+use homeserver_storage::StorageError;
+use ruma::{OwnedUserId, UserId};
+
+use crate::Server;
+
+/// Errors of admin commands (printed as one line by the binary).
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("user {0} does not exist")]
+    NoSuchUser(String),
+    #[error("user {0} already exists")]
+    Exists(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{0}")]
+    Domain(#[from] homeserver_core::Error),
+}
+
+/// Accepts `alice` or `@alice:server`.
+fn user_id(server: &Server, name: &str) -> Result<OwnedUserId, AdminError> {
+    if name.starts_with('@') {
+        let id =
+            UserId::parse(name).map_err(|e| AdminError::Invalid(format!("invalid user id {name}: {e}")))?;
+        if id.server_name() != server.app.server_name() {
+            return Err(AdminError::Invalid(format!("{name} is not a user of this server")));
+        }
+        return Ok(id);
+    }
+    validate_localpart(&server.app, &name.to_lowercase()).map_err(|e| AdminError::Invalid(e.message))
+}
+
+/// Creates a user; returns its id and the password (generated if none was given).
+pub async fn create_user(
+    server: &Server,
+    name: &str,
+    password: Option<String>,
+    admin: bool,
+) -> Result<(OwnedUserId, String), AdminError> {
+    let id = user_id(server, name)?;
+    let password = password.unwrap_or_else(|| random_string(20));
+    let hash = hash_password(password.clone()).await?;
+    match server
+        .db
+        .create_user(id.as_str(), Some(&hash), admin, Some(id.localpart()), now_millis() as i64)
+        .await
+    {
+        Ok(()) => Ok((id, password)),
+        Err(StorageError::Conflict) => Err(AdminError::Exists(id.to_string())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Sets a new password (generated if none was given) and logs out every device.
+pub async fn reset_password(
+    server: &Server,
+    name: &str,
+    password: Option<String>,
+) -> Result<(OwnedUserId, String), AdminError> {
+    let id = user_id(server, name)?;
+    let password = password.unwrap_or_else(|| random_string(20));
+    let hash = hash_password(password.clone()).await?;
+    if !server.db.set_password_hash(id.as_str(), &hash).await? {
+        return Err(AdminError::NoSuchUser(id.to_string()));
+    }
+    server.db.delete_all_devices(id.as_str(), None).await?;
+    Ok((id, password))
+}
+
+/// Deactivates a user: leaves their rooms, removes password, devices and tokens.
+pub async fn deactivate(server: &Server, name: &str) -> Result<OwnedUserId, AdminError> {
+    let id = user_id(server, name)?;
+    if server.db.user(id.as_str()).await?.is_none() {
+        return Err(AdminError::NoSuchUser(id.to_string()));
+    }
+    homeserver_client_api::account::deactivate_account(&server.app, &id).await?;
+    Ok(id)
+}

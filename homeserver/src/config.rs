@@ -1,0 +1,503 @@
+//! The configuration file (`lattice.toml`), its defaults and `LATTICE_…` environment overrides.
+//!
+//! Every key has a default, so an empty file (or none) gives the zero-setup server: `localhost`,
+//! `127.0.0.1:8008`, SQLite and a signing key in `./lattice-data/`. Every key can be overridden by
+//! an environment variable named after its path: `database.url` → `LATTICE_DATABASE_URL`. Unknown
+//! keys and bad values are errors that name the key.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The server name: the part after `:` in user ids. Cannot change once users exist.
+    pub server_name: String,
+    /// Where the SQLite database and the signing key live by default.
+    pub data_dir: PathBuf,
+    pub listen: ListenConfig,
+    pub database: DatabaseConfig,
+    pub signing_key: SigningKeyConfig,
+    pub registration: RegistrationConfig,
+    pub rooms: RoomsSection,
+    pub rate_limits: RateLimitsConfig,
+    pub well_known: WellKnownConfig,
+    pub sync: SyncConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// Address of the client (and key) API.
+    pub client: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://path?mode=rwc` or `postgres://user@host/db`. Empty: SQLite in `data_dir`.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SigningKeyConfig {
+    /// Path of the ed25519 key file. Empty: `<data_dir>/signing.key` (created if missing).
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrationConfig {
+    pub enabled: bool,
+    /// If non-empty, registering needs one of these tokens.
+    pub tokens: Vec<String>,
+    /// Allow registration without tokens on a non-loopback address. Off by default: an open
+    /// homeserver on the internet is an invitation to spammers.
+    pub allow_open_on_public_address: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomsSection {
+    /// Version of new rooms when the client does not ask for one.
+    pub default_version: String,
+    /// Parsed events kept in memory.
+    pub event_cache_size: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitsConfig {
+    pub enabled: bool,
+    pub register_per_second: f64,
+    pub register_burst: u32,
+    pub login_per_second: f64,
+    pub login_burst: u32,
+    pub message_per_second: f64,
+    pub message_burst: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct WellKnownConfig {
+    /// Served as `m.homeserver.base_url` at `/.well-known/matrix/client`. Empty: not served.
+    pub client_base_url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    /// Longest `/sync` long-poll, whatever the client asks.
+    pub max_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter, e.g. `info` or `info,homeserver_rooms=debug`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server_name: "localhost".into(),
+            data_dir: PathBuf::from("./lattice-data"),
+            listen: ListenConfig::default(),
+            database: DatabaseConfig::default(),
+            signing_key: SigningKeyConfig::default(),
+            registration: RegistrationConfig::default(),
+            rooms: RoomsSection::default(),
+            rate_limits: RateLimitsConfig::default(),
+            well_known: WellKnownConfig::default(),
+            sync: SyncConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self { client: SocketAddr::from(([127, 0, 0, 1], 8008)) }
+    }
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        Self { enabled: true, tokens: Vec::new(), allow_open_on_public_address: false }
+    }
+}
+
+impl Default for RoomsSection {
+    fn default() -> Self {
+        Self { default_version: "12".into(), event_cache_size: 20_000 }
+    }
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            register_per_second: 0.17,
+            register_burst: 3,
+            login_per_second: 0.5,
+            login_burst: 5,
+            message_per_second: 10.0,
+            message_burst: 50,
+        }
+    }
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self { max_timeout_ms: 60_000 }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into(), format: "text".into() }
+    }
+}
+
+/// A configuration problem, reported as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// Every configurable key, as `section.key`. Environment overrides and the example file are
+/// checked against this list by tests.
+pub const KEYS: &[&str] = &[
+    "server_name",
+    "data_dir",
+    "listen.client",
+    "database.url",
+    "signing_key.path",
+    "registration.enabled",
+    "registration.tokens",
+    "registration.allow_open_on_public_address",
+    "rooms.default_version",
+    "rooms.event_cache_size",
+    "rate_limits.enabled",
+    "rate_limits.register_per_second",
+    "rate_limits.register_burst",
+    "rate_limits.login_per_second",
+    "rate_limits.login_burst",
+    "rate_limits.message_per_second",
+    "rate_limits.message_burst",
+    "well_known.client_base_url",
+    "sync.max_timeout_ms",
+    "log.level",
+    "log.format",
+];
+
+/// `section.key` → `LATTICE_SECTION_KEY`.
+pub fn env_name(key: &str) -> String {
+    format!("LATTICE_{}", key.replace('.', "_").to_uppercase())
+}
+
+fn set_path(root: &mut toml::Table, key: &str, value: toml::Value) {
+    let mut table = root;
+    let mut parts = key.split('.').peekable();
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            table.insert(part.to_owned(), value);
+            return;
+        }
+        let entry = table.entry(part.to_owned()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        table = entry.as_table_mut().expect("just made a table");
+    }
+}
+
+fn get_path<'a>(root: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
+    let mut value: Option<&toml::Value> = None;
+    let mut table = root;
+    for part in key.split('.') {
+        let v = table.get(part)?;
+        value = Some(v);
+        if let Some(t) = v.as_table() {
+            table = t;
+        }
+    }
+    value
+}
+
+/// Interprets an environment value for `key`: strings stay strings, anything else is TOML.
+fn env_value(defaults: &toml::Table, key: &str, raw: &str) -> Result<toml::Value, String> {
+    if matches!(get_path(defaults, key), Some(toml::Value::String(_))) {
+        return Ok(toml::Value::String(raw.to_owned()));
+    }
+    let doc: toml::Table =
+        format!("v = {raw}").parse().map_err(|e: toml::de::Error| e.message().to_owned())?;
+    doc.get("v").cloned().ok_or_else(|| "empty value".to_owned())
+}
+
+impl Config {
+    /// Loads the file (if given), applies environment overrides from `env`, and validates.
+    pub fn load(path: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let (mut table, origin) = match path {
+            Some(path) => {
+                let display = path.display().to_string();
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: display.clone(), source })?;
+                let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: display.clone(),
+                    message: one_line(&e.to_string()),
+                })?;
+                (table, display)
+            }
+            None => (toml::Table::new(), "(defaults)".to_owned()),
+        };
+        let defaults = toml::Table::try_from(Config::default()).expect("defaults serialize");
+        for key in KEYS {
+            let var = env_name(key);
+            if let Some(raw) = env(&var) {
+                let value = env_value(&defaults, key, &raw)
+                    .map_err(|message| ConfigError::Env { var: var.clone(), message })?;
+                set_path(&mut table, key, value);
+            }
+        }
+        let config: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+            ConfigError::Parse { path: origin, message: one_line(&e.to_string()) }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values the types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        ruma::ServerName::parse(&self.server_name).map_err(|e| ConfigError::Invalid {
+            key: "server_name",
+            message: format!("`{}` is not a valid server name: {e}", self.server_name),
+        })?;
+        let url = self.database_url();
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres:") || url.starts_with("postgresql:")) {
+            return Err(ConfigError::Invalid {
+                key: "database.url",
+                message: format!("`{url}` must start with sqlite:// or postgres://"),
+            });
+        }
+        let version = ruma::RoomVersionId::try_from(self.rooms.default_version.as_str()).ok();
+        if !version.as_ref().is_some_and(homeserver_rooms::versions::is_supported) {
+            return Err(ConfigError::Invalid {
+                key: "rooms.default_version",
+                message: format!(
+                    "room version `{}` is not supported (6 to 12 are)",
+                    self.rooms.default_version
+                ),
+            });
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(ConfigError::Invalid {
+                key: "log.format",
+                message: "must be `text` or `json`".into(),
+            });
+        }
+        if self.registration.enabled
+            && self.registration.tokens.is_empty()
+            && !self.listen.client.ip().is_loopback()
+            && !self.registration.allow_open_on_public_address
+        {
+            return Err(ConfigError::Invalid {
+                key: "registration.enabled",
+                message: format!(
+                    "open registration on the non-loopback address {} needs registration.tokens, \
+                     or registration.allow_open_on_public_address = true",
+                    self.listen.client
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The database URL, defaulting to SQLite in the data directory.
+    pub fn database_url(&self) -> String {
+        if self.database.url.is_empty() {
+            format!("sqlite://{}?mode=rwc", self.data_dir.join("lattice.db").display())
+        } else {
+            self.database.url.clone()
+        }
+    }
+
+    pub fn signing_key_path(&self) -> PathBuf {
+        if self.signing_key.path.is_empty() {
+            self.data_dir.join("signing.key")
+        } else {
+            PathBuf::from(&self.signing_key.path)
+        }
+    }
+}
+
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The commented example printed by `lattice generate-config`.
+pub const EXAMPLE: &str = r#"# Lattice configuration. Every key is optional; the values shown are the defaults.
+# Every key can also be set by an environment variable: `database.url` -> LATTICE_DATABASE_URL.
+
+# The server name: the part after ':' in user ids (@alice:example.org). Cannot change later.
+server_name = "localhost"
+
+# Where the default SQLite database and the signing key are kept.
+data_dir = "./lattice-data"
+
+[listen]
+# Address of the client-server API (and the key server).
+client = "127.0.0.1:8008"
+
+[database]
+# "sqlite://path/to/file.db?mode=rwc" or "postgres://user:password@host:5432/dbname".
+# Empty: SQLite at <data_dir>/lattice.db.
+url = ""
+
+[signing_key]
+# ed25519 key file (Synapse's format). Empty: <data_dir>/signing.key, created if missing.
+path = ""
+
+[registration]
+enabled = true
+# If non-empty, registration requires one of these tokens (m.login.registration_token).
+tokens = []
+# Open registration (no tokens) is refused on a non-loopback address unless this is true.
+allow_open_on_public_address = false
+
+[rooms]
+# Version of rooms created without an explicit room_version (6 to 12 are supported).
+default_version = "12"
+# Parsed events kept in memory.
+event_cache_size = 20000
+
+[rate_limits]
+enabled = true
+# Per client address.
+register_per_second = 0.17
+register_burst = 3
+login_per_second = 0.5
+login_burst = 5
+# Per user: messages, state events and redactions.
+message_per_second = 10.0
+message_burst = 50
+
+[well_known]
+# Served as m.homeserver.base_url at /.well-known/matrix/client. Empty: not served.
+client_base_url = ""
+
+[sync]
+# Longest /sync long-poll, whatever the client asks for.
+max_timeout_ms = 60000
+
+[log]
+# A tracing filter, e.g. "info" or "info,homeserver_rooms=debug".
+level = "info"
+# "text" or "json".
+format = "text"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn example_parses_to_the_defaults_and_mentions_every_key() {
+        let parsed: Config = toml::from_str(EXAMPLE).unwrap();
+        assert_eq!(toml::to_string(&parsed).unwrap(), toml::to_string(&Config::default()).unwrap());
+        let table: toml::Table = EXAMPLE.parse().unwrap();
+        for key in KEYS {
+            assert!(get_path(&table, key).is_some(), "example lacks {key}");
+        }
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        let mut leaves = Vec::new();
+        collect_leaves(&defaults, "", &mut leaves);
+        for leaf in leaves {
+            assert!(KEYS.contains(&leaf.as_str()), "KEYS lacks {leaf}");
+        }
+    }
+
+    fn collect_leaves(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+        for (k, v) in table {
+            let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            match v {
+                toml::Value::Table(t) => collect_leaves(t, &path, out),
+                _ => out.push(path),
+            }
+        }
+    }
+
+    #[test]
+    fn env_overrides_keys_with_types() {
+        let env = |var: &str| match var {
+            "LATTICE_DATABASE_URL" => Some("postgres://u@h/db".to_owned()),
+            "LATTICE_REGISTRATION_ENABLED" => Some("false".to_owned()),
+            "LATTICE_SERVER_NAME" => Some("example.org".to_owned()),
+            "LATTICE_RATE_LIMITS_LOGIN_BURST" => Some("7".to_owned()),
+            _ => None,
+        };
+        let config = Config::load(None, env).unwrap();
+        assert_eq!(config.database_url(), "postgres://u@h/db");
+        assert!(!config.registration.enabled);
+        assert_eq!(config.server_name, "example.org");
+        assert_eq!(config.rate_limits.login_burst, 7);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let dir = std::env::temp_dir().join(format!("lattice-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("unknown.toml");
+        std::fs::write(&file, "[database]\nurll = \"x\"\n").unwrap();
+        let err = Config::load(Some(&file), no_env).unwrap_err().to_string();
+        assert!(err.contains("urll"), "{err}");
+        assert!(!err.contains('\n'));
+
+        std::fs::write(&file, "[rate_limits]\nlogin_burst = \"many\"\n").unwrap();
+        let err = Config::load(Some(&file), no_env).unwrap_err().to_string();
+        assert!(err.contains("login_burst"), "{err}");
+
+        std::fs::write(&file, "[rooms]\ndefault_version = \"3\"\n").unwrap();
+        let err = Config::load(Some(&file), no_env).unwrap_err().to_string();
+        assert!(err.contains("rooms.default_version"), "{err}");
+
+        let env = |var: &str| (var == "LATTICE_SYNC_MAX_TIMEOUT_MS").then(|| "soon".to_owned());
+        let err = Config::load(None, env).unwrap_err().to_string();
+        assert!(err.contains("LATTICE_SYNC_MAX_TIMEOUT_MS"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn open_registration_on_a_public_address_is_refused() {
+        let env = |var: &str| (var == "LATTICE_LISTEN_CLIENT").then(|| "0.0.0.0:8008".to_owned());
+        let err = Config::load(None, env).unwrap_err().to_string();
+        assert!(err.contains("registration"), "{err}");
+        let env = |var: &str| match var {
+            "LATTICE_LISTEN_CLIENT" => Some("0.0.0.0:8008".to_owned()),
+            "LATTICE_REGISTRATION_TOKENS" => Some("[\"secret\"]".to_owned()),
+            _ => None,
+        };
+        assert!(Config::load(None, env).is_ok());
+    }
+}

@@ -1,0 +1,153 @@
+//! homeserver: the composition root. It reads the configuration, opens the database, loads the
+//! signing key, wires the room model, the client API and the federation routes together, and
+//! serves them. It is also a library so tests can start real servers in-process.
+//!
+//! Layout:
+//! - [`config`]: the TOML file, defaults and environment overrides.
+//! - [`Server::build`], [`Server::router`], [`Server::serve`]: start-up, the HTTP stack (tracing
+//!   span per request, CORS, `M_UNRECOGNIZED` fallbacks) and graceful shutdown.
+//! - [`admin`]: the `lattice user …` subcommands.
+//! - [`logging`]: the tracing subscriber.
+
+pub mod admin;
+pub mod config;
+pub mod logging;
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::Request,
+    http::{HeaderName, Method, header},
+    response::Response,
+};
+use homeserver_client_api::{App, ClientConfig, ratelimit::RateLimit};
+use homeserver_core::streams::EventStream;
+use homeserver_rooms::{Rooms, RoomsConfig};
+use homeserver_storage::Db;
+use tokio::net::TcpListener;
+use tower_http::{
+    cors::{Any, CorsLayer},
+    trace::TraceLayer,
+};
+use tracing::{Span, info, info_span};
+
+use crate::config::Config;
+
+/// A failure to start; the binary prints it as one line and exits with status 2.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Storage(#[from] homeserver_storage::StorageError),
+    #[error(transparent)]
+    SigningKey(#[from] federation::signing_key::SigningKeyError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A built server: every component, ready to serve.
+pub struct Server {
+    pub config: Config,
+    pub db: Db,
+    pub app: App,
+    pub federation: federation::FederationState,
+}
+
+impl Server {
+    /// Opens storage, loads or creates the signing key and builds the components.
+    pub async fn build(config: Config) -> Result<Server, StartError> {
+        config.validate()?;
+        let server_name: ruma::OwnedServerName =
+            ruma::ServerName::parse(&config.server_name).expect("validated").to_owned();
+        if config.database.url.is_empty() {
+            std::fs::create_dir_all(&config.data_dir).map_err(|source| config::ConfigError::Read {
+                path: config.data_dir.display().to_string(),
+                source,
+            })?;
+        }
+        let db = Db::connect(&config.database_url()).await?;
+        let (key, created) =
+            federation::signing_key::load_or_create(&server_name, &config.signing_key_path())?;
+        if created {
+            info!(path = %config.signing_key_path().display(), key_id = %key.key_id(), "created a new signing key");
+        }
+        let stream = EventStream::new(db.max_stream_pos().await? as u64);
+        let rooms_config = RoomsConfig {
+            default_room_version: config.rooms.default_version.as_str().try_into().expect("validated"),
+            event_cache_size: config.rooms.event_cache_size,
+        };
+        let rooms = Rooms::new(db.clone(), key.clone(), stream, rooms_config);
+        let limit =
+            |enabled: bool, per_second: f64, burst: u32| enabled.then_some(RateLimit { per_second, burst });
+        let rl = &config.rate_limits;
+        let client = ClientConfig {
+            server_name,
+            registration_enabled: config.registration.enabled,
+            registration_tokens: config.registration.tokens.clone(),
+            well_known_base_url: (!config.well_known.client_base_url.is_empty())
+                .then(|| config.well_known.client_base_url.clone()),
+            rate_limit_register: limit(rl.enabled, rl.register_per_second, rl.register_burst),
+            rate_limit_login: limit(rl.enabled, rl.login_per_second, rl.login_burst),
+            rate_limit_message: limit(rl.enabled, rl.message_per_second, rl.message_burst),
+            max_sync_timeout_ms: config.sync.max_timeout_ms,
+        };
+        let app = App::new(client, db.clone(), rooms);
+        let federation =
+            federation::FederationState { key, key_validity: Duration::from_secs(7 * 24 * 3600) };
+        Ok(Server { config, db, app, federation })
+    }
+
+    /// The complete HTTP stack.
+    pub fn router(&self) -> Router {
+        let client = homeserver_client_api::routes().with_state(self.app.clone());
+        let cors = CorsLayer::new()
+            .allow_origin(Any)
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("x-requested-with"),
+            ]);
+        let trace = TraceLayer::new_for_http()
+            .make_span_with(|req: &Request| {
+                // The path only: query strings may carry access tokens.
+                info_span!("request", method = %req.method(), path = %req.uri().path(), status = tracing::field::Empty)
+            })
+            .on_request(())
+            .on_response(|res: &Response, latency: Duration, span: &Span| {
+                span.record("status", res.status().as_u16());
+                info!(status = res.status().as_u16(), latency_ms = latency.as_secs_f64() * 1000.0, "handled");
+            })
+            .on_failure(());
+        let routes = client.merge(federation::routes(self.federation.clone()));
+        homeserver_http::unrecognized_fallbacks(routes).layer(cors).layer(trace)
+    }
+
+    /// Binds the configured client address.
+    pub async fn bind(&self) -> Result<TcpListener, StartError> {
+        let addr = self.config.listen.client;
+        TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, wakes long-polls so they answer at
+    /// once, lets in-flight requests finish, and closes the database.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let stream = self.app.stream.clone();
+        let service = self.router().into_make_service_with_connect_info::<SocketAddr>();
+        let signal = async move {
+            shutdown.await;
+            info!("shutting down: finishing in-flight requests");
+            stream.shutdown();
+        };
+        axum::serve(listener, service).with_graceful_shutdown(signal).await?;
+        self.db.close().await;
+        info!("stopped");
+        Ok(())
+    }
+}

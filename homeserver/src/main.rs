@@ -1,0 +1,163 @@
+//! The `lattice` binary: runs the homeserver, prints an example config, administers users.
+//!
+//! Exit status: 0 on success, 2 when the configuration, the database or the signing key cannot be
+//! used (with a one-line message), 1 for other failures.
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
+
+use clap::{Parser, Subcommand};
+use homeserver::{Server, admin, config::Config, logging};
+use tracing::{info, warn};
+
+#[derive(Parser)]
+#[command(name = "lattice", version, about = "Lattice, a Matrix homeserver")]
+struct Cli {
+    /// Path of the TOML configuration file (all keys optional).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the homeserver (the default).
+    Run,
+    /// Print a commented example configuration with every key and its default.
+    GenerateConfig,
+    /// Manage user accounts on the configured database.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user; prints the password if none was given.
+    Create {
+        /// Localpart (`alice`) or full user id (`@alice:server`).
+        name: String,
+        #[arg(long)]
+        admin: bool,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Set a new password (and log out every device).
+    ResetPassword {
+        name: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Deactivate a user: leave their rooms, remove their password and sessions.
+    Deactivate { name: String },
+}
+
+fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("lattice: {message}");
+    ExitCode::from(code)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::GenerateConfig) = cli.command {
+        print!("{}", homeserver::config::EXAMPLE);
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::load(cli.config.as_deref(), |var| std::env::var(var).ok()) {
+        Ok(config) => config,
+        Err(e) => return fail(2, e),
+    };
+    logging::init(&config.log.level, &config.log.format);
+    let server = match Server::build(config).await {
+        Ok(server) => server,
+        Err(e) => return fail(2, e),
+    };
+    match cli.command {
+        None | Some(Command::Run) => run(server).await,
+        Some(Command::User(command)) => user_command(&server, command).await,
+        Some(Command::GenerateConfig) => unreachable!("handled above"),
+    }
+}
+
+async fn run(server: Server) -> ExitCode {
+    let listener = match server.bind().await {
+        Ok(l) => l,
+        Err(e) => return fail(2, e),
+    };
+    let config = &server.config;
+    if config.registration.enabled && config.registration.tokens.is_empty() {
+        if config.listen.client.ip().is_loopback() {
+            warn!(
+                "open registration is enabled because the server only listens on loopback ({}); \
+                 configure registration.tokens before exposing it",
+                config.listen.client
+            );
+        } else {
+            warn!("open registration is enabled on a public address (allow_open_on_public_address)");
+        }
+    }
+    info!(
+        server_name = %config.server_name,
+        address = %config.listen.client,
+        database = %homeserver_storage::redact_url(&config.database_url()),
+        "Lattice is ready for clients at http://{}",
+        config.listen.client
+    );
+    match Arc::new(server).serve(listener, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(1, e),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+async fn user_command(server: &Server, command: UserCommand) -> ExitCode {
+    let result = match command {
+        UserCommand::Create { name, admin: is_admin, password } => {
+            let generated = password.is_none();
+            admin::create_user(server, &name, password, is_admin).await.map(|(id, pw)| {
+                if generated { format!("created {id} with password {pw}") } else { format!("created {id}") }
+            })
+        }
+        UserCommand::ResetPassword { name, password } => {
+            let generated = password.is_none();
+            admin::reset_password(server, &name, password).await.map(|(id, pw)| {
+                if generated {
+                    format!("new password for {id}: {pw}")
+                } else {
+                    format!("password of {id} changed")
+                }
+            })
+        }
+        UserCommand::Deactivate { name } => {
+            admin::deactivate(server, &name).await.map(|id| format!("deactivated {id}"))
+        }
+    };
+    server.db.close().await;
+    match result {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(1, e),
+    }
+}

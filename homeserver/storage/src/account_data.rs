@@ -1,0 +1,110 @@
+//! Account data (global and per room) and stored sync filters.
+
+use sqlx::Row;
+
+use crate::{Db, Result};
+
+/// One account-data entry; `room_id` is empty for global data.
+#[derive(Debug, Clone)]
+pub struct AccountDataRow {
+    pub room_id: String,
+    pub data_type: String,
+    pub content: String,
+    pub stream_pos: i64,
+}
+
+impl Db {
+    /// Sets account data at stream position `pos` (allocated by the caller).
+    pub async fn set_account_data(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        data_type: &str,
+        content: &str,
+        pos: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO account_data (user_id, room_id, data_type, content, stream_pos) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (user_id, room_id, data_type) DO UPDATE SET content = excluded.content, \
+               stream_pos = excluded.stream_pos",
+        )
+        .bind(user_id)
+        .bind(room_id)
+        .bind(data_type)
+        .bind(content)
+        .bind(pos)
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn account_data(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        data_type: &str,
+    ) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT content FROM account_data WHERE user_id = $1 AND room_id = $2 AND data_type = $3",
+        )
+        .bind(user_id)
+        .bind(room_id)
+        .bind(data_type)
+        .fetch_optional(self.reader())
+        .await?)
+    }
+
+    /// Account data of a user changed in `(after, up_to]` (all of it when `after` is 0).
+    pub async fn account_data_since(
+        &self,
+        user_id: &str,
+        after: i64,
+        up_to: i64,
+    ) -> Result<Vec<AccountDataRow>> {
+        let rows = sqlx::query(
+            "SELECT room_id, data_type, content, stream_pos FROM account_data \
+             WHERE user_id = $1 AND stream_pos > $2 AND stream_pos <= $3 ORDER BY stream_pos",
+        )
+        .bind(user_id)
+        .bind(after)
+        .bind(up_to)
+        .fetch_all(self.reader())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AccountDataRow {
+                    room_id: r.try_get("room_id")?,
+                    data_type: r.try_get("data_type")?,
+                    content: r.try_get("content")?,
+                    stream_pos: r.try_get("stream_pos")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Stores a filter and returns its id (per user, counting up from 0).
+    pub async fn create_filter(&self, user_id: &str, json: &str) -> Result<i64> {
+        let mut tx = self.writer().begin().await?;
+        let next: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(filter_id) + 1, 0) FROM filters WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        sqlx::query("INSERT INTO filters (user_id, filter_id, json) VALUES ($1, $2, $3)")
+            .bind(user_id)
+            .bind(next)
+            .bind(json)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(next)
+    }
+
+    pub async fn filter(&self, user_id: &str, filter_id: i64) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT json FROM filters WHERE user_id = $1 AND filter_id = $2")
+            .bind(user_id)
+            .bind(filter_id)
+            .fetch_optional(self.reader())
+            .await?)
+    }
+}

@@ -1,0 +1,391 @@
+//! Accounts: users, profiles, devices, access tokens and user-interactive-auth sessions.
+
+use sqlx::{AssertSqlSafe, Row};
+
+use crate::{Db, Result, StorageError, conflict_or, placeholders};
+
+/// A local account.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub user_id: String,
+    pub password_hash: Option<String>,
+    pub is_admin: bool,
+    pub deactivated: bool,
+    pub created_ts: i64,
+    pub displayname: Option<String>,
+    pub avatar_url: Option<String>,
+}
+
+/// A device (a login session) of a user.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub device_id: String,
+    pub display_name: Option<String>,
+    pub last_seen_ts: Option<i64>,
+    pub last_seen_ip: Option<String>,
+}
+
+/// Who an access token belongs to.
+#[derive(Debug, Clone)]
+pub struct TokenOwner {
+    pub user_id: String,
+    pub device_id: String,
+    pub is_admin: bool,
+    pub deactivated: bool,
+}
+
+/// A stored UIA session.
+#[derive(Debug, Clone)]
+pub struct UiaSession {
+    pub user_id: Option<String>,
+    pub completed: Vec<String>,
+    pub request_fingerprint: String,
+    pub created_ts: i64,
+}
+
+/// What a new login creates: a device (if new) and an access token for it, atomically.
+pub struct NewLogin<'a> {
+    pub user_id: &'a str,
+    pub device_id: &'a str,
+    pub display_name: Option<&'a str>,
+    pub token_hash: &'a str,
+    pub now: i64,
+}
+
+fn user_from_row(row: &sqlx::any::AnyRow) -> Result<User> {
+    Ok(User {
+        user_id: row.try_get("user_id")?,
+        password_hash: row.try_get("password_hash")?,
+        is_admin: row.try_get::<i64, _>("is_admin")? != 0,
+        deactivated: row.try_get::<i64, _>("deactivated")? != 0,
+        created_ts: row.try_get("created_ts")?,
+        displayname: row.try_get("displayname")?,
+        avatar_url: row.try_get("avatar_url")?,
+    })
+}
+
+impl Db {
+    /// Creates a user; [`StorageError::Conflict`] if the id is taken.
+    pub async fn create_user(
+        &self,
+        user_id: &str,
+        password_hash: Option<&str>,
+        is_admin: bool,
+        displayname: Option<&str>,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO users (user_id, password_hash, is_admin, deactivated, created_ts, displayname) \
+             VALUES ($1, $2, $3, 0, $4, $5)",
+        )
+        .bind(user_id)
+        .bind(password_hash)
+        .bind(is_admin as i64)
+        .bind(now)
+        .bind(displayname)
+        .execute(self.writer())
+        .await
+        .map_err(conflict_or)?;
+        Ok(())
+    }
+
+    pub async fn user(&self, user_id: &str) -> Result<Option<User>> {
+        let row = sqlx::query(
+            "SELECT user_id, password_hash, is_admin, deactivated, created_ts, displayname, avatar_url \
+             FROM users WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .fetch_optional(self.reader())
+        .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    pub async fn count_users(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(self.reader()).await?)
+    }
+
+    pub async fn set_password_hash(&self, user_id: &str, hash: &str) -> Result<bool> {
+        let done = sqlx::query("UPDATE users SET password_hash = $2 WHERE user_id = $1")
+            .bind(user_id)
+            .bind(hash)
+            .execute(self.writer())
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn set_admin(&self, user_id: &str, is_admin: bool) -> Result<bool> {
+        let done = sqlx::query("UPDATE users SET is_admin = $2 WHERE user_id = $1")
+            .bind(user_id)
+            .bind(is_admin as i64)
+            .execute(self.writer())
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Marks the account deactivated, removes its password, devices and tokens (one transaction).
+    pub async fn deactivate_user(&self, user_id: &str) -> Result<bool> {
+        let mut tx = self.writer().begin().await?;
+        let done = sqlx::query("UPDATE users SET deactivated = 1, password_hash = NULL WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM access_tokens WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM devices WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn set_displayname(&self, user_id: &str, name: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE users SET displayname = $2 WHERE user_id = $1")
+            .bind(user_id)
+            .bind(name)
+            .execute(self.writer())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_avatar_url(&self, user_id: &str, url: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE users SET avatar_url = $2 WHERE user_id = $1")
+            .bind(user_id)
+            .bind(url)
+            .execute(self.writer())
+            .await?;
+        Ok(())
+    }
+
+    /// Creates (or refreshes) a device and an access token for it in one transaction.
+    pub async fn create_login(&self, login: NewLogin<'_>) -> Result<()> {
+        let mut tx = self.writer().begin().await?;
+        sqlx::query(
+            "INSERT INTO devices (user_id, device_id, display_name, created_ts, last_seen_ts) \
+             VALUES ($1, $2, $3, $4, $4) \
+             ON CONFLICT (user_id, device_id) DO UPDATE SET \
+               display_name = COALESCE(excluded.display_name, devices.display_name), \
+               last_seen_ts = excluded.last_seen_ts",
+        )
+        .bind(login.user_id)
+        .bind(login.device_id)
+        .bind(login.display_name)
+        .bind(login.now)
+        .execute(&mut *tx)
+        .await?;
+        // Logging in again on an existing device replaces that device's token.
+        sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
+            .bind(login.user_id)
+            .bind(login.device_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(login.token_hash)
+        .bind(login.user_id)
+        .bind(login.device_id)
+        .bind(login.now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn token_owner(&self, token_hash: &str) -> Result<Option<TokenOwner>> {
+        let row = sqlx::query(
+            "SELECT t.user_id, t.device_id, u.is_admin, u.deactivated \
+             FROM access_tokens t JOIN users u ON u.user_id = t.user_id WHERE t.token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(self.reader())
+        .await?;
+        row.map(|row| {
+            Ok(TokenOwner {
+                user_id: row.try_get("user_id")?,
+                device_id: row.try_get("device_id")?,
+                is_admin: row.try_get::<i64, _>("is_admin")? != 0,
+                deactivated: row.try_get::<i64, _>("deactivated")? != 0,
+            })
+        })
+        .transpose()
+    }
+
+    /// Logs out one device: deletes the device and its tokens.
+    pub async fn delete_device(&self, user_id: &str, device_id: &str) -> Result<bool> {
+        self.delete_devices(user_id, &[device_id.to_owned()]).await.map(|n| n > 0)
+    }
+
+    /// Deletes several devices and their tokens; returns how many devices existed.
+    pub async fn delete_devices(&self, user_id: &str, device_ids: &[String]) -> Result<u64> {
+        if device_ids.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.writer().begin().await?;
+        let mut deleted = 0;
+        for chunk in device_ids.chunks(500) {
+            let list = placeholders(2, chunk.len());
+            let mut q = sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM access_tokens WHERE user_id = $1 AND device_id IN ({list})"
+            )))
+            .bind(user_id);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            q.execute(&mut *tx).await?;
+            let mut q = sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM devices WHERE user_id = $1 AND device_id IN ({list})"
+            )))
+            .bind(user_id);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            deleted += q.execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    /// Logs out every device of a user except `keep` (if given).
+    pub async fn delete_all_devices(&self, user_id: &str, keep: Option<&str>) -> Result<()> {
+        let mut tx = self.writer().begin().await?;
+        let keep = keep.unwrap_or("");
+        sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id <> $2")
+            .bind(user_id)
+            .bind(keep)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id <> $2")
+            .bind(user_id)
+            .bind(keep)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn devices(&self, user_id: &str) -> Result<Vec<Device>> {
+        let rows = sqlx::query(
+            "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices \
+             WHERE user_id = $1 ORDER BY device_id",
+        )
+        .bind(user_id)
+        .fetch_all(self.reader())
+        .await?;
+        rows.iter().map(device_from_row).collect()
+    }
+
+    pub async fn device(&self, user_id: &str, device_id: &str) -> Result<Option<Device>> {
+        let row = sqlx::query(
+            "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices \
+             WHERE user_id = $1 AND device_id = $2",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .fetch_optional(self.reader())
+        .await?;
+        row.as_ref().map(device_from_row).transpose()
+    }
+
+    pub async fn set_device_display_name(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        name: Option<&str>,
+    ) -> Result<bool> {
+        let done = sqlx::query("UPDATE devices SET display_name = $3 WHERE user_id = $1 AND device_id = $2")
+            .bind(user_id)
+            .bind(device_id)
+            .bind(name)
+            .execute(self.writer())
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Records that a device was used (throttled by the caller).
+    pub async fn touch_device(&self, user_id: &str, device_id: &str, ip: &str, now: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE devices SET last_seen_ts = $3, last_seen_ip = $4 WHERE user_id = $1 AND device_id = $2",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(now)
+        .bind(ip)
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn create_uia_session(
+        &self,
+        session_id: &str,
+        user_id: Option<&str>,
+        fingerprint: &str,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO uia_sessions (session_id, user_id, completed, request_fingerprint, created_ts) \
+             VALUES ($1, $2, '[]', $3, $4)",
+        )
+        .bind(session_id)
+        .bind(user_id)
+        .bind(fingerprint)
+        .bind(now)
+        .execute(self.writer())
+        .await
+        .map_err(conflict_or)?;
+        Ok(())
+    }
+
+    pub async fn uia_session(&self, session_id: &str) -> Result<Option<UiaSession>> {
+        let row = sqlx::query(
+            "SELECT user_id, completed, request_fingerprint, created_ts FROM uia_sessions WHERE session_id = $1",
+        )
+        .bind(session_id)
+        .fetch_optional(self.writer())
+        .await?;
+        row.map(|row| {
+            let completed: String = row.try_get("completed")?;
+            Ok(UiaSession {
+                user_id: row.try_get("user_id")?,
+                completed: serde_json::from_str(&completed)
+                    .map_err(|e| StorageError::Corrupt(e.to_string()))?,
+                request_fingerprint: row.try_get("request_fingerprint")?,
+                created_ts: row.try_get("created_ts")?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn set_uia_completed(&self, session_id: &str, completed: &[String]) -> Result<()> {
+        let json = serde_json::to_string(completed).expect("strings serialize");
+        sqlx::query("UPDATE uia_sessions SET completed = $2 WHERE session_id = $1")
+            .bind(session_id)
+            .bind(json)
+            .execute(self.writer())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete_uia_session(&self, session_id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM uia_sessions WHERE session_id = $1")
+            .bind(session_id)
+            .execute(self.writer())
+            .await?;
+        Ok(())
+    }
+
+    /// Drops UIA sessions older than `before` (housekeeping).
+    pub async fn expire_uia_sessions(&self, before: i64) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM uia_sessions WHERE created_ts < $1")
+            .bind(before)
+            .execute(self.writer())
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+fn device_from_row(row: &sqlx::any::AnyRow) -> Result<Device> {
+    Ok(Device {
+        device_id: row.try_get("device_id")?,
+        display_name: row.try_get("display_name")?,
+        last_seen_ts: row.try_get("last_seen_ts")?,
+        last_seen_ip: row.try_get("last_seen_ip")?,
+    })
+}

@@ -1,0 +1,436 @@
+//! Reading rooms, events, state groups and memberships.
+//!
+//! Events are returned as [`EventRow`]s: the stored PDU text plus the server-side metadata that
+//! sits next to it (stream position, state groups, redaction, transaction id). Turning a row into
+//! what a client sees is the room model's job, not storage's.
+
+use sqlx::{AssertSqlSafe, Row, any::AnyRow};
+
+use crate::{Db, Result, placeholders};
+
+/// A room's fixed facts.
+#[derive(Debug, Clone)]
+pub struct RoomRecord {
+    pub room_id: String,
+    pub room_version: String,
+    pub creator: String,
+    pub published: bool,
+    pub created_ts: i64,
+}
+
+/// One stored event and its metadata.
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    pub stream_pos: i64,
+    pub event_id: String,
+    pub room_id: String,
+    pub event_type: String,
+    pub state_key: Option<String>,
+    pub sender: String,
+    pub depth: i64,
+    pub origin_server_ts: i64,
+    pub json: String,
+    pub unsigned_extra: Option<String>,
+    pub state_before: i64,
+    pub state_after: i64,
+    pub redacted_by: Option<String>,
+    pub txn_device: Option<String>,
+    pub txn_id: Option<String>,
+}
+
+/// A user's current membership in a room.
+#[derive(Debug, Clone)]
+pub struct MembershipRow {
+    pub room_id: String,
+    pub user_id: String,
+    pub membership: String,
+    pub event_id: String,
+    pub stream_pos: i64,
+    pub forgotten: bool,
+}
+
+/// One `(type, state_key) -> event_id` entry of a room state.
+pub type StateEntry = (String, String, String);
+
+const EVENT_COLUMNS: &str = "stream_pos, event_id, room_id, event_type, state_key, sender, depth, \
+     origin_server_ts, json, unsigned_extra, state_before, state_after, redacted_by, txn_device, txn_id";
+
+fn event_from_row(row: &AnyRow) -> Result<EventRow> {
+    Ok(EventRow {
+        stream_pos: row.try_get("stream_pos")?,
+        event_id: row.try_get("event_id")?,
+        room_id: row.try_get("room_id")?,
+        event_type: row.try_get("event_type")?,
+        state_key: row.try_get("state_key")?,
+        sender: row.try_get("sender")?,
+        depth: row.try_get("depth")?,
+        origin_server_ts: row.try_get("origin_server_ts")?,
+        json: row.try_get("json")?,
+        unsigned_extra: row.try_get("unsigned_extra")?,
+        state_before: row.try_get("state_before")?,
+        state_after: row.try_get("state_after")?,
+        redacted_by: row.try_get("redacted_by")?,
+        txn_device: row.try_get("txn_device")?,
+        txn_id: row.try_get("txn_id")?,
+    })
+}
+
+fn membership_from_row(row: &AnyRow) -> Result<MembershipRow> {
+    Ok(MembershipRow {
+        room_id: row.try_get("room_id")?,
+        user_id: row.try_get("user_id")?,
+        membership: row.try_get("membership")?,
+        event_id: row.try_get("event_id")?,
+        stream_pos: row.try_get("stream_pos")?,
+        forgotten: row.try_get::<i64, _>("forgotten")? != 0,
+    })
+}
+
+/// Direction of a timeline read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Newest first, positions `<= from`.
+    Backward,
+    /// Oldest first, positions `> from`.
+    Forward,
+}
+
+impl Db {
+    /// The highest stream position used by any table (seeds the allocator at start-up).
+    pub async fn max_stream_pos(&self) -> Result<i64> {
+        let events: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(stream_pos) FROM events").fetch_one(self.reader()).await?;
+        let account: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(stream_pos) FROM account_data").fetch_one(self.reader()).await?;
+        let groups: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(group_id) FROM state_groups").fetch_one(self.reader()).await?;
+        Ok(events.unwrap_or(0).max(account.unwrap_or(0)).max(groups.unwrap_or(0)))
+    }
+
+    pub async fn room(&self, room_id: &str) -> Result<Option<RoomRecord>> {
+        let row = sqlx::query(
+            "SELECT room_id, room_version, creator, published, created_ts FROM rooms WHERE room_id = $1",
+        )
+        .bind(room_id)
+        .fetch_optional(self.reader())
+        .await?;
+        row.map(|row| {
+            Ok(RoomRecord {
+                room_id: row.try_get("room_id")?,
+                room_version: row.try_get("room_version")?,
+                creator: row.try_get("creator")?,
+                published: row.try_get::<i64, _>("published")? != 0,
+                created_ts: row.try_get("created_ts")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Rooms listed in the public directory.
+    pub async fn published_rooms(&self) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT room_id FROM rooms WHERE published = 1 ORDER BY room_id")
+            .fetch_all(self.reader())
+            .await?)
+    }
+
+    pub async fn set_room_published(&self, room_id: &str, published: bool) -> Result<bool> {
+        let done = sqlx::query("UPDATE rooms SET published = $2 WHERE room_id = $1")
+            .bind(room_id)
+            .bind(published as i64)
+            .execute(self.writer())
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn event(&self, event_id: &str) -> Result<Option<EventRow>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE event_id = $1 AND rejected = 0"
+        )))
+        .bind(event_id)
+        .fetch_optional(self.reader())
+        .await?;
+        row.as_ref().map(event_from_row).transpose()
+    }
+
+    /// Events by id, in no particular order; unknown ids are skipped.
+    pub async fn events(&self, event_ids: &[String]) -> Result<Vec<EventRow>> {
+        let mut out = Vec::with_capacity(event_ids.len());
+        for chunk in event_ids.chunks(500) {
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ({}) AND rejected = 0",
+                placeholders(1, chunk.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for row in q.fetch_all(self.reader()).await? {
+                out.push(event_from_row(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` events of a room starting at `from` in direction `dir`, not beyond `to`
+    /// (exclusive for backward reads, inclusive for forward reads).
+    pub async fn room_events(
+        &self,
+        room_id: &str,
+        from: i64,
+        to: Option<i64>,
+        dir: Direction,
+        limit: i64,
+    ) -> Result<Vec<EventRow>> {
+        let sql = match dir {
+            Direction::Backward => format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND stream_pos <= $2 \
+                 AND stream_pos > $3 AND rejected = 0 ORDER BY stream_pos DESC LIMIT $4"
+            ),
+            Direction::Forward => format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND stream_pos > $2 \
+                 AND stream_pos <= $3 AND rejected = 0 ORDER BY stream_pos ASC LIMIT $4"
+            ),
+        };
+        let to = to.unwrap_or(match dir {
+            Direction::Backward => 0,
+            Direction::Forward => i64::MAX,
+        });
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(room_id)
+            .bind(from)
+            .bind(to)
+            .bind(limit)
+            .fetch_all(self.reader())
+            .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    /// Rooms (among all) with events in `(after, up_to]`, with their newest position.
+    pub async fn rooms_changed_between(&self, after: i64, up_to: i64) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT room_id, MAX(stream_pos) AS pos FROM events \
+             WHERE stream_pos > $1 AND stream_pos <= $2 GROUP BY room_id",
+        )
+        .bind(after)
+        .bind(up_to)
+        .fetch_all(self.reader())
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get("room_id")?, r.try_get("pos")?))).collect()
+    }
+
+    /// The state of a room as of a state group: walks the delta chain in one recursive query and
+    /// lets the newest entry for each key win.
+    pub async fn state_group(&self, group_id: i64) -> Result<Vec<StateEntry>> {
+        let rows = sqlx::query(
+            "WITH RECURSIVE chain(group_id, prev_group, lvl) AS ( \
+               SELECT group_id, prev_group, 0 FROM state_groups WHERE group_id = $1 \
+               UNION ALL \
+               SELECT g.group_id, g.prev_group, c.lvl + 1 FROM state_groups g \
+                 JOIN chain c ON g.group_id = c.prev_group \
+             ) \
+             SELECT c.lvl, e.event_type, e.state_key, e.event_id FROM chain c \
+               JOIN state_group_entries e ON e.group_id = c.group_id ORDER BY c.lvl DESC",
+        )
+        .bind(group_id)
+        .fetch_all(self.reader())
+        .await?;
+        // Oldest level first, so later (newer) entries overwrite earlier ones.
+        let mut map = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let ty: String = row.try_get("event_type")?;
+            let key: String = row.try_get("state_key")?;
+            let id: String = row.try_get("event_id")?;
+            map.insert((ty, key), id);
+        }
+        Ok(map.into_iter().map(|((t, k), id)| (t, k, id)).collect())
+    }
+
+    /// One entry of a state group (the newest along its delta chain), without loading the rest.
+    pub async fn state_group_entry(
+        &self,
+        group_id: i64,
+        event_type: &str,
+        state_key: &str,
+    ) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "WITH RECURSIVE chain(group_id, prev_group, lvl) AS ( \
+               SELECT group_id, prev_group, 0 FROM state_groups WHERE group_id = $1 \
+               UNION ALL \
+               SELECT g.group_id, g.prev_group, c.lvl + 1 FROM state_groups g \
+                 JOIN chain c ON g.group_id = c.prev_group \
+             ) \
+             SELECT e.event_id FROM chain c JOIN state_group_entries e ON e.group_id = c.group_id \
+             WHERE e.event_type = $2 AND e.state_key = $3 ORDER BY c.lvl ASC LIMIT 1",
+        )
+        .bind(group_id)
+        .bind(event_type)
+        .bind(state_key)
+        .fetch_optional(self.reader())
+        .await?)
+    }
+
+    /// The delta-chain length of a state group (0 for a full snapshot).
+    pub async fn state_group_chain_len(&self, group_id: i64) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar("SELECT chain_len FROM state_groups WHERE group_id = $1")
+            .bind(group_id)
+            .fetch_optional(self.reader())
+            .await?)
+    }
+
+    pub async fn current_state(&self, room_id: &str) -> Result<Vec<StateEntry>> {
+        let rows =
+            sqlx::query("SELECT event_type, state_key, event_id FROM current_state WHERE room_id = $1")
+                .bind(room_id)
+                .fetch_all(self.reader())
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("event_type")?, r.try_get("state_key")?, r.try_get("event_id")?)))
+            .collect()
+    }
+
+    pub async fn current_state_event_id(
+        &self,
+        room_id: &str,
+        event_type: &str,
+        state_key: &str,
+    ) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT event_id FROM current_state WHERE room_id = $1 AND event_type = $2 AND state_key = $3",
+        )
+        .bind(room_id)
+        .bind(event_type)
+        .bind(state_key)
+        .fetch_optional(self.reader())
+        .await?)
+    }
+
+    pub async fn room_extremities(&self, room_id: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT event_id FROM room_extremities WHERE room_id = $1")
+            .bind(room_id)
+            .fetch_all(self.reader())
+            .await?)
+    }
+
+    /// All rooms the user has a membership row in (any membership).
+    pub async fn memberships_of_user(&self, user_id: &str) -> Result<Vec<MembershipRow>> {
+        let rows = sqlx::query(
+            "SELECT room_id, user_id, membership, event_id, stream_pos, forgotten FROM memberships \
+             WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .fetch_all(self.reader())
+        .await?;
+        rows.iter().map(membership_from_row).collect()
+    }
+
+    pub async fn membership(&self, room_id: &str, user_id: &str) -> Result<Option<MembershipRow>> {
+        let row = sqlx::query(
+            "SELECT room_id, user_id, membership, event_id, stream_pos, forgotten FROM memberships \
+             WHERE room_id = $1 AND user_id = $2",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .fetch_optional(self.reader())
+        .await?;
+        row.as_ref().map(membership_from_row).transpose()
+    }
+
+    /// Current members of a room with the given membership (e.g. `join`).
+    pub async fn room_members(&self, room_id: &str, membership: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT user_id FROM memberships WHERE room_id = $1 AND membership = $2 ORDER BY user_id",
+        )
+        .bind(room_id)
+        .bind(membership)
+        .fetch_all(self.reader())
+        .await?)
+    }
+
+    /// Every membership row of a room, `(user_id, membership)`.
+    pub async fn room_memberships(&self, room_id: &str) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT user_id, membership FROM memberships WHERE room_id = $1")
+            .bind(room_id)
+            .fetch_all(self.reader())
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get("user_id")?, r.try_get("membership")?))).collect()
+    }
+
+    pub async fn joined_member_count(&self, room_id: &str) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM memberships WHERE room_id = $1 AND membership = 'join'")
+            .bind(room_id)
+            .fetch_one(self.reader())
+            .await?)
+    }
+
+    pub async fn forget_room(&self, room_id: &str, user_id: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE memberships SET forgotten = 1 WHERE room_id = $1 AND user_id = $2 \
+             AND membership IN ('leave', 'ban')",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .execute(self.writer())
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Membership events about `user_id` with positions in `(after, up_to]`, oldest first.
+    pub async fn membership_changes(&self, user_id: &str, after: i64, up_to: i64) -> Result<Vec<EventRow>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE state_key = $1 AND event_type = 'm.room.member' \
+             AND stream_pos > $2 AND stream_pos <= $3 AND rejected = 0 ORDER BY stream_pos"
+        )))
+        .bind(user_id)
+        .bind(after)
+        .bind(up_to)
+        .fetch_all(self.reader())
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    /// State events of a room with positions in `(after, before)`, oldest first.
+    pub async fn room_state_events_between(
+        &self,
+        room_id: &str,
+        after: i64,
+        before: i64,
+    ) -> Result<Vec<EventRow>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND stream_pos > $2 AND stream_pos < $3 \
+             AND state_key IS NOT NULL AND rejected = 0 ORDER BY stream_pos"
+        )))
+        .bind(room_id)
+        .bind(after)
+        .bind(before)
+        .fetch_all(self.reader())
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    /// The newest event of a room at or below `up_to`.
+    pub async fn latest_room_event(&self, room_id: &str, up_to: i64) -> Result<Option<EventRow>> {
+        Ok(self.room_events(room_id, up_to, None, Direction::Backward, 1).await?.into_iter().next())
+    }
+
+    /// The event at or just before a timestamp (`dir` backward) or at or after it (forward).
+    pub async fn event_near_timestamp(
+        &self,
+        room_id: &str,
+        ts: i64,
+        dir: Direction,
+    ) -> Result<Option<EventRow>> {
+        let sql = match dir {
+            Direction::Backward => format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND origin_server_ts <= $2 \
+                 AND rejected = 0 ORDER BY origin_server_ts DESC, stream_pos DESC LIMIT 1"
+            ),
+            Direction::Forward => format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND origin_server_ts >= $2 \
+                 AND rejected = 0 ORDER BY origin_server_ts ASC, stream_pos ASC LIMIT 1"
+            ),
+        };
+        let row =
+            sqlx::query(AssertSqlSafe(sql)).bind(room_id).bind(ts).fetch_optional(self.reader()).await?;
+        row.as_ref().map(event_from_row).transpose()
+    }
+}

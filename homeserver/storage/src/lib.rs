@@ -1,0 +1,204 @@
+//! homeserver-storage: the one place Lattice talks SQL, on PostgreSQL and SQLite alike.
+//!
+//! Layout:
+//! - [`Db`]: the connection pools and engine selection ([`Db::connect`] by URL scheme), and the
+//!   embedded migrations for both engines.
+//! - [`accounts`]: users, devices, access tokens, UIA sessions, profiles.
+//! - [`events`]: reading events, state groups and membership; [`persist`] applies a whole batch of
+//!   room events (the plan the room pipeline computed) in a single transaction.
+//! - [`aliases`], [`account_data`], [`txn`]: the smaller aggregates.
+//!
+//! Design decision: one store over sqlx's `Any` driver rather than one adapter crate per engine.
+//! Every query is written once in the SQL subset both engines accept (`$N` placeholders, `ON
+//! CONFLICT`, `RETURNING`, recursive CTEs, integers instead of booleans); only the DDL is
+//! per engine (`migrations/{sqlite,postgres}`). The storage test-suite runs on both. See
+//! ARCHITECTURE.md for why.
+//!
+//! SQLite has one writer at a time. Writes therefore go through a separate pool with a single
+//! connection (transactions queue in the pool instead of failing with SQLITE_BUSY), reads through a
+//! pool of WAL readers. On PostgreSQL both handles are the same pool.
+
+pub mod account_data;
+pub mod accounts;
+pub mod aliases;
+pub mod events;
+pub mod persist;
+pub mod testing;
+pub mod txn;
+
+use std::{str::FromStr, time::Duration};
+
+use sqlx::{
+    AnyPool, Connection, Executor,
+    any::{AnyConnectOptions, AnyPoolOptions},
+    migrate::Migrator,
+};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Errors from the database. They carry no HTTP meaning; callers decide what a failure means.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("database URL `{0}` is not a sqlite:// or postgres:// URL")]
+    UnsupportedUrl(String),
+    #[error("cannot connect to database `{url}`: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Backend(#[from] sqlx::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("unique constraint violated")]
+    Conflict,
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// Which SQL engine a [`Db`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// Connection pools for one database.
+#[derive(Clone)]
+pub struct Db {
+    read: AnyPool,
+    write: AnyPool,
+    engine: Engine,
+}
+
+impl Db {
+    /// Connects by URL (`sqlite://path?mode=rwc` or `postgres://…`) and runs the migrations.
+    pub async fn connect(url: &str) -> Result<Db> {
+        sqlx::any::install_default_drivers();
+        let engine = if url.starts_with("sqlite:") {
+            Engine::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Engine::Postgres
+        } else {
+            return Err(StorageError::UnsupportedUrl(url.to_owned()));
+        };
+        let connect_err = |source| StorageError::Connect { url: redact_url(url), source };
+        let options = AnyConnectOptions::from_str(url).map_err(connect_err)?;
+        let db = match engine {
+            Engine::Sqlite => {
+                let write = AnyPoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(1)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                            sqlite_connection_pragmas(conn).await
+                        })
+                    })
+                    .connect_with(options.clone())
+                    .await
+                    .map_err(connect_err)?;
+                let read = AnyPoolOptions::new()
+                    .max_connections(8)
+                    .idle_timeout(Duration::from_secs(300))
+                    .after_connect(|conn, _| Box::pin(sqlite_connection_pragmas(conn)))
+                    .connect_with(options)
+                    .await
+                    .map_err(connect_err)?;
+                Db { read, write, engine }
+            }
+            Engine::Postgres => {
+                // One direct attempt first: a refused connection fails at once instead of after
+                // the pool's acquire timeout.
+                let probe = sqlx::AnyConnection::connect_with(&options).await.map_err(connect_err)?;
+                let _ = probe.close().await;
+                let pool = AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(options)
+                    .await
+                    .map_err(connect_err)?;
+                Db { read: pool.clone(), write: pool, engine }
+            }
+        };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        match self.engine {
+            Engine::Sqlite => SQLITE_MIGRATIONS.run(&self.write).await?,
+            Engine::Postgres => POSTGRES_MIGRATIONS.run(&self.write).await?,
+        }
+        Ok(())
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// The pool for reads (WAL readers on SQLite).
+    pub fn reader(&self) -> &AnyPool {
+        &self.read
+    }
+
+    /// The pool for writes (the single writer connection on SQLite).
+    pub fn writer(&self) -> &AnyPool {
+        &self.write
+    }
+
+    /// Closes all connections (used on shutdown so SQLite checkpoints its WAL).
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+}
+
+async fn sqlite_connection_pragmas(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+    // NORMAL in WAL mode: a commit survives a process crash (kill -9); only an OS crash or power
+    // loss can lose the last transactions, and never leaves the file inconsistent.
+    conn.execute("PRAGMA synchronous = NORMAL").await?;
+    conn.execute("PRAGMA busy_timeout = 10000").await?;
+    conn.execute("PRAGMA cache_size = -16000").await?;
+    Ok(())
+}
+
+/// A database URL with any password replaced, for error messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// `$first, $first+1, …` placeholders for an `IN (…)` list of `count` values.
+pub(crate) fn placeholders(first: usize, count: usize) -> String {
+    let mut out = String::with_capacity(count * 4);
+    for i in 0..count {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push('$');
+        out.push_str(&(first + i).to_string());
+    }
+    out
+}
+
+/// Maps a unique-constraint violation to [`StorageError::Conflict`].
+pub(crate) fn conflict_or(err: sqlx::Error) -> StorageError {
+    if let sqlx::Error::Database(db) = &err
+        && db.is_unique_violation()
+    {
+        return StorageError::Conflict;
+    }
+    StorageError::Backend(err)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,175 @@
+//! Storage behaviour, run on SQLite and (with `LATTICE_TEST_DATABASE_URL`) on PostgreSQL.
+
+use crate::{
+    Db, StorageError,
+    accounts::NewLogin,
+    events::Direction,
+    persist::{NewEvent, NewRoom, NewStateGroup, PersistPlan, TxnRecord},
+    testing::TestDatabase,
+};
+
+async fn fresh() -> (TestDatabase, Db) {
+    let tdb = TestDatabase::create().await;
+    let db = Db::connect(&tdb.url).await.expect("connect");
+    (tdb, db)
+}
+
+fn event(pos: i64, id: &str, ty: &str, key: Option<&str>, before: i64, after: i64) -> NewEvent {
+    NewEvent {
+        stream_pos: pos,
+        event_id: id.into(),
+        event_type: ty.into(),
+        state_key: key.map(Into::into),
+        sender: "@a:x".into(),
+        depth: pos,
+        origin_server_ts: 1000 + pos,
+        json: format!(r#"{{"type":"{ty}"}}"#),
+        unsigned_extra: None,
+        state_before: before,
+        state_after: after,
+        redacts: None,
+        txn: None,
+        prev_events: vec![],
+        auth_events: vec![],
+        membership: (ty == "m.room.member").then(|| "join".into()),
+    }
+}
+
+#[tokio::test]
+async fn users_tokens_and_devices() {
+    let (_t, db) = fresh().await;
+    db.create_user("@alice:x", Some("hash"), false, None, 1).await.unwrap();
+    assert!(matches!(db.create_user("@alice:x", None, false, None, 2).await, Err(StorageError::Conflict)));
+    db.create_login(NewLogin {
+        user_id: "@alice:x",
+        device_id: "DEV",
+        display_name: Some("phone"),
+        token_hash: "h1",
+        now: 5,
+    })
+    .await
+    .unwrap();
+    let owner = db.token_owner("h1").await.unwrap().unwrap();
+    assert_eq!((owner.user_id.as_str(), owner.device_id.as_str()), ("@alice:x", "DEV"));
+    assert!(!owner.is_admin);
+
+    // A second login on the same device replaces its token.
+    db.create_login(NewLogin {
+        user_id: "@alice:x",
+        device_id: "DEV",
+        display_name: None,
+        token_hash: "h2",
+        now: 6,
+    })
+    .await
+    .unwrap();
+    assert!(db.token_owner("h1").await.unwrap().is_none());
+    assert_eq!(db.devices("@alice:x").await.unwrap()[0].display_name.as_deref(), Some("phone"));
+
+    assert!(db.deactivate_user("@alice:x").await.unwrap());
+    assert!(db.token_owner("h2").await.unwrap().is_none());
+    let user = db.user("@alice:x").await.unwrap().unwrap();
+    assert!(user.deactivated && user.password_hash.is_none());
+}
+
+#[tokio::test]
+async fn persist_is_atomic_and_state_groups_resolve_through_deltas() {
+    let (_t, db) = fresh().await;
+    let create = event(1, "$create", "m.room.create", Some(""), 0, 1);
+    let mut join = event(2, "$join", "m.room.member", Some("@a:x"), 1, 2);
+    join.txn = Some(TxnRecord {
+        user_id: "@a:x".into(),
+        device_id: "D".into(),
+        scope: "send".into(),
+        txn_id: "t1".into(),
+    });
+    let msg = event(3, "$msg", "m.room.message", None, 2, 2);
+    let plan = PersistPlan {
+        room_id: "!r:x".into(),
+        new_room: Some(NewRoom {
+            room_version: "12".into(),
+            creator: "@a:x".into(),
+            created_ts: 1,
+            published: false,
+        }),
+        events: vec![create, join, msg],
+        state_groups: vec![
+            NewStateGroup {
+                group_id: 1,
+                prev_group: None,
+                chain_len: 0,
+                entries: vec![("m.room.create".into(), "".into(), "$create".into())],
+            },
+            NewStateGroup {
+                group_id: 2,
+                prev_group: Some(1),
+                chain_len: 1,
+                entries: vec![("m.room.member".into(), "@a:x".into(), "$join".into())],
+            },
+        ],
+        current_state: vec![
+            ("m.room.create".into(), "".into(), "$create".into()),
+            ("m.room.member".into(), "@a:x".into(), "$join".into()),
+        ],
+        extremities: Some(vec!["$msg".into()]),
+        aliases: vec![("#a:x".into(), "@a:x".into())],
+    };
+    db.persist(&plan).await.unwrap();
+
+    let mut state = db.state_group(2).await.unwrap();
+    state.sort();
+    assert_eq!(
+        state,
+        vec![
+            ("m.room.create".into(), "".into(), "$create".into()),
+            ("m.room.member".into(), "@a:x".into(), "$join".into()),
+        ]
+    );
+    assert_eq!(db.membership("!r:x", "@a:x").await.unwrap().unwrap().membership, "join");
+    assert_eq!(db.room_extremities("!r:x").await.unwrap(), vec!["$msg".to_string()]);
+    assert_eq!(db.txn_event("@a:x", "D", "send", "t1").await.unwrap().as_deref(), Some("$join"));
+    assert_eq!(db.max_stream_pos().await.unwrap(), 3);
+
+    let back = db.room_events("!r:x", 3, None, Direction::Backward, 2).await.unwrap();
+    assert_eq!(back.iter().map(|e| e.stream_pos).collect::<Vec<_>>(), vec![3, 2]);
+    let fwd = db.room_events("!r:x", 1, Some(3), Direction::Forward, 10).await.unwrap();
+    assert_eq!(fwd.iter().map(|e| e.stream_pos).collect::<Vec<_>>(), vec![2, 3]);
+
+    // A batch that reuses the alias fails as a whole: its event is not stored.
+    let plan2 = PersistPlan {
+        room_id: "!r:x".into(),
+        events: vec![event(4, "$msg2", "m.room.message", None, 2, 2)],
+        aliases: vec![("#a:x".into(), "@a:x".into())],
+        ..Default::default()
+    };
+    assert!(matches!(db.persist(&plan2).await, Err(StorageError::Conflict)));
+    assert!(db.event("$msg2").await.unwrap().is_none());
+    assert_eq!(db.max_stream_pos().await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn account_data_and_filters() {
+    let (_t, db) = fresh().await;
+    db.set_account_data("@a:x", "", "m.direct", "{}", 5).await.unwrap();
+    db.set_account_data("@a:x", "!r:x", "m.tag", "{\"a\":1}", 7).await.unwrap();
+    db.set_account_data("@a:x", "", "m.direct", "{\"b\":2}", 9).await.unwrap();
+    let since = db.account_data_since("@a:x", 6, 100).await.unwrap();
+    assert_eq!(since.len(), 2);
+    assert_eq!(since[1].content, "{\"b\":2}");
+    assert_eq!(db.create_filter("@a:x", "{}").await.unwrap(), 0);
+    assert_eq!(db.create_filter("@a:x", "{\"x\":1}").await.unwrap(), 1);
+    assert_eq!(db.filter("@a:x", 1).await.unwrap().as_deref(), Some("{\"x\":1}"));
+    assert!(db.filter("@b:x", 1).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn unreachable_database_is_a_connect_error_naming_the_url() {
+    let err = match Db::connect("postgres://nobody:secret@127.0.0.1:1/none").await {
+        Err(e) => e,
+        Ok(_) => panic!("connected to a closed port"),
+    };
+    let text = err.to_string();
+    assert!(text.contains("127.0.0.1:1"), "{text}");
+    assert!(!text.contains("secret"), "password leaked: {text}");
+    assert!(matches!(Db::connect("mysql://x").await, Err(StorageError::UnsupportedUrl(_))));
+}
