@@ -72,12 +72,28 @@ pub async fn reset_password(
     Ok((id, password))
 }
 
-/// Deactivates a user: leaves their rooms, removes password, devices and tokens.
+/// Deactivates a user: removes password, devices and tokens at once. Leaving their rooms means
+/// writing room events, which only the serving process may do (it owns the stream positions), so
+/// the server does that when it next starts ([`leave_rooms_of_deactivated_users`]).
 pub async fn deactivate(server: &Server, name: &str) -> Result<OwnedUserId, AdminError> {
     let id = user_id(server, name)?;
-    if server.db.user(id.as_str()).await?.is_none() {
+    if !server.db.deactivate_user(id.as_str()).await? {
         return Err(AdminError::NoSuchUser(id.to_string()));
     }
-    homeserver_client_api::account::deactivate_account(&server.app, &id).await?;
     Ok(id)
+}
+
+/// Makes deactivated users (e.g. deactivated from the command line) leave the rooms they are
+/// still in. Runs at start-up, before serving.
+pub async fn leave_rooms_of_deactivated_users(server: &Server) -> Result<usize, AdminError> {
+    let pending = server.db.deactivated_members().await?;
+    for (room_id, user_id) in &pending {
+        let (Ok(room_id), Ok(user_id)) = (ruma::RoomId::parse(room_id), UserId::parse(user_id)) else {
+            continue;
+        };
+        if let Err(err) = server.app.rooms.leave(&room_id, &user_id, None).await {
+            tracing::warn!(%room_id, %user_id, error = %err, "deactivated user could not leave room");
+        }
+    }
+    Ok(pending.len())
 }

@@ -84,6 +84,11 @@ async fn run(server: Server) -> ExitCode {
         Ok(l) => l,
         Err(e) => return fail(2, e),
     };
+    match admin::leave_rooms_of_deactivated_users(&server).await {
+        Ok(0) => {}
+        Ok(n) => info!(memberships = n, "deactivated users left their rooms"),
+        Err(e) => warn!(error = %e, "could not process deactivated users"),
+    }
     let config = &server.config;
     if config.registration.enabled && config.registration.tokens.is_empty() {
         if config.listen.client.ip().is_loopback() {
@@ -148,9 +153,9 @@ async fn user_command(server: &Server, command: UserCommand) -> ExitCode {
                 }
             })
         }
-        UserCommand::Deactivate { name } => {
-            admin::deactivate(server, &name).await.map(|id| format!("deactivated {id}"))
-        }
+        UserCommand::Deactivate { name } => admin::deactivate(server, &name)
+            .await
+            .map(|id| format!("deactivated {id}; they leave their rooms when the server next starts")),
     };
     server.db.close().await;
     match result {

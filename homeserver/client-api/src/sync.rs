@@ -30,6 +30,8 @@ use crate::{
     storage,
 };
 
+/// How many batches a timeline read may scan looking for events that pass the filter.
+const TIMELINE_SCAN_BATCHES: usize = 8;
 /// Timeline length when the filter does not say.
 const DEFAULT_TIMELINE_LIMIT: u64 = 10;
 /// Event types shown to invitees in `invite_state`.
@@ -237,18 +239,34 @@ async fn timeline(
     up_to: i64,
     filter: &RoomEventFilter,
 ) -> Result<Timeline, Error> {
-    let limit = filter.limit.unwrap_or(DEFAULT_TIMELINE_LIMIT).clamp(1, 1000) as i64;
-    let mut rows = ctx
-        .app
-        .db
-        .room_events(room_id.as_str(), up_to, Some(after), Direction::Backward, limit + 1)
-        .await
-        .map_err(storage)?;
-    let limited = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
-    rows.reverse();
-    let rows: Vec<EventRow> = rows.into_iter().filter(|r| filter.allows_row(r)).collect();
-    let rows = ctx.app.rooms.filter_visible(&ctx.session.user_id, rows).await?;
+    let limit = filter.limit.unwrap_or(DEFAULT_TIMELINE_LIMIT).clamp(1, 1000) as usize;
+    // Read backwards in batches until `limit + 1` events pass the filter (one more than shown
+    // tells whether the timeline is limited), the window is exhausted, or the scan budget is
+    // spent — a filter that matches little must not turn one sync into a full-history scan.
+    let batch = ((limit + 1) * 2).min(500) as i64;
+    let mut collected = Vec::with_capacity(limit + 1);
+    let mut cursor = up_to;
+    let mut exhausted = false;
+    for _ in 0..TIMELINE_SCAN_BATCHES {
+        let rows = ctx
+            .app
+            .db
+            .room_events(room_id.as_str(), cursor, Some(after), Direction::Backward, batch)
+            .await
+            .map_err(storage)?;
+        exhausted = (rows.len() as i64) < batch;
+        if let Some(last) = rows.last() {
+            cursor = last.stream_pos - 1;
+        }
+        collected.extend(rows.into_iter().filter(|r| filter.allows_row(r)));
+        if collected.len() > limit || exhausted {
+            break;
+        }
+    }
+    let limited = collected.len() > limit || !exhausted;
+    collected.truncate(limit);
+    collected.reverse();
+    let rows = ctx.app.rooms.filter_visible(&ctx.session.user_id, collected).await?;
     Ok(Timeline { rows, limited })
 }
 

@@ -355,6 +355,17 @@ impl Db {
         rows.iter().map(|r| Ok((r.try_get("user_id")?, r.try_get("membership")?))).collect()
     }
 
+    /// `(room_id, user_id)` of deactivated local users still joined to or invited to rooms.
+    pub async fn deactivated_members(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT m.room_id, m.user_id FROM memberships m JOIN users u ON u.user_id = m.user_id \
+             WHERE u.deactivated = 1 AND m.membership IN ('join', 'invite', 'knock')",
+        )
+        .fetch_all(self.reader())
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get("room_id")?, r.try_get("user_id")?))).collect()
+    }
+
     pub async fn joined_member_count(&self, room_id: &str) -> Result<i64> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM memberships WHERE room_id = $1 AND membership = 'join'")
             .bind(room_id)

@@ -159,7 +159,7 @@ async fn sqlite_connection_pragmas(conn: &mut sqlx::AnyConnection) -> Result<(),
     // loss can lose the last transactions, and never leaves the file inconsistent.
     conn.execute("PRAGMA synchronous = NORMAL").await?;
     conn.execute("PRAGMA busy_timeout = 10000").await?;
-    conn.execute("PRAGMA cache_size = -16000").await?;
+    conn.execute("PRAGMA cache_size = -4000").await?;
     Ok(())
 }
 

@@ -1,1 +1,19 @@
-//! placeholder
+//! End-to-end tests: real servers on ephemeral loopback ports, driven over HTTP — by the
+//! `matrix-sdk` client library for the main flows and by raw HTTP where the wire matters.
+//! Each test gets its own database: SQLite, or PostgreSQL when `LATTICE_TEST_DATABASE_URL` is set.
+//!
+//! - `harness`: `TestServer` (start, restart, stop) and raw-HTTP helpers.
+//! - `sdk`: the core flow with matrix-sdk (register, create, invite, join, chat, sync, history).
+//! - `accounts`: registration, login, logout, devices, password, deactivation, profiles.
+//! - `errors`: every error code the foundation promises, with its status.
+//! - `rooms`: room creation options, membership, aliases, directory, state, redaction, reads.
+//! - `sync`: initial/incremental sync, filters, lazy loading, long-poll wake-up latency.
+//! - `lifecycle`: restarts keep everything; the binary's CLI and config errors.
+
+mod accounts;
+mod errors;
+mod harness;
+mod lifecycle;
+mod rooms;
+mod sdk;
+mod sync;
