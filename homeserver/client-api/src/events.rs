@@ -173,10 +173,11 @@ async fn get_state_event(
     let kind = req.body.event_type.to_string();
     let key = &req.body.state_key;
     let event_id = match readable {
-        ReadableState::Current => app.db.current_state_event_id(room_id.as_str(), &kind, key).await,
-        ReadableState::AsOf(group) => app.db.state_group_entry(group, &kind, key).await,
-    }
-    .map_err(storage)?
+        ReadableState::Current => {
+            app.db.current_state_event_id(room_id.as_str(), &kind, key).await.map_err(storage)
+        }
+        ReadableState::AsOf(group) => app.rooms.state_entry(group, &kind, key).await,
+    }?
     .ok_or_else(|| Error::not_found("Event not found"))?;
     let row =
         app.db.event(&event_id).await.map_err(storage)?.ok_or_else(|| Error::not_found("Event not found"))?;
@@ -337,9 +338,7 @@ async fn lazy_members(app: &App, session: &Session, rows: &[EventRow]) -> Result
     senders.dedup();
     let mut ids = Vec::new();
     for sender in senders {
-        if let Some(id) =
-            app.db.state_group_entry(anchor.state_after, "m.room.member", sender).await.map_err(storage)?
-        {
+        if let Some(id) = app.rooms.state_entry(anchor.state_after, "m.room.member", sender).await? {
             ids.push(id);
         }
     }

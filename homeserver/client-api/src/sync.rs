@@ -120,7 +120,7 @@ async fn build_response(ctx: &SyncContext<'_>) -> Result<(Value, bool), Error> {
     let since = ctx.since.map(|s| s.pos as i64).unwrap_or(0);
     let memberships = app.db.memberships_of_user(user).await.map_err(storage)?;
     let changed_rooms: HashMap<String, i64> = if ctx.since.is_some() {
-        app.db.rooms_changed_between(since, ctx.now).await.map_err(storage)?.into_iter().collect()
+        app.db.rooms_changed_between(user, since, ctx.now).await.map_err(storage)?.into_iter().collect()
     } else {
         HashMap::new()
     };
@@ -328,9 +328,7 @@ async fn state_section(
                 {
                     continue;
                 }
-                if let Some(id) =
-                    db.state_group_entry(start_group, "m.room.member", sender).await.map_err(storage)?
-                {
+                if let Some(id) = ctx.app.rooms.state_entry(start_group, "m.room.member", sender).await? {
                     missing.push(id);
                 }
             }

@@ -186,7 +186,7 @@ impl RoomActor {
             }
             return;
         }
-        match self.shared.db.persist(&plan).await {
+        match self.shared.committer.commit(plan).await {
             Ok(()) => {
                 let mut woken: HashSet<OwnedUserId> = self.joined_members().collect();
                 for (_, outcome) in &mut accepted {
@@ -213,7 +213,6 @@ impl RoomActor {
                 self.loaded = None;
                 self.batch_txns.clear();
                 self.batch_pdus.clear();
-                drop(plan);
                 if retry_singly {
                     warn!(room_id = %self.room_id, error = %err, "batch failed; retrying commands singly");
                     for (cmd, outcome) in accepted {

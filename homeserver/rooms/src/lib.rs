@@ -17,6 +17,7 @@
 pub mod auth;
 pub mod builder;
 pub mod cache;
+mod commit;
 pub mod create;
 pub mod format;
 pub mod input;
@@ -70,11 +71,14 @@ pub(crate) struct Shared {
     pub key: ServerKey,
     pub stream: Arc<EventStream>,
     pub cache: EventCache,
+    pub(crate) committer: commit::Committer,
     pub config: RoomsConfig,
     /// One actor per active room. A std mutex: held only to look up or insert a handle.
     actors: Mutex<HashMap<OwnedRoomId, ActorHandle>>,
     /// Room versions never change, so they are cached forever once read.
     versions: Mutex<HashMap<OwnedRoomId, RoomVersionId>>,
+    /// `(state group, type, state key) -> event id`: immutable, so cached without invalidation.
+    state_entries: Mutex<lru::LruCache<(i64, String, String), Option<String>>>,
 }
 
 impl Shared {
@@ -95,8 +99,10 @@ impl Shared {
 impl Rooms {
     pub fn new(db: Db, key: ServerKey, stream: Arc<EventStream>, config: RoomsConfig) -> Self {
         let cache = EventCache::new(db.clone(), config.event_cache_size);
+        let committer = commit::Committer::spawn(db.clone());
         Self {
             shared: Arc::new(Shared {
+                committer,
                 db,
                 key,
                 stream,
@@ -104,6 +110,9 @@ impl Rooms {
                 config,
                 actors: Mutex::new(HashMap::new()),
                 versions: Mutex::new(HashMap::new()),
+                state_entries: Mutex::new(lru::LruCache::new(
+                    std::num::NonZeroUsize::new(50_000).expect("non-zero"),
+                )),
             }),
         }
     }

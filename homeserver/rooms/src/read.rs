@@ -56,6 +56,22 @@ impl Rooms {
         }
     }
 
+    /// One entry of the state at a group. State groups never change, so answers are cached.
+    pub async fn state_entry(
+        &self,
+        group: i64,
+        event_type: &str,
+        state_key: &str,
+    ) -> Result<Option<String>, Error> {
+        let key = (group, event_type.to_owned(), state_key.to_owned());
+        if let Some(hit) = self.shared.state_entries.lock().expect("state cache poisoned").get(&key) {
+            return Ok(hit.clone());
+        }
+        let found = self.db().state_group_entry(group, event_type, state_key).await.map_err(storage_error)?;
+        self.shared.state_entries.lock().expect("state cache poisoned").put(key, found.clone());
+        Ok(found)
+    }
+
     /// The whole current state of a room as event ids.
     pub async fn current_state_ids(&self, room_id: &RoomId) -> Result<StateEntries, Error> {
         self.db().current_state(room_id.as_str()).await.map_err(storage_error)

@@ -16,7 +16,7 @@ use homeserver_core::Error;
 use homeserver_storage::events::EventRow;
 use ruma::{EventId, RoomId, UserId};
 
-use crate::{Rooms, cache::storage_error};
+use crate::Rooms;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Visibility {
@@ -44,11 +44,8 @@ struct GroupView {
 
 impl Rooms {
     async fn group_view(&self, group: i64, user: &UserId) -> Result<GroupView, Error> {
-        let db = self.db();
-        let hv_id =
-            db.state_group_entry(group, "m.room.history_visibility", "").await.map_err(storage_error)?;
-        let member_id =
-            db.state_group_entry(group, "m.room.member", user.as_str()).await.map_err(storage_error)?;
+        let hv_id = self.state_entry(group, "m.room.history_visibility", "").await?;
+        let member_id = self.state_entry(group, "m.room.member", user.as_str()).await?;
         let mut visibility = Visibility::Shared;
         if let Some(id) = hv_id.and_then(|id| EventId::parse(id).ok())
             && let Some(pdu) = self.cache().get(&id).await?

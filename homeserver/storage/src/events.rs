@@ -205,12 +205,20 @@ impl Db {
         rows.iter().map(event_from_row).collect()
     }
 
-    /// Rooms (among all) with events in `(after, up_to]`, with their newest position.
-    pub async fn rooms_changed_between(&self, after: i64, up_to: i64) -> Result<Vec<(String, i64)>> {
+    /// Rooms the user has a membership in that have events in `(after, up_to]`, with their newest
+    /// position.
+    pub async fn rooms_changed_between(
+        &self,
+        user_id: &str,
+        after: i64,
+        up_to: i64,
+    ) -> Result<Vec<(String, i64)>> {
         let rows = sqlx::query(
             "SELECT room_id, MAX(stream_pos) AS pos FROM events \
-             WHERE stream_pos > $1 AND stream_pos <= $2 GROUP BY room_id",
+             WHERE stream_pos > $2 AND stream_pos <= $3 \
+             AND room_id IN (SELECT room_id FROM memberships WHERE user_id = $1) GROUP BY room_id",
         )
+        .bind(user_id)
         .bind(after)
         .bind(up_to)
         .fetch_all(self.reader())

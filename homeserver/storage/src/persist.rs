@@ -6,7 +6,7 @@
 //! module only writes it. Either all of it commits or none of it does, so a crash at any moment
 //! leaves the room exactly as it was before the batch or exactly as after it.
 
-use sqlx::{Any, Transaction};
+use sqlx::{Any, AssertSqlSafe, Transaction};
 
 use crate::{Db, Result, conflict_or};
 
@@ -81,11 +81,75 @@ impl Db {
     /// Writes the whole plan in one transaction. A unique violation (a taken alias, a replayed
     /// transaction id, a duplicate event) surfaces as `StorageError::Conflict` and nothing is written.
     pub async fn persist(&self, plan: &PersistPlan) -> Result<()> {
+        self.persist_many(std::slice::from_ref(plan)).await
+    }
+
+    /// Writes several plans (of different rooms) in one transaction: all of them or none.
+    pub async fn persist_many(&self, plans: &[PersistPlan]) -> Result<()> {
         let mut tx = self.writer().begin().await?;
-        apply(&mut tx, plan).await?;
+        for plan in plans {
+            apply(&mut tx, plan).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// `($first, …), (…)` for `rows` rows of `columns` placeholders.
+fn values(columns: usize, rows: usize) -> String {
+    let mut out = String::with_capacity(rows * columns * 5);
+    let mut n = 1;
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        for c in 0..columns {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            out.push('$');
+            out.push_str(&n.to_string());
+            n += 1;
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// Rows per multi-row INSERT, keeping bound parameters well under SQLite's and Postgres' limits.
+fn chunk_rows(columns: usize) -> usize {
+    (30_000 / columns).max(1)
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>;
+
+/// Runs `INSERT INTO {head} VALUES … {tail}` for `rows`, chunked; `bind` binds one row.
+async fn insert_rows<'r, T: 'r>(
+    tx: &mut Transaction<'_, Any>,
+    head: &str,
+    tail: &str,
+    columns: usize,
+    rows: &'r [T],
+    bind: impl for<'q> Fn(AnyQuery<'q>, &'q T) -> AnyQuery<'q>,
+) -> Result<()> {
+    for chunk in rows.chunks(chunk_rows(columns)) {
+        let sql = format!("INSERT INTO {head} VALUES {} {tail}", values(columns, chunk.len()));
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for row in chunk {
+            q = bind(q, row);
+        }
+        q.execute(&mut **tx).await.map_err(conflict_or)?;
+    }
+    Ok(())
+}
+
+/// Keeps the last entry per key (a multi-row upsert may not touch one row twice).
+fn last_per_key<T: Clone, K: Eq + std::hash::Hash>(items: &[T], key: impl Fn(&T) -> K) -> Vec<T> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out: Vec<T> = items.iter().rev().filter(|i| seen.insert(key(i))).cloned().collect();
+    out.reverse();
+    out
 }
 
 async fn apply(tx: &mut Transaction<'_, Any>, plan: &PersistPlan) -> Result<()> {
@@ -103,150 +167,158 @@ async fn apply(tx: &mut Transaction<'_, Any>, plan: &PersistPlan) -> Result<()> 
         .await
         .map_err(conflict_or)?;
     }
-    for (alias, creator) in &plan.aliases {
-        sqlx::query("INSERT INTO room_aliases (alias, room_id, creator, created_ts) VALUES ($1, $2, $3, $4)")
-            .bind(alias)
-            .bind(room_id)
-            .bind(creator)
-            .bind(plan.events.first().map(|e| e.origin_server_ts).unwrap_or(0))
-            .execute(&mut **tx)
-            .await
-            .map_err(conflict_or)?;
-    }
-    for group in &plan.state_groups {
+    let created_ts = plan.events.first().map(|e| e.origin_server_ts).unwrap_or(0);
+    insert_rows(
+        tx,
+        "room_aliases (alias, room_id, creator, created_ts)",
+        "",
+        4,
+        &plan.aliases,
+        |q, (alias, creator)| q.bind(alias.as_str()).bind(room_id).bind(creator.as_str()).bind(created_ts),
+    )
+    .await?;
+    insert_rows(
+        tx,
+        "state_groups (group_id, room_id, prev_group, chain_len)",
+        "",
+        4,
+        &plan.state_groups,
+        |q, g| q.bind(g.group_id).bind(room_id).bind(g.prev_group).bind(g.chain_len),
+    )
+    .await?;
+    let entries: Vec<(i64, &(String, String, String))> =
+        plan.state_groups.iter().flat_map(|g| g.entries.iter().map(move |e| (g.group_id, e))).collect();
+    insert_rows(
+        tx,
+        "state_group_entries (group_id, event_type, state_key, event_id)",
+        "",
+        4,
+        &entries,
+        |q, (group, (ty, key, id))| q.bind(*group).bind(ty.as_str()).bind(key.as_str()).bind(id.as_str()),
+    )
+    .await?;
+    insert_rows(
+        tx,
+        "events (stream_pos, event_id, room_id, event_type, state_key, sender, depth, origin_server_ts, \
+         json, unsigned_extra, state_before, state_after, redacts, txn_device, txn_id)",
+        "",
+        15,
+        &plan.events,
+        |q, ev| {
+            q.bind(ev.stream_pos)
+                .bind(ev.event_id.as_str())
+                .bind(room_id)
+                .bind(ev.event_type.as_str())
+                .bind(ev.state_key.as_deref())
+                .bind(ev.sender.as_str())
+                .bind(ev.depth)
+                .bind(ev.origin_server_ts)
+                .bind(ev.json.as_str())
+                .bind(ev.unsigned_extra.as_deref())
+                .bind(ev.state_before)
+                .bind(ev.state_after)
+                .bind(ev.redacts.as_deref())
+                .bind(ev.txn.as_ref().map(|t| t.device_id.as_str()))
+                .bind(ev.txn.as_ref().map(|t| t.txn_id.as_str()))
+        },
+    )
+    .await?;
+    let edges: Vec<(&str, &str)> = plan
+        .events
+        .iter()
+        .flat_map(|ev| ev.prev_events.iter().map(move |p| (ev.event_id.as_str(), p.as_str())))
+        .collect();
+    insert_rows(
+        tx,
+        "event_edges (event_id, prev_event_id)",
+        "ON CONFLICT DO NOTHING",
+        2,
+        &edges,
+        |q, (e, p)| q.bind(*e).bind(*p),
+    )
+    .await?;
+    let auth: Vec<(&str, &str)> = plan
+        .events
+        .iter()
+        .flat_map(|ev| ev.auth_events.iter().map(move |a| (ev.event_id.as_str(), a.as_str())))
+        .collect();
+    insert_rows(
+        tx,
+        "event_auth (event_id, auth_event_id)",
+        "ON CONFLICT DO NOTHING",
+        2,
+        &auth,
+        |q, (e, a)| q.bind(*e).bind(*a),
+    )
+    .await?;
+    let memberships: Vec<&NewEvent> = last_per_key(
+        &plan.events.iter().filter(|e| e.membership.is_some() && e.state_key.is_some()).collect::<Vec<_>>(),
+        |e| e.state_key.clone(),
+    );
+    insert_rows(
+        tx,
+        "memberships (room_id, user_id, membership, event_id, stream_pos, forgotten)",
+        "ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, \
+         event_id = excluded.event_id, stream_pos = excluded.stream_pos, forgotten = 0",
+        6,
+        &memberships,
+        |q, ev| {
+            q.bind(room_id)
+                .bind(ev.state_key.as_deref())
+                .bind(ev.membership.as_deref())
+                .bind(ev.event_id.as_str())
+                .bind(ev.stream_pos)
+                .bind(0_i64)
+        },
+    )
+    .await?;
+    for ev in plan.events.iter().filter(|e| e.redacts.is_some()) {
         sqlx::query(
-            "INSERT INTO state_groups (group_id, room_id, prev_group, chain_len) VALUES ($1, $2, $3, $4)",
+            "UPDATE events SET redacted_by = $1 WHERE event_id = $2 AND room_id = $3 AND redacted_by IS NULL",
         )
-        .bind(group.group_id)
+        .bind(&ev.event_id)
+        .bind(ev.redacts.as_deref())
         .bind(room_id)
-        .bind(group.prev_group)
-        .bind(group.chain_len)
         .execute(&mut **tx)
         .await?;
-        for (ty, key, id) in &group.entries {
-            sqlx::query(
-                "INSERT INTO state_group_entries (group_id, event_type, state_key, event_id) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(group.group_id)
-            .bind(ty)
-            .bind(key)
-            .bind(id)
-            .execute(&mut **tx)
-            .await?;
-        }
     }
-    for ev in &plan.events {
-        insert_event(tx, room_id, ev).await?;
-    }
-    for (ty, key, id) in &plan.current_state {
-        sqlx::query(
-            "INSERT INTO current_state (room_id, event_type, state_key, event_id) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET event_id = excluded.event_id",
-        )
-        .bind(room_id)
-        .bind(ty)
-        .bind(key)
-        .bind(id)
-        .execute(&mut **tx)
-        .await?;
-    }
+    let txns: Vec<(&NewEvent, &TxnRecord)> =
+        plan.events.iter().filter_map(|e| e.txn.as_ref().map(|t| (e, t))).collect();
+    insert_rows(
+        tx,
+        "txn_ids (user_id, device_id, scope, txn_id, event_id, created_ts)",
+        "",
+        6,
+        &txns,
+        |q, (ev, t)| {
+            q.bind(t.user_id.as_str())
+                .bind(t.device_id.as_str())
+                .bind(t.scope.as_str())
+                .bind(t.txn_id.as_str())
+                .bind(ev.event_id.as_str())
+                .bind(ev.origin_server_ts)
+        },
+    )
+    .await?;
+    let current = last_per_key(&plan.current_state, |(t, k, _)| (t.clone(), k.clone()));
+    insert_rows(
+        tx,
+        "current_state (room_id, event_type, state_key, event_id)",
+        "ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET event_id = excluded.event_id",
+        4,
+        &current,
+        |q, (ty, key, id)| q.bind(room_id).bind(ty.as_str()).bind(key.as_str()).bind(id.as_str()),
+    )
+    .await?;
     if let Some(extremities) = &plan.extremities {
         sqlx::query("DELETE FROM room_extremities WHERE room_id = $1")
             .bind(room_id)
             .execute(&mut **tx)
             .await?;
-        for id in extremities {
-            sqlx::query("INSERT INTO room_extremities (room_id, event_id) VALUES ($1, $2)")
-                .bind(room_id)
-                .bind(id)
-                .execute(&mut **tx)
-                .await?;
-        }
-    }
-    Ok(())
-}
-
-async fn insert_event(tx: &mut Transaction<'_, Any>, room_id: &str, ev: &NewEvent) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO events (stream_pos, event_id, room_id, event_type, state_key, sender, depth, \
-           origin_server_ts, json, unsigned_extra, state_before, state_after, redacts, txn_device, txn_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-    )
-    .bind(ev.stream_pos)
-    .bind(&ev.event_id)
-    .bind(room_id)
-    .bind(&ev.event_type)
-    .bind(ev.state_key.as_deref())
-    .bind(&ev.sender)
-    .bind(ev.depth)
-    .bind(ev.origin_server_ts)
-    .bind(&ev.json)
-    .bind(ev.unsigned_extra.as_deref())
-    .bind(ev.state_before)
-    .bind(ev.state_after)
-    .bind(ev.redacts.as_deref())
-    .bind(ev.txn.as_ref().map(|t| t.device_id.as_str()))
-    .bind(ev.txn.as_ref().map(|t| t.txn_id.as_str()))
-    .execute(&mut **tx)
-    .await
-    .map_err(conflict_or)?;
-    for prev in &ev.prev_events {
-        sqlx::query(
-            "INSERT INTO event_edges (event_id, prev_event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        )
-        .bind(&ev.event_id)
-        .bind(prev)
-        .execute(&mut **tx)
+        insert_rows(tx, "room_extremities (room_id, event_id)", "", 2, extremities, |q, id| {
+            q.bind(room_id).bind(id.as_str())
+        })
         .await?;
-    }
-    for auth in &ev.auth_events {
-        sqlx::query(
-            "INSERT INTO event_auth (event_id, auth_event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        )
-        .bind(&ev.event_id)
-        .bind(auth)
-        .execute(&mut **tx)
-        .await?;
-    }
-    if let (Some(membership), Some(user_id)) = (&ev.membership, &ev.state_key) {
-        sqlx::query(
-            "INSERT INTO memberships (room_id, user_id, membership, event_id, stream_pos, forgotten) \
-             VALUES ($1, $2, $3, $4, $5, 0) \
-             ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, \
-               event_id = excluded.event_id, stream_pos = excluded.stream_pos, forgotten = 0",
-        )
-        .bind(room_id)
-        .bind(user_id)
-        .bind(membership)
-        .bind(&ev.event_id)
-        .bind(ev.stream_pos)
-        .execute(&mut **tx)
-        .await?;
-    }
-    if let Some(redacts) = &ev.redacts {
-        sqlx::query(
-            "UPDATE events SET redacted_by = $1 WHERE event_id = $2 AND room_id = $3 AND redacted_by IS NULL",
-        )
-        .bind(&ev.event_id)
-        .bind(redacts)
-        .bind(room_id)
-        .execute(&mut **tx)
-        .await?;
-    }
-    if let Some(txn) = &ev.txn {
-        sqlx::query(
-            "INSERT INTO txn_ids (user_id, device_id, scope, txn_id, event_id, created_ts) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&txn.user_id)
-        .bind(&txn.device_id)
-        .bind(&txn.scope)
-        .bind(&txn.txn_id)
-        .bind(&ev.event_id)
-        .bind(ev.origin_server_ts)
-        .execute(&mut **tx)
-        .await
-        .map_err(conflict_or)?;
     }
     Ok(())
 }

@@ -278,3 +278,26 @@ async fn long_poll_wakes_within_milliseconds_of_a_send() {
     assert!(started.elapsed() >= Duration::from_millis(280));
     assert!(quiet["rooms"]["join"].as_object().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn full_state_and_set_presence_are_accepted() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = server.create_room(&alice, json!({ "name": "Full" })).await;
+    let since = server.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    server.send_text(&alice, &room, "one more").await;
+    let (status, sync) = server
+        .get(
+            &format!("/_matrix/client/v3/sync?since={since}&full_state=true&set_presence=offline"),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(status, 200, "{sync}");
+    let r = joined(&sync, &room);
+    assert_eq!(bodies(&r["timeline"]["events"]), vec!["one more"], "the timeline still starts at since");
+    let state = r["state"]["events"].as_array().unwrap();
+    assert!(state.iter().any(|e| e["type"] == "m.room.name"), "full state despite since: {state:?}");
+    assert!(state.iter().any(|e| e["type"] == "m.room.create"));
+    let (status, body) = server.get("/_matrix/client/v3/sync?since=garbage", Some(&alice.token)).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
+}
