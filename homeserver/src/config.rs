@@ -21,6 +21,7 @@ pub struct Config {
     /// Where the SQLite database and the signing key live by default.
     pub data_dir: PathBuf,
     pub listen: ListenConfig,
+    pub tls: TlsConfig,
     pub database: DatabaseConfig,
     pub signing_key: SigningKeyConfig,
     pub registration: RegistrationConfig,
@@ -29,13 +30,44 @@ pub struct Config {
     pub well_known: WellKnownConfig,
     pub sync: SyncConfig,
     pub log: LogConfig,
+    pub appservices: AppservicesConfig,
+    pub testing: TestingConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenConfig {
-    /// Address of the client (and key) API.
+    /// Address of the client (and key) API, plain HTTP.
     pub client: SocketAddr,
+    /// Address of an HTTPS listener serving the same APIs. Empty: none. Needs `tls.*`.
+    pub tls: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain for the HTTPS listener.
+    pub certificate: String,
+    /// PEM private key for the HTTPS listener.
+    pub private_key: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppservicesConfig {
+    /// Application-service registration files (YAML), loaded and validated at start-up.
+    pub registration_files: Vec<String>,
+}
+
+/// Switches that only make sense for test suites such as SyTest. Lattice refuses to start with
+/// any of them on unless every listener is on a loopback address.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TestingConfig {
+    /// Accept any TLS certificate from other servers (federation).
+    pub insecure_federation_tls: bool,
+    /// Allow federation requests to private and loopback addresses.
+    pub allow_private_destinations: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -56,6 +88,9 @@ pub struct SigningKeyConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RegistrationConfig {
     pub enabled: bool,
+    /// If set, `POST /_synapse/admin/v1/register` creates accounts with an HMAC of this secret
+    /// (Synapse's shared-secret registration, used by admin tools and SyTest).
+    pub shared_secret: String,
     /// If non-empty, registering needs one of these tokens.
     pub tokens: Vec<String>,
     /// Allow registration without tokens on a non-loopback address. Off by default: an open
@@ -113,6 +148,7 @@ impl Default for Config {
             server_name: "localhost".into(),
             data_dir: PathBuf::from("./lattice-data"),
             listen: ListenConfig::default(),
+            tls: TlsConfig::default(),
             database: DatabaseConfig::default(),
             signing_key: SigningKeyConfig::default(),
             registration: RegistrationConfig::default(),
@@ -121,19 +157,26 @@ impl Default for Config {
             well_known: WellKnownConfig::default(),
             sync: SyncConfig::default(),
             log: LogConfig::default(),
+            appservices: AppservicesConfig::default(),
+            testing: TestingConfig::default(),
         }
     }
 }
 
 impl Default for ListenConfig {
     fn default() -> Self {
-        Self { client: SocketAddr::from(([127, 0, 0, 1], 8008)) }
+        Self { client: SocketAddr::from(([127, 0, 0, 1], 8008)), tls: String::new() }
     }
 }
 
 impl Default for RegistrationConfig {
     fn default() -> Self {
-        Self { enabled: true, tokens: Vec::new(), allow_open_on_public_address: false }
+        Self {
+            enabled: true,
+            shared_secret: String::new(),
+            tokens: Vec::new(),
+            allow_open_on_public_address: false,
+        }
     }
 }
 
@@ -188,9 +231,13 @@ pub const KEYS: &[&str] = &[
     "server_name",
     "data_dir",
     "listen.client",
+    "listen.tls",
+    "tls.certificate",
+    "tls.private_key",
     "database.url",
     "signing_key.path",
     "registration.enabled",
+    "registration.shared_secret",
     "registration.tokens",
     "registration.allow_open_on_public_address",
     "rooms.default_version",
@@ -206,6 +253,9 @@ pub const KEYS: &[&str] = &[
     "sync.max_timeout_ms",
     "log.level",
     "log.format",
+    "appservices.registration_files",
+    "testing.insecure_federation_tls",
+    "testing.allow_private_destinations",
 ];
 
 /// `section.key` → `LATTICE_SECTION_KEY`.
@@ -307,27 +357,55 @@ impl Config {
                 ),
             });
         }
+        let tls = self.tls_address()?;
+        if tls.is_some() && (self.tls.certificate.is_empty() || self.tls.private_key.is_empty()) {
+            return Err(ConfigError::Invalid {
+                key: "listen.tls",
+                message: "an HTTPS listener needs tls.certificate and tls.private_key".into(),
+            });
+        }
+        let testing = self.testing.insecure_federation_tls || self.testing.allow_private_destinations;
+        let all_loopback = self.listen.client.ip().is_loopback() && tls.is_none_or(|a| a.ip().is_loopback());
+        if testing && !all_loopback {
+            return Err(ConfigError::Invalid {
+                key: "testing",
+                message: "testing switches are on, so every listener must be on a loopback address".into(),
+            });
+        }
+        if self.registration.enabled
+            && self.registration.tokens.is_empty()
+            && !all_loopback
+            && !self.registration.allow_open_on_public_address
+        {
+            return Err(ConfigError::Invalid {
+                key: "registration.enabled",
+                message: "open registration on a non-loopback address needs registration.tokens, \
+                     or registration.allow_open_on_public_address = true"
+                    .into(),
+            });
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid {
                 key: "log.format",
                 message: "must be `text` or `json`".into(),
             });
         }
-        if self.registration.enabled
-            && self.registration.tokens.is_empty()
-            && !self.listen.client.ip().is_loopback()
-            && !self.registration.allow_open_on_public_address
-        {
-            return Err(ConfigError::Invalid {
-                key: "registration.enabled",
-                message: format!(
-                    "open registration on the non-loopback address {} needs registration.tokens, \
-                     or registration.allow_open_on_public_address = true",
-                    self.listen.client
-                ),
-            });
-        }
         Ok(())
+    }
+
+    /// The HTTPS listener address, if one is configured.
+    pub fn tls_address(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.listen.tls.is_empty() {
+            return Ok(None);
+        }
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(self.listen.tls.as_str())
+            .ok()
+            .and_then(|mut addrs| addrs.find(|a| a.is_ipv4()).or_else(|| self.listen.tls.parse().ok()))
+            .ok_or_else(|| ConfigError::Invalid {
+                key: "listen.tls",
+                message: format!("`{}` is not an address", self.listen.tls),
+            })?;
+        Ok(Some(addr))
     }
 
     /// The database URL, defaulting to SQLite in the data directory.
@@ -363,8 +441,15 @@ server_name = "localhost"
 data_dir = "./lattice-data"
 
 [listen]
-# Address of the client-server API (and the key server).
+# Address of the client-server API (and the key server), plain HTTP.
 client = "127.0.0.1:8008"
+# Address of an HTTPS listener serving the same APIs, e.g. "0.0.0.0:8448". Empty: none.
+tls = ""
+
+[tls]
+# PEM certificate chain and private key for the HTTPS listener.
+certificate = ""
+private_key = ""
 
 [database]
 # "sqlite://path/to/file.db?mode=rwc" or "postgres://user:password@host:5432/dbname".
@@ -377,6 +462,8 @@ path = ""
 
 [registration]
 enabled = true
+# If set, POST /_synapse/admin/v1/register creates accounts with an HMAC of this secret.
+shared_secret = ""
 # If non-empty, registration requires one of these tokens (m.login.registration_token).
 tokens = []
 # Open registration (no tokens) is refused on a non-loopback address unless this is true.
@@ -412,6 +499,17 @@ max_timeout_ms = 60000
 level = "info"
 # "text" or "json".
 format = "text"
+
+[appservices]
+# Application-service registration files (YAML), loaded and validated at start-up.
+registration_files = []
+
+[testing]
+# Only for test suites (SyTest). With any of these on, every listener must be on loopback.
+# Accept any TLS certificate from other servers.
+insecure_federation_tls = false
+# Allow federation requests to private and loopback addresses.
+allow_private_destinations = false
 "#;
 
 #[cfg(test)]

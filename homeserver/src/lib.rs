@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod config;
 pub mod logging;
+pub mod tls;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -45,6 +46,16 @@ pub enum StartError {
     SigningKey(#[from] federation::signing_key::SigningKeyError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Appservice(#[from] appservices::RegistrationError),
+}
+
+/// The bound sockets: plain HTTP, and HTTPS when configured.
+pub struct Listeners {
+    pub client: TcpListener,
+    pub tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
 }
 
 /// A built server: every component, ready to serve.
@@ -92,8 +103,14 @@ impl Server {
             rate_limit_login: limit(rl.enabled, rl.login_per_second, rl.login_burst),
             rate_limit_message: limit(rl.enabled, rl.message_per_second, rl.message_burst),
             max_sync_timeout_ms: config.sync.max_timeout_ms,
+            registration_shared_secret: (!config.registration.shared_secret.is_empty())
+                .then(|| config.registration.shared_secret.clone()),
+            appservices: appservices::load_registrations(&config.appservices.registration_files)?,
         };
         let app = App::new(client, db.clone(), rooms);
+        if !config.appservices.registration_files.is_empty() {
+            info!(count = app.config.appservices.len(), "loaded application service registrations");
+        }
         let federation =
             federation::FederationState { key, key_validity: Duration::from_secs(7 * 24 * 3600) };
         Ok(Server { config, db, app, federation })
@@ -125,27 +142,54 @@ impl Server {
         homeserver_http::unrecognized_fallbacks(routes).layer(cors).layer(trace)
     }
 
-    /// Binds the configured client address.
-    pub async fn bind(&self) -> Result<TcpListener, StartError> {
-        let addr = self.config.listen.client;
-        TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+    /// Binds the configured addresses (and loads the TLS certificate for the HTTPS one).
+    pub async fn bind(&self) -> Result<Listeners, StartError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+        };
+        let client = bind(self.config.listen.client).await?;
+        let tls = match self.config.tls_address()? {
+            Some(addr) => {
+                let tls_config = tls::server_config(
+                    std::path::Path::new(&self.config.tls.certificate),
+                    std::path::Path::new(&self.config.tls.private_key),
+                )?;
+                Some((bind(addr).await?, tls_config))
+            }
+            None => None,
+        };
+        Ok(Listeners { client, tls })
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, wakes long-polls so they answer at
     /// once, lets in-flight requests finish, and closes the database.
     pub async fn serve(
         self: Arc<Self>,
-        listener: TcpListener,
+        listeners: Listeners,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let stream = self.app.stream.clone();
-        let service = self.router().into_make_service_with_connect_info::<SocketAddr>();
-        let signal = async move {
+        let router = self.router();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
             shutdown.await;
             info!("shutting down: finishing in-flight requests");
             stream.shutdown();
-        };
-        axum::serve(listener, service).with_graceful_shutdown(signal).await?;
+            let _ = stop_tx.send(true);
+        });
+        let tls = listeners.tls.map(|(listener, config)| {
+            tokio::spawn(tls::serve(listener, config, router.clone(), stop_rx.clone()))
+        });
+        let mut plain_stop = stop_rx;
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listeners.client, service)
+            .with_graceful_shutdown(async move {
+                let _ = plain_stop.wait_for(|stop| *stop).await;
+            })
+            .await?;
+        if let Some(tls) = tls {
+            let _ = tls.await;
+        }
         self.db.close().await;
         info!("stopped");
         Ok(())

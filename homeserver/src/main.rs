@@ -106,6 +106,9 @@ async fn run(server: Server) -> ExitCode {
             warn!("open registration is enabled on a public address (allow_open_on_public_address)");
         }
     }
+    if let Ok(Some(tls)) = config.tls_address() {
+        info!(address = %tls, "HTTPS listener ready");
+    }
     info!(
         server_name = %config.server_name,
         address = %config.listen.client,

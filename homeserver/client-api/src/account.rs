@@ -136,13 +136,18 @@ async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<JsonBody
     if app.db.user(user_id.as_str()).await.map_err(storage)?.is_some() {
         return Err(Error::new(ErrorKind::UserInUse, "User ID already taken").into());
     }
-    let password = body.password.clone().ok_or_else(|| Error::missing_param("Missing password"))?;
-    if password.len() > MAX_PASSWORD_BYTES {
-        return Err(Error::new(ErrorKind::WeakPassword, "Password is too long").into());
+    if app.config.appservices.iter().any(|r| r.claims_user_exclusively(user_id.as_str())) {
+        return Err(
+            Error::new(ErrorKind::Exclusive, "This user ID is reserved by an application service").into()
+        );
     }
     let flows: &[&[&str]] =
         if app.config.registration_tokens.is_empty() { &[&[DUMMY]] } else { &[&[REGISTRATION_TOKEN]] };
     uia::authenticate(&app, &req.raw_body, flows, &req.fingerprint, None).await?;
+    let password = body.password.clone().ok_or_else(|| Error::missing_param("Missing password"))?;
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(Error::new(ErrorKind::WeakPassword, "Password is too long").into());
+    }
 
     let hash = hash_password(password).await?;
     match app

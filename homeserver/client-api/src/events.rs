@@ -45,6 +45,8 @@ const MAX_PAGE: u64 = 1000;
 
 pub fn routes(router: Router<App>) -> Router<App> {
     router
+        .route("/_matrix/client/r0/rooms/{room_id}/send/{event_type}", axum::routing::post(send_without_txn))
+        .route("/_matrix/client/v3/rooms/{room_id}/send/{event_type}", axum::routing::post(send_without_txn))
         .ruma_route(send_message)
         .ruma_route_with(put_state, STATE_NO_KEY_PATHS)
         .ruma_route_with(get_state_event, STATE_NO_KEY_PATHS)
@@ -94,6 +96,21 @@ async fn send_message(app: App, req: Ruma<send_message_event::v3::Request>) -> R
     let content = content_object(&req.raw_body)?;
     let event_id = app.rooms.send_message(room_id, &session.user_id, &kind, content, Some(txn)).await?;
     Ok(JsonBody(json!({ "event_id": event_id })))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/send/{eventType}`: the pre-r0 form without a
+/// transaction id, which Synapse still serves; each request is a new event.
+async fn send_without_txn(
+    axum::extract::State(app): axum::extract::State<App>,
+    homeserver_http::Authenticated(session): homeserver_http::Authenticated,
+    axum::extract::Path((room_id, event_type)): axum::extract::Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<axum::Json<Value>, ApiError> {
+    let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("invalid room id"))?;
+    app.limiter.check(app.config.rate_limit_message, Action::Message, session.user_id.as_str())?;
+    let content = content_object(&body)?;
+    let event_id = app.rooms.send_message(&room_id, &session.user_id, &event_type, content, None).await?;
+    Ok(axum::Json(json!({ "event_id": event_id })))
 }
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}`
@@ -161,6 +178,16 @@ async fn state_rows(app: &App, room_id: &RoomId, readable: &ReadableState) -> Re
     let mut rows = app.db.events(&ids).await.map_err(storage)?;
     rows.sort_by_key(|r| r.stream_pos);
     Ok(rows)
+}
+
+/// The state events a user may read in a room (see [`readable_state`]), oldest first.
+pub(crate) async fn readable_state_rows(
+    app: &App,
+    room_id: &RoomId,
+    user: &UserId,
+) -> Result<Vec<EventRow>, Error> {
+    let readable = readable_state(app, room_id, user).await?;
+    state_rows(app, room_id, &readable).await
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}`
@@ -371,7 +398,8 @@ async fn messages(app: App, req: Ruma<get_message_events::v3::Request>) -> Resul
     let filter = room_filter(&req.body.filter);
     let limit = u64::from(req.body.limit).clamp(1, MAX_PAGE) as i64;
     let rows = app.db.room_events(room_id.as_str(), from, to, dir, limit).await.map_err(storage)?;
-    let end = if rows.len() as i64 == limit {
+    // Like Synapse: `end` accompanies every non-empty page; only an empty page has none.
+    let end = if !rows.is_empty() {
         rows.last().map(|r| match dir {
             Direction::Backward => StreamToken::new((r.stream_pos - 1).max(0) as u64),
             Direction::Forward => StreamToken::new(r.stream_pos as u64),

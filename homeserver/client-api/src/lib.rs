@@ -21,9 +21,11 @@ pub mod devices;
 pub mod discovery;
 pub mod events;
 pub mod filter;
+pub mod legacy;
 pub mod profile;
 pub mod ratelimit;
 pub mod rooms;
+pub mod synapse_admin;
 pub mod sync;
 pub mod uia;
 
@@ -53,6 +55,10 @@ pub struct ClientConfig {
     pub rate_limit_message: Option<RateLimit>,
     /// Upper bound for a `/sync` long-poll timeout.
     pub max_sync_timeout_ms: u64,
+    /// Secret for Synapse-style shared-secret registration (`/_synapse/admin/v1/register`).
+    pub registration_shared_secret: Option<String>,
+    /// Registered application services (their exclusive namespaces are reserved).
+    pub appservices: Vec<appservices::Registration>,
 }
 
 impl ClientConfig {
@@ -66,6 +72,8 @@ impl ClientConfig {
             rate_limit_login: Some(RateLimit { per_second: 0.5, burst: 10 }),
             rate_limit_message: Some(RateLimit { per_second: 20.0, burst: 100 }),
             max_sync_timeout_ms: 60_000,
+            registration_shared_secret: None,
+            appservices: Vec::new(),
         }
     }
 }
@@ -80,6 +88,7 @@ pub struct AppInner {
     pub rooms: Rooms,
     pub stream: Arc<EventStream>,
     pub limiter: RateLimiter,
+    pub nonces: synapse_admin::Nonces,
 }
 
 impl std::ops::Deref for App {
@@ -93,7 +102,8 @@ impl App {
     pub fn new(config: ClientConfig, db: Db, rooms: Rooms) -> Self {
         let stream = rooms.stream().clone();
         let limiter = RateLimiter::new();
-        App(Arc::new(AppInner { config, db, rooms, stream, limiter }))
+        let nonces = synapse_admin::Nonces::default();
+        App(Arc::new(AppInner { config, db, rooms, stream, limiter, nonces }))
     }
 
     pub fn server_name(&self) -> &ruma::ServerName {
@@ -138,5 +148,7 @@ pub fn routes() -> Router<App> {
     let router = events::routes(router);
     let router = sync::routes(router);
     let router = filter::routes(router);
+    let router = synapse_admin::routes(router);
+    let router = legacy::routes(router);
     account_data::routes(router)
 }

@@ -137,11 +137,6 @@ async fn create(app: App, req: Ruma<create_room::v3::Request>) -> Result<JsonBod
 }
 
 #[derive(Deserialize, Default)]
-struct ReasonBody {
-    reason: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
 struct TargetBody {
     user_id: Option<OwnedUserId>,
     reason: Option<String>,
@@ -153,11 +148,17 @@ impl TargetBody {
     }
 }
 
+/// Extra member-event content a join request carries (its whole JSON body, as Synapse takes it).
+fn join_content(raw: &[u8]) -> Result<Map<String, Value>, Error> {
+    let body: Map<String, Value> = body_json(raw)?;
+    Ok(body)
+}
+
 /// `POST /_matrix/client/v3/rooms/{roomId}/join`
 async fn join_by_id(app: App, req: Ruma<join_room_by_id::v3::Request>) -> Result<JsonBody, ApiError> {
-    let body: ReasonBody = body_json(&req.raw_body)?;
+    let extra = join_content(&req.raw_body)?;
     let room_id = req.body.room_id.clone();
-    app.rooms.join(&room_id, &req.auth.user_id, body.reason.as_deref()).await?;
+    app.rooms.join(&room_id, &req.auth.user_id, extra).await?;
     Ok(JsonBody(json!({ "room_id": room_id })))
 }
 
@@ -166,7 +167,7 @@ async fn join_by_id_or_alias(
     app: App,
     req: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> Result<JsonBody, ApiError> {
-    let body: ReasonBody = body_json(&req.raw_body)?;
+    let extra = join_content(&req.raw_body)?;
     let room_id: OwnedRoomId = match <&RoomId>::try_from(req.body.room_id_or_alias.as_str()) {
         Ok(room_id) => room_id.to_owned(),
         Err(_) => {
@@ -175,7 +176,7 @@ async fn join_by_id_or_alias(
             lookup_alias(&app, alias).await?
         }
     };
-    app.rooms.join(&room_id, &req.auth.user_id, body.reason.as_deref()).await?;
+    app.rooms.join(&room_id, &req.auth.user_id, extra).await?;
     Ok(JsonBody(json!({ "room_id": room_id })))
 }
 

@@ -117,7 +117,8 @@ async fn check_password_stage(app: &App, auth: &Value, user: Option<&UserId>) ->
     if let Some(claimed) = claimed {
         let matches = claimed == user.as_str() || claimed == user.localpart();
         if !matches {
-            return Ok(false);
+            // Authenticating as someone else is not a wrong password: it is refused outright.
+            return Err(Error::forbidden("The user authenticating does not own this session"));
         }
     }
     let Some(password) = auth.get("password").and_then(Value::as_str) else {

@@ -107,6 +107,19 @@ impl AuthKind for AppserviceToken {
     }
 }
 
+/// The caller's session, for the few routes that are not ruma endpoints (Synapse-specific and
+/// legacy paths).
+pub struct Authenticated(pub Session);
+
+impl<S: AuthState> axum::extract::FromRequestParts<S> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let token = access_token(parts).ok_or_else(missing_token)?;
+        Ok(Authenticated(state.authenticate(&token).await?))
+    }
+}
+
 /// A parsed ruma request with its authentication.
 pub struct Ruma<T: IncomingRequest>
 where
@@ -180,7 +193,11 @@ where
         let raw_body = axum::body::to_bytes(Body::new(body), MAX_JSON_BODY)
             .await
             .map_err(|_| Error::too_large("request body is too large"))?;
-        if !raw_body.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(&raw_body).is_err() {
+        // serde_json skips over invalid UTF-8 inside ignored strings, so check the encoding first.
+        if !raw_body.is_empty()
+            && (std::str::from_utf8(&raw_body).is_err()
+                || serde_json::from_slice::<serde::de::IgnoredAny>(&raw_body).is_err())
+        {
             return Err(Error::new(ErrorKind::NotJson, "request body is not valid JSON").into());
         }
         let token = access_token(&parts);

@@ -15,5 +15,5 @@ pub mod extract;
 pub mod route;
 
 pub use error::ApiError;
-pub use extract::{AuthState, Ruma, Session};
+pub use extract::{AuthState, Authenticated, Ruma, Session};
 pub use route::{IntoMatrixResponse, JsonBody, RouterExt, RumaResponse, unrecognized_fallbacks};

@@ -50,26 +50,30 @@ impl Rooms {
         if exists { Ok(()) } else { Err(Error::not_found("room not found")) }
     }
 
-    /// Joins a local room. Joining again with an unchanged profile is a no-op.
+    /// Joins a local room. `extra` holds additional member-event content from the request (such
+    /// as `reason`); joining again with unchanged content is a no-op.
     pub async fn join(
         &self,
         room_id: &RoomId,
         user: &UserId,
-        reason: Option<&str>,
+        extra: serde_json::Map<String, Value>,
     ) -> Result<OwnedEventId, Error> {
         Self::require_room_exists(self.room_version(room_id).await?.is_some())?;
         let profile = self.profile_of(user).await?;
-        let content = member_content("join", &profile);
-        if let Some(current) = self.current_state_event(room_id, "m.room.member", user.as_str()).await? {
-            let current_content = current.content_value();
-            if current_content.get("membership").and_then(Value::as_str) == Some("join")
-                && current_content.get("displayname") == content.get("displayname")
-                && current_content.get("avatar_url") == content.get("avatar_url")
-            {
-                return Ok(current.event_id.clone());
+        let mut content = member_content("join", &profile);
+        if let Value::Object(map) = &mut content {
+            for (key, value) in extra {
+                if key != "membership" && key != "third_party_signed" {
+                    map.insert(key, value);
+                }
             }
         }
-        self.send_member(room_id, user, user, with_reason(content, reason)).await
+        if let Some(current) = self.current_state_event(room_id, "m.room.member", user.as_str()).await?
+            && current.content_value() == content
+        {
+            return Ok(current.event_id.clone());
+        }
+        self.send_member(room_id, user, user, content).await
     }
 
     /// Leaves (or rejects an invite to) a room.

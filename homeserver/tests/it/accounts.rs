@@ -320,3 +320,81 @@ async fn discovery_endpoints() {
     assert_eq!(key["server_name"], "localhost");
     assert!(key["signatures"]["localhost"].as_object().unwrap().len() == 1);
 }
+
+fn shared_secret_mac(secret: &str, nonce: &str, user: &str, password: &str, admin: bool) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(
+        format!("{nonce}\0{user}\0{password}\0{}", if admin { "admin" } else { "notadmin" }).as_bytes(),
+    );
+    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn shared_secret_registration() {
+    let server = TestServer::start_with(|c| c.registration.shared_secret = "reg_secret".into()).await;
+    let path = "/_synapse/admin/v1/register";
+    let (status, body) = server.get(path, None).await;
+    assert_eq!(status, 200);
+    let nonce = body["nonce"].as_str().unwrap().to_owned();
+    let mac = shared_secret_mac("reg_secret", &nonce, "root", "pw", true);
+    let (status, body) = server
+        .post(
+            path,
+            None,
+            json!({ "nonce": nonce, "username": "root", "password": "pw", "admin": true, "mac": mac }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["user_id"], "@root:localhost");
+    let (status, _) = server.get("/_matrix/client/v3/account/whoami", body["access_token"].as_str()).await;
+    assert_eq!(status, 200);
+
+    // The nonce is single-use; a wrong MAC is refused; a taken name is M_USER_IN_USE.
+    let (status, body) = server
+        .post(path, None, json!({ "nonce": nonce, "username": "root2", "password": "pw", "mac": mac }))
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_UNKNOWN")), "{body}");
+    let nonce = server.get(path, None).await.1["nonce"].as_str().unwrap().to_owned();
+    let (status, body) = server
+        .post(
+            path,
+            None,
+            json!({ "nonce": nonce, "username": "eve", "password": "pw", "mac": "00".repeat(20) }),
+        )
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
+    let nonce = server.get(path, None).await.1["nonce"].as_str().unwrap().to_owned();
+    let mac = shared_secret_mac("reg_secret", &nonce, "root", "x", false);
+    let (status, body) = server
+        .post(path, None, json!({ "nonce": nonce, "username": "root", "password": "x", "mac": mac }))
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_USER_IN_USE")));
+
+    // Without a configured secret the endpoint is off.
+    let plain = TestServer::start().await;
+    let (status, _) = plain.get(path, None).await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn exclusive_appservice_namespaces_are_reserved() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bridge.yaml");
+    std::fs::write(
+        &file,
+        "id: bridge\nurl: null\nas_token: as_t\nhs_token: hs_t\nsender_localpart: bridgebot\nnamespaces:\n  users:\n    - exclusive: true\n      regex: '@bridge_.*:localhost'\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap().to_owned();
+    let server = TestServer::start_with(|c| c.appservices.registration_files = vec![path]).await;
+    let (status, body) = server
+        .post(
+            "/_matrix/client/v3/register",
+            None,
+            json!({ "username": "bridge_x", "password": "pw", "auth": { "type": "m.login.dummy" } }),
+        )
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_EXCLUSIVE")), "{body}");
+    server.register("bridgeless").await;
+}

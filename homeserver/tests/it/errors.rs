@@ -325,3 +325,30 @@ async fn cors_preflight_is_answered() {
     let (status, _) = server.get("/_matrix/client/versions", None).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn invalid_utf8_is_not_json_and_uia_for_someone_else_is_forbidden() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let res = server
+        .http
+        .post(server.url("/_matrix/client/v3/createRoom"))
+        .bearer_auth(&alice.token)
+        .body(b"{\"name\": \"\xff\xfe\"}".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(errcode(&res.json().await.unwrap()), "M_NOT_JSON");
+
+    let (status, body) = server
+        .request(
+            Method::DELETE,
+            &format!("/_matrix/client/v3/devices/{}", "ANY"),
+            Some(&alice.token),
+            Some(json!({ "auth": { "type": "m.login.password", "identifier": { "type": "m.id.user", "user": bob.user_id }, "password": bob.password } })),
+        )
+        .await;
+    assert_eq!((status, errcode(&body)), (403, "M_FORBIDDEN"), "{body}");
+}

@@ -9,6 +9,8 @@ use tokio::{sync::oneshot, task::JoinHandle};
 
 pub struct TestServer {
     pub base: String,
+    /// `https://…` when the server was configured with an HTTPS listener.
+    pub tls_base: Option<String>,
     pub http: reqwest::Client,
     config: Config,
     database: Option<TestDatabase>,
@@ -52,13 +54,14 @@ impl TestServer {
         data_dir: Arc<tempfile::TempDir>,
     ) -> TestServer {
         let server = Arc::new(Server::build(config.clone()).await.expect("server builds"));
-        let listener = tokio::net::TcpListener::bind(config.listen.client).await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let listeners = server.bind().await.expect("bind");
+        let addr = listeners.client.local_addr().unwrap();
+        let tls_base = listeners.tls.as_ref().map(|(l, _)| format!("https://{}", l.local_addr().unwrap()));
         let (stop, stopped) = oneshot::channel::<()>();
         let serving = server.clone();
         let task = tokio::spawn(async move {
             serving
-                .serve(listener, async move {
+                .serve(listeners, async move {
                     let _ = stopped.await;
                 })
                 .await
@@ -66,6 +69,7 @@ impl TestServer {
         });
         TestServer {
             base: format!("http://{addr}"),
+            tls_base,
             http: reqwest::Client::new(),
             config,
             database,

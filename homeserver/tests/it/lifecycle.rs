@@ -314,3 +314,49 @@ async fn cli_user_commands_act_on_the_database() {
     bin.child.kill().unwrap();
     bin.child.wait().unwrap();
 }
+
+#[tokio::test]
+async fn https_listener_serves_the_same_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(status.success());
+    let (cert_path, key_path) = (cert.display().to_string(), key.display().to_string());
+    let server = TestServer::start_with(move |c| {
+        c.listen.tls = "127.0.0.1:0".into();
+        c.tls.certificate = cert_path;
+        c.tls.private_key = key_path;
+    })
+    .await;
+    let tls_base = server.tls_base.clone().expect("https listener");
+    let https = reqwest::Client::builder().danger_accept_invalid_certs(true).build().unwrap();
+    let versions: Value =
+        https.get(format!("{tls_base}/_matrix/client/versions")).send().await.unwrap().json().await.unwrap();
+    assert!(versions["versions"].is_array());
+    let key: Value =
+        https.get(format!("{tls_base}/_matrix/key/v2/server")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(key["server_name"], "localhost");
+    // A plain-HTTP request to the HTTPS port gets no answer.
+    assert!(
+        reqwest::get(format!("{}/_matrix/client/versions", tls_base.replace("https", "http"))).await.is_err()
+    );
+
+    // Testing switches are refused on a public address; TLS without a certificate is refused.
+    let mut config = crate::harness::test_config(dir.path().to_owned(), "sqlite://x?mode=rwc");
+    config.testing.insecure_federation_tls = true;
+    config.listen.client = "0.0.0.0:0".parse().unwrap();
+    config.registration.tokens = vec!["t".into()];
+    assert!(config.validate().unwrap_err().to_string().contains("testing"));
+    let mut config = crate::harness::test_config(dir.path().to_owned(), "sqlite://x?mode=rwc");
+    config.listen.tls = "127.0.0.1:0".into();
+    assert!(config.validate().unwrap_err().to_string().contains("listen.tls"));
+}

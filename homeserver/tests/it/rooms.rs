@@ -411,3 +411,46 @@ async fn history_visibility_is_enforced() {
     let (_, page) = server.get(&r(&shared, "/messages?dir=b&limit=50"), Some(&bob.token)).await;
     assert!(!bodies(&page["chunk"]).contains(&"secret after leave".to_owned()));
 }
+
+#[tokio::test]
+async fn legacy_initial_sync_and_event_stream() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = server.create_room(&alice, json!({ "name": "Old school", "preset": "public_chat" })).await;
+    server.send_text(&alice, &room, "first").await;
+    let (status, init) = server.get("/_matrix/client/v3/initialSync?limit=5", Some(&alice.token)).await;
+    assert_eq!(status, 200, "{init}");
+    let entry = &init["rooms"][0];
+    assert_eq!((entry["room_id"].as_str(), entry["membership"].as_str()), (Some(room.as_str()), Some("join")));
+    assert_eq!(bodies(&entry["messages"]["chunk"]), vec!["first"]);
+    assert!(entry["state"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.name"));
+    let end = init["end"].as_str().unwrap().to_owned();
+
+    let (status, room_init) = server.get(&r(&room, "/initialSync"), Some(&alice.token)).await;
+    assert_eq!(status, 200);
+    assert_eq!(room_init["membership"], "join");
+    assert_eq!(bodies(&room_init["messages"]["chunk"]), vec!["first"]);
+    let (status, _) = server.get(&r(&room, "/initialSync"), Some(&bob.token)).await;
+    assert_eq!(status, 403, "not a member, not world readable");
+
+    // The event stream long-polls and wakes for new events.
+    let url = server.url(&format!("/_matrix/client/v3/events?from={end}&timeout=5000"));
+    let (http, token) = (server.http.clone(), alice.token.clone());
+    let poll = tokio::spawn(async move { http.get(url).bearer_auth(token).send().await.unwrap().json::<Value>().await.unwrap() });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // The legacy POST form without a transaction id.
+    let (status, sent) = server.post(&r(&room, "/send/m.room.message"), Some(&alice.token), json!({ "body": "second", "msgtype": "m.text" })).await;
+    assert_eq!(status, 200, "{sent}");
+    let stream = poll.await.unwrap();
+    assert_eq!(bodies(&stream["chunk"]), vec!["second"]);
+    assert_eq!(stream["chunk"][0]["room_id"], room.as_str());
+    let (_, empty) = server.get(&format!("/_matrix/client/v3/events?from={}&timeout=0", stream["end"].as_str().unwrap()), Some(&alice.token)).await;
+    assert!(empty["chunk"].as_array().unwrap().is_empty());
+
+    // A join body's extra keys end up in the member event.
+    let (status, _) = server.post(&r(&room, "/join"), Some(&bob.token), json!({ "foo": "bar" })).await;
+    assert_eq!(status, 200);
+    let (_, member) = server.get(&r(&room, &format!("/state/m.room.member/{}", enc(&bob.user_id))), Some(&bob.token)).await;
+    assert_eq!((member["foo"].as_str(), member["membership"].as_str()), (Some("bar"), Some("join")));
+}

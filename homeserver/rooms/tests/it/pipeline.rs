@@ -127,11 +127,11 @@ async fn auth_rules_reject_unauthorised_events() {
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Forbidden);
     // Invite-only room: cannot join uninvited.
-    let err = env.rooms.join(&room_id, &bob, None).await.unwrap_err();
+    let err = env.rooms.join(&room_id, &bob, Default::default()).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Forbidden);
     // Invited: can join, then cannot change power levels.
     env.rooms.invite(&room_id, &alice, &bob, None, false).await.unwrap();
-    env.rooms.join(&room_id, &bob, None).await.unwrap();
+    env.rooms.join(&room_id, &bob, Default::default()).await.unwrap();
     let err = env
         .rooms
         .send_state(&room_id, &bob, "m.room.power_levels", "", json!({"users": {bob.as_str(): 100}}))
@@ -140,7 +140,7 @@ async fn auth_rules_reject_unauthorised_events() {
     assert_eq!(err.kind, ErrorKind::Forbidden);
     // Banned: cannot rejoin.
     env.rooms.ban(&room_id, &alice, &bob, Some("spam")).await.unwrap();
-    let err = env.rooms.join(&room_id, &bob, None).await.unwrap_err();
+    let err = env.rooms.join(&room_id, &bob, Default::default()).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Forbidden);
     assert_eq!(env.rooms.membership(&room_id, &bob).await.unwrap().as_deref(), Some("ban"));
     // A rejected event leaves no trace: the state is unchanged.

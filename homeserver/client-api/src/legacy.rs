@@ -1,0 +1,261 @@
+//! The deprecated pre-`/sync` endpoints that clients and SyTest still use: `GET /initialSync`,
+//! `GET /rooms/{roomId}/initialSync` and the `GET /events` stream. They are views over the same
+//! storage, visibility and formatting as `/sync`; ruma has no types for them, so they are plain
+//! axum routes.
+
+use std::time::Duration;
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    routing::get,
+};
+use homeserver_core::{Error, token::StreamToken};
+use homeserver_http::{ApiError, Authenticated, Session};
+use homeserver_rooms::format::{RoomIdField, Viewer};
+use homeserver_storage::events::{Direction, EventRow, MembershipRow};
+use ruma::RoomId;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{App, events::readable_state_rows, storage};
+
+const DEFAULT_LIMIT: i64 = 10;
+
+pub fn routes(router: Router<App>) -> Router<App> {
+    let mut router = router;
+    for version in ["r0", "v3"] {
+        router = router
+            .route(&format!("/_matrix/client/{version}/initialSync"), get(initial_sync))
+            .route(
+                &format!("/_matrix/client/{version}/rooms/{{room_id}}/initialSync"),
+                get(room_initial_sync),
+            )
+            .route(&format!("/_matrix/client/{version}/events"), get(events));
+    }
+    router
+}
+
+fn viewer(session: &Session) -> Viewer<'_> {
+    Viewer { user_id: session.user_id.as_str(), device_id: Some(session.device_id.as_str()) }
+}
+
+#[derive(Deserialize)]
+struct InitialSyncQuery {
+    limit: Option<i64>,
+    #[serde(default)]
+    archived: Option<String>,
+}
+
+/// The newest `limit` visible events at or below `up_to`, oldest first, with pagination tokens.
+async fn messages(
+    app: &App,
+    session: &Session,
+    room_id: &RoomId,
+    up_to: i64,
+    limit: i64,
+) -> Result<Value, Error> {
+    let mut rows = app
+        .db
+        .room_events(room_id.as_str(), up_to, None, Direction::Backward, limit)
+        .await
+        .map_err(storage)?;
+    rows.reverse();
+    let start = rows.first().map(|r| r.stream_pos - 1).unwrap_or(up_to);
+    let rows = app.rooms.filter_visible(&session.user_id, rows).await?;
+    let chunk = app.rooms.client_events(&rows, Some(viewer(session)), RoomIdField::Include).await?;
+    Ok(json!({
+        "chunk": chunk,
+        "start": StreamToken::new(start.max(0) as u64).to_string(),
+        "end": StreamToken::new(up_to.max(0) as u64).to_string(),
+    }))
+}
+
+async fn room_account_data(app: &App, user: &str, room_id: &str) -> Result<Vec<Value>, Error> {
+    Ok(app
+        .db
+        .account_data_since(user, 0, i64::MAX)
+        .await
+        .map_err(storage)?
+        .into_iter()
+        .filter(|row| row.room_id == room_id)
+        .map(|row| json!({ "type": row.data_type, "content": serde_json::from_str::<Value>(&row.content).unwrap_or_default() }))
+        .collect())
+}
+
+async fn room_entry(
+    app: &App,
+    session: &Session,
+    membership: &MembershipRow,
+    limit: i64,
+    now: i64,
+) -> Result<Value, Error> {
+    let room_id = RoomId::parse(&membership.room_id).map_err(|e| Error::internal(e.to_string()))?;
+    let published =
+        app.db.room(room_id.as_str()).await.map_err(storage)?.map(|r| r.published).unwrap_or(false);
+    let mut entry = json!({
+        "room_id": room_id,
+        "membership": membership.membership,
+        "visibility": if published { "public" } else { "private" },
+    });
+    if membership.membership == "invite" {
+        if let Some(row) = app.db.event(&membership.event_id).await.map_err(storage)? {
+            let invite = app.rooms.client_event(&row, Some(viewer(session)), RoomIdField::Include).await?;
+            entry["invite"] = invite.clone();
+            entry["state"] = json!([invite]);
+        }
+        return Ok(entry);
+    }
+    let up_to = if membership.membership == "join" { now } else { membership.stream_pos };
+    entry["messages"] = messages(app, session, &room_id, up_to, limit).await?;
+    let state_rows = readable_state_rows(app, &room_id, &session.user_id).await?;
+    entry["state"] = Value::Array(
+        app.rooms.client_events(&state_rows, Some(viewer(session)), RoomIdField::Include).await?,
+    );
+    entry["account_data"] =
+        Value::Array(room_account_data(app, session.user_id.as_str(), room_id.as_str()).await?);
+    Ok(entry)
+}
+
+/// `GET /_matrix/client/v3/initialSync` (deprecated)
+async fn initial_sync(
+    State(app): State<App>,
+    Authenticated(session): Authenticated,
+    Query(query): Query<InitialSyncQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let now = app.stream.current() as i64;
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(0, 1000);
+    let archived = matches!(query.archived.as_deref(), Some("true" | "1"));
+    let mut rooms = Vec::new();
+    for m in app.db.memberships_of_user(session.user_id.as_str()).await.map_err(storage)? {
+        let wanted = match m.membership.as_str() {
+            "join" | "invite" => true,
+            "leave" | "ban" => archived && !m.forgotten,
+            _ => false,
+        };
+        if wanted {
+            rooms.push(room_entry(&app, &session, &m, limit, now).await?);
+        }
+    }
+    let account_data: Vec<Value> = app
+        .db
+        .account_data_since(session.user_id.as_str(), 0, now)
+        .await
+        .map_err(storage)?
+        .into_iter()
+        .filter(|row| row.room_id.is_empty())
+        .map(|row| json!({ "type": row.data_type, "content": serde_json::from_str::<Value>(&row.content).unwrap_or_default() }))
+        .collect();
+    Ok(Json(json!({
+        "end": StreamToken::new(now as u64).to_string(),
+        "rooms": rooms,
+        "presence": [],
+        "account_data": account_data,
+    })))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/initialSync` (deprecated)
+async fn room_initial_sync(
+    State(app): State<App>,
+    Authenticated(session): Authenticated,
+    Path(room_id): Path<String>,
+    Query(query): Query<InitialSyncQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("invalid room id"))?;
+    let now = app.stream.current() as i64;
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(0, 1000);
+    // Access follows the state endpoints: members, former members (as of leaving), or anyone
+    // for world-readable rooms.
+    let state_rows = readable_state_rows(&app, &room_id, &session.user_id).await?;
+    let membership = app.db.membership(room_id.as_str(), session.user_id.as_str()).await.map_err(storage)?;
+    let up_to = match &membership {
+        Some(m) if m.membership != "join" && m.membership != "invite" => m.stream_pos,
+        _ => now,
+    };
+    let published =
+        app.db.room(room_id.as_str()).await.map_err(storage)?.map(|r| r.published).unwrap_or(false);
+    let mut body = json!({
+        "room_id": room_id,
+        "messages": messages(&app, &session, &room_id, up_to, limit).await?,
+        "state": app.rooms.client_events(&state_rows, Some(viewer(&session)), RoomIdField::Include).await?,
+        "presence": [],
+        "visibility": if published { "public" } else { "private" },
+        "account_data": room_account_data(&app, session.user_id.as_str(), room_id.as_str()).await?,
+    });
+    if let Some(m) = membership {
+        body["membership"] = json!(m.membership);
+    }
+    Ok(Json(body))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    from: Option<String>,
+    timeout: Option<u64>,
+    room_id: Option<String>,
+}
+
+/// Events for the user in `(from, now]`: their rooms' events they may see, oldest first.
+async fn events_since(
+    app: &App,
+    session: &Session,
+    from: i64,
+    now: i64,
+    only_room: Option<&str>,
+) -> Result<Vec<EventRow>, Error> {
+    let user = session.user_id.as_str();
+    let mut rows = Vec::new();
+    for (room_id, _) in app.db.rooms_changed_between(user, from, now).await.map_err(storage)? {
+        if only_room.is_some_and(|only| only != room_id) {
+            continue;
+        }
+        let membership = app.db.membership(&room_id, user).await.map_err(storage)?;
+        // Rooms one has left contribute events up to the departure.
+        let up_to = match &membership {
+            Some(m) if m.membership == "join" => now,
+            Some(m) => m.stream_pos.min(now),
+            None => continue,
+        };
+        rows.extend(
+            app.db
+                .room_events(&room_id, from, Some(up_to), Direction::Forward, 1000)
+                .await
+                .map_err(storage)?,
+        );
+    }
+    rows.sort_by_key(|r| r.stream_pos);
+    app.rooms.filter_visible(&session.user_id, rows).await
+}
+
+/// `GET /_matrix/client/v3/events` (deprecated): long-polls like `/sync`.
+async fn events(
+    State(app): State<App>,
+    Authenticated(session): Authenticated,
+    Query(query): Query<EventsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let from = match query.from.as_deref() {
+        Some(token) => {
+            token.parse::<StreamToken>().map_err(|_| Error::invalid_param("invalid from token"))?.pos as i64
+        }
+        None => app.stream.current() as i64,
+    };
+    let timeout = Duration::from_millis(query.timeout.unwrap_or(30_000).min(app.config.max_sync_timeout_ms));
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut wake = app.stream.subscribe(&session.user_id);
+    loop {
+        wake.borrow_and_update();
+        let now = app.stream.current() as i64;
+        let rows = events_since(&app, &session, from.min(now), now, query.room_id.as_deref()).await?;
+        if !rows.is_empty() || app.stream.is_shutting_down() || tokio::time::Instant::now() >= deadline {
+            let chunk = app.rooms.client_events(&rows, Some(viewer(&session)), RoomIdField::Include).await?;
+            return Ok(Json(json!({
+                "start": StreamToken::new(from.max(0) as u64).to_string(),
+                "end": StreamToken::new(now as u64).to_string(),
+                "chunk": chunk,
+            })));
+        }
+        if tokio::time::timeout_at(deadline, wake.changed()).await.is_err() {
+            continue;
+        }
+    }
+}
