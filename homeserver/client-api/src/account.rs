@@ -118,17 +118,56 @@ pub async fn issue_login(
     Ok((device_id, token))
 }
 
+/// The registration parameters, from the request merged with what its UIA session remembers
+/// of the first request (clients may send them only once).
+#[derive(serde::Deserialize, Default)]
+struct RegisterParams {
+    username: Option<String>,
+    password: Option<String>,
+    device_id: Option<String>,
+    initial_device_display_name: Option<String>,
+    #[serde(default)]
+    inhibit_login: bool,
+}
+
 /// `POST /_matrix/client/v3/register`
 async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<JsonBody, ApiError> {
-    let body = &req.body;
-    if body.kind == register::RegistrationKind::Guest {
+    if req.body.kind == register::RegistrationKind::Guest {
         return Err(Error::new(ErrorKind::GuestAccessForbidden, "Guest access is disabled").into());
     }
     if !app.config.registration_enabled {
         return Err(Error::forbidden("Registration has been disabled").into());
     }
+    let mut body: serde_json::Map<String, Value> = serde_json::from_slice(&req.raw_body).unwrap_or_default();
+    let session_id =
+        body.get("auth").and_then(|a| a.get("session")).and_then(Value::as_str).map(str::to_owned);
+    let session = match &session_id {
+        Some(id) => app
+            .db
+            .uia_session(id)
+            .await
+            .map_err(storage)?
+            .filter(|s| s.request_fingerprint == req.fingerprint),
+        None => None,
+    };
+    if let Some(Value::Object(remembered)) = session
+        .as_ref()
+        .and_then(|s| s.client_dict.as_deref())
+        .and_then(|d| serde_json::from_str::<Value>(d).ok())
+    {
+        for (key, value) in remembered {
+            body.entry(key).or_insert(value);
+        }
+    }
+    let params: RegisterParams = serde_json::from_value(Value::Object(body.clone()))
+        .map_err(|e| Error::bad_json(format!("invalid registration parameters: {e}")))?;
+    // A retry of a registration that already succeeded answers for the same account. The session
+    // remembers only the user id (never a token); the retry gets a fresh login.
+    if let Some(registered) = session.and_then(|s| s.result).and_then(|r| UserId::parse(r).ok()) {
+        return Ok(JsonBody(registration_response(&app, &registered, &params).await?));
+    }
     app.limiter.check(app.config.rate_limit_register, Action::Register, &client_key(req.client_ip))?;
-    let localpart = match &body.username {
+    let localpart = match &params.username {
         Some(name) => name.to_lowercase(),
         None => random_string(12).to_lowercase(),
     };
@@ -143,8 +182,9 @@ async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<JsonBody
     }
     let flows: &[&[&str]] =
         if app.config.registration_tokens.is_empty() { &[&[DUMMY]] } else { &[&[REGISTRATION_TOKEN]] };
-    uia::authenticate(&app, &req.raw_body, flows, &req.fingerprint, None).await?;
-    let password = body.password.clone().ok_or_else(|| Error::missing_param("Missing password"))?;
+    let merged = serde_json::to_vec(&Value::Object(body)).unwrap_or_default();
+    let completed = uia::authenticate(&app, &merged, flows, &req.fingerprint, None, true).await?;
+    let password = params.password.clone().ok_or_else(|| Error::missing_param("Missing password"))?;
     if password.len() > MAX_PASSWORD_BYTES {
         return Err(Error::new(ErrorKind::WeakPassword, "Password is too long").into());
     }
@@ -162,22 +202,24 @@ async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<JsonBody
         Err(e) => return Err(storage(e).into()),
     }
     tracing::info!(user_id = %user_id, "registered new user");
-    if body.inhibit_login {
-        return Ok(JsonBody(json!({ "user_id": user_id })));
+    app.db.set_uia_result(&completed.session, user_id.as_str()).await.map_err(storage)?;
+    Ok(JsonBody(registration_response(&app, &user_id, &params).await?))
+}
+
+/// The registration response: the user id, and a new login unless `inhibit_login`.
+async fn registration_response(app: &App, user_id: &UserId, params: &RegisterParams) -> Result<Value, Error> {
+    if params.inhibit_login {
+        return Ok(json!({ "user_id": user_id, "home_server": app.server_name() }));
     }
-    let (device_id, token) = issue_login(
-        &app,
-        &user_id,
-        body.device_id.as_ref().map(|d| d.to_string()),
-        body.initial_device_display_name.as_deref(),
-    )
-    .await?;
-    Ok(JsonBody(json!({
+    let (device_id, token) =
+        issue_login(app, user_id, params.device_id.clone(), params.initial_device_display_name.as_deref())
+            .await?;
+    Ok(json!({
         "user_id": user_id,
         "access_token": token,
         "device_id": device_id,
         "home_server": app.server_name(),
-    })))
+    }))
 }
 
 /// `GET /_matrix/client/v3/register/available`
@@ -294,7 +336,8 @@ fn require_session(session: &Option<Session>) -> Result<&Session, Error> {
 /// `POST /_matrix/client/v3/account/password`
 async fn change_password(app: App, req: Ruma<change_password::v3::Request>) -> Result<JsonBody, ApiError> {
     let session = require_session(&req.auth)?;
-    uia::authenticate(&app, &req.raw_body, &[&[PASSWORD]], &req.fingerprint, Some(&session.user_id)).await?;
+    uia::authenticate(&app, &req.raw_body, &[&[PASSWORD]], &req.fingerprint, Some(&session.user_id), false)
+        .await?;
     if req.body.new_password.len() > MAX_PASSWORD_BYTES {
         return Err(Error::new(ErrorKind::WeakPassword, "Password is too long").into());
     }
@@ -312,7 +355,7 @@ async fn change_password(app: App, req: Ruma<change_password::v3::Request>) -> R
 /// `POST /_matrix/client/v3/account/deactivate`
 async fn deactivate(app: App, req: Ruma<deactivate::v3::Request>) -> Result<JsonBody, ApiError> {
     let user_id = require_session(&req.auth)?.user_id.clone();
-    uia::authenticate(&app, &req.raw_body, &[&[PASSWORD]], &req.fingerprint, Some(&user_id)).await?;
+    uia::authenticate(&app, &req.raw_body, &[&[PASSWORD]], &req.fingerprint, Some(&user_id), false).await?;
     deactivate_account(&app, &user_id).await?;
     Ok(JsonBody(json!({ "id_server_unbind_result": "no-support" })))
 }

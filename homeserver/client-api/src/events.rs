@@ -118,6 +118,9 @@ async fn put_state(app: App, req: Ruma<send_state_event::v3::Request>) -> Result
     let session = &req.auth;
     app.limiter.check(app.config.rate_limit_message, Action::Message, session.user_id.as_str())?;
     let content = content_object(&req.raw_body)?;
+    if req.body.event_type.to_string() == "m.room.canonical_alias" {
+        check_canonical_alias(&app, &req.body.room_id, &content).await?;
+    }
     let event_id = app
         .rooms
         .send_state(
@@ -129,6 +132,32 @@ async fn put_state(app: App, req: Ruma<send_state_event::v3::Request>) -> Result
         )
         .await?;
     Ok(JsonBody(json!({ "event_id": event_id })))
+}
+
+/// The aliases of an `m.room.canonical_alias` event must be valid and, for this server's aliases,
+/// point to the room (spec: `M_BAD_ALIAS`).
+async fn check_canonical_alias(app: &App, room_id: &RoomId, content: &Value) -> Result<(), Error> {
+    let bad = |msg: String| Error::new(ErrorKind::BadAlias, msg);
+    let mut aliases: Vec<&Value> = content.get("alias").into_iter().filter(|a| !a.is_null()).collect();
+    match content.get("alt_aliases") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(alt)) => aliases.extend(alt),
+        Some(_) => return Err(Error::invalid_param("alt_aliases must be a list")),
+    }
+    for alias in aliases {
+        let alias = alias.as_str().ok_or_else(|| Error::invalid_param("aliases must be strings"))?;
+        let parsed = ruma::RoomAliasId::parse(alias)
+            .map_err(|_| Error::invalid_param(format!("invalid alias {alias}")))?;
+        if parsed.server_name() != app.server_name() {
+            continue;
+        }
+        match app.db.alias(alias).await.map_err(storage)? {
+            Some(record) if record.room_id == room_id.as_str() => {}
+            Some(_) => return Err(bad(format!("{alias} points to another room"))),
+            None => return Err(bad(format!("{alias} does not exist"))),
+        }
+    }
+    Ok(())
 }
 
 /// Which state a user may read: the current state, or the state as of when they left.
@@ -390,7 +419,13 @@ async fn messages(app: App, req: Ruma<get_message_events::v3::Request>) -> Resul
     let from = match req.body.from.as_deref() {
         Some(t) => parse(t)?,
         None => match dir {
-            Direction::Backward => app.stream.current() as i64,
+            // A departed member pages back from where they left, as Synapse does.
+            Direction::Backward => {
+                match app.db.membership(room_id.as_str(), session.user_id.as_str()).await.map_err(storage)? {
+                    Some(m) if m.membership == "leave" || m.membership == "ban" => m.stream_pos,
+                    _ => app.stream.current() as i64,
+                }
+            }
             Direction::Forward => 0,
         },
     };
@@ -433,7 +468,7 @@ async fn context(app: App, req: Ruma<get_context::v3::Request>) -> Result<JsonBo
         .filter(|row| row.room_id == room_id.as_str())
         .ok_or_else(|| Error::not_found("Event not found"))?;
     if !app.rooms.can_see(&session.user_id, &row).await? {
-        return Err(Error::not_found("Event not found").into());
+        return Err(Error::forbidden("You may not see this event").into());
     }
     let filter = room_filter(&req.body.filter);
     let limit = u64::from(req.body.limit).min(MAX_PAGE) as i64;

@@ -22,6 +22,7 @@ pub mod discovery;
 pub mod events;
 pub mod filter;
 pub mod legacy;
+pub mod presence;
 pub mod profile;
 pub mod ratelimit;
 pub mod rooms;
@@ -89,6 +90,7 @@ pub struct AppInner {
     pub stream: Arc<EventStream>,
     pub limiter: RateLimiter,
     pub nonces: synapse_admin::Nonces,
+    pub lazy_members: sync::lazy::LazyMemberCache,
 }
 
 impl std::ops::Deref for App {
@@ -103,7 +105,8 @@ impl App {
         let stream = rooms.stream().clone();
         let limiter = RateLimiter::new();
         let nonces = synapse_admin::Nonces::default();
-        App(Arc::new(AppInner { config, db, rooms, stream, limiter, nonces }))
+        let lazy_members = sync::lazy::LazyMemberCache::default();
+        App(Arc::new(AppInner { config, db, rooms, stream, limiter, nonces, lazy_members }))
     }
 
     pub fn server_name(&self) -> &ruma::ServerName {
@@ -150,5 +153,6 @@ pub fn routes() -> Router<App> {
     let router = filter::routes(router);
     let router = synapse_admin::routes(router);
     let router = legacy::routes(router);
+    let router = presence::routes(router);
     account_data::routes(router)
 }

@@ -321,7 +321,35 @@ async fn remove_alias(app: App, req: Ruma<delete_alias::v3::Request>) -> Result<
         return Err(Error::forbidden("You may not delete this alias").into());
     }
     app.db.delete_alias(alias.as_str()).await.map_err(storage)?;
+    remove_from_canonical_alias(&app, &req.auth, &room_id, alias.as_str()).await;
     Ok(JsonBody(json!({})))
+}
+
+/// Drops a deleted alias from the room's canonical alias event (as Synapse does). Best effort:
+/// without the power to change it, the stale alias stays.
+async fn remove_from_canonical_alias(app: &App, session: &Session, room_id: &RoomId, alias: &str) {
+    let Ok(Some(current)) = app.rooms.current_state_event(room_id, "m.room.canonical_alias", "").await else {
+        return;
+    };
+    let mut content = current.content_value();
+    let mut changed = false;
+    if content.get("alias").and_then(Value::as_str) == Some(alias)
+        && let Some(obj) = content.as_object_mut()
+    {
+        obj.remove("alias");
+        changed = true;
+    }
+    if let Some(Value::Array(alt)) = content.get_mut("alt_aliases") {
+        let before = alt.len();
+        alt.retain(|a| a.as_str() != Some(alias));
+        changed |= alt.len() != before;
+    }
+    if changed
+        && let Err(err) =
+            app.rooms.send_state(room_id, &session.user_id, "m.room.canonical_alias", "", content).await
+    {
+        tracing::debug!(%room_id, error = %err, "could not update the canonical alias");
+    }
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/aliases`

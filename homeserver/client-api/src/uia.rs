@@ -28,25 +28,46 @@ fn challenge(flows: &[&[&str]], session: &str, completed: &[String], error: Opti
     Error::new(ErrorKind::UserInteractive(Box::new(body)), error.unwrap_or_default())
 }
 
-/// Runs one UIA step for a request. `Ok(())` means a flow is complete and the operation may
+/// What a completed UIA step tells the caller.
+pub struct Completed {
+    /// The session the flow was completed in (kept only when the caller asked to keep it).
+    pub session: String,
+}
+
+/// The request body without its `auth` part: what a session remembers of the first request.
+fn client_dict(body: &Value) -> Option<String> {
+    let mut dict = body.as_object()?.clone();
+    dict.remove("auth");
+    Some(Value::Object(dict).to_string())
+}
+
+/// Runs one UIA step for a request. `Ok` means a flow is complete and the operation may
 /// proceed; otherwise the error is the 401 challenge (or a failure) to return.
 ///
 /// `user` is the account the operation acts on (`None` for registration); `fingerprint` names the
-/// operation (method and path).
+/// operation (method and path). With `keep`, a completed session is kept (until it expires) so the
+/// caller can store its result for retries; otherwise it is deleted.
 pub async fn authenticate(
     app: &App,
     raw_body: &[u8],
     flows: &[&[&str]],
     fingerprint: &str,
     user: Option<&UserId>,
-) -> Result<(), Error> {
+    keep: bool,
+) -> Result<Completed, Error> {
     let body: Value = serde_json::from_slice(raw_body).unwrap_or(Value::Null);
     let now = now_millis();
     let _ = app.db.expire_uia_sessions(now.saturating_sub(SESSION_LIFETIME_MS) as i64).await;
     let Some(auth) = body.get("auth").filter(|a| a.is_object()) else {
         let session = random_string(24);
         app.db
-            .create_uia_session(&session, user.map(|u| u.as_str()), fingerprint, now as i64)
+            .create_uia_session(
+                &session,
+                user.map(|u| u.as_str()),
+                fingerprint,
+                client_dict(&body).as_deref(),
+                now as i64,
+            )
             .await
             .map_err(storage)?;
         return Err(challenge(flows, &session, &[], None));
@@ -69,7 +90,13 @@ pub async fn authenticate(
         None => {
             let id = random_string(24);
             app.db
-                .create_uia_session(&id, user.map(|u| u.as_str()), fingerprint, now as i64)
+                .create_uia_session(
+                    &id,
+                    user.map(|u| u.as_str()),
+                    fingerprint,
+                    client_dict(&body).as_deref(),
+                    now as i64,
+                )
                 .await
                 .map_err(storage)?;
             (id, Vec::new())
@@ -100,8 +127,12 @@ pub async fn authenticate(
         completed.push(stage.to_owned());
     }
     if flows.iter().any(|flow| flow.iter().all(|s| completed.iter().any(|c| c == s))) {
-        app.db.delete_uia_session(&session_id).await.map_err(storage)?;
-        return Ok(());
+        if keep {
+            app.db.set_uia_completed(&session_id, &completed).await.map_err(storage)?;
+        } else {
+            app.db.delete_uia_session(&session_id).await.map_err(storage)?;
+        }
+        return Ok(Completed { session: session_id });
     }
     app.db.set_uia_completed(&session_id, &completed).await.map_err(storage)?;
     Err(challenge(flows, &session_id, &completed, None))

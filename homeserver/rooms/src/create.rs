@@ -211,9 +211,10 @@ impl Rooms {
                 json!({ "alias": alias }),
             ));
         }
+        // As Synapse: private presets let guests join; public_chat sets no guest access at all.
         let (join_rule, guest_access) = match preset {
-            Preset::PublicChat => ("public", "forbidden"),
-            Preset::PrivateChat | Preset::TrustedPrivateChat => ("invite", "can_join"),
+            Preset::PublicChat => ("public", None),
+            Preset::PrivateChat | Preset::TrustedPrivateChat => ("invite", Some("can_join")),
         };
         if !initial_has("m.room.join_rules") {
             templates.push(EventTemplate::state(
@@ -231,7 +232,9 @@ impl Rooms {
                 json!({ "history_visibility": "shared" }),
             ));
         }
-        if !initial_has("m.room.guest_access") {
+        if let Some(guest_access) = guest_access
+            && !initial_has("m.room.guest_access")
+        {
             templates.push(EventTemplate::state(
                 "m.room.guest_access",
                 "",

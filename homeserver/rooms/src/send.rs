@@ -65,7 +65,7 @@ impl Rooms {
             return Err(Error::not_found("event not found"));
         };
         if original.room_id != room_id {
-            return Err(Error::not_found("event not found in this room"));
+            return Err(Error::invalid_param("cannot redact an event of another room"));
         }
         if original.sender != sender {
             let levels = self.power_levels(room_id).await?;

@@ -41,6 +41,11 @@ pub struct UiaSession {
     pub completed: Vec<String>,
     pub request_fingerprint: String,
     pub created_ts: i64,
+    /// The body of the request that started the session (JSON), if remembered.
+    pub client_dict: Option<String>,
+    /// What the operation produced once it succeeded (for registration: the user id), so a retry
+    /// is idempotent. Never a secret.
+    pub result: Option<String>,
 }
 
 /// What a new login creates: a device (if new) and an access token for it, atomically.
@@ -317,16 +322,18 @@ impl Db {
         session_id: &str,
         user_id: Option<&str>,
         fingerprint: &str,
+        client_dict: Option<&str>,
         now: i64,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO uia_sessions (session_id, user_id, completed, request_fingerprint, created_ts) \
-             VALUES ($1, $2, '[]', $3, $4)",
+            "INSERT INTO uia_sessions (session_id, user_id, completed, request_fingerprint, created_ts, client_dict) \
+             VALUES ($1, $2, '[]', $3, $4, $5)",
         )
         .bind(session_id)
         .bind(user_id)
         .bind(fingerprint)
         .bind(now)
+        .bind(client_dict)
         .execute(self.writer())
         .await
         .map_err(conflict_or)?;
@@ -335,7 +342,8 @@ impl Db {
 
     pub async fn uia_session(&self, session_id: &str) -> Result<Option<UiaSession>> {
         let row = sqlx::query(
-            "SELECT user_id, completed, request_fingerprint, created_ts FROM uia_sessions WHERE session_id = $1",
+            "SELECT user_id, completed, request_fingerprint, created_ts, client_dict, result FROM uia_sessions \
+             WHERE session_id = $1",
         )
         .bind(session_id)
         .fetch_optional(self.writer())
@@ -348,6 +356,8 @@ impl Db {
                     .map_err(|e| StorageError::Corrupt(e.to_string()))?,
                 request_fingerprint: row.try_get("request_fingerprint")?,
                 created_ts: row.try_get("created_ts")?,
+                client_dict: row.try_get("client_dict")?,
+                result: row.try_get("result")?,
             })
         })
         .transpose()
@@ -358,6 +368,20 @@ impl Db {
         sqlx::query("UPDATE uia_sessions SET completed = $2 WHERE session_id = $1")
             .bind(session_id)
             .bind(json)
+            .execute(self.writer())
+            .await?;
+        Ok(())
+    }
+
+    /// Ids of all stored UIA sessions (for maintenance and tests).
+    pub async fn uia_session_ids(&self) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT session_id FROM uia_sessions").fetch_all(self.reader()).await?)
+    }
+
+    pub async fn set_uia_result(&self, session_id: &str, result: &str) -> Result<()> {
+        sqlx::query("UPDATE uia_sessions SET result = $2 WHERE session_id = $1")
+            .bind(session_id)
+            .bind(result)
             .execute(self.writer())
             .await?;
         Ok(())

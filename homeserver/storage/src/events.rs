@@ -104,7 +104,9 @@ impl Db {
             sqlx::query_scalar("SELECT MAX(stream_pos) FROM account_data").fetch_one(self.reader()).await?;
         let groups: Option<i64> =
             sqlx::query_scalar("SELECT MAX(group_id) FROM state_groups").fetch_one(self.reader()).await?;
-        Ok(events.unwrap_or(0).max(account.unwrap_or(0)).max(groups.unwrap_or(0)))
+        let presence: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(stream_pos) FROM presence").fetch_one(self.reader()).await?;
+        Ok([events, account, groups, presence].into_iter().flatten().max().unwrap_or(0))
     }
 
     pub async fn room(&self, room_id: &str) -> Result<Option<RoomRecord>> {

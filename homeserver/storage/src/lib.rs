@@ -23,6 +23,7 @@ pub mod accounts;
 pub mod aliases;
 pub mod events;
 pub mod persist;
+pub mod presence;
 pub mod testing;
 pub mod txn;
 

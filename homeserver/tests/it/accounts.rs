@@ -398,3 +398,58 @@ async fn exclusive_appservice_namespaces_are_reserved() {
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_EXCLUSIVE")), "{body}");
     server.register("bridgeless").await;
 }
+
+#[tokio::test]
+async fn registration_remembers_parameters_and_is_idempotent() {
+    let server = TestServer::start().await;
+    let (status, challenge) = server
+        .post(
+            "/_matrix/client/v3/register",
+            None,
+            json!({ "username": "remy", "password": "pw", "device_id": "XYZZY" }),
+        )
+        .await;
+    assert_eq!(status, 401);
+    let session = challenge["session"].as_str().unwrap();
+    // The second request carries only the auth; the first request's parameters are used.
+    let auth = json!({ "auth": { "type": "m.login.dummy", "session": session } });
+    let (status, first) = server.post("/_matrix/client/v3/register", None, auth.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(
+        (first["user_id"].as_str(), first["device_id"].as_str()),
+        (Some("@remy:localhost"), Some("XYZZY"))
+    );
+    // Retrying with the same session answers for the same account instead of failing.
+    let (status, again) = server.post("/_matrix/client/v3/register", None, auth).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["user_id"], first["user_id"]);
+    // The UIA table never holds a token.
+    let stored = server.uia_dump().await.join("\n");
+    assert!(stored.contains("remy"), "{stored}");
+    assert!(!stored.contains(first["access_token"].as_str().unwrap()));
+}
+
+#[tokio::test]
+async fn presence_status_is_set_by_its_owner_and_read_by_room_mates() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room = server.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    server.join(&bob, &room).await;
+    let path = format!("/_matrix/client/v3/presence/{}/status", enc(&alice.user_id));
+    let (status, _) = server
+        .put(&path, Some(&alice.token), json!({ "presence": "unavailable", "status_msg": "lunch" }))
+        .await;
+    assert_eq!(status, 200);
+    let (status, got) = server.get(&path, Some(&bob.token)).await;
+    assert_eq!(status, 200);
+    assert_eq!((got["presence"].as_str(), got["status_msg"].as_str()), (Some("unavailable"), Some("lunch")));
+    assert!(got["last_active_ago"].as_i64().unwrap() >= 0);
+    let (status, _) = server.get(&path, Some(&carol.token)).await;
+    assert_eq!(status, 403, "no shared room");
+    let (status, _) = server.put(&path, Some(&bob.token), json!({ "presence": "online" })).await;
+    assert_eq!(status, 403, "only one's own presence");
+    let (status, _) = server.put(&path, Some(&alice.token), json!({ "presence": "dancing" })).await;
+    assert_eq!(status, 400);
+}

@@ -136,6 +136,23 @@ impl TestServer {
         self.request(reqwest::Method::PUT, path, token, Some(body)).await
     }
 
+    /// The stored UIA session rows (`client_dict` and `result`), for checks on what is persisted.
+    pub async fn uia_dump(&self) -> Vec<String> {
+        let db = homeserver_storage::Db::connect(self.database_url()).await.unwrap();
+        let mut out = Vec::new();
+        for id in db.uia_session_ids().await.unwrap() {
+            if let Some(s) = db.uia_session(&id).await.unwrap() {
+                out.push(format!("{:?} {:?}", s.client_dict, s.result));
+            }
+        }
+        db.close().await;
+        out
+    }
+
+    pub fn database_url(&self) -> &str {
+        &self.database.as_ref().expect("database").url
+    }
+
     /// Registers a user through the UIA dummy flow.
     pub async fn register(&self, name: &str) -> User {
         let password = format!("pw-{name}-secret");

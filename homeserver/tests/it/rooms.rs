@@ -422,7 +422,10 @@ async fn legacy_initial_sync_and_event_stream() {
     let (status, init) = server.get("/_matrix/client/v3/initialSync?limit=5", Some(&alice.token)).await;
     assert_eq!(status, 200, "{init}");
     let entry = &init["rooms"][0];
-    assert_eq!((entry["room_id"].as_str(), entry["membership"].as_str()), (Some(room.as_str()), Some("join")));
+    assert_eq!(
+        (entry["room_id"].as_str(), entry["membership"].as_str()),
+        (Some(room.as_str()), Some("join"))
+    );
     assert_eq!(bodies(&entry["messages"]["chunk"]), vec!["first"]);
     assert!(entry["state"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.name"));
     let end = init["end"].as_str().unwrap().to_owned();
@@ -437,20 +440,80 @@ async fn legacy_initial_sync_and_event_stream() {
     // The event stream long-polls and wakes for new events.
     let url = server.url(&format!("/_matrix/client/v3/events?from={end}&timeout=5000"));
     let (http, token) = (server.http.clone(), alice.token.clone());
-    let poll = tokio::spawn(async move { http.get(url).bearer_auth(token).send().await.unwrap().json::<Value>().await.unwrap() });
+    let poll = tokio::spawn(async move {
+        http.get(url).bearer_auth(token).send().await.unwrap().json::<Value>().await.unwrap()
+    });
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     // The legacy POST form without a transaction id.
-    let (status, sent) = server.post(&r(&room, "/send/m.room.message"), Some(&alice.token), json!({ "body": "second", "msgtype": "m.text" })).await;
+    let (status, sent) = server
+        .post(
+            &r(&room, "/send/m.room.message"),
+            Some(&alice.token),
+            json!({ "body": "second", "msgtype": "m.text" }),
+        )
+        .await;
     assert_eq!(status, 200, "{sent}");
     let stream = poll.await.unwrap();
     assert_eq!(bodies(&stream["chunk"]), vec!["second"]);
     assert_eq!(stream["chunk"][0]["room_id"], room.as_str());
-    let (_, empty) = server.get(&format!("/_matrix/client/v3/events?from={}&timeout=0", stream["end"].as_str().unwrap()), Some(&alice.token)).await;
+    let (_, empty) = server
+        .get(
+            &format!("/_matrix/client/v3/events?from={}&timeout=0", stream["end"].as_str().unwrap()),
+            Some(&alice.token),
+        )
+        .await;
     assert!(empty["chunk"].as_array().unwrap().is_empty());
 
     // A join body's extra keys end up in the member event.
     let (status, _) = server.post(&r(&room, "/join"), Some(&bob.token), json!({ "foo": "bar" })).await;
     assert_eq!(status, 200);
-    let (_, member) = server.get(&r(&room, &format!("/state/m.room.member/{}", enc(&bob.user_id))), Some(&bob.token)).await;
+    let (_, member) =
+        server.get(&r(&room, &format!("/state/m.room.member/{}", enc(&bob.user_id))), Some(&bob.token)).await;
     assert_eq!((member["foo"].as_str(), member["membership"].as_str()), (Some("bar"), Some("join")));
+}
+
+#[tokio::test]
+async fn canonical_alias_must_point_to_the_room_and_follows_alias_deletion() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = server.create_room(&alice, json!({})).await;
+    let other = server.create_room(&alice, json!({ "room_alias_name": "elsewhere" })).await;
+    let state = r(&room, "/state/m.room.canonical_alias");
+    let (status, body) =
+        server.put(&state, Some(&alice.token), json!({ "alias": "#missing:localhost" })).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_ALIAS")));
+    let (status, body) =
+        server.put(&state, Some(&alice.token), json!({ "alias": "#elsewhere:localhost" })).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_ALIAS")), "points to {other}");
+    let (status, _) = server.put(&state, Some(&alice.token), json!({ "alt_aliases": "nope" })).await;
+    assert_eq!(status, 400);
+    let (status, _) = server
+        .put(
+            "/_matrix/client/v3/directory/room/%23here:localhost",
+            Some(&alice.token),
+            json!({ "room_id": room }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = server
+        .put(
+            &state,
+            Some(&alice.token),
+            json!({ "alias": "#here:localhost", "alt_aliases": ["#here:localhost"] }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // Deleting the alias removes it from the canonical alias event.
+    let (status, _) = server
+        .request(
+            reqwest::Method::DELETE,
+            "/_matrix/client/v3/directory/room/%23here:localhost",
+            Some(&alice.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, canonical) = server.get(&state, Some(&alice.token)).await;
+    assert!(canonical.get("alias").is_none(), "{canonical}");
+    assert_eq!(canonical["alt_aliases"], json!([]));
 }

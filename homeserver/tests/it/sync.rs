@@ -301,3 +301,64 @@ async fn full_state_and_set_presence_are_accepted() {
     let (status, body) = server.get("/_matrix/client/v3/sync?since=garbage", Some(&alice.token)).await;
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
 }
+
+#[tokio::test]
+async fn profile_changes_are_not_new_joins_and_lazy_members_are_sent_once() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = server.create_room(&alice, json!({ "preset": "public_chat", "name": "Lazy" })).await;
+    server.join(&bob, &room).await;
+    let filter = enc(&json!({ "room": { "state": { "lazy_load_members": true } } }).to_string());
+    let (_, first) =
+        server.get(&format!("/_matrix/client/v3/sync?filter={filter}"), Some(&alice.token)).await;
+    let mut since = first["next_batch"].as_str().unwrap().to_owned();
+
+    // A display-name change is a member event in the timeline, not a fresh full-state room.
+    server
+        .put(
+            &format!("/_matrix/client/v3/profile/{}/displayname", enc(&alice.user_id)),
+            Some(&alice.token),
+            json!({ "displayname": "Alicia" }),
+        )
+        .await;
+    let (_, sync) = server
+        .get(&format!("/_matrix/client/v3/sync?filter={filter}&since={since}"), Some(&alice.token))
+        .await;
+    let r = joined(&sync, &room);
+    assert!(r["state"]["events"].as_array().unwrap().iter().all(|e| e["type"] != "m.room.create"), "{r}");
+    assert_eq!(r["timeline"]["limited"], false);
+    since = sync["next_batch"].as_str().unwrap().to_owned();
+
+    // Bob speaks twice in separate syncs: his member event comes once.
+    let mut member_counts = Vec::new();
+    for text in ["one", "two"] {
+        server.send_text(&bob, &room, text).await;
+        let (_, sync) = server
+            .get(&format!("/_matrix/client/v3/sync?filter={filter}&since={since}"), Some(&alice.token))
+            .await;
+        let state = joined(&sync, &room)["state"]["events"].as_array().unwrap().clone();
+        member_counts.push(state.iter().filter(|e| e["state_key"] == bob.user_id.as_str()).count());
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+    }
+    // Bob's join was already in alice's first (initial) sync timeline or state.
+    assert_eq!(member_counts, vec![0, 0], "bob's membership is not re-sent");
+    // With include_redundant_members it is.
+    let redundant = enc(
+        &json!({ "room": { "state": { "lazy_load_members": true, "include_redundant_members": true } } })
+            .to_string(),
+    );
+    server.send_text(&bob, &room, "three").await;
+    let (_, sync) = server
+        .get(&format!("/_matrix/client/v3/sync?filter={redundant}&since={since}"), Some(&alice.token))
+        .await;
+    let state = joined(&sync, &room)["state"]["events"].as_array().unwrap().clone();
+    assert!(state.iter().any(|e| e["state_key"] == bob.user_id.as_str()), "{state:?}");
+    // Limit 0: no events, but the room's timeline says it is limited.
+    let zero = enc(&json!({ "room": { "timeline": { "limit": 0 } } }).to_string());
+    let (_, sync) = server.get(&format!("/_matrix/client/v3/sync?filter={zero}"), Some(&alice.token)).await;
+    let r = joined(&sync, &room);
+    assert!(r["timeline"]["events"].as_array().unwrap().is_empty());
+    assert_eq!(r["timeline"]["limited"], true);
+    assert!(r["timeline"]["prev_batch"].is_string());
+}

@@ -9,7 +9,10 @@
 //! (`limited` and `prev_batch` when older ones were cut), `state` the state at the start of the
 //! timeline — all of it for rooms new to the client, only what changed since `since` for a
 //! `limited` timeline, nothing otherwise — with `lazy_load_members` reducing member events to the
-//! timeline's senders.
+//! timeline's senders (each device gets a member event once, see [`lazy`]). A room is "new to the
+//! client" when the user was not joined to it at `since` (a profile change is not a new join).
+
+pub mod lazy;
 
 use std::{collections::HashMap, time::Duration};
 
@@ -126,6 +129,9 @@ async fn build_response(ctx: &SyncContext<'_>) -> Result<(Value, bool), Error> {
     };
     let room_filter = &ctx.filter.room;
 
+    if ctx.since.is_none() {
+        app.lazy_members.reset(user, ctx.session.device_id.as_str());
+    }
     let mut join = Map::new();
     let mut invite = Map::new();
     let mut leave = Map::new();
@@ -134,29 +140,32 @@ async fn build_response(ctx: &SyncContext<'_>) -> Result<(Value, bool), Error> {
             continue;
         }
         let Ok(room_id) = RoomId::parse(&m.room_id) else { continue };
-        let membership_is_new = ctx.since.is_none() || m.stream_pos > since;
+        let changed_in_window = ctx.since.is_none() || m.stream_pos > since;
         match m.membership.as_str() {
             "join" => {
-                if !(membership_is_new || ctx.full_state || changed_rooms.contains_key(&m.room_id)) {
+                // New to the client: initial sync, or not joined at `since` (a join, not a
+                // profile change, happened in the window).
+                let new_to_client = ctx.since.is_none()
+                    || (changed_in_window
+                        && membership_at(ctx, &room_id, since).await?.as_deref() != Some("join"));
+                if !(new_to_client || ctx.full_state || changed_rooms.contains_key(&m.room_id)) {
                     continue;
                 }
-                let fresh = membership_is_new || ctx.full_state;
-                if let Some(room) = joined_room(ctx, &room_id, fresh, ctx.now).await? {
+                if let Some(room) = joined_room(ctx, &room_id, new_to_client, ctx.now).await? {
                     join.insert(m.room_id.clone(), room);
                 }
             }
-            "invite" if membership_is_new => {
+            "invite" if changed_in_window => {
                 invite.insert(m.room_id.clone(), invited_room(ctx, &room_id, m).await?);
             }
-            "leave" | "ban" if membership_is_new && !m.forgotten => {
+            "leave" | "ban" if changed_in_window && !m.forgotten => {
                 // Initial syncs show left rooms only when the filter asks for them.
                 if ctx.since.is_none() && !room_filter.include_leave {
                     continue;
                 }
-                if ctx.since.is_some() && !was_visible_before(ctx, m).await? && !room_filter.include_leave {
-                    // Rejected invites and the like still need to reach the client.
-                }
-                if let Some(room) = left_room(ctx, &room_id, m).await? {
+                let new_to_client = ctx.since.is_none()
+                    || !matches!(membership_at(ctx, &room_id, since).await?.as_deref(), Some("join"));
+                if let Some(room) = left_room(ctx, &room_id, m, new_to_client).await? {
                     leave.insert(m.room_id.clone(), room);
                 }
             }
@@ -206,10 +215,18 @@ async fn build_response(ctx: &SyncContext<'_>) -> Result<(Value, bool), Error> {
     Ok((body, has_data))
 }
 
-/// Whether the user's previous membership (before this leave) let them see the room; a leave
-/// that ends an invite still goes to the client so it can drop the invite.
-async fn was_visible_before(_ctx: &SyncContext<'_>, _m: &MembershipRow) -> Result<bool, Error> {
-    Ok(true)
+/// The user's membership in a room as of stream position `pos` (None if they had none).
+async fn membership_at(ctx: &SyncContext<'_>, room_id: &RoomId, pos: i64) -> Result<Option<String>, Error> {
+    let Some(latest) = ctx.app.db.latest_room_event(room_id.as_str(), pos).await.map_err(storage)? else {
+        return Ok(None);
+    };
+    let Some(event_id) =
+        ctx.app.rooms.state_entry(latest.state_after, "m.room.member", ctx.session.user_id.as_str()).await?
+    else {
+        return Ok(None);
+    };
+    let Ok(event_id) = ruma::EventId::parse(event_id) else { return Ok(None) };
+    Ok(ctx.app.rooms.cache().get(&event_id).await?.and_then(|pdu| pdu.content_str("membership")))
 }
 
 fn empty_joined_room() -> Value {
@@ -239,7 +256,7 @@ async fn timeline(
     up_to: i64,
     filter: &RoomEventFilter,
 ) -> Result<Timeline, Error> {
-    let limit = filter.limit.unwrap_or(DEFAULT_TIMELINE_LIMIT).clamp(1, 1000) as usize;
+    let limit = filter.limit.unwrap_or(DEFAULT_TIMELINE_LIMIT).min(1000) as usize;
     // Read backwards in batches until `limit + 1` events pass the filter (one more than shown
     // tells whether the timeline is limited), the window is exhausted, or the scan budget is
     // spent — a filter that matches little must not turn one sync into a full-history scan.
@@ -307,8 +324,12 @@ async fn state_section(
         Vec::new()
     };
     if state_filter.lazy_load_members {
+        let lazy = &ctx.app.lazy_members;
+        let (user, device) = (ctx.session.user_id.as_str(), ctx.session.device_id.as_str());
         let mut wanted: Vec<&str> = timeline.rows.iter().map(|r| r.sender.as_str()).collect();
-        wanted.push(ctx.session.user_id.as_str());
+        if fresh {
+            wanted.push(user);
+        }
         let in_timeline: Vec<&str> = timeline
             .rows
             .iter()
@@ -319,7 +340,7 @@ async fn state_section(
             r.event_type != "m.room.member"
                 || r.state_key.as_deref().is_some_and(|k| wanted.contains(&k) && !in_timeline.contains(&k))
         });
-        if !fresh {
+        if !fresh && !timeline.rows.is_empty() {
             // Members of timeline senders the client may not know yet.
             let mut missing: Vec<String> = Vec::new();
             for sender in &wanted {
@@ -332,10 +353,19 @@ async fn state_section(
                     missing.push(id);
                 }
             }
-            if !timeline.rows.is_empty() {
-                rows.extend(db.events(&missing).await.map_err(storage)?);
-            }
+            rows.extend(db.events(&missing).await.map_err(storage)?);
         }
+        if !state_filter.include_redundant_members {
+            rows.retain(|r| {
+                r.event_type != "m.room.member" || !lazy.was_sent(user, device, room_id.as_str(), &r.event_id)
+            });
+        }
+        let sent = rows
+            .iter()
+            .chain(timeline.rows.iter())
+            .filter(|r| r.event_type == "m.room.member")
+            .map(|r| r.event_id.clone());
+        lazy.mark_sent(user, device, room_id.as_str(), sent.collect::<Vec<_>>());
     }
     rows.retain(|r| state_filter.allows_row(r));
     rows.sort_by_key(|r| r.stream_pos);
@@ -367,42 +397,57 @@ async fn summary(ctx: &SyncContext<'_>, room_id: &RoomId) -> Result<Value, Error
     let joined = db.room_members(room_id.as_str(), "join").await.map_err(storage)?;
     let invited = db.room_members(room_id.as_str(), "invite").await.map_err(storage)?;
     let me = ctx.session.user_id.as_str();
-    let heroes: Vec<&String> =
-        joined.iter().chain(invited.iter()).filter(|u| u.as_str() != me).take(5).collect();
-    Ok(json!({
-        "m.heroes": heroes,
+    let mut summary = json!({
         "m.joined_member_count": joined.len(),
         "m.invited_member_count": invited.len(),
-    }))
+    });
+    // Heroes name a room that has no name or canonical alias of its own.
+    let named = ctx.app.rooms.current_state_event(room_id, "m.room.name", "").await?.is_some()
+        || ctx.app.rooms.current_state_event(room_id, "m.room.canonical_alias", "").await?.is_some();
+    if !named {
+        let heroes: Vec<&String> =
+            joined.iter().chain(invited.iter()).filter(|u| u.as_str() != me).take(5).collect();
+        summary["m.heroes"] = json!(heroes);
+    }
+    Ok(summary)
 }
 
+/// `prev_batch` of a timeline: just before its first event, or at `up_to` when it is empty.
+fn prev_batch(tl: &Timeline, up_to: i64) -> String {
+    let pos = tl.rows.first().map(|r| r.stream_pos - 1).unwrap_or(up_to);
+    StreamToken::new(pos.max(0) as u64).to_string()
+}
+
+/// A joined room's section. `new_to_client`: the user was not joined at `since` (or this is an
+/// initial sync), so the client gets the room's whole state and a timeline from its history.
 async fn joined_room(
     ctx: &SyncContext<'_>,
     room_id: &RoomId,
-    fresh: bool,
+    new_to_client: bool,
     up_to: i64,
 ) -> Result<Option<Value>, Error> {
-    let since = if fresh && !ctx.full_state { 0 } else { ctx.since.map(|s| s.pos as i64).unwrap_or(0) };
+    let since = ctx.since.map(|s| s.pos as i64).unwrap_or(0);
+    let timeline_from = if new_to_client { 0 } else { since };
+    let full_state = new_to_client || ctx.full_state;
     let timeline_filter = &ctx.filter.room.timeline;
-    let tl = timeline(ctx, room_id, since, up_to, timeline_filter).await?;
+    let mut tl = timeline(ctx, room_id, timeline_from, up_to, timeline_filter).await?;
+    // A room joined since the last sync has history the client has not seen (as Synapse says).
+    tl.limited |= new_to_client && ctx.since.is_some();
     let group = start_group(ctx, room_id, &tl, up_to).await?;
-    let state = state_section(ctx, room_id, &tl, group, fresh, since).await?;
-    if !fresh && tl.rows.is_empty() && state.is_empty() {
+    let state = state_section(ctx, room_id, &tl, group, full_state, since).await?;
+    if !full_state && tl.rows.is_empty() && state.is_empty() {
         return Ok(None);
     }
     let app = ctx.app;
     let v = Some(viewer(ctx));
-    let prev_batch = tl.rows.first().map(|r| StreamToken::new((r.stream_pos - 1).max(0) as u64).to_string());
     let members_changed =
-        fresh || tl.rows.iter().chain(state.iter()).any(|r| r.event_type == "m.room.member");
+        full_state || tl.rows.iter().chain(state.iter()).any(|r| r.event_type == "m.room.member");
     let mut room = empty_joined_room();
     room["timeline"] = json!({
         "events": app.rooms.client_events(&tl.rows, v, RoomIdField::Omit).await?,
         "limited": tl.limited,
+        "prev_batch": prev_batch(&tl, up_to),
     });
-    if let Some(prev_batch) = prev_batch {
-        room["timeline"]["prev_batch"] = json!(prev_batch);
-    }
     room["state"] = json!({ "events": app.rooms.client_events(&state, v, RoomIdField::Omit).await? });
     if members_changed {
         room["summary"] = summary(ctx, room_id).await?;
@@ -444,29 +489,28 @@ async fn invited_room(ctx: &SyncContext<'_>, room_id: &RoomId, m: &MembershipRow
     Ok(json!({ "invite_state": { "events": events } }))
 }
 
+/// A left room's section: the timeline up to the departure; full state if the room is new to
+/// the client (e.g. joined and left within the window).
 async fn left_room(
     ctx: &SyncContext<'_>,
     room_id: &RoomId,
     m: &MembershipRow,
+    new_to_client: bool,
 ) -> Result<Option<Value>, Error> {
     let since = ctx.since.map(|s| s.pos as i64).unwrap_or(0);
     let timeline_filter = &ctx.filter.room.timeline;
     let tl = timeline(ctx, room_id, since, m.stream_pos, timeline_filter).await?;
     let group = start_group(ctx, room_id, &tl, m.stream_pos).await?;
-    let fresh = ctx.since.is_none() || ctx.full_state;
-    let state = state_section(ctx, room_id, &tl, group, fresh, since).await?;
+    let full_state = new_to_client || ctx.full_state;
+    let state = state_section(ctx, room_id, &tl, group, full_state, since).await?;
     let v = Some(viewer(ctx));
-    let mut room = json!({
+    Ok(Some(json!({
         "timeline": {
             "events": ctx.app.rooms.client_events(&tl.rows, v, RoomIdField::Omit).await?,
             "limited": tl.limited,
+            "prev_batch": prev_batch(&tl, m.stream_pos),
         },
         "state": { "events": ctx.app.rooms.client_events(&state, v, RoomIdField::Omit).await? },
         "account_data": { "events": [] },
-    });
-    if let Some(first) = tl.rows.first() {
-        room["timeline"]["prev_batch"] =
-            json!(StreamToken::new((first.stream_pos - 1).max(0) as u64).to_string());
-    }
-    Ok(Some(room))
+    })))
 }

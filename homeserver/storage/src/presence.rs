@@ -1,0 +1,72 @@
+//! Presence: a user's state (`online`, `unavailable`, `offline`), status message and last activity.
+
+use sqlx::Row;
+
+use crate::{Db, Result};
+
+#[derive(Debug, Clone)]
+pub struct PresenceRow {
+    pub user_id: String,
+    pub state: String,
+    pub status_msg: Option<String>,
+    pub last_active_ts: i64,
+    pub stream_pos: i64,
+}
+
+impl Db {
+    /// Sets a user's presence at stream position `pos`.
+    pub async fn set_presence(
+        &self,
+        user_id: &str,
+        state: &str,
+        status_msg: Option<&str>,
+        last_active_ts: i64,
+        pos: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO presence (user_id, state, status_msg, last_active_ts, stream_pos) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (user_id) DO UPDATE SET state = excluded.state, status_msg = excluded.status_msg, \
+               last_active_ts = excluded.last_active_ts, stream_pos = excluded.stream_pos",
+        )
+        .bind(user_id)
+        .bind(state)
+        .bind(status_msg)
+        .bind(last_active_ts)
+        .bind(pos)
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn presence(&self, user_id: &str) -> Result<Option<PresenceRow>> {
+        let row = sqlx::query(
+            "SELECT user_id, state, status_msg, last_active_ts, stream_pos FROM presence WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .fetch_optional(self.reader())
+        .await?;
+        row.map(|r| {
+            Ok(PresenceRow {
+                user_id: r.try_get("user_id")?,
+                state: r.try_get("state")?,
+                status_msg: r.try_get("status_msg")?,
+                last_active_ts: r.try_get("last_active_ts")?,
+                stream_pos: r.try_get("stream_pos")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Whether two users share at least one room in which both are joined.
+    pub async fn share_a_room(&self, a: &str, b: &str) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM memberships x JOIN memberships y ON x.room_id = y.room_id \
+             WHERE x.user_id = $1 AND y.user_id = $2 AND x.membership = 'join' AND y.membership = 'join'",
+        )
+        .bind(a)
+        .bind(b)
+        .fetch_one(self.reader())
+        .await?;
+        Ok(n > 0)
+    }
+}
