@@ -48,6 +48,8 @@ pub enum ErrorKind {
     WeakPassword,
     ThreepidDenied,
     BadAlias,
+    /// A reaction identical to an earlier one by the same user.
+    DuplicateAnnotation,
     /// The resource already exists (HTTP 409, errcode `M_UNKNOWN` as the spec's examples use).
     Conflict,
     /// The request needs (more) user-interactive authentication; the payload is the UIA body
@@ -87,6 +89,7 @@ impl ErrorKind {
             ErrorKind::WeakPassword => "M_WEAK_PASSWORD",
             ErrorKind::ThreepidDenied => "M_THREEPID_DENIED",
             ErrorKind::BadAlias => "M_BAD_ALIAS",
+            ErrorKind::DuplicateAnnotation => "M_DUPLICATE_ANNOTATION",
             ErrorKind::UserInteractive(_) => "M_FORBIDDEN",
         }
     }

@@ -16,6 +16,7 @@ pub mod error;
 pub mod ids;
 pub mod keys;
 pub mod streams;
+pub mod text;
 pub mod time;
 pub mod token;
 

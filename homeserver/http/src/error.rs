@@ -53,7 +53,8 @@ impl ApiError {
             | ErrorKind::InvalidParam
             | ErrorKind::Exclusive
             | ErrorKind::WeakPassword
-            | ErrorKind::BadAlias => StatusCode::BAD_REQUEST,
+            | ErrorKind::BadAlias
+            | ErrorKind::DuplicateAnnotation => StatusCode::BAD_REQUEST,
         }
     }
 

@@ -26,7 +26,7 @@ use std::{
 use homeserver_core::{Error, ErrorKind, streams::Reservation};
 use homeserver_storage::{
     StorageError,
-    persist::{NewEvent, NewRoom, NewStateGroup, PersistPlan, TxnRecord},
+    persist::{NewEvent, NewRoom, NewStateGroup, PersistPlan, PushActionRow, TxnRecord},
 };
 use ruma::{
     EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomVersionId, UserId, events::StateEventType,
@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::{
-    Shared, auth,
+    Shared, auth, derive, push,
     builder::{EventTemplate, Placement, build_pdu},
     cache::storage_error,
     pdu::Pdu,
@@ -80,6 +80,8 @@ pub(crate) type ActorHandle = mpsc::Sender<Command>;
 
 struct Loaded {
     rules: RoomVersionRules,
+    /// Display names of members (for push rules), kept in step with member events.
+    display_names: HashMap<OwnedUserId, String>,
     state: HashMap<StateKey, OwnedEventId>,
     group: i64,
     chain_len: i64,
@@ -119,6 +121,8 @@ pub(crate) struct RoomActor {
     /// Events accepted earlier in the current batch: later events of the batch may reference them
     /// before they are committed (and before the shared cache may hold them).
     batch_pdus: HashMap<OwnedEventId, Arc<Pdu>>,
+    /// Reactions `(target, sender, key)` accepted earlier in the current batch.
+    batch_annotations: HashSet<(String, String, String)>,
 }
 
 impl RoomActor {
@@ -130,6 +134,7 @@ impl RoomActor {
             loaded: None,
             batch_txns: HashMap::new(),
             batch_pdus: HashMap::new(),
+            batch_annotations: HashSet::new(),
         };
         tokio::spawn(actor.run(rx));
         tx
@@ -157,6 +162,7 @@ impl RoomActor {
             self.process(batch).await;
             self.batch_txns.clear();
             self.batch_pdus.clear();
+            self.batch_annotations.clear();
         }
         debug!(room_id = %self.room_id, "room actor retired");
     }
@@ -213,6 +219,7 @@ impl RoomActor {
                 self.loaded = None;
                 self.batch_txns.clear();
                 self.batch_pdus.clear();
+                self.batch_annotations.clear();
                 if retry_singly {
                     warn!(room_id = %self.room_id, error = %err, "batch failed; retrying commands singly");
                     for (cmd, outcome) in accepted {
@@ -279,8 +286,25 @@ impl RoomActor {
             .into_iter()
             .filter_map(|(u, m)| Some((UserId::parse(u).ok()?, m)))
             .collect();
+        let member_ids: Vec<OwnedEventId> = state
+            .iter()
+            .filter(|((ty, _), _)| *ty == StateEventType::RoomMember)
+            .map(|(_, id)| id.clone())
+            .collect();
+        let display_names = self
+            .shared
+            .cache
+            .get_many(&member_ids)
+            .await?
+            .into_values()
+            .filter_map(|pdu| {
+                let user = UserId::parse(pdu.state_key.as_deref()?).ok()?;
+                Some((user, pdu.content_str("displayname")?))
+            })
+            .collect();
         self.loaded = Some(Loaded {
             rules,
+            display_names,
             state,
             group,
             chain_len,
@@ -304,6 +328,7 @@ impl RoomActor {
                 .ok_or_else(|| Error::new(ErrorKind::UnsupportedRoomVersion, "unsupported room version"))?;
             self.loaded = Some(Loaded {
                 rules,
+                display_names: HashMap::new(),
                 state: HashMap::new(),
                 group: 0,
                 chain_len: MAX_STATE_CHAIN,
@@ -507,6 +532,7 @@ impl RoomActor {
         }
         events.by_id = fetched;
         auth::check(&rules.authorization, &pdu, &events).map_err(Error::forbidden)?;
+        self.check_annotation(&pdu).await?;
 
         // Accepted: give it a stream position and apply it.
         let reservation = self.shared.stream.reserve(1);
@@ -559,6 +585,10 @@ impl RoomActor {
             if pdu.kind == ruma::events::TimelineEventType::RoomMember
                 && let Ok(target) = UserId::parse(state_key.as_str())
             {
+                match pdu.content_str("displayname") {
+                    Some(name) => l.display_names.insert(target.clone(), name),
+                    None => l.display_names.remove(&target),
+                };
                 let value = pdu.content_str("membership").unwrap_or_else(|| "leave".into());
                 let old = l.memberships.insert(target.clone(), value.clone());
                 journal.memberships.push((target.clone(), old));
@@ -575,6 +605,19 @@ impl RoomActor {
             self.batch_txns.insert(key, pdu.clone());
         }
         outcome.woken.push(pdu.sender.clone());
+        if let Some(relation) = derive::relation(&pdu, pos) {
+            if relation.rel_type == "m.annotation"
+                && let Some(key) = &relation.aggregation_key
+            {
+                self.batch_annotations.insert((relation.relates_to.clone(), pdu.sender.to_string(), key.clone()));
+            }
+            outcome.plan.relations.push(relation);
+        }
+        if let Some(search) = derive::search_row(&pdu, pos) {
+            outcome.plan.search.push(search);
+        }
+        let notify = self.push_actions(&pdu, pos).await?;
+        outcome.plan.push_actions.extend(notify);
         outcome.plan.extremities = Some(vec![event_id.to_string()]);
         outcome.plan.events.push(NewEvent {
             stream_pos: pos,
@@ -598,6 +641,87 @@ impl RoomActor {
         self.batch_pdus.insert(pdu.event_id.clone(), pdu.clone());
         outcome.pdus.push(pdu);
         Ok(())
+    }
+
+    /// One reaction per user, target and key: a repeat is refused (`M_DUPLICATE_ANNOTATION`).
+    async fn check_annotation(&self, pdu: &Pdu) -> Result<(), Error> {
+        let Some(rel) = derive::relation(pdu, 0) else { return Ok(()) };
+        let (Some(key), "m.annotation") = (&rel.aggregation_key, rel.rel_type.as_str()) else {
+            return Ok(());
+        };
+        let batch_key = (rel.relates_to.clone(), rel.sender.clone(), key.clone());
+        if self.batch_annotations.contains(&batch_key)
+            || self.shared.db.has_annotation(&rel.relates_to, &rel.sender, key).await.map_err(storage_error)?
+        {
+            return Err(Error::new(ErrorKind::DuplicateAnnotation, "you already reacted with this key"));
+        }
+        Ok(())
+    }
+
+    /// Evaluates the members' push rules for an accepted event: who it notifies or highlights.
+    async fn push_actions(&self, pdu: &Pdu, pos: i64) -> Result<Vec<PushActionRow>, Error> {
+        let l = self.loaded();
+        let mut targets: Vec<OwnedUserId> = l
+            .memberships
+            .iter()
+            .filter(|(u, m)| m.as_str() == "join" && **u != pdu.sender)
+            .map(|(u, _)| u.clone())
+            .collect();
+        // An invitee is not a member yet, but their invite should notify them.
+        if pdu.kind == ruma::events::TimelineEventType::RoomMember
+            && let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
+            && target != pdu.sender
+            && !targets.contains(&target)
+        {
+            targets.push(target);
+        }
+        if targets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(flat) = push::flatten(&pdu.json) else { return Ok(Vec::new()) };
+        let power_content = match l.state.get(&(StateEventType::RoomPowerLevels, String::new())) {
+            Some(id) => self.events(std::slice::from_ref(id)).await?.remove(id).map(|p| p.content_value()),
+            None => None,
+        };
+        let creators = match &l.create_event {
+            Some(id) if l.rules.authorization.explicitly_privilege_room_creators => {
+                match self.events(std::slice::from_ref(id)).await?.remove(id) {
+                    Some(create) => {
+                        let mut c = vec![create.sender.clone()];
+                        if let Some(extra) = create.content_value().get("additional_creators").and_then(|v| v.as_array()) {
+                            c.extend(extra.iter().filter_map(|u| UserId::parse(u.as_str()?).ok()));
+                        }
+                        c
+                    }
+                    None => Vec::new(),
+                }
+            }
+            _ => Vec::new(),
+        };
+        let room = push::RoomPushContext {
+            room_id: self.room_id.clone(),
+            member_count: l.memberships.values().filter(|m| m.as_str() == "join").count() as u64,
+            power_levels: Some(push::power_levels_ctx(power_content.as_ref(), &l.rules.authorization, creators)),
+        };
+        let rulesets = self.shared.push.rulesets(&targets).await?;
+        let thread_id = derive::thread_of(pdu);
+        let mut rows = Vec::new();
+        for user in &targets {
+            let Some(ruleset) = rulesets.get(user) else { continue };
+            let name = l.display_names.get(user).map(String::as_str).unwrap_or_else(|| user.localpart());
+            let actions = push::actions_for(&flat, ruleset, &room, user, name).await;
+            if actions.iter().any(ruma::push::Action::should_notify) {
+                rows.push(PushActionRow {
+                    user_id: user.to_string(),
+                    event_id: pdu.event_id.to_string(),
+                    stream_pos: pos,
+                    highlight: actions.iter().any(ruma::push::Action::is_highlight),
+                    thread_id: thread_id.clone(),
+                    actions: serde_json::to_string(&actions).unwrap_or_else(|_| "[]".into()),
+                });
+            }
+        }
+        Ok(rows)
     }
 
     /// Events by id from this batch, the cache or the database.
@@ -635,6 +759,9 @@ fn merge_plan(into: &mut PersistPlan, from: PersistPlan) {
         into.extremities = from.extremities;
     }
     into.aliases.extend(from.aliases);
+    into.push_actions.extend(from.push_actions);
+    into.relations.extend(from.relations);
+    into.search.extend(from.search);
 }
 
 fn persist_error(err: StorageError) -> Error {

@@ -19,11 +19,13 @@ pub mod builder;
 pub mod cache;
 mod commit;
 pub mod create;
+pub mod derive;
 pub mod format;
 pub mod input;
 pub mod membership;
 pub mod pdu;
 pub mod power;
+pub mod push;
 pub mod read;
 pub mod send;
 pub mod versions;
@@ -72,6 +74,7 @@ pub(crate) struct Shared {
     pub stream: Arc<EventStream>,
     pub cache: EventCache,
     pub(crate) committer: commit::Committer,
+    pub push: push::PushRules,
     pub config: RoomsConfig,
     /// One actor per active room. A std mutex: held only to look up or insert a handle.
     actors: Mutex<HashMap<OwnedRoomId, ActorHandle>>,
@@ -100,9 +103,11 @@ impl Rooms {
     pub fn new(db: Db, key: ServerKey, stream: Arc<EventStream>, config: RoomsConfig) -> Self {
         let cache = EventCache::new(db.clone(), config.event_cache_size);
         let committer = commit::Committer::spawn(db.clone());
+        let push = push::PushRules::new(db.clone());
         Self {
             shared: Arc::new(Shared {
                 committer,
+                push,
                 db,
                 key,
                 stream,
@@ -131,6 +136,10 @@ impl Rooms {
 
     pub fn cache(&self) -> &EventCache {
         &self.shared.cache
+    }
+
+    pub fn push_rules(&self) -> &push::PushRules {
+        &self.shared.push
     }
 
     pub fn config(&self) -> &RoomsConfig {

@@ -54,6 +54,25 @@ impl Db {
         .await?)
     }
 
+    /// One type of global account data for many users at once: `(user_id, content)`.
+    pub async fn global_account_data_of(&self, users: &[String], data_type: &str) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for chunk in users.chunks(500) {
+            let sql = format!(
+                "SELECT user_id, content FROM account_data WHERE room_id = '' AND data_type = $1 AND user_id IN ({})",
+                crate::placeholders(2, chunk.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(data_type);
+            for user in chunk {
+                q = q.bind(user);
+            }
+            for row in q.fetch_all(self.reader()).await? {
+                out.push((row.try_get("user_id")?, row.try_get("content")?));
+            }
+        }
+        Ok(out)
+    }
+
     /// Account data of a user changed in `(after, up_to]` (all of it when `after` is 0).
     pub async fn account_data_since(
         &self,

@@ -52,10 +52,10 @@ pub struct MembershipRow {
 /// One `(type, state_key) -> event_id` entry of a room state.
 pub type StateEntry = (String, String, String);
 
-const EVENT_COLUMNS: &str = "stream_pos, event_id, room_id, event_type, state_key, sender, depth, \
+pub(crate) const EVENT_COLUMNS: &str = "stream_pos, event_id, room_id, event_type, state_key, sender, depth, \
      origin_server_ts, json, unsigned_extra, state_before, state_after, redacted_by, txn_device, txn_id";
 
-fn event_from_row(row: &AnyRow) -> Result<EventRow> {
+pub(crate) fn event_from_row(row: &AnyRow) -> Result<EventRow> {
     Ok(EventRow {
         stream_pos: row.try_get("stream_pos")?,
         event_id: row.try_get("event_id")?,

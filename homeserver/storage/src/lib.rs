@@ -23,7 +23,12 @@ pub mod accounts;
 pub mod aliases;
 pub mod events;
 pub mod persist;
+pub mod notifications;
 pub mod presence;
+pub mod receipts;
+pub mod relations;
+pub mod reports;
+pub mod search;
 pub mod testing;
 pub mod txn;
 

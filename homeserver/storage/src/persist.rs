@@ -62,6 +62,40 @@ pub struct NewStateGroup {
     pub entries: Vec<(String, String, String)>,
 }
 
+/// Who an event notifies, as the push rules decided.
+#[derive(Debug, Clone)]
+pub struct PushActionRow {
+    pub user_id: String,
+    pub event_id: String,
+    pub stream_pos: i64,
+    pub highlight: bool,
+    pub thread_id: Option<String>,
+    /// The push rule actions (JSON array).
+    pub actions: String,
+}
+
+/// An `m.relates_to` link from an event to another.
+#[derive(Debug, Clone)]
+pub struct RelationRow {
+    pub event_id: String,
+    pub relates_to: String,
+    pub rel_type: String,
+    pub event_type: String,
+    pub sender: String,
+    /// The reaction key of an `m.annotation`.
+    pub aggregation_key: Option<String>,
+    pub stream_pos: i64,
+}
+
+/// Searchable text of an event, already tokenised for the index.
+#[derive(Debug, Clone)]
+pub struct SearchRow {
+    pub stream_pos: i64,
+    /// `content.body`, `content.name` or `content.topic`.
+    pub key: String,
+    pub text: String,
+}
+
 /// Everything one batch changes in one room.
 #[derive(Debug, Clone, Default)]
 pub struct PersistPlan {
@@ -75,6 +109,9 @@ pub struct PersistPlan {
     pub extremities: Option<Vec<String>>,
     /// Aliases to create with the batch, `(alias, creator)`; a taken alias aborts the batch.
     pub aliases: Vec<(String, String)>,
+    pub push_actions: Vec<PushActionRow>,
+    pub relations: Vec<RelationRow>,
+    pub search: Vec<SearchRow>,
 }
 
 impl Db {
@@ -88,7 +125,7 @@ impl Db {
     pub async fn persist_many(&self, plans: &[PersistPlan]) -> Result<()> {
         let mut tx = self.writer().begin().await?;
         for plan in plans {
-            apply(&mut tx, plan).await?;
+            apply(&mut tx, plan, self.engine()).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -152,7 +189,7 @@ fn last_per_key<T: Clone, K: Eq + std::hash::Hash>(items: &[T], key: impl Fn(&T)
     out
 }
 
-async fn apply(tx: &mut Transaction<'_, Any>, plan: &PersistPlan) -> Result<()> {
+async fn apply(tx: &mut Transaction<'_, Any>, plan: &PersistPlan, engine: crate::Engine) -> Result<()> {
     let room_id = plan.room_id.as_str();
     if let Some(room) = &plan.new_room {
         sqlx::query(
@@ -272,15 +309,71 @@ async fn apply(tx: &mut Transaction<'_, Any>, plan: &PersistPlan) -> Result<()> 
         },
     )
     .await?;
+    insert_rows(
+        tx,
+        "event_push_actions (user_id, room_id, event_id, stream_pos, highlight, thread_id, actions)",
+        "ON CONFLICT DO NOTHING",
+        7,
+        &plan.push_actions,
+        |q, a| {
+            q.bind(a.user_id.as_str())
+                .bind(room_id)
+                .bind(a.event_id.as_str())
+                .bind(a.stream_pos)
+                .bind(a.highlight as i64)
+                .bind(a.thread_id.as_deref())
+                .bind(a.actions.as_str())
+        },
+    )
+    .await?;
+    insert_rows(
+        tx,
+        "event_relations (event_id, room_id, relates_to, rel_type, event_type, sender, aggregation_key, stream_pos)",
+        "ON CONFLICT DO NOTHING",
+        8,
+        &plan.relations,
+        |q, r| {
+            q.bind(r.event_id.as_str())
+                .bind(room_id)
+                .bind(r.relates_to.as_str())
+                .bind(r.rel_type.as_str())
+                .bind(r.event_type.as_str())
+                .bind(r.sender.as_str())
+                .bind(r.aggregation_key.as_deref())
+                .bind(r.stream_pos)
+        },
+    )
+    .await?;
+    let thread_updates = last_per_key(
+        &plan.relations.iter().filter(|r| r.rel_type == "m.thread").collect::<Vec<_>>(),
+        |r| r.relates_to.clone(),
+    );
+    insert_rows(
+        tx,
+        "threads (room_id, root_id, latest_event_id, latest_pos)",
+        "ON CONFLICT (room_id, root_id) DO UPDATE SET latest_event_id = excluded.latest_event_id, \
+         latest_pos = excluded.latest_pos",
+        4,
+        &thread_updates,
+        |q, r| q.bind(room_id).bind(r.relates_to.as_str()).bind(r.event_id.as_str()).bind(r.stream_pos),
+    )
+    .await?;
+    crate::search::index(tx, engine, room_id, &plan.search).await?;
     for ev in plan.events.iter().filter(|e| e.redacts.is_some()) {
-        sqlx::query(
+        let redacts = ev.redacts.as_deref().unwrap_or_default();
+        let done = sqlx::query(
             "UPDATE events SET redacted_by = $1 WHERE event_id = $2 AND room_id = $3 AND redacted_by IS NULL",
         )
         .bind(&ev.event_id)
-        .bind(ev.redacts.as_deref())
+        .bind(redacts)
         .bind(room_id)
         .execute(&mut **tx)
         .await?;
+        if done.rows_affected() > 0 {
+            // A redacted event no longer counts as a relation, and is no longer searchable.
+            sqlx::query("DELETE FROM event_relations WHERE event_id = $1").bind(redacts).execute(&mut **tx).await?;
+            crate::search::unindex(tx, engine, redacts).await?;
+        }
     }
     let txns: Vec<(&NewEvent, &TxnRecord)> =
         plan.events.iter().filter_map(|e| e.txn.as_ref().map(|t| (e, t))).collect();

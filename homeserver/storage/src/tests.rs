@@ -113,6 +113,7 @@ async fn persist_is_atomic_and_state_groups_resolve_through_deltas() {
         ],
         extremities: Some(vec!["$msg".into()]),
         aliases: vec![("#a:x".into(), "@a:x".into())],
+        ..Default::default()
     };
     db.persist(&plan).await.unwrap();
 

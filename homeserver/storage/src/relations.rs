@@ -1,0 +1,125 @@
+//! Event relations (edits, reactions, threads, references) and thread listings.
+
+use sqlx::{AssertSqlSafe, Row};
+
+use crate::{Db, Result, events::EventRow, placeholders};
+
+/// A relation as stored.
+#[derive(Debug, Clone)]
+pub struct RelationInfo {
+    pub event_id: String,
+    pub relates_to: String,
+    pub rel_type: String,
+    pub event_type: String,
+    pub sender: String,
+    pub aggregation_key: Option<String>,
+    pub stream_pos: i64,
+}
+
+impl Db {
+    /// Every relation pointing at any of `targets` (for bundled aggregations), oldest first.
+    pub async fn relations_to(&self, targets: &[String]) -> Result<Vec<RelationInfo>> {
+        let mut out = Vec::new();
+        for chunk in targets.chunks(500) {
+            let sql = format!(
+                "SELECT event_id, relates_to, rel_type, event_type, sender, aggregation_key, stream_pos \
+                 FROM event_relations WHERE relates_to IN ({}) ORDER BY stream_pos",
+                placeholders(1, chunk.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for t in chunk {
+                q = q.bind(t);
+            }
+            for r in q.fetch_all(self.reader()).await? {
+                out.push(RelationInfo {
+                    event_id: r.try_get("event_id")?,
+                    relates_to: r.try_get("relates_to")?,
+                    rel_type: r.try_get("rel_type")?,
+                    event_type: r.try_get("event_type")?,
+                    sender: r.try_get("sender")?,
+                    aggregation_key: r.try_get("aggregation_key")?,
+                    stream_pos: r.try_get("stream_pos")?,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Events relating to `target` (optionally of one relation and event type), in position
+    /// order (`forward`) or newest first, strictly after/before `from`, up to `limit`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn related_events(
+        &self,
+        targets: &[String],
+        rel_type: Option<&str>,
+        event_type: Option<&str>,
+        from: Option<i64>,
+        forward: bool,
+        limit: i64,
+    ) -> Result<Vec<EventRow>> {
+        if targets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let target_list = placeholders(5, targets.len());
+        let (cmp, order) = if forward { (">", "ASC") } else { ("<", "DESC") };
+        let sql = format!(
+            "SELECT {cols} FROM events e JOIN event_relations r ON r.event_id = e.event_id \
+             WHERE r.relates_to IN ({target_list}) AND ($1 = '' OR r.rel_type = $1) AND ($2 = '' OR r.event_type = $2) \
+             AND e.stream_pos {cmp} $3 AND e.rejected = 0 ORDER BY e.stream_pos {order} LIMIT $4",
+            cols = crate::events::EVENT_COLUMNS
+                .split(", ")
+                .map(|c| format!("e.{}", c.trim()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let from = from.unwrap_or(if forward { 0 } else { i64::MAX });
+        let mut q = sqlx::query(AssertSqlSafe(sql))
+            .bind(rel_type.unwrap_or(""))
+            .bind(event_type.unwrap_or(""))
+            .bind(from)
+            .bind(limit);
+        for t in targets {
+            q = q.bind(t);
+        }
+        q.fetch_all(self.reader()).await?.iter().map(crate::events::event_from_row).collect()
+    }
+
+    /// Whether `user` already reacted to `target` with `key`.
+    pub async fn has_annotation(&self, target: &str, sender: &str, key: &str) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM event_relations WHERE relates_to = $1 AND rel_type = 'm.annotation' \
+             AND sender = $2 AND aggregation_key = $3",
+        )
+        .bind(target)
+        .bind(sender)
+        .bind(key)
+        .fetch_one(self.reader())
+        .await?;
+        Ok(n > 0)
+    }
+
+    /// Thread roots of a room by latest activity, newest first, below position `before`;
+    /// `participant` limits them to threads the user started or replied in.
+    pub async fn threads(
+        &self,
+        room_id: &str,
+        before: i64,
+        limit: i64,
+        participant: Option<&str>,
+    ) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT t.root_id, t.latest_pos FROM threads t WHERE t.room_id = $1 AND t.latest_pos < $2 \
+             AND ($3 = '' OR EXISTS (SELECT 1 FROM events e WHERE e.event_id = t.root_id AND e.sender = $3) \
+                  OR EXISTS (SELECT 1 FROM event_relations r WHERE r.relates_to = t.root_id \
+                             AND r.rel_type = 'm.thread' AND r.sender = $3)) \
+             ORDER BY t.latest_pos DESC LIMIT $4",
+        )
+        .bind(room_id)
+        .bind(before)
+        .bind(participant.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(self.reader())
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get("root_id")?, r.try_get("latest_pos")?))).collect()
+    }
+}

@@ -1,0 +1,178 @@
+//! Full-text search over message bodies, room names and topics: SQLite FTS5 and PostgreSQL's
+//! GIN-indexed `tsvector`, the one place where the two engines need different SQL.
+//!
+//! The indexed text arrives pre-tokenised (see `homeserver_core::text`): words lower-cased, and
+//! Chinese/Japanese/Korean runs split into single characters and bigrams, so both engines find
+//! "你好" inside "你好世界" with their plain word tokenisers.
+
+use sqlx::{Any, AssertSqlSafe, Row, Transaction};
+
+use crate::{Db, Engine, Result, persist::SearchRow, placeholders};
+
+/// How results are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchOrder {
+    /// Best match first.
+    Rank,
+    /// Newest first.
+    Recent,
+}
+
+/// One hit: the event's stream position and its score (higher is better).
+#[derive(Debug, Clone)]
+pub struct SearchHit {
+    pub stream_pos: i64,
+    pub rank: f64,
+}
+
+pub(crate) async fn index(tx: &mut Transaction<'_, Any>, engine: Engine, room_id: &str, rows: &[SearchRow]) -> Result<()> {
+    for row in rows {
+        match engine {
+            Engine::Sqlite => {
+                sqlx::query("INSERT INTO event_search (rowid, text) VALUES ($1, $2)")
+                    .bind(row.stream_pos)
+                    .bind(&row.text)
+                    .execute(&mut **tx)
+                    .await?;
+                sqlx::query("INSERT INTO event_search_meta (stream_pos, room_id, search_key) VALUES ($1, $2, $3)")
+                    .bind(row.stream_pos)
+                    .bind(room_id)
+                    .bind(&row.key)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Engine::Postgres => {
+                sqlx::query(
+                    "INSERT INTO event_search_meta (stream_pos, room_id, search_key, tsv) \
+                     VALUES ($1, $2, $3, to_tsvector('simple', $4))",
+                )
+                .bind(row.stream_pos)
+                .bind(room_id)
+                .bind(&row.key)
+                .bind(&row.text)
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes a (redacted) event from the index.
+pub(crate) async fn unindex(tx: &mut Transaction<'_, Any>, engine: Engine, event_id: &str) -> Result<()> {
+    let pos: Option<i64> = sqlx::query_scalar("SELECT stream_pos FROM events WHERE event_id = $1")
+        .bind(event_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some(pos) = pos else { return Ok(()) };
+    if engine == Engine::Sqlite {
+        sqlx::query("DELETE FROM event_search WHERE rowid = $1").bind(pos).execute(&mut **tx).await?;
+    }
+    sqlx::query("DELETE FROM event_search_meta WHERE stream_pos = $1").bind(pos).execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// An FTS5 query matching every token (each quoted, so no token is read as an operator).
+fn fts5_query(tokens: &[String]) -> String {
+    tokens.iter().map(|t| format!("\"{}\"", t.replace('"', "\"\""))).collect::<Vec<_>>().join(" ")
+}
+
+impl Db {
+    /// Events in `rooms` whose `keys` text matches every token, best or newest first, skipping
+    /// `offset` hits. Returns the page and the total number of hits.
+    pub async fn search_events(
+        &self,
+        rooms: &[String],
+        keys: &[String],
+        tokens: &[String],
+        order: SearchOrder,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(Vec<SearchHit>, i64)> {
+        if rooms.is_empty() || keys.is_empty() || tokens.is_empty() {
+            return Ok((Vec::new(), 0));
+        }
+        // $1 = query, $2.. = rooms, then keys, then limit and offset.
+        let room_list = placeholders(2, rooms.len());
+        let key_list = placeholders(2 + rooms.len(), keys.len());
+        let limit_at = 2 + rooms.len() + keys.len();
+        let (matches, score, from) = match self.engine() {
+            Engine::Sqlite => (
+                "event_search MATCH $1".to_owned(),
+                "(0.0 - bm25(event_search))".to_owned(),
+                "event_search JOIN event_search_meta m ON m.stream_pos = event_search.rowid".to_owned(),
+            ),
+            Engine::Postgres => (
+                "m.tsv @@ plainto_tsquery('simple', $1)".to_owned(),
+                "CAST(ts_rank(m.tsv, plainto_tsquery('simple', $1)) AS DOUBLE PRECISION)".to_owned(),
+                "event_search_meta m".to_owned(),
+            ),
+        };
+        let query_text = match self.engine() {
+            Engine::Sqlite => fts5_query(tokens),
+            Engine::Postgres => tokens.join(" "),
+        };
+        let order_by = match order {
+            SearchOrder::Rank => "score DESC, m.stream_pos DESC",
+            SearchOrder::Recent => "m.stream_pos DESC",
+        };
+        let filter = format!("{matches} AND m.room_id IN ({room_list}) AND m.search_key IN ({key_list})");
+        let sql = format!(
+            "SELECT m.stream_pos AS stream_pos, {score} AS score FROM {from} WHERE {filter} \
+             ORDER BY {order_by} LIMIT ${limit_at} OFFSET ${}",
+            limit_at + 1
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(&query_text);
+        for room in rooms {
+            q = q.bind(room);
+        }
+        for key in keys {
+            q = q.bind(key);
+        }
+        let rows = q.bind(limit).bind(offset).fetch_all(self.reader()).await?;
+        let hits = rows
+            .iter()
+            .map(|r| Ok(SearchHit { stream_pos: r.try_get("stream_pos")?, rank: r.try_get("score")? }))
+            .collect::<Result<Vec<_>>>()?;
+        let count_sql = format!("SELECT COUNT(*) FROM {from} WHERE {filter}");
+        let mut q = sqlx::query_scalar(AssertSqlSafe(count_sql)).bind(&query_text);
+        for room in rooms {
+            q = q.bind(room);
+        }
+        for key in keys {
+            q = q.bind(key);
+        }
+        let count: i64 = q.fetch_one(self.reader()).await?;
+        Ok((hits, count))
+    }
+
+    /// Events by stream position (for search results), unknown positions skipped.
+    pub async fn events_at(&self, positions: &[i64]) -> Result<Vec<crate::events::EventRow>> {
+        let mut out = Vec::new();
+        for chunk in positions.chunks(500) {
+            let sql = format!(
+                "SELECT {} FROM events WHERE stream_pos IN ({}) AND rejected = 0",
+                crate::events::EVENT_COLUMNS,
+                placeholders(1, chunk.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for pos in chunk {
+                q = q.bind(*pos);
+            }
+            for row in q.fetch_all(self.reader()).await? {
+                out.push(crate::events::event_from_row(&row)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fts5_query;
+
+    #[test]
+    fn fts5_tokens_are_quoted() {
+        assert_eq!(fts5_query(&["hello".into(), "wo\"rld".into()]), "\"hello\" \"wo\"\"rld\"");
+    }
+}
