@@ -29,6 +29,7 @@ pub struct Config {
     pub rate_limits: RateLimitsConfig,
     pub well_known: WellKnownConfig,
     pub sync: SyncConfig,
+    pub presence: PresenceConfig,
     pub log: LogConfig,
     pub appservices: AppservicesConfig,
     pub testing: TestingConfig,
@@ -135,6 +136,19 @@ pub struct SyncConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    /// Track and deliver presence (online/unavailable/offline). Off saves CPU on busy servers.
+    pub enabled: bool,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// A tracing filter, e.g. `info` or `info,homeserver_rooms=debug`.
     pub level: String,
@@ -156,6 +170,7 @@ impl Default for Config {
             rate_limits: RateLimitsConfig::default(),
             well_known: WellKnownConfig::default(),
             sync: SyncConfig::default(),
+            presence: PresenceConfig::default(),
             log: LogConfig::default(),
             appservices: AppservicesConfig::default(),
             testing: TestingConfig::default(),
@@ -251,6 +266,7 @@ pub const KEYS: &[&str] = &[
     "rate_limits.message_burst",
     "well_known.client_base_url",
     "sync.max_timeout_ms",
+    "presence.enabled",
     "log.level",
     "log.format",
     "appservices.registration_files",
@@ -493,6 +509,10 @@ client_base_url = ""
 [sync]
 # Longest /sync long-poll, whatever the client asks for.
 max_timeout_ms = 60000
+
+[presence]
+# Track and deliver presence (online/unavailable/offline). Off saves CPU on busy servers.
+enabled = true
 
 [log]
 # A tracing filter, e.g. "info" or "info,homeserver_rooms=debug".

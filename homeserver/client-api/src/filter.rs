@@ -36,6 +36,8 @@ pub struct RoomEventFilter {
     pub lazy_load_members: bool,
     #[serde(default)]
     pub include_redundant_members: bool,
+    #[serde(default)]
+    pub unread_thread_notifications: bool,
 }
 
 /// The `room` part of a filter.

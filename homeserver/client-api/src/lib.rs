@@ -24,10 +24,13 @@ pub mod filter;
 pub mod legacy;
 pub mod presence;
 pub mod profile;
+pub mod pushrules;
 pub mod ratelimit;
+pub mod receipts;
 pub mod rooms;
 pub mod synapse_admin;
 pub mod sync;
+pub mod typing;
 pub mod uia;
 
 use std::sync::Arc;
@@ -58,6 +61,8 @@ pub struct ClientConfig {
     pub max_sync_timeout_ms: u64,
     /// Secret for Synapse-style shared-secret registration (`/_synapse/admin/v1/register`).
     pub registration_shared_secret: Option<String>,
+    /// Whether presence is tracked and delivered.
+    pub presence_enabled: bool,
     /// Registered application services (their exclusive namespaces are reserved).
     pub appservices: Vec<appservices::Registration>,
 }
@@ -74,6 +79,7 @@ impl ClientConfig {
             rate_limit_message: Some(RateLimit { per_second: 20.0, burst: 100 }),
             max_sync_timeout_ms: 60_000,
             registration_shared_secret: None,
+            presence_enabled: true,
             appservices: Vec::new(),
         }
     }
@@ -91,6 +97,8 @@ pub struct AppInner {
     pub limiter: RateLimiter,
     pub nonces: synapse_admin::Nonces,
     pub lazy_members: sync::lazy::LazyMemberCache,
+    pub typing: Arc<typing::Typing>,
+    pub presence: Arc<presence::PresenceTracker>,
 }
 
 impl std::ops::Deref for App {
@@ -106,7 +114,23 @@ impl App {
         let limiter = RateLimiter::new();
         let nonces = synapse_admin::Nonces::default();
         let lazy_members = sync::lazy::LazyMemberCache::default();
-        App(Arc::new(AppInner { config, db, rooms, stream, limiter, nonces, lazy_members }))
+        let typing = typing::Typing::start(stream.clone());
+        let presence = presence::PresenceTracker::new(config.presence_enabled);
+        let app = App(Arc::new(AppInner {
+            config,
+            db,
+            rooms,
+            stream,
+            limiter,
+            nonces,
+            lazy_members,
+            typing,
+            presence,
+        }));
+        if app.presence.enabled {
+            tokio::spawn(presence::presence_timers(app.clone()));
+        }
+        app
     }
 
     pub fn server_name(&self) -> &ruma::ServerName {
@@ -154,5 +178,8 @@ pub fn routes() -> Router<App> {
     let router = synapse_admin::routes(router);
     let router = legacy::routes(router);
     let router = presence::routes(router);
+    let router = receipts::routes(router);
+    let router = pushrules::routes(router);
+    let router = typing::routes(router);
     account_data::routes(router)
 }

@@ -37,11 +37,12 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::{
-    Shared, auth, derive, push,
+    Shared, auth,
     builder::{EventTemplate, Placement, build_pdu},
     cache::storage_error,
+    derive,
     pdu::Pdu,
-    versions,
+    push, versions,
 };
 
 /// How many commands one batch may take from the queue.
@@ -609,7 +610,11 @@ impl RoomActor {
             if relation.rel_type == "m.annotation"
                 && let Some(key) = &relation.aggregation_key
             {
-                self.batch_annotations.insert((relation.relates_to.clone(), pdu.sender.to_string(), key.clone()));
+                self.batch_annotations.insert((
+                    relation.relates_to.clone(),
+                    pdu.sender.to_string(),
+                    key.clone(),
+                ));
             }
             outcome.plan.relations.push(relation);
         }
@@ -651,7 +656,12 @@ impl RoomActor {
         };
         let batch_key = (rel.relates_to.clone(), rel.sender.clone(), key.clone());
         if self.batch_annotations.contains(&batch_key)
-            || self.shared.db.has_annotation(&rel.relates_to, &rel.sender, key).await.map_err(storage_error)?
+            || self
+                .shared
+                .db
+                .has_annotation(&rel.relates_to, &rel.sender, key)
+                .await
+                .map_err(storage_error)?
         {
             return Err(Error::new(ErrorKind::DuplicateAnnotation, "you already reacted with this key"));
         }
@@ -688,7 +698,9 @@ impl RoomActor {
                 match self.events(std::slice::from_ref(id)).await?.remove(id) {
                     Some(create) => {
                         let mut c = vec![create.sender.clone()];
-                        if let Some(extra) = create.content_value().get("additional_creators").and_then(|v| v.as_array()) {
+                        if let Some(extra) =
+                            create.content_value().get("additional_creators").and_then(|v| v.as_array())
+                        {
                             c.extend(extra.iter().filter_map(|u| UserId::parse(u.as_str()?).ok()));
                         }
                         c
@@ -701,7 +713,11 @@ impl RoomActor {
         let room = push::RoomPushContext {
             room_id: self.room_id.clone(),
             member_count: l.memberships.values().filter(|m| m.as_str() == "join").count() as u64,
-            power_levels: Some(push::power_levels_ctx(power_content.as_ref(), &l.rules.authorization, creators)),
+            power_levels: Some(push::power_levels_ctx(
+                power_content.as_ref(),
+                &l.rules.authorization,
+                creators,
+            )),
         };
         let rulesets = self.shared.push.rulesets(&targets).await?;
         let thread_id = derive::thread_of(pdu);

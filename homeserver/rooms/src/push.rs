@@ -73,8 +73,13 @@ impl PushRules {
             return Ok(out);
         }
         let ids: Vec<String> = missing.iter().map(|u| u.to_string()).collect();
-        let stored: HashMap<String, String> =
-            self.db.global_account_data_of(&ids, PUSH_RULES_TYPE).await.map_err(storage_error)?.into_iter().collect();
+        let stored: HashMap<String, String> = self
+            .db
+            .global_account_data_of(&ids, PUSH_RULES_TYPE)
+            .await
+            .map_err(storage_error)?
+            .into_iter()
+            .collect();
         let mut cache = self.cache.lock().expect("push cache poisoned");
         for user in missing {
             let rules = Arc::new(match stored.get(user.as_str()) {
@@ -110,11 +115,7 @@ pub fn power_levels_ctx(
     let users = content
         .and_then(|c| c.get("users"))
         .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some((UserId::parse(k).ok()?, int(Some(v), 0))))
-                .collect()
-        })
+        .map(|m| m.iter().filter_map(|(k, v)| Some((UserId::parse(k).ok()?, int(Some(v), 0)))).collect())
         .unwrap_or_default();
     let users_default = int(content.and_then(|c| c.get("users_default")), 0);
     let mut notifications = NotificationPowerLevels::new();

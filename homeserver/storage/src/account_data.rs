@@ -55,7 +55,11 @@ impl Db {
     }
 
     /// One type of global account data for many users at once: `(user_id, content)`.
-    pub async fn global_account_data_of(&self, users: &[String], data_type: &str) -> Result<Vec<(String, String)>> {
+    pub async fn global_account_data_of(
+        &self,
+        users: &[String],
+        data_type: &str,
+    ) -> Result<Vec<(String, String)>> {
         let mut out = Vec::new();
         for chunk in users.chunks(500) {
             let sql = format!(

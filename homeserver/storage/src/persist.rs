@@ -344,10 +344,10 @@ async fn apply(tx: &mut Transaction<'_, Any>, plan: &PersistPlan, engine: crate:
         },
     )
     .await?;
-    let thread_updates = last_per_key(
-        &plan.relations.iter().filter(|r| r.rel_type == "m.thread").collect::<Vec<_>>(),
-        |r| r.relates_to.clone(),
-    );
+    let thread_updates =
+        last_per_key(&plan.relations.iter().filter(|r| r.rel_type == "m.thread").collect::<Vec<_>>(), |r| {
+            r.relates_to.clone()
+        });
     insert_rows(
         tx,
         "threads (room_id, root_id, latest_event_id, latest_pos)",
@@ -371,7 +371,10 @@ async fn apply(tx: &mut Transaction<'_, Any>, plan: &PersistPlan, engine: crate:
         .await?;
         if done.rows_affected() > 0 {
             // A redacted event no longer counts as a relation, and is no longer searchable.
-            sqlx::query("DELETE FROM event_relations WHERE event_id = $1").bind(redacts).execute(&mut **tx).await?;
+            sqlx::query("DELETE FROM event_relations WHERE event_id = $1")
+                .bind(redacts)
+                .execute(&mut **tx)
+                .await?;
             crate::search::unindex(tx, engine, redacts).await?;
         }
     }

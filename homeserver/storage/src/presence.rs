@@ -57,6 +57,49 @@ impl Db {
         .transpose()
     }
 
+    /// Users who share a joined room with `user_id` (including the user).
+    pub async fn room_mates(&self, user_id: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT y.user_id FROM memberships x JOIN memberships y ON x.room_id = y.room_id \
+             WHERE x.user_id = $1 AND x.membership = 'join' AND y.membership = 'join'",
+        )
+        .bind(user_id)
+        .fetch_all(self.reader())
+        .await?)
+    }
+
+    /// Presence of `user_id` and everyone sharing a joined room with them, changed in
+    /// `(after, up_to]` (everything known when `after` is 0).
+    pub async fn presence_of_room_mates(
+        &self,
+        user_id: &str,
+        after: i64,
+        up_to: i64,
+    ) -> Result<Vec<PresenceRow>> {
+        let rows = sqlx::query(
+            "SELECT p.user_id, p.state, p.status_msg, p.last_active_ts, p.stream_pos FROM presence p \
+             WHERE p.stream_pos > $2 AND p.stream_pos <= $3 AND (p.user_id = $1 OR p.user_id IN ( \
+               SELECT y.user_id FROM memberships x JOIN memberships y ON x.room_id = y.room_id \
+               WHERE x.user_id = $1 AND x.membership = 'join' AND y.membership = 'join'))",
+        )
+        .bind(user_id)
+        .bind(after)
+        .bind(up_to)
+        .fetch_all(self.reader())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PresenceRow {
+                    user_id: r.try_get("user_id")?,
+                    state: r.try_get("state")?,
+                    status_msg: r.try_get("status_msg")?,
+                    last_active_ts: r.try_get("last_active_ts")?,
+                    stream_pos: r.try_get("stream_pos")?,
+                })
+            })
+            .collect()
+    }
+
     /// Whether two users share at least one room in which both are joined.
     pub async fn share_a_room(&self, a: &str, b: &str) -> Result<bool> {
         let n: i64 = sqlx::query_scalar(

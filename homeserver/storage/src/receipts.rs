@@ -57,7 +57,12 @@ impl Db {
     }
 
     /// Receipts in `rooms` that changed in `(after, up_to]` (all current receipts when `after` is 0).
-    pub async fn receipts_between(&self, rooms: &[String], after: i64, up_to: i64) -> Result<Vec<ReceiptRow>> {
+    pub async fn receipts_between(
+        &self,
+        rooms: &[String],
+        after: i64,
+        up_to: i64,
+    ) -> Result<Vec<ReceiptRow>> {
         let mut out = Vec::new();
         for chunk in rooms.chunks(500) {
             let sql = format!(

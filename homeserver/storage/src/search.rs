@@ -25,7 +25,12 @@ pub struct SearchHit {
     pub rank: f64,
 }
 
-pub(crate) async fn index(tx: &mut Transaction<'_, Any>, engine: Engine, room_id: &str, rows: &[SearchRow]) -> Result<()> {
+pub(crate) async fn index(
+    tx: &mut Transaction<'_, Any>,
+    engine: Engine,
+    room_id: &str,
+    rows: &[SearchRow],
+) -> Result<()> {
     for row in rows {
         match engine {
             Engine::Sqlite => {
@@ -34,12 +39,14 @@ pub(crate) async fn index(tx: &mut Transaction<'_, Any>, engine: Engine, room_id
                     .bind(&row.text)
                     .execute(&mut **tx)
                     .await?;
-                sqlx::query("INSERT INTO event_search_meta (stream_pos, room_id, search_key) VALUES ($1, $2, $3)")
-                    .bind(row.stream_pos)
-                    .bind(room_id)
-                    .bind(&row.key)
-                    .execute(&mut **tx)
-                    .await?;
+                sqlx::query(
+                    "INSERT INTO event_search_meta (stream_pos, room_id, search_key) VALUES ($1, $2, $3)",
+                )
+                .bind(row.stream_pos)
+                .bind(room_id)
+                .bind(&row.key)
+                .execute(&mut **tx)
+                .await?;
             }
             Engine::Postgres => {
                 sqlx::query(

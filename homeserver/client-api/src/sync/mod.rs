@@ -14,7 +14,10 @@
 
 pub mod lazy;
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use axum::Router;
 use homeserver_core::{Error, token::StreamToken};
@@ -30,8 +33,10 @@ use serde_json::{Map, Value, json};
 use crate::{
     App,
     filter::{FilterDefinition, RoomEventFilter, parse_filter, resolve_filter},
-    storage,
+    presence, receipts, storage,
 };
+use homeserver_rooms::push::PUSH_RULES_TYPE;
+use homeserver_storage::receipts::ReceiptRow;
 
 /// How many batches a timeline read may scan looking for events that pass the filter.
 const TIMELINE_SCAN_BATCHES: usize = 8;
@@ -60,6 +65,16 @@ struct SyncContext<'a> {
     since: Option<StreamToken>,
     now: i64,
     full_state: bool,
+    /// Users whose events and invites this user ignores (`m.ignored_user_list`).
+    ignored: HashSet<String>,
+}
+
+/// The ephemeral events of one room in this sync.
+#[derive(Default)]
+struct Ephemeral {
+    /// Who is typing, when the client should be told (changed since `since`, or a new room).
+    typing: Option<Vec<ruma::OwnedUserId>>,
+    receipts: Vec<ReceiptRow>,
 }
 
 /// `GET /_matrix/client/v3/sync`
@@ -82,6 +97,7 @@ async fn sync(app: App, req: Ruma<sync_events::v3::Request>) -> Result<JsonBody,
     let timeout =
         req.body.timeout.unwrap_or_default().min(Duration::from_millis(app.config.max_sync_timeout_ms));
     let deadline = tokio::time::Instant::now() + timeout;
+    presence::on_sync(&app, &session.user_id, req.body.set_presence.as_str()).await?;
     let mut wake = app.stream.subscribe(&session.user_id);
     loop {
         wake.borrow_and_update();
@@ -90,9 +106,10 @@ async fn sync(app: App, req: Ruma<sync_events::v3::Request>) -> Result<JsonBody,
             app: &app,
             session,
             filter: filter.clone(),
-            since: since.map(|s| StreamToken::new((s.pos as i64).min(now) as u64)),
+            since: since.map(|s| StreamToken { pos: (s.pos as i64).min(now) as u64, ephemeral: s.ephemeral }),
             now,
             full_state: req.body.full_state,
+            ignored: ignored_users(&app, session.user_id.as_str()).await?,
         };
         let (body, has_data) = build_response(&ctx).await?;
         if has_data
@@ -132,6 +149,14 @@ async fn build_response(ctx: &SyncContext<'_>) -> Result<(Value, bool), Error> {
     if ctx.since.is_none() {
         app.lazy_members.reset(user, ctx.session.device_id.as_str());
     }
+    let typing_serial = app.typing.serial();
+    let ephemeral_since = ctx.since.map(|s| s.ephemeral).unwrap_or(0);
+    let joined_ids: Vec<String> =
+        memberships.iter().filter(|m| m.membership == "join").map(|m| m.room_id.clone()).collect();
+    let mut receipts_by_room: HashMap<String, Vec<ReceiptRow>> = HashMap::new();
+    for r in app.db.receipts_between(&joined_ids, since, ctx.now).await.map_err(storage)? {
+        receipts_by_room.entry(r.room_id.clone()).or_default().push(r);
+    }
     let mut join = Map::new();
     let mut invite = Map::new();
     let mut leave = Map::new();
@@ -148,15 +173,28 @@ async fn build_response(ctx: &SyncContext<'_>) -> Result<(Value, bool), Error> {
                 let new_to_client = ctx.since.is_none()
                     || (changed_in_window
                         && membership_at(ctx, &room_id, since).await?.as_deref() != Some("join"));
-                if !(new_to_client || ctx.full_state || changed_rooms.contains_key(&m.room_id)) {
+                let (typing_users, room_serial) = app.typing.typing_in(&room_id);
+                let ephemeral = Ephemeral {
+                    typing: (room_serial > ephemeral_since || (new_to_client && !typing_users.is_empty()))
+                        .then_some(typing_users),
+                    receipts: receipts_by_room.remove(&m.room_id).unwrap_or_default(),
+                };
+                let ephemeral_changed = ephemeral.typing.is_some() || !ephemeral.receipts.is_empty();
+                if !(new_to_client
+                    || ctx.full_state
+                    || ephemeral_changed
+                    || changed_rooms.contains_key(&m.room_id))
+                {
                     continue;
                 }
-                if let Some(room) = joined_room(ctx, &room_id, new_to_client, ctx.now).await? {
+                if let Some(room) = joined_room(ctx, &room_id, new_to_client, ctx.now, ephemeral).await? {
                     join.insert(m.room_id.clone(), room);
                 }
             }
             "invite" if changed_in_window => {
-                invite.insert(m.room_id.clone(), invited_room(ctx, &room_id, m).await?);
+                if let Some(room) = invited_room(ctx, &room_id, m).await? {
+                    invite.insert(m.room_id.clone(), room);
+                }
             }
             "leave" | "ban" if changed_in_window && !m.forgotten => {
                 // Initial syncs show left rooms only when the filter asks for them.
@@ -202,17 +240,62 @@ async fn build_response(ctx: &SyncContext<'_>) -> Result<(Value, bool), Error> {
         }
     }
 
-    let has_data =
-        !join.is_empty() || !invite.is_empty() || !leave.is_empty() || !global_account_data.is_empty();
-    let mut body = json!({
-        "next_batch": StreamToken::new(ctx.now as u64).to_string(),
+    if ctx.since.is_none()
+        && !global_account_data.iter().any(|e| e["type"] == PUSH_RULES_TYPE)
+        && ctx.filter.account_data.allows(PUSH_RULES_TYPE, user)
+    {
+        // Clients expect their push rules from the first sync, default ones included.
+        let rules = ruma::push::Ruleset::server_default(&ctx.session.user_id);
+        global_account_data.push(json!({ "type": PUSH_RULES_TYPE, "content": { "global": rules } }));
+    }
+    let presence = presence_events(ctx, since).await?;
+
+    let has_data = !join.is_empty()
+        || !invite.is_empty()
+        || !leave.is_empty()
+        || !global_account_data.is_empty()
+        || !presence.is_empty();
+    let next_batch = StreamToken { pos: ctx.now as u64, ephemeral: typing_serial };
+    let body = json!({
+        "next_batch": next_batch.to_string(),
         "rooms": { "join": join, "invite": invite, "leave": leave },
         "account_data": { "events": global_account_data },
+        "presence": { "events": presence },
     });
-    if ctx.since.is_none() {
-        body["presence"] = json!({ "events": [] });
-    }
     Ok((body, has_data))
+}
+
+/// The users this user ignores.
+async fn ignored_users(app: &App, user: &str) -> Result<HashSet<String>, Error> {
+    let Some(content) = app.db.account_data(user, "", "m.ignored_user_list").await.map_err(storage)? else {
+        return Ok(HashSet::new());
+    };
+    let value: Value = serde_json::from_str(&content).unwrap_or_default();
+    Ok(value
+        .get("ignored_users")
+        .and_then(Value::as_object)
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default())
+}
+
+/// Presence of the user and the people they share rooms with, changed since `since`.
+async fn presence_events(ctx: &SyncContext<'_>, since: i64) -> Result<Vec<Value>, Error> {
+    let app = ctx.app;
+    if !app.presence.enabled || !ctx.filter.presence.allows("m.presence", "") {
+        return Ok(Vec::new());
+    }
+    let now = homeserver_core::time::now_millis() as i64;
+    let user = ctx.session.user_id.as_str();
+    Ok(app
+        .db
+        .presence_of_room_mates(user, since, ctx.now)
+        .await
+        .map_err(storage)?
+        .iter()
+        .filter(|p| !ctx.ignored.contains(&p.user_id))
+        .filter(|p| ctx.filter.presence.allows("m.presence", &p.user_id))
+        .map(|p| presence::presence_event(p, now))
+        .collect())
 }
 
 /// The user's membership in a room as of stream position `pos` (None if they had none).
@@ -283,6 +366,7 @@ async fn timeline(
     let limited = collected.len() > limit || !exhausted;
     collected.truncate(limit);
     collected.reverse();
+    collected.retain(|r| !ctx.ignored.contains(&r.sender));
     let rows = ctx.app.rooms.filter_visible(&ctx.session.user_id, collected).await?;
     Ok(Timeline { rows, limited })
 }
@@ -425,6 +509,7 @@ async fn joined_room(
     room_id: &RoomId,
     new_to_client: bool,
     up_to: i64,
+    ephemeral: Ephemeral,
 ) -> Result<Option<Value>, Error> {
     let since = ctx.since.map(|s| s.pos as i64).unwrap_or(0);
     let timeline_from = if new_to_client { 0 } else { since };
@@ -435,7 +520,8 @@ async fn joined_room(
     tl.limited |= new_to_client && ctx.since.is_some();
     let group = start_group(ctx, room_id, &tl, up_to).await?;
     let state = state_section(ctx, room_id, &tl, group, full_state, since).await?;
-    if !full_state && tl.rows.is_empty() && state.is_empty() {
+    let ephemeral_events = ephemeral_events(ctx, ephemeral);
+    if !full_state && tl.rows.is_empty() && state.is_empty() && ephemeral_events.is_empty() {
         return Ok(None);
     }
     let app = ctx.app;
@@ -449,14 +535,58 @@ async fn joined_room(
         "prev_batch": prev_batch(&tl, up_to),
     });
     room["state"] = json!({ "events": app.rooms.client_events(&state, v, RoomIdField::Omit).await? });
+    room["ephemeral"] = json!({ "events": ephemeral_events });
+    let per_thread = ctx.filter.room.timeline.unread_thread_notifications;
+    let counts =
+        receipts::unread_counts(app, ctx.session.user_id.as_str(), room_id.as_str(), per_thread).await?;
+    room["unread_notifications"] =
+        json!({ "notification_count": counts.main.0, "highlight_count": counts.main.1 });
+    if per_thread {
+        let threads: Map<String, Value> = counts
+            .threads
+            .into_iter()
+            .map(|(t, n, h)| (t, json!({ "notification_count": n, "highlight_count": h })))
+            .collect();
+        room["unread_thread_notifications"] = Value::Object(threads);
+    }
     if members_changed {
         room["summary"] = summary(ctx, room_id).await?;
     }
     Ok(Some(room))
 }
 
-async fn invited_room(ctx: &SyncContext<'_>, room_id: &RoomId, m: &MembershipRow) -> Result<Value, Error> {
+/// The typing and receipt events a room's section carries, as the ephemeral filter allows.
+fn ephemeral_events(ctx: &SyncContext<'_>, ephemeral: Ephemeral) -> Vec<Value> {
+    let filter = &ctx.filter.room.ephemeral;
+    let mut events = Vec::new();
+    if let Some(users) = ephemeral.typing
+        && filter.allows("m.typing", "")
+    {
+        let users: Vec<_> = users.into_iter().filter(|u| !ctx.ignored.contains(u.as_str())).collect();
+        events.push(json!({ "type": "m.typing", "content": { "user_ids": users } }));
+    }
+    let receipts: Vec<ReceiptRow> =
+        ephemeral.receipts.into_iter().filter(|r| !ctx.ignored.contains(&r.user_id)).collect();
+    if filter.allows("m.receipt", "")
+        && let Some(event) = receipts::receipt_event(&receipts, ctx.session.user_id.as_str())
+    {
+        events.push(event);
+    }
+    events
+}
+
+async fn invited_room(
+    ctx: &SyncContext<'_>,
+    room_id: &RoomId,
+    m: &MembershipRow,
+) -> Result<Option<Value>, Error> {
     let app = ctx.app;
+    if let Some(invite) = app.db.event(&m.event_id).await.map_err(storage)?
+        && ctx.ignored.contains(&invite.sender)
+    {
+        // Invites from ignored users are not shown at all.
+        return Ok(None);
+    }
     let mut events = Vec::new();
     for ty in STRIPPED_STATE_TYPES {
         if let Some(pdu) = app.rooms.current_state_event(room_id, ty, "").await? {
@@ -486,7 +616,7 @@ async fn invited_room(ctx: &SyncContext<'_>, room_id: &RoomId, m: &MembershipRow
         }
         events.push(invite_event);
     }
-    Ok(json!({ "invite_state": { "events": events } }))
+    Ok(Some(json!({ "invite_state": { "events": events } })))
 }
 
 /// A left room's section: the timeline up to the departure; full state if the room is new to

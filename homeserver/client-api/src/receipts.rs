@@ -1,0 +1,193 @@
+//! Receipts and read markers: `POST /rooms/{roomId}/receipt/{type}/{eventId}` and
+//! `POST /rooms/{roomId}/read_markers`, and the unread counts they reset.
+//!
+//! A public receipt (`m.read`) goes to everyone in the room through sync; a private one
+//! (`m.read.private`) only to its owner. Both mark the user's notifications up to that event as
+//! read. `m.fully_read` is the read marker, kept as (server-managed) room account data.
+
+use axum::Router;
+use homeserver_core::{Error, time::now_millis};
+use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma, Session};
+use homeserver_storage::receipts::ReceiptRow;
+use ruma::{
+    EventId, RoomId,
+    api::client::{read_marker::set_read_marker, receipt::create_receipt},
+};
+use serde_json::{Map, Value, json};
+
+use crate::{App, account_data::put_account_data, storage};
+
+pub fn routes(router: Router<App>) -> Router<App> {
+    router.ruma_route(post_receipt).ruma_route(post_read_markers)
+}
+
+/// Stores a receipt for an event of the room and wakes who should see it.
+pub async fn set_receipt(
+    app: &App,
+    session: &Session,
+    room_id: &RoomId,
+    event_id: &EventId,
+    receipt_type: &str,
+    thread_id: &str,
+) -> Result<(), Error> {
+    let row = app
+        .db
+        .event(event_id.as_str())
+        .await
+        .map_err(storage)?
+        .filter(|e| e.room_id == room_id.as_str())
+        .ok_or_else(|| Error::not_found("Event not found in this room"))?;
+    let reservation = app.stream.reserve(1);
+    let stored = app
+        .db
+        .set_receipt(&ReceiptRow {
+            room_id: room_id.to_string(),
+            user_id: session.user_id.to_string(),
+            receipt_type: receipt_type.to_owned(),
+            thread_id: thread_id.to_owned(),
+            event_id: event_id.to_string(),
+            event_pos: row.stream_pos,
+            ts: now_millis() as i64,
+            stream_pos: reservation.first() as i64,
+        })
+        .await
+        .map_err(storage)?;
+    let woken = if !stored {
+        Vec::new()
+    } else if receipt_type == "m.read.private" {
+        vec![session.user_id.clone()]
+    } else {
+        app.rooms.joined_members(room_id).await?
+    };
+    reservation.complete(woken);
+    Ok(())
+}
+
+async fn set_fully_read(
+    app: &App,
+    session: &Session,
+    room_id: &RoomId,
+    event_id: &EventId,
+) -> Result<(), Error> {
+    if app
+        .db
+        .event(event_id.as_str())
+        .await
+        .map_err(storage)?
+        .filter(|e| e.room_id == room_id.as_str())
+        .is_none()
+    {
+        return Err(Error::not_found("Event not found in this room"));
+    }
+    let content = json!({ "event_id": event_id }).to_string();
+    put_account_data(app, &session.user_id, room_id.as_str(), "m.fully_read", &content).await
+}
+
+async fn require_joined(app: &App, session: &Session, room_id: &RoomId) -> Result<(), Error> {
+    if !app.rooms.is_joined(room_id, &session.user_id).await? {
+        return Err(Error::forbidden("You are not in this room"));
+    }
+    Ok(())
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/receipt/{receiptType}/{eventId}`
+async fn post_receipt(app: App, req: Ruma<create_receipt::v3::Request>) -> Result<JsonBody, ApiError> {
+    let room_id = &req.body.room_id;
+    require_joined(&app, &req.auth, room_id).await?;
+    let receipt_type = req.body.receipt_type.to_string();
+    let body: Value = serde_json::from_slice(&req.raw_body).unwrap_or_default();
+    let thread_id = match body.get("thread_id") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(t)) if !t.is_empty() => t.clone(),
+        Some(_) => return Err(Error::invalid_param("thread_id must be a non-empty string").into()),
+    };
+    match receipt_type.as_str() {
+        "m.read" | "m.read.private" => {
+            set_receipt(&app, &req.auth, room_id, &req.body.event_id, &receipt_type, &thread_id).await?
+        }
+        "m.fully_read" => set_fully_read(&app, &req.auth, room_id, &req.body.event_id).await?,
+        other => return Err(Error::invalid_param(format!("unknown receipt type {other}")).into()),
+    }
+    Ok(JsonBody(json!({})))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/read_markers`
+async fn post_read_markers(app: App, req: Ruma<set_read_marker::v3::Request>) -> Result<JsonBody, ApiError> {
+    let room_id = &req.body.room_id;
+    require_joined(&app, &req.auth, room_id).await?;
+    if let Some(event_id) = &req.body.fully_read {
+        set_fully_read(&app, &req.auth, room_id, event_id).await?;
+    }
+    if let Some(event_id) = &req.body.read_receipt {
+        set_receipt(&app, &req.auth, room_id, event_id, "m.read", "").await?;
+    }
+    if let Some(event_id) = &req.body.private_read_receipt {
+        set_receipt(&app, &req.auth, room_id, event_id, "m.read.private", "").await?;
+    }
+    Ok(JsonBody(json!({})))
+}
+
+/// The `m.receipt` ephemeral event for a set of receipts, as `viewer` may see them (private
+/// receipts only their own).
+pub fn receipt_event(receipts: &[ReceiptRow], viewer: &str) -> Option<Value> {
+    let mut content: Map<String, Value> = Map::new();
+    for r in receipts {
+        if r.receipt_type == "m.read.private" && r.user_id != viewer {
+            continue;
+        }
+        let mut info = json!({ "ts": r.ts });
+        if !r.thread_id.is_empty() {
+            info["thread_id"] = json!(r.thread_id);
+        }
+        let by_type = content.entry(r.event_id.clone()).or_insert_with(|| json!({}));
+        by_type[&r.receipt_type][&r.user_id] = info;
+    }
+    (!content.is_empty()).then(|| json!({ "type": "m.receipt", "content": content }))
+}
+
+/// Unread notification counts of a user in a room: `(notifications, highlights)` for the main
+/// timeline (or everything when threads are not counted apart), and per thread.
+pub struct UnreadCounts {
+    pub main: (u64, u64),
+    pub threads: Vec<(String, u64, u64)>,
+}
+
+pub async fn unread_counts(
+    app: &App,
+    user: &str,
+    room_id: &str,
+    per_thread: bool,
+) -> Result<UnreadCounts, Error> {
+    let receipts = app.db.user_receipts(room_id, user).await.map_err(storage)?;
+    let read = |r: &&ReceiptRow| r.receipt_type == "m.read" || r.receipt_type == "m.read.private";
+    let unthreaded = receipts
+        .iter()
+        .filter(read)
+        .filter(|r| r.thread_id.is_empty())
+        .map(|r| r.event_pos)
+        .max()
+        .unwrap_or(0);
+    let thread_pos = |thread: &str| {
+        receipts.iter().filter(read).filter(|r| r.thread_id == thread).map(|r| r.event_pos).max().unwrap_or(0)
+    };
+    let main_pos = unthreaded.max(thread_pos("main"));
+    let mut main = (0, 0);
+    let mut threads: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    for (thread, highlight, pos) in
+        app.db.unread_push_actions(user, room_id, unthreaded).await.map_err(storage)?
+    {
+        let (counter, read_up_to) = match (&thread, per_thread) {
+            (Some(root), true) => {
+                (threads.entry(root.clone()).or_default(), unthreaded.max(thread_pos(root)))
+            }
+            _ => (&mut main, main_pos.max(thread.as_deref().map(thread_pos).unwrap_or(0))),
+        };
+        if pos > read_up_to {
+            counter.0 += 1;
+            if highlight {
+                counter.1 += 1;
+            }
+        }
+    }
+    Ok(UnreadCounts { main, threads: threads.into_iter().map(|(t, (n, h))| (t, n, h)).collect() })
+}

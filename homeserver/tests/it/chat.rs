@@ -1,0 +1,317 @@
+//! Everyday chat features over raw HTTP: receipts and read markers, typing, unread counts and
+//! push rules, the notification list, presence in sync.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::{TestServer, User, enc};
+
+fn r(room: &str, rest: &str) -> String {
+    format!("/_matrix/client/v3/rooms/{}{rest}", enc(room))
+}
+
+fn joined<'a>(sync: &'a Value, room: &str) -> &'a Value {
+    &sync["rooms"]["join"][room]
+}
+
+fn ephemeral<'a>(sync: &'a Value, room: &str, ty: &str) -> Option<&'a Value> {
+    joined(sync, room)["ephemeral"]["events"].as_array()?.iter().find(|e| e["type"] == ty)
+}
+
+async fn pair(server: &TestServer) -> (User, User, String) {
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = server.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    server.join(&bob, &room).await;
+    (alice, bob, room)
+}
+
+#[tokio::test]
+async fn receipts_reset_unread_counts_and_private_receipts_stay_private() {
+    let server = TestServer::start().await;
+    let (alice, bob, room) = pair(&server).await;
+    let bob_since = server.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let mut last = String::new();
+    for i in 0..3 {
+        last = server.send_text(&alice, &room, &format!("unread {i}")).await;
+    }
+    let mention = server
+        .put(
+            &r(&room, "/send/m.room.message/mention"),
+            Some(&alice.token),
+            json!({ "msgtype": "m.text", "body": "hey bob", "m.mentions": { "user_ids": [bob.user_id] } }),
+        )
+        .await
+        .1["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let sync = server.sync(&bob, Some(&bob_since), 0).await;
+    let counts = &joined(&sync, &room)["unread_notifications"];
+    assert_eq!(
+        (counts["notification_count"].as_u64(), counts["highlight_count"].as_u64()),
+        (Some(4), Some(1)),
+        "{counts}"
+    );
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+
+    // A private receipt on the third message: bob's counts drop, alice does not see it.
+    let (status, _) = server
+        .post(&r(&room, &format!("/receipt/m.read.private/{}", enc(&last))), Some(&bob.token), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let sync = server.sync(&bob, Some(&since), 0).await;
+    let counts = &joined(&sync, &room)["unread_notifications"];
+    assert_eq!(
+        (counts["notification_count"].as_u64(), counts["highlight_count"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert!(
+        ephemeral(&sync, &room, "m.receipt").unwrap()["content"][&last]["m.read.private"][&bob.user_id]["ts"]
+            .is_u64()
+    );
+    let alice_sync = server.sync(&alice, None, 0).await;
+    let alice_receipts = ephemeral(&alice_sync, &room, "m.receipt");
+    assert!(alice_receipts.is_none_or(|e| e["content"].get(&last).is_none()), "{alice_receipts:?}");
+
+    // A public receipt on the mention: everything read, and alice sees it.
+    let (status, _) = server
+        .post(&r(&room, &format!("/receipt/m.read/{}", enc(&mention))), Some(&bob.token), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let sync = server.sync(&bob, None, 0).await;
+    let counts = &joined(&sync, &room)["unread_notifications"];
+    assert_eq!(
+        (counts["notification_count"].as_u64(), counts["highlight_count"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let alice_sync = server.sync(&alice, None, 0).await;
+    assert!(
+        ephemeral(&alice_sync, &room, "m.receipt").unwrap()["content"][&mention]["m.read"][&bob.user_id]
+            .is_object()
+    );
+
+    // Receipts for unknown events, in rooms one is not in, or of unknown types are refused.
+    let (status, _) = server.post(&r(&room, "/receipt/m.read/$nope"), Some(&bob.token), json!({})).await;
+    assert_eq!(status, 404);
+    let carol = server.register("carol").await;
+    let (status, _) = server
+        .post(&r(&room, &format!("/receipt/m.read/{}", enc(&mention))), Some(&carol.token), json!({}))
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = server
+        .post(&r(&room, &format!("/receipt/m.made.up/{}", enc(&mention))), Some(&bob.token), json!({}))
+        .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn read_markers_set_fully_read_and_receipts() {
+    let server = TestServer::start().await;
+    let (alice, bob, room) = pair(&server).await;
+    let event = server.send_text(&alice, &room, "marker").await;
+    let (status, _) = server
+        .post(&r(&room, "/read_markers"), Some(&bob.token), json!({ "m.fully_read": event, "m.read": event }))
+        .await;
+    assert_eq!(status, 200);
+    let sync = server.sync(&bob, None, 0).await;
+    let account = joined(&sync, &room)["account_data"]["events"].as_array().unwrap();
+    assert!(
+        account.iter().any(|e| e["type"] == "m.fully_read" && e["content"]["event_id"] == event.as_str())
+    );
+    assert!(
+        ephemeral(&sync, &room, "m.receipt").unwrap()["content"][&event]["m.read"][&bob.user_id].is_object()
+    );
+    let (status, _) = server
+        .put(
+            &format!(
+                "/_matrix/client/v3/user/{}/rooms/{}/account_data/m.fully_read",
+                enc(&bob.user_id),
+                enc(&room)
+            ),
+            Some(&bob.token),
+            json!({ "event_id": event }),
+        )
+        .await;
+    assert_eq!(status, 400, "m.fully_read is managed by the server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_reaches_long_polls_and_expires() {
+    let server = TestServer::start().await;
+    let (alice, bob, room) = pair(&server).await;
+    let since = server.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let url = server.url(&format!("/_matrix/client/v3/sync?timeout=10000&since={since}"));
+    let (http, token) = (server.http.clone(), bob.token.clone());
+    let poll = tokio::spawn(async move {
+        let body: Value = http.get(url).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+        (Instant::now(), body)
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let typing_path = r(&room, &format!("/typing/{}", enc(&alice.user_id)));
+    let started = Instant::now();
+    let (status, _) =
+        server.put(&typing_path, Some(&alice.token), json!({ "typing": true, "timeout": 1500 })).await;
+    assert_eq!(status, 200);
+    let (woke, body) = poll.await.unwrap();
+    assert!(woke.duration_since(started) < Duration::from_millis(500));
+    let typing = ephemeral(&body, &room, "m.typing").expect("typing event");
+    assert_eq!(typing["content"]["user_ids"], json!([alice.user_id]));
+    let since = body["next_batch"].as_str().unwrap().to_owned();
+
+    // It expires on its own; the next sync says nobody is typing.
+    let sync = server.sync(&bob, Some(&since), 5000).await;
+    let typing = ephemeral(&sync, &room, "m.typing").expect("typing stopped");
+    assert_eq!(typing["content"]["user_ids"], json!([]));
+
+    let (status, _) =
+        server.put(&typing_path, Some(&bob.token), json!({ "typing": true, "timeout": 100 })).await;
+    assert_eq!(status, 403, "typing for someone else");
+    let carol = server.register("carol").await;
+    let (status, _) = server
+        .put(
+            &r(&room, &format!("/typing/{}", enc(&carol.user_id))),
+            Some(&carol.token),
+            json!({ "typing": true, "timeout": 100 }),
+        )
+        .await;
+    assert_eq!(status, 403, "typing in a room one is not in");
+}
+
+#[tokio::test]
+async fn push_rules_can_be_read_changed_and_mute_a_room() {
+    let server = TestServer::start().await;
+    let (alice, bob, room) = pair(&server).await;
+    let (status, all) = server.get("/_matrix/client/v3/pushrules/", Some(&bob.token)).await;
+    assert_eq!(status, 200);
+    assert!(all["global"]["override"].as_array().unwrap().iter().any(|r| r["rule_id"] == ".m.rule.master"));
+    let (_, master) = server
+        .get("/_matrix/client/v3/pushrules/global/override/.m.rule.master/enabled", Some(&bob.token))
+        .await;
+    assert_eq!(master["enabled"], false);
+
+    // A room rule without notify actions mutes the room.
+    let path = format!("/_matrix/client/v3/pushrules/global/room/{}", enc(&room));
+    let (status, body) = server.put(&path, Some(&bob.token), json!({ "actions": [] })).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, rule) = server.get(&path, Some(&bob.token)).await;
+    assert_eq!(rule["rule_id"], room.as_str());
+    let initial = server.sync(&bob, None, 0).await;
+    // The changed rules reach the client as account data.
+    let stored = initial["account_data"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.push_rules")
+        .cloned()
+        .unwrap();
+    assert!(
+        stored["content"]["global"]["room"].as_array().unwrap().iter().any(|r| r["rule_id"] == room.as_str())
+    );
+    let since = initial["next_batch"].as_str().unwrap().to_owned();
+    server.send_text(&alice, &room, "muted").await;
+    let sync = server.sync(&bob, Some(&since), 0).await;
+    assert_eq!(joined(&sync, &room)["unread_notifications"]["notification_count"], 0);
+
+    let (status, _) = server.request(reqwest::Method::DELETE, &path, Some(&bob.token), None).await;
+    assert_eq!(status, 200);
+    let (status, _) = server.get(&path, Some(&bob.token)).await;
+    assert_eq!(status, 404);
+    let (status, _) = server
+        .put(
+            "/_matrix/client/v3/pushrules/global/override/.m.rule.custom",
+            Some(&bob.token),
+            json!({ "actions": [] }),
+        )
+        .await;
+    assert_eq!(status, 400, "rule ids starting with a dot are reserved");
+    let (status, _) = server
+        .put(
+            "/_matrix/client/v3/pushrules/global/override/.m.rule.master/enabled",
+            Some(&bob.token),
+            json!({ "enabled": true }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // With the room rule gone, a message notifies; with the master rule on, nothing does.
+    let since = server.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    server.send_text(&alice, &room, "after master").await;
+    let sync = server.sync(&bob, Some(&since), 0).await;
+    assert_eq!(joined(&sync, &room)["unread_notifications"]["notification_count"], 0, "master rule mutes");
+    let (status, _) = server
+        .put(
+            "/_matrix/client/v3/pushrules/global/override/.m.rule.master/enabled",
+            Some(&bob.token),
+            json!({ "enabled": false }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    server.send_text(&alice, &room, "audible").await;
+    let sync = server.sync(&bob, Some(&since), 0).await;
+    assert_eq!(joined(&sync, &room)["unread_notifications"]["notification_count"], 1);
+}
+
+#[tokio::test]
+async fn notifications_list_and_highlights() {
+    let server = TestServer::start().await;
+    let (alice, bob, room) = pair(&server).await;
+    server.send_text(&alice, &room, "plain").await;
+    server
+        .put(
+            &r(&room, "/send/m.room.message/hl"),
+            Some(&alice.token),
+            json!({ "msgtype": "m.text", "body": "ping", "m.mentions": { "user_ids": [bob.user_id] } }),
+        )
+        .await;
+    let (status, list) = server.get("/_matrix/client/v3/notifications", Some(&bob.token)).await;
+    assert_eq!(status, 200);
+    let notes = list["notifications"].as_array().unwrap();
+    assert_eq!(notes.len(), 2);
+    assert_eq!(notes[0]["event"]["content"]["body"], "ping", "newest first");
+    assert_eq!(notes[0]["read"], false);
+    assert_eq!(notes[0]["room_id"], room.as_str());
+    let (_, only) = server.get("/_matrix/client/v3/notifications?only=highlight", Some(&bob.token)).await;
+    assert_eq!(only["notifications"].as_array().unwrap().len(), 1);
+    let (_, page) = server.get("/_matrix/client/v3/notifications?limit=1", Some(&bob.token)).await;
+    let next = page["next_token"].as_str().unwrap();
+    let (_, rest) =
+        server.get(&format!("/_matrix/client/v3/notifications?limit=1&from={next}"), Some(&bob.token)).await;
+    assert_eq!(rest["notifications"][0]["event"]["content"]["body"], "plain");
+}
+
+#[tokio::test]
+async fn presence_comes_down_sync_to_room_mates() {
+    let server = TestServer::start().await;
+    let (alice, bob, _room) = pair(&server).await;
+    let since = server.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    server
+        .put(
+            &format!("/_matrix/client/v3/presence/{}/status", enc(&alice.user_id)),
+            Some(&alice.token),
+            json!({ "presence": "unavailable", "status_msg": "afk" }),
+        )
+        .await;
+    let sync = server.sync(&bob, Some(&since), 2000).await;
+    let events = sync["presence"]["events"].as_array().unwrap();
+    let alice_presence =
+        events.iter().find(|e| e["sender"] == alice.user_id.as_str()).expect("alice's presence");
+    assert_eq!(alice_presence["content"]["presence"], "unavailable");
+    assert_eq!(alice_presence["content"]["status_msg"], "afk");
+    // Syncing puts a user online.
+    let sync = server.sync(&alice, None, 0).await;
+    let me = sync["presence"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["sender"] == alice.user_id.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(me["content"]["presence"], "online");
+
+    // With presence disabled nothing is tracked or sent.
+    let quiet = TestServer::start_with(|c| c.presence.enabled = false).await;
+    let carol = quiet.register("carol").await;
+    let sync = quiet.sync(&carol, None, 0).await;
+    assert!(sync["presence"]["events"].as_array().unwrap().is_empty());
+}
