@@ -30,6 +30,7 @@ pub struct Config {
     pub well_known: WellKnownConfig,
     pub sync: SyncConfig,
     pub presence: PresenceConfig,
+    pub user_directory: UserDirectoryConfig,
     pub log: LogConfig,
     pub appservices: AppservicesConfig,
     pub testing: TestingConfig,
@@ -147,6 +148,13 @@ impl Default for PresenceConfig {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserDirectoryConfig {
+    /// Let the user directory find every user, not only room mates and members of public rooms.
+    pub search_all_users: bool,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -171,6 +179,7 @@ impl Default for Config {
             well_known: WellKnownConfig::default(),
             sync: SyncConfig::default(),
             presence: PresenceConfig::default(),
+            user_directory: UserDirectoryConfig::default(),
             log: LogConfig::default(),
             appservices: AppservicesConfig::default(),
             testing: TestingConfig::default(),
@@ -267,6 +276,7 @@ pub const KEYS: &[&str] = &[
     "well_known.client_base_url",
     "sync.max_timeout_ms",
     "presence.enabled",
+    "user_directory.search_all_users",
     "log.level",
     "log.format",
     "appservices.registration_files",
@@ -513,6 +523,10 @@ max_timeout_ms = 60000
 [presence]
 # Track and deliver presence (online/unavailable/offline). Off saves CPU on busy servers.
 enabled = true
+
+[user_directory]
+# Find every user, not only room mates and members of public rooms.
+search_all_users = false
 
 [log]
 # A tracing filter, e.g. "info" or "info,homeserver_rooms=debug".

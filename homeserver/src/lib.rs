@@ -104,6 +104,7 @@ impl Server {
             rate_limit_message: limit(rl.enabled, rl.message_per_second, rl.message_burst),
             max_sync_timeout_ms: config.sync.max_timeout_ms,
             presence_enabled: config.presence.enabled,
+            search_all_users: config.user_directory.search_all_users,
             registration_shared_secret: (!config.registration.shared_secret.is_empty())
                 .then(|| config.registration.shared_secret.clone()),
             appservices: appservices::load_registrations(&config.appservices.registration_files)?,

@@ -1,6 +1,8 @@
 //! Account data: per-user (and per-room) JSON blobs clients keep on the server (`m.direct`, tags,
 //! settings). Every write takes a stream position so `/sync` delivers it.
 
+use std::collections::HashSet;
+
 use axum::Router;
 use homeserver_core::Error;
 use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma, Session};
@@ -36,6 +38,36 @@ fn object_body(raw: &[u8]) -> Result<String, Error> {
     Ok(value.to_string())
 }
 
+/// `m.ignored_user_list` must map user ids to objects and may not contain the user themselves.
+fn check_ignore_list(user: &UserId, content: &str) -> Result<(), Error> {
+    let value: Value = serde_json::from_str(content).map_err(|_| Error::bad_json("invalid JSON"))?;
+    let Some(ignored) = value.get("ignored_users").and_then(Value::as_object) else {
+        return Err(Error::bad_json("m.ignored_user_list needs an ignored_users object"));
+    };
+    for id in ignored.keys() {
+        if UserId::parse(id).is_err() {
+            return Err(Error::bad_json(format!("{id} is not a user id")));
+        }
+        if id == user.as_str() {
+            return Err(Error::invalid_param("You cannot ignore yourself"));
+        }
+    }
+    Ok(())
+}
+
+/// The users `user` ignores (`m.ignored_user_list`): their events and invites are hidden from them.
+pub(crate) async fn ignored_users(app: &App, user: &str) -> Result<HashSet<String>, Error> {
+    let Some(content) = app.db.account_data(user, "", "m.ignored_user_list").await.map_err(storage)? else {
+        return Ok(HashSet::new());
+    };
+    let value: Value = serde_json::from_str(&content).unwrap_or_default();
+    Ok(value
+        .get("ignored_users")
+        .and_then(Value::as_object)
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default())
+}
+
 /// Stores account data and wakes the user's syncs.
 pub async fn put_account_data(
     app: &App,
@@ -61,6 +93,9 @@ async fn set_global(app: App, req: Ruma<set_global_account_data::v3::Request>) -
         return Err(Error::bad_json(format!("{data_type} cannot be set through this endpoint")).into());
     }
     let content = object_body(&req.raw_body)?;
+    if data_type == "m.ignored_user_list" {
+        check_ignore_list(&req.auth.user_id, &content)?;
+    }
     put_account_data(&app, &req.auth.user_id, "", &data_type, &content).await?;
     Ok(JsonBody(serde_json::json!({})))
 }

@@ -29,7 +29,7 @@ use ruma::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::{App, filter::RoomEventFilter, ratelimit::Action, storage};
+use crate::{App, account_data::ignored_users, filter::RoomEventFilter, ratelimit::Action, storage};
 
 /// Paths for state with an empty state key, which ruma's templates (ending in `{state_key}`)
 /// cannot match.
@@ -442,7 +442,9 @@ async fn messages(app: App, req: Ruma<get_message_events::v3::Request>) -> Resul
     } else {
         None
     };
-    let rows: Vec<EventRow> = rows.into_iter().filter(|r| filter.allows_row(r)).collect();
+    let ignored = ignored_users(&app, session.user_id.as_str()).await?;
+    let rows: Vec<EventRow> =
+        rows.into_iter().filter(|r| filter.allows_row(r) && !ignored.contains(&r.sender)).collect();
     let rows = app.rooms.filter_visible(&session.user_id, rows).await?;
     let state = if filter.lazy_load_members { lazy_members(&app, session, &rows).await? } else { Vec::new() };
     let chunk = app.rooms.client_events(&rows, Some(viewer(session)), RoomIdField::Include).await?;
@@ -486,7 +488,10 @@ async fn context(app: App, req: Ruma<get_context::v3::Request>) -> Result<JsonBo
         .map_err(storage)?;
     let start = before.last().map(|r| r.stream_pos - 1).unwrap_or(row.stream_pos - 1);
     let end = after.last().map(|r| r.stream_pos).unwrap_or(row.stream_pos);
-    let keep = |rows: Vec<EventRow>| rows.into_iter().filter(|r| filter.allows_row(r)).collect::<Vec<_>>();
+    let ignored = ignored_users(&app, session.user_id.as_str()).await?;
+    let keep = |rows: Vec<EventRow>| {
+        rows.into_iter().filter(|r| filter.allows_row(r) && !ignored.contains(&r.sender)).collect::<Vec<_>>()
+    };
     let before = app.rooms.filter_visible(&session.user_id, keep(before)).await?;
     let after = app.rooms.filter_visible(&session.user_id, keep(after)).await?;
     let state_entries = app.rooms.state_at_group(row.state_before).await?;

@@ -30,8 +30,10 @@ pub mod receipts;
 pub mod rooms;
 pub mod synapse_admin;
 pub mod sync;
+pub mod tags;
 pub mod typing;
 pub mod uia;
+pub mod user_directory;
 
 use std::sync::Arc;
 
@@ -63,6 +65,8 @@ pub struct ClientConfig {
     pub registration_shared_secret: Option<String>,
     /// Whether presence is tracked and delivered.
     pub presence_enabled: bool,
+    /// Whether the user directory finds every user (not only room mates and public rooms).
+    pub search_all_users: bool,
     /// Registered application services (their exclusive namespaces are reserved).
     pub appservices: Vec<appservices::Registration>,
 }
@@ -80,6 +84,7 @@ impl ClientConfig {
             max_sync_timeout_ms: 60_000,
             registration_shared_secret: None,
             presence_enabled: true,
+            search_all_users: false,
             appservices: Vec::new(),
         }
     }
@@ -181,5 +186,7 @@ pub fn routes() -> Router<App> {
     let router = receipts::routes(router);
     let router = pushrules::routes(router);
     let router = typing::routes(router);
+    let router = tags::routes(router);
+    let router = user_directory::routes(router);
     account_data::routes(router)
 }

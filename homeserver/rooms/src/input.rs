@@ -621,6 +621,10 @@ impl RoomActor {
         if let Some(search) = derive::search_row(&pdu, pos) {
             outcome.plan.search.push(search);
         }
+        if pdu.kind == ruma::events::TimelineEventType::RoomJoinRules && pdu.state_key.as_deref() == Some("")
+        {
+            outcome.plan.join_rule = pdu.content_str("join_rule");
+        }
         let notify = self.push_actions(&pdu, pos).await?;
         outcome.plan.push_actions.extend(notify);
         outcome.plan.extremities = Some(vec![event_id.to_string()]);
@@ -778,6 +782,9 @@ fn merge_plan(into: &mut PersistPlan, from: PersistPlan) {
     into.push_actions.extend(from.push_actions);
     into.relations.extend(from.relations);
     into.search.extend(from.search);
+    if from.join_rule.is_some() {
+        into.join_rule = from.join_rule;
+    }
 }
 
 fn persist_error(err: StorageError) -> Error {

@@ -21,6 +21,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod aliases;
+pub mod directory;
 pub mod events;
 pub mod notifications;
 pub mod persist;

@@ -112,6 +112,8 @@ pub struct PersistPlan {
     pub push_actions: Vec<PushActionRow>,
     pub relations: Vec<RelationRow>,
     pub search: Vec<SearchRow>,
+    /// The room's join rule when the batch changes it.
+    pub join_rule: Option<String>,
 }
 
 impl Db {
@@ -359,6 +361,13 @@ async fn apply(tx: &mut Transaction<'_, Any>, plan: &PersistPlan, engine: crate:
     )
     .await?;
     crate::search::index(tx, engine, room_id, &plan.search).await?;
+    if let Some(join_rule) = &plan.join_rule {
+        sqlx::query("UPDATE rooms SET join_rule = $2 WHERE room_id = $1")
+            .bind(room_id)
+            .bind(join_rule)
+            .execute(&mut **tx)
+            .await?;
+    }
     for ev in plan.events.iter().filter(|e| e.redacts.is_some()) {
         let redacts = ev.redacts.as_deref().unwrap_or_default();
         let done = sqlx::query(

@@ -9,11 +9,13 @@
 //! - `rooms`: room creation options, membership, aliases, directory, state, redaction, reads.
 //! - `sync`: initial/incremental sync, filters, lazy loading, long-poll wake-up latency.
 //! - `lifecycle`: restarts keep everything; the binary's CLI and config errors.
+//! - `friends`: direct chats, tags, ignoring users, the user directory.
 //! - `chat`: receipts, read markers, typing, unread counts, push rules, notifications, presence.
 
 mod accounts;
 mod chat;
 mod errors;
+mod friends;
 mod harness;
 mod lifecycle;
 mod rooms;

@@ -109,7 +109,7 @@ async fn sync(app: App, req: Ruma<sync_events::v3::Request>) -> Result<JsonBody,
             since: since.map(|s| StreamToken { pos: (s.pos as i64).min(now) as u64, ephemeral: s.ephemeral }),
             now,
             full_state: req.body.full_state,
-            ignored: ignored_users(&app, session.user_id.as_str()).await?,
+            ignored: crate::account_data::ignored_users(&app, session.user_id.as_str()).await?,
         };
         let (body, has_data) = build_response(&ctx).await?;
         if has_data
@@ -263,19 +263,6 @@ async fn build_response(ctx: &SyncContext<'_>) -> Result<(Value, bool), Error> {
         "presence": { "events": presence },
     });
     Ok((body, has_data))
-}
-
-/// The users this user ignores.
-async fn ignored_users(app: &App, user: &str) -> Result<HashSet<String>, Error> {
-    let Some(content) = app.db.account_data(user, "", "m.ignored_user_list").await.map_err(storage)? else {
-        return Ok(HashSet::new());
-    };
-    let value: Value = serde_json::from_str(&content).unwrap_or_default();
-    Ok(value
-        .get("ignored_users")
-        .and_then(Value::as_object)
-        .map(|m| m.keys().cloned().collect())
-        .unwrap_or_default())
 }
 
 /// Presence of the user and the people they share rooms with, changed since `since`.
