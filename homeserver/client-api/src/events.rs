@@ -71,7 +71,7 @@ fn content_object(raw: &[u8]) -> Result<Value, Error> {
     Ok(value)
 }
 
-fn viewer(session: &Session) -> Viewer<'_> {
+pub(crate) fn viewer(session: &Session) -> Viewer<'_> {
     Viewer { user_id: session.user_id.as_str(), device_id: Some(session.device_id.as_str()) }
 }
 
@@ -370,7 +370,7 @@ async fn joined_members_of(app: App, req: Ruma<joined_members::v3::Request>) -> 
 }
 
 /// Checks that a user may page through a room's history at all.
-async fn require_history_access(app: &App, room_id: &RoomId, user: &UserId) -> Result<(), Error> {
+pub(crate) async fn require_history_access(app: &App, room_id: &RoomId, user: &UserId) -> Result<(), Error> {
     if app.rooms.room_version(room_id).await?.is_none() {
         return Err(Error::not_found("Room not found"));
     }

@@ -27,6 +27,7 @@ pub mod profile;
 pub mod pushrules;
 pub mod ratelimit;
 pub mod receipts;
+pub mod relations;
 pub mod rooms;
 pub mod synapse_admin;
 pub mod sync;
@@ -188,5 +189,6 @@ pub fn routes() -> Router<App> {
     let router = typing::routes(router);
     let router = tags::routes(router);
     let router = user_directory::routes(router);
+    let router = relations::routes(router);
     account_data::routes(router)
 }

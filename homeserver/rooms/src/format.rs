@@ -3,7 +3,8 @@
 //! Built from the stored PDU text: the federation-only fields are dropped, `event_id` (and
 //! `room_id` where the endpoint wants it) added, the room version's redaction algorithm applied if
 //! the event was redacted, and `unsigned` filled with `age`, `prev_content`, `redacted_because`
-//! and — for the device that sent it — `transaction_id`.
+//! and — for the device that sent it — `transaction_id`; with a viewer, the bundled aggregations
+//! (`unsigned.m.relations`) of edits, threads and references.
 
 use std::collections::HashMap;
 
@@ -86,8 +87,86 @@ pub fn client_event(
 }
 
 impl Rooms {
-    /// Formats events for a client, loading the redaction events they need in one query.
+    /// Formats events for a client, loading the redaction events they need in one query, with
+    /// the bundled aggregations (`unsigned.m.relations`: latest edit, thread summary,
+    /// references) when a viewer is given.
     pub async fn client_events(
+        &self,
+        rows: &[EventRow],
+        viewer: Option<Viewer<'_>>,
+        room_id: RoomIdField,
+    ) -> Result<Vec<Value>, Error> {
+        let mut out = self.format_rows(rows, viewer, room_id).await?;
+        if let Some(viewer) = viewer {
+            self.bundle_aggregations(rows, &mut out, viewer, room_id).await?;
+        }
+        Ok(out)
+    }
+
+    /// Adds `unsigned.m.relations` to the formatted `out[i]` of each `rows[i]` that has any.
+    /// Redacted events and state events carry none.
+    async fn bundle_aggregations(
+        &self,
+        rows: &[EventRow],
+        out: &mut [Value],
+        viewer: Viewer<'_>,
+        room_id: RoomIdField,
+    ) -> Result<(), Error> {
+        let targets: Vec<String> = rows
+            .iter()
+            .filter(|r| r.state_key.is_none() && r.redacted_by.is_none())
+            .map(|r| r.event_id.clone())
+            .collect();
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let aggs = self.db().aggregations(&targets, viewer.user_id).await.map_err(storage_error)?;
+        if aggs.threads.is_empty() && aggs.edits.is_empty() && aggs.references.is_empty() {
+            return Ok(());
+        }
+        let positions: Vec<i64> =
+            aggs.threads.iter().map(|t| t.latest_pos).chain(aggs.edits.iter().map(|e| e.1)).collect();
+        let related = self.db().events_at(&positions).await.map_err(storage_error)?;
+        let formatted = self.format_rows(&related, Some(viewer), room_id).await?;
+        let by_pos: HashMap<i64, &Value> =
+            related.iter().map(|r| r.stream_pos).zip(formatted.iter()).collect();
+        let mut bundles: HashMap<&str, Map<String, Value>> = HashMap::new();
+        for thread in &aggs.threads {
+            let Some(latest) = by_pos.get(&thread.latest_pos) else { continue };
+            let root_sender = rows.iter().find(|r| r.event_id == thread.root_id).map(|r| r.sender.as_str());
+            bundles.entry(thread.root_id.as_str()).or_default().insert(
+                "m.thread".into(),
+                json!({
+                    "latest_event": latest,
+                    "count": thread.count,
+                    "current_user_participated": thread.viewer_replied || root_sender == Some(viewer.user_id),
+                }),
+            );
+        }
+        for (target, pos) in &aggs.edits {
+            if let Some(edit) = by_pos.get(pos) {
+                bundles.entry(target.as_str()).or_default().insert("m.replace".into(), (*edit).clone());
+            }
+        }
+        let mut references: HashMap<&str, Vec<Value>> = HashMap::new();
+        for (target, id) in &aggs.references {
+            references.entry(target.as_str()).or_default().push(json!({ "event_id": id }));
+        }
+        for (target, chunk) in references {
+            bundles.entry(target).or_default().insert("m.reference".into(), json!({ "chunk": chunk }));
+        }
+        for (row, value) in rows.iter().zip(out.iter_mut()) {
+            if let Some(bundle) = bundles.remove(row.event_id.as_str())
+                && let Some(unsigned) = value.get_mut("unsigned").and_then(Value::as_object_mut)
+            {
+                unsigned.insert("m.relations".into(), Value::Object(bundle));
+            }
+        }
+        Ok(())
+    }
+
+    /// Formats events without aggregations.
+    async fn format_rows(
         &self,
         rows: &[EventRow],
         viewer: Option<Viewer<'_>>,

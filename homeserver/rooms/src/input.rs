@@ -533,7 +533,7 @@ impl RoomActor {
         }
         events.by_id = fetched;
         auth::check(&rules.authorization, &pdu, &events).map_err(Error::forbidden)?;
-        self.check_annotation(&pdu).await?;
+        self.check_relation(&pdu).await?;
 
         // Accepted: give it a stream position and apply it.
         let reservation = self.shared.stream.reserve(1);
@@ -652,9 +652,31 @@ impl RoomActor {
         Ok(())
     }
 
-    /// One reaction per user, target and key: a repeat is refused (`M_DUPLICATE_ANNOTATION`).
-    async fn check_annotation(&self, pdu: &Pdu) -> Result<(), Error> {
+    /// Relation rules for locally sent events, as Synapse applies them: the related event, when
+    /// known, is in the same room; a thread cannot start from an event that itself relates to
+    /// another; and one reaction per user, target and key (`M_DUPLICATE_ANNOTATION`).
+    async fn check_relation(&self, pdu: &Pdu) -> Result<(), Error> {
         let Some(rel) = derive::relation(pdu, 0) else { return Ok(()) };
+        let parent = self.shared.db.event(&rel.relates_to).await.map_err(storage_error)?;
+        if let Some(parent) = &parent {
+            if parent.room_id != pdu.room_id.as_str() {
+                return Err(Error::bad_json("Relations must be in the same room"));
+            }
+            if rel.rel_type == "m.thread" {
+                let parent_rel = serde_json::from_str::<serde_json::Value>(&parent.json).ok().and_then(|v| {
+                    v.get("content")?.get("m.relates_to")?.get("rel_type")?.as_str().map(str::to_owned)
+                });
+                match parent_rel.as_deref() {
+                    Some("m.thread") => {
+                        return Err(Error::bad_json("Cannot start threads from an event in a thread"));
+                    }
+                    Some(_) => {
+                        return Err(Error::bad_json("Cannot start threads from an event with a relation"));
+                    }
+                    None => {}
+                }
+            }
+        }
         let (Some(key), "m.annotation") = (&rel.aggregation_key, rel.rel_type.as_str()) else {
             return Ok(());
         };

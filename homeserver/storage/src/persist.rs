@@ -385,6 +385,24 @@ async fn apply(tx: &mut Transaction<'_, Any>, plan: &PersistPlan, engine: crate:
                 .execute(&mut **tx)
                 .await?;
             crate::search::unindex(tx, engine, redacts).await?;
+            // A thread whose latest reply was redacted falls back to the reply before it.
+            sqlx::query(
+                "UPDATE threads SET \
+                   latest_event_id = COALESCE((SELECT r.event_id FROM event_relations r \
+                     WHERE r.relates_to = threads.root_id AND r.rel_type = 'm.thread' \
+                     ORDER BY r.stream_pos DESC LIMIT 1), ''), \
+                   latest_pos = COALESCE((SELECT MAX(r.stream_pos) FROM event_relations r \
+                     WHERE r.relates_to = threads.root_id AND r.rel_type = 'm.thread'), 0) \
+                 WHERE room_id = $1 AND latest_event_id = $2",
+            )
+            .bind(room_id)
+            .bind(redacts)
+            .execute(&mut **tx)
+            .await?;
+            sqlx::query("DELETE FROM threads WHERE room_id = $1 AND latest_event_id = ''")
+                .bind(room_id)
+                .execute(&mut **tx)
+                .await?;
         }
     }
     let txns: Vec<(&NewEvent, &TxnRecord)> =

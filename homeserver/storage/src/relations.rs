@@ -16,7 +16,94 @@ pub struct RelationInfo {
     pub stream_pos: i64,
 }
 
+/// A thread's summary for the bundled `m.thread` aggregation of its root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadSummary {
+    pub root_id: String,
+    pub count: i64,
+    pub latest_pos: i64,
+    /// Whether the viewer sent a reply in the thread.
+    pub viewer_replied: bool,
+}
+
+/// What the server bundles into `unsigned.m.relations` for a set of events.
+#[derive(Debug, Clone, Default)]
+pub struct Aggregations {
+    pub threads: Vec<ThreadSummary>,
+    /// `(target, position of its latest valid edit)`: edits by the original sender of the same type.
+    pub edits: Vec<(String, i64)>,
+    /// `(target, referencing event id)`, oldest first.
+    pub references: Vec<(String, String)>,
+}
+
 impl Db {
+    /// The bundled aggregations for `targets` as seen by `viewer`: three grouped queries,
+    /// however many events and relations there are.
+    pub async fn aggregations(&self, targets: &[String], viewer: &str) -> Result<Aggregations> {
+        let mut out = Aggregations::default();
+        for chunk in targets.chunks(500) {
+            let list = placeholders(2, chunk.len());
+            let targets_only = placeholders(1, chunk.len());
+            let bind_all = |sql: String, with_viewer: bool| {
+                let mut q = sqlx::query(AssertSqlSafe(sql));
+                if with_viewer {
+                    q = q.bind(viewer.to_owned());
+                }
+                for t in chunk {
+                    q = q.bind(t.clone());
+                }
+                q
+            };
+            let threads = bind_all(format!(
+                "SELECT relates_to, COUNT(*) AS n, MAX(stream_pos) AS latest, \
+                   SUM(CASE WHEN sender = $1 THEN 1 ELSE 0 END) AS mine \
+                 FROM event_relations WHERE rel_type = 'm.thread' AND relates_to IN ({list}) GROUP BY relates_to"
+            ), true)
+            .fetch_all(self.reader())
+            .await?;
+            for r in threads {
+                out.threads.push(ThreadSummary {
+                    root_id: r.try_get("relates_to")?,
+                    count: r.try_get("n")?,
+                    latest_pos: r.try_get("latest")?,
+                    viewer_replied: r.try_get::<i64, _>("mine")? > 0,
+                });
+            }
+            let edits = bind_all(
+                format!(
+                    "SELECT r.relates_to, MAX(r.stream_pos) AS latest FROM event_relations r \
+                 JOIN events o ON o.event_id = r.relates_to \
+                 WHERE r.rel_type = 'm.replace' AND r.sender = o.sender AND r.event_type = o.event_type \
+                 AND o.state_key IS NULL AND r.relates_to IN ({targets_only}) GROUP BY r.relates_to"
+                ),
+                false,
+            )
+            .fetch_all(self.reader())
+            .await?;
+            for r in edits {
+                out.edits.push((r.try_get("relates_to")?, r.try_get("latest")?));
+            }
+            let references = bind_all(
+                format!(
+                    "SELECT relates_to, event_id FROM event_relations \
+                 WHERE rel_type = 'm.reference' AND relates_to IN ({targets_only}) ORDER BY stream_pos"
+                ),
+                false,
+            )
+            .fetch_all(self.reader())
+            .await?;
+            for r in references {
+                out.references.push((r.try_get("relates_to")?, r.try_get("event_id")?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Event ids relating to any of `targets` (any relation type), for recursive `/relations`.
+    pub async fn relating_event_ids(&self, targets: &[String]) -> Result<Vec<String>> {
+        Ok(self.relations_to(targets).await?.into_iter().map(|r| r.event_id).collect())
+    }
+
     /// Every relation pointing at any of `targets` (for bundled aggregations), oldest first.
     pub async fn relations_to(&self, targets: &[String]) -> Result<Vec<RelationInfo>> {
         let mut out = Vec::new();

@@ -10,6 +10,7 @@
 //! - `sync`: initial/incremental sync, filters, lazy loading, long-poll wake-up latency.
 //! - `lifecycle`: restarts keep everything; the binary's CLI and config errors.
 //! - `friends`: direct chats, tags, ignoring users, the user directory.
+//! - `relations`: edits, reactions, threads, references, `/relations`, `/threads`.
 //! - `chat`: receipts, read markers, typing, unread counts, push rules, notifications, presence.
 
 mod accounts;
@@ -18,6 +19,7 @@ mod errors;
 mod friends;
 mod harness;
 mod lifecycle;
+mod relations;
 mod rooms;
 mod sdk;
 mod sync;
