@@ -29,6 +29,7 @@ pub mod ratelimit;
 pub mod receipts;
 pub mod relations;
 pub mod rooms;
+pub mod search;
 pub mod synapse_admin;
 pub mod sync;
 pub mod tags;
@@ -190,5 +191,6 @@ pub fn routes() -> Router<App> {
     let router = tags::routes(router);
     let router = user_directory::routes(router);
     let router = relations::routes(router);
+    let router = search::routes(router);
     account_data::routes(router)
 }

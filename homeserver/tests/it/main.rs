@@ -11,6 +11,7 @@
 //! - `lifecycle`: restarts keep everything; the binary's CLI and config errors.
 //! - `friends`: direct chats, tags, ignoring users, the user directory.
 //! - `relations`: edits, reactions, threads, references, `/relations`, `/threads`.
+//! - `search`: `POST /search`, CJK text, pagination, context, visibility.
 //! - `chat`: receipts, read markers, typing, unread counts, push rules, notifications, presence.
 
 mod accounts;
@@ -22,4 +23,5 @@ mod lifecycle;
 mod relations;
 mod rooms;
 mod sdk;
+mod search;
 mod sync;
