@@ -28,13 +28,17 @@ pub mod pushrules;
 pub mod ratelimit;
 pub mod receipts;
 pub mod relations;
+pub mod reports;
 pub mod rooms;
 pub mod search;
+pub mod spaces;
 pub mod synapse_admin;
 pub mod sync;
 pub mod tags;
+pub mod timestamp;
 pub mod typing;
 pub mod uia;
+pub mod upgrade;
 pub mod user_directory;
 
 use std::sync::Arc;
@@ -192,5 +196,9 @@ pub fn routes() -> Router<App> {
     let router = user_directory::routes(router);
     let router = relations::routes(router);
     let router = search::routes(router);
+    let router = upgrade::routes(router);
+    let router = spaces::routes(router);
+    let router = timestamp::routes(router);
+    let router = reports::routes(router);
     account_data::routes(router)
 }

@@ -10,6 +10,7 @@ use ruma::{
     api::client::{
         alias::{create_alias, delete_alias, get_alias},
         directory::{get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility},
+        knock::knock_room,
         membership::{
             ban_user, forget_room, invite_user, join_room_by_id, join_room_by_id_or_alias, joined_rooms,
             kick_user, leave_room, unban_user,
@@ -27,6 +28,7 @@ pub fn routes(router: Router<App>) -> Router<App> {
         .ruma_route(create)
         .ruma_route(join_by_id)
         .ruma_route(join_by_id_or_alias)
+        .ruma_route(knock)
         .ruma_route(invite)
         .ruma_route(leave)
         .ruma_route(forget)
@@ -129,6 +131,7 @@ async fn create(app: App, req: Ruma<create_room::v3::Request>) -> Result<JsonBod
                     .collect(),
                 creation_content: body.creation_content,
                 power_level_content_override: body.power_level_content_override,
+                apply_preset_state: true,
             },
             profile,
         )
@@ -177,6 +180,26 @@ async fn join_by_id_or_alias(
         }
     };
     app.rooms.join(&room_id, &req.auth.user_id, extra).await?;
+    Ok(JsonBody(json!({ "room_id": room_id })))
+}
+
+/// `POST /_matrix/client/v3/knock/{roomIdOrAlias}`
+async fn knock(app: App, req: Ruma<knock_room::v3::Request>) -> Result<JsonBody, ApiError> {
+    #[derive(Deserialize, Default)]
+    struct KnockBody {
+        reason: Option<String>,
+    }
+    let body: KnockBody =
+        if req.raw_body.is_empty() { KnockBody::default() } else { body_json(&req.raw_body)? };
+    let room_id: OwnedRoomId = match <&RoomId>::try_from(req.body.room_id_or_alias.as_str()) {
+        Ok(room_id) => room_id.to_owned(),
+        Err(_) => {
+            let alias = <&RoomAliasId>::try_from(req.body.room_id_or_alias.as_str())
+                .map_err(|_| Error::invalid_param("invalid room id or alias"))?;
+            lookup_alias(&app, alias).await?
+        }
+    };
+    app.rooms.knock(&room_id, &req.auth.user_id, body.reason.as_deref()).await?;
     Ok(JsonBody(json!({ "room_id": room_id })))
 }
 
@@ -399,7 +422,7 @@ async fn set_directory_visibility(
 }
 
 /// One room as the directory lists it.
-async fn directory_entry(app: &App, room_id: &RoomId) -> Result<Value, Error> {
+pub(crate) async fn directory_entry(app: &App, room_id: &RoomId) -> Result<Value, Error> {
     let content = |ev: Option<std::sync::Arc<homeserver_rooms::pdu::Pdu>>| ev.map(|p| p.content_value());
     let name = content(app.rooms.current_state_event(room_id, "m.room.name", "").await?);
     let topic = content(app.rooms.current_state_event(room_id, "m.room.topic", "").await?);

@@ -42,6 +42,9 @@ pub struct CreateRoom {
     pub initial_state: Vec<(String, String, Value)>,
     pub creation_content: Option<Map<String, Value>>,
     pub power_level_content_override: Option<Map<String, Value>>,
+    /// Whether the preset's join rules, history visibility and guest access are sent when
+    /// `initial_state` lacks them (false for upgrades, which copy exactly what the old room had).
+    pub apply_preset_state: bool,
 }
 
 /// What the creator's and invitees' member events show about them.
@@ -216,7 +219,7 @@ impl Rooms {
             Preset::PublicChat => ("public", None),
             Preset::PrivateChat | Preset::TrustedPrivateChat => ("invite", Some("can_join")),
         };
-        if !initial_has("m.room.join_rules") {
+        if req.apply_preset_state && !initial_has("m.room.join_rules") {
             templates.push(EventTemplate::state(
                 "m.room.join_rules",
                 "",
@@ -224,7 +227,7 @@ impl Rooms {
                 json!({ "join_rule": join_rule }),
             ));
         }
-        if !initial_has("m.room.history_visibility") {
+        if req.apply_preset_state && !initial_has("m.room.history_visibility") {
             templates.push(EventTemplate::state(
                 "m.room.history_visibility",
                 "",
@@ -233,6 +236,7 @@ impl Rooms {
             ));
         }
         if let Some(guest_access) = guest_access
+            && req.apply_preset_state
             && !initial_has("m.room.guest_access")
         {
             templates.push(EventTemplate::state(

@@ -28,6 +28,7 @@ pub mod power;
 pub mod push;
 pub mod read;
 pub mod send;
+pub mod upgrade;
 pub mod versions;
 pub mod visibility;
 

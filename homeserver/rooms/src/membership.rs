@@ -1,4 +1,5 @@
-//! Membership changes requested by local users: join, leave, invite, kick, ban, unban, and the
+//! Membership changes requested by local users: join (vouched for in restricted rooms), knock,
+//! leave, invite, kick, ban, unban, and the
 //! propagation of profile changes into member events.
 //!
 //! The room version's auth rules are the final word on every change (they run in the pipeline).
@@ -7,7 +8,7 @@
 //! repeated requests idempotent.
 
 use homeserver_core::{Error, ErrorKind};
-use ruma::{OwnedEventId, OwnedRoomId, RoomId, UserId};
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{Value, json};
 
 use crate::{
@@ -73,7 +74,92 @@ impl Rooms {
         {
             return Ok(current.event_id.clone());
         }
+        if let Some(authoriser) = self.restricted_join_authoriser(room_id, user).await? {
+            content["join_authorised_via_users_server"] = json!(authoriser);
+        }
         self.send_member(room_id, user, user, content).await
+    }
+
+    /// For a `restricted` (or `knock_restricted`) room the user is neither invited to nor in:
+    /// a local member who may invite, to vouch for the join, if the user is in one of the rooms
+    /// the join rule allows. `None` when no vouching is needed or possible; the auth rules then
+    /// decide (and refuse a join nobody vouched for).
+    async fn restricted_join_authoriser(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+    ) -> Result<Option<OwnedUserId>, Error> {
+        if matches!(self.membership(room_id, user).await?.as_deref(), Some("join" | "invite")) {
+            return Ok(None);
+        }
+        let Some(rules) = self.current_state_event(room_id, "m.room.join_rules", "").await? else {
+            return Ok(None);
+        };
+        let content = rules.content_value();
+        if !matches!(
+            content.get("join_rule").and_then(Value::as_str),
+            Some("restricted" | "knock_restricted")
+        ) {
+            return Ok(None);
+        }
+        let allowed_rooms: Vec<&str> = content
+            .get("allow")
+            .and_then(Value::as_array)
+            .map(|allow| {
+                allow
+                    .iter()
+                    .filter(|a| a.get("type").and_then(Value::as_str) == Some("m.room_membership"))
+                    .filter_map(|a| a.get("room_id").and_then(Value::as_str))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut qualifies = false;
+        for allowed in allowed_rooms {
+            if let Ok(allowed) = RoomId::parse(allowed)
+                && self.is_joined(&allowed, user).await?
+            {
+                qualifies = true;
+                break;
+            }
+        }
+        if !qualifies {
+            return Err(Error::forbidden("You are not in any of the rooms this room's join rule allows"));
+        }
+        let power = self.power_levels(room_id).await?;
+        let members = self.joined_members(room_id).await?;
+        let authoriser = members
+            .into_iter()
+            .filter(|m| m.server_name() == self.server_name() && power.user_level(m) >= power.invite())
+            .max_by_key(|m| power.user_level(m));
+        match authoriser {
+            Some(user) => Ok(Some(user)),
+            None => Err(Error::forbidden("No member of this server may authorise joining the room")),
+        }
+    }
+
+    /// Asks to join a room whose join rule is `knock` (or `knock_restricted`).
+    pub async fn knock(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        reason: Option<&str>,
+    ) -> Result<OwnedEventId, Error> {
+        Self::require_room_exists(self.room_version(room_id).await?.is_some())?;
+        match self.membership(room_id, user).await?.as_deref() {
+            Some("join") => return Err(Error::forbidden("You are already in the room")),
+            Some("invite") => return Err(Error::forbidden("You are already invited to the room")),
+            Some("ban") => return Err(Error::forbidden("You are banned from the room")),
+            Some("knock") => {
+                if let Some(current) =
+                    self.current_state_event(room_id, "m.room.member", user.as_str()).await?
+                {
+                    return Ok(current.event_id.clone());
+                }
+            }
+            _ => {}
+        }
+        let content = member_content("knock", &self.profile_of(user).await?);
+        self.send_member(room_id, user, user, with_reason(content, reason)).await
     }
 
     /// Leaves (or rejects an invite to) a room.

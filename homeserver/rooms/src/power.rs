@@ -50,6 +50,28 @@ impl PowerLevels {
             .unwrap_or(0)
     }
 
+    /// Whether the user is a privileged creator (room version 12+).
+    pub fn is_creator(&self, user: &UserId) -> bool {
+        self.creators.contains(user)
+    }
+
+    /// The highest level the content names anywhere (users, events, actions), at least 100.
+    pub fn highest_named_level(&self) -> i64 {
+        fn walk(value: &Value, max: &mut i64) {
+            match value {
+                Value::Object(map) => map.values().for_each(|v| walk(v, max)),
+                other => {
+                    if let Some(level) = int(Some(other)) {
+                        *max = (*max).max(level);
+                    }
+                }
+            }
+        }
+        let mut max = 100;
+        walk(&self.content, &mut max);
+        max
+    }
+
     fn named(&self, name: &str, default: i64) -> i64 {
         int(self.content.get(name)).unwrap_or(default)
     }

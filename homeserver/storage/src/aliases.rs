@@ -49,6 +49,17 @@ impl Db {
         Ok(done.rows_affected() > 0)
     }
 
+    /// Points every alias of `from` at `to` (a room upgrade); returns the aliases moved.
+    pub async fn move_aliases(&self, from: &str, to: &str) -> Result<Vec<String>> {
+        let moved = self.room_aliases(from).await?;
+        sqlx::query("UPDATE room_aliases SET room_id = $2 WHERE room_id = $1")
+            .bind(from)
+            .bind(to)
+            .execute(self.writer())
+            .await?;
+        Ok(moved)
+    }
+
     pub async fn room_aliases(&self, room_id: &str) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar("SELECT alias FROM room_aliases WHERE room_id = $1 ORDER BY alias")
             .bind(room_id)

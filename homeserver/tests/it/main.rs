@@ -12,12 +12,14 @@
 //! - `friends`: direct chats, tags, ignoring users, the user directory.
 //! - `relations`: edits, reactions, threads, references, `/relations`, `/threads`.
 //! - `search`: `POST /search`, CJK text, pagination, context, visibility.
+//! - `groups`: knock, restricted joins, upgrades, space hierarchy, jump to date, pins, reports.
 //! - `chat`: receipts, read markers, typing, unread counts, push rules, notifications, presence.
 
 mod accounts;
 mod chat;
 mod errors;
 mod friends;
+mod groups;
 mod harness;
 mod lifecycle;
 mod relations;

@@ -159,6 +159,7 @@ async fn build_response(ctx: &SyncContext<'_>) -> Result<(Value, bool), Error> {
     }
     let mut join = Map::new();
     let mut invite = Map::new();
+    let mut knock = Map::new();
     let mut leave = Map::new();
     for m in &memberships {
         if !room_filter.allows_room(&m.room_id) || m.stream_pos > ctx.now {
@@ -195,6 +196,9 @@ async fn build_response(ctx: &SyncContext<'_>) -> Result<(Value, bool), Error> {
                 if let Some(room) = invited_room(ctx, &room_id, m).await? {
                     invite.insert(m.room_id.clone(), room);
                 }
+            }
+            "knock" if changed_in_window => {
+                knock.insert(m.room_id.clone(), knocked_room(ctx, &room_id, m).await?);
             }
             "leave" | "ban" if changed_in_window && !m.forgotten => {
                 // Initial syncs show left rooms only when the filter asks for them.
@@ -252,13 +256,14 @@ async fn build_response(ctx: &SyncContext<'_>) -> Result<(Value, bool), Error> {
 
     let has_data = !join.is_empty()
         || !invite.is_empty()
+        || !knock.is_empty()
         || !leave.is_empty()
         || !global_account_data.is_empty()
         || !presence.is_empty();
     let next_batch = StreamToken { pos: ctx.now as u64, ephemeral: typing_serial };
     let body = json!({
         "next_batch": next_batch.to_string(),
-        "rooms": { "join": join, "invite": invite, "leave": leave },
+        "rooms": { "join": join, "invite": invite, "knock": knock, "leave": leave },
         "account_data": { "events": global_account_data },
         "presence": { "events": presence },
     });
@@ -562,6 +567,35 @@ fn ephemeral_events(ctx: &SyncContext<'_>, ephemeral: Ephemeral) -> Vec<Value> {
     events
 }
 
+/// The room summary an invitee or knocker sees before joining: name, topic, join rules and such.
+async fn stripped_state(ctx: &SyncContext<'_>, room_id: &RoomId) -> Result<Vec<Value>, Error> {
+    let mut events = Vec::new();
+    for ty in STRIPPED_STATE_TYPES {
+        if let Some(pdu) = ctx.app.rooms.current_state_event(room_id, ty, "").await? {
+            events.push(json!({
+                "type": pdu.kind.to_string(),
+                "state_key": pdu.state_key,
+                "content": pdu.content_value(),
+                "sender": pdu.sender,
+            }));
+        }
+    }
+    Ok(events)
+}
+
+/// A room the user knocked on: its stripped state and the knock itself.
+async fn knocked_room(ctx: &SyncContext<'_>, room_id: &RoomId, m: &MembershipRow) -> Result<Value, Error> {
+    let mut events = stripped_state(ctx, room_id).await?;
+    if let Some(row) = ctx.app.db.event(&m.event_id).await.map_err(storage)? {
+        let mut knock_event = ctx.app.rooms.client_event(&row, Some(viewer(ctx)), RoomIdField::Omit).await?;
+        if let Some(obj) = knock_event.as_object_mut() {
+            obj.remove("unsigned");
+        }
+        events.push(knock_event);
+    }
+    Ok(json!({ "knock_state": { "events": events } }))
+}
+
 async fn invited_room(
     ctx: &SyncContext<'_>,
     room_id: &RoomId,
@@ -574,17 +608,7 @@ async fn invited_room(
         // Invites from ignored users are not shown at all.
         return Ok(None);
     }
-    let mut events = Vec::new();
-    for ty in STRIPPED_STATE_TYPES {
-        if let Some(pdu) = app.rooms.current_state_event(room_id, ty, "").await? {
-            events.push(json!({
-                "type": pdu.kind.to_string(),
-                "state_key": pdu.state_key,
-                "content": pdu.content_value(),
-                "sender": pdu.sender,
-            }));
-        }
-    }
+    let mut events = stripped_state(ctx, room_id).await?;
     if let Some(row) = app.db.event(&m.event_id).await.map_err(storage)? {
         if let Ok(sender) = ruma::UserId::parse(&row.sender)
             && let Some(inviter) =

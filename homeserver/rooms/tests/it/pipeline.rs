@@ -52,6 +52,7 @@ fn create_request(creator: &str, version: RoomVersionId) -> CreateRoom {
         initial_state: vec![],
         creation_content: None,
         power_level_content_override: None,
+        apply_preset_state: true,
     }
 }
 

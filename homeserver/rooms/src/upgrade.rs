@@ -1,0 +1,236 @@
+//! Room upgrades (`POST /rooms/{roomId}/upgrade`): a new room of a newer version that carries
+//! over the old one's settings, and a tombstone that points members of the old room to it.
+//!
+//! In order, as Synapse does it: the new room is created with `predecessor` in its create event,
+//! the old room's name, topic, avatar, join rules, history visibility, guest access, encryption,
+//! server ACL, pinned events, space links and bans copied, and the upgrader temporarily raised so
+//! they may send all of it; then the old power levels are restored in the new room, the old room
+//! gets its `m.room.tombstone` and has chat restricted, and local aliases, the canonical alias and
+//! the directory listing move to the new room.
+
+use homeserver_core::{Error, ErrorKind};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId};
+use serde_json::{Map, Value, json};
+
+use crate::{
+    Rooms,
+    cache::storage_error,
+    create::{CreateRoom, Preset},
+    versions,
+};
+
+/// State copied to the new room: `(type, all state keys?)`.
+const COPIED_STATE: &[(&str, bool)] = &[
+    ("m.room.join_rules", false),
+    ("m.room.name", false),
+    ("m.room.topic", false),
+    ("m.room.history_visibility", false),
+    ("m.room.guest_access", false),
+    ("m.room.avatar", false),
+    ("m.room.encryption", false),
+    ("m.room.server_acl", false),
+    ("m.room.pinned_events", false),
+    ("m.room.canonical_alias", false),
+    ("m.space.child", true),
+    ("m.space.parent", true),
+];
+
+impl Rooms {
+    /// Upgrades `old` to `new_version` on behalf of `user`; returns the new room's id.
+    pub async fn upgrade_room(
+        &self,
+        old: &RoomId,
+        user: &UserId,
+        new_version: RoomVersionId,
+        additional_creators: Vec<OwnedUserId>,
+    ) -> Result<OwnedRoomId, Error> {
+        let new_rules = versions::rules(&new_version).ok_or_else(|| {
+            Error::new(
+                ErrorKind::UnsupportedRoomVersion,
+                format!("room version {new_version} is not supported"),
+            )
+        })?;
+        if self.room_version(old).await?.is_none() {
+            return Err(Error::not_found("Room not found"));
+        }
+        if !self.is_joined(old, user).await? {
+            return Err(Error::forbidden("You are not in this room"));
+        }
+        let power = self.power_levels(old).await?;
+        if power.user_level(user) < power.event_level("m.room.tombstone", true) {
+            return Err(Error::forbidden("You may not upgrade this room"));
+        }
+        let privileged_creators = new_rules.authorization.explicitly_privilege_room_creators;
+
+        // The old room's state to carry over.
+        let state = self.current_state_ids(old).await?;
+        let wanted: Vec<(String, String, String)> = state
+            .into_iter()
+            .filter(|(ty, key, _)| {
+                COPIED_STATE.iter().any(|(t, any_key)| t == ty && (*any_key || key.is_empty()))
+                    || ty == "m.room.member"
+            })
+            .collect();
+        let mut initial_state = Vec::new();
+        let mut old_power: Option<Value> = None;
+        let mut create_content = Map::new();
+        let mut join_rule = None;
+        for pdu in self.state_events(&wanted).await? {
+            let ty = pdu.kind.to_string();
+            let key = pdu.state_key.clone().unwrap_or_default();
+            let mut content = pdu.content_value();
+            match ty.as_str() {
+                "m.room.member" => {
+                    // Bans carry over; other memberships do not.
+                    if content.get("membership").and_then(Value::as_str) != Some("ban") {
+                        continue;
+                    }
+                    let mut ban = json!({ "membership": "ban" });
+                    if let Some(reason) = content.get("reason") {
+                        ban["reason"] = reason.clone();
+                    }
+                    content = ban;
+                }
+                "m.room.join_rules" => {
+                    join_rule = Some(content.clone());
+                }
+                _ => {}
+            }
+            initial_state.push((ty, key, content));
+        }
+        if let Some(pl) = self.current_state_event(old, "m.room.power_levels", "").await? {
+            old_power = Some(pl.content_value());
+        }
+        if let Some(create) = self.current_state_event(old, "m.room.create", "").await? {
+            let old_create = create.content_value();
+            for key in ["type", "m.federate"] {
+                if let Some(value) = old_create.get(key) {
+                    create_content.insert(key.to_owned(), value.clone());
+                }
+            }
+        }
+        let mut predecessor = json!({ "room_id": old });
+        if !privileged_creators
+            && let Some(last) =
+                self.db().latest_room_event(old.as_str(), i64::MAX).await.map_err(storage_error)?
+        {
+            predecessor["event_id"] = json!(last.event_id);
+        }
+        create_content.insert("predecessor".into(), predecessor);
+        if privileged_creators && !additional_creators.is_empty() {
+            create_content.insert("additional_creators".into(), json!(additional_creators));
+        }
+
+        // Power levels: the old ones, minus creators where the new version privileges them; the
+        // upgrader outranks everything until the copied state is in.
+        let mut final_power = old_power.clone().unwrap_or_else(|| json!({}));
+        if let Some(users) = final_power.get_mut("users").and_then(Value::as_object_mut) {
+            if privileged_creators {
+                users.remove(user.as_str());
+                for extra in &additional_creators {
+                    users.remove(extra.as_str());
+                }
+            } else if power.is_creator(user) {
+                users.insert(user.to_string(), json!(100));
+            }
+        } else if !privileged_creators {
+            final_power["users"] = json!({ user.as_str(): 100 });
+        }
+        let mut creation_power = final_power.clone();
+        if !privileged_creators {
+            creation_power["users"][user.as_str()] = json!(power.highest_named_level());
+        }
+
+        let public = self.db().room(old.as_str()).await.map_err(storage_error)?.is_some_and(|r| r.published);
+        let request = CreateRoom {
+            creator: user.to_owned(),
+            version: Some(new_version),
+            preset: Some(
+                if join_rule.as_ref().and_then(|c| c.get("join_rule")).and_then(Value::as_str)
+                    == Some("public")
+                {
+                    Preset::PublicChat
+                } else {
+                    Preset::PrivateChat
+                },
+            ),
+            public,
+            alias_localpart: None,
+            name: None,
+            topic: None,
+            invite: Vec::new(),
+            is_direct: false,
+            initial_state,
+            creation_content: Some(create_content),
+            power_level_content_override: creation_power.as_object().cloned(),
+            apply_preset_state: false,
+        };
+        let profile = self.profile_of(user).await?;
+        let new_room = self.create_room(request, profile).await?;
+        // A restricted room that admitted members of itself now admits the new room's.
+        if let Some(rules) = join_rule.and_then(|c| retarget_allow(c, old, &new_room)) {
+            self.send_state(&new_room, user, "m.room.join_rules", "", rules).await?;
+        }
+        if creation_power != final_power {
+            self.send_state(&new_room, user, "m.room.power_levels", "", final_power).await?;
+        }
+
+        // Point the old room at the new one and quieten it.
+        self.send_state(
+            old,
+            user,
+            "m.room.tombstone",
+            "",
+            json!({ "body": "This room has been replaced", "replacement_room": new_room }),
+        )
+        .await?;
+        if let Some(mut restricted) = old_power {
+            let users_default = restricted.get("users_default").and_then(Value::as_i64).unwrap_or(0);
+            let level = (users_default + 1).max(50);
+            let mut changed = false;
+            for key in ["events_default", "invite"] {
+                if restricted.get(key).and_then(Value::as_i64).unwrap_or(0) < level {
+                    restricted[key] = json!(level);
+                    changed = true;
+                }
+            }
+            if changed {
+                ignore_forbidden(self.send_state(old, user, "m.room.power_levels", "", restricted).await)?;
+            }
+        }
+        let moved = self.db().move_aliases(old.as_str(), new_room.as_str()).await.map_err(storage_error)?;
+        if !moved.is_empty()
+            && let Some(alias) = self.current_state_event(old, "m.room.canonical_alias", "").await?
+            && alias.content_value().as_object().is_some_and(|c| !c.is_empty())
+        {
+            ignore_forbidden(self.send_state(old, user, "m.room.canonical_alias", "", json!({})).await)?;
+        }
+        if public {
+            self.db().set_room_published(old.as_str(), false).await.map_err(storage_error)?;
+        }
+        Ok(new_room)
+    }
+}
+
+/// Join rules whose `allow` list names `old`, rewritten to name `new` instead; `None` if the
+/// list does not name it.
+fn retarget_allow(mut content: Value, old: &RoomId, new: &RoomId) -> Option<Value> {
+    let allow = content.get_mut("allow")?.as_array_mut()?;
+    let mut changed = false;
+    for entry in allow.iter_mut() {
+        if entry.get("room_id").and_then(Value::as_str) == Some(old.as_str()) {
+            entry["room_id"] = json!(new);
+            changed = true;
+        }
+    }
+    changed.then_some(content)
+}
+
+/// Best-effort follow-ups: a refusal by the old room's power levels is not an error.
+fn ignore_forbidden(result: Result<ruma::OwnedEventId, Error>) -> Result<(), Error> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind == ErrorKind::Forbidden => Ok(()),
+        Err(err) => Err(err),
+    }
+}
