@@ -17,6 +17,7 @@
 
 pub mod account;
 pub mod account_data;
+pub mod admin;
 pub mod devices;
 pub mod discovery;
 pub mod events;
@@ -32,7 +33,6 @@ pub mod reports;
 pub mod rooms;
 pub mod search;
 pub mod spaces;
-pub mod synapse_admin;
 pub mod sync;
 pub mod tags;
 pub mod timestamp;
@@ -106,7 +106,7 @@ pub struct AppInner {
     pub rooms: Rooms,
     pub stream: Arc<EventStream>,
     pub limiter: RateLimiter,
-    pub nonces: synapse_admin::Nonces,
+    pub nonces: admin::Nonces,
     pub lazy_members: sync::lazy::LazyMemberCache,
     pub typing: Arc<typing::Typing>,
     pub presence: Arc<presence::PresenceTracker>,
@@ -123,7 +123,7 @@ impl App {
     pub fn new(config: ClientConfig, db: Db, rooms: Rooms) -> Self {
         let stream = rooms.stream().clone();
         let limiter = RateLimiter::new();
-        let nonces = synapse_admin::Nonces::default();
+        let nonces = admin::Nonces::default();
         let lazy_members = sync::lazy::LazyMemberCache::default();
         let typing = typing::Typing::start(stream.clone());
         let presence = presence::PresenceTracker::new(config.presence_enabled);
@@ -186,7 +186,7 @@ pub fn routes() -> Router<App> {
     let router = events::routes(router);
     let router = sync::routes(router);
     let router = filter::routes(router);
-    let router = synapse_admin::routes(router);
+    let router = admin::routes(router);
     let router = legacy::routes(router);
     let router = presence::routes(router);
     let router = receipts::routes(router);

@@ -69,6 +69,9 @@ pub enum Submission {
         room: NewRoom,
         aliases: Vec<(String, String)>,
     },
+    /// Delete the room and everything stored about it (admin purge). Runs alone, after the
+    /// commands queued before it, so no write to the room races the deletion.
+    Purge,
 }
 
 pub(crate) struct Command {
@@ -154,18 +157,37 @@ impl RoomActor {
                 }
             };
             let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
+            while batch.len() < MAX_BATCH
+                && !matches!(batch.last(), Some(c) if matches!(c.submission, Submission::Purge))
+            {
                 match rx.try_recv() {
                     Ok(cmd) => batch.push(cmd),
                     Err(_) => break,
                 }
             }
-            self.process(batch).await;
+            let purge = match batch.last() {
+                Some(c) if matches!(c.submission, Submission::Purge) => batch.pop(),
+                _ => None,
+            };
+            if !batch.is_empty() {
+                self.process(batch).await;
+            }
+            if let Some(purge) = purge {
+                self.purge(purge).await;
+            }
             self.batch_txns.clear();
             self.batch_pdus.clear();
             self.batch_annotations.clear();
         }
         debug!(room_id = %self.room_id, "room actor retired");
+    }
+
+    /// Deletes the room from the database and forgets it in memory.
+    async fn purge(&mut self, cmd: Command) {
+        let result = self.shared.db.purge_room(self.room_id.as_str()).await.map_err(storage_error);
+        self.loaded = None;
+        self.shared.forget_room(&self.room_id);
+        let _ = cmd.reply.send(result.map(|()| Vec::new()));
     }
 
     async fn process(&mut self, batch: Vec<Command>) {
@@ -372,6 +394,7 @@ impl RoomActor {
                     self.append_template(template, None, outcome, journal).await?;
                 }
             }
+            Submission::Purge => return Err(Error::internal("a purge cannot be part of a batch")),
             Submission::Events { templates, txn } => {
                 if let Some(txn) = txn
                     && let Some(existing) = self.replayed(txn, outcome).await?

@@ -86,6 +86,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Drops what is cached about a purged room.
+    pub(crate) fn forget_room(&self, room_id: &RoomId) {
+        self.versions.lock().expect("versions poisoned").remove(room_id);
+    }
+
     /// Called by an idle actor: removes it unless a command arrived meanwhile. Holding the map
     /// lock while checking the queue means no sender can obtain this handle and then find the
     /// actor gone without retrying.
@@ -149,6 +154,12 @@ impl Rooms {
 
     pub fn server_name(&self) -> &ruma::ServerName {
         self.shared.key.server_name()
+    }
+
+    /// Deletes a room and everything stored about it, after the writes already queued for it.
+    /// Local members should have left first (the admin API makes them).
+    pub async fn purge_room(&self, room_id: &RoomId) -> Result<(), Error> {
+        self.submit(room_id, Submission::Purge).await.map(|_| ())
     }
 
     /// Hands a submission to the room's actor and waits until it is committed (or refused).

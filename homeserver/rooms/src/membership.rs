@@ -51,6 +51,14 @@ impl Rooms {
         if exists { Ok(()) } else { Err(Error::not_found("room not found")) }
     }
 
+    /// Refuses new members for rooms an administrator blocked.
+    async fn require_not_blocked(&self, room_id: &RoomId) -> Result<(), Error> {
+        if self.db().is_room_blocked(room_id.as_str()).await.map_err(storage_error)? {
+            return Err(Error::forbidden("This room has been blocked on this server"));
+        }
+        Ok(())
+    }
+
     /// Joins a local room. `extra` holds additional member-event content from the request (such
     /// as `reason`); joining again with unchanged content is a no-op.
     pub async fn join(
@@ -60,6 +68,7 @@ impl Rooms {
         extra: serde_json::Map<String, Value>,
     ) -> Result<OwnedEventId, Error> {
         Self::require_room_exists(self.room_version(room_id).await?.is_some())?;
+        self.require_not_blocked(room_id).await?;
         let profile = self.profile_of(user).await?;
         let mut content = member_content("join", &profile);
         if let Value::Object(map) = &mut content {
@@ -145,6 +154,7 @@ impl Rooms {
         reason: Option<&str>,
     ) -> Result<OwnedEventId, Error> {
         Self::require_room_exists(self.room_version(room_id).await?.is_some())?;
+        self.require_not_blocked(room_id).await?;
         match self.membership(room_id, user).await?.as_deref() {
             Some("join") => return Err(Error::forbidden("You are already in the room")),
             Some("invite") => return Err(Error::forbidden("You are already invited to the room")),
@@ -193,6 +203,7 @@ impl Rooms {
         is_direct: bool,
     ) -> Result<OwnedEventId, Error> {
         Self::require_room_exists(self.room_version(room_id).await?.is_some())?;
+        self.require_not_blocked(room_id).await?;
         match self.membership(room_id, target).await?.as_deref() {
             Some("join") => return Err(Error::forbidden(format!("{target} is already in the room"))),
             Some("ban") => return Err(Error::forbidden(format!("{target} is banned from the room"))),

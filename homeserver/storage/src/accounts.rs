@@ -57,7 +57,7 @@ pub struct NewLogin<'a> {
     pub now: i64,
 }
 
-fn user_from_row(row: &sqlx::any::AnyRow) -> Result<User> {
+pub(crate) fn user_from_row(row: &sqlx::any::AnyRow) -> Result<User> {
     Ok(User {
         user_id: row.try_get("user_id")?,
         password_hash: row.try_get("password_hash")?,

@@ -6,7 +6,8 @@
 //! - [`accounts`]: users, devices, access tokens, UIA sessions, profiles.
 //! - [`events`]: reading events, state groups and membership; [`persist`] applies a whole batch of
 //!   room events (the plan the room pipeline computed) in a single transaction.
-//! - [`aliases`], [`account_data`], [`txn`]: the smaller aggregates.
+//! - [`aliases`], [`account_data`], [`txn`]: the smaller aggregates; [`admin`]: server
+//!   administration (user lists, room summaries, blocking and purging rooms).
 //!
 //! Design decision: one store over sqlx's `Any` driver rather than one adapter crate per engine.
 //! Every query is written once in the SQL subset both engines accept (`$N` placeholders, `ON
@@ -20,6 +21,7 @@
 
 pub mod account_data;
 pub mod accounts;
+pub mod admin;
 pub mod aliases;
 pub mod directory;
 pub mod events;

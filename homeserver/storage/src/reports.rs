@@ -48,16 +48,23 @@ impl Db {
         Ok(())
     }
 
-    pub async fn reports(&self, limit: i64, offset: i64) -> Result<Vec<Report>> {
+    /// Reports of one kind (`event`, `room`, `user`), newest first, and how many there are.
+    pub async fn reports(&self, kind: &str, limit: i64, offset: i64) -> Result<(Vec<Report>, i64)> {
         let rows = sqlx::query(
             "SELECT report_id, kind, reporter, room_id, event_id, target_user, reason, score, created_ts \
-             FROM reports ORDER BY report_id DESC LIMIT $1 OFFSET $2",
+             FROM reports WHERE kind = $1 ORDER BY report_id DESC LIMIT $2 OFFSET $3",
         )
+        .bind(kind)
         .bind(limit)
         .bind(offset)
         .fetch_all(self.reader())
         .await?;
-        rows.iter()
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM reports WHERE kind = $1")
+            .bind(kind)
+            .fetch_one(self.reader())
+            .await?;
+        let reports = rows
+            .iter()
             .map(|r| {
                 Ok(Report {
                     id: r.try_get("report_id")?,
@@ -71,6 +78,7 @@ impl Db {
                     created_ts: r.try_get("created_ts")?,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        Ok((reports, total))
     }
 }

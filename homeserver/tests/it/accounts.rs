@@ -321,15 +321,6 @@ async fn discovery_endpoints() {
     assert!(key["signatures"]["localhost"].as_object().unwrap().len() == 1);
 }
 
-fn shared_secret_mac(secret: &str, nonce: &str, user: &str, password: &str, admin: bool) -> String {
-    use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(
-        format!("{nonce}\0{user}\0{password}\0{}", if admin { "admin" } else { "notadmin" }).as_bytes(),
-    );
-    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[tokio::test]
 async fn shared_secret_registration() {
     let server = TestServer::start_with(|c| c.registration.shared_secret = "reg_secret".into()).await;
@@ -337,7 +328,7 @@ async fn shared_secret_registration() {
     let (status, body) = server.get(path, None).await;
     assert_eq!(status, 200);
     let nonce = body["nonce"].as_str().unwrap().to_owned();
-    let mac = shared_secret_mac("reg_secret", &nonce, "root", "pw", true);
+    let mac = crate::harness::shared_secret_mac("reg_secret", &nonce, "root", "pw", true);
     let (status, body) = server
         .post(
             path,
@@ -365,7 +356,7 @@ async fn shared_secret_registration() {
         .await;
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
     let nonce = server.get(path, None).await.1["nonce"].as_str().unwrap().to_owned();
-    let mac = shared_secret_mac("reg_secret", &nonce, "root", "x", false);
+    let mac = crate::harness::shared_secret_mac("reg_secret", &nonce, "root", "x", false);
     let (status, body) = server
         .post(path, None, json!({ "nonce": nonce, "username": "root", "password": "x", "mac": mac }))
         .await;

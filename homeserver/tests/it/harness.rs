@@ -171,6 +171,24 @@ impl TestServer {
         }
     }
 
+    /// Registers a server admin through shared-secret registration (the server must have been
+    /// started with `registration.shared_secret = "reg_secret"`).
+    pub async fn register_admin(&self, name: &str) -> User {
+        let path = "/_synapse/admin/v1/register";
+        let nonce = self.get(path, None).await.1["nonce"].as_str().expect("nonce").to_owned();
+        let password = format!("pw-{name}-secret");
+        let mac = shared_secret_mac("reg_secret", &nonce, name, &password, true);
+        let body =
+            json!({ "nonce": nonce, "username": name, "password": password, "admin": true, "mac": mac });
+        let (status, body) = self.post(path, None, body).await;
+        assert_eq!(status, 200, "register admin {name}: {body}");
+        User {
+            user_id: body["user_id"].as_str().unwrap().to_owned(),
+            token: body["access_token"].as_str().unwrap().to_owned(),
+            password,
+        }
+    }
+
     pub async fn create_room(&self, user: &User, body: Value) -> String {
         let (status, res) = self.post("/_matrix/client/v3/createRoom", Some(&user.token), body).await;
         assert_eq!(status, 200, "createRoom: {res}");
@@ -230,6 +248,16 @@ impl Drop for TestServer {
 }
 
 /// Percent-encodes a path segment.
+/// The HMAC Synapse's shared-secret registration expects.
+pub fn shared_secret_mac(secret: &str, nonce: &str, user: &str, password: &str, admin: bool) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(
+        format!("{nonce}\0{user}\0{password}\0{}", if admin { "admin" } else { "notadmin" }).as_bytes(),
+    );
+    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 pub fn enc(segment: &str) -> String {
     let mut out = String::new();
     for b in segment.bytes() {

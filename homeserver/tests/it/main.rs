@@ -13,9 +13,11 @@
 //! - `relations`: edits, reactions, threads, references, `/relations`, `/threads`.
 //! - `search`: `POST /search`, CJK text, pagination, context, visibility.
 //! - `groups`: knock, restricted joins, upgrades, space hierarchy, jump to date, pins, reports.
+//! - `admin`: the Synapse-compatible admin API (users, rooms, reports; admins only).
 //! - `chat`: receipts, read markers, typing, unread counts, push rules, notifications, presence.
 
 mod accounts;
+mod admin;
 mod chat;
 mod errors;
 mod friends;
