@@ -152,10 +152,13 @@ pub struct UnreadCounts {
     pub threads: Vec<(String, u64, u64)>,
 }
 
+/// Counting starts after the user's newest read receipt, or after `joined_at` (where their stay
+/// in the room began) if that is newer, as Synapse counts.
 pub async fn unread_counts(
     app: &App,
     user: &str,
     room_id: &str,
+    joined_at: i64,
     per_thread: bool,
 ) -> Result<UnreadCounts, Error> {
     let receipts = app.db.user_receipts(room_id, user).await.map_err(storage)?;
@@ -166,7 +169,8 @@ pub async fn unread_counts(
         .filter(|r| r.thread_id.is_empty())
         .map(|r| r.event_pos)
         .max()
-        .unwrap_or(0);
+        .unwrap_or(0)
+        .max(joined_at);
     let thread_pos = |thread: &str| {
         receipts.iter().filter(read).filter(|r| r.thread_id == thread).map(|r| r.event_pos).max().unwrap_or(0)
     };

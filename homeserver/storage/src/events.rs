@@ -47,6 +47,8 @@ pub struct MembershipRow {
     pub event_id: String,
     pub stream_pos: i64,
     pub forgotten: bool,
+    /// Where the user's current stay began (the event that made them join); 0 if not joined.
+    pub joined_pos: i64,
 }
 
 /// One `(type, state_key) -> event_id` entry of a room state.
@@ -83,6 +85,7 @@ fn membership_from_row(row: &AnyRow) -> Result<MembershipRow> {
         event_id: row.try_get("event_id")?,
         stream_pos: row.try_get("stream_pos")?,
         forgotten: row.try_get::<i64, _>("forgotten")? != 0,
+        joined_pos: row.try_get("joined_pos")?,
     })
 }
 
@@ -324,7 +327,7 @@ impl Db {
     /// All rooms the user has a membership row in (any membership).
     pub async fn memberships_of_user(&self, user_id: &str) -> Result<Vec<MembershipRow>> {
         let rows = sqlx::query(
-            "SELECT room_id, user_id, membership, event_id, stream_pos, forgotten FROM memberships \
+            "SELECT room_id, user_id, membership, event_id, stream_pos, forgotten, joined_pos FROM memberships \
              WHERE user_id = $1",
         )
         .bind(user_id)
@@ -335,7 +338,7 @@ impl Db {
 
     pub async fn membership(&self, room_id: &str, user_id: &str) -> Result<Option<MembershipRow>> {
         let row = sqlx::query(
-            "SELECT room_id, user_id, membership, event_id, stream_pos, forgotten FROM memberships \
+            "SELECT room_id, user_id, membership, event_id, stream_pos, forgotten, joined_pos FROM memberships \
              WHERE room_id = $1 AND user_id = $2",
         )
         .bind(room_id)

@@ -296,18 +296,23 @@ async fn apply(tx: &mut Transaction<'_, Any>, plan: &PersistPlan, engine: crate:
     );
     insert_rows(
         tx,
-        "memberships (room_id, user_id, membership, event_id, stream_pos, forgotten)",
+        "memberships (room_id, user_id, membership, event_id, stream_pos, forgotten, joined_pos)",
         "ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, \
-         event_id = excluded.event_id, stream_pos = excluded.stream_pos, forgotten = 0",
-        6,
+         event_id = excluded.event_id, stream_pos = excluded.stream_pos, forgotten = 0, \
+         joined_pos = CASE WHEN excluded.membership <> 'join' THEN 0 \
+                           WHEN memberships.membership = 'join' THEN memberships.joined_pos \
+                           ELSE excluded.joined_pos END",
+        7,
         &memberships,
         |q, ev| {
+            let joined_pos = if ev.membership.as_deref() == Some("join") { ev.stream_pos } else { 0 };
             q.bind(room_id)
                 .bind(ev.state_key.as_deref())
                 .bind(ev.membership.as_deref())
                 .bind(ev.event_id.as_str())
                 .bind(ev.stream_pos)
                 .bind(0_i64)
+                .bind(joined_pos)
         },
     )
     .await?;

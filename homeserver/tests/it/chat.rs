@@ -315,3 +315,29 @@ async fn presence_comes_down_sync_to_room_mates() {
     let sync = quiet.sync(&carol, None, 0).await;
     assert!(sync["presence"]["events"].as_array().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn unread_counts_start_at_the_join_and_survive_profile_changes() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = server.create_room(&alice, json!({ "preset": "private_chat" })).await;
+    server.invite(&alice, &room, &bob.user_id).await;
+    // The invite notifies bob (it is in /notifications) ...
+    let (_, notifications) = server.get("/_matrix/client/v3/notifications", Some(&bob.token)).await;
+    assert_eq!(notifications["notifications"].as_array().unwrap().len(), 1, "{notifications}");
+    server.join(&bob, &room).await;
+    // ... but once he joined, only what came after counts.
+    let sync = server.sync(&bob, None, 0).await;
+    assert_eq!(joined(&sync, &room)["unread_notifications"]["notification_count"], 0);
+    server.send_text(&alice, &room, "one").await;
+    server.send_text(&alice, &room, "two").await;
+    let path = format!("/_matrix/client/v3/profile/{}/displayname", enc(&bob.user_id));
+    assert_eq!(server.put(&path, Some(&bob.token), json!({ "displayname": "Robert" })).await.0, 200);
+    let sync = server.sync(&bob, None, 0).await;
+    assert_eq!(
+        joined(&sync, &room)["unread_notifications"]["notification_count"],
+        2,
+        "a rename keeps the badge"
+    );
+}

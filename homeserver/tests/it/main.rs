@@ -4,6 +4,8 @@
 //!
 //! - `harness`: `TestServer` (start, restart, stop) and raw-HTTP helpers.
 //! - `sdk`: the core flow with matrix-sdk (register, create, invite, join, chat, sync, history).
+//! - `sdk_chat`: everyday chat features through matrix-sdk (DM, unread, typing, favourite, edit,
+//!   reactions, thread, recall, ignore, user directory).
 //! - `accounts`: registration, login, logout, devices, password, deactivation, profiles.
 //! - `errors`: every error code the foundation promises, with its status.
 //! - `rooms`: room creation options, membership, aliases, directory, state, redaction, reads.
@@ -27,5 +29,6 @@ mod lifecycle;
 mod relations;
 mod rooms;
 mod sdk;
+mod sdk_chat;
 mod search;
 mod sync;

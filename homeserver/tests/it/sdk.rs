@@ -22,7 +22,7 @@ async fn client(server: &TestServer) -> Client {
     Client::builder().homeserver_url(&server.base).build().await.expect("client")
 }
 
-async fn register(server: &TestServer, name: &str) -> Client {
+pub(crate) async fn register(server: &TestServer, name: &str) -> Client {
     let client = client(server).await;
     let mut request = RegistrationRequest::new();
     request.username = Some(name.to_owned());

@@ -188,7 +188,8 @@ async fn build_response(ctx: &SyncContext<'_>) -> Result<(Value, bool), Error> {
                 {
                     continue;
                 }
-                if let Some(room) = joined_room(ctx, &room_id, new_to_client, ctx.now, ephemeral).await? {
+                if let Some(room) = joined_room(ctx, &room_id, new_to_client, m.joined_pos, ephemeral).await?
+                {
                     join.insert(m.room_id.clone(), room);
                 }
             }
@@ -496,13 +497,16 @@ fn prev_batch(tl: &Timeline, up_to: i64) -> String {
 
 /// A joined room's section. `new_to_client`: the user was not joined at `since` (or this is an
 /// initial sync), so the client gets the room's whole state and a timeline from its history.
+/// A joined room's section. `joined_at` is where the user's stay began: unread counts start
+/// there when the user has no receipt yet (their own invite does not count).
 async fn joined_room(
     ctx: &SyncContext<'_>,
     room_id: &RoomId,
     new_to_client: bool,
-    up_to: i64,
+    joined_at: i64,
     ephemeral: Ephemeral,
 ) -> Result<Option<Value>, Error> {
+    let up_to = ctx.now;
     let since = ctx.since.map(|s| s.pos as i64).unwrap_or(0);
     let timeline_from = if new_to_client { 0 } else { since };
     let full_state = new_to_client || ctx.full_state;
@@ -530,7 +534,8 @@ async fn joined_room(
     room["ephemeral"] = json!({ "events": ephemeral_events });
     let per_thread = ctx.filter.room.timeline.unread_thread_notifications;
     let counts =
-        receipts::unread_counts(app, ctx.session.user_id.as_str(), room_id.as_str(), per_thread).await?;
+        receipts::unread_counts(app, ctx.session.user_id.as_str(), room_id.as_str(), joined_at, per_thread)
+            .await?;
     room["unread_notifications"] =
         json!({ "notification_count": counts.main.0, "highlight_count": counts.main.1 });
     if per_thread {
