@@ -26,7 +26,7 @@ use std::{
 use homeserver_core::{Error, ErrorKind, streams::Reservation};
 use homeserver_storage::{
     StorageError,
-    persist::{NewEvent, NewRoom, NewStateGroup, PersistPlan, PushActionRow, TxnRecord},
+    persist::{NewEvent, NewRoom, NewStateGroup, PersistPlan, PushActionRow, PushBroadcastRow, TxnRecord},
 };
 use ruma::{
     EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomVersionId, UserId, events::StateEventType,
@@ -77,6 +77,14 @@ pub enum Submission {
 pub(crate) struct Command {
     pub submission: Submission,
     pub reply: oneshot::Sender<Result<Vec<Arc<Pdu>>, Error>>,
+}
+
+/// The push actions of one event: the broadcast row for everyone the common outcome fits, and
+/// the rows of members it does not.
+#[derive(Default)]
+struct PushOutcome {
+    broadcast: Option<PushBroadcastRow>,
+    rows: Vec<PushActionRow>,
 }
 
 /// A handle to a room's actor.
@@ -648,8 +656,9 @@ impl RoomActor {
         {
             outcome.plan.join_rule = pdu.content_str("join_rule");
         }
-        let notify = self.push_actions(&pdu, pos).await?;
-        outcome.plan.push_actions.extend(notify);
+        let push = self.push_actions(&pdu, pos).await?;
+        outcome.plan.push_actions.extend(push.rows);
+        outcome.plan.push_broadcasts.extend(push.broadcast);
         outcome.plan.extremities = Some(vec![event_id.to_string()]);
         outcome.plan.events.push(NewEvent {
             stream_pos: pos,
@@ -718,7 +727,10 @@ impl RoomActor {
     }
 
     /// Evaluates the members' push rules for an accepted event: who it notifies or highlights.
-    async fn push_actions(&self, pdu: &Pdu, pos: i64) -> Result<Vec<PushActionRow>, Error> {
+    /// The common outcome (a stand-in member with the default rules) becomes one broadcast row;
+    /// members it may not fit — own rules, invited or mentioned — are evaluated fully and
+    /// get their own row where their outcome differs.
+    async fn push_actions(&self, pdu: &Pdu, pos: i64) -> Result<PushOutcome, Error> {
         let l = self.loaded();
         let mut targets: Vec<OwnedUserId> = l
             .memberships
@@ -727,17 +739,19 @@ impl RoomActor {
             .map(|(u, _)| u.clone())
             .collect();
         // An invitee is not a member yet, but their invite should notify them.
+        let mut invitee = None;
         if pdu.kind == ruma::events::TimelineEventType::RoomMember
             && let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
             && target != pdu.sender
             && !targets.contains(&target)
         {
+            invitee = Some(target.clone());
             targets.push(target);
         }
         if targets.is_empty() {
-            return Ok(Vec::new());
+            return Ok(PushOutcome::default());
         }
-        let Some(flat) = push::flatten(&pdu.json) else { return Ok(Vec::new()) };
+        let Some(flat) = push::flatten(&pdu.json) else { return Ok(PushOutcome::default()) };
         let power_content = match l.state.get(&(StateEventType::RoomPowerLevels, String::new())) {
             Some(id) => self.events(std::slice::from_ref(id)).await?.remove(id).map(|p| p.content_value()),
             None => None,
@@ -770,23 +784,50 @@ impl RoomActor {
         };
         let rulesets = self.shared.push.rulesets(&targets).await?;
         let thread_id = derive::thread_of(pdu);
-        let mut rows = Vec::new();
-        for user in &targets {
-            let Some(ruleset) = rulesets.get(user) else { continue };
-            let name = l.display_names.get(user).map(String::as_str).unwrap_or_else(|| user.localpart());
-            let actions = push::actions_for(&flat, ruleset, &room, user, name).await;
-            if actions.iter().any(ruma::push::Action::should_notify) {
-                rows.push(PushActionRow {
-                    user_id: user.to_string(),
-                    event_id: pdu.event_id.to_string(),
-                    stream_pos: pos,
-                    highlight: actions.iter().any(ruma::push::Action::is_highlight),
-                    thread_id: thread_id.clone(),
-                    actions: serde_json::to_string(&actions).unwrap_or_else(|_| "[]".into()),
-                });
-            }
+        let triggers = push::PersonalTriggers::of(pdu.state_key.as_deref(), &pdu.content_value());
+        let (generic_user, generic_rules) = self.shared.push.generic();
+        let generic =
+            push::actions_for(&flat, generic_rules, &room, generic_user, generic_user.localpart()).await;
+        let generic_notifies = generic.iter().any(ruma::push::Action::should_notify);
+        let to_json =
+            |actions: &[ruma::push::Action]| serde_json::to_string(actions).unwrap_or_else(|_| "[]".into());
+        let generic_json = to_json(&generic);
+        let mut outcome = PushOutcome::default();
+        if generic_notifies {
+            outcome.broadcast = Some(PushBroadcastRow {
+                event_id: pdu.event_id.to_string(),
+                stream_pos: pos,
+                sender: pdu.sender.to_string(),
+                highlight: generic.iter().any(ruma::push::Action::is_highlight),
+                thread_id: thread_id.clone(),
+                actions: generic_json.clone(),
+            });
         }
-        Ok(rows)
+        for user in &targets {
+            let Some(rules) = rulesets.get(user) else { continue };
+            let personal = rules.custom || invitee.as_ref() == Some(user) || triggers.may_concern(user);
+            if !personal {
+                continue; // The broadcast row (or its absence) is right for this member.
+            }
+            let name = l.display_names.get(user).map(String::as_str).unwrap_or_else(|| user.localpart());
+            let actions = push::actions_for(&flat, &rules.rules, &room, user, name).await;
+            let notify = actions.iter().any(ruma::push::Action::should_notify);
+            let covered = generic_notifies && invitee.as_ref() != Some(user);
+            // A member's own row only where the broadcast would be wrong for them.
+            if (covered && to_json(&actions) == generic_json) || (!covered && !notify) {
+                continue;
+            }
+            outcome.rows.push(PushActionRow {
+                user_id: user.to_string(),
+                event_id: pdu.event_id.to_string(),
+                stream_pos: pos,
+                notify,
+                highlight: actions.iter().any(ruma::push::Action::is_highlight),
+                thread_id: thread_id.clone(),
+                actions: to_json(&actions),
+            });
+        }
+        Ok(outcome)
     }
 
     /// Events by id from this batch, the cache or the database.
@@ -825,6 +866,7 @@ fn merge_plan(into: &mut PersistPlan, from: PersistPlan) {
     }
     into.aliases.extend(from.aliases);
     into.push_actions.extend(from.push_actions);
+    into.push_broadcasts.extend(from.push_broadcasts);
     into.relations.extend(from.relations);
     into.search.extend(from.search);
     if from.join_rule.is_some() {

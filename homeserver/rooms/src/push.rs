@@ -1,10 +1,12 @@
 //! Push rules: each user's rule set (cached), and evaluating an event for a room's members.
 //!
 //! Rule sets live in global account data `m.push_rules` (`{"global": …}`) once a user changes
-//! them; until then the spec's server-default set applies. The room pipeline evaluates every
-//! event for every member with ruma's rule matching, on an event flattened once per event, so a
-//! message to a 1,000-member room costs CPU but no per-member queries: missing rule sets are
-//! loaded in one batch and then cached.
+//! them; until then the spec's server-default set applies. The room pipeline evaluates an event
+//! once for a stand-in member with the default rules (the common outcome, stored once per event
+//! as a broadcast row) and fully only for members it may not fit: those with their own rules and
+//! those the event may concern personally ([`PersonalTriggers`]: invited or mentioned). A
+//! message to a 1,000-member room therefore costs one evaluation, a cheap check per member and
+//! one row, not 1,000 of each; missing rule sets are loaded in one batch and cached.
 
 use std::{
     collections::HashMap,
@@ -32,7 +34,16 @@ pub const PUSH_RULES_TYPE: &str = "m.push_rules";
 /// Rule sets by user, with the server default for users who never changed theirs.
 pub struct PushRules {
     db: Db,
-    cache: Mutex<LruCache<OwnedUserId, Arc<Ruleset>>>,
+    cache: Mutex<LruCache<OwnedUserId, UserRules>>,
+    /// The server-default rules of a user nobody can mention: the common outcome of an event.
+    generic: (OwnedUserId, Arc<Ruleset>),
+}
+
+/// One user's rules, and whether they are their own (`custom`) or the server default.
+#[derive(Clone)]
+pub struct UserRules {
+    pub rules: Arc<Ruleset>,
+    pub custom: bool,
 }
 
 /// Parses stored `m.push_rules` content (`{"global": ruleset}`), falling back to the default.
@@ -46,7 +57,19 @@ pub fn parse_ruleset(user: &UserId, content: &str) -> Ruleset {
 
 impl PushRules {
     pub fn new(db: Db) -> Self {
-        Self { db, cache: Mutex::new(LruCache::new(NonZeroUsize::new(100_000).expect("non-zero"))) }
+        let generic_user: OwnedUserId =
+            "@lattice-generic-member:lattice.invalid".try_into().expect("valid user id");
+        let generic_rules = Arc::new(Ruleset::server_default(&generic_user));
+        Self {
+            db,
+            cache: Mutex::new(LruCache::new(NonZeroUsize::new(100_000).expect("non-zero"))),
+            generic: (generic_user, generic_rules),
+        }
+    }
+
+    /// The stand-in member and its rules for computing an event's common outcome.
+    pub fn generic(&self) -> (&UserId, &Ruleset) {
+        (&self.generic.0, &self.generic.1)
     }
 
     /// Forgets a user's cached rules (after they changed them).
@@ -55,7 +78,7 @@ impl PushRules {
     }
 
     /// The rule sets of `users`, loading all missing ones in one query.
-    pub async fn rulesets(&self, users: &[OwnedUserId]) -> Result<HashMap<OwnedUserId, Arc<Ruleset>>, Error> {
+    pub async fn rulesets(&self, users: &[OwnedUserId]) -> Result<HashMap<OwnedUserId, UserRules>, Error> {
         let mut out = HashMap::with_capacity(users.len());
         let mut missing = Vec::new();
         {
@@ -82,14 +105,40 @@ impl PushRules {
             .collect();
         let mut cache = self.cache.lock().expect("push cache poisoned");
         for user in missing {
-            let rules = Arc::new(match stored.get(user.as_str()) {
-                Some(content) => parse_ruleset(&user, content),
-                None => Ruleset::server_default(&user),
-            });
+            let rules = match stored.get(user.as_str()) {
+                Some(content) => UserRules { rules: Arc::new(parse_ruleset(&user, content)), custom: true },
+                None => UserRules { rules: Arc::new(Ruleset::server_default(&user)), custom: false },
+            };
             cache.put(user.clone(), rules.clone());
             out.insert(user, rules);
         }
         Ok(out)
+    }
+}
+
+/// What about an event could make a member with the server-default rules differ from the common
+/// outcome: being its state key (an invite) or being in `m.mentions.user_ids`. (The spec's
+/// default rules no longer look for names in the body, v1.17; stored rule sets that still do are
+/// custom and always evaluated in full.) Computed once per event.
+pub struct PersonalTriggers {
+    state_key: Option<String>,
+    mentioned: Vec<String>,
+}
+
+impl PersonalTriggers {
+    pub fn of(state_key: Option<&str>, content: &Value) -> Self {
+        let mentioned = content
+            .get("m.mentions")
+            .and_then(|m| m.get("user_ids"))
+            .and_then(Value::as_array)
+            .map(|ids| ids.iter().filter_map(|u| u.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        Self { state_key: state_key.map(str::to_owned), mentioned }
+    }
+
+    /// Whether a member with the default rules needs an evaluation of their own.
+    pub fn may_concern(&self, user: &UserId) -> bool {
+        self.state_key.as_deref() == Some(user.as_str()) || self.mentioned.iter().any(|m| m == user.as_str())
     }
 }
 

@@ -188,6 +188,7 @@ impl Db {
             "room_aliases",
             "receipts",
             "event_push_actions",
+            "event_push_broadcast",
             "event_relations",
             "threads",
             "account_data",

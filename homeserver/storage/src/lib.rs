@@ -38,7 +38,7 @@ pub mod txn;
 use std::{str::FromStr, time::Duration};
 
 use sqlx::{
-    AnyPool, Connection, Executor,
+    AnyPool, ConnectOptions, Connection, Executor,
     any::{AnyConnectOptions, AnyPoolOptions},
     migrate::Migrator,
 };
@@ -92,7 +92,11 @@ impl Db {
             return Err(StorageError::UnsupportedUrl(url.to_owned()));
         };
         let connect_err = |source| StorageError::Connect { url: redact_url(url), source };
-        let options = AnyConnectOptions::from_str(url).map_err(connect_err)?;
+        // Slow statements are logged at debug only: the multi-row inserts of a big batch are
+        // long, and their text would flood a `warn` log.
+        let options = AnyConnectOptions::from_str(url)
+            .map_err(connect_err)?
+            .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
         let db = match engine {
             Engine::Sqlite => {
                 let write = AnyPoolOptions::new()

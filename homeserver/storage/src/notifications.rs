@@ -1,4 +1,6 @@
-//! Push actions as unread counts and the `/notifications` list.
+//! Push actions as unread counts and the `/notifications` list. A user's push actions are their
+//! own rows (`event_push_actions`) plus the broadcast rows of their rooms (`event_push_broadcast`,
+//! one per event for everyone the common outcome fits), their own row winning.
 
 use sqlx::Row;
 
@@ -17,6 +19,7 @@ pub struct NotificationRow {
 
 impl Db {
     /// Notifications of a user in a room after position `after`: `(thread_id, highlight, pos)`.
+    /// The user's own rows, plus the room's broadcast rows they have no row of their own for.
     pub async fn unread_push_actions(
         &self,
         user_id: &str,
@@ -25,7 +28,11 @@ impl Db {
     ) -> Result<Vec<(Option<String>, bool, i64)>> {
         let rows = sqlx::query(
             "SELECT thread_id, highlight, stream_pos FROM event_push_actions \
-             WHERE user_id = $1 AND room_id = $2 AND stream_pos > $3",
+             WHERE user_id = $1 AND room_id = $2 AND stream_pos > $3 AND notify = 1 \
+             UNION ALL \
+             SELECT b.thread_id, b.highlight, b.stream_pos FROM event_push_broadcast b \
+             WHERE b.room_id = $2 AND b.stream_pos > $3 AND b.sender <> $1 \
+             AND NOT EXISTS (SELECT 1 FROM event_push_actions x WHERE x.user_id = $1 AND x.stream_pos = b.stream_pos)",
         )
         .bind(user_id)
         .bind(room_id)
@@ -43,7 +50,8 @@ impl Db {
             .collect()
     }
 
-    /// A user's notifications, newest first, below position `before`.
+    /// A user's notifications, newest first, below position `before`: their own rows, and the
+    /// broadcast rows of rooms they are in (from when they joined).
     pub async fn notifications(
         &self,
         user_id: &str,
@@ -53,7 +61,13 @@ impl Db {
     ) -> Result<Vec<NotificationRow>> {
         let rows = sqlx::query(
             "SELECT room_id, event_id, stream_pos, highlight, thread_id, actions FROM event_push_actions \
-             WHERE user_id = $1 AND stream_pos < $2 AND ($3 = 0 OR highlight = 1) \
+             WHERE user_id = $1 AND stream_pos < $2 AND notify = 1 AND ($3 = 0 OR highlight = 1) \
+             UNION ALL \
+             SELECT b.room_id, b.event_id, b.stream_pos, b.highlight, b.thread_id, b.actions \
+             FROM event_push_broadcast b JOIN memberships m ON m.room_id = b.room_id \
+             WHERE m.user_id = $1 AND m.membership = 'join' AND b.stream_pos > m.joined_pos \
+             AND b.stream_pos < $2 AND b.sender <> $1 AND ($3 = 0 OR b.highlight = 1) \
+             AND NOT EXISTS (SELECT 1 FROM event_push_actions x WHERE x.user_id = $1 AND x.stream_pos = b.stream_pos) \
              ORDER BY stream_pos DESC LIMIT $4",
         )
         .bind(user_id)

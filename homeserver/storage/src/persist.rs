@@ -68,9 +68,22 @@ pub struct PushActionRow {
     pub user_id: String,
     pub event_id: String,
     pub stream_pos: i64,
+    /// False for a member a broadcast row would otherwise notify.
+    pub notify: bool,
     pub highlight: bool,
     pub thread_id: Option<String>,
     /// The push rule actions (JSON array).
+    pub actions: String,
+}
+
+/// Push actions for every member of the room but the sender and those with their own row.
+#[derive(Debug, Clone)]
+pub struct PushBroadcastRow {
+    pub event_id: String,
+    pub stream_pos: i64,
+    pub sender: String,
+    pub highlight: bool,
+    pub thread_id: Option<String>,
     pub actions: String,
 }
 
@@ -110,6 +123,7 @@ pub struct PersistPlan {
     /// Aliases to create with the batch, `(alias, creator)`; a taken alias aborts the batch.
     pub aliases: Vec<(String, String)>,
     pub push_actions: Vec<PushActionRow>,
+    pub push_broadcasts: Vec<PushBroadcastRow>,
     pub relations: Vec<RelationRow>,
     pub search: Vec<SearchRow>,
     /// The room's join rule when the batch changes it.
@@ -318,9 +332,9 @@ async fn apply(tx: &mut Transaction<'_, Any>, plan: &PersistPlan, engine: crate:
     .await?;
     insert_rows(
         tx,
-        "event_push_actions (user_id, room_id, event_id, stream_pos, highlight, thread_id, actions)",
+        "event_push_actions (user_id, room_id, event_id, stream_pos, highlight, thread_id, actions, notify)",
         "ON CONFLICT DO NOTHING",
-        7,
+        8,
         &plan.push_actions,
         |q, a| {
             q.bind(a.user_id.as_str())
@@ -330,6 +344,24 @@ async fn apply(tx: &mut Transaction<'_, Any>, plan: &PersistPlan, engine: crate:
                 .bind(a.highlight as i64)
                 .bind(a.thread_id.as_deref())
                 .bind(a.actions.as_str())
+                .bind(a.notify as i64)
+        },
+    )
+    .await?;
+    insert_rows(
+        tx,
+        "event_push_broadcast (room_id, event_id, stream_pos, sender, highlight, thread_id, actions)",
+        "ON CONFLICT DO NOTHING",
+        7,
+        &plan.push_broadcasts,
+        |q, b| {
+            q.bind(room_id)
+                .bind(b.event_id.as_str())
+                .bind(b.stream_pos)
+                .bind(b.sender.as_str())
+                .bind(b.highlight as i64)
+                .bind(b.thread_id.as_deref())
+                .bind(b.actions.as_str())
         },
     )
     .await?;

@@ -341,3 +341,57 @@ async fn unread_counts_start_at_the_join_and_survive_profile_changes() {
         "a rename keeps the badge"
     );
 }
+
+#[tokio::test]
+async fn one_message_many_outcomes_in_a_bigger_room() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = server.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    let mut members = Vec::new();
+    for name in ["plain1", "plain2", "muted", "mentioned", "named", "late"] {
+        let user = server.register(name).await;
+        if name != "late" {
+            server.join(&user, &room).await;
+        }
+        members.push(user);
+    }
+    let [plain1, plain2, muted, mentioned, named, late] = &members[..] else { unreachable!() };
+    let path = format!("/_matrix/client/v3/pushrules/global/room/{}", enc(&room));
+    assert_eq!(server.put(&path, Some(&muted.token), json!({ "actions": [] })).await.0, 200);
+    // `named` watches for a keyword (a custom content rule), as one would for a nickname.
+    let keyword = "/_matrix/client/v3/pushrules/global/content/nickname";
+    let rule = json!({ "pattern": "zebedee", "actions": ["notify", { "set_tweak": "highlight" }] });
+    assert_eq!(server.put(keyword, Some(&named.token), rule).await.0, 200);
+
+    // One plain message, one mentioning `mentioned` (m.mentions), one with the keyword.
+    server.send_text(&alice, &room, "hello everyone").await;
+    let mention = json!({ "msgtype": "m.text", "body": "over to you", "m.mentions": { "user_ids": [mentioned.user_id] } });
+    assert_eq!(server.put(&r(&room, "/send/m.room.message/m1"), Some(&alice.token), mention).await.0, 200);
+    server.send_text(&alice, &room, "ask zebedee about it").await;
+    server.join(late, &room).await;
+
+    let counts = |sync: &Value| {
+        let c = &joined(sync, &room)["unread_notifications"];
+        (c["notification_count"].as_u64().unwrap_or(99), c["highlight_count"].as_u64().unwrap_or(99))
+    };
+    for (user, expected) in [
+        (plain1, (3, 0)),
+        (plain2, (3, 0)),
+        (muted, (0, 0)),
+        (mentioned, (3, 1)),
+        (named, (3, 1)),
+        (late, (0, 0)),
+        (&alice, (0, 0)),
+    ] {
+        let sync = server.sync(user, None, 0).await;
+        assert_eq!(counts(&sync), expected, "{}", user.user_id);
+    }
+    // The notification list agrees: plain members get all three, the muted one none.
+    let (_, list) = server.get("/_matrix/client/v3/notifications", Some(&plain1.token)).await;
+    assert_eq!(list["notifications"].as_array().unwrap().len(), 3, "{list}");
+    let (_, list) =
+        server.get("/_matrix/client/v3/notifications?only=highlight", Some(&mentioned.token)).await;
+    assert_eq!(list["notifications"].as_array().unwrap().len(), 1, "{list}");
+    let (_, list) = server.get("/_matrix/client/v3/notifications", Some(&muted.token)).await;
+    assert!(list["notifications"].as_array().unwrap().is_empty(), "{list}");
+}
