@@ -140,11 +140,15 @@ pub struct SyncConfig {
 pub struct PresenceConfig {
     /// Track and deliver presence (online/unavailable/offline). Off saves CPU on busy servers.
     pub enabled: bool,
+    /// A user goes offline this long after their last sync ended.
+    pub offline_after_ms: u64,
+    /// An online user without activity (sending, receipts, typing) becomes unavailable after this.
+    pub idle_after_ms: u64,
 }
 
 impl Default for PresenceConfig {
     fn default() -> Self {
-        Self { enabled: true }
+        Self { enabled: true, offline_after_ms: 30_000, idle_after_ms: 300_000 }
     }
 }
 
@@ -276,6 +280,8 @@ pub const KEYS: &[&str] = &[
     "well_known.client_base_url",
     "sync.max_timeout_ms",
     "presence.enabled",
+    "presence.offline_after_ms",
+    "presence.idle_after_ms",
     "user_directory.search_all_users",
     "log.level",
     "log.format",
@@ -523,6 +529,10 @@ max_timeout_ms = 60000
 [presence]
 # Track and deliver presence (online/unavailable/offline). Off saves CPU on busy servers.
 enabled = true
+# A user goes offline this long after their last sync ended (a sync in flight keeps them online).
+offline_after_ms = 30000
+# An online user without activity (sending, receipts, typing) becomes unavailable after this long.
+idle_after_ms = 300000
 
 [user_directory]
 # Find every user, not only room mates and members of public rooms.

@@ -103,7 +103,11 @@ impl Server {
             rate_limit_login: limit(rl.enabled, rl.login_per_second, rl.login_burst),
             rate_limit_message: limit(rl.enabled, rl.message_per_second, rl.message_burst),
             max_sync_timeout_ms: config.sync.max_timeout_ms,
-            presence_enabled: config.presence.enabled,
+            presence: homeserver_client_api::presence::PresenceSettings {
+                enabled: config.presence.enabled,
+                offline_after: Duration::from_millis(config.presence.offline_after_ms),
+                idle_after: Duration::from_millis(config.presence.idle_after_ms),
+            },
             search_all_users: config.user_directory.search_all_users,
             registration_shared_secret: (!config.registration.shared_secret.is_empty())
                 .then(|| config.registration.shared_secret.clone()),

@@ -93,6 +93,7 @@ async fn send_message(app: App, req: Ruma<send_message_event::v3::Request>) -> R
         return Ok(JsonBody(json!({ "event_id": event_id })));
     }
     app.limiter.check(app.config.rate_limit_message, Action::Message, session.user_id.as_str())?;
+    crate::presence::activity(&app, &session.user_id).await;
     let content = content_object(&req.raw_body)?;
     let event_id = app.rooms.send_message(room_id, &session.user_id, &kind, content, Some(txn)).await?;
     Ok(JsonBody(json!({ "event_id": event_id })))
@@ -108,6 +109,7 @@ async fn send_without_txn(
 ) -> Result<axum::Json<Value>, ApiError> {
     let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("invalid room id"))?;
     app.limiter.check(app.config.rate_limit_message, Action::Message, session.user_id.as_str())?;
+    crate::presence::activity(&app, &session.user_id).await;
     let content = content_object(&body)?;
     let event_id = app.rooms.send_message(&room_id, &session.user_id, &event_type, content, None).await?;
     Ok(axum::Json(json!({ "event_id": event_id })))
@@ -117,6 +119,7 @@ async fn send_without_txn(
 async fn put_state(app: App, req: Ruma<send_state_event::v3::Request>) -> Result<JsonBody, ApiError> {
     let session = &req.auth;
     app.limiter.check(app.config.rate_limit_message, Action::Message, session.user_id.as_str())?;
+    crate::presence::activity(&app, &session.user_id).await;
     let content = content_object(&req.raw_body)?;
     if req.body.event_type.to_string() == "m.room.canonical_alias" {
         check_canonical_alias(&app, &req.body.room_id, &content).await?;
@@ -282,6 +285,7 @@ async fn redact(app: App, req: Ruma<redact_event::v3::Request>) -> Result<JsonBo
         return Ok(JsonBody(json!({ "event_id": event_id })));
     }
     app.limiter.check(app.config.rate_limit_message, Action::Message, session.user_id.as_str())?;
+    crate::presence::activity(&app, &session.user_id).await;
     if !app.rooms.is_joined(room_id, &session.user_id).await? {
         return Err(Error::forbidden("You are not in this room").into());
     }

@@ -69,8 +69,8 @@ pub struct ClientConfig {
     pub max_sync_timeout_ms: u64,
     /// Secret for Synapse-style shared-secret registration (`/_synapse/admin/v1/register`).
     pub registration_shared_secret: Option<String>,
-    /// Whether presence is tracked and delivered.
-    pub presence_enabled: bool,
+    /// Whether presence is tracked and delivered, and its timings.
+    pub presence: presence::PresenceSettings,
     /// Whether the user directory finds every user (not only room mates and public rooms).
     pub search_all_users: bool,
     /// Registered application services (their exclusive namespaces are reserved).
@@ -89,7 +89,7 @@ impl ClientConfig {
             rate_limit_message: Some(RateLimit { per_second: 20.0, burst: 100 }),
             max_sync_timeout_ms: 60_000,
             registration_shared_secret: None,
-            presence_enabled: true,
+            presence: presence::PresenceSettings::default(),
             search_all_users: false,
             appservices: Vec::new(),
         }
@@ -126,7 +126,7 @@ impl App {
         let nonces = admin::Nonces::default();
         let lazy_members = sync::lazy::LazyMemberCache::default();
         let typing = typing::Typing::start(stream.clone());
-        let presence = presence::PresenceTracker::new(config.presence_enabled);
+        let presence = presence::PresenceTracker::new(config.presence);
         let app = App(Arc::new(AppInner {
             config,
             db,

@@ -2,16 +2,29 @@
 //! and the presence events `/sync` delivers.
 //!
 //! A user sets their own state and status message; anyone sharing a room with them may read it.
-//! Syncing keeps a user online (unless the sync says `set_presence=offline`); thirty seconds after
-//! their last sync they go offline, and after five minutes without activity an online user becomes
-//! unavailable. One task sleeps until the next such deadline — nothing polls. Every change takes a
-//! stream position and wakes the users who share a room with the user.
+//! The state machine, modelled on what Synapse users see:
+//! - a sync (unless it says `set_presence=offline`) brings an offline user online — or
+//!   unavailable, if it says `set_presence=unavailable`;
+//! - a user stays "syncing" while a sync is in flight and for `offline_after` after the last one
+//!   ends, so a long-poll never makes its user flap; then they go offline;
+//! - activity (sending events, receipts, typing, setting presence) sets `last_active`, makes an
+//!   idle user online again and marks them `currently_active`; `currently_active` lapses after a
+//!   minute without activity, and an online user without activity for `idle_after` becomes
+//!   unavailable. A sync alone is not activity: an open but untouched client goes idle.
+//!
+//! [`PresenceTracker`] keeps the live state of users it has seen in memory and is the source of
+//! truth; the `presence` table mirrors what room mates may see. Room mates are woken only when
+//! something they would display changes (state, status message, `currently_active`); a
+//! `last_active` refresh is written at most once per activity window with a stream position but
+//! no wake-up, so it rides along with the next sync. One task sleeps until the next deadline —
+//! nothing polls. Writes are serialised (one async mutex) so the table follows the memory state in
+//! order.
 //!
 //! Presence is a known CPU sink on busy servers; `presence.enabled = false` turns it off (status
 //! requests are then accepted and ignored, and syncs carry no presence).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -23,7 +36,7 @@ use homeserver_storage::presence::PresenceRow;
 use ruma::api::client::presence::{get_presence, set_presence};
 use ruma::{OwnedUserId, UserId};
 use serde_json::{Value, json};
-use tokio::{sync::Notify, time::Instant};
+use tokio::sync::Notify;
 
 use crate::{App, storage};
 
@@ -31,99 +44,374 @@ pub fn routes(router: Router<App>) -> Router<App> {
     router.ruma_route(put_status).ruma_route(get_status)
 }
 
-/// After the last sync ends, a user stays online this long.
-const SYNC_ONLINE_TIMEOUT: Duration = Duration::from_secs(30);
-/// An online user without activity is shown as unavailable after this long.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// Activity is written at most this often (it only moves `last_active_ago`).
-const ACTIVITY_WRITE_INTERVAL_MS: i64 = 60_000;
+/// How long `currently_active` lasts after activity; also how often a mere `last_active`
+/// refresh is written.
+const ACTIVE_WINDOW_MS: i64 = 60_000;
 
-/// Who is syncing, for the offline timer. A std mutex: map updates only.
-pub struct PresenceTracker {
+/// Presence timings (from `[presence]` in the config).
+#[derive(Debug, Clone, Copy)]
+pub struct PresenceSettings {
     pub enabled: bool,
-    last_sync: Mutex<HashMap<OwnedUserId, Instant>>,
-    rearm: Notify,
+    /// A user goes offline this long after their last sync ended.
+    pub offline_after: Duration,
+    /// An online user without activity becomes unavailable after this long.
+    pub idle_after: Duration,
 }
 
-impl PresenceTracker {
-    pub fn new(enabled: bool) -> Arc<Self> {
-        Arc::new(Self { enabled, last_sync: Mutex::new(HashMap::new()), rearm: Notify::new() })
+impl Default for PresenceSettings {
+    fn default() -> Self {
+        Self { enabled: true, offline_after: Duration::from_secs(30), idle_after: Duration::from_secs(300) }
     }
 }
 
-/// Writes a presence change and wakes everyone who shares a room with the user.
-pub async fn store_presence(
-    app: &App,
-    user: &UserId,
-    state: &str,
-    status_msg: Option<&str>,
+/// The presence states of the spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Online,
+    Unavailable,
+    Offline,
+}
+
+impl State {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "online" => Some(Self::Online),
+            "unavailable" => Some(Self::Unavailable),
+            "offline" => Some(Self::Offline),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Online => "online",
+            Self::Unavailable => "unavailable",
+            Self::Offline => "offline",
+        }
+    }
+}
+
+/// What room mates see of a user (the `presence` row).
+#[derive(Debug, Clone, PartialEq)]
+struct Shown {
+    state: State,
+    status_msg: Option<String>,
     last_active_ts: i64,
-) -> Result<(), Error> {
+    currently_active: bool,
+}
+
+/// A user's live presence.
+#[derive(Debug, Clone)]
+struct Live {
+    shown: Shown,
+    /// The newest activity (the shown one may lag by up to the activity window).
+    last_active_ts: i64,
+    /// Syncs in flight.
+    syncs: u32,
+    /// When the last sync ended or presence was set (ms); the offline countdown starts here.
+    seen_ts: i64,
+    /// The user's key in the deadline queue.
+    scheduled: Option<i64>,
+}
+
+/// Something that happened to a user's presence.
+#[derive(Debug, Clone)]
+enum Input {
+    SyncStarted {
+        wanted: State,
+    },
+    Activity,
+    Set {
+        state: State,
+        status_msg: Option<String>,
+    },
+    /// Time passed: the deadlines are checked.
+    Tick,
+}
+
+/// The shown state a transition leads to, and whether room mates must be woken for it.
+struct Change {
+    shown: Shown,
+    wake: bool,
+}
+
+impl Live {
+    fn from_row(row: Option<&PresenceRow>, now: i64) -> Self {
+        let shown = match row {
+            Some(p) => Shown {
+                state: State::parse(&p.state).unwrap_or(State::Offline),
+                status_msg: p.status_msg.clone(),
+                last_active_ts: p.last_active_ts,
+                currently_active: p.currently_active,
+            },
+            None => {
+                Shown { state: State::Offline, status_msg: None, last_active_ts: 0, currently_active: false }
+            }
+        };
+        Self { last_active_ts: shown.last_active_ts, shown, syncs: 0, seen_ts: now, scheduled: None }
+    }
+
+    /// Applies `input` to the memory-only fields and returns the change to the shown state, if any.
+    fn step(&mut self, input: &Input, now: i64, s: &PresenceSettings) -> Option<Change> {
+        let mut next = self.shown.clone();
+        match input {
+            Input::SyncStarted { wanted } => {
+                self.syncs += 1;
+                match (self.shown.state, wanted) {
+                    (State::Offline, _) => {
+                        next.state = *wanted;
+                        self.last_active_ts = now;
+                    }
+                    (State::Online, State::Unavailable) => next.state = State::Unavailable,
+                    _ => {}
+                }
+            }
+            Input::Activity => {
+                self.last_active_ts = now;
+                if next.state == State::Unavailable {
+                    next.state = State::Online;
+                }
+            }
+            Input::Set { state, status_msg } => {
+                self.seen_ts = now;
+                next.state = *state;
+                next.status_msg = status_msg.clone();
+                if *state == State::Online {
+                    self.last_active_ts = now;
+                }
+            }
+            Input::Tick => {
+                let idle_for = now - self.last_active_ts;
+                if self.syncs == 0
+                    && next.state != State::Offline
+                    && now - self.seen_ts >= s.offline_after.as_millis() as i64
+                {
+                    next.state = State::Offline;
+                } else if next.state == State::Online && idle_for >= s.idle_after.as_millis() as i64 {
+                    next.state = State::Unavailable;
+                }
+            }
+        }
+        next.currently_active = next.state == State::Online && now - self.last_active_ts < active_window(s);
+        let visible = next.state != self.shown.state
+            || next.status_msg != self.shown.status_msg
+            || next.currently_active != self.shown.currently_active;
+        let refresh = self.last_active_ts - self.shown.last_active_ts >= ACTIVE_WINDOW_MS;
+        if visible || refresh {
+            next.last_active_ts = self.last_active_ts;
+        }
+        (visible || refresh).then_some(Change { shown: next, wake: visible })
+    }
+
+    /// When the next [`Input::Tick`] could change something (ms), if ever.
+    fn next_deadline(&self, s: &PresenceSettings) -> Option<i64> {
+        let mut deadlines = Vec::new();
+        if self.syncs == 0 && self.shown.state != State::Offline {
+            deadlines.push(self.seen_ts + s.offline_after.as_millis() as i64);
+        }
+        if self.shown.state == State::Online {
+            deadlines.push(self.last_active_ts + s.idle_after.as_millis() as i64);
+            if self.shown.currently_active {
+                deadlines.push(self.last_active_ts + active_window(s));
+            }
+        }
+        deadlines.into_iter().min()
+    }
+}
+
+fn active_window(s: &PresenceSettings) -> i64 {
+    ACTIVE_WINDOW_MS.min(s.idle_after.as_millis() as i64)
+}
+
+/// The live presence of users seen since start-up, and their deadlines in time order.
+pub struct PresenceTracker {
+    pub settings: PresenceSettings,
+    pub enabled: bool,
+    inner: Mutex<Inner>,
+    /// Serialises writes so the table follows the memory state in order.
+    writer: tokio::sync::Mutex<()>,
+    /// Wakes the timer task when a deadline earlier than its next one appears.
+    rearm: Notify,
+}
+
+#[derive(Default)]
+struct Inner {
+    live: HashMap<OwnedUserId, Live>,
+    /// `(deadline ms, user)` for every user with a deadline; `Live::scheduled` is their key.
+    queue: BTreeSet<(i64, OwnedUserId)>,
+}
+
+impl Inner {
+    /// Re-queues a user after their state changed; true if this is now the earliest deadline.
+    fn reschedule(&mut self, user: &UserId, settings: &PresenceSettings) -> bool {
+        let Some(live) = self.live.get_mut(user) else { return false };
+        let next = live.next_deadline(settings);
+        if next == live.scheduled {
+            return false;
+        }
+        if let Some(old) = live.scheduled.take() {
+            self.queue.remove(&(old, user.to_owned()));
+        }
+        live.scheduled = next;
+        let Some(at) = next else { return false };
+        let earliest = self.queue.first().is_none_or(|(first, _)| at < *first);
+        self.queue.insert((at, user.to_owned()));
+        earliest
+    }
+}
+
+impl PresenceTracker {
+    pub fn new(settings: PresenceSettings) -> Arc<Self> {
+        Arc::new(Self {
+            settings,
+            enabled: settings.enabled,
+            inner: Mutex::new(Inner::default()),
+            writer: tokio::sync::Mutex::new(()),
+            rearm: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("presence poisoned")
+    }
+
+    /// Steps a loaded user's state machine under the lock. `commit` false only tries: the
+    /// memory state is kept if nothing shown changes, and left untouched otherwise.
+    fn step(&self, user: &UserId, input: &Input, commit: bool) -> Stepped {
+        let mut inner = self.lock();
+        let Some(live) = inner.live.get_mut(user) else { return Stepped::NotLoaded };
+        let mut next = live.clone();
+        let change = next.step(input, now_millis() as i64, &self.settings);
+        if change.is_some() && !commit {
+            return Stepped::MustWrite;
+        }
+        if let Some(change) = &change {
+            next.shown = change.shown.clone();
+        }
+        *live = next;
+        if inner.reschedule(user, &self.settings) {
+            self.rearm.notify_one();
+        }
+        match change {
+            Some(change) => Stepped::Changed(change),
+            None => Stepped::Unchanged,
+        }
+    }
+}
+
+enum Stepped {
+    NotLoaded,
+    Unchanged,
+    MustWrite,
+    Changed(Change),
+}
+
+/// Feeds `input` into a user's state machine and writes the change, if there is one.
+async fn feed(app: &App, user: &UserId, input: Input) -> Result<(), Error> {
+    let tracker = &app.presence;
+    // Fast path: most inputs change nothing anyone sees and never touch the writer lock.
+    if let Stepped::Unchanged = tracker.step(user, &input, false) {
+        return Ok(());
+    }
+    let _writer = tracker.writer.lock().await;
+    if !tracker.lock().live.contains_key(user) {
+        // Entries are only added (never removed), and only under the writer lock.
+        let row = app.db.presence(user.as_str()).await.map_err(storage)?;
+        let live = Live::from_row(row.as_ref(), now_millis() as i64);
+        tracker.lock().live.insert(user.to_owned(), live);
+    }
+    match tracker.step(user, &input, true) {
+        Stepped::Changed(change) => write(app, user, &change).await,
+        _ => Ok(()),
+    }
+}
+
+/// Writes a shown state at a new stream position, waking room mates if they should see it.
+async fn write(app: &App, user: &UserId, change: &Change) -> Result<(), Error> {
     let reservation = app.stream.reserve(1);
-    app.db
-        .set_presence(user.as_str(), state, status_msg, last_active_ts, reservation.first() as i64)
-        .await
-        .map_err(storage)?;
-    let mates: Vec<OwnedUserId> = app
-        .db
-        .room_mates(user.as_str())
-        .await
-        .map_err(storage)?
-        .into_iter()
-        .filter_map(|u| UserId::parse(u).ok())
-        .chain([user.to_owned()])
-        .collect();
+    let shown = &change.shown;
+    let row = PresenceRow {
+        user_id: user.to_string(),
+        state: shown.state.as_str().to_owned(),
+        status_msg: shown.status_msg.clone(),
+        last_active_ts: shown.last_active_ts,
+        currently_active: shown.currently_active,
+        stream_pos: reservation.first() as i64,
+    };
+    app.db.set_presence(&row).await.map_err(storage)?;
+    let mates = if change.wake {
+        app.db
+            .room_mates(user.as_str())
+            .await
+            .map_err(storage)?
+            .into_iter()
+            .filter_map(|u| UserId::parse(u).ok())
+            .chain([user.to_owned()])
+            .collect()
+    } else {
+        Vec::new()
+    };
     reservation.complete(mates);
     Ok(())
 }
 
-/// Called at the start of every sync: keeps the user online (or sets the requested state).
-pub async fn on_sync(app: &App, user: &UserId, set_presence: &str) -> Result<(), Error> {
-    if !app.presence.enabled {
-        return Ok(());
-    }
-    app.presence.last_sync.lock().expect("presence poisoned").insert(user.to_owned(), Instant::now());
-    app.presence.rearm.notify_one();
-    if set_presence == "offline" {
-        return Ok(());
-    }
-    let wanted = if set_presence == "unavailable" { "unavailable" } else { "online" };
-    let now = now_millis() as i64;
-    let current = app.db.presence(user.as_str()).await.map_err(storage)?;
-    let stale = current
-        .as_ref()
-        .is_none_or(|p| p.state != wanted || now - p.last_active_ts > ACTIVITY_WRITE_INTERVAL_MS);
-    if stale {
-        let msg = current.and_then(|p| p.status_msg);
-        store_presence(app, user, wanted, msg.as_deref(), now).await?;
-    }
-    Ok(())
+/// A sync in flight: the user counts as syncing until it is dropped.
+pub struct SyncGuard {
+    app: Option<(App, OwnedUserId)>,
 }
 
-/// Moves users offline once their syncs stop.
+impl Drop for SyncGuard {
+    fn drop(&mut self) {
+        let Some((app, user)) = self.app.take() else { return };
+        let tracker = &app.presence;
+        let mut inner = tracker.lock();
+        if let Some(live) = inner.live.get_mut(&user) {
+            live.syncs = live.syncs.saturating_sub(1);
+            live.seen_ts = now_millis() as i64;
+        }
+        if inner.reschedule(&user, &tracker.settings) {
+            tracker.rearm.notify_one();
+        }
+    }
+}
+
+/// Called at the start of every sync; the user counts as syncing while the guard lives.
+/// `set_presence=offline` leaves presence alone.
+pub async fn on_sync(app: &App, user: &UserId, set_presence: &str) -> Result<SyncGuard, Error> {
+    if !app.presence.enabled || set_presence == "offline" {
+        return Ok(SyncGuard { app: None });
+    }
+    let wanted = if set_presence == "unavailable" { State::Unavailable } else { State::Online };
+    feed(app, user, Input::SyncStarted { wanted }).await?;
+    Ok(SyncGuard { app: Some((app.clone(), user.to_owned())) })
+}
+
+/// Something the user did (sent an event, a receipt, a typing notice): they are active. A
+/// failure to record it is logged, never the user's problem.
+pub async fn activity(app: &App, user: &UserId) {
+    if app.presence.enabled
+        && let Err(err) = feed(app, user, Input::Activity).await
+    {
+        tracing::warn!(%user, error = %err, "could not record presence activity");
+    }
+}
+
+/// Moves users offline, unavailable or out of `currently_active` as their deadlines pass.
 pub async fn presence_timers(app: App) {
+    if let Err(err) = adopt_stored(&app).await {
+        tracing::warn!(error = %err, "could not load stored presence");
+    }
     loop {
         let rearm = app.presence.rearm.notified();
-        let now = Instant::now();
-        let (expired, next): (Vec<OwnedUserId>, Option<Instant>) = {
-            let mut map = app.presence.last_sync.lock().expect("presence poisoned");
-            let expired: Vec<OwnedUserId> = map
-                .iter()
-                .filter(|(_, t)| **t + SYNC_ONLINE_TIMEOUT <= now)
-                .map(|(u, _)| u.clone())
-                .collect();
-            for user in &expired {
-                map.remove(user);
-            }
-            (expired, map.values().map(|t| *t + SYNC_ONLINE_TIMEOUT).min())
+        let now = now_millis() as i64;
+        let (due, next): (Vec<OwnedUserId>, Option<i64>) = {
+            let inner = app.presence.lock();
+            let due = inner.queue.iter().take_while(|(at, _)| *at <= now).map(|(_, u)| u.clone()).collect();
+            (due, inner.queue.iter().find(|(at, _)| *at > now).map(|(at, _)| *at))
         };
-        for user in expired {
-            if let Ok(Some(p)) = app.db.presence(user.as_str()).await
-                && p.state != "offline"
-                && let Err(err) =
-                    store_presence(&app, &user, "offline", p.status_msg.as_deref(), p.last_active_ts).await
-            {
-                tracing::warn!(%user, error = %err, "could not mark user offline");
+        for user in due {
+            if let Err(err) = feed(&app, &user, Input::Tick).await {
+                tracing::warn!(%user, error = %err, "could not update presence");
             }
         }
         if app.stream.is_shutting_down() {
@@ -131,8 +419,9 @@ pub async fn presence_timers(app: App) {
         }
         match next {
             Some(deadline) => {
+                let wait = Duration::from_millis((deadline - now).max(1) as u64);
                 tokio::select! {
-                    () = tokio::time::sleep_until(deadline) => {}
+                    () = tokio::time::sleep(wait) => {}
                     () = rearm => {}
                 }
             }
@@ -141,17 +430,30 @@ pub async fn presence_timers(app: App) {
     }
 }
 
-/// A presence event as `/sync` delivers it. An online user idle for long reads as unavailable
-/// (computed on read, so idleness needs no timer write).
-pub fn presence_event(p: &PresenceRow, now: i64) -> Value {
-    let mut state = p.state.clone();
-    if state == "online" && now - p.last_active_ts > IDLE_TIMEOUT.as_millis() as i64 {
-        state = "unavailable".into();
+/// Users shown online or unavailable when the server (re)starts get their countdowns again, so
+/// a restart cannot leave anyone online forever.
+async fn adopt_stored(app: &App) -> Result<(), Error> {
+    let rows = app.db.present_users().await.map_err(storage)?;
+    let _writer = app.presence.writer.lock().await;
+    let now = now_millis() as i64;
+    let tracker = &app.presence;
+    let mut inner = tracker.lock();
+    for row in rows {
+        let Ok(user) = UserId::parse(&row.user_id) else { continue };
+        if !inner.live.contains_key(&user) {
+            inner.live.insert(user.clone(), Live::from_row(Some(&row), now));
+            inner.reschedule(&user, &tracker.settings);
+        }
     }
+    Ok(())
+}
+
+/// A presence event as `/sync` delivers it.
+pub fn presence_event(p: &PresenceRow, now: i64) -> Value {
     let mut content = json!({
-        "presence": state,
+        "presence": p.state,
         "last_active_ago": (now - p.last_active_ts).max(0),
-        "currently_active": state == "online",
+        "currently_active": p.currently_active,
     });
     if let Some(msg) = &p.status_msg {
         content["status_msg"] = json!(msg);
@@ -165,13 +467,12 @@ async fn put_status(app: App, req: Ruma<set_presence::v3::Request>) -> Result<Js
         return Err(Error::forbidden("You can only set your own presence").into());
     }
     let body: Value = serde_json::from_slice(&req.raw_body).unwrap_or_default();
-    let state = body.get("presence").and_then(Value::as_str).unwrap_or("online");
-    if !matches!(state, "online" | "unavailable" | "offline") {
-        return Err(Error::invalid_param(format!("unknown presence state {state}")).into());
-    }
+    let name = body.get("presence").and_then(Value::as_str).unwrap_or("online");
+    let state =
+        State::parse(name).ok_or_else(|| Error::invalid_param(format!("unknown presence state {name}")))?;
     if app.presence.enabled {
-        let status_msg = body.get("status_msg").and_then(Value::as_str);
-        store_presence(&app, &req.auth.user_id, state, status_msg, now_millis() as i64).await?;
+        let status_msg = body.get("status_msg").and_then(Value::as_str).map(str::to_owned);
+        feed(&app, &req.auth.user_id, Input::Set { state, status_msg }).await?;
     }
     Ok(JsonBody(json!({})))
 }
@@ -194,4 +495,84 @@ async fn get_status(app: App, req: Ruma<get_presence::v3::Request>) -> Result<Js
         Some(p) => presence_event(&p, now)["content"].clone(),
         None => json!({ "presence": "offline" }),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> PresenceSettings {
+        PresenceSettings {
+            enabled: true,
+            offline_after: Duration::from_millis(30_000),
+            idle_after: Duration::from_millis(300_000),
+        }
+    }
+
+    fn offline_user(now: i64) -> Live {
+        Live::from_row(None, now)
+    }
+
+    #[test]
+    fn a_long_poll_keeps_its_user_online_and_the_end_starts_the_countdown() {
+        let s = settings();
+        let mut live = offline_user(0);
+        let change = live.step(&Input::SyncStarted { wanted: State::Online }, 1_000, &s).unwrap();
+        assert!(change.wake);
+        assert_eq!((change.shown.state, change.shown.currently_active), (State::Online, true));
+        live.shown = change.shown;
+        // 45 s into the poll: still syncing, so not offline, but no longer currently active.
+        let change = live.step(&Input::Tick, 61_000, &s).unwrap();
+        assert_eq!((change.shown.state, change.shown.currently_active), (State::Online, false));
+        live.shown = change.shown;
+        assert!(live.step(&Input::Tick, 90_000, &s).is_none(), "a sync in flight keeps the user online");
+        // The poll ends; 30 s later the user is offline.
+        live.syncs = 0;
+        live.seen_ts = 100_000;
+        assert_eq!(live.next_deadline(&s), Some(130_000));
+        assert!(live.step(&Input::Tick, 129_000, &s).is_none());
+        let change = live.step(&Input::Tick, 130_000, &s).unwrap();
+        assert_eq!(change.shown.state, State::Offline);
+        assert!(change.wake);
+    }
+
+    #[test]
+    fn idle_users_become_unavailable_and_activity_brings_them_back() {
+        let s = settings();
+        let mut live = offline_user(0);
+        live.shown = live.step(&Input::SyncStarted { wanted: State::Online }, 0, &s).unwrap().shown;
+        live.shown = live.step(&Input::Tick, 60_000, &s).unwrap().shown;
+        assert!(!live.shown.currently_active);
+        // Syncing alone is not activity.
+        assert!(live.step(&Input::SyncStarted { wanted: State::Online }, 100_000, &s).is_none());
+        let change = live.step(&Input::Tick, 300_000, &s).unwrap();
+        assert_eq!(change.shown.state, State::Unavailable);
+        live.shown = change.shown;
+        let change = live.step(&Input::Activity, 310_000, &s).unwrap();
+        assert_eq!((change.shown.state, change.shown.currently_active), (State::Online, true));
+        assert_eq!(change.shown.last_active_ts, 310_000);
+        live.shown = change.shown;
+        // More activity inside the window changes nothing shown; after it, a quiet refresh.
+        assert!(live.step(&Input::Activity, 320_000, &s).is_none());
+        let refresh = live.step(&Input::Activity, 370_000, &s).unwrap();
+        assert!(!refresh.wake, "a last_active refresh wakes nobody");
+        assert_eq!(refresh.shown.last_active_ts, 370_000);
+    }
+
+    #[test]
+    fn explicit_states_and_sync_requests() {
+        let s = settings();
+        let mut live = offline_user(0);
+        let change = live.step(&Input::SyncStarted { wanted: State::Unavailable }, 0, &s).unwrap();
+        assert_eq!(change.shown.state, State::Unavailable);
+        live.shown = change.shown;
+        // A later plain sync does not override unavailable; setting it does.
+        assert!(live.step(&Input::SyncStarted { wanted: State::Online }, 1_000, &s).is_none());
+        let set = Input::Set { state: State::Online, status_msg: Some("back".into()) };
+        let change = live.step(&set, 2_000, &s).unwrap();
+        assert_eq!((change.shown.state, change.shown.status_msg.as_deref()), (State::Online, Some("back")));
+        live.shown = change.shown;
+        let change = live.step(&Input::SyncStarted { wanted: State::Unavailable }, 3_000, &s).unwrap();
+        assert_eq!(change.shown.state, State::Unavailable);
+    }
 }

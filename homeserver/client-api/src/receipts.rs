@@ -94,6 +94,7 @@ async fn require_joined(app: &App, session: &Session, room_id: &RoomId) -> Resul
 async fn post_receipt(app: App, req: Ruma<create_receipt::v3::Request>) -> Result<JsonBody, ApiError> {
     let room_id = &req.body.room_id;
     require_joined(&app, &req.auth, room_id).await?;
+    crate::presence::activity(&app, &req.auth.user_id).await;
     let receipt_type = req.body.receipt_type.to_string();
     let body: Value = serde_json::from_slice(&req.raw_body).unwrap_or_default();
     let thread_id = match body.get("thread_id") {
@@ -115,6 +116,7 @@ async fn post_receipt(app: App, req: Ruma<create_receipt::v3::Request>) -> Resul
 async fn post_read_markers(app: App, req: Ruma<set_read_marker::v3::Request>) -> Result<JsonBody, ApiError> {
     let room_id = &req.body.room_id;
     require_joined(&app, &req.auth, room_id).await?;
+    crate::presence::activity(&app, &req.auth.user_id).await;
     if let Some(event_id) = &req.body.fully_read {
         set_fully_read(&app, &req.auth, room_id, event_id).await?;
     }

@@ -12,7 +12,7 @@ use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma, Session};
 use homeserver_rooms::format::RoomIdField;
 use homeserver_storage::{
     events::{Direction, EventRow},
-    search::SearchOrder,
+    search::{SearchOrder, SearchQuery},
 };
 use ruma::{RoomId, api::client::search::search_events};
 use serde::Deserialize;
@@ -23,6 +23,9 @@ use crate::{App, account_data::ignored_users, events::viewer, filter::RoomEventF
 /// Results per page when the filter gives no limit, and the most one page holds.
 const DEFAULT_LIMIT: u64 = 10;
 const MAX_LIMIT: u64 = 100;
+/// Most index pages one request reads looking for visible hits; past that the client gets what
+/// was found and a `next_batch` to go on from, so a search full of hidden hits stays bounded.
+const MAX_PASSES: usize = 8;
 /// Most context events on either side of a result.
 const MAX_CONTEXT: u64 = 50;
 /// The searchable keys, and the default when the request names none.
@@ -138,10 +141,13 @@ async fn room_events(app: &App, session: &Session, criteria: Criteria, offset: i
     let mut consumed = offset;
     let mut count = None;
     let mut exhausted = false;
-    while (results.len() as i64) < limit && !exhausted {
+    let mut passes = 0;
+    let query = SearchQuery { rooms: &rooms, keys: &keys, tokens: &tokens, order };
+    while (results.len() as i64) < limit && !exhausted && passes < MAX_PASSES {
+        passes += 1;
         let (hits, total) =
-            app.db.search_events(&rooms, &keys, &tokens, order, limit, consumed).await.map_err(storage)?;
-        count.get_or_insert(total);
+            app.db.search_events(&query, limit, consumed, count.is_none()).await.map_err(storage)?;
+        let total = *count.get_or_insert(total.unwrap_or(0));
         exhausted = consumed + (hits.len() as i64) >= total || hits.is_empty();
         let ranks: HashMap<i64, f64> = hits.iter().map(|h| (h.stream_pos, h.rank)).collect();
         let mut rows = app

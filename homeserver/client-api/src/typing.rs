@@ -171,6 +171,7 @@ async fn put_typing(app: App, req: Ruma<create_typing_event::v3::Request>) -> Re
         TypingState::Yes(info) => Some(Instant::now() + info.timeout.min(MAX_TIMEOUT)),
         _ => None,
     };
+    crate::presence::activity(&app, &req.auth.user_id).await;
     let members = app.rooms.joined_members(room_id).await?;
     app.typing.set(room_id, &req.auth.user_id, until, members);
     Ok(JsonBody(json!({})))

@@ -10,29 +10,37 @@ pub struct PresenceRow {
     pub state: String,
     pub status_msg: Option<String>,
     pub last_active_ts: i64,
+    pub currently_active: bool,
     pub stream_pos: i64,
 }
 
+fn presence_row(r: &sqlx::any::AnyRow) -> Result<PresenceRow> {
+    Ok(PresenceRow {
+        user_id: r.try_get("user_id")?,
+        state: r.try_get("state")?,
+        status_msg: r.try_get("status_msg")?,
+        last_active_ts: r.try_get("last_active_ts")?,
+        currently_active: r.try_get::<i64, _>("currently_active")? != 0,
+        stream_pos: r.try_get("stream_pos")?,
+    })
+}
+
 impl Db {
-    /// Sets a user's presence at stream position `pos`.
-    pub async fn set_presence(
-        &self,
-        user_id: &str,
-        state: &str,
-        status_msg: Option<&str>,
-        last_active_ts: i64,
-        pos: i64,
-    ) -> Result<()> {
+    /// Stores a user's presence (at the row's stream position).
+    pub async fn set_presence(&self, row: &PresenceRow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO presence (user_id, state, status_msg, last_active_ts, stream_pos) VALUES ($1, $2, $3, $4, $5) \
+            "INSERT INTO presence (user_id, state, status_msg, last_active_ts, currently_active, stream_pos) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (user_id) DO UPDATE SET state = excluded.state, status_msg = excluded.status_msg, \
-               last_active_ts = excluded.last_active_ts, stream_pos = excluded.stream_pos",
+               last_active_ts = excluded.last_active_ts, currently_active = excluded.currently_active, \
+               stream_pos = excluded.stream_pos",
         )
-        .bind(user_id)
-        .bind(state)
-        .bind(status_msg)
-        .bind(last_active_ts)
-        .bind(pos)
+        .bind(row.user_id.as_str())
+        .bind(row.state.as_str())
+        .bind(row.status_msg.as_deref())
+        .bind(row.last_active_ts)
+        .bind(row.currently_active as i64)
+        .bind(row.stream_pos)
         .execute(self.writer())
         .await?;
         Ok(())
@@ -40,21 +48,24 @@ impl Db {
 
     pub async fn presence(&self, user_id: &str) -> Result<Option<PresenceRow>> {
         let row = sqlx::query(
-            "SELECT user_id, state, status_msg, last_active_ts, stream_pos FROM presence WHERE user_id = $1",
+            "SELECT user_id, state, status_msg, last_active_ts, currently_active, stream_pos FROM presence \
+             WHERE user_id = $1",
         )
         .bind(user_id)
         .fetch_optional(self.reader())
         .await?;
-        row.map(|r| {
-            Ok(PresenceRow {
-                user_id: r.try_get("user_id")?,
-                state: r.try_get("state")?,
-                status_msg: r.try_get("status_msg")?,
-                last_active_ts: r.try_get("last_active_ts")?,
-                stream_pos: r.try_get("stream_pos")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(presence_row).transpose()
+    }
+
+    /// Everyone whose stored state is not offline (for the timers after a restart).
+    pub async fn present_users(&self) -> Result<Vec<PresenceRow>> {
+        let rows = sqlx::query(
+            "SELECT user_id, state, status_msg, last_active_ts, currently_active, stream_pos FROM presence \
+             WHERE state <> 'offline'",
+        )
+        .fetch_all(self.reader())
+        .await?;
+        rows.iter().map(presence_row).collect()
     }
 
     /// Users who share a joined room with `user_id` (including the user).
@@ -77,7 +88,8 @@ impl Db {
         up_to: i64,
     ) -> Result<Vec<PresenceRow>> {
         let rows = sqlx::query(
-            "SELECT p.user_id, p.state, p.status_msg, p.last_active_ts, p.stream_pos FROM presence p \
+            "SELECT p.user_id, p.state, p.status_msg, p.last_active_ts, p.currently_active, p.stream_pos \
+             FROM presence p \
              WHERE p.stream_pos > $2 AND p.stream_pos <= $3 AND (p.user_id = $1 OR p.user_id IN ( \
                SELECT y.user_id FROM memberships x JOIN memberships y ON x.room_id = y.room_id \
                WHERE x.user_id = $1 AND x.membership = 'join' AND y.membership = 'join'))",
@@ -87,17 +99,7 @@ impl Db {
         .bind(up_to)
         .fetch_all(self.reader())
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(PresenceRow {
-                    user_id: r.try_get("user_id")?,
-                    state: r.try_get("state")?,
-                    status_msg: r.try_get("status_msg")?,
-                    last_active_ts: r.try_get("last_active_ts")?,
-                    stream_pos: r.try_get("stream_pos")?,
-                })
-            })
-            .collect()
+        rows.iter().map(presence_row).collect()
     }
 
     /// Whether two users share at least one room in which both are joined.

@@ -18,6 +18,15 @@ pub enum SearchOrder {
     Recent,
 }
 
+/// What to search: events in `rooms` whose `keys` text matches every token.
+#[derive(Debug, Clone, Copy)]
+pub struct SearchQuery<'a> {
+    pub rooms: &'a [String],
+    pub keys: &'a [String],
+    pub tokens: &'a [String],
+    pub order: SearchOrder,
+}
+
 /// One hit: the event's stream position and its score (higher is better).
 #[derive(Debug, Clone)]
 pub struct SearchHit {
@@ -85,19 +94,18 @@ fn fts5_query(tokens: &[String]) -> String {
 }
 
 impl Db {
-    /// Events in `rooms` whose `keys` text matches every token, best or newest first, skipping
-    /// `offset` hits. Returns the page and the total number of hits.
+    /// Events of the query, best or newest first, skipping `offset` hits. Returns the page and,
+    /// if `count` is asked for, the total number of hits.
     pub async fn search_events(
         &self,
-        rooms: &[String],
-        keys: &[String],
-        tokens: &[String],
-        order: SearchOrder,
+        query: &SearchQuery<'_>,
         limit: i64,
         offset: i64,
-    ) -> Result<(Vec<SearchHit>, i64)> {
+        count: bool,
+    ) -> Result<(Vec<SearchHit>, Option<i64>)> {
+        let SearchQuery { rooms, keys, tokens, order } = *query;
         if rooms.is_empty() || keys.is_empty() || tokens.is_empty() {
-            return Ok((Vec::new(), 0));
+            return Ok((Vec::new(), count.then_some(0)));
         }
         // $1 = query, $2.. = rooms, then keys, then limit and offset.
         let room_list = placeholders(2, rooms.len());
@@ -107,7 +115,9 @@ impl Db {
             Engine::Sqlite => (
                 "event_search MATCH $1".to_owned(),
                 "(0.0 - bm25(event_search))".to_owned(),
-                "event_search JOIN event_search_meta m ON m.stream_pos = event_search.rowid".to_owned(),
+                // CROSS JOIN keeps the full-text match the outer loop: the other order would
+                // run the MATCH once per indexed event of the rooms.
+                "event_search CROSS JOIN event_search_meta m ON m.stream_pos = event_search.rowid".to_owned(),
             ),
             Engine::Postgres => (
                 "m.tsv @@ plainto_tsquery('simple', $1)".to_owned(),
@@ -141,6 +151,9 @@ impl Db {
             .iter()
             .map(|r| Ok(SearchHit { stream_pos: r.try_get("stream_pos")?, rank: r.try_get("score")? }))
             .collect::<Result<Vec<_>>>()?;
+        if !count {
+            return Ok((hits, None));
+        }
         let count_sql = format!("SELECT COUNT(*) FROM {from} WHERE {filter}");
         let mut q = sqlx::query_scalar(AssertSqlSafe(count_sql)).bind(&query_text);
         for room in rooms {
@@ -149,8 +162,8 @@ impl Db {
         for key in keys {
             q = q.bind(key);
         }
-        let count: i64 = q.fetch_one(self.reader()).await?;
-        Ok((hits, count))
+        let total: i64 = q.fetch_one(self.reader()).await?;
+        Ok((hits, Some(total)))
     }
 
     /// Events by stream position (for search results), unknown positions skipped.

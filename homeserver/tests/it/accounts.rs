@@ -419,28 +419,3 @@ async fn registration_remembers_parameters_and_is_idempotent() {
     assert!(stored.contains("remy"), "{stored}");
     assert!(!stored.contains(first["access_token"].as_str().unwrap()));
 }
-
-#[tokio::test]
-async fn presence_status_is_set_by_its_owner_and_read_by_room_mates() {
-    let server = TestServer::start().await;
-    let alice = server.register("alice").await;
-    let bob = server.register("bob").await;
-    let carol = server.register("carol").await;
-    let room = server.create_room(&alice, json!({ "preset": "public_chat" })).await;
-    server.join(&bob, &room).await;
-    let path = format!("/_matrix/client/v3/presence/{}/status", enc(&alice.user_id));
-    let (status, _) = server
-        .put(&path, Some(&alice.token), json!({ "presence": "unavailable", "status_msg": "lunch" }))
-        .await;
-    assert_eq!(status, 200);
-    let (status, got) = server.get(&path, Some(&bob.token)).await;
-    assert_eq!(status, 200);
-    assert_eq!((got["presence"].as_str(), got["status_msg"].as_str()), (Some("unavailable"), Some("lunch")));
-    assert!(got["last_active_ago"].as_i64().unwrap() >= 0);
-    let (status, _) = server.get(&path, Some(&carol.token)).await;
-    assert_eq!(status, 403, "no shared room");
-    let (status, _) = server.put(&path, Some(&bob.token), json!({ "presence": "online" })).await;
-    assert_eq!(status, 403, "only one's own presence");
-    let (status, _) = server.put(&path, Some(&alice.token), json!({ "presence": "dancing" })).await;
-    assert_eq!(status, 400);
-}

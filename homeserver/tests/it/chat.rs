@@ -1,5 +1,5 @@
 //! Everyday chat features over raw HTTP: receipts and read markers, typing, unread counts and
-//! push rules, the notification list, presence in sync.
+//! push rules, the notification list.
 
 use std::time::{Duration, Instant};
 
@@ -278,42 +278,6 @@ async fn notifications_list_and_highlights() {
     let (_, rest) =
         server.get(&format!("/_matrix/client/v3/notifications?limit=1&from={next}"), Some(&bob.token)).await;
     assert_eq!(rest["notifications"][0]["event"]["content"]["body"], "plain");
-}
-
-#[tokio::test]
-async fn presence_comes_down_sync_to_room_mates() {
-    let server = TestServer::start().await;
-    let (alice, bob, _room) = pair(&server).await;
-    let since = server.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
-    server
-        .put(
-            &format!("/_matrix/client/v3/presence/{}/status", enc(&alice.user_id)),
-            Some(&alice.token),
-            json!({ "presence": "unavailable", "status_msg": "afk" }),
-        )
-        .await;
-    let sync = server.sync(&bob, Some(&since), 2000).await;
-    let events = sync["presence"]["events"].as_array().unwrap();
-    let alice_presence =
-        events.iter().find(|e| e["sender"] == alice.user_id.as_str()).expect("alice's presence");
-    assert_eq!(alice_presence["content"]["presence"], "unavailable");
-    assert_eq!(alice_presence["content"]["status_msg"], "afk");
-    // Syncing puts a user online.
-    let sync = server.sync(&alice, None, 0).await;
-    let me = sync["presence"]["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["sender"] == alice.user_id.as_str())
-        .cloned()
-        .unwrap();
-    assert_eq!(me["content"]["presence"], "online");
-
-    // With presence disabled nothing is tracked or sent.
-    let quiet = TestServer::start_with(|c| c.presence.enabled = false).await;
-    let carol = quiet.register("carol").await;
-    let sync = quiet.sync(&carol, None, 0).await;
-    assert!(sync["presence"]["events"].as_array().unwrap().is_empty());
 }
 
 #[tokio::test]

@@ -16,7 +16,8 @@
 //! - `search`: `POST /search`, CJK text, pagination, context, visibility.
 //! - `groups`: knock, restricted joins, upgrades, space hierarchy, jump to date, pins, reports.
 //! - `admin`: the Synapse-compatible admin API (users, rooms, reports; admins only).
-//! - `chat`: receipts, read markers, typing, unread counts, push rules, notifications, presence.
+//! - `chat`: receipts, read markers, typing, unread counts, push rules, notifications.
+//! - `presence`: the online/unavailable/offline state machine as room mates see it.
 
 mod accounts;
 mod admin;
@@ -26,6 +27,7 @@ mod friends;
 mod groups;
 mod harness;
 mod lifecycle;
+mod presence;
 mod relations;
 mod rooms;
 mod sdk;

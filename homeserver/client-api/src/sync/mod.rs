@@ -97,7 +97,8 @@ async fn sync(app: App, req: Ruma<sync_events::v3::Request>) -> Result<JsonBody,
     let timeout =
         req.body.timeout.unwrap_or_default().min(Duration::from_millis(app.config.max_sync_timeout_ms));
     let deadline = tokio::time::Instant::now() + timeout;
-    presence::on_sync(&app, &session.user_id, req.body.set_presence.as_str()).await?;
+    // The user counts as syncing (online) until this request ends.
+    let _syncing = presence::on_sync(&app, &session.user_id, req.body.set_presence.as_str()).await?;
     let mut wake = app.stream.subscribe(&session.user_id);
     loop {
         wake.borrow_and_update();
