@@ -4,8 +4,9 @@
 use std::collections::HashSet;
 
 use axum::Router;
-use homeserver_core::Error;
+use homeserver_core::{Error, ErrorKind};
 use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma, Session};
+use homeserver_storage::events::EventRow;
 use ruma::{
     UserId,
     api::client::config::{
@@ -18,6 +19,10 @@ use crate::{App, storage};
 
 /// Account data types the server manages itself and clients may not set here.
 const SERVER_MANAGED: &[&str] = &["m.fully_read", "m.push_rules"];
+
+fn server_managed(data_type: &str) -> Error {
+    Error::new(ErrorKind::ServerManaged, format!("Cannot set {data_type} through this API"))
+}
 
 pub fn routes(router: Router<App>) -> Router<App> {
     router.ruma_route(set_global).ruma_route(get_global).ruma_route(set_room).ruma_route(get_room)
@@ -55,17 +60,36 @@ fn check_ignore_list(user: &UserId, content: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// The users `user` ignores (`m.ignored_user_list`): their events and invites are hidden from them.
-pub(crate) async fn ignored_users(app: &App, user: &str) -> Result<HashSet<String>, Error> {
+/// The users someone ignores (`m.ignored_user_list`).
+#[derive(Debug, Default, Clone)]
+pub struct Ignored(HashSet<String>);
+
+impl Ignored {
+    /// Whether `user` is ignored (their invites, receipts, typing and presence are hidden).
+    pub fn contains(&self, user: &str) -> bool {
+        self.0.contains(user)
+    }
+
+    /// Whether an event is hidden: everything an ignored user sends except state events, which
+    /// the spec keeps so the room does not look different for having ignored someone.
+    pub fn hides(&self, event: &EventRow) -> bool {
+        event.state_key.is_none() && self.0.contains(&event.sender)
+    }
+}
+
+/// The users `user` ignores (`m.ignored_user_list`).
+pub(crate) async fn ignored_users(app: &App, user: &str) -> Result<Ignored, Error> {
     let Some(content) = app.db.account_data(user, "", "m.ignored_user_list").await.map_err(storage)? else {
-        return Ok(HashSet::new());
+        return Ok(Ignored::default());
     };
     let value: Value = serde_json::from_str(&content).unwrap_or_default();
-    Ok(value
-        .get("ignored_users")
-        .and_then(Value::as_object)
-        .map(|m| m.keys().cloned().collect())
-        .unwrap_or_default())
+    Ok(Ignored(
+        value
+            .get("ignored_users")
+            .and_then(Value::as_object)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default(),
+    ))
 }
 
 /// Stores account data and wakes the user's syncs.
@@ -90,7 +114,7 @@ async fn set_global(app: App, req: Ruma<set_global_account_data::v3::Request>) -
     only_self(&req.auth, &req.body.user_id)?;
     let data_type = req.body.event_type.to_string();
     if SERVER_MANAGED.contains(&data_type.as_str()) {
-        return Err(Error::bad_json(format!("{data_type} cannot be set through this endpoint")).into());
+        return Err(server_managed(&data_type).into());
     }
     let content = object_body(&req.raw_body)?;
     if data_type == "m.ignored_user_list" {
@@ -117,7 +141,7 @@ async fn set_room(app: App, req: Ruma<set_room_account_data::v3::Request>) -> Re
     only_self(&req.auth, &req.body.user_id)?;
     let data_type = req.body.event_type.to_string();
     if SERVER_MANAGED.contains(&data_type.as_str()) {
-        return Err(Error::bad_json(format!("{data_type} cannot be set through this endpoint")).into());
+        return Err(server_managed(&data_type).into());
     }
     let content = object_body(&req.raw_body)?;
     put_account_data(&app, &req.auth.user_id, req.body.room_id.as_str(), &data_type, &content).await?;

@@ -448,7 +448,7 @@ async fn messages(app: App, req: Ruma<get_message_events::v3::Request>) -> Resul
     };
     let ignored = ignored_users(&app, session.user_id.as_str()).await?;
     let rows: Vec<EventRow> =
-        rows.into_iter().filter(|r| filter.allows_row(r) && !ignored.contains(&r.sender)).collect();
+        rows.into_iter().filter(|r| filter.allows_row(r) && !ignored.hides(r)).collect();
     let rows = app.rooms.filter_visible(&session.user_id, rows).await?;
     let state = if filter.lazy_load_members { lazy_members(&app, session, &rows).await? } else { Vec::new() };
     let chunk = app.rooms.client_events(&rows, Some(viewer(session)), RoomIdField::Include).await?;
@@ -494,7 +494,7 @@ async fn context(app: App, req: Ruma<get_context::v3::Request>) -> Result<JsonBo
     let end = after.last().map(|r| r.stream_pos).unwrap_or(row.stream_pos);
     let ignored = ignored_users(&app, session.user_id.as_str()).await?;
     let keep = |rows: Vec<EventRow>| {
-        rows.into_iter().filter(|r| filter.allows_row(r) && !ignored.contains(&r.sender)).collect::<Vec<_>>()
+        rows.into_iter().filter(|r| filter.allows_row(r) && !ignored.hides(r)).collect::<Vec<_>>()
     };
     let before = app.rooms.filter_visible(&session.user_id, keep(before)).await?;
     let after = app.rooms.filter_visible(&session.user_id, keep(after)).await?;

@@ -176,28 +176,33 @@ async fn notifications(app: App, req: Ruma<get_notifications::v3::Request>) -> R
     let formatted = app.rooms.client_events(&events, Some(viewer), RoomIdField::Include).await?;
     let by_id: std::collections::HashMap<&str, (&homeserver_storage::events::EventRow, &Value)> =
         events.iter().zip(formatted.iter()).map(|(e, f)| (e.event_id.as_str(), (e, f))).collect();
-    let mut read_positions = std::collections::HashMap::new();
+    let ignored = crate::account_data::ignored_users(&app, session.user_id.as_str()).await?;
+    let mut receipts_of_room = std::collections::HashMap::new();
     let mut out = Vec::new();
     for row in &rows {
         let Some((event, formatted)) = by_id.get(row.event_id.as_str()) else { continue };
-        if !read_positions.contains_key(&row.room_id) {
+        if ignored.hides(event) {
+            continue;
+        }
+        if !receipts_of_room.contains_key(&row.room_id) {
             let receipts =
                 app.db.user_receipts(&row.room_id, session.user_id.as_str()).await.map_err(storage)?;
-            let pos = receipts
-                .iter()
-                .filter(|r| {
-                    r.receipt_type.starts_with("m.read")
-                        && (r.thread_id.is_empty() || Some(&r.thread_id) == row.thread_id.as_ref())
-                })
-                .map(|r| r.event_pos)
-                .max()
-                .unwrap_or(0);
-            read_positions.insert(row.room_id.clone(), pos);
+            receipts_of_room.insert(row.room_id.clone(), receipts);
         }
+        // Read if an unthreaded receipt, or the receipt of the event's own thread (`main` for
+        // the main timeline), is at or after it.
+        let own_thread = row.thread_id.as_deref().unwrap_or("main");
+        let read_up_to = receipts_of_room[&row.room_id]
+            .iter()
+            .filter(|r| r.receipt_type.starts_with("m.read"))
+            .filter(|r| r.thread_id.is_empty() || r.thread_id == own_thread)
+            .map(|r| r.event_pos)
+            .max()
+            .unwrap_or(0);
         out.push(json!({
             "actions": serde_json::from_str::<Value>(&row.actions).unwrap_or_else(|_| json!([])),
             "event": formatted,
-            "read": row.stream_pos <= read_positions[&row.room_id],
+            "read": row.stream_pos <= read_up_to,
             "room_id": row.room_id,
             "ts": event.origin_server_ts,
         }));

@@ -69,15 +69,25 @@ async fn set_fully_read(
     room_id: &RoomId,
     event_id: &EventId,
 ) -> Result<(), Error> {
-    if app
+    let target = app
         .db
         .event(event_id.as_str())
         .await
         .map_err(storage)?
         .filter(|e| e.room_id == room_id.as_str())
-        .is_none()
+        .ok_or_else(|| Error::not_found("Event not found in this room"))?;
+    // The read marker only moves forward, as in Synapse: a client catching up on an old device
+    // must not pull it back.
+    let user = session.user_id.as_str();
+    if let Some(current) =
+        app.db.account_data(user, room_id.as_str(), "m.fully_read").await.map_err(storage)?
+        && let Some(current_id) = serde_json::from_str::<Value>(&current)
+            .ok()
+            .and_then(|v| v.get("event_id").and_then(Value::as_str).map(str::to_owned))
+        && let Some(current) = app.db.event(&current_id).await.map_err(storage)?
+        && current.stream_pos >= target.stream_pos
     {
-        return Err(Error::not_found("Event not found in this room"));
+        return Ok(());
     }
     let content = json!({ "event_id": event_id }).to_string();
     put_account_data(app, &session.user_id, room_id.as_str(), "m.fully_read", &content).await
@@ -105,6 +115,9 @@ async fn post_receipt(app: App, req: Ruma<create_receipt::v3::Request>) -> Resul
     match receipt_type.as_str() {
         "m.read" | "m.read.private" => {
             set_receipt(&app, &req.auth, room_id, &req.body.event_id, &receipt_type, &thread_id).await?
+        }
+        "m.fully_read" if !thread_id.is_empty() => {
+            return Err(Error::invalid_param("thread_id is not allowed on m.fully_read").into());
         }
         "m.fully_read" => set_fully_read(&app, &req.auth, room_id, &req.body.event_id).await?,
         other => return Err(Error::invalid_param(format!("unknown receipt type {other}")).into()),
@@ -162,6 +175,7 @@ pub async fn unread_counts(
     room_id: &str,
     joined_at: i64,
     per_thread: bool,
+    ignored: &crate::account_data::Ignored,
 ) -> Result<UnreadCounts, Error> {
     let receipts = app.db.user_receipts(room_id, user).await.map_err(storage)?;
     let read = |r: &&ReceiptRow| r.receipt_type == "m.read" || r.receipt_type == "m.read.private";
@@ -179,14 +193,18 @@ pub async fn unread_counts(
     let main_pos = unthreaded.max(thread_pos("main"));
     let mut main = (0, 0);
     let mut threads: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
-    for (thread, highlight, pos) in
-        app.db.unread_push_actions(user, room_id, unthreaded).await.map_err(storage)?
-    {
+    for row in app.db.unread_push_actions(user, room_id, unthreaded).await.map_err(storage)? {
+        if ignored.contains(&row.sender) {
+            continue; // An ignored user's messages do not make a badge.
+        }
+        let (thread, highlight, pos) = (row.thread_id, row.highlight, row.stream_pos);
         let (counter, read_up_to) = match (&thread, per_thread) {
             (Some(root), true) => {
                 (threads.entry(root.clone()).or_default(), unthreaded.max(thread_pos(root)))
             }
-            _ => (&mut main, main_pos.max(thread.as_deref().map(thread_pos).unwrap_or(0))),
+            // A `main` receipt covers the main timeline only; a thread's own receipt its events.
+            (Some(root), false) => (&mut main, unthreaded.max(thread_pos(root))),
+            (None, _) => (&mut main, main_pos),
         };
         if pos > read_up_to {
             counter.0 += 1;

@@ -199,7 +199,7 @@ async fn visible_events(
     mut rows: Vec<EventRow>,
 ) -> Result<Vec<serde_json::Value>, Error> {
     let ignored = ignored_users(app, session.user_id.as_str()).await?;
-    rows.retain(|r| !ignored.contains(&r.sender));
+    rows.retain(|r| !ignored.hides(r));
     let rows = app.rooms.filter_visible(&session.user_id, rows).await?;
     app.rooms.client_events(&rows, Some(viewer(session)), RoomIdField::Include).await
 }

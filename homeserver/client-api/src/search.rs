@@ -158,7 +158,7 @@ async fn room_events(app: &App, session: &Session, criteria: Criteria, offset: i
         // Keep the hit order, and consume only as many hits as end up needed for this page.
         let order_of: HashMap<i64, usize> = hits.iter().enumerate().map(|(i, h)| (h.stream_pos, i)).collect();
         rows.sort_by_key(|r| order_of.get(&r.stream_pos).copied().unwrap_or(usize::MAX));
-        rows.retain(|r| filter.allows_row(r) && !ignored.contains(&r.sender));
+        rows.retain(|r| filter.allows_row(r) && !ignored.hides(r));
         let visible = app.rooms.filter_visible(&session.user_id, rows).await?;
         let mut used = hits.len();
         for row in visible {
@@ -254,7 +254,7 @@ async fn context(
     session: &Session,
     row: &EventRow,
     spec: &ContextSpec,
-    ignored: &HashSet<String>,
+    ignored: &crate::account_data::Ignored,
 ) -> Result<Value, Error> {
     let before_limit = spec.before_limit.min(MAX_CONTEXT) as i64;
     let after_limit = spec.after_limit.min(MAX_CONTEXT) as i64;
@@ -263,7 +263,7 @@ async fn context(
             return Ok::<_, Error>(Vec::new());
         }
         let mut rows = app.db.room_events(&row.room_id, from, None, dir, limit).await.map_err(storage)?;
-        rows.retain(|r| !ignored.contains(&r.sender));
+        rows.retain(|r| !ignored.hides(r));
         app.rooms.filter_visible(&session.user_id, rows).await
     };
     let before = load(row.stream_pos - 1, Direction::Backward, before_limit).await?;

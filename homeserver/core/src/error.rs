@@ -50,6 +50,8 @@ pub enum ErrorKind {
     BadAlias,
     /// A reaction identical to an earlier one by the same user.
     DuplicateAnnotation,
+    /// Data the server manages and clients may not write (HTTP 405, errcode `M_BAD_JSON`).
+    ServerManaged,
     /// The resource already exists (HTTP 409, errcode `M_UNKNOWN` as the spec's examples use).
     Conflict,
     /// The request needs (more) user-interactive authentication; the payload is the UIA body
@@ -66,7 +68,7 @@ impl ErrorKind {
             ErrorKind::Forbidden => "M_FORBIDDEN",
             ErrorKind::UnknownToken { .. } => "M_UNKNOWN_TOKEN",
             ErrorKind::MissingToken => "M_MISSING_TOKEN",
-            ErrorKind::BadJson => "M_BAD_JSON",
+            ErrorKind::BadJson | ErrorKind::ServerManaged => "M_BAD_JSON",
             ErrorKind::NotJson => "M_NOT_JSON",
             ErrorKind::NotFound => "M_NOT_FOUND",
             ErrorKind::LimitExceeded { .. } => "M_LIMIT_EXCEEDED",

@@ -39,6 +39,7 @@ impl ApiError {
             ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::ServerManaged => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::BadJson
             | ErrorKind::NotJson
             | ErrorKind::Unknown

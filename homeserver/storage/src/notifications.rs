@@ -17,20 +17,30 @@ pub struct NotificationRow {
     pub actions: String,
 }
 
+/// One unread notification of a user in a room.
+#[derive(Debug, Clone)]
+pub struct UnreadRow {
+    pub thread_id: Option<String>,
+    pub highlight: bool,
+    pub stream_pos: i64,
+    pub sender: String,
+}
+
 impl Db {
-    /// Notifications of a user in a room after position `after`: `(thread_id, highlight, pos)`.
-    /// The user's own rows, plus the room's broadcast rows they have no row of their own for.
+    /// Notifications of a user in a room after position `after`. The user's own rows, plus the
+    /// room's broadcast rows they have no row of their own for.
     pub async fn unread_push_actions(
         &self,
         user_id: &str,
         room_id: &str,
         after: i64,
-    ) -> Result<Vec<(Option<String>, bool, i64)>> {
+    ) -> Result<Vec<UnreadRow>> {
         let rows = sqlx::query(
-            "SELECT thread_id, highlight, stream_pos FROM event_push_actions \
-             WHERE user_id = $1 AND room_id = $2 AND stream_pos > $3 AND notify = 1 \
+            "SELECT a.thread_id, a.highlight, a.stream_pos, e.sender FROM event_push_actions a \
+             JOIN events e ON e.stream_pos = a.stream_pos \
+             WHERE a.user_id = $1 AND a.room_id = $2 AND a.stream_pos > $3 AND a.notify = 1 \
              UNION ALL \
-             SELECT b.thread_id, b.highlight, b.stream_pos FROM event_push_broadcast b \
+             SELECT b.thread_id, b.highlight, b.stream_pos, b.sender FROM event_push_broadcast b \
              WHERE b.room_id = $2 AND b.stream_pos > $3 AND b.sender <> $1 \
              AND NOT EXISTS (SELECT 1 FROM event_push_actions x WHERE x.user_id = $1 AND x.stream_pos = b.stream_pos)",
         )
@@ -41,11 +51,12 @@ impl Db {
         .await?;
         rows.iter()
             .map(|r| {
-                Ok((
-                    r.try_get("thread_id")?,
-                    r.try_get::<i64, _>("highlight")? != 0,
-                    r.try_get("stream_pos")?,
-                ))
+                Ok(UnreadRow {
+                    thread_id: r.try_get("thread_id")?,
+                    highlight: r.try_get::<i64, _>("highlight")? != 0,
+                    stream_pos: r.try_get("stream_pos")?,
+                    sender: r.try_get("sender")?,
+                })
             })
             .collect()
     }

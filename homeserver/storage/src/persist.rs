@@ -436,10 +436,20 @@ async fn apply(tx: &mut Transaction<'_, Any>, plan: &PersistPlan, engine: crate:
             .bind(redacts)
             .execute(&mut **tx)
             .await?;
-            sqlx::query("DELETE FROM threads WHERE room_id = $1 AND latest_event_id = ''")
+            // A redacted root ends its thread's listing; a recalled message stops notifying.
+            sqlx::query("DELETE FROM threads WHERE room_id = $1 AND (latest_event_id = '' OR root_id = $2)")
                 .bind(room_id)
+                .bind(redacts)
                 .execute(&mut **tx)
                 .await?;
+            for table in ["event_push_actions", "event_push_broadcast"] {
+                sqlx::query(AssertSqlSafe(format!(
+                    "DELETE FROM {table} WHERE stream_pos = (SELECT stream_pos FROM events WHERE event_id = $1)"
+                )))
+                .bind(redacts)
+                .execute(&mut **tx)
+                .await?;
+            }
         }
     }
     let txns: Vec<(&NewEvent, &TxnRecord)> =

@@ -123,7 +123,7 @@ async fn read_markers_set_fully_read_and_receipts() {
     assert!(
         ephemeral(&sync, &room, "m.receipt").unwrap()["content"][&event]["m.read"][&bob.user_id].is_object()
     );
-    let (status, _) = server
+    let (status, res) = server
         .put(
             &format!(
                 "/_matrix/client/v3/user/{}/rooms/{}/account_data/m.fully_read",
@@ -134,7 +134,33 @@ async fn read_markers_set_fully_read_and_receipts() {
             json!({ "event_id": event }),
         )
         .await;
-    assert_eq!(status, 400, "m.fully_read is managed by the server");
+    assert_eq!(
+        (status, res["errcode"].as_str()),
+        (405, Some("M_BAD_JSON")),
+        "m.fully_read is managed by the server"
+    );
+    // The marker only moves forward, and takes no thread.
+    let later = server.send_text(&alice, &room, "later").await;
+    let (status, _) =
+        server.post(&r(&room, "/read_markers"), Some(&bob.token), json!({ "m.fully_read": later })).await;
+    assert_eq!(status, 200);
+    let (status, _) =
+        server.post(&r(&room, "/read_markers"), Some(&bob.token), json!({ "m.fully_read": event })).await;
+    assert_eq!(status, 200);
+    let marker = format!(
+        "/_matrix/client/v3/user/{}/rooms/{}/account_data/m.fully_read",
+        enc(&bob.user_id),
+        enc(&room)
+    );
+    assert_eq!(server.get(&marker, Some(&bob.token)).await.1["event_id"], later.as_str(), "not pulled back");
+    let (status, res) = server
+        .post(
+            &r(&room, &format!("/receipt/m.fully_read/{}", enc(&later))),
+            Some(&bob.token),
+            json!({ "thread_id": "main" }),
+        )
+        .await;
+    assert_eq!((status, res["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{res}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,4 +384,71 @@ async fn one_message_many_outcomes_in_a_bigger_room() {
     assert_eq!(list["notifications"].as_array().unwrap().len(), 1, "{list}");
     let (_, list) = server.get("/_matrix/client/v3/notifications", Some(&muted.token)).await;
     assert!(list["notifications"].as_array().unwrap().is_empty(), "{list}");
+}
+
+#[tokio::test]
+async fn threaded_receipts_clear_their_own_thread_and_recall_clears_the_badge() {
+    let server = TestServer::start().await;
+    let (alice, bob, room) = pair(&server).await;
+    let root = server.send_text(&alice, &room, "root").await;
+    let mut replies = Vec::new();
+    for i in 0..2 {
+        let reply = json!({ "msgtype": "m.text", "body": format!("reply {i}"),
+                            "m.relates_to": { "rel_type": "m.thread", "event_id": root } });
+        let (status, res) =
+            server.put(&r(&room, &format!("/send/m.room.message/th{i}")), Some(&alice.token), reply).await;
+        assert_eq!(status, 200, "{res}");
+        replies.push(res["event_id"].as_str().unwrap().to_owned());
+    }
+    let main_msg = server.send_text(&alice, &room, "main timeline").await;
+    let threaded_filter =
+        enc(&json!({ "room": { "timeline": { "unread_thread_notifications": true } } }).to_string());
+    let counts = |sync: &Value| {
+        let room = joined(sync, &room);
+        let main = &room["unread_notifications"]["notification_count"];
+        let thread = &room["unread_thread_notifications"][&root]["notification_count"];
+        (main.as_u64().unwrap_or(0), thread.as_u64().unwrap_or(0))
+    };
+    let threaded_sync = || async {
+        server.get(&format!("/_matrix/client/v3/sync?filter={threaded_filter}"), Some(&bob.token)).await.1
+    };
+    assert_eq!(counts(&threaded_sync().await), (2, 2), "root and main message; two replies");
+
+    // A receipt in the thread reads the thread up to there, and nothing in the main timeline.
+    let path = r(&room, &format!("/receipt/m.read/{}", enc(&replies[0])));
+    assert_eq!(server.post(&path, Some(&bob.token), json!({ "thread_id": root })).await.0, 200);
+    assert_eq!(counts(&threaded_sync().await), (2, 1));
+    // A `main` receipt reads the main timeline, not the thread.
+    let path = r(&room, &format!("/receipt/m.read/{}", enc(&main_msg)));
+    assert_eq!(server.post(&path, Some(&bob.token), json!({ "thread_id": "main" })).await.0, 200);
+    assert_eq!(counts(&threaded_sync().await), (0, 1));
+    // A client that does not split by thread sees the one unread reply in the room's count.
+    assert_eq!(
+        joined(&server.sync(&bob, None, 0).await, &room)["unread_notifications"]["notification_count"],
+        1
+    );
+    let (_, list) = server.get("/_matrix/client/v3/notifications", Some(&bob.token)).await;
+    let unread: Vec<&str> = list["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["read"] == false)
+        .filter_map(|n| n["event"]["event_id"].as_str())
+        .collect();
+    assert_eq!(unread, vec![replies[1].as_str()], "{list}");
+
+    // Recalling the unread reply clears its badge.
+    let (status, _) = server
+        .put(&r(&room, &format!("/redact/{}/recall", enc(&replies[1]))), Some(&alice.token), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(counts(&threaded_sync().await), (0, 0));
+    let (_, list) = server.get("/_matrix/client/v3/notifications", Some(&bob.token)).await;
+    assert!(
+        list["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["event"]["event_id"] != replies[1].as_str())
+    );
 }

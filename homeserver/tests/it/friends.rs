@@ -143,12 +143,33 @@ async fn ignored_users_disappear_everywhere_including_retroactively() {
     assert_eq!(status, 200);
     server.send_text(&bob, &room, "spam after").await;
     server.send_text(&carol, &room, "carol again").await;
+    // Bob's state events still reach Alice: here his new display name (his member event).
+    let name_path = format!("/_matrix/client/v3/profile/{}/displayname", enc(&bob.user_id));
+    assert_eq!(server.put(&name_path, Some(&bob.token), json!({ "displayname": "Robert" })).await.0, 200);
 
     // Sync (initial, so retroactive), /messages, /context and the legacy stream all hide bob.
     let sync = server.sync(&alice, None, 0).await;
     let timeline = bodies(&sync["rooms"]["join"][&room]["timeline"]["events"]);
     assert!(timeline.contains(&"carol again".to_owned()), "{timeline:?}");
     assert!(!timeline.iter().any(|b| b.starts_with("spam")), "{timeline:?}");
+    let bobs_state = sync["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(sync["rooms"]["join"][&room]["state"]["events"].as_array().unwrap())
+        .any(|e| e["sender"] == bob.user_id.as_str() && e["content"]["displayname"] == "Robert");
+    assert!(bobs_state, "an ignored user's state events are still sent: {sync}");
+    // His messages make no badge and no notification: only Carol's two count.
+    let counts = &sync["rooms"]["join"][&room]["unread_notifications"];
+    assert_eq!(counts["notification_count"], 2, "{counts}");
+    let (_, list) = server.get("/_matrix/client/v3/notifications", Some(&alice.token)).await;
+    let senders: Vec<&str> = list["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["event"]["sender"].as_str())
+        .collect();
+    assert!(!senders.is_empty() && senders.iter().all(|s| *s == carol.user_id), "{list}");
     let (_, page) = server
         .get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", enc(&room)), Some(&alice.token))
         .await;

@@ -278,6 +278,13 @@ async fn threads_have_summaries_and_are_listed() {
         (summary["count"].as_u64(), summary["latest_event"]["content"]["body"].as_str()),
         (Some(1), Some("on first"))
     );
+    // A recalled root takes its thread out of the list.
+    let (status, _) = server
+        .put(&r(&room, &format!("/redact/{}/red2", enc(&second_root))), Some(&bob.token), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let (_, list) = server.get(&v1(&room, "/threads"), Some(&carol.token)).await;
+    assert_eq!(ids(&list["chunk"]), vec![first_root.clone()], "{list}");
 }
 
 #[tokio::test]

@@ -14,10 +14,7 @@
 
 pub mod lazy;
 
-use std::{
-    collections::{HashMap, HashSet},
-    time::Duration,
-};
+use std::{collections::HashMap, time::Duration};
 
 use axum::Router;
 use homeserver_core::{Error, token::StreamToken};
@@ -66,7 +63,7 @@ struct SyncContext<'a> {
     now: i64,
     full_state: bool,
     /// Users whose events and invites this user ignores (`m.ignored_user_list`).
-    ignored: HashSet<String>,
+    ignored: crate::account_data::Ignored,
 }
 
 /// The ephemeral events of one room in this sync.
@@ -360,7 +357,7 @@ async fn timeline(
     let limited = collected.len() > limit || !exhausted;
     collected.truncate(limit);
     collected.reverse();
-    collected.retain(|r| !ctx.ignored.contains(&r.sender));
+    collected.retain(|r| !ctx.ignored.hides(r));
     let rows = ctx.app.rooms.filter_visible(&ctx.session.user_id, collected).await?;
     Ok(Timeline { rows, limited })
 }
@@ -534,9 +531,15 @@ async fn joined_room(
     room["state"] = json!({ "events": app.rooms.client_events(&state, v, RoomIdField::Omit).await? });
     room["ephemeral"] = json!({ "events": ephemeral_events });
     let per_thread = ctx.filter.room.timeline.unread_thread_notifications;
-    let counts =
-        receipts::unread_counts(app, ctx.session.user_id.as_str(), room_id.as_str(), joined_at, per_thread)
-            .await?;
+    let counts = receipts::unread_counts(
+        app,
+        ctx.session.user_id.as_str(),
+        room_id.as_str(),
+        joined_at,
+        per_thread,
+        &ctx.ignored,
+    )
+    .await?;
     room["unread_notifications"] =
         json!({ "notification_count": counts.main.0, "highlight_count": counts.main.1 });
     if per_thread {
