@@ -70,6 +70,10 @@ impl Ignored {
         self.0.contains(user)
     }
 
+    pub fn users(&self) -> impl Iterator<Item = &String> {
+        self.0.iter()
+    }
+
     /// Whether an event is hidden: everything an ignored user sends except state events, which
     /// the spec keeps so the room does not look different for having ignored someone.
     pub fn hides(&self, event: &EventRow) -> bool {

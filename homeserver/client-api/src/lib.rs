@@ -38,6 +38,7 @@ pub mod tags;
 pub mod timestamp;
 pub mod typing;
 pub mod uia;
+pub mod unread;
 pub mod upgrade;
 pub mod user_directory;
 
@@ -110,6 +111,7 @@ pub struct AppInner {
     pub lazy_members: sync::lazy::LazyMemberCache,
     pub typing: Arc<typing::Typing>,
     pub presence: Arc<presence::PresenceTracker>,
+    pub unread: unread::UnreadCache,
 }
 
 impl std::ops::Deref for App {
@@ -137,6 +139,7 @@ impl App {
             lazy_members,
             typing,
             presence,
+            unread: unread::UnreadCache::default(),
         }));
         if app.presence.enabled {
             tokio::spawn(presence::presence_timers(app.clone()));

@@ -25,7 +25,10 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, Ordering},
+    },
     time::Duration,
 };
 
@@ -232,6 +235,9 @@ pub struct PresenceTracker {
     writer: tokio::sync::Mutex<()>,
     /// Wakes the timer task when a deadline earlier than its next one appears.
     rearm: Notify,
+    /// The newest stream position a presence row was written at (`i64::MAX` until known), so a
+    /// sync can tell without a query that no presence changed since its token.
+    newest_pos: AtomicI64,
 }
 
 #[derive(Default)]
@@ -268,7 +274,13 @@ impl PresenceTracker {
             inner: Mutex::new(Inner::default()),
             writer: tokio::sync::Mutex::new(()),
             rearm: Notify::new(),
+            newest_pos: AtomicI64::new(i64::MAX),
         })
+    }
+
+    /// Whether a presence row may have been written after stream position `since`.
+    pub fn changed_since(&self, since: i64) -> bool {
+        self.newest_pos.load(Ordering::Acquire) > since
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -339,6 +351,12 @@ async fn write(app: &App, user: &UserId, change: &Change) -> Result<(), Error> {
         stream_pos: reservation.first() as i64,
     };
     app.db.set_presence(&row).await.map_err(storage)?;
+    // Raised before the position completes, so no sync can see the position but not this.
+    let newest = &app.presence.newest_pos;
+    let known = newest.load(Ordering::Acquire);
+    if known != i64::MAX {
+        newest.fetch_max(row.stream_pos, Ordering::AcqRel);
+    }
     let mates = if change.wake {
         app.db
             .room_mates(user.as_str())
@@ -433,8 +451,10 @@ pub async fn presence_timers(app: App) {
 /// Users shown online or unavailable when the server (re)starts get their countdowns again, so
 /// a restart cannot leave anyone online forever.
 async fn adopt_stored(app: &App) -> Result<(), Error> {
-    let rows = app.db.present_users().await.map_err(storage)?;
     let _writer = app.presence.writer.lock().await;
+    let newest = app.db.newest_presence_pos().await.map_err(storage)?;
+    app.presence.newest_pos.store(newest, Ordering::Release);
+    let rows = app.db.present_users().await.map_err(storage)?;
     let now = now_millis() as i64;
     let tracker = &app.presence;
     let mut inner = tracker.lock();

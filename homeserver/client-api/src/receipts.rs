@@ -3,7 +3,8 @@
 //!
 //! A public receipt (`m.read`) goes to everyone in the room through sync; a private one
 //! (`m.read.private`) only to its owner. Both mark the user's notifications up to that event as
-//! read. `m.fully_read` is the read marker, kept as (server-managed) room account data.
+//! read (the counts themselves are in [`crate::unread`]). `m.fully_read` is the read marker,
+//! kept as (server-managed) room account data.
 
 use axum::Router;
 use homeserver_core::{Error, time::now_millis};
@@ -158,60 +159,4 @@ pub fn receipt_event(receipts: &[ReceiptRow], viewer: &str) -> Option<Value> {
         by_type[&r.receipt_type][&r.user_id] = info;
     }
     (!content.is_empty()).then(|| json!({ "type": "m.receipt", "content": content }))
-}
-
-/// Unread notification counts of a user in a room: `(notifications, highlights)` for the main
-/// timeline (or everything when threads are not counted apart), and per thread.
-pub struct UnreadCounts {
-    pub main: (u64, u64),
-    pub threads: Vec<(String, u64, u64)>,
-}
-
-/// Counting starts after the user's newest read receipt, or after `joined_at` (where their stay
-/// in the room began) if that is newer, as Synapse counts.
-pub async fn unread_counts(
-    app: &App,
-    user: &str,
-    room_id: &str,
-    joined_at: i64,
-    per_thread: bool,
-    ignored: &crate::account_data::Ignored,
-) -> Result<UnreadCounts, Error> {
-    let receipts = app.db.user_receipts(room_id, user).await.map_err(storage)?;
-    let read = |r: &&ReceiptRow| r.receipt_type == "m.read" || r.receipt_type == "m.read.private";
-    let unthreaded = receipts
-        .iter()
-        .filter(read)
-        .filter(|r| r.thread_id.is_empty())
-        .map(|r| r.event_pos)
-        .max()
-        .unwrap_or(0)
-        .max(joined_at);
-    let thread_pos = |thread: &str| {
-        receipts.iter().filter(read).filter(|r| r.thread_id == thread).map(|r| r.event_pos).max().unwrap_or(0)
-    };
-    let main_pos = unthreaded.max(thread_pos("main"));
-    let mut main = (0, 0);
-    let mut threads: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
-    for row in app.db.unread_push_actions(user, room_id, unthreaded).await.map_err(storage)? {
-        if ignored.contains(&row.sender) {
-            continue; // An ignored user's messages do not make a badge.
-        }
-        let (thread, highlight, pos) = (row.thread_id, row.highlight, row.stream_pos);
-        let (counter, read_up_to) = match (&thread, per_thread) {
-            (Some(root), true) => {
-                (threads.entry(root.clone()).or_default(), unthreaded.max(thread_pos(root)))
-            }
-            // A `main` receipt covers the main timeline only; a thread's own receipt its events.
-            (Some(root), false) => (&mut main, unthreaded.max(thread_pos(root))),
-            (None, _) => (&mut main, main_pos),
-        };
-        if pos > read_up_to {
-            counter.0 += 1;
-            if highlight {
-                counter.1 += 1;
-            }
-        }
-    }
-    Ok(UnreadCounts { main, threads: threads.into_iter().map(|(t, (n, h))| (t, n, h)).collect() })
 }

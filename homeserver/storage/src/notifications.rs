@@ -24,29 +24,38 @@ pub struct UnreadRow {
     pub highlight: bool,
     pub stream_pos: i64,
     pub sender: String,
+    /// Not a notification: a redaction in the range.
+    pub redaction: bool,
 }
 
 impl Db {
-    /// Notifications of a user in a room after position `after`. The user's own rows, plus the
-    /// room's broadcast rows they have no row of their own for.
+    /// Notifications of a user in a room in `(after, up_to]`: the user's own rows, plus the
+    /// room's broadcast rows they have no row of their own for; and a row with `redaction` set
+    /// for each redaction in the room in that range (it may have taken push actions away).
     pub async fn unread_push_actions(
         &self,
         user_id: &str,
         room_id: &str,
         after: i64,
+        up_to: i64,
     ) -> Result<Vec<UnreadRow>> {
         let rows = sqlx::query(
-            "SELECT a.thread_id, a.highlight, a.stream_pos, e.sender FROM event_push_actions a \
-             JOIN events e ON e.stream_pos = a.stream_pos \
-             WHERE a.user_id = $1 AND a.room_id = $2 AND a.stream_pos > $3 AND a.notify = 1 \
+            "SELECT a.thread_id, a.highlight, a.stream_pos, e.sender, 0 AS redaction \
+             FROM event_push_actions a JOIN events e ON e.stream_pos = a.stream_pos \
+             WHERE a.user_id = $1 AND a.room_id = $2 AND a.stream_pos > $3 AND a.stream_pos <= $4 \
+             AND a.notify = 1 \
              UNION ALL \
-             SELECT b.thread_id, b.highlight, b.stream_pos, b.sender FROM event_push_broadcast b \
-             WHERE b.room_id = $2 AND b.stream_pos > $3 AND b.sender <> $1 \
-             AND NOT EXISTS (SELECT 1 FROM event_push_actions x WHERE x.user_id = $1 AND x.stream_pos = b.stream_pos)",
+             SELECT b.thread_id, b.highlight, b.stream_pos, b.sender, 0 FROM event_push_broadcast b \
+             WHERE b.room_id = $2 AND b.stream_pos > $3 AND b.stream_pos <= $4 AND b.sender <> $1 \
+             AND NOT EXISTS (SELECT 1 FROM event_push_actions x WHERE x.user_id = $1 AND x.stream_pos = b.stream_pos) \
+             UNION ALL \
+             SELECT CAST(NULL AS TEXT), 0, stream_pos, sender, 1 FROM events \
+             WHERE room_id = $2 AND stream_pos > $3 AND stream_pos <= $4 AND redacts IS NOT NULL",
         )
         .bind(user_id)
         .bind(room_id)
         .bind(after)
+        .bind(up_to)
         .fetch_all(self.reader())
         .await?;
         rows.iter()
@@ -56,6 +65,7 @@ impl Db {
                     highlight: r.try_get::<i64, _>("highlight")? != 0,
                     stream_pos: r.try_get("stream_pos")?,
                     sender: r.try_get("sender")?,
+                    redaction: r.try_get::<i64, _>("redaction")? != 0,
                 })
             })
             .collect()

@@ -57,6 +57,13 @@ impl Db {
         row.as_ref().map(presence_row).transpose()
     }
 
+    /// The newest stream position of any presence row (0 if none).
+    pub async fn newest_presence_pos(&self) -> Result<i64> {
+        let pos: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(stream_pos) FROM presence").fetch_one(self.reader()).await?;
+        Ok(pos.unwrap_or(0))
+    }
+
     /// Everyone whose stored state is not offline (for the timers after a restart).
     pub async fn present_users(&self) -> Result<Vec<PresenceRow>> {
         let rows = sqlx::query(

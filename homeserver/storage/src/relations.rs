@@ -37,65 +37,49 @@ pub struct Aggregations {
 }
 
 impl Db {
-    /// The bundled aggregations for `targets` as seen by `viewer`: three grouped queries,
-    /// however many events and relations there are.
+    /// The bundled aggregations for `targets` as seen by `viewer`: one query (three grouped
+    /// parts), however many events and relations there are — it runs for every event list a
+    /// client reads, so most of the time it finds nothing, once.
     pub async fn aggregations(&self, targets: &[String], viewer: &str) -> Result<Aggregations> {
         let mut out = Aggregations::default();
+        let mut references = Vec::new();
         for chunk in targets.chunks(500) {
             let list = placeholders(2, chunk.len());
-            let targets_only = placeholders(1, chunk.len());
-            let bind_all = |sql: String, with_viewer: bool| {
-                let mut q = sqlx::query(AssertSqlSafe(sql));
-                if with_viewer {
-                    q = q.bind(viewer.to_owned());
-                }
-                for t in chunk {
-                    q = q.bind(t.clone());
-                }
-                q
-            };
-            let threads = bind_all(format!(
-                "SELECT relates_to, COUNT(*) AS n, MAX(stream_pos) AS latest, \
-                   SUM(CASE WHEN sender = $1 THEN 1 ELSE 0 END) AS mine \
-                 FROM event_relations WHERE rel_type = 'm.thread' AND relates_to IN ({list}) GROUP BY relates_to"
-            ), true)
-            .fetch_all(self.reader())
-            .await?;
-            for r in threads {
-                out.threads.push(ThreadSummary {
-                    root_id: r.try_get("relates_to")?,
-                    count: r.try_get("n")?,
-                    latest_pos: r.try_get("latest")?,
-                    viewer_replied: r.try_get::<i64, _>("mine")? > 0,
-                });
-            }
-            let edits = bind_all(
-                format!(
-                    "SELECT r.relates_to, MAX(r.stream_pos) AS latest FROM event_relations r \
-                 JOIN events o ON o.event_id = r.relates_to \
+            let sql = format!(
+                "SELECT 't' AS kind, relates_to, COUNT(*) AS n, MAX(stream_pos) AS pos, \
+                   SUM(CASE WHEN sender = $1 THEN 1 ELSE 0 END) AS mine, CAST(NULL AS TEXT) AS event_id \
+                 FROM event_relations WHERE rel_type = 'm.thread' AND relates_to IN ({list}) GROUP BY relates_to \
+                 UNION ALL \
+                 SELECT 'e', r.relates_to, COUNT(*), MAX(r.stream_pos), COUNT(*), CAST(NULL AS TEXT) \
+                 FROM event_relations r JOIN events o ON o.event_id = r.relates_to \
                  WHERE r.rel_type = 'm.replace' AND r.sender = o.sender AND r.event_type = o.event_type \
-                 AND o.state_key IS NULL AND r.relates_to IN ({targets_only}) GROUP BY r.relates_to"
-                ),
-                false,
-            )
-            .fetch_all(self.reader())
-            .await?;
-            for r in edits {
-                out.edits.push((r.try_get("relates_to")?, r.try_get("latest")?));
+                 AND o.state_key IS NULL AND r.relates_to IN ({list}) GROUP BY r.relates_to \
+                 UNION ALL \
+                 SELECT 'r', relates_to, COUNT(*), MAX(stream_pos), COUNT(*), event_id FROM event_relations \
+                 WHERE rel_type = 'm.reference' AND relates_to IN ({list}) GROUP BY relates_to, event_id"
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(viewer.to_owned());
+            for t in chunk {
+                q = q.bind(t.clone());
             }
-            let references = bind_all(
-                format!(
-                    "SELECT relates_to, event_id FROM event_relations \
-                 WHERE rel_type = 'm.reference' AND relates_to IN ({targets_only}) ORDER BY stream_pos"
-                ),
-                false,
-            )
-            .fetch_all(self.reader())
-            .await?;
-            for r in references {
-                out.references.push((r.try_get("relates_to")?, r.try_get("event_id")?));
+            for r in q.fetch_all(self.reader()).await? {
+                let kind: String = r.try_get("kind")?;
+                let target: String = r.try_get("relates_to")?;
+                let pos: i64 = r.try_get("pos")?;
+                match kind.as_str() {
+                    "t" => out.threads.push(ThreadSummary {
+                        root_id: target,
+                        count: r.try_get("n")?,
+                        latest_pos: pos,
+                        viewer_replied: r.try_get::<i64, _>("mine")? > 0,
+                    }),
+                    "e" => out.edits.push((target, pos)),
+                    _ => references.push((pos, target, r.try_get::<String, _>("event_id")?)),
+                }
             }
         }
+        references.sort();
+        out.references = references.into_iter().map(|(_, target, id)| (target, id)).collect();
         Ok(out)
     }
 

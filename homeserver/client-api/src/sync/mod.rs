@@ -272,7 +272,10 @@ async fn build_response(ctx: &SyncContext<'_>) -> Result<(Value, bool), Error> {
 /// Presence of the user and the people they share rooms with, changed since `since`.
 async fn presence_events(ctx: &SyncContext<'_>, since: i64) -> Result<Vec<Value>, Error> {
     let app = ctx.app;
-    if !app.presence.enabled || !ctx.filter.presence.allows("m.presence", "") {
+    if !app.presence.enabled
+        || !ctx.filter.presence.allows("m.presence", "")
+        || !app.presence.changed_since(since)
+    {
         return Ok(Vec::new());
     }
     let now = homeserver_core::time::now_millis() as i64;
@@ -531,13 +534,15 @@ async fn joined_room(
     room["state"] = json!({ "events": app.rooms.client_events(&state, v, RoomIdField::Omit).await? });
     room["ephemeral"] = json!({ "events": ephemeral_events });
     let per_thread = ctx.filter.room.timeline.unread_thread_notifications;
-    let counts = receipts::unread_counts(
+    let user = ctx.session.user_id.as_str();
+    let counts = crate::unread::unread_counts(
         app,
-        ctx.session.user_id.as_str(),
+        user,
         room_id.as_str(),
         joined_at,
         per_thread,
         &ctx.ignored,
+        ctx.now,
     )
     .await?;
     room["unread_notifications"] =
