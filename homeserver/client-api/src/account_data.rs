@@ -1,7 +1,9 @@
 //! Account data: per-user (and per-room) JSON blobs clients keep on the server (`m.direct`, tags,
 //! settings). Every write takes a stream position so `/sync` delivers it.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, num::NonZeroUsize, sync::Mutex};
+
+use lru::LruCache;
 
 use axum::Router;
 use homeserver_core::{Error, ErrorKind};
@@ -81,19 +83,52 @@ impl Ignored {
     }
 }
 
-/// The users `user` ignores (`m.ignored_user_list`).
-pub(crate) async fn ignored_users(app: &App, user: &str) -> Result<Ignored, Error> {
-    let Some(content) = app.db.account_data(user, "", "m.ignored_user_list").await.map_err(storage)? else {
-        return Ok(Ignored::default());
-    };
-    let value: Value = serde_json::from_str(&content).unwrap_or_default();
-    Ok(Ignored(
+/// Recently read ignore lists, each with a stream position it is at least as new as. Every
+/// request that returns events needs the list; this keeps it from costing a query each time.
+/// Entries only ever move forward: a write stores its list at its own position, a read at the
+/// position visible before it read, so a slow read cannot put back a list a write replaced.
+pub struct IgnoreLists(Mutex<LruCache<String, (i64, Ignored)>>);
+
+impl Default for IgnoreLists {
+    fn default() -> Self {
+        Self(Mutex::new(LruCache::new(NonZeroUsize::new(50_000).expect("non-zero"))))
+    }
+}
+
+impl IgnoreLists {
+    fn get(&self, user: &str) -> Option<Ignored> {
+        self.0.lock().expect("ignore lists poisoned").get(user).map(|(_, list)| list.clone())
+    }
+
+    fn offer(&self, user: &str, pos: i64, list: Ignored) {
+        let mut cache = self.0.lock().expect("ignore lists poisoned");
+        if cache.peek(user).is_none_or(|(known, _)| *known < pos) {
+            cache.put(user.to_owned(), (pos, list));
+        }
+    }
+}
+
+fn parse_ignore_list(content: &str) -> Ignored {
+    let value: Value = serde_json::from_str(content).unwrap_or_default();
+    Ignored(
         value
             .get("ignored_users")
             .and_then(Value::as_object)
             .map(|m| m.keys().cloned().collect())
             .unwrap_or_default(),
-    ))
+    )
+}
+
+/// The users `user` ignores (`m.ignored_user_list`).
+pub(crate) async fn ignored_users(app: &App, user: &str) -> Result<Ignored, Error> {
+    if let Some(list) = app.ignore_lists.get(user) {
+        return Ok(list);
+    }
+    let visible = app.stream.current() as i64;
+    let content = app.db.account_data(user, "", "m.ignored_user_list").await.map_err(storage)?;
+    let list = content.as_deref().map(parse_ignore_list).unwrap_or_default();
+    app.ignore_lists.offer(user, visible, list.clone());
+    Ok(list)
 }
 
 /// Stores account data and wakes the user's syncs.
@@ -109,6 +144,9 @@ pub async fn put_account_data(
         .set_account_data(user.as_str(), room_id, data_type, content, reservation.first() as i64)
         .await
         .map_err(storage)?;
+    if room_id.is_empty() && data_type == "m.ignored_user_list" {
+        app.ignore_lists.offer(user.as_str(), reservation.first() as i64, parse_ignore_list(content));
+    }
     reservation.complete(vec![user.to_owned()]);
     Ok(())
 }

@@ -112,6 +112,7 @@ pub struct AppInner {
     pub typing: Arc<typing::Typing>,
     pub presence: Arc<presence::PresenceTracker>,
     pub unread: unread::UnreadCache,
+    pub ignore_lists: account_data::IgnoreLists,
 }
 
 impl std::ops::Deref for App {
@@ -140,6 +141,7 @@ impl App {
             typing,
             presence,
             unread: unread::UnreadCache::default(),
+            ignore_lists: account_data::IgnoreLists::default(),
         }));
         if app.presence.enabled {
             tokio::spawn(presence::presence_timers(app.clone()));
