@@ -174,3 +174,64 @@ async fn unreachable_database_is_a_connect_error_naming_the_url() {
     assert!(!text.contains("secret"), "password leaked: {text}");
     assert!(matches!(Db::connect("mysql://x").await, Err(StorageError::UnsupportedUrl(_))));
 }
+
+#[tokio::test]
+async fn search_pages_through_rank_windows_and_filters_rooms() {
+    use crate::{
+        persist::SearchRow,
+        search::{RANK_WINDOW, SearchOrder, SearchQuery},
+    };
+    let (_t, db) = fresh().await;
+    // 1,500 hits in one room (every fifth with the word twice: better ranked), one elsewhere.
+    let hits = RANK_WINDOW + 500;
+    for (room, range) in [("!a:x", 1..=hits), ("!b:x", hits + 1..=hits + 1)] {
+        let plan = PersistPlan {
+            room_id: room.into(),
+            events: range
+                .clone()
+                .map(|pos| event(pos, &format!("$e{pos}"), "m.room.message", None, 0, 0))
+                .collect(),
+            search: range
+                .map(|pos| SearchRow {
+                    stream_pos: pos,
+                    key: "content.body".into(),
+                    text: if pos % 5 == 0 { "coffee coffee".into() } else { format!("coffee and item{pos}") },
+                })
+                .collect(),
+            ..Default::default()
+        };
+        db.persist(&plan).await.unwrap();
+    }
+    let rooms = vec!["!a:x".to_owned()];
+    let keys = vec!["content.body".to_owned()];
+    let tokens = vec!["coffee".to_owned()];
+    let query = |order| SearchQuery { rooms: &rooms, keys: &keys, tokens: &tokens, order };
+
+    let (page, count) = db.search_events(&query(SearchOrder::Recent), 10, 0, true).await.unwrap();
+    assert_eq!(count, Some(hits), "only the listed room counts");
+    assert_eq!(
+        page.iter().map(|h| h.stream_pos).collect::<Vec<_>>(),
+        (hits - 9..=hits).rev().collect::<Vec<_>>()
+    );
+
+    // Ranked: within the newest window the doubled word wins; a page stops at the window's end
+    // and the next offset continues in the older window, so every hit is reachable once.
+    let (page, _) = db.search_events(&query(SearchOrder::Rank), 10, 0, false).await.unwrap();
+    assert!(page.iter().all(|h| h.stream_pos % 5 == 0 && h.stream_pos > hits - RANK_WINDOW), "{page:?}");
+    assert!(page.windows(2).all(|w| w[0].rank >= w[1].rank));
+    let (tail, _) = db.search_events(&query(SearchOrder::Rank), 50, RANK_WINDOW - 5, false).await.unwrap();
+    assert_eq!(tail.len(), 5, "a page does not span two windows");
+    let mut seen = std::collections::HashSet::new();
+    let mut offset = 0;
+    loop {
+        let (page, _) = db.search_events(&query(SearchOrder::Rank), 100, offset, false).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        offset += page.len() as i64;
+        for hit in page {
+            assert!(seen.insert(hit.stream_pos), "hit {} twice", hit.stream_pos);
+        }
+    }
+    assert_eq!(seen.len() as i64, hits);
+}
