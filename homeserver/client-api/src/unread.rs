@@ -28,7 +28,7 @@ use lru::LruCache;
 use crate::{App, account_data::Ignored, storage};
 
 /// (user, room) pairs whose counts are kept.
-const CACHE_ENTRIES: usize = 100_000;
+const CACHE_ENTRIES: usize = 50_000;
 
 /// Unread counts of a user in a room: `(notifications, highlights)` for the main timeline (or
 /// everything when threads are not counted apart), and per thread.

@@ -87,6 +87,13 @@ struct PushOutcome {
     rows: Vec<PushActionRow>,
 }
 
+/// What makes an annotation a duplicate: the same target, sender, event type and key (the
+/// spec's rule), as one string triple; None for other relations.
+fn annotation_key(rel: &homeserver_storage::persist::RelationRow) -> Option<(String, String, String)> {
+    let key = rel.aggregation_key.as_ref().filter(|_| rel.rel_type == "m.annotation")?;
+    Some((rel.relates_to.clone(), rel.sender.clone(), format!("{}\0{key}", rel.event_type)))
+}
+
 /// A handle to a room's actor.
 pub(crate) type ActorHandle = mpsc::Sender<Command>;
 
@@ -638,14 +645,8 @@ impl RoomActor {
         }
         outcome.woken.push(pdu.sender.clone());
         if let Some(relation) = derive::relation(&pdu, pos) {
-            if relation.rel_type == "m.annotation"
-                && let Some(key) = &relation.aggregation_key
-            {
-                self.batch_annotations.insert((
-                    relation.relates_to.clone(),
-                    pdu.sender.to_string(),
-                    key.clone(),
-                ));
+            if let Some(key) = annotation_key(&relation) {
+                self.batch_annotations.insert(key);
             }
             outcome.plan.relations.push(relation);
         }
@@ -709,15 +710,14 @@ impl RoomActor {
                 }
             }
         }
-        let (Some(key), "m.annotation") = (&rel.aggregation_key, rel.rel_type.as_str()) else {
+        let (Some(key), Some(batch_key)) = (&rel.aggregation_key, annotation_key(&rel)) else {
             return Ok(());
         };
-        let batch_key = (rel.relates_to.clone(), rel.sender.clone(), key.clone());
         if self.batch_annotations.contains(&batch_key)
             || self
                 .shared
                 .db
-                .has_annotation(&rel.relates_to, &rel.sender, key)
+                .has_annotation(&rel.relates_to, &rel.sender, &rel.event_type, key)
                 .await
                 .map_err(storage_error)?
         {

@@ -155,15 +155,22 @@ impl Db {
         q.fetch_all(self.reader()).await?.iter().map(crate::events::event_from_row).collect()
     }
 
-    /// Whether `user` already reacted to `target` with `key`.
-    pub async fn has_annotation(&self, target: &str, sender: &str, key: &str) -> Result<bool> {
+    /// Whether `sender` already annotated `target` with `key` in an event of `event_type`.
+    pub async fn has_annotation(
+        &self,
+        target: &str,
+        sender: &str,
+        event_type: &str,
+        key: &str,
+    ) -> Result<bool> {
         let n: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM event_relations WHERE relates_to = $1 AND rel_type = 'm.annotation' \
-             AND sender = $2 AND aggregation_key = $3",
+             AND sender = $2 AND aggregation_key = $3 AND event_type = $4",
         )
         .bind(target)
         .bind(sender)
         .bind(key)
+        .bind(event_type)
         .fetch_one(self.reader())
         .await?;
         Ok(n > 0)

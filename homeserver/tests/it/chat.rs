@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{TestServer, User, enc};
+use crate::harness::{TestServer, enc};
 
 fn r(room: &str, rest: &str) -> String {
     format!("/_matrix/client/v3/rooms/{}{rest}", enc(room))
@@ -19,18 +19,10 @@ fn ephemeral<'a>(sync: &'a Value, room: &str, ty: &str) -> Option<&'a Value> {
     joined(sync, room)["ephemeral"]["events"].as_array()?.iter().find(|e| e["type"] == ty)
 }
 
-async fn pair(server: &TestServer) -> (User, User, String) {
-    let alice = server.register("alice").await;
-    let bob = server.register("bob").await;
-    let room = server.create_room(&alice, json!({ "preset": "public_chat" })).await;
-    server.join(&bob, &room).await;
-    (alice, bob, room)
-}
-
 #[tokio::test]
 async fn receipts_reset_unread_counts_and_private_receipts_stay_private() {
     let server = TestServer::start().await;
-    let (alice, bob, room) = pair(&server).await;
+    let (alice, bob, room) = server.pair().await;
     let bob_since = server.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
     let mut last = String::new();
     for i in 0..3 {
@@ -109,7 +101,7 @@ async fn receipts_reset_unread_counts_and_private_receipts_stay_private() {
 #[tokio::test]
 async fn read_markers_set_fully_read_and_receipts() {
     let server = TestServer::start().await;
-    let (alice, bob, room) = pair(&server).await;
+    let (alice, bob, room) = server.pair().await;
     let event = server.send_text(&alice, &room, "marker").await;
     let (status, _) = server
         .post(&r(&room, "/read_markers"), Some(&bob.token), json!({ "m.fully_read": event, "m.read": event }))
@@ -166,7 +158,7 @@ async fn read_markers_set_fully_read_and_receipts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_reaches_long_polls_and_expires() {
     let server = TestServer::start().await;
-    let (alice, bob, room) = pair(&server).await;
+    let (alice, bob, room) = server.pair().await;
     let since = server.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
     let url = server.url(&format!("/_matrix/client/v3/sync?timeout=10000&since={since}"));
     let (http, token) = (server.http.clone(), bob.token.clone());
@@ -208,7 +200,7 @@ async fn typing_reaches_long_polls_and_expires() {
 #[tokio::test]
 async fn push_rules_can_be_read_changed_and_mute_a_room() {
     let server = TestServer::start().await;
-    let (alice, bob, room) = pair(&server).await;
+    let (alice, bob, room) = server.pair().await;
     let (status, all) = server.get("/_matrix/client/v3/pushrules/", Some(&bob.token)).await;
     assert_eq!(status, 200);
     assert!(all["global"]["override"].as_array().unwrap().iter().any(|r| r["rule_id"] == ".m.rule.master"));
@@ -281,7 +273,7 @@ async fn push_rules_can_be_read_changed_and_mute_a_room() {
 #[tokio::test]
 async fn notifications_list_and_highlights() {
     let server = TestServer::start().await;
-    let (alice, bob, room) = pair(&server).await;
+    let (alice, bob, room) = server.pair().await;
     server.send_text(&alice, &room, "plain").await;
     server
         .put(
@@ -389,7 +381,7 @@ async fn one_message_many_outcomes_in_a_bigger_room() {
 #[tokio::test]
 async fn threaded_receipts_clear_their_own_thread_and_recall_clears_the_badge() {
     let server = TestServer::start().await;
-    let (alice, bob, room) = pair(&server).await;
+    let (alice, bob, room) = server.pair().await;
     let root = server.send_text(&alice, &room, "root").await;
     let mut replies = Vec::new();
     for i in 0..2 {

@@ -213,6 +213,15 @@ impl TestServer {
         assert_eq!(status, 200, "invite: {res}");
     }
 
+    /// Alice and Bob, both joined to a public room Alice created.
+    pub async fn pair(&self) -> (User, User, String) {
+        let alice = self.register("alice").await;
+        let bob = self.register("bob").await;
+        let room = self.create_room(&alice, json!({ "preset": "public_chat" })).await;
+        self.join(&bob, &room).await;
+        (alice, bob, room)
+    }
+
     /// Sends a text message; returns the event id.
     pub async fn send_text(&self, user: &User, room_id: &str, body: &str) -> String {
         let txn = format!("t{}", rand_u64());

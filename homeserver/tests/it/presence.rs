@@ -9,14 +9,6 @@ use serde_json::{Value, json};
 
 use crate::harness::{TestServer, User, enc};
 
-async fn pair(server: &TestServer) -> (User, User, String) {
-    let alice = server.register("alice").await;
-    let bob = server.register("bob").await;
-    let room = server.create_room(&alice, json!({ "preset": "public_chat" })).await;
-    server.join(&bob, &room).await;
-    (alice, bob, room)
-}
-
 fn status_path(user: &User) -> String {
     format!("/_matrix/client/v3/presence/{}/status", enc(&user.user_id))
 }
@@ -66,7 +58,7 @@ async fn quiet_sync(server: &TestServer, user: &User) -> String {
 #[tokio::test]
 async fn presence_is_set_by_its_owner_and_comes_down_sync_to_room_mates() {
     let server = TestServer::start().await;
-    let (alice, bob, _room) = pair(&server).await;
+    let (alice, bob, _room) = server.pair().await;
     let mut since = quiet_sync(&server, &bob).await;
     let set = json!({ "presence": "unavailable", "status_msg": "afk" });
     assert_eq!(server.put(&status_path(&alice), Some(&alice.token), set).await.0, 200);
@@ -90,7 +82,7 @@ async fn presence_is_set_by_its_owner_and_comes_down_sync_to_room_mates() {
 #[tokio::test]
 async fn a_long_poll_keeps_its_user_online_and_stopping_takes_them_offline() {
     let server = TestServer::start_with(|c| c.presence.offline_after_ms = 400).await;
-    let (alice, bob, _room) = pair(&server).await;
+    let (alice, bob, _room) = server.pair().await;
     let mut since = quiet_sync(&server, &bob).await;
     let alice_since = server.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
     await_presence(&server, &bob, &mut since, &alice, "online", Duration::from_secs(5)).await;
@@ -124,7 +116,7 @@ async fn a_long_poll_keeps_its_user_online_and_stopping_takes_them_offline() {
 #[tokio::test]
 async fn idle_users_turn_unavailable_and_activity_brings_them_back() {
     let server = TestServer::start_with(|c| c.presence.idle_after_ms = 600).await;
-    let (alice, bob, room) = pair(&server).await;
+    let (alice, bob, room) = server.pair().await;
     let mut since = quiet_sync(&server, &bob).await;
     server.sync(&alice, None, 0).await;
     let online = await_presence(&server, &bob, &mut since, &alice, "online", Duration::from_secs(5)).await;
@@ -157,7 +149,7 @@ async fn idle_users_turn_unavailable_and_activity_brings_them_back() {
 #[tokio::test]
 async fn presence_requests_are_checked() {
     let server = TestServer::start().await;
-    let (alice, bob, _room) = pair(&server).await;
+    let (alice, bob, _room) = server.pair().await;
     let carol = server.register("carol").await;
     let (status, res) =
         server.put(&status_path(&alice), Some(&bob.token), json!({ "presence": "online" })).await;
@@ -174,7 +166,7 @@ async fn presence_requests_are_checked() {
 #[tokio::test]
 async fn presence_can_be_switched_off() {
     let server = TestServer::start_with(|c| c.presence.enabled = false).await;
-    let (alice, bob, _room) = pair(&server).await;
+    let (alice, bob, _room) = server.pair().await;
     let set = json!({ "presence": "unavailable", "status_msg": "afk" });
     assert_eq!(server.put(&status_path(&alice), Some(&alice.token), set).await.0, 200, "accepted");
     let (_, got) = server.get(&status_path(&alice), Some(&bob.token)).await;

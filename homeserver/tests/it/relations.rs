@@ -63,18 +63,10 @@ fn ids(chunk: &Value) -> Vec<String> {
     chunk.as_array().unwrap().iter().map(|e| e["event_id"].as_str().unwrap().to_owned()).collect()
 }
 
-async fn pair(server: &TestServer) -> (User, User, String) {
-    let alice = server.register("alice").await;
-    let bob = server.register("bob").await;
-    let room = server.create_room(&alice, json!({ "preset": "public_chat" })).await;
-    server.join(&bob, &room).await;
-    (alice, bob, room)
-}
-
 #[tokio::test]
 async fn edits_bundle_the_latest_valid_replacement() {
     let server = TestServer::start().await;
-    let (alice, bob, room) = pair(&server).await;
+    let (alice, bob, room) = server.pair().await;
     let original = server.send_text(&alice, &room, "helo").await;
     edit(&server, &alice, &room, &original, "hello").await;
     let latest = edit(&server, &alice, &room, &original, "hello!").await;
@@ -116,7 +108,7 @@ async fn edits_bundle_the_latest_valid_replacement() {
 #[tokio::test]
 async fn reactions_are_one_per_user_and_key_and_listed_by_relations() {
     let server = TestServer::start().await;
-    let (alice, bob, room) = pair(&server).await;
+    let (alice, bob, room) = server.pair().await;
     let message = server.send_text(&alice, &room, "lunch?").await;
     let (status, thumbs) = react(&server, &bob, &room, &message, "👍").await;
     assert_eq!(status, 200);
@@ -124,11 +116,16 @@ async fn reactions_are_one_per_user_and_key_and_listed_by_relations() {
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_DUPLICATE_ANNOTATION")), "{body}");
     assert_eq!(react(&server, &alice, &room, &message, "👍").await.0, 200);
     assert_eq!(react(&server, &bob, &room, &message, "🍕").await.0, 200);
+    // The same key in an annotation of another event type is a different annotation.
+    let vote = json!({ "m.relates_to": { "rel_type": "m.annotation", "event_id": message, "key": "👍" } });
+    assert_eq!(send(&server, &bob, &room, "org.example.vote", vote.clone()).await.0, 200);
+    let (status, body) = send(&server, &bob, &room, "org.example.vote", vote).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_DUPLICATE_ANNOTATION")), "{body}");
 
     let (status, body) =
         server.get(&v1(&room, &format!("/relations/{}", enc(&message))), Some(&bob.token)).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["chunk"].as_array().unwrap().len(), 3);
+    assert_eq!(body["chunk"].as_array().unwrap().len(), 4);
     let (_, body) = server
         .get(&v1(&room, &format!("/relations/{}/m.annotation/m.reaction", enc(&message))), Some(&bob.token))
         .await;
@@ -151,7 +148,7 @@ async fn reactions_are_one_per_user_and_key_and_listed_by_relations() {
     assert_eq!(status, 200);
     let (_, body) = server.get(&v1(&room, &format!("/relations/{}", enc(&message))), Some(&bob.token)).await;
     assert!(!ids(&body["chunk"]).contains(&thumbs.to_owned()));
-    assert_eq!(body["chunk"].as_array().unwrap().len(), 2);
+    assert_eq!(body["chunk"].as_array().unwrap().len(), 3);
     assert_eq!(react(&server, &bob, &room, &message, "👍").await.0, 200);
 
     // Relations must stay in their room.
@@ -163,7 +160,7 @@ async fn reactions_are_one_per_user_and_key_and_listed_by_relations() {
 #[tokio::test]
 async fn relations_paginate_both_ways_and_recurse() {
     let server = TestServer::start().await;
-    let (alice, bob, room) = pair(&server).await;
+    let (alice, bob, room) = server.pair().await;
     let root = server.send_text(&alice, &room, "root").await;
     let mut replies = Vec::new();
     for i in 0..5 {
@@ -226,7 +223,7 @@ async fn relations_paginate_both_ways_and_recurse() {
 #[tokio::test]
 async fn threads_have_summaries_and_are_listed() {
     let server = TestServer::start().await;
-    let (alice, bob, room) = pair(&server).await;
+    let (alice, bob, room) = server.pair().await;
     let carol = server.register("carol").await;
     server.join(&carol, &room).await;
     let first_root = server.send_text(&alice, &room, "first topic").await;
@@ -290,7 +287,7 @@ async fn threads_have_summaries_and_are_listed() {
 #[tokio::test]
 async fn references_are_bundled() {
     let server = TestServer::start().await;
-    let (alice, bob, room) = pair(&server).await;
+    let (alice, bob, room) = server.pair().await;
     let poll = server.send_text(&alice, &room, "poll: tea or coffee?").await;
     let vote = send_ok(
         &server,
