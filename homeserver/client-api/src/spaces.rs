@@ -1,5 +1,5 @@
 //! `GET /rooms/{roomId}/hierarchy`: the rooms of a space, walked breadth-first through its
-//! `m.space.child` events. A room is shown if the user may see or join it (member, invited,
+//! `m.space.child` events (only spaces have children). A room is shown if the user may see or join it (member, invited,
 //! world-readable, public or knockable, or restricted to a room the user is in); children are
 //! ordered by their `order` field, then when they were added, then room id. Pagination is by
 //! position in the walk, so a token stays valid as long as the space does not change.
@@ -144,7 +144,9 @@ async fn hierarchy(app: App, req: Ruma<get_hierarchy::v1::Request>) -> Result<Js
         if room_id != *root && !accessible(&app, &room_id, user, &entry).await? {
             continue;
         }
-        let children = children(&app, &room_id).await?;
+        // Only a space has children; `m.space.child` in an ordinary room means nothing here.
+        let children =
+            if entry["room_type"] == "m.space" { children(&app, &room_id).await? } else { Vec::new() };
         let mut children_state = Vec::new();
         for child in children {
             if req.body.suggested_only && !child.suggested {

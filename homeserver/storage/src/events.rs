@@ -436,25 +436,31 @@ impl Db {
         Ok(self.room_events(room_id, up_to, None, Direction::Backward, 1).await?.into_iter().next())
     }
 
-    /// The event at or just before a timestamp (`dir` backward) or at or after it (forward).
-    pub async fn event_near_timestamp(
+    /// Up to `limit` events nearest a timestamp: at or before it, newest first (`dir` backward),
+    /// or at or after it, oldest first (forward).
+    pub async fn events_near_timestamp(
         &self,
         room_id: &str,
         ts: i64,
         dir: Direction,
-    ) -> Result<Option<EventRow>> {
+        limit: i64,
+    ) -> Result<Vec<EventRow>> {
         let sql = match dir {
             Direction::Backward => format!(
                 "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND origin_server_ts <= $2 \
-                 AND rejected = 0 ORDER BY origin_server_ts DESC, stream_pos DESC LIMIT 1"
+                 AND rejected = 0 ORDER BY origin_server_ts DESC, stream_pos DESC LIMIT $3"
             ),
             Direction::Forward => format!(
                 "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND origin_server_ts >= $2 \
-                 AND rejected = 0 ORDER BY origin_server_ts ASC, stream_pos ASC LIMIT 1"
+                 AND rejected = 0 ORDER BY origin_server_ts ASC, stream_pos ASC LIMIT $3"
             ),
         };
-        let row =
-            sqlx::query(AssertSqlSafe(sql)).bind(room_id).bind(ts).fetch_optional(self.reader()).await?;
-        row.as_ref().map(event_from_row).transpose()
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(room_id)
+            .bind(ts)
+            .bind(limit)
+            .fetch_all(self.reader())
+            .await?;
+        rows.iter().map(event_from_row).collect()
     }
 }

@@ -287,6 +287,8 @@ async fn space_hierarchy_lists_what_the_user_may_see() {
     put_state(&server, &alice, &subspace, "m.space.child", &nested, child("a", false)).await;
     // A child link without `via` is a removed link.
     put_state(&server, &alice, &space, "m.space.child", "!gone:localhost", json!({})).await;
+    // An ordinary room has no children, whatever `m.space.child` events it holds.
+    put_state(&server, &alice, &public, "m.space.child", &secret, child("a", true)).await;
 
     let names = |body: &Value| -> Vec<String> {
         body["rooms"]
@@ -305,6 +307,8 @@ async fn space_hierarchy_lists_what_the_user_may_see() {
     let staff = body["rooms"].as_array().unwrap().iter().find(|r| r["name"] == "Staff").unwrap();
     assert_eq!(staff["join_rule"], "restricted");
     assert_eq!(staff["allowed_room_ids"], json!([space]));
+    let general = body["rooms"].as_array().unwrap().iter().find(|r| r["name"] == "General").unwrap();
+    assert_eq!(general["children_state"], json!([]), "not a space: {general}");
 
     let (_, body) = server.get(&v1(&space, "/hierarchy?suggested_only=true"), Some(&bob.token)).await;
     assert_eq!(names(&body), vec!["Company", "General", "Staff"]);
@@ -356,6 +360,32 @@ async fn jump_to_date_finds_the_nearest_event() {
     assert_eq!(status, 403);
     let (status, _) = server.get(&v1(&room, "/timestamp_to_event?ts=abc&dir=f"), Some(&alice.token)).await;
     assert_eq!(status, 400);
+
+    // Events the user may not see are stepped over: Bob joins a room whose history is for
+    // members since they joined; jumping forward from after the room's creation steps over 60
+    // messages he may not see and lands on his invite.
+    let joined_only = server
+        .create_room(
+            &alice,
+            json!({ "preset": "private_chat", "initial_state": [{ "type": "m.room.history_visibility",
+                    "state_key": "", "content": { "history_visibility": "joined" } }] }),
+        )
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let after_creation = homeserver_core::time::now_millis();
+    for i in 0..60 {
+        server.send_text(&alice, &joined_only, &format!("before bob {i}")).await;
+    }
+    server.invite(&alice, &joined_only, &bob.user_id).await;
+    server.join(&bob, &joined_only).await;
+    let (status, body) = server
+        .get(&v1(&joined_only, &format!("/timestamp_to_event?ts={after_creation}&dir=f")), Some(&bob.token))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let path = r(&joined_only, &format!("/event/{}", enc(body["event_id"].as_str().unwrap())));
+    let (_, event) = server.get(&path, Some(&bob.token)).await;
+    assert!(event["type"] == "m.room.member" && event["state_key"] == bob.user_id.as_str(), "{event}");
+    assert_eq!(event["content"]["membership"], "invite");
 }
 
 #[tokio::test]
