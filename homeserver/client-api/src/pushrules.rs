@@ -46,7 +46,7 @@ pub async fn ruleset(app: &App, user: &UserId) -> Result<Ruleset, Error> {
     })
 }
 
-async fn save(app: &App, user: &UserId, rules: &Ruleset) -> Result<(), Error> {
+pub(crate) async fn save(app: &App, user: &UserId, rules: &Ruleset) -> Result<(), Error> {
     let content = json!({ "global": rules }).to_string();
     put_account_data(app, user, "", PUSH_RULES_TYPE, &content).await?;
     app.rooms.push_rules().invalidate(user);

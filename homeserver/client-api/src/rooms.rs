@@ -162,6 +162,7 @@ async fn join_by_id(app: App, req: Ruma<join_room_by_id::v3::Request>) -> Result
     let extra = join_content(&req.raw_body)?;
     let room_id = req.body.room_id.clone();
     app.rooms.join(&room_id, &req.auth.user_id, extra).await?;
+    crate::upgrade::carry_user_state(&app, &req.auth.user_id, &room_id).await;
     Ok(JsonBody(json!({ "room_id": room_id })))
 }
 
@@ -180,6 +181,7 @@ async fn join_by_id_or_alias(
         }
     };
     app.rooms.join(&room_id, &req.auth.user_id, extra).await?;
+    crate::upgrade::carry_user_state(&app, &req.auth.user_id, &room_id).await;
     Ok(JsonBody(json!({ "room_id": room_id })))
 }
 

@@ -1,12 +1,20 @@
 //! `POST /rooms/{roomId}/upgrade`: replacing a room with one of a newer version. The work is the
-//! room model's (`homeserver-rooms::upgrade`); this is the thin handler.
+//! room model's (`homeserver-rooms::upgrade`); this is the thin handler. When a user joins the
+//! replacement (the upgrader at once, the others as they follow the tombstone), their own view of
+//! the old room comes along, as Synapse does it: its tags (favourite, low priority), its
+//! room-specific push rule (a muted room stays muted) and its place in `m.direct`.
 
 use axum::Router;
+use homeserver_core::Error;
 use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma};
-use ruma::api::client::room::upgrade_room;
-use serde_json::json;
+use ruma::{
+    OwnedRoomId, RoomId, UserId,
+    api::client::room::upgrade_room,
+    push::{NewPushRule, NewSimplePushRule},
+};
+use serde_json::{Value, json};
 
-use crate::App;
+use crate::{App, account_data::put_account_data, pushrules, storage};
 
 pub fn routes(router: Router<App>) -> Router<App> {
     router.ruma_route(upgrade)
@@ -19,5 +27,80 @@ async fn upgrade(app: App, req: Ruma<upgrade_room::v3::Request>) -> Result<JsonB
         .rooms
         .upgrade_room(&b.room_id, &req.auth.user_id, b.new_version.clone(), b.additional_creators.clone())
         .await?;
+    carry_user_state(&app, &req.auth.user_id, &new_room).await;
     Ok(JsonBody(json!({ "replacement_room": new_room })))
+}
+
+/// After `user` joined `room`: if it replaced another room, copies their tags, room push rule
+/// and `m.direct` entry over, where the new room has none yet. Failures are logged; the join
+/// stands either way.
+pub async fn carry_user_state(app: &App, user: &UserId, room: &RoomId) {
+    let result = async {
+        let Some(old) = predecessor(app, room).await? else { return Ok(()) };
+        copy_tags(app, user, &old, room).await?;
+        copy_room_rule(app, user, &old, room).await?;
+        copy_direct(app, user, &old, room).await
+    };
+    if let Err(err) = result.await {
+        tracing::warn!(%user, %room, error = %err, "could not carry user state over a room upgrade");
+    }
+}
+
+async fn predecessor(app: &App, room: &RoomId) -> Result<Option<OwnedRoomId>, Error> {
+    let Some(create) = app.rooms.current_state_event(room, "m.room.create", "").await? else {
+        return Ok(None);
+    };
+    Ok(create
+        .content_value()
+        .get("predecessor")
+        .and_then(|p| p.get("room_id"))
+        .and_then(Value::as_str)
+        .and_then(|r| RoomId::parse(r).ok()))
+}
+
+async fn copy_tags(app: &App, user: &UserId, old: &RoomId, new: &RoomId) -> Result<(), Error> {
+    let db = &app.db;
+    let Some(tags) = db.account_data(user.as_str(), old.as_str(), "m.tag").await.map_err(storage)? else {
+        return Ok(());
+    };
+    if db.account_data(user.as_str(), new.as_str(), "m.tag").await.map_err(storage)?.is_none() {
+        put_account_data(app, user, new.as_str(), "m.tag", &tags).await?;
+    }
+    Ok(())
+}
+
+async fn copy_room_rule(app: &App, user: &UserId, old: &RoomId, new: &RoomId) -> Result<(), Error> {
+    let mut rules = pushrules::ruleset(app, user).await?;
+    let Some(rule) = rules.room.iter().find(|r| r.rule_id == *old).cloned() else { return Ok(()) };
+    if rules.room.iter().any(|r| r.rule_id == *new) {
+        return Ok(());
+    }
+    let enabled = rule.enabled;
+    let copy = NewPushRule::Room(NewSimplePushRule::new(new.to_owned(), rule.actions));
+    rules.insert(copy, None, None).map_err(|e| Error::internal(e.to_string()))?;
+    rules
+        .set_enabled(ruma::push::RuleKind::Room, new.as_str(), enabled)
+        .map_err(|e| Error::internal(e.to_string()))?;
+    pushrules::save(app, user, &rules).await
+}
+
+async fn copy_direct(app: &App, user: &UserId, old: &RoomId, new: &RoomId) -> Result<(), Error> {
+    let Some(content) = app.db.account_data(user.as_str(), "", "m.direct").await.map_err(storage)? else {
+        return Ok(());
+    };
+    let mut direct: Value = serde_json::from_str(&content).unwrap_or_default();
+    let mut changed = false;
+    for rooms in direct.as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
+        if let Some(list) = rooms.as_array_mut()
+            && list.iter().any(|r| r == old.as_str())
+            && !list.iter().any(|r| r == new.as_str())
+        {
+            list.push(json!(new));
+            changed = true;
+        }
+    }
+    if changed {
+        put_account_data(app, user, "", "m.direct", &direct.to_string()).await?;
+    }
+    Ok(())
 }

@@ -169,6 +169,21 @@ async fn upgrading_a_room_carries_it_over_and_tombstones_the_old_one() {
         200
     );
 
+    // Bob's own view of the room: a favourite, muted, and his DM list names it.
+    let bob_room_data = |room: &str, ty: &str| {
+        format!("/_matrix/client/v3/user/{}/rooms/{}/{ty}", enc(&bob.user_id), enc(room))
+    };
+    let favourite = json!({ "order": 0.5 });
+    assert_eq!(
+        server.put(&bob_room_data(&old, "tags/m.favourite"), Some(&bob.token), favourite).await.0,
+        200
+    );
+    let mute = format!("/_matrix/client/v3/pushrules/global/room/{}", enc(&old));
+    assert_eq!(server.put(&mute, Some(&bob.token), json!({ "actions": [] })).await.0, 200);
+    let direct = format!("/_matrix/client/v3/user/{}/account_data/m.direct", enc(&bob.user_id));
+    let dm = json!({ alice.user_id.clone(): [old.clone()] });
+    assert_eq!(server.put(&direct, Some(&bob.token), dm).await.0, 200);
+
     // Only someone allowed to send the tombstone may upgrade, and only to a known version.
     let (status, body) = upgrade(&server, &old, &bob, "11").await;
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
@@ -221,6 +236,15 @@ async fn upgrading_a_room_carries_it_over_and_tombstones_the_old_one() {
     let (status, _) =
         put_state(&server, &bob, &new, "m.room.topic", "", json!({ "topic": "new topic" })).await;
     assert_eq!(status, 200);
+    // His favourite, mute and DM came along.
+    let (_, tags) = server.get(&bob_room_data(&new, "tags"), Some(&bob.token)).await;
+    assert_eq!(tags["tags"]["m.favourite"]["order"], 0.5, "{tags}");
+    let (status, rule) = server
+        .get(&format!("/_matrix/client/v3/pushrules/global/room/{}", enc(&new)), Some(&bob.token))
+        .await;
+    assert_eq!((status, rule["actions"].clone()), (200, json!([])), "{rule}");
+    let (_, dms) = server.get(&direct, Some(&bob.token)).await;
+    assert_eq!(dms[&alice.user_id], json!([old, new]), "{dms}");
 }
 
 #[tokio::test]
