@@ -6,6 +6,8 @@
 //! - `sdk`: the core flow with matrix-sdk (register, create, invite, join, chat, sync, history).
 //! - `sdk_chat`: everyday chat features through matrix-sdk (DM, unread, typing, favourite, edit,
 //!   reactions, thread, recall, ignore, user directory).
+//! - `sdk_groups`: group features through matrix-sdk (muting a room, search, presence, knocking,
+//!   content reports, room upgrades).
 //! - `accounts`: registration, login, logout, devices, password, deactivation, profiles.
 //! - `errors`: every error code the foundation promises, with its status.
 //! - `rooms`: room creation options, membership, aliases, directory, state, redaction, reads.
@@ -32,5 +34,6 @@ mod relations;
 mod rooms;
 mod sdk;
 mod sdk_chat;
+mod sdk_groups;
 mod search;
 mod sync;
