@@ -264,6 +264,14 @@ async fn rate_limits_answer_with_retry_after() {
     let body = limited.expect("rate limited within 10 messages");
     assert_eq!(errcode(&body), "M_LIMIT_EXCEEDED");
     assert!(body["retry_after_ms"].as_u64().unwrap() > 0);
+    // Reports draw on the same budget: a flood of them is refused too.
+    let bob = server.register("bob").await;
+    let path = format!("/_matrix/client/v3/users/{}/report", enc(&alice.user_id));
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(server.post(&path, Some(&bob.token), json!({ "reason": "flood" })).await.0);
+    }
+    assert!(statuses.starts_with(&[200]) && statuses.contains(&429), "{statuses:?}");
 }
 
 #[tokio::test]
