@@ -245,7 +245,8 @@ fn check(tap_text: &str, update: bool) -> Result<()> {
     let whitelist_path = compat_dir().join("sytest-whitelist");
     let whitelist: BTreeSet<String> = lists::read_names(&whitelist_path)?.into_iter().collect();
     let passing = passing_names(&results);
-    let regressions: Vec<&String> = whitelist.iter().filter(|name| !passing.contains(name.as_str())).collect();
+    let regressions: Vec<&String> =
+        whitelist.iter().filter(|name| !passing.contains(name.as_str())).collect();
     let newly: Vec<&str> = passing.iter().copied().filter(|name| !whitelist.contains(*name)).collect();
     if !newly.is_empty() {
         eprintln!("{} passing tests are not in the whitelist yet:", newly.len());
