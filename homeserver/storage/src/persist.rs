@@ -149,7 +149,7 @@ impl Db {
 }
 
 /// `($first, …), (…)` for `rows` rows of `columns` placeholders.
-fn values(columns: usize, rows: usize) -> String {
+pub(crate) fn values(columns: usize, rows: usize) -> String {
     let mut out = String::with_capacity(rows * columns * 5);
     let mut n = 1;
     for r in 0..rows {
@@ -171,14 +171,14 @@ fn values(columns: usize, rows: usize) -> String {
 }
 
 /// Rows per multi-row INSERT, keeping bound parameters well under SQLite's and Postgres' limits.
-fn chunk_rows(columns: usize) -> usize {
+pub(crate) fn chunk_rows(columns: usize) -> usize {
     (30_000 / columns).max(1)
 }
 
 type AnyQuery<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>;
 
 /// Runs `INSERT INTO {head} VALUES … {tail}` for `rows`, chunked; `bind` binds one row.
-async fn insert_rows<'r, T: 'r>(
+pub(crate) async fn insert_rows<'r, T: 'r>(
     tx: &mut Transaction<'_, Any>,
     head: &str,
     tail: &str,

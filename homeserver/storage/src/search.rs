@@ -7,7 +7,11 @@
 
 use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 
-use crate::{Db, Engine, Result, persist::SearchRow, placeholders};
+use crate::{
+    Db, Engine, Result,
+    persist::{SearchRow, chunk_rows, insert_rows, values},
+    placeholders,
+};
 
 /// How results are ordered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,40 +41,37 @@ pub struct SearchHit {
     pub rank: f64,
 }
 
+/// Indexes a batch's searchable events: a few multi-row statements, however many events.
 pub(crate) async fn index(
     tx: &mut Transaction<'_, Any>,
     engine: Engine,
     room_id: &str,
     rows: &[SearchRow],
 ) -> Result<()> {
-    for row in rows {
-        match engine {
-            Engine::Sqlite => {
-                sqlx::query("INSERT INTO event_search (rowid, text) VALUES ($1, $2)")
-                    .bind(row.stream_pos)
-                    .bind(&row.text)
-                    .execute(&mut **tx)
-                    .await?;
-                sqlx::query(
-                    "INSERT INTO event_search_meta (stream_pos, room_id, search_key) VALUES ($1, $2, $3)",
-                )
-                .bind(row.stream_pos)
-                .bind(room_id)
-                .bind(&row.key)
-                .execute(&mut **tx)
-                .await?;
-            }
-            Engine::Postgres => {
-                sqlx::query(
+    match engine {
+        Engine::Sqlite => {
+            insert_rows(tx, "event_search (rowid, text)", "", 2, rows, |q, r| {
+                q.bind(r.stream_pos).bind(r.text.as_str())
+            })
+            .await?;
+            insert_rows(tx, "event_search_meta (stream_pos, room_id, search_key)", "", 3, rows, |q, r| {
+                q.bind(r.stream_pos).bind(room_id).bind(r.key.as_str())
+            })
+            .await?;
+        }
+        Engine::Postgres => {
+            // The tsvector is computed in the statement, from a VALUES list of the rows.
+            for chunk in rows.chunks(chunk_rows(4)) {
+                let sql = format!(
                     "INSERT INTO event_search_meta (stream_pos, room_id, search_key, tsv) \
-                     VALUES ($1, $2, $3, to_tsvector('simple', $4))",
-                )
-                .bind(row.stream_pos)
-                .bind(room_id)
-                .bind(&row.key)
-                .bind(&row.text)
-                .execute(&mut **tx)
-                .await?;
+                     SELECT CAST(v.p AS BIGINT), v.r, v.k, to_tsvector('simple', v.t) FROM (VALUES {}) AS v(p, r, k, t)",
+                    values(4, chunk.len())
+                );
+                let mut q = sqlx::query(AssertSqlSafe(sql));
+                for r in chunk {
+                    q = q.bind(r.stream_pos).bind(room_id).bind(r.key.as_str()).bind(r.text.as_str());
+                }
+                q.execute(&mut **tx).await?;
             }
         }
     }
