@@ -6,7 +6,7 @@ use std::{collections::HashSet, num::NonZeroUsize, sync::Mutex};
 use lru::LruCache;
 
 use axum::Router;
-use homeserver_core::{Error, ErrorKind};
+use homeserver_core::{Error, ErrorKind, streams::watermarks::Mark};
 use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma, Session};
 use homeserver_storage::events::EventRow;
 use ruma::{
@@ -144,6 +144,7 @@ pub async fn put_account_data(
         .set_account_data(user.as_str(), room_id, data_type, content, reservation.first() as i64)
         .await
         .map_err(storage)?;
+    app.stream.marks().advance(Mark::AccountData, user.as_str(), reservation.first());
     if room_id.is_empty() && data_type == "m.ignored_user_list" {
         app.ignore_lists.offer(user.as_str(), reservation.first() as i64, parse_ignore_list(content));
     }

@@ -86,13 +86,19 @@ async fn send_message(app: App, req: Ruma<send_message_event::v3::Request>) -> R
         scope: format!("send/{room_id}/{kind}"),
         txn_id: req.body.txn_id.to_string(),
     };
-    // Fast path for retries: no rate-limit token, no pipeline round trip.
-    if let Some(event_id) =
-        app.db.txn_event(&txn.user_id, &txn.device_id, &txn.scope, &txn.txn_id).await.map_err(storage)?
+    // A retry of a sent transaction is answered by the room pipeline, which checks the
+    // transaction ids before anything else, so the common (first) send costs no extra lookup
+    // here. Only a retry that the rate limit would refuse is looked up first: retries must
+    // never be refused.
+    if let Err(limited) =
+        app.limiter.check(app.config.rate_limit_message, Action::Message, session.user_id.as_str())
     {
-        return Ok(JsonBody(json!({ "event_id": event_id })));
+        return match app.db.txn_event(&txn.user_id, &txn.device_id, &txn.scope, &txn.txn_id).await {
+            Ok(Some(event_id)) => Ok(JsonBody(json!({ "event_id": event_id }))),
+            Ok(None) => Err(limited.into()),
+            Err(e) => Err(storage(e).into()),
+        };
     }
-    app.limiter.check(app.config.rate_limit_message, Action::Message, session.user_id.as_str())?;
     crate::presence::activity(&app, &session.user_id).await;
     let content = content_object(&req.raw_body)?;
     let event_id = app.rooms.send_message(room_id, &session.user_id, &kind, content, Some(txn)).await?;

@@ -7,7 +7,11 @@
 //! kept as (server-managed) room account data.
 
 use axum::Router;
-use homeserver_core::{Error, time::now_millis};
+use homeserver_core::{
+    Error,
+    streams::watermarks::{Mark, user_in_room},
+    time::now_millis,
+};
 use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma, Session};
 use homeserver_storage::receipts::ReceiptRow;
 use ruma::{
@@ -53,6 +57,12 @@ pub async fn set_receipt(
         })
         .await
         .map_err(storage)?;
+    if stored {
+        let marks = app.stream.marks();
+        marks.advance(Mark::RoomReceipts, room_id.as_str(), reservation.first());
+        let key = user_in_room(session.user_id.as_str(), room_id.as_str());
+        marks.advance(Mark::UserReceipts, &key, reservation.first());
+    }
     let woken = if !stored {
         Vec::new()
     } else if receipt_type == "m.read.private" {

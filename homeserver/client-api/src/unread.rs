@@ -21,7 +21,10 @@ use std::{
     sync::Mutex,
 };
 
-use homeserver_core::Error;
+use homeserver_core::{
+    Error,
+    streams::watermarks::{Mark, user_in_room},
+};
 use homeserver_storage::receipts::ReceiptRow;
 use lru::LruCache;
 
@@ -72,6 +75,9 @@ impl Bounds {
 /// Counts by thread (None: the main timeline), covering push actions up to `upto`.
 #[derive(Clone)]
 struct Counted {
+    /// The user's receipts in the room, as read when the stream was at `receipts_at`.
+    receipts: Vec<ReceiptRow>,
+    receipts_at: i64,
     bounds: Bounds,
     ignored: u64,
     upto: i64,
@@ -106,12 +112,30 @@ pub async fn unread_counts(
     ignored: &Ignored,
     now: i64,
 ) -> Result<UnreadCounts, Error> {
-    let receipts = app.db.user_receipts(room_id, user).await.map_err(storage)?;
-    let bounds = Bounds::of(&receipts, joined_at);
-    let ignored_fp = fingerprint(ignored);
     let key = (user.to_owned(), room_id.to_owned());
     let cached = app.unread.0.lock().expect("unread cache poisoned").get(&key).cloned();
+    // The receipts counted against are reread only when the user's receipt watermark in the
+    // room says they may have changed since they were read.
+    let marks = app.stream.marks();
+    let receipts = match &cached {
+        Some(c)
+            if c.receipts_at <= now
+                && marks.cover(c.receipts_at as u64)
+                && !marks.changed_after(
+                    Mark::UserReceipts,
+                    &user_in_room(user, room_id),
+                    c.receipts_at as u64,
+                ) =>
+        {
+            c.receipts.clone()
+        }
+        _ => app.db.user_receipts(room_id, user).await.map_err(storage)?,
+    };
+    let bounds = Bounds::of(&receipts, joined_at);
+    let ignored_fp = fingerprint(ignored);
     let fresh = || Counted {
+        receipts: Vec::new(),
+        receipts_at: 0,
         bounds: bounds.clone(),
         ignored: ignored_fp,
         upto: bounds.unthreaded,
@@ -142,6 +166,8 @@ pub async fn unread_counts(
         counted.upto = now;
     }
     let counts = shape(&counted, per_thread);
+    counted.receipts = receipts;
+    counted.receipts_at = now;
     app.unread.0.lock().expect("unread cache poisoned").put(key, counted);
     Ok(counts)
 }

@@ -6,6 +6,9 @@
 //! would silently skip 6 when it lands. [`EventStream::current`] therefore only advances over the
 //! contiguous prefix of completed reservations (Synapse's stream-id generator idea).
 //!
+//! Writers also raise [`watermarks`] (the newest position per room or user and kind of data) before
+//! they complete, so readers can skip queries for data that cannot have changed.
+//!
 //! When the visible position advances, the users whose data changed at the newly visible positions
 //! are woken through per-user `watch` channels. Long-polling `/sync` subscribes before it checks for
 //! data and then awaits its channel: no polling loop, and no lost wake-up between check and wait.
@@ -22,12 +25,17 @@ use std::{
 use ruma::{OwnedUserId, UserId};
 use tokio::sync::watch;
 
+pub mod watermarks;
+
+use watermarks::Watermarks;
+
 /// Allocates stream positions and wakes readers once they become visible.
 pub struct EventStream {
     shutting_down: std::sync::atomic::AtomicBool,
     state: Mutex<AllocState>,
     current: watch::Sender<u64>,
     subscribers: Mutex<Subscribers>,
+    marks: Watermarks,
 }
 
 struct AllocState {
@@ -69,12 +77,18 @@ impl EventStream {
             }),
             current,
             subscribers: Mutex::new(Subscribers::default()),
+            marks: Watermarks::new(last_committed),
         })
     }
 
     /// The highest position readers may see.
     pub fn current(&self) -> u64 {
         *self.current.borrow()
+    }
+
+    /// The newest position written per room or user and kind of data (see [`watermarks`]).
+    pub fn marks(&self) -> &Watermarks {
+        &self.marks
     }
 
     /// A receiver of [`current`](Self::current), for background consumers that tail the stream.

@@ -23,7 +23,10 @@ use std::{
     time::Duration,
 };
 
-use homeserver_core::{Error, ErrorKind, streams::Reservation};
+use homeserver_core::{
+    Error, ErrorKind,
+    streams::{Reservation, watermarks::Mark},
+};
 use homeserver_storage::{
     StorageError,
     persist::{NewEvent, NewRoom, NewStateGroup, PersistPlan, PushActionRow, PushBroadcastRow, TxnRecord},
@@ -238,6 +241,10 @@ impl RoomActor {
                 }
                 let mut reservations: Vec<Reservation> =
                     accepted.iter_mut().flat_map(|(_, o)| std::mem::take(&mut o.reservations)).collect();
+                // Committed: raise the room's watermark before any of it becomes visible.
+                if let Some(newest) = reservations.iter().map(|r| r.first() + r.count() - 1).max() {
+                    self.shared.stream.marks().advance(Mark::RoomEvents, self.room_id.as_str(), newest);
+                }
                 let last = reservations.pop();
                 for r in reservations {
                     r.complete(Vec::new());

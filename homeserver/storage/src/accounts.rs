@@ -124,6 +124,7 @@ impl Db {
             .bind(is_admin as i64)
             .execute(self.writer())
             .await?;
+        self.tokens.invalidate();
         Ok(done.rows_affected() > 0)
     }
 
@@ -137,6 +138,7 @@ impl Db {
         sqlx::query("DELETE FROM access_tokens WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM devices WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
         tx.commit().await?;
+        self.tokens.invalidate();
         Ok(done.rows_affected() > 0)
     }
 
@@ -190,10 +192,24 @@ impl Db {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.tokens.invalidate();
         Ok(())
     }
 
+    /// Who a token belongs to; answered from [`crate::token_cache`] when looked up recently.
     pub async fn token_owner(&self, token_hash: &str) -> Result<Option<TokenOwner>> {
+        if let Some(owner) = self.tokens.get(token_hash) {
+            return Ok(Some(owner));
+        }
+        let generation = self.tokens.generation();
+        let owner = self.token_owner_uncached(token_hash).await?;
+        if let Some(owner) = &owner {
+            self.tokens.put(generation, token_hash, owner.clone());
+        }
+        Ok(owner)
+    }
+
+    async fn token_owner_uncached(&self, token_hash: &str) -> Result<Option<TokenOwner>> {
         let row = sqlx::query(
             "SELECT t.user_id, t.device_id, u.is_admin, u.deactivated \
              FROM access_tokens t JOIN users u ON u.user_id = t.user_id WHERE t.token_hash = $1",
@@ -244,6 +260,7 @@ impl Db {
             deleted += q.execute(&mut *tx).await?.rows_affected();
         }
         tx.commit().await?;
+        self.tokens.invalidate();
         Ok(deleted)
     }
 
@@ -262,6 +279,7 @@ impl Db {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.tokens.invalidate();
         Ok(())
     }
 

@@ -87,6 +87,7 @@ impl Db {
             .bind(user_id)
             .execute(self.writer())
             .await?;
+        self.tokens.invalidate();
         Ok(done.rows_affected() > 0)
     }
 

@@ -3,7 +3,8 @@
 //! Layout:
 //! - [`Db`]: the connection pools and engine selection ([`Db::connect`] by URL scheme), and the
 //!   embedded migrations for both engines.
-//! - [`accounts`]: users, devices, access tokens, UIA sessions, profiles.
+//! - [`accounts`]: users, devices, access tokens, UIA sessions, profiles; [`token_cache`] keeps
+//!   recent token lookups.
 //! - [`events`]: reading events, state groups and membership; [`persist`] applies a whole batch of
 //!   room events (the plan the room pipeline computed) in a single transaction.
 //! - [`aliases`], [`account_data`], [`txn`]: the smaller aggregates; [`admin`]: server
@@ -33,9 +34,10 @@ pub mod relations;
 pub mod reports;
 pub mod search;
 pub mod testing;
+pub mod token_cache;
 pub mod txn;
 
-use std::{str::FromStr, time::Duration};
+use std::{str::FromStr, sync::Arc, time::Duration};
 
 use sqlx::{
     AnyPool, ConnectOptions, Connection, Executor,
@@ -78,6 +80,8 @@ pub struct Db {
     read: AnyPool,
     write: AnyPool,
     engine: Engine,
+    /// Recent access-token lookups (see [`token_cache`]).
+    tokens: Arc<token_cache::TokenCache>,
 }
 
 impl Db {
@@ -118,7 +122,7 @@ impl Db {
                     .connect_with(options)
                     .await
                     .map_err(connect_err)?;
-                Db { read, write, engine }
+                Db { read, write, engine, tokens: Arc::default() }
             }
             Engine::Postgres => {
                 // One direct attempt first: a refused connection fails at once instead of after
@@ -131,7 +135,7 @@ impl Db {
                     .connect_with(options)
                     .await
                     .map_err(connect_err)?;
-                Db { read: pool.clone(), write: pool, engine }
+                Db { read: pool.clone(), write: pool, engine, tokens: Arc::default() }
             }
         };
         db.migrate().await?;

@@ -192,6 +192,9 @@ async fn password_change_and_deactivation() {
     let room = server.create_room(&bob, json!({ "preset": "public_chat" })).await;
     server.join(&alice, &room).await;
     let (_, other) = login(&server, "alice", &alice.password).await;
+    // Used once, so its lookup is cached: revoking it below must still take effect at once.
+    let (status, _) = server.get("/_matrix/client/v3/account/whoami", other["access_token"].as_str()).await;
+    assert_eq!(status, 200);
 
     let auth = |password: &str| json!({ "type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": password });
     let (status, _) = server

@@ -57,9 +57,15 @@ async fn non_admins_are_forbidden_everywhere() {
 async fn admins_manage_users() {
     let (server, admin) = server_with_admin().await;
     let t = Some(admin.token.as_str());
+    let mut anna_token = String::new();
     for name in ["anna", "bert", "carl"] {
-        server.register(name).await;
+        let user = server.register(name).await;
+        if name == "anna" {
+            anna_token = user.token;
+        }
     }
+    // Anna is no admin yet (and her token's lookup is now cached).
+    assert_eq!(server.get("/_synapse/admin/v2/users", Some(&anna_token)).await.0, 403);
 
     // Create with PUT (201), then log in with the password the admin set.
     let (status, created) = server
@@ -114,6 +120,8 @@ async fn admins_manage_users() {
         (status, changed["admin"].as_bool(), changed["displayname"].as_str()),
         (200, Some(true), Some("Anna K."))
     );
+    // The promotion applies to her existing session at once.
+    assert_eq!(server.get("/_synapse/admin/v2/users", Some(&anna_token)).await.0, 200);
     let (status, _) = server
         .post(
             &format!("/_synapse/admin/v1/reset_password/{}", enc("@dora:localhost")),

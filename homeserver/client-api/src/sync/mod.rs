@@ -14,10 +14,13 @@
 
 pub mod lazy;
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use axum::Router;
-use homeserver_core::{Error, token::StreamToken};
+use homeserver_core::{Error, streams::watermarks::Mark, token::StreamToken};
 use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma, Session};
 use homeserver_rooms::format::{RoomIdField, Viewer};
 use homeserver_storage::events::{Direction, EventRow, MembershipRow};
@@ -137,10 +140,24 @@ async fn build_response(ctx: &SyncContext<'_>) -> Result<(Value, bool), Error> {
     let user = ctx.session.user_id.as_str();
     let since = ctx.since.map(|s| s.pos as i64).unwrap_or(0);
     let memberships = app.db.memberships_of_user(user).await.map_err(storage)?;
-    let changed_rooms: HashMap<String, i64> = if ctx.since.is_some() {
-        app.db.rooms_changed_between(user, since, ctx.now).await.map_err(storage)?.into_iter().collect()
+    let marks = app.stream.marks();
+    let changed_rooms: HashSet<String> = if ctx.since.is_none() {
+        HashSet::new()
+    } else if marks.cover(since as u64) {
+        // The room watermarks know which rooms had events since the token: no query.
+        memberships
+            .iter()
+            .filter(|m| marks.changed_after(Mark::RoomEvents, &m.room_id, since as u64))
+            .map(|m| m.room_id.clone())
+            .collect()
     } else {
-        HashMap::new()
+        app.db
+            .rooms_changed_between(user, since, ctx.now)
+            .await
+            .map_err(storage)?
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect()
     };
     let room_filter = &ctx.filter.room;
 
@@ -149,11 +166,18 @@ async fn build_response(ctx: &SyncContext<'_>) -> Result<(Value, bool), Error> {
     }
     let typing_serial = app.typing.serial();
     let ephemeral_since = ctx.since.map(|s| s.ephemeral).unwrap_or(0);
-    let joined_ids: Vec<String> =
-        memberships.iter().filter(|m| m.membership == "join").map(|m| m.room_id.clone()).collect();
+    // Receipts are read only for the rooms whose watermark says they may have new ones.
+    let receipt_rooms: Vec<String> = memberships
+        .iter()
+        .filter(|m| m.membership == "join")
+        .filter(|m| marks.changed_after(Mark::RoomReceipts, &m.room_id, since as u64))
+        .map(|m| m.room_id.clone())
+        .collect();
     let mut receipts_by_room: HashMap<String, Vec<ReceiptRow>> = HashMap::new();
-    for r in app.db.receipts_between(&joined_ids, since, ctx.now).await.map_err(storage)? {
-        receipts_by_room.entry(r.room_id.clone()).or_default().push(r);
+    if !receipt_rooms.is_empty() {
+        for r in app.db.receipts_between(&receipt_rooms, since, ctx.now).await.map_err(storage)? {
+            receipts_by_room.entry(r.room_id.clone()).or_default().push(r);
+        }
     }
     let mut join = Map::new();
     let mut invite = Map::new();
@@ -182,7 +206,7 @@ async fn build_response(ctx: &SyncContext<'_>) -> Result<(Value, bool), Error> {
                 if !(new_to_client
                     || ctx.full_state
                     || ephemeral_changed
-                    || changed_rooms.contains_key(&m.room_id))
+                    || changed_rooms.contains(&m.room_id))
                 {
                     continue;
                 }
@@ -216,7 +240,12 @@ async fn build_response(ctx: &SyncContext<'_>) -> Result<(Value, bool), Error> {
 
     let mut global_account_data = Vec::new();
     let mut room_account_data: HashMap<String, Vec<Value>> = HashMap::new();
-    for row in app.db.account_data_since(user, since, ctx.now).await.map_err(storage)? {
+    let account_data = if marks.changed_after(Mark::AccountData, user, since as u64) {
+        app.db.account_data_since(user, since, ctx.now).await.map_err(storage)?
+    } else {
+        Vec::new()
+    };
+    for row in account_data {
         let content: Value = serde_json::from_str(&row.content).unwrap_or_else(|_| json!({}));
         let event = json!({ "type": row.data_type, "content": content });
         if row.room_id.is_empty() {
