@@ -177,11 +177,12 @@ impl Db {
         .execute(&mut *tx)
         .await?;
         // Logging in again on an existing device replaces that device's token.
-        sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
+        let replaced = sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
             .bind(login.user_id)
             .bind(login.device_id)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
         sqlx::query(
             "INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts) VALUES ($1, $2, $3, $4)",
         )
@@ -192,7 +193,10 @@ impl Db {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        self.tokens.invalidate();
+        // Only a replaced token can be cached; a first login on a device leaves the cache alone.
+        if replaced > 0 {
+            self.tokens.invalidate();
+        }
         Ok(())
     }
 

@@ -120,6 +120,16 @@ async fn login_logout_and_devices() {
         .await;
     assert_eq!(status, 200);
     assert_eq!(third["device_id"], "FIXED");
+    // Logging in again on the same device replaces its token, even one looked up a moment ago.
+    let whoami = "/_matrix/client/v3/account/whoami";
+    assert_eq!(server.get(whoami, third["access_token"].as_str()).await.0, 200);
+    let (status, again) = server
+        .post("/_matrix/client/v3/login", None, json!({ "type": "m.login.password", "user": "alice", "password": alice.password, "device_id": "FIXED" }))
+        .await;
+    assert_eq!((status, again["device_id"].as_str()), (200, Some("FIXED")));
+    assert_eq!(server.get(whoami, third["access_token"].as_str()).await.0, 401);
+    assert_eq!(server.get(whoami, again["access_token"].as_str()).await.0, 200);
+    let third = again;
     let second_token = second["access_token"].as_str().unwrap();
     let (_, devices) = server.get("/_matrix/client/v3/devices", Some(&alice.token)).await;
     assert_eq!(devices["devices"].as_array().unwrap().len(), 3);
