@@ -20,14 +20,15 @@ use axum::{
     Router,
     extract::Request,
     http::{HeaderName, Method, header},
-    response::Response,
+    response::{IntoResponse, Response},
 };
 use homeserver_client_api::{App, ClientConfig, ratelimit::RateLimit};
 use homeserver_core::streams::EventStream;
-use homeserver_rooms::{Rooms, RoomsConfig};
+use homeserver_rooms::{Rooms, RoomsConfig, membership::AppserviceUsers};
 use homeserver_storage::Db;
 use tokio::net::TcpListener;
 use tower_http::{
+    catch_panic::CatchPanicLayer,
     cors::{Any, CorsLayer},
     trace::TraceLayer,
 };
@@ -50,6 +51,35 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Appservice(#[from] appservices::RegistrationError),
+    #[error(transparent)]
+    Horizon(#[from] homeserver_core::streams::HorizonError),
+}
+
+/// The stream horizon kept in the database (see `homeserver_core::streams::Horizon`).
+struct StoredHorizon(Db);
+
+impl homeserver_core::streams::Horizon for StoredHorizon {
+    fn raise(&self, to: u64) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move { self.0.raise_stream_horizon(to as i64).await.map_err(|e| e.to_string()) })
+    }
+}
+
+/// A handler that panicked: the client gets a 500 `M_UNKNOWN` instead of a dropped connection,
+/// and the log gets the panic message (the request span names the endpoint).
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!(panic = message, "request handler panicked");
+    let mut response = axum::Json(serde_json::json!({
+        "errcode": "M_UNKNOWN",
+        "error": "Internal server error",
+    }))
+    .into_response();
+    *response.status_mut() = axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+    response
 }
 
 /// The bound sockets: plain HTTP, and HTTPS when configured.
@@ -84,10 +114,18 @@ impl Server {
         if created {
             info!(path = %config.signing_key_path().display(), key_id = %key.key_id(), "created a new signing key");
         }
-        let stream = EventStream::new(db.max_stream_pos().await? as u64);
+        let recovered = db.max_stream_pos().await? as u64;
+        let stream = EventStream::start(recovered, Arc::new(StoredHorizon(db.clone()))).await?;
+        let appservices = appservices::load_registrations(&config.appservices.registration_files)?;
+        let registrations = appservices.clone();
         let rooms_config = RoomsConfig {
             default_room_version: config.rooms.default_version.as_str().try_into().expect("validated"),
             event_cache_size: config.rooms.event_cache_size,
+            appservice_users: (!appservices.is_empty()).then(|| {
+                AppserviceUsers(Arc::new(move |user: &ruma::UserId| {
+                    registrations.iter().any(|r| r.is_interested_in_user(user.as_str()))
+                }))
+            }),
         };
         let rooms = Rooms::new(db.clone(), key.clone(), stream, rooms_config);
         let limit =
@@ -111,7 +149,7 @@ impl Server {
             search_all_users: config.user_directory.search_all_users,
             registration_shared_secret: (!config.registration.shared_secret.is_empty())
                 .then(|| config.registration.shared_secret.clone()),
-            appservices: appservices::load_registrations(&config.appservices.registration_files)?,
+            appservices,
         };
         let app = App::new(client, db.clone(), rooms);
         if !config.appservices.registration_files.is_empty() {
@@ -145,7 +183,10 @@ impl Server {
             })
             .on_failure(());
         let routes = client.merge(federation::routes(self.federation.clone()));
-        homeserver_http::unrecognized_fallbacks(routes).layer(cors).layer(trace)
+        homeserver_http::unrecognized_fallbacks(routes)
+            .layer(CatchPanicLayer::custom(panic_response))
+            .layer(cors)
+            .layer(trace)
     }
 
     /// Binds the configured addresses (and loads the TLS certificate for the HTTPS one).

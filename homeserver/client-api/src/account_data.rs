@@ -139,17 +139,34 @@ pub async fn put_account_data(
     data_type: &str,
     content: &str,
 ) -> Result<(), Error> {
-    let reservation = app.stream.reserve(1);
-    app.db
-        .set_account_data(user.as_str(), room_id, data_type, content, reservation.first() as i64)
+    update_account_data(app, user, room_id, data_type, |_| Ok(Some(content.to_owned()))).await.map(|_| ())
+}
+
+/// Changes one account-data document atomically and wakes the user's syncs: `change` gets the
+/// stored content and returns the new one (`None`: unchanged). Concurrent changes of the same
+/// document are applied one after another, each to the result of the one before, so every
+/// acknowledged change is kept. Returns whether anything was written.
+pub async fn update_account_data(
+    app: &App,
+    user: &UserId,
+    room_id: &str,
+    data_type: &str,
+    change: impl FnOnce(Option<&str>) -> Result<Option<String>, Error>,
+) -> Result<bool, Error> {
+    let reservation = app.stream.reserve(1).await?;
+    let pos = reservation.first();
+    let written = app
+        .db
+        .update_account_data(user.as_str(), room_id, data_type, pos as i64, change)
         .await
-        .map_err(storage)?;
-    app.stream.marks().advance(Mark::AccountData, user.as_str(), reservation.first());
+        .map_err(storage)??;
+    let Some(content) = written else { return Ok(false) };
+    app.stream.marks().advance(Mark::AccountData, user.as_str(), pos);
     if room_id.is_empty() && data_type == "m.ignored_user_list" {
-        app.ignore_lists.offer(user.as_str(), reservation.first() as i64, parse_ignore_list(content));
+        app.ignore_lists.offer(user.as_str(), pos as i64, parse_ignore_list(&content));
     }
     reservation.complete(vec![user.to_owned()]);
-    Ok(())
+    Ok(true)
 }
 
 /// `PUT /_matrix/client/v3/user/{userId}/account_data/{type}`

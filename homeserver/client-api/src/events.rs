@@ -8,7 +8,10 @@
 use axum::Router;
 use homeserver_core::{Error, ErrorKind, token::StreamToken};
 use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma, Session};
-use homeserver_rooms::format::{RoomIdField, Viewer};
+use homeserver_rooms::{
+    format::{RoomIdField, Viewer},
+    membership::{MembershipAction, MembershipChange},
+};
 use homeserver_storage::{
     events::{Direction, EventRow},
     persist::TxnRecord,
@@ -127,8 +130,17 @@ async fn put_state(app: App, req: Ruma<send_state_event::v3::Request>) -> Result
     app.limiter.check(app.config.rate_limit_message, Action::Message, session.user_id.as_str())?;
     crate::presence::activity(&app, &session.user_id).await;
     let content = content_object(&req.raw_body)?;
-    if req.body.event_type.to_string() == "m.room.canonical_alias" {
-        check_canonical_alias(&app, &req.body.room_id, &content).await?;
+    if req.body.event_type.to_string() == "m.room.member" {
+        // Membership changes take the membership path, with all its rules, as Synapse does.
+        let target = UserId::parse(req.body.state_key.as_str())
+            .map_err(|_| Error::bad_json("the state key of a member event must be a user id"))?;
+        let banned = app.rooms.membership(&req.body.room_id, &target).await?.as_deref() == Some("ban");
+        let membership = content.get("membership").and_then(Value::as_str);
+        let action = MembershipAction::from_state_event(membership, &session.user_id, &target, banned)?;
+        let change = MembershipChange::new(action, &session.user_id, &target)
+            .with_content(content.as_object().cloned().unwrap_or_default());
+        let event_id = app.rooms.change_membership(&req.body.room_id, change).await?;
+        return Ok(JsonBody(json!({ "event_id": event_id })));
     }
     let event_id = app
         .rooms
@@ -141,32 +153,6 @@ async fn put_state(app: App, req: Ruma<send_state_event::v3::Request>) -> Result
         )
         .await?;
     Ok(JsonBody(json!({ "event_id": event_id })))
-}
-
-/// The aliases of an `m.room.canonical_alias` event must be valid and, for this server's aliases,
-/// point to the room (spec: `M_BAD_ALIAS`).
-async fn check_canonical_alias(app: &App, room_id: &RoomId, content: &Value) -> Result<(), Error> {
-    let bad = |msg: String| Error::new(ErrorKind::BadAlias, msg);
-    let mut aliases: Vec<&Value> = content.get("alias").into_iter().filter(|a| !a.is_null()).collect();
-    match content.get("alt_aliases") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(alt)) => aliases.extend(alt),
-        Some(_) => return Err(Error::invalid_param("alt_aliases must be a list")),
-    }
-    for alias in aliases {
-        let alias = alias.as_str().ok_or_else(|| Error::invalid_param("aliases must be strings"))?;
-        let parsed = ruma::RoomAliasId::parse(alias)
-            .map_err(|_| Error::invalid_param(format!("invalid alias {alias}")))?;
-        if parsed.server_name() != app.server_name() {
-            continue;
-        }
-        match app.db.alias(alias).await.map_err(storage)? {
-            Some(record) if record.room_id == room_id.as_str() => {}
-            Some(_) => return Err(bad(format!("{alias} points to another room"))),
-            None => return Err(bad(format!("{alias} does not exist"))),
-        }
-    }
-    Ok(())
 }
 
 /// Which state a user may read: the current state, or the state as of when they left.
@@ -392,8 +378,11 @@ pub(crate) async fn require_history_access(app: &App, room_id: &RoomId, user: &U
     Err(Error::forbidden("You are not a member of this room"))
 }
 
-fn room_filter(value: &impl serde::Serialize) -> RoomEventFilter {
-    serde_json::to_value(value).ok().and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default()
+/// Our filter model from ruma's parsed one; over-long lists and patterns are refused here (see
+/// `filter::MAX_PATTERNS`).
+fn room_filter(value: &impl serde::Serialize) -> Result<RoomEventFilter, Error> {
+    let value = serde_json::to_value(value).map_err(|e| Error::bad_json(e.to_string()))?;
+    serde_json::from_value(value).map_err(|e| Error::bad_json(format!("invalid filter: {e}")))
 }
 
 /// Member events of the senders of `rows`, as of the newest of them (lazy loading).
@@ -440,7 +429,7 @@ async fn messages(app: App, req: Ruma<get_message_events::v3::Request>) -> Resul
         },
     };
     let to = req.body.to.as_deref().map(parse).transpose()?;
-    let filter = room_filter(&req.body.filter);
+    let filter = room_filter(&req.body.filter)?;
     let limit = u64::from(req.body.limit).clamp(1, MAX_PAGE) as i64;
     let rows = app.db.room_events(room_id.as_str(), from, to, dir, limit).await.map_err(storage)?;
     // Like Synapse: `end` accompanies every non-empty page; only an empty page has none.
@@ -482,7 +471,7 @@ async fn context(app: App, req: Ruma<get_context::v3::Request>) -> Result<JsonBo
     if !app.rooms.can_see(&session.user_id, &row).await? {
         return Err(Error::forbidden("You may not see this event").into());
     }
-    let filter = room_filter(&req.body.filter);
+    let filter = room_filter(&req.body.filter)?;
     let limit = u64::from(req.body.limit).min(MAX_PAGE) as i64;
     let before_limit = limit / 2;
     let after_limit = limit - before_limit;

@@ -22,14 +22,17 @@ pub fn routes(router: Router<App>) -> Router<App> {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct RoomEventFilter {
     pub limit: Option<u64>,
+    #[serde(default, deserialize_with = "bounded_patterns_opt")]
     pub types: Option<Vec<String>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded_patterns")]
     pub not_types: Vec<String>,
+    #[serde(default, deserialize_with = "bounded_ids_opt")]
     pub senders: Option<Vec<String>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded_ids")]
     pub not_senders: Vec<String>,
+    #[serde(default, deserialize_with = "bounded_ids_opt")]
     pub rooms: Option<Vec<String>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded_ids")]
     pub not_rooms: Vec<String>,
     pub contains_url: Option<bool>,
     #[serde(default)]
@@ -43,8 +46,9 @@ pub struct RoomEventFilter {
 /// The `room` part of a filter.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct RoomFilter {
+    #[serde(default, deserialize_with = "bounded_ids_opt")]
     pub rooms: Option<Vec<String>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded_ids")]
     pub not_rooms: Vec<String>,
     #[serde(default)]
     pub include_leave: bool,
@@ -69,20 +73,70 @@ pub struct FilterDefinition {
     pub presence: RoomEventFilter,
 }
 
+/// The most type patterns one list (`types`, `not_types`) of a filter may hold.
+pub const MAX_PATTERNS: usize = 100;
+/// The longest type pattern; event types are at most 255 bytes, as Synapse enforces.
+pub const MAX_PATTERN_BYTES: usize = 255;
+/// The most ids one list (`senders`, `rooms`, and their `not_` forms) of a filter may hold.
+pub const MAX_IDS: usize = 1_000;
+
 /// Glob match with `*` wildcards, as filters use for event types.
+///
+/// Linear in `pattern.len() + value.len()`: the pattern splits at its stars into literal pieces;
+/// the first must be a prefix, the last a suffix, and each one between is taken at its leftmost
+/// occurrence after the previous one. With `*` as the only wildcard the leftmost occurrence is
+/// always a safe choice, so nothing is ever retried (a recursive matcher is exponential in the
+/// number of stars).
 pub fn glob_match(pattern: &str, value: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == value,
-        Some((prefix, rest)) => {
-            let Some(remaining) = value.strip_prefix(prefix) else { return false };
-            if rest.is_empty() {
-                return true;
-            }
-            (0..=remaining.len())
-                .filter(|i| remaining.is_char_boundary(*i))
-                .any(|i| glob_match(rest, &remaining[i..]))
+    let mut pieces = pattern.split('*');
+    let first = pieces.next().unwrap_or_default();
+    let Some(mut rest) = value.strip_prefix(first) else { return false };
+    let middle_and_last: Vec<&str> = pieces.collect();
+    let Some((last, middle)) = middle_and_last.split_last() else {
+        return rest.is_empty(); // No star: the pattern is the whole value.
+    };
+    for piece in middle.iter().filter(|p| !p.is_empty()) {
+        match rest.find(piece) {
+            Some(at) => rest = &rest[at + piece.len()..],
+            None => return false,
         }
     }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// Deserialises a list of type patterns, refusing more than [`MAX_PATTERNS`] or any longer
+/// than [`MAX_PATTERN_BYTES`], so that matching an event against a filter is bounded.
+fn bounded_patterns_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    bounded_list(d, MAX_PATTERNS, "type patterns")
+}
+
+fn bounded_patterns<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(bounded_patterns_opt(d)?.unwrap_or_default())
+}
+
+/// Deserialises a list of user or room ids, at most [`MAX_IDS`] of them.
+fn bounded_ids_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    bounded_list(d, MAX_IDS, "ids")
+}
+
+fn bounded_ids<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(bounded_ids_opt(d)?.unwrap_or_default())
+}
+
+fn bounded_list<'de, D: serde::Deserializer<'de>>(
+    d: D,
+    max_items: usize,
+    what: &str,
+) -> Result<Option<Vec<String>>, D::Error> {
+    use serde::de::Error as _;
+    let Some(items) = Option::<Vec<String>>::deserialize(d)? else { return Ok(None) };
+    if items.len() > max_items {
+        return Err(D::Error::custom(format!("a filter list may hold at most {max_items} {what}")));
+    }
+    if items.iter().any(|i| i.len() > MAX_PATTERN_BYTES) {
+        return Err(D::Error::custom(format!("filter {what} are at most {MAX_PATTERN_BYTES} bytes long")));
+    }
+    Ok(Some(items))
 }
 
 impl RoomEventFilter {

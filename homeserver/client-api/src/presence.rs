@@ -340,7 +340,7 @@ async fn feed(app: &App, user: &UserId, input: Input) -> Result<(), Error> {
 
 /// Writes a shown state at a new stream position, waking room mates if they should see it.
 async fn write(app: &App, user: &UserId, change: &Change) -> Result<(), Error> {
-    let reservation = app.stream.reserve(1);
+    let reservation = app.stream.reserve(1).await?;
     let shown = &change.shown;
     let row = PresenceRow {
         user_id: user.to_string(),

@@ -22,7 +22,7 @@ use ruma::{
 };
 use serde_json::{Value, json};
 
-use crate::{App, account_data::put_account_data, storage};
+use crate::{App, account_data::update_account_data, storage};
 
 pub fn routes(router: Router<App>) -> Router<App> {
     router
@@ -40,16 +40,33 @@ pub fn routes(router: Router<App>) -> Router<App> {
 
 /// A user's current rule set.
 pub async fn ruleset(app: &App, user: &UserId) -> Result<Ruleset, Error> {
-    Ok(match app.db.account_data(user.as_str(), "", PUSH_RULES_TYPE).await.map_err(storage)? {
-        Some(content) => parse_ruleset(user, &content),
-        None => Ruleset::server_default(user),
-    })
+    let stored = app.db.account_data(user.as_str(), "", PUSH_RULES_TYPE).await.map_err(storage)?;
+    Ok(stored_ruleset(user, stored.as_deref()))
 }
 
-pub(crate) async fn save(app: &App, user: &UserId, rules: &Ruleset) -> Result<(), Error> {
-    let content = json!({ "global": rules }).to_string();
-    put_account_data(app, user, "", PUSH_RULES_TYPE, &content).await?;
-    app.rooms.push_rules().invalidate(user);
+fn stored_ruleset(user: &UserId, stored: Option<&str>) -> Ruleset {
+    match stored {
+        Some(content) => parse_ruleset(user, content),
+        None => Ruleset::server_default(user),
+    }
+}
+
+/// Changes a user's rule set atomically: `change` edits the stored rules and says whether it
+/// changed anything (concurrent changes apply one after another, none is lost); then the
+/// pipeline's cached copy is dropped.
+pub(crate) async fn update(
+    app: &App,
+    user: &UserId,
+    change: impl FnOnce(&mut Ruleset) -> Result<bool, Error>,
+) -> Result<(), Error> {
+    let written = update_account_data(app, user, "", PUSH_RULES_TYPE, |stored| {
+        let mut rules = stored_ruleset(user, stored);
+        Ok(change(&mut rules)?.then(|| json!({ "global": rules }).to_string()))
+    })
+    .await?;
+    if written {
+        app.rooms.push_rules().invalidate(user);
+    }
     Ok(())
 }
 
@@ -90,27 +107,28 @@ async fn get_rule(app: App, req: Ruma<get_pushrule::v3::Request>) -> Result<Json
 
 /// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}`
 async fn put_rule(app: App, req: Ruma<set_pushrule::v3::Request>) -> Result<JsonBody, ApiError> {
-    let user = &req.auth.user_id;
-    let mut rules = ruleset(&app, user).await?;
-    rules.insert(req.body.rule.clone(), req.body.after.as_deref(), req.body.before.as_deref()).map_err(
-        |e| match e {
+    let b = &req.body;
+    update(&app, &req.auth.user_id, |rules| {
+        rules.insert(b.rule.clone(), b.after.as_deref(), b.before.as_deref()).map_err(|e| match e {
             ruma::push::InsertPushRuleError::UnknownRuleId => Error::not_found(e.to_string()),
             other => Error::new(ErrorKind::InvalidParam, other.to_string()),
-        },
-    )?;
-    save(&app, user, &rules).await?;
+        })?;
+        Ok(true)
+    })
+    .await?;
     Ok(JsonBody(json!({})))
 }
 
 /// `DELETE /_matrix/client/v3/pushrules/global/{kind}/{ruleId}`
 async fn delete_rule(app: App, req: Ruma<delete_pushrule::v3::Request>) -> Result<JsonBody, ApiError> {
-    let user = &req.auth.user_id;
-    let mut rules = ruleset(&app, user).await?;
-    rules.remove(req.body.kind.clone(), &req.body.rule_id).map_err(|e| match e {
-        ruma::push::RemovePushRuleError::NotFound => Error::not_found("Push rule not found"),
-        other => Error::invalid_param(other.to_string()),
-    })?;
-    save(&app, user, &rules).await?;
+    update(&app, &req.auth.user_id, |rules| {
+        rules.remove(req.body.kind.clone(), &req.body.rule_id).map_err(|e| match e {
+            ruma::push::RemovePushRuleError::NotFound => Error::not_found("Push rule not found"),
+            other => Error::invalid_param(other.to_string()),
+        })?;
+        Ok(true)
+    })
+    .await?;
     Ok(JsonBody(json!({})))
 }
 
@@ -125,12 +143,13 @@ async fn get_enabled(app: App, req: Ruma<get_pushrule_enabled::v3::Request>) -> 
 
 /// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled`
 async fn put_enabled(app: App, req: Ruma<set_pushrule_enabled::v3::Request>) -> Result<JsonBody, ApiError> {
-    let user = &req.auth.user_id;
-    let mut rules = ruleset(&app, user).await?;
-    rules
-        .set_enabled(req.body.kind.clone(), &req.body.rule_id, req.body.enabled)
-        .map_err(|_| Error::not_found("Push rule not found"))?;
-    save(&app, user, &rules).await?;
+    update(&app, &req.auth.user_id, |rules| {
+        rules
+            .set_enabled(req.body.kind.clone(), &req.body.rule_id, req.body.enabled)
+            .map_err(|_| Error::not_found("Push rule not found"))?;
+        Ok(true)
+    })
+    .await?;
     Ok(JsonBody(json!({})))
 }
 
@@ -145,12 +164,13 @@ async fn get_actions(app: App, req: Ruma<get_pushrule_actions::v3::Request>) -> 
 
 /// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions`
 async fn put_actions(app: App, req: Ruma<set_pushrule_actions::v3::Request>) -> Result<JsonBody, ApiError> {
-    let user = &req.auth.user_id;
-    let mut rules = ruleset(&app, user).await?;
-    rules
-        .set_actions(req.body.kind.clone(), &req.body.rule_id, req.body.actions.clone())
-        .map_err(|_| Error::not_found("Push rule not found"))?;
-    save(&app, user, &rules).await?;
+    update(&app, &req.auth.user_id, |rules| {
+        rules
+            .set_actions(req.body.kind.clone(), &req.body.rule_id, req.body.actions.clone())
+            .map_err(|_| Error::not_found("Push rule not found"))?;
+        Ok(true)
+    })
+    .await?;
     Ok(JsonBody(json!({})))
 }
 

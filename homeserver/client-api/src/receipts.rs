@@ -8,7 +8,7 @@
 
 use axum::Router;
 use homeserver_core::{
-    Error,
+    Error, ErrorKind,
     streams::watermarks::{Mark, user_in_room},
     time::now_millis,
 };
@@ -20,7 +20,7 @@ use ruma::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::{App, account_data::put_account_data, storage};
+use crate::{App, account_data::update_account_data, storage};
 
 pub fn routes(router: Router<App>) -> Router<App> {
     router.ruma_route(post_receipt).ruma_route(post_read_markers)
@@ -42,7 +42,7 @@ pub async fn set_receipt(
         .map_err(storage)?
         .filter(|e| e.room_id == room_id.as_str())
         .ok_or_else(|| Error::not_found("Event not found in this room"))?;
-    let reservation = app.stream.reserve(1);
+    let reservation = app.stream.reserve(1).await?;
     let stored = app
         .db
         .set_receipt(&ReceiptRow {
@@ -88,21 +88,39 @@ async fn set_fully_read(
         .filter(|e| e.room_id == room_id.as_str())
         .ok_or_else(|| Error::not_found("Event not found in this room"))?;
     // The read marker only moves forward, as in Synapse: a client catching up on an old device
-    // must not pull it back.
+    // must not pull it back. Which marker is newer depends on event positions, read outside
+    // the update; the update then only writes if the marker is still the one compared against,
+    // and otherwise compares again.
     let user = session.user_id.as_str();
-    if let Some(current) =
-        app.db.account_data(user, room_id.as_str(), "m.fully_read").await.map_err(storage)?
-        && let Some(current_id) = serde_json::from_str::<Value>(&current)
-            .ok()
-            .and_then(|v| v.get("event_id").and_then(Value::as_str).map(str::to_owned))
-        && let Some(current) = app.db.event(&current_id).await.map_err(storage)?
-        && current.stream_pos >= target.stream_pos
-    {
-        return Ok(());
+    for _ in 0..MAX_MARKER_ATTEMPTS {
+        let stored = app.db.account_data(user, room_id.as_str(), "m.fully_read").await.map_err(storage)?;
+        let current_id = stored.as_deref().and_then(|c| {
+            serde_json::from_str::<Value>(c).ok()?.get("event_id")?.as_str().map(str::to_owned)
+        });
+        if let Some(current_id) = &current_id
+            && let Some(current) = app.db.event(current_id).await.map_err(storage)?
+            && current.stream_pos >= target.stream_pos
+        {
+            return Ok(());
+        }
+        let content = json!({ "event_id": event_id }).to_string();
+        let outcome = update_account_data(app, &session.user_id, room_id.as_str(), "m.fully_read", |now| {
+            if now != stored.as_deref() {
+                return Err(Error::new(ErrorKind::Conflict, "the read marker moved meanwhile"));
+            }
+            Ok(Some(content))
+        })
+        .await;
+        match outcome {
+            Err(err) if err.kind == ErrorKind::Conflict => continue,
+            other => return other.map(|_| ()),
+        }
     }
-    let content = json!({ "event_id": event_id }).to_string();
-    put_account_data(app, &session.user_id, room_id.as_str(), "m.fully_read", &content).await
+    Err(Error::new(ErrorKind::LimitExceeded { retry_after_ms: 100 }, "the read marker is changing too fast"))
 }
+
+/// How often a read-marker update compares again when another update got in first.
+const MAX_MARKER_ATTEMPTS: usize = 5;
 
 async fn require_joined(app: &App, session: &Session, room_id: &RoomId) -> Result<(), Error> {
     if !app.rooms.is_joined(room_id, &session.user_id).await? {

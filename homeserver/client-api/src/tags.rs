@@ -10,7 +10,7 @@ use ruma::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::{App, account_data::put_account_data, storage};
+use crate::{App, account_data::update_account_data, storage};
 
 /// Longest tag name accepted.
 const MAX_TAG_LEN: usize = 255;
@@ -26,17 +26,32 @@ fn only_self(session: &Session, user: &UserId) -> Result<(), Error> {
     Ok(())
 }
 
-async fn tags(app: &App, user: &UserId, room: &RoomId) -> Result<Map<String, Value>, Error> {
-    let stored = app.db.account_data(user.as_str(), room.as_str(), "m.tag").await.map_err(storage)?;
-    Ok(stored
-        .and_then(|c| serde_json::from_str::<Value>(&c).ok())
+fn parse_tags(stored: Option<&str>) -> Map<String, Value> {
+    stored
+        .and_then(|c| serde_json::from_str::<Value>(c).ok())
         .and_then(|v| v.get("tags").and_then(Value::as_object).cloned())
-        .unwrap_or_default())
+        .unwrap_or_default()
 }
 
-async fn save(app: &App, user: &UserId, room: &RoomId, tags: Map<String, Value>) -> Result<(), Error> {
-    let content = json!({ "tags": tags }).to_string();
-    put_account_data(app, user, room.as_str(), "m.tag", &content).await
+async fn tags(app: &App, user: &UserId, room: &RoomId) -> Result<Map<String, Value>, Error> {
+    let stored = app.db.account_data(user.as_str(), room.as_str(), "m.tag").await.map_err(storage)?;
+    Ok(parse_tags(stored.as_deref()))
+}
+
+/// Changes a room's tags atomically (concurrent changes apply one after another); `change`
+/// returns whether it changed anything.
+async fn update(
+    app: &App,
+    user: &UserId,
+    room: &RoomId,
+    change: impl FnOnce(&mut Map<String, Value>) -> bool,
+) -> Result<(), Error> {
+    update_account_data(app, user, room.as_str(), "m.tag", |stored| {
+        let mut tags = parse_tags(stored);
+        Ok(change(&mut tags).then(|| json!({ "tags": tags }).to_string()))
+    })
+    .await
+    .map(|_| ())
 }
 
 /// `GET /_matrix/client/v3/user/{userId}/rooms/{roomId}/tags`
@@ -57,18 +72,18 @@ async fn put(app: App, req: Ruma<create_tag::v3::Request>) -> Result<JsonBody, A
     {
         return Err(Error::invalid_param("order must be a number between 0 and 1").into());
     }
-    let mut current = tags(&app, &req.body.user_id, &req.body.room_id).await?;
-    current.insert(req.body.tag.clone(), info);
-    save(&app, &req.body.user_id, &req.body.room_id, current).await?;
+    let tag = req.body.tag.clone();
+    update(&app, &req.body.user_id, &req.body.room_id, |tags| {
+        tags.insert(tag, info);
+        true
+    })
+    .await?;
     Ok(JsonBody(json!({})))
 }
 
 /// `DELETE /_matrix/client/v3/user/{userId}/rooms/{roomId}/tags/{tag}`
 async fn delete(app: App, req: Ruma<delete_tag::v3::Request>) -> Result<JsonBody, ApiError> {
     only_self(&req.auth, &req.body.user_id)?;
-    let mut current = tags(&app, &req.body.user_id, &req.body.room_id).await?;
-    if current.remove(&req.body.tag).is_some() {
-        save(&app, &req.body.user_id, &req.body.room_id, current).await?;
-    }
+    update(&app, &req.body.user_id, &req.body.room_id, |tags| tags.remove(&req.body.tag).is_some()).await?;
     Ok(JsonBody(json!({})))
 }

@@ -51,8 +51,15 @@ pub struct Typing {
 
 impl Typing {
     /// Creates the service and starts its expiry task.
+    ///
+    /// Serials are not persisted, so they start from the wall clock in microseconds: above any
+    /// serial an earlier run of the server handed out (it would have needed more than a million
+    /// typing changes a second to get ahead of the clock), so a client's token never hides the
+    /// typing notices that follow a restart.
     pub fn start(stream: Arc<EventStream>) -> Arc<Typing> {
-        let typing = Arc::new(Typing { state: Mutex::new(State::default()), rearm: Notify::new(), stream });
+        let serial = homeserver_core::time::now_millis().saturating_mul(1000);
+        let state = State { serial, rooms: HashMap::new() };
+        let typing = Arc::new(Typing { state: Mutex::new(state), rearm: Notify::new(), stream });
         tokio::spawn(expire_loop(typing.clone()));
         typing
     }

@@ -14,7 +14,7 @@ use ruma::{
 };
 use serde_json::{Value, json};
 
-use crate::{App, account_data::put_account_data, pushrules, storage};
+use crate::{App, account_data::update_account_data, pushrules, storage};
 
 pub fn routes(router: Router<App>) -> Router<App> {
     router.ruma_route(upgrade)
@@ -59,48 +59,48 @@ async fn predecessor(app: &App, room: &RoomId) -> Result<Option<OwnedRoomId>, Er
 }
 
 async fn copy_tags(app: &App, user: &UserId, old: &RoomId, new: &RoomId) -> Result<(), Error> {
-    let db = &app.db;
-    let Some(tags) = db.account_data(user.as_str(), old.as_str(), "m.tag").await.map_err(storage)? else {
+    let Some(tags) = app.db.account_data(user.as_str(), old.as_str(), "m.tag").await.map_err(storage)? else {
         return Ok(());
     };
-    if db.account_data(user.as_str(), new.as_str(), "m.tag").await.map_err(storage)?.is_none() {
-        put_account_data(app, user, new.as_str(), "m.tag", &tags).await?;
-    }
-    Ok(())
+    // Only where the new room has no tags yet, decided atomically with the write.
+    update_account_data(app, user, new.as_str(), "m.tag", |stored| Ok(stored.is_none().then_some(tags)))
+        .await
+        .map(|_| ())
 }
 
 async fn copy_room_rule(app: &App, user: &UserId, old: &RoomId, new: &RoomId) -> Result<(), Error> {
-    let mut rules = pushrules::ruleset(app, user).await?;
-    let Some(rule) = rules.room.iter().find(|r| r.rule_id == *old).cloned() else { return Ok(()) };
-    if rules.room.iter().any(|r| r.rule_id == *new) {
-        return Ok(());
-    }
-    let enabled = rule.enabled;
-    let copy = NewPushRule::Room(NewSimplePushRule::new(new.to_owned(), rule.actions));
-    rules.insert(copy, None, None).map_err(|e| Error::internal(e.to_string()))?;
-    rules
-        .set_enabled(ruma::push::RuleKind::Room, new.as_str(), enabled)
-        .map_err(|e| Error::internal(e.to_string()))?;
-    pushrules::save(app, user, &rules).await
+    pushrules::update(app, user, |rules| {
+        let Some(rule) = rules.room.iter().find(|r| r.rule_id == *old).cloned() else { return Ok(false) };
+        if rules.room.iter().any(|r| r.rule_id == *new) {
+            return Ok(false);
+        }
+        let enabled = rule.enabled;
+        let copy = NewPushRule::Room(NewSimplePushRule::new(new.to_owned(), rule.actions));
+        rules.insert(copy, None, None).map_err(|e| Error::internal(e.to_string()))?;
+        rules
+            .set_enabled(ruma::push::RuleKind::Room, new.as_str(), enabled)
+            .map_err(|e| Error::internal(e.to_string()))?;
+        Ok(true)
+    })
+    .await
 }
 
 async fn copy_direct(app: &App, user: &UserId, old: &RoomId, new: &RoomId) -> Result<(), Error> {
-    let Some(content) = app.db.account_data(user.as_str(), "", "m.direct").await.map_err(storage)? else {
-        return Ok(());
-    };
-    let mut direct: Value = serde_json::from_str(&content).unwrap_or_default();
-    let mut changed = false;
-    for rooms in direct.as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
-        if let Some(list) = rooms.as_array_mut()
-            && list.iter().any(|r| r == old.as_str())
-            && !list.iter().any(|r| r == new.as_str())
-        {
-            list.push(json!(new));
-            changed = true;
+    update_account_data(app, user, "", "m.direct", |stored| {
+        let Some(content) = stored else { return Ok(None) };
+        let mut direct: Value = serde_json::from_str(content).unwrap_or_default();
+        let mut changed = false;
+        for rooms in direct.as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
+            if let Some(list) = rooms.as_array_mut()
+                && list.iter().any(|r| r == old.as_str())
+                && !list.iter().any(|r| r == new.as_str())
+            {
+                list.push(json!(new));
+                changed = true;
+            }
         }
-    }
-    if changed {
-        put_account_data(app, user, "", "m.direct", &direct.to_string()).await?;
-    }
-    Ok(())
+        Ok(changed.then(|| direct.to_string()))
+    })
+    .await
+    .map(|_| ())
 }

@@ -134,3 +134,9 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+impl From<crate::streams::HorizonError> for Error {
+    fn from(err: crate::streams::HorizonError) -> Self {
+        Error::internal(err.to_string())
+    }
+}

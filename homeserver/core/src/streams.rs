@@ -19,6 +19,8 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    future::Future,
+    pin::Pin,
     sync::{Arc, Mutex},
 };
 
@@ -29,6 +31,42 @@ pub mod watermarks;
 
 use watermarks::Watermarks;
 
+/// How far ahead of the positions handed out the persisted horizon is kept.
+pub const HORIZON_HEADROOM: u64 = 10_000;
+
+/// Durable storage of the stream's horizon: the highest position that may ever have been
+/// handed out. The allocator raises it *before* handing out positions beyond it, so after a
+/// restart the stream can start above every position any client could hold, whether or not
+/// the data written at that position survived (a failed write, a receipt, a reservation that
+/// was dropped).
+pub trait Horizon: Send + Sync + 'static {
+    /// Persists `to` as the horizon (never lowering it); resolves once it is durable.
+    fn raise(&self, to: u64) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+}
+
+/// A horizon kept in memory, for tests and tools that never restart a stream.
+#[derive(Default)]
+pub struct MemoryHorizon(std::sync::atomic::AtomicU64);
+
+impl MemoryHorizon {
+    /// The highest horizon persisted so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Horizon for MemoryHorizon {
+    fn raise(&self, to: u64) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        self.0.fetch_max(to, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// The horizon could not be persisted, so no position may be handed out.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot persist the stream horizon: {0}")]
+pub struct HorizonError(pub String);
+
 /// Allocates stream positions and wakes readers once they become visible.
 pub struct EventStream {
     shutting_down: std::sync::atomic::AtomicBool,
@@ -36,10 +74,17 @@ pub struct EventStream {
     current: watch::Sender<u64>,
     subscribers: Mutex<Subscribers>,
     marks: Watermarks,
+    horizon: Arc<dyn Horizon>,
+    /// Serialises raises of the horizon (one write in flight).
+    raising: tokio::sync::Mutex<()>,
 }
 
 struct AllocState {
     next: u64,
+    /// The persisted horizon: positions up to it may be handed out.
+    limit: u64,
+    /// Whether a background raise is under way.
+    topping_up: bool,
     /// The highest position such that it and every position below it completed.
     visible: u64,
     /// Completed-but-not-yet-visible positions, with the users to wake when they become visible.
@@ -65,19 +110,47 @@ pub struct Reservation {
 }
 
 impl EventStream {
-    /// A stream whose highest committed position is `last_committed` (read from storage at start).
+    /// Starts the stream above `recovered`, the highest position that may have been handed out
+    /// before (the stored horizon, or any stored position if higher), and persists a new horizon
+    /// before anything is handed out.
+    pub async fn start(recovered: u64, horizon: Arc<dyn Horizon>) -> Result<Arc<Self>, HorizonError> {
+        let limit = recovered + HORIZON_HEADROOM;
+        horizon.raise(limit).await.map_err(HorizonError)?;
+        let (current, _) = watch::channel(recovered);
+        Ok(Arc::new(Self {
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
+            state: Mutex::new(AllocState {
+                next: recovered + 1,
+                limit,
+                topping_up: false,
+                visible: recovered,
+                completed: BTreeMap::new(),
+            }),
+            current,
+            subscribers: Mutex::new(Subscribers::default()),
+            marks: Watermarks::new(recovered),
+            horizon,
+            raising: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// A stream with an in-memory horizon, for tests.
     pub fn new(last_committed: u64) -> Arc<Self> {
         let (current, _) = watch::channel(last_committed);
         Arc::new(Self {
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(AllocState {
                 next: last_committed + 1,
+                limit: u64::MAX,
+                topping_up: false,
                 visible: last_committed,
                 completed: BTreeMap::new(),
             }),
             current,
             subscribers: Mutex::new(Subscribers::default()),
             marks: Watermarks::new(last_committed),
+            horizon: Arc::new(MemoryHorizon::default()),
+            raising: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -96,13 +169,47 @@ impl EventStream {
         self.current.subscribe()
     }
 
-    /// Reserves `count` consecutive positions (at least one).
-    pub fn reserve(self: &Arc<Self>, count: u64) -> Reservation {
+    /// Reserves `count` consecutive positions (at least one). Positions are only handed out
+    /// below the persisted horizon; when less than half the headroom is left, the horizon is
+    /// raised in the background, and a reservation that would pass it waits for the raise.
+    pub async fn reserve(self: &Arc<Self>, count: u64) -> Result<Reservation, HorizonError> {
         let count = count.max(1);
+        loop {
+            let needed = {
+                let mut state = self.state.lock().expect("stream state poisoned");
+                let last = state.next + count - 1;
+                if last <= state.limit {
+                    let first = state.next;
+                    state.next += count;
+                    if state.limit - last < HORIZON_HEADROOM / 2 && !state.topping_up {
+                        state.topping_up = true;
+                        let stream = Arc::clone(self);
+                        let target = last + HORIZON_HEADROOM;
+                        tokio::spawn(async move {
+                            if let Err(err) = stream.raise_horizon(target).await {
+                                tracing::error!(error = %err, "raising the stream horizon failed");
+                            }
+                            stream.state.lock().expect("stream state poisoned").topping_up = false;
+                        });
+                    }
+                    return Ok(Reservation { stream: Arc::clone(self), first, count, done: false });
+                }
+                last + HORIZON_HEADROOM
+            };
+            self.raise_horizon(needed).await?;
+        }
+    }
+
+    /// Persists a horizon of at least `target` and lets the allocator use it.
+    async fn raise_horizon(&self, target: u64) -> Result<(), HorizonError> {
+        let _one_at_a_time = self.raising.lock().await;
+        if self.state.lock().expect("stream state poisoned").limit >= target {
+            return Ok(());
+        }
+        self.horizon.raise(target).await.map_err(HorizonError)?;
         let mut state = self.state.lock().expect("stream state poisoned");
-        let first = state.next;
-        state.next += count;
-        Reservation { stream: Arc::clone(self), first, count, done: false }
+        state.limit = state.limit.max(target);
+        Ok(())
     }
 
     /// A channel that changes whenever something for `user` becomes visible.

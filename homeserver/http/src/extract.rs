@@ -171,6 +171,57 @@ fn parse_error(err: FromHttpRequestError) -> Error {
     }
 }
 
+/// Methods whose requests carry a JSON body on body-bearing endpoints.
+fn body_expected(method: &http::Method) -> bool {
+    matches!(*method, http::Method::POST | http::Method::PUT)
+}
+
+/// Whether the request declares a JSON body or no type at all (an absent body is then `{}`).
+fn json_or_untyped(parts: &Parts) -> bool {
+    match parts.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(kind) => kind.trim().is_empty() || kind.to_ascii_lowercase().contains("json"),
+    }
+}
+
+/// Lets ruma parse path, query and body. A panic inside a ruma deserialiser (they index into
+/// maps on some malformed inputs) is the client's bad input, not a server failure: it becomes
+/// `M_BAD_JSON` instead of a dropped connection.
+fn parse_request<T: IncomingRequest>(parts: &Parts, body: &[u8], args: &[&str]) -> Result<T, Error> {
+    let mut builder = http::Request::builder().method(parts.method.clone()).uri(parts.uri.clone());
+    if let Some(headers) = builder.headers_mut() {
+        *headers = parts.headers.clone();
+    }
+    let request = builder.body(body).map_err(|e| Error::bad_json(e.to_string()))?;
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| T::try_from_http_request(request, args))) {
+        Ok(parsed) => parsed.map_err(parse_error),
+        Err(_) => {
+            tracing::warn!(path = %parts.uri.path(), "request parser panicked on malformed input");
+            Err(Error::bad_json("invalid request body"))
+        }
+    }
+}
+
+/// Shapes ruma's parsers are known to mishandle, refused before they run. `POST /login` needs a
+/// string `type`: ruma's `LoginInfo` deserialiser indexes the key without checking it exists.
+fn precheck_body<T: IncomingRequest>(raw_body: &[u8]) -> Result<(), Error> {
+    let is_login = T::METHOD == http::Method::POST
+        && T::PATH_BUILDER.all_paths().any(|p| p.ends_with("/login") && p.starts_with("/_matrix/client/"));
+    if !is_login {
+        return Ok(());
+    }
+    #[derive(serde::Deserialize)]
+    struct LoginType {
+        #[serde(rename = "type")]
+        kind: Option<serde_json::Value>,
+    }
+    match serde_json::from_slice::<LoginType>(raw_body) {
+        Ok(LoginType { kind: Some(serde_json::Value::String(_)) }) => Ok(()),
+        Ok(_) => Err(Error::bad_json("login requires a string `type`")),
+        Err(_) => Err(Error::bad_json("the login body must be a JSON object")),
+    }
+}
+
 impl<T, S> FromRequest<S> for Ruma<T>
 where
     T: IncomingRequest + Send,
@@ -200,16 +251,25 @@ where
         {
             return Err(Error::new(ErrorKind::NotJson, "request body is not valid JSON").into());
         }
+        precheck_body::<T>(&raw_body)?;
         let token = access_token(&parts);
         let auth = T::Authentication::resolve(token, state).await?;
 
-        let mut builder = http::Request::builder().method(parts.method.clone()).uri(parts.uri.clone());
-        if let Some(headers) = builder.headers_mut() {
-            *headers = parts.headers.clone();
-        }
-        let request = builder.body(raw_body.as_ref()).map_err(|e| Error::bad_json(e.to_string()))?;
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
-        let body = T::try_from_http_request(request, &args).map_err(parse_error)?;
+        // Lax clients (matrix-nio) send no body at all where every field is optional; Synapse
+        // reads that as `{}`, and so do we (handlers reading `raw_body` see `{}` too). If `{}`
+        // does not parse either, a field is required and the error names it.
+        let missing_json_body =
+            raw_body.is_empty() && body_expected(&parts.method) && json_or_untyped(&parts);
+        let (body, raw_body) = match parse_request::<T>(&parts, &raw_body, &args) {
+            Ok(body) if missing_json_body => (body, Bytes::from_static(b"{}")),
+            Ok(body) => (body, raw_body),
+            Err(_) if missing_json_body => {
+                let empty = Bytes::from_static(b"{}");
+                (parse_request::<T>(&parts, &empty, &args)?, empty)
+            }
+            Err(err) => return Err(err.into()),
+        };
         let client_ip = parts
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()

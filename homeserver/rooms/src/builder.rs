@@ -27,11 +27,26 @@ pub struct EventTemplate {
     pub sender: OwnedUserId,
     /// For `m.room.redaction`: the event being redacted.
     pub redacts: Option<OwnedEventId>,
+    /// Set only by [`crate::membership`] once a member event passed every local membership
+    /// rule; the pipeline refuses local `m.room.member` events without it, so no endpoint can
+    /// change a membership around those rules.
+    pub(crate) membership_vetted: bool,
+    /// For member events: the membership the target must still have when the event is
+    /// accepted (profile updates must not re-join someone who left meanwhile).
+    pub(crate) expect_membership: Option<&'static str>,
 }
 
 impl EventTemplate {
     pub fn new(kind: impl Into<String>, sender: &ruma::UserId, content: serde_json::Value) -> Self {
-        Self { kind: kind.into(), state_key: None, content, sender: sender.to_owned(), redacts: None }
+        Self {
+            kind: kind.into(),
+            state_key: None,
+            content,
+            sender: sender.to_owned(),
+            redacts: None,
+            membership_vetted: false,
+            expect_membership: None,
+        }
     }
 
     pub fn state(

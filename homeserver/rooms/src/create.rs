@@ -7,13 +7,18 @@
 
 use homeserver_core::{Error, ErrorKind, ids::random_string, time::now_millis};
 use homeserver_storage::persist::NewRoom;
-use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, RoomVersionId};
+use ruma::{
+    OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, RoomVersionId, UserId,
+    room_version_rules::RoomVersionRules,
+};
 use serde_json::{Map, Value, json};
 
 use crate::{
     Rooms,
     builder::{EventTemplate, Placement, build_pdu},
     input::Submission,
+    membership::{MemberPlan, MembershipAction, MembershipChange},
+    pdu::Pdu,
     versions,
 };
 
@@ -115,38 +120,7 @@ impl Rooms {
         let create_template =
             EventTemplate::state("m.room.create", "", &req.creator, Value::Object(create_content));
         let now = now_millis();
-        let (room_id, create_pdu) =
-            if rules.room_id_format == ruma::room_version_rules::RoomIdFormatVersion::V1 {
-                let room_id = RoomId::parse(format!("!{}:{}", random_string(18), server))
-                    .map_err(|e| Error::internal(e.to_string()))?;
-                let pdu = build_pdu(
-                    self.key(),
-                    &rules,
-                    &create_template,
-                    &Placement {
-                        room_id: Some(&room_id),
-                        prev_events: &[],
-                        auth_events: &[],
-                        depth: 1,
-                        origin_server_ts: now,
-                    },
-                )?;
-                (room_id, pdu)
-            } else {
-                let pdu = build_pdu(
-                    self.key(),
-                    &rules,
-                    &create_template,
-                    &Placement {
-                        room_id: None,
-                        prev_events: &[],
-                        auth_events: &[],
-                        depth: 1,
-                        origin_server_ts: now,
-                    },
-                )?;
-                (pdu.room_id.clone(), pdu)
-            };
+        let (mut room_id, mut create_pdu) = self.build_create(&rules, &create_template, now)?;
         let additional_creators: Vec<String> = create_pdu
             .content_value()
             .get("additional_creators")
@@ -156,12 +130,9 @@ impl Rooms {
             .filter_map(|v| v.as_str().map(str::to_owned))
             .collect();
 
-        let mut templates = vec![EventTemplate::state(
-            "m.room.member",
-            req.creator.as_str(),
-            &req.creator,
-            member_content("join", &creator_profile),
-        )];
+        let creating = Some(&creator_profile);
+        let join = MembershipChange::new(MembershipAction::Join, &req.creator, &req.creator);
+        let mut templates = vec![self.vetted(&room_id, join, creating).await?];
 
         // Power levels: defaults, trusted invitees, then the override.
         let mut users = Map::new();
@@ -247,6 +218,17 @@ impl Rooms {
             ));
         }
         for (ty, key, content) in &req.initial_state {
+            if ty == "m.room.member" {
+                // Membership goes through the membership rules, from any endpoint.
+                let target = UserId::parse(key.as_str())
+                    .map_err(|_| Error::bad_json("the state key of a member event must be a user id"))?;
+                let membership = content.get("membership").and_then(Value::as_str);
+                let action = MembershipAction::from_state_event(membership, &req.creator, &target, false)?;
+                let extra = content.as_object().cloned().unwrap_or_default();
+                let change = MembershipChange::new(action, &req.creator, &target).with_content(extra);
+                templates.push(self.vetted(&room_id, change, creating).await?);
+                continue;
+            }
             templates.push(EventTemplate::state(ty.clone(), key.clone(), &req.creator, content.clone()));
         }
         if let Some(name) = &req.name {
@@ -261,11 +243,11 @@ impl Rooms {
             ));
         }
         for invitee in &req.invite {
-            let mut content = member_content("invite", &self.profile_of(invitee).await?);
+            let mut change = MembershipChange::new(MembershipAction::Invite, &req.creator, invitee);
             if req.is_direct {
-                content["is_direct"] = json!(true);
+                change.content.insert("is_direct".into(), json!(true));
             }
-            templates.push(EventTemplate::state("m.room.member", invitee.as_str(), &req.creator, content));
+            templates.push(self.vetted(&room_id, change, creating).await?);
         }
 
         let room = NewRoom {
@@ -274,12 +256,79 @@ impl Rooms {
             created_ts: now as i64,
             published: req.public,
         };
-        let aliases = alias.iter().map(|a| (a.to_string(), req.creator.to_string())).collect();
-        self.submit(
-            &room_id,
-            Submission::Create { create: Box::new(create_pdu), version, templates, room, aliases },
-        )
-        .await?;
-        Ok(room_id)
+        let aliases: Vec<(String, String)> =
+            alias.iter().map(|a| (a.to_string(), req.creator.to_string())).collect();
+        // A v12 room id is the hash of the create event, so two identical requests in the same
+        // millisecond would name the same room. The one that loses gets a create event with a
+        // later timestamp (as Synapse does), so both rooms are created.
+        let mut attempt = 0;
+        loop {
+            let submission = Submission::Create {
+                create: Box::new(create_pdu.clone()),
+                version: version.clone(),
+                templates: templates.clone(),
+                room: room.clone(),
+                aliases: aliases.clone(),
+            };
+            match self.submit(&room_id, submission).await {
+                Ok(_) => return Ok(room_id),
+                Err(err)
+                    if err.kind == ErrorKind::RoomInUse
+                        && attempt < MAX_CREATE_ATTEMPTS
+                        && self.room_version(&room_id).await?.is_some() =>
+                {
+                    attempt += 1;
+                    let bumped = now + attempt * (1 + rand::random::<u64>() % 10);
+                    (room_id, create_pdu) = self.build_create(&rules, &create_template, bumped)?;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// A member event of a room being created, through the membership rules.
+    async fn vetted(
+        &self,
+        room_id: &RoomId,
+        change: MembershipChange,
+        creating: Option<&Profile>,
+    ) -> Result<EventTemplate, Error> {
+        match self.member_template(room_id, change, creating).await? {
+            MemberPlan::Send(template) => Ok(template),
+            MemberPlan::Unchanged(_) => Err(Error::internal("a new room has no members yet")),
+        }
+    }
+
+    /// The create event and the room id it names: a fresh random id for versions before 12,
+    /// the id derived from the event's reference hash from version 12.
+    fn build_create(
+        &self,
+        rules: &RoomVersionRules,
+        template: &EventTemplate,
+        origin_server_ts: u64,
+    ) -> Result<(OwnedRoomId, Pdu), Error> {
+        let room_id = match rules.room_id_format {
+            ruma::room_version_rules::RoomIdFormatVersion::V1 => Some(
+                RoomId::parse(format!("!{}:{}", random_string(18), self.server_name()))
+                    .map_err(|e| Error::internal(e.to_string()))?,
+            ),
+            _ => None,
+        };
+        let pdu = build_pdu(
+            self.key(),
+            rules,
+            template,
+            &Placement {
+                room_id: room_id.as_deref(),
+                prev_events: &[],
+                auth_events: &[],
+                depth: 1,
+                origin_server_ts,
+            },
+        )?;
+        Ok((pdu.room_id.clone(), pdu))
     }
 }
+
+/// How many times a room creation retries with a new create event after its room id collided.
+const MAX_CREATE_ATTEMPTS: u64 = 5;

@@ -45,7 +45,8 @@ use crate::{
     cache::storage_error,
     derive,
     pdu::Pdu,
-    push, versions,
+    power::PowerLevels,
+    push, redaction, validate, versions,
 };
 
 /// How many commands one batch may take from the queue.
@@ -506,6 +507,7 @@ impl RoomActor {
         outcome: &mut Outcome,
         journal: &mut Journal,
     ) -> Result<(), Error> {
+        self.check_local_template(template, outcome).await?;
         let (rules, room_id, prev_events, depth) = {
             let l = self.loaded();
             let mut prev = l.extremities.clone();
@@ -538,6 +540,31 @@ impl RoomActor {
             },
         )?;
         self.authorize_and_append(Arc::new(pdu), txn, outcome, journal).await
+    }
+
+    /// The local rules every event of our users passes before it is built: membership changes
+    /// only through [`crate::membership`] (and only while the membership it expects still
+    /// holds), and content validation ([`validate`]).
+    async fn check_local_template(&self, template: &EventTemplate, outcome: &Outcome) -> Result<(), Error> {
+        if template.kind == "m.room.member" {
+            if !template.membership_vetted {
+                return Err(Error::forbidden("membership changes go through the membership endpoints"));
+            }
+            if let Some(expected) = template.expect_membership {
+                let target = template.state_key.as_deref().and_then(|k| UserId::parse(k).ok());
+                let current = target.and_then(|t| self.loaded().memberships.get(&t).cloned());
+                if current.as_deref() != Some(expected) {
+                    return Err(Error::forbidden("the membership changed meanwhile"));
+                }
+            }
+        }
+        let ctx = validate::Context {
+            db: &self.shared.db,
+            server_name: self.shared.key.server_name(),
+            room_id: &self.room_id,
+            claimed_aliases: &outcome.plan.aliases,
+        };
+        validate::local_event(&ctx, template).await
     }
 
     /// Checks the auth rules for `pdu` against the current state and, if it passes, applies it to
@@ -579,9 +606,10 @@ impl RoomActor {
         events.by_id = fetched;
         auth::check(&rules.authorization, &pdu, &events).map_err(Error::forbidden)?;
         self.check_relation(&pdu).await?;
+        let redacts = self.redaction_effect(&pdu).await?;
 
         // Accepted: give it a stream position and apply it.
-        let reservation = self.shared.stream.reserve(1);
+        let reservation = self.shared.stream.reserve(1).await?;
         let pos = reservation.first() as i64;
         let event_id = pdu.event_id.clone();
         let mut unsigned_extra = None;
@@ -680,7 +708,7 @@ impl RoomActor {
             unsigned_extra,
             state_before,
             state_after,
-            redacts: pdu.redacts.as_ref().map(|r| r.to_string()),
+            redacts: redacts.map(|r| r.to_string()),
             txn,
             prev_events: pdu.prev_events.iter().map(|e| e.to_string()).collect(),
             auth_events: pdu.auth_events.iter().map(|e| e.to_string()).collect(),
@@ -690,6 +718,47 @@ impl RoomActor {
         self.batch_pdus.insert(pdu.event_id.clone(), pdu.clone());
         outcome.pdus.push(pdu);
         Ok(())
+    }
+
+    /// The event a local redaction redacts. The rule is [`redaction::takes_effect`]; a local
+    /// redaction that would not take effect is refused (as Synapse does) rather than stored
+    /// without effect, so the client learns it was not allowed.
+    async fn redaction_effect(&self, pdu: &Pdu) -> Result<Option<OwnedEventId>, Error> {
+        let Some(target) = redaction::target(pdu) else { return Ok(None) };
+        let target = target.to_owned();
+        let Some(original) = self.events(std::slice::from_ref(&target)).await?.remove(&target) else {
+            return Err(Error::not_found("event not found"));
+        };
+        if original.room_id != pdu.room_id {
+            return Err(Error::invalid_param("cannot redact an event of another room"));
+        }
+        if !redaction::takes_effect(pdu, &original, &self.power_levels_now().await?, redaction::Origin::Local)
+        {
+            return Err(Error::forbidden("You don't have permission to redact this event"));
+        }
+        Ok(Some(target))
+    }
+
+    /// The room's power levels in the actor's current state.
+    async fn power_levels_now(&self) -> Result<PowerLevels, Error> {
+        let l = self.loaded();
+        let ids: Vec<OwnedEventId> = [
+            l.state.get(&(StateEventType::RoomCreate, String::new())),
+            l.state.get(&(StateEventType::RoomPowerLevels, String::new())),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+        let events = self.events(&ids).await?;
+        let lookup = |ty: StateEventType| {
+            l.state.get(&(ty, String::new())).and_then(|id| events.get(id)).map(|p| &**p)
+        };
+        Ok(PowerLevels::from_events(
+            &l.rules.authorization,
+            lookup(StateEventType::RoomCreate),
+            lookup(StateEventType::RoomPowerLevels),
+        ))
     }
 
     /// Relation rules for locally sent events, as Synapse applies them: the related event, when

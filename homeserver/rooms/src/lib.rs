@@ -9,6 +9,8 @@
 //! - [`create`], [`membership`], [`send`]: the operations the client API performs on rooms.
 //! - [`read`]: state and event queries; [`visibility`]: history visibility; [`format`]: the
 //!   client event format (redaction applied, `unsigned` filled in).
+//! - [`redaction`]: whether a redaction takes effect (redaction authority); [`validate`]:
+//!   content rules for local events.
 //! - [`power`], [`versions`], [`cache`]: helpers.
 //!
 //! Architecture invariant: nothing outside [`input`] writes room events, and [`input`] has exactly
@@ -27,8 +29,10 @@ pub mod pdu;
 pub mod power;
 pub mod push;
 pub mod read;
+pub mod redaction;
 pub mod send;
 pub mod upgrade;
+pub mod validate;
 pub mod versions;
 pub mod visibility;
 
@@ -55,11 +59,13 @@ pub struct RoomsConfig {
     pub default_room_version: RoomVersionId,
     /// How many parsed events the shared cache keeps.
     pub event_cache_size: usize,
+    /// Users that application services own (they may be invited before they are registered).
+    pub appservice_users: Option<membership::AppserviceUsers>,
 }
 
 impl Default for RoomsConfig {
     fn default() -> Self {
-        Self { default_room_version: RoomVersionId::V12, event_cache_size: 20_000 }
+        Self { default_room_version: RoomVersionId::V12, event_cache_size: 20_000, appservice_users: None }
     }
 }
 

@@ -1,29 +1,131 @@
-//! Membership changes requested by local users: join (vouched for in restricted rooms), knock,
-//! leave, invite, kick, ban, unban, and the
-//! propagation of profile changes into member events.
+//! Membership changes requested by local users — join (vouched for in restricted rooms), knock,
+//! leave, invite, kick, ban, unban — and the propagation of profile changes into member events.
 //!
-//! The room version's auth rules are the final word on every change (they run in the pipeline).
-//! The checks here only give clearer errors for cases the rules would allow but the client API
-//! forbids (kicking someone who is not in the room, unbanning someone who is not banned) and make
-//! repeated requests idempotent.
+//! Every local `m.room.member` event is made by [`Rooms::change_membership`], whichever endpoint
+//! asked for it (`/join`, `/invite`, …, the state endpoint, `createRoom`'s invites and
+//! `initial_state`, profile updates). It applies the local rules in one place:
+//! - the room exists and, for joins, invites and knocks, is not blocked by an admin;
+//! - the content is the client's minus what only the server may set
+//!   (`join_authorised_via_users_server`, `third_party_signed`), with bounded profile fields,
+//!   and the target's profile filled in for joins, invites and knocks that carry none;
+//! - the transition makes sense for the target's current membership (no kicking someone who is
+//!   not there, no unbanning someone who is not banned, ...), repeated requests are idempotent;
+//! - a restricted join is vouched for only if the user is in one of the rooms the join rule
+//!   allows;
+//! - an invited local user exists, or belongs to an application service's namespace.
+//!
+//! The templates it builds are marked as vetted; the pipeline refuses local member events that
+//! are not, so a new endpoint cannot skip these rules. The room version's auth rules still run
+//! in the pipeline and are the final word.
+
+use std::sync::Arc;
 
 use homeserver_core::{Error, ErrorKind};
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
-use crate::{
-    Rooms,
-    builder::EventTemplate,
-    cache::storage_error,
-    create::{Profile, member_content},
-    input::Submission,
-};
+use crate::{Rooms, builder::EventTemplate, cache::storage_error, create::Profile, input::Submission};
 
-fn with_reason(mut content: Value, reason: Option<&str>) -> Value {
-    if let Some(reason) = reason {
-        content["reason"] = json!(reason);
+/// Longest display name a member event may carry (as Synapse).
+pub const MAX_DISPLAYNAME_LEN: usize = 256;
+/// Longest avatar URL a member event may carry (as Synapse).
+pub const MAX_AVATAR_URL_LEN: usize = 1000;
+
+/// What a local user asks to do to a membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MembershipAction {
+    Join,
+    Knock,
+    /// Leave a room, reject an invite or withdraw a knock (sender and target are the same).
+    Leave,
+    Invite,
+    Kick,
+    Ban,
+    Unban,
+}
+
+impl MembershipAction {
+    /// The `membership` value the event carries.
+    fn membership(self) -> &'static str {
+        match self {
+            Self::Join => "join",
+            Self::Knock => "knock",
+            Self::Leave | Self::Kick | Self::Unban => "leave",
+            Self::Invite => "invite",
+            Self::Ban => "ban",
+        }
     }
-    content
+
+    /// The action a raw `m.room.member` state event stands for, as the state endpoint receives
+    /// it: `membership` from the content, sender and target from the request.
+    pub fn from_state_event(
+        membership: Option<&str>,
+        sender: &UserId,
+        target: &UserId,
+        target_is_banned: bool,
+    ) -> Result<Self, Error> {
+        let own = sender == target;
+        match membership {
+            Some("join") if own => Ok(Self::Join),
+            Some("knock") if own => Ok(Self::Knock),
+            Some("leave") if own => Ok(Self::Leave),
+            Some("leave") if target_is_banned => Ok(Self::Unban),
+            Some("leave") => Ok(Self::Kick),
+            Some("invite") => Ok(Self::Invite),
+            Some("ban") => Ok(Self::Ban),
+            Some("join" | "knock") => {
+                Err(Error::forbidden("You cannot change another user's membership to that"))
+            }
+            Some(_) | None => Err(Error::bad_json("invalid or missing membership")),
+        }
+    }
+}
+
+/// A membership change: who does what to whom, with the content the client supplied (such as
+/// `reason`, a per-room display name, `is_direct`).
+#[derive(Debug, Clone)]
+pub struct MembershipChange {
+    pub sender: OwnedUserId,
+    pub target: OwnedUserId,
+    pub action: MembershipAction,
+    pub content: Map<String, Value>,
+}
+
+impl MembershipChange {
+    pub fn new(action: MembershipAction, sender: &UserId, target: &UserId) -> Self {
+        Self { sender: sender.to_owned(), target: target.to_owned(), action, content: Map::new() }
+    }
+
+    pub fn with_reason(mut self, reason: Option<&str>) -> Self {
+        if let Some(reason) = reason {
+            self.content.insert("reason".into(), json!(reason));
+        }
+        self
+    }
+
+    pub fn with_content(mut self, content: Map<String, Value>) -> Self {
+        self.content.extend(content);
+        self
+    }
+}
+
+/// What a membership change comes to.
+pub(crate) enum MemberPlan {
+    /// A vetted member event to send.
+    Send(EventTemplate),
+    /// The target already has exactly this membership: the current event answers the request.
+    Unchanged(OwnedEventId),
+}
+
+/// Whether an application service's user namespace covers a user id (the composition root
+/// wires it to the loaded registrations; the room model does not know appservices).
+#[derive(Clone)]
+pub struct AppserviceUsers(pub Arc<dyn Fn(&UserId) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for AppserviceUsers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AppserviceUsers(..)")
+    }
 }
 
 impl Rooms {
@@ -35,64 +137,130 @@ impl Rooms {
             .unwrap_or_default())
     }
 
-    async fn send_member(
+    /// Applies a membership change after every local rule (see the module docs).
+    pub async fn change_membership(
         &self,
         room_id: &RoomId,
-        sender: &UserId,
-        target: &UserId,
-        content: Value,
+        change: MembershipChange,
     ) -> Result<OwnedEventId, Error> {
-        let template = EventTemplate::state("m.room.member", target.as_str(), sender, content);
+        match self.member_template(room_id, change, None).await? {
+            MemberPlan::Send(template) => self.submit_member(room_id, template).await,
+            MemberPlan::Unchanged(event_id) => Ok(event_id),
+        }
+    }
+
+    /// The vetted template for a change, or the current member event when the target already
+    /// has exactly the requested membership (a repeated request). `creating` carries the
+    /// creator's profile while a room is being created (it is not in the database yet).
+    pub(crate) async fn member_template(
+        &self,
+        room_id: &RoomId,
+        change: MembershipChange,
+        creating: Option<&Profile>,
+    ) -> Result<MemberPlan, Error> {
+        let MembershipChange { sender, target, action, content } = change;
+        let creating_room = creating.is_some();
+        if !creating_room && self.room_version(room_id).await?.is_none() {
+            return Err(Error::not_found("room not found"));
+        }
+        if matches!(action, MembershipAction::Join | MembershipAction::Invite | MembershipAction::Knock)
+            && !creating_room
+            && self.db().is_room_blocked(room_id.as_str()).await.map_err(storage_error)?
+        {
+            return Err(Error::forbidden("This room has been blocked on this server"));
+        }
+        let mut content = client_content(content)?;
+        content.insert("membership".into(), json!(action.membership()));
+        if matches!(action, MembershipAction::Join | MembershipAction::Invite | MembershipAction::Knock)
+            && target.server_name() == self.server_name()
+        {
+            let profile = match creating {
+                Some(profile) if target == sender => profile.clone(),
+                _ => self.profile_of(&target).await?,
+            };
+            fill_profile(&mut content, &profile);
+        }
+        if action == MembershipAction::Invite {
+            self.require_invitable(&target).await?;
+        }
+        let current = if creating_room { None } else { self.membership(room_id, &target).await? };
+        let repeated = match (action, current.as_deref()) {
+            (MembershipAction::Join, _) => false, // decided below, against the content
+            (MembershipAction::Knock, Some("join")) => {
+                return Err(Error::forbidden("You are already in the room"));
+            }
+            (MembershipAction::Knock, Some("invite")) => {
+                return Err(Error::forbidden("You are already invited to the room"));
+            }
+            (MembershipAction::Knock | MembershipAction::Invite, Some("ban")) => {
+                return Err(Error::forbidden(format!("{target} is banned from the room")));
+            }
+            (MembershipAction::Knock, Some("knock")) => true,
+            (MembershipAction::Leave, Some("join" | "invite" | "knock")) => false,
+            (MembershipAction::Leave, Some("leave")) => true,
+            (MembershipAction::Leave, _) => {
+                return Err(Error::forbidden("you are not a member of this room"));
+            }
+            (MembershipAction::Invite, Some("join")) => {
+                return Err(Error::forbidden(format!("{target} is already in the room")));
+            }
+            (MembershipAction::Invite, Some("invite")) => true,
+            (MembershipAction::Kick, Some("join" | "invite" | "knock")) => false,
+            (MembershipAction::Kick, _) => {
+                return Err(Error::forbidden(format!("{target} is not in the room")));
+            }
+            (MembershipAction::Unban, Some("ban")) => false,
+            (MembershipAction::Unban, _) => return Err(Error::forbidden(format!("{target} is not banned"))),
+            _ => false,
+        };
+        let current_event = match creating_room {
+            true => None,
+            false => self.current_state_event(room_id, "m.room.member", target.as_str()).await?,
+        };
+        if let Some(current) = &current_event
+            && repeated
+        {
+            return Ok(MemberPlan::Unchanged(current.event_id.clone()));
+        }
+        let mut template =
+            EventTemplate::state("m.room.member", target.as_str(), &sender, Value::Object(content));
+        if action == MembershipAction::Join && !creating_room {
+            if let Some(current) = &current_event
+                && current.content_value() == template.content
+            {
+                return Ok(MemberPlan::Unchanged(current.event_id.clone()));
+            }
+            if let Some(authoriser) = self.restricted_join_authoriser(room_id, &target).await? {
+                template.content["join_authorised_via_users_server"] = json!(authoriser);
+            }
+        }
+        template.membership_vetted = true;
+        Ok(MemberPlan::Send(template))
+    }
+
+    async fn submit_member(&self, room_id: &RoomId, template: EventTemplate) -> Result<OwnedEventId, Error> {
         let pdus = self.submit(room_id, Submission::Events { templates: vec![template], txn: None }).await?;
         pdus.last().map(|p| p.event_id.clone()).ok_or_else(|| Error::internal("no event produced"))
     }
 
-    fn require_room_exists(exists: bool) -> Result<(), Error> {
-        if exists { Ok(()) } else { Err(Error::not_found("room not found")) }
-    }
-
-    /// Refuses new members for rooms an administrator blocked.
-    async fn require_not_blocked(&self, room_id: &RoomId) -> Result<(), Error> {
-        if self.db().is_room_blocked(room_id.as_str()).await.map_err(storage_error)? {
-            return Err(Error::forbidden("This room has been blocked on this server"));
+    /// An invited user of this server must exist, unless an application service's namespace
+    /// covers them (the appservice provisions its users when they are first used).
+    async fn require_invitable(&self, target: &UserId) -> Result<(), Error> {
+        if target.server_name() != self.server_name() {
+            return Ok(());
         }
-        Ok(())
-    }
-
-    /// Joins a local room. `extra` holds additional member-event content from the request (such
-    /// as `reason`); joining again with unchanged content is a no-op.
-    pub async fn join(
-        &self,
-        room_id: &RoomId,
-        user: &UserId,
-        extra: serde_json::Map<String, Value>,
-    ) -> Result<OwnedEventId, Error> {
-        Self::require_room_exists(self.room_version(room_id).await?.is_some())?;
-        self.require_not_blocked(room_id).await?;
-        let profile = self.profile_of(user).await?;
-        let mut content = member_content("join", &profile);
-        if let Value::Object(map) = &mut content {
-            for (key, value) in extra {
-                if key != "membership" && key != "third_party_signed" {
-                    map.insert(key, value);
-                }
-            }
-        }
-        if let Some(current) = self.current_state_event(room_id, "m.room.member", user.as_str()).await?
-            && current.content_value() == content
+        if self.db().user(target.as_str()).await.map_err(storage_error)?.is_some()
+            || self.config().appservice_users.as_ref().is_some_and(|covers| (covers.0)(target))
         {
-            return Ok(current.event_id.clone());
+            return Ok(());
         }
-        if let Some(authoriser) = self.restricted_join_authoriser(room_id, user).await? {
-            content["join_authorised_via_users_server"] = json!(authoriser);
-        }
-        self.send_member(room_id, user, user, content).await
+        Err(Error::not_found(format!("{target} does not exist")))
     }
 
     /// For a `restricted` (or `knock_restricted`) room the user is neither invited to nor in:
     /// a local member who may invite, to vouch for the join, if the user is in one of the rooms
-    /// the join rule allows. `None` when no vouching is needed or possible; the auth rules then
-    /// decide (and refuse a join nobody vouched for).
+    /// the join rule allows. `None` when no vouching is needed; an error when the user may not
+    /// join this way.
     async fn restricted_join_authoriser(
         &self,
         room_id: &RoomId,
@@ -146,6 +314,21 @@ impl Rooms {
         }
     }
 
+    /// Joins a local room. `extra` holds additional member-event content from the request (such
+    /// as `reason`); joining again with unchanged content is a no-op.
+    pub async fn join(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        extra: Map<String, Value>,
+    ) -> Result<OwnedEventId, Error> {
+        self.change_membership(
+            room_id,
+            MembershipChange::new(MembershipAction::Join, user, user).with_content(extra),
+        )
+        .await
+    }
+
     /// Asks to join a room whose join rule is `knock` (or `knock_restricted`).
     pub async fn knock(
         &self,
@@ -153,45 +336,25 @@ impl Rooms {
         user: &UserId,
         reason: Option<&str>,
     ) -> Result<OwnedEventId, Error> {
-        Self::require_room_exists(self.room_version(room_id).await?.is_some())?;
-        self.require_not_blocked(room_id).await?;
-        match self.membership(room_id, user).await?.as_deref() {
-            Some("join") => return Err(Error::forbidden("You are already in the room")),
-            Some("invite") => return Err(Error::forbidden("You are already invited to the room")),
-            Some("ban") => return Err(Error::forbidden("You are banned from the room")),
-            Some("knock") => {
-                if let Some(current) =
-                    self.current_state_event(room_id, "m.room.member", user.as_str()).await?
-                {
-                    return Ok(current.event_id.clone());
-                }
-            }
-            _ => {}
-        }
-        let content = member_content("knock", &self.profile_of(user).await?);
-        self.send_member(room_id, user, user, with_reason(content, reason)).await
+        self.change_membership(
+            room_id,
+            MembershipChange::new(MembershipAction::Knock, user, user).with_reason(reason),
+        )
+        .await
     }
 
-    /// Leaves (or rejects an invite to) a room.
+    /// Leaves (or rejects an invite to, or withdraws a knock on) a room.
     pub async fn leave(
         &self,
         room_id: &RoomId,
         user: &UserId,
         reason: Option<&str>,
     ) -> Result<OwnedEventId, Error> {
-        Self::require_room_exists(self.room_version(room_id).await?.is_some())?;
-        match self.membership(room_id, user).await?.as_deref() {
-            Some("join" | "invite" | "knock") => {}
-            Some("leave") => {
-                if let Some(current) =
-                    self.current_state_event(room_id, "m.room.member", user.as_str()).await?
-                {
-                    return Ok(current.event_id.clone());
-                }
-            }
-            _ => return Err(Error::forbidden("you are not a member of this room")),
-        }
-        self.send_member(room_id, user, user, with_reason(json!({"membership": "leave"}), reason)).await
+        self.change_membership(
+            room_id,
+            MembershipChange::new(MembershipAction::Leave, user, user).with_reason(reason),
+        )
+        .await
     }
 
     pub async fn invite(
@@ -202,25 +365,11 @@ impl Rooms {
         reason: Option<&str>,
         is_direct: bool,
     ) -> Result<OwnedEventId, Error> {
-        Self::require_room_exists(self.room_version(room_id).await?.is_some())?;
-        self.require_not_blocked(room_id).await?;
-        match self.membership(room_id, target).await?.as_deref() {
-            Some("join") => return Err(Error::forbidden(format!("{target} is already in the room"))),
-            Some("ban") => return Err(Error::forbidden(format!("{target} is banned from the room"))),
-            Some("invite") => {
-                if let Some(current) =
-                    self.current_state_event(room_id, "m.room.member", target.as_str()).await?
-                {
-                    return Ok(current.event_id.clone());
-                }
-            }
-            _ => {}
-        }
-        let mut content = member_content("invite", &self.profile_of(target).await?);
+        let mut change = MembershipChange::new(MembershipAction::Invite, sender, target).with_reason(reason);
         if is_direct {
-            content["is_direct"] = json!(true);
+            change.content.insert("is_direct".into(), json!(true));
         }
-        self.send_member(room_id, sender, target, with_reason(content, reason)).await
+        self.change_membership(room_id, change).await
     }
 
     pub async fn kick(
@@ -230,12 +379,11 @@ impl Rooms {
         target: &UserId,
         reason: Option<&str>,
     ) -> Result<OwnedEventId, Error> {
-        Self::require_room_exists(self.room_version(room_id).await?.is_some())?;
-        match self.membership(room_id, target).await?.as_deref() {
-            Some("join" | "invite" | "knock") => {}
-            _ => return Err(Error::forbidden(format!("{target} is not in the room"))),
-        }
-        self.send_member(room_id, sender, target, with_reason(json!({"membership": "leave"}), reason)).await
+        self.change_membership(
+            room_id,
+            MembershipChange::new(MembershipAction::Kick, sender, target).with_reason(reason),
+        )
+        .await
     }
 
     pub async fn ban(
@@ -245,8 +393,11 @@ impl Rooms {
         target: &UserId,
         reason: Option<&str>,
     ) -> Result<OwnedEventId, Error> {
-        Self::require_room_exists(self.room_version(room_id).await?.is_some())?;
-        self.send_member(room_id, sender, target, with_reason(json!({"membership": "ban"}), reason)).await
+        self.change_membership(
+            room_id,
+            MembershipChange::new(MembershipAction::Ban, sender, target).with_reason(reason),
+        )
+        .await
     }
 
     pub async fn unban(
@@ -256,28 +407,66 @@ impl Rooms {
         target: &UserId,
         reason: Option<&str>,
     ) -> Result<OwnedEventId, Error> {
-        Self::require_room_exists(self.room_version(room_id).await?.is_some())?;
-        if self.membership(room_id, target).await?.as_deref() != Some("ban") {
-            return Err(Error::forbidden(format!("{target} is not banned")));
-        }
-        self.send_member(room_id, sender, target, with_reason(json!({"membership": "leave"}), reason)).await
+        self.change_membership(
+            room_id,
+            MembershipChange::new(MembershipAction::Unban, sender, target).with_reason(reason),
+        )
+        .await
     }
 
     /// Sends a fresh join event with the user's new profile into every room they are joined to.
-    /// Rooms where the update is refused (e.g. by power levels) keep the old profile.
+    /// Each event is accepted only while the user is still joined (a room they left meanwhile
+    /// is not re-joined); rooms where the update is refused (e.g. by power levels) keep the old
+    /// profile.
     pub async fn propagate_profile(&self, user: &UserId) -> Result<(), Error> {
-        let profile = self.profile_of(user).await?;
         let rooms = self.db().memberships_of_user(user.as_str()).await.map_err(storage_error)?;
         for row in rooms.into_iter().filter(|r| r.membership == "join") {
             let Ok(room_id) = RoomId::parse(&row.room_id) else { continue };
             let room_id: OwnedRoomId = room_id;
-            let content = member_content("join", &profile);
-            if let Err(err) = self.send_member(&room_id, user, user, content).await
+            let change = MembershipChange::new(MembershipAction::Join, user, user);
+            let template = match self.member_template(&room_id, change, None).await {
+                Ok(MemberPlan::Send(mut template)) => {
+                    template.expect_membership = Some("join");
+                    template
+                }
+                Ok(MemberPlan::Unchanged(_)) => continue,
+                Err(err) if err.kind == ErrorKind::Forbidden => continue,
+                Err(err) => return Err(err),
+            };
+            if let Err(err) = self.submit_member(&room_id, template).await
                 && err.kind != ErrorKind::Forbidden
             {
                 return Err(err);
             }
         }
         Ok(())
+    }
+}
+
+/// The client's content with the keys only the server may set removed, and the profile fields
+/// bounded.
+fn client_content(mut content: Map<String, Value>) -> Result<Map<String, Value>, Error> {
+    // The authorising user is chosen by the server (and signed by it); a client copying it from
+    // an earlier event must not be able to name one.
+    content.remove("join_authorised_via_users_server");
+    content.remove("third_party_signed");
+    content.remove("membership");
+    if content.get("displayname").and_then(Value::as_str).is_some_and(|n| n.len() > MAX_DISPLAYNAME_LEN) {
+        return Err(Error::bad_json(format!("Displayname is too long (max {MAX_DISPLAYNAME_LEN})")));
+    }
+    if content.get("avatar_url").and_then(Value::as_str).is_some_and(|u| u.len() > MAX_AVATAR_URL_LEN) {
+        return Err(Error::bad_json(format!("Avatar URL is too long (max {MAX_AVATAR_URL_LEN})")));
+    }
+    Ok(content)
+}
+
+/// Adds the target's global profile where the content names none (per-room profiles win).
+fn fill_profile(content: &mut Map<String, Value>, profile: &Profile) {
+    for (key, value) in [("displayname", &profile.displayname), ("avatar_url", &profile.avatar_url)] {
+        if let Some(value) = value
+            && !content.contains_key(key)
+        {
+            content.insert(key.into(), json!(value));
+        }
     }
 }

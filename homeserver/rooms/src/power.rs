@@ -50,6 +50,29 @@ impl PowerLevels {
             .unwrap_or(0)
     }
 
+    /// The power levels a room's create and power-levels events define, under the room
+    /// version's rules (which say whether creators are privileged).
+    pub fn from_events(
+        rules: &ruma::room_version_rules::AuthorizationRules,
+        create: Option<&crate::pdu::Pdu>,
+        power_levels: Option<&crate::pdu::Pdu>,
+    ) -> Self {
+        let mut creators: HashSet<OwnedUserId> = HashSet::new();
+        if let Some(create) = create.filter(|_| rules.explicitly_privilege_room_creators) {
+            creators.insert(create.sender.clone());
+            if let Some(extra) = create.content_value().get("additional_creators").and_then(|v| v.as_array())
+            {
+                creators.extend(extra.iter().filter_map(|u| u.as_str()?.try_into().ok()));
+            }
+        }
+        Self::new(power_levels.map(|p| p.content_value()), create.map(|c| c.sender.clone()), creators)
+    }
+
+    /// The privileged creators (room version 12+), empty for earlier versions.
+    pub fn creators(&self) -> impl Iterator<Item = &OwnedUserId> {
+        self.creators.iter()
+    }
+
     /// Whether the user is a privileged creator (room version 12+).
     pub fn is_creator(&self, user: &UserId) -> bool {
         self.creators.contains(user)

@@ -35,6 +35,8 @@ pub const PUSH_RULES_TYPE: &str = "m.push_rules";
 pub struct PushRules {
     db: Db,
     cache: Mutex<LruCache<OwnedUserId, UserRules>>,
+    /// Bumped by every invalidation, so a load racing a rule change does not cache stale rules.
+    generation: std::sync::atomic::AtomicU64,
     /// The server-default rules of a user nobody can mention: the common outcome of an event.
     generic: (OwnedUserId, Arc<Ruleset>),
 }
@@ -63,6 +65,7 @@ impl PushRules {
         Self {
             db,
             cache: Mutex::new(LruCache::new(NonZeroUsize::new(100_000).expect("non-zero"))),
+            generation: std::sync::atomic::AtomicU64::new(0),
             generic: (generic_user, generic_rules),
         }
     }
@@ -72,9 +75,12 @@ impl PushRules {
         (&self.generic.0, &self.generic.1)
     }
 
-    /// Forgets a user's cached rules (after they changed them).
+    /// Forgets a user's cached rules (after they changed them). A load that started before
+    /// this call does not store what it read (the generation moved on).
     pub fn invalidate(&self, user: &UserId) {
-        self.cache.lock().expect("push cache poisoned").pop(user);
+        let mut cache = self.cache.lock().expect("push cache poisoned");
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        cache.pop(user);
     }
 
     /// The rule sets of `users`, loading all missing ones in one query.
@@ -95,6 +101,7 @@ impl PushRules {
         if missing.is_empty() {
             return Ok(out);
         }
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let ids: Vec<String> = missing.iter().map(|u| u.to_string()).collect();
         let stored: HashMap<String, String> = self
             .db
@@ -104,12 +111,16 @@ impl PushRules {
             .into_iter()
             .collect();
         let mut cache = self.cache.lock().expect("push cache poisoned");
+        // Rules changed while they were read: answer with what was read, but do not keep it.
+        let keep = self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation;
         for user in missing {
             let rules = match stored.get(user.as_str()) {
                 Some(content) => UserRules { rules: Arc::new(parse_ruleset(&user, content)), custom: true },
                 None => UserRules { rules: Arc::new(Ruleset::server_default(&user)), custom: false },
             };
-            cache.put(user.clone(), rules.clone());
+            if keep {
+                cache.put(user.clone(), rules.clone());
+            }
             out.insert(user, rules);
         }
         Ok(out)

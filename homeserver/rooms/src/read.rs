@@ -1,6 +1,6 @@
 //! Reading room state and facts (no writes here).
 
-use std::{collections::HashSet, sync::Arc};
+use std::sync::Arc;
 
 use homeserver_core::Error;
 use ruma::{EventId, OwnedEventId, OwnedUserId, RoomId, RoomVersionId, UserId};
@@ -114,17 +114,8 @@ impl Rooms {
             .current_state_event(room_id, "m.room.create", "")
             .await?
             .ok_or_else(|| Error::not_found("room has no create event"))?;
-        let mut creators: HashSet<OwnedUserId> = HashSet::new();
-        if rules.authorization.explicitly_privilege_room_creators {
-            creators.insert(create.sender.clone());
-            if let Some(extra) = create.content_value().get("additional_creators").and_then(|v| v.as_array())
-            {
-                creators.extend(extra.iter().filter_map(|u| u.as_str()?.try_into().ok()));
-            }
-        }
-        let content =
-            self.current_state_event(room_id, "m.room.power_levels", "").await?.map(|p| p.content_value());
-        Ok(PowerLevels::new(content, Some(create.sender.clone()), creators))
+        let power = self.current_state_event(room_id, "m.room.power_levels", "").await?;
+        Ok(PowerLevels::from_events(&rules.authorization, Some(&create), power.as_deref()))
     }
 
     /// Joined members of a room.

@@ -30,7 +30,6 @@ const COPIED_STATE: &[(&str, bool)] = &[
     ("m.room.encryption", false),
     ("m.room.server_acl", false),
     ("m.room.pinned_events", false),
-    ("m.room.canonical_alias", false),
     ("m.space.child", true),
     ("m.space.parent", true),
 ];
@@ -198,12 +197,18 @@ impl Rooms {
                 ignore_forbidden(self.send_state(old, user, "m.room.power_levels", "", restricted).await)?;
             }
         }
+        // The canonical alias moves once the aliases it names point at the new room (an alias
+        // event is only valid for aliases of its own room).
         let moved = self.db().move_aliases(old.as_str(), new_room.as_str()).await.map_err(storage_error)?;
-        if !moved.is_empty()
-            && let Some(alias) = self.current_state_event(old, "m.room.canonical_alias", "").await?
+        if let Some(alias) = self.current_state_event(old, "m.room.canonical_alias", "").await?
             && alias.content_value().as_object().is_some_and(|c| !c.is_empty())
         {
-            ignore_forbidden(self.send_state(old, user, "m.room.canonical_alias", "", json!({})).await)?;
+            ignore_bad_alias(
+                self.send_state(&new_room, user, "m.room.canonical_alias", "", alias.content_value()).await,
+            )?;
+            if !moved.is_empty() {
+                ignore_forbidden(self.send_state(old, user, "m.room.canonical_alias", "", json!({})).await)?;
+            }
         }
         if public {
             self.db().set_room_published(old.as_str(), false).await.map_err(storage_error)?;
@@ -224,6 +229,20 @@ fn retarget_allow(mut content: Value, old: &RoomId, new: &RoomId) -> Option<Valu
         }
     }
     changed.then_some(content)
+}
+
+/// An alias of the old room that did not move (another server's, or one that no longer
+/// exists) keeps the canonical alias out of the new room; the upgrade still succeeds.
+fn ignore_bad_alias(result: Result<ruma::OwnedEventId, Error>) -> Result<(), Error> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(err)
+            if matches!(err.kind, ErrorKind::BadAlias | ErrorKind::InvalidParam | ErrorKind::Forbidden) =>
+        {
+            Ok(())
+        }
+        Err(err) => Err(err),
+    }
 }
 
 /// Best-effort follow-ups: a refusal by the old room's power levels is not an error.

@@ -14,28 +14,50 @@ pub struct AccountDataRow {
 }
 
 impl Db {
-    /// Sets account data at stream position `pos` (allocated by the caller).
-    pub async fn set_account_data(
+    /// Reads and rewrites one account-data document atomically. `change` gets the stored
+    /// content (`None` if there is none) and returns the new content, `Ok(None)` to leave the
+    /// document as it is, or its own error (nothing is written). Concurrent updates of the same
+    /// document run one after another ([`Db::locked_tx`]), so no acknowledged change is lost.
+    /// `pos` is the stream position allocated by the caller; the row keeps the higher of its
+    /// position and `pos`, since updates may commit in another order than they were allocated.
+    pub async fn update_account_data<E>(
         &self,
         user_id: &str,
         room_id: &str,
         data_type: &str,
-        content: &str,
         pos: i64,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO account_data (user_id, room_id, data_type, content, stream_pos) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (user_id, room_id, data_type) DO UPDATE SET content = excluded.content, \
-               stream_pos = excluded.stream_pos",
+        change: impl FnOnce(Option<&str>) -> std::result::Result<Option<String>, E>,
+    ) -> Result<std::result::Result<Option<String>, E>> {
+        let key = format!("account_data\n{user_id}\n{room_id}\n{data_type}");
+        let mut tx = self.locked_tx(&key).await?;
+        let stored: Option<String> = sqlx::query_scalar(
+            "SELECT content FROM account_data WHERE user_id = $1 AND room_id = $2 AND data_type = $3",
         )
         .bind(user_id)
         .bind(room_id)
         .bind(data_type)
-        .bind(content)
-        .bind(pos)
-        .execute(self.writer())
+        .fetch_optional(&mut *tx)
         .await?;
-        Ok(())
+        let content = match change(stored.as_deref()) {
+            Ok(Some(content)) => content,
+            Ok(None) => return Ok(Ok(None)),
+            Err(err) => return Ok(Err(err)),
+        };
+        sqlx::query(
+            "INSERT INTO account_data (user_id, room_id, data_type, content, stream_pos) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (user_id, room_id, data_type) DO UPDATE SET content = excluded.content, \
+               stream_pos = CASE WHEN account_data.stream_pos > excluded.stream_pos \
+                 THEN account_data.stream_pos ELSE excluded.stream_pos END",
+        )
+        .bind(user_id)
+        .bind(room_id)
+        .bind(data_type)
+        .bind(&content)
+        .bind(pos)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(Some(content)))
     }
 
     pub async fn account_data(
@@ -105,9 +127,10 @@ impl Db {
             .collect()
     }
 
-    /// Stores a filter and returns its id (per user, counting up from 0).
+    /// Stores a filter and returns its id (per user, counting up from 0). Concurrent uploads of
+    /// one user take their ids one after another ([`Db::locked_tx`]).
     pub async fn create_filter(&self, user_id: &str, json: &str) -> Result<i64> {
-        let mut tx = self.writer().begin().await?;
+        let mut tx = self.locked_tx(&format!("filters\n{user_id}")).await?;
         let next: i64 =
             sqlx::query_scalar("SELECT COALESCE(MAX(filter_id) + 1, 0) FROM filters WHERE user_id = $1")
                 .bind(user_id)

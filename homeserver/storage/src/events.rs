@@ -99,8 +99,13 @@ pub enum Direction {
 }
 
 impl Db {
-    /// The highest stream position used by any table (seeds the allocator at start-up).
+    /// The highest stream position that may have been handed out: the persisted horizon, or
+    /// the highest position any table holds if that is higher (seeds the allocator at start-up).
     pub async fn max_stream_pos(&self) -> Result<i64> {
+        let horizon: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(pos) FROM stream_horizon").fetch_one(self.writer()).await?;
+        let receipts: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(stream_pos) FROM receipts").fetch_one(self.reader()).await?;
         let events: Option<i64> =
             sqlx::query_scalar("SELECT MAX(stream_pos) FROM events").fetch_one(self.reader()).await?;
         let account: Option<i64> =
@@ -109,7 +114,16 @@ impl Db {
             sqlx::query_scalar("SELECT MAX(group_id) FROM state_groups").fetch_one(self.reader()).await?;
         let presence: Option<i64> =
             sqlx::query_scalar("SELECT MAX(stream_pos) FROM presence").fetch_one(self.reader()).await?;
-        Ok([events, account, groups, presence].into_iter().flatten().max().unwrap_or(0))
+        Ok([horizon, receipts, events, account, groups, presence].into_iter().flatten().max().unwrap_or(0))
+    }
+
+    /// Persists a new stream horizon (never lowering it); durable when this returns.
+    pub async fn raise_stream_horizon(&self, to: i64) -> Result<()> {
+        sqlx::query("UPDATE stream_horizon SET pos = $1 WHERE id = 1 AND pos < $1")
+            .bind(to)
+            .execute(self.writer())
+            .await?;
+        Ok(())
     }
 
     pub async fn room(&self, room_id: &str) -> Result<Option<RoomRecord>> {

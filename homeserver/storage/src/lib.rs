@@ -164,6 +164,25 @@ impl Db {
         &self.write
     }
 
+    /// A write transaction that excludes every other transaction opened with the same `key`
+    /// until it ends, for read-modify-write of one document: SQLite takes its write lock up
+    /// front (`BEGIN IMMEDIATE`, so a read inside never races a writer in another process);
+    /// PostgreSQL takes a transaction-scoped advisory lock on the key's hash, which works
+    /// whether or not the row exists yet.
+    pub async fn locked_tx(&self, key: &str) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        match self.engine {
+            Engine::Sqlite => Ok(self.writer().begin_with("BEGIN IMMEDIATE").await?),
+            Engine::Postgres => {
+                let mut tx = self.writer().begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(tx)
+            }
+        }
+    }
+
     /// Closes all connections (used on shutdown so SQLite checkpoints its WAL).
     pub async fn close(&self) {
         self.write.close().await;

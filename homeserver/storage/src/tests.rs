@@ -151,12 +151,35 @@ async fn persist_is_atomic_and_state_groups_resolve_through_deltas() {
 #[tokio::test]
 async fn account_data_and_filters() {
     let (_t, db) = fresh().await;
-    db.set_account_data("@a:x", "", "m.direct", "{}", 5).await.unwrap();
-    db.set_account_data("@a:x", "!r:x", "m.tag", "{\"a\":1}", 7).await.unwrap();
-    db.set_account_data("@a:x", "", "m.direct", "{\"b\":2}", 9).await.unwrap();
+    let set = |room: &'static str, ty: &'static str, content: &'static str, pos: i64| {
+        let db = db.clone();
+        async move {
+            db.update_account_data("@a:x", room, ty, pos, |_| Ok::<_, ()>(Some(content.to_owned())))
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    set("", "m.direct", "{}", 5).await;
+    set("!r:x", "m.tag", "{\"a\":1}", 7).await;
+    set("", "m.direct", "{\"b\":2}", 9).await;
+    // A change sees what is stored; a refused or empty change writes nothing.
+    let seen = db
+        .update_account_data("@a:x", "", "m.direct", 11, |old| {
+            Err::<Option<String>, _>(old.map(str::to_owned))
+        })
+        .await
+        .unwrap();
+    assert_eq!(seen, Err(Some("{\"b\":2}".to_owned())));
+    let untouched = db.update_account_data("@a:x", "", "m.direct", 12, |_| Ok::<_, ()>(None)).await.unwrap();
+    assert_eq!(untouched, Ok(None));
+    // An update committed after a later-allocated one keeps the higher position.
+    set("", "m.direct", "{\"c\":3}", 8).await;
+    let rows = db.account_data_since("@a:x", 8, 100).await.unwrap();
+    assert_eq!(rows.iter().find(|r| r.data_type == "m.direct").map(|r| r.stream_pos), Some(9));
     let since = db.account_data_since("@a:x", 6, 100).await.unwrap();
     assert_eq!(since.len(), 2);
-    assert_eq!(since[1].content, "{\"b\":2}");
+    assert_eq!(since[1].content, "{\"c\":3}");
     assert_eq!(db.create_filter("@a:x", "{}").await.unwrap(), 0);
     assert_eq!(db.create_filter("@a:x", "{\"x\":1}").await.unwrap(), 1);
     assert_eq!(db.filter("@a:x", 1).await.unwrap().as_deref(), Some("{\"x\":1}"));
