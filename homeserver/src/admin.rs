@@ -1,6 +1,6 @@
 //! `lattice user …`: account administration on the configured database, without the HTTP API.
 
-use homeserver_client_api::account::{hash_password, validate_localpart};
+use homeserver_client_api::{account::validate_localpart, passwords::hash_password};
 use homeserver_core::{ids::random_string, time::now_millis};
 use homeserver_storage::StorageError;
 use ruma::{OwnedUserId, UserId};
@@ -65,10 +65,10 @@ pub async fn reset_password(
     let id = user_id(server, name)?;
     let password = password.unwrap_or_else(|| random_string(20));
     let hash = hash_password(password.clone()).await?;
-    if !server.db.set_password_hash(id.as_str(), &hash).await? {
+    let logout = homeserver_storage::accounts::Logout::AllDevicesExcept(None);
+    if !server.db.set_password(id.as_str(), &hash, logout).await? {
         return Err(AdminError::NoSuchUser(id.to_string()));
     }
-    server.db.delete_all_devices(id.as_str(), None).await?;
     Ok((id, password))
 }
 

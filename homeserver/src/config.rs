@@ -72,11 +72,20 @@ pub struct TestingConfig {
     pub allow_private_destinations: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     /// `sqlite://path?mode=rwc` or `postgres://user@host/db`. Empty: SQLite in `data_dir`.
     pub url: String,
+    /// SQLite's `synchronous`: `full` (a 200 survives power loss) or `normal` (it survives a
+    /// process crash only).
+    pub sqlite_synchronous: String,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self { url: String::new(), sqlite_synchronous: "full".into() }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -119,6 +128,18 @@ pub struct RateLimitsConfig {
     pub login_burst: u32,
     pub message_per_second: f64,
     pub message_burst: u32,
+    pub password_per_second: f64,
+    pub password_burst: u32,
+    pub room_creation_per_second: f64,
+    pub room_creation_burst: u32,
+    pub profile_per_second: f64,
+    pub profile_burst: u32,
+    pub join_per_second: f64,
+    pub join_burst: u32,
+    pub invite_per_second: f64,
+    pub invite_burst: u32,
+    pub anonymous_per_second: f64,
+    pub anonymous_burst: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -224,6 +245,18 @@ impl Default for RateLimitsConfig {
             login_burst: 5,
             message_per_second: 10.0,
             message_burst: 50,
+            password_per_second: 0.17,
+            password_burst: 5,
+            room_creation_per_second: 0.05,
+            room_creation_burst: 10,
+            profile_per_second: 0.1,
+            profile_burst: 5,
+            join_per_second: 0.1,
+            join_burst: 10,
+            invite_per_second: 0.3,
+            invite_burst: 10,
+            anonymous_per_second: 1.0,
+            anonymous_burst: 20,
         }
     }
 }
@@ -263,6 +296,7 @@ pub const KEYS: &[&str] = &[
     "tls.certificate",
     "tls.private_key",
     "database.url",
+    "database.sqlite_synchronous",
     "signing_key.path",
     "registration.enabled",
     "registration.shared_secret",
@@ -277,6 +311,18 @@ pub const KEYS: &[&str] = &[
     "rate_limits.login_burst",
     "rate_limits.message_per_second",
     "rate_limits.message_burst",
+    "rate_limits.password_per_second",
+    "rate_limits.password_burst",
+    "rate_limits.room_creation_per_second",
+    "rate_limits.room_creation_burst",
+    "rate_limits.profile_per_second",
+    "rate_limits.profile_burst",
+    "rate_limits.join_per_second",
+    "rate_limits.join_burst",
+    "rate_limits.invite_per_second",
+    "rate_limits.invite_burst",
+    "rate_limits.anonymous_per_second",
+    "rate_limits.anonymous_burst",
     "well_known.client_base_url",
     "sync.max_timeout_ms",
     "presence.enabled",
@@ -367,6 +413,18 @@ impl Config {
     }
 
     /// Checks values the types alone cannot.
+    /// `database.sqlite_synchronous` as the storage option.
+    pub fn sqlite_synchronous(&self) -> Result<homeserver_storage::Synchronous, ConfigError> {
+        match self.database.sqlite_synchronous.as_str() {
+            "full" => Ok(homeserver_storage::Synchronous::Full),
+            "normal" => Ok(homeserver_storage::Synchronous::Normal),
+            other => Err(ConfigError::Invalid {
+                key: "database.sqlite_synchronous",
+                message: format!("`{other}` is neither `full` nor `normal`"),
+            }),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         ruma::ServerName::parse(&self.server_name).map_err(|e| ConfigError::Invalid {
             key: "server_name",
@@ -379,6 +437,7 @@ impl Config {
                 message: format!("`{url}` must start with sqlite:// or postgres://"),
             });
         }
+        self.sqlite_synchronous()?;
         let version = ruma::RoomVersionId::try_from(self.rooms.default_version.as_str()).ok();
         if !version.as_ref().is_some_and(homeserver_rooms::versions::is_supported) {
             return Err(ConfigError::Invalid {
@@ -487,6 +546,9 @@ private_key = ""
 # "sqlite://path/to/file.db?mode=rwc" or "postgres://user:password@host:5432/dbname".
 # Empty: SQLite at <data_dir>/lattice.db.
 url = ""
+# SQLite only: "full" (every acknowledged write survives power loss; one fsync per group commit)
+# or "normal" (it survives a crash of the process, not of the machine).
+sqlite_synchronous = "full"
 
 [signing_key]
 # ed25519 key file (Synapse's format). Empty: <data_dir>/signing.key, created if missing.
@@ -517,6 +579,24 @@ login_burst = 5
 # Per user: messages, state events and redactions.
 message_per_second = 10.0
 message_burst = 50
+# Per account and per client address: every password check (login, and re-authentication to delete devices, change the password or deactivate).
+password_per_second = 0.17
+password_burst = 5
+# Per user: createRoom and room upgrades.
+room_creation_per_second = 0.05
+room_creation_burst = 10
+# Per user: display name and avatar changes (each updates every joined room).
+profile_per_second = 0.1
+profile_burst = 5
+# Per user: joins and knocks.
+join_per_second = 0.1
+join_burst = 10
+# Per inviting user.
+invite_per_second = 0.3
+invite_burst = 10
+# Per client address: unauthenticated lookups (public room directory, registration token validity, shared-secret nonces).
+anonymous_per_second = 1.0
+anonymous_burst = 20
 
 [well_known]
 # Served as m.homeserver.base_url at /.well-known/matrix/client. Empty: not served.

@@ -22,7 +22,10 @@ use axum::{
     http::{HeaderName, Method, header},
     response::{IntoResponse, Response},
 };
-use homeserver_client_api::{App, ClientConfig, ratelimit::RateLimit};
+use homeserver_client_api::{
+    App, ClientConfig,
+    ratelimit::{RateLimit, RateLimits},
+};
 use homeserver_core::streams::EventStream;
 use homeserver_rooms::{Rooms, RoomsConfig, membership::AppserviceUsers};
 use homeserver_storage::Db;
@@ -108,7 +111,8 @@ impl Server {
                 source,
             })?;
         }
-        let db = Db::connect(&config.database_url()).await?;
+        let options = homeserver_storage::DbOptions { sqlite_synchronous: config.sqlite_synchronous()? };
+        let db = Db::connect_with(&config.database_url(), options).await?;
         let (key, created) =
             federation::signing_key::load_or_create(&server_name, &config.signing_key_path())?;
         if created {
@@ -137,9 +141,17 @@ impl Server {
             registration_tokens: config.registration.tokens.clone(),
             well_known_base_url: (!config.well_known.client_base_url.is_empty())
                 .then(|| config.well_known.client_base_url.clone()),
-            rate_limit_register: limit(rl.enabled, rl.register_per_second, rl.register_burst),
-            rate_limit_login: limit(rl.enabled, rl.login_per_second, rl.login_burst),
-            rate_limit_message: limit(rl.enabled, rl.message_per_second, rl.message_burst),
+            rate_limits: RateLimits {
+                register: limit(rl.enabled, rl.register_per_second, rl.register_burst),
+                login: limit(rl.enabled, rl.login_per_second, rl.login_burst),
+                message: limit(rl.enabled, rl.message_per_second, rl.message_burst),
+                password: limit(rl.enabled, rl.password_per_second, rl.password_burst),
+                room_creation: limit(rl.enabled, rl.room_creation_per_second, rl.room_creation_burst),
+                profile: limit(rl.enabled, rl.profile_per_second, rl.profile_burst),
+                join: limit(rl.enabled, rl.join_per_second, rl.join_burst),
+                invite: limit(rl.enabled, rl.invite_per_second, rl.invite_burst),
+                anonymous: limit(rl.enabled, rl.anonymous_per_second, rl.anonymous_burst),
+            },
             max_sync_timeout_ms: config.sync.max_timeout_ms,
             presence: homeserver_client_api::presence::PresenceSettings {
                 enabled: config.presence.enabled,

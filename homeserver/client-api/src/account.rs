@@ -1,6 +1,5 @@
 //! Accounts: registration, login, logout, whoami, password change, deactivation.
 
-use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier, password_hash::SaltString};
 use axum::Router;
 use homeserver_core::{
     Error, ErrorKind,
@@ -8,7 +7,10 @@ use homeserver_core::{
     time::now_millis,
 };
 use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma, Session};
-use homeserver_storage::{StorageError, accounts::NewLogin};
+use homeserver_storage::{
+    StorageError,
+    accounts::{Logout, NewLogin, NewUser},
+};
 use ruma::{
     OwnedUserId, UserId,
     api::client::{
@@ -23,7 +25,7 @@ use serde_json::{Value, json};
 
 use crate::{
     App,
-    ratelimit::Action,
+    ratelimit::{Action, address_key},
     storage,
     uia::{self, DUMMY, PASSWORD, REGISTRATION_TOKEN},
 };
@@ -43,30 +45,6 @@ pub fn routes(router: Router<App>) -> Router<App> {
         .ruma_route(whoami)
         .ruma_route(change_password)
         .ruma_route(deactivate)
-}
-
-/// Hashes a password with argon2id on the blocking pool (it takes tens of milliseconds).
-pub async fn hash_password(password: String) -> Result<String, Error> {
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
-            .map_err(|e| Error::internal(format!("salt: {e}")))?;
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| Error::internal(format!("password hashing failed: {e}")))
-    })
-    .await
-    .map_err(|e| Error::internal(e.to_string()))?
-}
-
-/// Checks a password against a stored argon2 hash (on the blocking pool).
-pub async fn verify_password(password: String, hash: String) -> Result<bool, Error> {
-    tokio::task::spawn_blocking(move || {
-        let Ok(parsed) = PasswordHash::new(&hash) else { return false };
-        Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok()
-    })
-    .await
-    .map_err(|e| Error::internal(e.to_string()))
 }
 
 /// Validates a requested localpart (lower-cased first, as Synapse does).
@@ -92,8 +70,35 @@ fn new_device_id() -> String {
     random_string(10).to_uppercase()
 }
 
-fn client_key(ip: Option<std::net::IpAddr>) -> String {
-    ip.map(|ip| ip.to_string()).unwrap_or_default()
+/// A login about to be stored: a device id and a fresh access token (kept only hashed).
+pub struct PreparedLogin {
+    pub device_id: String,
+    pub token: String,
+    token_hash: String,
+    display_name: Option<String>,
+}
+
+impl PreparedLogin {
+    pub fn new(device_id: Option<String>, display_name: Option<&str>) -> Self {
+        let token = format!("lat_{}", random_string(40));
+        PreparedLogin {
+            device_id: device_id.unwrap_or_else(new_device_id),
+            token_hash: hash_token(&token),
+            token,
+            display_name: display_name.map(str::to_owned),
+        }
+    }
+
+    /// The rows to store for `user_id`.
+    pub fn rows<'a>(&'a self, user_id: &'a UserId) -> NewLogin<'a> {
+        NewLogin {
+            user_id: user_id.as_str(),
+            device_id: &self.device_id,
+            display_name: self.display_name.as_deref(),
+            token_hash: &self.token_hash,
+            now: now_millis() as i64,
+        }
+    }
 }
 
 /// Creates a device and access token for a user; returns `(device_id, access_token)`.
@@ -103,19 +108,9 @@ pub async fn issue_login(
     device_id: Option<String>,
     display_name: Option<&str>,
 ) -> Result<(String, String), Error> {
-    let device_id = device_id.unwrap_or_else(new_device_id);
-    let token = format!("lat_{}", random_string(40));
-    app.db
-        .create_login(NewLogin {
-            user_id: user_id.as_str(),
-            device_id: &device_id,
-            display_name,
-            token_hash: &hash_token(&token),
-            now: now_millis() as i64,
-        })
-        .await
-        .map_err(storage)?;
-    Ok((device_id, token))
+    let login = PreparedLogin::new(device_id, display_name);
+    app.db.create_login(login.rows(user_id)).await.map_err(storage)?;
+    Ok((login.device_id, login.token))
 }
 
 /// The registration parameters, from the request merged with what its UIA session remembers
@@ -166,7 +161,7 @@ async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<JsonBody
     if let Some(registered) = session.and_then(|s| s.result).and_then(|r| UserId::parse(r).ok()) {
         return Ok(JsonBody(registration_response(&app, &registered, &params).await?));
     }
-    app.limiter.check(app.config.rate_limit_register, Action::Register, &client_key(req.client_ip))?;
+    app.limit(Action::Register, &address_key(req.client_ip))?;
     let localpart = match &params.username {
         Some(name) => name.to_lowercase(),
         None => random_string(12).to_lowercase(),
@@ -183,27 +178,51 @@ async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<JsonBody
     let flows: &[&[&str]] =
         if app.config.registration_tokens.is_empty() { &[&[DUMMY]] } else { &[&[REGISTRATION_TOKEN]] };
     let merged = serde_json::to_vec(&Value::Object(body)).unwrap_or_default();
-    let completed = uia::authenticate(&app, &merged, flows, &req.fingerprint, None, true).await?;
+    let completed =
+        uia::authenticate(&app, uia::Step { body: &merged, ..uia::Step::of(&req) }, flows, None, true)
+            .await?;
     let password = params.password.clone().ok_or_else(|| Error::missing_param("Missing password"))?;
     if password.len() > MAX_PASSWORD_BYTES {
         return Err(Error::new(ErrorKind::WeakPassword, "Password is too long").into());
     }
 
-    let hash = hash_password(password).await?;
-    match app
-        .db
-        .create_user(user_id.as_str(), Some(&hash), false, Some(&localpart), now_millis() as i64)
-        .await
+    let hash = app.passwords.hash(password).await?;
+    // The account, the session's result and the first login commit together: a failure leaves
+    // nothing behind, and a retry of the session finds either nothing or all of it.
+    let login = (!params.inhibit_login)
+        .then(|| PreparedLogin::new(params.device_id.clone(), params.initial_device_display_name.as_deref()));
+    let user = NewUser {
+        user_id: user_id.as_str(),
+        password_hash: Some(&hash),
+        is_admin: false,
+        displayname: Some(&localpart),
+        avatar_url: None,
+        now: now_millis() as i64,
+    };
+    match app.db.register_user(user, Some(&completed.session), login.as_ref().map(|l| l.rows(&user_id))).await
     {
         Ok(()) => {}
         Err(StorageError::Conflict) => {
+            // Another request completed this session first: answer for its account.
+            let earlier =
+                app.db.uia_session(&completed.session).await.map_err(storage)?.and_then(|s| s.result);
+            if let Some(registered) = earlier.and_then(|r| UserId::parse(r).ok()) {
+                return Ok(JsonBody(registration_response(&app, &registered, &params).await?));
+            }
             return Err(Error::new(ErrorKind::UserInUse, "User ID already taken").into());
         }
         Err(e) => return Err(storage(e).into()),
     }
     tracing::info!(user_id = %user_id, "registered new user");
-    app.db.set_uia_result(&completed.session, user_id.as_str()).await.map_err(storage)?;
-    Ok(JsonBody(registration_response(&app, &user_id, &params).await?))
+    Ok(JsonBody(match login {
+        Some(login) => json!({
+            "user_id": user_id,
+            "access_token": login.token,
+            "device_id": login.device_id,
+            "home_server": app.server_name(),
+        }),
+        None => json!({ "user_id": user_id, "home_server": app.server_name() }),
+    }))
 }
 
 /// The registration response: the user id, and a new login unless `inhibit_login`.
@@ -239,6 +258,7 @@ async fn registration_token_validity(
     app: App,
     req: Ruma<check_registration_token_validity::v1::Request>,
 ) -> Result<JsonBody, ApiError> {
+    app.limit(Action::Anonymous, &address_key(req.client_ip))?;
     let valid = app.config.registration_tokens.contains(&req.body.token);
     Ok(JsonBody(json!({ "valid": valid })))
 }
@@ -270,7 +290,7 @@ fn login_user(app: &App, body: &Value) -> Result<OwnedUserId, Error> {
 
 /// `POST /_matrix/client/v3/login`
 async fn login(app: App, req: Ruma<login::v3::Request>) -> Result<JsonBody, ApiError> {
-    app.limiter.check(app.config.rate_limit_login, Action::Login, &client_key(req.client_ip))?;
+    app.limit(Action::Login, &address_key(req.client_ip))?;
     let body: Value = serde_json::from_slice(&req.raw_body).unwrap_or(Value::Null);
     if body.get("type").and_then(Value::as_str) != Some(PASSWORD) {
         return Err(Error::new(ErrorKind::Unknown, "Unknown login type").into());
@@ -287,7 +307,7 @@ async fn login(app: App, req: Ruma<login::v3::Request>) -> Result<JsonBody, ApiE
         return Err(Error::new(ErrorKind::UserDeactivated, "This account has been deactivated").into());
     }
     let hash = record.password_hash.ok_or_else(denied)?;
-    if !verify_password(password, hash).await? {
+    if !app.passwords.check(&app.limiter, &user_id, req.client_ip, password, hash).await? {
         return Err(denied().into());
     }
     let (device_id, token) = issue_login(
@@ -336,32 +356,32 @@ fn require_session(session: &Option<Session>) -> Result<&Session, Error> {
 /// `POST /_matrix/client/v3/account/password`
 async fn change_password(app: App, req: Ruma<change_password::v3::Request>) -> Result<JsonBody, ApiError> {
     let session = require_session(&req.auth)?;
-    uia::authenticate(&app, &req.raw_body, &[&[PASSWORD]], &req.fingerprint, Some(&session.user_id), false)
-        .await?;
+    uia::authenticate(&app, uia::Step::of(&req), &[&[PASSWORD]], Some(&session.user_id), false).await?;
     if req.body.new_password.len() > MAX_PASSWORD_BYTES {
         return Err(Error::new(ErrorKind::WeakPassword, "Password is too long").into());
     }
-    let hash = hash_password(req.body.new_password.clone()).await?;
-    app.db.set_password_hash(session.user_id.as_str(), &hash).await.map_err(storage)?;
-    if req.body.logout_devices {
-        app.db
-            .delete_all_devices(session.user_id.as_str(), Some(session.device_id.as_str()))
-            .await
-            .map_err(storage)?;
-    }
+    let hash = app.passwords.hash(req.body.new_password.clone()).await?;
+    let logout = match req.body.logout_devices {
+        true => Logout::AllDevicesExcept(Some(session.device_id.as_str())),
+        false => Logout::Nothing,
+    };
+    app.db.set_password(session.user_id.as_str(), &hash, logout).await.map_err(storage)?;
     Ok(JsonBody(json!({})))
 }
 
 /// `POST /_matrix/client/v3/account/deactivate`
 async fn deactivate(app: App, req: Ruma<deactivate::v3::Request>) -> Result<JsonBody, ApiError> {
     let user_id = require_session(&req.auth)?.user_id.clone();
-    uia::authenticate(&app, &req.raw_body, &[&[PASSWORD]], &req.fingerprint, Some(&user_id), false).await?;
+    uia::authenticate(&app, uia::Step::of(&req), &[&[PASSWORD]], Some(&user_id), false).await?;
     deactivate_account(&app, &user_id).await?;
     Ok(JsonBody(json!({ "id_server_unbind_result": "no-support" })))
 }
 
-/// Leaves every room and disables the account (shared with the admin CLI).
+/// Disables the account, then leaves every room. The account is locked (no password, no
+/// tokens) in one transaction first, so a failure while leaving never leaves it usable; rooms
+/// it is still in are left at the next start-up if the server stops half-way.
 pub async fn deactivate_account(app: &App, user_id: &UserId) -> Result<(), Error> {
+    app.db.deactivate_user(user_id.as_str()).await.map_err(storage)?;
     for row in app.db.memberships_of_user(user_id.as_str()).await.map_err(storage)? {
         if matches!(row.membership.as_str(), "join" | "invite" | "knock")
             && let Ok(room_id) = ruma::RoomId::parse(&row.room_id)
@@ -370,6 +390,5 @@ pub async fn deactivate_account(app: &App, user_id: &UserId) -> Result<(), Error
             tracing::warn!(%room_id, error = %err, "could not leave room while deactivating");
         }
     }
-    app.db.deactivate_user(user_id.as_str()).await.map_err(storage)?;
     Ok(())
 }

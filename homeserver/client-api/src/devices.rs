@@ -64,7 +64,7 @@ async fn rename_device(app: App, req: Ruma<update_device::v3::Request>) -> Resul
 /// `DELETE /_matrix/client/v3/devices/{deviceId}`
 async fn remove_device(app: App, req: Ruma<delete_device::v3::Request>) -> Result<JsonBody, ApiError> {
     let user = &req.auth.user_id;
-    uia::authenticate(&app, &req.raw_body, &[&[uia::PASSWORD]], &req.fingerprint, Some(user), false).await?;
+    uia::authenticate(&app, uia::Step::of(&req), &[&[uia::PASSWORD]], Some(user), false).await?;
     app.db.delete_device(user.as_str(), req.body.device_id.as_str()).await.map_err(storage)?;
     Ok(JsonBody(json!({})))
 }
@@ -72,7 +72,7 @@ async fn remove_device(app: App, req: Ruma<delete_device::v3::Request>) -> Resul
 /// `POST /_matrix/client/v3/delete_devices`
 async fn remove_devices(app: App, req: Ruma<delete_devices::v3::Request>) -> Result<JsonBody, ApiError> {
     let user = &req.auth.user_id;
-    uia::authenticate(&app, &req.raw_body, &[&[uia::PASSWORD]], &req.fingerprint, Some(user), false).await?;
+    uia::authenticate(&app, uia::Step::of(&req), &[&[uia::PASSWORD]], Some(user), false).await?;
     let ids: Vec<String> = req.body.devices.iter().map(|d| d.to_string()).collect();
     app.db.delete_devices(user.as_str(), &ids).await.map_err(storage)?;
     Ok(JsonBody(json!({})))

@@ -93,9 +93,7 @@ async fn send_message(app: App, req: Ruma<send_message_event::v3::Request>) -> R
     // transaction ids before anything else, so the common (first) send costs no extra lookup
     // here. Only a retry that the rate limit would refuse is looked up first: retries must
     // never be refused.
-    if let Err(limited) =
-        app.limiter.check(app.config.rate_limit_message, Action::Message, session.user_id.as_str())
-    {
+    if let Err(limited) = app.limit(Action::Message, session.user_id.as_str()) {
         return match app.db.txn_event(&txn.user_id, &txn.device_id, &txn.scope, &txn.txn_id).await {
             Ok(Some(event_id)) => Ok(JsonBody(json!({ "event_id": event_id }))),
             Ok(None) => Err(limited.into()),
@@ -117,7 +115,7 @@ async fn send_without_txn(
     body: axum::body::Bytes,
 ) -> Result<axum::Json<Value>, ApiError> {
     let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("invalid room id"))?;
-    app.limiter.check(app.config.rate_limit_message, Action::Message, session.user_id.as_str())?;
+    app.limit(Action::Message, session.user_id.as_str())?;
     crate::presence::activity(&app, &session.user_id).await;
     let content = content_object(&body)?;
     let event_id = app.rooms.send_message(&room_id, &session.user_id, &event_type, content, None).await?;
@@ -127,7 +125,7 @@ async fn send_without_txn(
 /// `PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}`
 async fn put_state(app: App, req: Ruma<send_state_event::v3::Request>) -> Result<JsonBody, ApiError> {
     let session = &req.auth;
-    app.limiter.check(app.config.rate_limit_message, Action::Message, session.user_id.as_str())?;
+    app.limit(Action::Message, session.user_id.as_str())?;
     crate::presence::activity(&app, &session.user_id).await;
     let content = content_object(&req.raw_body)?;
     if req.body.event_type.to_string() == "m.room.member" {
@@ -168,11 +166,14 @@ async fn readable_state(app: &App, room_id: &RoomId, user: &UserId) -> Result<Re
     match app.db.membership(room_id.as_str(), user.as_str()).await.map_err(storage)? {
         Some(m) if m.membership == "join" => return Ok(ReadableState::Current),
         Some(m) if m.membership == "leave" || m.membership == "ban" => {
-            if let Some(row) = app.db.event(&m.event_id).await.map_err(storage)? {
-                // A departed member sees the room as it was, unless it is world readable.
-                if !world_readable(app, room_id).await? {
-                    return Ok(ReadableState::AsOf(row.state_after));
-                }
+            // A departed member sees the room as it was when they left, if they could see it
+            // just before (someone who only rejected an invite or was banned before joining
+            // never could), unless it is world readable now.
+            if let Some(row) = app.db.event(&m.event_id).await.map_err(storage)?
+                && !world_readable(app, room_id).await?
+                && app.rooms.may_read_state_at(user, room_id, row.state_before).await?
+            {
+                return Ok(ReadableState::AsOf(row.state_after));
             }
         }
         _ => {}
@@ -276,7 +277,7 @@ async fn redact(app: App, req: Ruma<redact_event::v3::Request>) -> Result<JsonBo
     {
         return Ok(JsonBody(json!({ "event_id": event_id })));
     }
-    app.limiter.check(app.config.rate_limit_message, Action::Message, session.user_id.as_str())?;
+    app.limit(Action::Message, session.user_id.as_str())?;
     crate::presence::activity(&app, &session.user_id).await;
     if !app.rooms.is_joined(room_id, &session.user_id).await? {
         return Err(Error::forbidden("You are not in this room").into());
@@ -313,9 +314,15 @@ async fn members(app: App, req: Ruma<get_member_events::v3::Request>) -> Result<
             ReadableState::Current => token.pos as i64,
             ReadableState::AsOf(group) => (token.pos as i64).min(group),
         };
-        if let Some(row) = app.db.latest_room_event(room_id.as_str(), bound).await.map_err(storage)? {
-            readable = ReadableState::AsOf(row.state_after);
-        }
+        // The member list as of `at`, if the user could see the room then (Synapse answers
+        // 403 otherwise); before the room's first event there were no members.
+        readable = match app.db.latest_room_event(room_id.as_str(), bound).await.map_err(storage)? {
+            Some(row) if app.rooms.may_read_state_at(&req.auth.user_id, room_id, row.state_after).await? => {
+                ReadableState::AsOf(row.state_after)
+            }
+            Some(_) => return Err(Error::forbidden("You may not see the room at that point").into()),
+            None => ReadableState::AsOf(0),
+        };
     }
     let membership = req.body.membership.as_ref().map(|m| m.to_string());
     let not_membership = req.body.not_membership.as_ref().map(|m| m.to_string());
@@ -493,7 +500,14 @@ async fn context(app: App, req: Ruma<get_context::v3::Request>) -> Result<JsonBo
     };
     let before = app.rooms.filter_visible(&session.user_id, keep(before)).await?;
     let after = app.rooms.filter_visible(&session.user_id, keep(after)).await?;
-    let state_entries = app.rooms.state_at_group(row.state_before).await?;
+    // The state at the event, if the user could see the room there: their own membership event
+    // is always visible to them, but a rejected invite must not show the room's state.
+    let state_entries = match app.rooms.may_read_state_at(&session.user_id, room_id, row.state_before).await?
+        || app.rooms.may_read_state_at(&session.user_id, room_id, row.state_after).await?
+    {
+        true => app.rooms.state_at_group(row.state_before).await?,
+        false => Vec::new(),
+    };
     let mut state_rows = app
         .db
         .events(&state_entries.into_iter().map(|(_, _, id)| id).collect::<Vec<_>>())

@@ -9,7 +9,8 @@
 //! - [`events`]: sending, state, redaction, and reading events (`/event`, `/members`,
 //!   `/messages`, `/context`).
 //! - [`sync`]: `/sync` (initial, incremental, long-poll) and [`filter`], [`account_data`].
-//! - [`ratelimit`]: token buckets for registration, login and sending.
+//! - [`ratelimit`]: token buckets per action (Synapse's `rc_*`); [`passwords`]: every password
+//!   hash and check, rate-limited per account and address, with bounded concurrency.
 //!
 //! Handlers are thin: parse (done by the extractor), check who may do it, call one operation of
 //! `homeserver-rooms` or storage, shape the response. They hold no locks and write no room events
@@ -23,6 +24,7 @@ pub mod discovery;
 pub mod events;
 pub mod filter;
 pub mod legacy;
+pub mod passwords;
 pub mod presence;
 pub mod profile;
 pub mod pushrules;
@@ -51,7 +53,7 @@ use homeserver_rooms::Rooms;
 use homeserver_storage::Db;
 use ruma::{OwnedServerName, UserId};
 
-use crate::ratelimit::{RateLimit, RateLimiter};
+use crate::ratelimit::{Action, RateLimiter, RateLimits};
 
 /// Settings of the client API.
 #[derive(Debug, Clone)]
@@ -63,9 +65,8 @@ pub struct ClientConfig {
     pub registration_tokens: Vec<String>,
     /// `m.homeserver.base_url` for `/.well-known/matrix/client` (absent: 404).
     pub well_known_base_url: Option<String>,
-    pub rate_limit_register: Option<RateLimit>,
-    pub rate_limit_login: Option<RateLimit>,
-    pub rate_limit_message: Option<RateLimit>,
+    /// Rate limits per action (`None`: unlimited).
+    pub rate_limits: RateLimits,
     /// Upper bound for a `/sync` long-poll timeout.
     pub max_sync_timeout_ms: u64,
     /// Secret for Synapse-style shared-secret registration (`/_synapse/admin/v1/register`).
@@ -85,9 +86,7 @@ impl ClientConfig {
             registration_enabled: true,
             registration_tokens: Vec::new(),
             well_known_base_url: None,
-            rate_limit_register: Some(RateLimit { per_second: 0.2, burst: 5 }),
-            rate_limit_login: Some(RateLimit { per_second: 0.5, burst: 10 }),
-            rate_limit_message: Some(RateLimit { per_second: 20.0, burst: 100 }),
+            rate_limits: RateLimits::default(),
             max_sync_timeout_ms: 60_000,
             registration_shared_secret: None,
             presence: presence::PresenceSettings::default(),
@@ -107,6 +106,7 @@ pub struct AppInner {
     pub rooms: Rooms,
     pub stream: Arc<EventStream>,
     pub limiter: RateLimiter,
+    pub passwords: passwords::Passwords,
     pub nonces: admin::Nonces,
     pub lazy_members: sync::lazy::LazyMemberCache,
     pub typing: Arc<typing::Typing>,
@@ -123,9 +123,15 @@ impl std::ops::Deref for App {
 }
 
 impl App {
+    /// Takes one token of `action`'s rate limit for `key` (a user id or an address).
+    pub fn limit(&self, action: Action, key: &str) -> Result<(), Error> {
+        self.limiter.check(self.config.rate_limits.of(action), action, key)
+    }
+
     pub fn new(config: ClientConfig, db: Db, rooms: Rooms) -> Self {
         let stream = rooms.stream().clone();
         let limiter = RateLimiter::new();
+        let passwords = passwords::Passwords::new(config.rate_limits.password);
         let nonces = admin::Nonces::default();
         let lazy_members = sync::lazy::LazyMemberCache::default();
         let typing = typing::Typing::start(stream.clone());
@@ -136,6 +142,7 @@ impl App {
             rooms,
             stream,
             limiter,
+            passwords,
             nonces,
             lazy_members,
             typing,

@@ -10,7 +10,7 @@ use ruma::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::{App, storage};
+use crate::{App, ratelimit::Action, storage};
 
 /// Longest display name accepted (as Synapse).
 const MAX_DISPLAYNAME_CHARS: usize = 256;
@@ -74,6 +74,7 @@ fn only_self(session: &homeserver_http::Session, target: &UserId) -> Result<(), 
 /// `PUT /_matrix/client/v3/profile/{userId}/displayname`
 async fn set_displayname(app: App, req: Ruma<set_display_name::v3::Request>) -> Result<JsonBody, ApiError> {
     only_self(&req.auth, &req.body.user_id)?;
+    app.limit(Action::ProfileChange, req.auth.user_id.as_str())?;
     let name = req.body.displayname.as_deref().filter(|n| !n.is_empty());
     if name.is_some_and(|n| n.chars().count() > MAX_DISPLAYNAME_CHARS) {
         return Err(Error::invalid_param("Display name is too long").into());
@@ -86,6 +87,7 @@ async fn set_displayname(app: App, req: Ruma<set_display_name::v3::Request>) -> 
 /// `PUT /_matrix/client/v3/profile/{userId}/avatar_url`
 async fn set_avatar(app: App, req: Ruma<set_avatar_url::v3::Request>) -> Result<JsonBody, ApiError> {
     only_self(&req.auth, &req.body.user_id)?;
+    app.limit(Action::ProfileChange, req.auth.user_id.as_str())?;
     let url = req.body.avatar_url.as_ref().map(|u| u.to_string()).filter(|u| !u.is_empty());
     app.db.set_avatar_url(req.auth.user_id.as_str(), url.as_deref()).await.map_err(storage)?;
     app.rooms.propagate_profile(&req.auth.user_id).await?;

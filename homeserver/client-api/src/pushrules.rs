@@ -191,7 +191,10 @@ async fn notifications(app: App, req: Ruma<get_notifications::v3::Request>) -> R
         .await
         .map_err(storage)?;
     let ids: Vec<String> = rows.iter().map(|r| r.event_id.clone()).collect();
-    let events = app.db.events(&ids).await.map_err(storage)?;
+    // Notified events the user can no longer see (the room's history closed to them) are not
+    // shown.
+    let events =
+        app.rooms.filter_visible(&session.user_id, app.db.events(&ids).await.map_err(storage)?).await?;
     let viewer = Viewer { user_id: session.user_id.as_str(), device_id: Some(session.device_id.as_str()) };
     let formatted = app.rooms.client_events(&events, Some(viewer), RoomIdField::Include).await?;
     let by_id: std::collections::HashMap<&str, (&homeserver_storage::events::EventRow, &Value)> =

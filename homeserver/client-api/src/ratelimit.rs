@@ -25,6 +25,62 @@ pub enum Action {
     Register,
     Login,
     Message,
+    /// Any password check (login and user-interactive auth), per account and per address.
+    PasswordCheck,
+    RoomCreation,
+    /// Display name and avatar changes (each sends a member event into every joined room).
+    ProfileChange,
+    Join,
+    Invite,
+    /// Unauthenticated lookups that cost the server work (public room directory, token
+    /// validity, shared-secret nonces), per address.
+    Anonymous,
+}
+
+/// Every limit the client API applies (Synapse's `rc_*` settings are the model); `None` means
+/// unlimited.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RateLimits {
+    /// Per address.
+    pub register: Option<RateLimit>,
+    /// Per address.
+    pub login: Option<RateLimit>,
+    /// Per user: messages, state events, redactions, reports.
+    pub message: Option<RateLimit>,
+    /// Per account and per address, for every password check.
+    pub password: Option<RateLimit>,
+    /// Per user.
+    pub room_creation: Option<RateLimit>,
+    /// Per user.
+    pub profile: Option<RateLimit>,
+    /// Per user.
+    pub join: Option<RateLimit>,
+    /// Per inviting user.
+    pub invite: Option<RateLimit>,
+    /// Per address, for unauthenticated requests.
+    pub anonymous: Option<RateLimit>,
+}
+
+impl RateLimits {
+    /// The limit for an action.
+    pub fn of(&self, action: Action) -> Option<RateLimit> {
+        match action {
+            Action::Register => self.register,
+            Action::Login => self.login,
+            Action::Message => self.message,
+            Action::PasswordCheck => self.password,
+            Action::RoomCreation => self.room_creation,
+            Action::ProfileChange => self.profile,
+            Action::Join => self.join,
+            Action::Invite => self.invite,
+            Action::Anonymous => self.anonymous,
+        }
+    }
+}
+
+/// The key of a per-address limit (requests without a known address share one bucket).
+pub fn address_key(ip: Option<std::net::IpAddr>) -> String {
+    ip.map(|ip| ip.to_string()).unwrap_or_default()
 }
 
 struct Bucket {

@@ -34,6 +34,9 @@ use crate::{
 
 /// How deep `recurse=true` follows relations of relations (as Synapse does).
 const MAX_RECURSION_DEPTH: usize = 3;
+/// The most events a recursive `/relations` follows (a popular event's reactions must not turn
+/// one request into a walk over all of them).
+const MAX_RECURSION_TARGETS: usize = 1_000;
 /// Page size when the client gives none, and the most one page holds.
 const DEFAULT_LIMIT: u64 = 5;
 const MAX_LIMIT: u64 = 100;
@@ -142,9 +145,10 @@ async fn relations_page(app: &App, session: &Session, q: RelationsQuery<'_>) -> 
         let mut seen: HashSet<String> = targets.iter().cloned().collect();
         let mut frontier = targets.clone();
         for _ in 1..MAX_RECURSION_DEPTH {
+            let room = MAX_RECURSION_TARGETS.saturating_sub(targets.len());
             let next: Vec<String> = app
                 .db
-                .relating_event_ids(&frontier)
+                .relating_event_ids(&frontier, room)
                 .await
                 .map_err(storage)?
                 .into_iter()

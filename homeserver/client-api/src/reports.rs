@@ -31,7 +31,7 @@ fn check_reason(reason: Option<&str>) -> Result<(), Error> {
 async fn file(app: &App, session: &Session, report: NewReport<'_>) -> Result<JsonBody, Error> {
     check_reason(report.reason)?;
     // Reports share the sender's message budget, so a script cannot flood the moderators' queue.
-    app.limiter.check(app.config.rate_limit_message, Action::Message, session.user_id.as_str())?;
+    app.limit(Action::Message, session.user_id.as_str())?;
     tracing::info!(kind = report.kind, reporter = %session.user_id, room = ?report.room_id,
         event = ?report.event_id, user = ?report.target_user, "content reported");
     app.db.add_report(report).await.map_err(storage)?;

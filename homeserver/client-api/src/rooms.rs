@@ -3,7 +3,10 @@
 use axum::Router;
 use homeserver_core::{Error, ErrorKind, time::now_millis};
 use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma, Session};
-use homeserver_rooms::create::{CreateRoom, Preset};
+use homeserver_rooms::{
+    create::{CreateRoom, Preset},
+    membership::{MembershipAction, MembershipChange},
+};
 use homeserver_storage::StorageError;
 use ruma::{
     OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, RoomVersionId, UserId,
@@ -21,7 +24,11 @@ use ruma::{
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::{App, storage};
+use crate::{
+    App,
+    ratelimit::{Action, address_key},
+    storage,
+};
 
 pub fn routes(router: Router<App>) -> Router<App> {
     router
@@ -82,6 +89,7 @@ fn body_json<T: for<'de> Deserialize<'de> + Default>(raw: &[u8]) -> Result<T, Er
 
 /// `POST /_matrix/client/v3/createRoom`
 async fn create(app: App, req: Ruma<create_room::v3::Request>) -> Result<JsonBody, ApiError> {
+    app.limit(Action::RoomCreation, req.auth.user_id.as_str())?;
     let body: CreateBody = body_json(&req.raw_body)?;
     let version = match body.room_version.as_deref() {
         Some(v) => {
@@ -151,6 +159,23 @@ impl TargetBody {
     }
 }
 
+/// Every membership change a client asks for goes through here: the join and invite rate
+/// limits, then the room model's membership rules (`Rooms::change_membership`).
+pub(crate) async fn change_membership(
+    app: &App,
+    room_id: &RoomId,
+    change: MembershipChange,
+) -> Result<ruma::OwnedEventId, Error> {
+    match change.action {
+        MembershipAction::Join | MembershipAction::Knock => {
+            app.limit(Action::Join, change.sender.as_str())?
+        }
+        MembershipAction::Invite => app.limit(Action::Invite, change.sender.as_str())?,
+        _ => {}
+    }
+    app.rooms.change_membership(room_id, change).await
+}
+
 /// Extra member-event content a join request carries (its whole JSON body, as Synapse takes it).
 fn join_content(raw: &[u8]) -> Result<Map<String, Value>, Error> {
     let body: Map<String, Value> = body_json(raw)?;
@@ -161,7 +186,13 @@ fn join_content(raw: &[u8]) -> Result<Map<String, Value>, Error> {
 async fn join_by_id(app: App, req: Ruma<join_room_by_id::v3::Request>) -> Result<JsonBody, ApiError> {
     let extra = join_content(&req.raw_body)?;
     let room_id = req.body.room_id.clone();
-    app.rooms.join(&room_id, &req.auth.user_id, extra).await?;
+    let user = &req.auth.user_id;
+    change_membership(
+        &app,
+        &room_id,
+        MembershipChange::new(MembershipAction::Join, user, user).with_content(extra),
+    )
+    .await?;
     crate::upgrade::carry_user_state(&app, &req.auth.user_id, &room_id).await;
     Ok(JsonBody(json!({ "room_id": room_id })))
 }
@@ -180,7 +211,13 @@ async fn join_by_id_or_alias(
             lookup_alias(&app, alias).await?
         }
     };
-    app.rooms.join(&room_id, &req.auth.user_id, extra).await?;
+    let user = &req.auth.user_id;
+    change_membership(
+        &app,
+        &room_id,
+        MembershipChange::new(MembershipAction::Join, user, user).with_content(extra),
+    )
+    .await?;
     crate::upgrade::carry_user_state(&app, &req.auth.user_id, &room_id).await;
     Ok(JsonBody(json!({ "room_id": room_id })))
 }
@@ -201,7 +238,10 @@ async fn knock(app: App, req: Ruma<knock_room::v3::Request>) -> Result<JsonBody,
             lookup_alias(&app, alias).await?
         }
     };
-    app.rooms.knock(&room_id, &req.auth.user_id, body.reason.as_deref()).await?;
+    let user = &req.auth.user_id;
+    let change =
+        MembershipChange::new(MembershipAction::Knock, user, user).with_reason(body.reason.as_deref());
+    change_membership(&app, &room_id, change).await?;
     Ok(JsonBody(json!({ "room_id": room_id })))
 }
 
@@ -219,13 +259,18 @@ async fn lookup_alias(app: &App, alias: &RoomAliasId) -> Result<OwnedRoomId, Err
 async fn invite(app: App, req: Ruma<invite_user::v3::Request>) -> Result<JsonBody, ApiError> {
     let body: TargetBody = body_json(&req.raw_body)?;
     let target = body.target()?;
-    app.rooms.invite(&req.body.room_id, &req.auth.user_id, target, body.reason.as_deref(), false).await?;
+    let change = MembershipChange::new(MembershipAction::Invite, &req.auth.user_id, target)
+        .with_reason(body.reason.as_deref());
+    change_membership(&app, &req.body.room_id, change).await?;
     Ok(JsonBody(json!({})))
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/leave`
 async fn leave(app: App, req: Ruma<leave_room::v3::Request>) -> Result<JsonBody, ApiError> {
-    app.rooms.leave(&req.body.room_id, &req.auth.user_id, req.body.reason.as_deref()).await?;
+    let user = &req.auth.user_id;
+    let change =
+        MembershipChange::new(MembershipAction::Leave, user, user).with_reason(req.body.reason.as_deref());
+    change_membership(&app, &req.body.room_id, change).await?;
     Ok(JsonBody(json!({})))
 }
 
@@ -245,23 +290,27 @@ async fn forget(app: App, req: Ruma<forget_room::v3::Request>) -> Result<JsonBod
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/kick`
 async fn kick(app: App, req: Ruma<kick_user::v3::Request>) -> Result<JsonBody, ApiError> {
-    app.rooms
-        .kick(&req.body.room_id, &req.auth.user_id, &req.body.user_id, req.body.reason.as_deref())
-        .await?;
+    let change = MembershipChange::new(MembershipAction::Kick, &req.auth.user_id, &req.body.user_id)
+        .with_reason(req.body.reason.as_deref());
+    change_membership(&app, &req.body.room_id, change).await?;
     Ok(JsonBody(json!({})))
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/ban`
 async fn ban(app: App, req: Ruma<ban_user::v3::Request>) -> Result<JsonBody, ApiError> {
     let body: TargetBody = body_json(&req.raw_body)?;
-    app.rooms.ban(&req.body.room_id, &req.auth.user_id, body.target()?, body.reason.as_deref()).await?;
+    let change = MembershipChange::new(MembershipAction::Ban, &req.auth.user_id, body.target()?)
+        .with_reason(body.reason.as_deref());
+    change_membership(&app, &req.body.room_id, change).await?;
     Ok(JsonBody(json!({})))
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/unban`
 async fn unban(app: App, req: Ruma<unban_user::v3::Request>) -> Result<JsonBody, ApiError> {
     let body: TargetBody = body_json(&req.raw_body)?;
-    app.rooms.unban(&req.body.room_id, &req.auth.user_id, body.target()?, body.reason.as_deref()).await?;
+    let change = MembershipChange::new(MembershipAction::Unban, &req.auth.user_id, body.target()?)
+        .with_reason(body.reason.as_deref());
+    change_membership(&app, &req.body.room_id, change).await?;
     Ok(JsonBody(json!({})))
 }
 
@@ -459,6 +508,10 @@ pub(crate) async fn directory_entry(app: &App, room_id: &RoomId) -> Result<Value
     Ok(Value::Object(entry))
 }
 
+/// The most rooms one page of the public room directory holds (also the page size when the
+/// client names none).
+const MAX_PUBLIC_ROOMS_PAGE: usize = 100;
+
 /// Lists published rooms, most members first, filtered by a search term, paginated by offset.
 async fn list_public_rooms(
     app: &App,
@@ -497,7 +550,7 @@ async fn list_public_rooms(
             .ok_or_else(|| Error::invalid_param("invalid pagination token"))?,
         None => 0,
     };
-    let limit = limit.map(|l| l as usize).unwrap_or(total).max(1);
+    let limit = limit.map(|l| l as usize).unwrap_or(MAX_PUBLIC_ROOMS_PAGE).clamp(1, MAX_PUBLIC_ROOMS_PAGE);
     let page: Vec<Value> = entries.into_iter().skip(offset).take(limit).collect();
     let mut body = json!({ "chunk": page, "total_room_count_estimate": total });
     if offset + limit < total {
@@ -521,6 +574,8 @@ fn check_directory_server(app: &App, server: Option<&ruma::ServerName>) -> Resul
 /// `GET /_matrix/client/v3/publicRooms`
 async fn public_rooms(app: App, req: Ruma<get_public_rooms::v3::Request>) -> Result<JsonBody, ApiError> {
     check_directory_server(&app, req.body.server.as_deref())?;
+    // Served without authentication: each address has its budget.
+    app.limit(Action::Anonymous, &address_key(req.client_ip))?;
     let limit = req.body.limit.map(u64::from);
     Ok(list_public_rooms(&app, limit, req.body.since.as_deref(), None).await?)
 }

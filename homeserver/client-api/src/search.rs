@@ -142,7 +142,10 @@ async fn room_events(app: &App, session: &Session, criteria: Criteria, offset: i
     let mut count = None;
     let mut exhausted = false;
     let mut passes = 0;
-    let query = SearchQuery { rooms: &rooms, keys: &keys, tokens: &tokens, order };
+    // Hits the user may not see (before they could see history, between a leave and a rejoin)
+    // are neither returned nor counted.
+    let visible = app.rooms.visible_set(&session.user_id, rooms.iter().map(String::as_str)).await?;
+    let query = SearchQuery { rooms: &rooms, keys: &keys, tokens: &tokens, order, visible: &visible };
     while (results.len() as i64) < limit && !exhausted && passes < MAX_PASSES {
         passes += 1;
         let (hits, total) =

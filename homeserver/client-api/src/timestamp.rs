@@ -10,8 +10,8 @@ use serde_json::json;
 
 use crate::{App, events::require_history_access, storage};
 
-/// Events looked at per step while skipping ones the user may not see.
-const SCAN_BATCH: i64 = 50;
+/// Candidates read for the per-event visibility check.
+const CANDIDATES: i64 = 20;
 
 pub fn routes(router: Router<App>) -> Router<App> {
     router.ruma_route(timestamp_to_event)
@@ -29,25 +29,17 @@ async fn timestamp_to_event(
         RumaDirection::Forward => Direction::Forward,
     };
     let ts = i64::try_from(u64::from(req.body.ts.get())).unwrap_or(i64::MAX);
-    // The nearest event the user may see: hidden ones (before they could see history) are
-    // stepped over, a bounded number at a time.
-    let mut from = ts;
-    let mut skip: Option<String> = None;
-    let row = loop {
-        let rows =
-            app.db.events_near_timestamp(room_id.as_str(), from, dir, SCAN_BATCH).await.map_err(storage)?;
-        let exhausted = (rows.len() as i64) < SCAN_BATCH;
-        let Some(last) = rows.last().map(|r| (r.origin_server_ts, r.event_id.clone())) else {
-            return Err(Error::not_found("No event found in that direction").into());
-        };
-        let fresh: Vec<_> = rows.into_iter().skip_while(|r| skip.as_ref() == Some(&r.event_id)).collect();
-        if let Some(row) = app.rooms.filter_visible(&req.auth.user_id, fresh).await?.into_iter().next() {
-            break row;
-        }
-        if exhausted || from == last.0 {
-            return Err(Error::not_found("No visible event found in that direction").into());
-        }
-        (from, skip) = (last.0, Some(last.1));
+    // One indexed query over the positions the user may see: hidden history (before they could
+    // see it, after they left) is never walked event by event. The per-event rule then has the
+    // last word on the few candidates.
+    let visible = app.rooms.visible_set(&req.auth.user_id, [room_id.as_str()]).await?;
+    let rows = app
+        .db
+        .events_near_timestamp(room_id.as_str(), ts, dir, CANDIDATES, &visible)
+        .await
+        .map_err(storage)?;
+    let Some(row) = app.rooms.filter_visible(&req.auth.user_id, rows).await?.into_iter().next() else {
+        return Err(Error::not_found("No visible event found in that direction").into());
     };
     Ok(JsonBody(json!({ "event_id": row.event_id, "origin_server_ts": row.origin_server_ts })))
 }

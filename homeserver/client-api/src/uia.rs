@@ -9,7 +9,7 @@ use homeserver_core::{Error, ErrorKind, ids::random_string, time::now_millis};
 use ruma::UserId;
 use serde_json::{Value, json};
 
-use crate::{App, account::verify_password, storage};
+use crate::{App, storage};
 
 pub const DUMMY: &str = "m.login.dummy";
 pub const PASSWORD: &str = "m.login.password";
@@ -41,6 +41,26 @@ fn client_dict(body: &Value) -> Option<String> {
     Some(Value::Object(dict).to_string())
 }
 
+/// The parts of a request a UIA step reads.
+pub struct Step<'a> {
+    /// The request body (with its `auth` part).
+    pub body: &'a [u8],
+    /// `METHOD /path`: the operation a session is bound to.
+    pub fingerprint: &'a str,
+    /// The client's address, for the password-guessing limits.
+    pub client_ip: Option<std::net::IpAddr>,
+}
+
+impl<'a> Step<'a> {
+    pub fn of<T>(req: &'a homeserver_http::Ruma<T>) -> Self
+    where
+        T: ruma::api::IncomingRequest,
+        T::Authentication: homeserver_http::extract::AuthKind,
+    {
+        Step { body: &req.raw_body, fingerprint: &req.fingerprint, client_ip: req.client_ip }
+    }
+}
+
 /// Runs one UIA step for a request. `Ok` means a flow is complete and the operation may
 /// proceed; otherwise the error is the 401 challenge (or a failure) to return.
 ///
@@ -49,13 +69,13 @@ fn client_dict(body: &Value) -> Option<String> {
 /// caller can store its result for retries; otherwise it is deleted.
 pub async fn authenticate(
     app: &App,
-    raw_body: &[u8],
+    step: Step<'_>,
     flows: &[&[&str]],
-    fingerprint: &str,
     user: Option<&UserId>,
     keep: bool,
 ) -> Result<Completed, Error> {
-    let body: Value = serde_json::from_slice(raw_body).unwrap_or(Value::Null);
+    let fingerprint = step.fingerprint;
+    let body: Value = serde_json::from_slice(step.body).unwrap_or(Value::Null);
     let now = now_millis();
     let _ = app.db.expire_uia_sessions(now.saturating_sub(SESSION_LIFETIME_MS) as i64).await;
     let Some(auth) = body.get("auth").filter(|a| a.is_object()) else {
@@ -112,7 +132,7 @@ pub async fn authenticate(
                 .get("token")
                 .and_then(Value::as_str)
                 .is_some_and(|t| app.config.registration_tokens.iter().any(|valid| valid == t)),
-            PASSWORD => check_password_stage(app, auth, user).await?,
+            PASSWORD => check_password_stage(app, auth, user, step.client_ip).await?,
             _ => false,
         };
     if !passed {
@@ -130,7 +150,10 @@ pub async fn authenticate(
         if keep {
             app.db.set_uia_completed(&session_id, &completed).await.map_err(storage)?;
         } else {
-            app.db.delete_uia_session(&session_id).await.map_err(storage)?;
+            // Single use: of two requests completing one session at once, only one proceeds.
+            if !app.db.delete_uia_session(&session_id).await.map_err(storage)? {
+                return Err(Error::new(ErrorKind::Unknown, "Unknown UIA session"));
+            }
         }
         return Ok(Completed { session: session_id });
     }
@@ -138,7 +161,12 @@ pub async fn authenticate(
     Err(challenge(flows, &session_id, &completed, None))
 }
 
-async fn check_password_stage(app: &App, auth: &Value, user: Option<&UserId>) -> Result<bool, Error> {
+async fn check_password_stage(
+    app: &App,
+    auth: &Value,
+    user: Option<&UserId>,
+    client_ip: Option<std::net::IpAddr>,
+) -> Result<bool, Error> {
     let Some(user) = user else { return Ok(false) };
     let claimed = auth
         .get("identifier")
@@ -159,7 +187,7 @@ async fn check_password_stage(app: &App, auth: &Value, user: Option<&UserId>) ->
         return Ok(false);
     };
     match record.password_hash {
-        Some(hash) => verify_password(password.to_owned(), hash).await,
+        Some(hash) => app.passwords.check(&app.limiter, user, client_ip, password.to_owned(), hash).await,
         None => Ok(false),
     }
 }

@@ -14,7 +14,7 @@ use ruma::{
 };
 use serde_json::{Value, json};
 
-use crate::{App, account_data::update_account_data, pushrules, storage};
+use crate::{App, account_data::update_account_data, pushrules, ratelimit::Action, storage};
 
 pub fn routes(router: Router<App>) -> Router<App> {
     router.ruma_route(upgrade)
@@ -22,6 +22,7 @@ pub fn routes(router: Router<App>) -> Router<App> {
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/upgrade`
 async fn upgrade(app: App, req: Ruma<upgrade_room::v3::Request>) -> Result<JsonBody, ApiError> {
+    app.limit(Action::RoomCreation, req.auth.user_id.as_str())?;
     let b = &req.body;
     let new_room = app
         .rooms

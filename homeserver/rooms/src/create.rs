@@ -272,10 +272,13 @@ impl Rooms {
             };
             match self.submit(&room_id, submission).await {
                 Ok(_) => return Ok(room_id),
+                // The room id is taken (by a room committed or in flight); unless the
+                // conflict was the alias, the same request with a later create event gets
+                // another id.
                 Err(err)
                     if err.kind == ErrorKind::RoomInUse
                         && attempt < MAX_CREATE_ATTEMPTS
-                        && self.room_version(&room_id).await?.is_some() =>
+                        && !self.any_alias_taken(&aliases).await? =>
                 {
                     attempt += 1;
                     let bumped = now + attempt * (1 + rand::random::<u64>() % 10);
@@ -284,6 +287,15 @@ impl Rooms {
                 Err(err) => return Err(err),
             }
         }
+    }
+
+    async fn any_alias_taken(&self, aliases: &[(String, String)]) -> Result<bool, Error> {
+        for (alias, _) in aliases {
+            if self.db().alias(alias).await.map_err(crate::cache::storage_error)?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// A member event of a room being created, through the membership rules.

@@ -120,9 +120,25 @@ impl Rooms {
         if targets.is_empty() {
             return Ok(());
         }
-        let aggs = self.db().aggregations(&targets, viewer.user_id).await.map_err(storage_error)?;
-        if aggs.threads.is_empty() && aggs.edits.is_empty() && aggs.references.is_empty() {
+        let found = |a: &homeserver_storage::relations::Aggregations| {
+            !(a.threads.is_empty() && a.edits.is_empty() && a.references.is_empty())
+        };
+        let everything = homeserver_storage::visibility::VisibleSet::default();
+        let mut aggs =
+            self.db().aggregations(&targets, viewer.user_id, &everything).await.map_err(storage_error)?;
+        if !found(&aggs) {
             return Ok(());
+        }
+        // Replies, edits and references the viewer may not see (posted after they left, or
+        // before they could see history) must not show through a summary: where the viewer does
+        // not see all of a room, the aggregations are taken again over what they see.
+        let user = ruma::UserId::parse(viewer.user_id).map_err(|e| Error::internal(e.to_string()))?;
+        let visible = self.visible_set(&user, rows.iter().map(|r| r.room_id.as_str())).await?;
+        if !visible.is_everything() {
+            aggs = self.db().aggregations(&targets, viewer.user_id, &visible).await.map_err(storage_error)?;
+            if !found(&aggs) {
+                return Ok(());
+            }
         }
         let positions: Vec<i64> =
             aggs.threads.iter().map(|t| t.latest_pos).chain(aggs.edits.iter().map(|e| e.1)).collect();

@@ -1,22 +1,35 @@
-//! History visibility: which events a user may see.
+//! History visibility: which events, and which room state, a user may see.
 //!
-//! For each event, the room's `m.room.history_visibility` and the user's membership are read from
-//! the state *after* the event (so a user sees their own join). Rules, per the spec and Synapse:
+//! The rule lives in [`permits`], one pure function every check goes through. For an event it is
+//! applied to the room's `m.room.history_visibility` and the user's membership in the state
+//! *after* the event (so a user sees their own join). As in the spec and Synapse:
 //! `world_readable` is visible to all; a joined member sees the event; `invited` also shows it to
 //! invitees; `shared` shows it to anyone who is joined to the room now. For a visibility change
-//! itself, the more permissive of the old and new setting applies. Users always see their own
+//! itself, the more permissive of the old and new setting applies, and users always see their own
 //! membership events.
 //!
-//! Lookups are per distinct state group (a timeline page usually spans one or two), and each reads
-//! only the two state entries it needs, not the whole state.
+//! Three views of the rule:
+//! - [`Rooms::filter_visible`] keeps the events of a list a user may see (lookups per distinct
+//!   state group, two state entries each, never the whole state).
+//! - [`Rooms::may_read_state_at`] says whether a user may read the room's state as of a state
+//!   group: as an ordinary event there would be seen, without the own-membership exception (a
+//!   rejected invite must not show the member list).
+//! - [`Rooms::visible_ranges`] turns the rule into the stream-position ranges of a room the user
+//!   may see, for aggregate queries (thread summaries, edits, search counts, jump to date) that
+//!   must not count or pick what the user cannot see. Positions follow the room's order while
+//!   rooms are linear (every event's state is the state after the one before it); the ranges
+//!   carry the rule for ordinary events, which is what those queries read.
 
 use std::collections::HashMap;
 
 use homeserver_core::Error;
-use homeserver_storage::events::EventRow;
+use homeserver_storage::{
+    events::EventRow,
+    visibility::{PositionRange, VisibilityChange, VisibleSet},
+};
 use ruma::{EventId, RoomId, UserId};
 
-use crate::Rooms;
+use crate::{Rooms, cache::storage_error};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Visibility {
@@ -27,8 +40,8 @@ enum Visibility {
     WorldReadable,
 }
 
-fn parse_visibility(value: Option<String>) -> Visibility {
-    match value.as_deref() {
+fn parse_visibility(value: Option<&str>) -> Visibility {
+    match value {
         Some("world_readable") => Visibility::WorldReadable,
         Some("invited") => Visibility::Invited,
         Some("joined") => Visibility::Joined,
@@ -36,10 +49,30 @@ fn parse_visibility(value: Option<String>) -> Visibility {
     }
 }
 
+/// The rule: may a user whose membership at the event is `membership` (and who is `joined_now`
+/// or not) see an ordinary event under `visibility`?
+fn permits(visibility: Visibility, membership: Option<&str>, joined_now: bool) -> bool {
+    match (visibility, membership) {
+        (Visibility::WorldReadable, _) | (_, Some("join")) => true,
+        (Visibility::Invited, Some("invite")) => true,
+        (Visibility::Shared, _) => joined_now,
+        _ => false,
+    }
+}
+
 #[derive(Debug, Clone)]
 struct GroupView {
     visibility: Visibility,
     membership: Option<String>,
+}
+
+/// The positions of a room a user may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Visible {
+    /// Every position.
+    All,
+    /// These ranges (both ends included, oldest first); none at all if empty.
+    Ranges(Vec<(i64, i64)>),
 }
 
 impl Rooms {
@@ -50,7 +83,7 @@ impl Rooms {
         if let Some(id) = hv_id.and_then(|id| EventId::parse(id).ok())
             && let Some(pdu) = self.cache().get(&id).await?
         {
-            visibility = parse_visibility(pdu.content_str("history_visibility"));
+            visibility = parse_visibility(pdu.content_str("history_visibility").as_deref());
         }
         let mut membership = None;
         if let Some(id) = member_id.and_then(|id| EventId::parse(id).ok())
@@ -81,16 +114,11 @@ impl Rooms {
             if row.event_type == "m.room.history_visibility" {
                 visibility = visibility.max(views[&row.state_before].visibility);
             }
-            let visible = match (visibility, after.membership.as_deref()) {
-                (Visibility::WorldReadable, _) | (_, Some("join")) => true,
-                (Visibility::Invited | Visibility::Shared, Some("invite")) => {
-                    visibility == Visibility::Invited
-                        || self.joined_now(&mut joined_now, &row.room_id, user).await?
-                }
-                (Visibility::Shared, _) => self.joined_now(&mut joined_now, &row.room_id, user).await?,
-                _ => false,
-            };
-            if visible {
+            // "Joined now" only matters for `shared`; it costs a lookup, so only then.
+            let now = visibility == Visibility::Shared
+                && after.membership.as_deref() != Some("join")
+                && self.joined_now(&mut joined_now, &row.room_id, user).await?;
+            if permits(visibility, after.membership.as_deref(), now) {
                 out.push(row);
             }
         }
@@ -115,5 +143,159 @@ impl Rooms {
     /// Whether `user` may see an event at all (for `/event`, `/context`).
     pub async fn can_see(&self, user: &UserId, row: &EventRow) -> Result<bool, Error> {
         Ok(!self.filter_visible(user, vec![row.clone()]).await?.is_empty())
+    }
+
+    /// Whether `user` may read the state of `room_id` as of state group `group`: only if an
+    /// ordinary event with that state would be visible to them.
+    pub async fn may_read_state_at(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        group: i64,
+    ) -> Result<bool, Error> {
+        let view = self.group_view(group, user).await?;
+        let now = view.visibility == Visibility::Shared && self.is_joined(room_id, user).await?;
+        Ok(permits(view.visibility, view.membership.as_deref(), now))
+    }
+
+    /// The stream positions of `room_id` whose ordinary events `user` may see.
+    pub async fn visible_ranges(&self, user: &UserId, room_id: &RoomId) -> Result<Visible, Error> {
+        let set = self.visible_set(user, [room_id.as_str()]).await?;
+        if set.is_everything() {
+            return Ok(Visible::All);
+        }
+        Ok(Visible::Ranges(set.ranges.iter().map(|r| (r.from, r.to)).collect()))
+    }
+
+    /// What `user` may see of `rooms`, as a filter for storage queries: the rule evaluated
+    /// between the events that change its inputs (the user's membership events and the rooms'
+    /// history-visibility events). Two queries however many rooms.
+    pub async fn visible_set(
+        &self,
+        user: &UserId,
+        rooms: impl IntoIterator<Item = &str>,
+    ) -> Result<VisibleSet, Error> {
+        let mut rooms: Vec<String> = rooms.into_iter().map(str::to_owned).collect();
+        rooms.sort_unstable();
+        rooms.dedup();
+        let mut changes = self.db().visibility_changes(&rooms, user.as_str()).await.map_err(storage_error)?;
+        let joined: std::collections::HashSet<String> = self
+            .db()
+            .memberships_of_user(user.as_str())
+            .await
+            .map_err(storage_error)?
+            .into_iter()
+            .filter(|m| m.membership == "join")
+            .map(|m| m.room_id)
+            .collect();
+        let mut set = VisibleSet::default();
+        for room in rooms {
+            let ranges = ranges_of(&changes.remove(&room).unwrap_or_default(), joined.contains(&room));
+            if let Some(ranges) = ranges {
+                set.ranges.extend(ranges.into_iter().map(|(from, to)| PositionRange {
+                    room_id: room.clone(),
+                    from,
+                    to,
+                }));
+                set.restricted.push(room);
+            }
+        }
+        Ok(set)
+    }
+}
+
+/// The visible ranges of one room given its visibility changes, or `None` if all of it is.
+fn ranges_of(changes: &[VisibilityChange], joined_now: bool) -> Option<Vec<(i64, i64)>> {
+    let mut visibility = Visibility::Shared;
+    let mut membership: Option<&str> = None;
+    // Segments: each change's own position (the rule's exceptions: users see their own
+    // membership events, and a visibility change under the more permissive of its old and new
+    // setting), then from after it to the next change, with the state after the change.
+    let mut segments: Vec<(i64, bool)> = vec![(i64::MIN, permits(visibility, None, joined_now))];
+    for change in changes {
+        let field = |name: &str| change.content.get(name).and_then(|v| v.as_str());
+        let at_change = match change.event_type.as_str() {
+            "m.room.history_visibility" => {
+                let before = visibility;
+                visibility = parse_visibility(field("history_visibility"));
+                permits(visibility.max(before), membership, joined_now)
+            }
+            _ => {
+                membership = field("membership");
+                true
+            }
+        };
+        segments.push((change.stream_pos, at_change));
+        segments.push((change.stream_pos.saturating_add(1), permits(visibility, membership, joined_now)));
+    }
+    if segments.iter().all(|(_, visible)| *visible) {
+        return None;
+    }
+    let mut ranges: Vec<(i64, i64)> = Vec::new();
+    for (i, (from, visible)) in segments.iter().enumerate() {
+        let to = segments.get(i + 1).map(|(next, _)| next - 1).unwrap_or(i64::MAX);
+        if !visible || to < *from {
+            continue;
+        }
+        match ranges.last_mut() {
+            Some(last) if last.1.saturating_add(1) == *from => last.1 = to,
+            _ => ranges.push((*from, to)),
+        }
+    }
+    Some(ranges)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rule() {
+        use Visibility::*;
+        assert!(permits(WorldReadable, None, false));
+        assert!(permits(Joined, Some("join"), false));
+        assert!(!permits(Joined, Some("invite"), true));
+        assert!(permits(Invited, Some("invite"), false));
+        assert!(!permits(Invited, Some("leave"), true));
+        assert!(permits(Shared, None, true));
+        assert!(permits(Shared, Some("leave"), true));
+        assert!(!permits(Shared, Some("leave"), false));
+        assert!(!permits(Shared, Some("invite"), false));
+    }
+
+    fn change(pos: i64, kind: &str, value: &str) -> VisibilityChange {
+        let content = match kind {
+            "m.room.history_visibility" => serde_json::json!({ "history_visibility": value }),
+            _ => serde_json::json!({ "membership": value }),
+        };
+        VisibilityChange { stream_pos: pos, event_type: kind.to_owned(), content }
+    }
+
+    #[test]
+    fn ranges_follow_membership_and_visibility_changes() {
+        let (hv, member) = ("m.room.history_visibility", "m.room.member");
+        // Joined, shared history, still there: everything.
+        assert_eq!(ranges_of(&[change(3, member, "join")], true), None);
+        // Left at 10 (shared, not joined now): up to and including the leave, not after.
+        let left = [change(3, member, "join"), change(10, member, "leave")];
+        assert_eq!(ranges_of(&left, false), Some(vec![(3, 10)]));
+        // `joined` history and joined late at 20: the change to `joined` itself (visible under
+        // the old `shared`), then from the join.
+        let late = [change(2, hv, "joined"), change(20, member, "join")];
+        assert_eq!(ranges_of(&late, true), Some(vec![(i64::MIN, 2), (20, i64::MAX)]));
+        // Left and came back: the gap stays hidden under `joined`, but for the user's own events.
+        let gap = [
+            change(2, hv, "joined"),
+            change(5, member, "join"),
+            change(8, member, "leave"),
+            change(12, member, "join"),
+        ];
+        assert_eq!(ranges_of(&gap, true), Some(vec![(i64::MIN, 2), (5, 8), (12, i64::MAX)]));
+        // Invited under `joined`: the invite itself is theirs to see, nothing else until the join.
+        let invited = [change(2, hv, "joined"), change(7, member, "invite"), change(9, member, "join")];
+        assert_eq!(ranges_of(&invited, true), Some(vec![(i64::MIN, 2), (7, 7), (9, i64::MAX)]));
+        // Never joined, not world readable: nothing at all.
+        assert_eq!(ranges_of(&[change(2, hv, "shared")], false), Some(vec![]));
+        assert_eq!(ranges_of(&[change(2, hv, "world_readable")], false), Some(vec![(2, i64::MAX)]));
     }
 }

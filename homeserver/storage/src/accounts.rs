@@ -57,6 +57,91 @@ pub struct NewLogin<'a> {
     pub now: i64,
 }
 
+/// A new account.
+pub struct NewUser<'a> {
+    pub user_id: &'a str,
+    pub password_hash: Option<&'a str>,
+    pub is_admin: bool,
+    pub displayname: Option<&'a str>,
+    pub avatar_url: Option<&'a str>,
+    pub now: i64,
+}
+
+/// What a password change logs out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logout<'a> {
+    Nothing,
+    /// Every device but the one given (the one changing the password keeps its session).
+    AllDevicesExcept(Option<&'a str>),
+}
+
+/// An administrator's changes to an account (`None`: unchanged).
+#[derive(Debug, Default)]
+pub struct UserPatch<'a> {
+    pub password_hash: Option<&'a str>,
+    pub logout_devices: bool,
+    pub is_admin: Option<bool>,
+    pub displayname: Option<&'a str>,
+    pub avatar_url: Option<&'a str>,
+    /// Clear the deactivated flag (a password must come with it).
+    pub reactivate: bool,
+}
+
+/// Inserts (or refreshes) a device and a new token for it; returns how many tokens of that
+/// device it replaced.
+async fn insert_login(tx: &mut sqlx::Transaction<'static, sqlx::Any>, login: &NewLogin<'_>) -> Result<u64> {
+    sqlx::query(
+        "INSERT INTO devices (user_id, device_id, display_name, created_ts, last_seen_ts) \
+         VALUES ($1, $2, $3, $4, $4) \
+         ON CONFLICT (user_id, device_id) DO UPDATE SET \
+           display_name = COALESCE(excluded.display_name, devices.display_name), \
+           last_seen_ts = excluded.last_seen_ts",
+    )
+    .bind(login.user_id)
+    .bind(login.device_id)
+    .bind(login.display_name)
+    .bind(login.now)
+    .execute(&mut **tx)
+    .await?;
+    // Logging in again on an existing device replaces that device's token.
+    let replaced = sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
+        .bind(login.user_id)
+        .bind(login.device_id)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    sqlx::query(
+        "INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(login.token_hash)
+    .bind(login.user_id)
+    .bind(login.device_id)
+    .bind(login.now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(replaced)
+}
+
+/// Deletes the tokens and devices of a user but `keep`'s.
+async fn delete_devices_except(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    user_id: &str,
+    keep: Option<&str>,
+) -> Result<()> {
+    let keep = keep.unwrap_or("");
+    sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id <> $2")
+        .bind(user_id)
+        .bind(keep)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id <> $2")
+        .bind(user_id)
+        .bind(keep)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 pub(crate) fn user_from_row(row: &sqlx::any::AnyRow) -> Result<User> {
     Ok(User {
         user_id: row.try_get("user_id")?,
@@ -79,19 +164,103 @@ impl Db {
         displayname: Option<&str>,
         now: i64,
     ) -> Result<()> {
+        let user = NewUser { user_id, password_hash, is_admin, displayname, avatar_url: None, now };
+        self.register_user(user, None, None).await
+    }
+
+    /// Creates an account in one transaction with what registration does alongside: recording
+    /// it as the result of the registration's UIA session (so retries of that session answer with
+    /// this account) and the first login. [`StorageError::Conflict`] if the id is taken or
+    /// another request already completed the session; nothing is written then.
+    pub async fn register_user(
+        &self,
+        user: NewUser<'_>,
+        uia_session: Option<&str>,
+        login: Option<NewLogin<'_>>,
+    ) -> Result<()> {
+        let mut tx = self.writer().begin().await?;
         sqlx::query(
-            "INSERT INTO users (user_id, password_hash, is_admin, deactivated, created_ts, displayname) \
-             VALUES ($1, $2, $3, 0, $4, $5)",
+            "INSERT INTO users (user_id, password_hash, is_admin, deactivated, created_ts, displayname, avatar_url) \
+             VALUES ($1, $2, $3, 0, $4, $5, $6)",
         )
-        .bind(user_id)
-        .bind(password_hash)
-        .bind(is_admin as i64)
-        .bind(now)
-        .bind(displayname)
-        .execute(self.writer())
+        .bind(user.user_id)
+        .bind(user.password_hash)
+        .bind(user.is_admin as i64)
+        .bind(user.now)
+        .bind(user.displayname)
+        .bind(user.avatar_url)
+        .execute(&mut *tx)
         .await
         .map_err(conflict_or)?;
+        if let Some(session) = uia_session {
+            let claimed =
+                sqlx::query("UPDATE uia_sessions SET result = $2 WHERE session_id = $1 AND result IS NULL")
+                    .bind(session)
+                    .bind(user.user_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            if claimed != 1 {
+                return Err(StorageError::Conflict);
+            }
+        }
+        if let Some(login) = &login {
+            insert_login(&mut tx, login).await?;
+        }
+        tx.commit().await?;
         Ok(())
+    }
+
+    /// Sets a password and, in the same transaction, logs out what `logout` says: a password
+    /// changed because it leaked must never leave other sessions alive. False if no such user.
+    pub async fn set_password(&self, user_id: &str, hash: &str, logout: Logout<'_>) -> Result<bool> {
+        let mut tx = self.writer().begin().await?;
+        let done = sqlx::query("UPDATE users SET password_hash = $2 WHERE user_id = $1")
+            .bind(user_id)
+            .bind(hash)
+            .execute(&mut *tx)
+            .await?;
+        if let Logout::AllDevicesExcept(keep) = logout {
+            delete_devices_except(&mut tx, user_id, keep).await?;
+        }
+        tx.commit().await?;
+        if logout != Logout::Nothing {
+            self.tokens.invalidate();
+        }
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Applies an administrator's changes to an account in one transaction: each field that is
+    /// `Some` is set, devices are logged out if asked. False if no such user.
+    pub async fn update_user(&self, user_id: &str, patch: &UserPatch<'_>) -> Result<bool> {
+        let mut tx = self.writer().begin().await?;
+        let done = sqlx::query(
+            "UPDATE users SET \
+               password_hash = CASE WHEN $2 = 1 THEN $3 ELSE password_hash END, \
+               is_admin = CASE WHEN $4 = 1 THEN $5 ELSE is_admin END, \
+               displayname = CASE WHEN $6 = 1 THEN $7 ELSE displayname END, \
+               avatar_url = CASE WHEN $8 = 1 THEN $9 ELSE avatar_url END, \
+               deactivated = CASE WHEN $10 = 1 THEN 0 ELSE deactivated END \
+             WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .bind(patch.password_hash.is_some() as i64)
+        .bind(patch.password_hash)
+        .bind(patch.is_admin.is_some() as i64)
+        .bind(patch.is_admin.unwrap_or(false) as i64)
+        .bind(patch.displayname.is_some() as i64)
+        .bind(patch.displayname)
+        .bind(patch.avatar_url.is_some() as i64)
+        .bind(patch.avatar_url)
+        .bind(patch.reactivate as i64)
+        .execute(&mut *tx)
+        .await?;
+        if patch.logout_devices {
+            delete_devices_except(&mut tx, user_id, None).await?;
+        }
+        tx.commit().await?;
+        self.tokens.invalidate();
+        Ok(done.rows_affected() > 0)
     }
 
     pub async fn user(&self, user_id: &str) -> Result<Option<User>> {
@@ -107,15 +276,6 @@ impl Db {
 
     pub async fn count_users(&self) -> Result<i64> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(self.reader()).await?)
-    }
-
-    pub async fn set_password_hash(&self, user_id: &str, hash: &str) -> Result<bool> {
-        let done = sqlx::query("UPDATE users SET password_hash = $2 WHERE user_id = $1")
-            .bind(user_id)
-            .bind(hash)
-            .execute(self.writer())
-            .await?;
-        Ok(done.rows_affected() > 0)
     }
 
     pub async fn set_admin(&self, user_id: &str, is_admin: bool) -> Result<bool> {
@@ -163,35 +323,7 @@ impl Db {
     /// Creates (or refreshes) a device and an access token for it in one transaction.
     pub async fn create_login(&self, login: NewLogin<'_>) -> Result<()> {
         let mut tx = self.writer().begin().await?;
-        sqlx::query(
-            "INSERT INTO devices (user_id, device_id, display_name, created_ts, last_seen_ts) \
-             VALUES ($1, $2, $3, $4, $4) \
-             ON CONFLICT (user_id, device_id) DO UPDATE SET \
-               display_name = COALESCE(excluded.display_name, devices.display_name), \
-               last_seen_ts = excluded.last_seen_ts",
-        )
-        .bind(login.user_id)
-        .bind(login.device_id)
-        .bind(login.display_name)
-        .bind(login.now)
-        .execute(&mut *tx)
-        .await?;
-        // Logging in again on an existing device replaces that device's token.
-        let replaced = sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
-            .bind(login.user_id)
-            .bind(login.device_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        sqlx::query(
-            "INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(login.token_hash)
-        .bind(login.user_id)
-        .bind(login.device_id)
-        .bind(login.now)
-        .execute(&mut *tx)
-        .await?;
+        let replaced = insert_login(&mut tx, &login).await?;
         tx.commit().await?;
         // Only a replaced token can be cached; a first login on a device leaves the cache alone.
         if replaced > 0 {
@@ -271,17 +403,7 @@ impl Db {
     /// Logs out every device of a user except `keep` (if given).
     pub async fn delete_all_devices(&self, user_id: &str, keep: Option<&str>) -> Result<()> {
         let mut tx = self.writer().begin().await?;
-        let keep = keep.unwrap_or("");
-        sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id <> $2")
-            .bind(user_id)
-            .bind(keep)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id <> $2")
-            .bind(user_id)
-            .bind(keep)
-            .execute(&mut *tx)
-            .await?;
+        delete_devices_except(&mut tx, user_id, keep).await?;
         tx.commit().await?;
         self.tokens.invalidate();
         Ok(())
@@ -409,12 +531,13 @@ impl Db {
         Ok(())
     }
 
-    pub async fn delete_uia_session(&self, session_id: &str) -> Result<()> {
-        sqlx::query("DELETE FROM uia_sessions WHERE session_id = $1")
+    /// Deletes a UIA session; false if it was already gone (another request consumed it).
+    pub async fn delete_uia_session(&self, session_id: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM uia_sessions WHERE session_id = $1")
             .bind(session_id)
             .execute(self.writer())
             .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     /// Drops UIA sessions older than `before` (housekeeping).

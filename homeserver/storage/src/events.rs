@@ -450,31 +450,32 @@ impl Db {
         Ok(self.room_events(room_id, up_to, None, Direction::Backward, 1).await?.into_iter().next())
     }
 
-    /// Up to `limit` events nearest a timestamp: at or before it, newest first (`dir` backward),
-    /// or at or after it, oldest first (forward).
+    /// Up to `limit` events nearest a timestamp among the positions in `visible`: at or before
+    /// it, newest first (`dir` backward), or at or after it, oldest first (forward). The index
+    /// `events_by_room_ts` holds the positions, so events outside `visible` are passed over in
+    /// the index without reading their rows.
     pub async fn events_near_timestamp(
         &self,
         room_id: &str,
         ts: i64,
         dir: Direction,
         limit: i64,
+        visible: &crate::visibility::VisibleSet,
     ) -> Result<Vec<EventRow>> {
+        let seen = visible.condition("room_id", "stream_pos", 3);
+        let limit_at = 3 + visible.placeholders();
         let sql = match dir {
             Direction::Backward => format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND origin_server_ts <= $2 \
-                 AND rejected = 0 ORDER BY origin_server_ts DESC, stream_pos DESC LIMIT $3"
+                "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND origin_server_ts <= $2 AND {seen} \
+                 AND rejected = 0 ORDER BY origin_server_ts DESC, stream_pos DESC LIMIT ${limit_at}"
             ),
             Direction::Forward => format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND origin_server_ts >= $2 \
-                 AND rejected = 0 ORDER BY origin_server_ts ASC, stream_pos ASC LIMIT $3"
+                "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND origin_server_ts >= $2 AND {seen} \
+                 AND rejected = 0 ORDER BY origin_server_ts ASC, stream_pos ASC LIMIT ${limit_at}"
             ),
         };
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(room_id)
-            .bind(ts)
-            .bind(limit)
-            .fetch_all(self.reader())
-            .await?;
+        let q = sqlx::query(AssertSqlSafe(sql)).bind(room_id).bind(ts);
+        let rows = visible.bind(q).bind(limit).fetch_all(self.reader()).await?;
         rows.iter().map(event_from_row).collect()
     }
 }

@@ -36,6 +36,7 @@ pub mod search;
 pub mod testing;
 pub mod token_cache;
 pub mod txn;
+pub mod visibility;
 
 use std::{str::FromStr, sync::Arc, time::Duration};
 
@@ -85,8 +86,15 @@ pub struct Db {
 }
 
 impl Db {
-    /// Connects by URL (`sqlite://path?mode=rwc` or `postgres://…`) and runs the migrations.
+    /// Connects by URL (`sqlite://path?mode=rwc` or `postgres://…`) with the default options
+    /// and runs the migrations.
     pub async fn connect(url: &str) -> Result<Db> {
+        Self::connect_with(url, DbOptions::default()).await
+    }
+
+    /// Connects by URL with `options` and runs the migrations.
+    pub async fn connect_with(url: &str, options: DbOptions) -> Result<Db> {
+        let sync = options.sqlite_synchronous;
         sqlx::any::install_default_drivers();
         let engine = if url.starts_with("sqlite:") {
             Engine::Sqlite
@@ -98,7 +106,7 @@ impl Db {
         let connect_err = |source| StorageError::Connect { url: redact_url(url), source };
         // Slow statements are logged at debug only: the multi-row inserts of a big batch are
         // long, and their text would flood a `warn` log.
-        let options = AnyConnectOptions::from_str(url)
+        let connect = AnyConnectOptions::from_str(url)
             .map_err(connect_err)?
             .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
         let db = match engine {
@@ -106,20 +114,20 @@ impl Db {
                 let write = AnyPoolOptions::new()
                     .max_connections(1)
                     .min_connections(1)
-                    .after_connect(|conn, _| {
+                    .after_connect(move |conn, _| {
                         Box::pin(async move {
                             conn.execute("PRAGMA journal_mode = WAL").await?;
-                            sqlite_connection_pragmas(conn).await
+                            sqlite_connection_pragmas(conn, sync).await
                         })
                     })
-                    .connect_with(options.clone())
+                    .connect_with(connect.clone())
                     .await
                     .map_err(connect_err)?;
                 let read = AnyPoolOptions::new()
                     .max_connections(8)
                     .idle_timeout(Duration::from_secs(300))
-                    .after_connect(|conn, _| Box::pin(sqlite_connection_pragmas(conn)))
-                    .connect_with(options)
+                    .after_connect(move |conn, _| Box::pin(sqlite_connection_pragmas(conn, sync)))
+                    .connect_with(connect)
                     .await
                     .map_err(connect_err)?;
                 Db { read, write, engine, tokens: Arc::default() }
@@ -127,12 +135,12 @@ impl Db {
             Engine::Postgres => {
                 // One direct attempt first: a refused connection fails at once instead of after
                 // the pool's acquire timeout.
-                let probe = sqlx::AnyConnection::connect_with(&options).await.map_err(connect_err)?;
+                let probe = sqlx::AnyConnection::connect_with(&connect).await.map_err(connect_err)?;
                 let _ = probe.close().await;
                 let pool = AnyPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(10))
-                    .connect_with(options)
+                    .connect_with(connect)
                     .await
                     .map_err(connect_err)?;
                 Db { read: pool.clone(), write: pool, engine, tokens: Arc::default() }
@@ -190,10 +198,34 @@ impl Db {
     }
 }
 
-async fn sqlite_connection_pragmas(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
-    // NORMAL in WAL mode: a commit survives a process crash (kill -9); only an OS crash or power
-    // loss can lose the last transactions, and never leaves the file inconsistent.
-    conn.execute("PRAGMA synchronous = NORMAL").await?;
+/// How SQLite syncs commits to disk (`PRAGMA synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// Every commit is fsynced before it returns: it survives power loss and OS crashes. With
+    /// the room pipeline's group commit that is one fsync per batch, not per event.
+    #[default]
+    Full,
+    /// In WAL mode a commit survives a process crash (kill -9); an OS crash or power loss can
+    /// lose the last transactions (never the file's consistency).
+    Normal,
+}
+
+/// Connection options.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DbOptions {
+    /// SQLite only.
+    pub sqlite_synchronous: Synchronous,
+}
+
+async fn sqlite_connection_pragmas(
+    conn: &mut sqlx::AnyConnection,
+    sync: Synchronous,
+) -> Result<(), sqlx::Error> {
+    conn.execute(match sync {
+        Synchronous::Full => "PRAGMA synchronous = FULL",
+        Synchronous::Normal => "PRAGMA synchronous = NORMAL",
+    })
+    .await?;
     conn.execute("PRAGMA busy_timeout = 10000").await?;
     conn.execute("PRAGMA cache_size = -4000").await?;
     Ok(())

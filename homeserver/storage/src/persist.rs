@@ -175,7 +175,7 @@ pub(crate) fn chunk_rows(columns: usize) -> usize {
     (30_000 / columns).max(1)
 }
 
-type AnyQuery<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>;
+pub(crate) type AnyQuery<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>;
 
 /// Runs `INSERT INTO {head} VALUES … {tail}` for `rows`, chunked; `bind` binds one row.
 pub(crate) async fn insert_rows<'r, T: 'r>(

@@ -2,7 +2,7 @@
 
 use sqlx::{AssertSqlSafe, Row};
 
-use crate::{Db, Result, events::EventRow, placeholders};
+use crate::{Db, Result, events::EventRow, placeholders, visibility::VisibleSet};
 
 /// A relation as stored.
 #[derive(Debug, Clone)]
@@ -40,28 +40,43 @@ impl Db {
     /// The bundled aggregations for `targets` as seen by `viewer`: one query (three grouped
     /// parts), however many events and relations there are — it runs for every event list a
     /// client reads, so most of the time it finds nothing, once.
-    pub async fn aggregations(&self, targets: &[String], viewer: &str) -> Result<Aggregations> {
+    ///
+    /// Only relating events in `visible` count (the viewer's history visibility).
+    pub async fn aggregations(
+        &self,
+        targets: &[String],
+        viewer: &str,
+        visible: &VisibleSet,
+    ) -> Result<Aggregations> {
         let mut out = Aggregations::default();
         let mut references = Vec::new();
         for chunk in targets.chunks(500) {
             let list = placeholders(2, chunk.len());
+            let seen =
+                |room: &str, pos: &str| format!("AND {}", visible.condition(room, pos, 2 + chunk.len()));
+            let (t, e, r) = (
+                seen("room_id", "stream_pos"),
+                seen("r.room_id", "r.stream_pos"),
+                seen("room_id", "stream_pos"),
+            );
             let sql = format!(
                 "SELECT 't' AS kind, relates_to, COUNT(*) AS n, MAX(stream_pos) AS pos, \
                    SUM(CASE WHEN sender = $1 THEN 1 ELSE 0 END) AS mine, CAST(NULL AS TEXT) AS event_id \
-                 FROM event_relations WHERE rel_type = 'm.thread' AND relates_to IN ({list}) GROUP BY relates_to \
+                 FROM event_relations WHERE rel_type = 'm.thread' AND relates_to IN ({list}) {t} GROUP BY relates_to \
                  UNION ALL \
                  SELECT 'e', r.relates_to, COUNT(*), MAX(r.stream_pos), COUNT(*), CAST(NULL AS TEXT) \
                  FROM event_relations r JOIN events o ON o.event_id = r.relates_to \
                  WHERE r.rel_type = 'm.replace' AND r.sender = o.sender AND r.event_type = o.event_type \
-                 AND o.state_key IS NULL AND r.relates_to IN ({list}) GROUP BY r.relates_to \
+                 AND o.state_key IS NULL AND r.relates_to IN ({list}) {e} GROUP BY r.relates_to \
                  UNION ALL \
                  SELECT 'r', relates_to, COUNT(*), MAX(stream_pos), COUNT(*), event_id FROM event_relations \
-                 WHERE rel_type = 'm.reference' AND relates_to IN ({list}) GROUP BY relates_to, event_id"
+                 WHERE rel_type = 'm.reference' AND relates_to IN ({list}) {r} GROUP BY relates_to, event_id"
             );
             let mut q = sqlx::query(AssertSqlSafe(sql)).bind(viewer.to_owned());
             for t in chunk {
                 q = q.bind(t.clone());
             }
+            q = visible.bind(q);
             for r in q.fetch_all(self.reader()).await? {
                 let kind: String = r.try_get("kind")?;
                 let target: String = r.try_get("relates_to")?;
@@ -83,35 +98,25 @@ impl Db {
         Ok(out)
     }
 
-    /// Event ids relating to any of `targets` (any relation type), for recursive `/relations`.
-    pub async fn relating_event_ids(&self, targets: &[String]) -> Result<Vec<String>> {
-        Ok(self.relations_to(targets).await?.into_iter().map(|r| r.event_id).collect())
-    }
-
-    /// Every relation pointing at any of `targets` (for bundled aggregations), oldest first.
-    pub async fn relations_to(&self, targets: &[String]) -> Result<Vec<RelationInfo>> {
+    /// Up to `limit` ids of events relating to any of `targets` (any relation type), oldest
+    /// first, for recursive `/relations`.
+    pub async fn relating_event_ids(&self, targets: &[String], limit: usize) -> Result<Vec<String>> {
         let mut out = Vec::new();
         for chunk in targets.chunks(500) {
+            if out.len() >= limit {
+                break;
+            }
             let sql = format!(
-                "SELECT event_id, relates_to, rel_type, event_type, sender, aggregation_key, stream_pos \
-                 FROM event_relations WHERE relates_to IN ({}) ORDER BY stream_pos",
-                placeholders(1, chunk.len())
+                "SELECT event_id FROM event_relations WHERE relates_to IN ({}) ORDER BY stream_pos LIMIT ${}",
+                placeholders(1, chunk.len()),
+                chunk.len() + 1
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
+            let mut q = sqlx::query_scalar(AssertSqlSafe(sql));
             for t in chunk {
                 q = q.bind(t);
             }
-            for r in q.fetch_all(self.reader()).await? {
-                out.push(RelationInfo {
-                    event_id: r.try_get("event_id")?,
-                    relates_to: r.try_get("relates_to")?,
-                    rel_type: r.try_get("rel_type")?,
-                    event_type: r.try_get("event_type")?,
-                    sender: r.try_get("sender")?,
-                    aggregation_key: r.try_get("aggregation_key")?,
-                    stream_pos: r.try_get("stream_pos")?,
-                });
-            }
+            let ids: Vec<String> = q.bind((limit - out.len()) as i64).fetch_all(self.reader()).await?;
+            out.extend(ids);
         }
         Ok(out)
     }

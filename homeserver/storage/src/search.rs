@@ -11,6 +11,7 @@ use crate::{
     Db, Engine, Result,
     persist::{SearchRow, chunk_rows, insert_rows, values},
     placeholders,
+    visibility::VisibleSet,
 };
 
 /// How results are ordered.
@@ -25,13 +26,15 @@ pub enum SearchOrder {
 /// Hits are ranked within windows of this many of the newest hits (see `search_events`).
 pub const RANK_WINDOW: i64 = 1000;
 
-/// What to search: events in `rooms` whose `keys` text matches every token.
+/// What to search: events in `rooms` whose `keys` text matches every token, among those the
+/// searcher may see (`visible`: hits outside it are neither returned nor counted).
 #[derive(Debug, Clone, Copy)]
 pub struct SearchQuery<'a> {
     pub rooms: &'a [String],
     pub keys: &'a [String],
     pub tokens: &'a [String],
     pub order: SearchOrder,
+    pub visible: &'a VisibleSet,
 }
 
 /// One hit: the event's stream position and its score (higher is better).
@@ -109,14 +112,15 @@ impl Db {
         offset: i64,
         count: bool,
     ) -> Result<(Vec<SearchHit>, Option<i64>)> {
-        let SearchQuery { rooms, keys, tokens, order } = *query;
+        let SearchQuery { rooms, keys, tokens, order, visible } = *query;
         if rooms.is_empty() || keys.is_empty() || tokens.is_empty() {
             return Ok((Vec::new(), count.then_some(0)));
         }
         // $1 = query, $2.. = rooms, then keys, then limit and offset.
         let room_list = placeholders(2, rooms.len());
         let key_list = placeholders(2 + rooms.len(), keys.len());
-        let limit_at = 2 + rooms.len() + keys.len();
+        let visible_at = 2 + rooms.len() + keys.len();
+        let limit_at = visible_at + visible.placeholders();
         let (matches, score, from, newest_first) = match self.engine() {
             Engine::Sqlite => (
                 "event_search MATCH $1",
@@ -142,8 +146,10 @@ impl Db {
         // In SQLite the unary `+` keeps the room and key tests off the indexes: probing the room
         // index once per hit and listed room costs far more than one primary-key lookup per hit.
         let plus = if self.engine() == Engine::Sqlite { "+" } else { "" };
-        let filter =
-            format!("{matches} AND {plus}m.room_id IN ({room_list}) AND {plus}m.search_key IN ({key_list})");
+        let filter = format!(
+            "{matches} AND {plus}m.room_id IN ({room_list}) AND {plus}m.search_key IN ({key_list}) AND {}",
+            visible.condition("m.room_id", "m.stream_pos", visible_at)
+        );
         let newest = format!(
             "SELECT m.stream_pos AS stream_pos, {score} AS score FROM {from} WHERE {filter} ORDER BY {newest_first}"
         );
@@ -176,7 +182,7 @@ impl Db {
         for key in keys {
             q = q.bind(key);
         }
-        let rows = q.bind(limit).bind(offset).fetch_all(self.reader()).await?;
+        let rows = visible.bind(q).bind(limit).bind(offset).fetch_all(self.reader()).await?;
         let hits = rows
             .iter()
             .map(|r| Ok(SearchHit { stream_pos: r.try_get("stream_pos")?, rank: r.try_get("score")? }))
@@ -184,15 +190,15 @@ impl Db {
         if !count {
             return Ok((hits, None));
         }
-        let count_sql = format!("SELECT COUNT(*) FROM {from} WHERE {filter}");
-        let mut q = sqlx::query_scalar(AssertSqlSafe(count_sql)).bind(query_text.as_str());
+        let count_sql = format!("SELECT COUNT(*) AS n FROM {from} WHERE {filter}");
+        let mut q = sqlx::query(AssertSqlSafe(count_sql)).bind(query_text.as_str());
         for room in rooms {
             q = q.bind(room);
         }
         for key in keys {
             q = q.bind(key);
         }
-        let total: i64 = q.fetch_one(self.reader()).await?;
+        let total: i64 = visible.bind(q).fetch_one(self.reader()).await?.try_get("n")?;
         Ok((hits, Some(total)))
     }
 

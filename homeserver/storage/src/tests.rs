@@ -203,6 +203,7 @@ async fn search_pages_through_rank_windows_and_filters_rooms() {
     use crate::{
         persist::SearchRow,
         search::{RANK_WINDOW, SearchOrder, SearchQuery},
+        visibility::{PositionRange, VisibleSet},
     };
     let (_t, db) = fresh().await;
     // 1,500 hits in one room (every fifth with the word twice: better ranked), one elsewhere.
@@ -228,7 +229,9 @@ async fn search_pages_through_rank_windows_and_filters_rooms() {
     let rooms = vec!["!a:x".to_owned()];
     let keys = vec!["content.body".to_owned()];
     let tokens = vec!["coffee".to_owned()];
-    let query = |order| SearchQuery { rooms: &rooms, keys: &keys, tokens: &tokens, order };
+    let everything = VisibleSet::default();
+    let query =
+        |order| SearchQuery { rooms: &rooms, keys: &keys, tokens: &tokens, order, visible: &everything };
 
     let (page, count) = db.search_events(&query(SearchOrder::Recent), 10, 0, true).await.unwrap();
     assert_eq!(count, Some(hits), "only the listed room counts");
@@ -257,4 +260,21 @@ async fn search_pages_through_rank_windows_and_filters_rooms() {
         }
     }
     assert_eq!(seen.len() as i64, hits);
+
+    // Only what the searcher may see is returned and counted: here positions 101..=200.
+    let visible = VisibleSet {
+        restricted: vec!["!a:x".into()],
+        ranges: vec![PositionRange { room_id: "!a:x".into(), from: 101, to: 200 }],
+    };
+    let limited = SearchQuery { visible: &visible, ..query(SearchOrder::Recent) };
+    let (page, count) = db.search_events(&limited, 10, 0, true).await.unwrap();
+    assert_eq!(count, Some(100));
+    assert_eq!(page.first().map(|h| h.stream_pos), Some(200));
+    let nothing = VisibleSet { restricted: vec!["!a:x".into()], ranges: Vec::new() };
+    let (page, count) = db
+        .search_events(&SearchQuery { visible: &nothing, ..query(SearchOrder::Rank) }, 10, 0, true)
+        .await
+        .unwrap();
+    assert!(page.is_empty());
+    assert_eq!(count, Some(0));
 }

@@ -20,6 +20,8 @@
 //! - `admin`: the Synapse-compatible admin API (users, rooms, reports; admins only).
 //! - `chat`: receipts, read markers, typing, unread counts, push rules, notifications.
 //! - `presence`: the online/unavailable/offline state machine as room mates see it.
+//! - `hardening`: rules no endpoint can skip (redaction authority, one membership path, aliases),
+//!   concurrent writes, bounded filters, lax and malformed request bodies.
 
 mod accounts;
 mod admin;
@@ -27,6 +29,7 @@ mod chat;
 mod errors;
 mod friends;
 mod groups;
+mod hardening;
 mod harness;
 mod lifecycle;
 mod presence;

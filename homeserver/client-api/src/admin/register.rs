@@ -16,13 +16,14 @@ use axum::{Router, body::Bytes, extract::State, routing::get};
 use hmac::{Hmac, Mac};
 use homeserver_core::{Error, ErrorKind, ids::random_string, time::now_millis};
 use homeserver_http::ApiError;
-use homeserver_storage::StorageError;
+use homeserver_storage::{StorageError, accounts::NewUser};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
     App,
-    account::{hash_password, issue_login, validate_localpart},
+    account::{PreparedLogin, validate_localpart},
+    ratelimit::{Action, address_key},
     storage,
 };
 
@@ -32,12 +33,21 @@ const NONCE_LIFETIME: Duration = Duration::from_secs(60);
 #[derive(Default)]
 pub struct Nonces(Mutex<HashMap<String, Instant>>);
 
+/// The most nonces outstanding at once; when full, the oldest is dropped (its client can fetch
+/// another).
+const MAX_NONCES: usize = 1_000;
+
 impl Nonces {
     fn issue(&self) -> String {
         let nonce = random_string(32);
         let mut map = self.0.lock().expect("nonces poisoned");
         let now = Instant::now();
         map.retain(|_, issued| now.duration_since(*issued) < NONCE_LIFETIME);
+        if map.len() >= MAX_NONCES
+            && let Some(oldest) = map.iter().min_by_key(|(_, issued)| **issued).map(|(n, _)| n.clone())
+        {
+            map.remove(&oldest);
+        }
         map.insert(nonce.clone(), now);
         nonce
     }
@@ -61,8 +71,13 @@ fn secret(app: &App) -> Result<&str, Error> {
 }
 
 /// `GET /_synapse/admin/v1/register`
-async fn nonce(State(app): State<App>) -> Result<axum::Json<Value>, ApiError> {
+async fn nonce(
+    State(app): State<App>,
+    parts: axum::http::request::Parts,
+) -> Result<axum::Json<Value>, ApiError> {
     secret(&app)?;
+    let peer = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    app.limit(Action::Anonymous, &address_key(peer))?;
     Ok(axum::Json(json!({ "nonce": app.nonces.issue() })))
 }
 
@@ -124,24 +139,29 @@ async fn register(State(app): State<App>, body: Bytes) -> Result<axum::Json<Valu
     }
     let localpart = body.username.to_lowercase();
     let user_id = validate_localpart(&app, &localpart)?;
-    let hash = hash_password(body.password.clone()).await?;
+    let hash = app.passwords.hash(body.password.clone()).await?;
     let displayname = body.displayname.clone().unwrap_or_else(|| localpart.clone());
-    match app
-        .db
-        .create_user(user_id.as_str(), Some(&hash), body.admin, Some(&displayname), now_millis() as i64)
-        .await
-    {
+    // The account and its first login commit together.
+    let login = PreparedLogin::new(None, None);
+    let user = NewUser {
+        user_id: user_id.as_str(),
+        password_hash: Some(&hash),
+        is_admin: body.admin,
+        displayname: Some(&displayname),
+        avatar_url: None,
+        now: now_millis() as i64,
+    };
+    match app.db.register_user(user, None, Some(login.rows(&user_id))).await {
         Ok(()) => {}
         Err(StorageError::Conflict) => {
             return Err(Error::new(ErrorKind::UserInUse, "User ID already taken").into());
         }
         Err(e) => return Err(storage(e).into()),
     }
-    let (device_id, token) = issue_login(&app, &user_id, None, None).await?;
     Ok(axum::Json(json!({
         "user_id": user_id,
-        "access_token": token,
-        "device_id": device_id,
+        "access_token": login.token,
+        "device_id": login.device_id,
         "home_server": app.server_name(),
     })))
 }

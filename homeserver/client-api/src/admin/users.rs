@@ -14,7 +14,11 @@ use axum::{
 };
 use homeserver_core::{Error, ErrorKind, time::now_millis};
 use homeserver_http::{ApiError, Authenticated};
-use homeserver_storage::{StorageError, accounts::User, admin::UserQuery};
+use homeserver_storage::{
+    StorageError,
+    accounts::{Logout, NewUser, User, UserPatch},
+    admin::UserQuery,
+};
 use ruma::{OwnedUserId, UserId};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -22,7 +26,7 @@ use serde_json::{Map, Value, json};
 use super::{Page, body, query, require_admin};
 use crate::{
     App,
-    account::{deactivate_account, hash_password, validate_localpart},
+    account::{deactivate_account, validate_localpart},
     storage,
 };
 
@@ -153,72 +157,58 @@ async fn put_user(
     let user = parse_user(&app, &user_id)?;
     let req: PutUser = body(&raw)?;
     let existing = app.db.user(user.as_str()).await.map_err(storage)?;
+    // Everything that can refuse the request is checked, and the password hashed, before
+    // anything is written; the account's own fields then change in one transaction.
+    let hash = match req.password.clone() {
+        Some(password) => Some(app.passwords.hash(password).await?),
+        None => None,
+    };
     let status = match existing {
         None => {
             validate_localpart(&app, user.localpart())?;
-            let hash = match req.password.clone() {
-                Some(password) => Some(hash_password(password).await?),
-                None => None,
-            };
             let displayname = req.displayname.clone().unwrap_or_else(|| user.localpart().to_owned());
-            match app
-                .db
-                .create_user(
-                    user.as_str(),
-                    hash.as_deref(),
-                    req.admin.unwrap_or(false),
-                    Some(&displayname),
-                    now_millis() as i64,
-                )
-                .await
-            {
+            let new_user = NewUser {
+                user_id: user.as_str(),
+                password_hash: hash.as_deref(),
+                is_admin: req.admin.unwrap_or(false),
+                displayname: Some(&displayname),
+                avatar_url: req.avatar_url.as_deref(),
+                now: now_millis() as i64,
+            };
+            match app.db.register_user(new_user, None, None).await {
                 Ok(()) => {}
                 Err(StorageError::Conflict) => {
                     return Err(Error::new(ErrorKind::UserInUse, "User ID already taken").into());
                 }
                 Err(e) => return Err(storage(e).into()),
             }
-            if let Some(url) = &req.avatar_url {
-                app.db.set_avatar_url(user.as_str(), Some(url)).await.map_err(storage)?;
-            }
             StatusCode::CREATED
         }
         Some(current) => {
-            if req.deactivated == Some(true) && !current.deactivated {
+            let deactivate = req.deactivated == Some(true) && !current.deactivated;
+            let reactivate = req.deactivated == Some(false) && current.deactivated;
+            if reactivate && hash.is_none() {
+                return Err(Error::invalid_param("Must provide a password to re-activate an account").into());
+            }
+            if req.admin == Some(false) && user == admin.user_id {
+                return Err(Error::invalid_param("You may not demote yourself").into());
+            }
+            let patch = UserPatch {
+                password_hash: hash.as_deref().filter(|_| !deactivate),
+                logout_devices: hash.is_some() && req.logout_devices.unwrap_or(true),
+                is_admin: req.admin,
+                displayname: req.displayname.as_deref(),
+                avatar_url: req.avatar_url.as_deref(),
+                reactivate,
+            };
+            app.db.update_user(user.as_str(), &patch).await.map_err(storage)?;
+            if deactivate {
                 deactivate_account(&app, &user).await?;
-            }
-            if req.deactivated == Some(false) && current.deactivated {
-                if req.password.is_none() {
-                    return Err(
-                        Error::invalid_param("Must provide a password to re-activate an account").into()
-                    );
+            } else if req.displayname.is_some() || req.avatar_url.is_some() {
+                // The account is updated; member events follow, best-effort per room.
+                if let Err(err) = app.rooms.propagate_profile(&user).await {
+                    tracing::warn!(%user, error = %err, "could not update every room with the new profile");
                 }
-                app.db.reactivate_user(user.as_str()).await.map_err(storage)?;
-            }
-            if let Some(password) = req.password.clone() {
-                let hash = hash_password(password).await?;
-                app.db.set_password_hash(user.as_str(), &hash).await.map_err(storage)?;
-                if req.logout_devices.unwrap_or(true) {
-                    app.db.delete_all_devices(user.as_str(), None).await.map_err(storage)?;
-                }
-            }
-            if let Some(is_admin) = req.admin {
-                if !is_admin && user == admin.user_id {
-                    return Err(Error::invalid_param("You may not demote yourself").into());
-                }
-                app.db.set_admin(user.as_str(), is_admin).await.map_err(storage)?;
-            }
-            let mut profile_changed = false;
-            if let Some(name) = &req.displayname {
-                app.db.set_displayname(user.as_str(), Some(name)).await.map_err(storage)?;
-                profile_changed = true;
-            }
-            if let Some(url) = &req.avatar_url {
-                app.db.set_avatar_url(user.as_str(), Some(url)).await.map_err(storage)?;
-                profile_changed = true;
-            }
-            if profile_changed {
-                app.rooms.propagate_profile(&user).await?;
             }
             StatusCode::OK
         }
@@ -262,11 +252,10 @@ async fn reset_password(
         return Err(Error::forbidden("The account is deactivated").into());
     }
     let password = req.new_password.ok_or_else(|| Error::missing_param("Missing new_password"))?;
-    let hash = hash_password(password).await?;
-    app.db.set_password_hash(user.as_str(), &hash).await.map_err(storage)?;
-    if req.logout_devices.unwrap_or(true) {
-        app.db.delete_all_devices(user.as_str(), None).await.map_err(storage)?;
-    }
+    let hash = app.passwords.hash(password).await?;
+    let logout =
+        if req.logout_devices.unwrap_or(true) { Logout::AllDevicesExcept(None) } else { Logout::Nothing };
+    app.db.set_password(user.as_str(), &hash, logout).await.map_err(storage)?;
     Ok(Json(json!({})))
 }
 

@@ -686,7 +686,12 @@ async fn left_room(
     let tl = timeline(ctx, room_id, since, m.stream_pos, timeline_filter).await?;
     let group = start_group(ctx, room_id, &tl, m.stream_pos).await?;
     let full_state = new_to_client || ctx.full_state;
-    let state = state_section(ctx, room_id, &tl, group, full_state, since).await?;
+    // The room's state only if the user could see the room where the timeline starts: someone
+    // who only rejected an invite or withdrew a knock sees their own event, not the members.
+    let state = match ctx.app.rooms.may_read_state_at(&ctx.session.user_id, room_id, group).await? {
+        true => state_section(ctx, room_id, &tl, group, full_state, since).await?,
+        false => Vec::new(),
+    };
     let v = Some(viewer(ctx));
     Ok(Some(json!({
         "timeline": {
