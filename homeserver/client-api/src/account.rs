@@ -76,16 +76,19 @@ pub struct PreparedLogin {
     pub token: String,
     token_hash: String,
     display_name: Option<String>,
+    ip: Option<String>,
 }
 
 impl PreparedLogin {
-    pub fn new(device_id: Option<String>, display_name: Option<&str>) -> Self {
+    /// A login for `device_id` (a new device if `None`) from the client at `ip`.
+    pub fn new(device_id: Option<String>, display_name: Option<&str>, ip: Option<std::net::IpAddr>) -> Self {
         let token = format!("lat_{}", random_string(40));
         PreparedLogin {
             device_id: device_id.unwrap_or_else(new_device_id),
             token_hash: hash_token(&token),
             token,
             display_name: display_name.map(str::to_owned),
+            ip: ip.map(|ip| ip.to_string()),
         }
     }
 
@@ -97,6 +100,7 @@ impl PreparedLogin {
             display_name: self.display_name.as_deref(),
             token_hash: &self.token_hash,
             now: now_millis() as i64,
+            ip: self.ip.as_deref(),
         }
     }
 }
@@ -105,10 +109,8 @@ impl PreparedLogin {
 pub async fn issue_login(
     app: &App,
     user_id: &UserId,
-    device_id: Option<String>,
-    display_name: Option<&str>,
+    login: PreparedLogin,
 ) -> Result<(String, String), Error> {
-    let login = PreparedLogin::new(device_id, display_name);
     app.db.create_login(login.rows(user_id)).await.map_err(storage)?;
     Ok((login.device_id, login.token))
 }
@@ -159,7 +161,7 @@ async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<JsonBody
     // A retry of a registration that already succeeded answers for the same account. The session
     // remembers only the user id (never a token); the retry gets a fresh login.
     if let Some(registered) = session.and_then(|s| s.result).and_then(|r| UserId::parse(r).ok()) {
-        return Ok(JsonBody(registration_response(&app, &registered, &params).await?));
+        return Ok(JsonBody(registration_response(&app, &registered, &params, req.client_ip).await?));
     }
     app.limit(Action::Register, &address_key(req.client_ip))?;
     let localpart = match &params.username {
@@ -189,8 +191,7 @@ async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<JsonBody
     let hash = app.passwords.hash(password).await?;
     // The account, the session's result and the first login commit together: a failure leaves
     // nothing behind, and a retry of the session finds either nothing or all of it.
-    let login = (!params.inhibit_login)
-        .then(|| PreparedLogin::new(params.device_id.clone(), params.initial_device_display_name.as_deref()));
+    let login = (!params.inhibit_login).then(|| login_of(&params, req.client_ip));
     let user = NewUser {
         user_id: user_id.as_str(),
         password_hash: Some(&hash),
@@ -207,7 +208,7 @@ async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<JsonBody
             let earlier =
                 app.db.uia_session(&completed.session).await.map_err(storage)?.and_then(|s| s.result);
             if let Some(registered) = earlier.and_then(|r| UserId::parse(r).ok()) {
-                return Ok(JsonBody(registration_response(&app, &registered, &params).await?));
+                return Ok(JsonBody(registration_response(&app, &registered, &params, req.client_ip).await?));
             }
             return Err(Error::new(ErrorKind::UserInUse, "User ID already taken").into());
         }
@@ -226,19 +227,27 @@ async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<JsonBody
 }
 
 /// The registration response: the user id, and a new login unless `inhibit_login`.
-async fn registration_response(app: &App, user_id: &UserId, params: &RegisterParams) -> Result<Value, Error> {
+async fn registration_response(
+    app: &App,
+    user_id: &UserId,
+    params: &RegisterParams,
+    ip: Option<std::net::IpAddr>,
+) -> Result<Value, Error> {
     if params.inhibit_login {
         return Ok(json!({ "user_id": user_id, "home_server": app.server_name() }));
     }
-    let (device_id, token) =
-        issue_login(app, user_id, params.device_id.clone(), params.initial_device_display_name.as_deref())
-            .await?;
+    let (device_id, token) = issue_login(app, user_id, login_of(params, ip)).await?;
     Ok(json!({
         "user_id": user_id,
         "access_token": token,
         "device_id": device_id,
         "home_server": app.server_name(),
     }))
+}
+
+/// The login a registration asks for.
+fn login_of(params: &RegisterParams, ip: Option<std::net::IpAddr>) -> PreparedLogin {
+    PreparedLogin::new(params.device_id.clone(), params.initial_device_display_name.as_deref(), ip)
 }
 
 /// `GET /_matrix/client/v3/register/available`
@@ -310,13 +319,12 @@ async fn login(app: App, req: Ruma<login::v3::Request>) -> Result<JsonBody, ApiE
     if !app.passwords.check(&app.limiter, &user_id, req.client_ip, password, hash).await? {
         return Err(denied().into());
     }
-    let (device_id, token) = issue_login(
-        &app,
-        &user_id,
+    let login = PreparedLogin::new(
         req.body.device_id.as_ref().map(|d| d.to_string()),
         req.body.initial_device_display_name.as_deref(),
-    )
-    .await?;
+        req.client_ip,
+    );
+    let (device_id, token) = issue_login(&app, &user_id, login).await?;
     Ok(JsonBody(json!({
         "user_id": user_id,
         "access_token": token,

@@ -19,12 +19,12 @@ pub fn routes(router: Router<App>) -> Router<App> {
 }
 
 fn device_json(d: &Device) -> Value {
-    json!({
+    crate::without_nulls(json!({
         "device_id": d.device_id,
         "display_name": d.display_name,
         "last_seen_ip": d.last_seen_ip,
         "last_seen_ts": d.last_seen_ts,
-    })
+    }))
 }
 
 /// `GET /_matrix/client/v3/devices`

@@ -362,10 +362,10 @@ async fn joined_members_of(app: App, req: Ruma<joined_members::v3::Request>) -> 
         {
             joined.insert(
                 user.clone(),
-                json!({
+                crate::without_nulls(json!({
                     "display_name": content.get("displayname"),
                     "avatar_url": content.get("avatar_url"),
-                }),
+                })),
             );
         }
     }

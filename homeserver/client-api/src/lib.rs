@@ -214,3 +214,12 @@ pub fn routes() -> Router<App> {
     let router = reports::routes(router);
     account_data::routes(router)
 }
+
+/// `value` with the keys whose value is `null` removed: the spec omits absent optional fields
+/// rather than sending `null`, and strict clients (and the spec's schemas) expect that.
+pub(crate) fn without_nulls(mut value: serde_json::Value) -> serde_json::Value {
+    if let Some(map) = value.as_object_mut() {
+        map.retain(|_, v| !v.is_null());
+    }
+    value
+}

@@ -217,8 +217,10 @@ async fn threads(app: App, req: Ruma<get_threads::v1::Request>) -> Result<JsonBo
     let before = req.body.from.as_deref().map(parse_token).transpose()?.unwrap_or(i64::MAX);
     let participant = (req.body.include == get_threads::v1::IncludeThreads::Participated)
         .then_some(session.user_id.as_str());
+    // Ordered by the latest reply the user may see; threads with none are not listed.
+    let visible = app.rooms.visible_set(&session.user_id, [room_id.as_str()]).await?;
     let mut roots =
-        app.db.threads(room_id.as_str(), before, limit + 1, participant).await.map_err(storage)?;
+        app.db.threads(room_id.as_str(), before, limit + 1, participant, &visible).await.map_err(storage)?;
     let more = roots.len() as i64 > limit;
     roots.truncate(limit as usize);
     let ids: Vec<String> = roots.iter().map(|(id, _)| id.clone()).collect();

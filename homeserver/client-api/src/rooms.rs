@@ -12,7 +12,7 @@ use ruma::{
     OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, RoomVersionId, UserId,
     api::client::{
         alias::{create_alias, delete_alias, get_alias},
-        directory::{get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility},
+        directory::{get_public_rooms, get_public_rooms_filtered, get_room_visibility},
         knock::knock_room,
         membership::{
             ban_user, forget_room, invite_user, join_room_by_id, join_room_by_id_or_alias, joined_rooms,
@@ -50,7 +50,14 @@ pub fn routes(router: Router<App>) -> Router<App> {
         .ruma_route(public_rooms)
         .ruma_route(public_rooms_filtered)
         .ruma_route(directory_visibility)
-        .ruma_route(set_directory_visibility)
+        .route(
+            "/_matrix/client/v3/directory/list/room/{room_id}",
+            axum::routing::put(set_directory_visibility),
+        )
+        .route(
+            "/_matrix/client/r0/directory/list/room/{room_id}",
+            axum::routing::put(set_directory_visibility),
+        )
 }
 
 #[derive(Deserialize, Default)]
@@ -182,19 +189,24 @@ fn join_content(raw: &[u8]) -> Result<Map<String, Value>, Error> {
     Ok(body)
 }
 
+/// Joins a room with the request's body as extra member content, then carries the user's own
+/// view of a predecessor room over (upgrades).
+async fn join_room(
+    app: &App,
+    user: &UserId,
+    room_id: OwnedRoomId,
+    raw_body: &[u8],
+) -> Result<JsonBody, ApiError> {
+    let extra = join_content(raw_body)?;
+    let change = MembershipChange::new(MembershipAction::Join, user, user).with_content(extra);
+    change_membership(app, &room_id, change).await?;
+    crate::upgrade::carry_user_state(app, user, &room_id).await;
+    Ok(JsonBody(json!({ "room_id": room_id })))
+}
+
 /// `POST /_matrix/client/v3/rooms/{roomId}/join`
 async fn join_by_id(app: App, req: Ruma<join_room_by_id::v3::Request>) -> Result<JsonBody, ApiError> {
-    let extra = join_content(&req.raw_body)?;
-    let room_id = req.body.room_id.clone();
-    let user = &req.auth.user_id;
-    change_membership(
-        &app,
-        &room_id,
-        MembershipChange::new(MembershipAction::Join, user, user).with_content(extra),
-    )
-    .await?;
-    crate::upgrade::carry_user_state(&app, &req.auth.user_id, &room_id).await;
-    Ok(JsonBody(json!({ "room_id": room_id })))
+    join_room(&app, &req.auth.user_id, req.body.room_id.clone(), &req.raw_body).await
 }
 
 /// `POST /_matrix/client/v3/join/{roomIdOrAlias}`
@@ -202,7 +214,6 @@ async fn join_by_id_or_alias(
     app: App,
     req: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> Result<JsonBody, ApiError> {
-    let extra = join_content(&req.raw_body)?;
     let room_id: OwnedRoomId = match <&RoomId>::try_from(req.body.room_id_or_alias.as_str()) {
         Ok(room_id) => room_id.to_owned(),
         Err(_) => {
@@ -211,15 +222,7 @@ async fn join_by_id_or_alias(
             lookup_alias(&app, alias).await?
         }
     };
-    let user = &req.auth.user_id;
-    change_membership(
-        &app,
-        &room_id,
-        MembershipChange::new(MembershipAction::Join, user, user).with_content(extra),
-    )
-    .await?;
-    crate::upgrade::carry_user_state(&app, &req.auth.user_id, &room_id).await;
-    Ok(JsonBody(json!({ "room_id": room_id })))
+    join_room(&app, &req.auth.user_id, room_id, &req.raw_body).await
 }
 
 /// `POST /_matrix/client/v3/knock/{roomIdOrAlias}`
@@ -450,26 +453,33 @@ async fn directory_visibility(
     Ok(JsonBody(json!({ "visibility": if room.published { "public" } else { "private" } })))
 }
 
-/// `PUT /_matrix/client/v3/directory/list/room/{roomId}`
+/// `PUT /_matrix/client/v3/directory/list/room/{roomId}`. A plain route rather than ruma's
+/// request type: the spec makes `visibility` optional (default `public`), ruma requires it.
 async fn set_directory_visibility(
-    app: App,
-    req: Ruma<set_room_visibility::v3::Request>,
-) -> Result<JsonBody, ApiError> {
-    let room_id = &req.body.room_id;
-    if app.rooms.room_version(room_id).await?.is_none() {
-        return Err(Error::not_found("Room not found").into());
+    axum::extract::State(app): axum::extract::State<App>,
+    homeserver_http::Authenticated(session): homeserver_http::Authenticated,
+    axum::extract::Path(room_id): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> Result<axum::Json<Value>, ApiError> {
+    let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("invalid room id"))?;
+    #[derive(Deserialize, Default)]
+    struct Body {
+        visibility: Option<String>,
     }
-    if !may_manage_room(&app, &req.auth, room_id).await? {
-        return Err(Error::forbidden("You may not change this room's directory listing").into());
-    }
-    let body: Value = serde_json::from_slice(&req.raw_body).unwrap_or(Value::Null);
-    let public = match body.get("visibility").and_then(Value::as_str) {
-        Some("public") => true,
-        Some("private") | None => false,
+    let body: Body = body_json(&body)?;
+    let public = match body.visibility.as_deref() {
+        Some("public") | None => true,
+        Some("private") => false,
         Some(other) => return Err(Error::invalid_param(format!("unknown visibility {other}")).into()),
     };
+    if app.rooms.room_version(&room_id).await?.is_none() {
+        return Err(Error::not_found("Room not found").into());
+    }
+    if !may_manage_room(&app, &session, &room_id).await? {
+        return Err(Error::forbidden("You may not change this room's directory listing").into());
+    }
     app.db.set_room_published(room_id.as_str(), public).await.map_err(storage)?;
-    Ok(JsonBody(json!({})))
+    Ok(axum::Json(json!({})))
 }
 
 /// One room as the directory lists it.

@@ -66,7 +66,12 @@ async fn put(app: App, req: Ruma<create_tag::v3::Request>) -> Result<JsonBody, A
     if req.body.tag.is_empty() || req.body.tag.len() > MAX_TAG_LEN {
         return Err(Error::invalid_param("invalid tag name").into());
     }
-    let info: Value = serde_json::from_slice(&req.raw_body).unwrap_or_else(|_| json!({}));
+    // The tag's content is an object (`order` and custom keys); anything else would break
+    // every later `GET …/tags`.
+    let info: Value = match serde_json::from_slice(&req.raw_body) {
+        Ok(value @ Value::Object(_)) => value,
+        _ => return Err(Error::bad_json("a tag's content must be a JSON object").into()),
+    };
     if let Some(order) = info.get("order")
         && !(order.is_number() && order.as_f64().is_some_and(|o| (0.0..=1.0).contains(&o)))
     {

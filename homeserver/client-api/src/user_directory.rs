@@ -26,7 +26,11 @@ async fn search(app: App, req: Ruma<search_users::v3::Request>) -> Result<JsonBo
     rows.truncate(limit as usize);
     let results: Vec<_> = rows
         .into_iter()
-        .map(|u| json!({ "user_id": u.user_id, "display_name": u.displayname, "avatar_url": u.avatar_url }))
+        .map(|u| {
+            crate::without_nulls(
+                json!({ "user_id": u.user_id, "display_name": u.displayname, "avatar_url": u.avatar_url }),
+            )
+        })
         .collect();
     Ok(JsonBody(json!({ "limited": limited, "results": results })))
 }

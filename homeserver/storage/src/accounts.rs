@@ -55,6 +55,8 @@ pub struct NewLogin<'a> {
     pub display_name: Option<&'a str>,
     pub token_hash: &'a str,
     pub now: i64,
+    /// The client's address, recorded as the device's `last_seen_ip`.
+    pub ip: Option<&'a str>,
 }
 
 /// A new account.
@@ -91,16 +93,18 @@ pub struct UserPatch<'a> {
 /// device it replaced.
 async fn insert_login(tx: &mut sqlx::Transaction<'static, sqlx::Any>, login: &NewLogin<'_>) -> Result<u64> {
     sqlx::query(
-        "INSERT INTO devices (user_id, device_id, display_name, created_ts, last_seen_ts) \
-         VALUES ($1, $2, $3, $4, $4) \
+        "INSERT INTO devices (user_id, device_id, display_name, created_ts, last_seen_ts, last_seen_ip) \
+         VALUES ($1, $2, $3, $4, $4, $5) \
          ON CONFLICT (user_id, device_id) DO UPDATE SET \
            display_name = COALESCE(excluded.display_name, devices.display_name), \
-           last_seen_ts = excluded.last_seen_ts",
+           last_seen_ts = excluded.last_seen_ts, \
+           last_seen_ip = COALESCE(excluded.last_seen_ip, devices.last_seen_ip)",
     )
     .bind(login.user_id)
     .bind(login.device_id)
     .bind(login.display_name)
     .bind(login.now)
+    .bind(login.ip)
     .execute(&mut **tx)
     .await?;
     // Logging in again on an existing device replaces that device's token.

@@ -182,27 +182,40 @@ impl Db {
     }
 
     /// Thread roots of a room by latest activity, newest first, below position `before`;
-    /// `participant` limits them to threads the user started or replied in.
+    /// `participant` limits them to threads the user started or replied in. With a restricted
+    /// `visible` set, activity is the latest reply the user may see, and threads without one
+    /// are not listed (the list must not reveal replies posted where the user could not see).
     pub async fn threads(
         &self,
         room_id: &str,
         before: i64,
         limit: i64,
         participant: Option<&str>,
+        visible: &VisibleSet,
     ) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query(
-            "SELECT t.root_id, t.latest_pos FROM threads t WHERE t.room_id = $1 AND t.latest_pos < $2 \
-             AND ($3 = '' OR EXISTS (SELECT 1 FROM events e WHERE e.event_id = t.root_id AND e.sender = $3) \
-                  OR EXISTS (SELECT 1 FROM event_relations r WHERE r.relates_to = t.root_id \
-                             AND r.rel_type = 'm.thread' AND r.sender = $3)) \
-             ORDER BY t.latest_pos DESC LIMIT $4",
-        )
-        .bind(room_id)
-        .bind(before)
-        .bind(participant.unwrap_or(""))
-        .bind(limit)
-        .fetch_all(self.reader())
-        .await?;
+        let participated = "($3 = '' OR EXISTS (SELECT 1 FROM events e WHERE e.event_id = t.root_id AND e.sender = $3) \
+             OR EXISTS (SELECT 1 FROM event_relations p WHERE p.relates_to = t.root_id \
+                        AND p.rel_type = 'm.thread' AND p.sender = $3))";
+        let sql = if visible.is_everything() {
+            format!(
+                "SELECT t.root_id, t.latest_pos FROM threads t WHERE t.room_id = $1 AND t.latest_pos < $2 \
+                 AND {participated} ORDER BY t.latest_pos DESC LIMIT $4"
+            )
+        } else {
+            format!(
+                "SELECT t.root_id, t.latest_pos FROM (SELECT relates_to AS root_id, MAX(stream_pos) AS latest_pos \
+                   FROM event_relations WHERE room_id = $1 AND rel_type = 'm.thread' AND {} \
+                   GROUP BY relates_to) t \
+                 WHERE t.latest_pos < $2 AND {participated} ORDER BY t.latest_pos DESC LIMIT $4",
+                visible.condition("room_id", "stream_pos", 5)
+            )
+        };
+        let q = sqlx::query(AssertSqlSafe(sql))
+            .bind(room_id)
+            .bind(before)
+            .bind(participant.unwrap_or(""))
+            .bind(limit);
+        let rows = visible.bind(q).fetch_all(self.reader()).await?;
         rows.iter().map(|r| Ok((r.try_get("root_id")?, r.try_get("latest_pos")?))).collect()
     }
 }

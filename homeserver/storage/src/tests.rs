@@ -46,6 +46,7 @@ async fn users_tokens_and_devices() {
         display_name: Some("phone"),
         token_hash: "h1",
         now: 5,
+        ip: Some("192.0.2.7"),
     })
     .await
     .unwrap();
@@ -60,11 +61,14 @@ async fn users_tokens_and_devices() {
         display_name: None,
         token_hash: "h2",
         now: 6,
+        ip: None,
     })
     .await
     .unwrap();
     assert!(db.token_owner("h1").await.unwrap().is_none());
-    assert_eq!(db.devices("@alice:x").await.unwrap()[0].display_name.as_deref(), Some("phone"));
+    let device = &db.devices("@alice:x").await.unwrap()[0];
+    assert_eq!(device.display_name.as_deref(), Some("phone"));
+    assert_eq!(device.last_seen_ip.as_deref(), Some("192.0.2.7"), "kept when the new login has none");
 
     assert!(db.deactivate_user("@alice:x").await.unwrap());
     assert!(db.token_owner("h2").await.unwrap().is_none());

@@ -20,14 +20,21 @@
 //! - `admin`: the Synapse-compatible admin API (users, rooms, reports; admins only).
 //! - `chat`: receipts, read markers, typing, unread counts, push rules, notifications.
 //! - `presence`: the online/unavailable/offline state machine as room mates see it.
+//! - `fuzz`: property tests over bodies, filters, search and pagination parameters: no 5xx,
+//!   no dropped connection, bounded time.
+//! - `durability`: sync tokens of every stream across a restart; concurrent read-modify-writes.
 //! - `hardening`: rules no endpoint can skip (redaction authority, one membership path, aliases),
 //!   concurrent writes, bounded filters, lax and malformed request bodies.
+//! - `visibility`: history visibility on every event-returning endpoint (left, never joined, late).
+//! - `spec_schema`: responses validated against the Matrix spec's OpenAPI schemas (`../shared/matrix-spec`).
 
 mod accounts;
 mod admin;
 mod chat;
+mod durability;
 mod errors;
 mod friends;
+mod fuzz;
 mod groups;
 mod hardening;
 mod harness;
@@ -39,4 +46,6 @@ mod sdk;
 mod sdk_chat;
 mod sdk_groups;
 mod search;
+mod spec_schema;
 mod sync;
+mod visibility;
