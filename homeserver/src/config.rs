@@ -43,6 +43,9 @@ pub struct ListenConfig {
     pub client: SocketAddr,
     /// Address of an HTTPS listener serving the same APIs. Empty: none. Needs `tls.*`.
     pub tls: String,
+    /// Behind a reverse proxy: take the client's address from the last `X-Forwarded-For` entry
+    /// (the one the proxy added), for rate limits and device addresses.
+    pub x_forwarded: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -214,7 +217,7 @@ impl Default for Config {
 
 impl Default for ListenConfig {
     fn default() -> Self {
-        Self { client: SocketAddr::from(([127, 0, 0, 1], 8008)), tls: String::new() }
+        Self { client: SocketAddr::from(([127, 0, 0, 1], 8008)), tls: String::new(), x_forwarded: false }
     }
 }
 
@@ -293,6 +296,7 @@ pub const KEYS: &[&str] = &[
     "data_dir",
     "listen.client",
     "listen.tls",
+    "listen.x_forwarded",
     "tls.certificate",
     "tls.private_key",
     "database.url",
@@ -536,6 +540,9 @@ data_dir = "./lattice-data"
 client = "127.0.0.1:8008"
 # Address of an HTTPS listener serving the same APIs, e.g. "0.0.0.0:8448". Empty: none.
 tls = ""
+# Behind a reverse proxy: the client's address is the last X-Forwarded-For entry (the one the
+# proxy added), for rate limits and device addresses. Only turn on behind a proxy that sets it.
+x_forwarded = false
 
 [tls]
 # PEM certificate chain and private key for the HTTPS listener.

@@ -67,6 +67,30 @@ impl homeserver_core::streams::Horizon for StoredHorizon {
     }
 }
 
+/// Behind a reverse proxy: the client's address is the last `X-Forwarded-For` entry (the one the
+/// proxy appended; earlier entries are the client's own claims), not the proxy's.
+async fn forwarded_client(mut req: Request, next: axum::middleware::Next) -> Response {
+    let forwarded = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+        .next_back();
+    if let Some(ip) = forwarded {
+        let port =
+            req.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0.port()).unwrap_or(0);
+        req.extensions_mut().insert(axum::extract::ConnectInfo(SocketAddr::new(ip, port)));
+    }
+    next.run(req).await
+}
+
+/// Wraps every route so that a panic in a handler answers the request instead of dropping it.
+fn catch_panics(router: Router) -> Router {
+    router.layer(CatchPanicLayer::custom(panic_response))
+}
+
 /// A handler that panicked: the client gets a 500 `M_UNKNOWN` instead of a dropped connection,
 /// and the log gets the panic message (the request span names the endpoint).
 fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
@@ -195,10 +219,12 @@ impl Server {
             })
             .on_failure(());
         let routes = client.merge(federation::routes(self.federation.clone()));
-        homeserver_http::unrecognized_fallbacks(routes)
-            .layer(CatchPanicLayer::custom(panic_response))
-            .layer(cors)
-            .layer(trace)
+        let router = catch_panics(homeserver_http::unrecognized_fallbacks(routes)).layer(cors);
+        let router = match self.config.listen.x_forwarded {
+            true => router.layer(axum::middleware::from_fn(forwarded_client)),
+            false => router,
+        };
+        router.layer(trace)
     }
 
     /// Binds the configured addresses (and loads the TLS certificate for the HTTPS one).
@@ -252,5 +278,44 @@ impl Server {
         self.db.close().await;
         info!("stopped");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::{body::Body, http::Request, routing::get};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_m_unknown() {
+        async fn boom() -> &'static str {
+            panic!("handler bug")
+        }
+        let router = catch_panics(Router::new().route("/boom", get(boom)));
+        let response = router.oneshot(Request::get("/boom").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["errcode"], "M_UNKNOWN");
+        assert!(!json["error"].as_str().unwrap().contains("handler bug"), "details stay in the log");
+    }
+
+    #[tokio::test]
+    async fn behind_a_proxy_the_client_is_the_last_forwarded_address() {
+        async fn peer(axum::extract::ConnectInfo(addr): axum::extract::ConnectInfo<SocketAddr>) -> String {
+            addr.ip().to_string()
+        }
+        let router =
+            Router::new().route("/peer", get(peer)).layer(axum::middleware::from_fn(forwarded_client));
+        let mut req = Request::get("/peer")
+            .header("x-forwarded-for", "203.0.113.9, 198.51.100.7")
+            .body(Body::empty())
+            .unwrap();
+        req.extensions_mut().insert(axum::extract::ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 4000))));
+        let response = router.oneshot(req).await.unwrap();
+        let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+        assert_eq!(&body[..], b"198.51.100.7", "the proxy's own entry, not the client's claim");
     }
 }

@@ -137,7 +137,7 @@ async fn put_state(app: App, req: Ruma<send_state_event::v3::Request>) -> Result
         let action = MembershipAction::from_state_event(membership, &session.user_id, &target, banned)?;
         let change = MembershipChange::new(action, &session.user_id, &target)
             .with_content(content.as_object().cloned().unwrap_or_default());
-        let event_id = app.rooms.change_membership(&req.body.room_id, change).await?;
+        let event_id = crate::rooms::change_membership(&app, &req.body.room_id, change).await?;
         return Ok(JsonBody(json!({ "event_id": event_id })));
     }
     let event_id = app
@@ -317,7 +317,7 @@ async fn members(app: App, req: Ruma<get_member_events::v3::Request>) -> Result<
         // The member list as of `at`, if the user could see the room then (Synapse answers
         // 403 otherwise); before the room's first event there were no members.
         readable = match app.db.latest_room_event(room_id.as_str(), bound).await.map_err(storage)? {
-            Some(row) if app.rooms.may_read_state_at(&req.auth.user_id, room_id, row.state_after).await? => {
+            Some(row) if app.rooms.may_read_state_around(&req.auth.user_id, room_id, &row).await? => {
                 ReadableState::AsOf(row.state_after)
             }
             Some(_) => return Err(Error::forbidden("You may not see the room at that point").into()),
@@ -502,9 +502,7 @@ async fn context(app: App, req: Ruma<get_context::v3::Request>) -> Result<JsonBo
     let after = app.rooms.filter_visible(&session.user_id, keep(after)).await?;
     // The state at the event, if the user could see the room there: their own membership event
     // is always visible to them, but a rejected invite must not show the room's state.
-    let state_entries = match app.rooms.may_read_state_at(&session.user_id, room_id, row.state_before).await?
-        || app.rooms.may_read_state_at(&session.user_id, room_id, row.state_after).await?
-    {
+    let state_entries = match app.rooms.may_read_state_around(&session.user_id, room_id, &row).await? {
         true => app.rooms.state_at_group(row.state_before).await?,
         false => Vec::new(),
     };

@@ -207,7 +207,32 @@ pub async fn resolve_filter(app: &App, user_id: &str, filter: &str) -> Result<Fi
         .await
         .map_err(storage)?
         .ok_or_else(|| Error::not_found("Filter not found"))?;
-    parse_filter(&stored)
+    // A filter stored before the bounds existed is cut to them rather than refused: refusing
+    // would break every sync that names it.
+    let mut value: Value =
+        serde_json::from_str(&stored).map_err(|e| Error::bad_json(format!("invalid filter: {e}")))?;
+    clamp_lists(&mut value);
+    serde_json::from_value(value).map_err(|e| Error::bad_json(format!("invalid filter: {e}")))
+}
+
+/// Cuts every bounded list of a filter to its bounds (see [`MAX_PATTERNS`], [`MAX_IDS`]).
+fn clamp_lists(value: &mut Value) {
+    let Some(map) = value.as_object_mut() else { return };
+    for (key, item) in map.iter_mut() {
+        let max = match key.as_str() {
+            "types" | "not_types" => Some(MAX_PATTERNS),
+            "senders" | "not_senders" | "rooms" | "not_rooms" => Some(MAX_IDS),
+            _ => None,
+        };
+        match (max, item) {
+            (Some(max), Value::Array(list)) => {
+                list.retain(|v| v.as_str().is_some_and(|s| s.len() <= MAX_PATTERN_BYTES));
+                list.truncate(max);
+            }
+            (None, item) => clamp_lists(item),
+            _ => {}
+        }
+    }
 }
 
 /// `POST /_matrix/client/v3/user/{userId}/filter`
@@ -249,6 +274,34 @@ mod tests {
         assert!(!glob_match("m.room.*", "m.reaction"));
         assert!(glob_match("m.room.message", "m.room.message"));
         assert!(!glob_match("m.room.message", "m.room.messages"));
+    }
+
+    #[test]
+    fn stored_filters_are_cut_to_the_bounds() {
+        let mut value = json!({ "room": { "timeline": {
+            "types": vec!["m.room.message"; MAX_PATTERNS + 50],
+            "not_senders": ["@a:x", "x".repeat(MAX_PATTERN_BYTES + 1)],
+        } } });
+        clamp_lists(&mut value);
+        let filter: FilterDefinition = serde_json::from_value(value).unwrap();
+        assert_eq!(filter.room.timeline.types.map(|t| t.len()), Some(MAX_PATTERNS));
+        assert_eq!(filter.room.timeline.not_senders, vec!["@a:x".to_owned()]);
+    }
+
+    #[test]
+    fn globs_are_linear() {
+        let pattern = "*a".repeat(40) + "b";
+        let value = "a".repeat(10_000);
+        let started = std::time::Instant::now();
+        assert!(!glob_match(&pattern, &value));
+        assert!(glob_match(&pattern, &(value + "b")));
+        assert!(started.elapsed() < std::time::Duration::from_millis(100), "{:?}", started.elapsed());
+        assert!(glob_match("*.message", "m.room.message"));
+        assert!(glob_match("m.*.*", "m.room.message"));
+        assert!(!glob_match("m.*.x", "m.room.message"));
+        assert!(glob_match("**", ""));
+        assert!(glob_match("a*a", "aa"));
+        assert!(!glob_match("a*a", "a"));
     }
 
     #[test]

@@ -29,10 +29,22 @@ impl Passwords {
         Self { slots: Arc::new(Semaphore::new(cores)), limit }
     }
 
+    /// A hashing slot, owned so it can travel into the blocking task: it is released when the
+    /// argon2 run ends, not when the request's future is dropped (a client that disconnects must
+    /// not free a slot while its hash still runs).
+    async fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+        self.slots.clone().acquire_owned().await.map_err(|_| Error::internal("password hashing stopped"))
+    }
+
     /// Hashes a new password with argon2id.
     pub async fn hash(&self, password: String) -> Result<String, Error> {
-        let _slot = self.slots.acquire().await.map_err(|_| Error::internal("password hashing stopped"))?;
-        hash_password(password).await
+        let slot = self.slot().await?;
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            hash_blocking(&password)
+        })
+        .await
+        .map_err(|e| Error::internal(e.to_string()))?
     }
 
     /// Whether `password` is `user`'s, given their stored hash. Refused with
@@ -49,8 +61,9 @@ impl Passwords {
         if let Some(ip) = client {
             limiter.check(self.limit, Action::PasswordCheck, &format!("address {ip}"))?;
         }
-        let _slot = self.slots.acquire().await.map_err(|_| Error::internal("password hashing stopped"))?;
+        let slot = self.slot().await?;
         tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let Ok(parsed) = PasswordHash::new(&hash) else { return false };
             Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok()
         })
@@ -62,16 +75,18 @@ impl Passwords {
 /// Hashes a password with argon2id on the blocking pool, without a slot: for the command line,
 /// which hashes one password per process. The server uses [`Passwords::hash`].
 pub async fn hash_password(password: String) -> Result<String, Error> {
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
-            .map_err(|e| Error::internal(format!("salt: {e}")))?;
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| Error::internal(format!("password hashing failed: {e}")))
-    })
-    .await
-    .map_err(|e| Error::internal(e.to_string()))?
+    tokio::task::spawn_blocking(move || hash_blocking(&password))
+        .await
+        .map_err(|e| Error::internal(e.to_string()))?
+}
+
+fn hash_blocking(password: &str) -> Result<String, Error> {
+    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
+        .map_err(|e| Error::internal(format!("salt: {e}")))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| Error::internal(format!("password hashing failed: {e}")))
 }
 
 #[cfg(test)]

@@ -78,18 +78,35 @@ impl RateLimits {
     }
 }
 
-/// The key of a per-address limit (requests without a known address share one bucket).
+/// The key of a per-address limit (requests without a known address share one bucket). An
+/// IPv6 client is keyed by its /64: one host usually has a whole /64 to pick addresses from.
 pub fn address_key(ip: Option<std::net::IpAddr>) -> String {
-    ip.map(|ip| ip.to_string()).unwrap_or_default()
+    match ip {
+        Some(std::net::IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        Some(ip) => ip.to_canonical().to_string(),
+        None => String::new(),
+    }
 }
 
 struct Bucket {
     tokens: f64,
     updated: Instant,
+    /// How long this bucket takes to refill completely (after that it can be forgotten).
+    refill: Duration,
+}
+
+#[derive(Default)]
+struct Buckets {
+    map: HashMap<(Action, String), Bucket>,
+    /// Map size after the last sweep; the next sweep happens when it has doubled.
+    swept_at: usize,
 }
 
 pub struct RateLimiter {
-    buckets: Mutex<HashMap<(Action, String), Bucket>>,
+    buckets: Mutex<Buckets>,
 }
 
 impl Default for RateLimiter {
@@ -100,7 +117,7 @@ impl Default for RateLimiter {
 
 impl RateLimiter {
     pub fn new() -> Self {
-        Self { buckets: Mutex::new(HashMap::new()) }
+        Self { buckets: Mutex::new(Buckets::default()) }
     }
 
     /// Takes one token for `(action, key)`; fails with `M_LIMIT_EXCEEDED` and the wait time.
@@ -110,14 +127,20 @@ impl RateLimiter {
             return Ok(());
         }
         let now = Instant::now();
-        let mut buckets = self.buckets.lock().expect("rate limiter poisoned");
-        if buckets.len() > 10_000 {
-            let full = Duration::from_secs_f64(f64::from(limit.burst) / limit.per_second);
-            buckets.retain(|_, b| now.duration_since(b.updated) < full);
+        let mut guard = self.buckets.lock().expect("rate limiter poisoned");
+        let buckets = &mut *guard;
+        // Forget buckets that have refilled completely (by their own limit's time), when the map
+        // has doubled since the last sweep: amortised O(1) per check.
+        if buckets.map.len() > 1_024 && buckets.map.len() >= buckets.swept_at * 2 {
+            buckets.map.retain(|_, b| now.duration_since(b.updated) < b.refill);
+            buckets.swept_at = buckets.map.len();
         }
-        let bucket = buckets
-            .entry((action, key.to_owned()))
-            .or_insert(Bucket { tokens: f64::from(limit.burst), updated: now });
+        let refill = Duration::from_secs_f64(f64::from(limit.burst) / limit.per_second);
+        let bucket = buckets.map.entry((action, key.to_owned())).or_insert(Bucket {
+            tokens: f64::from(limit.burst),
+            updated: now,
+            refill,
+        });
         let elapsed = now.duration_since(bucket.updated).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * limit.per_second).min(f64::from(limit.burst));
         bucket.updated = now;
@@ -154,5 +177,29 @@ mod tests {
         for _ in 0..100 {
             assert!(limiter.check(None, Action::Login, "a").is_ok());
         }
+    }
+
+    #[test]
+    fn ipv6_clients_are_limited_per_64() {
+        let a: std::net::IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: std::net::IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: std::net::IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(address_key(Some(a)), address_key(Some(b)));
+        assert_ne!(address_key(Some(a)), address_key(Some(other)));
+        let mapped: std::net::IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(address_key(Some(mapped)), "192.0.2.1");
+    }
+
+    #[test]
+    fn sweeping_keeps_buckets_that_have_not_refilled() {
+        let limiter = RateLimiter::new();
+        let slow = Some(RateLimit { per_second: 0.001, burst: 1 });
+        assert!(limiter.check(slow, Action::PasswordCheck, "victim").is_ok());
+        // Many short-lived keys of a fast limit force sweeps.
+        let fast = Some(RateLimit { per_second: 1000.0, burst: 1 });
+        for i in 0..5_000 {
+            let _ = limiter.check(fast, Action::Message, &format!("k{i}"));
+        }
+        assert!(limiter.check(slow, Action::PasswordCheck, "victim").is_err(), "the slow bucket survived");
     }
 }

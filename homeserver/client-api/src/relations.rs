@@ -164,7 +164,7 @@ async fn relations_page(app: &App, session: &Session, q: RelationsQuery<'_>) -> 
     let forward = q.dir == Direction::Forward;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT) as i64;
     // Backwards pages hold positions <= from; the query's bound is strict.
-    let from = q.from.map(parse_token).transpose()?.map(|p| if forward { p } else { p + 1 });
+    let from = q.from.map(parse_token).transpose()?.map(|p| if forward { p } else { p.saturating_add(1) });
     let to = q.to.map(parse_token).transpose()?;
     let mut rows = app
         .db

@@ -98,6 +98,10 @@ fn body_json<T: for<'de> Deserialize<'de> + Default>(raw: &[u8]) -> Result<T, Er
 async fn create(app: App, req: Ruma<create_room::v3::Request>) -> Result<JsonBody, ApiError> {
     app.limit(Action::RoomCreation, req.auth.user_id.as_str())?;
     let body: CreateBody = body_json(&req.raw_body)?;
+    // Each invitee is an invite, under the same limit as `/invite`.
+    for _ in &body.invite {
+        app.limit(Action::Invite, req.auth.user_id.as_str())?;
+    }
     let version = match body.room_version.as_deref() {
         Some(v) => {
             let version = RoomVersionId::try_from(v).map_err(|_| {

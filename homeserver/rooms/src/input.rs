@@ -558,11 +558,20 @@ impl RoomActor {
                 }
             }
         }
+        let mut current_aliases = Vec::new();
+        if template.kind == "m.room.canonical_alias"
+            && let Some(id) =
+                self.loaded().state.get(&(StateEventType::RoomCanonicalAlias, String::new())).cloned()
+            && let Some(current) = self.events(std::slice::from_ref(&id)).await?.remove(&id)
+        {
+            current_aliases = validate::listed_aliases(&current.content_value());
+        }
         let ctx = validate::Context {
             db: &self.shared.db,
             server_name: self.shared.key.server_name(),
             room_id: &self.room_id,
             claimed_aliases: &outcome.plan.aliases,
+            current_aliases: &current_aliases,
         };
         validate::local_event(&ctx, template).await
     }

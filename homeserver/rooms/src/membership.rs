@@ -26,7 +26,7 @@ use serde_json::{Map, Value, json};
 
 use crate::{Rooms, builder::EventTemplate, cache::storage_error, create::Profile, input::Submission};
 
-/// Longest display name a member event may carry (as Synapse).
+/// Longest display name a member event may carry, in characters (as Synapse and `/profile`).
 pub const MAX_DISPLAYNAME_LEN: usize = 256;
 /// Longest avatar URL a member event may carry (as Synapse).
 pub const MAX_AVATAR_URL_LEN: usize = 1000;
@@ -451,7 +451,11 @@ fn client_content(mut content: Map<String, Value>) -> Result<Map<String, Value>,
     content.remove("join_authorised_via_users_server");
     content.remove("third_party_signed");
     content.remove("membership");
-    if content.get("displayname").and_then(Value::as_str).is_some_and(|n| n.len() > MAX_DISPLAYNAME_LEN) {
+    if content
+        .get("displayname")
+        .and_then(Value::as_str)
+        .is_some_and(|n| n.chars().count() > MAX_DISPLAYNAME_LEN)
+    {
         return Err(Error::bad_json(format!("Displayname is too long (max {MAX_DISPLAYNAME_LEN})")));
     }
     if content.get("avatar_url").and_then(Value::as_str).is_some_and(|u| u.len() > MAX_AVATAR_URL_LEN) {

@@ -7,8 +7,10 @@
 //!
 //! - Event types and state keys are at most 255 bytes (as Synapse enforces).
 //! - `m.room.canonical_alias`: `alias` and `alt_aliases` are valid aliases, and those of this
-//!   server exist and point to this room (`M_BAD_ALIAS`), counting the aliases a room being
-//!   created claims in the same transaction.
+//!   server that the event adds (not already in the current canonical-alias event) exist and
+//!   point to this room (`M_BAD_ALIAS`), counting the aliases a room being created claims in the
+//!   same transaction. Like Synapse, aliases already listed are not checked again, so removing
+//!   one alias never fails because another went stale.
 
 use homeserver_core::{Error, ErrorKind};
 use homeserver_storage::Db;
@@ -27,6 +29,8 @@ pub struct Context<'a> {
     pub server_name: &'a ServerName,
     pub room_id: &'a RoomId,
     pub claimed_aliases: &'a [(String, String)],
+    /// The aliases the room's current canonical-alias event lists.
+    pub current_aliases: &'a [String],
 }
 
 /// Validates one local event before it is built.
@@ -44,7 +48,7 @@ pub async fn local_event(ctx: &Context<'_>, template: &EventTemplate) -> Result<
 }
 
 /// The aliases of an `m.room.canonical_alias` event must be valid and, for this server's
-/// aliases, point to the room (spec: `M_BAD_ALIAS`).
+/// aliases it adds, point to the room (spec: `M_BAD_ALIAS`).
 async fn canonical_alias(ctx: &Context<'_>, content: &Value) -> Result<(), Error> {
     let bad = |msg: String| Error::new(ErrorKind::BadAlias, msg);
     let mut aliases: Vec<&Value> = content.get("alias").into_iter().filter(|a| !a.is_null()).collect();
@@ -57,7 +61,10 @@ async fn canonical_alias(ctx: &Context<'_>, content: &Value) -> Result<(), Error
         let alias = alias.as_str().ok_or_else(|| Error::invalid_param("aliases must be strings"))?;
         let parsed =
             RoomAliasId::parse(alias).map_err(|_| Error::invalid_param(format!("invalid alias {alias}")))?;
-        if parsed.server_name() != ctx.server_name || ctx.claimed_aliases.iter().any(|(a, _)| a == alias) {
+        if parsed.server_name() != ctx.server_name
+            || ctx.claimed_aliases.iter().any(|(a, _)| a == alias)
+            || ctx.current_aliases.iter().any(|a| a == alias)
+        {
             continue;
         }
         match ctx.db.alias(alias).await.map_err(storage_error)? {
@@ -67,4 +74,10 @@ async fn canonical_alias(ctx: &Context<'_>, content: &Value) -> Result<(), Error
         }
     }
     Ok(())
+}
+
+/// The aliases (`alias` and `alt_aliases`) a canonical-alias event's content lists.
+pub fn listed_aliases(content: &Value) -> Vec<String> {
+    let alt = content.get("alt_aliases").and_then(Value::as_array).into_iter().flatten();
+    content.get("alias").into_iter().chain(alt).filter_map(Value::as_str).map(str::to_owned).collect()
 }

@@ -158,6 +158,24 @@ impl Rooms {
         Ok(permits(view.visibility, view.membership.as_deref(), now))
     }
 
+    /// Whether `user` may read the room's state as of event `row`: the state after an event
+    /// they may see as an ordinary event, or — for their own membership event, which they always
+    /// see — if they could see the room just before it (a member who left reads the room as it
+    /// was when they left; someone who only rejected an invite does not).
+    pub async fn may_read_state_around(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        row: &EventRow,
+    ) -> Result<bool, Error> {
+        if self.may_read_state_at(user, room_id, row.state_after).await? {
+            return Ok(true);
+        }
+        let own_membership =
+            row.event_type == "m.room.member" && row.state_key.as_deref() == Some(user.as_str());
+        Ok(own_membership && self.may_read_state_at(user, room_id, row.state_before).await?)
+    }
+
     /// The stream positions of `room_id` whose ordinary events `user` may see.
     pub async fn visible_ranges(&self, user: &UserId, room_id: &RoomId) -> Result<Visible, Error> {
         let set = self.visible_set(user, [room_id.as_str()]).await?;
@@ -179,15 +197,7 @@ impl Rooms {
         rooms.sort_unstable();
         rooms.dedup();
         let mut changes = self.db().visibility_changes(&rooms, user.as_str()).await.map_err(storage_error)?;
-        let joined: std::collections::HashSet<String> = self
-            .db()
-            .memberships_of_user(user.as_str())
-            .await
-            .map_err(storage_error)?
-            .into_iter()
-            .filter(|m| m.membership == "join")
-            .map(|m| m.room_id)
-            .collect();
+        let joined = self.db().joined_among(&rooms, user.as_str()).await.map_err(storage_error)?;
         let mut set = VisibleSet::default();
         for room in rooms {
             let ranges = ranges_of(&changes.remove(&room).unwrap_or_default(), joined.contains(&room));

@@ -206,7 +206,9 @@ impl Db {
                 "SELECT t.root_id, t.latest_pos FROM (SELECT relates_to AS root_id, MAX(stream_pos) AS latest_pos \
                    FROM event_relations WHERE room_id = $1 AND rel_type = 'm.thread' AND {} \
                    GROUP BY relates_to) t \
-                 WHERE t.latest_pos < $2 AND {participated} ORDER BY t.latest_pos DESC LIMIT $4",
+                 WHERE t.latest_pos < $2 AND {participated} \
+                 AND EXISTS (SELECT 1 FROM threads live WHERE live.room_id = $1 AND live.root_id = t.root_id) \
+                 ORDER BY t.latest_pos DESC LIMIT $4",
                 visible.condition("room_id", "stream_pos", 5)
             )
         };

@@ -34,7 +34,7 @@ pub struct VisibilityChange {
 
 /// The most ranges one query filters by; the rest are left out (so events are hidden rather than
 /// shown when a user somehow accumulated more join/leave periods than this in one query).
-pub const MAX_RANGES: usize = 500;
+pub const MAX_RANGES: usize = 3_000;
 
 /// What a user may see of some rooms: everything, except in `restricted` rooms, where only the
 /// positions in `ranges` (possibly none).
@@ -134,6 +134,27 @@ impl Db {
                     content,
                 });
             }
+        }
+        Ok(out)
+    }
+
+    /// Which of `rooms` the user is joined to now.
+    pub async fn joined_among(
+        &self,
+        rooms: &[String],
+        user_id: &str,
+    ) -> Result<std::collections::HashSet<String>> {
+        let mut out = std::collections::HashSet::new();
+        for chunk in rooms.chunks(500) {
+            let sql = format!(
+                "SELECT room_id FROM memberships WHERE user_id = $1 AND membership = 'join' AND room_id IN ({})",
+                crate::placeholders(2, chunk.len())
+            );
+            let mut q = sqlx::query_scalar(AssertSqlSafe(sql)).bind(user_id);
+            for room in chunk {
+                q = q.bind(room.as_str());
+            }
+            out.extend(q.fetch_all(self.reader()).await?);
         }
         Ok(out)
     }

@@ -32,6 +32,9 @@ fn interesting_string() -> impl Strategy<Value = String> {
         Just("$nope".to_owned()),
         Just("s0_0".to_owned()),
         Just("s18446744073709551615_1".to_owned()),
+        Just("s9223372036854775807_0".to_owned()),
+        Just("9223372036854775807".to_owned()),
+        Just("-9223372036854775808".to_owned()),
         Just("-1".to_owned()),
         Just("x".repeat(300)),
         Just("你好 世界 ✓ \u{0}".to_owned()),
@@ -96,20 +99,22 @@ struct Fixture {
     server: TestServer,
     alice: User,
     room: String,
+    event: String,
 }
 
 fn fixture() -> Fixture {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let (server, alice, room) = rt.block_on(async {
+    let (server, alice, room, event) = rt.block_on(async {
         let server = TestServer::start().await;
         let alice = server.register("alice").await;
         let room = server.create_room(&alice, json!({ "preset": "public_chat" })).await;
+        let mut event = String::new();
         for i in 0..5 {
-            server.send_text(&alice, &room, &format!("fuzz seed message {i}")).await;
+            event = server.send_text(&alice, &room, &format!("fuzz seed message {i}")).await;
         }
-        (server, alice, room)
+        (server, alice, room, event)
     });
-    Fixture { rt, server, alice, room }
+    Fixture { rt, server, alice, room, event }
 }
 
 impl Fixture {
@@ -226,6 +231,19 @@ fn filters_and_pagination_parameters_never_cause_a_server_error_or_a_slow_answer
             f.check(
                 reqwest::Method::GET,
                 &format!("/_matrix/client/v1/rooms/{room}/timestamp_to_event?ts={limit}&dir={dir}"),
+                None,
+            )?;
+            f.check(
+                reqwest::Method::GET,
+                &format!(
+                    "/_matrix/client/v1/rooms/{room}/relations/{}?from={token}&to={token}&dir={dir}&limit={limit}&recurse=true",
+                    enc(&f.event)
+                ),
+                None,
+            )?;
+            f.check(
+                reqwest::Method::GET,
+                &format!("/_matrix/client/v3/rooms/{room}/context/{}?limit={limit}&filter={filter}", enc(&f.event)),
                 None,
             )?;
             f.check(reqwest::Method::GET, &format!("/_matrix/client/v3/notifications?from={token}&limit={limit}"), None)

@@ -22,6 +22,8 @@
 //! - `presence`: the online/unavailable/offline state machine as room mates see it.
 //! - `fuzz`: property tests over bodies, filters, search and pagination parameters: no 5xx,
 //!   no dropped connection, bounded time.
+//! - `limits`: rate limits with the defaults, one budget per effect whichever endpoint reaches
+//!   it; capped directory pages.
 //! - `durability`: sync tokens of every stream across a restart; concurrent read-modify-writes.
 //! - `hardening`: rules no endpoint can skip (redaction authority, one membership path, aliases),
 //!   concurrent writes, bounded filters, lax and malformed request bodies.
@@ -39,6 +41,7 @@ mod groups;
 mod hardening;
 mod harness;
 mod lifecycle;
+mod limits;
 mod presence;
 mod relations;
 mod rooms;

@@ -688,7 +688,13 @@ async fn left_room(
     let full_state = new_to_client || ctx.full_state;
     // The room's state only if the user could see the room where the timeline starts: someone
     // who only rejected an invite or withdrew a knock sees their own event, not the members.
-    let state = match ctx.app.rooms.may_read_state_at(&ctx.session.user_id, room_id, group).await? {
+    let user = &ctx.session.user_id;
+    let may_read = ctx.app.rooms.may_read_state_at(user, room_id, group).await?
+        || match ctx.app.db.event(&m.event_id).await.map_err(storage)? {
+            Some(departure) => ctx.app.rooms.may_read_state_around(user, room_id, &departure).await?,
+            None => false,
+        };
+    let state = match may_read {
         true => state_section(ctx, room_id, &tl, group, full_state, since).await?,
         false => Vec::new(),
     };

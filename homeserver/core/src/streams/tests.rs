@@ -94,11 +94,44 @@ async fn a_restarted_stream_starts_above_everything_handed_out() {
 
 #[tokio::test]
 async fn a_failing_horizon_refuses_positions_instead_of_passing_it() {
+    /// Persists the first raise (at start), fails every later one.
+    #[derive(Default)]
+    struct FailsAfterStart(std::sync::atomic::AtomicU64);
+    impl Horizon for FailsAfterStart {
+        fn raise(&self, to: u64) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+            let result = match self.0.compare_exchange(
+                0,
+                to,
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+            ) {
+                Ok(_) => Ok(()),
+                Err(_) => Err("disk full".to_owned()),
+            };
+            Box::pin(std::future::ready(result))
+        }
+    }
+    let horizon = Arc::new(FailsAfterStart::default());
+    let stream = EventStream::start(0, horizon.clone()).await.unwrap();
+    let persisted = horizon.0.load(std::sync::atomic::Ordering::SeqCst);
+    let mut handed_out = 0;
+    loop {
+        match stream.reserve(1).await {
+            Ok(r) => {
+                handed_out = r.first();
+                assert!(handed_out <= persisted, "{handed_out} handed out above the horizon {persisted}");
+            }
+            Err(_) => break,
+        }
+        assert!(handed_out <= persisted + 1, "never stopped");
+    }
+    assert_eq!(handed_out, persisted, "every persisted position was usable, none beyond");
+
     struct Broken;
     impl Horizon for Broken {
         fn raise(&self, _: u64) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
             Box::pin(std::future::ready(Err("disk full".to_owned())))
         }
     }
-    assert!(EventStream::start(0, Arc::new(Broken)).await.is_err());
+    assert!(EventStream::start(0, Arc::new(Broken)).await.is_err(), "nothing starts without a horizon");
 }
