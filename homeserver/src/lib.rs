@@ -219,7 +219,9 @@ impl Server {
             })
             .on_failure(());
         let routes = client.merge(federation::routes(self.federation.clone()));
-        let router = catch_panics(homeserver_http::unrecognized_fallbacks(routes)).layer(cors);
+        let router = catch_panics(homeserver_http::unrecognized_fallbacks(routes))
+            .layer(axum::middleware::from_fn(homeserver_http::nul::refuse_nul))
+            .layer(cors);
         let router = match self.config.listen.x_forwarded {
             true => router.layer(axum::middleware::from_fn(forwarded_client)),
             false => router,

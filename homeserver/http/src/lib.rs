@@ -6,12 +6,15 @@
 //! - [`extract`]: the [`Ruma`] extractor — body limit, JSON checks, path/query parsing through
 //!   ruma, and authentication resolved into the type the endpoint's metadata demands (a handler of
 //!   an authenticated endpoint receives a [`Session`], never an `Option`).
+//! - [`nul`]: the middleware that refuses NUL characters from clients (PostgreSQL cannot store
+//!   them in text).
 //! - [`route`]: [`RouterExt::ruma_route`] registers a handler on every path and method its ruma
 //!   request type declares, so no route string is typed by hand; plus the `M_UNRECOGNIZED`
 //!   fallbacks.
 
 pub mod error;
 pub mod extract;
+pub mod nul;
 pub mod route;
 
 pub use error::ApiError;

@@ -36,6 +36,70 @@ fn event(pos: i64, id: &str, ty: &str, key: Option<&str>, before: i64, after: i6
 }
 
 #[tokio::test]
+async fn sqlite_commits_survive_power_loss_by_default() {
+    let (_t, db) = fresh().await;
+    if db.engine() != crate::Engine::Sqlite {
+        return; // PostgreSQL's commits are durable by its own defaults.
+    }
+    // 2 = FULL: every commit is fsynced before it returns, on the writer and the readers alike.
+    let writer: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(db.writer()).await.unwrap();
+    let reader: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(db.reader()).await.unwrap();
+    assert_eq!((writer, reader), (2, 2));
+    let tdb = TestDatabase::create().await;
+    let normal = crate::DbOptions { sqlite_synchronous: crate::Synchronous::Normal };
+    let db = Db::connect_with(&tdb.url, normal).await.unwrap();
+    let writer: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(db.writer()).await.unwrap();
+    assert_eq!(writer, 1, "NORMAL when configured");
+}
+
+#[tokio::test]
+async fn a_password_change_and_its_logouts_are_one_write() {
+    let (_t, db) = fresh().await;
+    db.create_user("@alice:x", Some("old"), false, None, 1).await.unwrap();
+    for (device, hash) in [("KEEP", "t-keep"), ("OTHER", "t-other")] {
+        let login = NewLogin {
+            user_id: "@alice:x",
+            device_id: device,
+            display_name: None,
+            token_hash: hash,
+            now: 2,
+            ip: None,
+        };
+        db.create_login(login).await.unwrap();
+    }
+    let logout = crate::accounts::Logout::AllDevicesExcept(Some("KEEP"));
+    assert!(db.set_password("@alice:x", "new", logout).await.unwrap());
+    assert_eq!(db.user("@alice:x").await.unwrap().unwrap().password_hash.as_deref(), Some("new"));
+    assert!(db.token_owner("t-keep").await.unwrap().is_some());
+    assert!(db.token_owner("t-other").await.unwrap().is_none());
+    assert!(!db.set_password("@nobody:x", "new", logout).await.unwrap());
+    // A registration whose UIA session another request already completed writes nothing.
+    db.create_uia_session("s1", None, "POST /register", None, 3).await.unwrap();
+    let user = |id| crate::accounts::NewUser {
+        user_id: id,
+        password_hash: None,
+        is_admin: false,
+        displayname: None,
+        avatar_url: None,
+        now: 4,
+    };
+    db.register_user(user("@bob:x"), Some("s1"), None).await.unwrap();
+    let login = NewLogin {
+        user_id: "@carol:x",
+        device_id: "D",
+        display_name: None,
+        token_hash: "t-carol",
+        now: 5,
+        ip: None,
+    };
+    let second = db.register_user(user("@carol:x"), Some("s1"), Some(login)).await;
+    assert!(matches!(second, Err(StorageError::Conflict)), "{second:?}");
+    assert!(db.user("@carol:x").await.unwrap().is_none(), "no half-registered account");
+    assert!(db.token_owner("t-carol").await.unwrap().is_none());
+    assert_eq!(db.uia_session("s1").await.unwrap().unwrap().result.as_deref(), Some("@bob:x"));
+}
+
+#[tokio::test]
 async fn users_tokens_and_devices() {
     let (_t, db) = fresh().await;
     db.create_user("@alice:x", Some("hash"), false, None, 1).await.unwrap();

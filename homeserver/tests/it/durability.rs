@@ -175,3 +175,27 @@ async fn concurrent_push_rule_toggles_and_deletes_are_all_applied() {
         }
     }
 }
+
+#[tokio::test]
+async fn an_admin_change_that_is_refused_changes_nothing() {
+    let server = TestServer::start_with(|c| c.registration.shared_secret = "reg_secret".into()).await;
+    let root = server.register_admin("root").await;
+    let path = format!("/_synapse/admin/v2/users/{}", enc(&root.user_id));
+    // A new password and a self-demotion: the demotion is refused, so the password must not
+    // have changed (nor the admin's sessions been logged out) before the refusal.
+    let body = json!({ "password": "a-new-password", "admin": false, "displayname": "Changed" });
+    let (status, error) = server.put(&path, Some(&root.token), body).await;
+    assert_eq!(status, 400, "{error}");
+    let (status, _) = server.get("/_matrix/client/v3/account/whoami", Some(&root.token)).await;
+    assert_eq!(status, 200, "still logged in");
+    let login = |password: &str| {
+        json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": root.user_id },
+            "password": password })
+    };
+    let (status, _) = server.post("/_matrix/client/v3/login", None, login(&root.password)).await;
+    assert_eq!(status, 200, "the old password still works");
+    let (status, _) = server.post("/_matrix/client/v3/login", None, login("a-new-password")).await;
+    assert_eq!(status, 403, "the new password was never set");
+    let (_, user) = server.get(&path, Some(&root.token)).await;
+    assert_ne!(user["displayname"], "Changed", "{user}");
+}

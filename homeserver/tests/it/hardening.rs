@@ -567,3 +567,47 @@ async fn malformed_login_bodies_are_bad_json() {
         .await;
     assert_eq!((status, res["user_id"].as_str()), (200, Some(alice.user_id.as_str())), "{res}");
 }
+
+#[tokio::test]
+async fn nul_characters_are_refused_before_they_reach_a_text_column() {
+    // PostgreSQL cannot store U+0000 in text: without this, the same request answered 200 on
+    // SQLite and 500 on PostgreSQL.
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = server.create_room(&alice, json!({})).await;
+    let (status, body) = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/send/m.nul%00type/t1", enc(&room)),
+            Some(&alice.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{body}");
+    let (status, body) = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/t2", enc(&room)),
+            Some(&alice.token),
+            json!({ "msgtype": "m.text", "body": "a\u{0}b" }),
+        )
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{body}");
+    let (status, body) = server
+        .put(
+            &format!("/_matrix/client/v3/profile/{}/displayname", enc(&alice.user_id)),
+            Some(&alice.token),
+            json!({ "displayname": "nul\u{0}name" }),
+        )
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{body}");
+    let (status, _) = server.get("/_matrix/client/v3/sync?timeout=0&since=s1%00", Some(&alice.token)).await;
+    assert_eq!(status, 400);
+    // The text "\u0000" (an escaped backslash) is not a NUL and is fine.
+    let (status, body) = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/t3", enc(&room)),
+            Some(&alice.token),
+            json!({ "msgtype": "m.text", "body": "literally \\u0000" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
