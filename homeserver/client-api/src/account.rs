@@ -77,19 +77,32 @@ pub struct PreparedLogin {
     token_hash: String,
     display_name: Option<String>,
     ip: Option<String>,
+    user_agent: Option<String>,
 }
 
 impl PreparedLogin {
-    /// A login for `device_id` (a new device if `None`) from the client at `ip`.
-    pub fn new(device_id: Option<String>, display_name: Option<&str>, ip: Option<std::net::IpAddr>) -> Self {
+    /// A login for `device_id` (a new device if `None`).
+    pub fn new(device_id: Option<String>, display_name: Option<&str>) -> Self {
         let token = format!("lat_{}", random_string(40));
         PreparedLogin {
             device_id: device_id.unwrap_or_else(new_device_id),
             token_hash: hash_token(&token),
             token,
             display_name: display_name.map(str::to_owned),
-            ip: ip.map(|ip| ip.to_string()),
+            ip: None,
+            user_agent: None,
         }
+    }
+
+    /// Records where the login came from: the client's address and user agent.
+    pub fn from_client<T>(mut self, req: &homeserver_http::Ruma<T>) -> Self
+    where
+        T: ruma::api::IncomingRequest,
+        T::Authentication: homeserver_http::extract::AuthKind,
+    {
+        self.ip = req.client_ip.map(|ip| ip.to_string());
+        self.user_agent = req.user_agent.clone();
+        self
     }
 
     /// The rows to store for `user_id`.
@@ -101,6 +114,7 @@ impl PreparedLogin {
             token_hash: &self.token_hash,
             now: now_millis() as i64,
             ip: self.ip.as_deref(),
+            user_agent: self.user_agent.as_deref(),
         }
     }
 }
@@ -161,7 +175,9 @@ async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<JsonBody
     // A retry of a registration that already succeeded answers for the same account. The session
     // remembers only the user id (never a token); the retry gets a fresh login.
     if let Some(registered) = session.and_then(|s| s.result).and_then(|r| UserId::parse(r).ok()) {
-        return Ok(JsonBody(registration_response(&app, &registered, &params, req.client_ip).await?));
+        return Ok(JsonBody(
+            registration_response(&app, &registered, &params, login_of(&params).from_client(&req)).await?,
+        ));
     }
     app.limit(Action::Register, &address_key(req.client_ip))?;
     let localpart = match &params.username {
@@ -191,7 +207,7 @@ async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<JsonBody
     let hash = app.passwords.hash(password).await?;
     // The account, the session's result and the first login commit together: a failure leaves
     // nothing behind, and a retry of the session finds either nothing or all of it.
-    let login = (!params.inhibit_login).then(|| login_of(&params, req.client_ip));
+    let login = (!params.inhibit_login).then(|| login_of(&params).from_client(&req));
     let user = NewUser {
         user_id: user_id.as_str(),
         password_hash: Some(&hash),
@@ -208,7 +224,10 @@ async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<JsonBody
             let earlier =
                 app.db.uia_session(&completed.session).await.map_err(storage)?.and_then(|s| s.result);
             if let Some(registered) = earlier.and_then(|r| UserId::parse(r).ok()) {
-                return Ok(JsonBody(registration_response(&app, &registered, &params, req.client_ip).await?));
+                return Ok(JsonBody(
+                    registration_response(&app, &registered, &params, login_of(&params).from_client(&req))
+                        .await?,
+                ));
             }
             return Err(Error::new(ErrorKind::UserInUse, "User ID already taken").into());
         }
@@ -231,12 +250,12 @@ async fn registration_response(
     app: &App,
     user_id: &UserId,
     params: &RegisterParams,
-    ip: Option<std::net::IpAddr>,
+    login: PreparedLogin,
 ) -> Result<Value, Error> {
     if params.inhibit_login {
         return Ok(json!({ "user_id": user_id, "home_server": app.server_name() }));
     }
-    let (device_id, token) = issue_login(app, user_id, login_of(params, ip)).await?;
+    let (device_id, token) = issue_login(app, user_id, login).await?;
     Ok(json!({
         "user_id": user_id,
         "access_token": token,
@@ -246,8 +265,8 @@ async fn registration_response(
 }
 
 /// The login a registration asks for.
-fn login_of(params: &RegisterParams, ip: Option<std::net::IpAddr>) -> PreparedLogin {
-    PreparedLogin::new(params.device_id.clone(), params.initial_device_display_name.as_deref(), ip)
+fn login_of(params: &RegisterParams) -> PreparedLogin {
+    PreparedLogin::new(params.device_id.clone(), params.initial_device_display_name.as_deref())
 }
 
 /// `GET /_matrix/client/v3/register/available`
@@ -322,8 +341,8 @@ async fn login(app: App, req: Ruma<login::v3::Request>) -> Result<JsonBody, ApiE
     let login = PreparedLogin::new(
         req.body.device_id.as_ref().map(|d| d.to_string()),
         req.body.initial_device_display_name.as_deref(),
-        req.client_ip,
-    );
+    )
+    .from_client(&req);
     let (device_id, token) = issue_login(&app, &user_id, login).await?;
     Ok(JsonBody(json!({
         "user_id": user_id,

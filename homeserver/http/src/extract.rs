@@ -31,6 +31,9 @@ use ruma::{
 
 use crate::ApiError;
 
+/// The longest `User-Agent` kept, in characters.
+pub const MAX_USER_AGENT: usize = 512;
+
 /// The largest request body accepted by JSON endpoints.
 pub const MAX_JSON_BODY: usize = 1024 * 1024;
 
@@ -131,6 +134,8 @@ where
     pub raw_body: Bytes,
     /// The peer address, when the server was started with connect info.
     pub client_ip: Option<std::net::IpAddr>,
+    /// The client's `User-Agent` (at most [`MAX_USER_AGENT`] bytes), if it sent one.
+    pub user_agent: Option<String>,
     /// `METHOD /path` of the request (names the operation for UIA sessions).
     pub fingerprint: String,
 }
@@ -275,6 +280,11 @@ where
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|info| info.0.ip());
         let fingerprint = format!("{} {}", parts.method, parts.uri.path());
-        Ok(Ruma { body, auth, raw_body, client_ip, fingerprint })
+        let user_agent = parts
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().take(MAX_USER_AGENT).collect());
+        Ok(Ruma { body, auth, raw_body, client_ip, user_agent, fingerprint })
     }
 }

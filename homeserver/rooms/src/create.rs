@@ -59,19 +59,6 @@ pub struct Profile {
     pub avatar_url: Option<String>,
 }
 
-/// Member event content for a membership, with the user's profile.
-pub fn member_content(membership: &str, profile: &Profile) -> Value {
-    let mut content = Map::new();
-    content.insert("membership".into(), json!(membership));
-    if let Some(name) = &profile.displayname {
-        content.insert("displayname".into(), json!(name));
-    }
-    if let Some(url) = &profile.avatar_url {
-        content.insert("avatar_url".into(), json!(url));
-    }
-    Value::Object(content)
-}
-
 impl Rooms {
     /// Creates a room and returns its id.
     pub async fn create_room(&self, req: CreateRoom, creator_profile: Profile) -> Result<OwnedRoomId, Error> {

@@ -14,7 +14,7 @@
 //! - [`Rooms::may_read_state_at`] says whether a user may read the room's state as of a state
 //!   group: as an ordinary event there would be seen, without the own-membership exception (a
 //!   rejected invite must not show the member list).
-//! - [`Rooms::visible_ranges`] turns the rule into the stream-position ranges of a room the user
+//! - [`Rooms::visible_set`] turns the rule into the stream-position ranges of rooms the user
 //!   may see, for aggregate queries (thread summaries, edits, search counts, jump to date) that
 //!   must not count or pick what the user cannot see. Positions follow the room's order while
 //!   rooms are linear (every event's state is the state after the one before it); the ranges
@@ -64,15 +64,6 @@ fn permits(visibility: Visibility, membership: Option<&str>, joined_now: bool) -
 struct GroupView {
     visibility: Visibility,
     membership: Option<String>,
-}
-
-/// The positions of a room a user may see.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Visible {
-    /// Every position.
-    All,
-    /// These ranges (both ends included, oldest first); none at all if empty.
-    Ranges(Vec<(i64, i64)>),
 }
 
 impl Rooms {
@@ -174,15 +165,6 @@ impl Rooms {
         let own_membership =
             row.event_type == "m.room.member" && row.state_key.as_deref() == Some(user.as_str());
         Ok(own_membership && self.may_read_state_at(user, room_id, row.state_before).await?)
-    }
-
-    /// The stream positions of `room_id` whose ordinary events `user` may see.
-    pub async fn visible_ranges(&self, user: &UserId, room_id: &RoomId) -> Result<Visible, Error> {
-        let set = self.visible_set(user, [room_id.as_str()]).await?;
-        if set.is_everything() {
-            return Ok(Visible::All);
-        }
-        Ok(Visible::Ranges(set.ranges.iter().map(|r| (r.from, r.to)).collect()))
     }
 
     /// What `user` may see of `rooms`, as a filter for storage queries: the rule evaluated

@@ -23,6 +23,7 @@ pub struct Device {
     pub display_name: Option<String>,
     pub last_seen_ts: Option<i64>,
     pub last_seen_ip: Option<String>,
+    pub last_seen_user_agent: Option<String>,
 }
 
 /// Who an access token belongs to.
@@ -57,6 +58,8 @@ pub struct NewLogin<'a> {
     pub now: i64,
     /// The client's address, recorded as the device's `last_seen_ip`.
     pub ip: Option<&'a str>,
+    /// The client's `User-Agent`, recorded with it.
+    pub user_agent: Option<&'a str>,
 }
 
 /// A new account.
@@ -93,18 +96,20 @@ pub struct UserPatch<'a> {
 /// device it replaced.
 async fn insert_login(tx: &mut sqlx::Transaction<'static, sqlx::Any>, login: &NewLogin<'_>) -> Result<u64> {
     sqlx::query(
-        "INSERT INTO devices (user_id, device_id, display_name, created_ts, last_seen_ts, last_seen_ip) \
-         VALUES ($1, $2, $3, $4, $4, $5) \
+        "INSERT INTO devices (user_id, device_id, display_name, created_ts, last_seen_ts, last_seen_ip, \
+           last_seen_user_agent) VALUES ($1, $2, $3, $4, $4, $5, $6) \
          ON CONFLICT (user_id, device_id) DO UPDATE SET \
            display_name = COALESCE(excluded.display_name, devices.display_name), \
            last_seen_ts = excluded.last_seen_ts, \
-           last_seen_ip = COALESCE(excluded.last_seen_ip, devices.last_seen_ip)",
+           last_seen_ip = COALESCE(excluded.last_seen_ip, devices.last_seen_ip), \
+           last_seen_user_agent = COALESCE(excluded.last_seen_user_agent, devices.last_seen_user_agent)",
     )
     .bind(login.user_id)
     .bind(login.device_id)
     .bind(login.display_name)
     .bind(login.now)
     .bind(login.ip)
+    .bind(login.user_agent)
     .execute(&mut **tx)
     .await?;
     // Logging in again on an existing device replaces that device's token.
@@ -415,7 +420,7 @@ impl Db {
 
     pub async fn devices(&self, user_id: &str) -> Result<Vec<Device>> {
         let rows = sqlx::query(
-            "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices \
+            "SELECT device_id, display_name, last_seen_ts, last_seen_ip, last_seen_user_agent FROM devices \
              WHERE user_id = $1 ORDER BY device_id",
         )
         .bind(user_id)
@@ -426,7 +431,7 @@ impl Db {
 
     pub async fn device(&self, user_id: &str, device_id: &str) -> Result<Option<Device>> {
         let row = sqlx::query(
-            "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices \
+            "SELECT device_id, display_name, last_seen_ts, last_seen_ip, last_seen_user_agent FROM devices \
              WHERE user_id = $1 AND device_id = $2",
         )
         .bind(user_id)
@@ -449,20 +454,6 @@ impl Db {
             .execute(self.writer())
             .await?;
         Ok(done.rows_affected() > 0)
-    }
-
-    /// Records that a device was used (throttled by the caller).
-    pub async fn touch_device(&self, user_id: &str, device_id: &str, ip: &str, now: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE devices SET last_seen_ts = $3, last_seen_ip = $4 WHERE user_id = $1 AND device_id = $2",
-        )
-        .bind(user_id)
-        .bind(device_id)
-        .bind(now)
-        .bind(ip)
-        .execute(self.writer())
-        .await?;
-        Ok(())
     }
 
     pub async fn create_uia_session(
@@ -560,5 +551,6 @@ fn device_from_row(row: &sqlx::any::AnyRow) -> Result<Device> {
         display_name: row.try_get("display_name")?,
         last_seen_ts: row.try_get("last_seen_ts")?,
         last_seen_ip: row.try_get("last_seen_ip")?,
+        last_seen_user_agent: row.try_get("last_seen_user_agent")?,
     })
 }

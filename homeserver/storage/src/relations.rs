@@ -4,18 +4,6 @@ use sqlx::{AssertSqlSafe, Row};
 
 use crate::{Db, Result, events::EventRow, placeholders, visibility::VisibleSet};
 
-/// A relation as stored.
-#[derive(Debug, Clone)]
-pub struct RelationInfo {
-    pub event_id: String,
-    pub relates_to: String,
-    pub rel_type: String,
-    pub event_type: String,
-    pub sender: String,
-    pub aggregation_key: Option<String>,
-    pub stream_pos: i64,
-}
-
 /// A thread's summary for the bundled `m.thread` aggregation of its root.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThreadSummary {

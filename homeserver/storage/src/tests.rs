@@ -64,6 +64,7 @@ async fn a_password_change_and_its_logouts_are_one_write() {
             token_hash: hash,
             now: 2,
             ip: None,
+            user_agent: None,
         };
         db.create_login(login).await.unwrap();
     }
@@ -91,6 +92,7 @@ async fn a_password_change_and_its_logouts_are_one_write() {
         token_hash: "t-carol",
         now: 5,
         ip: None,
+        user_agent: None,
     };
     let second = db.register_user(user("@carol:x"), Some("s1"), Some(login)).await;
     assert!(matches!(second, Err(StorageError::Conflict)), "{second:?}");
@@ -111,6 +113,7 @@ async fn users_tokens_and_devices() {
         token_hash: "h1",
         now: 5,
         ip: Some("192.0.2.7"),
+        user_agent: Some("probe/1.0"),
     })
     .await
     .unwrap();
@@ -126,6 +129,7 @@ async fn users_tokens_and_devices() {
         token_hash: "h2",
         now: 6,
         ip: None,
+        user_agent: None,
     })
     .await
     .unwrap();
@@ -133,6 +137,7 @@ async fn users_tokens_and_devices() {
     let device = &db.devices("@alice:x").await.unwrap()[0];
     assert_eq!(device.display_name.as_deref(), Some("phone"));
     assert_eq!(device.last_seen_ip.as_deref(), Some("192.0.2.7"), "kept when the new login has none");
+    assert_eq!(device.last_seen_user_agent.as_deref(), Some("probe/1.0"));
 
     assert!(db.deactivate_user("@alice:x").await.unwrap());
     assert!(db.token_owner("h2").await.unwrap().is_none());

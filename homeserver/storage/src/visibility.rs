@@ -17,13 +17,6 @@ pub struct PositionRange {
     pub to: i64,
 }
 
-impl PositionRange {
-    /// Every position of a room.
-    pub fn whole(room_id: &str) -> Self {
-        Self { room_id: room_id.to_owned(), from: i64::MIN, to: i64::MAX }
-    }
-}
-
 /// An event that changes what a user may see: its position, type and content (JSON).
 #[derive(Debug, Clone)]
 pub struct VisibilityChange {

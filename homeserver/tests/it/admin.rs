@@ -288,3 +288,27 @@ async fn admins_inspect_and_delete_rooms() {
     assert_eq!(res.status().as_u16(), 400);
     assert_eq!(res.json::<Value>().await.unwrap()["errcode"], "M_NOT_JSON");
 }
+
+#[tokio::test]
+async fn whois_shows_where_a_device_logged_in_from() {
+    let (server, admin) = server_with_admin().await;
+    let alice = server.register("alice").await;
+    let body = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": alice.user_id },
+        "password": alice.password, "device_id": "PHONE" });
+    let res = server
+        .http
+        .post(server.url("/_matrix/client/v3/login"))
+        .header("user-agent", "Lattice-Test/1.0")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let (status, whois) =
+        server.get(&format!("/_synapse/admin/v1/whois/{}", enc(&alice.user_id)), Some(&admin.token)).await;
+    assert_eq!(status, 200, "{whois}");
+    let connection = &whois["devices"]["PHONE"]["sessions"][0]["connections"][0];
+    assert_eq!(connection["user_agent"], "Lattice-Test/1.0", "{whois}");
+    assert_eq!(connection["ip"], "127.0.0.1", "{whois}");
+    assert!(connection["last_seen"].is_u64(), "{whois}");
+}

@@ -142,7 +142,7 @@ async fn register(State(app): State<App>, body: Bytes) -> Result<axum::Json<Valu
     let hash = app.passwords.hash(body.password.clone()).await?;
     let displayname = body.displayname.clone().unwrap_or_else(|| localpart.clone());
     // The account and its first login commit together.
-    let login = PreparedLogin::new(None, None, None);
+    let login = PreparedLogin::new(None, None);
     let user = NewUser {
         user_id: user_id.as_str(),
         password_hash: Some(&hash),

@@ -294,7 +294,8 @@ async fn whois(
     let mut devices = Map::new();
     for device in app.db.devices(user.as_str()).await.map_err(storage)? {
         let connection =
-            crate::without_nulls(json!({ "ip": device.last_seen_ip, "last_seen": device.last_seen_ts }));
+            crate::without_nulls(json!({ "ip": device.last_seen_ip, "last_seen": device.last_seen_ts,
+                "user_agent": device.last_seen_user_agent }));
         devices.insert(device.device_id, json!({ "sessions": [{ "connections": [connection] }] }));
     }
     Ok(Json(json!({ "user_id": user, "devices": devices })))
