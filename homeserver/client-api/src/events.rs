@@ -13,7 +13,7 @@ use homeserver_rooms::{
     membership::{MembershipAction, MembershipChange},
 };
 use homeserver_storage::{
-    events::{Direction, EventRow},
+    events::{Bound, Direction, EventRow, TopoPos},
     persist::TxnRecord,
 };
 use ruma::{
@@ -32,7 +32,7 @@ use ruma::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::{App, account_data::ignored_users, filter::RoomEventFilter, ratelimit::Action, storage};
+use crate::{App, account_data::ignored_users, filter::RoomEventFilter, paging, ratelimit::Action, storage};
 
 /// Paths for state with an empty state key, which ruma's templates (ending in `{state_key}`)
 /// cannot match.
@@ -156,7 +156,11 @@ async fn put_state(app: App, req: Ruma<send_state_event::v3::Request>) -> Result
 /// Which state a user may read: the current state, or the state as of when they left.
 enum ReadableState {
     Current,
-    AsOf(i64),
+    /// The state group, and the stream position it was reached at (the user's departure).
+    AsOf {
+        group: i64,
+        pos: i64,
+    },
 }
 
 async fn readable_state(app: &App, room_id: &RoomId, user: &UserId) -> Result<ReadableState, Error> {
@@ -173,7 +177,7 @@ async fn readable_state(app: &App, room_id: &RoomId, user: &UserId) -> Result<Re
                 && !world_readable(app, room_id).await?
                 && app.rooms.may_read_state_at(user, room_id, row.state_before).await?
             {
-                return Ok(ReadableState::AsOf(row.state_after));
+                return Ok(ReadableState::AsOf { group: row.state_after, pos: row.stream_pos });
             }
         }
         _ => {}
@@ -197,7 +201,7 @@ async fn world_readable(app: &App, room_id: &RoomId) -> Result<bool, Error> {
 async fn state_rows(app: &App, room_id: &RoomId, readable: &ReadableState) -> Result<Vec<EventRow>, Error> {
     let entries = match readable {
         ReadableState::Current => app.rooms.current_state_ids(room_id).await?,
-        ReadableState::AsOf(group) => app.rooms.state_at_group(*group).await?,
+        ReadableState::AsOf { group, .. } => app.rooms.state_at_group(*group).await?,
     };
     let ids: Vec<String> = entries.into_iter().map(|(_, _, id)| id).collect();
     let mut rows = app.db.events(&ids).await.map_err(storage)?;
@@ -228,7 +232,7 @@ async fn get_state_event(
         ReadableState::Current => {
             app.db.current_state_event_id(room_id.as_str(), &kind, key).await.map_err(storage)
         }
-        ReadableState::AsOf(group) => app.rooms.state_entry(group, &kind, key).await,
+        ReadableState::AsOf { group, .. } => app.rooms.state_entry(group, &kind, key).await,
     }?
     .ok_or_else(|| Error::not_found("Event not found"))?;
     let row =
@@ -312,16 +316,16 @@ async fn members(app: App, req: Ruma<get_member_events::v3::Request>) -> Result<
         let token: StreamToken = at.parse().map_err(|_| Error::invalid_param("invalid `at` token"))?;
         let bound = match readable {
             ReadableState::Current => token.pos as i64,
-            ReadableState::AsOf(group) => (token.pos as i64).min(group),
+            ReadableState::AsOf { pos, .. } => (token.pos as i64).min(pos),
         };
         // The member list as of `at`, if the user could see the room then (Synapse answers
         // 403 otherwise); before the room's first event there were no members.
         readable = match app.db.latest_room_event(room_id.as_str(), bound).await.map_err(storage)? {
             Some(row) if app.rooms.may_read_state_around(&req.auth.user_id, room_id, &row).await? => {
-                ReadableState::AsOf(row.state_after)
+                ReadableState::AsOf { group: row.state_after, pos: row.stream_pos }
             }
             Some(_) => return Err(Error::forbidden("You may not see the room at that point").into()),
-            None => ReadableState::AsOf(0),
+            None => ReadableState::AsOf { group: 0, pos: 0 },
         };
     }
     let membership = req.body.membership.as_ref().map(|m| m.to_string());
@@ -417,44 +421,36 @@ async fn messages(app: App, req: Ruma<get_message_events::v3::Request>) -> Resul
         RumaDirection::Backward => Direction::Backward,
         RumaDirection::Forward => Direction::Forward,
     };
-    let parse = |t: &str| {
-        t.parse::<StreamToken>()
-            .map(|t| t.pos as i64)
-            .map_err(|_| Error::invalid_param("invalid pagination token"))
-    };
     let from = match req.body.from.as_deref() {
-        Some(t) => parse(t)?,
+        Some(t) => paging::parse(t)?,
         None => match dir {
             // A departed member pages back from where they left, as Synapse does.
-            Direction::Backward => {
+            Direction::Backward => Bound::Stream(
                 match app.db.membership(room_id.as_str(), session.user_id.as_str()).await.map_err(storage)? {
                     Some(m) if m.membership == "leave" || m.membership == "ban" => m.stream_pos,
                     _ => app.stream.current() as i64,
-                }
-            }
-            Direction::Forward => 0,
+                },
+            ),
+            Direction::Forward => Bound::Topo(paging::BEGINNING),
         },
     };
-    let to = req.body.to.as_deref().map(parse).transpose()?;
+    let to = req.body.to.as_deref().map(paging::parse).transpose()?;
     let filter = room_filter(&req.body.filter)?;
     let limit = u64::from(req.body.limit).clamp(1, MAX_PAGE) as i64;
-    let rows = app.db.room_events(room_id.as_str(), from, to, dir, limit).await.map_err(storage)?;
+    let rows = app.db.room_page(room_id.as_str(), from, to, dir, limit).await.map_err(storage)?;
     // Like Synapse: `end` accompanies every non-empty page; only an empty page has none.
-    let end = if !rows.is_empty() {
-        rows.last().map(|r| match dir {
-            Direction::Backward => StreamToken::new((r.stream_pos - 1).max(0) as u64),
-            Direction::Forward => StreamToken::new(r.stream_pos as u64),
-        })
-    } else {
-        None
-    };
+    let end = rows.last().map(|r| match dir {
+        Direction::Backward => paging::before(r),
+        Direction::Forward => paging::after(r),
+    });
     let ignored = ignored_users(&app, session.user_id.as_str()).await?;
     let rows: Vec<EventRow> =
         rows.into_iter().filter(|r| filter.allows_row(r) && !ignored.hides(r)).collect();
     let rows = app.rooms.filter_visible(&session.user_id, rows).await?;
     let state = if filter.lazy_load_members { lazy_members(&app, session, &rows).await? } else { Vec::new() };
     let chunk = app.rooms.client_events(&rows, Some(viewer(session)), RoomIdField::Include).await?;
-    let mut body = json!({ "start": StreamToken::new(from as u64).to_string(), "chunk": chunk });
+    let start = req.body.from.clone().unwrap_or_else(|| paging::token(from));
+    let mut body = json!({ "start": start, "chunk": chunk });
     if let Some(end) = end {
         body["end"] = json!(end.to_string());
     }
@@ -482,18 +478,13 @@ async fn context(app: App, req: Ruma<get_context::v3::Request>) -> Result<JsonBo
     let limit = u64::from(req.body.limit).min(MAX_PAGE) as i64;
     let before_limit = limit / 2;
     let after_limit = limit - before_limit;
-    let before = app
-        .db
-        .room_events(room_id.as_str(), row.stream_pos - 1, None, Direction::Backward, before_limit.max(0))
-        .await
-        .map_err(storage)?;
-    let after = app
-        .db
-        .room_events(room_id.as_str(), row.stream_pos, None, Direction::Forward, after_limit.max(0))
-        .await
-        .map_err(storage)?;
-    let start = before.last().map(|r| r.stream_pos - 1).unwrap_or(row.stream_pos - 1);
-    let end = after.last().map(|r| r.stream_pos).unwrap_or(row.stream_pos);
+    let page = |from: TopoPos, dir: Direction, limit: i64| {
+        app.db.room_page(room_id.as_str(), Bound::Topo(from), None, dir, limit.max(0))
+    };
+    let before = page(row.topo_before(), Direction::Backward, before_limit).await.map_err(storage)?;
+    let after = page(row.topo(), Direction::Forward, after_limit).await.map_err(storage)?;
+    let start = paging::before(before.last().unwrap_or(&row));
+    let end = paging::after(after.last().unwrap_or(&row));
     let ignored = ignored_users(&app, session.user_id.as_str()).await?;
     let keep = |rows: Vec<EventRow>| {
         rows.into_iter().filter(|r| filter.allows_row(r) && !ignored.hides(r)).collect::<Vec<_>>()
@@ -523,8 +514,8 @@ async fn context(app: App, req: Ruma<get_context::v3::Request>) -> Result<JsonBo
     state_rows.sort_by_key(|r| r.stream_pos);
     let v = Some(viewer(session));
     Ok(JsonBody(json!({
-        "start": StreamToken::new(start.max(0) as u64).to_string(),
-        "end": StreamToken::new(end.max(0) as u64).to_string(),
+        "start": start,
+        "end": end,
         "event": app.rooms.client_event(&row, v, RoomIdField::Include).await?,
         "events_before": app.rooms.client_events(&before, v, RoomIdField::Include).await?,
         "events_after": app.rooms.client_events(&after, v, RoomIdField::Include).await?,

@@ -24,6 +24,7 @@ pub mod discovery;
 pub mod events;
 pub mod filter;
 pub mod legacy;
+mod paging;
 pub mod passwords;
 pub mod presence;
 pub mod profile;

@@ -7,11 +7,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use axum::Router;
-use homeserver_core::{Error, text::query_tokens, token::StreamToken};
+use homeserver_core::{Error, text::query_tokens};
 use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma, Session};
 use homeserver_rooms::format::RoomIdField;
 use homeserver_storage::{
-    events::{Direction, EventRow},
+    events::{Bound, Direction, EventRow, TopoPos},
     search::{SearchOrder, SearchQuery},
 };
 use ruma::{RoomId, api::client::search::search_events};
@@ -261,22 +261,21 @@ async fn context(
 ) -> Result<Value, Error> {
     let before_limit = spec.before_limit.min(MAX_CONTEXT) as i64;
     let after_limit = spec.after_limit.min(MAX_CONTEXT) as i64;
-    let load = |from: i64, dir: Direction, limit: i64| async move {
+    let load = |from: TopoPos, dir: Direction, limit: i64| async move {
         if limit == 0 {
             return Ok::<_, Error>(Vec::new());
         }
-        let mut rows = app.db.room_events(&row.room_id, from, None, dir, limit).await.map_err(storage)?;
+        let mut rows =
+            app.db.room_page(&row.room_id, Bound::Topo(from), None, dir, limit).await.map_err(storage)?;
         rows.retain(|r| !ignored.hides(r));
         app.rooms.filter_visible(&session.user_id, rows).await
     };
-    let before = load(row.stream_pos - 1, Direction::Backward, before_limit).await?;
-    let after = load(row.stream_pos, Direction::Forward, after_limit).await?;
-    let start = before.last().map(|r| r.stream_pos - 1).unwrap_or(row.stream_pos - 1);
-    let end = after.last().map(|r| r.stream_pos).unwrap_or(row.stream_pos);
+    let before = load(row.topo_before(), Direction::Backward, before_limit).await?;
+    let after = load(row.topo(), Direction::Forward, after_limit).await?;
     let v = Some(viewer(session));
     let mut context = json!({
-        "start": StreamToken::new(start.max(0) as u64).to_string(),
-        "end": StreamToken::new(end.max(0) as u64).to_string(),
+        "start": crate::paging::before(before.last().unwrap_or(row)),
+        "end": crate::paging::after(after.last().unwrap_or(row)),
         "events_before": app.rooms.client_events(&before, v, RoomIdField::Include).await?,
         "events_after": app.rooms.client_events(&after, v, RoomIdField::Include).await?,
     });

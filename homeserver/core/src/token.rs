@@ -5,6 +5,11 @@
 //! a fresh `next_batch`. The text form is `s{pos}_{ephemeral}`; the leading `s` is the format
 //! version, so a richer token (per-stream positions) can later be introduced without breaking the
 //! tokens clients already hold.
+//!
+//! Pagination (`/messages`, `/context`) walks a room's DAG in topological order (depth, then
+//! position), so its tokens, [`PageToken`], are either a sync token (everything that arrived by
+//! then) or a point in that order, `t{depth}_{position}` (positions of backfilled history are
+//! negative: `t5_-3`).
 
 use std::{fmt, str::FromStr};
 
@@ -48,6 +53,41 @@ impl FromStr for StreamToken {
     }
 }
 
+/// Where a page of a room's timeline starts or stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageToken {
+    /// A sync token: every event that arrived at or before its position.
+    Stream(StreamToken),
+    /// A point in topological order: just after the event at `(depth, pos)`.
+    Topo { depth: i64, pos: i64 },
+}
+
+impl fmt::Display for PageToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PageToken::Stream(t) => t.fmt(f),
+            PageToken::Topo { depth, pos } => write!(f, "t{depth}_{pos}"),
+        }
+    }
+}
+
+impl FromStr for PageToken {
+    type Err = InvalidToken;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let Some(rest) = s.strip_prefix('t') else { return s.parse().map(PageToken::Stream) };
+        let (depth, pos) = rest.split_once('_').ok_or(InvalidToken)?;
+        // Digits only (an optional minus for the position): no `+`, no whitespace.
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(depth) || !digits(pos.strip_prefix('-').unwrap_or(pos)) {
+            return Err(InvalidToken);
+        }
+        let depth = depth.parse().map_err(|_| InvalidToken)?;
+        let pos = pos.parse().map_err(|_| InvalidToken)?;
+        Ok(PageToken::Topo { depth, pos })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,6 +98,20 @@ mod tests {
         assert_eq!(t.to_string(), "s42_3");
         assert_eq!("s42_3".parse::<StreamToken>().unwrap(), t);
         assert_eq!("s42".parse::<StreamToken>().unwrap(), StreamToken::new(42));
+    }
+
+    #[test]
+    fn page_tokens_are_sync_tokens_or_topological_points() {
+        let topo = PageToken::Topo { depth: 5, pos: -3 };
+        assert_eq!(topo.to_string(), "t5_-3");
+        assert_eq!("t5_-3".parse::<PageToken>().unwrap(), topo);
+        assert_eq!(
+            "s9_1".parse::<PageToken>().unwrap(),
+            PageToken::Stream(StreamToken { pos: 9, ephemeral: 1 })
+        );
+        for bad in ["t", "t5", "t-1_2", "t+1_2", "t1_x", "tx_1", "t1_2_3", "x1_2"] {
+            assert!(bad.parse::<PageToken>().is_err(), "{bad}");
+        }
     }
 
     #[test]

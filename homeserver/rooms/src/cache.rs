@@ -1,5 +1,7 @@
 //! The in-memory event cache: parsed PDUs by event id, shared by the room pipeline (auth checks
-//! look up the same few state events again and again) and by readers.
+//! look up the same few state events again and again) and by readers. It holds every event of
+//! the DAG, rejected ones included (marked so): the room model must tell a rejected event from
+//! one it has never seen. Readers reach it only through state entries, which never name one.
 //!
 //! A `std::sync::Mutex` around an LRU: lookups never hold it across an `.await`, and each
 //! critical section is one map operation.
@@ -27,12 +29,14 @@ pub(crate) fn storage_error(e: homeserver_storage::StorageError) -> Error {
     Error::internal(e.to_string())
 }
 
-/// Parses a stored row into a PDU.
+/// Parses a stored row into a PDU (marked rejected if the row is).
 pub fn pdu_from_row(row: &EventRow) -> Result<Pdu, Error> {
     let event_id = EventId::parse(&row.event_id).map_err(|e| Error::internal(e.to_string()))?;
     let room_id = RoomId::parse(&row.room_id).map_err(|e| Error::internal(e.to_string()))?;
-    Pdu::parse(event_id, Some(&room_id), Arc::from(row.json.as_str()))
-        .map_err(|e| Error::internal(e.to_string()))
+    let mut pdu = Pdu::parse(event_id, Some(&room_id), Arc::from(row.json.as_str()))
+        .map_err(|e| Error::internal(e.to_string()))?;
+    pdu.rejected = row.rejected_reason.is_some();
+    Ok(pdu)
 }
 
 impl EventCache {
@@ -53,10 +57,11 @@ impl EventCache {
         if let Some(pdu) = self.cached(id) {
             return Ok(Some(pdu));
         }
-        let Some(row) = self.db.event(id.as_str()).await.map_err(storage_error)? else {
+        let rows = self.db.dag_events(&[id.to_string()]).await.map_err(storage_error)?;
+        let Some(row) = rows.first() else {
             return Ok(None);
         };
-        let pdu = Arc::new(pdu_from_row(&row)?);
+        let pdu = Arc::new(pdu_from_row(row)?);
         self.insert(pdu.clone());
         Ok(Some(pdu))
     }
@@ -77,7 +82,7 @@ impl EventCache {
             }
         }
         if !missing.is_empty() {
-            for row in self.db.events(&missing).await.map_err(storage_error)? {
+            for row in self.db.dag_events(&missing).await.map_err(storage_error)? {
                 let pdu = Arc::new(pdu_from_row(&row)?);
                 self.insert(pdu.clone());
                 out.insert(pdu.event_id.clone(), pdu);

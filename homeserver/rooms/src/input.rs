@@ -29,7 +29,10 @@ use homeserver_core::{
 };
 use homeserver_storage::{
     StorageError,
-    persist::{NewEvent, NewRoom, NewStateGroup, PersistPlan, PushActionRow, PushBroadcastRow, TxnRecord},
+    persist::{
+        MembershipUpdate, NewEvent, NewRoom, PersistPlan, PushActionRow, PushBroadcastRow, StateChange,
+        TxnRecord,
+    },
 };
 use ruma::{
     EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomVersionId, UserId, events::StateEventType,
@@ -46,15 +49,18 @@ use crate::{
     derive,
     pdu::Pdu,
     power::PowerLevels,
-    push, redaction, validate, versions,
+    push, redaction,
+    state_groups::{self, MAX_STATE_CHAIN},
+    validate, versions,
 };
 
 /// How many commands one batch may take from the queue.
 const MAX_BATCH: usize = 128;
-/// A state group becomes a full snapshot again after this many deltas.
-const MAX_STATE_CHAIN: i64 = 100;
 /// At most this many forward extremities are referenced as prev_events.
 const MAX_PREV_EVENTS: usize = 10;
+/// The highest depth an event may have: the largest integer canonical JSON allows (room
+/// versions 6 and later); a room already there stays there.
+const MAX_DEPTH: u64 = (1 << 53) - 1;
 /// An actor with nothing to do for this long retires.
 const IDLE_RETIRE: Duration = Duration::from_secs(300);
 
@@ -108,8 +114,8 @@ struct Loaded {
     state: HashMap<StateKey, OwnedEventId>,
     group: i64,
     chain_len: i64,
-    extremities: Vec<OwnedEventId>,
-    depth: u64,
+    /// The forward extremities with their depths.
+    extremities: Vec<(OwnedEventId, u64)>,
     memberships: HashMap<OwnedUserId, String>,
     create_event: Option<OwnedEventId>,
 }
@@ -119,11 +125,18 @@ struct Journal {
     txns: Vec<String>,
     group: i64,
     chain_len: i64,
-    extremities: Vec<OwnedEventId>,
-    depth: u64,
+    extremities: Vec<(OwnedEventId, u64)>,
     state: Vec<(StateKey, Option<OwnedEventId>)>,
     memberships: Vec<(OwnedUserId, Option<String>)>,
     create_event: Option<OwnedEventId>,
+}
+
+/// The state groups around an accepted event.
+struct AppliedState {
+    state_before: i64,
+    state_after: i64,
+    /// `prev_content` and friends for clients, when the event replaced a state entry.
+    unsigned_extra: Option<String>,
 }
 
 /// What one successful command contributes to the batch.
@@ -225,7 +238,7 @@ impl RoomActor {
         }
         let mut plan = PersistPlan { room_id: self.room_id.to_string(), ..Default::default() };
         for (_, outcome) in &mut accepted {
-            merge_plan(&mut plan, std::mem::take(&mut outcome.plan));
+            plan.merge(std::mem::take(&mut outcome.plan));
         }
         if plan.events.is_empty() {
             // Only replays of earlier transactions: nothing to write.
@@ -319,10 +332,12 @@ impl RoomActor {
             .into_iter()
             .filter_map(|id| EventId::parse(id).ok())
             .collect();
-        let extremities = self.shared.cache.get_many(&extremity_ids).await?;
-        let depth = extremities.values().map(|p| p.depth).max().unwrap_or(0);
-        let latest = db.latest_room_event(room_id, i64::MAX).await.map_err(storage_error)?;
-        let group = latest.map(|e| e.state_after).unwrap_or(0);
+        let depths = self.shared.cache.get_many(&extremity_ids).await?;
+        let extremities = extremity_ids
+            .into_iter()
+            .map(|id| (depths.get(&id).map_or(0, |p| p.depth), id))
+            .map(|(d, id)| (id, d));
+        let group = room.current_state_group;
         let chain_len =
             db.state_group_chain_len(group).await.map_err(storage_error)?.unwrap_or(MAX_STATE_CHAIN);
         let memberships = db
@@ -354,8 +369,7 @@ impl RoomActor {
             state,
             group,
             chain_len,
-            extremities: extremity_ids,
-            depth,
+            extremities: extremities.collect(),
             memberships,
             create_event,
         });
@@ -379,7 +393,6 @@ impl RoomActor {
                 group: 0,
                 chain_len: MAX_STATE_CHAIN,
                 extremities: Vec::new(),
-                depth: 0,
                 memberships: HashMap::new(),
                 create_event: None,
             });
@@ -467,7 +480,6 @@ impl RoomActor {
             group: l.group,
             chain_len: l.chain_len,
             extremities: l.extremities.clone(),
-            depth: l.depth,
             state: Vec::new(),
             memberships: Vec::new(),
             create_event: l.create_event.clone(),
@@ -495,7 +507,6 @@ impl RoomActor {
         l.group = journal.group;
         l.chain_len = journal.chain_len;
         l.extremities = journal.extremities;
-        l.depth = journal.depth;
         l.create_event = journal.create_event;
     }
 
@@ -508,11 +519,9 @@ impl RoomActor {
         journal: &mut Journal,
     ) -> Result<(), Error> {
         self.check_local_template(template, outcome).await?;
-        let (rules, room_id, prev_events, depth) = {
+        let (rules, room_id, (prev_events, depth)) = {
             let l = self.loaded();
-            let mut prev = l.extremities.clone();
-            prev.truncate(MAX_PREV_EVENTS);
-            (l.rules.clone(), self.room_id.clone(), prev, l.depth + 1)
+            (l.rules.clone(), self.room_id.clone(), next_placement(&l.extremities))
         };
         let content =
             to_raw_value(&template.content).map_err(|e| Error::bad_json(format!("invalid content: {e}")))?;
@@ -620,112 +629,142 @@ impl RoomActor {
         // Accepted: give it a stream position and apply it.
         let reservation = self.shared.stream.reserve(1).await?;
         let pos = reservation.first() as i64;
-        let event_id = pdu.event_id.clone();
-        let mut unsigned_extra = None;
-        let state_before = self.loaded().group;
-        let mut state_after = state_before;
-        let mut membership = None;
-        if let Some(state_key) = &pdu.state_key {
-            let key: StateKey = (pdu.kind.to_string().into(), state_key.clone());
-            let previous = self.loaded().state.get(&key).cloned();
-            if let Some(prev_id) = &previous
-                && let Some(prev) = self.events(std::slice::from_ref(prev_id)).await?.remove(prev_id)
-            {
-                unsigned_extra = Some(
-                    serde_json::json!({
-                        "prev_content": serde_json::from_str::<serde_json::Value>(prev.content.get())
-                            .unwrap_or_default(),
-                        "prev_sender": prev.sender,
-                        "replaces_state": prev_id,
-                    })
-                    .to_string(),
-                );
-            }
-            journal.state.push((key.clone(), previous));
-            let l = self.loaded.as_mut().expect("loaded");
-            l.state.insert(key, event_id.clone());
-            // New state group: a delta on the previous one, or a fresh snapshot when the chain is long.
-            let group = if l.group == 0 || l.chain_len + 1 >= MAX_STATE_CHAIN {
-                let entries =
-                    l.state.iter().map(|((t, k), id)| (t.to_string(), k.clone(), id.to_string())).collect();
-                NewStateGroup { group_id: pos, prev_group: None, chain_len: 0, entries }
-            } else {
-                NewStateGroup {
-                    group_id: pos,
-                    prev_group: Some(l.group),
-                    chain_len: l.chain_len + 1,
-                    entries: vec![(pdu.kind.to_string(), state_key.clone(), event_id.to_string())],
-                }
-            };
-            l.group = pos;
-            l.chain_len = group.chain_len;
-            state_after = pos;
-            outcome.plan.state_groups.push(group);
-            outcome.plan.current_state.push((pdu.kind.to_string(), state_key.clone(), event_id.to_string()));
-            if pdu.kind == ruma::events::TimelineEventType::RoomCreate {
-                l.create_event = Some(event_id.clone());
-            }
-            if pdu.kind == ruma::events::TimelineEventType::RoomMember
-                && let Ok(target) = UserId::parse(state_key.as_str())
-            {
-                match pdu.content_str("displayname") {
-                    Some(name) => l.display_names.insert(target.clone(), name),
-                    None => l.display_names.remove(&target),
-                };
-                let value = pdu.content_str("membership").unwrap_or_else(|| "leave".into());
-                let old = l.memberships.insert(target.clone(), value.clone());
-                journal.memberships.push((target.clone(), old));
-                membership = Some(value);
-                outcome.woken.push(target);
-            }
-        }
-        let l = self.loaded.as_mut().expect("loaded");
-        l.extremities = vec![event_id.clone()];
-        l.depth = l.depth.max(pdu.depth);
+        let applied = self.apply_state(&pdu, pos, outcome, journal).await?;
+        self.advance_extremities(&pdu, outcome);
         if let Some(txn) = &txn {
             let key = txn_key(txn);
             journal.txns.push(key.clone());
             self.batch_txns.insert(key, pdu.clone());
         }
         outcome.woken.push(pdu.sender.clone());
-        if let Some(relation) = derive::relation(&pdu, pos) {
-            if let Some(key) = annotation_key(&relation) {
-                self.batch_annotations.insert(key);
-            }
-            outcome.plan.relations.push(relation);
-        }
-        if let Some(search) = derive::search_row(&pdu, pos) {
-            outcome.plan.search.push(search);
-        }
-        if pdu.kind == ruma::events::TimelineEventType::RoomJoinRules && pdu.state_key.as_deref() == Some("")
-        {
-            outcome.plan.join_rule = pdu.content_str("join_rule");
-        }
-        let push = self.push_actions(&pdu, pos).await?;
-        outcome.plan.push_actions.extend(push.rows);
-        outcome.plan.push_broadcasts.extend(push.broadcast);
-        outcome.plan.extremities = Some(vec![event_id.to_string()]);
+        self.derive_effects(&pdu, pos, outcome).await?;
         outcome.plan.events.push(NewEvent {
             stream_pos: pos,
-            event_id: event_id.to_string(),
+            event_id: pdu.event_id.to_string(),
             event_type: pdu.kind.to_string(),
             state_key: pdu.state_key.clone(),
             sender: pdu.sender.to_string(),
             depth: pdu.depth as i64,
             origin_server_ts: u64::from(pdu.origin_server_ts.get()) as i64,
             json: pdu.json.to_string(),
-            unsigned_extra,
-            state_before,
-            state_after,
+            unsigned_extra: applied.unsigned_extra,
+            state_before: applied.state_before,
+            state_after: applied.state_after,
             redacts: redacts.map(|r| r.to_string()),
             txn,
             prev_events: pdu.prev_events.iter().map(|e| e.to_string()).collect(),
             auth_events: pdu.auth_events.iter().map(|e| e.to_string()).collect(),
-            membership,
+            outlier: false,
+            soft_failed: false,
+            rejected_reason: None,
         });
         outcome.reservations.push(reservation);
         self.batch_pdus.insert(pdu.event_id.clone(), pdu.clone());
         outcome.pdus.push(pdu);
+        Ok(())
+    }
+
+    /// Applies an accepted event to the room's state: a state event replaces its key, gets a new
+    /// state group (a delta on the current one) and changes the current state through the plan's
+    /// state delta, from which storage derives `current_state` and `memberships`.
+    async fn apply_state(
+        &mut self,
+        pdu: &Pdu,
+        pos: i64,
+        outcome: &mut Outcome,
+        journal: &mut Journal,
+    ) -> Result<AppliedState, Error> {
+        let state_before = self.loaded().group;
+        let Some(state_key) = &pdu.state_key else {
+            return Ok(AppliedState { state_before, state_after: state_before, unsigned_extra: None });
+        };
+        let event_id = pdu.event_id.clone();
+        let key: StateKey = (pdu.kind.to_string().into(), state_key.clone());
+        let previous = self.loaded().state.get(&key).cloned();
+        let mut unsigned_extra = None;
+        if let Some(prev_id) = &previous
+            && let Some(prev) = self.events(std::slice::from_ref(prev_id)).await?.remove(prev_id)
+        {
+            unsigned_extra = Some(
+                serde_json::json!({
+                    "prev_content": serde_json::from_str::<serde_json::Value>(prev.content.get())
+                        .unwrap_or_default(),
+                    "prev_sender": prev.sender,
+                    "replaces_state": prev_id,
+                })
+                .to_string(),
+            );
+        }
+        let group_id = self.shared.state_group_ids.next(&self.shared.db).await?;
+        journal.state.push((key.clone(), previous));
+        let l = self.loaded.as_mut().expect("loaded");
+        l.state.insert(key, event_id.clone());
+        let change = (pdu.kind.to_string(), state_key.clone(), Some(event_id.to_string()));
+        let base = state_groups::Base { group: l.group, chain_len: l.chain_len };
+        let group = state_groups::layout(
+            group_id,
+            &base,
+            vec![change],
+            || l.state.iter().map(|((t, k), id)| (t.to_string(), k.clone(), Some(id.to_string()))).collect(),
+            Vec::new(),
+        );
+        l.group = group_id;
+        l.chain_len = group.chain_len;
+        outcome.plan.state_groups.push(group);
+        outcome.plan.current_state_group = Some(group_id);
+        let mut membership = None;
+        if pdu.kind == ruma::events::TimelineEventType::RoomCreate {
+            l.create_event = Some(event_id.clone());
+        }
+        if pdu.kind == ruma::events::TimelineEventType::RoomMember
+            && let Ok(target) = UserId::parse(state_key.as_str())
+        {
+            match pdu.content_str("displayname") {
+                Some(name) => l.display_names.insert(target.clone(), name),
+                None => l.display_names.remove(&target),
+            };
+            let value = pdu.content_str("membership").unwrap_or_else(|| "leave".into());
+            let old = l.memberships.insert(target.clone(), value.clone());
+            journal.memberships.push((target.clone(), old));
+            membership = Some(MembershipUpdate { membership: value, stream_pos: pos });
+            outcome.woken.push(target);
+        }
+        if pdu.kind == ruma::events::TimelineEventType::RoomJoinRules && state_key.is_empty() {
+            outcome.plan.join_rule = pdu.content_str("join_rule");
+        }
+        outcome.plan.state_delta.push(StateChange {
+            event_type: pdu.kind.to_string(),
+            state_key: state_key.clone(),
+            event_id: Some(event_id.to_string()),
+            membership,
+        });
+        Ok(AppliedState { state_before, state_after: group_id, unsigned_extra })
+    }
+
+    /// The forward extremities after an accepted event: the old ones and the event, minus what
+    /// it references.
+    fn advance_extremities(&mut self, pdu: &Pdu, outcome: &mut Outcome) {
+        let l = self.loaded.as_mut().expect("loaded");
+        l.extremities.retain(|(id, _)| !pdu.prev_events.contains(id));
+        l.extremities.push((pdu.event_id.clone(), pdu.depth));
+        outcome.plan.extremities = Some(l.extremities.iter().map(|(id, _)| id.to_string()).collect());
+    }
+
+    /// What an accepted event means for readers, derived in the same transaction: its relation,
+    /// its search text and whom it notifies.
+    async fn derive_effects(&mut self, pdu: &Pdu, pos: i64, outcome: &mut Outcome) -> Result<(), Error> {
+        if let Some(relation) = derive::relation(pdu, pos) {
+            if let Some(key) = annotation_key(&relation) {
+                self.batch_annotations.insert(key);
+            }
+            outcome.plan.relations.push(relation);
+        }
+        if let Some(search) = derive::search_row(pdu, pos) {
+            outcome.plan.search.push(search);
+        }
+        let push = self.push_actions(pdu, pos).await?;
+        outcome.plan.push_actions.extend(push.rows);
+        outcome.plan.push_broadcasts.extend(push.broadcast);
         Ok(())
     }
 
@@ -934,34 +973,23 @@ impl RoomActor {
     }
 }
 
+/// The prev events and depth of a new local event: the deepest forward extremities (all of
+/// them up to [`MAX_PREV_EVENTS`], so forks merge), and one more than the deepest of those.
+fn next_placement(extremities: &[(OwnedEventId, u64)]) -> (Vec<OwnedEventId>, u64) {
+    let mut chosen: Vec<&(OwnedEventId, u64)> = extremities.iter().collect();
+    chosen.sort_by_key(|(_, depth)| std::cmp::Reverse(*depth));
+    chosen.truncate(MAX_PREV_EVENTS);
+    let depth = chosen.iter().map(|(_, d)| *d).max().map_or(1, |d| d.saturating_add(1)).min(MAX_DEPTH);
+    (chosen.into_iter().map(|(id, _)| id.clone()).collect(), depth)
+}
+
 fn txn_key(txn: &TxnRecord) -> String {
     format!("{}\u{0}{}\u{0}{}\u{0}{}", txn.user_id, txn.device_id, txn.scope, txn.txn_id)
 }
 
-/// Folds one command's plan into the batch's.
-fn merge_plan(into: &mut PersistPlan, from: PersistPlan) {
-    if from.new_room.is_some() {
-        into.new_room = from.new_room;
-    }
-    into.events.extend(from.events);
-    into.state_groups.extend(from.state_groups);
-    into.current_state.extend(from.current_state);
-    if from.extremities.is_some() {
-        into.extremities = from.extremities;
-    }
-    into.aliases.extend(from.aliases);
-    into.push_actions.extend(from.push_actions);
-    into.push_broadcasts.extend(from.push_broadcasts);
-    into.relations.extend(from.relations);
-    into.search.extend(from.search);
-    if from.join_rule.is_some() {
-        into.join_rule = from.join_rule;
-    }
-}
-
 fn persist_error(err: StorageError) -> Error {
     match err {
-        StorageError::Conflict => Error::new(ErrorKind::RoomInUse, "room alias already taken"),
+        StorageError::AliasTaken => Error::new(ErrorKind::RoomInUse, "room alias already taken"),
         other => storage_error(other),
     }
 }

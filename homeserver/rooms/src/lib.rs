@@ -31,6 +31,7 @@ pub mod push;
 pub mod read;
 pub mod redaction;
 pub mod send;
+mod state_groups;
 pub mod upgrade;
 pub mod validate;
 pub mod versions;
@@ -81,6 +82,7 @@ pub(crate) struct Shared {
     pub stream: Arc<EventStream>,
     pub cache: EventCache,
     pub(crate) committer: commit::Committer,
+    pub(crate) state_group_ids: state_groups::StateGroupIds,
     pub push: push::PushRules,
     pub config: RoomsConfig,
     /// One actor per active room. A std mutex: held only to look up or insert a handle.
@@ -119,6 +121,7 @@ impl Rooms {
         Self {
             shared: Arc::new(Shared {
                 committer,
+                state_group_ids: state_groups::StateGroupIds::default(),
                 push,
                 db,
                 key,

@@ -16,6 +16,8 @@ pub struct RoomRecord {
     pub creator: String,
     pub published: bool,
     pub created_ts: i64,
+    /// The resolved state at the room's forward extremities (0 before the create event).
+    pub current_state_group: i64,
 }
 
 /// One stored event and its metadata.
@@ -36,6 +38,46 @@ pub struct EventRow {
     pub redacted_by: Option<String>,
     pub txn_device: Option<String>,
     pub txn_id: Option<String>,
+    /// Known only as the auth or state of other events: not part of the room's timeline.
+    pub outlier: bool,
+    /// Accepted into the DAG but failed the auth rules against the room's current state: never
+    /// shown to clients.
+    pub soft_failed: bool,
+    /// Why the event was rejected; `None` for events that passed the auth rules.
+    pub rejected_reason: Option<String>,
+}
+
+/// The condition that keeps only events of the room's timeline: neither outliers nor
+/// soft-failed nor rejected events. Every timeline read (pages, sync, search, relations) uses it.
+pub(crate) const IN_TIMELINE: &str = "rejected = 0 AND soft_failed = 0 AND outlier = 0";
+
+/// A point in a room's topological order, "after the event at (depth, position)": pagination
+/// reads events at or before it going backward and events after it going forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TopoPos {
+    pub depth: i64,
+    pub stream_pos: i64,
+}
+
+/// Where a timeline read starts or stops: a stream position (a sync token: every event at or
+/// below it, whatever its depth) or a point in topological order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    Stream(i64),
+    Topo(TopoPos),
+}
+
+impl EventRow {
+    /// The event's own point in topological order.
+    pub fn topo(&self) -> TopoPos {
+        TopoPos { depth: self.depth, stream_pos: self.stream_pos }
+    }
+
+    /// The point just before the event in topological order (positions are integers, so no
+    /// event sits between it and the event).
+    pub fn topo_before(&self) -> TopoPos {
+        TopoPos { depth: self.depth, stream_pos: self.stream_pos - 1 }
+    }
 }
 
 /// A user's current membership in a room.
@@ -55,7 +97,8 @@ pub struct MembershipRow {
 pub type StateEntry = (String, String, String);
 
 pub(crate) const EVENT_COLUMNS: &str = "stream_pos, event_id, room_id, event_type, state_key, sender, depth, \
-     origin_server_ts, json, unsigned_extra, state_before, state_after, redacted_by, txn_device, txn_id";
+     origin_server_ts, json, unsigned_extra, state_before, state_after, redacted_by, txn_device, txn_id, \
+     outlier, soft_failed, rejected, rejected_reason";
 
 pub(crate) fn event_from_row(row: &AnyRow) -> Result<EventRow> {
     Ok(EventRow {
@@ -74,6 +117,12 @@ pub(crate) fn event_from_row(row: &AnyRow) -> Result<EventRow> {
         redacted_by: row.try_get("redacted_by")?,
         txn_device: row.try_get("txn_device")?,
         txn_id: row.try_get("txn_id")?,
+        outlier: row.try_get::<i64, _>("outlier")? != 0,
+        soft_failed: row.try_get::<i64, _>("soft_failed")? != 0,
+        rejected_reason: match row.try_get::<i64, _>("rejected")? {
+            0 => None,
+            _ => Some(row.try_get::<Option<String>, _>("rejected_reason")?.unwrap_or_default()),
+        },
     })
 }
 
@@ -87,6 +136,21 @@ fn membership_from_row(row: &AnyRow) -> Result<MembershipRow> {
         forgotten: row.try_get::<i64, _>("forgotten")? != 0,
         joined_pos: row.try_get("joined_pos")?,
     })
+}
+
+/// `stream_pos {cmp} $n` or `(depth, stream_pos) {cmp} ($n, $n+1)` for a bound.
+fn bound_condition(bound: &Bound, cmp: &str, first: usize) -> String {
+    match bound {
+        Bound::Stream(_) => format!("stream_pos {cmp} ${first}"),
+        Bound::Topo(_) => format!("(depth, stream_pos) {cmp} (${first}, ${})", first + 1),
+    }
+}
+
+fn bound_params(bound: &Bound) -> usize {
+    match bound {
+        Bound::Stream(_) => 1,
+        Bound::Topo(_) => 2,
+    }
 }
 
 /// Direction of a timeline read.
@@ -110,11 +174,24 @@ impl Db {
             sqlx::query_scalar("SELECT MAX(stream_pos) FROM events").fetch_one(self.reader()).await?;
         let account: Option<i64> =
             sqlx::query_scalar("SELECT MAX(stream_pos) FROM account_data").fetch_one(self.reader()).await?;
-        let groups: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(group_id) FROM state_groups").fetch_one(self.reader()).await?;
         let presence: Option<i64> =
             sqlx::query_scalar("SELECT MAX(stream_pos) FROM presence").fetch_one(self.reader()).await?;
-        Ok([horizon, receipts, events, account, groups, presence].into_iter().flatten().max().unwrap_or(0))
+        Ok([horizon, receipts, events, account, presence].into_iter().flatten().max().unwrap_or(0))
+    }
+
+    /// The highest state group id in use (state groups have their own id sequence).
+    pub async fn max_state_group(&self) -> Result<i64> {
+        let max: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(group_id) FROM state_groups").fetch_one(self.writer()).await?;
+        Ok(max.unwrap_or(0))
+    }
+
+    /// The lowest position of any event: positions below it are free for events outside the
+    /// live stream (backfilled history, outliers, soft-failed and rejected events).
+    pub async fn min_event_pos(&self) -> Result<i64> {
+        let min: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(stream_pos) FROM events").fetch_one(self.writer()).await?;
+        Ok(min.unwrap_or(0).min(0))
     }
 
     /// Persists a new stream horizon (never lowering it); durable when this returns.
@@ -128,7 +205,8 @@ impl Db {
 
     pub async fn room(&self, room_id: &str) -> Result<Option<RoomRecord>> {
         let row = sqlx::query(
-            "SELECT room_id, room_version, creator, published, created_ts FROM rooms WHERE room_id = $1",
+            "SELECT room_id, room_version, creator, published, created_ts, current_state_group FROM rooms \
+             WHERE room_id = $1",
         )
         .bind(room_id)
         .fetch_optional(self.reader())
@@ -140,6 +218,7 @@ impl Db {
                 creator: row.try_get("creator")?,
                 published: row.try_get::<i64, _>("published")? != 0,
                 created_ts: row.try_get("created_ts")?,
+                current_state_group: row.try_get("current_state_group")?,
             })
         })
         .transpose()
@@ -171,12 +250,24 @@ impl Db {
         row.as_ref().map(event_from_row).transpose()
     }
 
-    /// Events by id, in no particular order; unknown ids are skipped.
+    /// Events by id, in no particular order; unknown and rejected ids are skipped. Outliers and
+    /// soft-failed events are returned: they are real events of the room (room state may name
+    /// them), only not part of its timeline.
     pub async fn events(&self, event_ids: &[String]) -> Result<Vec<EventRow>> {
+        self.events_where(event_ids, "AND rejected = 0").await
+    }
+
+    /// Events by id whatever their status, rejected ones included: the room model must tell a
+    /// rejected event from one it has never seen.
+    pub async fn dag_events(&self, event_ids: &[String]) -> Result<Vec<EventRow>> {
+        self.events_where(event_ids, "").await
+    }
+
+    async fn events_where(&self, event_ids: &[String], condition: &str) -> Result<Vec<EventRow>> {
         let mut out = Vec::with_capacity(event_ids.len());
         for chunk in event_ids.chunks(500) {
             let sql = format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ({}) AND rejected = 0",
+                "SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ({}) {condition}",
                 placeholders(1, chunk.len())
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
@@ -190,8 +281,10 @@ impl Db {
         Ok(out)
     }
 
-    /// Up to `limit` events of a room starting at `from` in direction `dir`, not beyond `to`
-    /// (exclusive for backward reads, inclusive for forward reads).
+    /// Up to `limit` events of the room's live stream starting at position `from` in direction
+    /// `dir`, not beyond `to` (exclusive for backward reads, inclusive for forward reads), in
+    /// stream order: what arrived, in the order it arrived (sync). Positions at or below zero
+    /// (backfilled history) are never part of it.
     pub async fn room_events(
         &self,
         room_id: &str,
@@ -203,17 +296,19 @@ impl Db {
         let sql = match dir {
             Direction::Backward => format!(
                 "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND stream_pos <= $2 \
-                 AND stream_pos > $3 AND rejected = 0 ORDER BY stream_pos DESC LIMIT $4"
+                 AND stream_pos > $3 AND {IN_TIMELINE} ORDER BY stream_pos DESC LIMIT $4"
             ),
             Direction::Forward => format!(
                 "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND stream_pos > $2 \
-                 AND stream_pos <= $3 AND rejected = 0 ORDER BY stream_pos ASC LIMIT $4"
+                 AND stream_pos <= $3 AND {IN_TIMELINE} ORDER BY stream_pos ASC LIMIT $4"
             ),
         };
-        let to = to.unwrap_or(match dir {
-            Direction::Backward => 0,
-            Direction::Forward => i64::MAX,
-        });
+        let to = to
+            .unwrap_or(match dir {
+                Direction::Backward => 0,
+                Direction::Forward => i64::MAX,
+            })
+            .max(0);
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(room_id)
             .bind(from)
@@ -221,6 +316,43 @@ impl Db {
             .bind(limit)
             .fetch_all(self.reader())
             .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    /// A page of the room's timeline in topological order (depth, then position): up to `limit`
+    /// events at or before `from` going backward (newest first), or after it going forward,
+    /// stopping at `to` (exclusive backward, inclusive forward). Backfilled history sorts by its
+    /// depth, before the events that follow it in the DAG.
+    pub async fn room_page(
+        &self,
+        room_id: &str,
+        from: Bound,
+        to: Option<Bound>,
+        dir: Direction,
+        limit: i64,
+    ) -> Result<Vec<EventRow>> {
+        let (from_cmp, to_cmp, order) = match dir {
+            Direction::Backward => ("<=", ">", "DESC"),
+            Direction::Forward => (">", "<=", "ASC"),
+        };
+        let mut conditions = vec![bound_condition(&from, from_cmp, 2)];
+        if let Some(to) = &to {
+            conditions.push(bound_condition(to, to_cmp, 2 + bound_params(&from)));
+        }
+        let limit_at = 2 + bound_params(&from) + to.as_ref().map_or(0, bound_params);
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND {} AND {IN_TIMELINE} \
+             ORDER BY depth {order}, stream_pos {order} LIMIT ${limit_at}",
+            conditions.join(" AND ")
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(room_id);
+        for bound in std::iter::once(&from).chain(to.as_ref()) {
+            q = match *bound {
+                Bound::Stream(pos) => q.bind(pos),
+                Bound::Topo(t) => q.bind(t.depth).bind(t.stream_pos),
+            };
+        }
+        let rows = q.bind(limit).fetch_all(self.reader()).await?;
         rows.iter().map(event_from_row).collect()
     }
 
@@ -246,7 +378,7 @@ impl Db {
     }
 
     /// The state of a room as of a state group: walks the delta chain in one recursive query and
-    /// lets the newest entry for each key win.
+    /// lets the newest entry for each key win (an entry without event removes the key).
     pub async fn state_group(&self, group_id: i64) -> Result<Vec<StateEntry>> {
         let rows = sqlx::query(
             "WITH RECURSIVE chain(group_id, prev_group, lvl) AS ( \
@@ -266,13 +398,14 @@ impl Db {
         for row in &rows {
             let ty: String = row.try_get("event_type")?;
             let key: String = row.try_get("state_key")?;
-            let id: String = row.try_get("event_id")?;
+            let id: Option<String> = row.try_get("event_id")?;
             map.insert((ty, key), id);
         }
-        Ok(map.into_iter().map(|((t, k), id)| (t, k, id)).collect())
+        Ok(map.into_iter().filter_map(|((t, k), id)| Some((t, k, id?))).collect())
     }
 
-    /// One entry of a state group (the newest along its delta chain), without loading the rest.
+    /// One entry of a state group (the newest along its delta chain, `None` if that removes the
+    /// key), without loading the rest.
     pub async fn state_group_entry(
         &self,
         group_id: i64,
@@ -293,7 +426,8 @@ impl Db {
         .bind(event_type)
         .bind(state_key)
         .fetch_optional(self.reader())
-        .await?)
+        .await?
+        .flatten())
     }
 
     /// The delta-chain length of a state group (0 for a full snapshot).
@@ -416,7 +550,7 @@ impl Db {
     pub async fn membership_changes(&self, user_id: &str, after: i64, up_to: i64) -> Result<Vec<EventRow>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE state_key = $1 AND event_type = 'm.room.member' \
-             AND stream_pos > $2 AND stream_pos <= $3 AND rejected = 0 ORDER BY stream_pos"
+             AND stream_pos > $2 AND stream_pos <= $3 AND {IN_TIMELINE} ORDER BY stream_pos"
         )))
         .bind(user_id)
         .bind(after)
@@ -435,7 +569,7 @@ impl Db {
     ) -> Result<Vec<EventRow>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND stream_pos > $2 AND stream_pos < $3 \
-             AND state_key IS NOT NULL AND rejected = 0 ORDER BY stream_pos"
+             AND state_key IS NOT NULL AND {IN_TIMELINE} ORDER BY stream_pos"
         )))
         .bind(room_id)
         .bind(after)
@@ -467,11 +601,11 @@ impl Db {
         let sql = match dir {
             Direction::Backward => format!(
                 "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND origin_server_ts <= $2 AND {seen} \
-                 AND rejected = 0 ORDER BY origin_server_ts DESC, stream_pos DESC LIMIT ${limit_at}"
+                 AND {IN_TIMELINE} ORDER BY origin_server_ts DESC, stream_pos DESC LIMIT ${limit_at}"
             ),
             Direction::Forward => format!(
                 "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND origin_server_ts >= $2 AND {seen} \
-                 AND rejected = 0 ORDER BY origin_server_ts ASC, stream_pos ASC LIMIT ${limit_at}"
+                 AND {IN_TIMELINE} ORDER BY origin_server_ts ASC, stream_pos ASC LIMIT ${limit_at}"
             ),
         };
         let q = sqlx::query(AssertSqlSafe(sql)).bind(room_id).bind(ts);

@@ -64,6 +64,8 @@ pub enum StorageError {
     Corrupt(String),
     #[error("unique constraint violated")]
     Conflict,
+    #[error("room alias already taken")]
+    AliasTaken,
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
@@ -270,3 +272,5 @@ pub(crate) fn conflict_or(err: sqlx::Error) -> StorageError {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_dag;

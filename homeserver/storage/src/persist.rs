@@ -8,7 +8,7 @@
 
 use sqlx::{Any, AssertSqlSafe, Transaction};
 
-use crate::{Db, Result, conflict_or};
+use crate::{Db, Result, StorageError, conflict_or};
 
 /// A room being created by this batch.
 #[derive(Debug, Clone)]
@@ -49,18 +49,49 @@ pub struct NewEvent {
     pub txn: Option<TxnRecord>,
     pub prev_events: Vec<String>,
     pub auth_events: Vec<String>,
-    /// For `m.room.member` events: the membership value.
-    pub membership: Option<String>,
+    /// Known only as the auth or state of other events (no place in the timeline).
+    pub outlier: bool,
+    /// Failed the auth rules against the room's current state: kept, never shown.
+    pub soft_failed: bool,
+    /// Failed the auth rules against its own auth events or the state before it: kept with the
+    /// reason, never part of any state.
+    pub rejected_reason: Option<String>,
+}
+
+/// A change to a room's current state. Derived tables (`current_state`, `memberships`, the
+/// room's join rule) are written only from these, so they cannot drift from the state.
+#[derive(Debug, Clone)]
+pub struct StateChange {
+    pub event_type: String,
+    pub state_key: String,
+    /// The event now holding the key; `None` removes the key (state resolution can).
+    pub event_id: Option<String>,
+    /// For member keys: the membership the change gives the user and the position it takes
+    /// effect at (its event's, or the merge's that brought it back).
+    pub membership: Option<MembershipUpdate>,
+}
+
+/// What a member key's change means for the `memberships` table.
+#[derive(Debug, Clone)]
+pub struct MembershipUpdate {
+    pub membership: String,
+    pub stream_pos: i64,
 }
 
 /// A new state group: the delta against `prev_group` (or a full snapshot when it is `None`).
+/// An entry without event id removes the key; a resolved state names every state it merged in
+/// `parents` (the first is `prev_group`).
 #[derive(Debug, Clone)]
 pub struct NewStateGroup {
     pub group_id: i64,
     pub prev_group: Option<i64>,
     pub chain_len: i64,
-    pub entries: Vec<(String, String, String)>,
+    pub entries: Vec<StateGroupEntry>,
+    pub parents: Vec<i64>,
 }
+
+/// `(type, state_key, event_id)` of a state group; no event id removes the key.
+pub type StateGroupEntry = (String, String, Option<String>);
 
 /// Who an event notifies, as the push rules decided.
 #[derive(Debug, Clone)]
@@ -116,10 +147,16 @@ pub struct PersistPlan {
     pub new_room: Option<NewRoom>,
     pub events: Vec<NewEvent>,
     pub state_groups: Vec<NewStateGroup>,
-    /// `(type, state_key, event_id)` rows that replace the current state for those keys.
-    pub current_state: Vec<(String, String, String)>,
+    /// How the room's current state changes, in order (a later change of a key wins).
+    pub state_delta: Vec<StateChange>,
+    /// The room's current state group after the batch.
+    pub current_state_group: Option<i64>,
     /// The room's forward extremities after the batch (replaces the stored set).
     pub extremities: Option<Vec<String>>,
+    /// Backward extremities the batch resolves (events now held) and opens (prev events not
+    /// held yet).
+    pub backward_extremities_closed: Vec<String>,
+    pub backward_extremities_opened: Vec<String>,
     /// Aliases to create with the batch, `(alias, creator)`; a taken alias aborts the batch.
     pub aliases: Vec<(String, String)>,
     pub push_actions: Vec<PushActionRow>,
@@ -130,9 +167,38 @@ pub struct PersistPlan {
     pub join_rule: Option<String>,
 }
 
+impl PersistPlan {
+    /// Folds another plan of the same room (a later command of the same batch) into this one.
+    pub fn merge(&mut self, from: PersistPlan) {
+        if from.new_room.is_some() {
+            self.new_room = from.new_room;
+        }
+        self.events.extend(from.events);
+        self.state_groups.extend(from.state_groups);
+        self.state_delta.extend(from.state_delta);
+        if from.current_state_group.is_some() {
+            self.current_state_group = from.current_state_group;
+        }
+        if from.extremities.is_some() {
+            self.extremities = from.extremities;
+        }
+        self.backward_extremities_closed.extend(from.backward_extremities_closed);
+        self.backward_extremities_opened.extend(from.backward_extremities_opened);
+        self.aliases.extend(from.aliases);
+        self.push_actions.extend(from.push_actions);
+        self.push_broadcasts.extend(from.push_broadcasts);
+        self.relations.extend(from.relations);
+        self.search.extend(from.search);
+        if from.join_rule.is_some() {
+            self.join_rule = from.join_rule;
+        }
+    }
+}
+
 impl Db {
-    /// Writes the whole plan in one transaction. A unique violation (a taken alias, a replayed
-    /// transaction id, a duplicate event) surfaces as `StorageError::Conflict` and nothing is written.
+    /// Writes the whole plan in one transaction. A taken alias surfaces as
+    /// `StorageError::AliasTaken`, any other unique violation (a replayed transaction id, a
+    /// duplicate event) as `StorageError::Conflict`, and nothing is written.
     pub async fn persist(&self, plan: &PersistPlan) -> Result<()> {
         self.persist_many(std::slice::from_ref(plan)).await
     }
@@ -205,6 +271,68 @@ fn last_per_key<T: Clone, K: Eq + std::hash::Hash>(items: &[T], key: impl Fn(&T)
     out
 }
 
+/// Applies state changes to `current_state` and `memberships`: the last change of each key
+/// wins; a change without event removes the key (and a member key's membership row).
+async fn apply_state_delta(
+    tx: &mut Transaction<'_, Any>,
+    room_id: &str,
+    delta: &[StateChange],
+) -> Result<()> {
+    let changes = last_per_key(delta, |c| (c.event_type.clone(), c.state_key.clone()));
+    let (set, removed): (Vec<&StateChange>, Vec<&StateChange>) =
+        changes.iter().partition(|c| c.event_id.is_some());
+    for change in &removed {
+        sqlx::query("DELETE FROM current_state WHERE room_id = $1 AND event_type = $2 AND state_key = $3")
+            .bind(room_id)
+            .bind(&change.event_type)
+            .bind(&change.state_key)
+            .execute(&mut **tx)
+            .await?;
+        if change.event_type == "m.room.member" {
+            sqlx::query("DELETE FROM memberships WHERE room_id = $1 AND user_id = $2")
+                .bind(room_id)
+                .bind(&change.state_key)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    insert_rows(
+        tx,
+        "current_state (room_id, event_type, state_key, event_id)",
+        "ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET event_id = excluded.event_id",
+        4,
+        &set,
+        |q, c| {
+            q.bind(room_id).bind(c.event_type.as_str()).bind(c.state_key.as_str()).bind(c.event_id.as_deref())
+        },
+    )
+    .await?;
+    let memberships: Vec<(&StateChange, &MembershipUpdate)> =
+        set.iter().filter_map(|c| Some((*c, c.membership.as_ref()?))).collect();
+    insert_rows(
+        tx,
+        "memberships (room_id, user_id, membership, event_id, stream_pos, forgotten, joined_pos)",
+        "ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, \
+         event_id = excluded.event_id, stream_pos = excluded.stream_pos, forgotten = 0, \
+         joined_pos = CASE WHEN excluded.membership <> 'join' THEN 0 \
+                           WHEN memberships.membership = 'join' THEN memberships.joined_pos \
+                           ELSE excluded.joined_pos END",
+        7,
+        &memberships,
+        |q, (c, m)| {
+            let joined_pos = if m.membership == "join" { m.stream_pos } else { 0 };
+            q.bind(room_id)
+                .bind(c.state_key.as_str())
+                .bind(m.membership.as_str())
+                .bind(c.event_id.as_deref())
+                .bind(m.stream_pos)
+                .bind(0_i64)
+                .bind(joined_pos)
+        },
+    )
+    .await
+}
+
 async fn apply(tx: &mut Transaction<'_, Any>, plan: &PersistPlan, engine: crate::Engine) -> Result<()> {
     let room_id = plan.room_id.as_str();
     if let Some(room) = &plan.new_room {
@@ -229,7 +357,11 @@ async fn apply(tx: &mut Transaction<'_, Any>, plan: &PersistPlan, engine: crate:
         &plan.aliases,
         |q, (alias, creator)| q.bind(alias.as_str()).bind(room_id).bind(creator.as_str()).bind(created_ts),
     )
-    .await?;
+    .await
+    .map_err(|e| match e {
+        StorageError::Conflict => StorageError::AliasTaken,
+        other => other,
+    })?;
     insert_rows(
         tx,
         "state_groups (group_id, room_id, prev_group, chain_len)",
@@ -239,7 +371,7 @@ async fn apply(tx: &mut Transaction<'_, Any>, plan: &PersistPlan, engine: crate:
         |q, g| q.bind(g.group_id).bind(room_id).bind(g.prev_group).bind(g.chain_len),
     )
     .await?;
-    let entries: Vec<(i64, &(String, String, String))> =
+    let entries: Vec<(i64, &StateGroupEntry)> =
         plan.state_groups.iter().flat_map(|g| g.entries.iter().map(move |e| (g.group_id, e))).collect();
     insert_rows(
         tx,
@@ -247,15 +379,22 @@ async fn apply(tx: &mut Transaction<'_, Any>, plan: &PersistPlan, engine: crate:
         "",
         4,
         &entries,
-        |q, (group, (ty, key, id))| q.bind(*group).bind(ty.as_str()).bind(key.as_str()).bind(id.as_str()),
+        |q, (group, (ty, key, id))| q.bind(*group).bind(ty.as_str()).bind(key.as_str()).bind(id.as_deref()),
     )
+    .await?;
+    let parents: Vec<(i64, i64)> =
+        plan.state_groups.iter().flat_map(|g| g.parents.iter().map(move |p| (g.group_id, *p))).collect();
+    insert_rows(tx, "state_group_parents (group_id, parent_group)", "", 2, &parents, |q, (g, p)| {
+        q.bind(*g).bind(*p)
+    })
     .await?;
     insert_rows(
         tx,
         "events (stream_pos, event_id, room_id, event_type, state_key, sender, depth, origin_server_ts, \
-         json, unsigned_extra, state_before, state_after, redacts, txn_device, txn_id)",
+         json, unsigned_extra, state_before, state_after, redacts, txn_device, txn_id, outlier, soft_failed, \
+         rejected, rejected_reason)",
         "",
-        15,
+        19,
         &plan.events,
         |q, ev| {
             q.bind(ev.stream_pos)
@@ -273,6 +412,10 @@ async fn apply(tx: &mut Transaction<'_, Any>, plan: &PersistPlan, engine: crate:
                 .bind(ev.redacts.as_deref())
                 .bind(ev.txn.as_ref().map(|t| t.device_id.as_str()))
                 .bind(ev.txn.as_ref().map(|t| t.txn_id.as_str()))
+                .bind(ev.outlier as i64)
+                .bind(ev.soft_failed as i64)
+                .bind(ev.rejected_reason.is_some() as i64)
+                .bind(ev.rejected_reason.as_deref())
         },
     )
     .await?;
@@ -304,32 +447,7 @@ async fn apply(tx: &mut Transaction<'_, Any>, plan: &PersistPlan, engine: crate:
         |q, (e, a)| q.bind(*e).bind(*a),
     )
     .await?;
-    let memberships: Vec<&NewEvent> = last_per_key(
-        &plan.events.iter().filter(|e| e.membership.is_some() && e.state_key.is_some()).collect::<Vec<_>>(),
-        |e| e.state_key.clone(),
-    );
-    insert_rows(
-        tx,
-        "memberships (room_id, user_id, membership, event_id, stream_pos, forgotten, joined_pos)",
-        "ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, \
-         event_id = excluded.event_id, stream_pos = excluded.stream_pos, forgotten = 0, \
-         joined_pos = CASE WHEN excluded.membership <> 'join' THEN 0 \
-                           WHEN memberships.membership = 'join' THEN memberships.joined_pos \
-                           ELSE excluded.joined_pos END",
-        7,
-        &memberships,
-        |q, ev| {
-            let joined_pos = if ev.membership.as_deref() == Some("join") { ev.stream_pos } else { 0 };
-            q.bind(room_id)
-                .bind(ev.state_key.as_deref())
-                .bind(ev.membership.as_deref())
-                .bind(ev.event_id.as_str())
-                .bind(ev.stream_pos)
-                .bind(0_i64)
-                .bind(joined_pos)
-        },
-    )
-    .await?;
+    apply_state_delta(tx, room_id, &plan.state_delta).await?;
     insert_rows(
         tx,
         "event_push_actions (user_id, room_id, event_id, stream_pos, highlight, thread_id, actions, notify)",
@@ -470,14 +588,27 @@ async fn apply(tx: &mut Transaction<'_, Any>, plan: &PersistPlan, engine: crate:
         },
     )
     .await?;
-    let current = last_per_key(&plan.current_state, |(t, k, _)| (t.clone(), k.clone()));
+    if let Some(group) = plan.current_state_group {
+        sqlx::query("UPDATE rooms SET current_state_group = $2 WHERE room_id = $1")
+            .bind(room_id)
+            .bind(group)
+            .execute(&mut **tx)
+            .await?;
+    }
+    for id in &plan.backward_extremities_closed {
+        sqlx::query("DELETE FROM room_backward_extremities WHERE room_id = $1 AND event_id = $2")
+            .bind(room_id)
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+    }
     insert_rows(
         tx,
-        "current_state (room_id, event_type, state_key, event_id)",
-        "ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET event_id = excluded.event_id",
-        4,
-        &current,
-        |q, (ty, key, id)| q.bind(room_id).bind(ty.as_str()).bind(key.as_str()).bind(id.as_str()),
+        "room_backward_extremities (room_id, event_id)",
+        "ON CONFLICT DO NOTHING",
+        2,
+        &plan.backward_extremities_opened,
+        |q, id| q.bind(room_id).bind(id.as_str()),
     )
     .await?;
     if let Some(extremities) = &plan.extremities {

@@ -129,14 +129,14 @@ impl Db {
         let sql = format!(
             "SELECT {cols} FROM events e JOIN event_relations r ON r.event_id = e.event_id \
              WHERE r.relates_to IN ({target_list}) AND ($1 = '' OR r.rel_type = $1) AND ($2 = '' OR r.event_type = $2) \
-             AND e.stream_pos {cmp} $3 AND e.rejected = 0 ORDER BY e.stream_pos {order} LIMIT $4",
+             AND e.stream_pos {cmp} $3 AND e.rejected = 0 AND e.soft_failed = 0 AND e.outlier = 0 ORDER BY e.stream_pos {order} LIMIT $4",
             cols = crate::events::EVENT_COLUMNS
                 .split(", ")
                 .map(|c| format!("e.{}", c.trim()))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let from = from.unwrap_or(if forward { 0 } else { i64::MAX });
+        let from = from.unwrap_or(if forward { i64::MIN } else { i64::MAX });
         let mut q = sqlx::query(AssertSqlSafe(sql))
             .bind(rel_type.unwrap_or(""))
             .bind(event_type.unwrap_or(""))

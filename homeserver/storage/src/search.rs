@@ -207,9 +207,10 @@ impl Db {
         let mut out = Vec::new();
         for chunk in positions.chunks(500) {
             let sql = format!(
-                "SELECT {} FROM events WHERE stream_pos IN ({}) AND rejected = 0",
+                "SELECT {} FROM events WHERE stream_pos IN ({}) AND {}",
                 crate::events::EVENT_COLUMNS,
-                placeholders(1, chunk.len())
+                placeholders(1, chunk.len()),
+                crate::events::IN_TIMELINE
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for pos in chunk {

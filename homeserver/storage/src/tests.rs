@@ -4,7 +4,7 @@ use crate::{
     Db, StorageError,
     accounts::NewLogin,
     events::Direction,
-    persist::{NewEvent, NewRoom, NewStateGroup, PersistPlan, TxnRecord},
+    persist::{MembershipUpdate, NewEvent, NewRoom, NewStateGroup, PersistPlan, StateChange, TxnRecord},
     testing::TestDatabase,
 };
 
@@ -31,8 +31,25 @@ fn event(pos: i64, id: &str, ty: &str, key: Option<&str>, before: i64, after: i6
         txn: None,
         prev_events: vec![],
         auth_events: vec![],
-        membership: (ty == "m.room.member").then(|| "join".into()),
+        outlier: false,
+        soft_failed: false,
+        rejected_reason: None,
     }
+}
+
+/// A change of the current state to `id` (`None`: removal); member keys join at `pos`.
+fn change(ty: &str, key: &str, id: Option<&str>, pos: i64) -> StateChange {
+    StateChange {
+        event_type: ty.into(),
+        state_key: key.into(),
+        event_id: id.map(Into::into),
+        membership: (ty == "m.room.member" && id.is_some())
+            .then(|| MembershipUpdate { membership: "join".into(), stream_pos: pos }),
+    }
+}
+
+fn entry(ty: &str, key: &str, id: Option<&str>) -> (String, String, Option<String>) {
+    (ty.into(), key.into(), id.map(Into::into))
 }
 
 #[tokio::test]
@@ -171,19 +188,22 @@ async fn persist_is_atomic_and_state_groups_resolve_through_deltas() {
                 group_id: 1,
                 prev_group: None,
                 chain_len: 0,
-                entries: vec![("m.room.create".into(), "".into(), "$create".into())],
+                entries: vec![entry("m.room.create", "", Some("$create"))],
+                parents: vec![],
             },
             NewStateGroup {
                 group_id: 2,
                 prev_group: Some(1),
                 chain_len: 1,
-                entries: vec![("m.room.member".into(), "@a:x".into(), "$join".into())],
+                entries: vec![entry("m.room.member", "@a:x", Some("$join"))],
+                parents: vec![],
             },
         ],
-        current_state: vec![
-            ("m.room.create".into(), "".into(), "$create".into()),
-            ("m.room.member".into(), "@a:x".into(), "$join".into()),
+        state_delta: vec![
+            change("m.room.create", "", Some("$create"), 1),
+            change("m.room.member", "@a:x", Some("$join"), 2),
         ],
+        current_state_group: Some(2),
         extremities: Some(vec!["$msg".into()]),
         aliases: vec![("#a:x".into(), "@a:x".into())],
         ..Default::default()
@@ -216,9 +236,17 @@ async fn persist_is_atomic_and_state_groups_resolve_through_deltas() {
         aliases: vec![("#a:x".into(), "@a:x".into())],
         ..Default::default()
     };
-    assert!(matches!(db.persist(&plan2).await, Err(StorageError::Conflict)));
+    assert!(matches!(db.persist(&plan2).await, Err(StorageError::AliasTaken)));
     assert!(db.event("$msg2").await.unwrap().is_none());
     assert_eq!(db.max_stream_pos().await.unwrap(), 3);
+    assert_eq!(db.room("!r:x").await.unwrap().unwrap().current_state_group, 2);
+    // A duplicate event is a conflict of its own, not a taken alias.
+    let dup = PersistPlan {
+        room_id: "!r:x".into(),
+        events: vec![event(5, "$msg", "m.room.message", None, 2, 2)],
+        ..Default::default()
+    };
+    assert!(matches!(db.persist(&dup).await, Err(StorageError::Conflict)));
 }
 
 #[tokio::test]

@@ -105,11 +105,12 @@ impl Db {
         let mut out: HashMap<String, Vec<VisibilityChange>> = HashMap::new();
         for chunk in rooms.chunks(500) {
             let sql = format!(
-                "SELECT room_id, stream_pos, event_type, json FROM events WHERE room_id IN ({}) AND rejected = 0 \
+                "SELECT room_id, stream_pos, event_type, json FROM events WHERE room_id IN ({}) AND {} \
                  AND ((event_type = 'm.room.member' AND state_key = $1) \
                   OR (event_type = 'm.room.history_visibility' AND state_key = '')) \
                  ORDER BY stream_pos",
-                crate::placeholders(2, chunk.len())
+                crate::placeholders(2, chunk.len()),
+                crate::events::IN_TIMELINE
             );
             let mut q = sqlx::query(AssertSqlSafe(sql)).bind(user_id);
             for room in chunk {

@@ -334,9 +334,20 @@ async fn reading_members_messages_and_context() {
     assert_eq!(bodies(&back["chunk"]), vec!["msg 5", "msg 4", "msg 3", "msg 2"]);
     assert!(back["chunk"][0]["room_id"].is_string());
     let end = back["end"].as_str().unwrap();
+    assert!(end.starts_with('t'), "pages hand out topological tokens: {end}");
     let (_, back2) =
         server.get(&r(&room, &format!("/messages?dir=b&limit=4&from={end}")), Some(&alice.token)).await;
     assert_eq!(bodies(&back2["chunk"]), vec!["msg 1", "msg 0"]);
+    assert_eq!(back2["start"], end, "start echoes the token the page started from");
+    // Forward from the same point returns what the backward page returned, oldest first.
+    let (_, ahead) =
+        server.get(&r(&room, &format!("/messages?dir=f&limit=10&from={end}")), Some(&alice.token)).await;
+    assert_eq!(bodies(&ahead["chunk"]), vec!["msg 2", "msg 3", "msg 4", "msg 5"]);
+    for bad in ["t1", "t-1_2", "tx_1", "s-1", "t1_2_3"] {
+        let (status, body) =
+            server.get(&r(&room, &format!("/messages?dir=b&from={bad}")), Some(&alice.token)).await;
+        assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{bad}: {body}");
+    }
     let (_, fwd) =
         server.get(&r(&room, &format!("/messages?dir=f&limit=3&from={at_two}")), Some(&alice.token)).await;
     let fwd_types: Vec<&str> =
