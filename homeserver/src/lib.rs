@@ -154,6 +154,8 @@ impl Server {
                     registrations.iter().any(|r| r.is_interested_in_user(user.as_str()))
                 }))
             }),
+            // Until federation fetches other servers' keys, only this server's own key is known.
+            server_keys: None,
         };
         let rooms = Rooms::new(db.clone(), key.clone(), stream, rooms_config);
         let limit =

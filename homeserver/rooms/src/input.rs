@@ -50,6 +50,7 @@ use crate::{
     pdu::Pdu,
     power::PowerLevels,
     push, redaction,
+    remote::{Arrival, IncomingPdu, Verdict},
     state_groups::{self, MAX_STATE_CHAIN},
     validate, versions,
 };
@@ -63,6 +64,8 @@ const MAX_PREV_EVENTS: usize = 10;
 const MAX_DEPTH: u64 = (1 << 53) - 1;
 /// An actor with nothing to do for this long retires.
 const IDLE_RETIRE: Duration = Duration::from_secs(300);
+
+mod remote;
 
 type StateKey = (StateEventType, String);
 
@@ -79,6 +82,8 @@ pub enum Submission {
         room: NewRoom,
         aliases: Vec<(String, String)>,
     },
+    /// Check and place events other servers created ([`crate::remote`]).
+    Remote { pdus: Vec<IncomingPdu>, arrival: Arrival },
     /// Delete the room and everything stored about it (admin purge). Runs alone, after the
     /// commands queued before it, so no write to the room races the deletion.
     Purge,
@@ -86,7 +91,23 @@ pub enum Submission {
 
 pub(crate) struct Command {
     pub submission: Submission,
-    pub reply: oneshot::Sender<Result<Vec<Arc<Pdu>>, Error>>,
+    pub reply: oneshot::Sender<Result<Answer, Error>>,
+}
+
+/// What a command produced: the events it stored and, for remote events, one verdict each.
+#[derive(Default)]
+pub(crate) struct Answer {
+    pub pdus: Vec<Arc<Pdu>>,
+    pub verdicts: Vec<Verdict>,
+}
+
+/// A forward extremity: an event no other event of the room references yet.
+#[derive(Debug, Clone)]
+pub(crate) struct Extremity {
+    pub id: OwnedEventId,
+    pub depth: u64,
+    /// The state group after it.
+    pub group: i64,
 }
 
 /// The push actions of one event: the broadcast row for everyone the common outcome fits, and
@@ -114,8 +135,7 @@ struct Loaded {
     state: HashMap<StateKey, OwnedEventId>,
     group: i64,
     chain_len: i64,
-    /// The forward extremities with their depths.
-    extremities: Vec<(OwnedEventId, u64)>,
+    extremities: Vec<Extremity>,
     memberships: HashMap<OwnedUserId, String>,
     create_event: Option<OwnedEventId>,
 }
@@ -125,7 +145,7 @@ struct Journal {
     txns: Vec<String>,
     group: i64,
     chain_len: i64,
-    extremities: Vec<(OwnedEventId, u64)>,
+    extremities: Vec<Extremity>,
     state: Vec<(StateKey, Option<OwnedEventId>)>,
     memberships: Vec<(OwnedUserId, Option<String>)>,
     create_event: Option<OwnedEventId>,
@@ -143,6 +163,7 @@ struct AppliedState {
 #[derive(Default)]
 struct Outcome {
     pdus: Vec<Arc<Pdu>>,
+    verdicts: Vec<Verdict>,
     plan: PersistPlan,
     reservations: Vec<Reservation>,
     woken: Vec<OwnedUserId>,
@@ -159,6 +180,10 @@ pub(crate) struct RoomActor {
     batch_pdus: HashMap<OwnedEventId, Arc<Pdu>>,
     /// Reactions `(target, sender, key)` accepted earlier in the current batch.
     batch_annotations: HashSet<(String, String, String)>,
+    /// Where events stored earlier in the batch sit in the DAG.
+    batch_info: HashMap<OwnedEventId, remote::DagInfo>,
+    /// State groups created in the batch (storage holds them only once it commits).
+    batch_groups: HashMap<i64, homeserver_storage::persist::NewStateGroup>,
 }
 
 impl RoomActor {
@@ -171,6 +196,8 @@ impl RoomActor {
             batch_txns: HashMap::new(),
             batch_pdus: HashMap::new(),
             batch_annotations: HashSet::new(),
+            batch_info: HashMap::new(),
+            batch_groups: HashMap::new(),
         };
         tokio::spawn(actor.run(rx));
         tx
@@ -207,9 +234,7 @@ impl RoomActor {
             if let Some(purge) = purge {
                 self.purge(purge).await;
             }
-            self.batch_txns.clear();
-            self.batch_pdus.clear();
-            self.batch_annotations.clear();
+            self.clear_batch();
         }
         debug!(room_id = %self.room_id, "room actor retired");
     }
@@ -219,7 +244,7 @@ impl RoomActor {
         let result = self.shared.db.purge_room(self.room_id.as_str()).await.map_err(storage_error);
         self.loaded = None;
         self.shared.forget_room(&self.room_id);
-        let _ = cmd.reply.send(result.map(|()| Vec::new()));
+        let _ = cmd.reply.send(result.map(|()| Answer::default()));
     }
 
     async fn process(&mut self, batch: Vec<Command>) {
@@ -243,7 +268,7 @@ impl RoomActor {
         if plan.events.is_empty() {
             // Only replays of earlier transactions: nothing to write.
             for (cmd, outcome) in accepted {
-                let _ = cmd.reply.send(Ok(outcome.pdus));
+                let _ = cmd.reply.send(Ok(Answer { pdus: outcome.pdus, verdicts: outcome.verdicts }));
             }
             return;
         }
@@ -270,15 +295,15 @@ impl RoomActor {
                     for pdu in &outcome.pdus {
                         self.shared.cache.insert(pdu.clone());
                     }
-                    let _ = cmd.reply.send(Ok(outcome.pdus));
+                    let _ = cmd.reply.send(Ok(Answer { pdus: outcome.pdus, verdicts: outcome.verdicts }));
                 }
             }
             Err(err) => {
-                // Nothing of the batch is committed; forget the in-memory effects.
+                // Nothing of the batch is committed; forget the in-memory effects, and the
+                // state groups the batch would have created.
                 self.loaded = None;
-                self.batch_txns.clear();
-                self.batch_pdus.clear();
-                self.batch_annotations.clear();
+                self.forget_batch_groups();
+                self.clear_batch();
                 if retry_singly {
                     warn!(room_id = %self.room_id, error = %err, "batch failed; retrying commands singly");
                     for (cmd, outcome) in accepted {
@@ -293,6 +318,24 @@ impl RoomActor {
                 }
             }
         }
+    }
+
+    fn clear_batch(&mut self) {
+        self.batch_txns.clear();
+        self.batch_pdus.clear();
+        self.batch_annotations.clear();
+        self.batch_info.clear();
+        self.batch_groups.clear();
+    }
+
+    /// Drops cached states and resolutions that name groups of a failed batch.
+    fn forget_batch_groups(&self) {
+        let mut maps = self.shared.state_maps.lock().expect("state cache poisoned");
+        for group in self.batch_groups.keys() {
+            maps.pop(group);
+        }
+        drop(maps);
+        self.shared.resolved_groups.lock().expect("resolution cache poisoned").clear();
     }
 
     fn joined_members(&self) -> impl Iterator<Item = OwnedUserId> + '_ {
@@ -325,18 +368,12 @@ impl RoomActor {
             }
             state.insert((StateEventType::from(ty), key), id);
         }
-        let extremity_ids: Vec<OwnedEventId> = db
-            .room_extremities(room_id)
-            .await
-            .map_err(storage_error)?
-            .into_iter()
-            .filter_map(|id| EventId::parse(id).ok())
-            .collect();
-        let depths = self.shared.cache.get_many(&extremity_ids).await?;
-        let extremities = extremity_ids
-            .into_iter()
-            .map(|id| (depths.get(&id).map_or(0, |p| p.depth), id))
-            .map(|(d, id)| (id, d));
+        let extremity_ids = db.room_extremities(room_id).await.map_err(storage_error)?;
+        let extremities =
+            db.dag_events(&extremity_ids).await.map_err(storage_error)?.into_iter().filter_map(|row| {
+                let id = EventId::parse(&row.event_id).ok()?;
+                Some(Extremity { id, depth: row.depth.max(0) as u64, group: row.state_after })
+            });
         let group = room.current_state_group;
         let chain_len =
             db.state_group_chain_len(group).await.map_err(storage_error)?.unwrap_or(MAX_STATE_CHAIN);
@@ -378,41 +415,70 @@ impl RoomActor {
 
     /// Runs one command against the in-memory state; on error its effects are rolled back.
     async fn run_command(&mut self, submission: &Submission) -> Result<Outcome, Error> {
+        let mut new_room = None;
         if let Submission::Create { version, .. } = submission {
             if self.loaded.is_some()
                 || self.shared.db.room(self.room_id.as_str()).await.map_err(storage_error)?.is_some()
             {
                 return Err(Error::new(ErrorKind::RoomInUse, "room already exists"));
             }
-            let rules = versions::rules(version)
-                .ok_or_else(|| Error::new(ErrorKind::UnsupportedRoomVersion, "unsupported room version"))?;
-            self.loaded = Some(Loaded {
-                rules,
-                display_names: HashMap::new(),
-                state: HashMap::new(),
-                group: 0,
-                chain_len: MAX_STATE_CHAIN,
-                extremities: Vec::new(),
-                memberships: HashMap::new(),
-                create_event: None,
-            });
+            self.start_empty(version)?;
+        } else if let Submission::Remote { pdus, .. } = submission
+            && self.loaded.is_none()
+            && self.shared.db.room(self.room_id.as_str()).await.map_err(storage_error)?.is_none()
+        {
+            // A room this server learns of through its create event.
+            let Some((version, room)) = pdus.first().and_then(|p| remote_create(&p.json)) else {
+                return Err(Error::not_found("room not found"));
+            };
+            self.start_empty(&version)?;
+            new_room = Some(room);
         } else {
             self.ensure_loaded().await?;
         }
         let mut journal = self.journal();
-        let mut outcome = Outcome::default();
-        match self.run_submission(submission, &mut outcome, &mut journal).await {
+        let mut outcome = Outcome {
+            plan: PersistPlan { new_room: new_room.clone(), ..Default::default() },
+            ..Default::default()
+        };
+        let result = self.run_submission(submission, &mut outcome, &mut journal).await;
+        let created = matches!(submission, Submission::Create { .. }) || new_room.is_some();
+        let founded = outcome
+            .plan
+            .events
+            .iter()
+            .any(|e| e.event_type == "m.room.create" && e.state_key.as_deref() == Some(""));
+        if created && (result.is_err() || !founded) {
+            // The room never came to exist; the next command starts from the database.
+            self.loaded = None;
+            outcome.plan.new_room = None;
+        }
+        match result {
             Ok(()) => Ok(outcome),
             Err(err) => {
-                if matches!(submission, Submission::Create { .. }) {
-                    // The room never existed; the next command starts from the database.
-                    self.loaded = None;
-                } else {
+                if !created {
                     self.rollback(journal);
                 }
                 Err(err)
             }
         }
+    }
+
+    /// An empty in-memory room of `version`, about to be created.
+    fn start_empty(&mut self, version: &RoomVersionId) -> Result<(), Error> {
+        let rules = versions::rules(version)
+            .ok_or_else(|| Error::new(ErrorKind::UnsupportedRoomVersion, "unsupported room version"))?;
+        self.loaded = Some(Loaded {
+            rules,
+            display_names: HashMap::new(),
+            state: HashMap::new(),
+            group: 0,
+            chain_len: MAX_STATE_CHAIN,
+            extremities: Vec::new(),
+            memberships: HashMap::new(),
+            create_event: None,
+        });
+        Ok(())
     }
 
     async fn run_submission(
@@ -431,6 +497,7 @@ impl RoomActor {
                 }
             }
             Submission::Purge => return Err(Error::internal("a purge cannot be part of a batch")),
+            Submission::Remote { pdus, arrival } => self.ingest(pdus, *arrival, outcome, journal).await?,
             Submission::Events { templates, txn } => {
                 if let Some(txn) = txn
                     && let Some(existing) = self.replayed(txn, outcome).await?
@@ -630,7 +697,7 @@ impl RoomActor {
         let reservation = self.shared.stream.reserve(1).await?;
         let pos = reservation.first() as i64;
         let applied = self.apply_state(&pdu, pos, outcome, journal).await?;
-        self.advance_extremities(&pdu, outcome);
+        self.advance_extremities(&pdu, applied.state_after, outcome);
         if let Some(txn) = &txn {
             let key = txn_key(txn);
             journal.txns.push(key.clone());
@@ -657,6 +724,7 @@ impl RoomActor {
             outlier: false,
             soft_failed: false,
             rejected_reason: None,
+            replaces_outlier: false,
         });
         outcome.reservations.push(reservation);
         self.batch_pdus.insert(pdu.event_id.clone(), pdu.clone());
@@ -743,11 +811,11 @@ impl RoomActor {
 
     /// The forward extremities after an accepted event: the old ones and the event, minus what
     /// it references.
-    fn advance_extremities(&mut self, pdu: &Pdu, outcome: &mut Outcome) {
+    fn advance_extremities(&mut self, pdu: &Pdu, group: i64, outcome: &mut Outcome) {
         let l = self.loaded.as_mut().expect("loaded");
-        l.extremities.retain(|(id, _)| !pdu.prev_events.contains(id));
-        l.extremities.push((pdu.event_id.clone(), pdu.depth));
-        outcome.plan.extremities = Some(l.extremities.iter().map(|(id, _)| id.to_string()).collect());
+        l.extremities.retain(|x| !pdu.prev_events.contains(&x.id));
+        l.extremities.push(Extremity { id: pdu.event_id.clone(), depth: pdu.depth, group });
+        outcome.plan.extremities = Some(l.extremities.iter().map(|x| x.id.to_string()).collect());
     }
 
     /// What an accepted event means for readers, derived in the same transaction: its relation,
@@ -975,12 +1043,29 @@ impl RoomActor {
 
 /// The prev events and depth of a new local event: the deepest forward extremities (all of
 /// them up to [`MAX_PREV_EVENTS`], so forks merge), and one more than the deepest of those.
-fn next_placement(extremities: &[(OwnedEventId, u64)]) -> (Vec<OwnedEventId>, u64) {
-    let mut chosen: Vec<&(OwnedEventId, u64)> = extremities.iter().collect();
-    chosen.sort_by_key(|(_, depth)| std::cmp::Reverse(*depth));
+fn next_placement(extremities: &[Extremity]) -> (Vec<OwnedEventId>, u64) {
+    let mut chosen: Vec<&Extremity> = extremities.iter().collect();
+    chosen.sort_by_key(|x| std::cmp::Reverse(x.depth));
     chosen.truncate(MAX_PREV_EVENTS);
-    let depth = chosen.iter().map(|(_, d)| *d).max().map_or(1, |d| d.saturating_add(1)).min(MAX_DEPTH);
-    (chosen.into_iter().map(|(id, _)| id.clone()).collect(), depth)
+    let depth = chosen.iter().map(|x| x.depth).max().map_or(1, |d| d.saturating_add(1)).min(MAX_DEPTH);
+    (chosen.into_iter().map(|x| x.id.clone()).collect(), depth)
+}
+
+/// The version and room record a remote `m.room.create` event founds (unchecked: the remote
+/// path checks the event itself).
+fn remote_create(json: &str) -> Option<(RoomVersionId, NewRoom)> {
+    let value: serde_json::Value = serde_json::from_str(json).ok()?;
+    if value.get("type")?.as_str()? != "m.room.create" {
+        return None;
+    }
+    let version = value.get("content")?.get("room_version").and_then(|v| v.as_str()).unwrap_or("1");
+    let room = NewRoom {
+        room_version: version.to_owned(),
+        creator: value.get("sender")?.as_str()?.to_owned(),
+        created_ts: value.get("origin_server_ts")?.as_i64()?,
+        published: false,
+    };
+    Some((RoomVersionId::try_from(version).ok()?, room))
 }
 
 fn txn_key(txn: &TxnRecord) -> String {

@@ -30,6 +30,8 @@ pub mod power;
 pub mod push;
 pub mod read;
 pub mod redaction;
+pub mod remote;
+mod resolve;
 pub mod send;
 mod state_groups;
 pub mod upgrade;
@@ -62,11 +64,29 @@ pub struct RoomsConfig {
     pub event_cache_size: usize,
     /// Users that application services own (they may be invited before they are registered).
     pub appservice_users: Option<membership::AppserviceUsers>,
+    /// Where verify keys of other servers come from (the federation layer's key store); by
+    /// default an empty [`remote::KeyRing`] plus this server's own key.
+    pub server_keys: Option<ServerKeysHandle>,
+}
+
+/// A shared [`remote::ServerKeys`] source.
+#[derive(Clone)]
+pub struct ServerKeysHandle(pub Arc<dyn remote::ServerKeys>);
+
+impl std::fmt::Debug for ServerKeysHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerKeysHandle(..)")
+    }
 }
 
 impl Default for RoomsConfig {
     fn default() -> Self {
-        Self { default_room_version: RoomVersionId::V12, event_cache_size: 20_000, appservice_users: None }
+        Self {
+            default_room_version: RoomVersionId::V12,
+            event_cache_size: 20_000,
+            appservice_users: None,
+            server_keys: None,
+        }
     }
 }
 
@@ -83,6 +103,12 @@ pub(crate) struct Shared {
     pub cache: EventCache,
     pub(crate) committer: commit::Committer,
     pub(crate) state_group_ids: state_groups::StateGroupIds,
+    pub(crate) outside_positions: state_groups::OutsidePositions,
+    pub(crate) server_keys: Arc<dyn remote::ServerKeys>,
+    /// Whole states by group, for resolution (a few large maps).
+    pub(crate) state_maps: Mutex<lru::LruCache<i64, Arc<resolve::State>>>,
+    /// The group a set of forks' states resolved to (sorted group ids).
+    pub(crate) resolved_groups: Mutex<lru::LruCache<Vec<i64>, i64>>,
     pub push: push::PushRules,
     pub config: RoomsConfig,
     /// One actor per active room. A std mutex: held only to look up or insert a handle.
@@ -118,10 +144,28 @@ impl Rooms {
         let cache = EventCache::new(db.clone(), config.event_cache_size);
         let committer = commit::Committer::spawn(db.clone());
         let push = push::PushRules::new(db.clone());
+        let server_keys = match &config.server_keys {
+            Some(handle) => handle.0.clone(),
+            None => {
+                let ring = remote::KeyRing::default();
+                if let Ok(public) = ruma::serde::Base64::parse(key.public_key_base64()) {
+                    ring.add(key.server_name().as_str(), &key.key_id(), public);
+                }
+                Arc::new(ring)
+            }
+        };
         Self {
             shared: Arc::new(Shared {
                 committer,
                 state_group_ids: state_groups::StateGroupIds::default(),
+                outside_positions: state_groups::OutsidePositions::default(),
+                server_keys,
+                state_maps: Mutex::new(lru::LruCache::new(
+                    std::num::NonZeroUsize::new(32).expect("non-zero"),
+                )),
+                resolved_groups: Mutex::new(lru::LruCache::new(
+                    std::num::NonZeroUsize::new(1024).expect("non-zero"),
+                )),
                 push,
                 db,
                 key,
@@ -171,12 +215,31 @@ impl Rooms {
         self.submit(room_id, Submission::Purge).await.map(|_| ())
     }
 
+    /// Checks and places events other servers created, in order; one verdict per event. The
+    /// room is created by its `m.room.create` event if this server does not know it yet.
+    pub async fn receive_remote(
+        &self,
+        room_id: &RoomId,
+        pdus: Vec<remote::IncomingPdu>,
+        arrival: remote::Arrival,
+    ) -> Result<Vec<remote::Verdict>, Error> {
+        Ok(self.submit_for_answer(room_id, Submission::Remote { pdus, arrival }).await?.verdicts)
+    }
+
     /// Hands a submission to the room's actor and waits until it is committed (or refused).
     pub(crate) async fn submit(
         &self,
         room_id: &RoomId,
         submission: Submission,
     ) -> Result<Vec<Arc<Pdu>>, Error> {
+        Ok(self.submit_for_answer(room_id, submission).await?.pdus)
+    }
+
+    async fn submit_for_answer(
+        &self,
+        room_id: &RoomId,
+        submission: Submission,
+    ) -> Result<input::Answer, Error> {
         let (reply, answer) = oneshot::channel();
         let mut command = Command { submission, reply };
         loop {

@@ -41,6 +41,26 @@ impl StateGroupIds {
     }
 }
 
+/// Hands out positions outside the live stream (below zero, decreasing): backfilled history,
+/// outliers, soft-failed and rejected events. Seeded from the lowest stored position.
+#[derive(Default)]
+pub(crate) struct OutsidePositions {
+    next: OnceCell<AtomicI64>,
+}
+
+impl OutsidePositions {
+    pub(crate) async fn next(&self, db: &Db) -> Result<i64, Error> {
+        let counter = self
+            .next
+            .get_or_try_init(|| async {
+                let min = db.min_event_pos().await.map_err(storage_error)?;
+                Ok::<_, Error>(AtomicI64::new(min - 1))
+            })
+            .await?;
+        Ok(counter.fetch_sub(1, Ordering::Relaxed))
+    }
+}
+
 /// The state a new group derives from.
 pub(crate) struct Base {
     /// The group's id (0: no state yet).

@@ -465,6 +465,16 @@ impl Db {
         .await?)
     }
 
+    /// Prev events the room's events name that this server does not hold (where backfill goes on).
+    pub async fn backward_extremities(&self, room_id: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT event_id FROM room_backward_extremities WHERE room_id = $1 ORDER BY event_id",
+        )
+        .bind(room_id)
+        .fetch_all(self.reader())
+        .await?)
+    }
+
     pub async fn room_extremities(&self, room_id: &str) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar("SELECT event_id FROM room_extremities WHERE room_id = $1")
             .bind(room_id)

@@ -24,6 +24,7 @@ pub mod account_data;
 pub mod accounts;
 pub mod admin;
 pub mod aliases;
+pub mod dag;
 pub mod directory;
 pub mod events;
 pub mod notifications;

@@ -56,6 +56,9 @@ pub struct NewEvent {
     /// Failed the auth rules against its own auth events or the state before it: kept with the
     /// reason, never part of any state.
     pub rejected_reason: Option<String>,
+    /// The event is stored as an outlier and now takes its place in the DAG (de-outliered):
+    /// the outlier row is replaced.
+    pub replaces_outlier: bool,
 }
 
 /// A change to a room's current state. Derived tables (`current_state`, `memberships`, the
@@ -388,6 +391,12 @@ async fn apply(tx: &mut Transaction<'_, Any>, plan: &PersistPlan, engine: crate:
         q.bind(*g).bind(*p)
     })
     .await?;
+    for ev in plan.events.iter().filter(|e| e.replaces_outlier) {
+        sqlx::query("DELETE FROM events WHERE event_id = $1 AND outlier = 1")
+            .bind(&ev.event_id)
+            .execute(&mut **tx)
+            .await?;
+    }
     insert_rows(
         tx,
         "events (stream_pos, event_id, room_id, event_type, state_key, sender, depth, origin_server_ts, \

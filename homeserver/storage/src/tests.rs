@@ -34,6 +34,7 @@ fn event(pos: i64, id: &str, ty: &str, key: Option<&str>, before: i64, after: i6
         outlier: false,
         soft_failed: false,
         rejected_reason: None,
+        replaces_outlier: false,
     }
 }
 

@@ -37,6 +37,7 @@ fn event(pos: i64, depth: i64, id: &str, ty: &str, key: Option<&str>, group: i64
         outlier: false,
         soft_failed: false,
         rejected_reason: None,
+        replaces_outlier: false,
     }
 }
 

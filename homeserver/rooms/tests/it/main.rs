@@ -2,5 +2,8 @@
 //! `LATTICE_TEST_DATABASE_URL` is set).
 //!
 //! - `pipeline`: created events are valid signed PDUs; auth rules reject what they must.
+//! - `dag`: remote events in any order converge (`dag_support`: fake servers, fixtures).
 
+mod dag;
+mod dag_support;
 mod pipeline;

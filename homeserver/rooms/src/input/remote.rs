@@ -1,0 +1,674 @@
+//! The room actor's remote-event path: events other servers created, checked in the spec's
+//! order and placed in the DAG, next to the local fast path.
+//!
+//! For each event: format, signatures and hashes ([`crate::remote::check`]); duplicates are
+//! no-ops; auth events must be stored (else [`Verdict::Missing`]); auth against the event's own
+//! auth events (else rejected); for outliers that is all. Otherwise the state before the event
+//! is the state after its prev event, or the resolution of its prev events' states (or the
+//! state the caller supplies when prev events are unknown); auth against it (else rejected);
+//! then, for live events, auth against the room's current state (else soft-failed). Accepted
+//! live events move the forward extremities and, through resolution when forks merge, the
+//! current state — as a delta between the old and the new current state, removals included.
+//! Backfilled events take their place in topological order only.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+};
+
+use homeserver_core::Error;
+use homeserver_storage::persist::{MembershipUpdate, NewEvent, NewStateGroup, StateChange};
+use ruma::{EventId, OwnedEventId, UserId, events::StateEventType};
+use tracing::debug;
+
+use super::{Extremity, Journal, Outcome, RoomActor, StateKey};
+use crate::{
+    auth,
+    cache::storage_error,
+    pdu::Pdu,
+    redaction,
+    remote::{Arrival, IncomingPdu, Verdict, check},
+    resolve::{self, State},
+    state_groups,
+};
+
+/// Where an event sits in the DAG as far as the room model needs to know.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct DagInfo {
+    /// The state group after the event (0 for outliers).
+    pub state_after: i64,
+    pub outlier: bool,
+}
+
+/// The state before a remote event.
+enum Before {
+    /// A stored (or this batch's) state group.
+    Group(i64),
+    /// The resolution of several groups, not stored yet.
+    Resolved { parents: Vec<i64>, state: Arc<State> },
+}
+
+impl RoomActor {
+    /// Checks and places remote events in order, one verdict each.
+    pub(super) async fn ingest(
+        &mut self,
+        pdus: &[IncomingPdu],
+        arrival: Arrival,
+        outcome: &mut Outcome,
+        journal: &mut Journal,
+    ) -> Result<(), Error> {
+        for incoming in pdus {
+            let verdict = self.ingest_one(incoming, arrival, outcome, journal).await?;
+            outcome.verdicts.push(verdict);
+        }
+        Ok(())
+    }
+
+    async fn ingest_one(
+        &mut self,
+        incoming: &IncomingPdu,
+        arrival: Arrival,
+        outcome: &mut Outcome,
+        journal: &mut Journal,
+    ) -> Result<Verdict, Error> {
+        let rules = self.loaded().rules.clone();
+        let pdu = match check::check_pdu(&incoming.json, &self.room_id, &rules, &*self.shared.server_keys) {
+            Ok(checked) => {
+                if checked.redacted {
+                    debug!(event_id = %checked.pdu.event_id, "content hash mismatch: event redacted");
+                }
+                checked.pdu
+            }
+            Err(reason) => return Ok(Verdict::Dropped(reason)),
+        };
+        let id = pdu.event_id.clone();
+        let replaces_outlier = match self.dag_info(std::slice::from_ref(&id)).await?.remove(&id) {
+            Some(info) if info.outlier && arrival != Arrival::Outlier => true,
+            Some(_) => return Ok(Verdict::Duplicate(id)),
+            None => false,
+        };
+        // Step 4: the auth rules against the event's own auth events (plus, in rooms whose id
+        // names the create event, that event: it is never listed).
+        let mut needed = pdu.auth_events.clone();
+        if rules.authorization.room_create_event_id_as_room_id
+            && pdu.kind != ruma::events::TimelineEventType::RoomCreate
+            && let Ok(create) = EventId::parse(format!("${}", &self.room_id.as_str()[1..]))
+        {
+            needed.push(create);
+        }
+        let auth_events = self.events(&needed).await?;
+        let missing: Vec<OwnedEventId> =
+            needed.iter().filter(|a| !auth_events.contains_key(*a)).cloned().collect();
+        if !missing.is_empty() {
+            return Ok(Verdict::Missing(id, missing));
+        }
+        let own = auth::AuthEvents {
+            by_key: auth_events
+                .values()
+                .filter_map(|ev| Some(((ev.kind.to_string().into(), ev.state_key.clone()?), ev.clone())))
+                .collect(),
+            by_id: auth_events,
+        };
+        if let Err(reason) = auth::check(&rules.authorization, &pdu, &own) {
+            let group = if arrival == Arrival::Outlier { 0 } else { self.group_of_known_prevs(&pdu).await? };
+            return self.store_rejected(pdu, reason, group, replaces_outlier, outcome).await;
+        }
+        if arrival == Arrival::Outlier {
+            let pos = self.outside_position().await?;
+            self.record(&pdu, pos, (0, 0), Status::Outlier, replaces_outlier, None, outcome);
+            return Ok(Verdict::Accepted(id));
+        }
+        // Step 5: the auth rules against the state before the event.
+        let before = match self.state_before(&pdu, incoming.state_before.as_deref()).await? {
+            Ok(before) => before,
+            Err(missing) => return Ok(Verdict::Missing(id, missing)),
+        };
+        let before_group = self.materialise(before, outcome).await?;
+        let at_event = self.auth_events_at(before_group, &pdu, &own.by_id).await?;
+        if let Err(reason) = auth::check(&rules.authorization, &pdu, &at_event) {
+            return self.store_rejected(pdu, reason, before_group, replaces_outlier, outcome).await;
+        }
+        let after_group = self.group_after(before_group, &pdu, outcome).await?;
+        // Step 6: the auth rules against the room's current state (live events only).
+        if arrival == Arrival::Live {
+            let current = self.auth_events_at(self.loaded().group, &pdu, &own.by_id).await?;
+            if auth::check(&rules.authorization, &pdu, &current).is_err() {
+                let pos = self.outside_position().await?;
+                let groups = (before_group, after_group);
+                self.record(&pdu, pos, groups, Status::SoftFailed, replaces_outlier, None, outcome);
+                return Ok(Verdict::SoftFailed(id));
+            }
+        }
+        let redacts = self.remote_redaction(&pdu).await?;
+        match arrival {
+            Arrival::Live => {
+                let reservation = self.shared.stream.reserve(1).await?;
+                let pos = reservation.first() as i64;
+                outcome.reservations.push(reservation);
+                self.record(
+                    &pdu,
+                    pos,
+                    (before_group, after_group),
+                    Status::Shown,
+                    replaces_outlier,
+                    redacts,
+                    outcome,
+                );
+                self.advance_remote_extremities(&pdu, after_group, journal, outcome);
+                self.recompute_current(&pdu, before_group, after_group, pos, outcome, journal).await?;
+                outcome.woken.push(pdu.sender.clone());
+                self.derive_effects(&pdu, pos, outcome).await?;
+            }
+            Arrival::Backfill | Arrival::Outlier => {
+                let pos = self.outside_position().await?;
+                self.record(
+                    &pdu,
+                    pos,
+                    (before_group, after_group),
+                    Status::Shown,
+                    replaces_outlier,
+                    redacts,
+                    outcome,
+                );
+                // History that references a forward extremity means it is one no longer.
+                let l = self.loaded.as_mut().expect("loaded");
+                let before = l.extremities.len();
+                l.extremities.retain(|x| !pdu.prev_events.contains(&x.id));
+                if l.extremities.len() != before && !l.extremities.is_empty() {
+                    outcome.plan.extremities = Some(l.extremities.iter().map(|x| x.id.to_string()).collect());
+                    self.resolve_current(pos, outcome, journal).await?;
+                }
+                if let Some(relation) = crate::derive::relation(&pdu, pos) {
+                    outcome.plan.relations.push(relation);
+                }
+                outcome.plan.search.extend(crate::derive::search_row(&pdu, pos));
+            }
+        }
+        self.track_backward_extremities(&pdu, outcome).await?;
+        Ok(Verdict::Accepted(id))
+    }
+
+    /// Stores an event that failed the auth rules: in the DAG, never in any state.
+    async fn store_rejected(
+        &mut self,
+        pdu: Arc<Pdu>,
+        reason: String,
+        group: i64,
+        replaces_outlier: bool,
+        outcome: &mut Outcome,
+    ) -> Result<Verdict, Error> {
+        let pos = self.outside_position().await?;
+        let mut rejected = (*pdu).clone();
+        rejected.rejected = true;
+        let rejected = Arc::new(rejected);
+        self.record(
+            &rejected,
+            pos,
+            (group, group),
+            Status::Rejected(reason.clone()),
+            replaces_outlier,
+            None,
+            outcome,
+        );
+        Ok(Verdict::Rejected(pdu.event_id.clone(), reason))
+    }
+
+    /// Adds a stored event to the plan and to what later events of the batch can see.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &mut self,
+        pdu: &Arc<Pdu>,
+        pos: i64,
+        (state_before, state_after): (i64, i64),
+        status: Status,
+        replaces_outlier: bool,
+        redacts: Option<OwnedEventId>,
+        outcome: &mut Outcome,
+    ) {
+        let outlier = matches!(status, Status::Outlier);
+        outcome.plan.events.push(NewEvent {
+            stream_pos: pos,
+            event_id: pdu.event_id.to_string(),
+            event_type: pdu.kind.to_string(),
+            state_key: pdu.state_key.clone(),
+            sender: pdu.sender.to_string(),
+            depth: pdu.depth.min(i64::MAX as u64) as i64,
+            origin_server_ts: u64::from(pdu.origin_server_ts.get()) as i64,
+            json: pdu.json.to_string(),
+            unsigned_extra: None,
+            state_before,
+            state_after,
+            redacts: redacts.map(|r| r.to_string()),
+            txn: None,
+            prev_events: pdu.prev_events.iter().map(|e| e.to_string()).collect(),
+            auth_events: pdu.auth_events.iter().map(|e| e.to_string()).collect(),
+            outlier,
+            soft_failed: matches!(status, Status::SoftFailed),
+            rejected_reason: match status {
+                Status::Rejected(reason) => Some(reason),
+                _ => None,
+            },
+            replaces_outlier,
+        });
+        self.batch_info.insert(pdu.event_id.clone(), DagInfo { state_after, outlier });
+        self.batch_pdus.insert(pdu.event_id.clone(), pdu.clone());
+        outcome.pdus.push(pdu.clone());
+    }
+
+    /// A position outside the live stream (below zero).
+    async fn outside_position(&self) -> Result<i64, Error> {
+        self.shared.outside_positions.next(&self.shared.db).await
+    }
+
+    /// DAG facts of events stored earlier (this batch first).
+    pub(super) async fn dag_info(
+        &self,
+        ids: &[OwnedEventId],
+    ) -> Result<HashMap<OwnedEventId, DagInfo>, Error> {
+        let mut out = HashMap::new();
+        let mut rest = Vec::new();
+        for id in ids {
+            match self.batch_info.get(id) {
+                Some(info) => {
+                    out.insert(id.clone(), *info);
+                }
+                None => rest.push(id.to_string()),
+            }
+        }
+        if !rest.is_empty() {
+            for row in self.shared.db.dag_events(&rest).await.map_err(storage_error)? {
+                if let Ok(id) = EventId::parse(&row.event_id) {
+                    out.insert(id, DagInfo { state_after: row.state_after, outlier: row.outlier });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The state group before a rejected event, when its prev events are all placed (else 0).
+    async fn group_of_known_prevs(&self, pdu: &Pdu) -> Result<i64, Error> {
+        let infos = self.dag_info(&pdu.prev_events).await?;
+        let groups: BTreeSet<i64> = infos.values().filter(|i| !i.outlier).map(|i| i.state_after).collect();
+        Ok(match (groups.len(), infos.len() == pdu.prev_events.len()) {
+            (1, true) => groups.into_iter().next().unwrap_or(0),
+            _ => 0,
+        })
+    }
+
+    /// The state before an event: the state after its one prev event, the resolution of its
+    /// prev events' states, or the state the caller supplies. `Err` names prev events to fetch.
+    async fn state_before(
+        &self,
+        pdu: &Pdu,
+        supplied: Option<&[OwnedEventId]>,
+    ) -> Result<Result<Before, Vec<OwnedEventId>>, Error> {
+        let infos = self.dag_info(&pdu.prev_events).await?;
+        let unplaced: Vec<OwnedEventId> =
+            pdu.prev_events.iter().filter(|p| infos.get(*p).is_none_or(|i| i.outlier)).cloned().collect();
+        if !unplaced.is_empty() {
+            let Some(ids) = supplied else { return Ok(Err(unplaced)) };
+            let events = self.events(ids).await?;
+            let missing: Vec<OwnedEventId> =
+                ids.iter().filter(|i| !events.contains_key(*i)).cloned().collect();
+            if !missing.is_empty() {
+                return Ok(Err(missing));
+            }
+            let state: State = events
+                .values()
+                .filter(|e| !e.rejected)
+                .filter_map(|e| Some(((e.kind.to_string().into(), e.state_key.clone()?), e.event_id.clone())))
+                .collect();
+            return Ok(Ok(Before::Resolved { parents: Vec::new(), state: Arc::new(state) }));
+        }
+        let groups: BTreeSet<i64> = infos.values().map(|i| i.state_after).collect();
+        Ok(Ok(self.resolve_groups(groups).await?))
+    }
+
+    /// The state the given groups resolve to (one group is itself).
+    async fn resolve_groups(&self, groups: BTreeSet<i64>) -> Result<Before, Error> {
+        if groups.len() <= 1 {
+            return Ok(Before::Group(groups.into_iter().next().unwrap_or(0)));
+        }
+        let key: Vec<i64> = groups.iter().copied().collect();
+        if let Some(group) = self.shared.resolved_groups.lock().expect("resolution cache poisoned").get(&key)
+        {
+            return Ok(Before::Group(*group));
+        }
+        let mut states = Vec::with_capacity(key.len());
+        for group in &key {
+            states.push(self.state_of(*group).await?);
+        }
+        let state = resolve::resolve(&self.shared, &self.loaded().rules, &states, &self.batch_pdus).await?;
+        Ok(Before::Resolved { parents: key, state: Arc::new(state) })
+    }
+
+    /// A stored group for the state before an event: a resolved state is laid out as a delta on
+    /// its first parent (removals included) and remembered for the same set of forks.
+    async fn materialise(&mut self, before: Before, outcome: &mut Outcome) -> Result<i64, Error> {
+        let (parents, state) = match before {
+            Before::Group(group) => return Ok(group),
+            Before::Resolved { parents, state } => (parents, state),
+        };
+        let id = self.shared.state_group_ids.next(&self.shared.db).await?;
+        let base_group = parents.first().copied().unwrap_or(0);
+        let base_state = self.state_of(base_group).await?;
+        let changes = diff(&base_state, &state)
+            .into_iter()
+            .map(|((ty, key), id)| (ty.to_string(), key, id.map(|i| i.to_string())))
+            .collect();
+        let base = state_groups::Base { group: base_group, chain_len: self.chain_len_of(base_group).await? };
+        let full =
+            || state.iter().map(|((t, k), id)| (t.to_string(), k.clone(), Some(id.to_string()))).collect();
+        let group = state_groups::layout(id, &base, changes, full, parents.clone());
+        self.push_group(group, outcome);
+        if !parents.is_empty() {
+            self.shared.resolved_groups.lock().expect("resolution cache poisoned").put(parents, id);
+        }
+        self.shared.state_maps.lock().expect("state cache poisoned").put(id, state);
+        Ok(id)
+    }
+
+    /// The group after an accepted event: the state before plus the event, if it is state.
+    async fn group_after(&mut self, before: i64, pdu: &Pdu, outcome: &mut Outcome) -> Result<i64, Error> {
+        let Some(state_key) = &pdu.state_key else { return Ok(before) };
+        let id = self.shared.state_group_ids.next(&self.shared.db).await?;
+        let change = (pdu.kind.to_string(), state_key.clone(), Some(pdu.event_id.to_string()));
+        let base = state_groups::Base { group: before, chain_len: self.chain_len_of(before).await? };
+        let base_state = if base.group == 0 || base.chain_len + 1 >= state_groups::MAX_STATE_CHAIN {
+            Some(self.state_of(before).await?)
+        } else {
+            None
+        };
+        let full = || {
+            let mut state: State = base_state.as_deref().cloned().unwrap_or_default();
+            state.insert((pdu.kind.to_string().into(), state_key.clone()), pdu.event_id.clone());
+            state.iter().map(|((t, k), id)| (t.to_string(), k.clone(), Some(id.to_string()))).collect()
+        };
+        let group = state_groups::layout(id, &base, vec![change], full, Vec::new());
+        self.push_group(group, outcome);
+        Ok(id)
+    }
+
+    fn push_group(&mut self, group: NewStateGroup, outcome: &mut Outcome) {
+        self.batch_groups.insert(group.group_id, group.clone());
+        outcome.plan.state_groups.push(group);
+    }
+
+    /// The delta-chain length of a group (a long one forces a snapshot next).
+    async fn chain_len_of(&self, group: i64) -> Result<i64, Error> {
+        if let Some(created) = self.batch_groups.get(&group) {
+            return Ok(created.chain_len);
+        }
+        if group == self.loaded().group {
+            return Ok(self.loaded().chain_len);
+        }
+        Ok(self
+            .shared
+            .db
+            .state_group_chain_len(group)
+            .await
+            .map_err(storage_error)?
+            .unwrap_or(state_groups::MAX_STATE_CHAIN))
+    }
+
+    /// The whole state of a group (the actor's own map for the current group).
+    pub(super) async fn state_of(&self, group: i64) -> Result<Arc<State>, Error> {
+        if group == 0 {
+            return Ok(Arc::new(State::new()));
+        }
+        if group == self.loaded().group {
+            return Ok(Arc::new(self.loaded().state.clone()));
+        }
+        if let Some(state) = self.shared.state_maps.lock().expect("state cache poisoned").get(&group) {
+            return Ok(state.clone());
+        }
+        // Groups this batch created are not stored yet: replay their deltas on the stored base.
+        let mut deltas = Vec::new();
+        let mut base = Some(group);
+        while let Some(g) = base
+            && let Some(created) = self.batch_groups.get(&g)
+        {
+            deltas.push(created);
+            base = created.prev_group;
+        }
+        let mut state: State = match base {
+            Some(stored) if stored != 0 => {
+                let rows = self.shared.db.state_group(stored).await.map_err(storage_error)?;
+                rows.into_iter()
+                    .filter_map(|(ty, key, id)| {
+                        Some(((StateEventType::from(ty), key), EventId::parse(id).ok()?))
+                    })
+                    .collect()
+            }
+            _ => State::new(),
+        };
+        for delta in deltas.into_iter().rev() {
+            for (ty, key, id) in &delta.entries {
+                let key = (StateEventType::from(ty.as_str()), key.clone());
+                match id.as_deref().and_then(|i| EventId::parse(i).ok()) {
+                    Some(id) => state.insert(key, id),
+                    None => state.remove(&key),
+                };
+            }
+        }
+        let state = Arc::new(state);
+        self.shared.state_maps.lock().expect("state cache poisoned").put(group, state.clone());
+        Ok(state)
+    }
+
+    /// The events the auth rules consult for `pdu` in the state of `group`.
+    async fn auth_events_at(
+        &self,
+        group: i64,
+        pdu: &Pdu,
+        by_id: &HashMap<OwnedEventId, Arc<Pdu>>,
+    ) -> Result<auth::AuthEvents, Error> {
+        let rules = &self.loaded().rules;
+        let keys = auth::auth_state_keys(
+            pdu.kind.to_string().as_str(),
+            &pdu.sender,
+            pdu.state_key.as_deref(),
+            &pdu.content,
+            &rules.authorization,
+        )
+        .unwrap_or_default();
+        let mut wanted: Vec<(StateKey, OwnedEventId)> = Vec::new();
+        for key in keys.into_iter().chain([(StateEventType::RoomCreate, String::new())]) {
+            let found = if group == self.loaded().group {
+                self.loaded().state.get(&key).cloned()
+            } else if self.batch_groups.contains_key(&group) {
+                self.state_of(group).await?.get(&key).cloned()
+            } else {
+                let rooms = crate::Rooms { shared: self.shared.clone() };
+                rooms
+                    .state_entry(group, &key.0.to_string(), &key.1)
+                    .await?
+                    .and_then(|id| EventId::parse(id).ok())
+            };
+            if let Some(id) = found {
+                wanted.push((key, id));
+            }
+        }
+        let ids: Vec<OwnedEventId> = wanted.iter().map(|(_, id)| id.clone()).collect();
+        let fetched = self.events(&ids).await?;
+        let mut events = auth::AuthEvents { by_id: by_id.clone(), by_key: HashMap::new() };
+        for (key, id) in wanted {
+            if let Some(ev) = fetched.get(&id) {
+                events.by_key.insert(key, ev.clone());
+            }
+        }
+        Ok(events)
+    }
+
+    /// A remote redaction redacts only where it takes effect (redaction authority), and only
+    /// events this server holds in the same room.
+    async fn remote_redaction(&self, pdu: &Pdu) -> Result<Option<OwnedEventId>, Error> {
+        let Some(target) = redaction::target(pdu) else { return Ok(None) };
+        let target = target.to_owned();
+        let Some(original) = self.events(std::slice::from_ref(&target)).await?.remove(&target) else {
+            return Ok(None);
+        };
+        let effective = original.room_id == pdu.room_id
+            && redaction::takes_effect(
+                pdu,
+                &original,
+                &self.power_levels_now().await?,
+                redaction::Origin::Remote,
+            );
+        Ok(effective.then_some(target))
+    }
+
+    /// Forward extremities after an accepted live event: (old ∪ {e}) − prev(e).
+    fn advance_remote_extremities(
+        &mut self,
+        pdu: &Pdu,
+        after: i64,
+        journal: &mut Journal,
+        outcome: &mut Outcome,
+    ) {
+        let _ = journal; // The journal took a copy of the extremities when the command began.
+        let l = self.loaded.as_mut().expect("loaded");
+        l.extremities.retain(|x| !pdu.prev_events.contains(&x.id));
+        l.extremities.push(Extremity { id: pdu.event_id.clone(), depth: pdu.depth, group: after });
+        outcome.plan.extremities = Some(l.extremities.iter().map(|x| x.id.to_string()).collect());
+    }
+
+    /// The current state after an accepted live event: the resolved state at the forward
+    /// extremities, written as a delta against the old current state.
+    async fn recompute_current(
+        &mut self,
+        pdu: &Pdu,
+        before: i64,
+        after: i64,
+        pos: i64,
+        outcome: &mut Outcome,
+        journal: &mut Journal,
+    ) -> Result<(), Error> {
+        let (single, current) = {
+            let l = self.loaded();
+            (l.extremities.len() == 1, l.group)
+        };
+        // Fast path: the event extends the current state (one extremity, built on it).
+        if single && before == current {
+            if after != current
+                && let Some(key) = &pdu.state_key
+            {
+                let change = vec![((pdu.kind.to_string().into(), key.clone()), Some(pdu.event_id.clone()))];
+                self.change_current(change, after, pos, outcome, journal).await?;
+            }
+            return Ok(());
+        }
+        self.resolve_current(pos, outcome, journal).await
+    }
+
+    /// Makes the current state the resolved state at the forward extremities.
+    async fn resolve_current(
+        &mut self,
+        pos: i64,
+        outcome: &mut Outcome,
+        journal: &mut Journal,
+    ) -> Result<(), Error> {
+        let current = self.loaded().group;
+        let groups: BTreeSet<i64> = self.loaded().extremities.iter().map(|x| x.group).collect();
+        let new_group = self.materialise(self.resolve_groups(groups).await?, outcome).await?;
+        if new_group == current {
+            return Ok(());
+        }
+        let new_state = self.state_of(new_group).await?;
+        let changes = diff(&self.loaded().state, &new_state);
+        self.change_current(changes, new_group, pos, outcome, journal).await
+    }
+
+    /// Applies changes to the current state: in memory (journaled) and as the plan's state
+    /// delta, from which storage derives `current_state`, `memberships` and the join rule.
+    async fn change_current(
+        &mut self,
+        changes: Vec<(StateKey, Option<OwnedEventId>)>,
+        new_group: i64,
+        pos: i64,
+        outcome: &mut Outcome,
+        journal: &mut Journal,
+    ) -> Result<(), Error> {
+        let ids: Vec<OwnedEventId> = changes.iter().filter_map(|(_, id)| id.clone()).collect();
+        let events = self.events(&ids).await?;
+        let chain_len = self.chain_len_of(new_group).await?;
+        let l = self.loaded.as_mut().expect("loaded");
+        for (key, id) in changes {
+            let old = match &id {
+                Some(id) => l.state.insert(key.clone(), id.clone()),
+                None => l.state.remove(&key),
+            };
+            journal.state.push((key.clone(), old));
+            let event = id.as_ref().and_then(|id| events.get(id));
+            let mut membership = None;
+            if key.0 == StateEventType::RoomMember
+                && let Ok(user) = UserId::parse(key.1.as_str())
+            {
+                let value = event.and_then(|e| e.content_str("membership"));
+                let old = match &value {
+                    Some(m) => l.memberships.insert(user.clone(), m.clone()),
+                    None => l.memberships.remove(&user),
+                };
+                journal.memberships.push((user.clone(), old));
+                match event.and_then(|e| e.content_str("displayname")) {
+                    Some(name) => l.display_names.insert(user.clone(), name),
+                    None => l.display_names.remove(&user),
+                };
+                membership = value.map(|m| MembershipUpdate { membership: m, stream_pos: pos });
+                outcome.woken.push(user);
+            }
+            if key.0 == StateEventType::RoomCreate && key.1.is_empty() {
+                l.create_event = id.clone();
+            }
+            if key.0 == StateEventType::RoomJoinRules && key.1.is_empty() {
+                outcome.plan.join_rule = event.and_then(|e| e.content_str("join_rule"));
+            }
+            outcome.plan.state_delta.push(StateChange {
+                event_type: key.0.to_string(),
+                state_key: key.1.clone(),
+                event_id: id.map(|i| i.to_string()),
+                membership,
+            });
+        }
+        l.group = new_group;
+        l.chain_len = chain_len;
+        outcome.plan.current_state_group = Some(new_group);
+        Ok(())
+    }
+
+    /// The event is held now (no longer a backward extremity); its prev events that are not
+    /// become backward extremities.
+    async fn track_backward_extremities(&self, pdu: &Pdu, outcome: &mut Outcome) -> Result<(), Error> {
+        outcome.plan.backward_extremities_closed.push(pdu.event_id.to_string());
+        let known = self.dag_info(&pdu.prev_events).await?;
+        outcome
+            .plan
+            .backward_extremities_opened
+            .extend(pdu.prev_events.iter().filter(|p| !known.contains_key(*p)).map(|p| p.to_string()));
+        Ok(())
+    }
+}
+
+/// How an event is stored.
+enum Status {
+    Shown,
+    Outlier,
+    SoftFailed,
+    Rejected(String),
+}
+
+/// The changes that turn state `from` into state `to` (`None`: the key is removed).
+fn diff(from: &State, to: &State) -> Vec<(StateKey, Option<OwnedEventId>)> {
+    let mut out: Vec<(StateKey, Option<OwnedEventId>)> = to
+        .iter()
+        .filter(|(k, v)| from.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), Some(v.clone())))
+        .collect();
+    out.extend(from.keys().filter(|k| !to.contains_key(*k)).map(|k| (k.clone(), None)));
+    // Deterministic order (creation first, as state is applied).
+    out.sort_by(|a, b| {
+        let create = |k: &StateKey| k.0 != StateEventType::RoomCreate;
+        (create(&a.0), &a.0).cmp(&(create(&b.0), &b.0))
+    });
+    out
+}

@@ -1,0 +1,124 @@
+//! The checks a PDU from another server passes before it touches a room, in the spec's order
+//! (server-server API, "checks performed on receipt of a PDU", steps 1 to 3): it is a valid
+//! event of the room's version (format and size limits), its signatures verify, and its content
+//! hash matches — an event whose hash does not match is redacted before it is processed further.
+//! Failing the first two drops the event: it is not stored at all.
+//!
+//! Signature verification is pluggable through [`ServerKeys`]: the room model never fetches keys
+//! (it never waits on the network); whoever submits remote events makes sure the keys of the
+//! servers that signed them are known first. [`KeyRing`] is the in-memory implementation.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, RwLock},
+};
+
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, RoomId,
+    room_version_rules::RoomVersionRules,
+    serde::Base64,
+    signatures::{PublicKeyMap, PublicKeySet, Verified},
+};
+
+use crate::{builder::MAX_PDU_BYTES, pdu::Pdu};
+
+/// Where verify keys of other servers come from.
+pub trait ServerKeys: Send + Sync {
+    /// The verify keys known for `server`: key id (`ed25519:abc`) to public key.
+    fn keys(&self, server: &str) -> Option<PublicKeySet>;
+}
+
+/// Verify keys held in memory, filled by whoever learns them (key fetching, tests).
+#[derive(Default)]
+pub struct KeyRing {
+    keys: RwLock<HashMap<String, PublicKeySet>>,
+}
+
+impl KeyRing {
+    /// Adds (or replaces) one key of a server.
+    pub fn add(&self, server: &str, key_id: &str, public_key: Base64) {
+        self.keys
+            .write()
+            .expect("key ring poisoned")
+            .entry(server.to_owned())
+            .or_default()
+            .insert(key_id.to_owned(), public_key);
+    }
+}
+
+impl ServerKeys for KeyRing {
+    fn keys(&self, server: &str) -> Option<PublicKeySet> {
+        self.keys.read().expect("key ring poisoned").get(server).cloned()
+    }
+}
+
+/// A remote PDU that passed the format, signature and hash checks.
+pub(crate) struct Checked {
+    pub pdu: Arc<Pdu>,
+    /// The content hash did not match, so the event was redacted before anything else.
+    pub redacted: bool,
+}
+
+/// Runs checks 1–3 on a received PDU for `room_id`. `Err` is why the event is dropped.
+pub(crate) fn check_pdu(
+    json: &str,
+    room_id: &RoomId,
+    rules: &RoomVersionRules,
+    keys: &dyn ServerKeys,
+) -> Result<Checked, String> {
+    if json.len() > MAX_PDU_BYTES * 2 {
+        return Err("PDU too large".into());
+    }
+    let mut object: CanonicalJsonObject =
+        serde_json::from_str(json).map_err(|e| format!("not canonical JSON: {e}"))?;
+    // What the origin added for its own clients, and the v1/v2 id field, are not part of the
+    // signed event.
+    object.remove("unsigned");
+    object.remove("event_id");
+    ruma::state_res::check_pdu_format(&object, &rules.event_format)?;
+    let public_keys = known_keys(&object, keys);
+    let verified = ruma::signatures::verify_event(&public_keys, &object, rules)
+        .map_err(|e| format!("signatures do not verify: {e}"))?;
+    let redacted = verified == Verified::Signatures;
+    if redacted {
+        object = ruma::canonical_json::redact(object, &rules.redaction, None)
+            .map_err(|e| format!("cannot redact: {e}"))?;
+    }
+    let hash =
+        ruma::signatures::reference_hash(&object, rules).map_err(|e| format!("no reference hash: {e}"))?;
+    let event_id: OwnedEventId = EventId::parse(format!("${hash}")).map_err(|e| e.to_string())?;
+    let derived_room = is_v12_create(&object, rules)
+        .then(|| RoomId::new_v2(&hash))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let pdu_room = match (&derived_room, object.get("room_id")) {
+        (Some(derived), _) => derived.to_string(),
+        (None, Some(CanonicalJsonValue::String(id))) => id.clone(),
+        _ => return Err("missing room_id".into()),
+    };
+    if pdu_room != room_id.as_str() {
+        return Err(format!("event of room {pdu_room}, not {room_id}"));
+    }
+    let text = CanonicalJsonValue::Object(object).to_string();
+    let pdu = Pdu::parse(event_id, Some(room_id), Arc::from(text)).map_err(|e| e.to_string())?;
+    Ok(Checked { pdu: Arc::new(pdu), redacted })
+}
+
+/// A create event of a version whose room id is its own reference hash.
+fn is_v12_create(object: &CanonicalJsonObject, rules: &RoomVersionRules) -> bool {
+    rules.authorization.room_create_event_id_as_room_id
+        && matches!(object.get("type"), Some(CanonicalJsonValue::String(t)) if t == "m.room.create")
+}
+
+/// The known keys of every server that signed the event (the verifier decides which it needs).
+fn known_keys(object: &CanonicalJsonObject, keys: &dyn ServerKeys) -> PublicKeyMap {
+    let mut map = BTreeMap::new();
+    if let Some(CanonicalJsonValue::Object(signatures)) = object.get("signatures") {
+        for server in signatures.keys() {
+            if let Some(set) = keys.keys(server) {
+                map.insert(server.clone(), set);
+            }
+        }
+    }
+    map
+}
