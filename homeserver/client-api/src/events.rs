@@ -300,7 +300,8 @@ async fn get_event(app: App, req: Ruma<get_room_event::v3::Request>) -> Result<J
         .event(req.body.event_id.as_str())
         .await
         .map_err(storage)?
-        .filter(|row| row.room_id == req.body.room_id.as_str())
+        // Soft-failed events are never relayed to clients (they stay in the DAG only).
+        .filter(|row| row.room_id == req.body.room_id.as_str() && !row.soft_failed)
         .ok_or_else(|| Error::not_found("Event not found"))?;
     if !app.rooms.can_see(&req.auth.user_id, &row).await? {
         return Err(Error::not_found("Event not found").into());
@@ -469,7 +470,8 @@ async fn context(app: App, req: Ruma<get_context::v3::Request>) -> Result<JsonBo
         .event(req.body.event_id.as_str())
         .await
         .map_err(storage)?
-        .filter(|row| row.room_id == room_id.as_str())
+        // Context exists only around events of the timeline.
+        .filter(|row| row.room_id == room_id.as_str() && !row.soft_failed && !row.outlier)
         .ok_or_else(|| Error::not_found("Event not found"))?;
     if !app.rooms.can_see(&session.user_id, &row).await? {
         return Err(Error::forbidden("You may not see this event").into());

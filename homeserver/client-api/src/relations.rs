@@ -9,7 +9,7 @@ use axum::Router;
 use homeserver_core::{Error, token::StreamToken};
 use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma, Session};
 use homeserver_rooms::format::RoomIdField;
-use homeserver_storage::events::EventRow;
+use homeserver_storage::events::{Bound, EventRow};
 use ruma::{
     EventId, RoomId,
     api::{
@@ -127,8 +127,9 @@ fn parse_token(token: &str) -> Result<i64, Error> {
 }
 
 /// The related events visible to the user, one page, newest first (`dir=b`, the default) or
-/// oldest first. Tokens are stream positions, like `/messages` tokens: backwards a page holds
-/// events at or below `from`, forwards events above it.
+/// oldest first, in the room's topological order. Tokens are `/messages` tokens: a page
+/// continues strictly after (or before) the point its token names; a sync token keeps what
+/// arrived after it (or by then).
 async fn relations_page(app: &App, session: &Session, q: RelationsQuery<'_>) -> Result<JsonBody, Error> {
     let parent = app
         .db
@@ -163,29 +164,30 @@ async fn relations_page(app: &App, session: &Session, q: RelationsQuery<'_>) -> 
     }
     let forward = q.dir == Direction::Forward;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT) as i64;
-    // Backwards pages hold positions <= from; the query's bound is strict.
-    let from = q.from.map(parse_token).transpose()?.map(|p| if forward { p } else { p.saturating_add(1) });
-    let to = q.to.map(parse_token).transpose()?;
+    let from = q.from.map(crate::paging::parse).transpose()?;
+    let to = q.to.map(crate::paging::parse).transpose()?;
     let mut rows = app
         .db
         .related_events(&targets, q.rel_type.as_deref(), q.event_type.as_deref(), from, forward, limit + 1)
         .await
         .map_err(storage)?;
     if let Some(to) = to {
-        rows.retain(|r| if forward { r.stream_pos <= to } else { r.stream_pos > to });
+        rows.retain(|r| match (to, forward) {
+            (Bound::Stream(p), true) => r.stream_pos <= p,
+            (Bound::Stream(p), false) => r.stream_pos > p,
+            (Bound::Topo(t), true) => r.topo() <= t,
+            (Bound::Topo(t), false) => r.topo() > t,
+        });
     }
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
-    let next_batch = match (more, rows.last()) {
-        (true, Some(last)) => Some(StreamToken::new(
-            (if forward { last.stream_pos } else { last.stream_pos - 1 }).max(0) as u64,
-        )),
-        _ => None,
-    };
+    // The next page continues strictly after (or before) the page's last event.
+    let next_batch =
+        if more { rows.last().map(|last| crate::paging::token(Bound::Topo(last.topo()))) } else { None };
     let chunk = visible_events(app, session, rows).await?;
     let mut body = json!({ "chunk": chunk });
     if let Some(next) = next_batch {
-        body["next_batch"] = json!(next.to_string());
+        body["next_batch"] = json!(next);
     }
     if let Some(from) = q.from {
         body["prev_batch"] = json!(from);

@@ -143,6 +143,8 @@ struct Loaded {
 /// Undo information for one command's in-memory effects.
 struct Journal {
     txns: Vec<String>,
+    /// Length of the batch log when the command began.
+    log_len: usize,
     group: i64,
     chain_len: i64,
     extremities: Vec<Extremity>,
@@ -184,6 +186,12 @@ pub(crate) struct RoomActor {
     batch_info: HashMap<OwnedEventId, remote::DagInfo>,
     /// State groups created in the batch (storage holds them only once it commits).
     batch_groups: HashMap<i64, homeserver_storage::persist::NewStateGroup>,
+    /// Whole states of the batch's groups, and the groups forks resolved to in the batch:
+    /// published to the shared caches only once the batch commits.
+    batch_state_maps: HashMap<i64, Arc<crate::resolve::State>>,
+    batch_resolved: HashMap<Vec<i64>, i64>,
+    /// What each command added to the batch's working sets, in order (for rollback).
+    batch_log: Vec<remote::BatchEntry>,
 }
 
 impl RoomActor {
@@ -198,6 +206,9 @@ impl RoomActor {
             batch_annotations: HashSet::new(),
             batch_info: HashMap::new(),
             batch_groups: HashMap::new(),
+            batch_state_maps: HashMap::new(),
+            batch_resolved: HashMap::new(),
+            batch_log: Vec::new(),
         };
         tokio::spawn(actor.run(rx));
         tx
@@ -280,6 +291,7 @@ impl RoomActor {
                 }
                 let mut reservations: Vec<Reservation> =
                     accepted.iter_mut().flat_map(|(_, o)| std::mem::take(&mut o.reservations)).collect();
+                self.publish_batch_caches();
                 // Committed: raise the room's watermark before any of it becomes visible.
                 if let Some(newest) = reservations.iter().map(|r| r.first() + r.count() - 1).max() {
                     self.shared.stream.marks().advance(Mark::RoomEvents, self.room_id.as_str(), newest);
@@ -302,7 +314,6 @@ impl RoomActor {
                 // Nothing of the batch is committed; forget the in-memory effects, and the
                 // state groups the batch would have created.
                 self.loaded = None;
-                self.forget_batch_groups();
                 self.clear_batch();
                 if retry_singly {
                     warn!(room_id = %self.room_id, error = %err, "batch failed; retrying commands singly");
@@ -326,16 +337,22 @@ impl RoomActor {
         self.batch_annotations.clear();
         self.batch_info.clear();
         self.batch_groups.clear();
+        self.batch_state_maps.clear();
+        self.batch_resolved.clear();
+        self.batch_log.clear();
     }
 
-    /// Drops cached states and resolutions that name groups of a failed batch.
-    fn forget_batch_groups(&self) {
+    /// After a commit: the batch's states and resolutions are stored now, so others may use them.
+    fn publish_batch_caches(&mut self) {
         let mut maps = self.shared.state_maps.lock().expect("state cache poisoned");
-        for group in self.batch_groups.keys() {
-            maps.pop(group);
+        for (group, state) in self.batch_state_maps.drain() {
+            maps.put(group, state);
         }
         drop(maps);
-        self.shared.resolved_groups.lock().expect("resolution cache poisoned").clear();
+        let mut resolved = self.shared.resolved_groups.lock().expect("resolution cache poisoned");
+        for (groups, group) in self.batch_resolved.drain() {
+            resolved.put(groups, group);
+        }
     }
 
     fn joined_members(&self) -> impl Iterator<Item = OwnedUserId> + '_ {
@@ -443,11 +460,12 @@ impl RoomActor {
         };
         let result = self.run_submission(submission, &mut outcome, &mut journal).await;
         let created = matches!(submission, Submission::Create { .. }) || new_room.is_some();
-        let founded = outcome
-            .plan
-            .events
-            .iter()
-            .any(|e| e.event_type == "m.room.create" && e.state_key.as_deref() == Some(""));
+        // Only an accepted create event founds a room (a rejected one is no room's start).
+        let founded = outcome.plan.events.iter().any(|e| {
+            e.event_type == "m.room.create"
+                && e.state_key.as_deref() == Some("")
+                && e.rejected_reason.is_none()
+        });
         if created && (result.is_err() || !founded) {
             // The room never came to exist; the next command starts from the database.
             self.loaded = None;
@@ -544,6 +562,7 @@ impl RoomActor {
     fn journal(&self) -> Journal {
         let l = self.loaded();
         Journal {
+            log_len: self.batch_log.len(),
             group: l.group,
             chain_len: l.chain_len,
             extremities: l.extremities.clone(),
@@ -557,6 +576,21 @@ impl RoomActor {
     fn rollback(&mut self, journal: Journal) {
         for key in journal.txns {
             self.batch_txns.remove(&key);
+        }
+        for entry in self.batch_log.drain(journal.log_len..).collect::<Vec<_>>() {
+            match entry {
+                remote::BatchEntry::Event(id) => {
+                    self.batch_pdus.remove(&id);
+                    self.batch_info.remove(&id);
+                }
+                remote::BatchEntry::Group(group) => {
+                    self.batch_groups.remove(&group);
+                    self.batch_state_maps.remove(&group);
+                }
+                remote::BatchEntry::Resolution(groups) => {
+                    self.batch_resolved.remove(&groups);
+                }
+            }
         }
         let Some(l) = self.loaded.as_mut() else { return };
         for (key, old) in journal.state.into_iter().rev() {
@@ -728,6 +762,9 @@ impl RoomActor {
         });
         outcome.reservations.push(reservation);
         self.batch_pdus.insert(pdu.event_id.clone(), pdu.clone());
+        let info = remote::DagInfo { state_after: applied.state_after, outlier: false };
+        self.batch_info.insert(pdu.event_id.clone(), info);
+        self.batch_log.push(remote::BatchEntry::Event(pdu.event_id.clone()));
         outcome.pdus.push(pdu);
         Ok(())
     }
@@ -780,6 +817,7 @@ impl RoomActor {
         l.chain_len = group.chain_len;
         outcome.plan.state_groups.push(group);
         outcome.plan.current_state_group = Some(group_id);
+        outcome.plan.state_history.push((pos, group_id));
         let mut membership = None;
         if pdu.kind == ruma::events::TimelineEventType::RoomCreate {
             l.create_event = Some(event_id.clone());

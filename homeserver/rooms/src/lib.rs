@@ -105,6 +105,8 @@ pub(crate) struct Shared {
     pub(crate) state_group_ids: state_groups::StateGroupIds,
     pub(crate) outside_positions: state_groups::OutsidePositions,
     pub(crate) server_keys: Arc<dyn remote::ServerKeys>,
+    /// The built-in key store (the source of `server_keys` unless the config plugs another).
+    key_ring: Arc<remote::KeyRing>,
     /// Whole states by group, for resolution (a few large maps).
     pub(crate) state_maps: Mutex<lru::LruCache<i64, Arc<resolve::State>>>,
     /// The group a set of forks' states resolved to (sorted group ids).
@@ -144,15 +146,13 @@ impl Rooms {
         let cache = EventCache::new(db.clone(), config.event_cache_size);
         let committer = commit::Committer::spawn(db.clone());
         let push = push::PushRules::new(db.clone());
-        let server_keys = match &config.server_keys {
+        let key_ring = Arc::new(remote::KeyRing::default());
+        if let Ok(public) = ruma::serde::Base64::parse(key.public_key_base64()) {
+            key_ring.add(key.server_name().as_str(), &key.key_id(), public);
+        }
+        let server_keys: Arc<dyn remote::ServerKeys> = match &config.server_keys {
             Some(handle) => handle.0.clone(),
-            None => {
-                let ring = remote::KeyRing::default();
-                if let Ok(public) = ruma::serde::Base64::parse(key.public_key_base64()) {
-                    ring.add(key.server_name().as_str(), &key.key_id(), public);
-                }
-                Arc::new(ring)
-            }
+            None => key_ring.clone(),
         };
         Self {
             shared: Arc::new(Shared {
@@ -160,6 +160,7 @@ impl Rooms {
                 state_group_ids: state_groups::StateGroupIds::default(),
                 outside_positions: state_groups::OutsidePositions::default(),
                 server_keys,
+                key_ring,
                 state_maps: Mutex::new(lru::LruCache::new(
                     std::num::NonZeroUsize::new(32).expect("non-zero"),
                 )),
@@ -191,6 +192,12 @@ impl Rooms {
 
     pub fn stream(&self) -> &Arc<EventStream> {
         &self.shared.stream
+    }
+
+    /// The built-in store of other servers' verify keys (used unless the config plugs another
+    /// [`remote::ServerKeys`]).
+    pub fn key_ring(&self) -> &remote::KeyRing {
+        &self.shared.key_ring
     }
 
     pub fn cache(&self) -> &EventCache {

@@ -1,6 +1,6 @@
 //! Reading room state and facts (no writes here).
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use homeserver_core::Error;
 use ruma::{EventId, OwnedEventId, OwnedUserId, RoomId, RoomVersionId, UserId};
@@ -83,6 +83,59 @@ impl Rooms {
             return Ok(Vec::new());
         }
         self.db().state_group(group).await.map_err(storage_error)
+    }
+
+    /// The entries that differ between two states, with their value in `to` (`None`: the key
+    /// is gone). Walks `to`'s delta chain back to `from` when `from` is on it (the room moved
+    /// forward: only the keys changed on the way are compared); otherwise compares the whole
+    /// states.
+    pub async fn state_diff(
+        &self,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(String, String, Option<String>)>, Error> {
+        if from == to {
+            return Ok(Vec::new());
+        }
+        let mut touched = std::collections::BTreeSet::new();
+        let mut group = to;
+        for _ in 0..crate::state_groups::MAX_STATE_CHAIN {
+            if group == from || group == 0 {
+                break;
+            }
+            let Some((prev, entries)) = self.db().state_group_delta(group).await.map_err(storage_error)?
+            else {
+                break;
+            };
+            touched.extend(entries.into_iter().map(|(t, k, _)| (t, k)));
+            match prev {
+                Some(prev) => group = prev,
+                None => break,
+            }
+        }
+        let mut out = Vec::new();
+        if group == from {
+            for (ty, key) in touched {
+                let before = self.state_entry(from, &ty, &key).await?;
+                let after = self.state_entry(to, &ty, &key).await?;
+                if before != after {
+                    out.push((ty, key, after));
+                }
+            }
+            return Ok(out);
+        }
+        let before: HashMap<(String, String), String> =
+            self.state_at_group(from).await?.into_iter().map(|(t, k, id)| ((t, k), id)).collect();
+        let mut after: HashMap<(String, String), String> =
+            self.state_at_group(to).await?.into_iter().map(|(t, k, id)| ((t, k), id)).collect();
+        for (key, id) in &before {
+            match after.remove(key) {
+                Some(new) if new == *id => {}
+                new => out.push((key.0.clone(), key.1.clone(), new)),
+            }
+        }
+        out.extend(after.into_iter().map(|((t, k), id)| (t, k, Some(id))));
+        Ok(out)
     }
 
     /// Loads the events of a list of state entries (in the entries' order, unknown ids skipped).

@@ -8,12 +8,15 @@ use sqlx::{AssertSqlSafe, Row};
 
 use crate::{Db, Result, placeholders};
 
+/// The largest auth graph a walk returns: far beyond any real room's, small enough to hold.
+const MAX_AUTH_EDGES: usize = 2_000_000;
+
 impl Db {
     /// Every auth edge reachable from `events` by following `auth_events`: the events' auth
     /// chain is the set of edge targets.
     pub async fn auth_chain_edges(&self, events: &[String]) -> Result<Vec<(String, String)>> {
         let mut edges = HashSet::new();
-        for chunk in events.chunks(500) {
+        for chunk in events.chunks(5_000) {
             let sql = format!(
                 "WITH RECURSIVE walk(event_id, auth_event_id) AS ( \
                    SELECT event_id, auth_event_id FROM event_auth WHERE event_id IN ({}) \
@@ -29,8 +32,32 @@ impl Db {
             for row in q.fetch_all(self.reader()).await? {
                 edges.insert((row.try_get("event_id")?, row.try_get("auth_event_id")?));
             }
+            if edges.len() > MAX_AUTH_EDGES {
+                return Err(crate::StorageError::Corrupt(format!(
+                    "auth chain larger than {MAX_AUTH_EDGES} edges"
+                )));
+            }
         }
         Ok(edges.into_iter().collect())
+    }
+
+    /// Which of `events` a timeline event (not rejected, soft-failed or an outlier) names as a
+    /// prev event.
+    pub async fn referenced_in_timeline(&self, events: &[String]) -> Result<HashSet<String>> {
+        let mut out = HashSet::new();
+        for chunk in events.chunks(500) {
+            let sql = format!(
+                "SELECT DISTINCT ee.prev_event_id FROM event_edges ee JOIN events e ON e.event_id = ee.event_id \
+                 WHERE ee.prev_event_id IN ({}) AND e.rejected = 0 AND e.soft_failed = 0 AND e.outlier = 0",
+                placeholders(1, chunk.len())
+            );
+            let mut q = sqlx::query_scalar(AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(id);
+            }
+            out.extend(q.fetch_all(self.reader()).await?);
+        }
+        Ok(out)
     }
 
     /// The auth chain of `events`: every event reachable through `auth_events` (the events

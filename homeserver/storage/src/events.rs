@@ -138,15 +138,24 @@ fn membership_from_row(row: &AnyRow) -> Result<MembershipRow> {
     })
 }
 
-/// `stream_pos {cmp} $n` or `(depth, stream_pos) {cmp} ($n, $n+1)` for a bound.
-fn bound_condition(bound: &Bound, cmp: &str, first: usize) -> String {
+/// `stream_pos {cmp} $n` or `(depth, stream_pos) {cmp} ($n, $n+1)` for a bound, on the events
+/// table or its alias `table` (`"e."`).
+pub(crate) fn bound_condition(bound: &Bound, table: &str, cmp: &str, first: usize) -> String {
     match bound {
-        Bound::Stream(_) => format!("stream_pos {cmp} ${first}"),
-        Bound::Topo(_) => format!("(depth, stream_pos) {cmp} (${first}, ${})", first + 1),
+        Bound::Stream(_) => format!("{table}stream_pos {cmp} ${first}"),
+        Bound::Topo(_) => format!("({table}depth, {table}stream_pos) {cmp} (${first}, ${})", first + 1),
     }
 }
 
-fn bound_params(bound: &Bound) -> usize {
+/// Binds a bound's values for [`bound_condition`].
+pub(crate) fn bind_bound<'q>(q: crate::persist::AnyQuery<'q>, bound: &Bound) -> crate::persist::AnyQuery<'q> {
+    match *bound {
+        Bound::Stream(pos) => q.bind(pos),
+        Bound::Topo(t) => q.bind(t.depth).bind(t.stream_pos),
+    }
+}
+
+pub(crate) fn bound_params(bound: &Bound) -> usize {
     match bound {
         Bound::Stream(_) => 1,
         Bound::Topo(_) => 2,
@@ -335,9 +344,9 @@ impl Db {
             Direction::Backward => ("<=", ">", "DESC"),
             Direction::Forward => (">", "<=", "ASC"),
         };
-        let mut conditions = vec![bound_condition(&from, from_cmp, 2)];
+        let mut conditions = vec![bound_condition(&from, "", from_cmp, 2)];
         if let Some(to) = &to {
-            conditions.push(bound_condition(to, to_cmp, 2 + bound_params(&from)));
+            conditions.push(bound_condition(to, "", to_cmp, 2 + bound_params(&from)));
         }
         let limit_at = 2 + bound_params(&from) + to.as_ref().map_or(0, bound_params);
         let sql = format!(
@@ -347,10 +356,7 @@ impl Db {
         );
         let mut q = sqlx::query(AssertSqlSafe(sql)).bind(room_id);
         for bound in std::iter::once(&from).chain(to.as_ref()) {
-            q = match *bound {
-                Bound::Stream(pos) => q.bind(pos),
-                Bound::Topo(t) => q.bind(t.depth).bind(t.stream_pos),
-            };
+            q = bind_bound(q, bound);
         }
         let rows = q.bind(limit).fetch_all(self.reader()).await?;
         rows.iter().map(event_from_row).collect()
@@ -428,6 +434,46 @@ impl Db {
         .fetch_optional(self.reader())
         .await?
         .flatten())
+    }
+
+    /// The room's current state group as of stream position `pos` (0 before its first state).
+    pub async fn current_state_group_at(&self, room_id: &str, pos: i64) -> Result<i64> {
+        let group: Option<i64> = sqlx::query_scalar(
+            "SELECT state_group FROM room_state_history WHERE room_id = $1 AND stream_pos <= $2 \
+             ORDER BY stream_pos DESC LIMIT 1",
+        )
+        .bind(room_id)
+        .bind(pos)
+        .fetch_optional(self.reader())
+        .await?;
+        Ok(group.unwrap_or(0))
+    }
+
+    /// A state group's delta: its parent (`None` for a full snapshot) and the entries it sets
+    /// or removes.
+    pub async fn state_group_delta(
+        &self,
+        group_id: i64,
+    ) -> Result<Option<(Option<i64>, Vec<crate::persist::StateGroupEntry>)>> {
+        let Some(prev): Option<Option<i64>> =
+            sqlx::query_scalar("SELECT prev_group FROM state_groups WHERE group_id = $1")
+                .bind(group_id)
+                .fetch_optional(self.reader())
+                .await?
+        else {
+            return Ok(None);
+        };
+        let rows = sqlx::query(
+            "SELECT event_type, state_key, event_id FROM state_group_entries WHERE group_id = $1",
+        )
+        .bind(group_id)
+        .fetch_all(self.reader())
+        .await?;
+        let entries = rows
+            .iter()
+            .map(|r| Ok((r.try_get("event_type")?, r.try_get("state_key")?, r.try_get("event_id")?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some((prev, entries)))
     }
 
     /// The delta-chain length of a state group (0 for a full snapshot).

@@ -154,6 +154,9 @@ pub struct PersistPlan {
     pub state_delta: Vec<StateChange>,
     /// The room's current state group after the batch.
     pub current_state_group: Option<i64>,
+    /// Every change of the current state group in the batch, as `(live position, group)`, for
+    /// `room_state_history` (changes at positions outside the live stream are not recorded).
+    pub state_history: Vec<(i64, i64)>,
     /// The room's forward extremities after the batch (replaces the stored set).
     pub extremities: Option<Vec<String>>,
     /// Backward extremities the batch resolves (events now held) and opens (prev events not
@@ -182,6 +185,7 @@ impl PersistPlan {
         if from.current_state_group.is_some() {
             self.current_state_group = from.current_state_group;
         }
+        self.state_history.extend(from.state_history);
         if from.extremities.is_some() {
             self.extremities = from.extremities;
         }
@@ -391,12 +395,26 @@ async fn apply(tx: &mut Transaction<'_, Any>, plan: &PersistPlan, engine: crate:
         q.bind(*g).bind(*p)
     })
     .await?;
+    // A de-outliered event keeps its row (and whatever redacted it meanwhile): it takes its
+    // place in the DAG by an update.
     for ev in plan.events.iter().filter(|e| e.replaces_outlier) {
-        sqlx::query("DELETE FROM events WHERE event_id = $1 AND outlier = 1")
-            .bind(&ev.event_id)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "UPDATE events SET stream_pos = $2, depth = $3, state_before = $4, state_after = $5, outlier = 0, \
+             soft_failed = $6, rejected = $7, rejected_reason = $8, redacts = $9 WHERE event_id = $1 AND outlier = 1",
+        )
+        .bind(&ev.event_id)
+        .bind(ev.stream_pos)
+        .bind(ev.depth)
+        .bind(ev.state_before)
+        .bind(ev.state_after)
+        .bind(ev.soft_failed as i64)
+        .bind(ev.rejected_reason.is_some() as i64)
+        .bind(ev.rejected_reason.as_deref())
+        .bind(ev.redacts.as_deref())
+        .execute(&mut **tx)
+        .await?;
     }
+    let new_events: Vec<&NewEvent> = plan.events.iter().filter(|e| !e.replaces_outlier).collect();
     insert_rows(
         tx,
         "events (stream_pos, event_id, room_id, event_type, state_key, sender, depth, origin_server_ts, \
@@ -404,7 +422,7 @@ async fn apply(tx: &mut Transaction<'_, Any>, plan: &PersistPlan, engine: crate:
          rejected, rejected_reason)",
         "",
         19,
-        &plan.events,
+        &new_events,
         |q, ev| {
             q.bind(ev.stream_pos)
                 .bind(ev.event_id.as_str())
@@ -518,7 +536,7 @@ async fn apply(tx: &mut Transaction<'_, Any>, plan: &PersistPlan, engine: crate:
         tx,
         "threads (room_id, root_id, latest_event_id, latest_pos)",
         "ON CONFLICT (room_id, root_id) DO UPDATE SET latest_event_id = excluded.latest_event_id, \
-         latest_pos = excluded.latest_pos",
+         latest_pos = excluded.latest_pos WHERE excluded.latest_pos > threads.latest_pos",
         4,
         &thread_updates,
         |q, r| q.bind(room_id).bind(r.relates_to.as_str()).bind(r.event_id.as_str()).bind(r.stream_pos),
@@ -604,6 +622,19 @@ async fn apply(tx: &mut Transaction<'_, Any>, plan: &PersistPlan, engine: crate:
             .execute(&mut **tx)
             .await?;
     }
+    let history = last_per_key(
+        &plan.state_history.iter().filter(|(pos, _)| *pos > 0).copied().collect::<Vec<_>>(),
+        |(pos, _)| *pos,
+    );
+    insert_rows(
+        tx,
+        "room_state_history (room_id, stream_pos, state_group)",
+        "ON CONFLICT (room_id, stream_pos) DO UPDATE SET state_group = excluded.state_group",
+        3,
+        &history,
+        |q, (pos, group)| q.bind(room_id).bind(*pos).bind(*group),
+    )
+    .await?;
     for id in &plan.backward_extremities_closed {
         sqlx::query("DELETE FROM room_backward_extremities WHERE room_id = $1 AND event_id = $2")
             .bind(room_id)
@@ -611,12 +642,19 @@ async fn apply(tx: &mut Transaction<'_, Any>, plan: &PersistPlan, engine: crate:
             .execute(&mut **tx)
             .await?;
     }
+    // An event the batch opens as a gap and also stores (a child came before its parent) is
+    // no gap.
+    let opened: Vec<&String> = plan
+        .backward_extremities_opened
+        .iter()
+        .filter(|id| !plan.backward_extremities_closed.contains(id))
+        .collect();
     insert_rows(
         tx,
         "room_backward_extremities (room_id, event_id)",
         "ON CONFLICT DO NOTHING",
         2,
-        &plan.backward_extremities_opened,
+        &opened,
         |q, id| q.bind(room_id).bind(id.as_str()),
     )
     .await?;

@@ -2,7 +2,7 @@
 
 use sqlx::{AssertSqlSafe, Row};
 
-use crate::{Db, Result, events::EventRow, placeholders, visibility::VisibleSet};
+use crate::{Db, Result, events::Bound, events::EventRow, placeholders, visibility::VisibleSet};
 
 /// A thread's summary for the bundled `m.thread` aggregation of its root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,39 +109,51 @@ impl Db {
         Ok(out)
     }
 
-    /// Events relating to `target` (optionally of one relation and event type), in position
-    /// order (`forward`) or newest first, strictly after/before `from`, up to `limit`.
+    /// Events relating to `targets` (optionally of one relation and event type), in the room's
+    /// topological order (`forward`) or newest first, strictly after/before `from` (a stream
+    /// bound keeps what arrived after/at or before it), up to `limit`.
     #[allow(clippy::too_many_arguments)]
     pub async fn related_events(
         &self,
         targets: &[String],
         rel_type: Option<&str>,
         event_type: Option<&str>,
-        from: Option<i64>,
+        from: Option<Bound>,
         forward: bool,
         limit: i64,
     ) -> Result<Vec<EventRow>> {
         if targets.is_empty() {
             return Ok(Vec::new());
         }
-        let target_list = placeholders(5, targets.len());
-        let (cmp, order) = if forward { (">", "ASC") } else { ("<", "DESC") };
+        let order = if forward { "ASC" } else { "DESC" };
+        let (condition, params) = match &from {
+            Some(bound @ Bound::Stream(_)) => {
+                (crate::events::bound_condition(bound, "e.", if forward { ">" } else { "<=" }, 4), 1)
+            }
+            Some(bound) => {
+                (crate::events::bound_condition(bound, "e.", if forward { ">" } else { "<" }, 4), 2)
+            }
+            None => ("1 = 1".to_owned(), 0),
+        };
+        let target_list = placeholders(4 + params, targets.len());
         let sql = format!(
             "SELECT {cols} FROM events e JOIN event_relations r ON r.event_id = e.event_id \
              WHERE r.relates_to IN ({target_list}) AND ($1 = '' OR r.rel_type = $1) AND ($2 = '' OR r.event_type = $2) \
-             AND e.stream_pos {cmp} $3 AND e.rejected = 0 AND e.soft_failed = 0 AND e.outlier = 0 ORDER BY e.stream_pos {order} LIMIT $4",
+             AND {condition} AND e.rejected = 0 AND e.soft_failed = 0 AND e.outlier = 0 \
+             ORDER BY e.depth {order}, e.stream_pos {order} LIMIT $3",
             cols = crate::events::EVENT_COLUMNS
                 .split(", ")
                 .map(|c| format!("e.{}", c.trim()))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let from = from.unwrap_or(if forward { i64::MIN } else { i64::MAX });
         let mut q = sqlx::query(AssertSqlSafe(sql))
             .bind(rel_type.unwrap_or(""))
             .bind(event_type.unwrap_or(""))
-            .bind(from)
             .bind(limit);
+        if let Some(bound) = &from {
+            q = crate::events::bind_bound(q, bound);
+        }
         for t in targets {
             q = q.bind(t);
         }

@@ -83,9 +83,12 @@ async fn a_resolved_state_can_remove_a_key_and_the_derived_tables_follow() {
         ],
         state_delta: vec![member("@a:x", Some("$a"), "join", 1), member("@b:x", Some("$b"), "join", 2)],
         current_state_group: Some(2),
+        state_history: vec![(2, 2)],
         ..Default::default()
     };
     db.persist(&plan).await.unwrap();
+    assert_eq!(db.current_state_group_at("!r:x", 1).await.unwrap(), 0);
+    assert_eq!(db.current_state_group_at("!r:x", 2).await.unwrap(), 2);
     assert_eq!(db.membership("!r:x", "@b:x").await.unwrap().unwrap().membership, "join");
 
     // Resolution drops @b's membership: a group that removes the key, merged from two parents.
@@ -95,6 +98,7 @@ async fn a_resolved_state_can_remove_a_key_and_the_derived_tables_follow() {
         state_groups: vec![group(3, Some(2), &[("@b:x", None)], &[2, 1])],
         state_delta: vec![member("@b:x", None, "", 3)],
         current_state_group: Some(3),
+        state_history: vec![(3, 3)],
         ..Default::default()
     };
     db.persist(&merge).await.unwrap();
@@ -104,6 +108,8 @@ async fn a_resolved_state_can_remove_a_key_and_the_derived_tables_follow() {
     assert_eq!(db.current_state_event_id("!r:x", "m.room.member", "@b:x").await.unwrap(), None);
     assert!(db.membership("!r:x", "@b:x").await.unwrap().is_none(), "the membership row follows the state");
     assert_eq!(db.room("!r:x").await.unwrap().unwrap().current_state_group, 3);
+    assert_eq!(db.current_state_group_at("!r:x", 2).await.unwrap(), 2, "the history keeps earlier states");
+    assert_eq!(db.current_state_group_at("!r:x", 9).await.unwrap(), 3);
     assert_eq!(db.max_state_group().await.unwrap(), 3);
     let parents: Vec<i64> = sqlx::query_scalar(
         "SELECT parent_group FROM state_group_parents WHERE group_id = 3 ORDER BY parent_group",

@@ -17,6 +17,8 @@ pub struct TestServer {
     _data_dir: Arc<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    /// The running server's components (for tests that act as another server would).
+    pub server: Arc<Server>,
 }
 
 /// A registered user with a token.
@@ -76,6 +78,7 @@ impl TestServer {
             _data_dir: data_dir,
             stop: Some(stop),
             task: Some(task),
+            server,
         }
     }
 

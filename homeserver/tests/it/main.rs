@@ -42,6 +42,7 @@ mod hardening;
 mod harness;
 mod lifecycle;
 mod limits;
+mod merges;
 mod presence;
 mod relations;
 mod rooms;

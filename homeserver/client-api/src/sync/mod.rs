@@ -394,15 +394,18 @@ async fn timeline(
     Ok(Timeline { rows, limited })
 }
 
-/// The state section: full state at `group` (fresh rooms), or only the state events that changed
-/// between `since` and the timeline start (limited incremental).
+/// The state section: full state at `group` (fresh rooms), or the state the client lacks: what
+/// changed between the current state at `since` and at the timeline's start, plus changes
+/// within the timeline's range that none of its events carries (a merge of forks can bring an
+/// older state event back). Key removals cannot be expressed in a sync response and are not
+/// sent.
 async fn state_section(
     ctx: &SyncContext<'_>,
     room_id: &RoomId,
     timeline: &Timeline,
     start_group: i64,
     fresh: bool,
-    since: i64,
+    (since, up_to): (i64, i64),
 ) -> Result<Vec<EventRow>, Error> {
     let db = &ctx.app.db;
     let state_filter = &ctx.filter.room.state;
@@ -410,25 +413,28 @@ async fn state_section(
         let entries = ctx.app.rooms.state_at_group(start_group).await?;
         let ids: Vec<String> = entries.into_iter().map(|(_, _, id)| id).collect();
         db.events(&ids).await.map_err(storage)?
-    } else if timeline.limited {
-        let first = timeline.rows.first().map(|r| r.stream_pos).unwrap_or(ctx.now + 1);
-        let candidates =
-            db.room_state_events_between(room_id.as_str(), since, first).await.map_err(storage)?;
-        let mut current_at_start = HashMap::new();
-        if !candidates.is_empty() {
-            for (t, k, id) in ctx.app.rooms.state_at_group(start_group).await? {
-                current_at_start.insert((t, k), id);
+    } else {
+        let since_group = db.current_state_group_at(room_id.as_str(), since).await.map_err(storage)?;
+        let mut ids: Vec<String> = ctx
+            .app
+            .rooms
+            .state_diff(since_group, start_group)
+            .await?
+            .into_iter()
+            .filter_map(|(_, _, id)| id)
+            .collect();
+        let end_group = db.current_state_group_at(room_id.as_str(), up_to).await.map_err(storage)?;
+        if end_group != start_group {
+            for (_, _, id) in ctx.app.rooms.state_diff(start_group, end_group).await? {
+                if let Some(id) = id
+                    && !timeline.rows.iter().any(|r| r.event_id == id)
+                    && !ids.contains(&id)
+                {
+                    ids.push(id);
+                }
             }
         }
-        candidates
-            .into_iter()
-            .filter(|row| {
-                let key = (row.event_type.clone(), row.state_key.clone().unwrap_or_default());
-                current_at_start.get(&key) == Some(&row.event_id)
-            })
-            .collect()
-    } else {
-        Vec::new()
+        db.events(&ids).await.map_err(storage)?
     };
     if state_filter.lazy_load_members {
         let lazy = &ctx.app.lazy_members;
@@ -479,24 +485,16 @@ async fn state_section(
     Ok(rows)
 }
 
-/// The state group at the start of a timeline (before its first event, or at `up_to` if empty).
+/// The room's current state group at the start of a timeline (just before its first event,
+/// or at `up_to` if it is empty).
 async fn start_group(
     ctx: &SyncContext<'_>,
     room_id: &RoomId,
     timeline: &Timeline,
     up_to: i64,
 ) -> Result<i64, Error> {
-    if let Some(first) = timeline.rows.first() {
-        return Ok(first.state_before);
-    }
-    Ok(ctx
-        .app
-        .db
-        .latest_room_event(room_id.as_str(), up_to)
-        .await
-        .map_err(storage)?
-        .map(|r| r.state_after)
-        .unwrap_or(0))
+    let at = timeline.rows.first().map_or(up_to, |first| first.stream_pos - 1);
+    ctx.app.db.current_state_group_at(room_id.as_str(), at).await.map_err(storage)
 }
 
 async fn summary(ctx: &SyncContext<'_>, room_id: &RoomId) -> Result<Value, Error> {
@@ -545,7 +543,7 @@ async fn joined_room(
     // A room joined since the last sync has history the client has not seen (as Synapse says).
     tl.limited |= new_to_client && ctx.since.is_some();
     let group = start_group(ctx, room_id, &tl, up_to).await?;
-    let state = state_section(ctx, room_id, &tl, group, full_state, since).await?;
+    let state = state_section(ctx, room_id, &tl, group, full_state, (since, up_to)).await?;
     let ephemeral_events = ephemeral_events(ctx, ephemeral);
     if !full_state && tl.rows.is_empty() && state.is_empty() && ephemeral_events.is_empty() {
         return Ok(None);
@@ -695,7 +693,7 @@ async fn left_room(
             None => false,
         };
     let state = match may_read {
-        true => state_section(ctx, room_id, &tl, group, full_state, since).await?,
+        true => state_section(ctx, room_id, &tl, group, full_state, (since, m.stream_pos)).await?,
         false => Vec::new(),
     };
     let v = Some(viewer(ctx));

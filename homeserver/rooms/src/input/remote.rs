@@ -12,7 +12,7 @@
 //! Backfilled events take their place in topological order only.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     sync::Arc,
 };
 
@@ -38,6 +38,13 @@ pub(super) struct DagInfo {
     /// The state group after the event (0 for outliers).
     pub state_after: i64,
     pub outlier: bool,
+}
+
+/// What a command added to the batch's working sets, so a failed command can take it back.
+pub(super) enum BatchEntry {
+    Event(OwnedEventId),
+    Group(i64),
+    Resolution(Vec<i64>),
 }
 
 /// The state before a remote event.
@@ -82,13 +89,14 @@ impl RoomActor {
             Err(reason) => return Ok(Verdict::Dropped(reason)),
         };
         let id = pdu.event_id.clone();
+        let outlier = arrival == Arrival::Outlier;
         let replaces_outlier = match self.dag_info(std::slice::from_ref(&id)).await?.remove(&id) {
-            Some(info) if info.outlier && arrival != Arrival::Outlier => true,
+            Some(info) if info.outlier && !outlier => true,
             Some(_) => return Ok(Verdict::Duplicate(id)),
             None => false,
         };
-        // Step 4: the auth rules against the event's own auth events (plus, in rooms whose id
-        // names the create event, that event: it is never listed).
+        // The auth events (plus, in rooms whose id names the create event, that event: it is
+        // never listed) must be stored, whatever became of them.
         let mut needed = pdu.auth_events.clone();
         if rules.authorization.room_create_event_id_as_room_id
             && pdu.kind != ruma::events::TimelineEventType::RoomCreate
@@ -109,24 +117,30 @@ impl RoomActor {
                 .collect(),
             by_id: auth_events,
         };
+        // The state before the event: needed even to store it rejected, since later events may
+        // reference it and build on that state.
+        let before_group = if outlier {
+            0
+        } else {
+            match self.state_before(&pdu, incoming.state_before.as_deref()).await? {
+                Ok(before) => self.materialise(before, outcome).await?,
+                Err(Unplaceable::Missing(missing)) => return Ok(Verdict::Missing(id, missing)),
+                Err(Unplaceable::Invalid(reason)) => return Ok(Verdict::Dropped(reason)),
+            }
+        };
+        // Step 4: the auth rules against the event's own auth events.
         if let Err(reason) = auth::check(&rules.authorization, &pdu, &own) {
-            let group = if arrival == Arrival::Outlier { 0 } else { self.group_of_known_prevs(&pdu).await? };
-            return self.store_rejected(pdu, reason, group, replaces_outlier, outcome).await;
+            return self.store_rejected(pdu, reason, before_group, outlier, replaces_outlier, outcome).await;
         }
-        if arrival == Arrival::Outlier {
+        if outlier {
             let pos = self.outside_position().await?;
             self.record(&pdu, pos, (0, 0), Status::Outlier, replaces_outlier, None, outcome);
             return Ok(Verdict::Accepted(id));
         }
         // Step 5: the auth rules against the state before the event.
-        let before = match self.state_before(&pdu, incoming.state_before.as_deref()).await? {
-            Ok(before) => before,
-            Err(missing) => return Ok(Verdict::Missing(id, missing)),
-        };
-        let before_group = self.materialise(before, outcome).await?;
         let at_event = self.auth_events_at(before_group, &pdu, &own.by_id).await?;
         if let Err(reason) = auth::check(&rules.authorization, &pdu, &at_event) {
-            return self.store_rejected(pdu, reason, before_group, replaces_outlier, outcome).await;
+            return self.store_rejected(pdu, reason, before_group, false, replaces_outlier, outcome).await;
         }
         let after_group = self.group_after(before_group, &pdu, outcome).await?;
         // Step 6: the auth rules against the room's current state (live events only).
@@ -140,60 +154,38 @@ impl RoomActor {
             }
         }
         let redacts = self.remote_redaction(&pdu).await?;
-        match arrival {
-            Arrival::Live => {
-                let reservation = self.shared.stream.reserve(1).await?;
-                let pos = reservation.first() as i64;
-                outcome.reservations.push(reservation);
-                self.record(
-                    &pdu,
-                    pos,
-                    (before_group, after_group),
-                    Status::Shown,
-                    replaces_outlier,
-                    redacts,
-                    outcome,
-                );
-                self.advance_remote_extremities(&pdu, after_group, journal, outcome);
-                self.recompute_current(&pdu, before_group, after_group, pos, outcome, journal).await?;
-                outcome.woken.push(pdu.sender.clone());
-                self.derive_effects(&pdu, pos, outcome).await?;
+        let groups = (before_group, after_group);
+        if arrival == Arrival::Live {
+            let reservation = self.shared.stream.reserve(1).await?;
+            let pos = reservation.first() as i64;
+            outcome.reservations.push(reservation);
+            self.record(&pdu, pos, groups, Status::Shown, replaces_outlier, redacts, outcome);
+            self.advance_remote_extremities(&pdu, after_group, outcome).await?;
+            self.recompute_current(&pdu, before_group, after_group, pos, outcome, journal).await?;
+            outcome.woken.push(pdu.sender.clone());
+            self.derive_effects(&pdu, pos, outcome).await?;
+        } else {
+            // History: its place in topological order only. Forward extremities and the
+            // current state belong to the live edge of the DAG and stay as they are.
+            let pos = self.outside_position().await?;
+            self.record(&pdu, pos, groups, Status::Shown, replaces_outlier, redacts, outcome);
+            if let Some(relation) = crate::derive::relation(&pdu, pos) {
+                outcome.plan.relations.push(relation);
             }
-            Arrival::Backfill | Arrival::Outlier => {
-                let pos = self.outside_position().await?;
-                self.record(
-                    &pdu,
-                    pos,
-                    (before_group, after_group),
-                    Status::Shown,
-                    replaces_outlier,
-                    redacts,
-                    outcome,
-                );
-                // History that references a forward extremity means it is one no longer.
-                let l = self.loaded.as_mut().expect("loaded");
-                let before = l.extremities.len();
-                l.extremities.retain(|x| !pdu.prev_events.contains(&x.id));
-                if l.extremities.len() != before && !l.extremities.is_empty() {
-                    outcome.plan.extremities = Some(l.extremities.iter().map(|x| x.id.to_string()).collect());
-                    self.resolve_current(pos, outcome, journal).await?;
-                }
-                if let Some(relation) = crate::derive::relation(&pdu, pos) {
-                    outcome.plan.relations.push(relation);
-                }
-                outcome.plan.search.extend(crate::derive::search_row(&pdu, pos));
-            }
+            outcome.plan.search.extend(crate::derive::search_row(&pdu, pos));
         }
         self.track_backward_extremities(&pdu, outcome).await?;
         Ok(Verdict::Accepted(id))
     }
 
-    /// Stores an event that failed the auth rules: in the DAG, never in any state.
+    /// Stores an event that failed the auth rules: in the DAG (with the state before it, which
+    /// is also the state after it), never in any state.
     async fn store_rejected(
         &mut self,
         pdu: Arc<Pdu>,
         reason: String,
         group: i64,
+        outlier: bool,
         replaces_outlier: bool,
         outcome: &mut Outcome,
     ) -> Result<Verdict, Error> {
@@ -201,15 +193,8 @@ impl RoomActor {
         let mut rejected = (*pdu).clone();
         rejected.rejected = true;
         let rejected = Arc::new(rejected);
-        self.record(
-            &rejected,
-            pos,
-            (group, group),
-            Status::Rejected(reason.clone()),
-            replaces_outlier,
-            None,
-            outcome,
-        );
+        let status = Status::Rejected { reason: reason.clone(), outlier };
+        self.record(&rejected, pos, (group, group), status, replaces_outlier, None, outcome);
         Ok(Verdict::Rejected(pdu.event_id.clone(), reason))
     }
 
@@ -225,7 +210,7 @@ impl RoomActor {
         redacts: Option<OwnedEventId>,
         outcome: &mut Outcome,
     ) {
-        let outlier = matches!(status, Status::Outlier);
+        let outlier = matches!(status, Status::Outlier | Status::Rejected { outlier: true, .. });
         outcome.plan.events.push(NewEvent {
             stream_pos: pos,
             event_id: pdu.event_id.to_string(),
@@ -245,13 +230,14 @@ impl RoomActor {
             outlier,
             soft_failed: matches!(status, Status::SoftFailed),
             rejected_reason: match status {
-                Status::Rejected(reason) => Some(reason),
+                Status::Rejected { reason, .. } => Some(reason),
                 _ => None,
             },
             replaces_outlier,
         });
         self.batch_info.insert(pdu.event_id.clone(), DagInfo { state_after, outlier });
         self.batch_pdus.insert(pdu.event_id.clone(), pdu.clone());
+        self.batch_log.push(BatchEntry::Event(pdu.event_id.clone()));
         outcome.pdus.push(pdu.clone());
     }
 
@@ -260,7 +246,8 @@ impl RoomActor {
         self.shared.outside_positions.next(&self.shared.db).await
     }
 
-    /// DAG facts of events stored earlier (this batch first).
+    /// DAG facts of events of this room stored earlier (this batch first). Events of other
+    /// rooms are not this room's: they read as unknown.
     pub(super) async fn dag_info(
         &self,
         ids: &[OwnedEventId],
@@ -277,6 +264,9 @@ impl RoomActor {
         }
         if !rest.is_empty() {
             for row in self.shared.db.dag_events(&rest).await.map_err(storage_error)? {
+                if row.room_id != self.room_id.as_str() {
+                    continue;
+                }
                 if let Ok(id) = EventId::parse(&row.event_id) {
                     out.insert(id, DagInfo { state_after: row.state_after, outlier: row.outlier });
                 }
@@ -285,43 +275,68 @@ impl RoomActor {
         Ok(out)
     }
 
-    /// The state group before a rejected event, when its prev events are all placed (else 0).
-    async fn group_of_known_prevs(&self, pdu: &Pdu) -> Result<i64, Error> {
-        let infos = self.dag_info(&pdu.prev_events).await?;
-        let groups: BTreeSet<i64> = infos.values().filter(|i| !i.outlier).map(|i| i.state_after).collect();
-        Ok(match (groups.len(), infos.len() == pdu.prev_events.len()) {
-            (1, true) => groups.into_iter().next().unwrap_or(0),
-            _ => 0,
-        })
-    }
-
     /// The state before an event: the state after its one prev event, the resolution of its
-    /// prev events' states, or the state the caller supplies. `Err` names prev events to fetch.
+    /// prev events' states, and — when some prev events are not placed — the state the caller
+    /// supplies for them, resolved with those that are.
     async fn state_before(
         &self,
         pdu: &Pdu,
         supplied: Option<&[OwnedEventId]>,
-    ) -> Result<Result<Before, Vec<OwnedEventId>>, Error> {
+    ) -> Result<Result<Before, Unplaceable>, Error> {
         let infos = self.dag_info(&pdu.prev_events).await?;
+        let placed: BTreeSet<i64> = infos.values().filter(|i| !i.outlier).map(|i| i.state_after).collect();
         let unplaced: Vec<OwnedEventId> =
             pdu.prev_events.iter().filter(|p| infos.get(*p).is_none_or(|i| i.outlier)).cloned().collect();
-        if !unplaced.is_empty() {
-            let Some(ids) = supplied else { return Ok(Err(unplaced)) };
-            let events = self.events(ids).await?;
-            let missing: Vec<OwnedEventId> =
-                ids.iter().filter(|i| !events.contains_key(*i)).cloned().collect();
-            if !missing.is_empty() {
-                return Ok(Err(missing));
-            }
-            let state: State = events
-                .values()
-                .filter(|e| !e.rejected)
-                .filter_map(|e| Some(((e.kind.to_string().into(), e.state_key.clone()?), e.event_id.clone())))
-                .collect();
+        if unplaced.is_empty() {
+            return Ok(Ok(self.resolve_groups(placed).await?));
+        }
+        let Some(ids) = supplied else { return Ok(Err(Unplaceable::Missing(unplaced))) };
+        let state = match self.supplied_state(ids).await? {
+            Ok(state) => state,
+            Err(err) => return Ok(Err(err)),
+        };
+        if placed.is_empty() {
             return Ok(Ok(Before::Resolved { parents: Vec::new(), state: Arc::new(state) }));
         }
-        let groups: BTreeSet<i64> = infos.values().map(|i| i.state_after).collect();
-        Ok(Ok(self.resolve_groups(groups).await?))
+        let mut states = Vec::with_capacity(placed.len() + 1);
+        for group in &placed {
+            states.push(self.state_of(*group).await?);
+        }
+        states.push(Arc::new(state));
+        let state = resolve::resolve(&self.shared, &self.loaded().rules, &states, &self.batch_pdus).await?;
+        Ok(Ok(Before::Resolved { parents: placed.into_iter().collect(), state: Arc::new(state) }))
+    }
+
+    /// The state a caller supplies (by event id): stored events of this room, one per key;
+    /// rejected ones are no state.
+    async fn supplied_state(&self, ids: &[OwnedEventId]) -> Result<Result<State, Unplaceable>, Error> {
+        if ids.len() > MAX_SUPPLIED_STATE {
+            return Ok(Err(Unplaceable::Invalid(format!("more than {MAX_SUPPLIED_STATE} state events"))));
+        }
+        let events = self.events(ids).await?;
+        let missing: Vec<OwnedEventId> = ids.iter().filter(|i| !events.contains_key(*i)).cloned().collect();
+        if !missing.is_empty() {
+            return Ok(Err(Unplaceable::Missing(missing)));
+        }
+        let mut state = State::new();
+        for event in ids.iter().filter_map(|id| events.get(id)) {
+            let Some(key) = &event.state_key else {
+                return Ok(Err(Unplaceable::Invalid(format!("{} is not a state event", event.event_id))));
+            };
+            if event.room_id != self.room_id {
+                return Ok(Err(Unplaceable::Invalid(format!("{} is of another room", event.event_id))));
+            }
+            if event.rejected {
+                continue;
+            }
+            if state.insert((event.kind.to_string().into(), key.clone()), event.event_id.clone()).is_some() {
+                return Ok(Err(Unplaceable::Invalid(format!(
+                    "two state events for ({}, {key})",
+                    event.kind
+                ))));
+            }
+        }
+        Ok(Ok(state))
     }
 
     /// The state the given groups resolve to (one group is itself).
@@ -330,6 +345,9 @@ impl RoomActor {
             return Ok(Before::Group(groups.into_iter().next().unwrap_or(0)));
         }
         let key: Vec<i64> = groups.iter().copied().collect();
+        if let Some(group) = self.batch_resolved.get(&key) {
+            return Ok(Before::Group(*group));
+        }
         if let Some(group) = self.shared.resolved_groups.lock().expect("resolution cache poisoned").get(&key)
         {
             return Ok(Before::Group(*group));
@@ -361,10 +379,12 @@ impl RoomActor {
             || state.iter().map(|((t, k), id)| (t.to_string(), k.clone(), Some(id.to_string()))).collect();
         let group = state_groups::layout(id, &base, changes, full, parents.clone());
         self.push_group(group, outcome);
+        // Remembered for this batch only; published once it commits.
         if !parents.is_empty() {
-            self.shared.resolved_groups.lock().expect("resolution cache poisoned").put(parents, id);
+            self.batch_resolved.insert(parents.clone(), id);
+            self.batch_log.push(BatchEntry::Resolution(parents));
         }
-        self.shared.state_maps.lock().expect("state cache poisoned").put(id, state);
+        self.batch_state_maps.insert(id, state);
         Ok(id)
     }
 
@@ -390,6 +410,7 @@ impl RoomActor {
     }
 
     fn push_group(&mut self, group: NewStateGroup, outcome: &mut Outcome) {
+        self.batch_log.push(BatchEntry::Group(group.group_id));
         self.batch_groups.insert(group.group_id, group.clone());
         outcome.plan.state_groups.push(group);
     }
@@ -418,6 +439,9 @@ impl RoomActor {
         }
         if group == self.loaded().group {
             return Ok(Arc::new(self.loaded().state.clone()));
+        }
+        if let Some(state) = self.batch_state_maps.get(&group) {
+            return Ok(state.clone());
         }
         if let Some(state) = self.shared.state_maps.lock().expect("state cache poisoned").get(&group) {
             return Ok(state.clone());
@@ -452,7 +476,10 @@ impl RoomActor {
             }
         }
         let state = Arc::new(state);
-        self.shared.state_maps.lock().expect("state cache poisoned").put(group, state.clone());
+        if !self.batch_groups.contains_key(&group) {
+            // Stored groups never change: safe to share at once.
+            self.shared.state_maps.lock().expect("state cache poisoned").put(group, state.clone());
+        }
         Ok(state)
     }
 
@@ -518,19 +545,41 @@ impl RoomActor {
         Ok(effective.then_some(target))
     }
 
-    /// Forward extremities after an accepted live event: (old ∪ {e}) − prev(e).
-    fn advance_remote_extremities(
+    /// Forward extremities after an accepted live event: (old ∪ {e}) − prev(e), without those
+    /// events already in the timeline reference (an event fetched late to fill a gap, an
+    /// extremity backfilled history continues from), at most [`MAX_EXTREMITIES`] (the deepest).
+    async fn advance_remote_extremities(
         &mut self,
         pdu: &Pdu,
         after: i64,
-        journal: &mut Journal,
         outcome: &mut Outcome,
-    ) {
-        let _ = journal; // The journal took a copy of the extremities when the command began.
-        let l = self.loaded.as_mut().expect("loaded");
-        l.extremities.retain(|x| !pdu.prev_events.contains(&x.id));
-        l.extremities.push(Extremity { id: pdu.event_id.clone(), depth: pdu.depth, group: after });
-        outcome.plan.extremities = Some(l.extremities.iter().map(|x| x.id.to_string()).collect());
+    ) -> Result<(), Error> {
+        let mut extremities = self.loaded().extremities.clone();
+        extremities.retain(|x| !pdu.prev_events.contains(&x.id));
+        extremities.push(Extremity { id: pdu.event_id.clone(), depth: pdu.depth, group: after });
+        if extremities.len() > 1 {
+            let ids: Vec<String> = extremities.iter().map(|x| x.id.to_string()).collect();
+            let referenced = self.shared.db.referenced_in_timeline(&ids).await.map_err(storage_error)?;
+            let batch_refs: HashSet<&OwnedEventId> = self
+                .batch_pdus
+                .iter()
+                .filter(|(id, _)| self.batch_info.get(*id).is_some_and(|i| !i.outlier))
+                .flat_map(|(_, p)| p.prev_events.iter())
+                .collect();
+            let kept: Vec<Extremity> = extremities
+                .iter()
+                .filter(|x| !referenced.contains(x.id.as_str()) && !batch_refs.contains(&x.id))
+                .cloned()
+                .collect();
+            if !kept.is_empty() {
+                extremities = kept;
+            }
+            extremities.sort_by_key(|x| std::cmp::Reverse(x.depth));
+            extremities.truncate(MAX_EXTREMITIES);
+        }
+        outcome.plan.extremities = Some(extremities.iter().map(|x| x.id.to_string()).collect());
+        self.loaded.as_mut().expect("loaded").extremities = extremities;
+        Ok(())
     }
 
     /// The current state after an accepted live event: the resolved state at the forward
@@ -633,6 +682,7 @@ impl RoomActor {
         l.group = new_group;
         l.chain_len = chain_len;
         outcome.plan.current_state_group = Some(new_group);
+        outcome.plan.state_history.push((pos, new_group));
         Ok(())
     }
 
@@ -654,8 +704,22 @@ enum Status {
     Shown,
     Outlier,
     SoftFailed,
-    Rejected(String),
+    Rejected { reason: String, outlier: bool },
 }
+
+/// Why an event cannot be placed in the DAG yet, or at all.
+enum Unplaceable {
+    /// These events must be stored first.
+    Missing(Vec<OwnedEventId>),
+    /// What the caller supplied cannot be the state before the event.
+    Invalid(String),
+}
+
+/// The most state events a caller may supply for the state before an event.
+const MAX_SUPPLIED_STATE: usize = 200_000;
+/// The most forward extremities a room keeps: beyond, the shallowest are dropped (local events
+/// reference the deepest, so they merge the rest over time).
+const MAX_EXTREMITIES: usize = 50;
 
 /// The changes that turn state `from` into state `to` (`None`: the key is removed).
 fn diff(from: &State, to: &State) -> Vec<(StateKey, Option<OwnedEventId>)> {

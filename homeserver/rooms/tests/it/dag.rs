@@ -438,7 +438,7 @@ async fn invalid_events_are_dropped_and_missing_ones_reported() {
 async fn backfilled_history_sorts_before_what_the_room_shows_and_is_never_new_in_sync() {
     let mut b = Builder::room_with_members(RoomVersionId::V12);
     let mut prev = "base".to_owned();
-    for i in 0..510 {
+    for i in 0..511 {
         let label = format!("m{i}");
         let body = json!({"msgtype": "m.text", "body": format!("message {i}")});
         b.event(&label, "@bob:b.test", "m.room.message", None, body, &[prev.as_str()], None);
@@ -483,11 +483,17 @@ async fn backfilled_history_sorts_before_what_the_room_shows_and_is_never_new_in
         .unwrap();
     assert!(since.is_empty(), "an incremental sync sees nothing new: {}", since.len());
     assert!(backward_extremities(&obs, &fixture).await.is_empty(), "the gap is closed");
-    // The setup's last event is referenced by the history now: the newest live event is the
-    // only forward extremity, and the current state is unchanged.
+    // Backfill leaves the live edge alone: the setup's last event stays a forward extremity
+    // until the next live event, which finds it referenced by the history and drops it.
+    let mut extremities = obs.db.room_extremities(fixture.room().as_str()).await.unwrap();
+    extremities.sort();
+    let mut expected = vec![fixture.id("base").to_string(), fixture.id("m509").to_string()];
+    expected.sort();
+    assert_eq!(extremities, expected);
+    assert!(matches!(obs.one(&fixture, "m510", Arrival::Live).await, Verdict::Accepted(_)));
     assert_eq!(
         obs.db.room_extremities(fixture.room().as_str()).await.unwrap(),
-        vec![fixture.id("m509").to_string()]
+        vec![fixture.id("m510").to_string()]
     );
     let members = obs.memberships(&fixture).await;
     assert_eq!(members.len(), 3, "{members:?}");
@@ -495,4 +501,28 @@ async fn backfilled_history_sorts_before_what_the_room_shows_and_is_never_new_in
 
 async fn backward_extremities(obs: &Observer, fixture: &Fixture) -> Vec<String> {
     obs.db.backward_extremities(fixture.room().as_str()).await.unwrap()
+}
+
+#[tokio::test]
+async fn supplied_state_must_be_one_event_per_key_of_this_room() {
+    let fixture = Fixture::load_or_write("fork_merge_v12", fork_merge(RoomVersionId::V12).fixture());
+    let obs = Observer::new(&fixture).await;
+    let setup =
+        ["create", "alice_join", "power", "join_rules", "bob_join", "base"].map(String::from).to_vec();
+    obs.deliver(&fixture, &setup, Arrival::Live).await;
+    // Alice's power change follows her topic, which this server lacks; the state offered for
+    // it names one key twice.
+    let mut event = fixture.pdu("x_power");
+    event.state_before = Some(vec![fixture.id("create"), fixture.id("power"), fixture.id("power")]);
+    let verdicts = obs.rooms.receive_remote(&fixture.room(), vec![event], Arrival::Live).await.unwrap();
+    assert!(
+        matches!(&verdicts[0], Verdict::Dropped(reason) if reason.contains("two state events")),
+        "{verdicts:?}"
+    );
+    // State naming events this server lacks: reported missing.
+    let mut event = fixture.pdu("x_power");
+    event.state_before = Some(vec![fixture.id("create"), fixture.id("x_topic")]);
+    let verdicts = obs.rooms.receive_remote(&fixture.room(), vec![event], Arrival::Live).await.unwrap();
+    assert_eq!(verdicts[0], Verdict::Missing(fixture.id("x_power"), vec![fixture.id("x_topic")]));
+    assert!(obs.db.dag_events(&[fixture.id("x_power").to_string()]).await.unwrap().is_empty());
 }
