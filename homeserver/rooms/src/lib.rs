@@ -17,6 +17,7 @@
 //! one actor per room, so per-room ordering needs no locks anywhere else.
 
 pub mod auth;
+mod auth_difference;
 pub mod builder;
 pub mod cache;
 mod commit;

@@ -21,7 +21,7 @@ use ruma::{
     state_res::{self, StateMap},
 };
 
-use crate::{Shared, cache::storage_error, pdu::Pdu};
+use crate::{Shared, pdu::Pdu};
 
 /// A room state: `(type, state key)` to event id.
 pub type State = StateMap<OwnedEventId>;
@@ -45,12 +45,11 @@ pub(crate) async fn resolve(
         }
         return Ok(union);
     }
-    let mut auth_chains = Vec::with_capacity(states.len());
-    for state in states {
-        let ids: Vec<OwnedEventId> = state.values().cloned().collect();
-        let edges = auth_edges(shared, &ids, unstored).await?;
-        auth_chains.push(edges.into_iter().map(|(_, auth)| auth).collect());
-    }
+    // ruma takes the states' auth chains only to compute their difference; handing it the
+    // difference itself (and an empty chain) gives it the same input at a fraction of the cost.
+    let refs: Vec<&State> = states.iter().map(|s| &**s).collect();
+    let difference = crate::auth_difference::auth_difference(&shared.db, &refs, unstored).await?;
+    let auth_chains = vec![difference.into_iter().collect(), Default::default()];
     let Some(v2_rules) = rules.state_res.v2_rules().copied() else {
         return Err(Error::internal("state resolution v1 is not supported"));
     };
@@ -78,39 +77,6 @@ pub(crate) async fn resolve(
     .map_err(|e| Error::internal(format!("state resolution panicked: {e}")))?
 }
 
-/// Every auth edge reachable from `events`, through unstored events (their `auth_events`) and
-/// stored ones (the DAG index) alike.
-async fn auth_edges(
-    shared: &Shared,
-    events: &[OwnedEventId],
-    unstored: &Unstored,
-) -> Result<HashSet<(OwnedEventId, OwnedEventId)>, Error> {
-    let mut edges = HashSet::new();
-    let mut stored_seeds = Vec::new();
-    let mut seen = HashSet::new();
-    let mut queue: Vec<OwnedEventId> = events.to_vec();
-    while let Some(id) = queue.pop() {
-        if !seen.insert(id.clone()) {
-            continue;
-        }
-        match unstored.get(&id) {
-            Some(pdu) => {
-                for auth in &pdu.auth_events {
-                    edges.insert((id.clone(), auth.clone()));
-                    queue.push(auth.clone());
-                }
-            }
-            None => stored_seeds.push(id.to_string()),
-        }
-    }
-    for (event, auth) in shared.db.auth_chain_edges(&stored_seeds).await.map_err(storage_error)? {
-        if let (Ok(event), Ok(auth)) = (EventId::parse(event), EventId::parse(auth)) {
-            edges.insert((event, auth));
-        }
-    }
-    Ok(edges)
-}
-
 /// Events of keys the states do not agree on (a key some state lacks counts).
 fn conflicted_events(states: &[Arc<State>]) -> HashSet<OwnedEventId> {
     let mut keys: HashSet<&(StateEventType, String)> = HashSet::new();
@@ -135,7 +101,7 @@ async fn conflicted_subgraph(
     unstored: &Unstored,
 ) -> Result<HashSet<OwnedEventId>, Error> {
     let ids: Vec<OwnedEventId> = conflicted.iter().cloned().collect();
-    let edges: Vec<(String, String)> = auth_edges(shared, &ids, unstored)
+    let edges: Vec<(String, String)> = crate::auth_difference::auth_edges(&shared.db, &ids, unstored)
         .await?
         .into_iter()
         .map(|(e, a)| (e.to_string(), a.to_string()))

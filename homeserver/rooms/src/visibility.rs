@@ -60,6 +60,19 @@ fn permits(visibility: Visibility, membership: Option<&str>, joined_now: bool) -
     }
 }
 
+/// The rule for another server (what federation may hand it): it sees an event if the room's
+/// history is `world_readable` or `shared`, or if one of its users is joined at the event (or,
+/// under `invited`, invited). `memberships` are those of the server's users in the state after
+/// the event. As in Synapse, what it may not see goes to it redacted, not left out, so the DAG
+/// stays whole.
+fn permits_server<'a>(visibility: Visibility, mut memberships: impl Iterator<Item = &'a str>) -> bool {
+    match visibility {
+        Visibility::WorldReadable | Visibility::Shared => true,
+        Visibility::Invited => memberships.any(|m| m == "join" || m == "invite"),
+        Visibility::Joined => memberships.any(|m| m == "join"),
+    }
+}
+
 #[derive(Debug, Clone)]
 struct GroupView {
     visibility: Visibility,
@@ -132,6 +145,38 @@ impl Rooms {
     }
 
     /// Whether `user` may see an event at all (for `/event`, `/context`).
+    /// Whether another server may see an event unredacted ([`permits_server`]): the rule
+    /// applied to the history visibility and its users' memberships in the state after the
+    /// event (the more permissive of old and new for a visibility change).
+    pub async fn server_may_see(&self, server: &ruma::ServerName, row: &EventRow) -> Result<bool, Error> {
+        let mut visibility = Visibility::Joined;
+        for group in [row.state_after, row.state_before] {
+            let hv = match self.state_entry(group, "m.room.history_visibility", "").await? {
+                Some(id) => match EventId::parse(id).ok() {
+                    Some(id) => {
+                        self.cache().get(&id).await?.and_then(|p| p.content_str("history_visibility"))
+                    }
+                    None => None,
+                },
+                None => None,
+            };
+            visibility = visibility.max(parse_visibility(hv.as_deref()));
+        }
+        if visibility >= Visibility::Shared {
+            return Ok(true);
+        }
+        let suffix = format!(":{server}");
+        let state = self.state_at_group(row.state_after).await?;
+        let member_ids: Vec<ruma::OwnedEventId> = state
+            .iter()
+            .filter(|(ty, key, _)| ty == "m.room.member" && key.ends_with(&suffix))
+            .filter_map(|(_, _, id)| EventId::parse(id).ok())
+            .collect();
+        let members = self.cache().get_many(&member_ids).await?;
+        let memberships: Vec<String> = members.values().filter_map(|p| p.content_str("membership")).collect();
+        Ok(permits_server(visibility, memberships.iter().map(String::as_str)))
+    }
+
     pub async fn can_see(&self, user: &UserId, row: &EventRow) -> Result<bool, Error> {
         Ok(!self.filter_visible(user, vec![row.clone()]).await?.is_empty())
     }
@@ -253,6 +298,17 @@ mod tests {
         assert!(permits(Shared, Some("leave"), true));
         assert!(!permits(Shared, Some("leave"), false));
         assert!(!permits(Shared, Some("invite"), false));
+    }
+
+    #[test]
+    fn the_rule_for_servers() {
+        use Visibility::*;
+        assert!(permits_server(Shared, std::iter::empty()), "shared history is the room's, for any server");
+        assert!(permits_server(WorldReadable, std::iter::empty()));
+        assert!(!permits_server(Joined, ["leave", "invite"].into_iter()));
+        assert!(permits_server(Joined, ["leave", "join"].into_iter()), "one joined user suffices");
+        assert!(permits_server(Invited, ["invite"].into_iter()));
+        assert!(!permits_server(Invited, ["ban", "leave"].into_iter()));
     }
 
     fn change(pos: i64, kind: &str, value: &str) -> VisibilityChange {

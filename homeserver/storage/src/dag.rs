@@ -41,6 +41,27 @@ impl Db {
         Ok(edges.into_iter().collect())
     }
 
+    /// The state events that list one of `events` as an auth event, as `(auth event, child)`
+    /// (the auth DAG walked downwards, through `event_auth_by_auth`).
+    pub async fn state_children(&self, events: &[String]) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for chunk in events.chunks(5_000) {
+            let sql = format!(
+                "SELECT a.auth_event_id, a.event_id FROM event_auth a JOIN events e ON e.event_id = a.event_id \
+                 WHERE a.auth_event_id IN ({}) AND e.state_key IS NOT NULL",
+                placeholders(1, chunk.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for row in q.fetch_all(self.reader()).await? {
+                out.push((row.try_get("auth_event_id")?, row.try_get("event_id")?));
+            }
+        }
+        Ok(out)
+    }
+
     /// Which of `events` a timeline event (not rejected, soft-failed or an outlier) names as a
     /// prev event.
     pub async fn referenced_in_timeline(&self, events: &[String]) -> Result<HashSet<String>> {
