@@ -286,8 +286,9 @@ impl RoomActor {
         match self.shared.committer.commit(plan).await {
             Ok(()) => {
                 let mut woken: HashSet<OwnedUserId> = self.joined_members().collect();
+                let ours = self.shared.key.server_name();
                 for (_, outcome) in &mut accepted {
-                    woken.extend(outcome.woken.drain(..));
+                    woken.extend(outcome.woken.drain(..).filter(|u| u.server_name() == ours));
                 }
                 let mut reservations: Vec<Reservation> =
                     accepted.iter_mut().flat_map(|(_, o)| std::mem::take(&mut o.reservations)).collect();
@@ -355,11 +356,14 @@ impl RoomActor {
         }
     }
 
+    /// This server's joined members: the users whose syncs a commit wakes (other servers'
+    /// users have no sync here).
     fn joined_members(&self) -> impl Iterator<Item = OwnedUserId> + '_ {
+        let ours = self.shared.key.server_name();
         self.loaded
             .iter()
             .flat_map(|l| l.memberships.iter())
-            .filter(|(_, m)| m.as_str() == "join")
+            .filter(move |(u, m)| m.as_str() == "join" && u.server_name() == ours)
             .map(|(u, _)| u.clone())
     }
 
@@ -962,10 +966,12 @@ impl RoomActor {
     /// get their own row where their outcome differs.
     async fn push_actions(&self, pdu: &Pdu, pos: i64) -> Result<PushOutcome, Error> {
         let l = self.loaded();
+        // Push rules are this server's users' business: other servers notify their own.
+        let ours = self.shared.key.server_name();
         let mut targets: Vec<OwnedUserId> = l
             .memberships
             .iter()
-            .filter(|(u, m)| m.as_str() == "join" && **u != pdu.sender)
+            .filter(|(u, m)| m.as_str() == "join" && **u != pdu.sender && u.server_name() == ours)
             .map(|(u, _)| u.clone())
             .collect();
         // An invitee is not a member yet, but their invite should notify them.
@@ -973,6 +979,7 @@ impl RoomActor {
         if pdu.kind == ruma::events::TimelineEventType::RoomMember
             && let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
             && target != pdu.sender
+            && target.server_name() == ours
             && !targets.contains(&target)
         {
             invitee = Some(target.clone());

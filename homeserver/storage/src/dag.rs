@@ -16,7 +16,7 @@ impl Db {
     /// chain is the set of edge targets.
     pub async fn auth_chain_edges(&self, events: &[String]) -> Result<Vec<(String, String)>> {
         let mut edges = HashSet::new();
-        for chunk in events.chunks(5_000) {
+        for chunk in events.chunks(1_000) {
             let sql = format!(
                 "WITH RECURSIVE walk(event_id, auth_event_id) AS ( \
                    SELECT event_id, auth_event_id FROM event_auth WHERE event_id IN ({}) \
@@ -45,7 +45,7 @@ impl Db {
     /// (the auth DAG walked downwards, through `event_auth_by_auth`).
     pub async fn state_children(&self, events: &[String]) -> Result<Vec<(String, String)>> {
         let mut out = Vec::new();
-        for chunk in events.chunks(5_000) {
+        for chunk in events.chunks(1_000) {
             let sql = format!(
                 "SELECT a.auth_event_id, a.event_id FROM event_auth a JOIN events e ON e.event_id = a.event_id \
                  WHERE a.auth_event_id IN ({}) AND e.state_key IS NOT NULL",

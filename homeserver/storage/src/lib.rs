@@ -161,6 +161,13 @@ impl Db {
         Ok(())
     }
 
+    /// Refreshes the query planner's statistics (`ANALYZE`). PostgreSQL's autovacuum does this
+    /// on its own schedule; a bulk load (a benchmark, an import) wants it at once.
+    pub async fn analyze(&self) -> Result<()> {
+        self.write.execute("ANALYZE").await?;
+        Ok(())
+    }
+
     pub fn engine(&self) -> Engine {
         self.engine
     }

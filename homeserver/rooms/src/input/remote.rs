@@ -17,7 +17,10 @@ use std::{
 };
 
 use homeserver_core::Error;
-use homeserver_storage::persist::{MembershipUpdate, NewEvent, NewStateGroup, StateChange};
+use homeserver_storage::{
+    events::StateGroupDelta,
+    persist::{MembershipUpdate, NewEvent, NewStateGroup, StateChange},
+};
 use ruma::{EventId, OwnedEventId, UserId, events::StateEventType};
 use tracing::debug;
 
@@ -446,6 +449,15 @@ impl RoomActor {
         if let Some(state) = self.shared.state_maps.lock().expect("state cache poisoned").get(&group) {
             return Ok(state.clone());
         }
+        // Near the current state (a fork of it), derive the state from it: only the keys either
+        // side changed since they parted are looked at.
+        if let Some(state) = self.state_from_current(group).await? {
+            let state = Arc::new(state);
+            if !self.batch_groups.contains_key(&group) {
+                self.shared.state_maps.lock().expect("state cache poisoned").put(group, state.clone());
+            }
+            return Ok(state);
+        }
         // Groups this batch created are not stored yet: replay their deltas on the stored base.
         let mut deltas = Vec::new();
         let mut base = Some(group);
@@ -481,6 +493,75 @@ impl RoomActor {
             self.shared.state_maps.lock().expect("state cache poisoned").put(group, state.clone());
         }
         Ok(state)
+    }
+
+    /// A group's delta chain, newest first, through this batch's groups and then storage.
+    async fn deltas_of(&self, group: i64) -> Result<Vec<StateGroupDelta>, Error> {
+        let mut out = Vec::new();
+        let mut next = Some(group).filter(|g| *g != 0);
+        while let Some(id) = next {
+            let Some(created) = self.batch_groups.get(&id) else {
+                out.extend(self.shared.db.state_group_deltas(id).await.map_err(storage_error)?);
+                break;
+            };
+            let entries = if created.prev_group.is_some() { created.entries.clone() } else { Vec::new() };
+            out.push(StateGroupDelta { group_id: id, prev_group: created.prev_group, entries });
+            next = created.prev_group;
+        }
+        Ok(out)
+    }
+
+    /// The state of `group` derived from the actor's current state, when both descend from a
+    /// common group on one delta chain: the keys the current side changed since then are set
+    /// back, the other side's changes applied. `None` when the chains do not meet.
+    async fn state_from_current(&self, group: i64) -> Result<Option<State>, Error> {
+        let ours = self.deltas_of(self.loaded().group).await?;
+        let theirs = self.deltas_of(group).await?;
+        let position: HashMap<i64, usize> = ours.iter().enumerate().map(|(i, d)| (d.group_id, i)).collect();
+        let Some((j, i)) =
+            theirs.iter().enumerate().find_map(|(j, d)| position.get(&d.group_id).map(|i| (j, *i)))
+        else {
+            return Ok(None);
+        };
+        let mut state = self.loaded().state.clone();
+        let mut undo: HashSet<(String, String)> = HashSet::new();
+        for delta in &ours[..i] {
+            undo.extend(delta.entries.iter().map(|(t, k, _)| (t.clone(), k.clone())));
+        }
+        for (ty, key) in undo {
+            let found = ours[i..].iter().find_map(|d| {
+                d.entries.iter().find(|(t, k, _)| *t == ty && *k == key).map(|(_, _, id)| id.clone())
+            });
+            let value = match found {
+                Some(value) => value,
+                None => self.entry_in_snapshot(ours.last(), &ty, &key).await?,
+            };
+            set_entry(&mut state, &ty, &key, value.as_deref());
+        }
+        for delta in theirs[..j].iter().rev() {
+            for (ty, key, id) in &delta.entries {
+                set_entry(&mut state, ty, key, id.as_deref());
+            }
+        }
+        Ok(Some(state))
+    }
+
+    /// A key's event in the full snapshot that starts a delta chain.
+    async fn entry_in_snapshot(
+        &self,
+        root: Option<&StateGroupDelta>,
+        ty: &str,
+        key: &str,
+    ) -> Result<Option<String>, Error> {
+        let Some(root) = root else { return Ok(None) };
+        if let Some(created) = self.batch_groups.get(&root.group_id) {
+            return Ok(created
+                .entries
+                .iter()
+                .find(|(t, k, _)| t == ty && k == key)
+                .and_then(|(_, _, id)| id.clone()));
+        }
+        crate::Rooms { shared: self.shared.clone() }.state_entry(root.group_id, ty, key).await
     }
 
     /// The events the auth rules consult for `pdu` in the state of `group`.
@@ -720,6 +801,15 @@ const MAX_SUPPLIED_STATE: usize = 200_000;
 /// The most forward extremities a room keeps: beyond, the shallowest are dropped (local events
 /// reference the deepest, so they merge the rest over time).
 const MAX_EXTREMITIES: usize = 50;
+
+/// Sets (or, without event, removes) one entry of a state.
+fn set_entry(state: &mut State, ty: &str, key: &str, id: Option<&str>) {
+    let k = (StateEventType::from(ty), key.to_owned());
+    match id.and_then(|i| EventId::parse(i).ok()) {
+        Some(id) => state.insert(k, id),
+        None => state.remove(&k),
+    };
+}
 
 /// The changes that turn state `from` into state `to` (`None`: the key is removed).
 fn diff(from: &State, to: &State) -> Vec<(StateKey, Option<OwnedEventId>)> {
