@@ -744,25 +744,10 @@ impl RoomActor {
         outcome.woken.push(pdu.sender.clone());
         self.derive_effects(&pdu, pos, outcome).await?;
         outcome.plan.events.push(NewEvent {
-            stream_pos: pos,
-            event_id: pdu.event_id.to_string(),
-            event_type: pdu.kind.to_string(),
-            state_key: pdu.state_key.clone(),
-            sender: pdu.sender.to_string(),
-            depth: pdu.depth as i64,
-            origin_server_ts: u64::from(pdu.origin_server_ts.get()) as i64,
-            json: pdu.json.to_string(),
             unsigned_extra: applied.unsigned_extra,
-            state_before: applied.state_before,
-            state_after: applied.state_after,
             redacts: redacts.map(|r| r.to_string()),
             txn,
-            prev_events: pdu.prev_events.iter().map(|e| e.to_string()).collect(),
-            auth_events: pdu.auth_events.iter().map(|e| e.to_string()).collect(),
-            outlier: false,
-            soft_failed: false,
-            rejected_reason: None,
-            replaces_outlier: false,
+            ..new_event(&pdu, pos, (applied.state_before, applied.state_after))
         });
         outcome.reservations.push(reservation);
         self.batch_pdus.insert(pdu.event_id.clone(), pdu.clone());
@@ -1083,6 +1068,32 @@ impl RoomActor {
             found.extend(self.shared.cache.get_many(&rest).await?);
         }
         Ok(found)
+    }
+}
+
+/// The row of an event accepted into the timeline at `pos` with the state groups around it;
+/// callers add what is particular to them (transaction id, redaction, status).
+pub(crate) fn new_event(pdu: &Pdu, pos: i64, (state_before, state_after): (i64, i64)) -> NewEvent {
+    NewEvent {
+        stream_pos: pos,
+        event_id: pdu.event_id.to_string(),
+        event_type: pdu.kind.to_string(),
+        state_key: pdu.state_key.clone(),
+        sender: pdu.sender.to_string(),
+        depth: pdu.depth.min(i64::MAX as u64) as i64,
+        origin_server_ts: u64::from(pdu.origin_server_ts.get()) as i64,
+        json: pdu.json.to_string(),
+        unsigned_extra: None,
+        state_before,
+        state_after,
+        redacts: None,
+        txn: None,
+        prev_events: pdu.prev_events.iter().map(|e| e.to_string()).collect(),
+        auth_events: pdu.auth_events.iter().map(|e| e.to_string()).collect(),
+        outlier: false,
+        soft_failed: false,
+        rejected_reason: None,
+        replaces_outlier: false,
     }
 }
 

@@ -93,6 +93,13 @@ pub struct MembershipRow {
     pub joined_pos: i64,
 }
 
+/// `chain(group_id, prev_group, lvl)`: the delta chain of the state group `$1`, newest first.
+const STATE_CHAIN: &str = "WITH RECURSIVE chain(group_id, prev_group, lvl) AS ( \
+    SELECT group_id, prev_group, 0 FROM state_groups WHERE group_id = $1 \
+    UNION ALL \
+    SELECT g.group_id, g.prev_group, c.lvl + 1 FROM state_groups g JOIN chain c ON g.group_id = c.prev_group \
+)";
+
 /// One link of a state group's delta chain.
 #[derive(Debug, Clone)]
 pub struct StateGroupDelta {
@@ -401,16 +408,10 @@ impl Db {
     /// may scan every stored entry of every snapshot instead (100 ms in a room with 10,000 state
     /// events). PostgreSQL plans `CROSS JOIN … WHERE` like any inner join.
     pub async fn state_group(&self, group_id: i64) -> Result<Vec<StateEntry>> {
-        let rows = sqlx::query(
-            "WITH RECURSIVE chain(group_id, prev_group, lvl) AS ( \
-               SELECT group_id, prev_group, 0 FROM state_groups WHERE group_id = $1 \
-               UNION ALL \
-               SELECT g.group_id, g.prev_group, c.lvl + 1 FROM state_groups g \
-                 JOIN chain c ON g.group_id = c.prev_group \
-             ) \
-             SELECT c.lvl, e.event_type, e.state_key, e.event_id FROM chain c \
-               CROSS JOIN state_group_entries e WHERE e.group_id = c.group_id ORDER BY c.lvl DESC",
-        )
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "{STATE_CHAIN} SELECT c.lvl, e.event_type, e.state_key, e.event_id FROM chain c \
+               CROSS JOIN state_group_entries e WHERE e.group_id = c.group_id ORDER BY c.lvl DESC"
+        )))
         .bind(group_id)
         .fetch_all(self.reader())
         .await?;
@@ -433,16 +434,10 @@ impl Db {
         event_type: &str,
         state_key: &str,
     ) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar(
-            "WITH RECURSIVE chain(group_id, prev_group, lvl) AS ( \
-               SELECT group_id, prev_group, 0 FROM state_groups WHERE group_id = $1 \
-               UNION ALL \
-               SELECT g.group_id, g.prev_group, c.lvl + 1 FROM state_groups g \
-                 JOIN chain c ON g.group_id = c.prev_group \
-             ) \
-             SELECT e.event_id FROM chain c CROSS JOIN state_group_entries e \
-             WHERE e.group_id = c.group_id AND e.event_type = $2 AND e.state_key = $3 ORDER BY c.lvl ASC LIMIT 1",
-        )
+        Ok(sqlx::query_scalar(AssertSqlSafe(format!(
+            "{STATE_CHAIN} SELECT e.event_id FROM chain c CROSS JOIN state_group_entries e \
+             WHERE e.group_id = c.group_id AND e.event_type = $2 AND e.state_key = $3 ORDER BY c.lvl ASC LIMIT 1"
+        )))
         .bind(group_id)
         .bind(event_type)
         .bind(state_key)
@@ -497,14 +492,9 @@ impl Db {
     pub async fn state_group_deltas(&self, group_id: i64) -> Result<Vec<StateGroupDelta>> {
         // The chain first, then the deltas' entries by primary key: two plain lookups that
         // both engines plan well (a join of the two let PostgreSQL scan every entry).
-        let chain = sqlx::query(
-            "WITH RECURSIVE chain(group_id, prev_group, lvl) AS ( \
-               SELECT group_id, prev_group, 0 FROM state_groups WHERE group_id = $1 \
-               UNION ALL \
-               SELECT g.group_id, g.prev_group, c.lvl + 1 FROM state_groups g \
-                 JOIN chain c ON g.group_id = c.prev_group \
-             ) SELECT group_id, prev_group FROM chain ORDER BY lvl",
-        )
+        let chain = sqlx::query(AssertSqlSafe(format!(
+            "{STATE_CHAIN} SELECT group_id, prev_group FROM chain ORDER BY lvl"
+        )))
         .bind(group_id)
         .fetch_all(self.reader())
         .await?;

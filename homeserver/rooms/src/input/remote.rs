@@ -215,21 +215,7 @@ impl RoomActor {
     ) {
         let outlier = matches!(status, Status::Outlier | Status::Rejected { outlier: true, .. });
         outcome.plan.events.push(NewEvent {
-            stream_pos: pos,
-            event_id: pdu.event_id.to_string(),
-            event_type: pdu.kind.to_string(),
-            state_key: pdu.state_key.clone(),
-            sender: pdu.sender.to_string(),
-            depth: pdu.depth.min(i64::MAX as u64) as i64,
-            origin_server_ts: u64::from(pdu.origin_server_ts.get()) as i64,
-            json: pdu.json.to_string(),
-            unsigned_extra: None,
-            state_before,
-            state_after,
             redacts: redacts.map(|r| r.to_string()),
-            txn: None,
-            prev_events: pdu.prev_events.iter().map(|e| e.to_string()).collect(),
-            auth_events: pdu.auth_events.iter().map(|e| e.to_string()).collect(),
             outlier,
             soft_failed: matches!(status, Status::SoftFailed),
             rejected_reason: match status {
@@ -237,6 +223,7 @@ impl RoomActor {
                 _ => None,
             },
             replaces_outlier,
+            ..super::new_event(pdu, pos, (state_before, state_after))
         });
         self.batch_info.insert(pdu.event_id.clone(), DagInfo { state_after, outlier });
         self.batch_pdus.insert(pdu.event_id.clone(), pdu.clone());
