@@ -26,7 +26,6 @@ use serde_json::{Value, json};
 use crate::{
     App,
     ratelimit::{Action, address_key},
-    storage,
     uia::{self, DUMMY, PASSWORD, REGISTRATION_TOKEN},
 };
 
@@ -125,7 +124,7 @@ pub async fn issue_login(
     user_id: &UserId,
     login: PreparedLogin,
 ) -> Result<(String, String), Error> {
-    app.db.create_login(login.rows(user_id)).await.map_err(storage)?;
+    app.db.create_login(login.rows(user_id)).await.map_err(Error::from)?;
     Ok((login.device_id, login.token))
 }
 
@@ -157,7 +156,7 @@ async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<JsonBody
             .db
             .uia_session(id)
             .await
-            .map_err(storage)?
+            .map_err(Error::from)?
             .filter(|s| s.request_fingerprint == req.fingerprint),
         None => None,
     };
@@ -185,7 +184,7 @@ async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<JsonBody
         None => random_string(12).to_lowercase(),
     };
     let user_id = validate_localpart(&app, &localpart)?;
-    if app.db.user(user_id.as_str()).await.map_err(storage)?.is_some() {
+    if app.db.user(user_id.as_str()).await.map_err(Error::from)?.is_some() {
         return Err(Error::new(ErrorKind::UserInUse, "User ID already taken").into());
     }
     if app.config.appservices.iter().any(|r| r.claims_user_exclusively(user_id.as_str())) {
@@ -222,7 +221,7 @@ async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<JsonBody
         Err(StorageError::Conflict) => {
             // Another request completed this session first: answer for its account.
             let earlier =
-                app.db.uia_session(&completed.session).await.map_err(storage)?.and_then(|s| s.result);
+                app.db.uia_session(&completed.session).await.map_err(Error::from)?.and_then(|s| s.result);
             if let Some(registered) = earlier.and_then(|r| UserId::parse(r).ok()) {
                 return Ok(JsonBody(
                     registration_response(&app, &registered, &params, login_of(&params).from_client(&req))
@@ -231,7 +230,7 @@ async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<JsonBody
             }
             return Err(Error::new(ErrorKind::UserInUse, "User ID already taken").into());
         }
-        Err(e) => return Err(storage(e).into()),
+        Err(e) => return Err(Error::from(e).into()),
     }
     tracing::info!(user_id = %user_id, "registered new user");
     Ok(JsonBody(match login {
@@ -275,7 +274,7 @@ async fn username_available(
     req: Ruma<get_username_availability::v3::Request>,
 ) -> Result<JsonBody, ApiError> {
     let user_id = validate_localpart(&app, &req.body.username.to_lowercase())?;
-    if app.db.user(user_id.as_str()).await.map_err(storage)?.is_some() {
+    if app.db.user(user_id.as_str()).await.map_err(Error::from)?.is_some() {
         return Err(Error::new(ErrorKind::UserInUse, "User ID already taken").into());
     }
     Ok(JsonBody(json!({ "available": true })))
@@ -330,7 +329,7 @@ async fn login(app: App, req: Ruma<login::v3::Request>) -> Result<JsonBody, ApiE
         .ok_or_else(|| Error::missing_param("Missing password"))?
         .to_owned();
     let denied = || Error::forbidden("Invalid username or password");
-    let record = app.db.user(user_id.as_str()).await.map_err(storage)?.ok_or_else(denied)?;
+    let record = app.db.user(user_id.as_str()).await.map_err(Error::from)?.ok_or_else(denied)?;
     if record.deactivated {
         return Err(Error::new(ErrorKind::UserDeactivated, "This account has been deactivated").into());
     }
@@ -355,13 +354,13 @@ async fn login(app: App, req: Ruma<login::v3::Request>) -> Result<JsonBody, ApiE
 /// `POST /_matrix/client/v3/logout`
 async fn logout(app: App, req: Ruma<logout::v3::Request>) -> Result<JsonBody, ApiError> {
     let Session { user_id, device_id, .. } = &req.auth;
-    app.db.delete_device(user_id.as_str(), device_id.as_str()).await.map_err(storage)?;
+    app.db.delete_device(user_id.as_str(), device_id.as_str()).await.map_err(Error::from)?;
     Ok(JsonBody(json!({})))
 }
 
 /// `POST /_matrix/client/v3/logout/all`
 async fn logout_all(app: App, req: Ruma<logout_all::v3::Request>) -> Result<JsonBody, ApiError> {
-    app.db.delete_all_devices(req.auth.user_id.as_str(), None).await.map_err(storage)?;
+    app.db.delete_all_devices(req.auth.user_id.as_str(), None).await.map_err(Error::from)?;
     Ok(JsonBody(json!({})))
 }
 
@@ -392,7 +391,7 @@ async fn change_password(app: App, req: Ruma<change_password::v3::Request>) -> R
         true => Logout::AllDevicesExcept(Some(session.device_id.as_str())),
         false => Logout::Nothing,
     };
-    app.db.set_password(session.user_id.as_str(), &hash, logout).await.map_err(storage)?;
+    app.db.set_password(session.user_id.as_str(), &hash, logout).await.map_err(Error::from)?;
     Ok(JsonBody(json!({})))
 }
 
@@ -408,8 +407,8 @@ async fn deactivate(app: App, req: Ruma<deactivate::v3::Request>) -> Result<Json
 /// tokens) in one transaction first, so a failure while leaving never leaves it usable; rooms
 /// it is still in are left at the next start-up if the server stops half-way.
 pub async fn deactivate_account(app: &App, user_id: &UserId) -> Result<(), Error> {
-    app.db.deactivate_user(user_id.as_str()).await.map_err(storage)?;
-    for row in app.db.memberships_of_user(user_id.as_str()).await.map_err(storage)? {
+    app.db.deactivate_user(user_id.as_str()).await.map_err(Error::from)?;
+    for row in app.db.memberships_of_user(user_id.as_str()).await.map_err(Error::from)? {
         if matches!(row.membership.as_str(), "join" | "invite" | "knock")
             && let Ok(room_id) = ruma::RoomId::parse(&row.room_id)
             && let Err(err) = app.rooms.leave(&room_id, user_id, None).await

@@ -17,7 +17,7 @@ use ruma::{
 };
 use serde_json::Value;
 
-use crate::{App, storage};
+use crate::App;
 
 /// Account data types the server manages itself and clients may not set here.
 const SERVER_MANAGED: &[&str] = &["m.fully_read", "m.push_rules"];
@@ -125,7 +125,7 @@ pub(crate) async fn ignored_users(app: &App, user: &str) -> Result<Ignored, Erro
         return Ok(list);
     }
     let visible = app.stream.current() as i64;
-    let content = app.db.account_data(user, "", "m.ignored_user_list").await.map_err(storage)?;
+    let content = app.db.account_data(user, "", "m.ignored_user_list").await.map_err(Error::from)?;
     let list = content.as_deref().map(parse_ignore_list).unwrap_or_default();
     app.ignore_lists.offer(user, visible, list.clone());
     Ok(list)
@@ -159,7 +159,7 @@ pub async fn update_account_data(
         .db
         .update_account_data(user.as_str(), room_id, data_type, pos as i64, change)
         .await
-        .map_err(storage)??;
+        .map_err(Error::from)??;
     let Some(content) = written else { return Ok(false) };
     app.stream.marks().advance(Mark::AccountData, user.as_str(), pos);
     if room_id.is_empty() && data_type == "m.ignored_user_list" {
@@ -191,7 +191,7 @@ async fn get_global(app: App, req: Ruma<get_global_account_data::v3::Request>) -
         .db
         .account_data(req.auth.user_id.as_str(), "", &req.body.event_type.to_string())
         .await
-        .map_err(storage)?
+        .map_err(Error::from)?
         .ok_or_else(|| Error::not_found("Account data not found"))?;
     Ok(JsonBody(serde_json::from_str(&content).map_err(|e| Error::internal(e.to_string()))?))
 }
@@ -215,7 +215,7 @@ async fn get_room(app: App, req: Ruma<get_room_account_data::v3::Request>) -> Re
         .db
         .account_data(req.auth.user_id.as_str(), req.body.room_id.as_str(), &req.body.event_type.to_string())
         .await
-        .map_err(storage)?
+        .map_err(Error::from)?
         .ok_or_else(|| Error::not_found("Account data not found"))?;
     Ok(JsonBody(serde_json::from_str(&content).map_err(|e| Error::internal(e.to_string()))?))
 }

@@ -7,7 +7,7 @@ use homeserver_storage::accounts::Device;
 use ruma::api::client::device::{delete_device, delete_devices, get_device, get_devices, update_device};
 use serde_json::{Value, json};
 
-use crate::{App, storage, uia};
+use crate::{App, uia};
 
 pub fn routes(router: Router<App>) -> Router<App> {
     router
@@ -29,7 +29,7 @@ fn device_json(d: &Device) -> Value {
 
 /// `GET /_matrix/client/v3/devices`
 async fn list_devices(app: App, req: Ruma<get_devices::v3::Request>) -> Result<JsonBody, ApiError> {
-    let devices = app.db.devices(req.auth.user_id.as_str()).await.map_err(storage)?;
+    let devices = app.db.devices(req.auth.user_id.as_str()).await.map_err(Error::from)?;
     Ok(JsonBody(json!({ "devices": devices.iter().map(device_json).collect::<Vec<_>>() })))
 }
 
@@ -39,7 +39,7 @@ async fn device(app: App, req: Ruma<get_device::v3::Request>) -> Result<JsonBody
         .db
         .device(req.auth.user_id.as_str(), req.body.device_id.as_str())
         .await
-        .map_err(storage)?
+        .map_err(Error::from)?
         .ok_or_else(|| Error::not_found("Device not found"))?;
     Ok(JsonBody(device_json(&device)))
 }
@@ -54,7 +54,7 @@ async fn rename_device(app: App, req: Ruma<update_device::v3::Request>) -> Resul
             req.body.display_name.as_deref(),
         )
         .await
-        .map_err(storage)?;
+        .map_err(Error::from)?;
     if !updated {
         return Err(Error::not_found("Device not found").into());
     }
@@ -65,7 +65,7 @@ async fn rename_device(app: App, req: Ruma<update_device::v3::Request>) -> Resul
 async fn remove_device(app: App, req: Ruma<delete_device::v3::Request>) -> Result<JsonBody, ApiError> {
     let user = &req.auth.user_id;
     uia::authenticate(&app, uia::Step::of(&req), &[&[uia::PASSWORD]], Some(user), false).await?;
-    app.db.delete_device(user.as_str(), req.body.device_id.as_str()).await.map_err(storage)?;
+    app.db.delete_device(user.as_str(), req.body.device_id.as_str()).await.map_err(Error::from)?;
     Ok(JsonBody(json!({})))
 }
 
@@ -74,6 +74,6 @@ async fn remove_devices(app: App, req: Ruma<delete_devices::v3::Request>) -> Res
     let user = &req.auth.user_id;
     uia::authenticate(&app, uia::Step::of(&req), &[&[uia::PASSWORD]], Some(user), false).await?;
     let ids: Vec<String> = req.body.devices.iter().map(|d| d.to_string()).collect();
-    app.db.delete_devices(user.as_str(), &ids).await.map_err(storage)?;
+    app.db.delete_devices(user.as_str(), &ids).await.map_err(Error::from)?;
     Ok(JsonBody(json!({})))
 }

@@ -32,7 +32,7 @@ use ruma::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::{App, account_data::ignored_users, filter::RoomEventFilter, paging, ratelimit::Action, storage};
+use crate::{App, account_data::ignored_users, filter::RoomEventFilter, paging, ratelimit::Action};
 
 /// Paths for state with an empty state key, which ruma's templates (ending in `{state_key}`)
 /// cannot match.
@@ -97,7 +97,7 @@ async fn send_message(app: App, req: Ruma<send_message_event::v3::Request>) -> R
         return match app.db.txn_event(&txn.user_id, &txn.device_id, &txn.scope, &txn.txn_id).await {
             Ok(Some(event_id)) => Ok(JsonBody(json!({ "event_id": event_id }))),
             Ok(None) => Err(limited.into()),
-            Err(e) => Err(storage(e).into()),
+            Err(e) => Err(Error::from(e).into()),
         };
     }
     crate::presence::activity(&app, &session.user_id).await;
@@ -167,13 +167,13 @@ async fn readable_state(app: &App, room_id: &RoomId, user: &UserId) -> Result<Re
     if app.rooms.room_version(room_id).await?.is_none() {
         return Err(Error::not_found("Room not found"));
     }
-    match app.db.membership(room_id.as_str(), user.as_str()).await.map_err(storage)? {
+    match app.db.membership(room_id.as_str(), user.as_str()).await.map_err(Error::from)? {
         Some(m) if m.membership == "join" => return Ok(ReadableState::Current),
         Some(m) if m.membership == "leave" || m.membership == "ban" => {
             // A departed member sees the room as it was when they left, if they could see it
             // just before (someone who only rejected an invite or was banned before joining
             // never could), unless it is world readable now.
-            if let Some(row) = app.db.event(&m.event_id).await.map_err(storage)?
+            if let Some(row) = app.db.event(&m.event_id).await.map_err(Error::from)?
                 && !world_readable(app, room_id).await?
                 && app.rooms.may_read_state_at(user, room_id, row.state_before).await?
             {
@@ -204,7 +204,7 @@ async fn state_rows(app: &App, room_id: &RoomId, readable: &ReadableState) -> Re
         ReadableState::AsOf { group, .. } => app.rooms.state_at_group(*group).await?,
     };
     let ids: Vec<String> = entries.into_iter().map(|(_, _, id)| id).collect();
-    let mut rows = app.db.events(&ids).await.map_err(storage)?;
+    let mut rows = app.db.events(&ids).await.map_err(Error::from)?;
     rows.sort_by_key(|r| r.stream_pos);
     Ok(rows)
 }
@@ -230,13 +230,17 @@ async fn get_state_event(
     let key = &req.body.state_key;
     let event_id = match readable {
         ReadableState::Current => {
-            app.db.current_state_event_id(room_id.as_str(), &kind, key).await.map_err(storage)
+            app.db.current_state_event_id(room_id.as_str(), &kind, key).await.map_err(Error::from)
         }
         ReadableState::AsOf { group, .. } => app.rooms.state_entry(group, &kind, key).await,
     }?
     .ok_or_else(|| Error::not_found("Event not found"))?;
-    let row =
-        app.db.event(&event_id).await.map_err(storage)?.ok_or_else(|| Error::not_found("Event not found"))?;
+    let row = app
+        .db
+        .event(&event_id)
+        .await
+        .map_err(Error::from)?
+        .ok_or_else(|| Error::not_found("Event not found"))?;
     let event = app.rooms.client_event(&row, Some(viewer(&req.auth)), RoomIdField::Include).await?;
     let wants_event = req.raw_query_format_event();
     if wants_event {
@@ -277,7 +281,7 @@ async fn redact(app: App, req: Ruma<redact_event::v3::Request>) -> Result<JsonBo
         txn_id: req.body.txn_id.to_string(),
     };
     if let Some(event_id) =
-        app.db.txn_event(&txn.user_id, &txn.device_id, &txn.scope, &txn.txn_id).await.map_err(storage)?
+        app.db.txn_event(&txn.user_id, &txn.device_id, &txn.scope, &txn.txn_id).await.map_err(Error::from)?
     {
         return Ok(JsonBody(json!({ "event_id": event_id })));
     }
@@ -299,7 +303,7 @@ async fn get_event(app: App, req: Ruma<get_room_event::v3::Request>) -> Result<J
         .db
         .event(req.body.event_id.as_str())
         .await
-        .map_err(storage)?
+        .map_err(Error::from)?
         // Soft-failed events are never relayed to clients (they stay in the DAG only).
         .filter(|row| row.room_id == req.body.room_id.as_str() && !row.soft_failed)
         .ok_or_else(|| Error::not_found("Event not found"))?;
@@ -321,7 +325,7 @@ async fn members(app: App, req: Ruma<get_member_events::v3::Request>) -> Result<
         };
         // The member list as of `at`, if the user could see the room then (Synapse answers
         // 403 otherwise); before the room's first event there were no members.
-        readable = match app.db.latest_room_event(room_id.as_str(), bound).await.map_err(storage)? {
+        readable = match app.db.latest_room_event(room_id.as_str(), bound).await.map_err(Error::from)? {
             Some(row) if app.rooms.may_read_state_around(&req.auth.user_id, room_id, &row).await? => {
                 ReadableState::AsOf { group: row.state_after, pos: row.stream_pos }
             }
@@ -382,7 +386,7 @@ pub(crate) async fn require_history_access(app: &App, room_id: &RoomId, user: &U
     if app.rooms.room_version(room_id).await?.is_none() {
         return Err(Error::not_found("Room not found"));
     }
-    if app.db.membership(room_id.as_str(), user.as_str()).await.map_err(storage)?.is_some()
+    if app.db.membership(room_id.as_str(), user.as_str()).await.map_err(Error::from)?.is_some()
         || world_readable(app, room_id).await?
     {
         return Ok(());
@@ -409,7 +413,7 @@ async fn lazy_members(app: &App, session: &Session, rows: &[EventRow]) -> Result
             ids.push(id);
         }
     }
-    let member_rows = app.db.events(&ids).await.map_err(storage)?;
+    let member_rows = app.db.events(&ids).await.map_err(Error::from)?;
     app.rooms.client_events(&member_rows, Some(viewer(session)), RoomIdField::Include).await
 }
 
@@ -427,7 +431,12 @@ async fn messages(app: App, req: Ruma<get_message_events::v3::Request>) -> Resul
         None => match dir {
             // A departed member pages back from where they left, as Synapse does.
             Direction::Backward => Bound::Stream(
-                match app.db.membership(room_id.as_str(), session.user_id.as_str()).await.map_err(storage)? {
+                match app
+                    .db
+                    .membership(room_id.as_str(), session.user_id.as_str())
+                    .await
+                    .map_err(Error::from)?
+                {
                     Some(m) if m.membership == "leave" || m.membership == "ban" => m.stream_pos,
                     _ => app.stream.current() as i64,
                 },
@@ -438,7 +447,7 @@ async fn messages(app: App, req: Ruma<get_message_events::v3::Request>) -> Resul
     let to = req.body.to.as_deref().map(paging::parse).transpose()?;
     let filter = room_filter(&req.body.filter)?;
     let limit = u64::from(req.body.limit).clamp(1, MAX_PAGE) as i64;
-    let rows = app.db.room_page(room_id.as_str(), from, to, dir, limit).await.map_err(storage)?;
+    let rows = app.db.room_page(room_id.as_str(), from, to, dir, limit).await.map_err(Error::from)?;
     // Like Synapse: `end` accompanies every non-empty page; only an empty page has none.
     let end = rows.last().map(|r| match dir {
         Direction::Backward => paging::before(r),
@@ -469,7 +478,7 @@ async fn context(app: App, req: Ruma<get_context::v3::Request>) -> Result<JsonBo
         .db
         .event(req.body.event_id.as_str())
         .await
-        .map_err(storage)?
+        .map_err(Error::from)?
         // Context exists only around events of the timeline.
         .filter(|row| row.room_id == room_id.as_str() && !row.soft_failed && !row.outlier)
         .ok_or_else(|| Error::not_found("Event not found"))?;
@@ -483,8 +492,8 @@ async fn context(app: App, req: Ruma<get_context::v3::Request>) -> Result<JsonBo
     let page = |from: TopoPos, dir: Direction, limit: i64| {
         app.db.room_page(room_id.as_str(), Bound::Topo(from), None, dir, limit.max(0))
     };
-    let before = page(row.topo_before(), Direction::Backward, before_limit).await.map_err(storage)?;
-    let after = page(row.topo(), Direction::Forward, after_limit).await.map_err(storage)?;
+    let before = page(row.topo_before(), Direction::Backward, before_limit).await.map_err(Error::from)?;
+    let after = page(row.topo(), Direction::Forward, after_limit).await.map_err(Error::from)?;
     let start = paging::before(before.last().unwrap_or(&row));
     let end = paging::after(after.last().unwrap_or(&row));
     let ignored = ignored_users(&app, session.user_id.as_str()).await?;
@@ -503,7 +512,7 @@ async fn context(app: App, req: Ruma<get_context::v3::Request>) -> Result<JsonBo
         .db
         .events(&state_entries.into_iter().map(|(_, _, id)| id).collect::<Vec<_>>())
         .await
-        .map_err(storage)?;
+        .map_err(Error::from)?;
     if filter.lazy_load_members {
         let mut senders: Vec<&str> =
             before.iter().chain(after.iter()).chain([&row]).map(|r| r.sender.as_str()).collect();

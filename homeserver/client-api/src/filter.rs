@@ -12,7 +12,7 @@ use ruma::api::client::filter::{create_filter, get_filter};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::{App, storage};
+use crate::App;
 
 pub fn routes(router: Router<App>) -> Router<App> {
     router.ruma_route(upload_filter).ruma_route(download_filter)
@@ -205,7 +205,7 @@ pub async fn resolve_filter(app: &App, user_id: &str, filter: &str) -> Result<Fi
         .db
         .filter(user_id, id)
         .await
-        .map_err(storage)?
+        .map_err(Error::from)?
         .ok_or_else(|| Error::not_found("Filter not found"))?;
     // A filter stored before the bounds existed is cut to them rather than refused: refusing
     // would break every sync that names it.
@@ -242,7 +242,7 @@ async fn upload_filter(app: App, req: Ruma<create_filter::v3::Request>) -> Resul
     }
     let raw = std::str::from_utf8(&req.raw_body).map_err(|_| Error::bad_json("filter is not UTF-8"))?;
     parse_filter(raw)?;
-    let id = app.db.create_filter(req.auth.user_id.as_str(), raw).await.map_err(storage)?;
+    let id = app.db.create_filter(req.auth.user_id.as_str(), raw).await.map_err(Error::from)?;
     Ok(JsonBody(json!({ "filter_id": id.to_string() })))
 }
 
@@ -256,7 +256,7 @@ async fn download_filter(app: App, req: Ruma<get_filter::v3::Request>) -> Result
         .db
         .filter(req.auth.user_id.as_str(), id)
         .await
-        .map_err(storage)?
+        .map_err(Error::from)?
         .ok_or_else(|| Error::not_found("Filter not found"))?;
     let value: Value = serde_json::from_str(&stored).map_err(|e| Error::internal(e.to_string()))?;
     Ok(JsonBody(value))

@@ -18,7 +18,7 @@ use ruma::RoomId;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::{App, events::readable_state_rows, storage};
+use crate::{App, events::readable_state_rows};
 
 const DEFAULT_LIMIT: i64 = 10;
 
@@ -59,7 +59,7 @@ async fn messages(
         .db
         .room_events(room_id.as_str(), up_to, None, Direction::Backward, limit)
         .await
-        .map_err(storage)?;
+        .map_err(Error::from)?;
     rows.reverse();
     let start = rows.first().map(|r| r.stream_pos - 1).unwrap_or(up_to);
     let ignored = crate::account_data::ignored_users(app, session.user_id.as_str()).await?;
@@ -78,7 +78,7 @@ async fn room_account_data(app: &App, user: &str, room_id: &str) -> Result<Vec<V
         .db
         .account_data_since(user, 0, i64::MAX)
         .await
-        .map_err(storage)?
+        .map_err(Error::from)?
         .into_iter()
         .filter(|row| row.room_id == room_id)
         .map(|row| json!({ "type": row.data_type, "content": serde_json::from_str::<Value>(&row.content).unwrap_or_default() }))
@@ -94,14 +94,14 @@ async fn room_entry(
 ) -> Result<Value, Error> {
     let room_id = RoomId::parse(&membership.room_id).map_err(|e| Error::internal(e.to_string()))?;
     let published =
-        app.db.room(room_id.as_str()).await.map_err(storage)?.map(|r| r.published).unwrap_or(false);
+        app.db.room(room_id.as_str()).await.map_err(Error::from)?.map(|r| r.published).unwrap_or(false);
     let mut entry = json!({
         "room_id": room_id,
         "membership": membership.membership,
         "visibility": if published { "public" } else { "private" },
     });
     if membership.membership == "invite" {
-        if let Some(row) = app.db.event(&membership.event_id).await.map_err(storage)? {
+        if let Some(row) = app.db.event(&membership.event_id).await.map_err(Error::from)? {
             let invite = app.rooms.client_event(&row, Some(viewer(session)), RoomIdField::Include).await?;
             entry["invite"] = invite.clone();
             entry["state"] = json!([invite]);
@@ -135,7 +135,7 @@ async fn initial_sync(
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(0, 1000);
     let archived = matches!(query.archived.as_deref(), Some("true" | "1"));
     let mut rooms = Vec::new();
-    for m in app.db.memberships_of_user(session.user_id.as_str()).await.map_err(storage)? {
+    for m in app.db.memberships_of_user(session.user_id.as_str()).await.map_err(Error::from)? {
         let wanted = match m.membership.as_str() {
             "join" | "invite" => true,
             "leave" | "ban" => archived && !m.forgotten,
@@ -149,7 +149,7 @@ async fn initial_sync(
         .db
         .account_data_since(session.user_id.as_str(), 0, now)
         .await
-        .map_err(storage)?
+        .map_err(Error::from)?
         .into_iter()
         .filter(|row| row.room_id.is_empty())
         .map(|row| json!({ "type": row.data_type, "content": serde_json::from_str::<Value>(&row.content).unwrap_or_default() }))
@@ -175,13 +175,14 @@ async fn room_initial_sync(
     // Access follows the state endpoints: members, former members (as of leaving), or anyone
     // for world-readable rooms.
     let state_rows = readable_state_rows(&app, &room_id, &session.user_id).await?;
-    let membership = app.db.membership(room_id.as_str(), session.user_id.as_str()).await.map_err(storage)?;
+    let membership =
+        app.db.membership(room_id.as_str(), session.user_id.as_str()).await.map_err(Error::from)?;
     let up_to = match &membership {
         Some(m) if m.membership != "join" && m.membership != "invite" => m.stream_pos,
         _ => now,
     };
     let published =
-        app.db.room(room_id.as_str()).await.map_err(storage)?.map(|r| r.published).unwrap_or(false);
+        app.db.room(room_id.as_str()).await.map_err(Error::from)?.map(|r| r.published).unwrap_or(false);
     let mut body = json!({
         "room_id": room_id,
         "messages": messages(&app, &session, &room_id, up_to, limit).await?,
@@ -213,11 +214,11 @@ async fn events_since(
 ) -> Result<Vec<EventRow>, Error> {
     let user = session.user_id.as_str();
     let mut rows = Vec::new();
-    for (room_id, _) in app.db.rooms_changed_between(user, from, now).await.map_err(storage)? {
+    for (room_id, _) in app.db.rooms_changed_between(user, from, now).await.map_err(Error::from)? {
         if only_room.is_some_and(|only| only != room_id) {
             continue;
         }
-        let membership = app.db.membership(&room_id, user).await.map_err(storage)?;
+        let membership = app.db.membership(&room_id, user).await.map_err(Error::from)?;
         // Rooms one has left contribute events up to the departure.
         let up_to = match &membership {
             Some(m) if m.membership == "join" => now,
@@ -228,7 +229,7 @@ async fn events_since(
             app.db
                 .room_events(&room_id, from, Some(up_to), Direction::Forward, 1000)
                 .await
-                .map_err(storage)?,
+                .map_err(Error::from)?,
         );
     }
     rows.sort_by_key(|r| r.stream_pos);

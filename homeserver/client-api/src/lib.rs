@@ -167,14 +167,9 @@ impl App {
     }
 }
 
-/// Turns a storage failure into an internal error (the HTTP layer logs it once).
-pub(crate) fn storage(e: homeserver_storage::StorageError) -> Error {
-    Error::internal(e.to_string())
-}
-
 impl AuthState for App {
     async fn authenticate(&self, token: &str) -> Result<Session, Error> {
-        let owner = self.db.token_owner(&hash_token(token)).await.map_err(storage)?;
+        let owner = self.db.token_owner(&hash_token(token)).await.map_err(Error::from)?;
         let unknown = || Error::new(ErrorKind::UnknownToken { soft_logout: false }, "Unknown access token");
         let owner = owner.ok_or_else(unknown)?;
         if owner.deactivated {

@@ -41,7 +41,7 @@ use ruma::{OwnedUserId, UserId};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-use crate::{App, storage};
+use crate::App;
 
 pub fn routes(router: Router<App>) -> Router<App> {
     router.ruma_route(put_status).ruma_route(get_status)
@@ -328,7 +328,7 @@ async fn feed(app: &App, user: &UserId, input: Input) -> Result<(), Error> {
     let _writer = tracker.writer.lock().await;
     if !tracker.lock().live.contains_key(user) {
         // Entries are only added (never removed), and only under the writer lock.
-        let row = app.db.presence(user.as_str()).await.map_err(storage)?;
+        let row = app.db.presence(user.as_str()).await.map_err(Error::from)?;
         let live = Live::from_row(row.as_ref(), now_millis() as i64);
         tracker.lock().live.insert(user.to_owned(), live);
     }
@@ -350,7 +350,7 @@ async fn write(app: &App, user: &UserId, change: &Change) -> Result<(), Error> {
         currently_active: shown.currently_active,
         stream_pos: reservation.first() as i64,
     };
-    app.db.set_presence(&row).await.map_err(storage)?;
+    app.db.set_presence(&row).await.map_err(Error::from)?;
     // Raised before the position completes, so no sync can see the position but not this.
     let newest = &app.presence.newest_pos;
     let known = newest.load(Ordering::Acquire);
@@ -361,7 +361,7 @@ async fn write(app: &App, user: &UserId, change: &Change) -> Result<(), Error> {
         app.db
             .room_mates(user.as_str())
             .await
-            .map_err(storage)?
+            .map_err(Error::from)?
             .into_iter()
             .filter_map(|u| UserId::parse(u).ok())
             .chain([user.to_owned()])
@@ -452,9 +452,9 @@ pub async fn presence_timers(app: App) {
 /// a restart cannot leave anyone online forever.
 async fn adopt_stored(app: &App) -> Result<(), Error> {
     let _writer = app.presence.writer.lock().await;
-    let newest = app.db.newest_presence_pos().await.map_err(storage)?;
+    let newest = app.db.newest_presence_pos().await.map_err(Error::from)?;
     app.presence.newest_pos.store(newest, Ordering::Release);
-    let rows = app.db.present_users().await.map_err(storage)?;
+    let rows = app.db.present_users().await.map_err(Error::from)?;
     let now = now_millis() as i64;
     let tracker = &app.presence;
     let mut inner = tracker.lock();
@@ -500,17 +500,20 @@ async fn put_status(app: App, req: Ruma<set_presence::v3::Request>) -> Result<Js
 /// `GET /_matrix/client/v3/presence/{userId}/status`
 async fn get_status(app: App, req: Ruma<get_presence::v3::Request>) -> Result<JsonBody, ApiError> {
     let target = &req.body.user_id;
-    if app.db.user(target.as_str()).await.map_err(storage)?.is_none() {
+    if app.db.user(target.as_str()).await.map_err(Error::from)?.is_none() {
         return Err(Error::not_found("Unknown user").into());
     }
     if *target != req.auth.user_id
-        && !app.db.share_a_room(req.auth.user_id.as_str(), target.as_str()).await.map_err(storage)?
+        && !app.db.share_a_room(req.auth.user_id.as_str(), target.as_str()).await.map_err(Error::from)?
     {
         return Err(Error::forbidden("You do not share a room with this user").into());
     }
     let now = now_millis() as i64;
-    let stored =
-        if app.presence.enabled { app.db.presence(target.as_str()).await.map_err(storage)? } else { None };
+    let stored = if app.presence.enabled {
+        app.db.presence(target.as_str()).await.map_err(Error::from)?
+    } else {
+        None
+    };
     Ok(JsonBody(match stored {
         Some(p) => presence_event(&p, now)["content"].clone(),
         None => json!({ "presence": "offline" }),

@@ -10,7 +10,7 @@ use ruma::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::{App, ratelimit::Action, storage};
+use crate::{App, ratelimit::Action};
 
 /// Longest display name accepted (as Synapse).
 const MAX_DISPLAYNAME_CHARS: usize = 256;
@@ -28,7 +28,7 @@ async fn local_user(app: &App, user_id: &UserId) -> Result<User, Error> {
     app.db
         .user(user_id.as_str())
         .await
-        .map_err(storage)?
+        .map_err(Error::from)?
         .filter(|u| !u.deactivated || u.displayname.is_some())
         .ok_or_else(|| Error::not_found("Profile not found"))
 }
@@ -79,7 +79,7 @@ async fn set_displayname(app: App, req: Ruma<set_display_name::v3::Request>) -> 
     if name.is_some_and(|n| n.chars().count() > MAX_DISPLAYNAME_CHARS) {
         return Err(Error::invalid_param("Display name is too long").into());
     }
-    app.db.set_displayname(req.auth.user_id.as_str(), name).await.map_err(storage)?;
+    app.db.set_displayname(req.auth.user_id.as_str(), name).await.map_err(Error::from)?;
     app.rooms.propagate_profile(&req.auth.user_id).await?;
     Ok(JsonBody(json!({})))
 }
@@ -89,7 +89,7 @@ async fn set_avatar(app: App, req: Ruma<set_avatar_url::v3::Request>) -> Result<
     only_self(&req.auth, &req.body.user_id)?;
     app.limit(Action::ProfileChange, req.auth.user_id.as_str())?;
     let url = req.body.avatar_url.as_ref().map(|u| u.to_string()).filter(|u| !u.is_empty());
-    app.db.set_avatar_url(req.auth.user_id.as_str(), url.as_deref()).await.map_err(storage)?;
+    app.db.set_avatar_url(req.auth.user_id.as_str(), url.as_deref()).await.map_err(Error::from)?;
     app.rooms.propagate_profile(&req.auth.user_id).await?;
     Ok(JsonBody(json!({})))
 }

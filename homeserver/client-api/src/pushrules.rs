@@ -22,7 +22,7 @@ use ruma::{
 };
 use serde_json::{Value, json};
 
-use crate::{App, account_data::update_account_data, storage};
+use crate::{App, account_data::update_account_data};
 
 pub fn routes(router: Router<App>) -> Router<App> {
     router
@@ -40,7 +40,7 @@ pub fn routes(router: Router<App>) -> Router<App> {
 
 /// A user's current rule set.
 pub async fn ruleset(app: &App, user: &UserId) -> Result<Ruleset, Error> {
-    let stored = app.db.account_data(user.as_str(), "", PUSH_RULES_TYPE).await.map_err(storage)?;
+    let stored = app.db.account_data(user.as_str(), "", PUSH_RULES_TYPE).await.map_err(Error::from)?;
     Ok(stored_ruleset(user, stored.as_deref()))
 }
 
@@ -189,12 +189,12 @@ async fn notifications(app: App, req: Ruma<get_notifications::v3::Request>) -> R
         .db
         .notifications(session.user_id.as_str(), before, limit, only_highlight)
         .await
-        .map_err(storage)?;
+        .map_err(Error::from)?;
     let ids: Vec<String> = rows.iter().map(|r| r.event_id.clone()).collect();
     // Notified events the user can no longer see (the room's history closed to them) are not
     // shown.
     let events =
-        app.rooms.filter_visible(&session.user_id, app.db.events(&ids).await.map_err(storage)?).await?;
+        app.rooms.filter_visible(&session.user_id, app.db.events(&ids).await.map_err(Error::from)?).await?;
     let viewer = Viewer { user_id: session.user_id.as_str(), device_id: Some(session.device_id.as_str()) };
     let formatted = app.rooms.client_events(&events, Some(viewer), RoomIdField::Include).await?;
     let by_id: std::collections::HashMap<&str, (&homeserver_storage::events::EventRow, &Value)> =
@@ -209,7 +209,7 @@ async fn notifications(app: App, req: Ruma<get_notifications::v3::Request>) -> R
         }
         if !receipts_of_room.contains_key(&row.room_id) {
             let receipts =
-                app.db.user_receipts(&row.room_id, session.user_id.as_str()).await.map_err(storage)?;
+                app.db.user_receipts(&row.room_id, session.user_id.as_str()).await.map_err(Error::from)?;
             receipts_of_room.insert(row.room_id.clone(), receipts);
         }
         // Read if an unthreaded receipt, or the receipt of the event's own thread (`main` for

@@ -20,7 +20,7 @@ use ruma::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::{App, account_data::update_account_data, storage};
+use crate::{App, account_data::update_account_data};
 
 pub fn routes(router: Router<App>) -> Router<App> {
     router.ruma_route(post_receipt).ruma_route(post_read_markers)
@@ -39,7 +39,7 @@ pub async fn set_receipt(
         .db
         .event(event_id.as_str())
         .await
-        .map_err(storage)?
+        .map_err(Error::from)?
         .filter(|e| e.room_id == room_id.as_str())
         .ok_or_else(|| Error::not_found("Event not found in this room"))?;
     let reservation = app.stream.reserve(1).await?;
@@ -56,7 +56,7 @@ pub async fn set_receipt(
             stream_pos: reservation.first() as i64,
         })
         .await
-        .map_err(storage)?;
+        .map_err(Error::from)?;
     if stored {
         let marks = app.stream.marks();
         marks.advance(Mark::RoomReceipts, room_id.as_str(), reservation.first());
@@ -84,7 +84,7 @@ async fn set_fully_read(
         .db
         .event(event_id.as_str())
         .await
-        .map_err(storage)?
+        .map_err(Error::from)?
         .filter(|e| e.room_id == room_id.as_str())
         .ok_or_else(|| Error::not_found("Event not found in this room"))?;
     // The read marker only moves forward, as in Synapse: a client catching up on an old device
@@ -93,12 +93,13 @@ async fn set_fully_read(
     // and otherwise compares again.
     let user = session.user_id.as_str();
     for _ in 0..MAX_MARKER_ATTEMPTS {
-        let stored = app.db.account_data(user, room_id.as_str(), "m.fully_read").await.map_err(storage)?;
+        let stored =
+            app.db.account_data(user, room_id.as_str(), "m.fully_read").await.map_err(Error::from)?;
         let current_id = stored.as_deref().and_then(|c| {
             serde_json::from_str::<Value>(c).ok()?.get("event_id")?.as_str().map(str::to_owned)
         });
         if let Some(current_id) = &current_id
-            && let Some(current) = app.db.event(current_id).await.map_err(storage)?
+            && let Some(current) = app.db.event(current_id).await.map_err(Error::from)?
             && current.stream_pos >= target.stream_pos
         {
             return Ok(());

@@ -29,7 +29,6 @@ use crate::{
     App,
     account_data::ignored_users,
     events::{require_history_access, viewer},
-    storage,
 };
 
 /// How deep `recurse=true` follows relations of relations (as Synapse does).
@@ -135,7 +134,7 @@ async fn relations_page(app: &App, session: &Session, q: RelationsQuery<'_>) -> 
         .db
         .event(q.event_id.as_str())
         .await
-        .map_err(storage)?
+        .map_err(Error::from)?
         .filter(|row| row.room_id == q.room_id.as_str())
         .ok_or_else(|| Error::not_found("Event not found"))?;
     if !app.rooms.can_see(&session.user_id, &parent).await? {
@@ -151,7 +150,7 @@ async fn relations_page(app: &App, session: &Session, q: RelationsQuery<'_>) -> 
                 .db
                 .relating_event_ids(&frontier, room)
                 .await
-                .map_err(storage)?
+                .map_err(Error::from)?
                 .into_iter()
                 .filter(|id| seen.insert(id.clone()))
                 .collect();
@@ -170,7 +169,7 @@ async fn relations_page(app: &App, session: &Session, q: RelationsQuery<'_>) -> 
         .db
         .related_events(&targets, q.rel_type.as_deref(), q.event_type.as_deref(), from, forward, limit + 1)
         .await
-        .map_err(storage)?;
+        .map_err(Error::from)?;
     if let Some(to) = to {
         rows.retain(|r| match (to, forward) {
             (Bound::Stream(p), true) => r.stream_pos <= p,
@@ -221,12 +220,15 @@ async fn threads(app: App, req: Ruma<get_threads::v1::Request>) -> Result<JsonBo
         .then_some(session.user_id.as_str());
     // Ordered by the latest reply the user may see; threads with none are not listed.
     let visible = app.rooms.visible_set(&session.user_id, [room_id.as_str()]).await?;
-    let mut roots =
-        app.db.threads(room_id.as_str(), before, limit + 1, participant, &visible).await.map_err(storage)?;
+    let mut roots = app
+        .db
+        .threads(room_id.as_str(), before, limit + 1, participant, &visible)
+        .await
+        .map_err(Error::from)?;
     let more = roots.len() as i64 > limit;
     roots.truncate(limit as usize);
     let ids: Vec<String> = roots.iter().map(|(id, _)| id.clone()).collect();
-    let mut rows = app.db.events(&ids).await.map_err(storage)?;
+    let mut rows = app.db.events(&ids).await.map_err(Error::from)?;
     // Newest activity first, as the thread list is ordered.
     rows.sort_by_key(|r| std::cmp::Reverse(roots.iter().find(|(id, _)| *id == r.event_id).map(|(_, p)| *p)));
     let chunk = visible_events(&app, session, rows).await?;

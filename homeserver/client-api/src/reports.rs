@@ -12,7 +12,7 @@ use ruma::api::client::{
 };
 use serde_json::{Value, json};
 
-use crate::{App, ratelimit::Action, storage};
+use crate::{App, ratelimit::Action};
 
 /// Longest reason kept.
 const MAX_REASON_LEN: usize = 4096;
@@ -34,7 +34,7 @@ async fn file(app: &App, session: &Session, report: NewReport<'_>) -> Result<Jso
     app.limit(Action::Message, session.user_id.as_str())?;
     tracing::info!(kind = report.kind, reporter = %session.user_id, room = ?report.room_id,
         event = ?report.event_id, user = ?report.target_user, "content reported");
-    app.db.add_report(report).await.map_err(storage)?;
+    app.db.add_report(report).await.map_err(Error::from)?;
     Ok(JsonBody(json!({})))
 }
 
@@ -64,7 +64,7 @@ async fn report_event(app: App, req: Ruma<report_content::v3::Request>) -> Resul
         .db
         .event(req.body.event_id.as_str())
         .await
-        .map_err(storage)?
+        .map_err(Error::from)?
         .filter(|r| r.room_id == room_id.as_str())
         .ok_or_else(not_found)?;
     if !app.rooms.can_see(&session.user_id, &row).await? {
@@ -101,7 +101,7 @@ async fn report_room(app: App, req: Ruma<report_room::v3::Request>) -> Result<Js
 async fn report_user(app: App, req: Ruma<report_user::v3::Request>) -> Result<JsonBody, ApiError> {
     let target = &req.body.user_id;
     let known = target.server_name() == app.rooms.server_name()
-        && app.db.user(target.as_str()).await.map_err(storage)?.is_some();
+        && app.db.user(target.as_str()).await.map_err(Error::from)?.is_some();
     if !known {
         return Err(Error::not_found("User not found").into());
     }

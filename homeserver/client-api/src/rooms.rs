@@ -27,7 +27,6 @@ use serde_json::{Map, Value, json};
 use crate::{
     App,
     ratelimit::{Action, address_key},
-    storage,
 };
 
 pub fn routes(router: Router<App>) -> Router<App> {
@@ -257,7 +256,7 @@ async fn lookup_alias(app: &App, alias: &RoomAliasId) -> Result<OwnedRoomId, Err
         .db
         .alias(alias.as_str())
         .await
-        .map_err(storage)?
+        .map_err(Error::from)?
         .ok_or_else(|| Error::not_found(format!("Room alias {alias} not found")))?;
     RoomId::parse(record.room_id).map_err(|e| Error::internal(e.to_string()))
 }
@@ -285,9 +284,9 @@ async fn leave(app: App, req: Ruma<leave_room::v3::Request>) -> Result<JsonBody,
 async fn forget(app: App, req: Ruma<forget_room::v3::Request>) -> Result<JsonBody, ApiError> {
     let room = req.body.room_id.as_str();
     let user = req.auth.user_id.as_str();
-    match app.db.membership(room, user).await.map_err(storage)? {
+    match app.db.membership(room, user).await.map_err(Error::from)? {
         Some(m) if m.membership == "leave" || m.membership == "ban" => {
-            app.db.forget_room(room, user).await.map_err(storage)?;
+            app.db.forget_room(room, user).await.map_err(Error::from)?;
             Ok(JsonBody(json!({})))
         }
         Some(_) => Err(Error::new(ErrorKind::Unknown, "You must leave the room before forgetting it").into()),
@@ -327,7 +326,7 @@ async fn joined(app: App, req: Ruma<joined_rooms::v3::Request>) -> Result<JsonBo
         .db
         .memberships_of_user(req.auth.user_id.as_str())
         .await
-        .map_err(storage)?
+        .map_err(Error::from)?
         .into_iter()
         .filter(|m| m.membership == "join")
         .map(|m| m.room_id)
@@ -375,7 +374,7 @@ async fn put_alias(app: App, req: Ruma<create_alias::v3::Request>) -> Result<Jso
         Err(StorageError::Conflict) => {
             Err(Error::new(ErrorKind::Conflict, format!("Room alias {alias} already exists")).into())
         }
-        Err(e) => Err(storage(e).into()),
+        Err(e) => Err(Error::from(e).into()),
     }
 }
 
@@ -393,7 +392,7 @@ async fn remove_alias(app: App, req: Ruma<delete_alias::v3::Request>) -> Result<
         .db
         .alias(alias.as_str())
         .await
-        .map_err(storage)?
+        .map_err(Error::from)?
         .ok_or_else(|| Error::not_found(format!("Room alias {alias} not found")))?;
     let room_id = RoomId::parse(&record.room_id).map_err(|e| Error::internal(e.to_string()))?;
     let allowed =
@@ -401,7 +400,7 @@ async fn remove_alias(app: App, req: Ruma<delete_alias::v3::Request>) -> Result<
     if !allowed {
         return Err(Error::forbidden("You may not delete this alias").into());
     }
-    app.db.delete_alias(alias.as_str()).await.map_err(storage)?;
+    app.db.delete_alias(alias.as_str()).await.map_err(Error::from)?;
     remove_from_canonical_alias(&app, &req.auth, &room_id, alias.as_str()).await;
     Ok(JsonBody(json!({})))
 }
@@ -439,7 +438,7 @@ async fn room_aliases(app: App, req: Ruma<aliases::v3::Request>) -> Result<JsonB
     if !app.rooms.is_joined(room_id, &req.auth.user_id).await? && !req.auth.is_admin {
         return Err(Error::forbidden("You are not in this room").into());
     }
-    let aliases = app.db.room_aliases(room_id.as_str()).await.map_err(storage)?;
+    let aliases = app.db.room_aliases(room_id.as_str()).await.map_err(Error::from)?;
     Ok(JsonBody(json!({ "aliases": aliases })))
 }
 
@@ -452,7 +451,7 @@ async fn directory_visibility(
         .db
         .room(req.body.room_id.as_str())
         .await
-        .map_err(storage)?
+        .map_err(Error::from)?
         .ok_or_else(|| Error::not_found("Room not found"))?;
     Ok(JsonBody(json!({ "visibility": if room.published { "public" } else { "private" } })))
 }
@@ -482,7 +481,7 @@ async fn set_directory_visibility(
     if !may_manage_room(&app, &session, &room_id).await? {
         return Err(Error::forbidden("You may not change this room's directory listing").into());
     }
-    app.db.set_room_published(room_id.as_str(), public).await.map_err(storage)?;
+    app.db.set_room_published(room_id.as_str(), public).await.map_err(Error::from)?;
     Ok(axum::Json(json!({})))
 }
 
@@ -497,7 +496,7 @@ pub(crate) async fn directory_entry(app: &App, room_id: &RoomId) -> Result<Value
     let history = content(app.rooms.current_state_event(room_id, "m.room.history_visibility", "").await?);
     let guest = content(app.rooms.current_state_event(room_id, "m.room.guest_access", "").await?);
     let create = content(app.rooms.current_state_event(room_id, "m.room.create", "").await?);
-    let members = app.db.joined_member_count(room_id.as_str()).await.map_err(storage)?;
+    let members = app.db.joined_member_count(room_id.as_str()).await.map_err(Error::from)?;
     let field = |v: &Option<Value>, k: &str| v.as_ref().and_then(|c| c.get(k)).cloned();
     let mut entry = Map::new();
     entry.insert("room_id".into(), json!(room_id));
@@ -534,7 +533,7 @@ async fn list_public_rooms(
     search: Option<&str>,
 ) -> Result<JsonBody, Error> {
     let mut entries = Vec::new();
-    for room_id in app.db.published_rooms().await.map_err(storage)? {
+    for room_id in app.db.published_rooms().await.map_err(Error::from)? {
         let Ok(room_id) = RoomId::parse(&room_id) else { continue };
         let entry = directory_entry(app, &room_id).await?;
         if let Some(term) = search.map(str::to_lowercase).filter(|t| !t.is_empty()) {

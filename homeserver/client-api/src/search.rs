@@ -18,7 +18,7 @@ use ruma::{RoomId, api::client::search::search_events};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::{App, account_data::ignored_users, events::viewer, filter::RoomEventFilter, storage};
+use crate::{App, account_data::ignored_users, events::viewer, filter::RoomEventFilter};
 
 /// Results per page when the filter gives no limit, and the most one page holds.
 const DEFAULT_LIMIT: u64 = 10;
@@ -128,7 +128,7 @@ async fn room_events(app: &App, session: &Session, criteria: Criteria, offset: i
         .db
         .memberships_of_user(session.user_id.as_str())
         .await
-        .map_err(storage)?
+        .map_err(Error::from)?
         .into_iter()
         .filter(|m| m.membership == "join" && filter.allows_room(&m.room_id))
         .map(|m| m.room_id)
@@ -149,7 +149,7 @@ async fn room_events(app: &App, session: &Session, criteria: Criteria, offset: i
     while (results.len() as i64) < limit && !exhausted && passes < MAX_PASSES {
         passes += 1;
         let (hits, total) =
-            app.db.search_events(&query, limit, consumed, count.is_none()).await.map_err(storage)?;
+            app.db.search_events(&query, limit, consumed, count.is_none()).await.map_err(Error::from)?;
         let total = *count.get_or_insert(total.unwrap_or(0));
         exhausted = consumed + (hits.len() as i64) >= total || hits.is_empty();
         let ranks: HashMap<i64, f64> = hits.iter().map(|h| (h.stream_pos, h.rank)).collect();
@@ -157,7 +157,7 @@ async fn room_events(app: &App, session: &Session, criteria: Criteria, offset: i
             .db
             .events_at(&hits.iter().map(|h| h.stream_pos).collect::<Vec<_>>())
             .await
-            .map_err(storage)?;
+            .map_err(Error::from)?;
         // Keep the hit order, and consume only as many hits as end up needed for this page.
         let order_of: HashMap<i64, usize> = hits.iter().enumerate().map(|(i, h)| (h.stream_pos, i)).collect();
         rows.sort_by_key(|r| order_of.get(&r.stream_pos).copied().unwrap_or(usize::MAX));
@@ -203,7 +203,7 @@ async fn room_events(app: &App, session: &Session, criteria: Criteria, offset: i
             let room_id = RoomId::parse(*room).map_err(|e| Error::internal(e.to_string()))?;
             let entries = app.rooms.current_state_ids(&room_id).await?;
             let ids: Vec<String> = entries.into_iter().map(|(_, _, id)| id).collect();
-            let mut state_rows = app.db.events(&ids).await.map_err(storage)?;
+            let mut state_rows = app.db.events(&ids).await.map_err(Error::from)?;
             state_rows.sort_by_key(|r| r.stream_pos);
             state.insert(
                 room.to_string(),
@@ -266,7 +266,7 @@ async fn context(
             return Ok::<_, Error>(Vec::new());
         }
         let mut rows =
-            app.db.room_page(&row.room_id, Bound::Topo(from), None, dir, limit).await.map_err(storage)?;
+            app.db.room_page(&row.room_id, Bound::Topo(from), None, dir, limit).await.map_err(Error::from)?;
         rows.retain(|r| !ignored.hides(r));
         app.rooms.filter_visible(&session.user_id, rows).await
     };
@@ -291,7 +291,7 @@ async fn context(
             }
         }
         let mut profiles = Map::new();
-        for member in app.db.events(&ids).await.map_err(storage)? {
+        for member in app.db.events(&ids).await.map_err(Error::from)? {
             let content = serde_json::from_str::<Value>(&member.json)
                 .ok()
                 .and_then(|v| v.get("content").cloned())

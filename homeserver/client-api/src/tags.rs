@@ -10,7 +10,7 @@ use ruma::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::{App, account_data::update_account_data, storage};
+use crate::{App, account_data::update_account_data};
 
 /// Longest tag name accepted.
 const MAX_TAG_LEN: usize = 255;
@@ -34,7 +34,7 @@ fn parse_tags(stored: Option<&str>) -> Map<String, Value> {
 }
 
 async fn tags(app: &App, user: &UserId, room: &RoomId) -> Result<Map<String, Value>, Error> {
-    let stored = app.db.account_data(user.as_str(), room.as_str(), "m.tag").await.map_err(storage)?;
+    let stored = app.db.account_data(user.as_str(), room.as_str(), "m.tag").await.map_err(Error::from)?;
     Ok(parse_tags(stored.as_deref()))
 }
 

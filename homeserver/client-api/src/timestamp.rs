@@ -8,7 +8,7 @@ use homeserver_storage::events::Direction;
 use ruma::api::{Direction as RumaDirection, client::room::get_event_by_timestamp};
 use serde_json::json;
 
-use crate::{App, events::require_history_access, storage};
+use crate::{App, events::require_history_access};
 
 /// Candidates read for the per-event visibility check.
 const CANDIDATES: i64 = 20;
@@ -37,7 +37,7 @@ async fn timestamp_to_event(
         .db
         .events_near_timestamp(room_id.as_str(), ts, dir, CANDIDATES, &visible)
         .await
-        .map_err(storage)?;
+        .map_err(Error::from)?;
     let Some(row) = app.rooms.filter_visible(&req.auth.user_id, rows).await?.into_iter().next() else {
         return Err(Error::not_found("No visible event found in that direction").into());
     };

@@ -9,7 +9,7 @@ use homeserver_core::{Error, ErrorKind, ids::random_string, time::now_millis};
 use ruma::UserId;
 use serde_json::{Value, json};
 
-use crate::{App, storage};
+use crate::App;
 
 pub const DUMMY: &str = "m.login.dummy";
 pub const PASSWORD: &str = "m.login.password";
@@ -89,12 +89,12 @@ pub async fn authenticate(
                 now as i64,
             )
             .await
-            .map_err(storage)?;
+            .map_err(Error::from)?;
         return Err(challenge(flows, &session, &[], None));
     };
     let session_id = auth.get("session").and_then(Value::as_str).map(str::to_owned);
     let (session_id, mut completed) = match &session_id {
-        Some(id) => match app.db.uia_session(id).await.map_err(storage)? {
+        Some(id) => match app.db.uia_session(id).await.map_err(Error::from)? {
             Some(session) => {
                 if session.request_fingerprint != fingerprint
                     || session.user_id.as_deref() != user.map(|u| u.as_str())
@@ -118,7 +118,7 @@ pub async fn authenticate(
                     now as i64,
                 )
                 .await
-                .map_err(storage)?;
+                .map_err(Error::from)?;
             (id, Vec::new())
         }
     };
@@ -148,16 +148,16 @@ pub async fn authenticate(
     }
     if flows.iter().any(|flow| flow.iter().all(|s| completed.iter().any(|c| c == s))) {
         if keep {
-            app.db.set_uia_completed(&session_id, &completed).await.map_err(storage)?;
+            app.db.set_uia_completed(&session_id, &completed).await.map_err(Error::from)?;
         } else {
             // Single use: of two requests completing one session at once, only one proceeds.
-            if !app.db.delete_uia_session(&session_id).await.map_err(storage)? {
+            if !app.db.delete_uia_session(&session_id).await.map_err(Error::from)? {
                 return Err(Error::new(ErrorKind::Unknown, "Unknown UIA session"));
             }
         }
         return Ok(Completed { session: session_id });
     }
-    app.db.set_uia_completed(&session_id, &completed).await.map_err(storage)?;
+    app.db.set_uia_completed(&session_id, &completed).await.map_err(Error::from)?;
     Err(challenge(flows, &session_id, &completed, None))
 }
 
@@ -183,7 +183,7 @@ async fn check_password_stage(
     let Some(password) = auth.get("password").and_then(Value::as_str) else {
         return Ok(false);
     };
-    let Some(record) = app.db.user(user.as_str()).await.map_err(storage)? else {
+    let Some(record) = app.db.user(user.as_str()).await.map_err(Error::from)? else {
         return Ok(false);
     };
     match record.password_hash {

@@ -28,7 +28,7 @@ use homeserver_core::{
 use homeserver_storage::receipts::ReceiptRow;
 use lru::LruCache;
 
-use crate::{App, account_data::Ignored, storage};
+use crate::{App, account_data::Ignored};
 
 /// (user, room) pairs whose counts are kept.
 const CACHE_ENTRIES: usize = 50_000;
@@ -129,7 +129,7 @@ pub async fn unread_counts(
         {
             c.receipts.clone()
         }
-        _ => app.db.user_receipts(room_id, user).await.map_err(storage)?,
+        _ => app.db.user_receipts(room_id, user).await.map_err(Error::from)?,
     };
     let bounds = Bounds::of(&receipts, joined_at);
     let ignored_fp = fingerprint(ignored);
@@ -146,11 +146,12 @@ pub async fn unread_counts(
         _ => fresh(),
     };
     if counted.upto < now {
-        let mut rows = app.db.unread_push_actions(user, room_id, counted.upto, now).await.map_err(storage)?;
+        let mut rows =
+            app.db.unread_push_actions(user, room_id, counted.upto, now).await.map_err(Error::from)?;
         if rows.iter().any(|r| r.redaction) && counted.upto > bounds.unthreaded {
             // A redaction may have removed counted actions: count afresh.
             counted = fresh();
-            rows = app.db.unread_push_actions(user, room_id, counted.upto, now).await.map_err(storage)?;
+            rows = app.db.unread_push_actions(user, room_id, counted.upto, now).await.map_err(Error::from)?;
         }
         for row in rows {
             if row.redaction

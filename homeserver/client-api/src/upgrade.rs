@@ -14,7 +14,7 @@ use ruma::{
 };
 use serde_json::{Value, json};
 
-use crate::{App, account_data::update_account_data, pushrules, ratelimit::Action, storage};
+use crate::{App, account_data::update_account_data, pushrules, ratelimit::Action};
 
 pub fn routes(router: Router<App>) -> Router<App> {
     router.ruma_route(upgrade)
@@ -60,7 +60,8 @@ async fn predecessor(app: &App, room: &RoomId) -> Result<Option<OwnedRoomId>, Er
 }
 
 async fn copy_tags(app: &App, user: &UserId, old: &RoomId, new: &RoomId) -> Result<(), Error> {
-    let Some(tags) = app.db.account_data(user.as_str(), old.as_str(), "m.tag").await.map_err(storage)? else {
+    let Some(tags) = app.db.account_data(user.as_str(), old.as_str(), "m.tag").await.map_err(Error::from)?
+    else {
         return Ok(());
     };
     // Only where the new room has no tags yet, decided atomically with the write.

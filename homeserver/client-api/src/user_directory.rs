@@ -7,7 +7,9 @@ use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma};
 use ruma::api::client::user_directory::search_users;
 use serde_json::json;
 
-use crate::{App, storage};
+use homeserver_core::Error;
+
+use crate::App;
 
 pub fn routes(router: Router<App>) -> Router<App> {
     router.ruma_route(search)
@@ -21,7 +23,7 @@ async fn search(app: App, req: Ruma<search_users::v3::Request>) -> Result<JsonBo
         .db
         .search_user_directory(req.auth.user_id.as_str(), term, app.config.search_all_users, limit)
         .await
-        .map_err(storage)?;
+        .map_err(Error::from)?;
     let limited = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let results: Vec<_> = rows

@@ -8,11 +8,13 @@ use std::fmt;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// A Matrix-visible error: a kind (the errcode) and a human-readable message.
+/// A Matrix-visible error: a kind (the errcode) and a human-readable message, plus the failure
+/// underneath it when there is one (kept for the log, never shown to clients).
 #[derive(Debug, Clone)]
 pub struct Error {
     pub kind: ErrorKind,
     pub message: String,
+    pub source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 /// The Matrix error codes Lattice produces (spec: client-server API, "Standard error response").
@@ -99,7 +101,7 @@ impl ErrorKind {
 
 impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self { kind, message: message.into(), source: None }
     }
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Forbidden, message)
@@ -125,6 +127,17 @@ impl Error {
     pub fn too_large(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::TooLarge, message)
     }
+    /// An internal error caused by `source` (its text becomes the message; it stays the source).
+    pub fn internal_from(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self { source: Some(std::sync::Arc::new(source)), ..Self::internal(String::new()) }
+            .with_message_from_source()
+    }
+    fn with_message_from_source(mut self) -> Self {
+        if let Some(source) = &self.source {
+            self.message = source.to_string();
+        }
+        self
+    }
 }
 
 impl fmt::Display for Error {
@@ -133,10 +146,33 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 impl From<crate::streams::HorizonError> for Error {
     fn from(err: crate::streams::HorizonError) -> Self {
-        Error::internal(err.to_string())
+        Error::internal_from(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("disk on fire")]
+    struct Cause;
+
+    #[test]
+    fn an_internal_error_keeps_its_cause() {
+        let err = Error::internal_from(Cause);
+        assert_eq!(err.kind, ErrorKind::Internal);
+        assert_eq!(err.message, "disk on fire");
+        let source = std::error::Error::source(&err).expect("the cause is kept");
+        assert_eq!(source.to_string(), "disk on fire");
+        assert!(std::error::Error::source(&Error::forbidden("no")).is_none());
     }
 }

@@ -96,7 +96,14 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         if status.is_server_error() {
-            tracing::error!(error = %self.0.message, "request failed");
+            // The whole chain goes to the log (a storage error keeps the database's own error).
+            let mut chain = Vec::new();
+            let mut source = std::error::Error::source(&self.0);
+            while let Some(cause) = source {
+                chain.push(cause.to_string());
+                source = cause.source();
+            }
+            tracing::error!(error = %self.0.message, causes = ?chain, "request failed");
         }
         let mut response = (status, Json(self.body())).into_response();
         if let ErrorKind::LimitExceeded { retry_after_ms } = self.0.kind

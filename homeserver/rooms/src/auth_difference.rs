@@ -18,10 +18,7 @@ use homeserver_core::Error;
 use homeserver_storage::Db;
 use ruma::{EventId, OwnedEventId};
 
-use crate::{
-    cache::storage_error,
-    resolve::{State, Unstored},
-};
+use crate::resolve::{State, Unstored};
 
 /// The most events the downward walk may visit before it gives up (far beyond a real room's
 /// needs; an attacker's DAG cannot make it unbounded).
@@ -101,7 +98,7 @@ pub(crate) async fn auth_edges(
             None => stored_seeds.push(id.to_string()),
         }
     }
-    for (event, auth) in db.auth_chain_edges(&stored_seeds).await.map_err(storage_error)? {
+    for (event, auth) in db.auth_chain_edges(&stored_seeds).await.map_err(Error::from)? {
         if let (Ok(event), Ok(auth)) = (EventId::parse(event), EventId::parse(auth)) {
             edges.insert((event, auth));
         }
@@ -136,7 +133,7 @@ async fn descend_to_common(
     while !frontier.is_empty() {
         let parents: Vec<String> = frontier.keys().map(|id| id.to_string()).collect();
         let mut edges: Vec<(OwnedEventId, OwnedEventId)> = Vec::new();
-        for (parent, child) in db.state_children(&parents).await.map_err(storage_error)? {
+        for (parent, child) in db.state_children(&parents).await.map_err(Error::from)? {
             if let (Ok(parent), Ok(child)) = (EventId::parse(parent), EventId::parse(child)) {
                 edges.push((parent, child));
             }

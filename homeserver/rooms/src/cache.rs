@@ -24,11 +24,6 @@ pub struct EventCache {
     lru: Mutex<LruCache<OwnedEventId, Arc<Pdu>>>,
 }
 
-/// Turns a storage failure into an internal error (logged once, by the HTTP layer).
-pub(crate) fn storage_error(e: homeserver_storage::StorageError) -> Error {
-    Error::internal(e.to_string())
-}
-
 /// Parses a stored row into a PDU (marked rejected if the row is).
 pub fn pdu_from_row(row: &EventRow) -> Result<Pdu, Error> {
     let event_id = EventId::parse(&row.event_id).map_err(|e| Error::internal(e.to_string()))?;
@@ -57,7 +52,7 @@ impl EventCache {
         if let Some(pdu) = self.cached(id) {
             return Ok(Some(pdu));
         }
-        let rows = self.db.dag_events(&[id.to_string()]).await.map_err(storage_error)?;
+        let rows = self.db.dag_events(&[id.to_string()]).await.map_err(Error::from)?;
         let Some(row) = rows.first() else {
             return Ok(None);
         };
@@ -82,7 +77,7 @@ impl EventCache {
             }
         }
         if !missing.is_empty() {
-            for row in self.db.dag_events(&missing).await.map_err(storage_error)? {
+            for row in self.db.dag_events(&missing).await.map_err(Error::from)? {
                 let pdu = Arc::new(pdu_from_row(&row)?);
                 self.insert(pdu.clone());
                 out.insert(pdu.event_id.clone(), pdu);

@@ -74,7 +74,7 @@ impl Rooms {
                 }
                 let alias = RoomAliasId::parse(format!("#{local}:{server}"))
                     .map_err(|_| Error::new(ErrorKind::InvalidParam, "invalid room_alias_name"))?;
-                if self.db().alias(alias.as_str()).await.map_err(crate::cache::storage_error)?.is_some() {
+                if self.db().alias(alias.as_str()).await.map_err(Error::from)?.is_some() {
                     return Err(Error::new(ErrorKind::RoomInUse, "room alias already taken"));
                 }
                 Some(alias)
@@ -278,7 +278,7 @@ impl Rooms {
 
     async fn any_alias_taken(&self, aliases: &[(String, String)]) -> Result<bool, Error> {
         for (alias, _) in aliases {
-            if self.db().alias(alias).await.map_err(crate::cache::storage_error)?.is_some() {
+            if self.db().alias(alias).await.map_err(Error::from)?.is_some() {
                 return Ok(true);
             }
         }

@@ -13,7 +13,7 @@ use homeserver_storage::events::EventRow;
 use ruma::{CanonicalJsonObject, RoomId, room_version_rules::RoomVersionRules};
 use serde_json::{Map, Value, json};
 
-use crate::{Rooms, cache::storage_error};
+use crate::Rooms;
 
 /// Who is looking, for `unsigned.transaction_id`.
 #[derive(Debug, Clone, Copy)]
@@ -125,7 +125,7 @@ impl Rooms {
         };
         let everything = homeserver_storage::visibility::VisibleSet::default();
         let mut aggs =
-            self.db().aggregations(&targets, viewer.user_id, &everything).await.map_err(storage_error)?;
+            self.db().aggregations(&targets, viewer.user_id, &everything).await.map_err(Error::from)?;
         if !found(&aggs) {
             return Ok(());
         }
@@ -135,14 +135,14 @@ impl Rooms {
         let user = ruma::UserId::parse(viewer.user_id).map_err(|e| Error::internal(e.to_string()))?;
         let visible = self.visible_set(&user, rows.iter().map(|r| r.room_id.as_str())).await?;
         if !visible.is_everything() {
-            aggs = self.db().aggregations(&targets, viewer.user_id, &visible).await.map_err(storage_error)?;
+            aggs = self.db().aggregations(&targets, viewer.user_id, &visible).await.map_err(Error::from)?;
             if !found(&aggs) {
                 return Ok(());
             }
         }
         let positions: Vec<i64> =
             aggs.threads.iter().map(|t| t.latest_pos).chain(aggs.edits.iter().map(|e| e.1)).collect();
-        let related = self.db().events_at(&positions).await.map_err(storage_error)?;
+        let related = self.db().events_at(&positions).await.map_err(Error::from)?;
         let formatted = self.format_rows(&related, Some(viewer), room_id).await?;
         let by_pos: HashMap<i64, &Value> =
             related.iter().map(|r| r.stream_pos).zip(formatted.iter()).collect();
@@ -192,7 +192,7 @@ impl Rooms {
         let redaction_ids: Vec<String> = rows.iter().filter_map(|r| r.redacted_by.clone()).collect();
         let mut redactions: HashMap<String, Value> = HashMap::new();
         if !redaction_ids.is_empty() {
-            for red in self.db().events(&redaction_ids).await.map_err(storage_error)? {
+            for red in self.db().events(&redaction_ids).await.map_err(Error::from)? {
                 let rules = self.rules_for(&red.room_id).await?;
                 let formatted = client_event(&red, &rules, None, None, RoomIdField::Include, now);
                 redactions.insert(red.event_id.clone(), formatted);

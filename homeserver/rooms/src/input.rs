@@ -45,7 +45,6 @@ use tracing::{debug, warn};
 use crate::{
     Shared, auth,
     builder::{EventTemplate, Placement, build_pdu},
-    cache::storage_error,
     derive,
     pdu::Pdu,
     power::PowerLevels,
@@ -252,7 +251,7 @@ impl RoomActor {
 
     /// Deletes the room from the database and forgets it in memory.
     async fn purge(&mut self, cmd: Command) {
-        let result = self.shared.db.purge_room(self.room_id.as_str()).await.map_err(storage_error);
+        let result = self.shared.db.purge_room(self.room_id.as_str()).await.map_err(Error::from);
         self.loaded = None;
         self.shared.forget_room(&self.room_id);
         let _ = cmd.reply.send(result.map(|()| Answer::default()));
@@ -373,7 +372,7 @@ impl RoomActor {
         }
         let db = &self.shared.db;
         let room_id = self.room_id.as_str();
-        let Some(room) = db.room(room_id).await.map_err(storage_error)? else {
+        let Some(room) = db.room(room_id).await.map_err(Error::from)? else {
             return Err(Error::not_found("room not found"));
         };
         let version = RoomVersionId::try_from(room.room_version.as_str())
@@ -382,26 +381,26 @@ impl RoomActor {
             .ok_or_else(|| Error::internal(format!("unsupported room version {version}")))?;
         let mut state = HashMap::new();
         let mut create_event = None;
-        for (ty, key, id) in db.current_state(room_id).await.map_err(storage_error)? {
+        for (ty, key, id) in db.current_state(room_id).await.map_err(Error::from)? {
             let id = EventId::parse(&id).map_err(|e| Error::internal(e.to_string()))?;
             if ty == "m.room.create" && key.is_empty() {
                 create_event = Some(id.clone());
             }
             state.insert((StateEventType::from(ty), key), id);
         }
-        let extremity_ids = db.room_extremities(room_id).await.map_err(storage_error)?;
+        let extremity_ids = db.room_extremities(room_id).await.map_err(Error::from)?;
         let extremities =
-            db.dag_events(&extremity_ids).await.map_err(storage_error)?.into_iter().filter_map(|row| {
+            db.dag_events(&extremity_ids).await.map_err(Error::from)?.into_iter().filter_map(|row| {
                 let id = EventId::parse(&row.event_id).ok()?;
                 Some(Extremity { id, depth: row.depth.max(0) as u64, group: row.state_after })
             });
         let group = room.current_state_group;
         let chain_len =
-            db.state_group_chain_len(group).await.map_err(storage_error)?.unwrap_or(MAX_STATE_CHAIN);
+            db.state_group_chain_len(group).await.map_err(Error::from)?.unwrap_or(MAX_STATE_CHAIN);
         let memberships = db
             .room_memberships(room_id)
             .await
-            .map_err(storage_error)?
+            .map_err(Error::from)?
             .into_iter()
             .filter_map(|(u, m)| Some((UserId::parse(u).ok()?, m)))
             .collect();
@@ -439,14 +438,14 @@ impl RoomActor {
         let mut new_room = None;
         if let Submission::Create { version, .. } = submission {
             if self.loaded.is_some()
-                || self.shared.db.room(self.room_id.as_str()).await.map_err(storage_error)?.is_some()
+                || self.shared.db.room(self.room_id.as_str()).await.map_err(Error::from)?.is_some()
             {
                 return Err(Error::new(ErrorKind::RoomInUse, "room already exists"));
             }
             self.start_empty(version)?;
         } else if let Submission::Remote { pdus, .. } = submission
             && self.loaded.is_none()
-            && self.shared.db.room(self.room_id.as_str()).await.map_err(storage_error)?.is_none()
+            && self.shared.db.room(self.room_id.as_str()).await.map_err(Error::from)?.is_none()
         {
             // A room this server learns of through its create event.
             let Some((version, room)) = pdus.first().and_then(|p| remote_create(&p.json)) else {
@@ -549,7 +548,7 @@ impl RoomActor {
             .db
             .txn_event(&txn.user_id, &txn.device_id, &txn.scope, &txn.txn_id)
             .await
-            .map_err(storage_error)?;
+            .map_err(Error::from)?;
         match existing {
             Some(id) => {
                 let id = EventId::parse(id).map_err(|e| Error::internal(e.to_string()))?;
@@ -909,7 +908,7 @@ impl RoomActor {
     /// another; and one reaction per user, target and key (`M_DUPLICATE_ANNOTATION`).
     async fn check_relation(&self, pdu: &Pdu) -> Result<(), Error> {
         let Some(rel) = derive::relation(pdu, 0) else { return Ok(()) };
-        let parent = self.shared.db.event(&rel.relates_to).await.map_err(storage_error)?;
+        let parent = self.shared.db.event(&rel.relates_to).await.map_err(Error::from)?;
         if let Some(parent) = &parent {
             if parent.room_id != pdu.room_id.as_str() {
                 return Err(Error::bad_json("Relations must be in the same room"));
@@ -938,7 +937,7 @@ impl RoomActor {
                 .db
                 .has_annotation(&rel.relates_to, &rel.sender, &rel.event_type, key)
                 .await
-                .map_err(storage_error)?
+                .map_err(Error::from)?
         {
             return Err(Error::new(ErrorKind::DuplicateAnnotation, "you already reacted with this key"));
         }
@@ -1131,6 +1130,6 @@ fn txn_key(txn: &TxnRecord) -> String {
 fn persist_error(err: StorageError) -> Error {
     match err {
         StorageError::AliasTaken => Error::new(ErrorKind::RoomInUse, "room alias already taken"),
-        other => storage_error(other),
+        other => Error::from(other),
     }
 }

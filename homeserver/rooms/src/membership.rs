@@ -24,7 +24,7 @@ use homeserver_core::{Error, ErrorKind};
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{Map, Value, json};
 
-use crate::{Rooms, builder::EventTemplate, cache::storage_error, create::Profile, input::Submission};
+use crate::{Rooms, builder::EventTemplate, create::Profile, input::Submission};
 
 /// Longest display name a member event may carry, in characters (as Synapse and `/profile`).
 pub const MAX_DISPLAYNAME_LEN: usize = 256;
@@ -131,7 +131,7 @@ impl std::fmt::Debug for AppserviceUsers {
 impl Rooms {
     /// A local user's profile as member events show it.
     pub async fn profile_of(&self, user: &UserId) -> Result<Profile, Error> {
-        let record = self.db().user(user.as_str()).await.map_err(storage_error)?;
+        let record = self.db().user(user.as_str()).await.map_err(Error::from)?;
         Ok(record
             .map(|u| Profile { displayname: u.displayname, avatar_url: u.avatar_url })
             .unwrap_or_default())
@@ -165,7 +165,7 @@ impl Rooms {
         }
         if matches!(action, MembershipAction::Join | MembershipAction::Invite | MembershipAction::Knock)
             && !creating_room
-            && self.db().is_room_blocked(room_id.as_str()).await.map_err(storage_error)?
+            && self.db().is_room_blocked(room_id.as_str()).await.map_err(Error::from)?
         {
             return Err(Error::forbidden("This room has been blocked on this server"));
         }
@@ -249,7 +249,7 @@ impl Rooms {
         if target.server_name() != self.server_name() {
             return Ok(());
         }
-        if self.db().user(target.as_str()).await.map_err(storage_error)?.is_some()
+        if self.db().user(target.as_str()).await.map_err(Error::from)?.is_some()
             || self.config().appservice_users.as_ref().is_some_and(|covers| (covers.0)(target))
         {
             return Ok(());
@@ -419,7 +419,7 @@ impl Rooms {
     /// is not re-joined); rooms where the update is refused (e.g. by power levels) keep the old
     /// profile.
     pub async fn propagate_profile(&self, user: &UserId) -> Result<(), Error> {
-        let rooms = self.db().memberships_of_user(user.as_str()).await.map_err(storage_error)?;
+        let rooms = self.db().memberships_of_user(user.as_str()).await.map_err(Error::from)?;
         for row in rooms.into_iter().filter(|r| r.membership == "join") {
             let Ok(room_id) = RoomId::parse(&row.room_id) else { continue };
             let room_id: OwnedRoomId = room_id;

@@ -26,8 +26,6 @@ use ruma::{
 };
 use serde_json::Value;
 
-use crate::cache::storage_error;
-
 /// The account-data type holding a user's push rules.
 pub const PUSH_RULES_TYPE: &str = "m.push_rules";
 
@@ -107,7 +105,7 @@ impl PushRules {
             .db
             .global_account_data_of(&ids, PUSH_RULES_TYPE)
             .await
-            .map_err(storage_error)?
+            .map_err(Error::from)?
             .into_iter()
             .collect();
         let mut cache = self.cache.lock().expect("push cache poisoned");

@@ -5,7 +5,7 @@ use std::{collections::HashMap, sync::Arc};
 use homeserver_core::Error;
 use ruma::{EventId, OwnedEventId, OwnedUserId, RoomId, RoomVersionId, UserId};
 
-use crate::{Rooms, cache::storage_error, pdu::Pdu, power::PowerLevels, versions};
+use crate::{Rooms, pdu::Pdu, power::PowerLevels, versions};
 
 /// `(type, state_key) -> event_id` entries of a room state.
 pub type StateEntries = Vec<(String, String, String)>;
@@ -16,7 +16,7 @@ impl Rooms {
         if let Some(v) = self.shared.versions.lock().expect("versions poisoned").get(room_id) {
             return Ok(Some(v.clone()));
         }
-        let Some(room) = self.db().room(room_id.as_str()).await.map_err(storage_error)? else {
+        let Some(room) = self.db().room(room_id.as_str()).await.map_err(Error::from)? else {
             return Ok(None);
         };
         let version = RoomVersionId::try_from(room.room_version.as_str())
@@ -46,7 +46,7 @@ impl Rooms {
             .db()
             .current_state_event_id(room_id.as_str(), event_type, state_key)
             .await
-            .map_err(storage_error)?;
+            .map_err(Error::from)?;
         match id {
             Some(id) => {
                 let id = EventId::parse(id).map_err(|e| Error::internal(e.to_string()))?;
@@ -67,14 +67,14 @@ impl Rooms {
         if let Some(hit) = self.shared.state_entries.lock().expect("state cache poisoned").get(&key) {
             return Ok(hit.clone());
         }
-        let found = self.db().state_group_entry(group, event_type, state_key).await.map_err(storage_error)?;
+        let found = self.db().state_group_entry(group, event_type, state_key).await.map_err(Error::from)?;
         self.shared.state_entries.lock().expect("state cache poisoned").put(key, found.clone());
         Ok(found)
     }
 
     /// The whole current state of a room as event ids.
     pub async fn current_state_ids(&self, room_id: &RoomId) -> Result<StateEntries, Error> {
-        self.db().current_state(room_id.as_str()).await.map_err(storage_error)
+        self.db().current_state(room_id.as_str()).await.map_err(Error::from)
     }
 
     /// The room state as of a state group.
@@ -82,7 +82,7 @@ impl Rooms {
         if group == 0 {
             return Ok(Vec::new());
         }
-        self.db().state_group(group).await.map_err(storage_error)
+        self.db().state_group(group).await.map_err(Error::from)
     }
 
     /// The entries that differ between two states, with their value in `to` (`None`: the key
@@ -103,8 +103,7 @@ impl Rooms {
             if group == from || group == 0 {
                 break;
             }
-            let Some((prev, entries)) = self.db().state_group_delta(group).await.map_err(storage_error)?
-            else {
+            let Some((prev, entries)) = self.db().state_group_delta(group).await.map_err(Error::from)? else {
                 break;
             };
             touched.extend(entries.into_iter().map(|(t, k, _)| (t, k)));
@@ -152,7 +151,7 @@ impl Rooms {
             .db()
             .membership(room_id.as_str(), user.as_str())
             .await
-            .map_err(storage_error)?
+            .map_err(Error::from)?
             .map(|m| m.membership))
     }
 
@@ -177,7 +176,7 @@ impl Rooms {
             .db()
             .room_members(room_id.as_str(), "join")
             .await
-            .map_err(storage_error)?
+            .map_err(Error::from)?
             .into_iter()
             .filter_map(|u| UserId::parse(u).ok())
             .collect())

@@ -16,8 +16,6 @@ use homeserver_core::Error;
 use homeserver_storage::{Db, persist::NewStateGroup};
 use tokio::sync::OnceCell;
 
-use crate::cache::storage_error;
-
 /// A state group becomes a full snapshot again after this many deltas.
 pub(crate) const MAX_STATE_CHAIN: i64 = 100;
 
@@ -33,7 +31,7 @@ impl StateGroupIds {
         let counter = self
             .next
             .get_or_try_init(|| async {
-                let max = db.max_state_group().await.map_err(storage_error)?;
+                let max = db.max_state_group().await.map_err(Error::from)?;
                 Ok::<_, Error>(AtomicI64::new(max + 1))
             })
             .await?;
@@ -53,7 +51,7 @@ impl OutsidePositions {
         let counter = self
             .next
             .get_or_try_init(|| async {
-                let min = db.min_event_pos().await.map_err(storage_error)?;
+                let min = db.min_event_pos().await.map_err(Error::from)?;
                 Ok::<_, Error>(AtomicI64::new(min - 1))
             })
             .await?;

@@ -14,7 +14,6 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     Rooms,
-    cache::storage_error,
     create::{CreateRoom, Preset},
     versions,
 };
@@ -111,7 +110,7 @@ impl Rooms {
         let mut predecessor = json!({ "room_id": old });
         if !privileged_creators
             && let Some(last) =
-                self.db().latest_room_event(old.as_str(), i64::MAX).await.map_err(storage_error)?
+                self.db().latest_room_event(old.as_str(), i64::MAX).await.map_err(Error::from)?
         {
             predecessor["event_id"] = json!(last.event_id);
         }
@@ -140,7 +139,7 @@ impl Rooms {
             creation_power["users"][user.as_str()] = json!(power.highest_named_level());
         }
 
-        let public = self.db().room(old.as_str()).await.map_err(storage_error)?.is_some_and(|r| r.published);
+        let public = self.db().room(old.as_str()).await.map_err(Error::from)?.is_some_and(|r| r.published);
         let request = CreateRoom {
             creator: user.to_owned(),
             version: Some(new_version),
@@ -199,7 +198,7 @@ impl Rooms {
         }
         // The canonical alias moves once the aliases it names point at the new room (an alias
         // event is only valid for aliases of its own room).
-        let moved = self.db().move_aliases(old.as_str(), new_room.as_str()).await.map_err(storage_error)?;
+        let moved = self.db().move_aliases(old.as_str(), new_room.as_str()).await.map_err(Error::from)?;
         if let Some(alias) = self.current_state_event(old, "m.room.canonical_alias", "").await?
             && alias.content_value().as_object().is_some_and(|c| !c.is_empty())
         {
@@ -211,7 +210,7 @@ impl Rooms {
             }
         }
         if public {
-            self.db().set_room_published(old.as_str(), false).await.map_err(storage_error)?;
+            self.db().set_room_published(old.as_str(), false).await.map_err(Error::from)?;
         }
         Ok(new_room)
     }

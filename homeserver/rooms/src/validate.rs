@@ -17,7 +17,7 @@ use homeserver_storage::Db;
 use ruma::{RoomAliasId, RoomId, ServerName};
 use serde_json::Value;
 
-use crate::{builder::EventTemplate, cache::storage_error};
+use crate::builder::EventTemplate;
 
 /// The longest event type and state key a local event may have.
 pub const MAX_ID_BYTES: usize = 255;
@@ -67,7 +67,7 @@ async fn canonical_alias(ctx: &Context<'_>, content: &Value) -> Result<(), Error
         {
             continue;
         }
-        match ctx.db.alias(alias).await.map_err(storage_error)? {
+        match ctx.db.alias(alias).await.map_err(Error::from)? {
             Some(record) if record.room_id == ctx.room_id.as_str() => {}
             Some(_) => return Err(bad(format!("{alias} points to another room"))),
             None => return Err(bad(format!("{alias} does not exist"))),

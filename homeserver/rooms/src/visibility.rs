@@ -29,7 +29,7 @@ use homeserver_storage::{
 };
 use ruma::{EventId, RoomId, UserId};
 
-use crate::{Rooms, cache::storage_error};
+use crate::Rooms;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Visibility {
@@ -223,8 +223,8 @@ impl Rooms {
         let mut rooms: Vec<String> = rooms.into_iter().map(str::to_owned).collect();
         rooms.sort_unstable();
         rooms.dedup();
-        let mut changes = self.db().visibility_changes(&rooms, user.as_str()).await.map_err(storage_error)?;
-        let joined = self.db().joined_among(&rooms, user.as_str()).await.map_err(storage_error)?;
+        let mut changes = self.db().visibility_changes(&rooms, user.as_str()).await.map_err(Error::from)?;
+        let joined = self.db().joined_among(&rooms, user.as_str()).await.map_err(Error::from)?;
         let mut set = VisibleSet::default();
         for room in rooms {
             let ranges = ranges_of(&changes.remove(&room).unwrap_or_default(), joined.contains(&room));

@@ -71,6 +71,14 @@ pub enum StorageError {
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
+/// The one way a storage failure becomes a domain error: internal (clients see no detail), with
+/// the storage error kept as the source for the log.
+impl From<StorageError> for homeserver_core::Error {
+    fn from(err: StorageError) -> Self {
+        homeserver_core::Error::internal_from(err)
+    }
+}
+
 /// Which SQL engine a [`Db`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {

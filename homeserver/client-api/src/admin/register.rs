@@ -24,7 +24,6 @@ use crate::{
     App,
     account::{PreparedLogin, validate_localpart},
     ratelimit::{Action, address_key},
-    storage,
 };
 
 const NONCE_LIFETIME: Duration = Duration::from_secs(60);
@@ -156,7 +155,7 @@ async fn register(State(app): State<App>, body: Bytes) -> Result<axum::Json<Valu
         Err(StorageError::Conflict) => {
             return Err(Error::new(ErrorKind::UserInUse, "User ID already taken").into());
         }
-        Err(e) => return Err(storage(e).into()),
+        Err(e) => return Err(Error::from(e).into()),
     }
     Ok(axum::Json(json!({
         "user_id": user_id,

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Page, body, query, require_admin};
-use crate::{App, storage};
+use crate::App;
 
 pub fn routes(router: Router<App>) -> Router<App> {
     router
@@ -60,7 +60,7 @@ async fn summary(app: &App, room_id: &RoomId) -> Result<RoomSummary, Error> {
     app.db
         .room_summaries(app.server_name().as_str(), Some(room_id.as_str()))
         .await
-        .map_err(storage)?
+        .map_err(Error::from)?
         .pop()
         .ok_or_else(|| Error::not_found("Room not found"))
 }
@@ -85,7 +85,7 @@ async fn list(
     let page = Page { from: q.from, limit: q.limit, dir: q.dir.clone() };
     let offset = page.offset()? as usize;
     let limit = page.limit(100)? as usize;
-    let mut rooms = app.db.room_summaries(app.server_name().as_str(), None).await.map_err(storage)?;
+    let mut rooms = app.db.room_summaries(app.server_name().as_str(), None).await.map_err(Error::from)?;
     if let Some(term) = q.search_term.as_deref().map(str::to_lowercase).filter(|t| !t.is_empty()) {
         rooms.retain(|s| {
             s.room_id.to_lowercase().contains(&term)
@@ -156,7 +156,7 @@ async fn members(
     if app.rooms.room_version(&room_id).await?.is_none() {
         return Err(Error::not_found("Room not found").into());
     }
-    let members = app.db.room_members(room_id.as_str(), "join").await.map_err(storage)?;
+    let members = app.db.room_members(room_id.as_str(), "join").await.map_err(Error::from)?;
     Ok(Json(json!({ "total": members.len(), "members": members })))
 }
 
@@ -197,7 +197,7 @@ async fn delete_room(
         app.db
             .block_room(room_id.as_str(), admin.user_id.as_str(), now_millis() as i64)
             .await
-            .map_err(storage)?;
+            .map_err(Error::from)?;
     }
     if !exists {
         if req.block {
@@ -209,7 +209,7 @@ async fn delete_room(
     }
     let mut kicked = Vec::new();
     let mut failed = Vec::new();
-    for (user, membership) in app.db.room_memberships(room_id.as_str()).await.map_err(storage)? {
+    for (user, membership) in app.db.room_memberships(room_id.as_str()).await.map_err(Error::from)? {
         let Ok(user) = UserId::parse(&user) else { continue };
         if !app.is_local(&user) || !matches!(membership.as_str(), "join" | "invite" | "knock") {
             continue;
@@ -222,11 +222,11 @@ async fn delete_room(
             }
         }
     }
-    let aliases = app.db.room_aliases(room_id.as_str()).await.map_err(storage)?;
+    let aliases = app.db.room_aliases(room_id.as_str()).await.map_err(Error::from)?;
     for alias in &aliases {
-        app.db.delete_alias(alias).await.map_err(storage)?;
+        app.db.delete_alias(alias).await.map_err(Error::from)?;
     }
-    app.db.set_room_published(room_id.as_str(), false).await.map_err(storage)?;
+    app.db.set_room_published(room_id.as_str(), false).await.map_err(Error::from)?;
     if req.purge.unwrap_or(true) {
         app.rooms.purge_room(&room_id).await?;
     }
@@ -248,7 +248,7 @@ async fn event_reports(
     let page = query(q)?;
     let offset = page.offset()?;
     let limit = page.limit(100)?;
-    let (reports, total) = app.db.reports("event", limit, offset).await.map_err(storage)?;
+    let (reports, total) = app.db.reports("event", limit, offset).await.map_err(Error::from)?;
     let reports: Vec<Value> = reports
         .iter()
         .map(|r| {

@@ -27,7 +27,6 @@ use super::{Page, body, query, require_admin};
 use crate::{
     App,
     account::{deactivate_account, validate_localpart},
-    storage,
 };
 
 pub fn routes(router: Router<App>) -> Router<App> {
@@ -74,7 +73,7 @@ fn parse_user(app: &App, raw: &str) -> Result<OwnedUserId, Error> {
 }
 
 async fn existing_user(app: &App, user: &UserId) -> Result<User, Error> {
-    app.db.user(user.as_str()).await.map_err(storage)?.ok_or_else(|| Error::not_found("User not found"))
+    app.db.user(user.as_str()).await.map_err(Error::from)?.ok_or_else(|| Error::not_found("User not found"))
 }
 
 #[derive(Deserialize, Default)]
@@ -117,7 +116,7 @@ async fn list(
         order_by,
         descending: page.descending()?,
     };
-    let (users, total) = app.db.list_users(&user_query).await.map_err(storage)?;
+    let (users, total) = app.db.list_users(&user_query).await.map_err(Error::from)?;
     let mut out = json!({ "users": users.iter().map(user_json).collect::<Vec<_>>(), "total": total });
     if offset + (users.len() as i64) < total {
         out["next_token"] = json!((offset + users.len() as i64).to_string());
@@ -156,7 +155,7 @@ async fn put_user(
     let admin = require_admin(auth)?;
     let user = parse_user(&app, &user_id)?;
     let req: PutUser = body(&raw)?;
-    let existing = app.db.user(user.as_str()).await.map_err(storage)?;
+    let existing = app.db.user(user.as_str()).await.map_err(Error::from)?;
     // Everything that can refuse the request is checked, and the password hashed, before
     // anything is written; the account's own fields then change in one transaction.
     let hash = match req.password.clone() {
@@ -180,7 +179,7 @@ async fn put_user(
                 Err(StorageError::Conflict) => {
                     return Err(Error::new(ErrorKind::UserInUse, "User ID already taken").into());
                 }
-                Err(e) => return Err(storage(e).into()),
+                Err(e) => return Err(Error::from(e).into()),
             }
             StatusCode::CREATED
         }
@@ -201,7 +200,7 @@ async fn put_user(
                 avatar_url: req.avatar_url.as_deref(),
                 reactivate,
             };
-            app.db.update_user(user.as_str(), &patch).await.map_err(storage)?;
+            app.db.update_user(user.as_str(), &patch).await.map_err(Error::from)?;
             if deactivate {
                 deactivate_account(&app, &user).await?;
             } else if req.displayname.is_some() || req.avatar_url.is_some() {
@@ -255,7 +254,7 @@ async fn reset_password(
     let hash = app.passwords.hash(password).await?;
     let logout =
         if req.logout_devices.unwrap_or(true) { Logout::AllDevicesExcept(None) } else { Logout::Nothing };
-    app.db.set_password(user.as_str(), &hash, logout).await.map_err(storage)?;
+    app.db.set_password(user.as_str(), &hash, logout).await.map_err(Error::from)?;
     Ok(Json(json!({})))
 }
 
@@ -271,7 +270,7 @@ async fn joined_rooms(
         .db
         .memberships_of_user(user.as_str())
         .await
-        .map_err(storage)?
+        .map_err(Error::from)?
         .into_iter()
         .filter(|m| m.membership == "join")
         .map(|m| m.room_id)
@@ -292,7 +291,7 @@ async fn whois(
         return Err(Error::forbidden("You are not a server admin").into());
     }
     let mut devices = Map::new();
-    for device in app.db.devices(user.as_str()).await.map_err(storage)? {
+    for device in app.db.devices(user.as_str()).await.map_err(Error::from)? {
         let connection =
             crate::without_nulls(json!({ "ip": device.last_seen_ip, "last_seen": device.last_seen_ts,
                 "user_agent": device.last_seen_user_agent }));

@@ -33,7 +33,7 @@ use serde_json::{Map, Value, json};
 use crate::{
     App,
     filter::{FilterDefinition, RoomEventFilter, parse_filter, resolve_filter},
-    presence, receipts, storage,
+    presence, receipts,
 };
 use homeserver_rooms::push::PUSH_RULES_TYPE;
 use homeserver_storage::receipts::ReceiptRow;
@@ -139,7 +139,7 @@ async fn build_response(ctx: &SyncContext<'_>) -> Result<(Value, bool), Error> {
     let app = ctx.app;
     let user = ctx.session.user_id.as_str();
     let since = ctx.since.map(|s| s.pos as i64).unwrap_or(0);
-    let memberships = app.db.memberships_of_user(user).await.map_err(storage)?;
+    let memberships = app.db.memberships_of_user(user).await.map_err(Error::from)?;
     let marks = app.stream.marks();
     let changed_rooms: HashSet<String> = if ctx.since.is_none() {
         HashSet::new()
@@ -154,7 +154,7 @@ async fn build_response(ctx: &SyncContext<'_>) -> Result<(Value, bool), Error> {
         app.db
             .rooms_changed_between(user, since, ctx.now)
             .await
-            .map_err(storage)?
+            .map_err(Error::from)?
             .into_iter()
             .map(|(r, _)| r)
             .collect()
@@ -175,7 +175,7 @@ async fn build_response(ctx: &SyncContext<'_>) -> Result<(Value, bool), Error> {
         .collect();
     let mut receipts_by_room: HashMap<String, Vec<ReceiptRow>> = HashMap::new();
     if !receipt_rooms.is_empty() {
-        for r in app.db.receipts_between(&receipt_rooms, since, ctx.now).await.map_err(storage)? {
+        for r in app.db.receipts_between(&receipt_rooms, since, ctx.now).await.map_err(Error::from)? {
             receipts_by_room.entry(r.room_id.clone()).or_default().push(r);
         }
     }
@@ -241,7 +241,7 @@ async fn build_response(ctx: &SyncContext<'_>) -> Result<(Value, bool), Error> {
     let mut global_account_data = Vec::new();
     let mut room_account_data: HashMap<String, Vec<Value>> = HashMap::new();
     let account_data = if marks.changed_after(Mark::AccountData, user, since as u64) {
-        app.db.account_data_since(user, since, ctx.now).await.map_err(storage)?
+        app.db.account_data_since(user, since, ctx.now).await.map_err(Error::from)?
     } else {
         Vec::new()
     };
@@ -313,7 +313,7 @@ async fn presence_events(ctx: &SyncContext<'_>, since: i64) -> Result<Vec<Value>
         .db
         .presence_of_room_mates(user, since, ctx.now)
         .await
-        .map_err(storage)?
+        .map_err(Error::from)?
         .iter()
         .filter(|p| !ctx.ignored.contains(&p.user_id))
         .filter(|p| ctx.filter.presence.allows("m.presence", &p.user_id))
@@ -323,7 +323,7 @@ async fn presence_events(ctx: &SyncContext<'_>, since: i64) -> Result<Vec<Value>
 
 /// The user's membership in a room as of stream position `pos` (None if they had none).
 async fn membership_at(ctx: &SyncContext<'_>, room_id: &RoomId, pos: i64) -> Result<Option<String>, Error> {
-    let Some(latest) = ctx.app.db.latest_room_event(room_id.as_str(), pos).await.map_err(storage)? else {
+    let Some(latest) = ctx.app.db.latest_room_event(room_id.as_str(), pos).await.map_err(Error::from)? else {
         return Ok(None);
     };
     let Some(event_id) =
@@ -376,7 +376,7 @@ async fn timeline(
             .db
             .room_events(room_id.as_str(), cursor, Some(after), Direction::Backward, batch)
             .await
-            .map_err(storage)?;
+            .map_err(Error::from)?;
         exhausted = (rows.len() as i64) < batch;
         if let Some(last) = rows.last() {
             cursor = last.stream_pos - 1;
@@ -412,9 +412,9 @@ async fn state_section(
     let mut rows = if fresh {
         let entries = ctx.app.rooms.state_at_group(start_group).await?;
         let ids: Vec<String> = entries.into_iter().map(|(_, _, id)| id).collect();
-        db.events(&ids).await.map_err(storage)?
+        db.events(&ids).await.map_err(Error::from)?
     } else {
-        let since_group = db.current_state_group_at(room_id.as_str(), since).await.map_err(storage)?;
+        let since_group = db.current_state_group_at(room_id.as_str(), since).await.map_err(Error::from)?;
         let mut ids: Vec<String> = ctx
             .app
             .rooms
@@ -423,7 +423,7 @@ async fn state_section(
             .into_iter()
             .filter_map(|(_, _, id)| id)
             .collect();
-        let end_group = db.current_state_group_at(room_id.as_str(), up_to).await.map_err(storage)?;
+        let end_group = db.current_state_group_at(room_id.as_str(), up_to).await.map_err(Error::from)?;
         if end_group != start_group {
             for (_, _, id) in ctx.app.rooms.state_diff(start_group, end_group).await? {
                 if let Some(id) = id
@@ -434,7 +434,7 @@ async fn state_section(
                 }
             }
         }
-        db.events(&ids).await.map_err(storage)?
+        db.events(&ids).await.map_err(Error::from)?
     };
     if state_filter.lazy_load_members {
         let lazy = &ctx.app.lazy_members;
@@ -466,7 +466,7 @@ async fn state_section(
                     missing.push(id);
                 }
             }
-            rows.extend(db.events(&missing).await.map_err(storage)?);
+            rows.extend(db.events(&missing).await.map_err(Error::from)?);
         }
         if !state_filter.include_redundant_members {
             rows.retain(|r| {
@@ -494,13 +494,13 @@ async fn start_group(
     up_to: i64,
 ) -> Result<i64, Error> {
     let at = timeline.rows.first().map_or(up_to, |first| first.stream_pos - 1);
-    ctx.app.db.current_state_group_at(room_id.as_str(), at).await.map_err(storage)
+    ctx.app.db.current_state_group_at(room_id.as_str(), at).await.map_err(Error::from)
 }
 
 async fn summary(ctx: &SyncContext<'_>, room_id: &RoomId) -> Result<Value, Error> {
     let db = &ctx.app.db;
-    let joined = db.room_members(room_id.as_str(), "join").await.map_err(storage)?;
-    let invited = db.room_members(room_id.as_str(), "invite").await.map_err(storage)?;
+    let joined = db.room_members(room_id.as_str(), "join").await.map_err(Error::from)?;
+    let invited = db.room_members(room_id.as_str(), "invite").await.map_err(Error::from)?;
     let me = ctx.session.user_id.as_str();
     let mut summary = json!({
         "m.joined_member_count": joined.len(),
@@ -627,7 +627,7 @@ async fn stripped_state(ctx: &SyncContext<'_>, room_id: &RoomId) -> Result<Vec<V
 /// A room the user knocked on: its stripped state and the knock itself.
 async fn knocked_room(ctx: &SyncContext<'_>, room_id: &RoomId, m: &MembershipRow) -> Result<Value, Error> {
     let mut events = stripped_state(ctx, room_id).await?;
-    if let Some(row) = ctx.app.db.event(&m.event_id).await.map_err(storage)? {
+    if let Some(row) = ctx.app.db.event(&m.event_id).await.map_err(Error::from)? {
         let mut knock_event = ctx.app.rooms.client_event(&row, Some(viewer(ctx)), RoomIdField::Omit).await?;
         if let Some(obj) = knock_event.as_object_mut() {
             obj.remove("unsigned");
@@ -643,14 +643,14 @@ async fn invited_room(
     m: &MembershipRow,
 ) -> Result<Option<Value>, Error> {
     let app = ctx.app;
-    if let Some(invite) = app.db.event(&m.event_id).await.map_err(storage)?
+    if let Some(invite) = app.db.event(&m.event_id).await.map_err(Error::from)?
         && ctx.ignored.contains(&invite.sender)
     {
         // Invites from ignored users are not shown at all.
         return Ok(None);
     }
     let mut events = stripped_state(ctx, room_id).await?;
-    if let Some(row) = app.db.event(&m.event_id).await.map_err(storage)? {
+    if let Some(row) = app.db.event(&m.event_id).await.map_err(Error::from)? {
         if let Ok(sender) = ruma::UserId::parse(&row.sender)
             && let Some(inviter) =
                 app.rooms.current_state_event(room_id, "m.room.member", sender.as_str()).await?
@@ -688,7 +688,7 @@ async fn left_room(
     // who only rejected an invite or withdrew a knock sees their own event, not the members.
     let user = &ctx.session.user_id;
     let may_read = ctx.app.rooms.may_read_state_at(user, room_id, group).await?
-        || match ctx.app.db.event(&m.event_id).await.map_err(storage)? {
+        || match ctx.app.db.event(&m.event_id).await.map_err(Error::from)? {
             Some(departure) => ctx.app.rooms.may_read_state_around(user, room_id, &departure).await?,
             None => false,
         };

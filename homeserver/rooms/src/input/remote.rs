@@ -27,7 +27,6 @@ use tracing::debug;
 use super::{Extremity, Journal, Outcome, RoomActor, StateKey};
 use crate::{
     auth,
-    cache::storage_error,
     pdu::Pdu,
     redaction,
     remote::{Arrival, IncomingPdu, Verdict, check},
@@ -253,7 +252,7 @@ impl RoomActor {
             }
         }
         if !rest.is_empty() {
-            for row in self.shared.db.dag_events(&rest).await.map_err(storage_error)? {
+            for row in self.shared.db.dag_events(&rest).await.map_err(Error::from)? {
                 if row.room_id != self.room_id.as_str() {
                     continue;
                 }
@@ -418,7 +417,7 @@ impl RoomActor {
             .db
             .state_group_chain_len(group)
             .await
-            .map_err(storage_error)?
+            .map_err(Error::from)?
             .unwrap_or(state_groups::MAX_STATE_CHAIN))
     }
 
@@ -456,7 +455,7 @@ impl RoomActor {
         }
         let mut state: State = match base {
             Some(stored) if stored != 0 => {
-                let rows = self.shared.db.state_group(stored).await.map_err(storage_error)?;
+                let rows = self.shared.db.state_group(stored).await.map_err(Error::from)?;
                 rows.into_iter()
                     .filter_map(|(ty, key, id)| {
                         Some(((StateEventType::from(ty), key), EventId::parse(id).ok()?))
@@ -488,7 +487,7 @@ impl RoomActor {
         let mut next = Some(group).filter(|g| *g != 0);
         while let Some(id) = next {
             let Some(created) = self.batch_groups.get(&id) else {
-                out.extend(self.shared.db.state_group_deltas(id).await.map_err(storage_error)?);
+                out.extend(self.shared.db.state_group_deltas(id).await.map_err(Error::from)?);
                 break;
             };
             let entries = if created.prev_group.is_some() { created.entries.clone() } else { Vec::new() };
@@ -627,7 +626,7 @@ impl RoomActor {
         extremities.push(Extremity { id: pdu.event_id.clone(), depth: pdu.depth, group: after });
         if extremities.len() > 1 {
             let ids: Vec<String> = extremities.iter().map(|x| x.id.to_string()).collect();
-            let referenced = self.shared.db.referenced_in_timeline(&ids).await.map_err(storage_error)?;
+            let referenced = self.shared.db.referenced_in_timeline(&ids).await.map_err(Error::from)?;
             let batch_refs: HashSet<&OwnedEventId> = self
                 .batch_pdus
                 .iter()
