@@ -327,7 +327,14 @@ async fn members(app: App, req: Ruma<get_member_events::v3::Request>) -> Result<
         // 403 otherwise); before the room's first event there were no members.
         readable = match app.db.latest_room_event(room_id.as_str(), bound).await.map_err(Error::from)? {
             Some(row) if app.rooms.may_read_state_around(&req.auth.user_id, room_id, &row).await? => {
-                ReadableState::AsOf { group: row.state_after, pos: row.stream_pos }
+                // The room's current state as of then (not the event's own, which a fork may
+                // have set aside).
+                let group = app
+                    .db
+                    .current_state_group_at(room_id.as_str(), row.stream_pos)
+                    .await
+                    .map_err(Error::from)?;
+                ReadableState::AsOf { group, pos: row.stream_pos }
             }
             Some(_) => return Err(Error::forbidden("You may not see the room at that point").into()),
             None => ReadableState::AsOf { group: 0, pos: 0 },

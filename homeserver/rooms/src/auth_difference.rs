@@ -45,7 +45,15 @@ pub(crate) async fn auth_difference(
     let candidates: Vec<OwnedEventId> =
         union.into_iter().filter(|id| !chains.iter().all(|c| c.contains(*id))).cloned().collect();
     let common: HashSet<OwnedEventId> = common.into_iter().cloned().collect();
-    let covered = descend_to_common(db, &candidates, &common, unstored).await?;
+    let covered = match descend_to_common(db, &candidates, &common, unstored).await? {
+        Some(covered) => covered,
+        // The graph below the candidates is too large to walk down: walk up from the common
+        // events instead (their whole auth chain; slower, never wrong).
+        None => {
+            let common: Vec<OwnedEventId> = common.into_iter().collect();
+            auth_chain(db, &common, unstored).await?
+        }
+    };
     Ok(candidates.into_iter().filter(|id| !covered.contains(id)).collect())
 }
 
@@ -108,17 +116,18 @@ pub(crate) async fn auth_edges(
 
 /// Which of `candidates` a `common` event descends from (through auth edges, the candidate
 /// itself not counting): one level-by-level walk down for all of them, each origin stopping at
-/// its first common descendant.
+/// its first common descendant. `None` when the walk would visit more than [`MAX_VISITED`]
+/// events (rejected events, which no accepted event descends from, are not walked).
 async fn descend_to_common(
     db: &Db,
     candidates: &[OwnedEventId],
     common: &HashSet<OwnedEventId>,
     unstored: &Unstored,
-) -> Result<HashSet<OwnedEventId>, Error> {
+) -> Result<Option<HashSet<OwnedEventId>>, Error> {
     // Unstored events' auth edges, reversed (stored ones come from the index).
     let mut unstored_children: HashMap<&EventId, Vec<&OwnedEventId>> = HashMap::new();
     for (id, pdu) in unstored {
-        if pdu.state_key.is_some() {
+        if pdu.state_key.is_some() && !pdu.rejected {
             for auth in &pdu.auth_events {
                 unstored_children.entry(auth).or_default().push(id);
             }
@@ -163,11 +172,11 @@ async fn descend_to_common(
         });
         visited += next.len();
         if visited > MAX_VISITED {
-            return Err(Error::internal("auth difference: the auth graph below the forks is too large"));
+            return Ok(None);
         }
         frontier = next;
     }
-    Ok(covered)
+    Ok(Some(covered))
 }
 
 #[cfg(test)]

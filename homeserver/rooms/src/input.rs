@@ -750,7 +750,7 @@ impl RoomActor {
         });
         outcome.reservations.push(reservation);
         self.batch_pdus.insert(pdu.event_id.clone(), pdu.clone());
-        let info = remote::DagInfo { state_after: applied.state_after, outlier: false };
+        let info = remote::DagInfo { state_after: applied.state_after, outlier: false, live: true };
         self.batch_info.insert(pdu.event_id.clone(), info);
         self.batch_log.push(remote::BatchEntry::Event(pdu.event_id.clone()));
         outcome.pdus.push(pdu);

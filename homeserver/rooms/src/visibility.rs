@@ -152,12 +152,14 @@ impl Rooms {
         let mut visibility = Visibility::Joined;
         for group in [row.state_after, row.state_before] {
             let hv = match self.state_entry(group, "m.room.history_visibility", "").await? {
-                Some(id) => match EventId::parse(id).ok() {
-                    Some(id) => {
-                        self.cache().get(&id).await?.and_then(|p| p.content_str("history_visibility"))
+                Some(id) => {
+                    // A visibility event that cannot be read shows nothing (fail closed).
+                    let Ok(id) = EventId::parse(id) else { continue };
+                    match self.cache().get(&id).await? {
+                        Some(pdu) => pdu.content_str("history_visibility"),
+                        None => continue,
                     }
-                    None => None,
-                },
+                }
                 None => None,
             };
             visibility = visibility.max(parse_visibility(hv.as_deref()));
@@ -165,11 +167,12 @@ impl Rooms {
         if visibility >= Visibility::Shared {
             return Ok(true);
         }
-        let suffix = format!(":{server}");
         let state = self.state_at_group(row.state_after).await?;
         let member_ids: Vec<ruma::OwnedEventId> = state
             .iter()
-            .filter(|(ty, key, _)| ty == "m.room.member" && key.ends_with(&suffix))
+            .filter(|(ty, key, _)| {
+                ty == "m.room.member" && UserId::parse(key.as_str()).is_ok_and(|u| u.server_name() == server)
+            })
             .filter_map(|(_, _, id)| EventId::parse(id).ok())
             .collect();
         let members = self.cache().get_many(&member_ids).await?;

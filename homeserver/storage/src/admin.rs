@@ -173,6 +173,8 @@ impl Db {
             format!("DELETE FROM txn_ids WHERE event_id {by_event}"),
             "DELETE FROM state_group_entries WHERE group_id IN (SELECT group_id FROM state_groups WHERE room_id = $1)"
                 .to_owned(),
+            "DELETE FROM state_group_parents WHERE group_id IN (SELECT group_id FROM state_groups WHERE room_id = $1)"
+                .to_owned(),
         ];
         if self.engine() == Engine::Sqlite {
             statements.push(
@@ -186,6 +188,8 @@ impl Db {
             "current_state",
             "memberships",
             "room_extremities",
+            "room_backward_extremities",
+            "room_state_history",
             "room_aliases",
             "receipts",
             "event_push_actions",

@@ -48,7 +48,7 @@ impl Db {
         for chunk in events.chunks(1_000) {
             let sql = format!(
                 "SELECT a.auth_event_id, a.event_id FROM event_auth a JOIN events e ON e.event_id = a.event_id \
-                 WHERE a.auth_event_id IN ({}) AND e.state_key IS NOT NULL",
+                 WHERE a.auth_event_id IN ({}) AND e.state_key IS NOT NULL AND e.rejected = 0",
                 placeholders(1, chunk.len())
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
@@ -62,14 +62,15 @@ impl Db {
         Ok(out)
     }
 
-    /// Which of `events` a timeline event (not rejected, soft-failed or an outlier) names as a
-    /// prev event.
+    /// Which of `events` a live timeline event (not backfilled, rejected, soft-failed or an
+    /// outlier) names as a prev event.
     pub async fn referenced_in_timeline(&self, events: &[String]) -> Result<HashSet<String>> {
         let mut out = HashSet::new();
         for chunk in events.chunks(500) {
             let sql = format!(
                 "SELECT DISTINCT ee.prev_event_id FROM event_edges ee JOIN events e ON e.event_id = ee.event_id \
-                 WHERE ee.prev_event_id IN ({}) AND e.rejected = 0 AND e.soft_failed = 0 AND e.outlier = 0",
+                 WHERE ee.prev_event_id IN ({}) AND e.stream_pos > 0 AND e.rejected = 0 AND e.soft_failed = 0 \
+                 AND e.outlier = 0",
                 placeholders(1, chunk.len())
             );
             let mut q = sqlx::query_scalar(AssertSqlSafe(sql));

@@ -323,11 +323,11 @@ async fn presence_events(ctx: &SyncContext<'_>, since: i64) -> Result<Vec<Value>
 
 /// The user's membership in a room as of stream position `pos` (None if they had none).
 async fn membership_at(ctx: &SyncContext<'_>, room_id: &RoomId, pos: i64) -> Result<Option<String>, Error> {
-    let Some(latest) = ctx.app.db.latest_room_event(room_id.as_str(), pos).await.map_err(Error::from)? else {
-        return Ok(None);
-    };
+    // The room's current state then, not the newest event's own (which may sit on a fork that
+    // resolution set aside).
+    let group = ctx.app.db.current_state_group_at(room_id.as_str(), pos).await.map_err(Error::from)?;
     let Some(event_id) =
-        ctx.app.rooms.state_entry(latest.state_after, "m.room.member", ctx.session.user_id.as_str()).await?
+        ctx.app.rooms.state_entry(group, "m.room.member", ctx.session.user_id.as_str()).await?
     else {
         return Ok(None);
     };
@@ -415,25 +415,33 @@ async fn state_section(
         db.events(&ids).await.map_err(Error::from)?
     } else {
         let since_group = db.current_state_group_at(room_id.as_str(), since).await.map_err(Error::from)?;
-        let mut ids: Vec<String> = ctx
-            .app
-            .rooms
-            .state_diff(since_group, start_group)
-            .await?
-            .into_iter()
-            .filter_map(|(_, _, id)| id)
-            .collect();
+        // One event per key: what the client lacks at the timeline's start, replaced by what a
+        // merge within the timeline's range set the key to at its end.
+        let mut by_key: HashMap<(String, String), String> = HashMap::new();
+        for (ty, key, id) in ctx.app.rooms.state_diff(since_group, start_group).await? {
+            if let Some(id) = id {
+                by_key.insert((ty, key), id);
+            }
+        }
         let end_group = db.current_state_group_at(room_id.as_str(), up_to).await.map_err(Error::from)?;
         if end_group != start_group {
-            for (_, _, id) in ctx.app.rooms.state_diff(start_group, end_group).await? {
-                if let Some(id) = id
-                    && !timeline.rows.iter().any(|r| r.event_id == id)
-                    && !ids.contains(&id)
-                {
-                    ids.push(id);
+            for (ty, key, id) in ctx.app.rooms.state_diff(start_group, end_group).await? {
+                // A key the timeline's own events end on needs nothing more.
+                let last_in_timeline = timeline
+                    .rows
+                    .iter()
+                    .rev()
+                    .find(|r| r.event_type == ty && r.state_key.as_deref() == Some(key.as_str()))
+                    .map(|r| r.event_id.clone());
+                match id {
+                    Some(id) if last_in_timeline.as_deref() != Some(id.as_str()) => {
+                        by_key.insert((ty, key), id);
+                    }
+                    _ => {}
                 }
             }
         }
+        let ids: Vec<String> = by_key.into_values().collect();
         db.events(&ids).await.map_err(Error::from)?
     };
     if state_filter.lazy_load_members {

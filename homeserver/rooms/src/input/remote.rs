@@ -40,6 +40,8 @@ pub(super) struct DagInfo {
     /// The state group after the event (0 for outliers).
     pub state_after: i64,
     pub outlier: bool,
+    /// Accepted into the live timeline (not backfilled, soft-failed or rejected).
+    pub live: bool,
 }
 
 /// What a command added to the batch's working sets, so a failed command can take it back.
@@ -162,8 +164,9 @@ impl RoomActor {
             let pos = reservation.first() as i64;
             outcome.reservations.push(reservation);
             self.record(&pdu, pos, groups, Status::Shown, replaces_outlier, redacts, outcome);
-            self.advance_remote_extremities(&pdu, after_group, outcome).await?;
-            self.recompute_current(&pdu, before_group, after_group, pos, outcome, journal).await?;
+            let capped = self.advance_remote_extremities(&pdu, after_group, outcome).await?;
+            let groups = (before_group, after_group);
+            self.recompute_current(&pdu, groups, capped, pos, outcome, journal).await?;
             outcome.woken.push(pdu.sender.clone());
             self.derive_effects(&pdu, pos, outcome).await?;
         } else {
@@ -213,6 +216,7 @@ impl RoomActor {
         outcome: &mut Outcome,
     ) {
         let outlier = matches!(status, Status::Outlier | Status::Rejected { outlier: true, .. });
+        let status_live = matches!(status, Status::Shown) && pos > 0;
         outcome.plan.events.push(NewEvent {
             redacts: redacts.map(|r| r.to_string()),
             outlier,
@@ -224,7 +228,7 @@ impl RoomActor {
             replaces_outlier,
             ..super::new_event(pdu, pos, (state_before, state_after))
         });
-        self.batch_info.insert(pdu.event_id.clone(), DagInfo { state_after, outlier });
+        self.batch_info.insert(pdu.event_id.clone(), DagInfo { state_after, outlier, live: status_live });
         self.batch_pdus.insert(pdu.event_id.clone(), pdu.clone());
         self.batch_log.push(BatchEntry::Event(pdu.event_id.clone()));
         outcome.pdus.push(pdu.clone());
@@ -257,7 +261,11 @@ impl RoomActor {
                     continue;
                 }
                 if let Ok(id) = EventId::parse(&row.event_id) {
-                    out.insert(id, DagInfo { state_after: row.state_after, outlier: row.outlier });
+                    let live = row.stream_pos > 0
+                        && !row.outlier
+                        && !row.soft_failed
+                        && row.rejected_reason.is_none();
+                    out.insert(id, DagInfo { state_after: row.state_after, outlier: row.outlier, live });
                 }
             }
         }
@@ -615,12 +623,14 @@ impl RoomActor {
     /// Forward extremities after an accepted live event: (old ∪ {e}) − prev(e), without those
     /// events already in the timeline reference (an event fetched late to fill a gap, an
     /// extremity backfilled history continues from), at most [`MAX_EXTREMITIES`] (the deepest).
+    /// Returns whether the cap dropped any: their forks then live on only in the old current
+    /// state, which the next resolution must include.
     async fn advance_remote_extremities(
         &mut self,
         pdu: &Pdu,
         after: i64,
         outcome: &mut Outcome,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let mut extremities = self.loaded().extremities.clone();
         extremities.retain(|x| !pdu.prev_events.contains(&x.id));
         extremities.push(Extremity { id: pdu.event_id.clone(), depth: pdu.depth, group: after });
@@ -630,7 +640,7 @@ impl RoomActor {
             let batch_refs: HashSet<&OwnedEventId> = self
                 .batch_pdus
                 .iter()
-                .filter(|(id, _)| self.batch_info.get(*id).is_some_and(|i| !i.outlier))
+                .filter(|(id, _)| self.batch_info.get(*id).is_some_and(|i| i.live))
                 .flat_map(|(_, p)| p.prev_events.iter())
                 .collect();
             let kept: Vec<Extremity> = extremities
@@ -641,12 +651,16 @@ impl RoomActor {
             if !kept.is_empty() {
                 extremities = kept;
             }
-            extremities.sort_by_key(|x| std::cmp::Reverse(x.depth));
-            extremities.truncate(MAX_EXTREMITIES);
+        }
+        // Over the cap, the earliest arrivals go (depth is the sender's claim, arrival is ours).
+        let capped = extremities.len() > MAX_EXTREMITIES;
+        if capped {
+            let excess = extremities.len() - MAX_EXTREMITIES;
+            extremities.drain(..excess);
         }
         outcome.plan.extremities = Some(extremities.iter().map(|x| x.id.to_string()).collect());
         self.loaded.as_mut().expect("loaded").extremities = extremities;
-        Ok(())
+        Ok(capped)
     }
 
     /// The current state after an accepted live event: the resolved state at the forward
@@ -654,8 +668,8 @@ impl RoomActor {
     async fn recompute_current(
         &mut self,
         pdu: &Pdu,
-        before: i64,
-        after: i64,
+        (before, after): (i64, i64),
+        keep_current: bool,
         pos: i64,
         outcome: &mut Outcome,
         journal: &mut Journal,
@@ -674,18 +688,23 @@ impl RoomActor {
             }
             return Ok(());
         }
-        self.resolve_current(pos, outcome, journal).await
+        self.resolve_current(keep_current, pos, outcome, journal).await
     }
 
-    /// Makes the current state the resolved state at the forward extremities.
+    /// Makes the current state the resolved state at the forward extremities (and the old
+    /// current state, when extremities were dropped that only it still reflects).
     async fn resolve_current(
         &mut self,
+        keep_current: bool,
         pos: i64,
         outcome: &mut Outcome,
         journal: &mut Journal,
     ) -> Result<(), Error> {
         let current = self.loaded().group;
-        let groups: BTreeSet<i64> = self.loaded().extremities.iter().map(|x| x.group).collect();
+        let mut groups: BTreeSet<i64> = self.loaded().extremities.iter().map(|x| x.group).collect();
+        if keep_current {
+            groups.insert(current);
+        }
         let new_group = self.materialise(self.resolve_groups(groups).await?, outcome).await?;
         if new_group == current {
             return Ok(());
@@ -784,8 +803,9 @@ enum Unplaceable {
 
 /// The most state events a caller may supply for the state before an event.
 const MAX_SUPPLIED_STATE: usize = 200_000;
-/// The most forward extremities a room keeps: beyond, the shallowest are dropped (local events
-/// reference the deepest, so they merge the rest over time).
+/// The most forward extremities a room keeps: beyond, the earliest arrivals are dropped (their
+/// forks stay in the current state, which the resolution then includes; local events reference
+/// the deepest extremities, so they merge the rest over time).
 const MAX_EXTREMITIES: usize = 50;
 
 /// Sets (or, without event, removes) one entry of a state.

@@ -484,17 +484,24 @@ async fn backfilled_history_sorts_before_what_the_room_shows_and_is_never_new_in
     assert!(since.is_empty(), "an incremental sync sees nothing new: {}", since.len());
     assert!(backward_extremities(&obs, &fixture).await.is_empty(), "the gap is closed");
     // Backfill leaves the live edge alone: the setup's last event stays a forward extremity
-    // until the next live event, which finds it referenced by the history and drops it.
-    let mut extremities = obs.db.room_extremities(fixture.room().as_str()).await.unwrap();
-    extremities.sort();
+    // (history that names it does not retire it — a backfill response must not be able to drop
+    // a fork from the current state); the next local event merges it away.
+    let extremities = |obs: &Observer| {
+        let room = fixture.room();
+        let db = obs.db.clone();
+        async move {
+            let mut ids = db.room_extremities(room.as_str()).await.unwrap();
+            ids.sort();
+            ids
+        }
+    };
     let mut expected = vec![fixture.id("base").to_string(), fixture.id("m509").to_string()];
     expected.sort();
-    assert_eq!(extremities, expected);
+    assert_eq!(extremities(&obs).await, expected);
     assert!(matches!(obs.one(&fixture, "m510", Arrival::Live).await, Verdict::Accepted(_)));
-    assert_eq!(
-        obs.db.room_extremities(fixture.room().as_str()).await.unwrap(),
-        vec![fixture.id("m510").to_string()]
-    );
+    let mut expected = vec![fixture.id("base").to_string(), fixture.id("m510").to_string()];
+    expected.sort();
+    assert_eq!(extremities(&obs).await, expected);
     let members = obs.memberships(&fixture).await;
     assert_eq!(members.len(), 3, "{members:?}");
 }
@@ -525,4 +532,31 @@ async fn supplied_state_must_be_one_event_per_key_of_this_room() {
     let verdicts = obs.rooms.receive_remote(&fixture.room(), vec![event], Arrival::Live).await.unwrap();
     assert_eq!(verdicts[0], Verdict::Missing(fixture.id("x_power"), vec![fixture.id("x_topic")]));
     assert!(obs.db.dag_events(&[fixture.id("x_power").to_string()]).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn capping_the_forward_extremities_keeps_every_fork_in_the_current_state() {
+    let mut b = Builder::room_with_members(RoomVersionId::V12);
+    for i in 0..55 {
+        let key = format!("k{i}");
+        b.event(
+            &format!("f{i}"),
+            "@bob:b.test",
+            "org.lattice.fork",
+            Some(&key),
+            json!({ "i": i }),
+            &["base"],
+            None,
+        );
+    }
+    let fixture = b.fixture();
+    let obs = Observer::new(&fixture).await;
+    let verdicts = obs.deliver(&fixture, &fixture.labels(), Arrival::Live).await;
+    assert!(verdicts.values().all(|v| matches!(v, Verdict::Accepted(_))), "{verdicts:?}");
+    assert_eq!(obs.db.room_extremities(fixture.room().as_str()).await.unwrap().len(), 50);
+    let state = obs.current_state(&fixture).await;
+    for i in 0..55 {
+        let key = ("org.lattice.fork".to_owned(), format!("k{i}"));
+        assert_eq!(state.get(&key), Some(&fixture.id(&format!("f{i}")).to_string()), "fork {i} kept");
+    }
 }
