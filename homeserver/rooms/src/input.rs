@@ -191,6 +191,8 @@ pub(crate) struct RoomActor {
     batch_resolved: HashMap<Vec<i64>, i64>,
     /// What each command added to the batch's working sets, in order (for rollback).
     batch_log: Vec<remote::BatchEntry>,
+    /// Positions reserved for the history a backfill command applies, lowest first.
+    outside_block: Option<std::ops::Range<i64>>,
 }
 
 impl RoomActor {
@@ -208,6 +210,7 @@ impl RoomActor {
             batch_state_maps: HashMap::new(),
             batch_resolved: HashMap::new(),
             batch_log: Vec::new(),
+            outside_block: None,
         };
         tokio::spawn(actor.run(rx));
         tx

@@ -48,6 +48,12 @@ pub(crate) struct OutsidePositions {
 
 impl OutsidePositions {
     pub(crate) async fn next(&self, db: &Db) -> Result<i64, Error> {
+        Ok(self.block(db, 1).await?.start)
+    }
+
+    /// `n` consecutive positions below every one handed out so far, lowest first: a batch of
+    /// history applied oldest first keeps its order among events of equal depth.
+    pub(crate) async fn block(&self, db: &Db, n: usize) -> Result<std::ops::Range<i64>, Error> {
         let counter = self
             .next
             .get_or_try_init(|| async {
@@ -55,7 +61,9 @@ impl OutsidePositions {
                 Ok::<_, Error>(AtomicI64::new(min - 1))
             })
             .await?;
-        Ok(counter.fetch_sub(1, Ordering::Relaxed))
+        let n = n.max(1) as i64;
+        let highest = counter.fetch_sub(n, Ordering::Relaxed);
+        Ok(highest - n + 1..highest + 1)
     }
 }
 

@@ -68,11 +68,25 @@ impl RoomActor {
         outcome: &mut Outcome,
         journal: &mut Journal,
     ) -> Result<(), Error> {
+        // History takes its positions as one block, in the order it is applied.
+        self.outside_block = match arrival {
+            Arrival::Backfill => {
+                Some(self.shared.outside_positions.block(&self.shared.db, pdus.len()).await?)
+            }
+            _ => None,
+        };
+        let mut result = Ok(());
         for incoming in pdus {
-            let verdict = self.ingest_one(incoming, arrival, outcome, journal).await?;
-            outcome.verdicts.push(verdict);
+            match self.ingest_one(incoming, arrival, outcome, journal).await {
+                Ok(verdict) => outcome.verdicts.push(verdict),
+                Err(err) => {
+                    result = Err(err);
+                    break;
+                }
+            }
         }
-        Ok(())
+        self.outside_block = None;
+        result
     }
 
     async fn ingest_one(
@@ -235,7 +249,12 @@ impl RoomActor {
     }
 
     /// A position outside the live stream (below zero).
-    async fn outside_position(&self) -> Result<i64, Error> {
+    async fn outside_position(&mut self) -> Result<i64, Error> {
+        if let Some(block) = &mut self.outside_block
+            && let Some(pos) = block.next()
+        {
+            return Ok(pos);
+        }
         self.shared.outside_positions.next(&self.shared.db).await
     }
 

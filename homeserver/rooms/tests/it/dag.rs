@@ -560,3 +560,25 @@ async fn capping_the_forward_extremities_keeps_every_fork_in_the_current_state()
         assert_eq!(state.get(&key), Some(&fixture.id(&format!("f{i}")).to_string()), "fork {i} kept");
     }
 }
+
+#[tokio::test]
+async fn a_backfill_batch_keeps_its_order_and_an_older_batch_sorts_before_it() {
+    let mut b = Builder::room_with_members(RoomVersionId::V12);
+    for label in ["h1", "h2", "h3"] {
+        let body = json!({ "msgtype": "m.text", "body": label });
+        b.event(label, "@bob:b.test", "m.room.message", None, body, &["base"], None);
+    }
+    let fixture = b.fixture();
+    let obs = Observer::new(&fixture).await;
+    let setup =
+        ["create", "alice_join", "power", "join_rules", "bob_join", "base"].map(String::from).to_vec();
+    obs.deliver(&fixture, &setup, Arrival::Live).await;
+    // Three events of equal depth: h1 and h2 come in one backfill response, h3 in a later one
+    // (history fetched further back sorts before what was fetched earlier).
+    let batch = vec![fixture.pdu("h1"), fixture.pdu("h2")];
+    let verdicts = obs.rooms.receive_remote(&fixture.room(), batch, Arrival::Backfill).await.unwrap();
+    assert!(verdicts.iter().all(|v| matches!(v, Verdict::Accepted(_))), "{verdicts:?}");
+    assert!(matches!(obs.one(&fixture, "h3", Arrival::Backfill).await, Verdict::Accepted(_)));
+    let timeline = obs.timeline(&fixture).await;
+    assert_eq!(&timeline[timeline.len() - 3..], ["h3", "h1", "h2"], "{timeline:?}");
+}
