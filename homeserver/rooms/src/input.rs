@@ -702,9 +702,8 @@ impl RoomActor {
         journal: &mut Journal,
     ) -> Result<(), Error> {
         let rules = self.loaded().rules.clone();
-        let mut events = auth::AuthEvents::default();
-        let mut wanted: Vec<(StateKey, OwnedEventId)> = Vec::new();
-        let keys = auth::auth_state_keys(
+        // A malformed event is the client's bad JSON, not a forbidden one.
+        auth::auth_state_keys(
             pdu.kind.to_string().as_str(),
             &pdu.sender,
             pdu.state_key.as_deref(),
@@ -712,23 +711,8 @@ impl RoomActor {
             &rules.authorization,
         )
         .map_err(|reason| Error::bad_json(format!("invalid event: {reason}")))?;
-        {
-            let l = self.loaded();
-            for key in keys.into_iter().chain([(StateEventType::RoomCreate, String::new())]) {
-                if let Some(id) = l.state.get(&key) {
-                    wanted.push((key, id.clone()));
-                }
-            }
-        }
-        let ids: Vec<OwnedEventId> =
-            wanted.iter().map(|(_, id)| id.clone()).chain(pdu.auth_events.iter().cloned()).collect();
-        let fetched = self.events(&ids).await?;
-        for (key, id) in wanted {
-            if let Some(ev) = fetched.get(&id) {
-                events.by_key.insert(key, ev.clone());
-            }
-        }
-        events.by_id = fetched;
+        let own = self.events(&pdu.auth_events).await?;
+        let events = self.auth_events_at(self.loaded().group, &pdu, &own).await?;
         auth::check(&rules.authorization, &pdu, &events).map_err(Error::forbidden)?;
         self.check_relation(&pdu).await?;
         let redacts = self.redaction_effect(&pdu).await?;

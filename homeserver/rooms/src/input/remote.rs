@@ -577,8 +577,9 @@ impl RoomActor {
         crate::Rooms { shared: self.shared.clone() }.state_entry(root.group_id, ty, key).await
     }
 
-    /// The events the auth rules consult for `pdu` in the state of `group`.
-    async fn auth_events_at(
+    /// The events the auth rules consult for `pdu` in the state of `group` (by key, and by id
+    /// with `by_id`, the event's own auth events), for local and remote events alike.
+    pub(super) async fn auth_events_at(
         &self,
         group: i64,
         pdu: &Pdu,
@@ -618,6 +619,8 @@ impl RoomActor {
                 events.by_key.insert(key, ev.clone());
             }
         }
+        // The state events are reachable by id too (a v12 room's create event is never listed).
+        events.by_id.extend(fetched);
         Ok(events)
     }
 
