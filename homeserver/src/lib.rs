@@ -179,7 +179,7 @@ impl Server {
                 anonymous: limit(rl.enabled, rl.anonymous_per_second, rl.anonymous_burst),
             },
             max_sync_timeout_ms: config.sync.max_timeout_ms,
-            presence: homeserver_client_api::presence::PresenceSettings {
+            presence: homeserver_live::presence::PresenceSettings {
                 enabled: config.presence.enabled,
                 offline_after: Duration::from_millis(config.presence.offline_after_ms),
                 idle_after: Duration::from_millis(config.presence.idle_after_ms),

@@ -32,7 +32,9 @@ use ruma::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::{App, account_data::ignored_users, filter::RoomEventFilter, paging, ratelimit::Action};
+use homeserver_sync::filter::RoomEventFilter;
+
+use crate::{App, paging, ratelimit::Action};
 
 /// Paths for state with an empty state key, which ruma's templates (ending in `{state_key}`)
 /// cannot match.
@@ -100,7 +102,7 @@ async fn send_message(app: App, req: Ruma<send_message_event::v3::Request>) -> R
             Err(e) => Err(Error::from(e).into()),
         };
     }
-    crate::presence::activity(&app, &session.user_id).await;
+    app.live.presence.activity(&session.user_id).await;
     let content = content_object(&req.raw_body)?;
     let event_id = app.rooms.send_message(room_id, &session.user_id, &kind, content, Some(txn)).await?;
     Ok(JsonBody(json!({ "event_id": event_id })))
@@ -116,7 +118,7 @@ async fn send_without_txn(
 ) -> Result<axum::Json<Value>, ApiError> {
     let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("invalid room id"))?;
     app.limit(Action::Message, session.user_id.as_str())?;
-    crate::presence::activity(&app, &session.user_id).await;
+    app.live.presence.activity(&session.user_id).await;
     let content = content_object(&body)?;
     let event_id = app.rooms.send_message(&room_id, &session.user_id, &event_type, content, None).await?;
     Ok(axum::Json(json!({ "event_id": event_id })))
@@ -126,7 +128,7 @@ async fn send_without_txn(
 async fn put_state(app: App, req: Ruma<send_state_event::v3::Request>) -> Result<JsonBody, ApiError> {
     let session = &req.auth;
     app.limit(Action::Message, session.user_id.as_str())?;
-    crate::presence::activity(&app, &session.user_id).await;
+    app.live.presence.activity(&session.user_id).await;
     let content = content_object(&req.raw_body)?;
     if req.body.event_type.to_string() == "m.room.member" {
         // Membership changes take the membership path, with all its rules, as Synapse does.
@@ -286,7 +288,7 @@ async fn redact(app: App, req: Ruma<redact_event::v3::Request>) -> Result<JsonBo
         return Ok(JsonBody(json!({ "event_id": event_id })));
     }
     app.limit(Action::Message, session.user_id.as_str())?;
-    crate::presence::activity(&app, &session.user_id).await;
+    app.live.presence.activity(&session.user_id).await;
     if !app.rooms.is_joined(room_id, &session.user_id).await? {
         return Err(Error::forbidden("You are not in this room").into());
     }
@@ -460,7 +462,7 @@ async fn messages(app: App, req: Ruma<get_message_events::v3::Request>) -> Resul
         Direction::Backward => paging::before(r),
         Direction::Forward => paging::after(r),
     });
-    let ignored = ignored_users(&app, session.user_id.as_str()).await?;
+    let ignored = app.live.ignore_lists.of(session.user_id.as_str()).await?;
     let rows: Vec<EventRow> =
         rows.into_iter().filter(|r| filter.allows_row(r) && !ignored.hides(r)).collect();
     let rows = app.rooms.filter_visible(&session.user_id, rows).await?;
@@ -503,7 +505,7 @@ async fn context(app: App, req: Ruma<get_context::v3::Request>) -> Result<JsonBo
     let after = page(row.topo(), Direction::Forward, after_limit).await.map_err(Error::from)?;
     let start = paging::before(before.last().unwrap_or(&row));
     let end = paging::after(after.last().unwrap_or(&row));
-    let ignored = ignored_users(&app, session.user_id.as_str()).await?;
+    let ignored = app.live.ignore_lists.of(session.user_id.as_str()).await?;
     let keep = |rows: Vec<EventRow>| {
         rows.into_iter().filter(|r| filter.allows_row(r) && !ignored.hides(r)).collect::<Vec<_>>()
     };

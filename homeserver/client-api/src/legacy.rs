@@ -62,7 +62,7 @@ async fn messages(
         .map_err(Error::from)?;
     rows.reverse();
     let start = rows.first().map(|r| r.stream_pos - 1).unwrap_or(up_to);
-    let ignored = crate::account_data::ignored_users(app, session.user_id.as_str()).await?;
+    let ignored = app.live.ignore_lists.of(session.user_id.as_str()).await?;
     rows.retain(|r| !ignored.hides(r));
     let rows = app.rooms.filter_visible(&session.user_id, rows).await?;
     let chunk = app.rooms.client_events(&rows, Some(viewer(session)), RoomIdField::Include).await?;
@@ -233,7 +233,7 @@ async fn events_since(
         );
     }
     rows.sort_by_key(|r| r.stream_pos);
-    let ignored = crate::account_data::ignored_users(app, session.user_id.as_str()).await?;
+    let ignored = app.live.ignore_lists.of(session.user_id.as_str()).await?;
     rows.retain(|r| !ignored.hides(r));
     app.rooms.filter_visible(&session.user_id, rows).await
 }

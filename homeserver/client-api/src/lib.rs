@@ -8,7 +8,10 @@
 //! - [`rooms`]: creation, membership, aliases, the public room directory.
 //! - [`events`]: sending, state, redaction, and reading events (`/event`, `/members`,
 //!   `/messages`, `/context`).
-//! - [`sync`]: `/sync` (initial, incremental, long-poll) and [`filter`], [`account_data`].
+//! - [`sync`]: `/sync`, whose response `homeserver-sync` computes; [`filter`] stores filters,
+//!   [`account_data`] checks and stores account data.
+//! - [`typing`], [`presence`], [`receipts`]: the handlers in front of `homeserver-live`, which
+//!   owns the live state (typing, presence, unread counts, ignore lists) they and sync share.
 //! - [`ratelimit`]: token buckets per action (Synapse's `rc_*`); [`passwords`]: every password
 //!   hash and check, rate-limited per account and address, with bounded concurrency.
 //!
@@ -41,7 +44,6 @@ pub mod tags;
 pub mod timestamp;
 pub mod typing;
 pub mod uia;
-pub mod unread;
 pub mod upgrade;
 pub mod user_directory;
 
@@ -50,8 +52,10 @@ use std::sync::Arc;
 use axum::Router;
 use homeserver_core::{Error, ErrorKind, ids::hash_token, streams::EventStream};
 use homeserver_http::{AuthState, Session};
+use homeserver_live::{Live, presence::PresenceSettings};
 use homeserver_rooms::Rooms;
 use homeserver_storage::Db;
+use homeserver_sync::Syncer;
 use ruma::{OwnedServerName, UserId};
 
 use crate::ratelimit::{Action, RateLimiter, RateLimits};
@@ -73,7 +77,7 @@ pub struct ClientConfig {
     /// Secret for Synapse-style shared-secret registration (`/_synapse/admin/v1/register`).
     pub registration_shared_secret: Option<String>,
     /// Whether presence is tracked and delivered, and its timings.
-    pub presence: presence::PresenceSettings,
+    pub presence: PresenceSettings,
     /// Whether the user directory finds every user (not only room mates and public rooms).
     pub search_all_users: bool,
     /// Registered application services (their exclusive namespaces are reserved).
@@ -90,7 +94,7 @@ impl ClientConfig {
             rate_limits: RateLimits::default(),
             max_sync_timeout_ms: 60_000,
             registration_shared_secret: None,
-            presence: presence::PresenceSettings::default(),
+            presence: PresenceSettings::default(),
             search_all_users: false,
             appservices: Vec::new(),
         }
@@ -109,11 +113,9 @@ pub struct AppInner {
     pub limiter: RateLimiter,
     pub passwords: passwords::Passwords,
     pub nonces: admin::Nonces,
-    pub lazy_members: sync::lazy::LazyMemberCache,
-    pub typing: Arc<typing::Typing>,
-    pub presence: Arc<presence::PresenceTracker>,
-    pub unread: unread::UnreadCache,
-    pub ignore_lists: account_data::IgnoreLists,
+    /// Typing, presence, unread counts, ignore lists, account-data writes.
+    pub live: Live,
+    pub syncer: Syncer,
 }
 
 impl std::ops::Deref for App {
@@ -134,27 +136,9 @@ impl App {
         let limiter = RateLimiter::new();
         let passwords = passwords::Passwords::new(config.rate_limits.password);
         let nonces = admin::Nonces::default();
-        let lazy_members = sync::lazy::LazyMemberCache::default();
-        let typing = typing::Typing::start(stream.clone());
-        let presence = presence::PresenceTracker::new(config.presence);
-        let app = App(Arc::new(AppInner {
-            config,
-            db,
-            rooms,
-            stream,
-            limiter,
-            passwords,
-            nonces,
-            lazy_members,
-            typing,
-            presence,
-            unread: unread::UnreadCache::default(),
-            ignore_lists: account_data::IgnoreLists::default(),
-        }));
-        if app.presence.enabled {
-            tokio::spawn(presence::presence_timers(app.clone()));
-        }
-        app
+        let live = Live::start(db.clone(), stream.clone(), config.presence);
+        let syncer = Syncer::new(db.clone(), rooms.clone(), live.clone());
+        App(Arc::new(AppInner { config, db, rooms, stream, limiter, passwords, nonces, live, syncer }))
     }
 
     pub fn server_name(&self) -> &ruma::ServerName {

@@ -22,7 +22,7 @@ use ruma::{
 };
 use serde_json::{Value, json};
 
-use crate::{App, account_data::update_account_data};
+use crate::App;
 
 pub fn routes(router: Router<App>) -> Router<App> {
     router
@@ -59,11 +59,14 @@ pub(crate) async fn update(
     user: &UserId,
     change: impl FnOnce(&mut Ruleset) -> Result<bool, Error>,
 ) -> Result<(), Error> {
-    let written = update_account_data(app, user, "", PUSH_RULES_TYPE, |stored| {
-        let mut rules = stored_ruleset(user, stored);
-        Ok(change(&mut rules)?.then(|| json!({ "global": rules }).to_string()))
-    })
-    .await?;
+    let written = app
+        .live
+        .account_data
+        .update(user, "", PUSH_RULES_TYPE, |stored| {
+            let mut rules = stored_ruleset(user, stored);
+            Ok(change(&mut rules)?.then(|| json!({ "global": rules }).to_string()))
+        })
+        .await?;
     if written {
         app.rooms.push_rules().invalidate(user);
     }
@@ -199,7 +202,7 @@ async fn notifications(app: App, req: Ruma<get_notifications::v3::Request>) -> R
     let formatted = app.rooms.client_events(&events, Some(viewer), RoomIdField::Include).await?;
     let by_id: std::collections::HashMap<&str, (&homeserver_storage::events::EventRow, &Value)> =
         events.iter().zip(formatted.iter()).map(|(e, f)| (e.event_id.as_str(), (e, f))).collect();
-    let ignored = crate::account_data::ignored_users(&app, session.user_id.as_str()).await?;
+    let ignored = app.live.ignore_lists.of(session.user_id.as_str()).await?;
     let mut receipts_of_room = std::collections::HashMap::new();
     let mut out = Vec::new();
     for row in &rows {

@@ -18,9 +18,9 @@ use ruma::{
     EventId, RoomId,
     api::client::{read_marker::set_read_marker, receipt::create_receipt},
 };
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-use crate::{App, account_data::update_account_data};
+use crate::App;
 
 pub fn routes(router: Router<App>) -> Router<App> {
     router.ruma_route(post_receipt).ruma_route(post_read_markers)
@@ -105,13 +105,16 @@ async fn set_fully_read(
             return Ok(());
         }
         let content = json!({ "event_id": event_id }).to_string();
-        let outcome = update_account_data(app, &session.user_id, room_id.as_str(), "m.fully_read", |now| {
-            if now != stored.as_deref() {
-                return Err(Error::new(ErrorKind::Conflict, "the read marker moved meanwhile"));
-            }
-            Ok(Some(content))
-        })
-        .await;
+        let outcome = app
+            .live
+            .account_data
+            .update(&session.user_id, room_id.as_str(), "m.fully_read", |now| {
+                if now != stored.as_deref() {
+                    return Err(Error::new(ErrorKind::Conflict, "the read marker moved meanwhile"));
+                }
+                Ok(Some(content))
+            })
+            .await;
         match outcome {
             Err(err) if err.kind == ErrorKind::Conflict => continue,
             other => return other.map(|_| ()),
@@ -134,7 +137,7 @@ async fn require_joined(app: &App, session: &Session, room_id: &RoomId) -> Resul
 async fn post_receipt(app: App, req: Ruma<create_receipt::v3::Request>) -> Result<JsonBody, ApiError> {
     let room_id = &req.body.room_id;
     require_joined(&app, &req.auth, room_id).await?;
-    crate::presence::activity(&app, &req.auth.user_id).await;
+    app.live.presence.activity(&req.auth.user_id).await;
     let receipt_type = req.body.receipt_type.to_string();
     let body: Value = serde_json::from_slice(&req.raw_body).unwrap_or_default();
     let thread_id = match body.get("thread_id") {
@@ -159,7 +162,7 @@ async fn post_receipt(app: App, req: Ruma<create_receipt::v3::Request>) -> Resul
 async fn post_read_markers(app: App, req: Ruma<set_read_marker::v3::Request>) -> Result<JsonBody, ApiError> {
     let room_id = &req.body.room_id;
     require_joined(&app, &req.auth, room_id).await?;
-    crate::presence::activity(&app, &req.auth.user_id).await;
+    app.live.presence.activity(&req.auth.user_id).await;
     if let Some(event_id) = &req.body.fully_read {
         set_fully_read(&app, &req.auth, room_id, event_id).await?;
     }
@@ -170,22 +173,4 @@ async fn post_read_markers(app: App, req: Ruma<set_read_marker::v3::Request>) ->
         set_receipt(&app, &req.auth, room_id, event_id, "m.read.private", "").await?;
     }
     Ok(JsonBody(json!({})))
-}
-
-/// The `m.receipt` ephemeral event for a set of receipts, as `viewer` may see them (private
-/// receipts only their own).
-pub fn receipt_event(receipts: &[ReceiptRow], viewer: &str) -> Option<Value> {
-    let mut content: Map<String, Value> = Map::new();
-    for r in receipts {
-        if r.receipt_type == "m.read.private" && r.user_id != viewer {
-            continue;
-        }
-        let mut info = json!({ "ts": r.ts });
-        if !r.thread_id.is_empty() {
-            info["thread_id"] = json!(r.thread_id);
-        }
-        let by_type = content.entry(r.event_id.clone()).or_insert_with(|| json!({}));
-        by_type[&r.receipt_type][&r.user_id] = info;
-    }
-    (!content.is_empty()).then(|| json!({ "type": "m.receipt", "content": content }))
 }

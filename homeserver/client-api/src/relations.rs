@@ -27,7 +27,6 @@ use serde_json::json;
 
 use crate::{
     App,
-    account_data::ignored_users,
     events::{require_history_access, viewer},
 };
 
@@ -203,7 +202,7 @@ async fn visible_events(
     session: &Session,
     mut rows: Vec<EventRow>,
 ) -> Result<Vec<serde_json::Value>, Error> {
-    let ignored = ignored_users(app, session.user_id.as_str()).await?;
+    let ignored = app.live.ignore_lists.of(session.user_id.as_str()).await?;
     rows.retain(|r| !ignored.hides(r));
     let rows = app.rooms.filter_visible(&session.user_id, rows).await?;
     app.rooms.client_events(&rows, Some(viewer(session)), RoomIdField::Include).await

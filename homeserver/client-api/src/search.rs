@@ -18,7 +18,9 @@ use ruma::{RoomId, api::client::search::search_events};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::{App, account_data::ignored_users, events::viewer, filter::RoomEventFilter};
+use homeserver_sync::filter::RoomEventFilter;
+
+use crate::{App, events::viewer};
 
 /// Results per page when the filter gives no limit, and the most one page holds.
 const DEFAULT_LIMIT: u64 = 10;
@@ -134,7 +136,7 @@ async fn room_events(app: &App, session: &Session, criteria: Criteria, offset: i
         .map(|m| m.room_id)
         .collect();
     let tokens = query_tokens(&criteria.search_term);
-    let ignored = ignored_users(app, session.user_id.as_str()).await?;
+    let ignored = app.live.ignore_lists.of(session.user_id.as_str()).await?;
 
     // Hits the filter or visibility drop are skipped; keep fetching until the page is full.
     let mut results: Vec<(f64, EventRow)> = Vec::new();
@@ -257,7 +259,7 @@ async fn context(
     session: &Session,
     row: &EventRow,
     spec: &ContextSpec,
-    ignored: &crate::account_data::Ignored,
+    ignored: &homeserver_live::ignore::Ignored,
 ) -> Result<Value, Error> {
     let before_limit = spec.before_limit.min(MAX_CONTEXT) as i64;
     let after_limit = spec.after_limit.min(MAX_CONTEXT) as i64;

@@ -10,7 +10,7 @@ use ruma::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::{App, account_data::update_account_data};
+use crate::App;
 
 /// Longest tag name accepted.
 const MAX_TAG_LEN: usize = 255;
@@ -46,12 +46,14 @@ async fn update(
     room: &RoomId,
     change: impl FnOnce(&mut Map<String, Value>) -> bool,
 ) -> Result<(), Error> {
-    update_account_data(app, user, room.as_str(), "m.tag", |stored| {
-        let mut tags = parse_tags(stored);
-        Ok(change(&mut tags).then(|| json!({ "tags": tags }).to_string()))
-    })
-    .await
-    .map(|_| ())
+    app.live
+        .account_data
+        .update(user, room.as_str(), "m.tag", |stored| {
+            let mut tags = parse_tags(stored);
+            Ok(change(&mut tags).then(|| json!({ "tags": tags }).to_string()))
+        })
+        .await
+        .map(|_| ())
 }
 
 /// `GET /_matrix/client/v3/user/{userId}/rooms/{roomId}/tags`

@@ -14,7 +14,7 @@ use ruma::{
 };
 use serde_json::{Value, json};
 
-use crate::{App, account_data::update_account_data, pushrules, ratelimit::Action};
+use crate::{App, pushrules, ratelimit::Action};
 
 pub fn routes(router: Router<App>) -> Router<App> {
     router.ruma_route(upgrade)
@@ -65,7 +65,9 @@ async fn copy_tags(app: &App, user: &UserId, old: &RoomId, new: &RoomId) -> Resu
         return Ok(());
     };
     // Only where the new room has no tags yet, decided atomically with the write.
-    update_account_data(app, user, new.as_str(), "m.tag", |stored| Ok(stored.is_none().then_some(tags)))
+    app.live
+        .account_data
+        .update(user, new.as_str(), "m.tag", |stored| Ok(stored.is_none().then_some(tags)))
         .await
         .map(|_| ())
 }
@@ -88,21 +90,23 @@ async fn copy_room_rule(app: &App, user: &UserId, old: &RoomId, new: &RoomId) ->
 }
 
 async fn copy_direct(app: &App, user: &UserId, old: &RoomId, new: &RoomId) -> Result<(), Error> {
-    update_account_data(app, user, "", "m.direct", |stored| {
-        let Some(content) = stored else { return Ok(None) };
-        let mut direct: Value = serde_json::from_str(content).unwrap_or_default();
-        let mut changed = false;
-        for rooms in direct.as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
-            if let Some(list) = rooms.as_array_mut()
-                && list.iter().any(|r| r == old.as_str())
-                && !list.iter().any(|r| r == new.as_str())
-            {
-                list.push(json!(new));
-                changed = true;
+    app.live
+        .account_data
+        .update(user, "", "m.direct", |stored| {
+            let Some(content) = stored else { return Ok(None) };
+            let mut direct: Value = serde_json::from_str(content).unwrap_or_default();
+            let mut changed = false;
+            for rooms in direct.as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
+                if let Some(list) = rooms.as_array_mut()
+                    && list.iter().any(|r| r == old.as_str())
+                    && !list.iter().any(|r| r == new.as_str())
+                {
+                    list.push(json!(new));
+                    changed = true;
+                }
             }
-        }
-        Ok(changed.then(|| direct.to_string()))
-    })
-    .await
-    .map(|_| ())
+            Ok(changed.then(|| direct.to_string()))
+        })
+        .await
+        .map(|_| ())
 }

@@ -18,17 +18,20 @@ use std::{
     collections::{BTreeMap, HashMap},
     hash::{DefaultHasher, Hash, Hasher},
     num::NonZeroUsize,
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use homeserver_core::{
     Error,
-    streams::watermarks::{Mark, user_in_room},
+    streams::{
+        EventStream,
+        watermarks::{Mark, user_in_room},
+    },
 };
-use homeserver_storage::receipts::ReceiptRow;
+use homeserver_storage::{Db, receipts::ReceiptRow};
 use lru::LruCache;
 
-use crate::{App, account_data::Ignored};
+use crate::ignore::Ignored;
 
 /// (user, room) pairs whose counts are kept.
 const CACHE_ENTRIES: usize = 50_000;
@@ -84,13 +87,11 @@ struct Counted {
     by_thread: HashMap<Option<String>, (u64, u64)>,
 }
 
-/// The kept counts of recently synced (user, room) pairs.
-pub struct UnreadCache(Mutex<LruCache<(String, String), Counted>>);
-
-impl Default for UnreadCache {
-    fn default() -> Self {
-        Self(Mutex::new(LruCache::new(NonZeroUsize::new(CACHE_ENTRIES).expect("non-zero"))))
-    }
+/// Counts unread notifications, keeping those of recently synced (user, room) pairs.
+pub struct UnreadCache {
+    kept: Mutex<LruCache<(String, String), Counted>>,
+    db: Db,
+    stream: Arc<EventStream>,
 }
 
 fn fingerprint(ignored: &Ignored) -> u64 {
@@ -101,76 +102,87 @@ fn fingerprint(ignored: &Ignored) -> u64 {
     hasher.finish()
 }
 
-/// The unread counts of `user` in `room_id` as of stream position `now`; the user's stay began
-/// at `joined_at`.
-pub async fn unread_counts(
-    app: &App,
-    user: &str,
-    room_id: &str,
-    joined_at: i64,
-    per_thread: bool,
-    ignored: &Ignored,
-    now: i64,
-) -> Result<UnreadCounts, Error> {
-    let key = (user.to_owned(), room_id.to_owned());
-    let cached = app.unread.0.lock().expect("unread cache poisoned").get(&key).cloned();
-    // The receipts counted against are reread only when the user's receipt watermark in the
-    // room says they may have changed since they were read.
-    let marks = app.stream.marks();
-    let receipts = match &cached {
-        Some(c)
-            if c.receipts_at <= now
-                && marks.cover(c.receipts_at as u64)
-                && !marks.changed_after(
-                    Mark::UserReceipts,
-                    &user_in_room(user, room_id),
-                    c.receipts_at as u64,
-                ) =>
-        {
-            c.receipts.clone()
-        }
-        _ => app.db.user_receipts(room_id, user).await.map_err(Error::from)?,
-    };
-    let bounds = Bounds::of(&receipts, joined_at);
-    let ignored_fp = fingerprint(ignored);
-    let fresh = || Counted {
-        receipts: Vec::new(),
-        receipts_at: 0,
-        bounds: bounds.clone(),
-        ignored: ignored_fp,
-        upto: bounds.unthreaded,
-        by_thread: HashMap::new(),
-    };
-    let mut counted = match cached {
-        Some(c) if c.bounds == bounds && c.ignored == ignored_fp && c.upto <= now => c,
-        _ => fresh(),
-    };
-    if counted.upto < now {
-        let mut rows =
-            app.db.unread_push_actions(user, room_id, counted.upto, now).await.map_err(Error::from)?;
-        if rows.iter().any(|r| r.redaction) && counted.upto > bounds.unthreaded {
-            // A redaction may have removed counted actions: count afresh.
-            counted = fresh();
-            rows = app.db.unread_push_actions(user, room_id, counted.upto, now).await.map_err(Error::from)?;
-        }
-        for row in rows {
-            if row.redaction
-                || ignored.contains(&row.sender)
-                || row.stream_pos <= bounds.read_up_to(row.thread_id.as_deref())
-            {
-                continue;
-            }
-            let counter = counted.by_thread.entry(row.thread_id).or_default();
-            counter.0 += 1;
-            counter.1 += u64::from(row.highlight);
-        }
-        counted.upto = now;
+impl UnreadCache {
+    pub fn new(db: Db, stream: Arc<EventStream>) -> Self {
+        let kept = Mutex::new(LruCache::new(NonZeroUsize::new(CACHE_ENTRIES).expect("non-zero")));
+        Self { kept, db, stream }
     }
-    let counts = shape(&counted, per_thread);
-    counted.receipts = receipts;
-    counted.receipts_at = now;
-    app.unread.0.lock().expect("unread cache poisoned").put(key, counted);
-    Ok(counts)
+
+    /// The unread counts of `user` in `room_id` as of stream position `now`; the user's stay began
+    /// at `joined_at`.
+    pub async fn counts(
+        &self,
+        user: &str,
+        room_id: &str,
+        joined_at: i64,
+        per_thread: bool,
+        ignored: &Ignored,
+        now: i64,
+    ) -> Result<UnreadCounts, Error> {
+        let key = (user.to_owned(), room_id.to_owned());
+        let cached = self.kept.lock().expect("unread cache poisoned").get(&key).cloned();
+        // The receipts counted against are reread only when the user's receipt watermark in the
+        // room says they may have changed since they were read.
+        let marks = self.stream.marks();
+        let receipts = match &cached {
+            Some(c)
+                if c.receipts_at <= now
+                    && marks.cover(c.receipts_at as u64)
+                    && !marks.changed_after(
+                        Mark::UserReceipts,
+                        &user_in_room(user, room_id),
+                        c.receipts_at as u64,
+                    ) =>
+            {
+                c.receipts.clone()
+            }
+            _ => self.db.user_receipts(room_id, user).await.map_err(Error::from)?,
+        };
+        let bounds = Bounds::of(&receipts, joined_at);
+        let ignored_fp = fingerprint(ignored);
+        let fresh = || Counted {
+            receipts: Vec::new(),
+            receipts_at: 0,
+            bounds: bounds.clone(),
+            ignored: ignored_fp,
+            upto: bounds.unthreaded,
+            by_thread: HashMap::new(),
+        };
+        let mut counted = match cached {
+            Some(c) if c.bounds == bounds && c.ignored == ignored_fp && c.upto <= now => c,
+            _ => fresh(),
+        };
+        if counted.upto < now {
+            let mut rows =
+                self.db.unread_push_actions(user, room_id, counted.upto, now).await.map_err(Error::from)?;
+            if rows.iter().any(|r| r.redaction) && counted.upto > bounds.unthreaded {
+                // A redaction may have removed counted actions: count afresh.
+                counted = fresh();
+                rows = self
+                    .db
+                    .unread_push_actions(user, room_id, counted.upto, now)
+                    .await
+                    .map_err(Error::from)?;
+            }
+            for row in rows {
+                if row.redaction
+                    || ignored.contains(&row.sender)
+                    || row.stream_pos <= bounds.read_up_to(row.thread_id.as_deref())
+                {
+                    continue;
+                }
+                let counter = counted.by_thread.entry(row.thread_id).or_default();
+                counter.0 += 1;
+                counter.1 += u64::from(row.highlight);
+            }
+            counted.upto = now;
+        }
+        let counts = shape(&counted, per_thread);
+        counted.receipts = receipts;
+        counted.receipts_at = now;
+        self.kept.lock().expect("unread cache poisoned").put(key, counted);
+        Ok(counts)
+    }
 }
 
 /// The counts as the client asked for them: threads apart, or all in the room's count.

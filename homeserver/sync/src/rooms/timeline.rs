@@ -1,0 +1,76 @@
+//! The timeline of a room's section: the newest events of a window in stream order, read
+//! backwards in bounded batches, and the tokens and state groups at its edges.
+
+use homeserver_core::{Error, token::StreamToken};
+use homeserver_storage::events::{Direction, EventRow};
+use ruma::RoomId;
+
+use crate::{context::SyncContext, filter::RoomEventFilter};
+
+/// How many batches a timeline read may scan looking for events that pass the filter.
+const TIMELINE_SCAN_BATCHES: usize = 8;
+/// Timeline length when the filter does not say.
+const DEFAULT_TIMELINE_LIMIT: u64 = 10;
+
+/// The timeline window `(after, up_to]` of a room: newest `limit` events, oldest first.
+pub(crate) struct Timeline {
+    pub rows: Vec<EventRow>,
+    pub limited: bool,
+}
+
+pub(crate) async fn timeline(
+    ctx: &SyncContext<'_>,
+    room_id: &RoomId,
+    after: i64,
+    up_to: i64,
+    filter: &RoomEventFilter,
+) -> Result<Timeline, Error> {
+    let limit = filter.limit.unwrap_or(DEFAULT_TIMELINE_LIMIT).min(1000) as usize;
+    // Read backwards in batches until `limit + 1` events pass the filter (one more than shown
+    // tells whether the timeline is limited), the window is exhausted, or the scan budget is
+    // spent — a filter that matches little must not turn one sync into a full-history scan.
+    let batch = ((limit + 1) * 2).min(500) as i64;
+    let mut collected = Vec::with_capacity(limit + 1);
+    let mut cursor = up_to;
+    let mut exhausted = false;
+    for _ in 0..TIMELINE_SCAN_BATCHES {
+        let rows = ctx
+            .syncer
+            .db
+            .room_events(room_id.as_str(), cursor, Some(after), Direction::Backward, batch)
+            .await
+            .map_err(Error::from)?;
+        exhausted = (rows.len() as i64) < batch;
+        if let Some(last) = rows.last() {
+            cursor = last.stream_pos - 1;
+        }
+        collected.extend(rows.into_iter().filter(|r| filter.allows_row(r)));
+        if collected.len() > limit || exhausted {
+            break;
+        }
+    }
+    let limited = collected.len() > limit || !exhausted;
+    collected.truncate(limit);
+    collected.reverse();
+    collected.retain(|r| !ctx.ignored.hides(r));
+    let rows = ctx.syncer.rooms.filter_visible(ctx.user, collected).await?;
+    Ok(Timeline { rows, limited })
+}
+
+/// The room's current state group at the start of a timeline (just before its first event,
+/// or at `up_to` if it is empty).
+pub(crate) async fn start_group(
+    ctx: &SyncContext<'_>,
+    room_id: &RoomId,
+    timeline: &Timeline,
+    up_to: i64,
+) -> Result<i64, Error> {
+    let at = timeline.rows.first().map_or(up_to, |first| first.stream_pos - 1);
+    ctx.syncer.db.current_state_group_at(room_id.as_str(), at).await.map_err(Error::from)
+}
+
+/// `prev_batch` of a timeline: just before its first event, or at `up_to` when it is empty.
+pub(crate) fn prev_batch(tl: &Timeline, up_to: i64) -> String {
+    let pos = tl.rows.first().map(|r| r.stream_pos - 1).unwrap_or(up_to);
+    StreamToken::new(pos.max(0) as u64).to_string()
+}
