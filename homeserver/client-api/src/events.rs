@@ -6,7 +6,7 @@
 //! history-visibility filter of `homeserver-rooms`.
 
 use axum::Router;
-use homeserver_core::{Error, ErrorKind, token::StreamToken};
+use homeserver_core::{Error, ErrorKind, streams::StreamPos, token::StreamToken};
 use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma, Session};
 use homeserver_rooms::{
     format::{RoomIdField, Viewer},
@@ -29,6 +29,7 @@ use ruma::{
             state::{get_state_event_for_key, get_state_events, send_state_event},
         },
     },
+    events::room::member::MembershipState,
 };
 use serde_json::{Map, Value, json};
 
@@ -134,7 +135,7 @@ async fn put_state(app: App, req: Ruma<send_state_event::v3::Request>) -> Result
         // Membership changes take the membership path, with all its rules, as Synapse does.
         let target = UserId::parse(req.body.state_key.as_str())
             .map_err(|_| Error::bad_json("the state key of a member event must be a user id"))?;
-        let banned = app.rooms.membership(&req.body.room_id, &target).await?.as_deref() == Some("ban");
+        let banned = app.rooms.membership(&req.body.room_id, &target).await? == Some(MembershipState::Ban);
         let membership = content.get("membership").and_then(Value::as_str);
         let action = MembershipAction::from_state_event(membership, &session.user_id, &target, banned)?;
         let change = MembershipChange::new(action, &session.user_id, &target)
@@ -161,7 +162,7 @@ enum ReadableState {
     /// The state group, and the stream position it was reached at (the user's departure).
     AsOf {
         group: i64,
-        pos: i64,
+        pos: StreamPos,
     },
 }
 
@@ -170,12 +171,12 @@ async fn readable_state(app: &App, room_id: &RoomId, user: &UserId) -> Result<Re
         return Err(Error::not_found("Room not found"));
     }
     match app.db.membership(room_id.as_str(), user.as_str()).await.map_err(Error::from)? {
-        Some(m) if m.membership == "join" => return Ok(ReadableState::Current),
-        Some(m) if m.membership == "leave" || m.membership == "ban" => {
+        Some(m) if m.membership == MembershipState::Join => return Ok(ReadableState::Current),
+        Some(m) if matches!(m.membership, MembershipState::Leave | MembershipState::Ban) => {
             // A departed member sees the room as it was when they left, if they could see it
             // just before (someone who only rejected an invite or was banned before joining
             // never could), unless it is world readable now.
-            if let Some(row) = app.db.event(&m.event_id).await.map_err(Error::from)?
+            if let Some(row) = app.db.event(m.event_id.as_str()).await.map_err(Error::from)?
                 && !world_readable(app, room_id).await?
                 && app.rooms.may_read_state_at(user, room_id, row.state_before).await?
             {
@@ -322,8 +323,8 @@ async fn members(app: App, req: Ruma<get_member_events::v3::Request>) -> Result<
     if let Some(at) = &req.body.at {
         let token: StreamToken = at.parse().map_err(|_| Error::invalid_param("invalid `at` token"))?;
         let bound = match readable {
-            ReadableState::Current => token.pos as i64,
-            ReadableState::AsOf { pos, .. } => (token.pos as i64).min(pos),
+            ReadableState::Current => StreamPos::live(token.pos),
+            ReadableState::AsOf { pos, .. } => StreamPos::live(token.pos).min(pos),
         };
         // The member list as of `at`, if the user could see the room then (Synapse answers
         // 403 otherwise); before the room's first event there were no members.
@@ -339,7 +340,7 @@ async fn members(app: App, req: Ruma<get_member_events::v3::Request>) -> Result<
                 ReadableState::AsOf { group, pos: row.stream_pos }
             }
             Some(_) => return Err(Error::forbidden("You may not see the room at that point").into()),
-            None => ReadableState::AsOf { group: 0, pos: 0 },
+            None => ReadableState::AsOf { group: 0, pos: StreamPos::ZERO },
         };
     }
     let membership = req.body.membership.as_ref().map(|m| m.to_string());
@@ -446,8 +447,10 @@ async fn messages(app: App, req: Ruma<get_message_events::v3::Request>) -> Resul
                     .await
                     .map_err(Error::from)?
                 {
-                    Some(m) if m.membership == "leave" || m.membership == "ban" => m.stream_pos,
-                    _ => app.stream.current() as i64,
+                    Some(m) if matches!(m.membership, MembershipState::Leave | MembershipState::Ban) => {
+                        m.stream_pos
+                    }
+                    _ => StreamPos::live(app.stream.current()),
                 },
             ),
             Direction::Forward => Bound::Topo(paging::BEGINNING),

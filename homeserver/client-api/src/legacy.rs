@@ -10,11 +10,11 @@ use axum::{
     extract::{Path, Query, State},
     routing::get,
 };
-use homeserver_core::{Error, token::StreamToken};
+use homeserver_core::{Error, streams::StreamPos, token::StreamToken};
 use homeserver_http::{ApiError, Authenticated, Session};
 use homeserver_rooms::format::{RoomIdField, Viewer};
 use homeserver_storage::events::{Direction, EventRow, MembershipRow};
-use ruma::RoomId;
+use ruma::{RoomId, events::room::member::MembershipState};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -52,7 +52,7 @@ async fn messages(
     app: &App,
     session: &Session,
     room_id: &RoomId,
-    up_to: i64,
+    up_to: StreamPos,
     limit: i64,
 ) -> Result<Value, Error> {
     let mut rows = app
@@ -61,15 +61,15 @@ async fn messages(
         .await
         .map_err(Error::from)?;
     rows.reverse();
-    let start = rows.first().map(|r| r.stream_pos - 1).unwrap_or(up_to);
+    let start = rows.first().map(|r| r.stream_pos.before()).unwrap_or(up_to);
     let ignored = app.live.ignore_lists.of(session.user_id.as_str()).await?;
     rows.retain(|r| !ignored.hides(r));
     let rows = app.rooms.filter_visible(&session.user_id, rows).await?;
     let chunk = app.rooms.client_events(&rows, Some(viewer(session)), RoomIdField::Include).await?;
     Ok(json!({
         "chunk": chunk,
-        "start": StreamToken::new(start.max(0) as u64).to_string(),
-        "end": StreamToken::new(up_to.max(0) as u64).to_string(),
+        "start": StreamToken::new(start.as_live()).to_string(),
+        "end": StreamToken::new(up_to.as_live()).to_string(),
     }))
 }
 
@@ -90,7 +90,7 @@ async fn room_entry(
     session: &Session,
     membership: &MembershipRow,
     limit: i64,
-    now: i64,
+    now: StreamPos,
 ) -> Result<Value, Error> {
     let room_id = RoomId::parse(&membership.room_id).map_err(|e| Error::internal(e.to_string()))?;
     let published =
@@ -100,15 +100,15 @@ async fn room_entry(
         "membership": membership.membership,
         "visibility": if published { "public" } else { "private" },
     });
-    if membership.membership == "invite" {
-        if let Some(row) = app.db.event(&membership.event_id).await.map_err(Error::from)? {
+    if membership.membership == MembershipState::Invite {
+        if let Some(row) = app.db.event(membership.event_id.as_str()).await.map_err(Error::from)? {
             let invite = app.rooms.client_event(&row, Some(viewer(session)), RoomIdField::Include).await?;
             entry["invite"] = invite.clone();
             entry["state"] = json!([invite]);
         }
         return Ok(entry);
     }
-    let up_to = if membership.membership == "join" { now } else { membership.stream_pos };
+    let up_to = if membership.membership == MembershipState::Join { now } else { membership.stream_pos };
     entry["messages"] = messages(app, session, &room_id, up_to, limit).await?;
     let state_rows = match readable_state_rows(app, &room_id, &session.user_id).await {
         Ok(rows) => rows,
@@ -131,14 +131,14 @@ async fn initial_sync(
     Authenticated(session): Authenticated,
     Query(query): Query<InitialSyncQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let now = app.stream.current() as i64;
+    let now = StreamPos::live(app.stream.current());
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(0, 1000);
     let archived = matches!(query.archived.as_deref(), Some("true" | "1"));
     let mut rooms = Vec::new();
     for m in app.db.memberships_of_user(session.user_id.as_str()).await.map_err(Error::from)? {
-        let wanted = match m.membership.as_str() {
-            "join" | "invite" => true,
-            "leave" | "ban" => archived && !m.forgotten,
+        let wanted = match m.membership {
+            MembershipState::Join | MembershipState::Invite => true,
+            MembershipState::Leave | MembershipState::Ban => archived && !m.forgotten,
             _ => false,
         };
         if wanted {
@@ -147,7 +147,7 @@ async fn initial_sync(
     }
     let account_data: Vec<Value> = app
         .db
-        .account_data_since(session.user_id.as_str(), 0, now)
+        .account_data_since(session.user_id.as_str(), 0, now.get())
         .await
         .map_err(Error::from)?
         .into_iter()
@@ -155,7 +155,7 @@ async fn initial_sync(
         .map(|row| json!({ "type": row.data_type, "content": serde_json::from_str::<Value>(&row.content).unwrap_or_default() }))
         .collect();
     Ok(Json(json!({
-        "end": StreamToken::new(now as u64).to_string(),
+        "end": StreamToken::new(now.as_live()).to_string(),
         "rooms": rooms,
         "presence": [],
         "account_data": account_data,
@@ -170,7 +170,7 @@ async fn room_initial_sync(
     Query(query): Query<InitialSyncQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("invalid room id"))?;
-    let now = app.stream.current() as i64;
+    let now = StreamPos::live(app.stream.current());
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(0, 1000);
     // Access follows the state endpoints: members, former members (as of leaving), or anyone
     // for world-readable rooms.
@@ -178,7 +178,7 @@ async fn room_initial_sync(
     let membership =
         app.db.membership(room_id.as_str(), session.user_id.as_str()).await.map_err(Error::from)?;
     let up_to = match &membership {
-        Some(m) if m.membership != "join" && m.membership != "invite" => m.stream_pos,
+        Some(m) if !matches!(m.membership, MembershipState::Join | MembershipState::Invite) => m.stream_pos,
         _ => now,
     };
     let published =
@@ -208,8 +208,8 @@ struct EventsQuery {
 async fn events_since(
     app: &App,
     session: &Session,
-    from: i64,
-    now: i64,
+    from: StreamPos,
+    now: StreamPos,
     only_room: Option<&str>,
 ) -> Result<Vec<EventRow>, Error> {
     let user = session.user_id.as_str();
@@ -221,7 +221,7 @@ async fn events_since(
         let membership = app.db.membership(&room_id, user).await.map_err(Error::from)?;
         // Rooms one has left contribute events up to the departure.
         let up_to = match &membership {
-            Some(m) if m.membership == "join" => now,
+            Some(m) if m.membership == MembershipState::Join => now,
             Some(m) => m.stream_pos.min(now),
             None => continue,
         };
@@ -245,23 +245,23 @@ async fn events(
     Query(query): Query<EventsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let from = match query.from.as_deref() {
-        Some(token) => {
-            token.parse::<StreamToken>().map_err(|_| Error::invalid_param("invalid from token"))?.pos as i64
-        }
-        None => app.stream.current() as i64,
+        Some(token) => StreamPos::live(
+            token.parse::<StreamToken>().map_err(|_| Error::invalid_param("invalid from token"))?.pos,
+        ),
+        None => StreamPos::live(app.stream.current()),
     };
     let timeout = Duration::from_millis(query.timeout.unwrap_or(30_000).min(app.config.max_sync_timeout_ms));
     let deadline = tokio::time::Instant::now() + timeout;
     let mut wake = app.stream.subscribe(&session.user_id);
     loop {
         wake.borrow_and_update();
-        let now = app.stream.current() as i64;
+        let now = StreamPos::live(app.stream.current());
         let rows = events_since(&app, &session, from.min(now), now, query.room_id.as_deref()).await?;
         if !rows.is_empty() || app.stream.is_shutting_down() || tokio::time::Instant::now() >= deadline {
             let chunk = app.rooms.client_events(&rows, Some(viewer(&session)), RoomIdField::Include).await?;
             return Ok(Json(json!({
-                "start": StreamToken::new(from.max(0) as u64).to_string(),
-                "end": StreamToken::new(now as u64).to_string(),
+                "start": StreamToken::new(from.as_live()).to_string(),
+                "end": StreamToken::new(now.as_live()).to_string(),
                 "chunk": chunk,
             })));
         }

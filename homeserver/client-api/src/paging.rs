@@ -7,6 +7,7 @@
 
 use homeserver_core::{
     Error,
+    streams::StreamPos,
     token::{PageToken, StreamToken},
 };
 use homeserver_storage::events::{Bound, EventRow, TopoPos};
@@ -15,9 +16,11 @@ use homeserver_storage::events::{Bound, EventRow, TopoPos};
 pub(crate) fn parse(token: &str) -> Result<Bound, Error> {
     match token.parse::<PageToken>() {
         Ok(PageToken::Stream(t)) => i64::try_from(t.pos)
-            .map(Bound::Stream)
+            .map(|pos| Bound::Stream(StreamPos::new(pos)))
             .map_err(|_| Error::invalid_param("invalid pagination token")),
-        Ok(PageToken::Topo { depth, pos }) => Ok(Bound::Topo(TopoPos { depth, stream_pos: pos })),
+        Ok(PageToken::Topo { depth, pos }) => {
+            Ok(Bound::Topo(TopoPos { depth, stream_pos: StreamPos::new(pos) }))
+        }
         Err(_) => Err(Error::invalid_param("invalid pagination token")),
     }
 }
@@ -25,15 +28,15 @@ pub(crate) fn parse(token: &str) -> Result<Bound, Error> {
 /// The token naming a bound.
 pub(crate) fn token(bound: Bound) -> String {
     match bound {
-        Bound::Stream(pos) if pos >= 0 => StreamToken::new(pos as u64).to_string(),
+        Bound::Stream(pos) if pos >= StreamPos::ZERO => StreamToken::new(pos.as_live()).to_string(),
         // Only "from the very beginning" is a negative stream bound.
         Bound::Stream(_) => token(Bound::Topo(BEGINNING)),
-        Bound::Topo(t) => PageToken::Topo { depth: t.depth, pos: t.stream_pos }.to_string(),
+        Bound::Topo(t) => PageToken::Topo { depth: t.depth, pos: t.stream_pos.get() }.to_string(),
     }
 }
 
 /// Before every event of a room, for pages that go forward from the start.
-pub(crate) const BEGINNING: TopoPos = TopoPos { depth: 0, stream_pos: i64::MIN };
+pub(crate) const BEGINNING: TopoPos = TopoPos { depth: 0, stream_pos: StreamPos::new(i64::MIN) };
 
 /// The token just before an event (where a backward page that ended with it continues).
 pub(crate) fn before(row: &EventRow) -> String {
@@ -51,12 +54,14 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_through_bounds() {
-        for bound in
-            [Bound::Stream(42), Bound::Topo(TopoPos { depth: 7, stream_pos: -3 }), Bound::Topo(BEGINNING)]
-        {
+        for bound in [
+            Bound::Stream(StreamPos::new(42)),
+            Bound::Topo(TopoPos { depth: 7, stream_pos: StreamPos::new(-3) }),
+            Bound::Topo(BEGINNING),
+        ] {
             assert_eq!(parse(&token(bound)).unwrap(), bound);
         }
-        assert_eq!(token(Bound::Stream(i64::MIN)), token(Bound::Topo(BEGINNING)));
+        assert_eq!(token(Bound::Stream(StreamPos::new(i64::MIN))), token(Bound::Topo(BEGINNING)));
         assert!(parse("s18446744073709551615").is_err(), "beyond any position");
         assert!(parse("garbage").is_err());
     }

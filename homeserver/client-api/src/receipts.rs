@@ -51,7 +51,7 @@ pub async fn set_receipt(
             receipt_type: receipt_type.to_owned(),
             thread_id: thread_id.to_owned(),
             event_id: event_id.to_string(),
-            event_pos: row.stream_pos,
+            event_pos: row.stream_pos.get(),
             ts: now_millis() as i64,
             stream_pos: reservation.first() as i64,
         })

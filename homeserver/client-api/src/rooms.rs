@@ -8,6 +8,7 @@ use homeserver_rooms::{
     membership::{MembershipAction, MembershipChange},
 };
 use homeserver_storage::StorageError;
+use ruma::events::room::member::MembershipState;
 use ruma::{
     OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, RoomVersionId, UserId,
     api::client::{
@@ -285,7 +286,7 @@ async fn forget(app: App, req: Ruma<forget_room::v3::Request>) -> Result<JsonBod
     let room = req.body.room_id.as_str();
     let user = req.auth.user_id.as_str();
     match app.db.membership(room, user).await.map_err(Error::from)? {
-        Some(m) if m.membership == "leave" || m.membership == "ban" => {
+        Some(m) if matches!(m.membership, MembershipState::Leave | MembershipState::Ban) => {
             app.db.forget_room(room, user).await.map_err(Error::from)?;
             Ok(JsonBody(json!({})))
         }
@@ -322,13 +323,13 @@ async fn unban(app: App, req: Ruma<unban_user::v3::Request>) -> Result<JsonBody,
 
 /// `GET /_matrix/client/v3/joined_rooms`
 async fn joined(app: App, req: Ruma<joined_rooms::v3::Request>) -> Result<JsonBody, ApiError> {
-    let rooms: Vec<String> = app
+    let rooms: Vec<ruma::OwnedRoomId> = app
         .db
         .memberships_of_user(req.auth.user_id.as_str())
         .await
         .map_err(Error::from)?
         .into_iter()
-        .filter(|m| m.membership == "join")
+        .filter(|m| m.membership == MembershipState::Join)
         .map(|m| m.room_id)
         .collect();
     Ok(JsonBody(json!({ "joined_rooms": rooms })))

@@ -132,8 +132,11 @@ async fn room_events(app: &App, session: &Session, criteria: Criteria, offset: i
         .await
         .map_err(Error::from)?
         .into_iter()
-        .filter(|m| m.membership == "join" && filter.allows_room(&m.room_id))
-        .map(|m| m.room_id)
+        .filter(|m| {
+            m.membership == ruma::events::room::member::MembershipState::Join
+                && filter.allows_room(m.room_id.as_str())
+        })
+        .map(|m| m.room_id.to_string())
         .collect();
     let tokens = query_tokens(&criteria.search_term);
     let ignored = app.live.ignore_lists.of(session.user_id.as_str()).await?;
@@ -162,16 +165,16 @@ async fn room_events(app: &App, session: &Session, criteria: Criteria, offset: i
             .map_err(Error::from)?;
         // Keep the hit order, and consume only as many hits as end up needed for this page.
         let order_of: HashMap<i64, usize> = hits.iter().enumerate().map(|(i, h)| (h.stream_pos, i)).collect();
-        rows.sort_by_key(|r| order_of.get(&r.stream_pos).copied().unwrap_or(usize::MAX));
+        rows.sort_by_key(|r| order_of.get(&r.stream_pos.get()).copied().unwrap_or(usize::MAX));
         rows.retain(|r| filter.allows_row(r) && !ignored.hides(r));
         let visible = app.rooms.filter_visible(&session.user_id, rows).await?;
         let mut used = hits.len();
         for row in visible {
             if results.len() == limit as usize {
-                used = order_of[&row.stream_pos];
+                used = order_of[&row.stream_pos.get()];
                 break;
             }
-            results.push((ranks[&row.stream_pos], row));
+            results.push((ranks[&row.stream_pos.get()], row));
         }
         consumed += used as i64;
     }

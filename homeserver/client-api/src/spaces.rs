@@ -82,7 +82,13 @@ async fn children(app: &App, room_id: &RoomId) -> Result<Vec<Child>, Error> {
 
 /// Whether the user may see the room in a hierarchy (peek at it or join it).
 async fn accessible(app: &App, room_id: &RoomId, user: &UserId, entry: &Value) -> Result<bool, Error> {
-    if matches!(app.rooms.membership(room_id, user).await?.as_deref(), Some("join" | "invite")) {
+    if matches!(
+        app.rooms.membership(room_id, user).await?,
+        Some(
+            ruma::events::room::member::MembershipState::Join
+                | ruma::events::room::member::MembershipState::Invite
+        )
+    ) {
         return Ok(true);
     }
     if entry["world_readable"] == true {

@@ -27,8 +27,10 @@ use std::{
 use ruma::{OwnedUserId, UserId};
 use tokio::sync::watch;
 
+mod pos;
 pub mod watermarks;
 
+pub use pos::StreamPos;
 use watermarks::Watermarks;
 
 /// How far ahead of the positions handed out the persisted horizon is kept.

@@ -14,7 +14,7 @@ use ruma::{
 };
 use serde_json::value::RawValue;
 
-use crate::pdu::Pdu;
+use crate::{pdu::Pdu, rejection::Rejection};
 
 /// The state keys the auth rules consult for an event (ruma's auth-event selection).
 pub fn auth_state_keys(
@@ -23,9 +23,9 @@ pub fn auth_state_keys(
     state_key: Option<&str>,
     content: &RawValue,
     rules: &AuthorizationRules,
-) -> Result<Vec<(StateEventType, String)>, String> {
+) -> Result<Vec<(StateEventType, String)>, Rejection> {
     let kind = TimelineEventType::from(kind);
-    state_res::auth_types_for_event(&kind, sender, state_key, content, rules)
+    state_res::auth_types_for_event(&kind, sender, state_key, content, rules).map_err(Rejection::Malformed)
 }
 
 /// Events available to an auth check: by id (for `auth_events`) and by state key (the state the
@@ -36,11 +36,13 @@ pub struct AuthEvents {
     pub by_key: HashMap<(StateEventType, String), Arc<Pdu>>,
 }
 
-/// Runs the state-independent and state-dependent auth rules. `Err` carries the rule that failed.
-pub fn check(rules: &AuthorizationRules, pdu: &Pdu, events: &AuthEvents) -> Result<(), String> {
+/// Runs the state-independent and state-dependent auth rules. The rejection names the rule that
+/// failed.
+pub fn check(rules: &AuthorizationRules, pdu: &Pdu, events: &AuthEvents) -> Result<(), Rejection> {
     let fetch_event = |id: &EventId| events.by_id.get(id).cloned();
-    state_res::check_state_independent_auth_rules(rules, pdu, fetch_event)?;
+    state_res::check_state_independent_auth_rules(rules, pdu, fetch_event)
+        .map_err(Rejection::Unauthorized)?;
     let fetch_state =
         |ty: &StateEventType, key: &str| events.by_key.get(&(ty.clone(), key.to_owned())).cloned();
-    state_res::check_state_dependent_auth_rules(rules, pdu, fetch_state)
+    state_res::check_state_dependent_auth_rules(rules, pdu, fetch_state).map_err(Rejection::Unauthorized)
 }

@@ -145,7 +145,7 @@ impl Rooms {
         let related = self.db().events_at(&positions).await.map_err(Error::from)?;
         let formatted = self.format_rows(&related, Some(viewer), room_id).await?;
         let by_pos: HashMap<i64, &Value> =
-            related.iter().map(|r| r.stream_pos).zip(formatted.iter()).collect();
+            related.iter().map(|r| r.stream_pos.get()).zip(formatted.iter()).collect();
         let mut bundles: HashMap<&str, Map<String, Value>> = HashMap::new();
         for thread in &aggs.threads {
             let Some(latest) = by_pos.get(&thread.latest_pos) else { continue };

@@ -49,6 +49,7 @@ use crate::{
     pdu::Pdu,
     power::PowerLevels,
     push, redaction,
+    rejection::Rejection,
     remote::{Arrival, IncomingPdu, Verdict},
     state_groups::{self, MAX_STATE_CHAIN},
     validate, versions,
@@ -638,8 +639,7 @@ impl RoomActor {
             template.state_key.as_deref(),
             &content,
             &rules.authorization,
-        )
-        .map_err(|reason| Error::bad_json(format!("invalid event: {reason}")))?;
+        )?;
         let auth_ids: Vec<OwnedEventId> =
             keys.iter().filter_map(|k| self.loaded().state.get(k).cloned()).collect();
         let room_for_pdu = Some(&*room_id);
@@ -664,13 +664,16 @@ impl RoomActor {
     async fn check_local_template(&self, template: &EventTemplate, outcome: &Outcome) -> Result<(), Error> {
         if template.kind == "m.room.member" {
             if !template.membership_vetted {
-                return Err(Error::forbidden("membership changes go through the membership endpoints"));
+                return Err(Rejection::LocalRule(
+                    "membership changes go through the membership endpoints".into(),
+                )
+                .into());
             }
             if let Some(expected) = template.expect_membership {
                 let target = template.state_key.as_deref().and_then(|k| UserId::parse(k).ok());
                 let current = target.and_then(|t| self.loaded().memberships.get(&t).cloned());
                 if current.as_deref() != Some(expected) {
-                    return Err(Error::forbidden("the membership changed meanwhile"));
+                    return Err(Rejection::LocalRule("the membership changed meanwhile".into()).into());
                 }
             }
         }
@@ -709,11 +712,10 @@ impl RoomActor {
             pdu.state_key.as_deref(),
             &pdu.content,
             &rules.authorization,
-        )
-        .map_err(|reason| Error::bad_json(format!("invalid event: {reason}")))?;
+        )?;
         let own = self.events(&pdu.auth_events).await?;
         let events = self.auth_events_at(self.loaded().group, &pdu, &own).await?;
-        auth::check(&rules.authorization, &pdu, &events).map_err(Error::forbidden)?;
+        auth::check(&rules.authorization, &pdu, &events)?;
         self.check_relation(&pdu).await?;
         let redacts = self.redaction_effect(&pdu).await?;
 
@@ -863,7 +865,7 @@ impl RoomActor {
         }
         if !redaction::takes_effect(pdu, &original, &self.power_levels_now().await?, redaction::Origin::Local)
         {
-            return Err(Error::forbidden("You don't have permission to redact this event"));
+            return Err(Rejection::LocalRule("You don't have permission to redact this event".into()).into());
         }
         Ok(Some(target))
     }

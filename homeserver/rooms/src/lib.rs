@@ -9,6 +9,7 @@
 //! - [`create`], [`membership`], [`send`]: the operations the client API performs on rooms.
 //! - [`read`]: state and event queries; [`visibility`]: history visibility; [`format`]: the
 //!   client event format (redaction applied, `unsigned` filled in).
+//! - [`rejection`]: why the room model refuses an event, and the one mapping to client errcodes.
 //! - [`redaction`]: whether a redaction takes effect (redaction authority); [`validate`]:
 //!   content rules for local events.
 //! - [`power`], [`versions`], [`cache`]: helpers.
@@ -31,6 +32,7 @@ pub mod power;
 pub mod push;
 pub mod read;
 pub mod redaction;
+pub mod rejection;
 pub mod remote;
 mod resolve;
 pub mod send;

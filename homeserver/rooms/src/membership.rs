@@ -21,7 +21,9 @@
 use std::sync::Arc;
 
 use homeserver_core::{Error, ErrorKind};
-use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{
+    OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId, events::room::member::MembershipState as M,
+};
 use serde_json::{Map, Value, json};
 
 use crate::{Rooms, builder::EventTemplate, create::Profile, input::Submission};
@@ -184,32 +186,32 @@ impl Rooms {
             self.require_invitable(&target).await?;
         }
         let current = if creating_room { None } else { self.membership(room_id, &target).await? };
-        let repeated = match (action, current.as_deref()) {
+        let repeated = match (action, current.as_ref()) {
             (MembershipAction::Join, _) => false, // decided below, against the content
-            (MembershipAction::Knock, Some("join")) => {
+            (MembershipAction::Knock, Some(M::Join)) => {
                 return Err(Error::forbidden("You are already in the room"));
             }
-            (MembershipAction::Knock, Some("invite")) => {
+            (MembershipAction::Knock, Some(M::Invite)) => {
                 return Err(Error::forbidden("You are already invited to the room"));
             }
-            (MembershipAction::Knock | MembershipAction::Invite, Some("ban")) => {
+            (MembershipAction::Knock | MembershipAction::Invite, Some(M::Ban)) => {
                 return Err(Error::forbidden(format!("{target} is banned from the room")));
             }
-            (MembershipAction::Knock, Some("knock")) => true,
-            (MembershipAction::Leave, Some("join" | "invite" | "knock")) => false,
-            (MembershipAction::Leave, Some("leave")) => true,
+            (MembershipAction::Knock, Some(M::Knock)) => true,
+            (MembershipAction::Leave, Some(M::Join | M::Invite | M::Knock)) => false,
+            (MembershipAction::Leave, Some(M::Leave)) => true,
             (MembershipAction::Leave, _) => {
                 return Err(Error::forbidden("you are not a member of this room"));
             }
-            (MembershipAction::Invite, Some("join")) => {
+            (MembershipAction::Invite, Some(M::Join)) => {
                 return Err(Error::forbidden(format!("{target} is already in the room")));
             }
-            (MembershipAction::Invite, Some("invite")) => true,
-            (MembershipAction::Kick, Some("join" | "invite" | "knock")) => false,
+            (MembershipAction::Invite, Some(M::Invite)) => true,
+            (MembershipAction::Kick, Some(M::Join | M::Invite | M::Knock)) => false,
             (MembershipAction::Kick, _) => {
                 return Err(Error::forbidden(format!("{target} is not in the room")));
             }
-            (MembershipAction::Unban, Some("ban")) => false,
+            (MembershipAction::Unban, Some(M::Ban)) => false,
             (MembershipAction::Unban, _) => return Err(Error::forbidden(format!("{target} is not banned"))),
             _ => false,
         };
@@ -266,7 +268,7 @@ impl Rooms {
         room_id: &RoomId,
         user: &UserId,
     ) -> Result<Option<OwnedUserId>, Error> {
-        if matches!(self.membership(room_id, user).await?.as_deref(), Some("join" | "invite")) {
+        if matches!(self.membership(room_id, user).await?, Some(M::Join | M::Invite)) {
             return Ok(None);
         }
         let Some(rules) = self.current_state_event(room_id, "m.room.join_rules", "").await? else {
@@ -420,9 +422,8 @@ impl Rooms {
     /// profile.
     pub async fn propagate_profile(&self, user: &UserId) -> Result<(), Error> {
         let rooms = self.db().memberships_of_user(user.as_str()).await.map_err(Error::from)?;
-        for row in rooms.into_iter().filter(|r| r.membership == "join") {
-            let Ok(room_id) = RoomId::parse(&row.room_id) else { continue };
-            let room_id: OwnedRoomId = room_id;
+        for row in rooms.into_iter().filter(|r| r.membership == M::Join) {
+            let room_id: OwnedRoomId = row.room_id;
             let change = MembershipChange::new(MembershipAction::Join, user, user);
             let template = match self.member_template(&room_id, change, None).await {
                 Ok(MemberPlan::Send(mut template)) => {

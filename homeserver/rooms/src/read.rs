@@ -3,7 +3,9 @@
 use std::{collections::HashMap, sync::Arc};
 
 use homeserver_core::Error;
-use ruma::{EventId, OwnedEventId, OwnedUserId, RoomId, RoomVersionId, UserId};
+use ruma::{
+    EventId, OwnedEventId, OwnedUserId, RoomId, RoomVersionId, UserId, events::room::member::MembershipState,
+};
 
 use crate::{Rooms, pdu::Pdu, power::PowerLevels, versions};
 
@@ -146,7 +148,11 @@ impl Rooms {
     }
 
     /// A user's current membership (`join`, `invite`, `leave`, `ban`, `knock`).
-    pub async fn membership(&self, room_id: &RoomId, user: &UserId) -> Result<Option<String>, Error> {
+    pub async fn membership(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+    ) -> Result<Option<MembershipState>, Error> {
         Ok(self
             .db()
             .membership(room_id.as_str(), user.as_str())
@@ -156,7 +162,7 @@ impl Rooms {
     }
 
     pub async fn is_joined(&self, room_id: &RoomId, user: &UserId) -> Result<bool, Error> {
-        Ok(self.membership(room_id, user).await?.as_deref() == Some("join"))
+        Ok(self.membership(room_id, user).await? == Some(MembershipState::Join))
     }
 
     /// The room's current power levels, including v12 creators.

@@ -8,7 +8,7 @@
 //! gets its `m.room.tombstone` and has chat restricted, and local aliases, the canonical alias and
 //! the directory listing move to the new room.
 
-use homeserver_core::{Error, ErrorKind};
+use homeserver_core::{Error, ErrorKind, streams::StreamPos};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId};
 use serde_json::{Map, Value, json};
 
@@ -109,8 +109,11 @@ impl Rooms {
         }
         let mut predecessor = json!({ "room_id": old });
         if !privileged_creators
-            && let Some(last) =
-                self.db().latest_room_event(old.as_str(), i64::MAX).await.map_err(Error::from)?
+            && let Some(last) = self
+                .db()
+                .latest_room_event(old.as_str(), StreamPos::new(i64::MAX))
+                .await
+                .map_err(Error::from)?
         {
             predecessor["event_id"] = json!(last.event_id);
         }

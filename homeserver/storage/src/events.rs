@@ -4,6 +4,8 @@
 //! sits next to it (stream position, state groups, redaction, transaction id). Turning a row into
 //! what a client sees is the room model's job, not storage's.
 
+use homeserver_core::streams::StreamPos;
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, events::room::member::MembershipState};
 use sqlx::{AssertSqlSafe, Row, any::AnyRow};
 
 use crate::{Db, Result, placeholders};
@@ -23,7 +25,7 @@ pub struct RoomRecord {
 /// One stored event and its metadata.
 #[derive(Debug, Clone)]
 pub struct EventRow {
-    pub stream_pos: i64,
+    pub stream_pos: StreamPos,
     pub event_id: String,
     pub room_id: String,
     pub event_type: String,
@@ -56,14 +58,14 @@ pub(crate) const IN_TIMELINE: &str = "rejected = 0 AND soft_failed = 0 AND outli
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct TopoPos {
     pub depth: i64,
-    pub stream_pos: i64,
+    pub stream_pos: StreamPos,
 }
 
 /// Where a timeline read starts or stops: a stream position (a sync token: every event at or
 /// below it, whatever its depth) or a point in topological order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bound {
-    Stream(i64),
+    Stream(StreamPos),
     Topo(TopoPos),
 }
 
@@ -76,21 +78,21 @@ impl EventRow {
     /// The point just before the event in topological order (positions are integers, so no
     /// event sits between it and the event).
     pub fn topo_before(&self) -> TopoPos {
-        TopoPos { depth: self.depth, stream_pos: self.stream_pos - 1 }
+        TopoPos { depth: self.depth, stream_pos: self.stream_pos.before() }
     }
 }
 
 /// A user's current membership in a room.
 #[derive(Debug, Clone)]
 pub struct MembershipRow {
-    pub room_id: String,
-    pub user_id: String,
-    pub membership: String,
-    pub event_id: String,
-    pub stream_pos: i64,
+    pub room_id: OwnedRoomId,
+    pub user_id: OwnedUserId,
+    pub membership: MembershipState,
+    pub event_id: OwnedEventId,
+    pub stream_pos: StreamPos,
     pub forgotten: bool,
     /// Where the user's current stay began (the event that made them join); 0 if not joined.
-    pub joined_pos: i64,
+    pub joined_pos: StreamPos,
 }
 
 /// `chain(group_id, prev_group, lvl)`: the delta chain of the state group `$1`, newest first.
@@ -119,7 +121,7 @@ pub(crate) const EVENT_COLUMNS: &str = "stream_pos, event_id, room_id, event_typ
 
 pub(crate) fn event_from_row(row: &AnyRow) -> Result<EventRow> {
     Ok(EventRow {
-        stream_pos: row.try_get("stream_pos")?,
+        stream_pos: StreamPos::new(row.try_get("stream_pos")?),
         event_id: row.try_get("event_id")?,
         room_id: row.try_get("room_id")?,
         event_type: row.try_get("event_type")?,
@@ -145,14 +147,19 @@ pub(crate) fn event_from_row(row: &AnyRow) -> Result<EventRow> {
 
 fn membership_from_row(row: &AnyRow) -> Result<MembershipRow> {
     Ok(MembershipRow {
-        room_id: row.try_get("room_id")?,
-        user_id: row.try_get("user_id")?,
-        membership: row.try_get("membership")?,
-        event_id: row.try_get("event_id")?,
-        stream_pos: row.try_get("stream_pos")?,
+        room_id: parse_id(row.try_get("room_id")?)?,
+        user_id: parse_id(row.try_get("user_id")?)?,
+        membership: MembershipState::from(row.try_get::<String, _>("membership")?),
+        event_id: parse_id(row.try_get("event_id")?)?,
+        stream_pos: StreamPos::new(row.try_get("stream_pos")?),
         forgotten: row.try_get::<i64, _>("forgotten")? != 0,
-        joined_pos: row.try_get("joined_pos")?,
+        joined_pos: StreamPos::new(row.try_get("joined_pos")?),
     })
+}
+
+/// A stored id, typed; one that does not parse means the row is corrupt.
+pub(crate) fn parse_id<T: TryFrom<String>>(text: String) -> Result<T> {
+    T::try_from(text.clone()).map_err(|_| crate::StorageError::Corrupt(format!("invalid id {text:?}")))
 }
 
 /// `stream_pos {cmp} $n` or `(depth, stream_pos) {cmp} ($n, $n+1)` for a bound, on the events
@@ -167,8 +174,8 @@ pub(crate) fn bound_condition(bound: &Bound, table: &str, cmp: &str, first: usiz
 /// Binds a bound's values for [`bound_condition`].
 pub(crate) fn bind_bound<'q>(q: crate::persist::AnyQuery<'q>, bound: &Bound) -> crate::persist::AnyQuery<'q> {
     match *bound {
-        Bound::Stream(pos) => q.bind(pos),
-        Bound::Topo(t) => q.bind(t.depth).bind(t.stream_pos),
+        Bound::Stream(pos) => q.bind(pos.get()),
+        Bound::Topo(t) => q.bind(t.depth).bind(t.stream_pos.get()),
     }
 }
 
@@ -314,8 +321,8 @@ impl Db {
     pub async fn room_events(
         &self,
         room_id: &str,
-        from: i64,
-        to: Option<i64>,
+        from: StreamPos,
+        to: Option<StreamPos>,
         dir: Direction,
         limit: i64,
     ) -> Result<Vec<EventRow>> {
@@ -330,6 +337,7 @@ impl Db {
             ),
         };
         let to = to
+            .map(StreamPos::get)
             .unwrap_or(match dir {
                 Direction::Backward => 0,
                 Direction::Forward => i64::MAX,
@@ -337,7 +345,7 @@ impl Db {
             .max(0);
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(room_id)
-            .bind(from)
+            .bind(from.get())
             .bind(to)
             .bind(limit)
             .fetch_all(self.reader())
@@ -384,8 +392,8 @@ impl Db {
     pub async fn rooms_changed_between(
         &self,
         user_id: &str,
-        after: i64,
-        up_to: i64,
+        after: StreamPos,
+        up_to: StreamPos,
     ) -> Result<Vec<(String, i64)>> {
         let rows = sqlx::query(
             "SELECT room_id, MAX(stream_pos) AS pos FROM events \
@@ -393,8 +401,8 @@ impl Db {
              AND room_id IN (SELECT room_id FROM memberships WHERE user_id = $1) GROUP BY room_id",
         )
         .bind(user_id)
-        .bind(after)
-        .bind(up_to)
+        .bind(after.get())
+        .bind(up_to.get())
         .fetch_all(self.reader())
         .await?;
         rows.iter().map(|r| Ok((r.try_get("room_id")?, r.try_get("pos")?))).collect()
@@ -447,13 +455,13 @@ impl Db {
     }
 
     /// The room's current state group as of stream position `pos` (0 before its first state).
-    pub async fn current_state_group_at(&self, room_id: &str, pos: i64) -> Result<i64> {
+    pub async fn current_state_group_at(&self, room_id: &str, pos: StreamPos) -> Result<i64> {
         let group: Option<i64> = sqlx::query_scalar(
             "SELECT state_group FROM room_state_history WHERE room_id = $1 AND stream_pos <= $2 \
              ORDER BY stream_pos DESC LIMIT 1",
         )
         .bind(room_id)
-        .bind(pos)
+        .bind(pos.get())
         .fetch_optional(self.reader())
         .await?;
         Ok(group.unwrap_or(0))
@@ -659,14 +667,19 @@ impl Db {
     }
 
     /// Membership events about `user_id` with positions in `(after, up_to]`, oldest first.
-    pub async fn membership_changes(&self, user_id: &str, after: i64, up_to: i64) -> Result<Vec<EventRow>> {
+    pub async fn membership_changes(
+        &self,
+        user_id: &str,
+        after: StreamPos,
+        up_to: StreamPos,
+    ) -> Result<Vec<EventRow>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE state_key = $1 AND event_type = 'm.room.member' \
              AND stream_pos > $2 AND stream_pos <= $3 AND {IN_TIMELINE} ORDER BY stream_pos"
         )))
         .bind(user_id)
-        .bind(after)
-        .bind(up_to)
+        .bind(after.get())
+        .bind(up_to.get())
         .fetch_all(self.reader())
         .await?;
         rows.iter().map(event_from_row).collect()
@@ -676,23 +689,23 @@ impl Db {
     pub async fn room_state_events_between(
         &self,
         room_id: &str,
-        after: i64,
-        before: i64,
+        after: StreamPos,
+        before: StreamPos,
     ) -> Result<Vec<EventRow>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND stream_pos > $2 AND stream_pos < $3 \
              AND state_key IS NOT NULL AND {IN_TIMELINE} ORDER BY stream_pos"
         )))
         .bind(room_id)
-        .bind(after)
-        .bind(before)
+        .bind(after.get())
+        .bind(before.get())
         .fetch_all(self.reader())
         .await?;
         rows.iter().map(event_from_row).collect()
     }
 
     /// The newest event of a room at or below `up_to`.
-    pub async fn latest_room_event(&self, room_id: &str, up_to: i64) -> Result<Option<EventRow>> {
+    pub async fn latest_room_event(&self, room_id: &str, up_to: StreamPos) -> Result<Option<EventRow>> {
         Ok(self.room_events(room_id, up_to, None, Direction::Backward, 1).await?.into_iter().next())
     }
 

@@ -1,5 +1,8 @@
 //! Storage behaviour, run on SQLite and (with `LATTICE_TEST_DATABASE_URL`) on PostgreSQL.
 
+use homeserver_core::streams::StreamPos;
+use ruma::events::room::member::MembershipState;
+
 use crate::{
     Db, StorageError,
     accounts::NewLogin,
@@ -220,15 +223,18 @@ async fn persist_is_atomic_and_state_groups_resolve_through_deltas() {
             ("m.room.member".into(), "@a:x".into(), "$join".into()),
         ]
     );
-    assert_eq!(db.membership("!r:x", "@a:x").await.unwrap().unwrap().membership, "join");
+    assert_eq!(db.membership("!r:x", "@a:x").await.unwrap().unwrap().membership, MembershipState::Join);
     assert_eq!(db.room_extremities("!r:x").await.unwrap(), vec!["$msg".to_string()]);
     assert_eq!(db.txn_event("@a:x", "D", "send", "t1").await.unwrap().as_deref(), Some("$join"));
     assert_eq!(db.max_stream_pos().await.unwrap(), 3);
 
-    let back = db.room_events("!r:x", 3, None, Direction::Backward, 2).await.unwrap();
-    assert_eq!(back.iter().map(|e| e.stream_pos).collect::<Vec<_>>(), vec![3, 2]);
-    let fwd = db.room_events("!r:x", 1, Some(3), Direction::Forward, 10).await.unwrap();
-    assert_eq!(fwd.iter().map(|e| e.stream_pos).collect::<Vec<_>>(), vec![2, 3]);
+    let back = db.room_events("!r:x", StreamPos::new(3), None, Direction::Backward, 2).await.unwrap();
+    assert_eq!(back.iter().map(|e| e.stream_pos.get()).collect::<Vec<_>>(), vec![3, 2]);
+    let fwd = db
+        .room_events("!r:x", StreamPos::new(1), Some(StreamPos::new(3)), Direction::Forward, 10)
+        .await
+        .unwrap();
+    assert_eq!(fwd.iter().map(|e| e.stream_pos.get()).collect::<Vec<_>>(), vec![2, 3]);
 
     // A batch that reuses the alias fails as a whole: its event is not stored.
     let plan2 = PersistPlan {

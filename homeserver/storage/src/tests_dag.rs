@@ -4,6 +4,9 @@
 
 use sqlx::Connection;
 
+use homeserver_core::streams::StreamPos;
+use ruma::events::room::member::MembershipState;
+
 use crate::{
     Db, Engine, POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS,
     events::{Bound, Direction, TopoPos},
@@ -87,9 +90,9 @@ async fn a_resolved_state_can_remove_a_key_and_the_derived_tables_follow() {
         ..Default::default()
     };
     db.persist(&plan).await.unwrap();
-    assert_eq!(db.current_state_group_at("!r:x", 1).await.unwrap(), 0);
-    assert_eq!(db.current_state_group_at("!r:x", 2).await.unwrap(), 2);
-    assert_eq!(db.membership("!r:x", "@b:x").await.unwrap().unwrap().membership, "join");
+    assert_eq!(db.current_state_group_at("!r:x", StreamPos::new(1)).await.unwrap(), 0);
+    assert_eq!(db.current_state_group_at("!r:x", StreamPos::new(2)).await.unwrap(), 2);
+    assert_eq!(db.membership("!r:x", "@b:x").await.unwrap().unwrap().membership, MembershipState::Join);
 
     // Resolution drops @b's membership: a group that removes the key, merged from two parents.
     let merge = PersistPlan {
@@ -108,8 +111,12 @@ async fn a_resolved_state_can_remove_a_key_and_the_derived_tables_follow() {
     assert_eq!(db.current_state_event_id("!r:x", "m.room.member", "@b:x").await.unwrap(), None);
     assert!(db.membership("!r:x", "@b:x").await.unwrap().is_none(), "the membership row follows the state");
     assert_eq!(db.room("!r:x").await.unwrap().unwrap().current_state_group, 3);
-    assert_eq!(db.current_state_group_at("!r:x", 2).await.unwrap(), 2, "the history keeps earlier states");
-    assert_eq!(db.current_state_group_at("!r:x", 9).await.unwrap(), 3);
+    assert_eq!(
+        db.current_state_group_at("!r:x", StreamPos::new(2)).await.unwrap(),
+        2,
+        "the history keeps earlier states"
+    );
+    assert_eq!(db.current_state_group_at("!r:x", StreamPos::new(9)).await.unwrap(), 3);
     assert_eq!(db.max_state_group().await.unwrap(), 3);
     let parents: Vec<i64> = sqlx::query_scalar(
         "SELECT parent_group FROM state_group_parents WHERE group_id = 3 ORDER BY parent_group",
@@ -144,10 +151,12 @@ async fn pages_follow_topological_order_and_backfill_sorts_before_history() {
     db.persist(&plan).await.unwrap();
     let ids = |rows: Vec<crate::events::EventRow>| rows.into_iter().map(|r| r.event_id).collect::<Vec<_>>();
 
-    let back = db.room_page("!r:x", Bound::Stream(4), None, Direction::Backward, 10).await.unwrap();
+    let back =
+        db.room_page("!r:x", Bound::Stream(StreamPos::new(4)), None, Direction::Backward, 10).await.unwrap();
     assert_eq!(ids(back.clone()), ["$d12", "$late11", "$d11", "$d10", "$old9", "$old8"]);
     // Continuing from a page's last event never repeats or skips one.
-    let first = db.room_page("!r:x", Bound::Stream(4), None, Direction::Backward, 3).await.unwrap();
+    let first =
+        db.room_page("!r:x", Bound::Stream(StreamPos::new(4)), None, Direction::Backward, 3).await.unwrap();
     let next = Bound::Topo(first.last().unwrap().topo_before());
     let rest = db.room_page("!r:x", next, None, Direction::Backward, 10).await.unwrap();
     assert_eq!([ids(first), ids(rest)].concat(), ids(back));
@@ -155,8 +164,8 @@ async fn pages_follow_topological_order_and_backfill_sorts_before_history() {
     let fwd = db
         .room_page(
             "!r:x",
-            Bound::Topo(TopoPos { depth: 9, stream_pos: -1 }),
-            Some(Bound::Topo(TopoPos { depth: 11, stream_pos: 4 })),
+            Bound::Topo(TopoPos { depth: 9, stream_pos: StreamPos::new(-1) }),
+            Some(Bound::Topo(TopoPos { depth: 11, stream_pos: StreamPos::new(4) })),
             Direction::Forward,
             10,
         )
@@ -164,11 +173,13 @@ async fn pages_follow_topological_order_and_backfill_sorts_before_history() {
         .unwrap();
     assert_eq!(ids(fwd), ["$d10", "$d11", "$late11"]);
     // A sync token covers what arrived by then, whatever its depth: the late fork is not in it.
-    let at3 = db.room_page("!r:x", Bound::Stream(3), None, Direction::Backward, 10).await.unwrap();
+    let at3 =
+        db.room_page("!r:x", Bound::Stream(StreamPos::new(3)), None, Direction::Backward, 10).await.unwrap();
     assert_eq!(ids(at3), ["$d12", "$d11", "$d10", "$old9", "$old8"]);
 
     // The live stream (sync) holds neither backfilled history nor events outside the timeline.
-    let stream = db.room_events("!r:x", i64::MAX, None, Direction::Backward, 10).await.unwrap();
+    let stream =
+        db.room_events("!r:x", StreamPos::new(i64::MAX), None, Direction::Backward, 10).await.unwrap();
     assert_eq!(ids(stream), ["$late11", "$d12", "$d11", "$d10"]);
     // By id: outliers and soft-failed events exist; rejected ones only for the room model.
     let all: Vec<String> = ["$outlier", "$soft", "$rejected"].map(String::from).to_vec();

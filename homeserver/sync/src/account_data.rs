@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use homeserver_core::{Error, streams::watermarks::Mark};
 use homeserver_rooms::push::PUSH_RULES_TYPE;
 use homeserver_storage::events::MembershipRow;
+use ruma::events::room::member::MembershipState;
 use serde_json::{Value, json};
 
 use crate::{
@@ -24,9 +25,12 @@ pub(crate) async fn account_data_section(
     let room_filter = &ctx.filter.room;
     let mut global = Vec::new();
     let mut by_room: HashMap<String, Vec<Value>> = HashMap::new();
-    let changed = ctx.syncer.stream.marks().changed_after(Mark::AccountData, user, since as u64);
-    let rows =
-        if changed { ctx.syncer.db.account_data_since(user, since, ctx.now).await? } else { Vec::new() };
+    let changed = ctx.syncer.stream.marks().changed_after(Mark::AccountData, user, since.as_live());
+    let rows = if changed {
+        ctx.syncer.db.account_data_since(user, since.get(), ctx.now.get()).await?
+    } else {
+        Vec::new()
+    };
     for row in rows {
         let content: Value = serde_json::from_str(&row.content).unwrap_or_else(|_| json!({}));
         let event = json!({ "type": row.data_type, "content": content });
@@ -43,7 +47,7 @@ pub(crate) async fn account_data_section(
             &mut rooms.join
         } else if rooms.leave.contains_key(&room_id) {
             &mut rooms.leave
-        } else if memberships.iter().any(|m| m.room_id == room_id && m.membership == "join") {
+        } else if memberships.iter().any(|m| m.room_id == room_id && m.membership == MembershipState::Join) {
             rooms.join.insert(room_id.clone(), empty_joined_room());
             &mut rooms.join
         } else {

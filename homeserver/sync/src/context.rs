@@ -1,9 +1,9 @@
 //! What one sync computation knows: who asks, with which filter, over which window.
 
-use homeserver_core::token::StreamToken;
+use homeserver_core::{streams::StreamPos, token::StreamToken};
 use homeserver_live::ignore::Ignored;
 use homeserver_rooms::format::Viewer;
-use ruma::{DeviceId, RoomId, UserId};
+use ruma::{DeviceId, RoomId, UserId, events::room::member::MembershipState};
 
 use crate::{Syncer, filter::FilterDefinition};
 
@@ -15,7 +15,7 @@ pub(crate) struct SyncContext<'a> {
     /// The client's token, its position capped at `now`.
     pub since: Option<StreamToken>,
     /// The stream position this response covers up to.
-    pub now: i64,
+    pub now: StreamPos,
     pub full_state: bool,
     /// Users whose events and invites this user ignores (`m.ignored_user_list`).
     pub ignored: Ignored,
@@ -23,8 +23,8 @@ pub(crate) struct SyncContext<'a> {
 
 impl SyncContext<'_> {
     /// The position of the client's token (0 for an initial sync).
-    pub fn since_pos(&self) -> i64 {
-        self.since.map(|s| s.pos as i64).unwrap_or(0)
+    pub fn since_pos(&self) -> StreamPos {
+        self.since.map_or(StreamPos::ZERO, |s| StreamPos::live(s.pos))
     }
 
     pub fn viewer(&self) -> Viewer<'_> {
@@ -35,8 +35,8 @@ impl SyncContext<'_> {
     pub async fn membership_at(
         &self,
         room_id: &RoomId,
-        pos: i64,
-    ) -> Result<Option<String>, homeserver_core::Error> {
+        pos: StreamPos,
+    ) -> Result<Option<MembershipState>, homeserver_core::Error> {
         // The room's current state then, not the newest event's own (which may sit on a fork
         // that resolution set aside).
         let db = &self.syncer.db;
@@ -46,6 +46,11 @@ impl SyncContext<'_> {
             return Ok(None);
         };
         let Ok(event_id) = ruma::EventId::parse(event_id) else { return Ok(None) };
-        Ok(rooms.cache().get(&event_id).await?.and_then(|pdu| pdu.content_str("membership")))
+        Ok(rooms
+            .cache()
+            .get(&event_id)
+            .await?
+            .and_then(|pdu| pdu.content_str("membership"))
+            .map(MembershipState::from))
     }
 }

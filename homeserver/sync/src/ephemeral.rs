@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use homeserver_core::{Error, streams::watermarks::Mark};
 use homeserver_storage::{events::MembershipRow, receipts::ReceiptRow};
-use ruma::{OwnedUserId, RoomId};
+use ruma::{OwnedUserId, RoomId, events::room::member::MembershipState};
 use serde_json::{Map, Value, json};
 
 use crate::context::SyncContext;
@@ -39,13 +39,13 @@ impl EphemeralStreams {
         let marks = ctx.syncer.stream.marks();
         let receipt_rooms: Vec<String> = memberships
             .iter()
-            .filter(|m| m.membership == "join")
-            .filter(|m| marks.changed_after(Mark::RoomReceipts, &m.room_id, since as u64))
-            .map(|m| m.room_id.clone())
+            .filter(|m| m.membership == MembershipState::Join)
+            .filter(|m| marks.changed_after(Mark::RoomReceipts, m.room_id.as_str(), since.as_live()))
+            .map(|m| m.room_id.to_string())
             .collect();
         let mut receipts_by_room: HashMap<String, Vec<ReceiptRow>> = HashMap::new();
         if !receipt_rooms.is_empty() {
-            for r in ctx.syncer.db.receipts_between(&receipt_rooms, since, ctx.now).await? {
+            for r in ctx.syncer.db.receipts_between(&receipt_rooms, since.get(), ctx.now.get()).await? {
                 receipts_by_room.entry(r.room_id.clone()).or_default().push(r);
             }
         }

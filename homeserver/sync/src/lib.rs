@@ -29,7 +29,11 @@ mod rooms;
 
 use std::{sync::Arc, time::Duration};
 
-use homeserver_core::{Error, streams::EventStream, token::StreamToken};
+use homeserver_core::{
+    Error,
+    streams::{EventStream, StreamPos},
+    token::StreamToken,
+};
 use homeserver_live::Live;
 use homeserver_rooms::Rooms;
 use homeserver_storage::Db;
@@ -78,7 +82,7 @@ impl Syncer {
         let mut wake = self.stream.subscribe(user);
         loop {
             wake.borrow_and_update();
-            let now = self.stream.current() as i64;
+            let now = StreamPos::live(self.stream.current());
             let ctx = SyncContext {
                 syncer: self,
                 user,
@@ -86,7 +90,7 @@ impl Syncer {
                 filter: &request.filter,
                 since: request
                     .since
-                    .map(|s| StreamToken { pos: (s.pos as i64).min(now) as u64, ephemeral: s.ephemeral }),
+                    .map(|s| StreamToken { pos: s.pos.min(now.as_live()), ephemeral: s.ephemeral }),
                 now,
                 full_state: request.full_state,
                 ignored: self.live.ignore_lists.of(user.as_str()).await?,
@@ -122,7 +126,7 @@ async fn build_response(ctx: &SyncContext<'_>) -> Result<(Value, bool), Error> {
     let account_data = account_data::account_data_section(ctx, &memberships, &mut rooms).await?;
     let presence = presence::presence_section(ctx).await?;
     let has_data = !rooms.is_empty() || !account_data.is_empty() || !presence.is_empty();
-    let next_batch = StreamToken { pos: ctx.now as u64, ephemeral: typing_serial };
+    let next_batch = StreamToken { pos: ctx.now.as_live(), ephemeral: typing_serial };
     let body = json!({
         "next_batch": next_batch.to_string(),
         "rooms": { "join": rooms.join, "invite": rooms.invite, "knock": rooms.knock, "leave": rooms.leave },

@@ -10,7 +10,10 @@ use crate::context::SyncContext;
 pub(crate) async fn presence_section(ctx: &SyncContext<'_>) -> Result<Vec<Value>, Error> {
     let since = ctx.since_pos();
     let presence = &ctx.syncer.live.presence;
-    if !presence.enabled || !ctx.filter.presence.allows("m.presence", "") || !presence.changed_since(since) {
+    if !presence.enabled
+        || !ctx.filter.presence.allows("m.presence", "")
+        || !presence.changed_since(since.get())
+    {
         return Ok(Vec::new());
     }
     let now = homeserver_core::time::now_millis() as i64;
@@ -18,7 +21,7 @@ pub(crate) async fn presence_section(ctx: &SyncContext<'_>) -> Result<Vec<Value>
     Ok(ctx
         .syncer
         .db
-        .presence_of_room_mates(user, since, ctx.now)
+        .presence_of_room_mates(user, since.get(), ctx.now.get())
         .await?
         .iter()
         .filter(|p| !ctx.ignored.contains(&p.user_id))

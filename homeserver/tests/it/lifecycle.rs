@@ -318,7 +318,7 @@ async fn cli_user_commands_act_on_the_database() {
     let mut bin = spawn_binary(dir.path(), &db.url).await;
     let check = homeserver_storage::Db::connect(&db.url).await.unwrap();
     let membership = check.membership(&room, "@gen:localhost").await.unwrap().unwrap();
-    assert_eq!(membership.membership, "leave");
+    assert_eq!(membership.membership, ruma::events::room::member::MembershipState::Leave);
     check.close().await;
     bin.child.kill().unwrap();
     bin.child.wait().unwrap();

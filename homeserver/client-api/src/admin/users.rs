@@ -272,8 +272,8 @@ async fn joined_rooms(
         .await
         .map_err(Error::from)?
         .into_iter()
-        .filter(|m| m.membership == "join")
-        .map(|m| m.room_id)
+        .filter(|m| m.membership == ruma::events::room::member::MembershipState::Join)
+        .map(|m| m.room_id.to_string())
         .collect();
     Ok(Json(json!({ "total": rooms.len(), "joined_rooms": rooms })))
 }

@@ -29,6 +29,7 @@ use crate::{
     auth,
     pdu::Pdu,
     redaction,
+    rejection::Rejection,
     remote::{Arrival, IncomingPdu, Verdict, check},
     resolve::{self, State},
     state_groups,
@@ -147,8 +148,10 @@ impl RoomActor {
             }
         };
         // Step 4: the auth rules against the event's own auth events.
-        if let Err(reason) = auth::check(&rules.authorization, &pdu, &own) {
-            return self.store_rejected(pdu, reason, before_group, outlier, replaces_outlier, outcome).await;
+        if let Err(rejection) = auth::check(&rules.authorization, &pdu, &own) {
+            return self
+                .store_rejected(pdu, rejection, before_group, outlier, replaces_outlier, outcome)
+                .await;
         }
         if outlier {
             let pos = self.outside_position().await?;
@@ -157,8 +160,8 @@ impl RoomActor {
         }
         // Step 5: the auth rules against the state before the event.
         let at_event = self.auth_events_at(before_group, &pdu, &own.by_id).await?;
-        if let Err(reason) = auth::check(&rules.authorization, &pdu, &at_event) {
-            return self.store_rejected(pdu, reason, before_group, false, replaces_outlier, outcome).await;
+        if let Err(rejection) = auth::check(&rules.authorization, &pdu, &at_event) {
+            return self.store_rejected(pdu, rejection, before_group, false, replaces_outlier, outcome).await;
         }
         let after_group = self.group_after(before_group, &pdu, outcome).await?;
         // Step 6: the auth rules against the room's current state (live events only).
@@ -202,13 +205,14 @@ impl RoomActor {
     async fn store_rejected(
         &mut self,
         pdu: Arc<Pdu>,
-        reason: String,
+        rejection: Rejection,
         group: i64,
         outlier: bool,
         replaces_outlier: bool,
         outcome: &mut Outcome,
     ) -> Result<Verdict, Error> {
         let pos = self.outside_position().await?;
+        let reason = rejection.to_string();
         let mut rejected = (*pdu).clone();
         rejected.rejected = true;
         let rejected = Arc::new(rejected);
@@ -280,7 +284,7 @@ impl RoomActor {
                     continue;
                 }
                 if let Ok(id) = EventId::parse(&row.event_id) {
-                    let live = row.stream_pos > 0
+                    let live = row.stream_pos.is_live()
                         && !row.outlier
                         && !row.soft_failed
                         && row.rejected_reason.is_none();

@@ -3,6 +3,7 @@
 //! spec defines; what must be rejected or soft-failed is; outliers, backfill and duplicates are
 //! stored as they must be.
 
+use homeserver_core::streams::StreamPos;
 use homeserver_rooms::remote::{Arrival, IncomingPdu, Verdict};
 use ruma::RoomVersionId;
 use serde_json::json;
@@ -180,7 +181,7 @@ async fn a_message_racing_a_ban_is_soft_failed_and_one_after_it_rejected() {
         .dag_events(&[fixture.id("carol_fork").to_string(), fixture.id("carol_after").to_string()])
         .await
         .unwrap();
-    assert!(rows.iter().all(|r| r.stream_pos < 0), "outside the live stream: no sync reports them");
+    assert!(rows.iter().all(|r| !r.stream_pos.is_live()), "outside the live stream: no sync reports them");
     assert!(rows.iter().any(|r| r.soft_failed) && rows.iter().any(|r| r.rejected_reason.is_some()));
 
     // Delivered before the ban, carol's message is an ordinary event; the state is the same.
@@ -381,12 +382,12 @@ async fn an_outlier_is_stored_apart_and_later_takes_its_place() {
     assert!(!obs.timeline(&fixture).await.contains(&"bob_join".to_owned()));
     assert_eq!(obs.memberships(&fixture).await.get("@bob:b.test"), None, "an outlier changes no state");
     let row = obs.db.dag_events(&[fixture.id("bob_join").to_string()]).await.unwrap().remove(0);
-    assert!(row.outlier && row.stream_pos < 0);
+    assert!(row.outlier && !row.stream_pos.is_live());
     assert!(matches!(obs.one(&fixture, "bob_join", Arrival::Outlier).await, Verdict::Duplicate(_)));
     // Then it arrives in the timeline.
     assert_eq!(obs.one(&fixture, "bob_join", Arrival::Live).await, Verdict::Accepted(fixture.id("bob_join")));
     let row = obs.db.dag_events(&[fixture.id("bob_join").to_string()]).await.unwrap().remove(0);
-    assert!(!row.outlier && row.stream_pos > 0, "de-outliered into the live stream");
+    assert!(!row.outlier && row.stream_pos.is_live(), "de-outliered into the live stream");
     assert_eq!(obs.memberships(&fixture).await.get("@bob:b.test").map(String::as_str), Some("join"));
     assert_eq!(obs.timeline(&fixture).await.last().map(String::as_str), Some("bob_join"));
 }
@@ -474,7 +475,7 @@ async fn backfilled_history_sorts_before_what_the_room_shows_and_is_never_new_in
         .db
         .room_events(
             fixture.room().as_str(),
-            token,
+            StreamPos::new(token),
             None,
             homeserver_storage::events::Direction::Forward,
             1000,

@@ -9,7 +9,10 @@ use std::{
     sync::Arc,
 };
 
-use homeserver_core::{keys::ServerKey, streams::EventStream};
+use homeserver_core::{
+    keys::ServerKey,
+    streams::{EventStream, StreamPos},
+};
 use homeserver_rooms::{
     Rooms, RoomsConfig, ServerKeysHandle,
     auth::auth_state_keys,
@@ -409,7 +412,13 @@ impl Observer {
         use homeserver_storage::events::{Bound, Direction};
         let rows = self
             .db
-            .room_page(fixture.room().as_str(), Bound::Stream(i64::MAX), None, Direction::Backward, 10_000)
+            .room_page(
+                fixture.room().as_str(),
+                Bound::Stream(StreamPos::new(i64::MAX)),
+                None,
+                Direction::Backward,
+                10_000,
+            )
             .await
             .unwrap();
         let label_of: HashMap<&str, &str> =

@@ -8,6 +8,7 @@ use homeserver_rooms::{
     pdu::Pdu,
 };
 use homeserver_storage::{Db, testing::TestDatabase};
+use ruma::events::room::member::MembershipState;
 use ruma::{
     CanonicalJsonObject, OwnedUserId, RoomVersionId, ServerName,
     serde::Base64,
@@ -143,7 +144,7 @@ async fn auth_rules_reject_unauthorised_events() {
     env.rooms.ban(&room_id, &alice, &bob, Some("spam")).await.unwrap();
     let err = env.rooms.join(&room_id, &bob, Default::default()).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Forbidden);
-    assert_eq!(env.rooms.membership(&room_id, &bob).await.unwrap().as_deref(), Some("ban"));
+    assert_eq!(env.rooms.membership(&room_id, &bob).await.unwrap(), Some(MembershipState::Ban));
     // A rejected event leaves no trace: the state is unchanged.
     let pl = env.rooms.current_state_event(&room_id, "m.room.power_levels", "").await.unwrap().unwrap();
     assert!(!pl.json.contains(bob.as_str()));

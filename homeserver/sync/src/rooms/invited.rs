@@ -43,7 +43,7 @@ pub(crate) async fn knocked_room(
     m: &MembershipRow,
 ) -> Result<Value, Error> {
     let mut events = stripped_state(ctx, room_id).await?;
-    if let Some(row) = ctx.syncer.db.event(&m.event_id).await.map_err(Error::from)? {
+    if let Some(row) = ctx.syncer.db.event(m.event_id.as_str()).await.map_err(Error::from)? {
         let mut knock_event =
             ctx.syncer.rooms.client_event(&row, Some(ctx.viewer()), RoomIdField::Omit).await?;
         if let Some(obj) = knock_event.as_object_mut() {
@@ -60,14 +60,14 @@ pub(crate) async fn invited_room(
     m: &MembershipRow,
 ) -> Result<Option<Value>, Error> {
     let app = ctx.syncer;
-    if let Some(invite) = app.db.event(&m.event_id).await.map_err(Error::from)?
+    if let Some(invite) = app.db.event(m.event_id.as_str()).await.map_err(Error::from)?
         && ctx.ignored.contains(&invite.sender)
     {
         // Invites from ignored users are not shown at all.
         return Ok(None);
     }
     let mut events = stripped_state(ctx, room_id).await?;
-    if let Some(row) = app.db.event(&m.event_id).await.map_err(Error::from)? {
+    if let Some(row) = app.db.event(m.event_id.as_str()).await.map_err(Error::from)? {
         if let Ok(sender) = ruma::UserId::parse(&row.sender)
             && let Some(inviter) =
                 app.rooms.current_state_event(room_id, "m.room.member", sender.as_str()).await?

@@ -1,6 +1,6 @@
 //! A joined room's section: timeline, state, ephemeral events, unread counts and summary.
 
-use homeserver_core::Error;
+use homeserver_core::{Error, streams::StreamPos};
 use homeserver_rooms::format::RoomIdField;
 use ruma::RoomId;
 use serde_json::{Map, Value, json};
@@ -52,12 +52,12 @@ pub(crate) async fn joined_room(
     ctx: &SyncContext<'_>,
     room_id: &RoomId,
     new_to_client: bool,
-    joined_at: i64,
+    joined_at: StreamPos,
     ephemeral: Ephemeral,
 ) -> Result<Option<Value>, Error> {
     let up_to = ctx.now;
-    let since = ctx.since.map(|s| s.pos as i64).unwrap_or(0);
-    let timeline_from = if new_to_client { 0 } else { since };
+    let since = ctx.since_pos();
+    let timeline_from = if new_to_client { StreamPos::ZERO } else { since };
     let full_state = new_to_client || ctx.full_state;
     let timeline_filter = &ctx.filter.room.timeline;
     let mut tl = timeline(ctx, room_id, timeline_from, up_to, timeline_filter).await?;
@@ -83,8 +83,11 @@ pub(crate) async fn joined_room(
     room["ephemeral"] = json!({ "events": ephemeral_events });
     let per_thread = ctx.filter.room.timeline.unread_thread_notifications;
     let user = ctx.user.as_str();
-    let counts =
-        app.live.unread.counts(user, room_id.as_str(), joined_at, per_thread, &ctx.ignored, ctx.now).await?;
+    let counts = app
+        .live
+        .unread
+        .counts(user, room_id.as_str(), joined_at.get(), per_thread, &ctx.ignored, ctx.now.get())
+        .await?;
     room["unread_notifications"] =
         json!({ "notification_count": counts.main.0, "highlight_count": counts.main.1 });
     if per_thread {

@@ -22,7 +22,7 @@ pub(crate) async fn left_room(
     m: &MembershipRow,
     new_to_client: bool,
 ) -> Result<Option<Value>, Error> {
-    let since = ctx.since.map(|s| s.pos as i64).unwrap_or(0);
+    let since = ctx.since_pos();
     let timeline_filter = &ctx.filter.room.timeline;
     let tl = timeline(ctx, room_id, since, m.stream_pos, timeline_filter).await?;
     let group = start_group(ctx, room_id, &tl, m.stream_pos).await?;
@@ -31,7 +31,7 @@ pub(crate) async fn left_room(
     // who only rejected an invite or withdrew a knock sees their own event, not the members.
     let user = ctx.user;
     let may_read = ctx.syncer.rooms.may_read_state_at(user, room_id, group).await?
-        || match ctx.syncer.db.event(&m.event_id).await.map_err(Error::from)? {
+        || match ctx.syncer.db.event(m.event_id.as_str()).await.map_err(Error::from)? {
             Some(departure) => ctx.syncer.rooms.may_read_state_around(user, room_id, &departure).await?,
             None => false,
         };

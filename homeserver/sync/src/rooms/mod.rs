@@ -12,7 +12,7 @@ use std::collections::HashSet;
 
 use homeserver_core::{Error, streams::watermarks::Mark};
 use homeserver_storage::events::MembershipRow;
-use ruma::RoomId;
+use ruma::events::room::member::MembershipState as M;
 use serde_json::{Map, Value};
 
 use crate::{context::SyncContext, ephemeral::EphemeralStreams};
@@ -43,11 +43,11 @@ async fn changed_rooms(
     if ctx.since.is_none() {
         return Ok(HashSet::new());
     }
-    if marks.cover(since as u64) {
+    if marks.cover(since.as_live()) {
         return Ok(memberships
             .iter()
-            .filter(|m| marks.changed_after(Mark::RoomEvents, &m.room_id, since as u64))
-            .map(|m| m.room_id.clone())
+            .filter(|m| marks.changed_after(Mark::RoomEvents, m.room_id.as_str(), since.as_live()))
+            .map(|m| m.room_id.to_string())
             .collect());
     }
     let changed = ctx.syncer.db.rooms_changed_between(ctx.user.as_str(), since, ctx.now).await?;
@@ -64,49 +64,48 @@ pub(crate) async fn room_sections(
     let room_filter = &ctx.filter.room;
     let mut sections = RoomSections::default();
     for m in memberships {
-        if !room_filter.allows_room(&m.room_id) || m.stream_pos > ctx.now {
+        if !room_filter.allows_room(m.room_id.as_str()) || m.stream_pos > ctx.now {
             continue;
         }
-        let Ok(room_id) = RoomId::parse(&m.room_id) else { continue };
+        let room_id = &m.room_id;
         let changed_in_window = ctx.since.is_none() || m.stream_pos > since;
-        match m.membership.as_str() {
-            "join" => {
+        match m.membership {
+            M::Join => {
                 // New to the client: initial sync, or not joined at `since` (a join, not a
                 // profile change, happened in the window).
                 let new_to_client = ctx.since.is_none()
-                    || (changed_in_window
-                        && ctx.membership_at(&room_id, since).await?.as_deref() != Some("join"));
-                let ephemeral = ephemeral.take(ctx, &room_id, new_to_client);
+                    || (changed_in_window && ctx.membership_at(room_id, since).await? != Some(M::Join));
+                let ephemeral = ephemeral.take(ctx, room_id, new_to_client);
                 if !(new_to_client
                     || ctx.full_state
                     || !ephemeral.is_empty()
-                    || changed_rooms.contains(&m.room_id))
+                    || changed_rooms.contains(m.room_id.as_str()))
                 {
                     continue;
                 }
                 if let Some(room) =
-                    joined::joined_room(ctx, &room_id, new_to_client, m.joined_pos, ephemeral).await?
+                    joined::joined_room(ctx, room_id, new_to_client, m.joined_pos, ephemeral).await?
                 {
-                    sections.join.insert(m.room_id.clone(), room);
+                    sections.join.insert(m.room_id.to_string(), room);
                 }
             }
-            "invite" if changed_in_window => {
-                if let Some(room) = invited::invited_room(ctx, &room_id, m).await? {
-                    sections.invite.insert(m.room_id.clone(), room);
+            M::Invite if changed_in_window => {
+                if let Some(room) = invited::invited_room(ctx, room_id, m).await? {
+                    sections.invite.insert(m.room_id.to_string(), room);
                 }
             }
-            "knock" if changed_in_window => {
-                sections.knock.insert(m.room_id.clone(), invited::knocked_room(ctx, &room_id, m).await?);
+            M::Knock if changed_in_window => {
+                sections.knock.insert(m.room_id.to_string(), invited::knocked_room(ctx, room_id, m).await?);
             }
-            "leave" | "ban" if changed_in_window && !m.forgotten => {
+            M::Leave | M::Ban if changed_in_window && !m.forgotten => {
                 // Initial syncs show left rooms only when the filter asks for them.
                 if ctx.since.is_none() && !room_filter.include_leave {
                     continue;
                 }
-                let new_to_client = ctx.since.is_none()
-                    || !matches!(ctx.membership_at(&room_id, since).await?.as_deref(), Some("join"));
-                if let Some(room) = left::left_room(ctx, &room_id, m, new_to_client).await? {
-                    sections.leave.insert(m.room_id.clone(), room);
+                let new_to_client =
+                    ctx.since.is_none() || ctx.membership_at(room_id, since).await? != Some(M::Join);
+                if let Some(room) = left::left_room(ctx, room_id, m, new_to_client).await? {
+                    sections.leave.insert(m.room_id.to_string(), room);
                 }
             }
             _ => {}

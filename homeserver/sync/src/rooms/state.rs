@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use homeserver_core::Error;
+use homeserver_core::{Error, streams::StreamPos};
 use homeserver_storage::events::EventRow;
 use ruma::RoomId;
 
@@ -20,7 +20,7 @@ pub(crate) async fn state_section(
     timeline: &Timeline,
     start_group: i64,
     fresh: bool,
-    (since, up_to): (i64, i64),
+    (since, up_to): (StreamPos, StreamPos),
 ) -> Result<Vec<EventRow>, Error> {
     let db = &ctx.syncer.db;
     let state_filter = &ctx.filter.room.state;

@@ -1,7 +1,7 @@
 //! The timeline of a room's section: the newest events of a window in stream order, read
 //! backwards in bounded batches, and the tokens and state groups at its edges.
 
-use homeserver_core::{Error, token::StreamToken};
+use homeserver_core::{Error, streams::StreamPos, token::StreamToken};
 use homeserver_storage::events::{Direction, EventRow};
 use ruma::RoomId;
 
@@ -21,8 +21,8 @@ pub(crate) struct Timeline {
 pub(crate) async fn timeline(
     ctx: &SyncContext<'_>,
     room_id: &RoomId,
-    after: i64,
-    up_to: i64,
+    after: StreamPos,
+    up_to: StreamPos,
     filter: &RoomEventFilter,
 ) -> Result<Timeline, Error> {
     let limit = filter.limit.unwrap_or(DEFAULT_TIMELINE_LIMIT).min(1000) as usize;
@@ -42,7 +42,7 @@ pub(crate) async fn timeline(
             .map_err(Error::from)?;
         exhausted = (rows.len() as i64) < batch;
         if let Some(last) = rows.last() {
-            cursor = last.stream_pos - 1;
+            cursor = last.stream_pos.before();
         }
         collected.extend(rows.into_iter().filter(|r| filter.allows_row(r)));
         if collected.len() > limit || exhausted {
@@ -63,14 +63,14 @@ pub(crate) async fn start_group(
     ctx: &SyncContext<'_>,
     room_id: &RoomId,
     timeline: &Timeline,
-    up_to: i64,
+    up_to: StreamPos,
 ) -> Result<i64, Error> {
-    let at = timeline.rows.first().map_or(up_to, |first| first.stream_pos - 1);
+    let at = timeline.rows.first().map_or(up_to, |first| first.stream_pos.before());
     ctx.syncer.db.current_state_group_at(room_id.as_str(), at).await.map_err(Error::from)
 }
 
 /// `prev_batch` of a timeline: just before its first event, or at `up_to` when it is empty.
-pub(crate) fn prev_batch(tl: &Timeline, up_to: i64) -> String {
-    let pos = tl.rows.first().map(|r| r.stream_pos - 1).unwrap_or(up_to);
-    StreamToken::new(pos.max(0) as u64).to_string()
+pub(crate) fn prev_batch(tl: &Timeline, up_to: StreamPos) -> String {
+    let pos = tl.rows.first().map(|r| r.stream_pos.before()).unwrap_or(up_to);
+    StreamToken::new(pos.as_live()).to_string()
 }
