@@ -1,12 +1,49 @@
-//! federation: everything server-to-server. So far: the server's signing key (kept on disk in the
-//! format Synapse uses) and its publication at `GET /_matrix/key/v2/server`. Sending and receiving
-//! events between servers comes with the federation issue.
+//! federation: everything server-to-server.
 //!
 //! Layout:
-//! - [`signing_key`]: loading or creating the key file.
-//! - [`server_keys`]: the key server route ([`routes`]).
+//! - [`signing_key`]: this server's signing key (kept on disk in the format Synapse uses).
+//! - [`client`]: the outbound HTTPS client — server discovery, the SSRF guard, TLS, `X-Matrix`
+//!   signing, bounded responses.
+//! - [`keys`]: other servers' verify keys (fetched directly or through notaries, stored).
+//! - [`key_server`]: our key and the notary endpoints (`/_matrix/key/v2/*`).
+//! - [`auth`]: verifying the `X-Matrix` signature of every inbound federation request.
+//! - `query` (profile) and `version`: the simple inbound endpoints.
+//!
+//! Receiving and sending events, EDUs, membership and backfill come on top of these.
 
-pub mod server_keys;
+pub mod auth;
+pub mod client;
+pub mod key_server;
+pub mod keys;
+mod query;
 pub mod signing_key;
+mod version;
 
-pub use server_keys::{FederationState, routes};
+use std::{sync::Arc, time::Duration};
+
+use axum::Router;
+use homeserver_core::keys::ServerKey;
+use homeserver_storage::Db;
+
+pub use client::{ClientSettings, FederationClient, FederationError};
+pub use keys::KeyStore;
+
+/// State of the federation routes. Cheap to clone.
+#[derive(Clone)]
+pub struct FederationState {
+    pub key: ServerKey,
+    /// How long other servers may cache the published key.
+    pub key_validity: Duration,
+    pub keys: Arc<KeyStore>,
+    pub client: FederationClient,
+    pub db: Db,
+}
+
+/// The federation router (already given its state; the caller adds the fallbacks).
+pub fn routes(state: FederationState) -> Router {
+    let router = Router::new();
+    let router = key_server::routes(router);
+    let router = version::routes(router);
+    let router = query::routes(router);
+    router.with_state(state)
+}

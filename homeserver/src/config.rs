@@ -33,6 +33,7 @@ pub struct Config {
     pub user_directory: UserDirectoryConfig,
     pub log: LogConfig,
     pub appservices: AppservicesConfig,
+    pub federation: FederationConfig,
     pub testing: TestingConfig,
 }
 
@@ -62,6 +63,15 @@ pub struct TlsConfig {
 pub struct AppservicesConfig {
     /// Application-service registration files (YAML), loaded and validated at start-up.
     pub registration_files: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationConfig {
+    /// Extra CA certificates (PEM) trusted for outbound federation, besides the public roots.
+    pub ca_file: String,
+    /// Notaries asked for other servers' keys when a server cannot be reached for its own.
+    pub trusted_key_servers: Vec<String>,
 }
 
 /// Switches that only make sense for test suites such as SyTest. Lattice refuses to start with
@@ -210,6 +220,7 @@ impl Default for Config {
             user_directory: UserDirectoryConfig::default(),
             log: LogConfig::default(),
             appservices: AppservicesConfig::default(),
+            federation: FederationConfig::default(),
             testing: TestingConfig::default(),
         }
     }
@@ -336,6 +347,8 @@ pub const KEYS: &[&str] = &[
     "log.level",
     "log.format",
     "appservices.registration_files",
+    "federation.ca_file",
+    "federation.trusted_key_servers",
     "testing.insecure_federation_tls",
     "testing.allow_private_destinations",
 ];
@@ -434,6 +447,12 @@ impl Config {
             key: "server_name",
             message: format!("`{}` is not a valid server name: {e}", self.server_name),
         })?;
+        for notary in &self.federation.trusted_key_servers {
+            ruma::ServerName::parse(notary).map_err(|e| ConfigError::Invalid {
+                key: "federation.trusted_key_servers",
+                message: format!("`{notary}` is not a valid server name: {e}"),
+            })?;
+        }
         let url = self.database_url();
         if !(url.starts_with("sqlite:") || url.starts_with("postgres:") || url.starts_with("postgresql:")) {
             return Err(ConfigError::Invalid {
@@ -634,6 +653,13 @@ format = "text"
 [appservices]
 # Application-service registration files (YAML), loaded and validated at start-up.
 registration_files = []
+
+[federation]
+# Extra CA certificates (PEM) trusted for outbound federation, besides the public roots.
+ca_file = ""
+# Notaries asked for other servers' keys when a server cannot be reached for its own
+# (e.g. ["matrix.org"]). None by default.
+trusted_key_servers = []
 
 [testing]
 # Only for test suites (SyTest). With any of these on, every listener must be on loopback.

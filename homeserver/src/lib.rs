@@ -26,7 +26,7 @@ use homeserver_client_api::{
     App, ClientConfig,
     ratelimit::{RateLimit, RateLimits},
 };
-use homeserver_core::streams::EventStream;
+use homeserver_core::{keys::ServerKey, streams::EventStream};
 use homeserver_rooms::{Rooms, RoomsConfig, membership::AppserviceUsers};
 use homeserver_storage::Db;
 use tokio::net::TcpListener;
@@ -56,6 +56,32 @@ pub enum StartError {
     Appservice(#[from] appservices::RegistrationError),
     #[error(transparent)]
     Horizon(#[from] homeserver_core::streams::HorizonError),
+    #[error(transparent)]
+    Federation(#[from] federation::FederationError),
+}
+
+/// The federation client, key store and route state.
+fn federation_state(
+    config: &Config,
+    db: Db,
+    key: ServerKey,
+) -> Result<federation::FederationState, StartError> {
+    let settings = federation::ClientSettings {
+        insecure_tls: config.testing.insecure_federation_tls,
+        allow_private: config.testing.allow_private_destinations,
+        ca_file: (!config.federation.ca_file.is_empty()).then(|| config.federation.ca_file.clone().into()),
+        ..federation::ClientSettings::default()
+    };
+    let client = federation::FederationClient::new(key.clone(), &settings)?;
+    let notaries = config
+        .federation
+        .trusted_key_servers
+        .iter()
+        .map(|s| ruma::ServerName::parse(s).expect("validated").to_owned())
+        .collect();
+    let keys = Arc::new(federation::KeyStore::new(db.clone(), key.clone(), client.clone(), notaries));
+    let key_validity = Duration::from_secs(7 * 24 * 3600);
+    Ok(federation::FederationState { key, key_validity, keys, client, db })
 }
 
 /// The stream horizon kept in the database (see `homeserver_core::streams::Horizon`).
@@ -193,8 +219,7 @@ impl Server {
         if !config.appservices.registration_files.is_empty() {
             info!(count = app.config.appservices.len(), "loaded application service registrations");
         }
-        let federation =
-            federation::FederationState { key, key_validity: Duration::from_secs(7 * 24 * 3600) };
+        let federation = federation_state(&config, db.clone(), key)?;
         Ok(Server { config, db, app, federation })
     }
 

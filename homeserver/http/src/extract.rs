@@ -17,7 +17,7 @@ use axum::{
 use bytes::Bytes;
 use homeserver_core::{Error, ErrorKind};
 use ruma::{
-    OwnedDeviceId, OwnedUserId,
+    OwnedDeviceId, OwnedServerName, OwnedUserId,
     api::{
         IncomingRequest, IncomingRequestExt,
         auth_scheme::{
@@ -25,6 +25,7 @@ use ruma::{
             NoAuthentication,
         },
         error::{DeserializationError, FromHttpRequestError},
+        federation::authentication::{ServerSignatures, XMatrix},
         path_builder::PathBuilder as _,
     },
 };
@@ -37,6 +38,9 @@ pub const MAX_USER_AGENT: usize = 512;
 /// The largest request body accepted by JSON endpoints.
 pub const MAX_JSON_BODY: usize = 1024 * 1024;
 
+/// The largest federation transaction body: 50 PDUs and 100 EDUs of up to 64 KiB each.
+pub const MAX_TRANSACTION_BODY: usize = 150 * 64 * 1024;
+
 /// An authenticated client: the user and the device its access token belongs to.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -45,17 +49,36 @@ pub struct Session {
     pub is_admin: bool,
 }
 
-/// What the HTTP layer needs from the application state: resolving access tokens.
+/// What the HTTP layer needs from the application state: resolving access tokens and, for
+/// federation endpoints, verifying the requesting server's signature.
 pub trait AuthState: Clone + Send + Sync + 'static {
     /// Resolves an access token, or fails with `M_UNKNOWN_TOKEN`.
     fn authenticate(&self, token: &str) -> impl Future<Output = Result<Session, Error>> + Send;
+
+    /// Verifies an `X-Matrix` signed request (method, URI as received, body) and returns the
+    /// origin server, or fails with `M_UNAUTHORIZED`. States without federation refuse.
+    fn authenticate_server(
+        &self,
+        _header: XMatrix,
+        _request: &http::Request<&[u8]>,
+    ) -> impl Future<Output = Result<OwnedServerName, Error>> + Send {
+        async { Err(Error::new(ErrorKind::Unauthorized, "this endpoint does not serve other servers")) }
+    }
+}
+
+/// What authenticating one request may look at.
+pub struct AuthRequest<'a> {
+    /// The access token, from the header or the query.
+    pub token: Option<String>,
+    pub parts: &'a Parts,
+    pub body: &'a [u8],
 }
 
 /// How a ruma auth scheme is satisfied, and what a handler receives for it.
 pub trait AuthKind {
     type Resolved: Send + Sync + 'static;
     fn resolve<S: AuthState>(
-        token: Option<String>,
+        request: AuthRequest<'_>,
         state: &S,
     ) -> impl Future<Output = Result<Self::Resolved, Error>> + Send;
 }
@@ -66,15 +89,15 @@ fn missing_token() -> Error {
 
 impl AuthKind for AccessToken {
     type Resolved = Session;
-    async fn resolve<S: AuthState>(token: Option<String>, state: &S) -> Result<Session, Error> {
-        state.authenticate(&token.ok_or_else(missing_token)?).await
+    async fn resolve<S: AuthState>(request: AuthRequest<'_>, state: &S) -> Result<Session, Error> {
+        state.authenticate(&request.token.ok_or_else(missing_token)?).await
     }
 }
 
 impl AuthKind for AccessTokenOptional {
     type Resolved = Option<Session>;
-    async fn resolve<S: AuthState>(token: Option<String>, state: &S) -> Result<Option<Session>, Error> {
-        match token {
+    async fn resolve<S: AuthState>(request: AuthRequest<'_>, state: &S) -> Result<Option<Session>, Error> {
+        match request.token {
             Some(token) => state.authenticate(&token).await.map(Some),
             None => Ok(None),
         }
@@ -83,14 +106,14 @@ impl AuthKind for AccessTokenOptional {
 
 impl AuthKind for NoAuthentication {
     type Resolved = ();
-    async fn resolve<S: AuthState>(_: Option<String>, _: &S) -> Result<(), Error> {
+    async fn resolve<S: AuthState>(_: AuthRequest<'_>, _: &S) -> Result<(), Error> {
         Ok(())
     }
 }
 
 impl AuthKind for NoAccessToken {
     type Resolved = ();
-    async fn resolve<S: AuthState>(_: Option<String>, _: &S) -> Result<(), Error> {
+    async fn resolve<S: AuthState>(_: AuthRequest<'_>, _: &S) -> Result<(), Error> {
         Ok(())
     }
 }
@@ -98,16 +121,40 @@ impl AuthKind for NoAccessToken {
 /// Appservice tokens are passed through unresolved until appservices exist.
 impl AuthKind for AppserviceTokenOptional {
     type Resolved = Option<String>;
-    async fn resolve<S: AuthState>(token: Option<String>, _: &S) -> Result<Option<String>, Error> {
-        Ok(token)
+    async fn resolve<S: AuthState>(request: AuthRequest<'_>, _: &S) -> Result<Option<String>, Error> {
+        Ok(request.token)
     }
 }
 
 impl AuthKind for AppserviceToken {
     type Resolved = String;
-    async fn resolve<S: AuthState>(token: Option<String>, _: &S) -> Result<String, Error> {
-        token.ok_or_else(missing_token)
+    async fn resolve<S: AuthState>(request: AuthRequest<'_>, _: &S) -> Result<String, Error> {
+        request.token.ok_or_else(missing_token)
     }
+}
+
+/// Federation endpoints: the request must carry a valid `X-Matrix` signature of its origin; the
+/// handler receives the origin server.
+impl AuthKind for ServerSignatures {
+    type Resolved = OwnedServerName;
+    async fn resolve<S: AuthState>(request: AuthRequest<'_>, state: &S) -> Result<OwnedServerName, Error> {
+        let header = XMatrix::extract_from_http_headers(&request.parts.headers).map_err(|e| {
+            Error::new(ErrorKind::Unauthorized, format!("invalid X-Matrix authorization: {e}"))
+        })?;
+        let mut builder =
+            http::Request::builder().method(request.parts.method.clone()).uri(request.parts.uri.clone());
+        if let Some(headers) = builder.headers_mut() {
+            *headers = request.parts.headers.clone();
+        }
+        let signed = builder.body(request.body).map_err(|e| Error::bad_json(e.to_string()))?;
+        state.authenticate_server(header, &signed).await
+    }
+}
+
+/// The body limit of an endpoint: federation transactions may be larger than client requests.
+fn body_limit<T: IncomingRequest>() -> usize {
+    let is_transaction = T::PATH_BUILDER.all_paths().any(|p| p.starts_with("/_matrix/federation/v1/send/"));
+    if is_transaction { MAX_TRANSACTION_BODY } else { MAX_JSON_BODY }
 }
 
 /// The caller's session, for the few routes that are not ruma endpoints (Synapse-specific and
@@ -246,7 +293,7 @@ where
         while path_args.len() < expected {
             path_args.push(String::new());
         }
-        let raw_body = axum::body::to_bytes(Body::new(body), MAX_JSON_BODY)
+        let raw_body = axum::body::to_bytes(Body::new(body), body_limit::<T>())
             .await
             .map_err(|_| Error::too_large("request body is too large"))?;
         // serde_json skips over invalid UTF-8 inside ignored strings, so check the encoding first.
@@ -258,7 +305,8 @@ where
         }
         precheck_body::<T>(&raw_body)?;
         let token = access_token(&parts);
-        let auth = T::Authentication::resolve(token, state).await?;
+        let auth =
+            T::Authentication::resolve(AuthRequest { token, parts: &parts, body: &raw_body }, state).await?;
 
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
         // Lax clients (matrix-nio) send no body at all where every field is optional; Synapse

@@ -34,6 +34,7 @@ pub mod receipts;
 pub mod relations;
 pub mod reports;
 pub mod search;
+pub mod server_keys;
 pub mod testing;
 pub mod token_cache;
 pub mod txn;

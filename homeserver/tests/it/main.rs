@@ -35,6 +35,7 @@ mod admin;
 mod chat;
 mod durability;
 mod errors;
+mod federation;
 mod friends;
 mod fuzz;
 mod groups;

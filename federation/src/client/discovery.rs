@@ -1,0 +1,158 @@
+//! Server discovery: from a server name to the base URL its federation API answers on, as the
+//! spec's resolution steps say — an IP literal or an explicit port is used as is; otherwise
+//! `https://<host>/.well-known/matrix/server` may delegate to another host (cached for what its
+//! `Cache-Control` says, 24 hours by default, at most 48; a failed lookup for an hour); otherwise
+//! port 8448. SRV records are not consulted yet (see the README's federation gaps).
+
+use std::{
+    net::IpAddr,
+    num::NonZeroUsize,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use lru::LruCache;
+use ruma::ServerName;
+use serde::Deserialize;
+
+use crate::client::{FederationError, guard::is_public};
+
+const DEFAULT_PORT: u16 = 8448;
+/// Longest `.well-known` response read.
+const MAX_WELL_KNOWN_BYTES: usize = 50 * 1024;
+const WELL_KNOWN_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_CACHE: Duration = Duration::from_secs(24 * 3600);
+const MAX_CACHE: Duration = Duration::from_secs(48 * 3600);
+const FAILURE_CACHE: Duration = Duration::from_secs(3600);
+const CACHED_NAMES: usize = 10_000;
+
+#[derive(Deserialize)]
+struct WellKnown {
+    #[serde(rename = "m.server")]
+    server: String,
+}
+
+/// Resolves server names to base URLs, caching `.well-known` answers.
+pub struct Discovery {
+    allow_private: bool,
+    /// host → (delegated `host[:port]`, or None when there is no delegation; expiry).
+    well_known: Mutex<LruCache<String, (Option<String>, Instant)>>,
+}
+
+impl Discovery {
+    pub fn new(allow_private: bool) -> Self {
+        let cache = LruCache::new(NonZeroUsize::new(CACHED_NAMES).expect("non-zero"));
+        Self { allow_private, well_known: Mutex::new(cache) }
+    }
+
+    /// The base URL (`https://host:port`) of a server's federation API.
+    pub async fn base_url(
+        &self,
+        http: &reqwest::Client,
+        server: &ServerName,
+    ) -> Result<String, FederationError> {
+        let host = server.host();
+        if let Some(ip) = ip_literal(host) {
+            self.check_ip(server.as_str(), ip)?;
+            return Ok(format!("https://{host}:{}", server.port().unwrap_or(DEFAULT_PORT)));
+        }
+        if let Some(port) = server.port() {
+            return Ok(format!("https://{host}:{port}"));
+        }
+        match self.delegation(http, host).await {
+            Some(delegated) => self.delegated_url(server, &delegated),
+            None => Ok(format!("https://{host}:{DEFAULT_PORT}")),
+        }
+    }
+
+    fn check_ip(&self, server: &str, ip: IpAddr) -> Result<(), FederationError> {
+        if self.allow_private || is_public(ip) {
+            Ok(())
+        } else {
+            Err(FederationError::Refused(format!("{server} is not a public address")))
+        }
+    }
+
+    /// The base URL for a `.well-known` delegation to `host[:port]`.
+    fn delegated_url(&self, server: &ServerName, delegated: &str) -> Result<String, FederationError> {
+        let name = <&ServerName>::try_from(delegated)
+            .map_err(|_| FederationError::Discovery(format!("{server} delegates to an invalid name")))?;
+        if let Some(ip) = ip_literal(name.host()) {
+            self.check_ip(delegated, ip)?;
+        }
+        Ok(format!("https://{}:{}", name.host(), name.port().unwrap_or(DEFAULT_PORT)))
+    }
+
+    /// The host a server name delegates to, from the cache or its `.well-known` document.
+    async fn delegation(&self, http: &reqwest::Client, host: &str) -> Option<String> {
+        if let Some((delegated, until)) = self.well_known.lock().expect("discovery poisoned").get(host)
+            && *until > Instant::now()
+        {
+            return delegated.clone();
+        }
+        let (delegated, lifetime) = match fetch_well_known(http, host).await {
+            Some((delegated, lifetime)) => (Some(delegated), lifetime),
+            None => (None, FAILURE_CACHE),
+        };
+        let until = Instant::now() + lifetime;
+        self.well_known.lock().expect("discovery poisoned").put(host.to_owned(), (delegated.clone(), until));
+        delegated
+    }
+}
+
+fn ip_literal(host: &str) -> Option<IpAddr> {
+    host.trim_start_matches('[').trim_end_matches(']').parse().ok()
+}
+
+async fn fetch_well_known(http: &reqwest::Client, host: &str) -> Option<(String, Duration)> {
+    let url = format!("https://{host}/.well-known/matrix/server");
+    let response = http.get(url).timeout(WELL_KNOWN_TIMEOUT).send().await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let lifetime = cache_lifetime(response.headers().get(http::header::CACHE_CONTROL));
+    let body = crate::client::read_limited(response, MAX_WELL_KNOWN_BYTES).await.ok()?;
+    let doc: WellKnown = serde_json::from_slice(&body).ok()?;
+    Some((doc.server, lifetime))
+}
+
+/// How long a `.well-known` answer may be kept, from its `Cache-Control` header.
+fn cache_lifetime(header: Option<&http::HeaderValue>) -> Duration {
+    let max_age = header.and_then(|v| v.to_str().ok()).and_then(|v| {
+        v.split(',').find_map(|d| d.trim().strip_prefix("max-age=").and_then(|s| s.parse::<u64>().ok()))
+    });
+    max_age.map_or(DEFAULT_CACHE, Duration::from_secs).min(MAX_CACHE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn literals_and_explicit_ports_need_no_lookup() {
+        let tls = crate::client::tls::client_config(None, false).unwrap();
+        let http = reqwest::Client::builder().tls_backend_preconfigured(tls).build().unwrap();
+        let open = Discovery::new(true);
+        let name = |s: &str| <&ServerName>::try_from(s).unwrap().to_owned();
+        assert_eq!(open.base_url(&http, &name("127.0.0.1:8481")).await.unwrap(), "https://127.0.0.1:8481");
+        assert_eq!(open.base_url(&http, &name("[::1]")).await.unwrap(), "https://[::1]:8448");
+        assert_eq!(
+            open.base_url(&http, &name("example.test:443")).await.unwrap(),
+            "https://example.test:443"
+        );
+        let guarded = Discovery::new(false);
+        assert!(matches!(
+            guarded.base_url(&http, &name("127.0.0.1:8481")).await,
+            Err(FederationError::Refused(_))
+        ));
+        assert!(matches!(guarded.base_url(&http, &name("10.0.0.1")).await, Err(FederationError::Refused(_))));
+    }
+
+    #[test]
+    fn cache_lifetimes_are_bounded() {
+        let header = |s: &str| http::HeaderValue::from_str(s).unwrap();
+        assert_eq!(cache_lifetime(None), DEFAULT_CACHE);
+        assert_eq!(cache_lifetime(Some(&header("public, max-age=600"))), Duration::from_secs(600));
+        assert_eq!(cache_lifetime(Some(&header("max-age=9999999"))), MAX_CACHE);
+    }
+}

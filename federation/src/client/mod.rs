@@ -1,0 +1,166 @@
+//! The outbound side of federation: one connection-pooled HTTPS client (reqwest on rustls with
+//! ring) that finds a server through [`discovery`], refuses destinations [`guard`] forbids, signs
+//! every request with `X-Matrix`, and turns responses into ruma types with bounded bodies.
+
+pub mod discovery;
+pub mod guard;
+pub mod tls;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use homeserver_core::keys::ServerKey;
+use ruma::{
+    OwnedServerName, ServerName,
+    api::{
+        IncomingResponse, IncomingResponseExt as _, OutgoingRequest, OutgoingRequestExt as _,
+        auth_scheme::NoAuthentication,
+        federation::authentication::{ServerSignatures, XMatrixSigningInput},
+        path_builder::SinglePath,
+    },
+};
+
+use discovery::Discovery;
+
+/// The largest response body read from another server.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Why an outbound request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FederationError {
+    #[error("federation client configuration: {0}")]
+    Config(String),
+    #[error("cannot find server: {0}")]
+    Discovery(String),
+    #[error("destination refused: {0}")]
+    Refused(String),
+    #[error("request could not be built: {0}")]
+    Request(String),
+    #[error("HTTP error: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("the server answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("invalid response: {0}")]
+    Response(String),
+}
+
+/// Settings of the outbound client (from `[federation]` and `[testing]`).
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// Accept any certificate (`[testing] insecure_federation_tls`).
+    pub insecure_tls: bool,
+    /// Allow private and loopback destinations (`[testing] allow_private_destinations`).
+    pub allow_private: bool,
+    /// Extra trusted CA certificates (PEM), for tests that check TLS for real.
+    pub ca_file: Option<PathBuf>,
+    /// Upper bound for one request, connection included.
+    pub timeout: Duration,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        Self { insecure_tls: false, allow_private: false, ca_file: None, timeout: Duration::from_secs(60) }
+    }
+}
+
+/// Sends requests to other servers. Cheap to clone.
+#[derive(Clone)]
+pub struct FederationClient(Arc<Inner>);
+
+struct Inner {
+    http: reqwest::Client,
+    key: ServerKey,
+    discovery: Discovery,
+}
+
+impl FederationClient {
+    pub fn new(key: ServerKey, settings: &ClientSettings) -> Result<Self, FederationError> {
+        let tls = tls::client_config(settings.ca_file.as_deref(), settings.insecure_tls)?;
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .dns_resolver(guard::GuardedResolver::shared(settings.allow_private))
+            .timeout(settings.timeout)
+            .connect_timeout(Duration::from_secs(15))
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .user_agent(concat!("Lattice/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self(Arc::new(Inner { http, key, discovery: Discovery::new(settings.allow_private) })))
+    }
+
+    /// This server's name (the origin of every request).
+    pub fn server_name(&self) -> &ServerName {
+        self.0.key.server_name()
+    }
+
+    /// Sends an `X-Matrix`-signed request to `destination`.
+    pub async fn send<R>(
+        &self,
+        destination: &ServerName,
+        request: R,
+    ) -> Result<R::IncomingResponse, FederationError>
+    where
+        R: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath>,
+    {
+        let base = self.0.discovery.base_url(&self.0.http, destination).await?;
+        let origin: OwnedServerName = self.server_name().to_owned();
+        let signing = XMatrixSigningInput::new(origin, destination.to_owned(), self.0.key.pair());
+        let http_request = request
+            .try_into_http_request::<Vec<u8>>(&base, signing, ())
+            .map_err(|e| FederationError::Request(e.to_string()))?;
+        self.execute::<R::IncomingResponse>(http_request).await
+    }
+
+    /// Sends a request that needs no signature (the key endpoints).
+    pub async fn send_unsigned<R>(
+        &self,
+        destination: &ServerName,
+        request: R,
+    ) -> Result<R::IncomingResponse, FederationError>
+    where
+        R: OutgoingRequest<Authentication = NoAuthentication, PathBuilder = SinglePath>,
+    {
+        let base = self.0.discovery.base_url(&self.0.http, destination).await?;
+        let http_request = request
+            .try_into_http_request::<Vec<u8>>(&base, (), ())
+            .map_err(|e| FederationError::Request(e.to_string()))?;
+        self.execute::<R::IncomingResponse>(http_request).await
+    }
+
+    async fn execute<T: IncomingResponse>(
+        &self,
+        request: http::Request<Vec<u8>>,
+    ) -> Result<T, FederationError> {
+        let request = reqwest::Request::try_from(request)?;
+        let response = self.0.http.execute(request).await?;
+        let status = response.status();
+        let mut builder = http::Response::builder().status(status);
+        if let Some(headers) = builder.headers_mut() {
+            *headers = response.headers().clone();
+        }
+        let body = read_limited(response, MAX_RESPONSE_BYTES).await?;
+        if !status.is_success() {
+            let body = String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned();
+            return Err(FederationError::Status { status: status.as_u16(), body });
+        }
+        let response = builder.body(body.as_ref()).map_err(|e| FederationError::Response(e.to_string()))?;
+        T::try_from_http_response(response).map_err(|e| FederationError::Response(e.to_string()))
+    }
+}
+
+/// Reads a response body, refusing one longer than `max` bytes.
+pub(crate) async fn read_limited(
+    mut response: reqwest::Response,
+    max: usize,
+) -> Result<Bytes, FederationError> {
+    if response.content_length().is_some_and(|len| len > max as u64) {
+        return Err(FederationError::Response(format!("body larger than {max} bytes")));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > max {
+            return Err(FederationError::Response(format!("body larger than {max} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(body))
+}
