@@ -4,7 +4,7 @@
 //! `AuthState::authenticate_server`, which the HTTP extractor runs for every endpoint whose ruma
 //! metadata asks for server signatures, so no handler can skip it.
 
-use homeserver_core::{Error, ErrorKind, time::now_millis};
+use homeserver_core::{Error, ErrorKind};
 use homeserver_http::{AuthState, Session};
 use ruma::{
     OwnedServerName,
@@ -36,7 +36,7 @@ impl AuthState for FederationState {
             return Err(unauthorized(format!("the request is addressed to another server, not {ours}")));
         }
         let key_id = header.key.to_string();
-        let Some(key) = self.keys.verify_key(&header.origin, &key_id, now_millis() as i64).await? else {
+        let Some(key) = self.keys.request_key(&header.origin, &key_id).await? else {
             return Err(unauthorized(format!("no valid key {key_id} is known for {}", header.origin)));
         };
         let keys: PublicKeySet = [(key_id, key)].into_iter().collect();

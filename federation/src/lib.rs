@@ -7,22 +7,27 @@
 //! - [`keys`]: other servers' verify keys (fetched directly or through notaries, stored).
 //! - [`key_server`]: our key and the notary endpoints (`/_matrix/key/v2/*`).
 //! - [`auth`]: verifying the `X-Matrix` signature of every inbound federation request.
+//! - [`transactions`]: `PUT /send/{txnId}` — inbound PDUs into the room model, gaps filled.
+//! - `events`: serving `/event` and `/get_missing_events` with server-level visibility.
 //! - `query` (profile) and `version`: the simple inbound endpoints.
 //!
 //! Receiving and sending events, EDUs, membership and backfill come on top of these.
 
 pub mod auth;
 pub mod client;
+mod events;
 pub mod key_server;
 pub mod keys;
 mod query;
 pub mod signing_key;
+pub mod transactions;
 mod version;
 
 use std::{sync::Arc, time::Duration};
 
 use axum::Router;
 use homeserver_core::keys::ServerKey;
+use homeserver_rooms::Rooms;
 use homeserver_storage::Db;
 
 pub use client::{ClientSettings, FederationClient, FederationError};
@@ -37,6 +42,9 @@ pub struct FederationState {
     pub keys: Arc<KeyStore>,
     pub client: FederationClient,
     pub db: Db,
+    pub rooms: Rooms,
+    /// Answers of recent inbound transactions (idempotency).
+    pub transactions: Arc<transactions::Transactions>,
 }
 
 /// The federation router (already given its state; the caller adds the fallbacks).
@@ -45,5 +53,7 @@ pub fn routes(state: FederationState) -> Router {
     let router = key_server::routes(router);
     let router = version::routes(router);
     let router = query::routes(router);
+    let router = transactions::routes(router);
+    let router = events::routes(router);
     router.with_state(state)
 }

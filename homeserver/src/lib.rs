@@ -27,7 +27,7 @@ use homeserver_client_api::{
     ratelimit::{RateLimit, RateLimits},
 };
 use homeserver_core::{keys::ServerKey, streams::EventStream};
-use homeserver_rooms::{Rooms, RoomsConfig, membership::AppserviceUsers};
+use homeserver_rooms::{Rooms, RoomsConfig, ServerKeysHandle, membership::AppserviceUsers};
 use homeserver_storage::Db;
 use tokio::net::TcpListener;
 use tower_http::{
@@ -60,12 +60,12 @@ pub enum StartError {
     Federation(#[from] federation::FederationError),
 }
 
-/// The federation client, key store and route state.
-fn federation_state(
+/// The federation client and the key store (which the room model checks signatures with).
+fn federation_parts(
     config: &Config,
-    db: Db,
-    key: ServerKey,
-) -> Result<federation::FederationState, StartError> {
+    db: &Db,
+    key: &ServerKey,
+) -> Result<(federation::FederationClient, Arc<federation::KeyStore>), StartError> {
     let settings = federation::ClientSettings {
         insecure_tls: config.testing.insecure_federation_tls,
         allow_private: config.testing.allow_private_destinations,
@@ -80,8 +80,7 @@ fn federation_state(
         .map(|s| ruma::ServerName::parse(s).expect("validated").to_owned())
         .collect();
     let keys = Arc::new(federation::KeyStore::new(db.clone(), key.clone(), client.clone(), notaries));
-    let key_validity = Duration::from_secs(7 * 24 * 3600);
-    Ok(federation::FederationState { key, key_validity, keys, client, db })
+    Ok((client, keys))
 }
 
 /// The stream horizon kept in the database (see `homeserver_core::streams::Horizon`).
@@ -168,6 +167,7 @@ impl Server {
         if created {
             info!(path = %config.signing_key_path().display(), key_id = %key.key_id(), "created a new signing key");
         }
+        let (federation_client, keys) = federation_parts(&config, &db, &key)?;
         let recovered = db.max_stream_pos().await? as u64;
         let stream = EventStream::start(recovered, Arc::new(StoredHorizon(db.clone()))).await?;
         let appservices = appservices::load_registrations(&config.appservices.registration_files)?;
@@ -180,8 +180,7 @@ impl Server {
                     registrations.iter().any(|r| r.is_interested_in_user(user.as_str()))
                 }))
             }),
-            // Until federation fetches other servers' keys, only this server's own key is known.
-            server_keys: None,
+            server_keys: Some(ServerKeysHandle(keys.clone())),
         };
         let rooms = Rooms::new(db.clone(), key.clone(), stream, rooms_config);
         let limit =
@@ -219,7 +218,15 @@ impl Server {
         if !config.appservices.registration_files.is_empty() {
             info!(count = app.config.appservices.len(), "loaded application service registrations");
         }
-        let federation = federation_state(&config, db.clone(), key)?;
+        let federation = federation::FederationState {
+            key,
+            key_validity: Duration::from_secs(7 * 24 * 3600),
+            keys,
+            client: federation_client,
+            db: db.clone(),
+            rooms: app.rooms.clone(),
+            transactions: Arc::default(),
+        };
         Ok(Server { config, db, app, federation })
     }
 

@@ -5,7 +5,6 @@
 //! port 8448. SRV records are not consulted yet (see the README's federation gaps).
 
 use std::{
-    net::IpAddr,
     num::NonZeroUsize,
     sync::Mutex,
     time::{Duration, Instant},
@@ -15,7 +14,7 @@ use lru::LruCache;
 use ruma::ServerName;
 use serde::Deserialize;
 
-use crate::client::{FederationError, guard::is_public};
+use crate::client::{FederationError, guard::url_allowed};
 
 const DEFAULT_PORT: u16 = 8448;
 /// Longest `.well-known` response read.
@@ -52,35 +51,29 @@ impl Discovery {
         server: &ServerName,
     ) -> Result<String, FederationError> {
         let host = server.host();
-        if let Some(ip) = ip_literal(host) {
-            self.check_ip(server.as_str(), ip)?;
-            return Ok(format!("https://{host}:{}", server.port().unwrap_or(DEFAULT_PORT)));
+        if is_address(host) || server.port().is_some() {
+            return self.checked(server.as_str(), host, server.port().unwrap_or(DEFAULT_PORT));
         }
-        if let Some(port) = server.port() {
-            return Ok(format!("https://{host}:{port}"));
-        }
-        match self.delegation(http, host).await {
-            Some(delegated) => self.delegated_url(server, &delegated),
-            None => Ok(format!("https://{host}:{DEFAULT_PORT}")),
-        }
-    }
-
-    fn check_ip(&self, server: &str, ip: IpAddr) -> Result<(), FederationError> {
-        if self.allow_private || is_public(ip) {
-            Ok(())
-        } else {
-            Err(FederationError::Refused(format!("{server} is not a public address")))
+        // A delegation that is not a valid server name counts as none, as the spec says.
+        let delegated = self
+            .delegation(http, host)
+            .await
+            .and_then(|d| <&ServerName>::try_from(d.as_str()).ok().map(ToOwned::to_owned));
+        match delegated {
+            Some(name) => self.checked(name.as_str(), name.host(), name.port().unwrap_or(DEFAULT_PORT)),
+            None => self.checked(server.as_str(), host, DEFAULT_PORT),
         }
     }
 
-    /// The base URL for a `.well-known` delegation to `host[:port]`.
-    fn delegated_url(&self, server: &ServerName, delegated: &str) -> Result<String, FederationError> {
-        let name = <&ServerName>::try_from(delegated)
-            .map_err(|_| FederationError::Discovery(format!("{server} delegates to an invalid name")))?;
-        if let Some(ip) = ip_literal(name.host()) {
-            self.check_ip(delegated, ip)?;
+    /// `https://host:port`, refused if the host is (in any spelling) an address the guard
+    /// forbids.
+    fn checked(&self, server: &str, host: &str, port: u16) -> Result<String, FederationError> {
+        let base = format!("https://{host}:{port}");
+        let url = url::Url::parse(&base).map_err(|e| FederationError::Discovery(format!("{server}: {e}")))?;
+        if !url_allowed(&url, self.allow_private) {
+            return Err(FederationError::Refused(format!("{server} is not a public address")));
         }
-        Ok(format!("https://{}:{}", name.host(), name.port().unwrap_or(DEFAULT_PORT)))
+        Ok(base)
     }
 
     /// The host a server name delegates to, from the cache or its `.well-known` document.
@@ -100,8 +93,12 @@ impl Discovery {
     }
 }
 
-fn ip_literal(host: &str) -> Option<IpAddr> {
-    host.trim_start_matches('[').trim_end_matches(']').parse().ok()
+/// Whether a host is an address rather than a name, in any spelling the URL parser accepts.
+fn is_address(host: &str) -> bool {
+    matches!(
+        url::Url::parse(&format!("https://{host}/")).ok().and_then(|u| u.host().map(|h| h.to_owned())),
+        Some(url::Host::Ipv4(_) | url::Host::Ipv6(_))
+    )
 }
 
 async fn fetch_well_known(http: &reqwest::Client, host: &str) -> Option<(String, Duration)> {
@@ -146,6 +143,12 @@ mod tests {
             Err(FederationError::Refused(_))
         ));
         assert!(matches!(guarded.base_url(&http, &name("10.0.0.1")).await, Err(FederationError::Refused(_))));
+        for sneaky in ["2130706433", "127.1", "0x7f.1"] {
+            assert!(
+                matches!(guarded.base_url(&http, &name(sneaky)).await, Err(FederationError::Refused(_))),
+                "{sneaky}"
+            );
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub fn is_public(ip: IpAddr) -> bool {
 }
 
 fn is_public_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, ..] = ip.octets();
+    let [a, b, c, _] = ip.octets();
     !(ip.is_private()
         || ip.is_loopback()
         || ip.is_link_local()
@@ -34,17 +34,53 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || a == 0
         || (a == 100 && (64..128).contains(&b)) // shared address space (carrier-grade NAT)
         || (a == 198 && (b == 18 || b == 19)) // benchmarking
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
         || a >= 240)
 }
 
 fn is_public_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
+    let s = ip.segments();
+    // IPv4-compatible (`::a.b.c.d`) addresses carry an IPv4 address the network may route.
+    if s[..6].iter().all(|x| *x == 0) && !ip.is_loopback() && !ip.is_unspecified() {
+        return is_public_v4(ip.to_ipv4().expect("six zero segments"));
+    }
     !(ip.is_loopback()
         || ip.is_unspecified()
         || ip.is_multicast()
-        || (first & 0xfe00) == 0xfc00 // unique local
-        || (first & 0xffc0) == 0xfe80 // link local
-        || first == 0x2001 && ip.segments()[1] == 0x0db8) // documentation
+        || (s[0] & 0xfe00) == 0xfc00 // unique local
+        || (s[0] & 0xffc0) == 0xfe80 // link local
+        || (s[0] & 0xffc0) == 0xfec0 // site local (deprecated)
+        || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+        || s[0] == 0x2002 // 6to4: wraps any IPv4 address
+        || (s[0] == 0x0064 && s[1] == 0xff9b)) // NAT64: wraps any IPv4 address
+}
+
+/// Whether a URL may be requested: https, and a host that is a name (checked again when it
+/// resolves) or an allowed address. The host is read as the URL parser normalises it, so
+/// numeric spellings such as `2130706433` or `0x7f.1` are caught as the addresses they are.
+pub fn url_allowed(url: &url::Url, allow_private: bool) -> bool {
+    if url.scheme() != "https" {
+        return false;
+    }
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => allow_private || is_public(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => allow_private || is_public(IpAddr::V6(ip)),
+        Some(url::Host::Domain(_)) => true,
+        None => false,
+    }
+}
+
+/// Redirects are followed (at most five) only to URLs [`url_allowed`] accepts.
+pub fn redirect_policy(allow_private: bool) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= 5 {
+            attempt.error("too many redirects")
+        } else if url_allowed(attempt.url(), allow_private) {
+            attempt.follow()
+        } else {
+            attempt.error("redirect to a destination federation may not reach")
+        }
+    })
 }
 
 /// Resolves names for the federation client, dropping addresses that are not allowed.
@@ -98,8 +134,27 @@ mod tests {
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
+        for ip in ["64:ff9b::a00:1", "2002:7f00:1::", "::127.0.0.1", "fec0::1", "192.0.0.8"] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip}");
+        }
         for ip in ["1.1.1.1", "8.8.8.8", "2606:4700::1111", "::ffff:1.1.1.1"] {
             assert!(is_public(ip.parse().unwrap()), "{ip}");
         }
+    }
+
+    #[test]
+    fn numeric_host_spellings_are_caught_as_addresses() {
+        for url in [
+            "https://2130706433:8448/",
+            "https://127.1/",
+            "https://0x7f.1/",
+            "https://0177.0.0.1/",
+            "https://[::ffff:7f00:1]/",
+            "http://example.com/",
+        ] {
+            assert!(!url_allowed(&url::Url::parse(url).unwrap(), false), "{url}");
+        }
+        assert!(url_allowed(&url::Url::parse("https://example.com:8448/").unwrap(), false));
+        assert!(url_allowed(&url::Url::parse("https://127.0.0.1:8448/").unwrap(), true));
     }
 }

@@ -24,6 +24,8 @@ use discovery::Discovery;
 
 /// The largest response body read from another server.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+/// The largest answer of an unauthenticated endpoint (key responses).
+pub const MAX_UNSIGNED_RESPONSE_BYTES: usize = 1024 * 1024;
 
 /// Why an outbound request failed.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +83,7 @@ impl FederationClient {
             .dns_resolver(guard::GuardedResolver::shared(settings.allow_private))
             .timeout(settings.timeout)
             .connect_timeout(Duration::from_secs(15))
-            .redirect(reqwest::redirect::Policy::limited(5))
+            .redirect(guard::redirect_policy(settings.allow_private))
             .user_agent(concat!("Lattice/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Self(Arc::new(Inner { http, key, discovery: Discovery::new(settings.allow_private) })))
@@ -107,10 +109,11 @@ impl FederationClient {
         let http_request = request
             .try_into_http_request::<Vec<u8>>(&base, signing, ())
             .map_err(|e| FederationError::Request(e.to_string()))?;
-        self.execute::<R::IncomingResponse>(http_request).await
+        self.execute::<R::IncomingResponse>(http_request, MAX_RESPONSE_BYTES).await
     }
 
-    /// Sends a request that needs no signature (the key endpoints).
+    /// Sends a request that needs no signature (the key endpoints; answers of at most
+    /// [`MAX_UNSIGNED_RESPONSE_BYTES`]).
     pub async fn send_unsigned<R>(
         &self,
         destination: &ServerName,
@@ -123,12 +126,13 @@ impl FederationClient {
         let http_request = request
             .try_into_http_request::<Vec<u8>>(&base, (), ())
             .map_err(|e| FederationError::Request(e.to_string()))?;
-        self.execute::<R::IncomingResponse>(http_request).await
+        self.execute::<R::IncomingResponse>(http_request, MAX_UNSIGNED_RESPONSE_BYTES).await
     }
 
     async fn execute<T: IncomingResponse>(
         &self,
         request: http::Request<Vec<u8>>,
+        max_bytes: usize,
     ) -> Result<T, FederationError> {
         let request = reqwest::Request::try_from(request)?;
         let response = self.0.http.execute(request).await?;
@@ -137,7 +141,7 @@ impl FederationClient {
         if let Some(headers) = builder.headers_mut() {
             *headers = response.headers().clone();
         }
-        let body = read_limited(response, MAX_RESPONSE_BYTES).await?;
+        let body = read_limited(response, max_bytes).await?;
         if !status.is_success() {
             let body = String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned();
             return Err(FederationError::Status { status: status.as_u16(), body });

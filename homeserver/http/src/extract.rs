@@ -77,6 +77,8 @@ pub struct AuthRequest<'a> {
 /// How a ruma auth scheme is satisfied, and what a handler receives for it.
 pub trait AuthKind {
     type Resolved: Send + Sync + 'static;
+    /// Whether requests must carry an `X-Matrix` header (checked before the body is read).
+    const SERVER_SIGNED: bool = false;
     fn resolve<S: AuthState>(
         request: AuthRequest<'_>,
         state: &S,
@@ -137,10 +139,9 @@ impl AuthKind for AppserviceToken {
 /// handler receives the origin server.
 impl AuthKind for ServerSignatures {
     type Resolved = OwnedServerName;
+    const SERVER_SIGNED: bool = true;
     async fn resolve<S: AuthState>(request: AuthRequest<'_>, state: &S) -> Result<OwnedServerName, Error> {
-        let header = XMatrix::extract_from_http_headers(&request.parts.headers).map_err(|e| {
-            Error::new(ErrorKind::Unauthorized, format!("invalid X-Matrix authorization: {e}"))
-        })?;
+        let header = x_matrix(request.parts)?;
         let mut builder =
             http::Request::builder().method(request.parts.method.clone()).uri(request.parts.uri.clone());
         if let Some(headers) = builder.headers_mut() {
@@ -149,6 +150,12 @@ impl AuthKind for ServerSignatures {
         let signed = builder.body(request.body).map_err(|e| Error::bad_json(e.to_string()))?;
         state.authenticate_server(header, &signed).await
     }
+}
+
+/// The request's `X-Matrix` authorization, parsed.
+fn x_matrix(parts: &Parts) -> Result<XMatrix, Error> {
+    XMatrix::extract_from_http_headers(&parts.headers)
+        .map_err(|e| Error::new(ErrorKind::Unauthorized, format!("invalid X-Matrix authorization: {e}")))
 }
 
 /// The body limit of an endpoint: federation transactions may be larger than client requests.
@@ -292,6 +299,11 @@ where
         let expected = T::PATH_BUILDER.all_paths().next().map(|p| p.matches('{').count()).unwrap_or(0);
         while path_args.len() < expected {
             path_args.push(String::new());
+        }
+        // A federation request without a usable signature header is refused before its body
+        // (up to a transaction's size) is read.
+        if T::Authentication::SERVER_SIGNED {
+            x_matrix(&parts)?;
         }
         let raw_body = axum::body::to_bytes(Body::new(body), body_limit::<T>())
             .await

@@ -4,7 +4,7 @@
 //! Layout:
 //! - [`pdu`]: [`pdu::Pdu`], the stored event text plus a parsed view (ruma's state-res `Event`).
 //! - [`builder`]: local event creation (prev/auth events, depth, hashes, signature, event id).
-//! - [`auth`]: the room version's auth rules (ruma), run on preloaded events.
+//! - [`auth`]: the room version's auth rules (ruma), run on preloaded events; [`acl`]: server ACLs.
 //! - [`input`]: the per-room actor that authorises, orders and persists events (group commit).
 //! - [`create`], [`membership`], [`send`]: the operations the client API performs on rooms.
 //! - [`read`]: state and event queries; [`visibility`]: history visibility; [`format`]: the
@@ -17,6 +17,7 @@
 //! Architecture invariant: nothing outside [`input`] writes room events, and [`input`] has exactly
 //! one actor per room, so per-room ordering needs no locks anywhere else.
 
+pub mod acl;
 pub mod auth;
 mod auth_difference;
 pub mod builder;
@@ -153,8 +154,10 @@ impl Rooms {
         if let Ok(public) = ruma::serde::Base64::parse(key.public_key_base64()) {
             key_ring.add(key.server_name().as_str(), &key.key_id(), public);
         }
+        // The configured source first (federation's key store), then the built-in ring (this
+        // server's own key, and keys pinned through `key_ring`).
         let server_keys: Arc<dyn remote::ServerKeys> = match &config.server_keys {
-            Some(handle) => handle.0.clone(),
+            Some(handle) => Arc::new(remote::LayeredKeys(handle.0.clone(), key_ring.clone())),
             None => key_ring.clone(),
         };
         Self {

@@ -59,4 +59,22 @@ mod tests {
         assert_eq!(Error::from(Rejection::Malformed("bad membership".into())).kind, ErrorKind::BadJson);
         assert_eq!(Error::from(Rejection::NeedsEvents(vec![])).kind, ErrorKind::Internal);
     }
+
+    #[test]
+    fn verdicts_say_why_in_the_room_model_terms() {
+        use crate::remote::Verdict;
+        let id: OwnedEventId = "$a".try_into().unwrap();
+        assert_eq!(Verdict::Accepted(id.clone()).rejection(), None);
+        assert_eq!(Verdict::Duplicate(id.clone()).rejection(), None);
+        assert!(matches!(Verdict::SoftFailed(id.clone()).rejection(), Some(Rejection::SoftFailed(_))));
+        assert_eq!(
+            Verdict::Rejected(id.clone(), "no".into()).rejection(),
+            Some(Rejection::Unauthorized("no".into()))
+        );
+        assert_eq!(
+            Verdict::Missing(id.clone(), vec![id.clone()]).rejection(),
+            Some(Rejection::NeedsEvents(vec![id]))
+        );
+        assert_eq!(Verdict::Dropped("bad".into()).rejection(), Some(Rejection::Malformed("bad".into())));
+    }
 }

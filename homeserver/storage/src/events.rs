@@ -601,7 +601,16 @@ impl Db {
         .bind(user_id)
         .fetch_all(self.reader())
         .await?;
-        rows.iter().map(membership_from_row).collect()
+        // A row that cannot be read is skipped (and logged) rather than failing every sync of
+        // the user.
+        Ok(rows
+            .iter()
+            .filter_map(|row| {
+                membership_from_row(row)
+                    .inspect_err(|err| tracing::warn!(user_id, error = %err, "unreadable membership row"))
+                    .ok()
+            })
+            .collect())
     }
 
     pub async fn membership(&self, room_id: &str, user_id: &str) -> Result<Option<MembershipRow>> {

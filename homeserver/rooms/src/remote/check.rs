@@ -22,10 +22,22 @@ use ruma::{
 
 use crate::{builder::MAX_PDU_BYTES, pdu::Pdu};
 
-/// Where verify keys of other servers come from.
+/// Where verify keys of other servers come from. The lookup is synchronous: whoever hands
+/// events to the room model makes sure the keys they need are known first (the actor never waits
+/// on the network).
 pub trait ServerKeys: Send + Sync {
-    /// The verify keys known for `server`: key id (`ed25519:abc`) to public key.
-    fn keys(&self, server: &str) -> Option<PublicKeySet>;
+    /// The verify keys of `server` (key id `ed25519:abc` to public key) usable for a signature
+    /// made at `signed_at` (ms since the epoch, the event's `origin_server_ts`).
+    fn keys(&self, server: &str, signed_at: i64) -> Option<PublicKeySet>;
+}
+
+/// Two key sources: the first's answer, else the second's.
+pub struct LayeredKeys(pub Arc<dyn ServerKeys>, pub Arc<dyn ServerKeys>);
+
+impl ServerKeys for LayeredKeys {
+    fn keys(&self, server: &str, signed_at: i64) -> Option<PublicKeySet> {
+        self.0.keys(server, signed_at).or_else(|| self.1.keys(server, signed_at))
+    }
 }
 
 /// Verify keys held in memory, filled by whoever learns them (key fetching, tests).
@@ -47,7 +59,7 @@ impl KeyRing {
 }
 
 impl ServerKeys for KeyRing {
-    fn keys(&self, server: &str) -> Option<PublicKeySet> {
+    fn keys(&self, server: &str, _signed_at: i64) -> Option<PublicKeySet> {
         self.keys.read().expect("key ring poisoned").get(server).cloned()
     }
 }
@@ -113,9 +125,13 @@ fn is_v12_create(object: &CanonicalJsonObject, rules: &RoomVersionRules) -> bool
 /// The known keys of every server that signed the event (the verifier decides which it needs).
 fn known_keys(object: &CanonicalJsonObject, keys: &dyn ServerKeys) -> PublicKeyMap {
     let mut map = BTreeMap::new();
+    let signed_at = match object.get("origin_server_ts") {
+        Some(CanonicalJsonValue::Integer(ts)) => i64::from(*ts),
+        _ => 0,
+    };
     if let Some(CanonicalJsonValue::Object(signatures)) = object.get("signatures") {
         for server in signatures.keys() {
-            if let Some(set) = keys.keys(server) {
+            if let Some(set) = keys.keys(server, signed_at) {
                 map.insert(server.clone(), set);
             }
         }

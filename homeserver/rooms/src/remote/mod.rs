@@ -10,7 +10,9 @@ pub mod check;
 
 use ruma::OwnedEventId;
 
-pub use check::{KeyRing, ServerKeys};
+pub use check::{KeyRing, LayeredKeys, ServerKeys};
+
+use crate::rejection::Rejection;
 
 /// How a remote event enters the room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +66,20 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// Why the event did not enter the room as a live event, in the room model's terms; `None`
+    /// when it did or already had.
+    pub fn rejection(&self) -> Option<Rejection> {
+        match self {
+            Verdict::Accepted(_) | Verdict::Duplicate(_) => None,
+            Verdict::SoftFailed(_) => {
+                Some(Rejection::SoftFailed("the room's current state forbids it".into()))
+            }
+            Verdict::Rejected(_, reason) => Some(Rejection::Unauthorized(reason.clone())),
+            Verdict::Dropped(reason) => Some(Rejection::Malformed(reason.clone())),
+            Verdict::Missing(_, ids) => Some(Rejection::NeedsEvents(ids.clone())),
+        }
+    }
+
     /// The event's id, when it could be computed.
     pub fn event_id(&self) -> Option<&OwnedEventId> {
         match self {

@@ -1,0 +1,129 @@
+//! Serving events to other servers: `GET /_matrix/federation/v1/event/{eventId}` and `POST
+//! /_matrix/federation/v1/get_missing_events/{roomId}`.
+//!
+//! Every answer goes through [`readable_room`] (the room exists here, the origin passes its
+//! server ACL and has a joined member in it) and, per event, `Rooms::server_may_see` (the
+//! room's history visibility for that server's users). Rejected events and outliers are never
+//! served: a rejected event is `M_NOT_FOUND`, as if unknown.
+
+use std::collections::{HashSet, VecDeque};
+
+use axum::Router;
+use homeserver_core::{Error, time::now_millis};
+use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma};
+use ruma::{
+    OwnedEventId, RoomId, ServerName,
+    api::federation::event::{get_event, get_missing_events},
+};
+use serde_json::{json, value::RawValue};
+
+use crate::FederationState;
+
+/// Most events one `get_missing_events` answer holds.
+const MAX_MISSING: usize = 100;
+/// Most events looked at while walking back for one answer.
+const MAX_WALK: usize = 1_000;
+
+pub fn routes(router: Router<FederationState>) -> Router<FederationState> {
+    router.ruma_route(event).ruma_route(missing_events)
+}
+
+/// Whether `origin` may read `room_id` at all: the room is known, the ACL admits the origin, and
+/// one of its users is joined.
+pub(crate) async fn readable_room(
+    state: &FederationState,
+    origin: &ServerName,
+    room_id: &RoomId,
+) -> Result<(), Error> {
+    if state.rooms.room_version(room_id).await?.is_none() {
+        return Err(Error::not_found("Unknown room"));
+    }
+    if !state.rooms.server_allowed(room_id, origin).await? {
+        return Err(Error::forbidden("The room's server ACL forbids this server"));
+    }
+    let joined = state.db.room_members(room_id.as_str(), "join").await?;
+    let suffix = format!(":{origin}");
+    if !joined.iter().any(|user| user.ends_with(&suffix)) {
+        return Err(Error::forbidden("This server has no joined member in the room"));
+    }
+    Ok(())
+}
+
+/// The PDU text of an event `origin` may see, or `None`.
+async fn servable(
+    state: &FederationState,
+    origin: &ServerName,
+    event_id: &OwnedEventId,
+) -> Result<Option<Box<RawValue>>, Error> {
+    let Some(row) = state.db.event(event_id.as_str()).await? else { return Ok(None) };
+    if row.outlier || row.rejected_reason.is_some() {
+        return Ok(None);
+    }
+    if !state.rooms.server_may_see(origin, &row).await? {
+        return Ok(None);
+    }
+    Ok(RawValue::from_string(row.json).ok())
+}
+
+/// `GET /_matrix/federation/v1/event/{eventId}`
+async fn event(state: FederationState, req: Ruma<get_event::v1::Request>) -> Result<JsonBody, ApiError> {
+    let origin = &req.auth;
+    let Some(row) = state.db.event(req.body.event_id.as_str()).await.map_err(Error::from)? else {
+        return Err(Error::not_found("Unknown event").into());
+    };
+    let room_id = RoomId::parse(&row.room_id).map_err(|e| Error::internal(e.to_string()))?;
+    readable_room(&state, origin, &room_id).await?;
+    let Some(pdu) = servable(&state, origin, &req.body.event_id).await? else {
+        return Err(Error::not_found("Unknown event").into());
+    };
+    Ok(JsonBody(json!({
+        "origin": state.key.server_name(),
+        "origin_server_ts": now_millis(),
+        "pdus": [pdu],
+    })))
+}
+
+/// `POST /_matrix/federation/v1/get_missing_events/{roomId}`: the events before `latest_events`
+/// back to `earliest_events`, breadth first, at least `min_depth` deep, oldest first.
+async fn missing_events(
+    state: FederationState,
+    req: Ruma<get_missing_events::v1::Request>,
+) -> Result<JsonBody, ApiError> {
+    let origin = &req.auth;
+    let room_id = &req.body.room_id;
+    readable_room(&state, origin, room_id).await?;
+    let limit = usize::try_from(u64::from(req.body.limit)).unwrap_or(MAX_MISSING).min(MAX_MISSING);
+    let min_depth = u64::from(req.body.min_depth);
+    let mut seen: HashSet<OwnedEventId> =
+        req.body.earliest_events.iter().chain(req.body.latest_events.iter()).cloned().collect();
+    let mut queue: VecDeque<OwnedEventId> = VecDeque::new();
+    for latest in req.body.latest_events.iter().take(MAX_MISSING) {
+        if let Some(pdu) = state.rooms.cache().get(latest).await?
+            && pdu.room_id == *room_id
+        {
+            queue.extend(pdu.prev_events.iter().cloned());
+        }
+    }
+    let mut found: Vec<(u64, Box<RawValue>)> = Vec::new();
+    let mut walked = 0;
+    while let Some(id) = queue.pop_front() {
+        if found.len() >= limit || walked >= MAX_WALK {
+            break;
+        }
+        if !seen.insert(id.clone()) {
+            continue;
+        }
+        walked += 1;
+        let Some(pdu) = state.rooms.cache().get(&id).await? else { continue };
+        if pdu.room_id != *room_id || pdu.depth < min_depth {
+            continue;
+        }
+        if let Some(json) = servable(&state, origin, &id).await? {
+            found.push((pdu.depth, json));
+        }
+        queue.extend(pdu.prev_events.iter().cloned());
+    }
+    found.sort_by_key(|(depth, _)| *depth);
+    let events: Vec<Box<RawValue>> = found.into_iter().map(|(_, json)| json).collect();
+    Ok(JsonBody(json!({ "events": events })))
+}

@@ -1,0 +1,377 @@
+//! Other servers' verify keys: the keys that check their requests' `X-Matrix` signatures and
+//! their events' signatures.
+//!
+//! A key is looked up in memory, then in the database, then fetched: from the server itself
+//! (`GET /_matrix/key/v2/server`), then from the configured notaries (`POST
+//! /_matrix/key/v2/query`, none by default); [`response`] checks what comes back. A key is
+//! usable for an event signed up to its `valid_until_ts` (an old key up to its `expired_ts`),
+//! and for a request only if it is current and valid now. Fetched responses are stored whole, so
+//! this server can serve them again as a notary. One fetch per server runs at a time; a server
+//! that could not be reached is not asked again for a minute, one that answered without a key is
+//! not asked for that key again for a minute, so a flood of requests naming it does not become a
+//! flood of fetches, nor can made-up key ids cut a server off.
+
+mod response;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    num::NonZeroUsize,
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
+};
+
+use homeserver_core::{Error, keys::ServerKey, time::now_millis};
+use homeserver_rooms::remote::ServerKeys;
+use homeserver_storage::{Db, server_keys::ServerKeyRow};
+use lru::LruCache;
+use ruma::{
+    OwnedServerName, OwnedServerSigningKeyId, ServerName,
+    api::federation::discovery::{get_remote_server_keys_batch, get_server_keys},
+    serde::Base64,
+    signatures::PublicKeySet,
+};
+
+pub use response::{MAX_KEY_VALIDITY_MS, accept_response};
+
+use crate::client::FederationClient;
+
+/// How long a server that could not be reached (or did not list a key) is left alone.
+const FAILURE_BACKOFF: Duration = Duration::from_secs(60);
+/// How long a notary serves what it stored before fetching afresh for a caller who wants more.
+const NOTARY_REFRESH: Duration = Duration::from_secs(300);
+/// Failures and fetch locks remembered.
+const REMEMBERED: usize = 10_000;
+/// Signatures of one event whose keys are looked up (an event has one or two in practice).
+const MAX_SIGNATURES: usize = 8;
+
+/// One verify key and how long it may be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KnownKey {
+    key: String,
+    valid_until_ts: i64,
+    expired_ts: Option<i64>,
+}
+
+impl KnownKey {
+    /// Whether a signature made at `ts` (ms) may be checked with this key.
+    fn usable_at(&self, ts: i64) -> bool {
+        match self.expired_ts {
+            Some(expired) => ts < expired,
+            None => ts <= self.valid_until_ts,
+        }
+    }
+}
+
+/// Which signatures a key is wanted for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Use {
+    /// An event signed at a time: old keys count until they expired.
+    EventAt(i64),
+    /// A request made now: only a current key, valid now.
+    RequestNow,
+}
+
+impl Use {
+    fn admits(self, key: &KnownKey) -> bool {
+        match self {
+            Use::EventAt(ts) => key.usable_at(ts),
+            Use::RequestNow => key.expired_ts.is_none() && key.usable_at(now_millis() as i64),
+        }
+    }
+}
+
+/// What went wrong last time: the server could not be reached (`None`), or it answered without
+/// this key.
+type FailureKey = (OwnedServerName, Option<String>);
+
+/// The key store of one server process.
+pub struct KeyStore {
+    db: Db,
+    own: ServerKey,
+    client: FederationClient,
+    notaries: Vec<OwnedServerName>,
+    /// Keys of servers that published some; a server with none gets no entry.
+    known: RwLock<HashMap<OwnedServerName, HashMap<String, KnownKey>>>,
+    failures: Mutex<LruCache<FailureKey, Instant>>,
+    /// One fetch per server at a time; callers arriving meanwhile wait and then read its result.
+    fetching: Mutex<LruCache<OwnedServerName, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn lru<K: std::hash::Hash + Eq, V>() -> Mutex<LruCache<K, V>> {
+    Mutex::new(LruCache::new(NonZeroUsize::new(REMEMBERED).expect("non-zero")))
+}
+
+impl KeyStore {
+    pub fn new(db: Db, own: ServerKey, client: FederationClient, notaries: Vec<OwnedServerName>) -> Self {
+        Self {
+            db,
+            own,
+            client,
+            notaries,
+            known: RwLock::new(HashMap::new()),
+            failures: lru(),
+            fetching: lru(),
+        }
+    }
+
+    pub fn own_key(&self) -> &ServerKey {
+        &self.own
+    }
+
+    /// The verify key `key_id` of `server` usable for an event signed at `ts` (ms) — old keys
+    /// included until they expired — fetching it if needed; `None` if none can be found.
+    pub async fn verify_key(
+        &self,
+        server: &ServerName,
+        key_id: &str,
+        ts: i64,
+    ) -> Result<Option<Base64>, Error> {
+        self.lookup(server, key_id, Use::EventAt(ts)).await
+    }
+
+    /// The current key `key_id` of `server`, valid now (for `X-Matrix` request signatures: an
+    /// old key never authenticates a request).
+    pub async fn request_key(&self, server: &ServerName, key_id: &str) -> Result<Option<Base64>, Error> {
+        self.lookup(server, key_id, Use::RequestNow).await
+    }
+
+    async fn lookup(&self, server: &ServerName, key_id: &str, usage: Use) -> Result<Option<Base64>, Error> {
+        if server == self.own.server_name() {
+            let own = (key_id == self.own.key_id()).then(|| self.own.public_key_base64());
+            return Ok(own.and_then(|k| Base64::parse(k).ok()));
+        }
+        if let Some(key) = self.remembered(server, key_id, usage).await? {
+            return Ok(Some(key));
+        }
+        let lock = {
+            let mut fetching = self.fetching.lock().expect("key store poisoned");
+            fetching.get_or_insert(server.to_owned(), Default::default).clone()
+        };
+        let _fetching = lock.lock().await;
+        // Someone may have fetched while we waited.
+        if let Some(key) = self.in_memory(server, key_id, usage) {
+            return Ok(Some(key));
+        }
+        if self.recently_failed(server, key_id) {
+            return Ok(None);
+        }
+        self.fetch(server, key_id, usage).await;
+        Ok(self.in_memory(server, key_id, usage))
+    }
+
+    fn in_memory(&self, server: &ServerName, key_id: &str, usage: Use) -> Option<Base64> {
+        let known = self.known.read().expect("key store poisoned");
+        let key = known.get(server)?.get(key_id)?;
+        if usage.admits(key) { Base64::parse(&key.key).ok() } else { None }
+    }
+
+    /// A key from memory or, failing that, the database (which then fills memory).
+    async fn remembered(
+        &self,
+        server: &ServerName,
+        key_id: &str,
+        usage: Use,
+    ) -> Result<Option<Base64>, Error> {
+        if let Some(key) = self.in_memory(server, key_id, usage) {
+            return Ok(Some(key));
+        }
+        let loaded = self.known.read().expect("key store poisoned").contains_key(server);
+        if !loaded {
+            let rows = self.db.server_keys(server.as_str()).await?;
+            self.remember(server, &rows);
+        }
+        Ok(self.in_memory(server, key_id, usage))
+    }
+
+    fn remember(&self, server: &ServerName, rows: &[ServerKeyRow]) {
+        if rows.is_empty() {
+            return;
+        }
+        let mut known = self.known.write().expect("key store poisoned");
+        let keys = known.entry(server.to_owned()).or_default();
+        for row in rows {
+            let key = known_key(row);
+            match keys.get(&row.key_id) {
+                Some(old) if old.valid_until_ts > key.valid_until_ts => {}
+                _ => {
+                    keys.insert(row.key_id.clone(), key);
+                }
+            }
+        }
+    }
+
+    fn recently_failed(&self, server: &ServerName, key_id: &str) -> bool {
+        let mut failures = self.failures.lock().expect("key store poisoned");
+        let recent = |at: &Instant| at.elapsed() < FAILURE_BACKOFF;
+        failures.get(&(server.to_owned(), None)).is_some_and(recent)
+            || failures.get(&(server.to_owned(), Some(key_id.to_owned()))).is_some_and(recent)
+    }
+
+    fn failed(&self, server: &ServerName, key_id: Option<&str>) {
+        let key = (server.to_owned(), key_id.map(str::to_owned));
+        self.failures.lock().expect("key store poisoned").put(key, Instant::now());
+    }
+
+    /// Fetches the server's keys directly, then from the notaries, until one answer holds a key
+    /// `key_id` usable as wanted. Failures are logged and remembered, not returned: the caller
+    /// only learns that the key is unknown. A server that answered without the key is left
+    /// alone for that key only, so naming made-up keys cannot cut a server off.
+    async fn fetch(&self, server: &ServerName, key_id: &str, usage: Use) {
+        let usable =
+            |rows: &[ServerKeyRow]| rows.iter().any(|r| r.key_id == key_id && usage.admits(&known_key(r)));
+        let mut reached = false;
+        match self.fetch_direct(server).await {
+            Ok(rows) if usable(&rows) => return,
+            Ok(_) => reached = true,
+            Err(err) => tracing::info!(%server, error = %err, "could not fetch the server's keys"),
+        }
+        for notary in &self.notaries {
+            match self.fetch_from_notary(notary, server, key_id).await {
+                Ok(rows) if usable(&rows) => return,
+                Ok(_) => reached = true,
+                Err(err) => tracing::info!(%server, %notary, error = %err, "notary could not give the keys"),
+            }
+        }
+        self.failed(server, if reached { Some(key_id) } else { None });
+    }
+
+    async fn fetch_direct(&self, server: &ServerName) -> Result<Vec<ServerKeyRow>, String> {
+        let response = self
+            .client
+            .send_unsigned(server, get_server_keys::v2::Request::new())
+            .await
+            .map_err(|e| e.to_string())?;
+        let rows = accept_response(server, &response.server_key, None)?;
+        self.store(server, &rows).await?;
+        Ok(rows)
+    }
+
+    async fn fetch_from_notary(
+        &self,
+        notary: &ServerName,
+        server: &ServerName,
+        key_id: &str,
+    ) -> Result<Vec<ServerKeyRow>, String> {
+        // The notary's own current keys, to check its signature on what it relays.
+        let mut notary_keys = PublicKeySet::new();
+        let notary_rows = self.fetch_direct(notary).await.map_err(|e| format!("notary keys: {e}"))?;
+        for row in notary_rows.iter().filter(|r| r.expired_ts.is_none()) {
+            if let Ok(key) = Base64::parse(&row.public_key) {
+                notary_keys.insert(row.key_id.clone(), key);
+            }
+        }
+        let key_id = OwnedServerSigningKeyId::try_from(key_id).map_err(|e| e.to_string())?;
+        let criteria = BTreeMap::from([(key_id, get_remote_server_keys_batch::v2::QueryCriteria::default())]);
+        let request =
+            get_remote_server_keys_batch::v2::Request::new(BTreeMap::from([(server.to_owned(), criteria)]));
+        let response = self.client.send_unsigned(notary, request).await.map_err(|e| e.to_string())?;
+        let mut accepted = Vec::new();
+        for raw in &response.server_keys {
+            // A copy about another server than the one asked about is refused, not stored.
+            accepted.extend(accept_response(server, raw, Some((notary, &notary_keys)))?);
+        }
+        self.store(server, &accepted).await?;
+        Ok(accepted)
+    }
+
+    async fn store(&self, server: &ServerName, rows: &[ServerKeyRow]) -> Result<(), String> {
+        self.db.store_server_keys(rows).await.map_err(|e| e.to_string())?;
+        self.remember(server, rows);
+        Ok(())
+    }
+
+    /// The stored key responses of `server` (for serving as a notary), newest first.
+    pub async fn stored_responses(&self, server: &ServerName) -> Result<Vec<(i64, String)>, Error> {
+        let rows = self.db.server_keys(server.as_str()).await?;
+        let mut responses: Vec<(i64, String)> =
+            rows.into_iter().map(|r| (r.valid_until_ts, r.response_json)).collect();
+        responses.sort_by(|a, b| b.cmp(a));
+        responses.dedup_by(|a, b| a.1 == b.1);
+        Ok(responses)
+    }
+
+    /// Fetches `server`'s keys directly for a notary request that wants keys valid longer than
+    /// those stored — unless they were fetched in the last five minutes or the server was
+    /// unreachable a moment ago. Errors only say why nothing new is known.
+    pub async fn refresh(&self, server: &ServerName) -> Result<(), String> {
+        let rows = self.db.server_keys(server.as_str()).await.map_err(|e| e.to_string())?;
+        let fresh_after = now_millis() as i64 - NOTARY_REFRESH.as_millis() as i64;
+        if rows.iter().any(|r| r.fetched_ts > fresh_after) {
+            return Err("fetched a moment ago".into());
+        }
+        if self.recently_failed(server, "") {
+            return Err("recently unreachable".into());
+        }
+        let result = self.fetch_direct(server).await.map(|_| ());
+        if result.is_err() {
+            self.failed(server, None);
+        }
+        result
+    }
+
+    /// Makes sure the keys an event is signed with are in memory (fetching them if needed), so
+    /// the room model can check its signatures. At most [`MAX_SIGNATURES`] are looked at.
+    pub async fn prefetch_for_event(&self, pdu: &serde_json::Value) -> Result<(), Error> {
+        let signed_at = pdu.get("origin_server_ts").and_then(serde_json::Value::as_i64).unwrap_or(0);
+        let Some(signatures) = pdu.get("signatures").and_then(serde_json::Value::as_object) else {
+            return Ok(());
+        };
+        let mut wanted: Vec<(String, String)> = Vec::new();
+        for (server, keys) in signatures {
+            for key_id in keys.as_object().into_iter().flat_map(|keys| keys.keys()) {
+                wanted.push((server.clone(), key_id.clone()));
+            }
+        }
+        wanted.truncate(MAX_SIGNATURES);
+        for (server, key_id) in wanted {
+            if let Ok(server) = <&ServerName>::try_from(server.as_str()) {
+                self.verify_key(server, &key_id, signed_at).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the room model sees: the keys held in memory, usable at the signature's time. Callers
+/// fetch first ([`KeyStore::prefetch_for_event`]), so the actor never waits on the network.
+impl ServerKeys for KeyStore {
+    fn keys(&self, server: &str, signed_at: i64) -> Option<PublicKeySet> {
+        if server == self.own.server_name().as_str() {
+            let own = Base64::parse(self.own.public_key_base64()).ok()?;
+            return Some(PublicKeySet::from([(self.own.key_id(), own)]));
+        }
+        let name = <&ServerName>::try_from(server).ok()?;
+        let known = self.known.read().expect("key store poisoned");
+        let set: PublicKeySet = known
+            .get(name)?
+            .iter()
+            .filter(|(_, key)| key.usable_at(signed_at))
+            .filter_map(|(id, key)| Some((id.clone(), Base64::parse(&key.key).ok()?)))
+            .collect();
+        (!set.is_empty()).then_some(set)
+    }
+}
+
+fn known_key(row: &ServerKeyRow) -> KnownKey {
+    KnownKey { key: row.public_key.clone(), valid_until_ts: row.valid_until_ts, expired_ts: row.expired_ts }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_keys_sign_events_until_they_expired_and_never_requests() {
+        let now = now_millis() as i64;
+        let current = KnownKey { key: String::new(), valid_until_ts: now + 60_000, expired_ts: None };
+        let old =
+            KnownKey { key: String::new(), valid_until_ts: now + 60_000, expired_ts: Some(now - 1_000) };
+        assert!(Use::RequestNow.admits(&current));
+        assert!(!Use::RequestNow.admits(&old), "an old key never authenticates a request");
+        assert!(Use::EventAt(now - 5_000).admits(&old), "events signed before it expired");
+        assert!(!Use::EventAt(now).admits(&old));
+        assert!(!Use::EventAt(now + 120_000).admits(&current), "not past its validity");
+        let lapsed = KnownKey { key: String::new(), valid_until_ts: now - 1, expired_ts: None };
+        assert!(!Use::RequestNow.admits(&lapsed));
+    }
+}
