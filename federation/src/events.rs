@@ -6,13 +6,13 @@
 //! room's history visibility for that server's users). Rejected events and outliers are never
 //! served: a rejected event is `M_NOT_FOUND`, as if unknown.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use axum::Router;
 use homeserver_core::{Error, time::now_millis};
 use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma};
 use ruma::{
-    OwnedEventId, RoomId, ServerName,
+    OwnedEventId, RoomId, ServerName, UserId,
     api::federation::event::{get_event, get_missing_events},
 };
 use serde_json::{json, value::RawValue};
@@ -42,29 +42,39 @@ pub(crate) async fn readable_room(
         return Err(Error::forbidden("The room's server ACL forbids this server"));
     }
     let joined = state.db.room_members(room_id.as_str(), "join").await?;
-    let suffix = format!(":{origin}");
-    if !joined.iter().any(|user| user.ends_with(&suffix)) {
+    let has_member = joined.iter().any(|user| UserId::parse(user).is_ok_and(|u| u.server_name() == origin));
+    if !has_member {
         return Err(Error::forbidden("This server has no joined member in the room"));
     }
     Ok(())
 }
+
+/// Whether `origin` may see events placed between these state groups, remembered per pair
+/// within one request (a walk visits many events of few states).
+type SeenGroups = HashMap<(i64, i64), bool>;
 
 /// The PDU text of an event `origin` may see, or `None`.
 async fn servable(
     state: &FederationState,
     origin: &ServerName,
     event_id: &OwnedEventId,
+    seen: &mut SeenGroups,
 ) -> Result<Option<Box<RawValue>>, Error> {
     let Some(row) = state.db.event(event_id.as_str()).await? else { return Ok(None) };
     if row.outlier || row.rejected_reason.is_some() {
         return Ok(None);
     }
-    if !state.rooms.server_may_see(origin, &row).await? {
-        return Ok(None);
-    }
-    Ok(RawValue::from_string(row.json).ok())
+    let groups = (row.state_before, row.state_after);
+    let visible = match seen.get(&groups) {
+        Some(visible) => *visible,
+        None => {
+            let visible = state.rooms.server_may_see(origin, &row).await?;
+            seen.insert(groups, visible);
+            visible
+        }
+    };
+    Ok(if visible { RawValue::from_string(row.json).ok() } else { None })
 }
-
 /// `GET /_matrix/federation/v1/event/{eventId}`
 async fn event(state: FederationState, req: Ruma<get_event::v1::Request>) -> Result<JsonBody, ApiError> {
     let origin = &req.auth;
@@ -73,7 +83,7 @@ async fn event(state: FederationState, req: Ruma<get_event::v1::Request>) -> Res
     };
     let room_id = RoomId::parse(&row.room_id).map_err(|e| Error::internal(e.to_string()))?;
     readable_room(&state, origin, &room_id).await?;
-    let Some(pdu) = servable(&state, origin, &req.body.event_id).await? else {
+    let Some(pdu) = servable(&state, origin, &req.body.event_id, &mut SeenGroups::new()).await? else {
         return Err(Error::not_found("Unknown event").into());
     };
     Ok(JsonBody(json!({
@@ -105,6 +115,7 @@ async fn missing_events(
         }
     }
     let mut found: Vec<(u64, Box<RawValue>)> = Vec::new();
+    let mut visible = SeenGroups::new();
     let mut walked = 0;
     while let Some(id) = queue.pop_front() {
         if found.len() >= limit || walked >= MAX_WALK {
@@ -118,7 +129,7 @@ async fn missing_events(
         if pdu.room_id != *room_id || pdu.depth < min_depth {
             continue;
         }
-        if let Some(json) = servable(&state, origin, &id).await? {
+        if let Some(json) = servable(&state, origin, &id, &mut visible).await? {
             found.push((pdu.depth, json));
         }
         queue.extend(pdu.prev_events.iter().cloned());

@@ -8,7 +8,8 @@
 //! - [`key_server`]: our key and the notary endpoints (`/_matrix/key/v2/*`).
 //! - [`auth`]: verifying the `X-Matrix` signature of every inbound federation request.
 //! - [`transactions`]: `PUT /send/{txnId}` — inbound PDUs into the room model, gaps filled.
-//! - `events`: serving `/event` and `/get_missing_events` with server-level visibility.
+//! - `events`, `state`: serving `/event`, `/get_missing_events`, `/state`, `/state_ids` and
+//!   `/event_auth` to member servers, with server-level visibility.
 //! - `query` (profile) and `version`: the simple inbound endpoints.
 //!
 //! Receiving and sending events, EDUs, membership and backfill come on top of these.
@@ -20,6 +21,7 @@ pub mod key_server;
 pub mod keys;
 mod query;
 pub mod signing_key;
+mod state;
 pub mod transactions;
 mod version;
 
@@ -55,5 +57,6 @@ pub fn routes(state: FederationState) -> Router {
     let router = query::routes(router);
     let router = transactions::routes(router);
     let router = events::routes(router);
+    let router = state::routes(router);
     router.with_state(state)
 }

@@ -5,15 +5,21 @@
 //! a lost response never makes events count twice. At most 50 PDUs and 100 EDUs (400 otherwise);
 //! the body must name the authenticated origin.
 //!
-//! PDUs are grouped by room, in the order sent. For each room: unknown rooms and servers the
-//! room's ACL refuses get an error for their events; the keys the events are signed with are
-//! fetched before the room model sees them (it never waits on the network); the room model's
-//! remote path checks and places them; an event whose prev events are unknown sends this
-//! server's ingress to ask the origin for the gap (`get_missing_events`, bounded) and is tried
-//! again after the gap's events. The answer maps every event id to `{}` or an error, as the spec
-//! says (soft-failed events count as received). EDUs are not processed yet.
+//! One transaction per origin is processed at a time. PDUs are grouped by room, in the order
+//! sent. For each room: events of rooms this server does not know get no entry (their ids cannot
+//! be computed without the room version); an origin the room's ACL refuses gets an error for
+//! each event; the keys the spec requires for each event are fetched before the room model sees
+//! them (it never waits on the network); the room model's remote path checks and places them.
+//! Events whose prev events are unknown make one request for the whole gap
+//! (`get_missing_events`, at most 50 events) and are tried again once, after the gap's events.
+//! The answer maps every event id to `{}` or an error, as the spec says (soft-failed events count
+//! as received; the first outcome of an event sent twice stands). A failure of storage answers
+//! 500 even if earlier rooms were placed: the origin retries, and placed events are duplicates
+//! then. EDUs are not processed yet.
 
 use std::{
+    collections::HashMap,
+    future::Future,
     num::NonZeroUsize,
     sync::{Arc, Mutex},
 };
@@ -41,25 +47,49 @@ pub const MAX_PDUS: usize = 50;
 pub const MAX_EDUS: usize = 100;
 /// Transactions whose answers are remembered for repeats.
 const REMEMBERED: usize = 10_000;
-/// Most events asked for to fill one gap.
+/// Most events asked for to fill one gap, and the largest answer read.
 const GAP_LIMIT: u32 = 50;
+const GAP_RESPONSE_BYTES: usize = GAP_LIMIT as usize * 65_536 + 65_536;
 
 /// A transaction's answer, computed once however often it is asked for.
 type Answer = Arc<OnceCell<Value>>;
 
-/// The answers of recent transactions, by `(origin, txnId)`.
-pub struct Transactions(Mutex<LruCache<(OwnedServerName, String), Answer>>);
+/// The answers of recent transactions, by `(origin, txnId)`, and whose turn it is: one
+/// transaction per origin is processed at a time (as Synapse does), so no origin can occupy
+/// more than one handler with slow work.
+pub struct Transactions {
+    answers: Mutex<LruCache<(OwnedServerName, String), Answer>>,
+    turns: Mutex<HashMap<OwnedServerName, Arc<tokio::sync::Mutex<()>>>>,
+}
 
 impl Default for Transactions {
     fn default() -> Self {
-        Self(Mutex::new(LruCache::new(NonZeroUsize::new(REMEMBERED).expect("non-zero"))))
+        Self {
+            answers: Mutex::new(LruCache::new(NonZeroUsize::new(REMEMBERED).expect("non-zero"))),
+            turns: Mutex::new(HashMap::new()),
+        }
     }
 }
 
 impl Transactions {
     fn cell(&self, origin: &ServerName, txn_id: &str) -> Arc<OnceCell<Value>> {
-        let mut seen = self.0.lock().expect("transactions poisoned");
+        let mut seen = self.answers.lock().expect("transactions poisoned");
         seen.get_or_insert((origin.to_owned(), txn_id.to_owned()), || Arc::new(OnceCell::new())).clone()
+    }
+
+    /// Runs `work` when it is `origin`'s turn.
+    async fn in_turn<T>(&self, origin: &ServerName, work: impl Future<Output = T>) -> T {
+        let turn =
+            self.turns.lock().expect("transactions poisoned").entry(origin.to_owned()).or_default().clone();
+        let result = {
+            let _turn = turn.lock().await;
+            work.await
+        };
+        let mut turns = self.turns.lock().expect("transactions poisoned");
+        if Arc::strong_count(&turn) == 2 {
+            turns.remove(origin);
+        }
+        result
     }
 }
 
@@ -84,7 +114,8 @@ async fn send_transaction(
         .into());
     }
     let cell = state.transactions.cell(&origin, req.body.transaction_id.as_str());
-    let answer = cell.get_or_try_init(|| receive_pdus(&state, &origin, &req.body.pdus)).await?;
+    let work = cell.get_or_try_init(|| receive_pdus(&state, &origin, &req.body.pdus));
+    let answer = state.transactions.in_turn(&origin, work).await?;
     Ok(JsonBody(answer.clone()))
 }
 
@@ -128,61 +159,80 @@ async fn receive_room(
     results: &mut Map<String, Value>,
 ) -> Result<(), Error> {
     let Some(rules) = state.rooms.room_version(room_id).await?.as_ref().and_then(versions::rules) else {
-        // Without the room's version the events' ids cannot even be computed.
+        // Without the room's version the events' ids cannot even be computed: no entry.
         return Ok(());
     };
-    let refuse = |results: &mut Map<String, Value>, events: &[Received], why: &str| {
-        for event in events {
+    if !state.rooms.server_allowed(room_id, origin).await? {
+        for event in &events {
             if let Some(id) = event_id_of(&event.value, &rules) {
-                results.insert(id.to_string(), json!({ "error": why }));
+                record(results, &id, Some("the room's server ACL forbids the origin".into()));
             }
         }
-    };
-    if !state.rooms.server_allowed(room_id, origin).await? {
-        refuse(results, &events, "the room's server ACL forbids the origin");
         return Ok(());
     }
     for event in &events {
-        state.keys.prefetch_for_event(&event.value).await?;
+        state.keys.prefetch_for_event(&event.value, &rules).await?;
     }
     let incoming: Vec<IncomingPdu> = events.iter().map(|e| IncomingPdu::new(e.json.clone())).collect();
-    let verdicts = state.rooms.receive_remote(room_id, incoming, Arrival::Live).await?;
+    let mut verdicts = state.rooms.receive_remote(room_id, incoming, Arrival::Live).await?;
+    // Events whose prev events are unknown: one request for the whole gap, then one retry of
+    // those events (in the order sent). Missing auth events are not what this request is for.
+    let gapped: Vec<usize> = verdicts
+        .iter()
+        .enumerate()
+        .filter(|(i, v)| matches!(v, Verdict::Missing(_, missing) if lacks_prev(&events[*i].value, missing)))
+        .map(|(i, _)| i)
+        .collect();
+    if !gapped.is_empty() {
+        let latest: Vec<OwnedEventId> =
+            gapped.iter().filter_map(|i| verdicts[*i].event_id().cloned()).collect();
+        let min_depth =
+            gapped.iter().filter_map(|i| events[*i].value.get("depth")?.as_u64()).min().unwrap_or(0);
+        fill_gap(state, origin, room_id, latest, min_depth, &rules).await?;
+        let again: Vec<IncomingPdu> =
+            gapped.iter().map(|i| IncomingPdu::new(events[*i].json.clone())).collect();
+        let retried = state.rooms.receive_remote(room_id, again, Arrival::Live).await?;
+        for (i, verdict) in gapped.into_iter().zip(retried) {
+            verdicts[i] = verdict;
+        }
+    }
     for (event, verdict) in events.iter().zip(verdicts) {
-        let verdict = match verdict {
-            Verdict::Missing(id, missing) => {
-                fill_gap(state, origin, room_id, &id, &event.value, &missing).await?;
-                let again = IncomingPdu::new(event.json.clone());
-                let mut retried = state.rooms.receive_remote(room_id, vec![again], Arrival::Live).await?;
-                retried.pop().unwrap_or(Verdict::Missing(id, missing))
-            }
-            other => other,
-        };
         // Soft-failed events were received (they are stored); only refusals are errors.
         let error = match &verdict {
             Verdict::SoftFailed(_) => None,
             other => other.rejection().map(|r| r.to_string()),
         };
-        let Some(id) = verdict.event_id().cloned().or_else(|| event_id_of(&event.value, &rules)) else {
-            continue;
-        };
-        let outcome = match error {
-            Some(error) => json!({ "error": error }),
-            None => json!({}),
-        };
-        results.insert(id.to_string(), outcome);
+        if let Some(id) = verdict.event_id().cloned().or_else(|| event_id_of(&event.value, &rules)) {
+            record(results, &id, error);
+        }
     }
     Ok(())
 }
 
-/// Asks the origin for the events between the room's forward extremities and `event`, and
-/// places them oldest first. Failures are logged: the event then stays missing its prevs.
+/// Notes an event's outcome; the first outcome of an event sent twice stands.
+fn record(results: &mut Map<String, Value>, id: &EventId, error: Option<String>) {
+    let outcome = match error {
+        Some(error) => json!({ "error": error }),
+        None => json!({}),
+    };
+    results.entry(id.to_string()).or_insert(outcome);
+}
+
+/// Whether any of the `missing` events is one of the event's prev events.
+fn lacks_prev(event: &Value, missing: &[OwnedEventId]) -> bool {
+    let prevs = event.get("prev_events").and_then(Value::as_array);
+    prevs.is_some_and(|prevs| prevs.iter().any(|p| missing.iter().any(|m| p.as_str() == Some(m.as_str()))))
+}
+
+/// Asks the origin for the events between the room's forward extremities and `latest`, and
+/// places them oldest first. Failures are logged: the events then stay missing their prevs.
 async fn fill_gap(
     state: &FederationState,
     origin: &ServerName,
     room_id: &RoomId,
-    event_id: &EventId,
-    event: &Value,
-    missing: &[OwnedEventId],
+    latest: Vec<OwnedEventId>,
+    min_depth: u64,
+    rules: &RoomVersionRules,
 ) -> Result<(), Error> {
     let earliest: Vec<OwnedEventId> = state
         .db
@@ -191,15 +241,13 @@ async fn fill_gap(
         .into_iter()
         .filter_map(|id| EventId::parse(id).ok())
         .collect();
-    let depth = event.get("depth").and_then(Value::as_u64).unwrap_or(0);
-    let mut request =
-        get_missing_events::v1::Request::new(room_id.to_owned(), earliest, vec![event_id.to_owned()]);
+    let mut request = get_missing_events::v1::Request::new(room_id.to_owned(), earliest, latest);
     request.limit = GAP_LIMIT.into();
-    request.min_depth = depth.saturating_sub(u64::from(GAP_LIMIT) * 2).try_into().unwrap_or_default();
-    let response = match state.client.send(origin, request).await {
+    request.min_depth = min_depth.saturating_sub(u64::from(GAP_LIMIT) * 2).try_into().unwrap_or_default();
+    let response = match state.client.send_limited(origin, request, GAP_RESPONSE_BYTES).await {
         Ok(response) => response,
         Err(err) => {
-            tracing::info!(%origin, %room_id, %event_id, missing = missing.len(), error = %err, "could not fetch missing events");
+            tracing::info!(%origin, %room_id, error = %err, "could not fetch missing events");
             return Ok(());
         }
     };
@@ -215,7 +263,7 @@ async fn fill_gap(
         .collect();
     fetched.sort_by_key(|(depth, _)| *depth);
     for (_, event) in &fetched {
-        state.keys.prefetch_for_event(&event.value).await?;
+        state.keys.prefetch_for_event(&event.value, rules).await?;
     }
     let incoming = fetched.into_iter().map(|(_, e)| IncomingPdu::new(e.json)).collect();
     state.rooms.receive_remote(room_id, incoming, Arrival::Live).await?;

@@ -103,13 +103,26 @@ impl FederationClient {
     where
         R: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath>,
     {
+        self.send_limited(destination, request, MAX_RESPONSE_BYTES).await
+    }
+
+    /// Sends an `X-Matrix`-signed request whose answer may be at most `max_bytes` long.
+    pub async fn send_limited<R>(
+        &self,
+        destination: &ServerName,
+        request: R,
+        max_bytes: usize,
+    ) -> Result<R::IncomingResponse, FederationError>
+    where
+        R: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath>,
+    {
         let base = self.0.discovery.base_url(&self.0.http, destination).await?;
         let origin: OwnedServerName = self.server_name().to_owned();
         let signing = XMatrixSigningInput::new(origin, destination.to_owned(), self.0.key.pair());
         let http_request = request
             .try_into_http_request::<Vec<u8>>(&base, signing, ())
             .map_err(|e| FederationError::Request(e.to_string()))?;
-        self.execute::<R::IncomingResponse>(http_request, MAX_RESPONSE_BYTES).await
+        self.execute::<R::IncomingResponse>(http_request, max_bytes).await
     }
 
     /// Sends a request that needs no signature (the key endpoints; answers of at most

@@ -25,8 +25,9 @@ use homeserver_rooms::remote::ServerKeys;
 use homeserver_storage::{Db, server_keys::ServerKeyRow};
 use lru::LruCache;
 use ruma::{
-    OwnedServerName, OwnedServerSigningKeyId, ServerName,
+    CanonicalJsonObject, OwnedServerName, OwnedServerSigningKeyId, ServerName,
     api::federation::discovery::{get_remote_server_keys_batch, get_server_keys},
+    room_version_rules::RoomVersionRules,
     serde::Base64,
     signatures::PublicKeySet,
 };
@@ -37,12 +38,17 @@ use crate::client::FederationClient;
 
 /// How long a server that could not be reached (or did not list a key) is left alone.
 const FAILURE_BACKOFF: Duration = Duration::from_secs(60);
+/// How long after fetching a server's keys it is not asked again, whatever key is wanted (so
+/// made-up key ids cannot turn this server into an amplifier).
+const REFETCH_AFTER: Duration = Duration::from_secs(30);
+/// Key fetches running at once, across all servers.
+const CONCURRENT_FETCHES: usize = 16;
+/// Key ids looked up per signing server of one event.
+const MAX_KEYS_PER_SERVER: usize = 4;
 /// How long a notary serves what it stored before fetching afresh for a caller who wants more.
 const NOTARY_REFRESH: Duration = Duration::from_secs(300);
 /// Failures and fetch locks remembered.
 const REMEMBERED: usize = 10_000;
-/// Signatures of one event whose keys are looked up (an event has one or two in practice).
-const MAX_SIGNATURES: usize = 8;
 
 /// One verify key and how long it may be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,8 +99,12 @@ pub struct KeyStore {
     /// Keys of servers that published some; a server with none gets no entry.
     known: RwLock<HashMap<OwnedServerName, HashMap<String, KnownKey>>>,
     failures: Mutex<LruCache<FailureKey, Instant>>,
+    /// When each server's keys were last asked for.
+    last_fetch: Mutex<LruCache<OwnedServerName, Instant>>,
     /// One fetch per server at a time; callers arriving meanwhile wait and then read its result.
-    fetching: Mutex<LruCache<OwnedServerName, Arc<tokio::sync::Mutex<()>>>>,
+    /// An entry lives while someone holds it.
+    fetching: Mutex<HashMap<OwnedServerName, Arc<tokio::sync::Mutex<()>>>>,
+    fetch_slots: tokio::sync::Semaphore,
 }
 
 fn lru<K: std::hash::Hash + Eq, V>() -> Mutex<LruCache<K, V>> {
@@ -110,7 +120,9 @@ impl KeyStore {
             notaries,
             known: RwLock::new(HashMap::new()),
             failures: lru(),
-            fetching: lru(),
+            last_fetch: lru(),
+            fetching: Mutex::new(HashMap::new()),
+            fetch_slots: tokio::sync::Semaphore::new(CONCURRENT_FETCHES),
         }
     }
 
@@ -145,18 +157,30 @@ impl KeyStore {
         }
         let lock = {
             let mut fetching = self.fetching.lock().expect("key store poisoned");
-            fetching.get_or_insert(server.to_owned(), Default::default).clone()
+            fetching.entry(server.to_owned()).or_default().clone()
         };
-        let _fetching = lock.lock().await;
-        // Someone may have fetched while we waited.
-        if let Some(key) = self.in_memory(server, key_id, usage) {
-            return Ok(Some(key));
+        let result = {
+            let _fetching = lock.lock().await;
+            // Someone may have fetched while we waited.
+            match self.in_memory(server, key_id, usage) {
+                Some(key) => Some(key),
+                None if self.recently_failed(server, key_id) || self.recently_fetched(server) => None,
+                None => {
+                    self.fetch(server, key_id, usage).await;
+                    self.in_memory(server, key_id, usage)
+                }
+            }
+        };
+        let mut fetching = self.fetching.lock().expect("key store poisoned");
+        if Arc::strong_count(&lock) == 2 {
+            fetching.remove(server);
         }
-        if self.recently_failed(server, key_id) {
-            return Ok(None);
-        }
-        self.fetch(server, key_id, usage).await;
-        Ok(self.in_memory(server, key_id, usage))
+        Ok(result)
+    }
+
+    fn recently_fetched(&self, server: &ServerName) -> bool {
+        let mut last = self.last_fetch.lock().expect("key store poisoned");
+        last.get(server).is_some_and(|at| at.elapsed() < REFETCH_AFTER)
     }
 
     fn in_memory(&self, server: &ServerName, key_id: &str, usage: Use) -> Option<Base64> {
@@ -191,8 +215,14 @@ impl KeyStore {
         let keys = known.entry(server.to_owned()).or_default();
         for row in rows {
             let key = known_key(row);
-            match keys.get(&row.key_id) {
-                Some(old) if old.valid_until_ts > key.valid_until_ts => {}
+            match keys.get_mut(&row.key_id) {
+                // A key's validity only grows, but an expiry always applies (the earliest one).
+                Some(old) if old.valid_until_ts > key.valid_until_ts => {
+                    old.expired_ts = match (old.expired_ts, key.expired_ts) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                }
                 _ => {
                     keys.insert(row.key_id.clone(), key);
                 }
@@ -236,6 +266,8 @@ impl KeyStore {
     }
 
     async fn fetch_direct(&self, server: &ServerName) -> Result<Vec<ServerKeyRow>, String> {
+        let _slot = self.fetch_slots.acquire().await.map_err(|e| e.to_string())?;
+        self.last_fetch.lock().expect("key store poisoned").put(server.to_owned(), Instant::now());
         let response = self
             .client
             .send_unsigned(server, get_server_keys::v2::Request::new())
@@ -252,13 +284,17 @@ impl KeyStore {
         server: &ServerName,
         key_id: &str,
     ) -> Result<Vec<ServerKeyRow>, String> {
-        // The notary's own current keys, to check its signature on what it relays.
-        let mut notary_keys = PublicKeySet::new();
-        let notary_rows = self.fetch_direct(notary).await.map_err(|e| format!("notary keys: {e}"))?;
-        for row in notary_rows.iter().filter(|r| r.expired_ts.is_none()) {
-            if let Ok(key) = Base64::parse(&row.public_key) {
-                notary_keys.insert(row.key_id.clone(), key);
-            }
+        // The notary's own current keys, to check its signature on what it relays: from the
+        // store when known, fetched otherwise.
+        let mut notary_keys = self.current_keys(notary);
+        if notary_keys.is_empty() {
+            let rows = self.db.server_keys(notary.as_str()).await.map_err(|e| e.to_string())?;
+            self.remember(notary, &rows);
+            notary_keys = self.current_keys(notary);
+        }
+        if notary_keys.is_empty() {
+            self.fetch_direct(notary).await.map_err(|e| format!("notary keys: {e}"))?;
+            notary_keys = self.current_keys(notary);
         }
         let key_id = OwnedServerSigningKeyId::try_from(key_id).map_err(|e| e.to_string())?;
         let criteria = BTreeMap::from([(key_id, get_remote_server_keys_batch::v2::QueryCriteria::default())]);
@@ -272,6 +308,18 @@ impl KeyStore {
         }
         self.store(server, &accepted).await?;
         Ok(accepted)
+    }
+
+    /// The current keys of a server held in memory, valid now.
+    fn current_keys(&self, server: &ServerName) -> PublicKeySet {
+        let known = self.known.read().expect("key store poisoned");
+        known
+            .get(server)
+            .into_iter()
+            .flatten()
+            .filter(|(_, key)| Use::RequestNow.admits(key))
+            .filter_map(|(id, key)| Some((id.clone(), Base64::parse(&key.key).ok()?)))
+            .collect()
     }
 
     async fn store(&self, server: &ServerName, rows: &[ServerKeyRow]) -> Result<(), String> {
@@ -309,23 +357,32 @@ impl KeyStore {
         result
     }
 
-    /// Makes sure the keys an event is signed with are in memory (fetching them if needed), so
-    /// the room model can check its signatures. At most [`MAX_SIGNATURES`] are looked at.
-    pub async fn prefetch_for_event(&self, pdu: &serde_json::Value) -> Result<(), Error> {
+    /// Makes sure the keys an event must be verified with are in memory (fetching them if
+    /// needed), so the room model can check its signatures: only the servers whose signatures
+    /// the spec requires (the sender's, and for restricted joins the authorising server's) —
+    /// other signatures anyone may add on the way are ignored — and at most
+    /// [`MAX_KEYS_PER_SERVER`] key ids of each.
+    pub async fn prefetch_for_event(
+        &self,
+        pdu: &serde_json::Value,
+        rules: &RoomVersionRules,
+    ) -> Result<(), Error> {
         let signed_at = pdu.get("origin_server_ts").and_then(serde_json::Value::as_i64).unwrap_or(0);
-        let Some(signatures) = pdu.get("signatures").and_then(serde_json::Value::as_object) else {
+        let Ok(object) = serde_json::from_value::<CanonicalJsonObject>(pdu.clone()) else { return Ok(()) };
+        let Ok(servers) =
+            ruma::signatures::required_server_signatures_to_verify_event(&object, &rules.signatures)
+        else {
             return Ok(());
         };
-        let mut wanted: Vec<(String, String)> = Vec::new();
-        for (server, keys) in signatures {
-            for key_id in keys.as_object().into_iter().flat_map(|keys| keys.keys()) {
-                wanted.push((server.clone(), key_id.clone()));
-            }
-        }
-        wanted.truncate(MAX_SIGNATURES);
-        for (server, key_id) in wanted {
-            if let Ok(server) = <&ServerName>::try_from(server.as_str()) {
-                self.verify_key(server, &key_id, signed_at).await?;
+        for server in servers {
+            let key_ids: Vec<String> = pdu
+                .get("signatures")
+                .and_then(|s| s.get(server.as_str()))
+                .and_then(serde_json::Value::as_object)
+                .map(|keys| keys.keys().take(MAX_KEYS_PER_SERVER).cloned().collect())
+                .unwrap_or_default();
+            for key_id in key_ids {
+                self.verify_key(&server, &key_id, signed_at).await?;
             }
         }
         Ok(())

@@ -39,7 +39,8 @@ const KEY_COLUMNS: &str =
 
 impl Db {
     /// Stores keys, each replacing the stored key of the same id only if it is valid for longer
-    /// (a notary's older copy never shortens what the server itself said).
+    /// (a notary's older copy never shortens what the server itself said) — except that an
+    /// expiry always applies, the earliest one winning.
     pub async fn store_server_keys(&self, keys: &[ServerKeyRow]) -> Result<()> {
         let mut tx = self.writer().begin().await?;
         for key in keys {
@@ -60,6 +61,19 @@ impl Db {
             .bind(key.response_json.as_str())
             .execute(&mut *tx)
             .await?;
+            // An expiry always applies, even from a response valid for less time than the
+            // stored one: a key its server retired must stop working.
+            if let Some(expired) = key.expired_ts {
+                sqlx::query(
+                    "UPDATE server_keys SET expired_ts = $3 WHERE server_name = $1 AND key_id = $2 \
+                     AND (expired_ts IS NULL OR expired_ts > $3)",
+                )
+                .bind(key.server_name.as_str())
+                .bind(key.key_id.as_str())
+                .bind(expired)
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         tx.commit().await?;
         Ok(())

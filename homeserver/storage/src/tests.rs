@@ -386,3 +386,33 @@ async fn search_pages_through_rank_windows_and_filters_rooms() {
     assert!(page.is_empty());
     assert_eq!(count, Some(0));
 }
+
+#[tokio::test]
+async fn a_key_keeps_its_longest_validity_but_an_expiry_always_applies() {
+    let (_tdb, db) = fresh().await;
+    let row = |valid_until_ts: i64, expired_ts: Option<i64>| crate::server_keys::ServerKeyRow {
+        server_name: "b.example".into(),
+        key_id: "ed25519:k".into(),
+        public_key: "AAAA".into(),
+        valid_until_ts,
+        expired_ts,
+        fetched_ts: 1,
+        response_json: "{}".into(),
+    };
+    db.store_server_keys(&[row(100, None)]).await.unwrap();
+    db.store_server_keys(&[row(50, None)]).await.unwrap();
+    assert_eq!(
+        db.server_keys("b.example").await.unwrap()[0].valid_until_ts,
+        100,
+        "a shorter copy never wins"
+    );
+    db.store_server_keys(&[row(50, Some(10))]).await.unwrap();
+    let stored = &db.server_keys("b.example").await.unwrap()[0];
+    assert_eq!((stored.valid_until_ts, stored.expired_ts), (100, Some(10)), "but its expiry applies");
+    db.store_server_keys(&[row(50, Some(20))]).await.unwrap();
+    assert_eq!(
+        db.server_keys("b.example").await.unwrap()[0].expired_ts,
+        Some(10),
+        "the earliest expiry stands"
+    );
+}

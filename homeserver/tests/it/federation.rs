@@ -381,9 +381,11 @@ async fn transactions_place_remote_events_once_and_refuse_what_they_must() {
     let timeline = &sync["rooms"]["join"][&room]["timeline"]["events"];
     assert!(crate::harness::bodies(timeline).contains(&"hello from A".to_owned()), "{timeline}");
 
-    // The same transaction again: the same answer, nothing placed twice.
-    let (status, again) = send_transaction(&b, &a_key, "t2", &[hello]).await;
+    // The same transaction id again, even with other content: the first answer, nothing new.
+    let (other, other_id) = pdu_and_id(remote_event(&b, &a_key, &room, message(&ann, "not twice")).await);
+    let (status, again) = send_transaction(&b, &a_key, "t2", &[hello, other]).await;
     assert_eq!((status, &again), (200, &answer));
+    assert!(b.server.db.event(&other_id).await.unwrap().is_none(), "the repeat was not processed");
     let (_, messages) =
         b.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"), Some(&alice.token)).await;
     let copies =
@@ -422,6 +424,14 @@ async fn transactions_place_remote_events_once_and_refuse_what_they_must() {
     let (late, late_id) = pdu_and_id(remote_event(&b, &a_key, &room, message(&ann, "after the ACL")).await);
     let (_, answer) = send_transaction(&b, &a_key, "t6", &[late]).await;
     assert!(answer["pdus"][&late_id]["error"].as_str().unwrap_or_default().contains("ACL"), "{answer}");
+}
+
+/// The id B gave an event it sent (found by its content and depth among B's events).
+fn b_event_id(_b: &TestServer, pdu: &Value) -> String {
+    let mut object: ruma::CanonicalJsonObject = serde_json::from_value(pdu.clone()).unwrap();
+    object.remove("unsigned");
+    let rules = ruma::RoomVersionId::V12.rules().unwrap();
+    format!("${}", ruma::signatures::reference_hash(&object, &rules).unwrap())
 }
 
 /// Every event of `room` on `on`, oldest first, as PDUs.
@@ -500,6 +510,74 @@ async fn a_gap_is_filled_from_the_origin_and_events_are_served_to_members_only()
             &name_of(&b),
             ruma::api::federation::event::get_event::v1::Request::new(ruma::EventId::parse(&m1).unwrap()),
         )
+        .await;
+    assert!(matches!(refused, Err(federation::FederationError::Status { status: 403, .. })), "{refused:?}");
+
+    // get_missing_events honours its limit and minimum depth, oldest first.
+    use ruma::api::federation::event::get_missing_events;
+    let b_name = name_of(&b);
+    let ask = |limit: u32, min_depth: u64| {
+        let mut request = get_missing_events::v1::Request::new(
+            room_id.clone(),
+            vec![],
+            vec![ruma::EventId::parse(&m3).unwrap()],
+        );
+        request.limit = limit.into();
+        request.min_depth = min_depth.try_into().unwrap();
+        a.server.federation.client.send(&b_name, request)
+    };
+    let two = ask(2, 0).await.expect("missing events");
+    let ids: Vec<String> = two
+        .events
+        .iter()
+        .map(|p| serde_json::from_str::<Value>(p.get()).unwrap())
+        .map(|v| b_event_id(&b, &v))
+        .collect();
+    assert_eq!(ids, vec![m1.clone(), m2.clone()], "the two events before m3, oldest first");
+    let m3_depth = serde_json::from_str::<Value>(&b.server.db.event(&m3).await.unwrap().unwrap().json)
+        .unwrap()["depth"]
+        .as_u64()
+        .unwrap();
+    assert!(ask(10, m3_depth).await.unwrap().events.is_empty(), "nothing below min_depth");
+
+    // The state before an event, and auth chains, for member servers only.
+    use ruma::api::federation::{authorization::get_event_authorization, event::get_room_state_ids};
+    let m3_id = ruma::EventId::parse(&m3).unwrap();
+    let ids = a
+        .server
+        .federation
+        .client
+        .send(&name_of(&b), get_room_state_ids::v1::Request::new(m3_id.clone(), room_id.clone()))
+        .await
+        .expect("state ids");
+    let state_on_b = b
+        .server
+        .app
+        .rooms
+        .state_at_group(b.server.db.event(&m3).await.unwrap().unwrap().state_before)
+        .await
+        .unwrap();
+    let mut expected: Vec<String> = state_on_b.into_iter().map(|(_, _, id)| id).collect();
+    let mut got: Vec<String> = ids.pdu_ids.iter().map(ToString::to_string).collect();
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected);
+    assert!(got.contains(&join_id), "Ann's join is in the state");
+    assert!(!ids.auth_chain_ids.is_empty());
+    let auth = a
+        .server
+        .federation
+        .client
+        .send(&name_of(&b), get_event_authorization::v1::Request::new(room_id.clone(), m3_id.clone()))
+        .await
+        .expect("auth chain");
+    let auth_text: Vec<String> = auth.auth_chain.iter().map(|p| p.get().to_owned()).collect();
+    assert!(auth_text.iter().any(|p| p.contains("m.room.power_levels")), "{auth_text:?}");
+    let refused = c
+        .server
+        .federation
+        .client
+        .send(&name_of(&b), get_room_state_ids::v1::Request::new(m3_id, room_id))
         .await;
     assert!(matches!(refused, Err(federation::FederationError::Status { status: 403, .. })), "{refused:?}");
 }
