@@ -7,18 +7,22 @@
 //! - [`keys`]: other servers' verify keys (fetched directly or through notaries, stored).
 //! - [`key_server`]: our key and the notary endpoints (`/_matrix/key/v2/*`).
 //! - [`auth`]: verifying the `X-Matrix` signature of every inbound federation request.
-//! - [`transactions`]: `PUT /send/{txnId}` — inbound PDUs into the room model, gaps filled.
+//! - [`transactions`]: `PUT /send/{txnId}` — inbound PDUs into the room model, gaps filled;
+//!   `edus` applies the EDUs (typing so far) to `homeserver-live`.
 //! - `events`, `state`: serving `/event`, `/get_missing_events`, `/state`, `/state_ids` and
 //!   `/event_auth` to member servers, with server-level visibility.
+//! - `membership`: joining as the resident server (`make_join`, `send_join` v2).
 //! - `query` (profile) and `version`: the simple inbound endpoints.
 //!
 //! Receiving and sending events, EDUs, membership and backfill come on top of these.
 
 pub mod auth;
 pub mod client;
+mod edus;
 mod events;
 pub mod key_server;
 pub mod keys;
+mod membership;
 mod query;
 pub mod signing_key;
 mod state;
@@ -45,6 +49,8 @@ pub struct FederationState {
     pub client: FederationClient,
     pub db: Db,
     pub rooms: Rooms,
+    /// Typing, presence and receipts shared with the client API (EDUs feed them).
+    pub live: homeserver_live::Live,
     /// Answers of recent inbound transactions (idempotency).
     pub transactions: Arc<transactions::Transactions>,
 }
@@ -58,5 +64,6 @@ pub fn routes(state: FederationState) -> Router {
     let router = transactions::routes(router);
     let router = events::routes(router);
     let router = state::routes(router);
+    let router = membership::routes(router);
     router.with_state(state)
 }

@@ -15,7 +15,7 @@
 //! The answer maps every event id to `{}` or an error, as the spec says (soft-failed events count
 //! as received; the first outcome of an event sent twice stands). A failure of storage answers
 //! 500 even if earlier rooms were placed: the origin retries, and placed events are duplicates
-//! then. EDUs are not processed yet.
+//! then. EDUs follow the PDUs (see `edus`).
 
 use std::{
     collections::HashMap,
@@ -114,7 +114,11 @@ async fn send_transaction(
         .into());
     }
     let cell = state.transactions.cell(&origin, req.body.transaction_id.as_str());
-    let work = cell.get_or_try_init(|| receive_pdus(&state, &origin, &req.body.pdus));
+    let work = cell.get_or_try_init(|| async {
+        let answer = receive_pdus(&state, &origin, &req.body.pdus).await?;
+        crate::edus::receive_edus(&state, &origin, &req.body.edus).await?;
+        Ok::<Value, Error>(answer)
+    });
     let answer = state.transactions.in_turn(&origin, work).await?;
     Ok(JsonBody(answer.clone()))
 }

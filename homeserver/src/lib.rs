@@ -225,6 +225,7 @@ impl Server {
             client: federation_client,
             db: db.clone(),
             rooms: app.rooms.clone(),
+            live: app.live.clone(),
             transactions: Arc::default(),
         };
         Ok(Server { config, db, app, federation })

@@ -40,7 +40,10 @@ pub enum ErrorKind {
     RoomInUse,
     InvalidRoomState,
     UnsupportedRoomVersion,
-    IncompatibleRoomVersion,
+    /// The requesting server does not support the room's version (the body names it).
+    IncompatibleRoomVersion {
+        room_version: String,
+    },
     BadState,
     GuestAccessForbidden,
     MissingParam,
@@ -83,7 +86,7 @@ impl ErrorKind {
             ErrorKind::RoomInUse => "M_ROOM_IN_USE",
             ErrorKind::InvalidRoomState => "M_INVALID_ROOM_STATE",
             ErrorKind::UnsupportedRoomVersion => "M_UNSUPPORTED_ROOM_VERSION",
-            ErrorKind::IncompatibleRoomVersion => "M_INCOMPATIBLE_ROOM_VERSION",
+            ErrorKind::IncompatibleRoomVersion { .. } => "M_INCOMPATIBLE_ROOM_VERSION",
             ErrorKind::BadState => "M_BAD_STATE",
             ErrorKind::GuestAccessForbidden => "M_GUEST_ACCESS_FORBIDDEN",
             ErrorKind::MissingParam => "M_MISSING_PARAM",

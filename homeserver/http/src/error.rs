@@ -48,7 +48,7 @@ impl ApiError {
             | ErrorKind::RoomInUse
             | ErrorKind::InvalidRoomState
             | ErrorKind::UnsupportedRoomVersion
-            | ErrorKind::IncompatibleRoomVersion
+            | ErrorKind::IncompatibleRoomVersion { .. }
             | ErrorKind::BadState
             | ErrorKind::MissingParam
             | ErrorKind::InvalidParam
@@ -81,6 +81,11 @@ impl ApiError {
                 "errcode": self.0.kind.errcode(),
                 "error": message,
                 "retry_after_ms": retry_after_ms,
+            }),
+            ErrorKind::IncompatibleRoomVersion { room_version } => json!({
+                "errcode": self.0.kind.errcode(),
+                "error": message,
+                "room_version": room_version,
             }),
             ErrorKind::UnknownToken { soft_logout } => json!({
                 "errcode": self.0.kind.errcode(),

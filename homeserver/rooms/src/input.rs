@@ -58,10 +58,10 @@ use crate::{
 /// How many commands one batch may take from the queue.
 const MAX_BATCH: usize = 128;
 /// At most this many forward extremities are referenced as prev_events.
-const MAX_PREV_EVENTS: usize = 10;
+pub(crate) const MAX_PREV_EVENTS: usize = 10;
 /// The highest depth an event may have: the largest integer canonical JSON allows (room
 /// versions 6 and later); a room already there stays there.
-const MAX_DEPTH: u64 = (1 << 53) - 1;
+pub(crate) const MAX_DEPTH: u64 = (1 << 53) - 1;
 /// An actor with nothing to do for this long retires.
 const IDLE_RETIRE: Duration = Duration::from_secs(300);
 

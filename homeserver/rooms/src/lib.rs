@@ -6,7 +6,8 @@
 //! - [`builder`]: local event creation (prev/auth events, depth, hashes, signature, event id).
 //! - [`auth`]: the room version's auth rules (ruma), run on preloaded events; [`acl`]: server ACLs.
 //! - [`input`]: the per-room actor that authorises, orders and persists events (group commit).
-//! - [`create`], [`membership`], [`send`]: the operations the client API performs on rooms.
+//! - [`create`], [`membership`], [`send`]: the operations the client API performs on rooms;
+//!   [`resident`]: what this server offers a server whose user joins over federation.
 //! - [`read`]: state and event queries; [`visibility`]: history visibility; [`format`]: the
 //!   client event format (redaction applied, `unsigned` filled in).
 //! - [`rejection`]: why the room model refuses an event, and the one mapping to client errcodes.
@@ -35,6 +36,7 @@ pub mod read;
 pub mod redaction;
 pub mod rejection;
 pub mod remote;
+pub mod resident;
 mod resolve;
 pub mod send;
 mod state_groups;

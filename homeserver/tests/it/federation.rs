@@ -323,8 +323,20 @@ fn pdu_and_id(mut value: Value) -> (Value, String) {
 
 /// `PUT /send/{txn}` to `to`, signed by `key`.
 async fn send_transaction(to: &TestServer, key: &ServerKey, txn: &str, pdus: &[Value]) -> (u16, Value) {
+    send_transaction_with(to, key, txn, pdus, &[]).await
+}
+
+/// `PUT /send/{txn}` with EDUs too.
+async fn send_transaction_with(
+    to: &TestServer,
+    key: &ServerKey,
+    txn: &str,
+    pdus: &[Value],
+    edus: &[Value],
+) -> (u16, Value) {
     let path = format!("/_matrix/federation/v1/send/{txn}");
-    let body = json!({ "origin": key.server_name(), "origin_server_ts": now_millis(), "pdus": pdus });
+    let body =
+        json!({ "origin": key.server_name(), "origin_server_ts": now_millis(), "pdus": pdus, "edus": edus });
     let bytes = serde_json::to_vec(&body).unwrap();
     let request = http::Request::builder().method("PUT").uri(&path).body(bytes.clone()).unwrap();
     let destination = name_of(to);
@@ -341,6 +353,27 @@ async fn send_transaction(to: &TestServer, key: &ServerKey, txn: &str, pdus: &[V
         .unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Two federating servers, Alice on B with a public room, and Ann: a user name of A.
+struct RoomOnB {
+    ca: TestCa,
+    a: TestServer,
+    b: TestServer,
+    alice: crate::harness::User,
+    room: String,
+    room_id: ruma::OwnedRoomId,
+    ann: ruma::OwnedUserId,
+}
+
+async fn room_on_b() -> RoomOnB {
+    let ca = TestCa::create();
+    let (a, b) = (federated(&ca, |_| {}).await, federated(&ca, |_| {}).await);
+    let alice = b.register("alice").await;
+    let room = b.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    let room_id = ruma::RoomId::parse(&room).unwrap();
+    let ann = UserId::parse(format!("@ann:{}", name_of(&a))).unwrap();
+    RoomOnB { ca, a, b, alice, room, room_id, ann }
 }
 
 fn member(user: &UserId, membership: &str) -> homeserver_rooms::builder::EventTemplate {
@@ -362,12 +395,8 @@ fn message(user: &UserId, body: &str) -> homeserver_rooms::builder::EventTemplat
 
 #[tokio::test]
 async fn transactions_place_remote_events_once_and_refuse_what_they_must() {
-    let ca = TestCa::create();
-    let (a, b) = (federated(&ca, |_| {}).await, federated(&ca, |_| {}).await);
-    let alice = b.register("alice").await;
-    let room = b.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    let RoomOnB { a, b, alice, room, ann, .. } = room_on_b().await;
     let a_key = key_of(&a).clone();
-    let ann = UserId::parse(format!("@ann:{}", name_of(&a))).unwrap();
 
     // Ann (on A) joins and speaks; B places both and Alice sees them.
     let (join, join_id) = pdu_and_id(remote_event(&b, &a_key, &room, member(&ann, "join")).await);
@@ -391,6 +420,16 @@ async fn transactions_place_remote_events_once_and_refuse_what_they_must() {
     let copies =
         messages["chunk"].as_array().unwrap().iter().filter(|e| e["event_id"] == hello_id.as_str()).count();
     assert_eq!(copies, 1);
+
+    // Ann types (an EDU); a typing notice for a user of another server is ignored.
+    let typing = |user: &str| json!({ "edu_type": "m.typing", "content": { "room_id": room, "user_id": user, "typing": true } });
+    let (status, _) =
+        send_transaction_with(&b, &a_key, "e1", &[], &[typing(ann.as_str()), typing(&alice.user_id)]).await;
+    assert_eq!(status, 200);
+    let sync = b.sync(&alice, None, 0).await;
+    let ephemeral = &sync["rooms"]["join"][&room]["ephemeral"]["events"];
+    let typing_now = ephemeral.as_array().unwrap().iter().find(|e| e["type"] == "m.typing").expect("typing");
+    assert_eq!(typing_now["content"]["user_ids"], json!([ann.as_str()]), "{ephemeral}");
 
     // Too many PDUs for one transaction.
     let (status, body) = send_transaction(&b, &a_key, "t3", &vec![json!({}); 51]).await;
@@ -454,13 +493,8 @@ async fn room_pdus(on: &TestServer, room: &str) -> Vec<homeserver_rooms::remote:
 
 #[tokio::test]
 async fn a_gap_is_filled_from_the_origin_and_events_are_served_to_members_only() {
-    let ca = TestCa::create();
-    let (a, b) = (federated(&ca, |_| {}).await, federated(&ca, |_| {}).await);
-    let alice = b.register("alice").await;
-    let room = b.create_room(&alice, json!({ "preset": "public_chat" })).await;
-    let room_id = ruma::RoomId::parse(&room).unwrap();
+    let RoomOnB { ca, a, b, alice, room, room_id, ann } = room_on_b().await;
     let (a_key, b_key) = (key_of(&a).clone(), key_of(&b).clone());
-    let ann = UserId::parse(format!("@ann:{}", name_of(&a))).unwrap();
 
     // A learns the room as it is (as a join would give it), then Ann joins on both sides.
     let rooms_a = &a.server.app.rooms;
@@ -579,5 +613,81 @@ async fn a_gap_is_filled_from_the_origin_and_events_are_served_to_members_only()
         .client
         .send(&name_of(&b), get_room_state_ids::v1::Request::new(m3_id, room_id))
         .await;
+    assert!(matches!(refused, Err(federation::FederationError::Status { status: 403, .. })), "{refused:?}");
+}
+
+/// Signs a join template as its server would, returning the PDU and its event id.
+fn sign_template(key: &ServerKey, template: &Value) -> (Value, ruma::OwnedEventId) {
+    let rules = ruma::RoomVersionId::V12.rules().unwrap();
+    let mut object: ruma::CanonicalJsonObject = serde_json::from_value(template.clone()).unwrap();
+    ruma::signatures::hash_and_sign_event(
+        key.server_name().as_str(),
+        key.pair(),
+        &mut object,
+        &rules.redaction,
+    )
+    .unwrap();
+    let id = ruma::EventId::parse(format!("${}", ruma::signatures::reference_hash(&object, &rules).unwrap()))
+        .unwrap();
+    (serde_json::to_value(object).unwrap(), id)
+}
+
+#[tokio::test]
+async fn a_remote_user_joins_through_make_join_and_send_join() {
+    use ruma::api::federation::membership::{create_join_event, prepare_join_event};
+    let RoomOnB { a, b, alice, room, room_id, ann, .. } = room_on_b().await;
+    let client = &a.server.federation.client;
+
+    let mut ask = prepare_join_event::v1::Request::new(room_id.clone(), ann.clone());
+    ask.ver = vec![ruma::RoomVersionId::V11];
+    let refused = client.send(&name_of(&b), ask).await;
+    assert!(
+        matches!(&refused, Err(federation::FederationError::Status { status: 400, body }) if body.contains("M_INCOMPATIBLE_ROOM_VERSION") && body.contains("\"room_version\"")),
+        "{refused:?}"
+    );
+    let bob_of_b = UserId::parse(format!("@bob:{}", name_of(&b))).unwrap();
+    let mut ask = prepare_join_event::v1::Request::new(room_id.clone(), bob_of_b);
+    ask.ver = vec![ruma::RoomVersionId::V12];
+    assert!(client.send(&name_of(&b), ask).await.is_err(), "only for the requesting server's users");
+
+    let mut ask = prepare_join_event::v1::Request::new(room_id.clone(), ann.clone());
+    ask.ver = vec![ruma::RoomVersionId::V11, ruma::RoomVersionId::V12];
+    let made = client.send(&name_of(&b), ask).await.expect("a template");
+    assert_eq!(made.room_version, Some(ruma::RoomVersionId::V12));
+    let template: Value = serde_json::from_str(made.event.get()).unwrap();
+    assert_eq!(template["content"]["membership"], "join");
+    let (signed, join_id) = sign_template(key_of(&a), &template);
+    let pdu = serde_json::value::to_raw_value(&signed).unwrap();
+
+    let wrong = create_join_event::v2::Request::new(
+        room_id.clone(),
+        ruma::EventId::parse("$wrong").unwrap(),
+        pdu.clone(),
+    );
+    assert!(client.send(&name_of(&b), wrong).await.is_err(), "the path must name the event");
+    let joined = client
+        .send(&name_of(&b), create_join_event::v2::Request::new(room_id.clone(), join_id.clone(), pdu))
+        .await
+        .expect("joined");
+    let state = &joined.room_state;
+    assert!(!state.members_omitted);
+    let texts: Vec<String> = state.state.iter().map(|p| p.get().to_owned()).collect();
+    assert!(texts.iter().any(|t| t.contains("m.room.create")), "{texts:?}");
+    assert!(texts.iter().any(|t| t.contains(&alice.user_id)), "Alice's membership is in the state");
+    assert!(!state.auth_chain.is_empty());
+    let servers = state.servers_in_room.clone().unwrap_or_default();
+    assert!(
+        servers.contains(&name_of(&a).to_string()) && servers.contains(&name_of(&b).to_string()),
+        "{servers:?}"
+    );
+    let sync = b.sync(&alice, None, 0).await;
+    let members = b.server.db.room_members(&room, "join").await.unwrap();
+    assert!(members.contains(&ann.to_string()), "{members:?} {sync}");
+
+    // An invite-only room gives no template to the uninvited.
+    let private = b.create_room(&alice, json!({ "preset": "private_chat" })).await;
+    let mut ask = prepare_join_event::v1::Request::new(ruma::RoomId::parse(&private).unwrap(), ann.clone());
+    ask.ver = vec![ruma::RoomVersionId::V12];
+    let refused = client.send(&name_of(&b), ask).await;
     assert!(matches!(refused, Err(federation::FederationError::Status { status: 403, .. })), "{refused:?}");
 }
