@@ -11,7 +11,8 @@
 //!   `edus` applies the EDUs (typing so far) to `homeserver-live`.
 //! - `events`, `state`: serving `/event`, `/get_missing_events`, `/state`, `/state_ids` and
 //!   `/event_auth` to member servers, with server-level visibility.
-//! - `membership`: joining as the resident server (`make_join`, `send_join` v2).
+//! - `membership`: joining as the resident server (`make_join`, `send_join` v2); [`joiner`]:
+//!   joining as the joining server (plugged into the room model as its `RemoteJoins`).
 //! - `query` (profile) and `version`: the simple inbound endpoints.
 //!
 //! Receiving and sending events, EDUs, membership and backfill come on top of these.
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod client;
 mod edus;
 mod events;
+pub mod joiner;
 pub mod key_server;
 pub mod keys;
 mod membership;

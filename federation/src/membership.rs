@@ -87,6 +87,9 @@ async fn send_join(
     may_join(&state, &req.auth, room_id, &sender).await?;
     let version = state.rooms.room_version(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
     let rules = versions::rules(&version).ok_or_else(|| Error::internal("unsupported room version"))?;
+    if crate::transactions::event_id_of(&value, &rules).as_ref() != Some(&req.body.event_id) {
+        return Err(Error::bad_json("the event id in the path is not the event's").into());
+    }
     state.keys.prefetch_for_event(&value, &rules).await?;
     let incoming = IncomingPdu::new(req.body.pdu.get().to_owned());
     let verdict = state.rooms.receive_remote(room_id, vec![incoming], Arrival::Live).await?.pop();

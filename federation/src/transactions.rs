@@ -33,7 +33,7 @@ use homeserver_rooms::{
 };
 use lru::LruCache;
 use ruma::{
-    CanonicalJsonObject, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, ServerName,
+    CanonicalJsonObject, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, ServerName, UserId,
     api::federation::{event::get_missing_events, transactions::send_transaction_message},
     room_version_rules::RoomVersionRules,
 };
@@ -166,10 +166,18 @@ async fn receive_room(
         // Without the room's version the events' ids cannot even be computed: no entry.
         return Ok(());
     };
-    if !state.rooms.server_allowed(room_id, origin).await? {
+    let refusal = if !state.rooms.server_allowed(room_id, origin).await? {
+        Some("the room's server ACL forbids the origin")
+    } else if !has_local_member(state, room_id).await? {
+        // A room known only through outliers (or one everyone here left) takes no events.
+        Some("this server has no user in the room")
+    } else {
+        None
+    };
+    if let Some(why) = refusal {
         for event in &events {
             if let Some(id) = event_id_of(&event.value, &rules) {
-                record(results, &id, Some("the room's server ACL forbids the origin".into()));
+                record(results, &id, Some(why.into()));
             }
         }
         return Ok(());
@@ -211,6 +219,13 @@ async fn receive_room(
         }
     }
     Ok(())
+}
+
+/// Whether a user of this server is joined to the room.
+async fn has_local_member(state: &FederationState, room_id: &RoomId) -> Result<bool, Error> {
+    let joined = state.db.room_members(room_id.as_str(), "join").await?;
+    let ours = state.key.server_name();
+    Ok(joined.iter().any(|user| UserId::parse(user).is_ok_and(|u| u.server_name() == ours)))
 }
 
 /// Notes an event's outcome; the first outcome of an event sent twice stands.
@@ -275,7 +290,7 @@ async fn fill_gap(
 }
 
 /// The id of an event of a room of these rules (its reference hash), if it can be computed.
-fn event_id_of(value: &Value, rules: &RoomVersionRules) -> Option<OwnedEventId> {
+pub(crate) fn event_id_of(value: &Value, rules: &RoomVersionRules) -> Option<OwnedEventId> {
     let mut object: CanonicalJsonObject = serde_json::from_value(value.clone()).ok()?;
     object.remove("unsigned");
     object.remove("event_id");

@@ -228,6 +228,7 @@ impl Server {
             live: app.live.clone(),
             transactions: Arc::default(),
         };
+        federation::joiner::install(&federation);
         Ok(Server { config, db, app, federation })
     }
 

@@ -193,14 +193,38 @@ fn join_content(raw: &[u8]) -> Result<Map<String, Value>, Error> {
     Ok(body)
 }
 
+/// Whether a join must go through another server: the room is unknown here, or known only from
+/// other servers (created elsewhere, and no user of this server is in it).
+async fn joins_remotely(app: &App, room_id: &RoomId) -> Result<bool, Error> {
+    let Some(room) = app.db.room(room_id.as_str()).await? else { return Ok(true) };
+    let created_here = UserId::parse(&room.creator).is_ok_and(|c| c.server_name() == app.server_name());
+    if created_here {
+        return Ok(false);
+    }
+    let joined = app.db.room_members(room_id.as_str(), "join").await?;
+    Ok(!joined.iter().any(|u| UserId::parse(u).is_ok_and(|u| u.server_name() == app.server_name())))
+}
+
 /// Joins a room with the request's body as extra member content, then carries the user's own
-/// view of a predecessor room over (upgrades).
+/// view of a predecessor room over (upgrades). A room this server is not in is joined through
+/// `via` (or the server its id names) over federation.
 async fn join_room(
     app: &App,
     user: &UserId,
     room_id: OwnedRoomId,
     raw_body: &[u8],
+    via: Vec<ruma::OwnedServerName>,
 ) -> Result<JsonBody, ApiError> {
+    if joins_remotely(app, &room_id).await? {
+        let mut via = via;
+        if let Some(server) = room_id.server_name()
+            && via.is_empty()
+        {
+            via.push(server.to_owned());
+        }
+        app.rooms.join_remote(room_id.clone(), user.to_owned(), via).await?;
+        return Ok(JsonBody(json!({ "room_id": room_id })));
+    }
     let extra = join_content(raw_body)?;
     let change = MembershipChange::new(MembershipAction::Join, user, user).with_content(extra);
     change_membership(app, &room_id, change).await?;
@@ -210,7 +234,7 @@ async fn join_room(
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/join`
 async fn join_by_id(app: App, req: Ruma<join_room_by_id::v3::Request>) -> Result<JsonBody, ApiError> {
-    join_room(&app, &req.auth.user_id, req.body.room_id.clone(), &req.raw_body).await
+    join_room(&app, &req.auth.user_id, req.body.room_id.clone(), &req.raw_body, Vec::new()).await
 }
 
 /// `POST /_matrix/client/v3/join/{roomIdOrAlias}`
@@ -226,7 +250,7 @@ async fn join_by_id_or_alias(
             lookup_alias(&app, alias).await?
         }
     };
-    join_room(&app, &req.auth.user_id, room_id, &req.raw_body).await
+    join_room(&app, &req.auth.user_id, room_id, &req.raw_body, req.body.via.clone()).await
 }
 
 /// `POST /_matrix/client/v3/knock/{roomIdOrAlias}`

@@ -28,6 +28,7 @@ pub mod create;
 pub mod derive;
 pub mod format;
 pub mod input;
+pub mod joining;
 pub mod membership;
 pub mod pdu;
 pub mod power;
@@ -123,6 +124,8 @@ pub(crate) struct Shared {
     actors: Mutex<HashMap<OwnedRoomId, ActorHandle>>,
     /// Room versions never change, so they are cached forever once read.
     versions: Mutex<HashMap<OwnedRoomId, RoomVersionId>>,
+    /// How rooms this server is not in are joined (federation plugs it in).
+    remote_joins: std::sync::OnceLock<Arc<dyn joining::RemoteJoins>>,
     /// `(state group, type, state key) -> event id`: immutable, so cached without invalidation.
     state_entries: Mutex<lru::LruCache<(i64, String, String), Option<String>>>,
 }
@@ -183,6 +186,7 @@ impl Rooms {
                 config,
                 actors: Mutex::new(HashMap::new()),
                 versions: Mutex::new(HashMap::new()),
+                remote_joins: std::sync::OnceLock::new(),
                 state_entries: Mutex::new(lru::LruCache::new(
                     std::num::NonZeroUsize::new(50_000).expect("non-zero"),
                 )),

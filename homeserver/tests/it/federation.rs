@@ -506,6 +506,13 @@ async fn a_gap_is_filled_from_the_origin_and_events_are_served_to_members_only()
     let verdicts = rooms_a.receive_remote(&room_id, room_pdus(&b, &room).await, live).await.unwrap();
     assert!(verdicts.iter().all(|v| v.rejection().is_none()), "{verdicts:?}");
     let (join, join_id) = pdu_and_id(remote_event(&b, &a_key, &room, member(&ann, "join")).await);
+    // No user of A is in the room yet: A takes no events of it from B.
+    let early = b.send_text(&alice, &room, "too early").await;
+    let early_pdu: Value =
+        serde_json::from_str(&b.server.db.event(&early).await.unwrap().unwrap().json).unwrap();
+    let (_, answer) = send_transaction(&a, &b_key, "g0", &[early_pdu]).await;
+    assert!(answer["pdus"][&early]["error"].as_str().unwrap_or_default().contains("no user"), "{answer}");
+    assert!(a.server.db.event(&early).await.unwrap().is_none());
     let (_, answer) = send_transaction(&b, &a_key, "j1", std::slice::from_ref(&join)).await;
     assert_eq!(answer["pdus"][&join_id], json!({}), "{answer}");
     let incoming = homeserver_rooms::remote::IncomingPdu::new(join.to_string());
@@ -690,4 +697,41 @@ async fn a_remote_user_joins_through_make_join_and_send_join() {
     ask.ver = vec![ruma::RoomVersionId::V12];
     let refused = client.send(&name_of(&b), ask).await;
     assert!(matches!(refused, Err(federation::FederationError::Status { status: 403, .. })), "{refused:?}");
+}
+
+#[tokio::test]
+async fn a_local_user_joins_a_room_on_another_server_through_the_client_api() {
+    let RoomOnB { a, b, alice, room, .. } = room_on_b().await;
+    let ann = a.register("ann").await;
+    let via = crate::harness::enc(name_of(&b).as_str());
+    let path = format!("/_matrix/client/v3/join/{}?via={via}", crate::harness::enc(&room));
+    let (status, body) = a.post(&path, Some(&ann.token), json!({})).await;
+    assert_eq!((status, body["room_id"].as_str()), (200, Some(room.as_str())), "{body}");
+
+    // B placed Ann's join; A holds the room with its state and shows it to Ann.
+    assert!(b.server.db.room_members(&room, "join").await.unwrap().contains(&ann.user_id));
+    let sync = a.sync(&ann, None, 0).await;
+    let joined = &sync["rooms"]["join"][&room];
+    let state: Vec<Value> = joined["state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(joined["timeline"]["events"].as_array().unwrap())
+        .cloned()
+        .collect();
+    assert!(state.iter().any(|e| e["type"] == "m.room.create"), "{joined}");
+    assert!(
+        state.iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == alice.user_id.as_str()),
+        "{joined}"
+    );
+    assert!(
+        state.iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == ann.user_id.as_str()),
+        "{joined}"
+    );
+
+    // Without a server to join through, an unknown room is not found.
+    let unknown =
+        format!("/_matrix/client/v3/join/{}", crate::harness::enc("!UnknownRoomWithoutAServerName"));
+    let (status, body) = a.post(&unknown, Some(&ann.token), json!({})).await;
+    assert_eq!(status, 404, "{body}");
 }

@@ -164,8 +164,16 @@ impl RoomActor {
             return self.store_rejected(pdu, rejection, before_group, false, replaces_outlier, outcome).await;
         }
         let after_group = self.group_after(before_group, &pdu, outcome).await?;
-        // Step 6: the auth rules against the room's current state (live events only).
-        if arrival == Arrival::Live {
+        // Step 6: the auth rules against the room's current state (live events only). The one
+        // exception is this server's own join of a room it knows so far only through outliers
+        // (a join over federation): there is no current state to fail against yet, and the
+        // join's state becomes current. Nothing another server sends can take that place: only
+        // this server signs its users' joins.
+        let own_first_join = self.loaded().group == 0
+            && pdu.kind == ruma::events::TimelineEventType::RoomMember
+            && pdu.sender.server_name() == self.shared.key.server_name()
+            && pdu.state_key.as_deref() == Some(pdu.sender.as_str());
+        if arrival == Arrival::Live && !own_first_join {
             let current = self.auth_events_at(self.loaded().group, &pdu, &own.by_id).await?;
             if auth::check(&rules.authorization, &pdu, &current).is_err() {
                 let pos = self.outside_position().await?;

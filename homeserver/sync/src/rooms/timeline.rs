@@ -66,7 +66,13 @@ pub(crate) async fn start_group(
     up_to: StreamPos,
 ) -> Result<i64, Error> {
     let at = timeline.rows.first().map_or(up_to, |first| first.stream_pos.before());
-    ctx.syncer.db.current_state_group_at(room_id.as_str(), at).await.map_err(Error::from)
+    let group = ctx.syncer.db.current_state_group_at(room_id.as_str(), at).await.map_err(Error::from)?;
+    // A room joined over federation had no current state before its first live event (the join):
+    // the state the client starts from is the state before that event.
+    match timeline.rows.first() {
+        Some(first) if group == 0 => Ok(first.state_before),
+        _ => Ok(group),
+    }
 }
 
 /// `prev_batch` of a timeline: just before its first event, or at `up_to` when it is empty.
