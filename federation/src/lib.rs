@@ -13,6 +13,8 @@
 //!   `/event_auth` to member servers, with server-level visibility.
 //! - `membership`: joining as the resident server (`make_join`, `send_join` v2); [`joiner`]:
 //!   joining as the joining server (plugged into the room model as its `RemoteJoins`).
+//! - [`sender`]: this server's events to the other servers of their rooms, routed into a
+//!   persisted outbox when they happen, delivered per destination with backoff.
 //! - `query` (profile) and `version`: the simple inbound endpoints.
 //!
 //! Receiving and sending events, EDUs, membership and backfill come on top of these.
@@ -26,6 +28,7 @@ pub mod key_server;
 pub mod keys;
 mod membership;
 mod query;
+pub mod sender;
 pub mod signing_key;
 mod state;
 pub mod transactions;

@@ -229,6 +229,7 @@ impl Server {
             transactions: Arc::default(),
         };
         federation::joiner::install(&federation);
+        federation::sender::start(federation.clone());
         Ok(Server { config, db, app, federation })
     }
 

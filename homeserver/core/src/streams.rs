@@ -227,6 +227,8 @@ impl EventStream {
     /// Tells every waiting reader to finish now (server shutdown): long-polls return at once.
     pub fn shutdown(&self) {
         self.shutting_down.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Background tasks following the stream wake up and see the shutdown.
+        self.current.send_modify(|_| {});
         let subs = self.subscribers.lock().expect("subscribers poisoned");
         let now = self.current();
         for tx in subs.by_user.values() {

@@ -25,6 +25,7 @@ pub mod accounts;
 pub mod admin;
 pub mod aliases;
 pub mod dag;
+pub mod destinations;
 pub mod directory;
 pub mod events;
 pub mod notifications;

@@ -735,3 +735,56 @@ async fn a_local_user_joins_a_room_on_another_server_through_the_client_api() {
     let (status, body) = a.post(&unknown, Some(&ann.token), json!({})).await;
     assert_eq!(status, 404, "{body}");
 }
+
+/// Syncs `user` on `server` until a timeline event with `body` shows up in `room` (or panics).
+async fn wait_for_body(server: &TestServer, user: &crate::harness::User, room: &str, body: &str) {
+    let mut since: Option<String> = None;
+    for _ in 0..40 {
+        let sync = server.sync(user, since.as_deref(), 500).await;
+        let timeline = &sync["rooms"]["join"][room]["timeline"]["events"];
+        if crate::harness::bodies(timeline).iter().any(|b| b == body) {
+            return;
+        }
+        since = sync["next_batch"].as_str().map(str::to_owned);
+    }
+    panic!("{body:?} never reached {room} on {}", name_of(server));
+}
+
+#[tokio::test]
+async fn messages_flow_both_ways_once_a_user_joined_over_federation() {
+    let RoomOnB { a, b, alice, room, .. } = room_on_b().await;
+    b.send_text(&alice, &room, "before Ann").await;
+    let ann = a.register("ann").await;
+    let via = crate::harness::enc(name_of(&b).as_str());
+    let path = format!("/_matrix/client/v3/join/{}?via={via}", crate::harness::enc(&room));
+    assert_eq!(a.post(&path, Some(&ann.token), json!({})).await.0, 200);
+
+    b.send_text(&alice, &room, "hello Ann").await;
+    wait_for_body(&a, &ann, &room, "hello Ann").await;
+    a.send_text(&ann, &room, "hello Alice").await;
+    wait_for_body(&b, &alice, &room, "hello Alice").await;
+
+    // What was said before A was in the room was never queued for it; everything queued went.
+    let destinations = b.server.db.destinations().await.unwrap();
+    let to_a =
+        destinations.iter().find(|d| d.destination == name_of(&a).as_str()).expect("A is a destination");
+    assert_eq!((to_a.queued, to_a.failures), (0, 0), "{to_a:?}");
+    let sync = a.sync(&ann, None, 0).await;
+    let bodies = crate::harness::bodies(&sync["rooms"]["join"][&room]["timeline"]["events"]);
+    assert!(!bodies.contains(&"before Ann".to_owned()), "history is not pushed as new events: {bodies:?}");
+
+    // A kick reaches the server it is about, though it no longer has a member in the room.
+    let kick = format!("/_matrix/client/v3/rooms/{room}/kick");
+    let (status, _) = b.post(&kick, Some(&alice.token), json!({ "user_id": ann.user_id })).await;
+    assert_eq!(status, 200);
+    let mut left = false;
+    for _ in 0..50 {
+        let membership = a.server.db.membership(&room, &ann.user_id).await.unwrap();
+        if membership.is_some_and(|m| m.membership == ruma::events::room::member::MembershipState::Leave) {
+            left = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(left, "A learnt that Ann was kicked");
+}

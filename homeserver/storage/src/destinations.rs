@@ -1,0 +1,166 @@
+//! Outbound federation state: what each destination server is owed (`federation_outbox`), its
+//! backoff (`federation_destinations`) and how far the event stream has been routed.
+
+use homeserver_core::streams::StreamPos;
+use sqlx::{AssertSqlSafe, Row};
+
+use crate::{
+    Db, Result,
+    events::{EVENT_COLUMNS, EventRow, IN_TIMELINE, event_from_row},
+};
+
+/// One destination's delivery state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationRow {
+    pub destination: String,
+    pub failures: i64,
+    /// When the next attempt may be made (ms since the epoch; 0: now).
+    pub retry_at: i64,
+    pub last_success_ts: Option<i64>,
+    /// Events waiting to be delivered.
+    pub queued: i64,
+}
+
+fn destination_row(r: &sqlx::any::AnyRow) -> Result<DestinationRow> {
+    Ok(DestinationRow {
+        destination: r.try_get("destination")?,
+        failures: r.try_get("failures")?,
+        retry_at: r.try_get("retry_at")?,
+        last_success_ts: r.try_get("last_success_ts")?,
+        queued: r.try_get("queued")?,
+    })
+}
+
+const DESTINATION_COLUMNS: &str = "d.destination, d.failures, d.retry_at, d.last_success_ts, \
+     (SELECT COUNT(*) FROM federation_outbox o WHERE o.destination = d.destination) AS queued";
+
+impl Db {
+    /// How far the event stream has been routed to destinations (None: never).
+    pub async fn routed_position(&self) -> Result<Option<StreamPos>> {
+        let pos: Option<i64> = sqlx::query_scalar("SELECT stream_pos FROM federation_routed WHERE id = 1")
+            .fetch_optional(self.reader())
+            .await?;
+        Ok(pos.map(StreamPos::new))
+    }
+
+    /// Routes a stretch of the stream in one transaction: the owed `(destination, position)`
+    /// pairs are queued and the routed position moves to `up_to`.
+    pub async fn route(&self, owed: &[(String, StreamPos)], up_to: StreamPos) -> Result<()> {
+        let mut tx = self.writer().begin().await?;
+        for (destination, pos) in owed {
+            sqlx::query(
+                "INSERT INTO federation_destinations (destination) VALUES ($1) ON CONFLICT (destination) DO NOTHING",
+            )
+            .bind(destination.as_str())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO federation_outbox (destination, stream_pos) VALUES ($1, $2) \
+                 ON CONFLICT (destination, stream_pos) DO NOTHING",
+            )
+            .bind(destination.as_str())
+            .bind(pos.get())
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO federation_routed (id, stream_pos) VALUES (1, $1) \
+             ON CONFLICT (id) DO UPDATE SET stream_pos = excluded.stream_pos",
+        )
+        .bind(up_to.get())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The events to route in `(after, up_to]`: those sent by users of `ours` and every
+    /// membership change (which moves servers in and out of rooms), oldest first.
+    pub async fn events_to_route(
+        &self,
+        ours: &str,
+        after: StreamPos,
+        up_to: StreamPos,
+        limit: i64,
+    ) -> Result<Vec<EventRow>> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE stream_pos > $1 AND stream_pos <= $2 AND {IN_TIMELINE} \
+             AND (sender LIKE $3 OR event_type = 'm.room.member') ORDER BY stream_pos LIMIT $4"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(after.get())
+            .bind(up_to.get())
+            .bind(format!("%:{ours}"))
+            .bind(limit)
+            .fetch_all(self.reader())
+            .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    /// A destination's state (None: unknown).
+    pub async fn destination(&self, destination: &str) -> Result<Option<DestinationRow>> {
+        let sql =
+            format!("SELECT {DESTINATION_COLUMNS} FROM federation_destinations d WHERE d.destination = $1");
+        let row = sqlx::query(AssertSqlSafe(sql)).bind(destination).fetch_optional(self.reader()).await?;
+        row.as_ref().map(destination_row).transpose()
+    }
+
+    /// Every known destination.
+    pub async fn destinations(&self) -> Result<Vec<DestinationRow>> {
+        let sql =
+            format!("SELECT {DESTINATION_COLUMNS} FROM federation_destinations d ORDER BY d.destination");
+        let rows = sqlx::query(AssertSqlSafe(sql)).fetch_all(self.reader()).await?;
+        rows.iter().map(destination_row).collect()
+    }
+
+    /// The oldest positions a destination is owed.
+    pub async fn outbox(&self, destination: &str, limit: i64) -> Result<Vec<StreamPos>> {
+        let positions: Vec<i64> = sqlx::query_scalar(
+            "SELECT stream_pos FROM federation_outbox WHERE destination = $1 ORDER BY stream_pos LIMIT $2",
+        )
+        .bind(destination)
+        .bind(limit)
+        .fetch_all(self.reader())
+        .await?;
+        Ok(positions.into_iter().map(StreamPos::new).collect())
+    }
+
+    /// Records a delivered transaction: what it carried (up to `up_to`) leaves the outbox and
+    /// the backoff is reset.
+    pub async fn delivered(&self, destination: &str, up_to: StreamPos, now: i64) -> Result<()> {
+        let mut tx = self.writer().begin().await?;
+        sqlx::query("DELETE FROM federation_outbox WHERE destination = $1 AND stream_pos <= $2")
+            .bind(destination)
+            .bind(up_to.get())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE federation_destinations SET failures = 0, retry_at = 0, last_success_ts = $2 WHERE destination = $1",
+        )
+        .bind(destination)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records a failed attempt and when to try again.
+    pub async fn delivery_failed(&self, destination: &str, failures: i64, retry_at: i64) -> Result<()> {
+        sqlx::query("UPDATE federation_destinations SET failures = $2, retry_at = $3 WHERE destination = $1")
+            .bind(destination)
+            .bind(failures)
+            .bind(retry_at)
+            .execute(self.writer())
+            .await?;
+        Ok(())
+    }
+
+    /// The users joined to a room, for routing.
+    pub async fn joined_users(&self, room_id: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT user_id FROM memberships WHERE room_id = $1 AND membership = 'join'")
+            .bind(room_id)
+            .fetch_all(self.reader())
+            .await?)
+    }
+}
