@@ -39,6 +39,8 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 /// Events routed per read of the stream.
 const ROUTE_BATCH: i64 = 1_000;
+/// Positions after which the routed position is saved even if nothing was owed.
+const SAVE_EVERY: i64 = 10_000;
 
 /// The outbound side of federation.
 pub struct Sender {
@@ -46,6 +48,8 @@ pub struct Sender {
     workers: Mutex<HashMap<OwnedServerName, Arc<Notify>>>,
     /// The joined users of other servers, per room seen so far.
     remote_members: Mutex<HashMap<String, HashSet<OwnedUserId>>>,
+    /// The routed position last saved.
+    saved: Mutex<StreamPos>,
 }
 
 /// Starts the supervisor and the workers of destinations with queued events.
@@ -54,6 +58,7 @@ pub fn start(state: FederationState) -> Arc<Sender> {
         state,
         workers: Mutex::new(HashMap::new()),
         remote_members: Mutex::new(HashMap::new()),
+        saved: Mutex::new(StreamPos::ZERO),
     });
     tokio::spawn(supervise(sender.clone()));
     sender
@@ -89,7 +94,17 @@ impl Sender {
                     owed.push((destination.to_string(), event.stream_pos));
                 }
             }
-            state.db.route(&owed, reached).await?;
+            // Routing that owes nothing is not written each time (a server without federation
+            // would pay a write per event): re-routing such a stretch after a restart finds
+            // nothing again. The position is saved at least every `SAVE_EVERY` positions.
+            // A stretch with membership changes is always saved: replaying one after a restart
+            // would apply old changes to the current members.
+            let members_changed = events.iter().any(|e| e.event_type == "m.room.member");
+            let last_saved = *self.saved.lock().expect("sender poisoned");
+            if !owed.is_empty() || members_changed || reached.get() - last_saved.get() >= SAVE_EVERY {
+                state.db.route(&owed, reached).await?;
+                *self.saved.lock().expect("sender poisoned") = reached;
+            }
             let woken: HashSet<&String> = owed.iter().map(|(d, _)| d).collect();
             for destination in woken {
                 if let Ok(name) = ServerName::parse(destination) {
@@ -177,6 +192,7 @@ async fn supervise(sender: Arc<Sender>) {
             return;
         }
     };
+    *sender.saved.lock().expect("sender poisoned") = routed;
     loop {
         let now = StreamPos::live(stream.current());
         match sender.route(routed, now).await {

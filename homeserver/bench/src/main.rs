@@ -78,6 +78,9 @@ pub struct Args {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // Built together with the server, reqwest carries a TLS backend without a crypto provider
+    // (the server brings its own, ring): install ring as the process default for this client.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
     let server = Arc::new(Server::start(&args).await?);
     tokio::time::sleep(Duration::from_millis(500)).await;
