@@ -20,14 +20,14 @@ use homeserver_rooms::{
     versions,
 };
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedServerName,
-    OwnedUserId, RoomId, ServerName, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId,
+    ServerName, UserId,
     api::federation::membership::{create_join_event, prepare_join_event},
     room_version_rules::RoomVersionRules,
 };
 use serde_json::Value;
 
-use crate::FederationState;
+use crate::{FederationState, transactions::event_id_of};
 
 /// `via` servers tried for one join.
 const MAX_VIA: usize = 5;
@@ -107,7 +107,7 @@ async fn join_via(
         .state
         .iter()
         .filter_map(|raw| serde_json::from_str::<Value>(raw.get()).ok())
-        .filter_map(|value| reference_id(&value, &rules))
+        .filter_map(|value| event_id_of(&value, &rules))
         .collect();
     let incoming = IncomingPdu { json: join.to_string(), state_before: Some(state_ids) };
     match state.rooms.receive_remote(room_id, vec![incoming], Arrival::Live).await?.pop() {
@@ -139,7 +139,7 @@ fn in_auth_order<'a>(
             return Err(Error::forbidden("The room's state is larger than this server accepts"));
         }
         let value: Value = serde_json::from_str(raw.get()).map_err(|e| Error::bad_json(e.to_string()))?;
-        let Some(id) = reference_id(&value, rules) else { continue };
+        let Some(id) = event_id_of(&value, rules) else { continue };
         if index.contains_key(&id) {
             continue;
         }
@@ -252,16 +252,8 @@ fn sign_join(
     )
     .map_err(|e| Error::internal(e.to_string()))?;
     let value = serde_json::to_value(&object).map_err(Error::internal_from)?;
-    let id = reference_id(&value, rules).ok_or_else(|| Error::internal("no event id for the join"))?;
+    let id = event_id_of(&value, rules).ok_or_else(|| Error::internal("no event id for the join"))?;
     Ok((value, id))
-}
-
-/// An event's id from its reference hash.
-fn reference_id(value: &Value, rules: &RoomVersionRules) -> Option<OwnedEventId> {
-    let mut object: CanonicalJsonObject = serde_json::from_value(value.clone()).ok()?;
-    object.remove("unsigned");
-    let hash = ruma::signatures::reference_hash(&object, rules).ok()?;
-    EventId::parse(format!("${hash}")).ok()
 }
 
 /// A refusal from the resident, as the joining client should see it.
