@@ -11,17 +11,15 @@
 //! from other servers (see `transactions`), and only this server's own join skips the soft-fail
 //! check there, so a failed join leaves nothing anyone can build on; a retry goes remote again.
 
-use std::{collections::HashMap, sync::Arc};
+use std::collections::HashMap;
 
 use homeserver_core::{Error, ErrorKind, time::now_millis};
 use homeserver_rooms::{
-    joining::{JoinFuture, RemoteJoins},
     remote::{Arrival, IncomingPdu, Verdict},
     versions,
 };
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId,
-    ServerName, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedServerName, RoomId, ServerName, UserId,
     api::federation::membership::{create_join_event, prepare_join_event},
     room_version_rules::RoomVersionRules,
 };
@@ -34,22 +32,8 @@ const MAX_VIA: usize = 5;
 /// Most state and auth-chain events a join takes in.
 const MAX_JOIN_EVENTS: usize = 250_000;
 
-/// The federation side of [`RemoteJoins`].
-pub struct Joiner(pub FederationState);
-
-impl RemoteJoins for Joiner {
-    fn join(&self, room_id: OwnedRoomId, user: OwnedUserId, via: Vec<OwnedServerName>) -> JoinFuture {
-        let state = self.0.clone();
-        Box::pin(async move { join(&state, &room_id, &user, &via).await })
-    }
-}
-
-/// Plugs the joiner into the room model.
-pub fn install(state: &FederationState) {
-    state.rooms.set_remote_joins(Arc::new(Joiner(state.clone())));
-}
-
-async fn join(
+/// Joins `user` to `room_id` through the first of `via` (at most five) that lets it.
+pub(crate) async fn join(
     state: &FederationState,
     room_id: &RoomId,
     user: &UserId,
@@ -257,7 +241,7 @@ fn sign_join(
 }
 
 /// A refusal from the resident, as the joining client should see it.
-fn remote_error(err: crate::FederationError) -> Error {
+pub(crate) fn remote_error(err: crate::FederationError) -> Error {
     match err {
         crate::FederationError::Status { status: 403, body } => {
             Error::forbidden(format!("The room's server refused: {body}"))

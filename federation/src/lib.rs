@@ -12,7 +12,8 @@
 //! - `events`, `state`: serving `/event`, `/get_missing_events`, `/state`, `/state_ids` and
 //!   `/event_auth` to member servers, with server-level visibility.
 //! - `membership`: joining as the resident server (`make_join`, `send_join` v2); [`joiner`]:
-//!   joining as the joining server (plugged into the room model as its `RemoteJoins`).
+//!   joining as the joining server. [`remote`] plugs joins and profile queries into the room
+//!   model as its `RemoteServers`.
 //! - [`sender`]: this server's events to the other servers of their rooms, routed into a
 //!   persisted outbox when they happen, delivered per destination with backoff.
 //! - `query` (profile) and `version`: the simple inbound endpoints.
@@ -28,6 +29,7 @@ pub mod key_server;
 pub mod keys;
 mod membership;
 mod query;
+pub mod remote;
 pub mod sender;
 pub mod signing_key;
 mod state;

@@ -1,9 +1,10 @@
-//! Queries other servers make about this one's users: `GET /_matrix/federation/v1/query/profile`.
+//! Profile queries: other servers asking about this one's users
+//! (`GET /_matrix/federation/v1/query/profile`), and this server asking about theirs.
 
 use axum::Router;
-use homeserver_core::Error;
+use homeserver_core::{Error, ErrorKind};
 use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma};
-use ruma::api::federation::query::get_profile_information;
+use ruma::{UserId, api::federation::query::get_profile_information};
 use serde_json::{Map, Value, json};
 
 use crate::FederationState;
@@ -39,4 +40,25 @@ async fn profile(
         body.insert("avatar_url".into(), json!(url));
     }
     Ok(JsonBody(Value::Object(body)))
+}
+
+/// A remote user's display name and avatar, asked of the user's server.
+pub(crate) async fn fetch_profile(
+    state: &FederationState,
+    user: &UserId,
+) -> Result<Map<String, Value>, Error> {
+    let request = get_profile_information::v1::Request::new(user.to_owned());
+    let answer = state.client.send(user.server_name(), request).await.map_err(|err| match err {
+        crate::FederationError::Status { status: 404, .. } => Error::not_found("Profile not found"),
+        other => Error::new(ErrorKind::Unknown, format!("could not reach the user's server: {other}")),
+    })?;
+    // Only the two fields clients know, and only as strings: the rest of a remote answer is
+    // not passed on.
+    let mut body = Map::new();
+    for field in ["displayname", "avatar_url"] {
+        if let Some(value) = answer.data.get(field).and_then(Value::as_str) {
+            body.insert(field.into(), json!(value));
+        }
+    }
+    Ok(body)
 }

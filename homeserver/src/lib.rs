@@ -228,7 +228,7 @@ impl Server {
             live: app.live.clone(),
             transactions: Arc::default(),
         };
-        federation::joiner::install(&federation);
+        federation::remote::install(&federation);
         federation::sender::start(federation.clone());
         Ok(Server { config, db, app, federation })
     }

@@ -33,9 +33,13 @@ async fn local_user(app: &App, user_id: &UserId) -> Result<User, Error> {
         .ok_or_else(|| Error::not_found("Profile not found"))
 }
 
-/// `GET /_matrix/client/v3/profile/{userId}`
-async fn profile(app: App, req: Ruma<get_profile::v3::Request>) -> Result<JsonBody, ApiError> {
-    let user = local_user(&app, &req.body.user_id).await?;
+/// A user's display name and avatar: a local user's from the database, a remote user's from
+/// their server.
+async fn profile_of(app: &App, user_id: &UserId) -> Result<Map<String, Value>, Error> {
+    if user_id.server_name() != app.server_name() {
+        return app.rooms.remote_profile(user_id.to_owned()).await;
+    }
+    let user = local_user(app, user_id).await?;
     let mut body = Map::new();
     if let Some(name) = user.displayname {
         body.insert("displayname".into(), json!(name));
@@ -43,25 +47,31 @@ async fn profile(app: App, req: Ruma<get_profile::v3::Request>) -> Result<JsonBo
     if let Some(url) = user.avatar_url {
         body.insert("avatar_url".into(), json!(url));
     }
-    Ok(JsonBody(Value::Object(body)))
+    Ok(body)
+}
+
+/// `GET /_matrix/client/v3/profile/{userId}`
+async fn profile(app: App, req: Ruma<get_profile::v3::Request>) -> Result<JsonBody, ApiError> {
+    Ok(JsonBody(Value::Object(profile_of(&app, &req.body.user_id).await?)))
+}
+
+/// One field of a profile: `{}` when the user has not set it.
+async fn profile_field(app: &App, user_id: &UserId, field: &str) -> Result<JsonBody, ApiError> {
+    let mut profile = profile_of(app, user_id).await?;
+    Ok(JsonBody(match profile.remove(field) {
+        Some(value) => json!({ field: value }),
+        None => json!({}),
+    }))
 }
 
 /// `GET /_matrix/client/v3/profile/{userId}/displayname`
 async fn displayname(app: App, req: Ruma<get_display_name::v3::Request>) -> Result<JsonBody, ApiError> {
-    let user = local_user(&app, &req.body.user_id).await?;
-    Ok(JsonBody(match user.displayname {
-        Some(name) => json!({ "displayname": name }),
-        None => json!({}),
-    }))
+    profile_field(&app, &req.body.user_id, "displayname").await
 }
 
 /// `GET /_matrix/client/v3/profile/{userId}/avatar_url`
 async fn avatar_url(app: App, req: Ruma<get_avatar_url::v3::Request>) -> Result<JsonBody, ApiError> {
-    let user = local_user(&app, &req.body.user_id).await?;
-    Ok(JsonBody(match user.avatar_url {
-        Some(url) => json!({ "avatar_url": url }),
-        None => json!({}),
-    }))
+    profile_field(&app, &req.body.user_id, "avatar_url").await
 }
 
 fn only_self(session: &homeserver_http::Session, target: &UserId) -> Result<(), Error> {

@@ -7,7 +7,8 @@
 //! - [`auth`]: the room version's auth rules (ruma), run on preloaded events; [`acl`]: server ACLs.
 //! - [`input`]: the per-room actor that authorises, orders and persists events (group commit).
 //! - [`create`], [`membership`], [`send`]: the operations the client API performs on rooms;
-//!   [`resident`]: what this server offers a server whose user joins over federation.
+//!   [`resident`]: what this server offers a server whose user joins over federation;
+//!   [`outbound`]: what this server asks of other servers (remote joins, profiles).
 //! - [`read`]: state and event queries; [`visibility`]: history visibility; [`format`]: the
 //!   client event format (redaction applied, `unsigned` filled in).
 //! - [`rejection`]: why the room model refuses an event, and the one mapping to client errcodes.
@@ -28,8 +29,8 @@ pub mod create;
 pub mod derive;
 pub mod format;
 pub mod input;
-pub mod joining;
 pub mod membership;
+pub mod outbound;
 pub mod pdu;
 pub mod power;
 pub mod push;
@@ -125,7 +126,7 @@ pub(crate) struct Shared {
     /// Room versions never change, so they are cached forever once read.
     versions: Mutex<HashMap<OwnedRoomId, RoomVersionId>>,
     /// How rooms this server is not in are joined (federation plugs it in).
-    remote_joins: std::sync::OnceLock<Arc<dyn joining::RemoteJoins>>,
+    remote_servers: std::sync::OnceLock<Arc<dyn outbound::RemoteServers>>,
     /// `(state group, type, state key) -> event id`: immutable, so cached without invalidation.
     state_entries: Mutex<lru::LruCache<(i64, String, String), Option<String>>>,
 }
@@ -186,7 +187,7 @@ impl Rooms {
                 config,
                 actors: Mutex::new(HashMap::new()),
                 versions: Mutex::new(HashMap::new()),
-                remote_joins: std::sync::OnceLock::new(),
+                remote_servers: std::sync::OnceLock::new(),
                 state_entries: Mutex::new(lru::LruCache::new(
                     std::num::NonZeroUsize::new(50_000).expect("non-zero"),
                 )),

@@ -203,6 +203,17 @@ async fn signed_requests_are_answered_across_servers() {
         .await
         .expect("B answers A's signed request");
     assert_eq!(response.get("displayname"), Some(&json!("Bob B")));
+
+    // A client of A asking for Bob's profile gets B's answer; an unknown user of B is not found.
+    let ann = a.register("ann").await;
+    let (status, body) =
+        a.get(&format!("/_matrix/client/v3/profile/{}", bob.user_id), Some(&ann.token)).await;
+    assert_eq!((status, body), (200, json!({ "displayname": "Bob B" })));
+    let field = format!("/_matrix/client/v3/profile/{}/avatar_url", bob.user_id);
+    assert_eq!(a.get(&field, Some(&ann.token)).await, (200, json!({})));
+    let nobody = format!("/_matrix/client/v3/profile/@nobody:{}", name_of(&b));
+    let (status, body) = a.get(&nobody, Some(&ann.token)).await;
+    assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{body}");
 }
 
 #[tokio::test]

