@@ -1,19 +1,27 @@
-//! EDUs of inbound transactions. Typing notices go to the same `homeserver_live::typing::Typing`
-//! a local `PUT /typing` feeds, for a user of the origin who is joined to a room whose ACL admits
-//! the origin; a remote typing notice lasts 30 seconds unless renewed or stopped (servers resend
-//! while their user types). Other EDU types are accepted and not processed yet.
+//! EDUs of inbound transactions, each for a user of the origin who is joined to a room whose
+//! ACL admits the origin. Typing notices go to the same `homeserver_live::typing::Typing` a
+//! local `PUT /typing` feeds; a remote typing notice lasts 30 seconds unless renewed or stopped
+//! (servers resend while their user types). Read receipts (`m.receipt`, `m.read` only: private
+//! receipts never leave their server) go through `homeserver_live::receipts`, the one receipt
+//! write path, for events known here, at most [`MAX_RECEIPTS`] per EDU. Other EDU types are
+//! accepted and not processed yet.
 
 use std::time::Duration;
 
 use homeserver_core::Error;
+use homeserver_live::receipts::NewReceipt;
 use ruma::{
-    ServerName,
-    api::federation::transactions::edu::{Edu, TypingContent},
+    RoomId, ServerName, UserId,
+    api::federation::transactions::edu::{Edu, ReceiptContent, TypingContent},
+    events::receipt::ReceiptThread,
     serde::Raw,
 };
 use tokio::time::Instant;
 
 use crate::FederationState;
+
+/// Most receipts taken from one EDU.
+const MAX_RECEIPTS: usize = 100;
 
 /// How long a remote typing notice lasts.
 const REMOTE_TYPING: Duration = Duration::from_secs(30);
@@ -27,8 +35,64 @@ pub(crate) async fn receive_edus(
     for raw in edus {
         match raw.deserialize() {
             Ok(Edu::Typing(typing)) => typing_notice(state, origin, &typing).await?,
+            Ok(Edu::Receipt(receipts)) => read_receipts(state, origin, &receipts).await?,
             Ok(_) => {}
             Err(err) => tracing::debug!(%origin, error = %err, "skipping a malformed EDU"),
+        }
+    }
+    Ok(())
+}
+
+/// Whether `user` of `origin` may act in the room: the room is known, its ACL admits the
+/// origin and the user is joined.
+async fn may_act(
+    state: &FederationState,
+    origin: &ServerName,
+    room_id: &RoomId,
+    user: &UserId,
+) -> Result<bool, Error> {
+    Ok(user.server_name() == origin
+        && state.rooms.room_version(room_id).await?.is_some()
+        && state.rooms.server_allowed(room_id, origin).await?
+        && state.rooms.is_joined(room_id, user).await?)
+}
+
+async fn read_receipts(
+    state: &FederationState,
+    origin: &ServerName,
+    content: &ReceiptContent,
+) -> Result<(), Error> {
+    let mut receipts = Vec::new();
+    for (room, map) in &content.receipts {
+        for (user, data) in &map.read {
+            receipts.push((room, user, data));
+        }
+    }
+    for (room_id, user, data) in receipts.into_iter().take(MAX_RECEIPTS) {
+        let Some(event_id) = data.event_ids.last() else { continue };
+        if !may_act(state, origin, room_id, user).await? {
+            continue;
+        }
+        let thread_id = match &data.data.thread {
+            ReceiptThread::Main => "main".to_owned(),
+            ReceiptThread::Thread(root) => root.to_string(),
+            _ => String::new(),
+        };
+        let ts =
+            data.data.ts.map_or_else(|| homeserver_core::time::now_millis() as i64, |t| i64::from(t.get()));
+        let receipt = NewReceipt {
+            room_id,
+            user_id: user,
+            event_id,
+            receipt_type: "m.read",
+            thread_id: &thread_id,
+            ts,
+        };
+        match state.live.receipts.store(&receipt).await {
+            Ok(_) => {}
+            // An event this server does not have (yet): the receipt is dropped, as Synapse does.
+            Err(err) if err.kind == homeserver_core::ErrorKind::NotFound => {}
+            Err(err) => return Err(err),
         }
     }
     Ok(())
@@ -40,11 +104,7 @@ async fn typing_notice(
     typing: &TypingContent,
 ) -> Result<(), Error> {
     let (room_id, user) = (&typing.room_id, &typing.user_id);
-    if user.server_name() != origin
-        || state.rooms.room_version(room_id).await?.is_none()
-        || !state.rooms.server_allowed(room_id, origin).await?
-        || !state.rooms.is_joined(room_id, user).await?
-    {
+    if !may_act(state, origin, room_id, user).await? {
         return Ok(());
     }
     let until = typing.typing.then(|| Instant::now() + REMOTE_TYPING);

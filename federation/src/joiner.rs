@@ -66,7 +66,7 @@ async fn join_via(
         Error::new(ErrorKind::UnsupportedRoomVersion, format!("room version {version} is not supported"))
     })?;
     let content = join_content(state, user).await?;
-    let (join, join_id) = sign_join(state, room_id, user, made.event.get(), content, &rules)?;
+    let (join, join_id) = sign_membership(state, room_id, user, made.event.get(), content, &rules)?;
     let raw = serde_json::value::to_raw_value(&join).map_err(Error::internal_from)?;
     let send = create_join_event::v2::Request::new(room_id.to_owned(), join_id.clone(), raw);
     let joined = state.client.send(server, send).await.map_err(remote_error)?.room_state;
@@ -180,10 +180,11 @@ async fn join_content(state: &FederationState, user: &UserId) -> Result<Canonica
     Ok(content)
 }
 
-/// Checks the template is the user's own join of the room and builds the event from the fields
-/// the template may decide (prev and auth events, depth) and ours (everything else), then signs
-/// it: nothing else the resident put in the template is ever signed.
-fn sign_join(
+/// Checks the template is the user's own member event of the room with the membership of
+/// `content`, and builds the event from the fields the template may decide (prev and auth
+/// events, depth) and ours (everything else), then signs it: nothing else the resident put in
+/// the template is ever signed.
+pub(crate) fn sign_membership(
     state: &FederationState,
     room_id: &RoomId,
     user: &UserId,
@@ -192,7 +193,7 @@ fn sign_join(
     rules: &RoomVersionRules,
 ) -> Result<(Value, OwnedEventId), Error> {
     let template: CanonicalJsonObject =
-        serde_json::from_str(template).map_err(|e| Error::bad_json(format!("join template: {e}")))?;
+        serde_json::from_str(template).map_err(|e| Error::bad_json(format!("member event template: {e}")))?;
     let text = |field: &str| match template.get(field) {
         Some(CanonicalJsonValue::String(s)) => Some(s.clone()),
         _ => None,
@@ -205,15 +206,16 @@ fn sign_join(
         || text("state_key").as_deref() != Some(user.as_str())
         || text("sender").as_deref() != Some(user.as_str())
         || text("room_id").as_deref() != Some(room_id.as_str())
-        || membership != Some(CanonicalJsonValue::String("join".into()))
+        || membership.is_none()
+        || membership.as_ref() != content.get("membership")
     {
-        return Err(Error::bad_json("the resident's join template is not this user's join of this room"));
+        return Err(Error::bad_json("the resident's template is not this user's member event of this room"));
     }
     let mut object = CanonicalJsonObject::new();
     for field in ["prev_events", "auth_events", "depth"] {
         let value = template
             .get(field)
-            .ok_or_else(|| Error::bad_json(format!("the join template has no {field}")))?;
+            .ok_or_else(|| Error::bad_json(format!("the member event template has no {field}")))?;
         object.insert(field.into(), value.clone());
     }
     for (field, value) in [("type", "m.room.member"), ("sender", user.as_str()), ("state_key", user.as_str())]
@@ -227,7 +229,7 @@ fn sign_join(
         CanonicalJsonValue::Integer(now_millis().try_into().unwrap_or_default()),
     );
     ruma::state_res::check_pdu_format(&object, &rules.event_format)
-        .map_err(|e| Error::bad_json(format!("the join template is malformed: {e}")))?;
+        .map_err(|e| Error::bad_json(format!("the member event template is malformed: {e}")))?;
     ruma::signatures::hash_and_sign_event(
         state.key.server_name().as_str(),
         state.key.pair(),
@@ -236,19 +238,19 @@ fn sign_join(
     )
     .map_err(|e| Error::internal(e.to_string()))?;
     let value = serde_json::to_value(&object).map_err(Error::internal_from)?;
-    let id = event_id_of(&value, rules).ok_or_else(|| Error::internal("no event id for the join"))?;
+    let id = event_id_of(&value, rules).ok_or_else(|| Error::internal("no event id for the member event"))?;
     Ok((value, id))
 }
 
-/// A refusal from the resident, as the joining client should see it.
+/// Another server's refusal, as the local client should see it.
 pub(crate) fn remote_error(err: crate::FederationError) -> Error {
     match err {
         crate::FederationError::Status { status: 403, body } => {
-            Error::forbidden(format!("The room's server refused: {body}"))
+            Error::forbidden(format!("The other server refused: {body}"))
         }
         crate::FederationError::Status { status: 404, .. } => {
-            Error::not_found("The room's server does not know the room")
+            Error::not_found("The other server does not know the room or the user")
         }
-        other => Error::new(ErrorKind::Unknown, format!("could not reach the room's server: {other}")),
+        other => Error::new(ErrorKind::Unknown, format!("could not reach the other server: {other}")),
     }
 }

@@ -8,11 +8,12 @@
 //! - [`key_server`]: our key and the notary endpoints (`/_matrix/key/v2/*`).
 //! - [`auth`]: verifying the `X-Matrix` signature of every inbound federation request.
 //! - [`transactions`]: `PUT /send/{txnId}` — inbound PDUs into the room model, gaps filled;
-//!   `edus` applies the EDUs (typing so far) to `homeserver-live`.
+//!   `edus` applies typing and receipt EDUs to `homeserver-live`.
 //! - `events`, `state`: serving `/event`, `/get_missing_events`, `/state`, `/state_ids` and
 //!   `/event_auth` to member servers, with server-level visibility.
 //! - `membership`: joining as the resident server (`make_join`, `send_join` v2); [`joiner`]:
-//!   joining as the joining server. [`remote`] plugs joins and profile queries into the room
+//!   joining as the joining server; `leaver`: leaving rooms held elsewhere (rejecting invites);
+//!   `invites`: `/invite` v2 both ways. [`remote`] plugs these and profile queries into the room
 //!   model as its `RemoteServers`.
 //! - [`sender`]: this server's events to the other servers of their rooms, routed into a
 //!   persisted outbox when they happen, delivered per destination with backoff.
@@ -24,9 +25,11 @@ pub mod auth;
 pub mod client;
 mod edus;
 mod events;
+mod invites;
 pub mod joiner;
 pub mod key_server;
 pub mod keys;
+mod leaver;
 mod membership;
 mod query;
 pub mod remote;
@@ -72,5 +75,6 @@ pub fn routes(state: FederationState) -> Router {
     let router = events::routes(router);
     let router = state::routes(router);
     let router = membership::routes(router);
+    let router = invites::routes(router);
     router.with_state(state)
 }

@@ -1,7 +1,8 @@
-//! Joining over federation, as the resident server: `GET /make_join/{roomId}/{userId}` hands
-//! out a join template for a user of the requesting server, `PUT /v2/send_join/{roomId}/{eventId}`
-//! takes the signed join through the room model's remote path and answers with the state before
-//! it and the auth chain (`members_omitted: false`: this server always sends the full state).
+//! Joining and leaving over federation, as the resident server: `GET /make_join/{roomId}/{userId}`
+//! (and `make_leave`) hands out a member event template for a user of the requesting server,
+//! `PUT /v2/send_join/{roomId}/{eventId}` (and `send_leave`) takes the signed event through the
+//! room model's remote path; a join's answer is the state before it and the auth chain
+//! (`members_omitted: false`: this server always sends the full state).
 //!
 //! Both check the room's server ACL, that the user belongs to the requesting server, and (for
 //! `make_join`) that the joining server supports the room's version.
@@ -14,19 +15,21 @@ use homeserver_rooms::{
     versions,
 };
 use ruma::{
-    RoomId, ServerName, UserId,
-    api::federation::membership::{create_join_event, prepare_join_event},
+    EventId, OwnedEventId, RoomId, ServerName, UserId,
+    api::federation::membership::{
+        create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
+    },
 };
 use serde_json::{Value, json, value::RawValue};
 
 use crate::FederationState;
 
 pub fn routes(router: Router<FederationState>) -> Router<FederationState> {
-    router.ruma_route(make_join).ruma_route(send_join)
+    router.ruma_route(make_join).ruma_route(send_join).ruma_route(make_leave).ruma_route(send_leave)
 }
 
-/// The room is known here and its ACL admits `origin`, which `user` belongs to.
-async fn may_join(
+/// A user of this server is in the room, its ACL admits `origin`, and `user` belongs to `origin`.
+async fn may_change_membership(
     state: &FederationState,
     origin: &ServerName,
     room_id: &RoomId,
@@ -35,8 +38,9 @@ async fn may_join(
     if user.server_name() != origin {
         return Err(Error::forbidden("The user does not belong to the requesting server"));
     }
-    if state.rooms.room_version(room_id).await?.is_none() {
-        return Err(Error::not_found("Unknown room"));
+    // Only a server with a user in the room holds its current state and may vouch for it.
+    if state.rooms.room_version(room_id).await?.is_none() || !state.rooms.local_user_joined(room_id).await? {
+        return Err(Error::not_found("This server is not in the room"));
     }
     if !state.rooms.server_allowed(room_id, origin).await? {
         return Err(Error::forbidden("The room's server ACL forbids this server"));
@@ -50,7 +54,7 @@ async fn make_join(
     req: Ruma<prepare_join_event::v1::Request>,
 ) -> Result<JsonBody, ApiError> {
     let (room_id, user) = (&req.body.room_id, &req.body.user_id);
-    may_join(&state, &req.auth, room_id, user).await?;
+    may_change_membership(&state, &req.auth, room_id, user).await?;
     let version = state.rooms.room_version(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
     // Servers that send no `ver` are taken to support version 1 only, as the spec says.
     let supported =
@@ -62,8 +66,30 @@ async fn make_join(
         );
         return Err(error.into());
     }
-    let event = state.rooms.join_template(room_id, user).await?;
+    let event = state.rooms.membership_template(room_id, user, "join").await?;
     Ok(JsonBody(json!({ "room_version": version, "event": event })))
+}
+
+/// `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}`
+async fn make_leave(
+    state: FederationState,
+    req: Ruma<prepare_leave_event::v1::Request>,
+) -> Result<JsonBody, ApiError> {
+    let (room_id, user) = (&req.body.room_id, &req.body.user_id);
+    may_change_membership(&state, &req.auth, room_id, user).await?;
+    let version = state.rooms.room_version(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
+    let event = state.rooms.membership_template(room_id, user, "leave").await?;
+    Ok(JsonBody(json!({ "room_version": version, "event": event })))
+}
+
+/// `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}`
+async fn send_leave(
+    state: FederationState,
+    req: Ruma<create_leave_event::v2::Request>,
+) -> Result<JsonBody, ApiError> {
+    place_member_event(&state, &req.auth, &req.body.room_id, &req.body.event_id, &req.body.pdu, "leave")
+        .await?;
+    Ok(JsonBody(json!({})))
 }
 
 /// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`
@@ -72,38 +98,8 @@ async fn send_join(
     req: Ruma<create_join_event::v2::Request>,
 ) -> Result<JsonBody, ApiError> {
     let room_id = &req.body.room_id;
-    let value: Value =
-        serde_json::from_str(req.body.pdu.get()).map_err(|e| Error::bad_json(e.to_string()))?;
-    let field = |name: &str| value.get(name).and_then(Value::as_str);
-    let sender = field("sender")
-        .and_then(|s| UserId::parse(s).ok())
-        .ok_or_else(|| Error::bad_json("no valid sender"))?;
-    let is_join = field("type") == Some("m.room.member")
-        && field("state_key") == Some(sender.as_str())
-        && value.get("content").and_then(|c| c.get("membership")).and_then(Value::as_str) == Some("join");
-    if !is_join {
-        return Err(Error::bad_json("not a join event of its sender").into());
-    }
-    may_join(&state, &req.auth, room_id, &sender).await?;
-    let version = state.rooms.room_version(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
-    let rules = versions::rules(&version).ok_or_else(|| Error::internal("unsupported room version"))?;
-    if crate::transactions::event_id_of(&value, &rules).as_ref() != Some(&req.body.event_id) {
-        return Err(Error::bad_json("the event id in the path is not the event's").into());
-    }
-    state.keys.prefetch_for_event(&value, &rules).await?;
-    let incoming = IncomingPdu::new(req.body.pdu.get().to_owned());
-    let verdict = state.rooms.receive_remote(room_id, vec![incoming], Arrival::Live).await?.pop();
-    let join_id = match verdict {
-        Some(Verdict::Accepted(id) | Verdict::Duplicate(id)) if id == req.body.event_id => id,
-        Some(Verdict::Accepted(_) | Verdict::Duplicate(_)) => {
-            return Err(Error::bad_json("the event id in the path is not the event's").into());
-        }
-        Some(other) => {
-            let why = other.rejection().map(|r| r.to_string()).unwrap_or_default();
-            return Err(Error::forbidden(format!("The join was not accepted: {why}")).into());
-        }
-        None => return Err(Error::internal("no verdict").into()),
-    };
+    let join_id =
+        place_member_event(&state, &req.auth, room_id, &req.body.event_id, &req.body.pdu, "join").await?;
     let joined = state.rooms.joined_state(&join_id).await?;
     let raw = |texts: Vec<String>| -> Vec<Box<RawValue>> {
         texts.into_iter().filter_map(|t| RawValue::from_string(t).ok()).collect()
@@ -116,6 +112,51 @@ async fn send_join(
         "auth_chain": raw(joined.auth_chain),
         "servers_in_room": servers,
     })))
+}
+
+/// Places a member event (`join`, `leave`) a user of `origin` signed for themselves, sent to
+/// the path's event id, through the remote path; returns its id once accepted.
+async fn place_member_event(
+    state: &FederationState,
+    origin: &ServerName,
+    room_id: &RoomId,
+    event_id: &EventId,
+    pdu: &RawValue,
+    membership: &str,
+) -> Result<OwnedEventId, Error> {
+    let value: Value = serde_json::from_str(pdu.get()).map_err(|e| Error::bad_json(e.to_string()))?;
+    let field = |name: &str| value.get(name).and_then(Value::as_str);
+    let sender = field("sender")
+        .and_then(|s| UserId::parse(s).ok())
+        .ok_or_else(|| Error::bad_json("no valid sender"))?;
+    let is_own = field("type") == Some("m.room.member")
+        && field("state_key") == Some(sender.as_str())
+        && value.get("content").and_then(|c| c.get("membership")).and_then(Value::as_str) == Some(membership);
+    if !is_own {
+        return Err(Error::bad_json(format!("not a {membership} event of its sender")));
+    }
+    may_change_membership(state, origin, room_id, &sender).await?;
+    let version = state.rooms.room_version(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
+    let rules = versions::rules(&version).ok_or_else(|| Error::internal("unsupported room version"))?;
+    if crate::transactions::event_id_of(&value, &rules).as_deref() != Some(event_id) {
+        return Err(Error::bad_json("the event id in the path is not the event's"));
+    }
+    state.keys.prefetch_for_event(&value, &rules).await?;
+    // Marked before it is placed, so the sender forwards it to the room's other servers.
+    state.db.mark_forward(event_id.as_str()).await?;
+    let incoming = IncomingPdu::new(pdu.get().to_owned());
+    let verdict = state.rooms.receive_remote(room_id, vec![incoming], Arrival::Live).await?.pop();
+    match verdict {
+        Some(Verdict::Accepted(id) | Verdict::Duplicate(id)) if id == event_id => Ok(id),
+        Some(Verdict::Accepted(_) | Verdict::Duplicate(_)) => {
+            Err(Error::bad_json("the event id in the path is not the event's"))
+        }
+        Some(other) => {
+            let why = other.rejection().map(|r| r.to_string()).unwrap_or_default();
+            Err(Error::forbidden(format!("The {membership} was not accepted: {why}")))
+        }
+        None => Err(Error::internal("no verdict")),
+    }
 }
 
 /// The servers with a joined member in the room.

@@ -15,8 +15,15 @@
 //! outbox fixes, so a retried batch keeps its id. An acknowledgement removes what the
 //! transaction carried; a failure backs off exponentially (5 s doubling to an hour, persisted).
 //!
-//! Not yet: EDUs, forwarding joins accepted through `send_join`, a cap on catch-up after long
-//! outages, and retiring idle destinations.
+//! Read receipts of this server's users are routed like events (they hold stream positions):
+//! to the servers with a user joined to the room, sent as one `m.receipt` EDU per room in the
+//! transaction that carries their positions. Typing notices are ephemeral: queued in memory for
+//! the room's servers, sent with the next transaction (or one of their own), dropped after 30
+//! seconds undelivered. Member events this server accepted as a room's resident for another
+//! server (`send_join`, `send_leave`) are marked before they are placed and forwarded to every
+//! other server in the room.
+//!
+//! Not yet: a cap on catch-up after long outages, and retiring idle destinations.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -25,13 +32,13 @@ use std::{
 };
 
 use homeserver_core::{Error, streams::StreamPos, time::now_millis};
-use homeserver_storage::events::EventRow;
+use homeserver_storage::{events::EventRow, receipts::ReceiptRow};
 use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedServerName, OwnedTransactionId, OwnedUserId, ServerName, UserId,
-    api::federation::transactions::send_transaction_message,
+    api::federation::transactions::send_transaction_message, serde::Raw,
 };
-use serde_json::value::RawValue;
-use tokio::sync::Notify;
+use serde_json::{Value, json, value::RawValue};
+use tokio::{sync::Notify, time::Instant};
 
 use crate::{FederationState, transactions::MAX_PDUS};
 
@@ -39,6 +46,9 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 /// Events routed per read of the stream.
 const ROUTE_BATCH: i64 = 1_000;
+/// Typing notices kept per destination while it cannot be reached, and for how long.
+const MAX_EPHEMERAL: usize = 50;
+const EPHEMERAL_TTL: Duration = Duration::from_secs(30);
 /// Positions after which the routed position is saved even if nothing was owed.
 const SAVE_EVERY: i64 = 10_000;
 
@@ -50,6 +60,9 @@ pub struct Sender {
     remote_members: Mutex<HashMap<String, HashSet<OwnedUserId>>>,
     /// The routed position last saved.
     saved: Mutex<StreamPos>,
+    /// Typing notices waiting for each destination's next transaction, with when they were
+    /// queued (not persisted: stale ones are dropped).
+    ephemeral: Mutex<HashMap<OwnedServerName, Vec<(Instant, Value)>>>,
 }
 
 /// Starts the supervisor and the workers of destinations with queued events.
@@ -59,12 +72,33 @@ pub fn start(state: FederationState) -> Arc<Sender> {
         workers: Mutex::new(HashMap::new()),
         remote_members: Mutex::new(HashMap::new()),
         saved: Mutex::new(StreamPos::ZERO),
+        ephemeral: Mutex::new(HashMap::new()),
     });
     tokio::spawn(supervise(sender.clone()));
+    tokio::spawn(forward_typing(sender.clone()));
     sender
 }
 
 impl Sender {
+    /// Queues a typing notice for a destination and wakes its worker.
+    fn queue_ephemeral(self: &Arc<Self>, destination: &ServerName, edu: Value) {
+        {
+            let mut queues = self.ephemeral.lock().expect("sender poisoned");
+            let queue = queues.entry(destination.to_owned()).or_default();
+            if queue.len() >= MAX_EPHEMERAL {
+                queue.remove(0);
+            }
+            queue.push((Instant::now(), edu));
+        }
+        self.wake(destination);
+    }
+
+    /// The typing notices waiting for a destination that are still fresh.
+    fn take_ephemeral(&self, destination: &ServerName) -> Vec<Value> {
+        let queued = self.ephemeral.lock().expect("sender poisoned").remove(destination).unwrap_or_default();
+        queued.into_iter().filter(|(at, _)| at.elapsed() < EPHEMERAL_TTL).map(|(_, edu)| edu).collect()
+    }
+
     /// Wakes (starting if needed) the worker of a destination.
     fn wake(self: &Arc<Self>, destination: &ServerName) {
         let mut workers = self.workers.lock().expect("sender poisoned");
@@ -82,16 +116,35 @@ impl Sender {
         let ours = state.key.server_name();
         let mut from = after;
         while from < up_to {
-            let events = state.db.events_to_route(ours.as_str(), from, up_to, ROUTE_BATCH).await?;
-            let reached = if (events.len() as i64) < ROUTE_BATCH {
-                up_to
-            } else {
-                events.last().map_or(up_to, |e| e.stream_pos)
+            let mut events = state.db.events_to_route(ours.as_str(), from, up_to, ROUTE_BATCH).await?;
+            let mut receipts =
+                state.db.receipts_to_route(ours.as_str(), from.get(), up_to.get(), ROUTE_BATCH).await?;
+            // A full batch of either ends the stretch routed this round where that batch ends.
+            let reached_events = match events.len() as i64 {
+                n if n < ROUTE_BATCH => up_to,
+                _ => events.last().map_or(up_to, |e| e.stream_pos),
             };
+            let reached_receipts = match receipts.len() as i64 {
+                n if n < ROUTE_BATCH => up_to,
+                _ => receipts.last().map_or(up_to, |r| StreamPos::new(r.stream_pos)),
+            };
+            let reached = reached_events.min(reached_receipts);
+            events.retain(|e| e.stream_pos <= reached);
+            receipts.retain(|r| r.stream_pos <= reached.get());
             let mut owed: Vec<(String, StreamPos)> = Vec::new();
+            let mut forwarded: Vec<String> = Vec::new();
             for event in &events {
-                for destination in self.destinations_of(event).await? {
+                let (destinations, forward) = self.destinations_of(event).await?;
+                if forward {
+                    forwarded.push(event.event_id.clone());
+                }
+                for destination in destinations {
                     owed.push((destination.to_string(), event.stream_pos));
+                }
+            }
+            for receipt in &receipts {
+                for destination in self.servers_in_room(&receipt.room_id).await? {
+                    owed.push((destination.to_string(), StreamPos::new(receipt.stream_pos)));
                 }
             }
             // Routing that owes nothing is not written each time (a server without federation
@@ -105,6 +158,9 @@ impl Sender {
                 state.db.route(&owed, reached).await?;
                 *self.saved.lock().expect("sender poisoned") = reached;
             }
+            if !forwarded.is_empty() {
+                state.db.forget_forwarded(&forwarded).await?;
+            }
             let woken: HashSet<&String> = owed.iter().map(|(d, _)| d).collect();
             for destination in woken {
                 if let Ok(name) = ServerName::parse(destination) {
@@ -116,36 +172,55 @@ impl Sender {
         Ok(up_to)
     }
 
-    /// The servers an event goes to (none for other servers' events), keeping the room's
-    /// remote members current.
-    async fn destinations_of(&self, event: &EventRow) -> Result<Vec<OwnedServerName>, Error> {
+    /// The servers an event goes to, keeping the room's remote members current, and whether it
+    /// is another server's event this server forwards (one it accepted as the room's resident
+    /// through `send_join` or `send_leave`; it goes to every server but the sender's). Other
+    /// servers' events go nowhere: their own servers send them.
+    async fn destinations_of(&self, event: &EventRow) -> Result<(Vec<OwnedServerName>, bool), Error> {
         let ours = self.state.key.server_name();
         self.load_room(&event.room_id).await?;
-        let mut members = self.remote_members.lock().expect("sender poisoned");
-        let room = members.entry(event.room_id.clone()).or_default();
-        let mut servers: HashSet<OwnedServerName> = room.iter().map(|u| u.server_name().to_owned()).collect();
-        let target = (event.event_type == "m.room.member")
-            .then(|| event.state_key.as_deref().and_then(|k| UserId::parse(k).ok()))
-            .flatten();
-        if let Some(target) = &target {
-            // The server a membership is about hears of it, joined or not.
-            servers.insert(target.server_name().to_owned());
-            if target.server_name() != ours {
-                let membership = serde_json::from_str::<serde_json::Value>(&event.json)
-                    .ok()
-                    .and_then(|v| v.get("content")?.get("membership")?.as_str().map(str::to_owned));
-                if membership.as_deref() == Some("join") {
-                    room.insert(target.clone());
-                } else {
-                    room.remove(target);
+        let mut servers = {
+            let mut members = self.remote_members.lock().expect("sender poisoned");
+            let room = members.entry(event.room_id.clone()).or_default();
+            let mut servers: HashSet<OwnedServerName> =
+                room.iter().map(|u| u.server_name().to_owned()).collect();
+            let target = (event.event_type == "m.room.member")
+                .then(|| event.state_key.as_deref().and_then(|k| UserId::parse(k).ok()))
+                .flatten();
+            if let Some(target) = &target {
+                // The server a membership is about hears of it, joined or not.
+                servers.insert(target.server_name().to_owned());
+                if target.server_name() != ours {
+                    let membership = serde_json::from_str::<serde_json::Value>(&event.json)
+                        .ok()
+                        .and_then(|v| v.get("content")?.get("membership")?.as_str().map(str::to_owned));
+                    if membership.as_deref() == Some("join") {
+                        room.insert(target.clone());
+                    } else {
+                        room.remove(target);
+                    }
                 }
             }
-        }
-        let sent_here = UserId::parse(&event.sender).is_ok_and(|s| s.server_name() == ours);
-        if !sent_here {
-            return Ok(Vec::new());
-        }
+            servers
+        };
         servers.remove(ours);
+        let Ok(sender) = UserId::parse(&event.sender) else { return Ok((Vec::new(), false)) };
+        if sender.server_name() == ours {
+            return Ok((servers.into_iter().collect(), false));
+        }
+        if event.event_type == "m.room.member" && self.state.db.is_forwarded(&event.event_id).await? {
+            servers.remove(sender.server_name());
+            return Ok((servers.into_iter().collect(), true));
+        }
+        Ok((Vec::new(), false))
+    }
+
+    /// The other servers with a user joined to the room now.
+    async fn servers_in_room(&self, room_id: &str) -> Result<Vec<OwnedServerName>, Error> {
+        self.load_room(room_id).await?;
+        let members = self.remote_members.lock().expect("sender poisoned");
+        let servers: HashSet<OwnedServerName> =
+            members.get(room_id).into_iter().flatten().map(|u| u.server_name().to_owned()).collect();
         Ok(servers.into_iter().collect())
     }
 
@@ -210,12 +285,48 @@ async fn supervise(sender: Arc<Sender>) {
     }
 }
 
+/// Passes this server's users' typing changes to the other servers of the room.
+async fn forward_typing(sender: Arc<Sender>) {
+    let stream = sender.state.rooms.stream().clone();
+    let mut shutting = stream.watch_current();
+    let mut changes = sender.state.live.typing.subscribe();
+    let ours = sender.state.key.server_name().to_owned();
+    while !stream.is_shutting_down() {
+        let change = tokio::select! {
+            change = changes.recv() => change,
+            _ = shutting.changed() => continue,
+        };
+        let change = match change {
+            Ok(change) => change,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        if change.user_id.server_name() != ours {
+            continue;
+        }
+        let servers = match sender.servers_in_room(change.room_id.as_str()).await {
+            Ok(servers) => servers,
+            Err(err) => {
+                tracing::debug!(error = %err.message, "typing notice not passed on");
+                continue;
+            }
+        };
+        let edu = json!({
+            "edu_type": "m.typing",
+            "content": { "room_id": change.room_id, "user_id": change.user_id, "typing": change.typing },
+        });
+        for server in servers {
+            sender.queue_ephemeral(&server, edu.clone());
+        }
+    }
+}
+
 /// Delivers what `destination` is owed, until the server shuts down.
 async fn deliver(sender: Arc<Sender>, destination: OwnedServerName, wake: Arc<Notify>) {
     let stream = sender.state.rooms.stream().clone();
     let mut shutting = stream.watch_current();
     while !stream.is_shutting_down() {
-        let wait = match deliver_once(&sender.state, &destination).await {
+        let wait = match deliver_once(&sender, &destination).await {
             Ok(wait) => wait,
             Err(err) => {
                 tracing::warn!(%destination, error = %err.message, "outbound federation failed");
@@ -238,33 +349,49 @@ async fn deliver(sender: Arc<Sender>, destination: OwnedServerName, wake: Arc<No
 
 /// Sends one transaction if one is owed and allowed. `Ok(None)`: nothing owed, wait for news;
 /// `Ok(Some(d))`: look again after `d`.
-async fn deliver_once(state: &FederationState, destination: &ServerName) -> Result<Option<Duration>, Error> {
+async fn deliver_once(sender: &Sender, destination: &ServerName) -> Result<Option<Duration>, Error> {
+    let state = &sender.state;
     let now = now_millis() as i64;
-    let Some(row) = state.db.destination(destination.as_str()).await? else { return Ok(None) };
-    if row.retry_at > now {
+    let row = state.db.destination(destination.as_str()).await?;
+    if let Some(row) = &row
+        && row.retry_at > now
+    {
         return Ok(Some(Duration::from_millis((row.retry_at - now) as u64)));
     }
     let positions = state.db.outbox(destination.as_str(), MAX_PDUS as i64).await?;
-    let (Some(first), Some(last)) = (positions.first().copied(), positions.last().copied()) else {
+    let ephemeral = sender.take_ephemeral(destination);
+    if positions.is_empty() && ephemeral.is_empty() {
         return Ok(None);
-    };
+    }
     let raw: Vec<i64> = positions.iter().map(|p| p.get()).collect();
     let mut events = state.db.events_at(&raw).await?;
     events.sort_by_key(|e| e.stream_pos);
-    let txn_id: OwnedTransactionId = format!("{first}-{last}").into();
+    let receipts = state.db.receipts_at(&raw).await?;
+    // The transaction id is fixed by the positions it carries, so a retry keeps it; one with
+    // only typing notices (never retried) is named by the time.
+    let txn_id: OwnedTransactionId = match (positions.first(), positions.last()) {
+        (Some(first), Some(last)) => format!("{first}-{last}").into(),
+        _ => format!("e{}", now_millis()).into(),
+    };
     let mut request = send_transaction_message::v1::Request::new(
         txn_id,
         state.key.server_name().to_owned(),
         MilliSecondsSinceUnixEpoch::now(),
     );
     request.pdus = events.into_iter().filter_map(|e| RawValue::from_string(e.json).ok()).collect();
+    request.edus = receipt_edus(&receipts)
+        .into_iter()
+        .chain(ephemeral)
+        .filter_map(|e| serde_json::value::to_raw_value(&e).ok().map(Raw::from_json))
+        .collect();
     match state.client.send(destination, request).await {
         Ok(_) => {
-            state.db.delivered(destination.as_str(), last, now).await?;
+            let up_to = positions.last().copied().unwrap_or(StreamPos::ZERO);
+            state.db.delivered(destination.as_str(), up_to, now).await?;
             Ok(Some(Duration::ZERO))
         }
         Err(err) => {
-            let failures = row.failures + 1;
+            let failures = row.map_or(0, |r| r.failures) + 1;
             let doubling = 1u32 << failures.clamp(1, 20).saturating_sub(1) as u32;
             let backoff = FIRST_BACKOFF.saturating_mul(doubling).min(MAX_BACKOFF);
             tracing::info!(%destination, failures, error = %err, "transaction not delivered; backing off");
@@ -275,4 +402,23 @@ async fn deliver_once(state: &FederationState, destination: &ServerName) -> Resu
             Ok(Some(backoff))
         }
     }
+}
+
+/// One `m.receipt` EDU per room for the receipts a transaction carries.
+fn receipt_edus(receipts: &[ReceiptRow]) -> Vec<Value> {
+    let mut rooms: HashMap<&str, serde_json::Map<String, Value>> = HashMap::new();
+    for r in receipts {
+        let mut data = json!({ "ts": r.ts });
+        if !r.thread_id.is_empty() {
+            data["thread_id"] = json!(r.thread_id);
+        }
+        rooms
+            .entry(r.room_id.as_str())
+            .or_default()
+            .insert(r.user_id.clone(), json!({ "event_ids": [r.event_id], "data": data }));
+    }
+    rooms
+        .into_iter()
+        .map(|(room, users)| json!({ "edu_type": "m.receipt", "content": { room: { "m.read": users } } }))
+        .collect()
 }

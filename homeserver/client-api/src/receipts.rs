@@ -7,13 +7,9 @@
 //! kept as (server-managed) room account data.
 
 use axum::Router;
-use homeserver_core::{
-    Error, ErrorKind,
-    streams::watermarks::{Mark, user_in_room},
-    time::now_millis,
-};
+use homeserver_core::{Error, ErrorKind, time::now_millis};
 use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma, Session};
-use homeserver_storage::receipts::ReceiptRow;
+use homeserver_live::receipts::NewReceipt;
 use ruma::{
     EventId, RoomId,
     api::client::{read_marker::set_read_marker, receipt::create_receipt},
@@ -26,7 +22,7 @@ pub fn routes(router: Router<App>) -> Router<App> {
     router.ruma_route(post_receipt).ruma_route(post_read_markers)
 }
 
-/// Stores a receipt for an event of the room and wakes who should see it.
+/// Stores a local user's receipt (through the one receipt write path, `homeserver_live`).
 pub async fn set_receipt(
     app: &App,
     session: &Session,
@@ -35,42 +31,15 @@ pub async fn set_receipt(
     receipt_type: &str,
     thread_id: &str,
 ) -> Result<(), Error> {
-    let row = app
-        .db
-        .event(event_id.as_str())
-        .await
-        .map_err(Error::from)?
-        .filter(|e| e.room_id == room_id.as_str())
-        .ok_or_else(|| Error::not_found("Event not found in this room"))?;
-    let reservation = app.stream.reserve(1).await?;
-    let stored = app
-        .db
-        .set_receipt(&ReceiptRow {
-            room_id: room_id.to_string(),
-            user_id: session.user_id.to_string(),
-            receipt_type: receipt_type.to_owned(),
-            thread_id: thread_id.to_owned(),
-            event_id: event_id.to_string(),
-            event_pos: row.stream_pos.get(),
-            ts: now_millis() as i64,
-            stream_pos: reservation.first() as i64,
-        })
-        .await
-        .map_err(Error::from)?;
-    if stored {
-        let marks = app.stream.marks();
-        marks.advance(Mark::RoomReceipts, room_id.as_str(), reservation.first());
-        let key = user_in_room(session.user_id.as_str(), room_id.as_str());
-        marks.advance(Mark::UserReceipts, &key, reservation.first());
-    }
-    let woken = if !stored {
-        Vec::new()
-    } else if receipt_type == "m.read.private" {
-        vec![session.user_id.clone()]
-    } else {
-        app.rooms.joined_members(room_id).await?
+    let receipt = NewReceipt {
+        room_id,
+        user_id: &session.user_id,
+        event_id,
+        receipt_type,
+        thread_id,
+        ts: now_millis() as i64,
     };
-    reservation.complete(woken);
+    app.live.receipts.store(&receipt).await?;
     Ok(())
 }
 

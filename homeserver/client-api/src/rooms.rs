@@ -217,10 +217,9 @@ async fn join_room(
 ) -> Result<JsonBody, ApiError> {
     if joins_remotely(app, &room_id).await? {
         let mut via = via;
-        if let Some(server) = room_id.server_name()
-            && via.is_empty()
-        {
-            via.push(server.to_owned());
+        if via.is_empty() {
+            // An invited room: through the inviter's server (then the one the room id names).
+            via = app.rooms.servers_for_out_of_band(&room_id, user).await?;
         }
         app.rooms.join_remote(room_id.clone(), user.to_owned(), via).await?;
         return Ok(JsonBody(json!({ "room_id": room_id })));

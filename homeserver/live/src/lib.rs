@@ -1,6 +1,6 @@
 //! homeserver-live: the live, non-HTTP state of users that every front end shares — typing,
-//! the presence state machine, unread counts, ignore lists, account-data writes and the
-//! lazy-loading bookkeeping of sync.
+//! the presence state machine, read receipts, unread counts, ignore lists, account-data writes
+//! and the lazy-loading bookkeeping of sync.
 //!
 //! It sits below the handlers (client API, sync, and later federation and application
 //! services), above storage and the event stream: a typing EDU from another server and a
@@ -11,6 +11,7 @@ pub mod account_data;
 pub mod ignore;
 pub mod lazy;
 pub mod presence;
+pub mod receipts;
 pub mod typing;
 pub mod unread;
 
@@ -28,6 +29,7 @@ pub struct Live {
     pub ignore_lists: Arc<ignore::IgnoreLists>,
     pub account_data: Arc<account_data::AccountData>,
     pub lazy_members: Arc<lazy::LazyMemberCache>,
+    pub receipts: Arc<receipts::Receipts>,
 }
 
 impl Live {
@@ -38,6 +40,7 @@ impl Live {
             typing: typing::Typing::start(stream.clone()),
             presence: presence::Presence::start(presence, db.clone(), stream.clone()),
             unread: Arc::new(unread::UnreadCache::new(db.clone(), stream.clone())),
+            receipts: Arc::new(receipts::Receipts::new(db.clone(), stream.clone())),
             account_data: Arc::new(account_data::AccountData::new(db, stream, ignore_lists.clone())),
             ignore_lists,
             lazy_members: Arc::new(lazy::LazyMemberCache::default()),

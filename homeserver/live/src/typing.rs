@@ -16,7 +16,10 @@ use std::{
 
 use homeserver_core::streams::EventStream;
 use ruma::{OwnedRoomId, OwnedUserId, RoomId};
-use tokio::{sync::Notify, time::Instant};
+use tokio::{
+    sync::{Notify, broadcast},
+    time::Instant,
+};
 
 /// Longest typing timeout honoured.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(120);
@@ -40,7 +43,21 @@ pub struct Typing {
     state: Mutex<State>,
     rearm: Notify,
     stream: Arc<EventStream>,
+    /// Every change, for those who pass typing on (federation sends its users' to other
+    /// servers). Typing is ephemeral: a subscriber that falls behind skips what it missed.
+    changes: broadcast::Sender<TypingChange>,
 }
+
+/// A user started (`typing`) or stopped typing in a room, by request or by expiry.
+#[derive(Debug, Clone)]
+pub struct TypingChange {
+    pub room_id: OwnedRoomId,
+    pub user_id: OwnedUserId,
+    pub typing: bool,
+}
+
+/// Changes a subscriber may fall behind by before it skips.
+const CHANGE_BACKLOG: usize = 1024;
 
 impl Typing {
     /// Creates the service and starts its expiry task.
@@ -52,9 +69,15 @@ impl Typing {
     pub fn start(stream: Arc<EventStream>) -> Arc<Typing> {
         let serial = homeserver_core::time::now_millis().saturating_mul(1000);
         let state = State { serial, rooms: HashMap::new() };
-        let typing = Arc::new(Typing { state: Mutex::new(state), rearm: Notify::new(), stream });
+        let (changes, _) = broadcast::channel(CHANGE_BACKLOG);
+        let typing = Arc::new(Typing { state: Mutex::new(state), rearm: Notify::new(), stream, changes });
         tokio::spawn(expire_loop(typing.clone()));
         typing
+    }
+
+    /// Every typing change from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<TypingChange> {
+        self.changes.subscribe()
     }
 
     /// The current serial (ephemeral part of sync tokens).
@@ -83,6 +106,9 @@ impl Typing {
         };
         self.rearm.notify_one();
         self.stream.wake(&woken);
+        let change =
+            TypingChange { room_id: room.to_owned(), user_id: user.to_owned(), typing: until.is_some() };
+        let _ = self.changes.send(change);
     }
 
     /// Who is typing in a room now, and the serial of the room's last change.
@@ -104,13 +130,24 @@ impl Typing {
     fn expire(&self) -> Option<Instant> {
         let now = Instant::now();
         let mut to_wake = Vec::new();
+        let mut expired = Vec::new();
         let next = {
             let mut state = self.state.lock().expect("typing poisoned");
             let mut next: Option<Instant> = None;
             let mut changed_rooms = Vec::new();
             for (room, r) in state.rooms.iter_mut() {
                 let before = r.users.len();
-                r.users.retain(|_, until| *until > now);
+                r.users.retain(|user, until| {
+                    let keep = *until > now;
+                    if !keep {
+                        expired.push(TypingChange {
+                            room_id: room.clone(),
+                            user_id: user.clone(),
+                            typing: false,
+                        });
+                    }
+                    keep
+                });
                 if r.users.len() != before {
                     changed_rooms.push(room.clone());
                     to_wake.extend(r.members.iter().cloned());
@@ -130,6 +167,9 @@ impl Typing {
         };
         if !to_wake.is_empty() {
             self.stream.wake(&to_wake);
+        }
+        for change in expired {
+            let _ = self.changes.send(change);
         }
         next
     }

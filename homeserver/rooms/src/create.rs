@@ -229,12 +229,19 @@ impl Rooms {
                 json!({ "topic": topic, "m.topic": [{ "mimetype": "text/plain", "body": topic }] }),
             ));
         }
-        for invitee in &req.invite {
+        let invite = |invitee: &UserId| {
             let mut change = MembershipChange::new(MembershipAction::Invite, &req.creator, invitee);
             if req.is_direct {
                 change.content.insert("is_direct".into(), json!(true));
             }
-            templates.push(self.vetted(&room_id, change, creating).await?);
+            change
+        };
+        // Other servers' users are invited once the room exists: their server countersigns the
+        // invite first (`Rooms::invite_remote`).
+        let (local_invites, remote_invites): (Vec<&OwnedUserId>, Vec<&OwnedUserId>) =
+            req.invite.iter().partition(|u| u.server_name() == self.server_name());
+        for invitee in local_invites {
+            templates.push(self.vetted(&room_id, invite(invitee), creating).await?);
         }
 
         let room = NewRoom {
@@ -258,7 +265,14 @@ impl Rooms {
                 aliases: aliases.clone(),
             };
             match self.submit(&room_id, submission).await {
-                Ok(_) => return Ok(room_id),
+                Ok(_) => {
+                    for invitee in &remote_invites {
+                        if let Err(err) = self.change_membership(&room_id, invite(invitee)).await {
+                            tracing::warn!(%room_id, %invitee, error = %err.message, "could not invite a remote user");
+                        }
+                    }
+                    return Ok(room_id);
+                }
                 // The room id is taken (by a room committed or in flight); unless the
                 // conflict was the alias, the same request with a later create event gets
                 // another id.

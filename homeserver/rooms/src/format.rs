@@ -211,9 +211,14 @@ impl Rooms {
         Ok(out)
     }
 
+    /// The rules redactions are applied by. An out-of-band invite's room may be unknown here:
+    /// its events are never redacted here, so any version's rules format them.
     async fn rules_for(&self, room_id: &str) -> Result<RoomVersionRules, Error> {
         let room_id = RoomId::parse(room_id).map_err(|e| Error::internal(e.to_string()))?;
-        self.room_rules(&room_id).await
+        match self.room_version(&room_id).await? {
+            Some(_) => self.room_rules(&room_id).await,
+            None => Ok(RoomVersionRules::V11),
+        }
     }
 
     /// One formatted event.

@@ -65,6 +65,7 @@ pub(crate) const MAX_DEPTH: u64 = (1 << 53) - 1;
 /// An actor with nothing to do for this long retires.
 const IDLE_RETIRE: Duration = Duration::from_secs(300);
 
+mod out_of_band;
 mod remote;
 
 type StateKey = (StateEventType, String);
@@ -84,6 +85,9 @@ pub enum Submission {
     },
     /// Check and place events other servers created ([`crate::remote`]).
     Remote { pdus: Vec<IncomingPdu>, arrival: Arrival },
+    /// Store a local user's membership event of a room this server holds no state of (a remote
+    /// invite, its rejection, a knock), with `unsigned_extra` (an invite's stripped state).
+    OutOfBand { json: String, version: RoomVersionId, unsigned_extra: Option<String> },
     /// Delete the room and everything stored about it (admin purge). Runs alone, after the
     /// commands queued before it, so no write to the room races the deletion.
     Purge,
@@ -457,6 +461,11 @@ impl RoomActor {
             };
             self.start_empty(&version)?;
             new_room = Some(room);
+        } else if let Submission::OutOfBand { .. } = submission
+            && self.loaded.is_none()
+            && self.shared.db.room(self.room_id.as_str()).await.map_err(Error::from)?.is_none()
+        {
+            // Nothing to load: the room is not known here.
         } else {
             self.ensure_loaded().await?;
         }
@@ -523,6 +532,9 @@ impl RoomActor {
             }
             Submission::Purge => return Err(Error::internal("a purge cannot be part of a batch")),
             Submission::Remote { pdus, arrival } => self.ingest(pdus, *arrival, outcome, journal).await?,
+            Submission::OutOfBand { json, version, unsigned_extra } => {
+                self.out_of_band(json, version, unsigned_extra.as_deref(), outcome).await?
+            }
             Submission::Events { templates, txn } => {
                 if let Some(txn) = txn
                     && let Some(existing) = self.replayed(txn, outcome).await?
@@ -566,16 +578,18 @@ impl RoomActor {
         self.loaded.as_ref().expect("room state is loaded before commands run")
     }
 
+    /// Where the command begins, to roll back to. A room with nothing loaded (out-of-band
+    /// memberships of an unknown room) has only the batch log to roll back.
     fn journal(&self) -> Journal {
-        let l = self.loaded();
+        let l = self.loaded.as_ref();
         Journal {
             log_len: self.batch_log.len(),
-            group: l.group,
-            chain_len: l.chain_len,
-            extremities: l.extremities.clone(),
+            group: l.map_or(0, |l| l.group),
+            chain_len: l.map_or(MAX_STATE_CHAIN, |l| l.chain_len),
+            extremities: l.map(|l| l.extremities.clone()).unwrap_or_default(),
             state: Vec::new(),
             memberships: Vec::new(),
-            create_event: l.create_event.clone(),
+            create_event: l.and_then(|l| l.create_event.clone()),
             txns: Vec::new(),
         }
     }

@@ -145,7 +145,21 @@ impl Rooms {
         room_id: &RoomId,
         change: MembershipChange,
     ) -> Result<OwnedEventId, Error> {
+        // Leaving a room this server holds no state of (rejecting another server's invite,
+        // withdrawing a knock) goes through a server that holds it.
+        if change.action == MembershipAction::Leave
+            && change.sender == change.target
+            && self
+                .out_of_band(room_id, &change.target)
+                .await?
+                .is_some_and(|oob| matches!(oob.membership, M::Invite | M::Knock))
+        {
+            return self.leave_out_of_band(room_id, &change.target).await;
+        }
+        let remote_invite =
+            change.action == MembershipAction::Invite && change.target.server_name() != self.server_name();
         match self.member_template(room_id, change, None).await? {
+            MemberPlan::Send(template) if remote_invite => self.invite_remote(room_id, template).await,
             MemberPlan::Send(template) => self.submit_member(room_id, template).await,
             MemberPlan::Unchanged(event_id) => Ok(event_id),
         }

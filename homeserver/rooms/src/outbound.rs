@@ -1,28 +1,68 @@
-//! What this server asks of other servers on behalf of its users: joining rooms it is not in,
-//! and reading remote users' profiles. The room model does not know how (that is federation's
-//! `make_join`/`send_join` and `/query/profile`), so a [`RemoteServers`] implementation is
-//! plugged in once the federation side exists, and [`Rooms::join_remote`] and
-//! [`Rooms::remote_profile`] hand the work to it. The client API depends only on this crate, so
-//! it never reaches into federation.
+//! What this server asks of other servers on behalf of its users: joining and leaving rooms it
+//! holds no state of, inviting their users, and reading their users' profiles. The room model
+//! does not know how (that is federation's `make_join`/`send_join`, `make_leave`/`send_leave`,
+//! `/invite` and `/query/profile`), so a [`RemoteServers`] implementation is plugged in once the
+//! federation side exists, and the methods here hand the work to it. The client API depends
+//! only on this crate, so it never reaches into federation.
+//!
+//! Out-of-band memberships (an invite from another server, its rejection) are stored through
+//! [`Rooms::store_out_of_band`]: the room actor writes them, as it writes every room event.
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
 use homeserver_core::{Error, ErrorKind};
-use ruma::{OwnedRoomId, OwnedServerName, OwnedUserId};
+use homeserver_storage::events::EventRow;
+use ruma::{
+    OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, RoomVersionId, UserId,
+    events::room::member::MembershipState,
+};
 use serde_json::{Map, Value};
 
-use crate::Rooms;
+use crate::{
+    Rooms,
+    builder::EventTemplate,
+    input::Submission,
+    pdu::Pdu,
+    remote::{Arrival, IncomingPdu, Verdict, check},
+    versions,
+};
 
 /// A boxed future of a request to other servers.
 pub type RemoteFuture<T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send>>;
+
+/// An invite of another server's user, built and signed here, for that server to sign too.
+#[derive(Debug, Clone)]
+pub struct RemoteInvite {
+    pub room_id: OwnedRoomId,
+    pub event_id: OwnedEventId,
+    pub version: RoomVersionId,
+    /// The invite PDU, signed by this server.
+    pub event: String,
+    /// State events (PDUs) the invitee may see before joining, the create event among them.
+    pub invite_room_state: Vec<String>,
+}
 
 /// How this server reaches other servers for its users.
 pub trait RemoteServers: Send + Sync {
     /// Joins `user` (a local user) to `room_id` through one of `via`.
     fn join(&self, room_id: OwnedRoomId, user: OwnedUserId, via: Vec<OwnedServerName>) -> RemoteFuture<()>;
 
+    /// Leaves a room this server holds no state of (rejects an invite to it, withdraws a knock)
+    /// through one of `via`, and stores the leave out of band.
+    fn leave(&self, room_id: OwnedRoomId, user: OwnedUserId, via: Vec<OwnedServerName>) -> RemoteFuture<()>;
+
+    /// Has the invitee's server sign an invite (`/invite` v2); the answer is the event with
+    /// that server's signature added.
+    fn invite(&self, invite: RemoteInvite) -> RemoteFuture<String>;
+
     /// The profile (`displayname`, `avatar_url`) of a user of another server, from that server.
     fn profile(&self, user: OwnedUserId) -> RemoteFuture<Map<String, Value>>;
+}
+
+/// A local user's membership of a room this server holds no state of, and its event.
+pub struct OutOfBand {
+    pub membership: MembershipState,
+    pub event: EventRow,
 }
 
 impl Rooms {
@@ -52,5 +92,140 @@ impl Rooms {
     /// The profile of a user of another server.
     pub async fn remote_profile(&self, user: OwnedUserId) -> Result<Map<String, Value>, Error> {
         self.remote()?.profile(user).await
+    }
+
+    /// Whether a user of this server is joined to the room (its events then reach this server
+    /// through the room; otherwise memberships of it are out of band).
+    pub async fn local_user_joined(&self, room_id: &RoomId) -> Result<bool, Error> {
+        Ok(self.db().has_joined_member_of(room_id.as_str(), self.server_name().as_str()).await?)
+    }
+
+    /// The user's out-of-band membership of a room no user of this server is joined to.
+    pub async fn out_of_band(&self, room_id: &RoomId, user: &UserId) -> Result<Option<OutOfBand>, Error> {
+        let Some(row) = self.db().membership(room_id.as_str(), user.as_str()).await? else {
+            return Ok(None);
+        };
+        if self.local_user_joined(room_id).await? {
+            return Ok(None);
+        }
+        let Some(event) = self.db().event(row.event_id.as_str()).await? else { return Ok(None) };
+        Ok(Some(OutOfBand { membership: row.membership, event }))
+    }
+
+    /// The servers to ask about a room this server holds no state of: the sender of the
+    /// user's out-of-band event's server, then the server the room id names.
+    pub async fn servers_for_out_of_band(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+    ) -> Result<Vec<OwnedServerName>, Error> {
+        let mut servers = Vec::new();
+        if let Some(oob) = self.out_of_band(room_id, user).await?
+            && let Ok(sender) = UserId::parse(&oob.event.sender)
+        {
+            servers.push(sender.server_name().to_owned());
+        }
+        if let Some(server) = room_id.server_name()
+            && !servers.iter().any(|s| s == server)
+        {
+            servers.push(server.to_owned());
+        }
+        servers.retain(|s| s != self.server_name());
+        Ok(servers)
+    }
+
+    /// Checks a PDU of another server for `room_id` (format, signatures, content hash) without
+    /// storing it; a content hash mismatch is a refusal here.
+    pub fn verify_remote_pdu(
+        &self,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        json: &str,
+    ) -> Result<Arc<Pdu>, Error> {
+        let rules = versions::rules(version).ok_or_else(|| {
+            Error::new(ErrorKind::UnsupportedRoomVersion, format!("room version {version} is not supported"))
+        })?;
+        let checked = check::check_pdu(json, room_id, &rules, &*self.shared.server_keys)
+            .map_err(|reason| Error::forbidden(format!("The event is not valid: {reason}")))?;
+        if checked.redacted {
+            return Err(Error::forbidden("The event's content does not match its hash"));
+        }
+        Ok(checked.pdu)
+    }
+
+    /// Stores a local user's membership event of a room no user of this server is in (see
+    /// `input::out_of_band`); `None` when a user of this server is in the room after all (the
+    /// event then comes through the room).
+    pub async fn store_out_of_band(
+        &self,
+        room_id: &RoomId,
+        version: RoomVersionId,
+        json: String,
+        unsigned_extra: Option<Value>,
+    ) -> Result<Option<Arc<Pdu>>, Error> {
+        let unsigned_extra = unsigned_extra.map(|v| v.to_string());
+        let submission = Submission::OutOfBand { json, version, unsigned_extra };
+        Ok(self.submit(room_id, submission).await?.pop())
+    }
+
+    /// Whether a user of this server may be invited: they exist, or an application service's
+    /// namespace covers them.
+    pub async fn may_be_invited(&self, user: &UserId) -> Result<bool, Error> {
+        Ok(self.db().user(user.as_str()).await?.is_some_and(|u| !u.deactivated)
+            || self.config().appservice_users.as_ref().is_some_and(|covers| (covers.0)(user)))
+    }
+
+    /// A local user leaves a room this server holds no state of, through the servers that
+    /// know it.
+    pub(crate) async fn leave_out_of_band(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+    ) -> Result<OwnedEventId, Error> {
+        let via = self.servers_for_out_of_band(room_id, user).await?;
+        self.remote()?.leave(room_id.to_owned(), user.to_owned(), via).await?;
+        let row = self.db().membership(room_id.as_str(), user.as_str()).await?;
+        row.map(|r| r.event_id).ok_or_else(|| Error::internal("the leave was not stored"))
+    }
+
+    /// Invites a user of another server: the invite is built and signed here, signed by the
+    /// invitee's server (which learns of the invite that way), then placed like any remote
+    /// event — the auth rules check it again against the state it meets.
+    pub(crate) async fn invite_remote(
+        &self,
+        room_id: &RoomId,
+        template: EventTemplate,
+    ) -> Result<OwnedEventId, Error> {
+        let remote = self.remote()?;
+        let version = self.room_version(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
+        let pdu = self.build_at_current(room_id, &template).await?;
+        let mut invite_room_state: Vec<String> =
+            self.stripped_state_pdus(room_id).await?.iter().map(|p| p.json.to_string()).collect();
+        if let Some(inviter) =
+            self.current_state_event(room_id, "m.room.member", template.sender.as_str()).await?
+        {
+            invite_room_state.push(inviter.json.to_string());
+        }
+        let invite = RemoteInvite {
+            room_id: room_id.to_owned(),
+            event_id: pdu.event_id.clone(),
+            version: version.clone(),
+            event: pdu.json.to_string(),
+            invite_room_state,
+        };
+        let signed = remote.invite(invite).await?;
+        let countersigned = self.verify_remote_pdu(room_id, &version, &signed)?;
+        if countersigned.event_id != pdu.event_id {
+            return Err(Error::forbidden("The invitee's server changed the invite"));
+        }
+        let verdict =
+            self.receive_remote(room_id, vec![IncomingPdu::new(signed)], Arrival::Live).await?.pop();
+        match verdict {
+            Some(Verdict::Accepted(id) | Verdict::Duplicate(id)) => Ok(id),
+            Some(other) => {
+                Err(other.rejection().map(Error::from).unwrap_or_else(|| Error::internal("no verdict")))
+            }
+            None => Err(Error::internal("no verdict")),
+        }
     }
 }

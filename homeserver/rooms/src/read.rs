@@ -58,6 +58,24 @@ impl Rooms {
         }
     }
 
+    /// The stripped state an invitee or knocker may see before joining (name, topic, join
+    /// rules and such; the spec's list plus the topic).
+    pub async fn stripped_state(&self, room_id: &RoomId) -> Result<Vec<serde_json::Value>, Error> {
+        Ok(self.stripped_state_pdus(room_id).await?.iter().map(|pdu| stripped(pdu)).collect())
+    }
+
+    /// The events of [`Rooms::stripped_state`] as PDUs (what another server's invitee receives
+    /// since Matrix 1.16, the create event always among them).
+    pub async fn stripped_state_pdus(&self, room_id: &RoomId) -> Result<Vec<Arc<Pdu>>, Error> {
+        let mut events = Vec::new();
+        for ty in STRIPPED_STATE_TYPES {
+            if let Some(pdu) = self.current_state_event(room_id, ty, "").await? {
+                events.push(pdu);
+            }
+        }
+        Ok(events)
+    }
+
     /// One entry of the state at a group. State groups never change, so answers are cached.
     pub async fn state_entry(
         &self,
@@ -187,4 +205,25 @@ impl Rooms {
             .filter_map(|u| UserId::parse(u).ok())
             .collect())
     }
+}
+
+/// Event types shown to invitees and knockers before they join.
+const STRIPPED_STATE_TYPES: &[&str] = &[
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.canonical_alias",
+    "m.room.avatar",
+    "m.room.encryption",
+    "m.room.topic",
+];
+
+/// A state event as stripped state: type, state key, content and sender only.
+pub fn stripped(pdu: &Pdu) -> serde_json::Value {
+    serde_json::json!({
+        "type": pdu.kind.to_string(),
+        "state_key": pdu.state_key,
+        "content": pdu.content_value(),
+        "sender": pdu.sender,
+    })
 }

@@ -1,7 +1,9 @@
-//! What this server offers, as a resident of a room, to a server whose user joins it over
-//! federation: the join event template (`make_join`) and, once the signed join is accepted
-//! through the remote path, the room's state before it and that state's auth chain
-//! (`send_join`).
+//! What this server offers, as a resident of a room, to a server whose user joins, leaves or
+//! knocks over federation: the member event template (`make_join`, `make_leave`, `make_knock`)
+//! and, once a signed join is accepted through the remote path, the room's state before it and
+//! that state's auth chain (`send_join`); and the one place local events are built without
+//! being placed (an invite of a remote user, signed by the invitee's server before it enters
+//! the room).
 //!
 //! The template is placed on the room's current forward extremities (the deepest ten, as local
 //! events are), with the auth events the room version selects from the current state, and must
@@ -12,12 +14,13 @@
 use std::sync::Arc;
 
 use homeserver_core::{Error, time::now_millis};
-use ruma::{OwnedEventId, RoomId, UserId, events::StateEventType};
+use ruma::{OwnedEventId, RoomId, UserId, events::StateEventType, room_version_rules::RoomVersionRules};
 use serde_json::{Value, json, value::to_raw_value};
 
 use crate::{
     Rooms,
     auth::{self, AuthEvents},
+    builder::{self, EventTemplate, Placement},
     input::{MAX_DEPTH, MAX_PREV_EVENTS},
     pdu::Pdu,
     rejection::Rejection,
@@ -33,32 +36,20 @@ pub struct JoinedState {
 }
 
 impl Rooms {
-    /// The unsigned join event `user` (of another server) may sign to join `room_id`.
-    pub async fn join_template(&self, room_id: &RoomId, user: &UserId) -> Result<Value, Error> {
+    /// The unsigned member event (`join`, `leave` or `knock`) a user of another server may sign
+    /// to change their own membership of `room_id` (`make_join`, `make_leave`, `make_knock`).
+    pub async fn membership_template(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        membership: &str,
+    ) -> Result<Value, Error> {
         let version = self.room_version(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
         let rules = versions::rules(&version).ok_or_else(|| Error::internal("unsupported room version"))?;
-        let content = json!({ "membership": "join" });
-        let raw_content = to_raw_value(&content).map_err(Error::internal_from)?;
-        let keys = auth::auth_state_keys(
-            "m.room.member",
-            user,
-            Some(user.as_str()),
-            &raw_content,
-            &rules.authorization,
-        )?;
-        let mut events = AuthEvents::default();
-        let mut auth_ids: Vec<OwnedEventId> = Vec::new();
-        for key in keys.into_iter().chain([(StateEventType::RoomCreate, String::new())]) {
-            if let Some(pdu) = self.current_state_event(room_id, &key.0.to_string(), &key.1).await? {
-                let listed = !(rules.authorization.room_create_event_id_as_room_id
-                    && pdu.kind == ruma::events::TimelineEventType::RoomCreate);
-                if listed && !auth_ids.contains(&pdu.event_id) {
-                    auth_ids.push(pdu.event_id.clone());
-                }
-                events.by_id.insert(pdu.event_id.clone(), pdu.clone());
-                events.by_key.insert(key, pdu);
-            }
-        }
+        let content = json!({ "membership": membership });
+        let (auth_ids, events) = self
+            .auth_at_current(room_id, &rules, "m.room.member", user, Some(user.as_str()), &content)
+            .await?;
         let (prev_events, depth) = self.placement(room_id).await?;
         let template = json!({
             "type": "m.room.member",
@@ -80,11 +71,74 @@ impl Rooms {
         .map_err(Error::internal_from)?;
         auth::check(&rules.authorization, &probe, &events).map_err(|r| match r {
             Rejection::Unauthorized(reason) => {
-                Error::forbidden(format!("You cannot join this room: {reason}"))
+                Error::forbidden(format!("The room's rules do not allow this {membership}: {reason}"))
             }
             other => Error::from(other),
         })?;
         Ok(template)
+    }
+
+    /// Builds and signs an event of this server at the room's current position, with the auth
+    /// events the current state selects, and checks it against that state — without placing
+    /// it: an invite of another server's user goes to that server for its signature first,
+    /// then enters the room through the remote path like any event.
+    pub(crate) async fn build_at_current(
+        &self,
+        room_id: &RoomId,
+        template: &EventTemplate,
+    ) -> Result<Pdu, Error> {
+        let version = self.room_version(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
+        let rules = versions::rules(&version).ok_or_else(|| Error::internal("unsupported room version"))?;
+        let (auth_ids, events) = self
+            .auth_at_current(
+                room_id,
+                &rules,
+                &template.kind,
+                &template.sender,
+                template.state_key.as_deref(),
+                &template.content,
+            )
+            .await?;
+        let (prev_events, depth) = self.placement(room_id).await?;
+        let placement = Placement {
+            room_id: Some(room_id),
+            prev_events: &prev_events,
+            auth_events: &auth_ids,
+            depth,
+            origin_server_ts: now_millis(),
+        };
+        let pdu = builder::build_pdu(self.key(), &rules, template, &placement)?;
+        auth::check(&rules.authorization, &pdu, &events).map_err(Error::from)?;
+        Ok(pdu)
+    }
+
+    /// The auth events an event would get from the room's current state: their ids as listed
+    /// (v12 does not list the create event) and the events themselves, for the auth rules.
+    async fn auth_at_current(
+        &self,
+        room_id: &RoomId,
+        rules: &RoomVersionRules,
+        kind: &str,
+        sender: &UserId,
+        state_key: Option<&str>,
+        content: &Value,
+    ) -> Result<(Vec<OwnedEventId>, AuthEvents), Error> {
+        let raw_content = to_raw_value(content).map_err(Error::internal_from)?;
+        let keys = auth::auth_state_keys(kind, sender, state_key, &raw_content, &rules.authorization)?;
+        let mut events = AuthEvents::default();
+        let mut auth_ids: Vec<OwnedEventId> = Vec::new();
+        for key in keys.into_iter().chain([(StateEventType::RoomCreate, String::new())]) {
+            if let Some(pdu) = self.current_state_event(room_id, &key.0.to_string(), &key.1).await? {
+                let listed = !(rules.authorization.room_create_event_id_as_room_id
+                    && pdu.kind == ruma::events::TimelineEventType::RoomCreate);
+                if listed && !auth_ids.contains(&pdu.event_id) {
+                    auth_ids.push(pdu.event_id.clone());
+                }
+                events.by_id.insert(pdu.event_id.clone(), pdu.clone());
+                events.by_key.insert(key, pdu);
+            }
+        }
+        Ok((auth_ids, events))
     }
 
     /// The prev events and depth a new event of the room would get: the deepest forward

@@ -163,4 +163,36 @@ impl Db {
             .fetch_all(self.reader())
             .await?)
     }
+
+    /// Marks an event to forward to the room's other servers once it is placed.
+    pub async fn mark_forward(&self, event_id: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO federation_forward (event_id) VALUES ($1) ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(event_id)
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// Whether an event is marked for forwarding.
+    pub async fn is_forwarded(&self, event_id: &str) -> Result<bool> {
+        let found: Option<String> =
+            sqlx::query_scalar("SELECT event_id FROM federation_forward WHERE event_id = $1")
+                .bind(event_id)
+                .fetch_optional(self.reader())
+                .await?;
+        Ok(found.is_some())
+    }
+
+    /// Removes forwarding marks (their events are routed).
+    pub async fn forget_forwarded(&self, event_ids: &[String]) -> Result<()> {
+        for event_id in event_ids {
+            sqlx::query("DELETE FROM federation_forward WHERE event_id = $1")
+                .bind(event_id)
+                .execute(self.writer())
+                .await?;
+        }
+        Ok(())
+    }
 }

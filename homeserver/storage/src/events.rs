@@ -49,6 +49,15 @@ pub struct EventRow {
     pub rejected_reason: Option<String>,
 }
 
+impl EventRow {
+    /// Stored out of band: a local user's membership of a room no user of this server was in
+    /// (a remote invite, its rejection, a knock) — an outlier, yet at a live stream position
+    /// (other outliers sit outside the live stream).
+    pub fn is_out_of_band(&self) -> bool {
+        self.outlier && self.stream_pos.is_live()
+    }
+}
+
 /// The condition that keeps only events of the room's timeline: neither outliers nor
 /// soft-failed nor rejected events. Every timeline read (pages, sync, search, relations) uses it.
 pub(crate) const IN_TIMELINE: &str = "rejected = 0 AND soft_failed = 0 AND outlier = 0";
@@ -654,6 +663,18 @@ impl Db {
         .fetch_all(self.reader())
         .await?;
         rows.iter().map(|r| Ok((r.try_get("room_id")?, r.try_get("user_id")?))).collect()
+    }
+
+    /// Whether a user of `server` is joined to the room.
+    pub async fn has_joined_member_of(&self, room_id: &str, server: &str) -> Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM memberships WHERE room_id = $1 AND membership = 'join' AND user_id LIKE $2 LIMIT 1",
+        )
+        .bind(room_id)
+        .bind(format!("%:{server}"))
+        .fetch_optional(self.reader())
+        .await?;
+        Ok(found.is_some())
     }
 
     pub async fn joined_member_count(&self, room_id: &str) -> Result<i64> {

@@ -171,6 +171,20 @@ pub struct PersistPlan {
     pub search: Vec<SearchRow>,
     /// The room's join rule when the batch changes it.
     pub join_rule: Option<String>,
+    /// Memberships of this server's users in a room it has no state of (a remote invite, its
+    /// rejection, a knock): written to `memberships` directly, the one exception to "derived
+    /// from the current state" — there is none.
+    pub out_of_band: Vec<OutOfBandMembership>,
+}
+
+/// A local user's membership of a room this server holds no state of, from an event stored
+/// out of band (outside the DAG, at a live position so syncs see it).
+#[derive(Debug, Clone)]
+pub struct OutOfBandMembership {
+    pub user_id: String,
+    pub membership: String,
+    pub event_id: String,
+    pub stream_pos: i64,
 }
 
 impl PersistPlan {
@@ -199,6 +213,7 @@ impl PersistPlan {
         if from.join_rule.is_some() {
             self.join_rule = from.join_rule;
         }
+        self.out_of_band.extend(from.out_of_band);
     }
 }
 
@@ -279,6 +294,33 @@ fn last_per_key<T: Clone, K: Eq + std::hash::Hash>(items: &[T], key: impl Fn(&T)
     let mut out: Vec<T> = items.iter().rev().filter(|i| seen.insert(key(i))).cloned().collect();
     out.reverse();
     out
+}
+
+/// Writes out-of-band memberships (the last one per user wins).
+async fn apply_out_of_band(
+    tx: &mut Transaction<'_, Any>,
+    room_id: &str,
+    rows: &[OutOfBandMembership],
+) -> Result<()> {
+    let rows = last_per_key(rows, |m| m.user_id.clone());
+    insert_rows(
+        tx,
+        "memberships (room_id, user_id, membership, event_id, stream_pos, forgotten, joined_pos)",
+        "ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, \
+         event_id = excluded.event_id, stream_pos = excluded.stream_pos, forgotten = 0, joined_pos = 0",
+        7,
+        &rows,
+        |q, m| {
+            q.bind(room_id)
+                .bind(m.user_id.as_str())
+                .bind(m.membership.as_str())
+                .bind(m.event_id.as_str())
+                .bind(m.stream_pos)
+                .bind(0_i64)
+                .bind(0_i64)
+        },
+    )
+    .await
 }
 
 /// Applies state changes to `current_state` and `memberships`: the last change of each key
@@ -477,6 +519,9 @@ async fn apply(tx: &mut Transaction<'_, Any>, plan: &PersistPlan, engine: crate:
         |q, (e, a)| q.bind(*e).bind(*a),
     )
     .await?;
+    // Out-of-band rows first: a membership the batch's state gives the same user (a join
+    // placed after an invite in one batch) must win.
+    apply_out_of_band(tx, room_id, &plan.out_of_band).await?;
     apply_state_delta(tx, room_id, &plan.state_delta).await?;
     insert_rows(
         tx,

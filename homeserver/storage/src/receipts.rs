@@ -91,4 +91,42 @@ impl Db {
         .await?;
         rows.iter().map(receipt_from_row).collect()
     }
+
+    /// Public receipts of this server's users (`user_id` ending in `:{ours}`) with positions in
+    /// `(after, up_to]`, oldest first: what outbound federation routes.
+    pub async fn receipts_to_route(
+        &self,
+        ours: &str,
+        after: i64,
+        up_to: i64,
+        limit: i64,
+    ) -> Result<Vec<ReceiptRow>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM receipts WHERE stream_pos > $1 AND stream_pos <= $2 \
+             AND receipt_type = 'm.read' AND user_id LIKE $3 ORDER BY stream_pos LIMIT $4"
+        )))
+        .bind(after)
+        .bind(up_to)
+        .bind(format!("%:{ours}"))
+        .bind(limit)
+        .fetch_all(self.reader())
+        .await?;
+        rows.iter().map(receipt_from_row).collect()
+    }
+
+    /// The receipts at these positions (a receipt moved on since is no longer at its old one).
+    pub async fn receipts_at(&self, positions: &[i64]) -> Result<Vec<ReceiptRow>> {
+        if positions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {COLUMNS} FROM receipts WHERE stream_pos IN ({})",
+            placeholders(1, positions.len())
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for pos in positions {
+            q = q.bind(*pos);
+        }
+        q.fetch_all(self.reader()).await?.iter().map(receipt_from_row).collect()
+    }
 }

@@ -221,11 +221,91 @@ def main(argv: list[str]) -> int:
         from_lattice = lat.call("GET", f"/_matrix/client/v3/profile/{quote(syn.user_id)}")
         assert from_lattice.get("displayname") == "Syn", from_lattice
 
+    def synapse_invites_lattice_user():
+        room = syn.create_room(preset="private_chat", name="invite from synapse")
+        syn.invite(room, lat.user_id)
+        invite = lat.wait_sync("the invite", lambda a: a["rooms"]["invite"].get(room))
+        names = [e["content"].get("name") for e in invite["invite_state"]["events"] if e["type"] == "m.room.name"]
+        assert names == ["invite from synapse"], invite
+        # No via: the invite says which server to join through.
+        lat.call("POST", f"/_matrix/client/v3/rooms/{quote(room, safe='')}/join", {})
+        syn.wait_for("the invitee's join", lambda: syn.membership(room, lat.user_id) == "join")
+        lat.wait_sync("the room joined", joined_in_sync(room))
+
+    def lattice_invites_synapse_user():
+        room = lat.create_room(preset="private_chat", name="invite from lattice")
+        lat.invite(room, syn.user_id)
+        assert lat.membership(room, syn.user_id) == "invite"
+        invite = syn.wait_sync("the invite", lambda a: a["rooms"]["invite"].get(room))
+        names = [e["content"].get("name") for e in invite["invite_state"]["events"] if e["type"] == "m.room.name"]
+        assert names == ["invite from lattice"], invite
+        syn.call("POST", f"/_matrix/client/v3/rooms/{quote(room, safe='')}/join", {})
+        lat.wait_for("the invitee's join", lambda: lat.membership(room, syn.user_id) == "join")
+
+    def invites_rejected_both_ways():
+        room = syn.create_room(preset="private_chat")
+        syn.invite(room, lat2.user_id)
+        lat2.wait_sync("the invite", lambda a: a["rooms"]["invite"].get(room))
+        lat2.leave(room)
+        syn.wait_for("the rejection", lambda: syn.membership(room, lat2.user_id) == "leave")
+        lat2.wait_sync("the room left", lambda a: room in a["rooms"]["leave"] or room not in a["rooms"]["invite"])
+
+        room = lat.create_room(preset="private_chat")
+        lat.invite(room, syn.user_id)
+        syn.wait_sync("the invite", lambda a: a["rooms"]["invite"].get(room))
+        syn.leave(room)
+        lat.wait_for("the rejection", lambda: lat.membership(room, syn.user_id) == "leave")
+
+    def ephemeral_of(room: str):
+        return lambda a: a.get("rooms", {}).get("join", {}).get(room, {}).get("ephemeral", {}).get("events", [])
+
+    def typing_both_ways():
+        room = rooms["syn"]
+        for typist, watcher in ((lat, syn), (syn, lat)):
+            path = f"/_matrix/client/v3/rooms/{quote(room, safe='')}/typing/{quote(typist.user_id, safe='')}"
+            typist.call("PUT", path, {"typing": True, "timeout": 20000})
+            watcher.wait_sync(
+                f"{typist.user_id} typing",
+                lambda a, t=typist: any(
+                    e["type"] == "m.typing" and t.user_id in e["content"].get("user_ids", [])
+                    for e in ephemeral_of(room)(a)
+                ),
+            )
+            typist.call("PUT", path, {"typing": False})
+
+    def receipts_both_ways():
+        room = rooms["syn"]
+        for reader, writer in ((lat, syn), (syn, lat)):
+            body = f"read me {reader.user_id} {tag}"
+            event_id = writer.send(room, body)
+            reader.wait_for_bodies(room, [body])
+            path = f"/_matrix/client/v3/rooms/{quote(room, safe='')}/receipt/m.read/{quote(event_id, safe='')}"
+            reader.call("POST", path, {})
+            writer.wait_sync(
+                f"{reader.user_id}'s receipt",
+                lambda a, r=reader, e=event_id: any(
+                    ev["type"] == "m.receipt" and r.user_id in ev["content"].get(e, {}).get("m.read", {})
+                    for ev in ephemeral_of(room)(a)
+                ),
+            )
+
+    def leaves_both_ways():
+        lat.leave(rooms["syn"])
+        syn.wait_for("the Lattice user's leave", lambda: syn.membership(rooms["syn"], lat.user_id) == "leave")
+        syn.leave(rooms["lat"])
+        lat.wait_for("the Synapse user's leave", lambda: lat.membership(rooms["lat"], syn.user_id) == "leave")
+
     check("Lattice user joins a Synapse room", lattice_joins_synapse_room)
     check("messages both ways in order in the Synapse room", messages_both_ways_in_synapse_room)
     check("Synapse user joins a Lattice room", synapse_joins_lattice_room)
     check("messages both ways in order in the Lattice room", messages_both_ways_in_lattice_room)
     check("profile queries both ways", profile_queries)
+    check("a Synapse user invites a Lattice user, who joins", synapse_invites_lattice_user)
+    check("a Lattice user invites a Synapse user, who joins", lattice_invites_synapse_user)
+    check("invites rejected both ways", invites_rejected_both_ways)
+    check("typing both ways", typing_both_ways)
+    check("read receipts both ways", receipts_both_ways)
+    check("leaves both ways", leaves_both_ways)
 
     if FAILURES:
         print(f"{len(FAILURES)} check(s) failed: {FAILURES}")

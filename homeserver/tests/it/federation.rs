@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use crate::harness::TestServer;
 
 /// A certificate authority and one certificate it signed for `localhost` and `127.0.0.1`.
-struct TestCa {
+pub(crate) struct TestCa {
     _dir: tempfile::TempDir,
     ca: PathBuf,
     cert: PathBuf,
@@ -40,7 +40,7 @@ fn openssl(args: &[&str], dir: &Path) {
 }
 
 impl TestCa {
-    fn create() -> TestCa {
+    pub(crate) fn create() -> TestCa {
         let dir = tempfile::tempdir().unwrap();
         let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
         let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=Lattice test CA"];
@@ -94,7 +94,7 @@ fn free_port() -> u16 {
 
 /// A server named `localhost:PORT` serving HTTPS on that port with the CA's certificate,
 /// trusting the CA and allowed to reach loopback.
-async fn federated(ca: &TestCa, adjust: impl FnOnce(&mut Config)) -> TestServer {
+pub(crate) async fn federated(ca: &TestCa, adjust: impl FnOnce(&mut Config)) -> TestServer {
     let port = free_port();
     let (cert, key, ca_file) =
         (ca.cert.display().to_string(), ca.key.display().to_string(), ca.ca.display().to_string());
@@ -110,7 +110,7 @@ async fn federated(ca: &TestCa, adjust: impl FnOnce(&mut Config)) -> TestServer 
     .await
 }
 
-fn name_of(server: &TestServer) -> OwnedServerName {
+pub(crate) fn name_of(server: &TestServer) -> OwnedServerName {
     server.server.federation.key.server_name().to_owned()
 }
 
@@ -635,7 +635,7 @@ async fn a_gap_is_filled_from_the_origin_and_events_are_served_to_members_only()
 }
 
 /// Signs a join template as its server would, returning the PDU and its event id.
-fn sign_template(key: &ServerKey, template: &Value) -> (Value, ruma::OwnedEventId) {
+pub(crate) fn sign_template(key: &ServerKey, template: &Value) -> (Value, ruma::OwnedEventId) {
     let rules = ruma::RoomVersionId::V12.rules().unwrap();
     let mut object: ruma::CanonicalJsonObject = serde_json::from_value(template.clone()).unwrap();
     ruma::signatures::hash_and_sign_event(
@@ -748,7 +748,7 @@ async fn a_local_user_joins_a_room_on_another_server_through_the_client_api() {
 }
 
 /// Syncs `user` on `server` until a timeline event with `body` shows up in `room` (or panics).
-async fn wait_for_body(server: &TestServer, user: &crate::harness::User, room: &str, body: &str) {
+pub(crate) async fn wait_for_body(server: &TestServer, user: &crate::harness::User, room: &str, body: &str) {
     let mut since: Option<String> = None;
     for _ in 0..40 {
         let sync = server.sync(user, since.as_deref(), 500).await;

@@ -22,6 +22,17 @@ pub(crate) async fn left_room(
     m: &MembershipRow,
     new_to_client: bool,
 ) -> Result<Option<Value>, Error> {
+    if let Some(departure) = out_of_band_departure(ctx, m).await? {
+        // A rejected invite or withdrawn knock of a room this server holds no state of: the
+        // departure itself is all there is to show.
+        let events =
+            ctx.syncer.rooms.client_events(&[departure], Some(ctx.viewer()), RoomIdField::Omit).await?;
+        return Ok(Some(json!({
+            "timeline": { "events": events, "limited": false },
+            "state": { "events": [] },
+            "account_data": { "events": [] },
+        })));
+    }
     let since = ctx.since_pos();
     let timeline_filter = &ctx.filter.room.timeline;
     let tl = timeline(ctx, room_id, since, m.stream_pos, timeline_filter).await?;
@@ -49,4 +60,14 @@ pub(crate) async fn left_room(
         "state": { "events": ctx.syncer.rooms.client_events(&state, v, RoomIdField::Omit).await? },
         "account_data": { "events": [] },
     })))
+}
+
+/// The departure event when it was stored out of band (an outlier: a departure through the
+/// room is always in its timeline).
+async fn out_of_band_departure(
+    ctx: &SyncContext<'_>,
+    m: &MembershipRow,
+) -> Result<Option<homeserver_storage::events::EventRow>, Error> {
+    let departure = ctx.syncer.db.event(m.event_id.as_str()).await.map_err(Error::from)?;
+    Ok(departure.filter(|row| row.is_out_of_band()))
 }

@@ -1,0 +1,344 @@
+//! Membership across Lattice servers: invites both ways (countersigned by the invitee's server,
+//! shown with the room's stripped state, joined without `via`), rejections through the room's
+//! server, leaves, and the invites a server refuses (forged, tampered, misaddressed, unknown
+//! invitee, no create event in a version 12 invite's room state).
+
+use std::time::Duration;
+
+use ruma::{
+    OwnedServerName, RoomVersionId,
+    api::federation::membership::{RawStrippedState, create_invite},
+};
+use serde_json::{Value, json};
+
+use crate::{
+    federation::{TestCa, federated, name_of, sign_template, wait_for_body},
+    harness::{TestServer, User, enc},
+};
+
+/// Polls `server`'s view of `user`'s membership of `room` until it is `expected`.
+async fn wait_membership(server: &TestServer, room: &str, user: &str, expected: &str) {
+    for _ in 0..60 {
+        let membership = server.server.db.membership(room, user).await.unwrap();
+        if membership.as_ref().is_some_and(|m| m.membership.as_str() == expected) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{user} never got membership {expected} of {room} on {}", name_of(server));
+}
+
+/// Syncs until the room shows up in the given section (`invite`, `join`, `leave`).
+async fn wait_section(server: &TestServer, user: &User, section: &str, room: &str) -> Value {
+    wait_section_since(server, user, section, room, None).await
+}
+
+/// [`wait_section`] from a sync token.
+async fn wait_section_since(
+    server: &TestServer,
+    user: &User,
+    section: &str,
+    room: &str,
+    mut since: Option<String>,
+) -> Value {
+    for _ in 0..40 {
+        let sync = server.sync(user, since.as_deref(), 500).await;
+        let entry = &sync["rooms"][section][room];
+        if !entry.is_null() {
+            return entry.clone();
+        }
+        since = sync["next_batch"].as_str().map(str::to_owned);
+    }
+    panic!("{room} never reached the {section} section of {} on {}", user.user_id, name_of(server));
+}
+
+fn invite_path(room: &str) -> String {
+    format!("/_matrix/client/v3/rooms/{}/invite", enc(room))
+}
+
+#[tokio::test]
+async fn invites_cross_servers_both_ways_and_are_joined_or_rejected() {
+    let ca = TestCa::create();
+    let (a, b) = (federated(&ca, |_| {}).await, federated(&ca, |_| {}).await);
+    let alice = b.register("alice").await;
+    let ann = a.register("ann").await;
+    let amy = a.register("amy").await;
+    let bob = b.register("bob").await;
+
+    // Alice on B invites Ann on A: A countersigned it, Ann sees it with the room's name, and
+    // joins with no via (through the inviter's server).
+    let room = b.create_room(&alice, json!({ "preset": "private_chat", "name": "B's room" })).await;
+    let (status, body) =
+        b.post(&invite_path(&room), Some(&alice.token), json!({ "user_id": ann.user_id })).await;
+    assert_eq!(status, 200, "{body}");
+    let invite_event = b.server.db.membership(&room, &ann.user_id).await.unwrap().expect("invite on B");
+    let stored = b.server.db.event(invite_event.event_id.as_str()).await.unwrap().unwrap();
+    let signatures: Value = serde_json::from_str::<Value>(&stored.json).unwrap()["signatures"].clone();
+    assert!(signatures.get(name_of(&a).as_str()).is_some(), "A countersigned: {signatures}");
+    let invited = wait_section(&a, &ann, "invite", &room).await;
+    let events = invited["invite_state"]["events"].as_array().unwrap();
+    assert!(
+        events.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "B's room"),
+        "{invited}"
+    );
+    assert!(events.iter().any(|e| e["type"] == "m.room.create"), "{invited}");
+    assert!(
+        events.iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == ann.user_id),
+        "{invited}"
+    );
+    let join = format!("/_matrix/client/v3/rooms/{}/join", enc(&room));
+    let (status, body) = a.post(&join, Some(&ann.token), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    wait_membership(&b, &room, &ann.user_id, "join").await;
+    b.send_text(&alice, &room, "welcome Ann").await;
+    wait_for_body(&a, &ann, &room, "welcome Ann").await;
+
+    // Amy rejects her invite: B hears of it through make_leave/send_leave, Amy's sync moves the
+    // room out of her invites.
+    let (status, _) =
+        b.post(&invite_path(&room), Some(&alice.token), json!({ "user_id": amy.user_id })).await;
+    assert_eq!(status, 200);
+    wait_section(&a, &amy, "invite", &room).await;
+    let leave = format!("/_matrix/client/v3/rooms/{}/leave", enc(&room));
+    let (status, body) = a.post(&leave, Some(&amy.token), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    wait_membership(&b, &room, &amy.user_id, "leave").await;
+    // A holds the room's state now (Ann is in it), so Amy's leave is in it too.
+    wait_membership(&a, &room, &amy.user_id, "leave").await;
+
+    // Inviting someone A does not know fails, and leaves nothing on B.
+    let ghost = format!("@ghost:{}", name_of(&a));
+    let (status, body) = b.post(&invite_path(&room), Some(&alice.token), json!({ "user_id": ghost })).await;
+    assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{body}");
+    assert!(b.server.db.membership(&room, &ghost).await.unwrap().is_none());
+
+    // The other way: Ann on A invites Bob on B into a room on A; Bob joins through A.
+    let room_a = a.create_room(&ann, json!({ "preset": "private_chat", "name": "A's room" })).await;
+    let (status, body) =
+        a.post(&invite_path(&room_a), Some(&ann.token), json!({ "user_id": bob.user_id })).await;
+    assert_eq!(status, 200, "{body}");
+    wait_section(&b, &bob, "invite", &room_a).await;
+    // createRoom's invite list reaches other servers' users too (countersigned after creation).
+    let body = json!({ "preset": "trusted_private_chat", "invite": [bob.user_id], "is_direct": true });
+    let direct = a.create_room(&ann, body).await;
+    let invited = wait_section(&b, &bob, "invite", &direct).await;
+    let events = invited["invite_state"]["events"].as_array().unwrap();
+    let own = events.iter().find(|e| e["state_key"] == bob.user_id.as_str());
+    assert_eq!(own.map(|e| e["content"]["is_direct"].clone()), Some(json!(true)), "{invited}");
+    let join_a = format!("/_matrix/client/v3/rooms/{}/join", enc(&room_a));
+    let (status, body) = b.post(&join_a, Some(&bob.token), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    wait_membership(&a, &room_a, &bob.user_id, "join").await;
+
+    // Leaving over federation: Ann leaves B's room, Bob leaves A's.
+    let (status, _) = a.post(&leave, Some(&ann.token), json!({})).await;
+    assert_eq!(status, 200);
+    wait_membership(&b, &room, &ann.user_id, "leave").await;
+    let leave_a = format!("/_matrix/client/v3/rooms/{}/leave", enc(&room_a));
+    let (status, _) = b.post(&leave_a, Some(&bob.token), json!({})).await;
+    assert_eq!(status, 200);
+    wait_membership(&a, &room_a, &bob.user_id, "leave").await;
+}
+
+#[tokio::test]
+async fn a_rejection_with_no_server_reachable_still_clears_the_invite() {
+    let ca = TestCa::create();
+    let (a, mut b) = (federated(&ca, |_| {}).await, federated(&ca, |_| {}).await);
+    let alice = b.register("alice").await;
+    let ann = a.register("ann").await;
+    let room = b.create_room(&alice, json!({ "preset": "private_chat" })).await;
+    let (status, _) =
+        b.post(&invite_path(&room), Some(&alice.token), json!({ "user_id": ann.user_id })).await;
+    assert_eq!(status, 200);
+    wait_section(&a, &ann, "invite", &room).await;
+    let since = a.sync(&ann, None, 0).await["next_batch"].as_str().map(str::to_owned);
+    b.stop().await;
+    let leave = format!("/_matrix/client/v3/rooms/{}/leave", enc(&room));
+    let (status, body) = a.post(&leave, Some(&ann.token), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let left = wait_section_since(&a, &ann, "leave", &room, since).await;
+    let timeline = left["timeline"]["events"].as_array().unwrap();
+    assert!(
+        timeline.iter().any(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "leave"),
+        "{left}"
+    );
+    let membership = a.server.db.membership(&room, &ann.user_id).await.unwrap().unwrap();
+    assert_eq!(membership.membership.as_str(), "leave");
+}
+
+/// An invite of `invitee` by `sender` into a version 12 room of `b`, signed by `b`'s key.
+fn forged_invite(b: &TestServer, room: &str, sender: &str, invitee: &str) -> (Value, ruma::OwnedEventId) {
+    let template = json!({
+        "type": "m.room.member",
+        "state_key": invitee,
+        "sender": sender,
+        "room_id": room,
+        "content": { "membership": "invite" },
+        "origin_server_ts": homeserver_core::time::now_millis(),
+        "prev_events": [],
+        "auth_events": [],
+        "depth": 5,
+    });
+    sign_template(&b.server.federation.key, &template)
+}
+
+async fn send_invite(
+    from: &TestServer,
+    to: &OwnedServerName,
+    room: &str,
+    id: &ruma::EventId,
+    event: &Value,
+    room_state: Vec<RawStrippedState>,
+) -> Result<Value, federation::FederationError> {
+    let request = create_invite::v2::Request::new(
+        ruma::RoomId::parse(room).unwrap(),
+        id.to_owned(),
+        RoomVersionId::V12,
+        serde_json::value::to_raw_value(event).unwrap(),
+        room_state,
+    );
+    let answer = from.server.federation.client.send(to, request).await?;
+    Ok(serde_json::from_str(answer.event.get()).unwrap())
+}
+
+fn status_of(result: &Result<Value, federation::FederationError>) -> Option<u16> {
+    match result {
+        Err(federation::FederationError::Status { status, .. }) => Some(*status),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn invites_a_server_must_refuse() {
+    let ca = TestCa::create();
+    let (a, b) = (federated(&ca, |_| {}).await, federated(&ca, |_| {}).await);
+    let alice = b.register("alice").await;
+    let ann = a.register("ann").await;
+    let room = b.create_room(&alice, json!({ "preset": "private_chat" })).await;
+    let room_id = ruma::RoomId::parse(&room).unwrap();
+    let room_state: Vec<String> = b
+        .server
+        .app
+        .rooms
+        .stripped_state_pdus(&room_id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.json.to_string())
+        .collect();
+    let state = || -> Vec<RawStrippedState> {
+        room_state
+            .iter()
+            .map(|j| RawStrippedState::Pdu(serde_json::value::RawValue::from_string(j.clone()).unwrap()))
+            .collect()
+    };
+    let to = name_of(&a);
+
+    // A well-formed invite is countersigned and shown to Ann.
+    let (event, id) = forged_invite(&b, &room, &alice.user_id, &ann.user_id);
+    let signed = send_invite(&b, &to, &room, &id, &event, state()).await.expect("A countersigns");
+    assert!(signed["signatures"].get(to.as_str()).is_some(), "{signed}");
+    wait_section(&a, &ann, "invite", &room).await;
+
+    // The inviter must belong to the requesting server.
+    let (event, id) = forged_invite(&b, &room, &format!("@mallory:{to}"), &ann.user_id);
+    assert_eq!(status_of(&send_invite(&b, &to, &room, &id, &event, state()).await), Some(403));
+    // The path names the event.
+    let (event, _) = forged_invite(&b, &room, &alice.user_id, &ann.user_id);
+    let (_, other_id) = forged_invite(&b, &room, &alice.user_id, &format!("@amy:{to}"));
+    assert_eq!(status_of(&send_invite(&b, &to, &room, &other_id, &event, state()).await), Some(400));
+    // Content changed after signing: the hash does not match.
+    let (mut event, id) = forged_invite(&b, &room, &alice.user_id, &ann.user_id);
+    event["content"]["displayname"] = json!("changed");
+    assert_eq!(status_of(&send_invite(&b, &to, &room, &id, &event, state()).await), Some(403));
+    // The invitee must exist here, and be of this server.
+    let (event, id) = forged_invite(&b, &room, &alice.user_id, &format!("@ghost:{to}"));
+    assert_eq!(status_of(&send_invite(&b, &to, &room, &id, &event, state()).await), Some(404));
+    let (event, id) = forged_invite(&b, &room, &alice.user_id, &format!("@bob:{}", name_of(&b)));
+    assert_eq!(status_of(&send_invite(&b, &to, &room, &id, &event, state()).await), Some(400));
+    // A version 12 invite's room state must hold the create event, as valid PDUs of the room.
+    let (event, id) = forged_invite(&b, &room, &alice.user_id, &format!("@amy:{to}"));
+    a.register("amy").await;
+    let without_create: Vec<RawStrippedState> = state()
+        .into_iter()
+        .filter(|e| !matches!(e, RawStrippedState::Pdu(p) if p.get().contains("\"m.room.create\"")))
+        .collect();
+    assert_eq!(status_of(&send_invite(&b, &to, &room, &id, &event, without_create).await), Some(400));
+    assert!(a.server.db.membership(&room, &format!("@amy:{to}")).await.unwrap().is_none());
+}
+
+/// Syncs until the room's ephemeral events hold one `check` accepts.
+async fn wait_ephemeral(
+    server: &TestServer,
+    user: &User,
+    room: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) {
+    let mut since: Option<String> = None;
+    for _ in 0..40 {
+        let sync = server.sync(user, since.as_deref(), 500).await;
+        let events =
+            sync["rooms"]["join"][room]["ephemeral"]["events"].as_array().cloned().unwrap_or_default();
+        if events.iter().any(&check) {
+            return;
+        }
+        since = sync["next_batch"].as_str().map(str::to_owned);
+    }
+    panic!("{what} never reached {} on {}", user.user_id, name_of(server));
+}
+
+#[tokio::test]
+async fn three_servers_share_forwarded_joins_typing_and_receipts() {
+    let ca = TestCa::create();
+    let (a, b, c) =
+        (federated(&ca, |_| {}).await, federated(&ca, |_| {}).await, federated(&ca, |_| {}).await);
+    let alice = b.register("alice").await;
+    let ann = a.register("ann").await;
+    let cat = c.register("cat").await;
+    let room = b.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    let via = |server: &TestServer| {
+        format!("/_matrix/client/v3/join/{}?via={}", enc(&room), enc(name_of(server).as_str()))
+    };
+    assert_eq!(a.post(&via(&b), Some(&ann.token), json!({})).await.0, 200);
+    wait_membership(&b, &room, &ann.user_id, "join").await;
+
+    // Cat joins through B only: B forwards her join to A.
+    assert_eq!(c.post(&via(&b), Some(&cat.token), json!({})).await.0, 200);
+    wait_membership(&a, &room, &cat.user_id, "join").await;
+    // C learnt the servers in the room from the join: its messages reach A directly.
+    c.send_text(&cat, &room, "hello from C").await;
+    wait_for_body(&a, &ann, &room, "hello from C").await;
+    wait_for_body(&b, &alice, &room, "hello from C").await;
+
+    // Typing on A shows on B and C.
+    let typing = format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&ann.user_id));
+    let (status, _) = a.put(&typing, Some(&ann.token), json!({ "typing": true, "timeout": 20000 })).await;
+    assert_eq!(status, 200);
+    let ann_types = |e: &Value| {
+        e["type"] == "m.typing"
+            && e["content"]["user_ids"]
+                .as_array()
+                .is_some_and(|u| u.iter().any(|u| u == ann.user_id.as_str()))
+    };
+    wait_ephemeral(&b, &alice, &room, "Ann typing", ann_types).await;
+    wait_ephemeral(&c, &cat, &room, "Ann typing", ann_types).await;
+
+    // Alice's receipt on B reaches A; a private one does not leave B.
+    let message = b.send_text(&alice, &room, "read this").await;
+    wait_for_body(&a, &ann, &room, "read this").await;
+    let receipt = format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(&message));
+    assert_eq!(b.post(&receipt, Some(&alice.token), json!({})).await.0, 200);
+    let alice_read =
+        |e: &Value| e["type"] == "m.receipt" && !e["content"][&message]["m.read"][&alice.user_id].is_null();
+    wait_ephemeral(&a, &ann, &room, "Alice's receipt", alice_read).await;
+    let later = b.send_text(&alice, &room, "read privately").await;
+    wait_for_body(&a, &ann, &room, "read privately").await;
+    let private = format!("/_matrix/client/v3/rooms/{}/receipt/m.read.private/{}", enc(&room), enc(&later));
+    assert_eq!(b.post(&private, Some(&alice.token), json!({})).await.0, 200);
+    // Routing follows the stream: once a later message reached A, the private receipt would have.
+    b.send_text(&alice, &room, "after the private receipt").await;
+    wait_for_body(&a, &ann, &room, "after the private receipt").await;
+    let receipts = a.server.db.user_receipts(&room, &alice.user_id).await.unwrap();
+    assert!(receipts.iter().all(|r| r.receipt_type == "m.read" && r.event_id == message), "{receipts:?}");
+}
