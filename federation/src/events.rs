@@ -1,31 +1,36 @@
-//! Serving events to other servers: `GET /_matrix/federation/v1/event/{eventId}` and `POST
-//! /_matrix/federation/v1/get_missing_events/{roomId}`.
+//! Serving events to other servers: `GET /_matrix/federation/v1/event/{eventId}`, `POST
+//! /_matrix/federation/v1/get_missing_events/{roomId}` and `GET /_matrix/federation/v1/backfill/{roomId}`.
 //!
 //! Every answer goes through [`readable_room`] (the room exists here, the origin passes its
 //! server ACL and has a joined member in it) and, per event, `Rooms::server_may_see` (the
 //! room's history visibility for that server's users). Rejected events and outliers are never
 //! served: a rejected event is `M_NOT_FOUND`, as if unknown.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 
 use axum::Router;
 use homeserver_core::{Error, time::now_millis};
 use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma};
 use ruma::{
-    OwnedEventId, RoomId, ServerName, UserId,
-    api::federation::event::{get_event, get_missing_events},
+    OwnedEventId, RoomId, ServerName,
+    api::federation::{
+        backfill::get_backfill,
+        event::{get_event, get_missing_events},
+    },
 };
 use serde_json::{json, value::RawValue};
 
 use crate::FederationState;
 
-/// Most events one `get_missing_events` answer holds.
+/// Most events one `get_missing_events` or `backfill` answer holds.
 const MAX_MISSING: usize = 100;
+/// Most starting events a `backfill` request may name.
+const MAX_BACKFILL_FROM: usize = 20;
 /// Most events looked at while walking back for one answer.
 const MAX_WALK: usize = 1_000;
 
 pub fn routes(router: Router<FederationState>) -> Router<FederationState> {
-    router.ruma_route(event).ruma_route(missing_events)
+    router.ruma_route(event).ruma_route(missing_events).ruma_route(backfill)
 }
 
 /// Whether `origin` may read `room_id` at all: the room is known, the ACL admits the origin, and
@@ -41,9 +46,7 @@ pub(crate) async fn readable_room(
     if !state.rooms.server_allowed(room_id, origin).await? {
         return Err(Error::forbidden("The room's server ACL forbids this server"));
     }
-    let joined = state.db.room_members(room_id.as_str(), "join").await?;
-    let has_member = joined.iter().any(|user| UserId::parse(user).is_ok_and(|u| u.server_name() == origin));
-    if !has_member {
+    if !state.db.has_joined_member_of(room_id.as_str(), origin.as_str()).await? {
         return Err(Error::forbidden("This server has no joined member in the room"));
     }
     Ok(())
@@ -137,4 +140,53 @@ async fn missing_events(
     found.sort_by_key(|(depth, _)| *depth);
     let events: Vec<Box<RawValue>> = found.into_iter().map(|(_, json)| json).collect();
     Ok(JsonBody(json!({ "events": events })))
+}
+
+/// `GET /_matrix/federation/v1/backfill/{roomId}?v=…&limit=…`: the events `v` names and those
+/// before them, deepest first (a walk along prev events that always takes the deepest event
+/// it has reached), at most `limit` (100).
+async fn backfill(
+    state: FederationState,
+    req: Ruma<get_backfill::v1::Request>,
+) -> Result<JsonBody, ApiError> {
+    let origin = &req.auth;
+    let room_id = &req.body.room_id;
+    readable_room(&state, origin, room_id).await?;
+    let limit = usize::try_from(u64::from(req.body.limit)).unwrap_or(MAX_MISSING).min(MAX_MISSING);
+    let mut seen: HashSet<OwnedEventId> = HashSet::new();
+    let mut frontier: BinaryHeap<(u64, OwnedEventId)> = BinaryHeap::new();
+    for start in req.body.v.iter().take(MAX_BACKFILL_FROM) {
+        if let Some(pdu) = state.rooms.cache().get(start).await?
+            && pdu.room_id == *room_id
+            && seen.insert(start.clone())
+        {
+            frontier.push((pdu.depth, start.clone()));
+        }
+    }
+    let mut pdus: Vec<Box<RawValue>> = Vec::new();
+    let mut visible = SeenGroups::new();
+    let mut walked = 0;
+    while let Some((_, id)) = frontier.pop() {
+        if pdus.len() >= limit || walked >= MAX_WALK {
+            break;
+        }
+        walked += 1;
+        let Some(pdu) = state.rooms.cache().get(&id).await? else { continue };
+        if let Some(json) = servable(&state, origin, &id, &mut visible).await? {
+            pdus.push(json);
+        }
+        for prev in &pdu.prev_events {
+            if seen.insert(prev.clone())
+                && let Some(prev_pdu) = state.rooms.cache().get(prev).await?
+                && prev_pdu.room_id == *room_id
+            {
+                frontier.push((prev_pdu.depth, prev.clone()));
+            }
+        }
+    }
+    Ok(JsonBody(json!({
+        "origin": state.key.server_name(),
+        "origin_server_ts": now_millis(),
+        "pdus": pdus,
+    })))
 }

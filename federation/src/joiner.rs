@@ -105,14 +105,14 @@ async fn join_via(
 }
 
 /// One event of a join's state or auth chain.
-struct Known {
-    text: String,
-    value: Value,
+pub(crate) struct Known {
+    pub text: String,
+    pub value: Value,
 }
 
 /// The events of the state and auth chain, each once, every event after its auth events (so the
 /// room model finds them stored), depth breaking ties. At most [`MAX_JOIN_EVENTS`].
-fn in_auth_order<'a>(
+pub(crate) fn in_auth_order<'a>(
     raws: impl Iterator<Item = &'a Box<serde_json::value::RawValue>>,
     rules: &RoomVersionRules,
 ) -> Result<Vec<Known>, Error> {

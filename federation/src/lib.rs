@@ -22,6 +22,7 @@
 //! Receiving and sending events, EDUs, membership and backfill come on top of these.
 
 pub mod auth;
+mod backfiller;
 pub mod client;
 mod edus;
 mod events;

@@ -459,7 +459,18 @@ async fn messages(app: App, req: Ruma<get_message_events::v3::Request>) -> Resul
     let to = req.body.to.as_deref().map(paging::parse).transpose()?;
     let filter = room_filter(&req.body.filter)?;
     let limit = u64::from(req.body.limit).clamp(1, MAX_PAGE) as i64;
-    let rows = app.db.room_page(room_id.as_str(), from, to, dir, limit).await.map_err(Error::from)?;
+    let mut rows = app.db.room_page(room_id.as_str(), from, to, dir, limit).await.map_err(Error::from)?;
+    if dir == Direction::Backward && (rows.len() as i64) < limit {
+        // Paging back past what this server holds: history from the room's other servers
+        // (a late joiner's), then the page again. Failing that, the page is what is held.
+        match app.rooms.backfill(room_id, limit as u32).await {
+            Ok(0) => {}
+            Ok(_) => {
+                rows = app.db.room_page(room_id.as_str(), from, to, dir, limit).await.map_err(Error::from)?
+            }
+            Err(err) => tracing::debug!(%room_id, error = %err.message, "backfill failed"),
+        }
+    }
     // Like Synapse: `end` accompanies every non-empty page; only an empty page has none.
     let end = rows.last().map(|r| match dir {
         Direction::Backward => paging::before(r),

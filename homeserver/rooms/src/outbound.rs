@@ -27,6 +27,9 @@ use crate::{
     versions,
 };
 
+/// Most backward extremities one backfill starts from.
+const MAX_BACKFILL_FROM: usize = 20;
+
 /// A boxed future of a request to other servers.
 pub type RemoteFuture<T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send>>;
 
@@ -57,6 +60,17 @@ pub trait RemoteServers: Send + Sync {
 
     /// The profile (`displayname`, `avatar_url`) of a user of another server, from that server.
     fn profile(&self, user: OwnedUserId) -> RemoteFuture<Map<String, Value>>;
+
+    /// Fetches history from before `from` (the room's backward extremities) from one of
+    /// `servers` and places it; returns how many events were placed. Implementations bound how
+    /// often one room is backfilled.
+    fn backfill(
+        &self,
+        room_id: OwnedRoomId,
+        from: Vec<OwnedEventId>,
+        limit: u32,
+        servers: Vec<OwnedServerName>,
+    ) -> RemoteFuture<usize>;
 }
 
 /// A local user's membership of a room this server holds no state of, and its event.
@@ -92,6 +106,37 @@ impl Rooms {
     /// The profile of a user of another server.
     pub async fn remote_profile(&self, user: OwnedUserId) -> Result<Map<String, Value>, Error> {
         self.remote()?.profile(user).await
+    }
+
+    /// Fetches up to `limit` events of history this server does not hold from the other servers
+    /// in the room (when it has backward extremities: events it knows of but not holds). Returns
+    /// how many were placed; 0 when there is nothing to fetch or nobody to ask.
+    pub async fn backfill(&self, room_id: &RoomId, limit: u32) -> Result<usize, Error> {
+        let Some(remote) = self.shared.remote_servers.get() else { return Ok(0) };
+        let from: Vec<OwnedEventId> = self
+            .db()
+            .backward_extremities(room_id.as_str())
+            .await?
+            .into_iter()
+            .filter_map(|id| OwnedEventId::try_from(id).ok())
+            .take(MAX_BACKFILL_FROM)
+            .collect();
+        if from.is_empty() {
+            return Ok(0);
+        }
+        let mut servers: Vec<OwnedServerName> = self
+            .joined_members(room_id)
+            .await?
+            .iter()
+            .map(|u| u.server_name().to_owned())
+            .filter(|s| s != self.server_name())
+            .collect();
+        servers.sort();
+        servers.dedup();
+        if servers.is_empty() {
+            return Ok(0);
+        }
+        remote.backfill(room_id.to_owned(), from, limit, servers).await
     }
 
     /// Whether a user of this server is joined to the room (its events then reach this server

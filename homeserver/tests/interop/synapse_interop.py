@@ -289,6 +289,36 @@ def main(argv: list[str]) -> int:
                 ),
             )
 
+    def synapse_backfills_from_lattice():
+        room = lat.create_room(preset="public_chat", name="history on lattice")
+        history = [f"history {i} {tag}" for i in range(5)]
+        for body in history:
+            lat.send(room, body)
+        assert syn.join(room, via=lattice_name) == room
+        # Synapse's /messages backfills what came before its join from Lattice.
+        assert syn.wait_for_bodies(room, history) == history
+
+    def lattice_backfills_from_synapse():
+        room = syn.create_room(preset="public_chat", name="history on synapse")
+        history = [f"old {i} {tag}" for i in range(15)]
+        for body in history:
+            syn.send(room, body)
+        assert lat.join(room, via=synapse_name) == room
+        # Paging back on Lattice fetches what came before the join from Synapse.
+        found: list[str] = []
+        token = None
+        for _ in range(10):
+            path = f"/_matrix/client/v3/rooms/{quote(room, safe='')}/messages?dir=b&limit=10"
+            if token:
+                path += "&from=" + quote(token, safe="")
+            page = lat.call("GET", path)
+            found += [e["content"].get("body") for e in page["chunk"] if e.get("type") == "m.room.message"]
+            if any(e.get("type") == "m.room.create" for e in page["chunk"]) or not page.get("end"):
+                break
+            token = page["end"]
+        found.reverse()
+        assert [b for b in found if b in history] == history, found
+
     def leaves_both_ways():
         lat.leave(rooms["syn"])
         syn.wait_for("the Lattice user's leave", lambda: syn.membership(rooms["syn"], lat.user_id) == "leave")
@@ -303,6 +333,8 @@ def main(argv: list[str]) -> int:
     check("a Synapse user invites a Lattice user, who joins", synapse_invites_lattice_user)
     check("a Lattice user invites a Synapse user, who joins", lattice_invites_synapse_user)
     check("invites rejected both ways", invites_rejected_both_ways)
+    check("Synapse backfills a room's history from Lattice", synapse_backfills_from_lattice)
+    check("Lattice backfills a room's history from Synapse", lattice_backfills_from_synapse)
     check("typing both ways", typing_both_ways)
     check("read receipts both ways", receipts_both_ways)
     check("leaves both ways", leaves_both_ways)

@@ -342,3 +342,44 @@ async fn three_servers_share_forwarded_joins_typing_and_receipts() {
     let receipts = a.server.db.user_receipts(&room, &alice.user_id).await.unwrap();
     assert!(receipts.iter().all(|r| r.receipt_type == "m.read" && r.event_id == message), "{receipts:?}");
 }
+
+#[tokio::test]
+async fn a_late_joiner_backfills_history_in_order_as_clients_page_back() {
+    let ca = TestCa::create();
+    let (a, b) = (federated(&ca, |_| {}).await, federated(&ca, |_| {}).await);
+    let alice = b.register("alice").await;
+    let ann = a.register("ann").await;
+    let room = b.create_room(&alice, json!({ "preset": "public_chat", "name": "old room" })).await;
+    let history: Vec<String> = (0..25).map(|i| format!("history {i}")).collect();
+    for body in &history {
+        b.send_text(&alice, &room, body).await;
+    }
+    let join = format!("/_matrix/client/v3/join/{}?via={}", enc(&room), enc(name_of(&b).as_str()));
+    assert_eq!(a.post(&join, Some(&ann.token), json!({})).await.0, 200);
+
+    // Page back ten at a time: each short page fetches more history from B.
+    let mut seen: Vec<String> = Vec::new();
+    let mut from: Option<String> = None;
+    for _ in 0..20 {
+        let mut path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=10", enc(&room));
+        if let Some(from) = &from {
+            path.push_str(&format!("&from={}", enc(from)));
+        }
+        let (status, page) = a.get(&path, Some(&ann.token)).await;
+        assert_eq!(status, 200, "{page}");
+        let chunk = page["chunk"].as_array().unwrap();
+        seen.extend(crate::harness::bodies(&page["chunk"]));
+        if chunk.iter().any(|e| e["type"] == "m.room.create") || page["end"].is_null() {
+            break;
+        }
+        from = page["end"].as_str().map(str::to_owned);
+    }
+    seen.reverse();
+    let messages: Vec<String> = seen.into_iter().filter(|b| b.starts_with("history")).collect();
+    assert_eq!(messages, history, "all of the history, oldest first");
+
+    // Backfilled history is not news: a sync does not show it in the timeline.
+    let sync = a.sync(&ann, None, 0).await;
+    let timeline = crate::harness::bodies(&sync["rooms"]["join"][&room]["timeline"]["events"]);
+    assert!(!timeline.iter().any(|b| b == "history 0"), "{timeline:?}");
+}

@@ -1,0 +1,162 @@
+//! Backfilling as the late joiner: history this server does not hold, asked of other servers
+//! in the room (`GET /backfill`) when a client pages back past what is stored.
+//!
+//! The answer (at most 100 events of the room) is placed oldest first with the room model's
+//! `Backfill` arrival: history sorts before what the room shows and never touches its
+//! extremities or current state. An event whose prev events are neither stored nor in the
+//! answer (the far edge of what came back) gets the state before it from the same server
+//! (`/state_ids`), the events of that state and its auth chain fetched (`/event`, at most
+//! [`MAX_FETCH`] per backfill) and stored as outliers first. Events the room model refuses are
+//! left out; nothing else is retried. Callers bound how often a room is backfilled.
+
+use std::collections::HashSet;
+
+use homeserver_core::Error;
+use homeserver_rooms::{
+    remote::{Arrival, IncomingPdu, Verdict},
+    versions,
+};
+use ruma::{
+    OwnedEventId, OwnedServerName, RoomId, ServerName, UInt,
+    api::federation::{
+        backfill::get_backfill,
+        event::{get_event, get_room_state_ids},
+    },
+    room_version_rules::RoomVersionRules,
+};
+use serde_json::Value;
+
+use crate::{
+    FederationState,
+    joiner::{in_auth_order, remote_error},
+    transactions::event_id_of,
+};
+
+/// Servers asked for one backfill.
+const MAX_SERVERS: usize = 3;
+/// Most events fetched one by one (state and auth chain at the far edge) per backfill.
+const MAX_FETCH: usize = 500;
+/// Most events asked for at once.
+const MAX_LIMIT: u32 = 100;
+
+/// Backfills `room_id` from before `from` (its backward extremities) through the first of
+/// `servers` that answers; returns how many events were placed.
+pub(crate) async fn backfill(
+    state: &FederationState,
+    room_id: &RoomId,
+    from: Vec<OwnedEventId>,
+    limit: u32,
+    servers: &[OwnedServerName],
+) -> Result<usize, Error> {
+    let version = state.rooms.room_version(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
+    let rules = versions::rules(&version).ok_or_else(|| Error::internal("unsupported room version"))?;
+    let mut last = Error::not_found("No server could backfill the room");
+    for server in servers.iter().filter(|s| **s != state.key.server_name()).take(MAX_SERVERS) {
+        let limit = UInt::from(limit.clamp(1, MAX_LIMIT));
+        let request = get_backfill::v1::Request::new(room_id.to_owned(), from.clone(), limit);
+        match state.client.send(server, request).await {
+            Ok(answer) => return place(state, room_id, &rules, server, answer.pdus).await,
+            Err(err) => {
+                tracing::info!(%room_id, %server, error = %err, "backfill failed");
+                last = remote_error(err);
+            }
+        }
+    }
+    Err(last)
+}
+
+/// One event of the answer.
+struct Fetched {
+    id: OwnedEventId,
+    depth: u64,
+    text: String,
+    value: Value,
+}
+
+async fn place(
+    state: &FederationState,
+    room_id: &RoomId,
+    rules: &RoomVersionRules,
+    server: &ServerName,
+    pdus: Vec<Box<serde_json::value::RawValue>>,
+) -> Result<usize, Error> {
+    let mut batch: Vec<Fetched> = Vec::new();
+    let mut ids: HashSet<OwnedEventId> = HashSet::new();
+    for raw in pdus.iter().take(MAX_LIMIT as usize) {
+        let Ok(value) = serde_json::from_str::<Value>(raw.get()) else { continue };
+        let Some(id) = event_id_of(&value, rules) else { continue };
+        if value.get("room_id").and_then(Value::as_str) != Some(room_id.as_str()) || !ids.insert(id.clone()) {
+            continue;
+        }
+        let depth = value.get("depth").and_then(Value::as_u64).unwrap_or(0);
+        batch.push(Fetched { id, depth, text: raw.get().to_owned(), value });
+    }
+    batch.sort_by_key(|e| e.depth);
+    let mut fetched_budget = MAX_FETCH;
+    let mut incoming = Vec::with_capacity(batch.len());
+    for event in &batch {
+        state.keys.prefetch_for_event(&event.value, rules).await?;
+        let prevs: Vec<String> = event
+            .value
+            .get("prev_events")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.as_str().map(str::to_owned))
+            .collect();
+        let mut edge = false;
+        for prev in &prevs {
+            if ids.iter().any(|i| i.as_str() == prev) {
+                continue;
+            }
+            if state.db.event(prev).await?.is_none_or(|row| row.outlier) {
+                edge = true;
+                break;
+            }
+        }
+        let state_before = match edge {
+            true => Some(edge_state(state, room_id, rules, server, &event.id, &mut fetched_budget).await?),
+            false => None,
+        };
+        incoming.push(IncomingPdu { json: event.text.clone(), state_before });
+    }
+    let verdicts = state.rooms.receive_remote(room_id, incoming, Arrival::Backfill).await?;
+    Ok(verdicts.iter().filter(|v| matches!(v, Verdict::Accepted(_))).count())
+}
+
+/// The state before an event at the far edge of a backfill, by event id, with the events it
+/// and its auth chain name stored (as outliers) first.
+async fn edge_state(
+    state: &FederationState,
+    room_id: &RoomId,
+    rules: &RoomVersionRules,
+    server: &ServerName,
+    event_id: &OwnedEventId,
+    budget: &mut usize,
+) -> Result<Vec<OwnedEventId>, Error> {
+    let request = get_room_state_ids::v1::Request::new(event_id.clone(), room_id.to_owned());
+    let answer = state.client.send(server, request).await.map_err(remote_error)?;
+    let mut missing = Vec::new();
+    for id in answer.pdu_ids.iter().chain(answer.auth_chain_ids.iter()) {
+        if state.db.event(id.as_str()).await?.is_none() {
+            missing.push(id.clone());
+        }
+    }
+    if missing.len() > *budget {
+        return Err(Error::forbidden("The history's state is larger than one backfill fetches"));
+    }
+    *budget -= missing.len();
+    let mut raws = Vec::with_capacity(missing.len());
+    for id in missing {
+        let answer =
+            state.client.send(server, get_event::v1::Request::new(id)).await.map_err(remote_error)?;
+        raws.push(answer.pdu);
+    }
+    let known = in_auth_order(raws.iter(), rules)?;
+    for event in &known {
+        state.keys.prefetch_for_event(&event.value, rules).await?;
+    }
+    let outliers = known.iter().map(|e| IncomingPdu::new(e.text.clone())).collect();
+    state.rooms.receive_remote(room_id, outliers, Arrival::Outlier).await?;
+    Ok(answer.pdu_ids)
+}
