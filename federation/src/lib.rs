@@ -17,13 +17,14 @@
 //!   model as its `RemoteServers`.
 //! - [`sender`]: this server's events to the other servers of their rooms, routed into a
 //!   persisted outbox when they happen, delivered per destination with backoff.
-//! - `query` (profile) and `version`: the simple inbound endpoints.
+//! - `query` (profile), `directory` (aliases, public rooms; both ways) and `version`.
 //!
 //! Receiving and sending events, EDUs, membership and backfill come on top of these.
 
 pub mod auth;
 mod backfiller;
 pub mod client;
+mod directory;
 mod edus;
 mod events;
 mod invites;
@@ -77,5 +78,6 @@ pub fn routes(state: FederationState) -> Router {
     let router = state::routes(router);
     let router = membership::routes(router);
     let router = invites::routes(router);
+    let router = directory::routes(router);
     router.with_state(state)
 }

@@ -104,7 +104,7 @@ async fn send_join(
     let raw = |texts: Vec<String>| -> Vec<Box<RawValue>> {
         texts.into_iter().filter_map(|t| RawValue::from_string(t).ok()).collect()
     };
-    let servers = servers_in_room(&state, room_id).await?;
+    let servers = state.rooms.servers_in_room(room_id).await?;
     Ok(JsonBody(json!({
         "origin": state.key.server_name(),
         "members_omitted": false,
@@ -157,18 +157,4 @@ async fn place_member_event(
         }
         None => Err(Error::internal("no verdict")),
     }
-}
-
-/// The servers with a joined member in the room.
-async fn servers_in_room(state: &FederationState, room_id: &RoomId) -> Result<Vec<String>, Error> {
-    let mut servers: Vec<String> = state
-        .db
-        .room_members(room_id.as_str(), "join")
-        .await?
-        .iter()
-        .filter_map(|u| UserId::parse(u).ok().map(|u| u.server_name().to_string()))
-        .collect();
-    servers.sort();
-    servers.dedup();
-    Ok(servers)
 }

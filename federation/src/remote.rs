@@ -1,7 +1,8 @@
 //! The federation side of the room model's [`RemoteServers`]: what local users' requests need
 //! from other servers (joins through `joiner`, leaves of rooms held elsewhere through `leaver`,
 //! invites through `invites`, profiles through `/query/profile`, history through
-//! `backfiller`), plugged into the room model at start-up.
+//! `backfiller`, aliases and public rooms through `directory`), plugged into the room model at
+//! start-up.
 
 use std::{
     collections::HashMap,
@@ -9,11 +10,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use homeserver_rooms::outbound::{RemoteFuture, RemoteInvite, RemoteServers};
-use ruma::{OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId};
+use homeserver_rooms::outbound::{DirectoryQuery, RemoteFuture, RemoteInvite, RemoteServers};
+use ruma::{OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedServerName, OwnedUserId};
 use serde_json::{Map, Value};
 
-use crate::{FederationState, backfiller, invites, joiner, leaver, query};
+use crate::{FederationState, backfiller, directory, invites, joiner, leaver, query};
 
 /// [`RemoteServers`] over federation.
 pub struct Remote {
@@ -93,6 +94,16 @@ impl RemoteServers for Remote {
     fn profile(&self, user: OwnedUserId) -> RemoteFuture<Map<String, Value>> {
         let state = self.state.clone();
         Box::pin(async move { query::fetch_profile(&state, &user).await })
+    }
+
+    fn public_rooms(&self, server: OwnedServerName, query: DirectoryQuery) -> RemoteFuture<Value> {
+        let state = self.state.clone();
+        Box::pin(async move { directory::fetch_public_rooms(&state, &server, query).await })
+    }
+
+    fn resolve_alias(&self, alias: OwnedRoomAliasId) -> RemoteFuture<(OwnedRoomId, Vec<OwnedServerName>)> {
+        let state = self.state.clone();
+        Box::pin(async move { directory::fetch_alias(&state, &alias).await })
     }
 
     fn backfill(

@@ -241,15 +241,19 @@ async fn join_by_id_or_alias(
     app: App,
     req: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> Result<JsonBody, ApiError> {
+    let mut via = req.body.via.clone();
     let room_id: OwnedRoomId = match <&RoomId>::try_from(req.body.room_id_or_alias.as_str()) {
         Ok(room_id) => room_id.to_owned(),
         Err(_) => {
             let alias = <&RoomAliasId>::try_from(req.body.room_id_or_alias.as_str())
                 .map_err(|_| Error::invalid_param("invalid room id or alias"))?;
-            lookup_alias(&app, alias).await?
+            // An alias names the servers to join through (an alias of another server, its).
+            let (room_id, servers) = app.rooms.resolve_alias(alias).await?;
+            via.extend(servers.into_iter().filter(|s| !req.body.via.contains(s)));
+            room_id
         }
     };
-    join_room(&app, &req.auth.user_id, room_id, &req.raw_body, req.body.via.clone()).await
+    join_room(&app, &req.auth.user_id, room_id, &req.raw_body, via).await
 }
 
 /// `POST /_matrix/client/v3/knock/{roomIdOrAlias}`
@@ -276,13 +280,7 @@ async fn knock(app: App, req: Ruma<knock_room::v3::Request>) -> Result<JsonBody,
 }
 
 async fn lookup_alias(app: &App, alias: &RoomAliasId) -> Result<OwnedRoomId, Error> {
-    let record = app
-        .db
-        .alias(alias.as_str())
-        .await
-        .map_err(Error::from)?
-        .ok_or_else(|| Error::not_found(format!("Room alias {alias} not found")))?;
-    RoomId::parse(record.room_id).map_err(|e| Error::internal(e.to_string()))
+    Ok(app.rooms.resolve_alias(alias).await?.0)
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/invite`
@@ -402,10 +400,11 @@ async fn put_alias(app: App, req: Ruma<create_alias::v3::Request>) -> Result<Jso
     }
 }
 
-/// `GET /_matrix/client/v3/directory/room/{roomAlias}`
+/// `GET /_matrix/client/v3/directory/room/{roomAlias}`: this server's aliases, and other
+/// servers' asked of them.
 async fn resolve_alias(app: App, req: Ruma<get_alias::v3::Request>) -> Result<JsonBody, ApiError> {
-    let room_id = lookup_alias(&app, &req.body.room_alias).await?;
-    Ok(JsonBody(json!({ "room_id": room_id, "servers": [app.server_name()] })))
+    let (room_id, servers) = app.rooms.resolve_alias(&req.body.room_alias).await?;
+    Ok(JsonBody(json!({ "room_id": room_id, "servers": servers })))
 }
 
 /// `DELETE /_matrix/client/v3/directory/room/{roomAlias}`
@@ -509,112 +508,35 @@ async fn set_directory_visibility(
     Ok(axum::Json(json!({})))
 }
 
-/// One room as the directory lists it.
-pub(crate) async fn directory_entry(app: &App, room_id: &RoomId) -> Result<Value, Error> {
-    let content = |ev: Option<std::sync::Arc<homeserver_rooms::pdu::Pdu>>| ev.map(|p| p.content_value());
-    let name = content(app.rooms.current_state_event(room_id, "m.room.name", "").await?);
-    let topic = content(app.rooms.current_state_event(room_id, "m.room.topic", "").await?);
-    let alias = content(app.rooms.current_state_event(room_id, "m.room.canonical_alias", "").await?);
-    let avatar = content(app.rooms.current_state_event(room_id, "m.room.avatar", "").await?);
-    let join_rules = content(app.rooms.current_state_event(room_id, "m.room.join_rules", "").await?);
-    let history = content(app.rooms.current_state_event(room_id, "m.room.history_visibility", "").await?);
-    let guest = content(app.rooms.current_state_event(room_id, "m.room.guest_access", "").await?);
-    let create = content(app.rooms.current_state_event(room_id, "m.room.create", "").await?);
-    let members = app.db.joined_member_count(room_id.as_str()).await.map_err(Error::from)?;
-    let field = |v: &Option<Value>, k: &str| v.as_ref().and_then(|c| c.get(k)).cloned();
-    let mut entry = Map::new();
-    entry.insert("room_id".into(), json!(room_id));
-    entry.insert("num_joined_members".into(), json!(members));
-    entry.insert(
-        "world_readable".into(),
-        json!(field(&history, "history_visibility") == Some(json!("world_readable"))),
-    );
-    entry.insert("guest_can_join".into(), json!(field(&guest, "guest_access") == Some(json!("can_join"))));
-    entry.insert("join_rule".into(), field(&join_rules, "join_rule").unwrap_or_else(|| json!("invite")));
-    for (key, value) in [
-        ("name", field(&name, "name")),
-        ("topic", field(&topic, "topic")),
-        ("canonical_alias", field(&alias, "alias")),
-        ("avatar_url", field(&avatar, "url")),
-        ("room_type", field(&create, "type")),
-    ] {
-        if let Some(v) = value.filter(|v| !v.is_null()) {
-            entry.insert(key.into(), v);
-        }
-    }
-    Ok(Value::Object(entry))
-}
-
-/// The most rooms one page of the public room directory holds (also the page size when the
-/// client names none).
-const MAX_PUBLIC_ROOMS_PAGE: usize = 100;
-
-/// Lists published rooms, most members first, filtered by a search term, paginated by offset.
-async fn list_public_rooms(
+/// A page of this server's public room directory, or of the one `server` names.
+async fn public_rooms_of(
     app: &App,
+    server: Option<&ruma::ServerName>,
     limit: Option<u64>,
     since: Option<&str>,
     search: Option<&str>,
-) -> Result<JsonBody, Error> {
-    let mut entries = Vec::new();
-    for room_id in app.db.published_rooms().await.map_err(Error::from)? {
-        let Ok(room_id) = RoomId::parse(&room_id) else { continue };
-        let entry = directory_entry(app, &room_id).await?;
-        if let Some(term) = search.map(str::to_lowercase).filter(|t| !t.is_empty()) {
-            let haystack = ["name", "topic", "canonical_alias", "room_id"]
-                .iter()
-                .filter_map(|k| entry.get(*k).and_then(Value::as_str))
-                .collect::<Vec<_>>()
-                .join(" ")
-                .to_lowercase();
-            if !haystack.contains(&term) {
-                continue;
-            }
-        }
-        entries.push(entry);
-    }
-    entries.sort_by(|a, b| {
-        b["num_joined_members"]
-            .as_i64()
-            .cmp(&a["num_joined_members"].as_i64())
-            .then_with(|| a["room_id"].as_str().cmp(&b["room_id"].as_str()))
-    });
-    let total = entries.len();
-    let offset: usize = match since {
-        Some(token) => token
-            .strip_prefix('o')
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| Error::invalid_param("invalid pagination token"))?,
-        None => 0,
-    };
-    let limit = limit.map(|l| l as usize).unwrap_or(MAX_PUBLIC_ROOMS_PAGE).clamp(1, MAX_PUBLIC_ROOMS_PAGE);
-    let page: Vec<Value> = entries.into_iter().skip(offset).take(limit).collect();
-    let mut body = json!({ "chunk": page, "total_room_count_estimate": total });
-    if offset + limit < total {
-        body["next_batch"] = json!(format!("o{}", offset + limit));
-    }
-    if offset > 0 {
-        body["prev_batch"] = json!(format!("o{}", offset.saturating_sub(limit)));
-    }
-    Ok(JsonBody(body))
-}
-
-fn check_directory_server(app: &App, server: Option<&ruma::ServerName>) -> Result<(), Error> {
+) -> Result<Value, Error> {
     match server {
         Some(server) if server != app.server_name() => {
-            Err(Error::new(ErrorKind::Unknown, "Querying other servers' directories needs federation"))
+            let query = homeserver_rooms::outbound::DirectoryQuery {
+                limit,
+                since: since.map(str::to_owned),
+                search: search.map(str::to_owned),
+            };
+            app.rooms.remote_public_rooms(server.to_owned(), query).await
         }
-        _ => Ok(()),
+        _ => app.rooms.public_rooms(limit, since, search).await,
     }
 }
 
 /// `GET /_matrix/client/v3/publicRooms`
 async fn public_rooms(app: App, req: Ruma<get_public_rooms::v3::Request>) -> Result<JsonBody, ApiError> {
-    check_directory_server(&app, req.body.server.as_deref())?;
     // Served without authentication: each address has its budget.
     app.limit(Action::Anonymous, &address_key(req.client_ip))?;
     let limit = req.body.limit.map(u64::from);
-    Ok(list_public_rooms(&app, limit, req.body.since.as_deref(), None).await?)
+    Ok(JsonBody(
+        public_rooms_of(&app, req.body.server.as_deref(), limit, req.body.since.as_deref(), None).await?,
+    ))
 }
 
 /// `POST /_matrix/client/v3/publicRooms`
@@ -622,8 +544,9 @@ async fn public_rooms_filtered(
     app: App,
     req: Ruma<get_public_rooms_filtered::v3::Request>,
 ) -> Result<JsonBody, ApiError> {
-    check_directory_server(&app, req.body.server.as_deref())?;
     let limit = req.body.limit.map(u64::from);
     let term = req.body.filter.generic_search_term.as_deref();
-    Ok(list_public_rooms(&app, limit, req.body.since.as_deref(), term).await?)
+    Ok(JsonBody(
+        public_rooms_of(&app, req.body.server.as_deref(), limit, req.body.since.as_deref(), term).await?,
+    ))
 }

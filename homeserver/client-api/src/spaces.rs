@@ -12,7 +12,7 @@ use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma};
 use ruma::{OwnedRoomId, RoomId, UserId, api::client::space::get_hierarchy};
 use serde_json::{Value, json};
 
-use crate::{App, rooms::directory_entry};
+use crate::App;
 
 /// Page size when the client gives none, and the most one page holds.
 const DEFAULT_LIMIT: u64 = 50;
@@ -130,7 +130,7 @@ async fn hierarchy(app: App, req: Ruma<get_hierarchy::v1::Request>) -> Result<Js
     if app.rooms.room_version(root).await?.is_none() {
         return Err(Error::forbidden("You may not see this room").into());
     }
-    let root_entry = directory_entry(&app, root).await?;
+    let root_entry = app.rooms.directory_entry(root).await?;
     if !accessible(&app, root, user, &root_entry).await? {
         return Err(Error::forbidden("You may not see this room").into());
     }
@@ -146,7 +146,7 @@ async fn hierarchy(app: App, req: Ruma<get_hierarchy::v1::Request>) -> Result<Js
         if app.rooms.room_version(&room_id).await?.is_none() {
             continue;
         }
-        let mut entry = directory_entry(&app, &room_id).await?;
+        let mut entry = app.rooms.directory_entry(&room_id).await?;
         if room_id != *root && !accessible(&app, &room_id, user, &entry).await? {
             continue;
         }

@@ -8,9 +8,11 @@
 //! - [`input`]: the per-room actor that authorises, orders and persists events (group commit).
 //! - [`create`], [`membership`], [`send`]: the operations the client API performs on rooms;
 //!   [`resident`]: what this server offers a server whose user joins over federation;
-//!   [`outbound`]: what this server asks of other servers (remote joins, profiles).
-//! - [`read`]: state and event queries; [`visibility`]: history visibility; [`format`]: the
-//!   client event format (redaction applied, `unsigned` filled in).
+//!   [`outbound`]: what this server asks of other servers (joins, leaves, invites, backfill,
+//!   profiles, directories) and out-of-band memberships.
+//! - [`read`]: state and event queries; [`directory`]: the public room directory;
+//!   [`visibility`]: history visibility; [`format`]: the client event format (redaction
+//!   applied, `unsigned` filled in).
 //! - [`rejection`]: why the room model refuses an event, and the one mapping to client errcodes.
 //! - [`redaction`]: whether a redaction takes effect (redaction authority); [`validate`]:
 //!   content rules for local events.
@@ -27,6 +29,7 @@ pub mod cache;
 mod commit;
 pub mod create;
 pub mod derive;
+pub mod directory;
 pub mod format;
 pub mod input;
 pub mod membership;

@@ -13,8 +13,8 @@ use std::{future::Future, pin::Pin, sync::Arc};
 use homeserver_core::{Error, ErrorKind};
 use homeserver_storage::events::EventRow;
 use ruma::{
-    OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, RoomVersionId, UserId,
-    events::room::member::MembershipState,
+    OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomAliasId, RoomId,
+    RoomVersionId, UserId, events::room::member::MembershipState,
 };
 use serde_json::{Map, Value};
 
@@ -45,6 +45,14 @@ pub struct RemoteInvite {
     pub invite_room_state: Vec<String>,
 }
 
+/// What a client asks of a public room directory.
+#[derive(Debug, Clone, Default)]
+pub struct DirectoryQuery {
+    pub limit: Option<u64>,
+    pub since: Option<String>,
+    pub search: Option<String>,
+}
+
 /// How this server reaches other servers for its users.
 pub trait RemoteServers: Send + Sync {
     /// Joins `user` (a local user) to `room_id` through one of `via`.
@@ -60,6 +68,13 @@ pub trait RemoteServers: Send + Sync {
 
     /// The profile (`displayname`, `avatar_url`) of a user of another server, from that server.
     fn profile(&self, user: OwnedUserId) -> RemoteFuture<Map<String, Value>>;
+
+    /// A page of `server`'s public room directory (`/publicRooms` over federation).
+    fn public_rooms(&self, server: OwnedServerName, query: DirectoryQuery) -> RemoteFuture<Value>;
+
+    /// The room an alias of another server names, and servers to join it through
+    /// (`/query/directory` to the alias's server).
+    fn resolve_alias(&self, alias: OwnedRoomAliasId) -> RemoteFuture<(OwnedRoomId, Vec<OwnedServerName>)>;
 
     /// Fetches history from before `from` (the room's backward extremities) from one of
     /// `servers` and places it; returns how many events were placed. Implementations bound how
@@ -124,19 +139,50 @@ impl Rooms {
         if from.is_empty() {
             return Ok(0);
         }
-        let mut servers: Vec<OwnedServerName> = self
-            .joined_members(room_id)
-            .await?
-            .iter()
-            .map(|u| u.server_name().to_owned())
-            .filter(|s| s != self.server_name())
-            .collect();
-        servers.sort();
-        servers.dedup();
+        let mut servers = self.servers_in_room(room_id).await?;
+        servers.retain(|s| s != self.server_name());
         if servers.is_empty() {
             return Ok(0);
         }
         remote.backfill(room_id.to_owned(), from, limit, servers).await
+    }
+
+    /// A page of another server's public room directory.
+    pub async fn remote_public_rooms(
+        &self,
+        server: OwnedServerName,
+        query: DirectoryQuery,
+    ) -> Result<Value, Error> {
+        self.remote()?.public_rooms(server, query).await
+    }
+
+    /// The room an alias names and servers to join it through: this server's own aliases from
+    /// the database, other servers' from them.
+    pub async fn resolve_alias(
+        &self,
+        alias: &RoomAliasId,
+    ) -> Result<(OwnedRoomId, Vec<OwnedServerName>), Error> {
+        if alias.server_name() != self.server_name() {
+            return self.remote()?.resolve_alias(alias.to_owned()).await;
+        }
+        let record = self
+            .db()
+            .alias(alias.as_str())
+            .await?
+            .ok_or_else(|| Error::not_found(format!("Room alias {alias} not found")))?;
+        let room_id = RoomId::parse(&record.room_id).map_err(|e| Error::internal(e.to_string()))?;
+        let mut servers = vec![self.server_name().to_owned()];
+        servers.extend(self.servers_in_room(&room_id).await?.into_iter().filter(|s| s != self.server_name()));
+        Ok((room_id, servers))
+    }
+
+    /// The servers with a user joined to the room, sorted.
+    pub async fn servers_in_room(&self, room_id: &RoomId) -> Result<Vec<OwnedServerName>, Error> {
+        let mut servers: Vec<OwnedServerName> =
+            self.joined_members(room_id).await?.iter().map(|u| u.server_name().to_owned()).collect();
+        servers.sort();
+        servers.dedup();
+        Ok(servers)
     }
 
     /// Whether a user of this server is joined to the room (its events then reach this server

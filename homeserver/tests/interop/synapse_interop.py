@@ -319,6 +319,20 @@ def main(argv: list[str]) -> int:
         found.reverse()
         assert [b for b in found if b in history] == history, found
 
+    def directories_and_alias_joins_both_ways():
+        for owner, other in ((syn, lat), (lat, syn)):
+            localpart = f"lobby_{owner.user_id[1:4]}_{tag}"
+            name = f"lobby {localpart}"
+            room = owner.create_room(preset="public_chat", name=name, room_alias_name=localpart, visibility="public")
+            alias = f"#{localpart}:{owner.server_name}"
+            found = other.call("GET", f"/_matrix/client/v3/directory/room/{quote(alias, safe='')}")
+            assert found["room_id"] == room and owner.server_name in found["servers"], found
+            page = other.call("POST", "/_matrix/client/v3/publicRooms?server=" + quote(owner.server_name, safe=""),
+                              {"filter": {"generic_search_term": localpart}})
+            assert any(r["room_id"] == room for r in page["chunk"]), page
+            assert other.join(alias) == room
+            owner.wait_for("the join by alias", lambda r=room, o=other: owner.membership(r, o.user_id) == "join")
+
     def leaves_both_ways():
         lat.leave(rooms["syn"])
         syn.wait_for("the Lattice user's leave", lambda: syn.membership(rooms["syn"], lat.user_id) == "leave")
@@ -335,6 +349,7 @@ def main(argv: list[str]) -> int:
     check("invites rejected both ways", invites_rejected_both_ways)
     check("Synapse backfills a room's history from Lattice", synapse_backfills_from_lattice)
     check("Lattice backfills a room's history from Synapse", lattice_backfills_from_synapse)
+    check("aliases and public rooms found and joined both ways", directories_and_alias_joins_both_ways)
     check("typing both ways", typing_both_ways)
     check("read receipts both ways", receipts_both_ways)
     check("leaves both ways", leaves_both_ways)

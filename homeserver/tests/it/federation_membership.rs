@@ -383,3 +383,52 @@ async fn a_late_joiner_backfills_history_in_order_as_clients_page_back() {
     let timeline = crate::harness::bodies(&sync["rooms"]["join"][&room]["timeline"]["events"]);
     assert!(!timeline.iter().any(|b| b == "history 0"), "{timeline:?}");
 }
+
+#[tokio::test]
+async fn rooms_are_found_through_other_servers_directories_and_joined_by_alias() {
+    let ca = TestCa::create();
+    let (a, b) = (federated(&ca, |_| {}).await, federated(&ca, |_| {}).await);
+    let alice = b.register("alice").await;
+    let ann = a.register("ann").await;
+    let body = json!({ "preset": "public_chat", "name": "The lobby", "room_alias_name": "lobby", "visibility": "public" });
+    let room = b.create_room(&alice, body).await;
+    let alias = format!("#lobby:{}", name_of(&b));
+
+    // A client of A resolves B's alias through B.
+    let (status, found) =
+        a.get(&format!("/_matrix/client/v3/directory/room/{}", enc(&alias)), Some(&ann.token)).await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["room_id"], json!(room));
+    assert_eq!(found["servers"][0], json!(name_of(&b).as_str()));
+    let unknown = format!("/_matrix/client/v3/directory/room/{}", enc(&format!("#nowhere:{}", name_of(&b))));
+    let (status, body) = a.get(&unknown, Some(&ann.token)).await;
+    assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{body}");
+
+    // B's public rooms, listed for A's client (GET and the filtered POST).
+    let (status, page) = a
+        .get(
+            &format!("/_matrix/client/v3/publicRooms?server={}", enc(name_of(&b).as_str())),
+            Some(&ann.token),
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["room_id"] == json!(room) && r["name"] == "The lobby"),
+        "{page}"
+    );
+    let path = format!("/_matrix/client/v3/publicRooms?server={}", enc(name_of(&b).as_str()));
+    let (status, page) = a
+        .post(&path, Some(&ann.token), json!({ "filter": { "generic_search_term": "nothing like it" } }))
+        .await;
+    assert_eq!((status, page["chunk"].as_array().map(Vec::len)), (200, Some(0)), "{page}");
+
+    // Joining by the alias goes through B.
+    let (status, body) =
+        a.post(&format!("/_matrix/client/v3/join/{}", enc(&alias)), Some(&ann.token), json!({})).await;
+    assert_eq!((status, body["room_id"].as_str()), (200, Some(room.as_str())), "{body}");
+    wait_membership(&b, &room, &ann.user_id, "join").await;
+}
