@@ -58,7 +58,7 @@ async fn invite(state: FederationState, req: Ruma<create_invite::v2::Request>) -
     state.rooms.verify_remote_pdu(room_id, version, body.event.get())?;
     let invitee = check_invite(&state, &req.auth, room_id, &value).await?;
     let signed = countersign(&state, body.event.get(), &rules)?;
-    let stripped = invite_room_state(&state, room_id, version, &rules, &body.invite_room_state).await?;
+    let stripped = stripped_room_state(&state, room_id, version, &rules, &body.invite_room_state).await?;
     // Stored out of band unless a user of this server is in the room (the room's actor
     // decides, in the room's order): the room then brings the invite like any event.
     let extra = json!({ "invite_room_state": stripped, "room_version": version });
@@ -119,8 +119,9 @@ fn countersign(state: &FederationState, event: &str, rules: &RoomVersionRules) -
     serde_json::to_value(&object).map_err(Error::internal_from)
 }
 
-/// The invite's `invite_room_state` as stripped events for the invitee's client.
-async fn invite_room_state(
+/// An invite's `invite_room_state` (or a knock's `knock_room_state`) as stripped events for the
+/// client.
+pub(crate) async fn stripped_room_state(
     state: &FederationState,
     room_id: &RoomId,
     version: &RoomVersionId,

@@ -65,7 +65,7 @@ async fn join_via(
     let rules = versions::rules(&version).ok_or_else(|| {
         Error::new(ErrorKind::UnsupportedRoomVersion, format!("room version {version} is not supported"))
     })?;
-    let content = join_content(state, user).await?;
+    let content = member_content(state, user, "join").await?;
     let (join, join_id) = sign_membership(state, room_id, user, made.event.get(), content, &rules)?;
     let raw = serde_json::value::to_raw_value(&join).map_err(Error::internal_from)?;
     let send = create_join_event::v2::Request::new(room_id.to_owned(), join_id.clone(), raw);
@@ -165,10 +165,15 @@ pub(crate) fn in_auth_order<'a>(
     Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
 }
 
-/// The join's content: membership, and the user's display name and avatar as in local joins.
-async fn join_content(state: &FederationState, user: &UserId) -> Result<CanonicalJsonObject, Error> {
+/// A join's (or knock's) content: membership, and the user's display name and avatar as in
+/// local joins.
+pub(crate) async fn member_content(
+    state: &FederationState,
+    user: &UserId,
+    membership: &str,
+) -> Result<CanonicalJsonObject, Error> {
     let mut content =
-        CanonicalJsonObject::from([("membership".into(), CanonicalJsonValue::String("join".into()))]);
+        CanonicalJsonObject::from([("membership".into(), CanonicalJsonValue::String(membership.into()))]);
     if let Some(profile) = state.db.user(user.as_str()).await? {
         if let Some(name) = profile.displayname {
             content.insert("displayname".into(), CanonicalJsonValue::String(name));

@@ -13,6 +13,7 @@
 //!   `/event_auth` to member servers, with server-level visibility.
 //! - `membership`: joining as the resident server (`make_join`, `send_join` v2); [`joiner`]:
 //!   joining as the joining server; `leaver`: leaving rooms held elsewhere (rejecting invites);
+//!   `knocker`: knocking on rooms held elsewhere;
 //!   `invites`: `/invite` v2 both ways. [`remote`] plugs these and profile queries into the room
 //!   model as its `RemoteServers`.
 //! - [`sender`]: this server's events to the other servers of their rooms, routed into a
@@ -31,6 +32,7 @@ mod invites;
 pub mod joiner;
 pub mod key_server;
 pub mod keys;
+mod knocker;
 mod leaver;
 mod membership;
 mod query;

@@ -1,8 +1,9 @@
-//! Joining and leaving over federation, as the resident server: `GET /make_join/{roomId}/{userId}`
-//! (and `make_leave`) hands out a member event template for a user of the requesting server,
-//! `PUT /v2/send_join/{roomId}/{eventId}` (and `send_leave`) takes the signed event through the
-//! room model's remote path; a join's answer is the state before it and the auth chain
-//! (`members_omitted: false`: this server always sends the full state).
+//! Joining, leaving and knocking over federation, as the resident server: `GET
+//! /make_join/{roomId}/{userId}` (and `make_leave`, `make_knock`) hands out a member event
+//! template for a user of the requesting server, `PUT /v2/send_join/{roomId}/{eventId}` (and
+//! `send_leave`, `send_knock`) takes the signed event through the room model's remote path; a
+//! join's answer is the state before it and the auth chain (`members_omitted: false`: this server
+//! always sends the full state), a knock's the room's stripped state.
 //!
 //! Both check the room's server ACL, that the user belongs to the requesting server, and (for
 //! `make_join`) that the joining server supports the room's version.
@@ -17,7 +18,8 @@ use homeserver_rooms::{
 use ruma::{
     EventId, OwnedEventId, RoomId, ServerName, UserId,
     api::federation::membership::{
-        create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
+        create_join_event, create_knock_event, create_leave_event, prepare_join_event, prepare_knock_event,
+        prepare_leave_event,
     },
 };
 use serde_json::{Value, json, value::RawValue};
@@ -25,7 +27,13 @@ use serde_json::{Value, json, value::RawValue};
 use crate::FederationState;
 
 pub fn routes(router: Router<FederationState>) -> Router<FederationState> {
-    router.ruma_route(make_join).ruma_route(send_join).ruma_route(make_leave).ruma_route(send_leave)
+    router
+        .ruma_route(make_join)
+        .ruma_route(send_join)
+        .ruma_route(make_leave)
+        .ruma_route(send_leave)
+        .ruma_route(make_knock)
+        .ruma_route(send_knock)
 }
 
 /// A user of this server is in the room, its ACL admits `origin`, and `user` belongs to `origin`.
@@ -55,19 +63,57 @@ async fn make_join(
 ) -> Result<JsonBody, ApiError> {
     let (room_id, user) = (&req.body.room_id, &req.body.user_id);
     may_change_membership(&state, &req.auth, room_id, user).await?;
-    let version = state.rooms.room_version(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
-    // Servers that send no `ver` are taken to support version 1 only, as the spec says.
-    let supported =
-        if req.body.ver.is_empty() { vec![ruma::RoomVersionId::V1] } else { req.body.ver.clone() };
-    if !supported.contains(&version) {
-        let error = Error::new(
-            ErrorKind::IncompatibleRoomVersion { room_version: version.to_string() },
-            "Your server does not support this room version",
-        );
-        return Err(error.into());
-    }
+    let version = supported_version(&state, room_id, &req.body.ver).await?;
     let event = state.rooms.membership_template(room_id, user, "join").await?;
     Ok(JsonBody(json!({ "room_version": version, "event": event })))
+}
+
+/// The room's version, if the asking server supports it (`ver`): `M_INCOMPATIBLE_ROOM_VERSION`
+/// with the version otherwise. Servers that send no `ver` support version 1 only, the spec says.
+async fn supported_version(
+    state: &FederationState,
+    room_id: &RoomId,
+    ver: &[ruma::RoomVersionId],
+) -> Result<ruma::RoomVersionId, Error> {
+    let version = state.rooms.room_version(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
+    let supported = if ver.is_empty() { &[ruma::RoomVersionId::V1][..] } else { ver };
+    if !supported.contains(&version) {
+        return Err(Error::new(
+            ErrorKind::IncompatibleRoomVersion { room_version: version.to_string() },
+            "Your server does not support this room version",
+        ));
+    }
+    Ok(version)
+}
+
+/// `GET /_matrix/federation/v1/make_knock/{roomId}/{userId}`
+async fn make_knock(
+    state: FederationState,
+    req: Ruma<prepare_knock_event::v1::Request>,
+) -> Result<JsonBody, ApiError> {
+    let (room_id, user) = (&req.body.room_id, &req.body.user_id);
+    may_change_membership(&state, &req.auth, room_id, user).await?;
+    let version = supported_version(&state, room_id, &req.body.ver).await?;
+    let event = state.rooms.membership_template(room_id, user, "knock").await?;
+    Ok(JsonBody(json!({ "room_version": version, "event": event })))
+}
+
+/// `PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}`: answers with the room's stripped
+/// state as PDUs (the create event among them).
+async fn send_knock(
+    state: FederationState,
+    req: Ruma<create_knock_event::v1::Request>,
+) -> Result<JsonBody, ApiError> {
+    let room_id = &req.body.room_id;
+    place_member_event(&state, &req.auth, room_id, &req.body.event_id, &req.body.pdu, "knock").await?;
+    let room_state: Vec<Box<RawValue>> = state
+        .rooms
+        .stripped_state_pdus(room_id)
+        .await?
+        .iter()
+        .filter_map(|pdu| RawValue::from_string(pdu.json.to_string()).ok())
+        .collect();
+    Ok(JsonBody(json!({ "knock_room_state": room_state })))
 }
 
 /// `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}`

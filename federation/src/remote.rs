@@ -14,7 +14,7 @@ use homeserver_rooms::outbound::{DirectoryQuery, RemoteFuture, RemoteInvite, Rem
 use ruma::{OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedServerName, OwnedUserId};
 use serde_json::{Map, Value};
 
-use crate::{FederationState, backfiller, directory, invites, joiner, leaver, query};
+use crate::{FederationState, backfiller, directory, invites, joiner, knocker, leaver, query};
 
 /// [`RemoteServers`] over federation.
 pub struct Remote {
@@ -84,6 +84,17 @@ impl RemoteServers for Remote {
     fn leave(&self, room_id: OwnedRoomId, user: OwnedUserId, via: Vec<OwnedServerName>) -> RemoteFuture<()> {
         let state = self.state.clone();
         Box::pin(async move { leaver::leave(&state, &room_id, &user, &via).await })
+    }
+
+    fn knock(
+        &self,
+        room_id: OwnedRoomId,
+        user: OwnedUserId,
+        via: Vec<OwnedServerName>,
+        reason: Option<String>,
+    ) -> RemoteFuture<()> {
+        let state = self.state.clone();
+        Box::pin(async move { knocker::knock(&state, &room_id, &user, &via, reason).await })
     }
 
     fn invite(&self, invite: RemoteInvite) -> RemoteFuture<String> {

@@ -216,6 +216,8 @@ async fn join_room(
     via: Vec<ruma::OwnedServerName>,
 ) -> Result<JsonBody, ApiError> {
     if joins_remotely(app, &room_id).await? {
+        // The join rate limit applies to joins through other servers too.
+        app.limit(Action::Join, user.as_str())?;
         let mut via = via;
         if via.is_empty() {
             // An invited room: through the inviter's server (then the one the room id names).
@@ -241,18 +243,7 @@ async fn join_by_id_or_alias(
     app: App,
     req: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> Result<JsonBody, ApiError> {
-    let mut via = req.body.via.clone();
-    let room_id: OwnedRoomId = match <&RoomId>::try_from(req.body.room_id_or_alias.as_str()) {
-        Ok(room_id) => room_id.to_owned(),
-        Err(_) => {
-            let alias = <&RoomAliasId>::try_from(req.body.room_id_or_alias.as_str())
-                .map_err(|_| Error::invalid_param("invalid room id or alias"))?;
-            // An alias names the servers to join through (an alias of another server, its).
-            let (room_id, servers) = app.rooms.resolve_alias(alias).await?;
-            via.extend(servers.into_iter().filter(|s| !req.body.via.contains(s)));
-            room_id
-        }
-    };
+    let (room_id, via) = room_and_via(&app, req.body.room_id_or_alias.as_str(), &req.body.via).await?;
     join_room(&app, &req.auth.user_id, room_id, &req.raw_body, via).await
 }
 
@@ -264,23 +255,43 @@ async fn knock(app: App, req: Ruma<knock_room::v3::Request>) -> Result<JsonBody,
     }
     let body: KnockBody =
         if req.raw_body.is_empty() { KnockBody::default() } else { body_json(&req.raw_body)? };
-    let room_id: OwnedRoomId = match <&RoomId>::try_from(req.body.room_id_or_alias.as_str()) {
-        Ok(room_id) => room_id.to_owned(),
-        Err(_) => {
-            let alias = <&RoomAliasId>::try_from(req.body.room_id_or_alias.as_str())
-                .map_err(|_| Error::invalid_param("invalid room id or alias"))?;
-            lookup_alias(&app, alias).await?
-        }
-    };
+    let (room_id, mut via) = room_and_via(&app, req.body.room_id_or_alias.as_str(), &req.body.via).await?;
     let user = &req.auth.user_id;
+    if joins_remotely(&app, &room_id).await? {
+        app.limit(Action::Join, user.as_str())?;
+        if let Some(server) = room_id.server_name()
+            && !via.iter().any(|s| s == server)
+        {
+            via.push(server.to_owned());
+        }
+        app.rooms.knock_remote(room_id.clone(), user.clone(), via, body.reason).await?;
+        return Ok(JsonBody(json!({ "room_id": room_id })));
+    }
     let change =
         MembershipChange::new(MembershipAction::Knock, user, user).with_reason(body.reason.as_deref());
     change_membership(&app, &room_id, change).await?;
     Ok(JsonBody(json!({ "room_id": room_id })))
 }
 
-async fn lookup_alias(app: &App, alias: &RoomAliasId) -> Result<OwnedRoomId, Error> {
-    Ok(app.rooms.resolve_alias(alias).await?.0)
+/// The room a room id or alias names, and the servers to reach it through: the request's
+/// `via`, then those the alias's server names.
+async fn room_and_via(
+    app: &App,
+    room_id_or_alias: &str,
+    via: &[ruma::OwnedServerName],
+) -> Result<(OwnedRoomId, Vec<ruma::OwnedServerName>), Error> {
+    let mut servers = via.to_vec();
+    let room_id = match <&RoomId>::try_from(room_id_or_alias) {
+        Ok(room_id) => room_id.to_owned(),
+        Err(_) => {
+            let alias = <&RoomAliasId>::try_from(room_id_or_alias)
+                .map_err(|_| Error::invalid_param("invalid room id or alias"))?;
+            let (room_id, named) = app.rooms.resolve_alias(alias).await?;
+            servers.extend(named.into_iter().filter(|s| !via.contains(s)));
+            room_id
+        }
+    };
+    Ok((room_id, servers))
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/invite`

@@ -62,6 +62,16 @@ pub trait RemoteServers: Send + Sync {
     /// through one of `via`, and stores the leave out of band.
     fn leave(&self, room_id: OwnedRoomId, user: OwnedUserId, via: Vec<OwnedServerName>) -> RemoteFuture<()>;
 
+    /// Knocks on a room this server holds no state of through one of `via`
+    /// (`make_knock`/`send_knock`), and stores the knock out of band.
+    fn knock(
+        &self,
+        room_id: OwnedRoomId,
+        user: OwnedUserId,
+        via: Vec<OwnedServerName>,
+        reason: Option<String>,
+    ) -> RemoteFuture<()>;
+
     /// Has the invitee's server sign an invite (`/invite` v2); the answer is the event with
     /// that server's signature added.
     fn invite(&self, invite: RemoteInvite) -> RemoteFuture<String>;
@@ -116,6 +126,21 @@ impl Rooms {
             return Err(Error::new(ErrorKind::NotFound, "Unknown room: no server to join it through"));
         }
         remote.join(room_id, user, via).await
+    }
+
+    /// Knocks on a room no user of this server is in, through `via`.
+    pub async fn knock_remote(
+        &self,
+        room_id: OwnedRoomId,
+        user: OwnedUserId,
+        via: Vec<OwnedServerName>,
+        reason: Option<String>,
+    ) -> Result<(), Error> {
+        let remote = self.remote()?;
+        if via.is_empty() {
+            return Err(Error::not_found("Unknown room: no server to knock through"));
+        }
+        remote.knock(room_id, user, via, reason).await
     }
 
     /// The profile of a user of another server.

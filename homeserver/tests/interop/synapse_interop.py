@@ -333,6 +333,19 @@ def main(argv: list[str]) -> int:
             assert other.join(alias) == room
             owner.wait_for("the join by alias", lambda r=room, o=other: owner.membership(r, o.user_id) == "join")
 
+    def knocks_both_ways():
+        knock_rule = [{"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}]
+        for owner, knocker in ((syn, lat2), (lat, syn)):
+            room = owner.create_room(preset="private_chat", name="knock here", initial_state=knock_rule)
+            path = f"/_matrix/client/v3/knock/{quote(room, safe='')}?via={quote(owner.server_name, safe='')}"
+            knocker.call("POST", path, {"reason": "hello"})
+            owner.wait_for("the knock", lambda r=room, k=knocker: owner.membership(r, k.user_id) == "knock")
+            knocker.wait_sync("the room knocked on", lambda a, r=room: r in a["rooms"].get("knock", {}))
+            owner.invite(room, knocker.user_id)
+            knocker.wait_sync("the invite", lambda a, r=room: r in a["rooms"]["invite"])
+            knocker.call("POST", f"/_matrix/client/v3/rooms/{quote(room, safe='')}/join", {})
+            owner.wait_for("the join", lambda r=room, k=knocker: owner.membership(r, k.user_id) == "join")
+
     def leaves_both_ways():
         lat.leave(rooms["syn"])
         syn.wait_for("the Lattice user's leave", lambda: syn.membership(rooms["syn"], lat.user_id) == "leave")
@@ -350,6 +363,7 @@ def main(argv: list[str]) -> int:
     check("Synapse backfills a room's history from Lattice", synapse_backfills_from_lattice)
     check("Lattice backfills a room's history from Synapse", lattice_backfills_from_synapse)
     check("aliases and public rooms found and joined both ways", directories_and_alias_joins_both_ways)
+    check("knocks let in both ways", knocks_both_ways)
     check("typing both ways", typing_both_ways)
     check("read receipts both ways", receipts_both_ways)
     check("leaves both ways", leaves_both_ways)

@@ -432,3 +432,56 @@ async fn rooms_are_found_through_other_servers_directories_and_joined_by_alias()
     assert_eq!((status, body["room_id"].as_str()), (200, Some(room.as_str())), "{body}");
     wait_membership(&b, &room, &ann.user_id, "join").await;
 }
+
+#[tokio::test]
+async fn knocks_cross_servers_and_are_let_in_or_withdrawn() {
+    let ca = TestCa::create();
+    let (a, b) = (federated(&ca, |_| {}).await, federated(&ca, |_| {}).await);
+    let alice = b.register("alice").await;
+    let ann = a.register("ann").await;
+    let amy = a.register("amy").await;
+    let knock_rule =
+        json!([{ "type": "m.room.join_rules", "state_key": "", "content": { "join_rule": "knock" } }]);
+    let body = json!({ "preset": "private_chat", "name": "Knock first", "initial_state": knock_rule });
+    let room = b.create_room(&alice, body).await;
+    let knock = format!("/_matrix/client/v3/knock/{}?via={}", enc(&room), enc(name_of(&b).as_str()));
+
+    // Ann knocks through B; B holds her knock, her sync shows the room knocked on.
+    let (status, body) = a.post(&knock, Some(&ann.token), json!({ "reason": "let me in" })).await;
+    assert_eq!((status, body["room_id"].as_str()), (200, Some(room.as_str())), "{body}");
+    wait_membership(&b, &room, &ann.user_id, "knock").await;
+    let knocked = wait_section(&a, &ann, "knock", &room).await;
+    let events = knocked["knock_state"]["events"].as_array().unwrap();
+    assert!(
+        events.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Knock first"),
+        "{knocked}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["state_key"] == ann.user_id.as_str() && e["content"]["reason"] == "let me in"),
+        "{knocked}"
+    );
+
+    // Alice lets her in with an invite; Ann joins through the inviter's server.
+    let (status, _) =
+        b.post(&invite_path(&room), Some(&alice.token), json!({ "user_id": ann.user_id })).await;
+    assert_eq!(status, 200);
+    wait_section(&a, &ann, "invite", &room).await;
+    let join = format!("/_matrix/client/v3/rooms/{}/join", enc(&room));
+    assert_eq!(a.post(&join, Some(&ann.token), json!({})).await.0, 200);
+    wait_membership(&b, &room, &ann.user_id, "join").await;
+
+    // A knock of a room A holds (Ann is in it) is an ordinary event; Amy withdraws hers.
+    assert_eq!(a.post(&knock, Some(&amy.token), json!({})).await.0, 200);
+    wait_membership(&b, &room, &amy.user_id, "knock").await;
+    let leave = format!("/_matrix/client/v3/rooms/{}/leave", enc(&room));
+    assert_eq!(a.post(&leave, Some(&amy.token), json!({})).await.0, 200);
+    wait_membership(&b, &room, &amy.user_id, "leave").await;
+
+    // A room that does not allow knocking refuses one from another server.
+    let closed = b.create_room(&alice, json!({ "preset": "private_chat" })).await;
+    let knock_closed = format!("/_matrix/client/v3/knock/{}?via={}", enc(&closed), enc(name_of(&b).as_str()));
+    let (status, body) = a.post(&knock_closed, Some(&amy.token), json!({})).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+}

@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 use crate::context::SyncContext;
 
 /// The room summary an invitee or knocker sees before joining: from the room's state when this
-/// server holds it, otherwise the stripped state the inviting server sent with the invite.
+/// server holds it, otherwise the stripped state another server sent with the invite (or in
+/// answer to the knock).
 pub(crate) async fn stripped_state(
     ctx: &SyncContext<'_>,
     room_id: &RoomId,
@@ -23,12 +24,14 @@ pub(crate) async fn stripped_state(
     Ok(invite.map(invite_room_state).unwrap_or_default())
 }
 
-/// The `invite_room_state` another server sent with an invite (kept with the event): only
-/// well-formed stripped events, at most [`MAX_INVITE_STATE`].
+/// The `invite_room_state` another server sent with an invite, or the `knock_room_state` it
+/// answered a knock with (kept with the event): only well-formed stripped events, at most
+/// [`MAX_INVITE_STATE`].
 fn invite_room_state(invite: &EventRow) -> Vec<Value> {
     let Some(extra) = invite.unsigned_extra.as_deref() else { return Vec::new() };
     let Ok(extra) = serde_json::from_str::<Value>(extra) else { return Vec::new() };
-    let Some(events) = extra.get("invite_room_state").and_then(Value::as_array) else { return Vec::new() };
+    let events = extra.get("invite_room_state").or_else(|| extra.get("knock_room_state"));
+    let Some(events) = events.and_then(Value::as_array) else { return Vec::new() };
     events
         .iter()
         .filter(|e| {
@@ -52,7 +55,7 @@ pub(crate) async fn knocked_room(
     m: &MembershipRow,
 ) -> Result<Value, Error> {
     let row = ctx.syncer.db.event(m.event_id.as_str()).await.map_err(Error::from)?;
-    let mut events = stripped_state(ctx, room_id, None).await?;
+    let mut events = stripped_state(ctx, room_id, row.as_ref()).await?;
     if let Some(row) = row {
         let mut knock_event =
             ctx.syncer.rooms.client_event(&row, Some(ctx.viewer()), RoomIdField::Omit).await?;
