@@ -14,11 +14,14 @@ use homeserver_rooms::outbound::{DirectoryQuery, RemoteFuture, RemoteInvite, Rem
 use ruma::{OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedServerName, OwnedUserId};
 use serde_json::{Map, Value};
 
-use crate::{FederationState, backfiller, directory, invites, joiner, knocker, leaver, query};
+use crate::{
+    FederationState, backfiller, directory, invites, joiner, knocker, leaver, query, sender::Sender,
+};
 
 /// [`RemoteServers`] over federation.
 pub struct Remote {
     state: FederationState,
+    sender: Arc<Sender>,
     backfills: Arc<BackfillSlots>,
 }
 
@@ -117,6 +120,11 @@ impl RemoteServers for Remote {
         Box::pin(async move { directory::fetch_alias(&state, &alias).await })
     }
 
+    fn retry_destination(&self, destination: OwnedServerName) -> RemoteFuture<bool> {
+        let sender = self.sender.clone();
+        Box::pin(async move { sender.retry_now(&destination).await })
+    }
+
     fn backfill(
         &self,
         room_id: OwnedRoomId,
@@ -140,7 +148,7 @@ impl RemoteServers for Remote {
 }
 
 /// Plugs federation into the room model.
-pub fn install(state: &FederationState) {
-    let remote = Remote { state: state.clone(), backfills: Arc::default() };
+pub fn install(state: &FederationState, sender: Arc<Sender>) {
+    let remote = Remote { state: state.clone(), sender, backfills: Arc::default() };
     state.rooms.set_remote_servers(Arc::new(remote));
 }

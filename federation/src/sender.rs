@@ -65,21 +65,39 @@ pub struct Sender {
     ephemeral: Mutex<HashMap<OwnedServerName, Vec<(Instant, Value)>>>,
 }
 
-/// Starts the supervisor and the workers of destinations with queued events.
-pub fn start(state: FederationState) -> Arc<Sender> {
-    let sender = Arc::new(Sender {
-        state,
-        workers: Mutex::new(HashMap::new()),
-        remote_members: Mutex::new(HashMap::new()),
-        saved: Mutex::new(StreamPos::ZERO),
-        ephemeral: Mutex::new(HashMap::new()),
-    });
-    tokio::spawn(supervise(sender.clone()));
-    tokio::spawn(forward_typing(sender.clone()));
-    sender
+impl Sender {
+    /// The sender, not running yet (see [`Sender::run`]): commands of the `lattice` binary
+    /// build a server without serving it, and must not deliver anything.
+    pub fn new(state: FederationState) -> Arc<Sender> {
+        Arc::new(Sender {
+            state,
+            workers: Mutex::new(HashMap::new()),
+            remote_members: Mutex::new(HashMap::new()),
+            saved: Mutex::new(StreamPos::ZERO),
+            ephemeral: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Starts the supervisor, the typing relay and the workers of destinations with queued
+    /// events; they stop when the event stream shuts down.
+    pub fn run(self: &Arc<Self>) {
+        tokio::spawn(supervise(self.clone()));
+        tokio::spawn(forward_typing(self.clone()));
+    }
 }
 
 impl Sender {
+    /// Clears a destination's backoff and tries it at once (the admin API's reset); false if
+    /// the destination is not known.
+    pub async fn retry_now(self: &Arc<Self>, destination: &ServerName) -> Result<bool, Error> {
+        let known = self.state.db.reset_backoff(destination.as_str()).await?;
+        if known {
+            tracing::info!(%destination, "federation backoff reset");
+            self.wake(destination);
+        }
+        Ok(known)
+    }
+
     /// Queues a typing notice for a destination and wakes its worker.
     fn queue_ephemeral(self: &Arc<Self>, destination: &ServerName, edu: Value) {
         {
@@ -335,8 +353,10 @@ async fn deliver(sender: Arc<Sender>, destination: OwnedServerName, wake: Arc<No
         };
         match wait {
             Some(Duration::ZERO) => {}
+            // Backing off; an admin's reset (or new work, which waits its turn) wakes it.
             Some(wait) => tokio::select! {
                 () = tokio::time::sleep(wait) => {}
+                () = wake.notified() => {}
                 _ = shutting.changed() => {}
             },
             None => tokio::select! {
@@ -388,6 +408,9 @@ async fn deliver_once(sender: &Sender, destination: &ServerName) -> Result<Optio
         Ok(_) => {
             let up_to = positions.last().copied().unwrap_or(StreamPos::ZERO);
             state.db.delivered(destination.as_str(), up_to, now).await?;
+            if let Some(failures) = row.as_ref().map(|r| r.failures).filter(|f| *f > 0) {
+                tracing::info!(%destination, failures, "destination reachable again");
+            }
             Ok(Some(Duration::ZERO))
         }
         Err(err) => {

@@ -1,4 +1,5 @@
-//! `lattice user …`: account administration on the configured database, without the HTTP API.
+//! `lattice user …` and `lattice federation …`: account administration and the outbound
+//! federation queues, on the configured database, without the HTTP API.
 
 use homeserver_client_api::{account::validate_localpart, passwords::hash_password};
 use homeserver_core::{ids::random_string, time::now_millis};
@@ -96,4 +97,38 @@ pub async fn leave_rooms_of_deactivated_users(server: &Server) -> Result<usize, 
         }
     }
     Ok(pending.len())
+}
+
+/// The outbound federation destinations, one line each.
+pub async fn destinations_table(server: &Server) -> Result<String, AdminError> {
+    let rows = server.db.destinations().await?;
+    if rows.is_empty() {
+        return Ok("no federation destinations".to_owned());
+    }
+    let now = now_millis() as i64;
+    let mut out = format!(
+        "{:<40} {:>8} {:>8} {:>14} {:>14}",
+        "destination", "queued", "failures", "retry in (s)", "last ok (s ago)"
+    );
+    for row in rows {
+        let retry =
+            if row.retry_at > now { ((row.retry_at - now) / 1000).to_string() } else { "now".to_owned() };
+        let last = row
+            .last_success_ts
+            .map_or_else(|| "never".to_owned(), |ts| ((now - ts).max(0) / 1000).to_string());
+        out.push_str(&format!(
+            "\n{:<40} {:>8} {:>8} {:>14} {:>14}",
+            row.destination, row.queued, row.failures, retry, last
+        ));
+    }
+    Ok(out)
+}
+
+/// Clears a destination's backoff.
+pub async fn reset_destination(server: &Server, destination: &str) -> Result<String, AdminError> {
+    if server.db.reset_backoff(destination).await? {
+        Ok(format!("backoff of {destination} cleared"))
+    } else {
+        Err(AdminError::Invalid(format!("{destination} is not a federation destination")))
+    }
 }

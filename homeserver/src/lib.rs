@@ -146,6 +146,8 @@ pub struct Server {
     pub db: Db,
     pub app: App,
     pub federation: federation::FederationState,
+    /// Outbound federation; delivers only while the server serves.
+    pub sender: Arc<federation::sender::Sender>,
 }
 
 impl Server {
@@ -228,9 +230,9 @@ impl Server {
             live: app.live.clone(),
             transactions: Arc::default(),
         };
-        federation::remote::install(&federation);
-        federation::sender::start(federation.clone());
-        Ok(Server { config, db, app, federation })
+        let sender = federation::sender::Sender::new(federation.clone());
+        federation::remote::install(&federation, sender.clone());
+        Ok(Server { config, db, app, federation, sender })
     }
 
     /// The complete HTTP stack.
@@ -293,6 +295,7 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let stream = self.app.stream.clone();
+        self.sender.run();
         let router = self.router();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {

@@ -33,6 +33,18 @@ enum Command {
     /// Manage user accounts on the configured database.
     #[command(subcommand)]
     User(UserCommand),
+    /// Inspect outbound federation on the configured database.
+    #[command(subcommand)]
+    Federation(FederationCommand),
+}
+
+#[derive(Subcommand)]
+enum FederationCommand {
+    /// List the servers this one sends to: queued positions, failures, next retry, last success.
+    List,
+    /// Clear a destination's backoff (a running server retries it when its current wait ends;
+    /// the admin API's reset_connection retries at once).
+    Reset { destination: String },
 }
 
 #[derive(Subcommand)]
@@ -80,6 +92,7 @@ async fn main() -> ExitCode {
     match cli.command {
         None | Some(Command::Run) => run(server).await,
         Some(Command::User(command)) => user_command(&server, command).await,
+        Some(Command::Federation(command)) => federation_command(&server, command).await,
         Some(Command::GenerateConfig) => unreachable!("handled above"),
     }
 }
@@ -140,6 +153,21 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = terminate => {},
+    }
+}
+
+async fn federation_command(server: &Server, command: FederationCommand) -> ExitCode {
+    let result = match command {
+        FederationCommand::List => admin::destinations_table(server).await,
+        FederationCommand::Reset { destination } => admin::reset_destination(server, &destination).await,
+    };
+    server.db.close().await;
+    match result {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(1, e),
     }
 }
 

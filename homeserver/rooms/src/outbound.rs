@@ -86,6 +86,9 @@ pub trait RemoteServers: Send + Sync {
     /// (`/query/directory` to the alias's server).
     fn resolve_alias(&self, alias: OwnedRoomAliasId) -> RemoteFuture<(OwnedRoomId, Vec<OwnedServerName>)>;
 
+    /// Clears a destination's backoff and sends to it at once; false if it is not known.
+    fn retry_destination(&self, destination: OwnedServerName) -> RemoteFuture<bool>;
+
     /// Fetches history from before `from` (the room's backward extremities) from one of
     /// `servers` and places it; returns how many events were placed. Implementations bound how
     /// often one room is backfilled.
@@ -170,6 +173,11 @@ impl Rooms {
             return Ok(0);
         }
         remote.backfill(room_id.to_owned(), from, limit, servers).await
+    }
+
+    /// Clears a destination's backoff (the admin API); false if it is not a known destination.
+    pub async fn retry_destination(&self, destination: OwnedServerName) -> Result<bool, Error> {
+        self.remote()?.retry_destination(destination).await
     }
 
     /// A page of another server's public room directory.

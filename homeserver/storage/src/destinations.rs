@@ -145,6 +145,17 @@ impl Db {
         Ok(())
     }
 
+    /// Clears a destination's backoff so it is tried at once; false if it is not known.
+    pub async fn reset_backoff(&self, destination: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE federation_destinations SET failures = 0, retry_at = 0 WHERE destination = $1",
+        )
+        .bind(destination)
+        .execute(self.writer())
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// Records a failed attempt and when to try again.
     pub async fn delivery_failed(&self, destination: &str, failures: i64, retry_at: i64) -> Result<()> {
         sqlx::query("UPDATE federation_destinations SET failures = $2, retry_at = $3 WHERE destination = $1")

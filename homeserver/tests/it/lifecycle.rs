@@ -263,6 +263,12 @@ async fn cli_user_commands_act_on_the_database() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = run_cli(dir.path(), &db.url, &["user", "create", "root"]);
     assert_eq!(out.status.code(), Some(1), "duplicate user");
+    // The federation commands read the same database (no destinations yet).
+    let out = run_cli(dir.path(), &db.url, &["federation", "list"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no federation destinations");
+    let out = run_cli(dir.path(), &db.url, &["federation", "reset", "nowhere.example"]);
+    assert_eq!(out.status.code(), Some(1), "unknown destination");
     let out = run_cli(dir.path(), &db.url, &["user", "create", "gen"]);
     let printed = String::from_utf8(out.stdout).unwrap();
     let generated = printed.trim().rsplit(' ').next().unwrap().to_owned();

@@ -28,8 +28,9 @@
 //! - `hardening`: rules no endpoint can skip (redaction authority, one membership path, aliases),
 //!   concurrent writes, bounded filters, lax and malformed request bodies.
 //! - `visibility`: history visibility on every event-returning endpoint (left, never joined, late).
-//! - `federation`, `federation_membership`: servers federating over HTTPS with a test CA — keys,
-//!   signed requests, transactions, joins, messages; invites, rejections and leaves both ways.
+//! - `federation`, `federation_membership`, `federation_delivery`: servers federating over HTTPS
+//!   with a test CA — keys, signed requests, transactions, joins, messages; invites, rejections,
+//!   knocks, leaves, directories, backfill, EDUs; outages, catch-up and the destinations' admin.
 //! - `spec_schema`: responses validated against the Matrix spec's OpenAPI schemas (`../shared/matrix-spec`).
 
 mod accounts;
@@ -38,6 +39,7 @@ mod chat;
 mod durability;
 mod errors;
 mod federation;
+mod federation_delivery;
 mod federation_membership;
 mod friends;
 mod fuzz;

@@ -5,11 +5,13 @@
 //!   `v1/users/{id}/joined_rooms`, and the client-server `admin/whois`.
 //! - [`rooms`]: `v1/rooms` list, details, members, and `DELETE` (kick everyone, block, purge);
 //!   `v1/event_reports`.
+//! - [`federation`]: `v1/federation/destinations` list, details and `reset_connection`.
 //!
 //! Everything but registration and the server version needs a server admin's access token; anyone else gets
 //! `M_FORBIDDEN`. Query strings and bodies that do not parse are `M_INVALID_PARAM`/`M_BAD_JSON`
 //! like everywhere else, never axum's plain-text rejections.
 
+pub mod federation;
 pub mod register;
 pub mod rooms;
 pub mod users;
@@ -32,6 +34,7 @@ pub fn routes(router: Router<App>) -> Router<App> {
     let router = router.route("/_synapse/admin/v1/server_version", get(server_version));
     let router = register::routes(router);
     let router = users::routes(router);
+    let router = federation::routes(router);
     rooms::routes(router)
 }
 

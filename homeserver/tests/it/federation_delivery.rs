@@ -1,0 +1,87 @@
+//! Outbound federation across outages: a server that goes down and comes back receives what it
+//! missed, in order, once; the admin API shows each destination's queue and backoff and resets
+//! it; `lattice federation` lists destinations.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::{
+    federation::{TestCa, federated, name_of, wait_for_body},
+    harness::enc,
+};
+
+#[tokio::test]
+async fn a_server_that_comes_back_receives_what_it_missed_and_admins_see_the_backoff() {
+    let ca = TestCa::create();
+    let a = federated(&ca, |_| {}).await;
+    let b = federated(&ca, |c| c.registration.shared_secret = "reg_secret".into()).await;
+    let alice = b.register_admin("alice").await;
+    let ann = a.register("ann").await;
+    let room = b.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    let join = format!("/_matrix/client/v3/join/{}?via={}", enc(&room), enc(name_of(&b).as_str()));
+    assert_eq!(a.post(&join, Some(&ann.token), json!({})).await.0, 200);
+    b.send_text(&alice, &room, "before the outage").await;
+    wait_for_body(&a, &ann, &room, "before the outage").await;
+
+    // A goes down; B keeps what A is owed and backs off.
+    let a_name = name_of(&a).to_string();
+    let a = {
+        let mut a = a;
+        a.stop().await;
+        a
+    };
+    let missed: Vec<String> = (0..5).map(|i| format!("missed {i}")).collect();
+    for body in &missed {
+        b.send_text(&alice, &room, body).await;
+    }
+    let path = format!("/_synapse/admin/v1/federation/destinations/{}", enc(&a_name));
+    let mut status_of_a = Value::Null;
+    for _ in 0..50 {
+        let (status, body) = b.get(&path, Some(&alice.token)).await;
+        assert_eq!(status, 200, "{body}");
+        if body["failures"].as_i64().unwrap_or(0) >= 1 && body["queued"].as_i64().unwrap_or(0) >= 5 {
+            status_of_a = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(status_of_a["queued"].as_i64().unwrap_or(0) >= 5, "{status_of_a}");
+    assert!(status_of_a["retry_interval"].as_i64().unwrap_or(0) > 0, "{status_of_a}");
+    let (status, list) = b.get("/_synapse/admin/v1/federation/destinations", Some(&alice.token)).await;
+    assert_eq!(status, 200);
+    assert!(
+        list["destinations"].as_array().unwrap().iter().any(|d| d["destination"] == a_name.as_str()),
+        "{list}"
+    );
+    // `lattice federation list` reads the same table.
+    let table = homeserver::admin::destinations_table(&b.server).await.unwrap();
+    assert!(table.lines().any(|l| l.starts_with(&a_name)), "{table}");
+    // Only admins see it.
+    let bob = b.register("bob").await;
+    assert_eq!(b.get(&path, Some(&bob.token)).await.0, 403);
+
+    // A comes back; an admin's reset sends at once rather than after the backoff.
+    let a = a.restart().await;
+    let reset = format!("{path}/reset_connection");
+    let (status, body) = b.post(&reset, Some(&alice.token), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let unknown = "/_synapse/admin/v1/federation/destinations/nowhere.example/reset_connection";
+    assert_eq!(b.post(unknown, Some(&alice.token), json!({})).await.0, 404);
+    for body in &missed {
+        wait_for_body(&a, &ann, &room, body).await;
+    }
+    // Everything in order, once.
+    let (status, page) = a
+        .get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", enc(&room)), Some(&ann.token))
+        .await;
+    assert_eq!(status, 200);
+    let mut bodies = crate::harness::bodies(&page["chunk"]);
+    bodies.reverse();
+    let expected: Vec<String> =
+        std::iter::once("before the outage".to_owned()).chain(missed.clone()).collect();
+    let received: Vec<String> = bodies.into_iter().filter(|b| expected.contains(b)).collect();
+    assert_eq!(received, expected);
+    let (_, after) = b.get(&path, Some(&alice.token)).await;
+    assert_eq!((after["queued"].as_i64(), after["failures"].as_i64()), (Some(0), Some(0)), "{after}");
+}
