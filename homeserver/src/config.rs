@@ -466,7 +466,7 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "rooms.default_version",
                 message: format!(
-                    "room version `{}` is not supported (6 to 12 are)",
+                    "room version `{}` is not supported (3 to 12 are)",
                     self.rooms.default_version
                 ),
             });
@@ -590,7 +590,7 @@ tokens = []
 allow_open_on_public_address = false
 
 [rooms]
-# Version of rooms created without an explicit room_version (6 to 12 are supported).
+# Version of rooms created without an explicit room_version (3 to 12 are supported).
 default_version = "12"
 # Parsed events kept in memory.
 event_cache_size = 20000

@@ -346,6 +346,17 @@ def main(argv: list[str]) -> int:
             knocker.call("POST", f"/_matrix/client/v3/rooms/{quote(room, safe='')}/join", {})
             owner.wait_for("the join", lambda r=room, k=knocker: owner.membership(r, k.user_id) == "join")
 
+    def older_room_versions_both_ways():
+        for owner, other, version in ((syn, lat, "5"), (lat, syn, "4"), (syn, lat, "3")):
+            room = owner.create_room(preset="public_chat", room_version=version)
+            assert other.join(room, via=owner.server_name) == room
+            sent = [f"v{version} from {owner.user_id} {tag}", f"v{version} from {other.user_id} {tag}"]
+            owner.send(room, sent[0])
+            other.wait_for_bodies(room, sent[:1])
+            other.send(room, sent[1])
+            assert owner.wait_for_bodies(room, sent) == sent
+            assert other.state_event(room, "m.room.create")["room_version"] == version
+
     def leaves_both_ways():
         lat.leave(rooms["syn"])
         syn.wait_for("the Lattice user's leave", lambda: syn.membership(rooms["syn"], lat.user_id) == "leave")
@@ -364,6 +375,7 @@ def main(argv: list[str]) -> int:
     check("Lattice backfills a room's history from Synapse", lattice_backfills_from_synapse)
     check("aliases and public rooms found and joined both ways", directories_and_alias_joins_both_ways)
     check("knocks let in both ways", knocks_both_ways)
+    check("rooms of versions 3 to 5 both ways", older_room_versions_both_ways)
     check("typing both ways", typing_both_ways)
     check("read receipts both ways", receipts_both_ways)
     check("leaves both ways", leaves_both_ways)

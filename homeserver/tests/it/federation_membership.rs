@@ -485,3 +485,27 @@ async fn knocks_cross_servers_and_are_let_in_or_withdrawn() {
     let (status, body) = a.post(&knock_closed, Some(&amy.token), json!({})).await;
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
 }
+
+#[tokio::test]
+async fn rooms_of_versions_3_to_5_federate() {
+    let ca = TestCa::create();
+    let (a, b) = (federated(&ca, |_| {}).await, federated(&ca, |_| {}).await);
+    let alice = b.register("alice").await;
+    let ann = a.register("ann").await;
+    for version in ["3", "4", "5"] {
+        let body = json!({ "preset": "public_chat", "room_version": version, "name": format!("v{version}") });
+        let room = b.create_room(&alice, body).await;
+        let join = format!("/_matrix/client/v3/join/{}?via={}", enc(&room), enc(name_of(&b).as_str()));
+        let (status, body) = a.post(&join, Some(&ann.token), json!({})).await;
+        assert_eq!(status, 200, "version {version}: {body}");
+        b.send_text(&alice, &room, &format!("hello v{version}")).await;
+        wait_for_body(&a, &ann, &room, &format!("hello v{version}")).await;
+        a.send_text(&ann, &room, &format!("reply v{version}")).await;
+        wait_for_body(&b, &alice, &room, &format!("reply v{version}")).await;
+        // The room's state on A is the room's: its version and name.
+        let (status, create) = a
+            .get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.create/", enc(&room)), Some(&ann.token))
+            .await;
+        assert_eq!((status, create["room_version"].as_str()), (200, Some(version)), "{create}");
+    }
+}
