@@ -3,22 +3,32 @@
 //! local `PUT /typing` feeds; a remote typing notice lasts 30 seconds unless renewed or stopped
 //! (servers resend while their user types). Read receipts (`m.receipt`, `m.read` only: private
 //! receipts never leave their server) go through `homeserver_live::receipts`, the one receipt
-//! write path, for events known here, at most [`MAX_RECEIPTS`] per EDU. Other EDU types are
-//! accepted and not processed yet.
+//! write path, for events known here, at most [`MAX_RECEIPTS`] per EDU. Presence (`m.presence`,
+//! at most [`MAX_PRESENCE`] updates) is taken for the origin's users who share a room with a
+//! user of this server, and shown as sent: no local timers drive remote users. Other EDU types
+//! are accepted and not processed yet.
 
 use std::time::Duration;
 
 use homeserver_core::Error;
-use homeserver_live::receipts::NewReceipt;
+use homeserver_live::{
+    presence::{RemotePresence, State},
+    receipts::NewReceipt,
+};
 use ruma::{
     RoomId, ServerName, UserId,
-    api::federation::transactions::edu::{Edu, ReceiptContent, TypingContent},
+    api::federation::transactions::edu::{Edu, PresenceContent, ReceiptContent, TypingContent},
     events::receipt::ReceiptThread,
     serde::Raw,
 };
 use tokio::time::Instant;
 
 use crate::FederationState;
+
+/// Most presence updates taken from one EDU.
+const MAX_PRESENCE: usize = 100;
+/// Longest status message taken.
+const MAX_STATUS_BYTES: usize = 1024;
 
 /// Most receipts taken from one EDU.
 const MAX_RECEIPTS: usize = 100;
@@ -36,6 +46,7 @@ pub(crate) async fn receive_edus(
         match raw.deserialize() {
             Ok(Edu::Typing(typing)) => typing_notice(state, origin, &typing).await?,
             Ok(Edu::Receipt(receipts)) => read_receipts(state, origin, &receipts).await?,
+            Ok(Edu::Presence(presence)) => presence_updates(state, origin, &presence).await?,
             Ok(_) => {}
             Err(err) => tracing::debug!(%origin, error = %err, "skipping a malformed EDU"),
         }
@@ -94,6 +105,36 @@ async fn read_receipts(
             Err(err) if err.kind == homeserver_core::ErrorKind::NotFound => {}
             Err(err) => return Err(err),
         }
+    }
+    Ok(())
+}
+
+/// Presence of the origin's users who share a room with a user of this server (others are no
+/// one's business here), shown as the origin says: no local timers drive them.
+async fn presence_updates(
+    state: &FederationState,
+    origin: &ServerName,
+    content: &PresenceContent,
+) -> Result<(), Error> {
+    if !state.live.presence.enabled {
+        return Ok(());
+    }
+    let ours = state.key.server_name().as_str();
+    for update in content.push.iter().take(MAX_PRESENCE) {
+        if update.user_id.server_name() != origin
+            || !state.db.shares_room_with_server(update.user_id.as_str(), ours).await?
+        {
+            continue;
+        }
+        let Some(presence_state) = State::parse(update.presence.as_str()) else { continue };
+        let remote = RemotePresence {
+            user: update.user_id.clone(),
+            state: presence_state,
+            status_msg: update.status_msg.clone().filter(|m| m.len() <= MAX_STATUS_BYTES),
+            last_active_ago: i64::try_from(u64::from(update.last_active_ago)).unwrap_or(i64::MAX),
+            currently_active: update.currently_active,
+        };
+        state.live.presence.set_remote(remote).await?;
     }
     Ok(())
 }

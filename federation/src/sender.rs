@@ -17,7 +17,9 @@
 //!
 //! Read receipts of this server's users are routed like events (they hold stream positions):
 //! to the servers with a user joined to the room, sent as one `m.receipt` EDU per room in the
-//! transaction that carries their positions. Typing notices are ephemeral: queued in memory for
+//! transaction that carries their positions. Presence changes of this server's users are
+//! routed the same way, to the servers sharing a room with the user, as one `m.presence` EDU
+//! per transaction. Typing notices are ephemeral: queued in memory for
 //! the room's servers, sent with the next transaction (or one of their own), dropped after 30
 //! seconds undelivered. Member events this server accepted as a room's resident for another
 //! server (`send_join`, `send_leave`) are marked before they are placed and forwarded to every
@@ -32,7 +34,7 @@ use std::{
 };
 
 use homeserver_core::{Error, streams::StreamPos, time::now_millis};
-use homeserver_storage::{events::EventRow, receipts::ReceiptRow};
+use homeserver_storage::{events::EventRow, presence::PresenceRow, receipts::ReceiptRow};
 use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedServerName, OwnedTransactionId, OwnedUserId, ServerName, UserId,
     api::federation::transactions::send_transaction_message, serde::Raw,
@@ -146,9 +148,20 @@ impl Sender {
                 n if n < ROUTE_BATCH => up_to,
                 _ => receipts.last().map_or(up_to, |r| StreamPos::new(r.stream_pos)),
             };
-            let reached = reached_events.min(reached_receipts);
+            let mut presence = match state.live.presence.enabled {
+                true => {
+                    state.db.presence_to_route(ours.as_str(), from.get(), up_to.get(), ROUTE_BATCH).await?
+                }
+                false => Vec::new(),
+            };
+            let reached_presence = match presence.len() as i64 {
+                n if n < ROUTE_BATCH => up_to,
+                _ => presence.last().map_or(up_to, |p| StreamPos::new(p.stream_pos)),
+            };
+            let reached = reached_events.min(reached_receipts).min(reached_presence);
             events.retain(|e| e.stream_pos <= reached);
             receipts.retain(|r| r.stream_pos <= reached.get());
+            presence.retain(|p| p.stream_pos <= reached.get());
             let mut owed: Vec<(String, StreamPos)> = Vec::new();
             let mut forwarded: Vec<String> = Vec::new();
             for event in &events {
@@ -163,6 +176,11 @@ impl Sender {
             for receipt in &receipts {
                 for destination in self.servers_in_room(&receipt.room_id).await? {
                     owed.push((destination.to_string(), StreamPos::new(receipt.stream_pos)));
+                }
+            }
+            for row in &presence {
+                for destination in self.servers_sharing_a_room(&row.user_id).await? {
+                    owed.push((destination.to_string(), StreamPos::new(row.stream_pos)));
                 }
             }
             // Routing that owes nothing is not written each time (a server without federation
@@ -231,6 +249,22 @@ impl Sender {
             return Ok((servers.into_iter().collect(), true));
         }
         Ok((Vec::new(), false))
+    }
+
+    /// The other servers with a user in a room with `user` now (where their presence goes).
+    async fn servers_sharing_a_room(&self, user: &str) -> Result<Vec<OwnedServerName>, Error> {
+        let ours = self.state.key.server_name();
+        let servers: HashSet<OwnedServerName> = self
+            .state
+            .db
+            .room_mates(user)
+            .await?
+            .iter()
+            .filter_map(|u| UserId::parse(u).ok())
+            .map(|u| u.server_name().to_owned())
+            .filter(|s| s != ours)
+            .collect();
+        Ok(servers.into_iter().collect())
     }
 
     /// The other servers with a user joined to the room now.
@@ -387,6 +421,7 @@ async fn deliver_once(sender: &Sender, destination: &ServerName) -> Result<Optio
     let mut events = state.db.events_at(&raw).await?;
     events.sort_by_key(|e| e.stream_pos);
     let receipts = state.db.receipts_at(&raw).await?;
+    let presence = state.db.presence_at(&raw).await?;
     // The transaction id is fixed by the positions it carries, so a retry keeps it; one with
     // only typing notices (never retried) is named by the time.
     let txn_id: OwnedTransactionId = match (positions.first(), positions.last()) {
@@ -401,6 +436,7 @@ async fn deliver_once(sender: &Sender, destination: &ServerName) -> Result<Optio
     request.pdus = events.into_iter().filter_map(|e| RawValue::from_string(e.json).ok()).collect();
     request.edus = receipt_edus(&receipts)
         .into_iter()
+        .chain(presence_edu(&presence))
         .chain(ephemeral)
         .filter_map(|e| serde_json::value::to_raw_value(&e).ok().map(Raw::from_json))
         .collect();
@@ -425,6 +461,30 @@ async fn deliver_once(sender: &Sender, destination: &ServerName) -> Result<Optio
             Ok(Some(backoff))
         }
     }
+}
+
+/// One `m.presence` EDU for the presence rows a transaction carries (none if there are none).
+fn presence_edu(rows: &[PresenceRow]) -> Option<Value> {
+    if rows.is_empty() {
+        return None;
+    }
+    let now = now_millis() as i64;
+    let push: Vec<Value> = rows
+        .iter()
+        .map(|p| {
+            let mut update = json!({
+                "user_id": p.user_id,
+                "presence": p.state,
+                "last_active_ago": (now - p.last_active_ts).max(0),
+                "currently_active": p.currently_active,
+            });
+            if let Some(msg) = &p.status_msg {
+                update["status_msg"] = json!(msg);
+            }
+            update
+        })
+        .collect();
+    Some(json!({ "edu_type": "m.presence", "content": { "push": push } }))
 }
 
 /// One `m.receipt` EDU per room for the receipts a transaction carries.

@@ -136,7 +136,7 @@ impl App {
         let limiter = RateLimiter::new();
         let passwords = passwords::Passwords::new(config.rate_limits.password);
         let nonces = admin::Nonces::default();
-        let live = Live::start(db.clone(), stream.clone(), config.presence);
+        let live = Live::start(db.clone(), stream.clone(), config.presence, config.server_name.clone());
         let syncer = Syncer::new(db.clone(), rooms.clone(), live.clone());
         App(Arc::new(AppInner { config, db, rooms, stream, limiter, passwords, nonces, live, syncer }))
     }

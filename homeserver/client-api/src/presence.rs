@@ -32,7 +32,10 @@ async fn put_status(app: App, req: Ruma<set_presence::v3::Request>) -> Result<Js
 /// `GET /_matrix/client/v3/presence/{userId}/status`
 async fn get_status(app: App, req: Ruma<get_presence::v3::Request>) -> Result<JsonBody, ApiError> {
     let target = &req.body.user_id;
-    if app.db.user(target.as_str()).await.map_err(Error::from)?.is_none() {
+    // Other servers' users are known here only through the rooms shared with them (below).
+    if target.server_name() == app.server_name()
+        && app.db.user(target.as_str()).await.map_err(Error::from)?.is_none()
+    {
         return Err(Error::not_found("Unknown user").into());
     }
     if *target != req.auth.user_id

@@ -34,11 +34,16 @@ pub struct Live {
 
 impl Live {
     /// Creates the services and starts their timer tasks (typing expiry, presence deadlines).
-    pub fn start(db: Db, stream: Arc<EventStream>, presence: presence::PresenceSettings) -> Self {
+    pub fn start(
+        db: Db,
+        stream: Arc<EventStream>,
+        presence: presence::PresenceSettings,
+        server_name: ruma::OwnedServerName,
+    ) -> Self {
         let ignore_lists = Arc::new(ignore::IgnoreLists::new(db.clone(), stream.clone()));
         Self {
             typing: typing::Typing::start(stream.clone()),
-            presence: presence::Presence::start(presence, db.clone(), stream.clone()),
+            presence: presence::Presence::start(presence, server_name, db.clone(), stream.clone()),
             unread: Arc::new(unread::UnreadCache::new(db.clone(), stream.clone())),
             receipts: Arc::new(receipts::Receipts::new(db.clone(), stream.clone())),
             account_data: Arc::new(account_data::AccountData::new(db, stream, ignore_lists.clone())),

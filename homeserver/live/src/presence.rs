@@ -34,7 +34,7 @@ use std::{
 
 use homeserver_core::{Error, streams::EventStream, time::now_millis};
 use homeserver_storage::{Db, presence::PresenceRow};
-use ruma::{OwnedUserId, UserId};
+use ruma::{OwnedServerName, OwnedUserId, UserId};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
@@ -222,6 +222,8 @@ fn active_window(s: &PresenceSettings) -> i64 {
 pub struct Presence {
     pub settings: PresenceSettings,
     pub enabled: bool,
+    /// This server: its users have timers; other servers' users are shown as their servers say.
+    server_name: OwnedServerName,
     db: Db,
     stream: Arc<EventStream>,
     inner: Mutex<Inner>,
@@ -269,10 +271,16 @@ enum Stepped {
 
 impl Presence {
     /// Creates the tracker and, when presence is enabled, starts its timer task.
-    pub fn start(settings: PresenceSettings, db: Db, stream: Arc<EventStream>) -> Arc<Self> {
+    pub fn start(
+        settings: PresenceSettings,
+        server_name: OwnedServerName,
+        db: Db,
+        stream: Arc<EventStream>,
+    ) -> Arc<Self> {
         let presence = Arc::new(Self {
             settings,
             enabled: settings.enabled,
+            server_name,
             db,
             stream,
             inner: Mutex::new(Inner::default()),
@@ -400,6 +408,33 @@ impl Presence {
         self.feed(user, Input::Set { state, status_msg }).await
     }
 
+    /// Another server's user's presence, as their server sent it (an `m.presence` EDU): shown
+    /// as is, with no timers here — their server says when it changes. Ignored when presence
+    /// is disabled or for this server's own users.
+    pub async fn set_remote(&self, remote: RemotePresence) -> Result<(), Error> {
+        if !self.enabled || remote.user.server_name() == self.server_name {
+            return Ok(());
+        }
+        let now = now_millis() as i64;
+        let shown = Shown {
+            state: remote.state,
+            status_msg: remote.status_msg,
+            last_active_ts: now.saturating_sub(remote.last_active_ago.max(0)),
+            currently_active: remote.currently_active,
+        };
+        let _writer = self.writer.lock().await;
+        let stored = self.db.presence(remote.user.as_str()).await.map_err(Error::from)?;
+        let unchanged = stored.as_ref().is_some_and(|row| {
+            row.state == shown.state.as_str()
+                && row.status_msg == shown.status_msg
+                && row.currently_active == shown.currently_active
+        });
+        if unchanged {
+            return Ok(());
+        }
+        self.write(&remote.user, &Change { shown, wake: true }).await
+    }
+
     /// The stored presence of a user (None when unknown or presence is disabled).
     pub async fn stored(&self, user: &UserId) -> Result<Option<PresenceRow>, Error> {
         if !self.enabled {
@@ -414,7 +449,7 @@ impl Presence {
         let _writer = self.writer.lock().await;
         let newest = self.db.newest_presence_pos().await.map_err(Error::from)?;
         self.newest_pos.store(newest, Ordering::Release);
-        let rows = self.db.present_users().await.map_err(Error::from)?;
+        let rows = self.db.present_users(self.server_name.as_str()).await.map_err(Error::from)?;
         let now = now_millis() as i64;
         let mut inner = self.lock();
         for row in rows {
@@ -426,6 +461,16 @@ impl Presence {
         }
         Ok(())
     }
+}
+
+/// Another server's user's presence, from an `m.presence` EDU.
+pub struct RemotePresence {
+    pub user: OwnedUserId,
+    pub state: State,
+    pub status_msg: Option<String>,
+    /// Milliseconds since the user was last active, by their server's clock.
+    pub last_active_ago: i64,
+    pub currently_active: bool,
 }
 
 /// A sync in flight: the user counts as syncing until it is dropped.

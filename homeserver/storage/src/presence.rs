@@ -64,15 +64,69 @@ impl Db {
         Ok(pos.unwrap_or(0))
     }
 
-    /// Everyone whose stored state is not offline (for the timers after a restart).
-    pub async fn present_users(&self) -> Result<Vec<PresenceRow>> {
+    /// This server's users (`user_id` ending in `:{ours}`) whose stored state is not offline,
+    /// for the timers after a restart (other servers' users have no timers here).
+    pub async fn present_users(&self, ours: &str) -> Result<Vec<PresenceRow>> {
         let rows = sqlx::query(
             "SELECT user_id, state, status_msg, last_active_ts, currently_active, stream_pos FROM presence \
-             WHERE state <> 'offline'",
+             WHERE state <> 'offline' AND user_id LIKE $1",
         )
+        .bind(format!("%:{ours}"))
         .fetch_all(self.reader())
         .await?;
         rows.iter().map(presence_row).collect()
+    }
+
+    /// Presence rows of this server's users with positions in `(after, up_to]`, oldest first:
+    /// what outbound federation routes.
+    pub async fn presence_to_route(
+        &self,
+        ours: &str,
+        after: i64,
+        up_to: i64,
+        limit: i64,
+    ) -> Result<Vec<PresenceRow>> {
+        let rows = sqlx::query(
+            "SELECT user_id, state, status_msg, last_active_ts, currently_active, stream_pos FROM presence \
+             WHERE stream_pos > $1 AND stream_pos <= $2 AND user_id LIKE $3 ORDER BY stream_pos LIMIT $4",
+        )
+        .bind(after)
+        .bind(up_to)
+        .bind(format!("%:{ours}"))
+        .bind(limit)
+        .fetch_all(self.reader())
+        .await?;
+        rows.iter().map(presence_row).collect()
+    }
+
+    /// The presence rows at these positions (a row rewritten since is no longer at its old one).
+    pub async fn presence_at(&self, positions: &[i64]) -> Result<Vec<PresenceRow>> {
+        if positions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT user_id, state, status_msg, last_active_ts, currently_active, stream_pos FROM presence \
+             WHERE stream_pos IN ({})",
+            crate::placeholders(1, positions.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for pos in positions {
+            q = q.bind(*pos);
+        }
+        q.fetch_all(self.reader()).await?.iter().map(presence_row).collect()
+    }
+
+    /// Whether a user shares a joined room with a user of server `ours`.
+    pub async fn shares_room_with_server(&self, user_id: &str, ours: &str) -> Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM memberships x JOIN memberships y ON x.room_id = y.room_id \
+             WHERE x.user_id = $1 AND x.membership = 'join' AND y.membership = 'join' AND y.user_id LIKE $2 LIMIT 1",
+        )
+        .bind(user_id)
+        .bind(format!("%:{ours}"))
+        .fetch_optional(self.reader())
+        .await?;
+        Ok(found.is_some())
     }
 
     /// Users who share a joined room with `user_id` (including the user).

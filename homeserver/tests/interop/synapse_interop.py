@@ -357,6 +357,16 @@ def main(argv: list[str]) -> int:
             assert owner.wait_for_bodies(room, sent) == sent
             assert other.state_event(room, "m.room.create")["room_version"] == version
 
+    def presence_both_ways():
+        for setter, watcher in ((lat, syn), (syn, lat)):
+            status = f"/_matrix/client/v3/presence/{quote(setter.user_id, safe='')}/status"
+            message = f"status of {setter.user_id} {tag}"
+            setter.call("PUT", status, {"presence": "online", "status_msg": message})
+            watcher.wait_for(
+                f"{setter.user_id}'s presence",
+                lambda s=status, m=message: watcher.call("GET", s).get("status_msg") == m,
+            )
+
     def leaves_both_ways():
         lat.leave(rooms["syn"])
         syn.wait_for("the Lattice user's leave", lambda: syn.membership(rooms["syn"], lat.user_id) == "leave")
@@ -376,6 +386,7 @@ def main(argv: list[str]) -> int:
     check("aliases and public rooms found and joined both ways", directories_and_alias_joins_both_ways)
     check("knocks let in both ways", knocks_both_ways)
     check("rooms of versions 3 to 5 both ways", older_room_versions_both_ways)
+    check("presence both ways", presence_both_ways)
     check("typing both ways", typing_both_ways)
     check("read receipts both ways", receipts_both_ways)
     check("leaves both ways", leaves_both_ways)

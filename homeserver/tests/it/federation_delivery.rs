@@ -85,3 +85,49 @@ async fn a_server_that_comes_back_receives_what_it_missed_and_admins_see_the_bac
     let (_, after) = b.get(&path, Some(&alice.token)).await;
     assert_eq!((after["queued"].as_i64(), after["failures"].as_i64()), (Some(0), Some(0)), "{after}");
 }
+
+#[tokio::test]
+async fn presence_crosses_servers_and_remote_users_run_no_local_timers() {
+    let ca = TestCa::create();
+    let a = federated(&ca, |_| {}).await;
+    // B's own timers are short: a local user would go offline within a second.
+    let b = federated(&ca, |c| c.presence.offline_after_ms = 300).await;
+    let alice = b.register("alice").await;
+    let ann = a.register("ann").await;
+    let room = b.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    let join = format!("/_matrix/client/v3/join/{}?via={}", enc(&room), enc(name_of(&b).as_str()));
+    assert_eq!(a.post(&join, Some(&ann.token), json!({})).await.0, 200);
+
+    let status = format!("/_matrix/client/v3/presence/{}/status", enc(&ann.user_id));
+    let set = json!({ "presence": "online", "status_msg": "on A" });
+    assert_eq!(a.put(&status, Some(&ann.token), set).await.0, 200);
+    let mut seen = Value::Null;
+    for _ in 0..50 {
+        let (code, body) = b.get(&status, Some(&alice.token)).await;
+        if code == 200 && body["status_msg"] == "on A" {
+            seen = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen["presence"], "online", "{seen}");
+    // Long past B's own offline timeout, Ann is still as A said.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (_, later) = b.get(&status, Some(&alice.token)).await;
+    assert_eq!(later["presence"], "online", "{later}");
+
+    // Alice's presence reaches A.
+    let alice_status = format!("/_matrix/client/v3/presence/{}/status", enc(&alice.user_id));
+    let set = json!({ "presence": "unavailable", "status_msg": "on B" });
+    assert_eq!(b.put(&alice_status, Some(&alice.token), set).await.0, 200);
+    let mut seen = Value::Null;
+    for _ in 0..50 {
+        let (code, body) = a.get(&alice_status, Some(&ann.token)).await;
+        if code == 200 && body["status_msg"] == "on B" {
+            seen = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen["presence"], "unavailable", "{seen}");
+}
