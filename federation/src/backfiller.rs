@@ -35,7 +35,7 @@ use crate::{
 /// Servers asked for one backfill.
 const MAX_SERVERS: usize = 3;
 /// Most events fetched one by one (state and auth chain at the far edge) per backfill.
-const MAX_FETCH: usize = 500;
+pub(crate) const MAX_FETCH: usize = 500;
 /// Most events asked for at once.
 const MAX_LIMIT: u32 = 100;
 
@@ -126,7 +126,7 @@ async fn place(
 
 /// The state before an event at the far edge of a backfill, by event id, with the events it
 /// and its auth chain name stored (as outliers) first.
-async fn edge_state(
+pub(crate) async fn edge_state(
     state: &FederationState,
     room_id: &RoomId,
     rules: &RoomVersionRules,

@@ -65,6 +65,8 @@ pub struct FederationState {
     pub rooms: Rooms,
     /// Typing, presence and receipts shared with the client API (EDUs feed them).
     pub live: homeserver_live::Live,
+    /// Positions replayed to a destination back from an outage (`federation.catch_up_cap`).
+    pub catch_up_cap: u32,
     /// Answers of recent inbound transactions (idempotency).
     pub transactions: Arc<transactions::Transactions>,
 }

@@ -25,7 +25,11 @@
 //! server (`send_join`, `send_leave`) are marked before they are placed and forwarded to every
 //! other server in the room.
 //!
-//! Not yet: a cap on catch-up after long outages, and retiring idle destinations.
+//! Catch-up: a destination owed more than `federation.catch_up_cap` positions (back from an
+//! outage) gets the newest of them and the latest event of every room among the older ones;
+//! it fills the gaps itself (`get_missing_events`, the state before a gapped event, backfill).
+//!
+//! Not yet: retiring idle destinations.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -411,6 +415,14 @@ async fn deliver_once(sender: &Sender, destination: &ServerName) -> Result<Optio
         && row.retry_at > now
     {
         return Ok(Some(Duration::from_millis((row.retry_at - now) as u64)));
+    }
+    if let Some(row) = &row
+        && row.queued > i64::from(state.catch_up_cap)
+    {
+        // Further behind (back from an outage) than is worth replaying: the recent part, and
+        // the latest event of each room so the destination fills the gaps itself.
+        let dropped = state.db.compact_outbox(destination.as_str(), i64::from(state.catch_up_cap)).await?;
+        tracing::info!(%destination, dropped, "catch-up capped: recent events and each room's latest kept");
     }
     let positions = state.db.outbox(destination.as_str(), MAX_PDUS as i64).await?;
     let ephemeral = sender.take_ephemeral(destination);

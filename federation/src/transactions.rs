@@ -33,7 +33,7 @@ use homeserver_rooms::{
 };
 use lru::LruCache;
 use ruma::{
-    CanonicalJsonObject, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, ServerName, UserId,
+    CanonicalJsonObject, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, ServerName,
     api::federation::{event::get_missing_events, transactions::send_transaction_message},
     room_version_rules::RoomVersionRules,
 };
@@ -50,6 +50,8 @@ const REMEMBERED: usize = 10_000;
 /// Most events asked for to fill one gap, and the largest answer read.
 const GAP_LIMIT: u32 = 50;
 const GAP_RESPONSE_BYTES: usize = GAP_LIMIT as usize * 65_536 + 65_536;
+/// Most gapped events of one transaction that take the state before them from the origin.
+const MAX_STATE_FETCHES: usize = 3;
 
 /// A transaction's answer, computed once however often it is asked for.
 type Answer = Arc<OnceCell<Value>>;
@@ -204,8 +206,20 @@ async fn receive_room(
         let again: Vec<IncomingPdu> =
             gapped.iter().map(|i| IncomingPdu::new(events[*i].json.clone())).collect();
         let retried = state.rooms.receive_remote(room_id, again, Arrival::Live).await?;
-        for (i, verdict) in gapped.into_iter().zip(retried) {
+        for (i, verdict) in gapped.iter().copied().zip(retried) {
             verdicts[i] = verdict;
+        }
+        // A gap deeper than one request: the event takes the state before it from the origin
+        // (`/state_ids`); what lies between stays history for backfill to fetch.
+        let still: Vec<usize> = gapped
+            .into_iter()
+            .filter(|i| matches!(&verdicts[*i], Verdict::Missing(_, missing) if lacks_prev(&events[*i].value, missing)))
+            .take(MAX_STATE_FETCHES)
+            .collect();
+        for i in still {
+            if let Some(verdict) = place_with_state(state, origin, room_id, &rules, &events[i]).await? {
+                verdicts[i] = verdict;
+            }
         }
     }
     for (event, verdict) in events.iter().zip(verdicts) {
@@ -223,9 +237,7 @@ async fn receive_room(
 
 /// Whether a user of this server is joined to the room.
 async fn has_local_member(state: &FederationState, room_id: &RoomId) -> Result<bool, Error> {
-    let joined = state.db.room_members(room_id.as_str(), "join").await?;
-    let ours = state.key.server_name();
-    Ok(joined.iter().any(|user| UserId::parse(user).is_ok_and(|u| u.server_name() == ours)))
+    state.rooms.local_user_joined(room_id).await
 }
 
 /// Notes an event's outcome; the first outcome of an event sent twice stands.
@@ -284,9 +296,47 @@ async fn fill_gap(
     for (_, event) in &fetched {
         state.keys.prefetch_for_event(&event.value, rules).await?;
     }
-    let incoming = fetched.into_iter().map(|(_, e)| IncomingPdu::new(e.json)).collect();
-    state.rooms.receive_remote(room_id, incoming, Arrival::Live).await?;
+    let incoming = fetched.iter().map(|(_, e)| IncomingPdu::new(e.json.clone())).collect();
+    let verdicts = state.rooms.receive_remote(room_id, incoming, Arrival::Live).await?;
+    // The chain goes back further than one request: its oldest unplaced event takes the state
+    // before it from the origin, and the rest of the chain follows it.
+    let unplaced: Vec<&Received> = fetched
+        .iter()
+        .zip(&verdicts)
+        .filter(|((_, e), v)| matches!(v, Verdict::Missing(_, missing) if lacks_prev(&e.value, missing)))
+        .map(|((_, e), _)| e)
+        .collect();
+    if let Some((oldest, rest)) = unplaced.split_first()
+        && place_with_state(state, origin, room_id, rules, oldest).await?.is_some()
+    {
+        let rest = rest.iter().map(|e| IncomingPdu::new(e.json.clone())).collect();
+        state.rooms.receive_remote(room_id, rest, Arrival::Live).await?;
+    }
     Ok(())
+}
+
+/// Places an event whose prev events are not held, with the state before it from the origin
+/// (`/state_ids`, the events it names fetched and stored first). `None` if the origin could
+/// not say; the event then stays missing its prevs.
+async fn place_with_state(
+    state: &FederationState,
+    origin: &ServerName,
+    room_id: &RoomId,
+    rules: &RoomVersionRules,
+    event: &Received,
+) -> Result<Option<Verdict>, Error> {
+    let Some(id) = event_id_of(&event.value, rules) else { return Ok(None) };
+    let mut budget = crate::backfiller::MAX_FETCH;
+    let state_ids = match crate::backfiller::edge_state(state, room_id, rules, origin, &id, &mut budget).await
+    {
+        Ok(ids) => ids,
+        Err(err) => {
+            tracing::info!(%origin, %room_id, event_id = %id, error = %err.message, "no state for a gapped event");
+            return Ok(None);
+        }
+    };
+    let incoming = IncomingPdu { json: event.json.clone(), state_before: Some(state_ids) };
+    Ok(state.rooms.receive_remote(room_id, vec![incoming], Arrival::Live).await?.pop())
 }
 
 /// The id of an event of a room of these rules (its reference hash), if it can be computed.

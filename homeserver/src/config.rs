@@ -65,13 +65,22 @@ pub struct AppservicesConfig {
     pub registration_files: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FederationConfig {
     /// Extra CA certificates (PEM) trusted for outbound federation, besides the public roots.
     pub ca_file: String,
     /// Notaries asked for other servers' keys when a server cannot be reached for its own.
     pub trusted_key_servers: Vec<String>,
+    /// Events replayed to a server back from an outage; of older ones, only each room's latest
+    /// is sent (the server fetches the rest itself).
+    pub catch_up_cap: u32,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        Self { ca_file: String::new(), trusted_key_servers: Vec::new(), catch_up_cap: 1_000 }
+    }
 }
 
 /// Switches that only make sense for test suites such as SyTest. Lattice refuses to start with
@@ -349,6 +358,7 @@ pub const KEYS: &[&str] = &[
     "appservices.registration_files",
     "federation.ca_file",
     "federation.trusted_key_servers",
+    "federation.catch_up_cap",
     "testing.insecure_federation_tls",
     "testing.allow_private_destinations",
 ];
@@ -660,6 +670,9 @@ ca_file = ""
 # Notaries asked for other servers' keys when a server cannot be reached for its own
 # (e.g. ["matrix.org"]). None by default.
 trusted_key_servers = []
+# Events replayed to a server back from an outage; of older ones only each room's latest is
+# sent, and that server fetches the rest itself (get_missing_events, backfill).
+catch_up_cap = 1000
 
 [testing]
 # Only for test suites (SyTest). With any of these on, every listener must be on loopback.
@@ -733,7 +746,7 @@ mod tests {
         let err = Config::load(Some(&file), no_env).unwrap_err().to_string();
         assert!(err.contains("login_burst"), "{err}");
 
-        std::fs::write(&file, "[rooms]\ndefault_version = \"3\"\n").unwrap();
+        std::fs::write(&file, "[rooms]\ndefault_version = \"2\"\n").unwrap();
         let err = Config::load(Some(&file), no_env).unwrap_err().to_string();
         assert!(err.contains("rooms.default_version"), "{err}");
 

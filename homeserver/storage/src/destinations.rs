@@ -145,6 +145,25 @@ impl Db {
         Ok(())
     }
 
+    /// Catch-up after an outage: keeps the newest `keep` positions a destination is owed and the
+    /// newest event of each room among the rest, and drops the others (the destination fetches
+    /// what lies between with `get_missing_events` and backfill). Returns how many were dropped.
+    pub async fn compact_outbox(&self, destination: &str, keep: i64) -> Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM federation_outbox WHERE destination = $1 \
+             AND stream_pos < (SELECT stream_pos FROM federation_outbox WHERE destination = $1 \
+                               ORDER BY stream_pos DESC LIMIT 1 OFFSET $2) \
+             AND stream_pos NOT IN (SELECT MAX(e.stream_pos) FROM federation_outbox o \
+                                    JOIN events e ON e.stream_pos = o.stream_pos \
+                                    WHERE o.destination = $1 GROUP BY e.room_id)",
+        )
+        .bind(destination)
+        .bind(keep)
+        .execute(self.writer())
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Clears a destination's backoff so it is tried at once; false if it is not known.
     pub async fn reset_backoff(&self, destination: &str) -> Result<bool> {
         let done = sqlx::query(
