@@ -106,7 +106,11 @@ async fn check_invite(
 }
 
 /// Adds this server's signature to an event (its hashes, already checked, stay as they are).
-fn countersign(state: &FederationState, event: &str, rules: &RoomVersionRules) -> Result<Value, Error> {
+pub(crate) fn countersign(
+    state: &FederationState,
+    event: &str,
+    rules: &RoomVersionRules,
+) -> Result<Value, Error> {
     let mut object: CanonicalJsonObject =
         serde_json::from_str(event).map_err(|e| Error::bad_json(e.to_string()))?;
     ruma::signatures::sign_event(

@@ -65,11 +65,28 @@ async fn join_via(
     let rules = versions::rules(&version).ok_or_else(|| {
         Error::new(ErrorKind::UnsupportedRoomVersion, format!("room version {version} is not supported"))
     })?;
-    let content = member_content(state, user, "join").await?;
+    let mut content = member_content(state, user, "join").await?;
+    if let Some(authoriser) = restricted_authoriser(made.event.get(), server) {
+        // A restricted room: the resident named one of its members to vouch for the join, and
+        // will countersign it.
+        content.insert("join_authorised_via_users_server".into(), CanonicalJsonValue::String(authoriser));
+    }
     let (join, join_id) = sign_membership(state, room_id, user, made.event.get(), content, &rules)?;
     let raw = serde_json::value::to_raw_value(&join).map_err(Error::internal_from)?;
     let send = create_join_event::v2::Request::new(room_id.to_owned(), join_id.clone(), raw);
     let joined = state.client.send(server, send).await.map_err(remote_error)?.room_state;
+    // A countersigned join (restricted rooms) replaces ours; it must be the same event.
+    let join = match joined.event.as_ref() {
+        Some(event) => {
+            let value: Value =
+                serde_json::from_str(event.get()).map_err(|e| Error::bad_json(e.to_string()))?;
+            if event_id_of(&value, &rules).as_ref() != Some(&join_id) {
+                return Err(Error::forbidden("The room's server changed the join"));
+            }
+            value
+        }
+        None => join,
+    };
 
     let known = in_auth_order(joined.auth_chain.iter().chain(joined.state.iter()), &rules)?;
     // The room must be of the version the template was signed for, founded by its own create.
@@ -163,6 +180,15 @@ pub(crate) fn in_auth_order<'a>(
     // Events on an auth cycle (no valid room has one) are left out.
     let mut slots: Vec<Option<Known>> = events.into_iter().map(Some).collect();
     Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
+}
+
+/// The member of `server` a join template names to vouch for a restricted join, if any (a
+/// resident can only vouch with its own users: it must countersign).
+fn restricted_authoriser(template: &str, server: &ServerName) -> Option<String> {
+    let template: Value = serde_json::from_str(template).ok()?;
+    let user = template.get("content")?.get("join_authorised_via_users_server")?.as_str()?;
+    let user = UserId::parse(user).ok()?;
+    (user.server_name() == server).then(|| user.to_string())
 }
 
 /// A join's (or knock's) content: membership, and the user's display name and avatar as in

@@ -144,20 +144,59 @@ async fn send_join(
     req: Ruma<create_join_event::v2::Request>,
 ) -> Result<JsonBody, ApiError> {
     let room_id = &req.body.room_id;
-    let join_id =
-        place_member_event(&state, &req.auth, room_id, &req.body.event_id, &req.body.pdu, "join").await?;
+    let (pdu, countersigned) = countersign_restricted_join(&state, room_id, &req.body.pdu).await?;
+    let join_id = place_member_event(&state, &req.auth, room_id, &req.body.event_id, &pdu, "join").await?;
     let joined = state.rooms.joined_state(&join_id).await?;
     let raw = |texts: Vec<String>| -> Vec<Box<RawValue>> {
         texts.into_iter().filter_map(|t| RawValue::from_string(t).ok()).collect()
     };
     let servers = state.rooms.servers_in_room(room_id).await?;
-    Ok(JsonBody(json!({
+    let mut answer = json!({
         "origin": state.key.server_name(),
         "members_omitted": false,
         "state": raw(joined.state),
         "auth_chain": raw(joined.auth_chain),
         "servers_in_room": servers,
-    })))
+    });
+    if countersigned {
+        // The joining server needs the join with this server's signature (restricted rooms).
+        answer["event"] = serde_json::from_str(pdu.get()).map_err(Error::internal_from)?;
+    }
+    Ok(JsonBody(answer))
+}
+
+/// A join into a restricted room names the local member who vouches for it
+/// (`join_authorised_via_users_server`); this server adds its signature, which the auth rules
+/// require of the authorising server. Returns the join to place and whether it was signed here.
+async fn countersign_restricted_join(
+    state: &FederationState,
+    room_id: &RoomId,
+    pdu: &RawValue,
+) -> Result<(Box<RawValue>, bool), Error> {
+    let value: Value = serde_json::from_str(pdu.get()).map_err(|e| Error::bad_json(e.to_string()))?;
+    let authoriser = value
+        .get("content")
+        .and_then(|c| c.get("join_authorised_via_users_server"))
+        .and_then(Value::as_str)
+        .and_then(|u| UserId::parse(u).ok());
+    let sender = value.get("sender").and_then(Value::as_str).and_then(|u| UserId::parse(u).ok());
+    match (authoriser, sender) {
+        (Some(authoriser), Some(sender)) if authoriser.server_name() == state.key.server_name() => {
+            // Vouch only for a user who meets the join rule here: the auth rules check the
+            // authoriser's power, not the joiner's right to be vouched for.
+            if !state.rooms.may_vouch_for_join(room_id, &sender).await? {
+                return Err(Error::forbidden("The user is not in any of the rooms the join rule allows"));
+            }
+            let version =
+                state.rooms.room_version(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
+            let rules =
+                versions::rules(&version).ok_or_else(|| Error::internal("unsupported room version"))?;
+            let signed = crate::invites::countersign(state, pdu.get(), &rules)?;
+            let raw = serde_json::value::to_raw_value(&signed).map_err(Error::internal_from)?;
+            Ok((raw, true))
+        }
+        _ => Ok((pdu.to_owned(), false)),
+    }
 }
 
 /// Places a member event (`join`, `leave`) a user of `origin` signed for themselves, sent to

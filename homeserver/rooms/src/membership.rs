@@ -277,7 +277,7 @@ impl Rooms {
     /// a local member who may invite, to vouch for the join, if the user is in one of the rooms
     /// the join rule allows. `None` when no vouching is needed; an error when the user may not
     /// join this way.
-    async fn restricted_join_authoriser(
+    pub(crate) async fn restricted_join_authoriser(
         &self,
         room_id: &RoomId,
         user: &UserId,

@@ -46,7 +46,15 @@ impl Rooms {
     ) -> Result<Value, Error> {
         let version = self.room_version(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
         let rules = versions::rules(&version).ok_or_else(|| Error::internal("unsupported room version"))?;
-        let content = json!({ "membership": membership });
+        let mut content = json!({ "membership": membership });
+        if membership == "join"
+            && rules.authorization.restricted_join_rule
+            && let Some(authoriser) = self.restricted_join_authoriser(room_id, user).await?
+        {
+            // A restricted room: a member of this server who may invite vouches for the join
+            // (this server countersigns it in `send_join`).
+            content["join_authorised_via_users_server"] = json!(authoriser);
+        }
         let (auth_ids, events) = self
             .auth_at_current(room_id, &rules, "m.room.member", user, Some(user.as_str()), &content)
             .await?;
@@ -76,6 +84,17 @@ impl Rooms {
             other => Error::from(other),
         })?;
         Ok(template)
+    }
+
+    /// Whether `user` (of another server) meets a restricted room's join rule as this server
+    /// sees it — joined to one of the rooms it allows — so a member here may vouch for their
+    /// join. Checked before this server countersigns a join naming one of its users.
+    pub async fn may_vouch_for_join(&self, room_id: &RoomId, user: &UserId) -> Result<bool, Error> {
+        match self.restricted_join_authoriser(room_id, user).await {
+            Ok(authoriser) => Ok(authoriser.is_some()),
+            Err(err) if err.kind == homeserver_core::ErrorKind::Forbidden => Ok(false),
+            Err(err) => Err(err),
+        }
     }
 
     /// Builds and signs an event of this server at the room's current position, with the auth

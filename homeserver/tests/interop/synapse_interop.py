@@ -367,6 +367,17 @@ def main(argv: list[str]) -> int:
                 lambda s=status, m=message: watcher.call("GET", s).get("status_msg") == m,
             )
 
+    def restricted_joins_both_ways():
+        for owner, joiner in ((syn, lat), (lat, syn)):
+            space = owner.create_room(preset="public_chat", creation_content={"type": "m.space"})
+            rule = [{"type": "m.room.join_rules", "state_key": "", "content": {
+                "join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": space}]}}]
+            room = owner.create_room(preset="private_chat", initial_state=rule, room_version="10")
+            assert joiner.join(space, via=owner.server_name) == space
+            owner.wait_for("the space join", lambda s=space: owner.membership(s, joiner.user_id) == "join")
+            assert joiner.join(room, via=owner.server_name) == room
+            owner.wait_for("the restricted join", lambda r=room: owner.membership(r, joiner.user_id) == "join")
+
     def leaves_both_ways():
         lat.leave(rooms["syn"])
         syn.wait_for("the Lattice user's leave", lambda: syn.membership(rooms["syn"], lat.user_id) == "leave")
@@ -386,6 +397,7 @@ def main(argv: list[str]) -> int:
     check("aliases and public rooms found and joined both ways", directories_and_alias_joins_both_ways)
     check("knocks let in both ways", knocks_both_ways)
     check("rooms of versions 3 to 5 both ways", older_room_versions_both_ways)
+    check("restricted joins through a space both ways", restricted_joins_both_ways)
     check("presence both ways", presence_both_ways)
     check("typing both ways", typing_both_ways)
     check("read receipts both ways", receipts_both_ways)

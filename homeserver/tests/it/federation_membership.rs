@@ -509,3 +509,57 @@ async fn rooms_of_versions_3_to_5_federate() {
         assert_eq!((status, create["room_version"].as_str()), (200, Some(version)), "{create}");
     }
 }
+
+#[tokio::test]
+async fn restricted_rooms_admit_other_servers_users_a_resident_vouches_for() {
+    use ruma::api::federation::membership::{create_join_event, prepare_join_event};
+    let ca = TestCa::create();
+    let (a, b) = (federated(&ca, |_| {}).await, federated(&ca, |_| {}).await);
+    let alice = b.register("alice").await;
+    let ann = a.register("ann").await;
+    let amy = a.register("amy").await;
+    let space = b
+        .create_room(&alice, json!({ "preset": "public_chat", "creation_content": { "type": "m.space" } }))
+        .await;
+    let rule = json!([{ "type": "m.room.join_rules", "state_key": "", "content": {
+        "join_rule": "restricted", "allow": [{ "type": "m.room_membership", "room_id": space }] } }]);
+    let room = b.create_room(&alice, json!({ "preset": "private_chat", "initial_state": rule })).await;
+    let via = |r: &str| format!("/_matrix/client/v3/join/{}?via={}", enc(r), enc(name_of(&b).as_str()));
+
+    // Ann is in the space: B's Alice vouches for her join, and B countersigns it.
+    assert_eq!(a.post(&via(&space), Some(&ann.token), json!({})).await.0, 200);
+    wait_membership(&b, &space, &ann.user_id, "join").await;
+    let (status, body) = a.post(&via(&room), Some(&ann.token), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    wait_membership(&b, &room, &ann.user_id, "join").await;
+    let member = b.server.db.membership(&room, &ann.user_id).await.unwrap().unwrap();
+    let join = b.server.db.event(member.event_id.as_str()).await.unwrap().unwrap();
+    let join: Value = serde_json::from_str(&join.json).unwrap();
+    assert_eq!(join["content"]["join_authorised_via_users_server"], json!(alice.user_id));
+    assert!(join["signatures"].get(name_of(&b).as_str()).is_some(), "B countersigned: {join}");
+
+    // Amy is not in the space: no template, no join.
+    let (status, body) = a.post(&via(&room), Some(&amy.token), json!({})).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+
+    // A join naming Alice as its voucher, forged for Amy from a template made for someone
+    // else, is not countersigned.
+    let room_id = ruma::RoomId::parse(&room).unwrap();
+    let client = &a.server.federation.client;
+    let cat = a.register("cat").await;
+    assert_eq!(a.post(&via(&space), Some(&cat.token), json!({})).await.0, 200);
+    wait_membership(&b, &space, &cat.user_id, "join").await;
+    let mut ask =
+        prepare_join_event::v1::Request::new(room_id.clone(), ruma::UserId::parse(&cat.user_id).unwrap());
+    ask.ver = vec![ruma::RoomVersionId::V12];
+    let made = client.send(&name_of(&b), ask).await.expect("a template for Cat");
+    let mut template: Value = serde_json::from_str(made.event.get()).unwrap();
+    assert_eq!(template["content"]["join_authorised_via_users_server"], json!(alice.user_id));
+    template["sender"] = json!(amy.user_id);
+    template["state_key"] = json!(amy.user_id);
+    let (signed, join_id) = sign_template(&a.server.federation.key, &template);
+    let pdu = serde_json::value::to_raw_value(&signed).unwrap();
+    let forged = client.send(&name_of(&b), create_join_event::v2::Request::new(room_id, join_id, pdu)).await;
+    assert!(matches!(forged, Err(federation::FederationError::Status { status: 403, .. })), "{forged:?}");
+    assert!(b.server.db.membership(&room, &amy.user_id).await.unwrap().is_none());
+}
