@@ -38,6 +38,12 @@ const MAX_SERVERS: usize = 3;
 pub(crate) const MAX_FETCH: usize = 500;
 /// Most events asked for at once.
 const MAX_LIMIT: u32 = 100;
+/// Most far-edge events of one backfill that get their state from the server.
+const MAX_EDGES: usize = 5;
+/// Most ids a `/state_ids` answer may name (the room model's cap on supplied state), and the
+/// largest answer read.
+const MAX_STATE_IDS: usize = 200_000;
+const MAX_STATE_IDS_BYTES: usize = 24 * 1024 * 1024;
 
 /// Backfills `room_id` from before `from` (its backward extremities) through the first of
 /// `servers` that answers; returns how many events were placed.
@@ -55,7 +61,7 @@ pub(crate) async fn backfill(
         let limit = UInt::from(limit.clamp(1, MAX_LIMIT));
         let request = get_backfill::v1::Request::new(room_id.to_owned(), from.clone(), limit);
         match state.client.send(server, request).await {
-            Ok(answer) => return place(state, room_id, &rules, server, answer.pdus).await,
+            Ok(answer) => return place(state, room_id, &rules, server, &from, answer.pdus).await,
             Err(err) => {
                 tracing::info!(%room_id, %server, error = %err, "backfill failed");
                 last = remote_error(err);
@@ -78,6 +84,7 @@ async fn place(
     room_id: &RoomId,
     rules: &RoomVersionRules,
     server: &ServerName,
+    from: &[OwnedEventId],
     pdus: Vec<Box<serde_json::value::RawValue>>,
 ) -> Result<usize, Error> {
     let mut batch: Vec<Fetched> = Vec::new();
@@ -91,19 +98,28 @@ async fn place(
         let depth = value.get("depth").and_then(Value::as_u64).unwrap_or(0);
         batch.push(Fetched { id, depth, text: raw.get().to_owned(), value });
     }
+    // Only history of what was asked for: events reachable from `from` through prev events
+    // within the answer (a server cannot slip in events elsewhere in the room).
+    let mut reachable: HashSet<OwnedEventId> = from.iter().cloned().collect();
+    batch.sort_by_key(|e| std::cmp::Reverse(e.depth));
+    for event in &batch {
+        if reachable.contains(&event.id) {
+            for prev in prev_ids(&event.value) {
+                if let Ok(prev) = OwnedEventId::try_from(prev.as_str()) {
+                    reachable.insert(prev);
+                }
+            }
+        }
+    }
+    batch.retain(|e| reachable.contains(&e.id));
+    let ids: HashSet<OwnedEventId> = batch.iter().map(|e| e.id.clone()).collect();
     batch.sort_by_key(|e| e.depth);
     let mut fetched_budget = MAX_FETCH;
+    let mut edges = 0;
     let mut incoming = Vec::with_capacity(batch.len());
     for event in &batch {
         state.keys.prefetch_for_event(&event.value, rules).await?;
-        let prevs: Vec<String> = event
-            .value
-            .get("prev_events")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p.as_str().map(str::to_owned))
-            .collect();
+        let prevs = prev_ids(&event.value);
         let mut edge = false;
         for prev in &prevs {
             if ids.iter().any(|i| i.as_str() == prev) {
@@ -114,14 +130,37 @@ async fn place(
                 break;
             }
         }
-        let state_before = match edge {
-            true => Some(edge_state(state, room_id, rules, server, &event.id, &mut fetched_budget).await?),
-            false => None,
+        let state_before = if edge {
+            if edges >= MAX_EDGES {
+                continue;
+            }
+            edges += 1;
+            match edge_state(state, room_id, rules, server, &event.id, &mut fetched_budget).await {
+                Ok(ids) => Some(ids),
+                // This edge stays unplaced; the events that follow it come back as missing.
+                Err(err) => {
+                    tracing::info!(%room_id, %server, event_id = %event.id, error = %err.message, "no state for a backfilled edge");
+                    continue;
+                }
+            }
+        } else {
+            None
         };
         incoming.push(IncomingPdu { json: event.text.clone(), state_before });
     }
     let verdicts = state.rooms.receive_remote(room_id, incoming, Arrival::Backfill).await?;
     Ok(verdicts.iter().filter(|v| matches!(v, Verdict::Accepted(_))).count())
+}
+
+/// The prev event ids an event names.
+fn prev_ids(value: &Value) -> Vec<String> {
+    value
+        .get("prev_events")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.as_str().map(str::to_owned))
+        .collect()
 }
 
 /// The state before an event at the far edge of a backfill, by event id, with the events it
@@ -135,13 +174,21 @@ pub(crate) async fn edge_state(
     budget: &mut usize,
 ) -> Result<Vec<OwnedEventId>, Error> {
     let request = get_room_state_ids::v1::Request::new(event_id.clone(), room_id.to_owned());
-    let answer = state.client.send(server, request).await.map_err(remote_error)?;
-    let mut missing = Vec::new();
-    for id in answer.pdu_ids.iter().chain(answer.auth_chain_ids.iter()) {
-        if state.db.event(id.as_str()).await?.is_none() {
-            missing.push(id.clone());
-        }
+    let answer =
+        state.client.send_limited(server, request, MAX_STATE_IDS_BYTES).await.map_err(remote_error)?;
+    if answer.pdu_ids.len() + answer.auth_chain_ids.len() > MAX_STATE_IDS {
+        return Err(Error::forbidden("The state named is larger than this server takes"));
     }
+    let mut ids: Vec<String> =
+        answer.pdu_ids.iter().chain(answer.auth_chain_ids.iter()).map(|id| id.to_string()).collect();
+    ids.sort();
+    ids.dedup();
+    let known = state.db.known_event_ids(&ids).await?;
+    let missing: Vec<OwnedEventId> = ids
+        .iter()
+        .filter(|id| !known.contains(*id))
+        .filter_map(|id| OwnedEventId::try_from(id.as_str()).ok())
+        .collect();
     if missing.len() > *budget {
         return Err(Error::forbidden("The history's state is larger than one backfill fetches"));
     }

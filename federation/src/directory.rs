@@ -1,7 +1,7 @@
 //! The room directory over federation, both ways: `GET /_matrix/federation/v1/query/directory`
 //! (which room a local alias names, and servers in it, this server first), and `GET`/`POST
 //! /_matrix/federation/v1/publicRooms` (pages of this server's published rooms, as clients see
-//! them); and asking other servers the same for local clients (joining by a remote alias,
+//! them, less those created with `m.federate: false`); and asking other servers the same for local clients (joining by a remote alias,
 //! `/publicRooms?server=…`).
 
 use axum::Router;
@@ -43,7 +43,7 @@ async fn public_rooms(
     req: Ruma<get_public_rooms::v1::Request>,
 ) -> Result<JsonBody, ApiError> {
     let limit = req.body.limit.map(u64::from);
-    Ok(JsonBody(state.rooms.public_rooms(limit, req.body.since.as_deref(), None).await?))
+    Ok(JsonBody(state.rooms.public_rooms(limit, req.body.since.as_deref(), None, true).await?))
 }
 
 /// `POST /_matrix/federation/v1/publicRooms`
@@ -53,7 +53,7 @@ async fn public_rooms_filtered(
 ) -> Result<JsonBody, ApiError> {
     let limit = req.body.limit.map(u64::from);
     let term = req.body.filter.generic_search_term.as_deref();
-    Ok(JsonBody(state.rooms.public_rooms(limit, req.body.since.as_deref(), term).await?))
+    Ok(JsonBody(state.rooms.public_rooms(limit, req.body.since.as_deref(), term, true).await?))
 }
 
 /// The room an alias of another server names, asked of that server.

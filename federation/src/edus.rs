@@ -3,8 +3,8 @@
 //! local `PUT /typing` feeds; a remote typing notice lasts 30 seconds unless renewed or stopped
 //! (servers resend while their user types). Read receipts (`m.receipt`, `m.read` only: private
 //! receipts never leave their server) go through `homeserver_live::receipts`, the one receipt
-//! write path, for events known here, at most [`MAX_RECEIPTS`] per EDU. Presence (`m.presence`,
-//! at most [`MAX_PRESENCE`] updates) is taken for the origin's users who share a room with a
+//! write path, for events known here, at most [`MAX_RECEIPTS`] per EDU. Presence (`m.presence`:
+//! the last update of each user in a transaction, at most [`MAX_PRESENCE`] users) is taken for the origin's users who share a room with a
 //! user of this server, and shown as sent: no local timers drive remote users. Other EDU types
 //! are accepted and not processed yet.
 
@@ -17,7 +17,7 @@ use homeserver_live::{
 };
 use ruma::{
     RoomId, ServerName, UserId,
-    api::federation::transactions::edu::{Edu, PresenceContent, ReceiptContent, TypingContent},
+    api::federation::transactions::edu::{Edu, PresenceUpdate, ReceiptContent, TypingContent},
     events::receipt::ReceiptThread,
     serde::Raw,
 };
@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::FederationState;
 
-/// Most presence updates taken from one EDU.
+/// Most users whose presence one transaction updates.
 const MAX_PRESENCE: usize = 100;
 /// Longest status message taken.
 const MAX_STATUS_BYTES: usize = 1024;
@@ -42,16 +42,27 @@ pub(crate) async fn receive_edus(
     origin: &ServerName,
     edus: &[Raw<Edu>],
 ) -> Result<(), Error> {
+    // Presence is gathered over the whole transaction: the last update of each user counts,
+    // at most `MAX_PRESENCE` users, so a transaction costs a bounded number of writes.
+    let mut presence: Vec<PresenceUpdate> = Vec::new();
     for raw in edus {
         match raw.deserialize() {
             Ok(Edu::Typing(typing)) => typing_notice(state, origin, &typing).await?,
             Ok(Edu::Receipt(receipts)) => read_receipts(state, origin, &receipts).await?,
-            Ok(Edu::Presence(presence)) => presence_updates(state, origin, &presence).await?,
+            Ok(Edu::Presence(content)) => {
+                for update in content.push {
+                    match presence.iter().position(|p| p.user_id == update.user_id) {
+                        Some(i) => presence[i] = update,
+                        None if presence.len() < MAX_PRESENCE => presence.push(update),
+                        None => {}
+                    }
+                }
+            }
             Ok(_) => {}
             Err(err) => tracing::debug!(%origin, error = %err, "skipping a malformed EDU"),
         }
     }
-    Ok(())
+    presence_updates(state, origin, &presence).await
 }
 
 /// Whether `user` of `origin` may act in the room: the room is known, its ACL admits the
@@ -114,13 +125,13 @@ async fn read_receipts(
 async fn presence_updates(
     state: &FederationState,
     origin: &ServerName,
-    content: &PresenceContent,
+    updates: &[PresenceUpdate],
 ) -> Result<(), Error> {
     if !state.live.presence.enabled {
         return Ok(());
     }
     let ours = state.key.server_name().as_str();
-    for update in content.push.iter().take(MAX_PRESENCE) {
+    for update in updates {
         if update.user_id.server_name() != origin
             || !state.db.shares_room_with_server(update.user_id.as_str(), ours).await?
         {

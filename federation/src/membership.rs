@@ -232,7 +232,17 @@ async fn place_member_event(
     let incoming = IncomingPdu::new(pdu.get().to_owned());
     let verdict = state.rooms.receive_remote(room_id, vec![incoming], Arrival::Live).await?.pop();
     match verdict {
-        Some(Verdict::Accepted(id) | Verdict::Duplicate(id)) if id == event_id => Ok(id),
+        Some(Verdict::Accepted(id)) if id == event_id => Ok(id),
+        // Sent before: it counts only if it took its place in the room then (a rejected or
+        // soft-failed join sent again must not buy the room's state).
+        Some(Verdict::Duplicate(id)) if id == event_id => {
+            let stored = state.db.event(id.as_str()).await?;
+            if stored.is_some_and(|row| !row.outlier && !row.soft_failed && row.rejected_reason.is_none()) {
+                Ok(id)
+            } else {
+                Err(Error::forbidden(format!("The {membership} was not accepted")))
+            }
+        }
         Some(Verdict::Accepted(_) | Verdict::Duplicate(_)) => {
             Err(Error::bad_json("the event id in the path is not the event's"))
         }

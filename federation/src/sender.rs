@@ -25,8 +25,8 @@
 //! server (`send_join`, `send_leave`) are marked before they are placed and forwarded to every
 //! other server in the room.
 //!
-//! Catch-up: a destination owed more than `federation.catch_up_cap` positions (back from an
-//! outage) gets the newest of them and the latest event of every room among the older ones;
+//! Catch-up: a destination back from an outage (failing, or nothing delivered for a minute) and
+//! owed more than `federation.catch_up_cap` positions (at least 50) gets the newest of them and the latest event of every room among the older ones;
 //! it fills the gaps itself (`get_missing_events`, the state before a gapped event, backfill).
 //!
 //! Not yet: retiring idle destinations.
@@ -52,6 +52,8 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 /// Events routed per read of the stream.
 const ROUTE_BATCH: i64 = 1_000;
+/// Without a delivery for this long, a destination counts as back from an outage.
+const OUTAGE_MS: i64 = 60_000;
 /// Typing notices kept per destination while it cannot be reached, and for how long.
 const MAX_EPHEMERAL: usize = 50;
 const EPHEMERAL_TTL: Duration = Duration::from_secs(30);
@@ -416,12 +418,15 @@ async fn deliver_once(sender: &Sender, destination: &ServerName) -> Result<Optio
     {
         return Ok(Some(Duration::from_millis((row.retry_at - now) as u64)));
     }
+    let cap = i64::from(state.catch_up_cap).max(MAX_PDUS as i64);
     if let Some(row) = &row
-        && row.queued > i64::from(state.catch_up_cap)
+        && row.queued > cap
+        && (row.failures > 0 || row.last_success_ts.is_none_or(|ts| now - ts > OUTAGE_MS))
     {
-        // Further behind (back from an outage) than is worth replaying: the recent part, and
-        // the latest event of each room so the destination fills the gaps itself.
-        let dropped = state.db.compact_outbox(destination.as_str(), i64::from(state.catch_up_cap)).await?;
+        // Back from an outage further behind than is worth replaying: the recent part, and
+        // the latest event of each room so the destination fills the gaps itself. A healthy
+        // destination with a backlog is sent everything.
+        let dropped = state.db.compact_outbox(destination.as_str(), cap).await?;
         tracing::info!(%destination, dropped, "catch-up capped: recent events and each room's latest kept");
     }
     let positions = state.db.outbox(destination.as_str(), MAX_PDUS as i64).await?;

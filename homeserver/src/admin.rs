@@ -127,7 +127,7 @@ pub async fn destinations_table(server: &Server) -> Result<String, AdminError> {
 /// Clears a destination's backoff.
 pub async fn reset_destination(server: &Server, destination: &str) -> Result<String, AdminError> {
     if server.db.reset_backoff(destination).await? {
-        Ok(format!("backoff of {destination} cleared"))
+        Ok(format!("{destination} will be retried at once"))
     } else {
         Err(AdminError::Invalid(format!("{destination} is not a federation destination")))
     }

@@ -414,6 +414,11 @@ async fn put_alias(app: App, req: Ruma<create_alias::v3::Request>) -> Result<Jso
 /// `GET /_matrix/client/v3/directory/room/{roomAlias}`: this server's aliases, and other
 /// servers' asked of them.
 async fn resolve_alias(app: App, req: Ruma<get_alias::v3::Request>) -> Result<JsonBody, ApiError> {
+    if req.body.room_alias.server_name() != app.server_name() {
+        // Served without authentication, and it makes this server ask another: each address
+        // has its budget.
+        app.limit(Action::Anonymous, &address_key(req.client_ip))?;
+    }
     let (room_id, servers) = app.rooms.resolve_alias(&req.body.room_alias).await?;
     Ok(JsonBody(json!({ "room_id": room_id, "servers": servers })))
 }
@@ -536,7 +541,7 @@ async fn public_rooms_of(
             };
             app.rooms.remote_public_rooms(server.to_owned(), query).await
         }
-        _ => app.rooms.public_rooms(limit, since, search).await,
+        _ => app.rooms.public_rooms(limit, since, search, false).await,
     }
 }
 

@@ -13,6 +13,13 @@ use crate::Rooms;
 const MAX_PUBLIC_ROOMS_PAGE: usize = 100;
 
 impl Rooms {
+    /// Whether the room may be shared with other servers (its create event does not say
+    /// `m.federate: false`).
+    pub async fn federates(&self, room_id: &RoomId) -> Result<bool, Error> {
+        let create = self.current_state_event(room_id, "m.room.create", "").await?;
+        Ok(create.is_none_or(|c| c.content_value().get("m.federate") != Some(&json!(false))))
+    }
+
     /// One room as the directory lists it.
     pub async fn directory_entry(&self, room_id: &RoomId) -> Result<Value, Error> {
         let content = |ev: Option<std::sync::Arc<crate::pdu::Pdu>>| ev.map(|p| p.content_value());
@@ -56,10 +63,15 @@ impl Rooms {
         limit: Option<u64>,
         since: Option<&str>,
         search: Option<&str>,
+        for_other_servers: bool,
     ) -> Result<Value, Error> {
         let mut entries = Vec::new();
         for room_id in self.db().published_rooms().await? {
             let Ok(room_id) = RoomId::parse(&room_id) else { continue };
+            if for_other_servers && !self.federates(&room_id).await? {
+                // A room created with `m.federate: false` is not listed to other servers.
+                continue;
+            }
             let entry = self.directory_entry(&room_id).await?;
             if let Some(term) = search.map(str::to_lowercase).filter(|t| !t.is_empty()) {
                 let haystack = ["name", "topic", "canonical_alias", "room_id"]
@@ -92,8 +104,8 @@ impl Rooms {
             limit.map(|l| l as usize).unwrap_or(MAX_PUBLIC_ROOMS_PAGE).clamp(1, MAX_PUBLIC_ROOMS_PAGE);
         let page: Vec<Value> = entries.into_iter().skip(offset).take(limit).collect();
         let mut body = json!({ "chunk": page, "total_room_count_estimate": total });
-        if offset + limit < total {
-            body["next_batch"] = json!(format!("o{}", offset + limit));
+        if offset.saturating_add(limit) < total {
+            body["next_batch"] = json!(format!("o{}", offset.saturating_add(limit)));
         }
         if offset > 0 {
             body["prev_batch"] = json!(format!("o{}", offset.saturating_sub(limit)));

@@ -172,6 +172,9 @@ impl Rooms {
         if servers.is_empty() {
             return Ok(0);
         }
+        // Not always the same servers first (a name early in the alphabet buys no priority).
+        let start = rand::random::<u64>() as usize % servers.len();
+        servers.rotate_left(start);
         remote.backfill(room_id.to_owned(), from, limit, servers).await
     }
 

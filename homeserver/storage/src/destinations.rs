@@ -145,9 +145,10 @@ impl Db {
         Ok(())
     }
 
-    /// Catch-up after an outage: keeps the newest `keep` positions a destination is owed and the
-    /// newest event of each room among the rest, and drops the others (the destination fetches
-    /// what lies between with `get_missing_events` and backfill). Returns how many were dropped.
+    /// Catch-up after an outage: keeps the newest `keep` positions a destination is owed, the
+    /// newest event of each room among the rest, and every position still holding someone's
+    /// current receipt or presence; drops the others (the destination fetches the events
+    /// between with `get_missing_events` and backfill). Returns how many were dropped.
     pub async fn compact_outbox(&self, destination: &str, keep: i64) -> Result<u64> {
         let done = sqlx::query(
             "DELETE FROM federation_outbox WHERE destination = $1 \
@@ -155,7 +156,9 @@ impl Db {
                                ORDER BY stream_pos DESC LIMIT 1 OFFSET $2) \
              AND stream_pos NOT IN (SELECT MAX(e.stream_pos) FROM federation_outbox o \
                                     JOIN events e ON e.stream_pos = o.stream_pos \
-                                    WHERE o.destination = $1 GROUP BY e.room_id)",
+                                    WHERE o.destination = $1 GROUP BY e.room_id) \
+             AND stream_pos NOT IN (SELECT stream_pos FROM receipts) \
+             AND stream_pos NOT IN (SELECT stream_pos FROM presence)",
         )
         .bind(destination)
         .bind(keep)
@@ -164,14 +167,13 @@ impl Db {
         Ok(done.rows_affected())
     }
 
-    /// Clears a destination's backoff so it is tried at once; false if it is not known.
+    /// Lets a destination be tried at once (its failure count stays until a delivery succeeds,
+    /// so a retry that fails backs off from where it was); false if it is not known.
     pub async fn reset_backoff(&self, destination: &str) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE federation_destinations SET failures = 0, retry_at = 0 WHERE destination = $1",
-        )
-        .bind(destination)
-        .execute(self.writer())
-        .await?;
+        let done = sqlx::query("UPDATE federation_destinations SET retry_at = 0 WHERE destination = $1")
+            .bind(destination)
+            .execute(self.writer())
+            .await?;
         Ok(done.rows_affected() > 0)
     }
 

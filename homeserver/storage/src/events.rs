@@ -305,6 +305,21 @@ impl Db {
         self.events_where(event_ids, "").await
     }
 
+    /// Which of these events are stored (in any status), by id only: cheap for long lists.
+    pub async fn known_event_ids(&self, event_ids: &[String]) -> Result<std::collections::HashSet<String>> {
+        let mut out = std::collections::HashSet::new();
+        for chunk in event_ids.chunks(500) {
+            let sql =
+                format!("SELECT event_id FROM events WHERE event_id IN ({})", placeholders(1, chunk.len()));
+            let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(id);
+            }
+            out.extend(q.fetch_all(self.reader()).await?);
+        }
+        Ok(out)
+    }
+
     async fn events_where(&self, event_ids: &[String], condition: &str) -> Result<Vec<EventRow>> {
         let mut out = Vec::with_capacity(event_ids.len());
         for chunk in event_ids.chunks(500) {
