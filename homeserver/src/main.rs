@@ -156,11 +156,8 @@ async fn shutdown_signal() {
     }
 }
 
-async fn federation_command(server: &Server, command: FederationCommand) -> ExitCode {
-    let result = match command {
-        FederationCommand::List => admin::destinations_table(server).await,
-        FederationCommand::Reset { destination } => admin::reset_destination(server, &destination).await,
-    };
+/// Closes the database, then prints a command's outcome: its message, or the error (status 1).
+async fn finish(server: &Server, result: Result<String, admin::AdminError>) -> ExitCode {
     server.db.close().await;
     match result {
         Ok(message) => {
@@ -169,6 +166,14 @@ async fn federation_command(server: &Server, command: FederationCommand) -> Exit
         }
         Err(e) => fail(1, e),
     }
+}
+
+async fn federation_command(server: &Server, command: FederationCommand) -> ExitCode {
+    let result = match command {
+        FederationCommand::List => admin::destinations_table(server).await,
+        FederationCommand::Reset { destination } => admin::reset_destination(server, &destination).await,
+    };
+    finish(server, result).await
 }
 
 async fn user_command(server: &Server, command: UserCommand) -> ExitCode {
@@ -193,12 +198,5 @@ async fn user_command(server: &Server, command: UserCommand) -> ExitCode {
             .await
             .map(|id| format!("deactivated {id}; they leave their rooms when the server next starts")),
     };
-    server.db.close().await;
-    match result {
-        Ok(message) => {
-            println!("{message}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(1, e),
-    }
+    finish(server, result).await
 }

@@ -266,6 +266,31 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// `$first, $first+1, …` placeholders for an `IN (…)` list of `count` values.
+/// Rows of `table` (its `columns`) at these stream positions, mapped by `map`: receipts and
+/// presence rows move to a new position when rewritten, so a position finds the row only while
+/// it is current.
+pub(crate) async fn rows_at_positions<T>(
+    db: &Db,
+    table: &str,
+    columns: &str,
+    positions: &[i64],
+    map: impl Fn(&sqlx::any::AnyRow) -> Result<T>,
+) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    for chunk in positions.chunks(500) {
+        let sql =
+            format!("SELECT {columns} FROM {table} WHERE stream_pos IN ({})", placeholders(1, chunk.len()));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for pos in chunk {
+            q = q.bind(*pos);
+        }
+        for row in q.fetch_all(db.reader()).await? {
+            out.push(map(&row)?);
+        }
+    }
+    Ok(out)
+}
+
 pub(crate) fn placeholders(first: usize, count: usize) -> String {
     let mut out = String::with_capacity(count * 4);
     for i in 0..count {

@@ -101,19 +101,8 @@ impl Db {
 
     /// The presence rows at these positions (a row rewritten since is no longer at its old one).
     pub async fn presence_at(&self, positions: &[i64]) -> Result<Vec<PresenceRow>> {
-        if positions.is_empty() {
-            return Ok(Vec::new());
-        }
-        let sql = format!(
-            "SELECT user_id, state, status_msg, last_active_ts, currently_active, stream_pos FROM presence \
-             WHERE stream_pos IN ({})",
-            crate::placeholders(1, positions.len())
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for pos in positions {
-            q = q.bind(*pos);
-        }
-        q.fetch_all(self.reader()).await?.iter().map(presence_row).collect()
+        let columns = "user_id, state, status_msg, last_active_ts, currently_active, stream_pos";
+        crate::rows_at_positions(self, "presence", columns, positions, presence_row).await
     }
 
     /// Whether a user shares a joined room with a user of server `ours`.

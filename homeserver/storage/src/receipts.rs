@@ -116,17 +116,6 @@ impl Db {
 
     /// The receipts at these positions (a receipt moved on since is no longer at its old one).
     pub async fn receipts_at(&self, positions: &[i64]) -> Result<Vec<ReceiptRow>> {
-        if positions.is_empty() {
-            return Ok(Vec::new());
-        }
-        let sql = format!(
-            "SELECT {COLUMNS} FROM receipts WHERE stream_pos IN ({})",
-            placeholders(1, positions.len())
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql));
-        for pos in positions {
-            q = q.bind(*pos);
-        }
-        q.fetch_all(self.reader()).await?.iter().map(receipt_from_row).collect()
+        crate::rows_at_positions(self, "receipts", COLUMNS, positions, receipt_from_row).await
     }
 }
