@@ -91,9 +91,7 @@ async fn check_invite(
     if invitee.server_name() != state.key.server_name() {
         return Err(Error::invalid_param("The invitee does not belong to this server"));
     }
-    if !state.rooms.may_be_invited(&invitee).await? {
-        return Err(Error::not_found("The invitee does not exist"));
-    }
+    // The room's rules first: a server the room bans learns nothing about local users.
     if state.db.is_room_blocked(room_id.as_str()).await? {
         return Err(Error::forbidden("This room has been blocked on this server"));
     }
@@ -101,6 +99,9 @@ async fn check_invite(
         && !state.rooms.server_allowed(room_id, origin).await?
     {
         return Err(Error::forbidden("The room's server ACL forbids this server"));
+    }
+    if !state.rooms.may_be_invited(&invitee).await? {
+        return Err(Error::not_found("The invitee does not exist"));
     }
     Ok(invitee)
 }

@@ -26,6 +26,7 @@ pub fn routes(router: Router<FederationState>) -> Router<FederationState> {
         .ruma_route(server_keys)
         .route("/_matrix/key/v2/server/{key_id}", get(server_keys_by_id))
         .ruma_route(query_one)
+        .route("/_matrix/key/v2/query/{server_name}/{key_id}", get(query_one_by_id))
         .ruma_route(query_batch)
 }
 
@@ -68,6 +69,17 @@ async fn query_one(
     let minimum = u64::from(req.body.minimum_valid_until_ts.get()) as i64;
     let keys = notarised(&state, &req.body.server_name, minimum).await?;
     Ok(JsonBody(json!({ "server_keys": keys })))
+}
+
+/// `GET /_matrix/key/v2/query/{serverName}/{keyId}` (deprecated, still used by older servers
+/// and SyTest): the same answer as without the key id, for keys valid now.
+async fn query_one_by_id(
+    axum::extract::State(state): axum::extract::State<FederationState>,
+    axum::extract::Path((server_name, _key_id)): axum::extract::Path<(String, String)>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let server = ServerName::parse(&server_name).map_err(|_| Error::invalid_param("not a server name"))?;
+    let keys = notarised(&state, &server, now_millis() as i64).await?;
+    Ok(axum::Json(json!({ "server_keys": keys })))
 }
 
 /// `POST /_matrix/key/v2/query`

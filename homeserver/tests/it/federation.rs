@@ -171,6 +171,11 @@ async fn keys_are_fetched_stored_and_served_as_a_notary() {
     assert_eq!(relayed["server_name"], name_of(&b).as_str());
     assert!(relayed["signatures"][name_of(&b).as_str()].is_object());
     assert!(relayed["signatures"][name_of(&a).as_str()].is_object());
+    // The older form naming a key id answers the same.
+    let url =
+        format!("{}/_matrix/key/v2/query/{}/{}", a.tls_base.as_ref().unwrap(), name_of(&b), b_key.key_id());
+    let answer: Value = raw_https().get(url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(answer["server_keys"][0]["server_name"], name_of(&b).as_str(), "{answer}");
     // The batch form, about A itself: its own document.
     let url = format!("{}/_matrix/key/v2/query", a.tls_base.as_ref().unwrap());
     let body = json!({ "server_keys": { name_of(&a).as_str(): {} } });
