@@ -473,7 +473,7 @@ async fn deliver_once(sender: &Sender, destination: &ServerName) -> Result<Optio
             tracing::info!(%destination, failures, error = %err, "transaction not delivered; backing off");
             state
                 .db
-                .delivery_failed(destination.as_str(), failures, now + backoff.as_millis() as i64)
+                .delivery_failed(destination.as_str(), failures, now + backoff.as_millis() as i64, now)
                 .await?;
             Ok(Some(backoff))
         }

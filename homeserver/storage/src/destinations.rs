@@ -17,6 +17,8 @@ pub struct DestinationRow {
     /// When the next attempt may be made (ms since the epoch; 0: now).
     pub retry_at: i64,
     pub last_success_ts: Option<i64>,
+    /// When the current run of failures began (None: not failing).
+    pub failure_ts: Option<i64>,
     /// Events waiting to be delivered.
     pub queued: i64,
 }
@@ -27,11 +29,12 @@ fn destination_row(r: &sqlx::any::AnyRow) -> Result<DestinationRow> {
         failures: r.try_get("failures")?,
         retry_at: r.try_get("retry_at")?,
         last_success_ts: r.try_get("last_success_ts")?,
+        failure_ts: r.try_get("failure_ts")?,
         queued: r.try_get("queued")?,
     })
 }
 
-const DESTINATION_COLUMNS: &str = "d.destination, d.failures, d.retry_at, d.last_success_ts, \
+const DESTINATION_COLUMNS: &str = "d.destination, d.failures, d.retry_at, d.last_success_ts, d.failure_ts, \
      (SELECT COUNT(*) FROM federation_outbox o WHERE o.destination = d.destination) AS queued";
 
 impl Db {
@@ -135,7 +138,8 @@ impl Db {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "UPDATE federation_destinations SET failures = 0, retry_at = 0, last_success_ts = $2 WHERE destination = $1",
+            "UPDATE federation_destinations SET failures = 0, retry_at = 0, last_success_ts = $2, failure_ts = NULL \
+             WHERE destination = $1",
         )
         .bind(destination)
         .bind(now)
@@ -178,11 +182,21 @@ impl Db {
     }
 
     /// Records a failed attempt and when to try again.
-    pub async fn delivery_failed(&self, destination: &str, failures: i64, retry_at: i64) -> Result<()> {
-        sqlx::query("UPDATE federation_destinations SET failures = $2, retry_at = $3 WHERE destination = $1")
+    pub async fn delivery_failed(
+        &self,
+        destination: &str,
+        failures: i64,
+        retry_at: i64,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE federation_destinations SET failures = $2, retry_at = $3, failure_ts = COALESCE(failure_ts, $4) \
+             WHERE destination = $1",
+        )
             .bind(destination)
             .bind(failures)
             .bind(retry_at)
+            .bind(now)
             .execute(self.writer())
             .await?;
         Ok(())

@@ -48,6 +48,7 @@ async fn a_server_that_comes_back_receives_what_it_missed_and_admins_see_the_bac
     }
     assert!(status_of_a["queued"].as_i64().unwrap_or(0) >= 5, "{status_of_a}");
     assert!(status_of_a["retry_interval"].as_i64().unwrap_or(0) > 0, "{status_of_a}");
+    assert!(status_of_a["failure_ts"].as_i64().is_some(), "{status_of_a}");
     let (status, list) = b.get("/_synapse/admin/v1/federation/destinations", Some(&alice.token)).await;
     assert_eq!(status, 200);
     assert!(
@@ -91,6 +92,7 @@ async fn a_server_that_comes_back_receives_what_it_missed_and_admins_see_the_bac
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!((after["queued"].as_i64(), after["failures"].as_i64()), (Some(0), Some(0)), "{after}");
+    assert!(after["failure_ts"].is_null(), "{after}");
 }
 
 #[tokio::test]

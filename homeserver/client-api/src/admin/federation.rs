@@ -1,8 +1,8 @@
 //! Federation destinations, as Synapse's admin API shows them: `GET
 //! /_synapse/admin/v1/federation/destinations` (paged), `GET …/destinations/{destination}` and
 //! `POST …/destinations/{destination}/reset_connection` (clears the backoff and sends at once).
-//! Besides Synapse's keys (`retry_interval`, `retry_last_ts`, `failure_ts`,
-//! `last_successful_stream_ordering`), each entry has Lattice's own: `failures`, `retry_at_ts`,
+//! Besides Synapse's keys (`retry_interval`, `retry_last_ts`, `failure_ts` — when the current
+//! run of failures began — and `last_successful_stream_ordering`), each entry has Lattice's own: `failures`, `retry_at_ts`,
 //! `last_success_ts` and `queued` (positions waiting to be delivered).
 
 use axum::{
@@ -34,7 +34,7 @@ fn destination_json(row: &DestinationRow) -> Value {
         "destination": row.destination,
         "retry_last_ts": 0,
         "retry_interval": if backing_off { (row.retry_at - now).max(0) } else { 0 },
-        "failure_ts": Value::Null,
+        "failure_ts": row.failure_ts,
         "last_successful_stream_ordering": Value::Null,
         "failures": row.failures,
         "retry_at_ts": row.retry_at,
