@@ -42,6 +42,7 @@ pub enum FederationError {
     Http(#[from] reqwest::Error),
     #[error("the server answered {status}: {body}")]
     Status { status: u16, body: String },
+    /// A success status whose body could not be read or understood.
     #[error("invalid response: {0}")]
     Response(String),
 }
@@ -154,7 +155,13 @@ impl FederationClient {
         if let Some(headers) = builder.headers_mut() {
             *headers = response.headers().clone();
         }
-        let body = read_limited(response, max_bytes).await?;
+        let body = match read_limited(response, max_bytes).await {
+            Ok(body) => body,
+            // An error answer too long to read is still an error answer: `Response` errors are
+            // only for successes whose body is unusable.
+            Err(_) if !status.is_success() => Bytes::new(),
+            Err(err) => return Err(err),
+        };
         if !status.is_success() {
             let body = String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned();
             return Err(FederationError::Status { status: status.as_u16(), body });
