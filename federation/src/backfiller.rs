@@ -26,11 +26,7 @@ use ruma::{
 };
 use serde_json::Value;
 
-use crate::{
-    FederationState,
-    joiner::{in_auth_order, remote_error},
-    transactions::event_id_of,
-};
+use crate::{FederationState, client::remote_error, joiner::in_auth_order, transactions::event_id_of};
 
 /// Servers asked for one backfill.
 const MAX_SERVERS: usize = 3;

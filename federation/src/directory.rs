@@ -18,7 +18,7 @@ use ruma::{
 };
 use serde_json::{Value, json};
 
-use crate::{FederationState, joiner::remote_error};
+use crate::{FederationState, client::remote_error};
 
 pub fn routes(router: Router<FederationState>) -> Router<FederationState> {
     router.ruma_route(query_directory).ruma_route(public_rooms).ruma_route(public_rooms_filtered)

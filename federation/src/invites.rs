@@ -24,7 +24,7 @@ use ruma::{
 };
 use serde_json::{Value, json, value::RawValue};
 
-use crate::{FederationState, joiner::remote_error, transactions::event_id_of};
+use crate::{FederationState, client::remote_error, transactions::event_id_of};
 
 /// Most `invite_room_state` entries taken from an invite.
 const MAX_INVITE_STATE: usize = 50;

@@ -25,7 +25,7 @@ use ruma::{
 };
 use serde_json::Value;
 
-use crate::{FederationState, transactions::event_id_of};
+use crate::{FederationState, client::remote_error, transactions::event_id_of};
 
 /// `via` servers tried for one join.
 const MAX_VIA: usize = 5;
@@ -271,17 +271,4 @@ pub(crate) fn sign_membership(
     let value = serde_json::to_value(&object).map_err(Error::internal_from)?;
     let id = event_id_of(&value, rules).ok_or_else(|| Error::internal("no event id for the member event"))?;
     Ok((value, id))
-}
-
-/// Another server's refusal, as the local client should see it.
-pub(crate) fn remote_error(err: crate::FederationError) -> Error {
-    match err {
-        crate::FederationError::Status { status: 403, body } => {
-            Error::forbidden(format!("The other server refused: {body}"))
-        }
-        crate::FederationError::Status { status: 404, .. } => {
-            Error::not_found("The other server does not know the room or the user")
-        }
-        other => Error::new(ErrorKind::Unknown, format!("could not reach the other server: {other}")),
-    }
 }

@@ -14,8 +14,10 @@ use ruma::{
 use serde_json::json;
 
 use crate::{
-    FederationState, invites,
-    joiner::{member_content, remote_error, sign_membership},
+    FederationState,
+    client::remote_error,
+    invites,
+    joiner::{member_content, sign_membership},
 };
 
 /// Servers tried for one knock.

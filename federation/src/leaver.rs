@@ -14,10 +14,7 @@ use ruma::{
 };
 use serde_json::{Value, json};
 
-use crate::{
-    FederationState,
-    joiner::{remote_error, sign_membership},
-};
+use crate::{FederationState, client::remote_error, joiner::sign_membership};
 
 /// Servers tried for one leave.
 const MAX_VIA: usize = 5;

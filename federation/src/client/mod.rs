@@ -1,6 +1,7 @@
 //! The outbound side of federation: one connection-pooled HTTPS client (reqwest on rustls with
 //! ring) that finds a server through [`discovery`], refuses destinations [`guard`] forbids, signs
-//! every request with `X-Matrix`, and turns responses into ruma types with bounded bodies.
+//! every request with `X-Matrix`, and turns responses into ruma types with bounded bodies; and
+//! [`remote_error`], the one way another server's refusal reaches a local client.
 
 pub mod discovery;
 pub mod guard;
@@ -168,6 +169,22 @@ impl FederationClient {
         }
         let response = builder.body(body.as_ref()).map_err(|e| FederationError::Response(e.to_string()))?;
         T::try_from_http_response(response).map_err(|e| FederationError::Response(e.to_string()))
+    }
+}
+
+/// Another server's refusal, as the local client should see it.
+pub(crate) fn remote_error(err: FederationError) -> homeserver_core::Error {
+    match err {
+        FederationError::Status { status: 403, body } => {
+            homeserver_core::Error::forbidden(format!("The other server refused: {body}"))
+        }
+        FederationError::Status { status: 404, .. } => {
+            homeserver_core::Error::not_found("The other server does not know the room or the user")
+        }
+        other => homeserver_core::Error::new(
+            homeserver_core::ErrorKind::Unknown,
+            format!("could not reach the other server: {other}"),
+        ),
     }
 }
 

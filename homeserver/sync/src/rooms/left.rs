@@ -22,9 +22,11 @@ pub(crate) async fn left_room(
     m: &MembershipRow,
     new_to_client: bool,
 ) -> Result<Option<Value>, Error> {
-    if let Some(departure) = out_of_band_departure(ctx, m).await? {
-        // A rejected invite or withdrawn knock of a room this server holds no state of: the
-        // departure itself is all there is to show.
+    let departure = ctx.syncer.db.event(m.event_id.as_str()).await.map_err(Error::from)?;
+    if let Some(departure) = departure.as_ref().filter(|row| row.is_out_of_band()) {
+        // A rejected invite or withdrawn knock of a room this server holds no state of (the
+        // departure is stored out of band): it is all there is to show.
+        let departure = departure.clone();
         let events =
             ctx.syncer.rooms.client_events(&[departure], Some(ctx.viewer()), RoomIdField::Omit).await?;
         return Ok(Some(json!({
@@ -42,8 +44,8 @@ pub(crate) async fn left_room(
     // who only rejected an invite or withdrew a knock sees their own event, not the members.
     let user = ctx.user;
     let may_read = ctx.syncer.rooms.may_read_state_at(user, room_id, group).await?
-        || match ctx.syncer.db.event(m.event_id.as_str()).await.map_err(Error::from)? {
-            Some(departure) => ctx.syncer.rooms.may_read_state_around(user, room_id, &departure).await?,
+        || match &departure {
+            Some(departure) => ctx.syncer.rooms.may_read_state_around(user, room_id, departure).await?,
             None => false,
         };
     let state = match may_read {
@@ -60,14 +62,4 @@ pub(crate) async fn left_room(
         "state": { "events": ctx.syncer.rooms.client_events(&state, v, RoomIdField::Omit).await? },
         "account_data": { "events": [] },
     })))
-}
-
-/// The departure event when it was stored out of band (an outlier: a departure through the
-/// room is always in its timeline).
-async fn out_of_band_departure(
-    ctx: &SyncContext<'_>,
-    m: &MembershipRow,
-) -> Result<Option<homeserver_storage::events::EventRow>, Error> {
-    let departure = ctx.syncer.db.event(m.event_id.as_str()).await.map_err(Error::from)?;
-    Ok(departure.filter(|row| row.is_out_of_band()))
 }
