@@ -44,6 +44,8 @@ impl AuthState for FederationState {
         header
             .verify_http_request(request, ours, &map)
             .map_err(|e| unauthorized(format!("invalid X-Matrix signature: {e}")))?;
+        // A server that can talk to us can be talked to: its backoff, if any, ends now.
+        self.recovery.heard_from(&header.origin);
         Ok(header.origin)
     }
 }

@@ -12,8 +12,9 @@ use axum::Router;
 use homeserver_core::{Error, time::now_millis};
 use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma};
 use ruma::{
-    OwnedEventId, RoomId, ServerName,
+    OwnedEventId, OwnedRoomId, RoomId, ServerName,
     api::federation::{
+        authentication::ServerSignatures,
         backfill::get_backfill,
         event::{get_event, get_missing_events},
     },
@@ -28,6 +29,62 @@ const MAX_MISSING: usize = 100;
 const MAX_BACKFILL_FROM: usize = 20;
 /// Most events looked at while walking back for one answer.
 const MAX_WALK: usize = 1_000;
+
+/// `get_missing_events`, parsed as Synapse parses it: `earliest_events` and `latest_events`
+/// may be left out (empty lists), `limit` defaults to 10 and `min_depth` to 0. ruma requires the first, so the
+/// request type is declared here.
+pub struct MissingEventsRequest {
+    pub room_id: OwnedRoomId,
+    pub earliest_events: Vec<OwnedEventId>,
+    pub latest_events: Vec<OwnedEventId>,
+    pub limit: u64,
+    pub min_depth: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct MissingEventsBody {
+    #[serde(default)]
+    earliest_events: Vec<OwnedEventId>,
+    #[serde(default)]
+    latest_events: Vec<OwnedEventId>,
+    #[serde(default = "default_missing_limit")]
+    limit: u64,
+    #[serde(default)]
+    min_depth: u64,
+}
+
+fn default_missing_limit() -> u64 {
+    10
+}
+
+impl ruma::api::Metadata for MissingEventsRequest {
+    const METHOD: http::Method = http::Method::POST;
+    const RATE_LIMITED: bool = false;
+    type Authentication = ServerSignatures;
+    type PathBuilder = ruma::api::path_builder::SinglePath;
+    const PATH_BUILDER: ruma::api::path_builder::SinglePath =
+        ruma::api::path_builder::SinglePath::new("/_matrix/federation/v1/get_missing_events/{room_id}");
+}
+
+impl ruma::api::IncomingRequest for MissingEventsRequest {
+    type EndpointError = <get_missing_events::v1::Request as ruma::api::IncomingRequest>::EndpointError;
+    // Never built: the handler answers with its own body.
+    type OutgoingResponse = get_missing_events::v1::Response;
+
+    fn try_from_http_request_inner(
+        request: http::Request<&[u8]>,
+        path_args: &[&str],
+    ) -> Result<Self, ruma::api::error::DeserializationError> {
+        let body: MissingEventsBody = serde_json::from_slice(request.body())?;
+        Ok(Self {
+            room_id: RoomId::parse(path_args.first().copied().unwrap_or_default())?,
+            earliest_events: body.earliest_events,
+            latest_events: body.latest_events,
+            limit: body.limit,
+            min_depth: body.min_depth,
+        })
+    }
+}
 
 pub fn routes(router: Router<FederationState>) -> Router<FederationState> {
     router.ruma_route(event).ruma_route(missing_events).ruma_route(backfill)
@@ -100,13 +157,13 @@ async fn event(state: FederationState, req: Ruma<get_event::v1::Request>) -> Res
 /// back to `earliest_events`, breadth first, at least `min_depth` deep, oldest first.
 async fn missing_events(
     state: FederationState,
-    req: Ruma<get_missing_events::v1::Request>,
+    req: Ruma<MissingEventsRequest>,
 ) -> Result<JsonBody, ApiError> {
     let origin = &req.auth;
     let room_id = &req.body.room_id;
     readable_room(&state, origin, room_id).await?;
-    let limit = usize::try_from(u64::from(req.body.limit)).unwrap_or(MAX_MISSING).min(MAX_MISSING);
-    let min_depth = u64::from(req.body.min_depth);
+    let limit = usize::try_from(req.body.limit).unwrap_or(MAX_MISSING).min(MAX_MISSING);
+    let min_depth = req.body.min_depth;
     let mut seen: HashSet<OwnedEventId> =
         req.body.earliest_events.iter().chain(req.body.latest_events.iter()).cloned().collect();
     let mut queue: VecDeque<OwnedEventId> = VecDeque::new();

@@ -2,7 +2,8 @@
 //!
 //! Receiving: `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}` — another server asks this
 //! one to countersign an invite of one of its users. The invite must be the origin's user
-//! inviting an existing local user, of a supported room version, signed and hashed correctly,
+//! inviting a local user (one who does not exist gets the same answer and nothing is stored, so
+//! existence is not revealed), of a supported room version, signed and hashed correctly,
 //! with the id the path names, in a room whose ACL (when known here) admits the origin, of the
 //! version the room has here, and not blocked here; signatures are checked before anything
 //! about the invitee is answered. It is countersigned and, unless a local user is in the room
@@ -18,7 +19,7 @@ use homeserver_core::{Error, ErrorKind};
 use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma};
 use homeserver_rooms::{outbound::RemoteInvite, versions};
 use ruma::{
-    CanonicalJsonObject, RoomId, RoomVersionId, UserId,
+    CanonicalJsonObject, EventId, RoomId, RoomVersionId, ServerName, UserId,
     api::federation::membership::{RawStrippedState, create_invite},
     room_version_rules::RoomVersionRules,
 };
@@ -36,39 +37,70 @@ pub fn routes(router: Router<FederationState>) -> Router<FederationState> {
 /// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`
 async fn invite(state: FederationState, req: Ruma<create_invite::v2::Request>) -> Result<JsonBody, ApiError> {
     let body = &req.body;
-    let (room_id, version) = (&body.room_id, &body.room_version);
+    let invite = Invite {
+        room_id: &body.room_id,
+        event_id: &body.event_id,
+        version: &body.room_version,
+        event: body.event.get(),
+        invite_room_state: &body.invite_room_state,
+    };
+    let signed = receive(&state, &req.auth, invite).await?;
+    Ok(JsonBody(json!({ "event": signed })))
+}
+
+/// An invite another server asks this one to countersign (either API version).
+pub(crate) struct Invite<'a> {
+    pub room_id: &'a RoomId,
+    pub event_id: &'a EventId,
+    pub version: &'a RoomVersionId,
+    pub event: &'a str,
+    pub invite_room_state: &'a [RawStrippedState],
+}
+
+/// Checks, countersigns and stores an invite of a local user; returns the countersigned event.
+pub(crate) async fn receive(
+    state: &FederationState,
+    origin: &ServerName,
+    invite: Invite<'_>,
+) -> Result<Value, Error> {
+    let Invite { room_id, event_id, version, event, invite_room_state } = invite;
     let rules = versions::rules(version).ok_or_else(|| {
         Error::new(
             ErrorKind::IncompatibleRoomVersion { room_version: version.to_string() },
             "This server does not support the room's version",
         )
     })?;
-    let value: Value =
-        serde_json::from_str(body.event.get()).map_err(|e| Error::invalid_param(e.to_string()))?;
-    if event_id_of(&value, &rules).as_ref() != Some(&body.event_id) {
-        return Err(Error::invalid_param("the event id in the path is not the event's").into());
+    let value: Value = serde_json::from_str(event).map_err(|e| Error::invalid_param(e.to_string()))?;
+    if event_id_of(&value, &rules).as_deref() != Some(event_id) {
+        return Err(Error::invalid_param("the event id in the path is not the event's"));
     }
     if let Some(known) = state.rooms.room_version(room_id).await?
         && known != *version
     {
-        return Err(Error::invalid_param(format!("the room's version is {known}")).into());
+        return Err(Error::invalid_param(format!("the room's version is {known}")));
     }
     // Signatures first: nothing about local users is answered to an unsigned invite.
     state.keys.prefetch_for_event(&value, &rules).await?;
-    state.rooms.verify_remote_pdu(room_id, version, body.event.get())?;
-    let invitee = check_invite(&state, &req.auth, room_id, &value).await?;
-    let signed = countersign(&state, body.event.get(), &rules)?;
-    let stripped = stripped_room_state(&state, room_id, version, &rules, &body.invite_room_state).await?;
+    state.rooms.verify_remote_pdu(room_id, version, event)?;
+    let invitee = check_invite(state, origin, room_id, &value).await?;
+    let signed = countersign(state, event, &rules)?;
+    if !state.rooms.may_be_invited(&invitee).await? {
+        // Answered like any invite (as Synapse does), so other servers cannot tell which
+        // users exist here; there is nobody to show it to, so nothing is stored.
+        tracing::info!(%room_id, %invitee, %origin, "invite of a user who does not exist");
+        return Ok(signed);
+    }
+    let stripped = stripped_room_state(state, room_id, version, &rules, invite_room_state).await?;
     // Stored out of band unless a user of this server is in the room (the room's actor
     // decides, in the room's order): the room then brings the invite like any event.
     let extra = json!({ "invite_room_state": stripped, "room_version": version });
     state.rooms.store_out_of_band(room_id, version.clone(), signed.to_string(), Some(extra)).await?;
-    tracing::info!(%room_id, %invitee, origin = %req.auth, "invite from another server");
-    Ok(JsonBody(json!({ "event": signed })))
+    tracing::info!(%room_id, %invitee, %origin, "invite from another server");
+    Ok(signed)
 }
 
-/// The invite is the origin's user inviting an existing user of this server into a room that
-/// admits the origin; returns the invitee.
+/// The invite is the origin's user inviting a user of this server into a room that admits the
+/// origin; returns the invitee.
 async fn check_invite(
     state: &FederationState,
     origin: &ruma::ServerName,
@@ -99,9 +131,6 @@ async fn check_invite(
         && !state.rooms.server_allowed(room_id, origin).await?
     {
         return Err(Error::forbidden("The room's server ACL forbids this server"));
-    }
-    if !state.rooms.may_be_invited(&invitee).await? {
-        return Err(Error::not_found("The invitee does not exist"));
     }
     Ok(invitee)
 }
@@ -167,7 +196,8 @@ pub(crate) async fn stripped_room_state(
     Ok(stripped)
 }
 
-/// Has the invitee's server countersign an invite built here (`/invite` v2).
+/// Has the invitee's server countersign an invite built here (`/invite` v2, or v1 for a
+/// version 1 or 2 room on a server that knows only that).
 pub(crate) async fn send_invite(state: &FederationState, invite: RemoteInvite) -> Result<String, Error> {
     let invitee_server = serde_json::from_str::<Value>(&invite.event)
         .ok()
@@ -180,8 +210,37 @@ pub(crate) async fn send_invite(state: &FederationState, invite: RemoteInvite) -
         .into_iter()
         .filter_map(|pdu| RawValue::from_string(pdu).ok().map(RawStrippedState::Pdu))
         .collect();
-    let request =
-        create_invite::v2::Request::new(invite.room_id, invite.event_id, invite.version, event, room_state);
-    let answer = state.client.send(&invitee_server, request).await.map_err(remote_error)?;
-    Ok(answer.event.get().to_owned())
+    let early = matches!(invite.version, RoomVersionId::V1 | RoomVersionId::V2);
+    let request = create_invite::v2::Request::new(
+        invite.room_id.clone(),
+        invite.event_id.clone(),
+        invite.version,
+        event.clone(),
+        room_state,
+    );
+    let answer = match state.client.send(&invitee_server, request).await {
+        Ok(answer) => answer.event.get().to_owned(),
+        // Servers from before version 3 rooms know only the v1 form, which cannot name a later
+        // room version (Synapse falls back the same way).
+        Err(err) if early && crate::legacy::only_v1(&err) => {
+            let request = crate::legacy::EventRequest::<crate::legacy::InviteV1>::new(
+                invite.room_id,
+                invite.event_id,
+                event,
+            );
+            let answer = state.client.send(&invitee_server, request).await.map_err(remote_error)?;
+            answer
+                .0
+                .get("event")
+                .map(Value::to_string)
+                .ok_or_else(|| Error::bad_json("the invite answer has no event"))?
+        }
+        Err(err) => return Err(remote_error(err)),
+    };
+    // An answer that is not canonical JSON (a float, say) cannot be a signed event: the
+    // client learns the invitee's server sent bad JSON, as Synapse tells it.
+    if let Err(e) = serde_json::from_str::<ruma::CanonicalJsonValue>(&answer) {
+        return Err(Error::bad_json(format!("The invitee's server answered with invalid JSON: {e}")));
+    }
+    Ok(answer)
 }

@@ -1,7 +1,7 @@
 //! Joining a room on other servers, as the joining server: `make_join` to one of the `via`
 //! servers (up to five, in order) for a template of a supported room version, which is checked
 //! (the user's own join of that room), stamped, hashed and signed here; `send_join` v2 for the
-//! room's state and auth chain. Of the template, only the prev and auth events and the depth are
+//! room's state and auth chain (v1 for a server that knows only that). Of the template, only the prev and auth events and the depth are
 //! taken; the rest of the join (content with the user's profile included) is built here, so
 //! nothing else a resident puts in a template is ever signed. The state and auth chain (each event
 //! once, at most 250,000, every event after its auth events) must found a room of the version
@@ -25,7 +25,7 @@ use ruma::{
 };
 use serde_json::Value;
 
-use crate::{FederationState, client::remote_error, transactions::event_id_of};
+use crate::{FederationState, client::remote_error, legacy, transactions::event_id_of};
 
 /// `via` servers tried for one join.
 const MAX_VIA: usize = 5;
@@ -73,8 +73,19 @@ async fn join_via(
     }
     let (join, join_id) = sign_membership(state, room_id, user, made.event.get(), content, &rules)?;
     let raw = serde_json::value::to_raw_value(&join).map_err(Error::internal_from)?;
-    let send = create_join_event::v2::Request::new(room_id.to_owned(), join_id.clone(), raw);
-    let joined = state.client.send(server, send).await.map_err(remote_error)?.room_state;
+    let send = create_join_event::v2::Request::new(room_id.to_owned(), join_id.clone(), raw.clone());
+    let joined = match state.client.send(server, send).await {
+        Ok(answer) => answer.room_state,
+        Err(err) if legacy::only_v1(&err) => {
+            let send =
+                legacy::EventRequest::<legacy::SendJoinV1>::new(room_id.to_owned(), join_id.clone(), raw);
+            let answer = state.client.send(server, send).await.map_err(remote_error)?;
+            serde_json::from_value::<create_join_event::v2::RoomState>(answer.0).map_err(|e| {
+                Error::bad_json(format!("the room's server sent an unusable join answer: {e}"))
+            })?
+        }
+        Err(err) => return Err(remote_error(err)),
+    };
     // A countersigned join (restricted rooms) replaces ours; it must be the same event.
     let join = match joined.event.as_ref() {
         Some(event) => {
@@ -103,12 +114,22 @@ async fn join_via(
         state.keys.prefetch_for_event(&event.value, &rules).await?;
     }
     let outliers: Vec<IncomingPdu> = known.iter().map(|e| IncomingPdu::new(e.text.clone())).collect();
-    state.rooms.receive_remote(room_id, outliers, Arrival::Outlier).await?;
+    let verdicts = state.rooms.receive_remote(room_id, outliers, Arrival::Outlier).await?;
+    // The state is what of it was taken in: an entry with a bad signature (dropped) or one its
+    // auth events reject is no part of it, as Synapse leaves it out too.
+    let stored: std::collections::HashSet<OwnedEventId> = verdicts
+        .into_iter()
+        .filter_map(|verdict| match verdict {
+            Verdict::Accepted(id) | Verdict::Duplicate(id) => Some(id),
+            _ => None,
+        })
+        .collect();
     let state_ids: Vec<OwnedEventId> = joined
         .state
         .iter()
         .filter_map(|raw| serde_json::from_str::<Value>(raw.get()).ok())
         .filter_map(|value| event_id_of(&value, &rules))
+        .filter(|id| stored.contains(id))
         .collect();
     let incoming = IncomingPdu { json: join.to_string(), state_before: Some(state_ids) };
     match state.rooms.receive_remote(room_id, vec![incoming], Arrival::Live).await?.pop() {
@@ -149,12 +170,9 @@ pub(crate) fn in_auth_order<'a>(
     }
     // Kahn's algorithm over the auth edges inside the set.
     let auth_of = |e: &Known| -> Vec<usize> {
-        e.value
-            .get("auth_events")
-            .and_then(Value::as_array)
+        homeserver_rooms::event_format::referenced_ids(&e.value, "auth_events")
             .into_iter()
-            .flatten()
-            .filter_map(|a| a.as_str().and_then(|a| index.get(a)).copied())
+            .filter_map(|a| index.get(a).copied())
             .collect()
     };
     let mut waiting: Vec<usize> = events.iter().map(|e| auth_of(e).len()).collect();
@@ -259,6 +277,10 @@ pub(crate) fn sign_membership(
         "origin_server_ts".into(),
         CanonicalJsonValue::Integer(now_millis().try_into().unwrap_or_default()),
     );
+    if homeserver_rooms::event_format::ids_are_named(rules) {
+        let id = homeserver_rooms::event_format::new_named_id(state.key.server_name());
+        object.insert("event_id".into(), CanonicalJsonValue::String(id.to_string()));
+    }
     ruma::state_res::check_pdu_format(&object, &rules.event_format)
         .map_err(|e| Error::bad_json(format!("the member event template is malformed: {e}")))?;
     ruma::signatures::hash_and_sign_event(

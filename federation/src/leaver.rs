@@ -7,9 +7,10 @@
 //! linger (the inviting server keeps its own view until it hears otherwise).
 
 use homeserver_core::{Error, ErrorKind};
-use homeserver_rooms::versions;
+use homeserver_rooms::{event_format, versions};
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedServerName, RoomId, RoomVersionId, ServerName,
+    UserId,
     api::federation::membership::{create_leave_event, prepare_leave_event},
 };
 use serde_json::{Value, json};
@@ -62,8 +63,19 @@ async fn leave_via(
     })?;
     let (leave, leave_id) = sign_membership(state, room_id, user, made.event.get(), leave_content(), &rules)?;
     let raw = serde_json::value::to_raw_value(&leave).map_err(Error::internal_from)?;
-    let send = create_leave_event::v2::Request::new(room_id.to_owned(), leave_id, raw);
-    state.client.send(server, send).await.map_err(remote_error)?;
+    let send = create_leave_event::v2::Request::new(room_id.to_owned(), leave_id.clone(), raw.clone());
+    match state.client.send(server, send).await {
+        Ok(_) => {}
+        Err(err) if crate::legacy::only_v1(&err) => {
+            let send = crate::legacy::EventRequest::<crate::legacy::SendLeaveV1>::new(
+                room_id.to_owned(),
+                leave_id,
+                raw,
+            );
+            state.client.send(server, send).await.map_err(remote_error)?;
+        }
+        Err(err) => return Err(remote_error(err)),
+    }
     Ok((version, leave))
 }
 
@@ -77,14 +89,21 @@ async fn leave_locally(state: &FederationState, room_id: &RoomId, user: &UserId)
         .and_then(|v| v.get("depth")?.as_u64())
         .unwrap_or(0)
         .saturating_add(1);
+    // The invite (or knock) is the leave's only known predecessor, in the version's format.
+    let oob_id = EventId::parse(&oob.event.event_id).map_err(Error::internal_from)?;
+    let hashes = event_format::ReferenceHashes::from_iter(
+        event_format::reference_hash(&oob.event.json, &rules).map(|h| (oob_id.clone(), h)),
+    );
+    let references = event_format::reference_list(std::slice::from_ref(&oob_id), &hashes, &rules)
+        .map_err(Error::internal)?;
     let template = json!({
         "type": "m.room.member",
         "state_key": user,
         "sender": user,
         "room_id": room_id,
         "content": { "membership": "leave" },
-        "prev_events": [oob.event.event_id],
-        "auth_events": [oob.event.event_id],
+        "prev_events": references,
+        "auth_events": references,
         "depth": depth,
     });
     let (leave, _) = sign_membership(state, room_id, user, &template.to_string(), leave_content(), &rules)?;

@@ -14,10 +14,12 @@
 //! - `membership`: joining as the resident server (`make_join`, `send_join` v2); [`joiner`]:
 //!   joining as the joining server; `leaver`: leaving rooms held elsewhere (rejecting invites);
 //!   `knocker`: knocking on rooms held elsewhere;
-//!   `invites`: `/invite` v2 both ways. [`remote`] plugs these and profile queries into the room
+//!   `invites`: `/invite` v2 both ways; `legacy`: the deprecated v1 `send_join`, `send_leave`
+//!   and `invite` forms over the same code. [`remote`] plugs these and profile queries into the room
 //!   model as its `RemoteServers`.
 //! - [`sender`]: this server's events to the other servers of their rooms, routed into a
-//!   persisted outbox when they happen, delivered per destination with backoff.
+//!   persisted outbox when they happen, delivered per destination with backoff;
+//!   [`recovery`] clears a backoff when the destination makes a request here.
 //! - `query` (profile), `directory` (aliases, public rooms; both ways) and `version`.
 //!
 //! Receiving and sending events, EDUs, membership and backfill come on top of these.
@@ -34,8 +36,10 @@ pub mod key_server;
 pub mod keys;
 mod knocker;
 mod leaver;
+pub mod legacy;
 mod membership;
 mod query;
+pub mod recovery;
 pub mod remote;
 pub mod sender;
 pub mod signing_key;
@@ -69,6 +73,8 @@ pub struct FederationState {
     pub catch_up_cap: u32,
     /// Answers of recent inbound transactions (idempotency).
     pub transactions: Arc<transactions::Transactions>,
+    /// Destinations in backoff, cleared when they make a request here.
+    pub recovery: Arc<recovery::Recovery>,
 }
 
 /// The federation router (already given its state; the caller adds the fallbacks).
@@ -82,6 +88,7 @@ pub fn routes(state: FederationState) -> Router {
     let router = state::routes(router);
     let router = membership::routes(router);
     let router = invites::routes(router);
+    let router = legacy::routes(router);
     let router = directory::routes(router);
     router.with_state(state)
 }

@@ -133,9 +133,19 @@ async fn send_leave(
     state: FederationState,
     req: Ruma<create_leave_event::v2::Request>,
 ) -> Result<JsonBody, ApiError> {
-    place_member_event(&state, &req.auth, &req.body.room_id, &req.body.event_id, &req.body.pdu, "leave")
-        .await?;
+    leave(&state, &req.auth, &req.body.room_id, &req.body.event_id, &req.body.pdu).await?;
     Ok(JsonBody(json!({})))
+}
+
+/// Places a leave a user of `origin` signed (either API version).
+pub(crate) async fn leave(
+    state: &FederationState,
+    origin: &ServerName,
+    room_id: &RoomId,
+    event_id: &EventId,
+    pdu: &RawValue,
+) -> Result<(), Error> {
+    place_member_event(state, origin, room_id, event_id, pdu, "leave").await.map(drop)
 }
 
 /// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`
@@ -143,9 +153,21 @@ async fn send_join(
     state: FederationState,
     req: Ruma<create_join_event::v2::Request>,
 ) -> Result<JsonBody, ApiError> {
-    let room_id = &req.body.room_id;
-    let (pdu, countersigned) = countersign_restricted_join(&state, room_id, &req.body.pdu).await?;
-    let join_id = place_member_event(&state, &req.auth, room_id, &req.body.event_id, &pdu, "join").await?;
+    let body = &req.body;
+    Ok(JsonBody(join(&state, &req.auth, &body.room_id, &body.event_id, &body.pdu).await?))
+}
+
+/// Places a join a user of `origin` signed and answers with the room's state before it and
+/// that state's auth chain (either API version).
+pub(crate) async fn join(
+    state: &FederationState,
+    origin: &ServerName,
+    room_id: &RoomId,
+    event_id: &EventId,
+    pdu: &RawValue,
+) -> Result<Value, Error> {
+    let (pdu, countersigned) = countersign_restricted_join(state, room_id, pdu).await?;
+    let join_id = place_member_event(state, origin, room_id, event_id, &pdu, "join").await?;
     let joined = state.rooms.joined_state(&join_id).await?;
     let raw = |texts: Vec<String>| -> Vec<Box<RawValue>> {
         texts.into_iter().filter_map(|t| RawValue::from_string(t).ok()).collect()
@@ -162,7 +184,7 @@ async fn send_join(
         // The joining server needs the join with this server's signature (restricted rooms).
         answer["event"] = serde_json::from_str(pdu.get()).map_err(Error::internal_from)?;
     }
-    Ok(JsonBody(answer))
+    Ok(answer)
 }
 
 /// A join into a restricted room names the local member who vouches for it

@@ -91,6 +91,9 @@ impl Sender {
     pub fn run(self: &Arc<Self>) {
         tokio::spawn(supervise(self.clone()));
         tokio::spawn(forward_typing(self.clone()));
+        if let Some(heard) = self.state.recovery.take_heard() {
+            tokio::spawn(crate::recovery::retry_heard(self.clone(), heard));
+        }
     }
 }
 
@@ -463,6 +466,7 @@ async fn deliver_once(sender: &Sender, destination: &ServerName) -> Result<Optio
         Ok(_) | Err(crate::FederationError::Response(_)) => {
             let up_to = positions.last().copied().unwrap_or(StreamPos::ZERO);
             state.db.delivered(destination.as_str(), up_to, now).await?;
+            state.recovery.reachable(destination);
             if let Some(failures) = row.as_ref().map(|r| r.failures).filter(|f| *f > 0) {
                 tracing::info!(%destination, failures, "destination reachable again");
             }
@@ -477,6 +481,7 @@ async fn deliver_once(sender: &Sender, destination: &ServerName) -> Result<Optio
                 .db
                 .delivery_failed(destination.as_str(), failures, now + backoff.as_millis() as i64, now)
                 .await?;
+            state.recovery.backed_off(destination);
             Ok(Some(backoff))
         }
     }

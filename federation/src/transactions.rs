@@ -50,8 +50,6 @@ const REMEMBERED: usize = 10_000;
 /// Most events asked for to fill one gap, and the largest answer read.
 const GAP_LIMIT: u32 = 50;
 const GAP_RESPONSE_BYTES: usize = GAP_LIMIT as usize * 65_536 + 65_536;
-/// Most gapped events of one transaction that take the state before them from the origin.
-const MAX_STATE_FETCHES: usize = 3;
 
 /// A transaction's answer, computed once however often it is asked for.
 type Answer = Arc<OnceCell<Value>>;
@@ -189,13 +187,32 @@ async fn receive_room(
     }
     let incoming: Vec<IncomingPdu> = events.iter().map(|e| IncomingPdu::new(e.json.clone())).collect();
     let mut verdicts = state.rooms.receive_remote(room_id, incoming, Arrival::Live).await?;
-    // Events whose prev events are unknown: one request for the whole gap, then one retry of
-    // those events (in the order sent). Missing auth events are not what this request is for.
-    let gapped: Vec<usize> = verdicts
+    // Events whose prev events are unknown (whatever else they lack: an auth event the gap
+    // holds too): one request for the whole gap, then one retry of those events (in the order
+    // sent).
+    let waiting: Vec<usize> = verdicts
         .iter()
         .enumerate()
-        .filter(|(i, v)| matches!(v, Verdict::Missing(_, missing) if lacks_prev(&events[*i].value, missing)))
+        .filter(|(_, v)| matches!(v, Verdict::Missing(..)))
         .map(|(i, _)| i)
+        .collect();
+    let prevs: Vec<String> = waiting
+        .iter()
+        .flat_map(|i| homeserver_rooms::event_format::referenced_ids(&events[*i].value, "prev_events"))
+        .map(str::to_owned)
+        .collect();
+    let held = if prevs.is_empty() { Default::default() } else { state.db.known_event_ids(&prevs).await? };
+    let gapped: Vec<usize> = waiting
+        .into_iter()
+        .filter(|i| {
+            let value = &events[*i].value;
+            let unknown_prev = homeserver_rooms::event_format::referenced_ids(value, "prev_events")
+                .iter()
+                .any(|p| !held.contains(*p));
+            // A prev event held only as an outlier is no place in the DAG either.
+            unknown_prev
+                || matches!(&verdicts[*i], Verdict::Missing(_, missing) if lacks_prev(value, missing))
+        })
         .collect();
     if !gapped.is_empty() {
         let latest: Vec<OwnedEventId> =
@@ -209,23 +226,16 @@ async fn receive_room(
         for (i, verdict) in gapped.iter().copied().zip(retried) {
             verdicts[i] = verdict;
         }
-        // A gap deeper than one request: the event takes the state before it from the origin
-        // (`/state_ids`); what lies between stays history for backfill to fetch.
-        let still: Vec<usize> = gapped
-            .into_iter()
-            .filter(|i| matches!(&verdicts[*i], Verdict::Missing(_, missing) if lacks_prev(&events[*i].value, missing)))
-            .take(MAX_STATE_FETCHES)
-            .collect();
-        for i in still {
-            if let Some(verdict) = place_with_state(state, origin, room_id, &rules, &events[i]).await? {
-                verdicts[i] = verdict;
-            }
-        }
+        // Still missing prev events after the fill (the origin would not say what they are):
+        // the event is refused, as Synapse refuses it. A gap deeper than one request was
+        // bridged inside the fill, at the oldest event the origin handed over.
     }
     for (event, verdict) in events.iter().zip(verdicts) {
-        // Soft-failed events were received (they are stored); only refusals are errors.
+        // Soft-failed and rejected events were received: they are stored, with their outcome,
+        // and sending them again changes nothing (Synapse answers them `{}` too). Only events
+        // that were not taken in at all — dropped, or missing what they need — are errors.
         let error = match &verdict {
-            Verdict::SoftFailed(_) => None,
+            Verdict::SoftFailed(_) | Verdict::Rejected(..) => None,
             other => other.rejection().map(|r| r.to_string()),
         };
         if let Some(id) = verdict.event_id().cloned().or_else(|| event_id_of(&event.value, &rules)) {
@@ -251,8 +261,8 @@ fn record(results: &mut Map<String, Value>, id: &EventId, error: Option<String>)
 
 /// Whether any of the `missing` events is one of the event's prev events.
 fn lacks_prev(event: &Value, missing: &[OwnedEventId]) -> bool {
-    let prevs = event.get("prev_events").and_then(Value::as_array);
-    prevs.is_some_and(|prevs| prevs.iter().any(|p| missing.iter().any(|m| p.as_str() == Some(m.as_str()))))
+    let prevs = homeserver_rooms::event_format::referenced_ids(event, "prev_events");
+    prevs.iter().any(|p| missing.iter().any(|m| *p == m.as_str()))
 }
 
 /// Asks the origin for the events between the room's forward extremities and `latest`, and
@@ -327,7 +337,15 @@ async fn place_with_state(
 ) -> Result<Option<Verdict>, Error> {
     let Some(id) = event_id_of(&event.value, rules) else { return Ok(None) };
     let mut budget = crate::backfiller::MAX_FETCH;
-    let state_ids = match crate::backfiller::edge_state(state, room_id, rules, origin, &id, &mut budget).await
+    let state_ids = match crate::backfiller::state_before_event(
+        state,
+        room_id,
+        rules,
+        origin,
+        (&id, &event.value),
+        &mut budget,
+    )
+    .await
     {
         Ok(ids) => ids,
         Err(err) => {
@@ -339,11 +357,8 @@ async fn place_with_state(
     Ok(state.rooms.receive_remote(room_id, vec![incoming], Arrival::Live).await?.pop())
 }
 
-/// The id of an event of a room of these rules (its reference hash), if it can be computed.
+/// The id of an event of a room of these rules, if it can be computed.
 pub(crate) fn event_id_of(value: &Value, rules: &RoomVersionRules) -> Option<OwnedEventId> {
-    let mut object: CanonicalJsonObject = serde_json::from_value(value.clone()).ok()?;
-    object.remove("unsigned");
-    object.remove("event_id");
-    let hash = ruma::signatures::reference_hash(&object, rules).ok()?;
-    EventId::parse(format!("${hash}")).ok()
+    let object: CanonicalJsonObject = serde_json::from_value(value.clone()).ok()?;
+    homeserver_rooms::event_format::event_id_of(&object, rules).ok()
 }

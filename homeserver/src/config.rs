@@ -476,7 +476,7 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "rooms.default_version",
                 message: format!(
-                    "room version `{}` is not supported (3 to 12 are)",
+                    "room version `{}` is not supported (1 to 12 are)",
                     self.rooms.default_version
                 ),
             });
@@ -600,7 +600,7 @@ tokens = []
 allow_open_on_public_address = false
 
 [rooms]
-# Version of rooms created without an explicit room_version (3 to 12 are supported).
+# Version of rooms created without an explicit room_version (1 to 12 are supported).
 default_version = "12"
 # Parsed events kept in memory.
 event_cache_size = 20000
@@ -746,7 +746,7 @@ mod tests {
         let err = Config::load(Some(&file), no_env).unwrap_err().to_string();
         assert!(err.contains("login_burst"), "{err}");
 
-        std::fs::write(&file, "[rooms]\ndefault_version = \"2\"\n").unwrap();
+        std::fs::write(&file, "[rooms]\ndefault_version = \"13\"\n").unwrap();
         let err = Config::load(Some(&file), no_env).unwrap_err().to_string();
         assert!(err.contains("rooms.default_version"), "{err}");
 

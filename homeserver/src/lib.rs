@@ -229,6 +229,7 @@ impl Server {
             rooms: app.rooms.clone(),
             live: app.live.clone(),
             transactions: Arc::default(),
+            recovery: Arc::default(),
             catch_up_cap: config.federation.catch_up_cap,
         };
         let sender = federation::sender::Sender::new(federation.clone());

@@ -172,8 +172,25 @@ impl FederationClient {
     }
 }
 
-/// Another server's refusal, as the local client should see it.
+/// Another server's refusal, as the local client should see it: a 4xx answer with its own
+/// errcode passes through with that status and errcode (Synapse's clients see the same);
+/// otherwise forbidden, not found, or unreachable.
 pub(crate) fn remote_error(err: FederationError) -> homeserver_core::Error {
+    if let FederationError::Status { status, body } = &err
+        && let Some((errcode, message)) = passed_through(*status, body)
+    {
+        // The one refusal with more to say than its errcode: the room's version.
+        let room_version = serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|b| b.get("room_version")?.as_str().map(|v| v.chars().take(64).collect::<String>()));
+        let kind = match room_version {
+            Some(room_version) if errcode == "M_INCOMPATIBLE_ROOM_VERSION" => {
+                homeserver_core::ErrorKind::IncompatibleRoomVersion { room_version }
+            }
+            _ => homeserver_core::ErrorKind::Remote { status: *status, errcode },
+        };
+        return homeserver_core::Error::new(kind, format!("The other server refused: {message}"));
+    }
     match err {
         FederationError::Status { status: 403, body } => {
             homeserver_core::Error::forbidden(format!("The other server refused: {body}"))
@@ -186,6 +203,25 @@ pub(crate) fn remote_error(err: FederationError) -> homeserver_core::Error {
             format!("could not reach the other server: {other}"),
         ),
     }
+}
+
+/// The errcode and message of another server's 4xx answer worth passing through: one with a
+/// well-formed errcode other than the plain `M_FORBIDDEN` and `M_NOT_FOUND` (those map to
+/// this server's own kinds).
+fn passed_through(status: u16, body: &str) -> Option<(String, String)> {
+    if !(400..500).contains(&status) {
+        return None;
+    }
+    let body: serde_json::Value = serde_json::from_str(body).ok()?;
+    let errcode = body.get("errcode")?.as_str()?;
+    let well_formed = errcode.len() <= 64
+        && errcode.starts_with("M_")
+        && errcode.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    if !well_formed || matches!(errcode, "M_FORBIDDEN" | "M_NOT_FOUND") {
+        return None;
+    }
+    let message = body.get("error").and_then(serde_json::Value::as_str).unwrap_or_default();
+    Some((errcode.to_owned(), message.chars().take(512).collect()))
 }
 
 /// Reads a response body, refusing one longer than `max` bytes.
@@ -204,4 +240,36 @@ pub(crate) async fn read_limited(
         body.extend_from_slice(&chunk);
     }
     Ok(Bytes::from(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_servers_refusals_pass_through_only_when_well_formed() {
+        let body = r#"{"errcode":"M_INCOMPATIBLE_ROOM_VERSION","error":"y u no upgrade","room_version":"x"}"#;
+        let err = remote_error(FederationError::Status { status: 400, body: body.into() });
+        assert_eq!(
+            err.kind,
+            homeserver_core::ErrorKind::IncompatibleRoomVersion { room_version: "x".into() }
+        );
+        let body = r#"{"errcode":"M_TEST_ERROR_CODE","error":"denied!"}"#;
+        let err = remote_error(FederationError::Status { status: 418, body: body.into() });
+        assert_eq!(
+            err.kind,
+            homeserver_core::ErrorKind::Remote { status: 418, errcode: "M_TEST_ERROR_CODE".into() }
+        );
+        assert!(err.message.contains("denied!"), "{}", err.message);
+        // Plain refusals keep this server's own kinds; junk and server errors pass nothing on.
+        let forbidden = remote_error(FederationError::Status {
+            status: 403,
+            body: r#"{"errcode":"M_FORBIDDEN"}"#.into(),
+        });
+        assert_eq!(forbidden.kind, homeserver_core::ErrorKind::Forbidden);
+        assert!(passed_through(400, r#"{"errcode":"m_lower"}"#).is_none());
+        assert!(passed_through(400, "not json").is_none());
+        assert!(passed_through(500, r#"{"errcode":"M_UNKNOWN"}"#).is_none());
+        assert!(passed_through(400, &format!(r#"{{"errcode":"M_{}"}}"#, "A".repeat(100))).is_none());
+    }
 }

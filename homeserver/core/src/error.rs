@@ -34,6 +34,9 @@ pub enum ErrorKind {
     Unrecognized,
     Unknown,
     Unauthorized,
+    /// An `Authorization` header that is there but cannot be parsed (HTTP 400, errcode
+    /// `M_UNAUTHORIZED`, as Synapse answers a malformed `X-Matrix` header).
+    MalformedAuthorization,
     UserDeactivated,
     UserInUse,
     InvalidUsername,
@@ -62,14 +65,21 @@ pub enum ErrorKind {
     /// The request needs (more) user-interactive authentication; the payload is the UIA body
     /// (`flows`, `params`, `session`, `completed`) that is returned with HTTP 401.
     UserInteractive(Box<serde_json::Value>),
+    /// Another server's refusal passed through to the client with its status (4xx) and
+    /// errcode, as Synapse passes a remote `make_join` refusal through.
+    Remote {
+        status: u16,
+        errcode: String,
+    },
     /// Server-side failure; details are logged, not shown.
     Internal,
 }
 
 impl ErrorKind {
     /// The `errcode` string the spec defines for this kind.
-    pub fn errcode(&self) -> &'static str {
+    pub fn errcode(&self) -> &str {
         match self {
+            ErrorKind::Remote { errcode, .. } => errcode,
             ErrorKind::Forbidden => "M_FORBIDDEN",
             ErrorKind::UnknownToken { .. } => "M_UNKNOWN_TOKEN",
             ErrorKind::MissingToken => "M_MISSING_TOKEN",
@@ -79,7 +89,7 @@ impl ErrorKind {
             ErrorKind::LimitExceeded { .. } => "M_LIMIT_EXCEEDED",
             ErrorKind::Unrecognized => "M_UNRECOGNIZED",
             ErrorKind::Unknown | ErrorKind::Internal | ErrorKind::Conflict => "M_UNKNOWN",
-            ErrorKind::Unauthorized => "M_UNAUTHORIZED",
+            ErrorKind::Unauthorized | ErrorKind::MalformedAuthorization => "M_UNAUTHORIZED",
             ErrorKind::UserDeactivated => "M_USER_DEACTIVATED",
             ErrorKind::UserInUse => "M_USER_IN_USE",
             ErrorKind::InvalidUsername => "M_INVALID_USERNAME",

@@ -35,6 +35,10 @@ impl ApiError {
             | ErrorKind::Unauthorized
             | ErrorKind::UserInteractive(_) => StatusCode::UNAUTHORIZED,
             ErrorKind::NotFound | ErrorKind::Unrecognized => StatusCode::NOT_FOUND,
+            ErrorKind::Remote { status, .. } => StatusCode::from_u16(*status)
+                .ok()
+                .filter(StatusCode::is_client_error)
+                .unwrap_or(StatusCode::BAD_GATEWAY),
             ErrorKind::LimitExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -55,6 +59,7 @@ impl ApiError {
             | ErrorKind::Exclusive
             | ErrorKind::WeakPassword
             | ErrorKind::BadAlias
+            | ErrorKind::MalformedAuthorization
             | ErrorKind::DuplicateAnnotation => StatusCode::BAD_REQUEST,
         }
     }

@@ -142,6 +142,13 @@ impl AuthKind for ServerSignatures {
     const SERVER_SIGNED: bool = true;
     async fn resolve<S: AuthState>(request: AuthRequest<'_>, state: &S) -> Result<OwnedServerName, Error> {
         let header = x_matrix(request.parts)?;
+        // The signature covers the body as canonical JSON: a body that cannot be (floats,
+        // integers beyond 2^53) is bad JSON, not a bad signature.
+        if !request.body.is_empty()
+            && let Err(e) = serde_json::from_slice::<ruma::CanonicalJsonValue>(request.body)
+        {
+            return Err(Error::bad_json(format!("the body is not canonical JSON: {e}")));
+        }
         let mut builder =
             http::Request::builder().method(request.parts.method.clone()).uri(request.parts.uri.clone());
         if let Some(headers) = builder.headers_mut() {
@@ -152,10 +159,20 @@ impl AuthKind for ServerSignatures {
     }
 }
 
-/// The request's `X-Matrix` authorization, parsed.
+/// The request's `X-Matrix` authorization, parsed: 401 without one, 400 for an `X-Matrix` header
+/// that cannot be parsed (an origin that is not a server name, say), as Synapse answers.
 fn x_matrix(parts: &Parts) -> Result<XMatrix, Error> {
-    XMatrix::extract_from_http_headers(&parts.headers)
-        .map_err(|e| Error::new(ErrorKind::Unauthorized, format!("invalid X-Matrix authorization: {e}")))
+    XMatrix::extract_from_http_headers(&parts.headers).map_err(|e| {
+        // Only an `X-Matrix` header is malformed; others (a client's `Bearer`) are no
+        // authorization here at all, as Synapse treats them.
+        let x_matrix_header = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(|h| h.trim_start().starts_with("X-Matrix"));
+        let kind = if x_matrix_header { ErrorKind::MalformedAuthorization } else { ErrorKind::Unauthorized };
+        Error::new(kind, format!("invalid X-Matrix authorization: {e}"))
+    })
 }
 
 /// The body limit of an endpoint: federation transactions may be larger than client requests.

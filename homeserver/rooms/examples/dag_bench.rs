@@ -93,6 +93,7 @@ impl Room {
             auth_events: &auth,
             depth,
             origin_server_ts: self.ts,
+            references: &Default::default(),
         };
         let pdu = build_pdu(key, &self.rules, &template, &placement).unwrap();
         self.room_id.get_or_insert_with(|| pdu.room_id.clone());

@@ -9,11 +9,14 @@ use std::sync::Arc;
 
 use homeserver_core::{Error, ErrorKind, keys::ServerKey};
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId,
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId,
     room_version_rules::RoomVersionRules,
 };
 
-use crate::pdu::Pdu;
+use crate::{
+    event_format::{self, ReferenceHashes},
+    pdu::Pdu,
+};
 
 /// The largest PDU, in canonical JSON bytes, the spec allows.
 pub const MAX_PDU_BYTES: usize = 65_536;
@@ -67,6 +70,9 @@ pub struct Placement<'a> {
     pub auth_events: &'a [OwnedEventId],
     pub depth: u64,
     pub origin_server_ts: u64,
+    /// Reference hashes of the prev and auth events, for room versions 1 and 2 (which list
+    /// them); empty for later versions.
+    pub references: &'a ReferenceHashes,
 }
 
 fn to_canonical(value: serde_json::Value, what: &str) -> Result<CanonicalJsonValue, Error> {
@@ -74,8 +80,12 @@ fn to_canonical(value: serde_json::Value, what: &str) -> Result<CanonicalJsonVal
         .map_err(|e| Error::bad_json(format!("{what} is not valid canonical JSON: {e}")))
 }
 
-fn id_list(ids: &[OwnedEventId]) -> CanonicalJsonValue {
-    CanonicalJsonValue::Array(ids.iter().map(|id| CanonicalJsonValue::String(id.to_string())).collect())
+fn id_list(
+    ids: &[OwnedEventId],
+    placement: &Placement<'_>,
+    rules: &RoomVersionRules,
+) -> Result<CanonicalJsonValue, Error> {
+    event_format::reference_list(ids, placement.references, rules).map_err(Error::internal)
 }
 
 /// Builds, hashes and signs a PDU. Returns the parsed PDU (its text is the canonical JSON).
@@ -96,11 +106,11 @@ pub fn build_pdu(
             obj.insert("redacts".into(), CanonicalJsonValue::String(redacts.to_string()));
         }
     }
-    obj.insert("auth_events".into(), id_list(placement.auth_events));
+    obj.insert("auth_events".into(), id_list(placement.auth_events, placement, rules)?);
     obj.insert("content".into(), CanonicalJsonValue::Object(content));
     obj.insert("depth".into(), CanonicalJsonValue::Integer(clamp_int(placement.depth)));
     obj.insert("origin_server_ts".into(), CanonicalJsonValue::Integer(clamp_int(placement.origin_server_ts)));
-    obj.insert("prev_events".into(), id_list(placement.prev_events));
+    obj.insert("prev_events".into(), id_list(placement.prev_events, placement, rules)?);
     if let Some(room_id) = placement.room_id {
         obj.insert("room_id".into(), CanonicalJsonValue::String(room_id.to_string()));
     }
@@ -110,11 +120,14 @@ pub fn build_pdu(
     }
     obj.insert("type".into(), CanonicalJsonValue::String(template.kind.clone()));
 
+    if event_format::ids_are_named(rules) {
+        let id = event_format::new_named_id(key.server_name());
+        obj.insert("event_id".into(), CanonicalJsonValue::String(id.to_string()));
+    }
     ruma::signatures::hash_and_sign_event(key.server_name().as_str(), key.pair(), &mut obj, &rules.redaction)
         .map_err(signing_error)?;
-    let hash = ruma::signatures::reference_hash(&obj, rules).map_err(signing_error)?;
-    let event_id = EventId::parse(format!("${hash}"))
-        .map_err(|e| Error::internal(format!("bad event id from reference hash: {e}")))?;
+    let event_id = event_format::event_id_of(&obj, rules)
+        .map_err(|e| Error::internal(format!("no event id for a new event: {e}")))?;
     let json = CanonicalJsonValue::Object(obj).to_string();
     if json.len() > MAX_PDU_BYTES {
         return Err(Error::too_large(format!(
@@ -124,9 +137,10 @@ pub fn build_pdu(
     }
     let derived_room_id: Option<OwnedRoomId> = match placement.room_id {
         Some(_) => None,
-        None => {
-            Some(RoomId::new_v2(&hash).map_err(|e| Error::internal(format!("cannot derive room id: {e}")))?)
-        }
+        None => Some(
+            RoomId::new_v2(event_id.localpart())
+                .map_err(|e| Error::internal(format!("cannot derive room id: {e}")))?,
+        ),
     };
     Pdu::parse(event_id, derived_room_id.as_deref(), Arc::from(json))
         .map_err(|e| Error::internal(e.to_string()))

@@ -337,6 +337,7 @@ impl Rooms {
                 auth_events: &[],
                 depth: 1,
                 origin_server_ts,
+                references: &Default::default(),
             },
         )?;
         Ok((pdu.room_id.clone(), pdu))

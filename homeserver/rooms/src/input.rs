@@ -45,7 +45,7 @@ use tracing::{debug, warn};
 use crate::{
     Shared, auth,
     builder::{EventTemplate, Placement, build_pdu},
-    derive,
+    derive, event_format,
     pdu::Pdu,
     power::PowerLevels,
     push, redaction,
@@ -657,6 +657,12 @@ impl RoomActor {
         let auth_ids: Vec<OwnedEventId> =
             keys.iter().filter_map(|k| self.loaded().state.get(k).cloned()).collect();
         let room_for_pdu = Some(&*room_id);
+        let references = if event_format::references_carry_hashes(&rules) {
+            let ids: Vec<OwnedEventId> = prev_events.iter().chain(&auth_ids).cloned().collect();
+            event_format::hashes_of(self.events(&ids).await?.values(), &rules)
+        } else {
+            Default::default()
+        };
         let pdu = build_pdu(
             &self.shared.key,
             &rules,
@@ -667,6 +673,7 @@ impl RoomActor {
                 auth_events: &auth_ids,
                 depth,
                 origin_server_ts: homeserver_core::time::now_millis(),
+                references: &references,
             },
         )?;
         self.authorize_and_append(Arc::new(pdu), txn, outcome, journal).await

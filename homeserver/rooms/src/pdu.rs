@@ -45,12 +45,31 @@ struct Fields {
     kind: TimelineEventType,
     content: Box<RawValue>,
     state_key: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "references")]
     prev_events: Vec<OwnedEventId>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "references")]
     auth_events: Vec<OwnedEventId>,
     redacts: Option<OwnedEventId>,
     depth: UInt,
+}
+
+/// An entry of `prev_events` or `auth_events`: a bare id, or (room versions 1 and 2) an
+/// `[id, hashes]` pair whose hashes nothing relies on.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Reference {
+    Id(OwnedEventId),
+    Pair(OwnedEventId, serde::de::IgnoredAny),
+}
+
+fn references<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<OwnedEventId>, D::Error> {
+    let list: Vec<Reference> = Deserialize::deserialize(deserializer)?;
+    Ok(list
+        .into_iter()
+        .map(|r| match r {
+            Reference::Id(id) | Reference::Pair(id, _) => id,
+        })
+        .collect())
 }
 
 #[derive(Deserialize)]
@@ -170,5 +189,26 @@ impl ruma::state_res::Event for Pdu {
 
     fn rejected(&self) -> bool {
         self.rejected
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_parse_as_ids_or_version_one_pairs() {
+        let json = serde_json::json!({
+            "room_id": "!r:a", "sender": "@u:a", "type": "m.room.message", "content": {},
+            "origin_server_ts": 1, "depth": 2,
+            "prev_events": [["$p:a", { "sha256": "h" }]],
+            "auth_events": ["$c:a", ["$m:a", {}]],
+        });
+        let pdu = Pdu::parse("$e:a".try_into().unwrap(), None, Arc::from(json.to_string())).unwrap();
+        assert_eq!(pdu.prev_events, vec![OwnedEventId::try_from("$p:a").unwrap()]);
+        let auth: Vec<&str> = pdu.auth_events.iter().map(|id| id.as_str()).collect();
+        assert_eq!(auth, ["$c:a", "$m:a"]);
+        let bad = json.to_string().replace("[\"$p:a\"", "[42");
+        assert!(Pdu::parse("$e:a".try_into().unwrap(), None, Arc::from(bad)).is_err());
     }
 }

@@ -21,6 +21,7 @@ use crate::{
     Rooms,
     auth::{self, AuthEvents},
     builder::{self, EventTemplate, Placement},
+    event_format,
     input::{MAX_DEPTH, MAX_PREV_EVENTS},
     pdu::Pdu,
     rejection::Rejection,
@@ -59,6 +60,10 @@ impl Rooms {
             .auth_at_current(room_id, &rules, "m.room.member", user, Some(user.as_str()), &content)
             .await?;
         let (prev_events, depth) = self.placement(room_id).await?;
+        let references = self.reference_hashes(&rules, &prev_events, &auth_ids).await?;
+        let list = |ids: &[OwnedEventId]| {
+            event_format::reference_list(ids, &references, &rules).map_err(Error::internal)
+        };
         let template = json!({
             "type": "m.room.member",
             "state_key": user,
@@ -66,8 +71,8 @@ impl Rooms {
             "content": content,
             "room_id": room_id,
             "origin_server_ts": now_millis(),
-            "prev_events": prev_events,
-            "auth_events": auth_ids,
+            "prev_events": list(&prev_events)?,
+            "auth_events": list(&auth_ids)?,
             "depth": depth,
         });
         // The auth rules see the template as the event it would become.
@@ -84,6 +89,20 @@ impl Rooms {
             other => Error::from(other),
         })?;
         Ok(template)
+    }
+
+    /// The reference hashes of an event's prev and auth events, for versions that list them.
+    async fn reference_hashes(
+        &self,
+        rules: &RoomVersionRules,
+        prev_events: &[OwnedEventId],
+        auth_events: &[OwnedEventId],
+    ) -> Result<event_format::ReferenceHashes, Error> {
+        if !event_format::references_carry_hashes(rules) {
+            return Ok(Default::default());
+        }
+        let ids: Vec<OwnedEventId> = prev_events.iter().chain(auth_events).cloned().collect();
+        Ok(event_format::hashes_of(self.cache().get_many(&ids).await?.values(), rules))
     }
 
     /// Whether `user` (of another server) meets a restricted room's join rule as this server
@@ -119,12 +138,14 @@ impl Rooms {
             )
             .await?;
         let (prev_events, depth) = self.placement(room_id).await?;
+        let references = self.reference_hashes(&rules, &prev_events, &auth_ids).await?;
         let placement = Placement {
             room_id: Some(room_id),
             prev_events: &prev_events,
             auth_events: &auth_ids,
             depth,
             origin_server_ts: now_millis(),
+            references: &references,
         };
         let pdu = builder::build_pdu(self.key(), &rules, template, &placement)?;
         auth::check(&rules.authorization, &pdu, &events).map_err(Error::from)?;

@@ -1,5 +1,6 @@
-//! State resolution v2 (room versions 6–12, v12's changes included) through ruma's
-//! `state_res::resolve`, fed from the DAG index and run off the room actor.
+//! State resolution v2 (room versions 2–12, v12's changes included) through ruma's
+//! `state_res::resolve`, fed from the DAG index and run off the room actor; version 1's
+//! algorithm is [`crate::resolve_v1`].
 //!
 //! Resolving forks whose states agree costs nothing: the union is the answer. Otherwise the
 //! inputs are gathered first — the auth chain of each state (for the auth difference) and, for
@@ -45,14 +46,14 @@ pub(crate) async fn resolve(
         }
         return Ok(union);
     }
+    let Some(v2_rules) = rules.state_res.v2_rules().copied() else {
+        return resolve_v1(shared, rules, states, unstored).await;
+    };
     // ruma takes the states' auth chains only to compute their difference; handing it the
     // difference itself (and an empty chain) gives it the same input at a fraction of the cost.
     let refs: Vec<&State> = states.iter().map(|s| &**s).collect();
     let difference = crate::auth_difference::auth_difference(&shared.db, &refs, unstored).await?;
     let auth_chains = vec![difference.into_iter().collect(), Default::default()];
-    let Some(v2_rules) = rules.state_res.v2_rules().copied() else {
-        return Err(Error::internal("state resolution v1 is not supported"));
-    };
     let subgraph = if v2_rules.consider_conflicted_state_subgraph {
         conflicted_subgraph(shared, &conflicted, unstored).await?
     } else {
@@ -72,6 +73,37 @@ pub(crate) async fn resolve(
             Some(subgraph.iter().cloned().collect())
         })
         .map_err(|e| Error::internal(format!("state resolution failed: {e}")))
+    })
+    .await
+    .map_err(|e| Error::internal(format!("state resolution panicked: {e}")))?
+}
+
+/// State resolution v1 (room version 1), on a blocking thread like v2.
+async fn resolve_v1(
+    shared: &Arc<Shared>,
+    rules: &RoomVersionRules,
+    states: &[Arc<State>],
+    unstored: &Unstored,
+) -> Result<State, Error> {
+    let (unstored, shared, rules) = (unstored.clone(), shared.clone(), rules.clone());
+    let states: Vec<Arc<State>> = states.to_vec();
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        // A read that fails must fail the resolution, not quietly drop a candidate.
+        let failed = std::cell::Cell::new(None);
+        let fetch = |id: &EventId| match unstored.get(id) {
+            Some(pdu) => Some(pdu.clone()),
+            None => handle.block_on(shared.cache.get(id)).unwrap_or_else(|e| {
+                failed.set(Some(e));
+                None
+            }),
+        };
+        let refs: Vec<&State> = states.iter().map(|s| &**s).collect();
+        let resolved = crate::resolve_v1::resolve(&rules.authorization, &refs, fetch);
+        match failed.take() {
+            Some(err) => Err(err),
+            None => Ok(resolved),
+        }
     })
     .await
     .map_err(|e| Error::internal(format!("state resolution panicked: {e}")))?

@@ -1,16 +1,18 @@
-//! Room versions Lattice creates and joins.
+//! Room versions Lattice creates and joins: all of 1 to 12.
 //!
-//! ruma implements the auth rules of every version and state resolution v2, which versions 2 and
-//! later use; state resolution v1 (room version 1) is not implemented, so versions 3 to 12 are
-//! offered — 3 to 5 because older public rooms still run them (servers created v4 and v5 rooms
-//! by default for years). Version 2 is left out with 1: nothing creates it, and its event ids
-//! (with a server name) would need their own handling. The rules are data (`RoomVersionRules`),
-//! so the room model does not `match` on versions.
+//! ruma implements the auth rules of every version and state resolution v2; state resolution
+//! v1, which only version 1 uses, is [`crate::resolve_v1`]. Versions 1 and 2 also name their
+//! events differently ([`crate::event_format`]). Older versions matter because public rooms on
+//! the network still run them (servers created v1 rooms until 2019 and v4 and v5 for years
+//! after). The rules are data (`RoomVersionRules`), so the room model does not `match` on
+//! versions.
 
 use ruma::{RoomVersionId, room_version_rules::RoomVersionRules};
 
 /// Versions offered for new rooms and accepted from clients.
-pub const SUPPORTED_VERSIONS: [RoomVersionId; 10] = [
+pub const SUPPORTED_VERSIONS: [RoomVersionId; 12] = [
+    RoomVersionId::V1,
+    RoomVersionId::V2,
     RoomVersionId::V3,
     RoomVersionId::V4,
     RoomVersionId::V5,

@@ -230,7 +230,7 @@ async fn alias_in_use_leaves_no_room_behind() {
     let (_, joined) = server.get("/_matrix/client/v3/joined_rooms", Some(&alice.token)).await;
     assert_eq!(joined["joined_rooms"].as_array().unwrap().len(), 1);
     let (status, body) = server
-        .post("/_matrix/client/v3/createRoom", Some(&alice.token), json!({ "room_version": "2" }))
+        .post("/_matrix/client/v3/createRoom", Some(&alice.token), json!({ "room_version": "13" }))
         .await;
     assert_eq!((status, errcode(&body)), (400, "M_UNSUPPORTED_ROOM_VERSION"));
 }

@@ -142,6 +142,35 @@ async fn signed_get(
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// A signed `POST` of a JSON body.
+async fn signed_post(to: &TestServer, path: &str, body: &Value, key: &ServerKey) -> (u16, Value) {
+    signed_json(to, key, http::Method::POST, path, serde_json::to_vec(body).unwrap()).await
+}
+
+/// A request with a JSON body, signed by `key` for `to`.
+async fn signed_json(
+    to: &TestServer,
+    key: &ServerKey,
+    method: http::Method,
+    path: &str,
+    bytes: Vec<u8>,
+) -> (u16, Value) {
+    let request = http::Request::builder().method(method.clone()).uri(path).body(bytes.clone()).unwrap();
+    let input = XMatrixSigningInput::new(key.server_name().to_owned(), name_of(to), key.pair());
+    let header = http::HeaderValue::from(&XMatrix::sign_http_request(&request, input).unwrap());
+    let url = format!("{}{path}", to.tls_base.as_ref().unwrap());
+    let response = raw_https()
+        .request(method, url)
+        .header("authorization", header.to_str().unwrap())
+        .header("content-type", "application/json")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
 fn profile_path(user: &str) -> String {
     format!("/_matrix/federation/v1/query/profile?user_id={}", crate::harness::enc(user))
 }
@@ -237,6 +266,16 @@ async fn forged_and_misaddressed_requests_are_unauthorized() {
     assert_eq!(unsigned.status().as_u16(), 401);
     let body: Value = unsigned.json().await.unwrap();
     assert_eq!(body["errcode"], "M_UNAUTHORIZED");
+    // A header that cannot be parsed (the origin is no server name) is a bad request.
+    let malformed = raw_https()
+        .get(&url)
+        .header("Authorization", r#"X-Matrix origin="localhost:http",key="ed25519:1",sig="abc""#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status().as_u16(), 400);
+    let body: Value = malformed.json().await.unwrap();
+    assert_eq!(body["errcode"], "M_UNAUTHORIZED");
 
     // A's name and key id, another secret key.
     let impostor = ServerKey::from_pkcs8(
@@ -280,7 +319,7 @@ async fn untrusted_certificates_and_private_destinations_are_refused() {
 
 /// Builds an event of `room` (on `on`) as server `key` would: on the room's current forward
 /// extremities, with the auth events the room version's rules select from its current state.
-async fn remote_event(
+pub(crate) async fn remote_event(
     on: &TestServer,
     key: &ServerKey,
     room: &str,
@@ -318,12 +357,16 @@ async fn remote_event(
             auth_events.push(pdu.event_id.clone());
         }
     }
+    let referenced: Vec<ruma::OwnedEventId> = prev_events.iter().chain(&auth_events).cloned().collect();
+    let pdus = rooms.cache().get_many(&referenced).await.unwrap();
+    let references = homeserver_rooms::event_format::hashes_of(pdus.values(), &rules);
     let placement = homeserver_rooms::builder::Placement {
         room_id: Some(&room_id),
         prev_events: &prev_events,
         auth_events: &auth_events,
         depth: depth + 1,
         origin_server_ts: now_millis(),
+        references: &references,
     };
     let pdu = homeserver_rooms::builder::build_pdu(key, &rules, &template, &placement).unwrap();
     let mut value: Value = serde_json::from_str(&pdu.json).unwrap();
@@ -332,13 +375,18 @@ async fn remote_event(
 }
 
 /// Splits off the event id `remote_event` noted, leaving the PDU as sent.
-fn pdu_and_id(mut value: Value) -> (Value, String) {
+pub(crate) fn pdu_and_id(mut value: Value) -> (Value, String) {
     let id = value.as_object_mut().unwrap().remove("event_id_for_test").unwrap();
     (value, id.as_str().unwrap().to_owned())
 }
 
 /// `PUT /send/{txn}` to `to`, signed by `key`.
-async fn send_transaction(to: &TestServer, key: &ServerKey, txn: &str, pdus: &[Value]) -> (u16, Value) {
+pub(crate) async fn send_transaction(
+    to: &TestServer,
+    key: &ServerKey,
+    txn: &str,
+    pdus: &[Value],
+) -> (u16, Value) {
     send_transaction_with(to, key, txn, pdus, &[]).await
 }
 
@@ -353,22 +401,7 @@ async fn send_transaction_with(
     let path = format!("/_matrix/federation/v1/send/{txn}");
     let body =
         json!({ "origin": key.server_name(), "origin_server_ts": now_millis(), "pdus": pdus, "edus": edus });
-    let bytes = serde_json::to_vec(&body).unwrap();
-    let request = http::Request::builder().method("PUT").uri(&path).body(bytes.clone()).unwrap();
-    let destination = name_of(to);
-    let input = XMatrixSigningInput::new(key.server_name().to_owned(), destination, key.pair());
-    let header = http::HeaderValue::from(&XMatrix::sign_http_request(&request, input).unwrap());
-    let url = format!("{}{path}", to.tls_base.as_ref().unwrap());
-    let response = raw_https()
-        .put(url)
-        .header("authorization", header.to_str().unwrap())
-        .header("content-type", "application/json")
-        .body(bytes)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    signed_json(to, key, http::Method::PUT, &path, serde_json::to_vec(&body).unwrap()).await
 }
 
 /// Two federating servers, Alice on B with a public room, and Ann: a user name of A.
@@ -401,12 +434,77 @@ fn member(user: &UserId, membership: &str) -> homeserver_rooms::builder::EventTe
     )
 }
 
-fn message(user: &UserId, body: &str) -> homeserver_rooms::builder::EventTemplate {
+pub(crate) fn message(user: &UserId, body: &str) -> homeserver_rooms::builder::EventTemplate {
     homeserver_rooms::builder::EventTemplate::new(
         "m.room.message",
         user,
         json!({ "msgtype": "m.text", "body": body }),
     )
+}
+
+#[tokio::test]
+async fn an_event_whose_gap_the_origin_will_not_fill_is_refused() {
+    let RoomOnB { a, b, room, ann, .. } = room_on_b().await;
+    let a_key = key_of(&a).clone();
+    let (join, _) = pdu_and_id(remote_event(&b, &a_key, &room, member(&ann, "join")).await);
+    assert_eq!(send_transaction(&b, &a_key, "j1", &[join]).await.0, 200);
+    // X is signed as A's but never sent, and A itself does not hold it; Y follows X.
+    let (x, x_id) = pdu_and_id(remote_event(&b, &a_key, &room, message(&ann, "never sent")).await);
+    let room_id = ruma::RoomId::parse(&room).unwrap();
+    let rules = ruma::RoomVersionId::V12.rules().unwrap();
+    let auth: Vec<ruma::OwnedEventId> = x["auth_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| ruma::EventId::parse(a.as_str().unwrap()).unwrap())
+        .collect();
+    let placement = homeserver_rooms::builder::Placement {
+        room_id: Some(&room_id),
+        prev_events: &[ruma::EventId::parse(&x_id).unwrap()],
+        auth_events: &auth,
+        depth: x["depth"].as_u64().unwrap() + 1,
+        origin_server_ts: now_millis(),
+        references: &Default::default(),
+    };
+    let y = homeserver_rooms::builder::build_pdu(&a_key, &rules, &message(&ann, "after the gap"), &placement)
+        .unwrap();
+    let (status, answer) =
+        send_transaction(&b, &a_key, "gap", &[serde_json::from_str(&y.json).unwrap()]).await;
+    assert_eq!(status, 200);
+    assert!(answer["pdus"][y.event_id.as_str()]["error"].is_string(), "{answer}");
+    assert!(b.server.db.dag_events(&[y.event_id.to_string()]).await.unwrap().is_empty(), "nothing stored");
+}
+
+#[tokio::test]
+async fn a_redaction_of_another_rooms_event_is_rejected() {
+    let RoomOnB { a, b, alice, room, ann, .. } = room_on_b().await;
+    let a_key = key_of(&a).clone();
+    let other = b.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    for (i, r) in [&room, &other].into_iter().enumerate() {
+        let (join, _) = pdu_and_id(remote_event(&b, &a_key, r, member(&ann, "join")).await);
+        assert_eq!(send_transaction(&b, &a_key, &format!("j{i}"), &[join]).await.0, 200);
+    }
+    let (hello, hello_id) = pdu_and_id(remote_event(&b, &a_key, &room, message(&ann, "keep me")).await);
+    assert_eq!(send_transaction(&b, &a_key, "m1", &[hello]).await.1["pdus"][&hello_id], json!({}));
+    // Ann may redact her own message, but not from another room.
+    let mut template = homeserver_rooms::builder::EventTemplate::new("m.room.redaction", &ann, json!({}));
+    template.redacts = Some(ruma::EventId::parse(&hello_id).unwrap());
+    let (redaction, redaction_id) = pdu_and_id(remote_event(&b, &a_key, &other, template).await);
+    let (status, answer) = send_transaction(&b, &a_key, "r1", &[redaction]).await;
+    assert_eq!((status, &answer["pdus"][&redaction_id]), (200, &json!({})), "{answer}");
+    let stored = b.server.db.dag_events(std::slice::from_ref(&redaction_id)).await.unwrap();
+    assert!(
+        stored[0].rejected_reason.as_ref().is_some_and(|r| r.contains("another room")),
+        "{:?}",
+        stored[0]
+    );
+    let event = format!(
+        "/_matrix/client/v3/rooms/{}/event/{}",
+        crate::harness::enc(&room),
+        crate::harness::enc(&hello_id)
+    );
+    let (status, original) = b.get(&event, Some(&alice.token)).await;
+    assert_eq!((status, original["content"]["body"].as_str()), (200, Some("keep me")), "{original}");
 }
 
 #[tokio::test]
@@ -447,6 +545,23 @@ async fn transactions_place_remote_events_once_and_refuse_what_they_must() {
     let typing_now = ephemeral.as_array().unwrap().iter().find(|e| e["type"] == "m.typing").expect("typing");
     assert_eq!(typing_now["content"]["user_ids"], json!([ann.as_str()]), "{ephemeral}");
 
+    // A body that is not canonical JSON (a float) is bad JSON, whatever its signature (which
+    // cannot even be made over it: this one is over another body).
+    let path = "/_matrix/federation/v1/send/float";
+    let signed = http::Request::builder().method("PUT").uri(path).body(b"{}".to_vec()).unwrap();
+    let input = XMatrixSigningInput::new(a_key.server_name().to_owned(), name_of(&b), a_key.pair());
+    let header = http::HeaderValue::from(&XMatrix::sign_http_request(&signed, input).unwrap());
+    let response = raw_https()
+        .put(format!("{}{path}", b.tls_base.as_ref().unwrap()))
+        .header("authorization", header.to_str().unwrap())
+        .header("content-type", "application/json")
+        .body(r#"{"origin":"x","origin_server_ts":1,"pdus":[{"depth":1.5}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    assert_eq!(response.json::<Value>().await.unwrap()["errcode"], "M_BAD_JSON");
+
     // Too many PDUs for one transaction.
     let (status, body) = send_transaction(&b, &a_key, "t3", &vec![json!({}); 51]).await;
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")));
@@ -457,12 +572,15 @@ async fn transactions_place_remote_events_once_and_refuse_what_they_must() {
     let (_, answer) = send_transaction(&b, &a_key, "t4", &[forged]).await;
     assert!(answer["pdus"][&forged_id]["error"].is_string(), "{answer}");
 
-    // A user of A who never joined may not speak: rejected by the auth rules.
+    // A user of A who never joined may not speak: rejected by the auth rules — stored as
+    // rejected (so the answer has no error, as Synapse's has not), never shown.
     let stranger = UserId::parse(format!("@stranger:{}", name_of(&a))).unwrap();
     let (intruder, intruder_id) =
         pdu_and_id(remote_event(&b, &a_key, &room, message(&stranger, "let me in")).await);
     let (_, answer) = send_transaction(&b, &a_key, "t5", &[intruder]).await;
-    assert!(answer["pdus"][&intruder_id]["error"].is_string(), "{answer}");
+    assert_eq!(answer["pdus"][&intruder_id], json!({}), "{answer}");
+    let stored = b.server.db.dag_events(std::slice::from_ref(&intruder_id)).await.unwrap();
+    assert!(stored[0].rejected_reason.as_ref().is_some_and(|r| r.contains("join")), "{:?}", stored[0].json);
     let sync = b.sync(&alice, None, 0).await;
     let bodies = crate::harness::bodies(&sync["rooms"]["join"][&room]["timeline"]["events"]);
     assert!(!bodies.iter().any(|b| b == "forged" || b == "let me in"), "{bodies:?}");
@@ -596,6 +714,15 @@ async fn a_gap_is_filled_from_the_origin_and_events_are_served_to_members_only()
         .as_u64()
         .unwrap();
     assert!(ask(10, m3_depth).await.unwrap().events.is_empty(), "nothing below min_depth");
+    // Every field may be left out, as Synapse's clients do: limit 10, depth 0, no events.
+    let path = format!("/_matrix/federation/v1/get_missing_events/{}", crate::harness::enc(&room));
+    let (status, body) = signed_post(&b, &path, &json!({ "latest_events": [m3] }), key_of(&a)).await;
+    assert_eq!(status, 200, "{body}");
+    let events = body["events"].as_array().expect("events");
+    let ids: Vec<String> = events.iter().map(|v| b_event_id(&b, v)).collect();
+    assert!(ids.len() <= 10 && ids.contains(&m1) && ids.contains(&m2), "{ids:?}");
+    let (status, body) = signed_post(&b, &path, &json!({}), key_of(&a)).await;
+    assert_eq!((status, &body["events"]), (200, &json!([])), "nothing asked, nothing answered");
 
     // The state before an event, and auth chains, for member servers only.
     use ruma::api::federation::{authorization::get_event_authorization, event::get_room_state_ids};

@@ -1,6 +1,7 @@
 //! Outbound federation across outages: a server that goes down and comes back receives what it
 //! missed, in order, once; the admin API shows each destination's queue and backoff and resets
-//! it; `lattice federation` lists destinations.
+//! it; `lattice federation` lists destinations; a destination that makes a request ends its own
+//! backoff.
 
 use std::time::Duration;
 
@@ -211,4 +212,40 @@ async fn a_long_outage_is_caught_up_with_the_gap_filled_and_nothing_lost() {
     seen.reverse();
     let received: Vec<String> = seen.into_iter().filter(|b| b.starts_with("missed")).collect();
     assert_eq!(received, missed);
+}
+
+#[tokio::test]
+async fn a_destination_in_backoff_is_retried_as_soon_as_it_makes_a_request() {
+    let ca = TestCa::create();
+    let a = federated(&ca, |_| {}).await;
+    let b = federated(&ca, |c| c.registration.shared_secret = "reg_secret".into()).await;
+    let alice = b.register_admin("alice").await;
+    let ann = a.register("ann").await;
+    let room = b.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    let join = format!("/_matrix/client/v3/join/{}?via={}", enc(&room), enc(name_of(&b).as_str()));
+    assert_eq!(a.post(&join, Some(&ann.token), json!({})).await.0, 200);
+
+    // A goes down and B fails twice: its next try is ten seconds away.
+    let a_name = name_of(&a).to_string();
+    let mut a = a;
+    a.stop().await;
+    b.send_text(&alice, &room, "while A was down").await;
+    let path = format!("/_synapse/admin/v1/federation/destinations/{}", enc(&a_name));
+    let mut failures = 0;
+    for _ in 0..200 {
+        failures = b.get(&path, Some(&alice.token)).await.1["failures"].as_i64().unwrap_or(0);
+        if failures >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(failures >= 2, "B backed off twice");
+
+    // A comes back and asks B something: B hears from A and delivers at once.
+    let a = a.restart().await;
+    let asked = std::time::Instant::now();
+    let profile = format!("/_matrix/client/v3/profile/{}", enc(&alice.user_id));
+    assert_eq!(a.get(&profile, Some(&ann.token)).await.0, 200);
+    wait_for_body(&a, &ann, &room, "while A was down").await;
+    assert!(asked.elapsed() < Duration::from_secs(5), "delivered after {:?}", asked.elapsed());
 }

@@ -41,6 +41,7 @@ mod errors;
 mod federation;
 mod federation_delivery;
 mod federation_membership;
+mod federation_versions;
 mod friends;
 mod fuzz;
 mod groups;

@@ -53,6 +53,7 @@ impl RemoteServer {
             auth_events: auth,
             depth: depth + 1,
             origin_server_ts: homeserver_core::time::now_millis(),
+            references: &Default::default(),
         };
         let pdu = build_pdu(&self.key, &rules, &template, &placement).unwrap();
         let mut verdicts = rooms

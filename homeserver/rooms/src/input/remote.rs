@@ -21,12 +21,12 @@ use homeserver_storage::{
     events::StateGroupDelta,
     persist::{MembershipUpdate, NewEvent, NewStateGroup, StateChange},
 };
-use ruma::{EventId, OwnedEventId, UserId, events::StateEventType};
+use ruma::{EventId, OwnedEventId, UserId, events::StateEventType, room_version_rules::RoomVersionRules};
 use tracing::debug;
 
 use super::{Extremity, Journal, Outcome, RoomActor, StateKey};
 use crate::{
-    auth,
+    auth, event_format,
     pdu::Pdu,
     redaction,
     rejection::Rejection,
@@ -108,6 +108,11 @@ impl RoomActor {
             Err(reason) => return Ok(Verdict::Dropped(reason)),
         };
         let id = pdu.event_id.clone();
+        if event_format::ids_are_named(&rules)
+            && let Some(reason) = self.reused_id(&pdu, &rules).await?
+        {
+            return Ok(Verdict::Dropped(reason));
+        }
         let outlier = arrival == Arrival::Outlier;
         let replaces_outlier = match self.dag_info(std::slice::from_ref(&id)).await?.remove(&id) {
             Some(info) if info.outlier && !outlier => true,
@@ -147,8 +152,13 @@ impl RoomActor {
                 Err(Unplaceable::Invalid(reason)) => return Ok(Verdict::Dropped(reason)),
             }
         };
-        // Step 4: the auth rules against the event's own auth events.
-        if let Err(rejection) = auth::check(&rules.authorization, &pdu, &own) {
+        // Step 4: the auth rules against the event's own auth events — and a redaction of an
+        // event this server holds in another room is no redaction of this room at all.
+        let checked = match self.cross_room_redaction(&pdu).await? {
+            Some(rejection) => Err(rejection),
+            None => auth::check(&rules.authorization, &pdu, &own),
+        };
+        if let Err(rejection) = checked {
             return self
                 .store_rejected(pdu, rejection, before_group, outlier, replaces_outlier, outcome)
                 .await;
@@ -268,6 +278,20 @@ impl RoomActor {
             return Ok(pos);
         }
         self.shared.outside_positions.next(&self.shared.db).await
+    }
+
+    /// In rooms whose events carry their own ids (versions 1 and 2) an id is only a name its
+    /// server chose: an id already held — in this room or another — must name the same event
+    /// (the same reference hash), or the newcomer is dropped. Otherwise a server could have one
+    /// event stored and served and another one indexed under the same id.
+    async fn reused_id(&self, pdu: &Pdu, rules: &RoomVersionRules) -> Result<Option<String>, Error> {
+        let Some(held) = self.events(std::slice::from_ref(&pdu.event_id)).await?.remove(&pdu.event_id) else {
+            return Ok(None);
+        };
+        let same = held.room_id == pdu.room_id
+            && event_format::reference_hash(&held.json, rules)
+                == event_format::reference_hash(&pdu.json, rules);
+        Ok((!same).then(|| "the event id names another event already held".to_owned()))
     }
 
     /// DAG facts of events of this room stored earlier (this batch first). Events of other
@@ -636,6 +660,16 @@ impl RoomActor {
         Ok(events)
     }
 
+    /// A redaction naming an event held here in another room: rejected (as Synapse ignores it).
+    async fn cross_room_redaction(&self, pdu: &Pdu) -> Result<Option<Rejection>, Error> {
+        let Some(target) = redaction::target(pdu) else { return Ok(None) };
+        let target = target.to_owned();
+        let held = self.events(std::slice::from_ref(&target)).await?.remove(&target);
+        Ok(held
+            .filter(|original| original.room_id != pdu.room_id)
+            .map(|_| Rejection::Unauthorized("the redacted event belongs to another room".into())))
+    }
+
     /// A remote redaction redacts only where it takes effect (redaction authority), and only
     /// events this server holds in the same room.
     async fn remote_redaction(&self, pdu: &Pdu) -> Result<Option<OwnedEventId>, Error> {
@@ -806,15 +840,17 @@ impl RoomActor {
         Ok(())
     }
 
-    /// The event is held now (no longer a backward extremity); its prev events that are not
-    /// become backward extremities.
+    /// The event is held now (no longer a backward extremity); its prev events that are not —
+    /// or are held only as outliers (fetched for a state, not placed in the timeline) — become
+    /// backward extremities, so paging back still fetches the history behind them.
     async fn track_backward_extremities(&self, pdu: &Pdu, outcome: &mut Outcome) -> Result<(), Error> {
         outcome.plan.backward_extremities_closed.push(pdu.event_id.to_string());
         let known = self.dag_info(&pdu.prev_events).await?;
+        let in_timeline = |p: &OwnedEventId| known.get(p).is_some_and(|info| !info.outlier);
         outcome
             .plan
             .backward_extremities_opened
-            .extend(pdu.prev_events.iter().filter(|p| !known.contains_key(*p)).map(|p| p.to_string()));
+            .extend(pdu.prev_events.iter().filter(|p| !in_timeline(p)).map(|p| p.to_string()));
         Ok(())
     }
 }

@@ -14,13 +14,13 @@ use std::{
 };
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, RoomId,
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, RoomId,
     room_version_rules::RoomVersionRules,
     serde::Base64,
     signatures::{PublicKeyMap, PublicKeySet, Verified},
 };
 
-use crate::{builder::MAX_PDU_BYTES, pdu::Pdu};
+use crate::{builder::MAX_PDU_BYTES, event_format, pdu::Pdu};
 
 /// Where verify keys of other servers come from. The lookup is synchronous: whoever hands
 /// events to the room model makes sure the keys they need are known first (the actor never waits
@@ -83,11 +83,14 @@ pub(crate) fn check_pdu(
     }
     let mut object: CanonicalJsonObject =
         serde_json::from_str(json).map_err(|e| format!("not canonical JSON: {e}"))?;
-    // What the origin added for its own clients, and the v1/v2 id field, are not part of the
-    // signed event.
+    // What the origin added for its own clients is not part of the signed event, nor is an
+    // `event_id` outside versions 1 and 2 (where it is the signed id).
     object.remove("unsigned");
-    object.remove("event_id");
+    if !event_format::ids_are_named(rules) {
+        object.remove("event_id");
+    }
     ruma::state_res::check_pdu_format(&object, &rules.event_format)?;
+    event_format::check_reference_shapes(&object, rules)?;
     let public_keys = known_keys(&object, keys);
     let verified = ruma::signatures::verify_event(&public_keys, &object, rules)
         .map_err(|e| format!("signatures do not verify: {e}"))?;
@@ -96,11 +99,9 @@ pub(crate) fn check_pdu(
         object = ruma::canonical_json::redact(object, &rules.redaction, None)
             .map_err(|e| format!("cannot redact: {e}"))?;
     }
-    let hash =
-        ruma::signatures::reference_hash(&object, rules).map_err(|e| format!("no reference hash: {e}"))?;
-    let event_id: OwnedEventId = EventId::parse(format!("${hash}")).map_err(|e| e.to_string())?;
+    let event_id: OwnedEventId = event_format::event_id_of(&object, rules)?;
     let derived_room = is_v12_create(&object, rules)
-        .then(|| RoomId::new_v2(&hash))
+        .then(|| RoomId::new_v2(event_id.localpart()))
         .transpose()
         .map_err(|e| e.to_string())?;
     let pdu_room = match (&derived_room, object.get("room_id")) {

@@ -207,6 +207,7 @@ impl Builder {
                 auth_events: auth,
                 depth,
                 origin_server_ts: self.ts,
+                references: &Default::default(),
             },
         )
         .unwrap();

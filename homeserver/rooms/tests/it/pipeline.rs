@@ -57,7 +57,7 @@ fn create_request(creator: &str, version: RoomVersionId) -> CreateRoom {
     }
 }
 
-fn verify(env: &Env, pdu: &Pdu, version: &RoomVersionId) {
+async fn verify(env: &Env, pdu: &Pdu, version: &RoomVersionId) {
     let rules = version.rules().unwrap();
     let obj: CanonicalJsonObject = serde_json::from_str(&pdu.json).unwrap();
     let mut keys = BTreeMap::new();
@@ -65,8 +65,34 @@ fn verify(env: &Env, pdu: &Pdu, version: &RoomVersionId) {
     let mut map = BTreeMap::new();
     map.insert("test.local".to_owned(), keys);
     assert_eq!(verify_event(&map, &obj, &rules).unwrap(), Verified::All, "signature and hash");
-    let reference = ruma::signatures::reference_hash(&obj, &rules).unwrap();
-    assert_eq!(pdu.event_id.as_str(), format!("${reference}"), "event id is the reference hash");
+    if homeserver_rooms::event_format::ids_are_named(&rules) {
+        // Versions 1 and 2: the id is signed with the event and names this server.
+        assert_eq!(obj["event_id"], ruma::CanonicalJsonValue::String(pdu.event_id.to_string()));
+        assert!(pdu.event_id.as_str().ends_with(":test.local"), "{}", pdu.event_id);
+    } else {
+        let reference = ruma::signatures::reference_hash(&obj, &rules).unwrap();
+        assert_eq!(pdu.event_id.as_str(), format!("${reference}"), "event id is the reference hash");
+    }
+    // Versions 1 and 2 reference earlier events with their reference hashes.
+    let pairs = homeserver_rooms::event_format::references_carry_hashes(&rules);
+    for reference in
+        obj["prev_events"].as_array().unwrap().iter().chain(obj["auth_events"].as_array().unwrap())
+    {
+        match reference {
+            ruma::CanonicalJsonValue::Array(pair) if pairs => {
+                let ruma::CanonicalJsonValue::String(hash) = &pair[1].as_object().unwrap()["sha256"] else {
+                    panic!("no hash in {reference:?}");
+                };
+                let ruma::CanonicalJsonValue::String(id) = &pair[0] else { panic!("no id in {reference:?}") };
+                let referenced =
+                    env.rooms.cache().get(&ruma::EventId::parse(id).unwrap()).await.unwrap().unwrap();
+                let expected = homeserver_rooms::event_format::reference_hash(&referenced.json, &rules);
+                assert_eq!(Some(hash.clone()), expected, "the reference hash of {id}");
+            }
+            ruma::CanonicalJsonValue::String(_) if !pairs => {}
+            other => panic!("unexpected reference {other:?}"),
+        }
+    }
 }
 
 #[tokio::test]
@@ -96,7 +122,7 @@ async fn created_events_verify_for_every_supported_version() {
         let pdus = env.rooms.cache().get_many(&ids).await.unwrap();
         assert_eq!(pdus.len(), ids.len());
         for pdu in pdus.values() {
-            verify(&env, pdu, &version);
+            verify(&env, pdu, &version).await;
         }
         let create = env.rooms.current_state_event(&room_id, "m.room.create", "").await.unwrap().unwrap();
         if version == RoomVersionId::V12 {
@@ -178,6 +204,7 @@ async fn forged_event_fails_the_auth_rules() {
             auth_events: &auth_events,
             depth: 99,
             origin_server_ts: 1,
+            references: &Default::default(),
         },
     )
     .unwrap();
