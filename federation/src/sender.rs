@@ -3,8 +3,9 @@
 //! Routing decides who gets an event when it happens, not when it is sent: a supervisor follows
 //! the event stream (woken by every advance) from the persisted routed position, and for each of
 //! this server's events queues one outbox row per destination — the other servers with a user
-//! joined to the room at that event, plus, for a membership event, the server it is about (so a
-//! kicked or banned server learns of it). A server that joins later never receives the events
+//! joined to the room at that event, plus, for a leave or ban, the server it is about (so a
+//! kicked or banned server learns of it; an invite reaches the invitee's server through
+//! `/invite`). A server that joins later never receives the events
 //! from before; one that left is not sent what came after. Membership changes of every server
 //! keep the per-room set of remote users current; it is loaded from the database when a room is
 //! first seen. Queuing and the routed position commit together, so a restart resumes where
@@ -57,6 +58,10 @@ const OUTAGE_MS: i64 = 60_000;
 /// Typing notices kept per destination while it cannot be reached, and for how long.
 const MAX_EPHEMERAL: usize = 50;
 const EPHEMERAL_TTL: Duration = Duration::from_secs(30);
+/// When, after accepting another server's join, this server's users' presence is sent to it.
+const JOIN_PRESENCE_DELAYS: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(5)];
+/// Most users whose presence a server that joins a room is sent.
+const MAX_JOIN_PRESENCE: i64 = 100;
 /// Positions after which the routed position is saved even if nothing was owed.
 const SAVE_EVERY: i64 = 10_000;
 
@@ -174,6 +179,7 @@ impl Sender {
             let mut owed: Vec<(String, StreamPos)> = Vec::new();
             let mut forwarded: Vec<String> = Vec::new();
             for event in &events {
+                self.presence_for_a_join(event).await?;
                 let (destinations, forward) = self.destinations_of(event).await?;
                 if forward {
                     forwarded.push(event.event_id.clone());
@@ -217,6 +223,62 @@ impl Sender {
         Ok(up_to)
     }
 
+    /// A join brings two servers' users together in a room: the joiner's server is sent the
+    /// presence of this server's users in it, or — when the joiner is this server's — the other
+    /// servers of the room are sent the joiner's, so both sides show each other at once (as
+    /// Synapse does) rather than at the next change. Sent with a transaction soon after, like
+    /// typing notices: a presence lost to an outage is corrected by the next change.
+    async fn presence_for_a_join(self: &Arc<Self>, event: &EventRow) -> Result<(), Error> {
+        let ours = self.state.key.server_name();
+        if !self.state.live.presence.enabled || event.event_type != "m.room.member" {
+            return Ok(());
+        }
+        let Some(joiner) = event.state_key.as_deref().and_then(|k| UserId::parse(k).ok()) else {
+            return Ok(());
+        };
+        let joined = serde_json::from_str::<serde_json::Value>(&event.json).ok().is_some_and(|v| {
+            v.get("content").and_then(|c| c.get("membership")).and_then(|m| m.as_str()) == Some("join")
+        });
+        // A profile change is a join after a join: nobody new is in the room.
+        let rejoined = event
+            .unsigned_extra
+            .as_deref()
+            .and_then(|u| serde_json::from_str::<serde_json::Value>(u).ok())
+            .is_some_and(|u| {
+                u.get("prev_content").and_then(|c| c.get("membership")).and_then(|m| m.as_str())
+                    == Some("join")
+            });
+        if !joined || rejoined {
+            return Ok(());
+        }
+        if joiner.server_name() == ours {
+            let rows: Vec<PresenceRow> = self.state.db.presence(joiner.as_str()).await?.into_iter().collect();
+            if let Some(edu) = presence_edu(&rows) {
+                for destination in self.servers_in_room(&event.room_id).await? {
+                    self.queue_ephemeral(&destination, edu.clone());
+                }
+            }
+            return Ok(());
+        }
+        let rows = self.state.db.joined_presence(&event.room_id, ours.as_str(), MAX_JOIN_PRESENCE).await?;
+        if let Some(edu) = presence_edu(&rows) {
+            // The joining server takes presence only of users it shares a room with, and it is
+            // still taking in the room's state when its join is accepted here: the presence
+            // follows a moment later, and once more later still for a big room's slower join
+            // (an unchanged presence is a no-op for the receiver).
+            let (sender, destination) = (self.clone(), joiner.server_name().to_owned());
+            tokio::spawn(async move {
+                let mut waited = Duration::ZERO;
+                for delay in JOIN_PRESENCE_DELAYS {
+                    tokio::time::sleep(delay.saturating_sub(waited)).await;
+                    waited = delay;
+                    sender.queue_ephemeral(&destination, edu.clone());
+                }
+            });
+        }
+        Ok(())
+    }
+
     /// The servers an event goes to, keeping the room's remote members current, and whether it
     /// is another server's event this server forwards (one it accepted as the room's resident
     /// through `send_join` or `send_leave`; it goes to every server but the sender's). Other
@@ -233,12 +295,16 @@ impl Sender {
                 .then(|| event.state_key.as_deref().and_then(|k| UserId::parse(k).ok()))
                 .flatten();
             if let Some(target) = &target {
-                // The server a membership is about hears of it, joined or not.
-                servers.insert(target.server_name().to_owned());
+                let membership = serde_json::from_str::<serde_json::Value>(&event.json)
+                    .ok()
+                    .and_then(|v| v.get("content")?.get("membership")?.as_str().map(str::to_owned));
+                // The server a kick or ban is about hears of it, joined or not. (An invite
+                // reached the invitee's server through `/invite`; as a PDU it would be an event
+                // of a room that server is not in, as Synapse does not send it either.)
+                if matches!(membership.as_deref(), Some("leave" | "ban")) {
+                    servers.insert(target.server_name().to_owned());
+                }
                 if target.server_name() != ours {
-                    let membership = serde_json::from_str::<serde_json::Value>(&event.json)
-                        .ok()
-                        .and_then(|v| v.get("content")?.get("membership")?.as_str().map(str::to_owned));
                     if membership.as_deref() == Some("join") {
                         room.insert(target.clone());
                     } else {

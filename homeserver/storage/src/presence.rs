@@ -105,6 +105,23 @@ impl Db {
         crate::rows_at_positions(self, "presence", columns, positions, presence_row).await
     }
 
+    /// The presence of at most `limit` users of server `ours` joined to a room (what a server
+    /// that has just joined it is sent).
+    pub async fn joined_presence(&self, room_id: &str, ours: &str, limit: i64) -> Result<Vec<PresenceRow>> {
+        let rows = sqlx::query(
+            "SELECT p.user_id, p.state, p.status_msg, p.last_active_ts, p.currently_active, p.stream_pos \
+             FROM presence p JOIN memberships m ON m.user_id = p.user_id \
+             WHERE m.room_id = $1 AND m.membership = 'join' AND p.user_id LIKE $2 \
+             ORDER BY p.stream_pos DESC LIMIT $3",
+        )
+        .bind(room_id)
+        .bind(format!("%:{ours}"))
+        .bind(limit)
+        .fetch_all(self.reader())
+        .await?;
+        rows.iter().map(presence_row).collect()
+    }
+
     /// Whether a user shares a joined room with a user of server `ours`.
     pub async fn shares_room_with_server(&self, user_id: &str, ours: &str) -> Result<bool> {
         let found: Option<i64> = sqlx::query_scalar(

@@ -108,7 +108,7 @@ def all_bodies(user: User, room: str, prefix: str) -> set[str]:
     """Every message body starting with `prefix` the user can page back to."""
     seen: set[str] = set()
     token = None
-    while True:
+    for _ in range(1000):
         path = f"/_matrix/client/v3/rooms/{quote(room, safe='')}/messages?dir=b&limit=500"
         if token:
             path += "&from=" + quote(token, safe="")
@@ -117,9 +117,12 @@ def all_bodies(user: User, room: str, prefix: str) -> set[str]:
             body = event.get("content", {}).get("body", "")
             if body.startswith(prefix):
                 seen.add(body)
-        token = page.get("end")
-        if not page["chunk"] or not token or any(e["type"] == "m.room.create" for e in page["chunk"]):
+        # Only a missing `end` ends the history (Synapse may answer an empty page while it
+        # backfills); the create event is its beginning.
+        previous, token = token, page.get("end")
+        if not token or token == previous or any(e["type"] == "m.room.create" for e in page["chunk"]):
             return seen
+    return seen
 
 
 def send_all(sender: User, room: str, bodies: list[str]):

@@ -249,3 +249,41 @@ async fn a_destination_in_backoff_is_retried_as_soon_as_it_makes_a_request() {
     wait_for_body(&a, &ann, &room, "while A was down").await;
     assert!(asked.elapsed() < Duration::from_secs(5), "delivered after {:?}", asked.elapsed());
 }
+
+/// Polls `on` for `user`'s presence status message as `viewer` sees it until it is `expected`.
+async fn wait_status(
+    on: &crate::harness::TestServer,
+    viewer: &crate::harness::User,
+    user: &str,
+    expected: &str,
+) {
+    let path = format!("/_matrix/client/v3/presence/{}/status", enc(user));
+    for _ in 0..50 {
+        let (code, body) = on.get(&path, Some(&viewer.token)).await;
+        if code == 200 && body["status_msg"] == expected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{user}'s status never became {expected:?} on {}", name_of(on));
+}
+
+#[tokio::test]
+async fn a_join_brings_both_servers_the_other_users_presence() {
+    let ca = TestCa::create();
+    let (a, b) = (federated(&ca, |_| {}).await, federated(&ca, |_| {}).await);
+    let alice = b.register("alice").await;
+    let ann = a.register("ann").await;
+    // Both set their presence before they share any room: nobody else is told then.
+    let set = |status: &str| json!({ "presence": "online", "status_msg": status });
+    let alice_status = format!("/_matrix/client/v3/presence/{}/status", enc(&alice.user_id));
+    let ann_status = format!("/_matrix/client/v3/presence/{}/status", enc(&ann.user_id));
+    assert_eq!(b.put(&alice_status, Some(&alice.token), set("alice before")).await.0, 200);
+    assert_eq!(a.put(&ann_status, Some(&ann.token), set("ann before")).await.0, 200);
+    // The join itself brings each side the other's, with no change of presence after it.
+    let room = b.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    let join = format!("/_matrix/client/v3/join/{}?via={}", enc(&room), enc(name_of(&b).as_str()));
+    assert_eq!(a.post(&join, Some(&ann.token), json!({})).await.0, 200);
+    wait_status(&a, &ann, &alice.user_id, "alice before").await;
+    wait_status(&b, &alice, &ann.user_id, "ann before").await;
+}
