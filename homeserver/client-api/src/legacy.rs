@@ -238,7 +238,8 @@ async fn events_since(
     app.rooms.filter_visible(&session.user_id, rows).await
 }
 
-/// `GET /_matrix/client/v3/events` (deprecated): long-polls like `/sync`.
+/// `GET /_matrix/client/v3/events` (deprecated): long-polls like `/sync` (and, like it, marks
+/// the user online while it polls).
 async fn events(
     State(app): State<App>,
     Authenticated(session): Authenticated,
@@ -252,6 +253,9 @@ async fn events(
     };
     let timeout = Duration::from_millis(query.timeout.unwrap_or(30_000).min(app.config.max_sync_timeout_ms));
     let deadline = tokio::time::Instant::now() + timeout;
+    // Polling the stream shows the user online while it lasts, as a sync does (and as the
+    // clients that still poll it expect).
+    let _syncing = app.live.presence.on_sync(&session.user_id, "online").await?;
     let mut wake = app.stream.subscribe(&session.user_id);
     loop {
         wake.borrow_and_update();

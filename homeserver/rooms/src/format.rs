@@ -3,6 +3,7 @@
 //! Built from the stored PDU text: the federation-only fields are dropped, `event_id` (and
 //! `room_id` where the endpoint wants it) added, the room version's redaction algorithm applied if
 //! the event was redacted, and `unsigned` filled with `age`, `prev_content`, `redacted_because`
+//! (and, as Synapse adds, `redacted_by`)
 //! and — for the device that sent it — `transaction_id`; with a viewer, the bundled aggregations
 //! (`unsigned.m.relations`) of edits, threads and references.
 
@@ -81,6 +82,10 @@ pub fn client_event(
     }
     if let Some(redaction) = redaction {
         unsigned.insert("redacted_because".into(), redaction.clone());
+        // Synapse's clients (and SyTest) also read the redaction's id on its own.
+        if let Some(id) = redaction.get("event_id") {
+            unsigned.insert("redacted_by".into(), id.clone());
+        }
     }
     out.insert("unsigned".into(), Value::Object(unsigned));
     Value::Object(out)

@@ -174,3 +174,14 @@ async fn presence_can_be_switched_off() {
     let sync = server.sync(&bob, None, 0).await;
     assert!(sync["presence"]["events"].as_array().unwrap().is_empty(), "{sync}");
 }
+
+#[tokio::test]
+async fn polling_the_legacy_events_stream_shows_its_user_online() {
+    let server = TestServer::start().await;
+    let (alice, bob, _room) = server.pair().await;
+    let mut since = quiet_sync(&server, &bob).await;
+    let (status, body) = server.get("/_matrix/client/v3/events?timeout=0", Some(&alice.token)).await;
+    assert_eq!(status, 200, "{body}");
+    let content = await_presence(&server, &bob, &mut since, &alice, "online", Duration::from_secs(5)).await;
+    assert_eq!(content["presence"], "online", "{content}");
+}

@@ -292,6 +292,7 @@ async fn redaction_strips_content_everywhere() {
     let (_, event) = server.get(&r(&room, &format!("/event/{}", enc(&secret))), Some(&alice.token)).await;
     assert_eq!(event["content"], json!({}), "{event}");
     assert_eq!(event["unsigned"]["redacted_because"]["event_id"], redaction["event_id"]);
+    assert_eq!(event["unsigned"]["redacted_by"], redaction["event_id"]);
     assert_eq!(event["unsigned"]["redacted_because"]["content"]["reason"], "typo");
     let (_, page) = server.get(&r(&room, "/messages?dir=b&limit=5"), Some(&alice.token)).await;
     let chunk = page["chunk"].as_array().unwrap();
