@@ -142,20 +142,25 @@ impl AuthKind for ServerSignatures {
     const SERVER_SIGNED: bool = true;
     async fn resolve<S: AuthState>(request: AuthRequest<'_>, state: &S) -> Result<OwnedServerName, Error> {
         let header = x_matrix(request.parts)?;
-        // The signature covers the body as canonical JSON: a body that cannot be (floats,
-        // integers beyond 2^53) is bad JSON, not a bad signature.
-        if !request.body.is_empty()
-            && let Err(e) = serde_json::from_slice::<ruma::CanonicalJsonValue>(request.body)
-        {
-            return Err(Error::bad_json(format!("the body is not canonical JSON: {e}")));
-        }
         let mut builder =
             http::Request::builder().method(request.parts.method.clone()).uri(request.parts.uri.clone());
         if let Some(headers) = builder.headers_mut() {
             *headers = request.parts.headers.clone();
         }
         let signed = builder.body(request.body).map_err(|e| Error::bad_json(e.to_string()))?;
-        state.authenticate_server(header, &signed).await
+        let refused = match state.authenticate_server(header, &signed).await {
+            Ok(origin) => return Ok(origin),
+            Err(refused) => refused,
+        };
+        // The signature covers the body as canonical JSON: a body that cannot be (floats,
+        // integers beyond 2^53) is bad JSON, not a bad signature. Checked only once the
+        // signature failed, so accepted requests (transactions of megabytes) are parsed once.
+        if !request.body.is_empty()
+            && let Err(e) = serde_json::from_slice::<ruma::CanonicalJsonValue>(request.body)
+        {
+            return Err(Error::bad_json(format!("the body is not canonical JSON: {e}")));
+        }
+        Err(refused)
     }
 }
 
