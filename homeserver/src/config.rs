@@ -75,11 +75,39 @@ pub struct FederationConfig {
     /// Events replayed to a server back from an outage; of older ones, only each room's latest
     /// is sent (the server fetches the rest itself).
     pub catch_up_cap: u32,
+    /// DNS servers (`ip` or `ip:port`) asked for SRV and address records instead of the
+    /// system's; for split-horizon set-ups and tests. Empty: the system's resolver settings.
+    pub nameservers: Vec<String>,
 }
 
 impl Default for FederationConfig {
     fn default() -> Self {
-        Self { ca_file: String::new(), trusted_key_servers: Vec::new(), catch_up_cap: 1_000 }
+        Self {
+            ca_file: String::new(),
+            trusted_key_servers: Vec::new(),
+            catch_up_cap: 1_000,
+            nameservers: Vec::new(),
+        }
+    }
+}
+
+impl FederationConfig {
+    /// The `nameservers` as socket addresses (port 53 unless given).
+    pub fn nameserver_addresses(&self) -> Result<Vec<std::net::SocketAddr>, ConfigError> {
+        self.nameservers
+            .iter()
+            .map(|entry| {
+                entry
+                    .parse::<std::net::SocketAddr>()
+                    .or_else(|_| {
+                        entry.parse::<std::net::IpAddr>().map(|ip| std::net::SocketAddr::new(ip, 53))
+                    })
+                    .map_err(|_| ConfigError::Invalid {
+                        key: "federation.nameservers",
+                        message: format!("`{entry}` is not an IP address with an optional port"),
+                    })
+            })
+            .collect()
     }
 }
 
@@ -359,6 +387,7 @@ pub const KEYS: &[&str] = &[
     "federation.ca_file",
     "federation.trusted_key_servers",
     "federation.catch_up_cap",
+    "federation.nameservers",
     "testing.insecure_federation_tls",
     "testing.allow_private_destinations",
 ];
@@ -463,6 +492,7 @@ impl Config {
                 message: format!("`{notary}` is not a valid server name: {e}"),
             })?;
         }
+        self.federation.nameserver_addresses()?;
         let url = self.database_url();
         if !(url.starts_with("sqlite:") || url.starts_with("postgres:") || url.starts_with("postgresql:")) {
             return Err(ConfigError::Invalid {
@@ -673,6 +703,8 @@ trusted_key_servers = []
 # Events replayed to a server back from an outage; of older ones only each room's latest is
 # sent, and that server fetches the rest itself (get_missing_events, backfill).
 catch_up_cap = 1000
+# DNS servers ("ip" or "ip:port") asked for SRV and address records instead of the system's.
+nameservers = []
 
 [testing]
 # Only for test suites (SyTest). With any of these on, every listener must be on loopback.

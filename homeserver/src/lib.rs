@@ -70,6 +70,7 @@ fn federation_parts(
         insecure_tls: config.testing.insecure_federation_tls,
         allow_private: config.testing.allow_private_destinations,
         ca_file: (!config.federation.ca_file.is_empty()).then(|| config.federation.ca_file.clone().into()),
+        nameservers: config.federation.nameserver_addresses().map_err(StartError::Config)?,
         ..federation::ClientSettings::default()
     };
     let client = federation::FederationClient::new(key.clone(), &settings)?;

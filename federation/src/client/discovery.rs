@@ -1,12 +1,14 @@
 //! Server discovery: from a server name to the base URL its federation API answers on, as the
 //! spec's resolution steps say — an IP literal or an explicit port is used as is; otherwise
 //! `https://<host>/.well-known/matrix/server` may delegate to another host (cached for what its
-//! `Cache-Control` says, 24 hours by default, at most 48; a failed lookup for an hour); otherwise
-//! port 8448. SRV records are not consulted yet (see the README's federation gaps).
+//! `Cache-Control` says, 24 hours by default, at most 48; a failed lookup for an hour); a host
+//! without a port (delegated or not) is looked up as an SRV record, `_matrix-fed._tcp` then
+//! `_matrix._tcp` (see [`Dns`] for how the connection reaches the target while TLS checks the
+//! server's own name); otherwise port 8448.
 
 use std::{
     num::NonZeroUsize,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -14,7 +16,7 @@ use lru::LruCache;
 use ruma::ServerName;
 use serde::Deserialize;
 
-use crate::client::{FederationError, guard::url_allowed};
+use crate::client::{FederationError, dns::Dns, guard::url_allowed};
 
 const DEFAULT_PORT: u16 = 8448;
 /// Longest `.well-known` response read.
@@ -34,14 +36,15 @@ struct WellKnown {
 /// Resolves server names to base URLs, caching `.well-known` answers.
 pub struct Discovery {
     allow_private: bool,
+    dns: Arc<Dns>,
     /// host → (delegated `host[:port]`, or None when there is no delegation; expiry).
     well_known: Mutex<LruCache<String, (Option<String>, Instant)>>,
 }
 
 impl Discovery {
-    pub fn new(allow_private: bool) -> Self {
+    pub fn new(allow_private: bool, dns: Arc<Dns>) -> Self {
         let cache = LruCache::new(NonZeroUsize::new(CACHED_NAMES).expect("non-zero"));
-        Self { allow_private, well_known: Mutex::new(cache) }
+        Self { allow_private, dns, well_known: Mutex::new(cache) }
     }
 
     /// The base URL (`https://host:port`) of a server's federation API.
@@ -59,10 +62,12 @@ impl Discovery {
             .delegation(http, host)
             .await
             .and_then(|d| <&ServerName>::try_from(d.as_str()).ok().map(ToOwned::to_owned));
-        match delegated {
-            Some(name) => self.checked(name.as_str(), name.host(), name.port().unwrap_or(DEFAULT_PORT)),
-            None => self.checked(server.as_str(), host, DEFAULT_PORT),
+        let name = delegated.as_deref().unwrap_or(server);
+        if is_address(name.host()) || name.port().is_some() {
+            return self.checked(name.as_str(), name.host(), name.port().unwrap_or(DEFAULT_PORT));
         }
+        let port = self.dns.srv(name.host()).await.map_or(DEFAULT_PORT, |target| target.port);
+        self.checked(name.as_str(), name.host(), port)
     }
 
     /// `https://host:port`, refused if the host is (in any spelling) an address the guard
@@ -129,7 +134,8 @@ mod tests {
     async fn literals_and_explicit_ports_need_no_lookup() {
         let tls = crate::client::tls::client_config(None, false).unwrap();
         let http = reqwest::Client::builder().tls_backend_preconfigured(tls).build().unwrap();
-        let open = Discovery::new(true);
+        let dns = Arc::new(Dns::new(&[]).unwrap());
+        let open = Discovery::new(true, dns.clone());
         let name = |s: &str| <&ServerName>::try_from(s).unwrap().to_owned();
         assert_eq!(open.base_url(&http, &name("127.0.0.1:8481")).await.unwrap(), "https://127.0.0.1:8481");
         assert_eq!(open.base_url(&http, &name("[::1]")).await.unwrap(), "https://[::1]:8448");
@@ -137,7 +143,7 @@ mod tests {
             open.base_url(&http, &name("example.test:443")).await.unwrap(),
             "https://example.test:443"
         );
-        let guarded = Discovery::new(false);
+        let guarded = Discovery::new(false, dns);
         assert!(matches!(
             guarded.base_url(&http, &name("127.0.0.1:8481")).await,
             Err(FederationError::Refused(_))

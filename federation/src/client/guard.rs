@@ -11,6 +11,8 @@ use std::{
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
+use crate::client::dns::Dns;
+
 /// Whether an address is on the public internet.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
@@ -83,32 +85,32 @@ pub fn redirect_policy(allow_private: bool) -> reqwest::redirect::Policy {
     })
 }
 
-/// Resolves names for the federation client, dropping addresses that are not allowed.
+/// Resolves names for the federation client through [`Dns`] (which follows SRV routes),
+/// dropping addresses that are not allowed.
 #[derive(Clone)]
 pub struct GuardedResolver {
     pub allow_private: bool,
+    pub dns: Arc<Dns>,
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
-        let allow_private = self.allow_private;
+        let this = self.clone();
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+            let addrs: Vec<SocketAddr> = this
+                .dns
+                .addresses(&host)
                 .await?
-                .filter(|addr| allow_private || is_public(addr.ip()))
+                .into_iter()
+                .filter(|ip| this.allow_private || is_public(*ip))
+                .map(|ip| SocketAddr::new(ip, 0))
                 .collect();
             if addrs.is_empty() {
                 return Err(format!("{host} resolves to no address federation may reach").into());
             }
             Ok(Box::new(addrs.into_iter()) as Addrs)
         })
-    }
-}
-
-impl GuardedResolver {
-    pub fn shared(allow_private: bool) -> Arc<Self> {
-        Arc::new(Self { allow_private })
     }
 }
 

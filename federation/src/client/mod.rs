@@ -4,10 +4,11 @@
 //! [`remote_error`], the one way another server's refusal reaches a local client.
 
 pub mod discovery;
+pub mod dns;
 pub mod guard;
 pub mod tls;
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use homeserver_core::keys::ServerKey;
@@ -59,11 +60,19 @@ pub struct ClientSettings {
     pub ca_file: Option<PathBuf>,
     /// Upper bound for one request, connection included.
     pub timeout: Duration,
+    /// DNS servers asked instead of the system's (`[federation] nameservers`).
+    pub nameservers: Vec<SocketAddr>,
 }
 
 impl Default for ClientSettings {
     fn default() -> Self {
-        Self { insecure_tls: false, allow_private: false, ca_file: None, timeout: Duration::from_secs(60) }
+        Self {
+            insecure_tls: false,
+            allow_private: false,
+            ca_file: None,
+            timeout: Duration::from_secs(60),
+            nameservers: Vec::new(),
+        }
     }
 }
 
@@ -80,15 +89,17 @@ struct Inner {
 impl FederationClient {
     pub fn new(key: ServerKey, settings: &ClientSettings) -> Result<Self, FederationError> {
         let tls = tls::client_config(settings.ca_file.as_deref(), settings.insecure_tls)?;
+        let dns = Arc::new(dns::Dns::new(&settings.nameservers)?);
+        let allow_private = settings.allow_private;
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
-            .dns_resolver(guard::GuardedResolver::shared(settings.allow_private))
+            .dns_resolver(Arc::new(guard::GuardedResolver { allow_private, dns: dns.clone() }))
             .timeout(settings.timeout)
             .connect_timeout(Duration::from_secs(15))
             .redirect(guard::redirect_policy(settings.allow_private))
             .user_agent(concat!("Lattice/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self(Arc::new(Inner { http, key, discovery: Discovery::new(settings.allow_private) })))
+        Ok(Self(Arc::new(Inner { http, key, discovery: Discovery::new(allow_private, dns) })))
     }
 
     /// This server's name (the origin of every request).

@@ -20,7 +20,8 @@ use serde_json::{Value, json};
 
 use crate::harness::TestServer;
 
-/// A certificate authority and one certificate it signed for `localhost` and `127.0.0.1`.
+/// A certificate authority and one certificate it signed for `localhost`, `127.0.0.1` and
+/// `*.lattice.test` (the names DNS discovery tests publish).
 pub(crate) struct TestCa {
     _dir: tempfile::TempDir,
     ca: PathBuf,
@@ -59,7 +60,7 @@ impl TestCa {
         openssl(&csr, dir.path());
         std::fs::write(
             dir.path().join("ext.cnf"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+            "subjectAltName=DNS:localhost,IP:127.0.0.1,DNS:*.lattice.test\nbasicConstraints=CA:FALSE\n\
              keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
         )
         .unwrap();
@@ -88,7 +89,7 @@ impl TestCa {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -114,7 +115,7 @@ pub(crate) fn name_of(server: &TestServer) -> OwnedServerName {
     server.server.federation.key.server_name().to_owned()
 }
 
-fn key_of(server: &TestServer) -> &ServerKey {
+pub(crate) fn key_of(server: &TestServer) -> &ServerKey {
     &server.server.federation.key
 }
 

@@ -40,6 +40,7 @@ mod durability;
 mod errors;
 mod federation;
 mod federation_delivery;
+mod federation_discovery;
 mod federation_membership;
 mod federation_versions;
 mod friends;
