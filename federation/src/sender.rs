@@ -30,6 +30,12 @@
 //! owed more than `federation.catch_up_cap` positions (at least 50) gets the newest of them and the latest event of every room among the older ones;
 //! it fills the gaps itself (`get_missing_events`, the state before a gapped event, backfill).
 //!
+//! Announcing: a peer that tried to reach this server while it was down has it in backoff, and
+//! would wait that out (hours, for a long outage) before sending what it holds. At start-up,
+//! every destination reached in the last week with nothing owed gets one empty transaction;
+//! like any authenticated request, it tells the peer this server is back (Synapse and Lattice
+//! both clear the backoff then). Destinations with something owed are told by its delivery.
+//!
 //! Not yet: retiring idle destinations.
 
 use std::{
@@ -62,6 +68,10 @@ const EPHEMERAL_TTL: Duration = Duration::from_secs(30);
 const JOIN_PRESENCE_DELAYS: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(5)];
 /// Most users whose presence a server that joins a room is sent.
 const MAX_JOIN_PRESENCE: i64 = 100;
+/// Destinations reached this recently are told at start-up that this server is back.
+const ANNOUNCE_WITHIN_MS: i64 = 7 * 24 * 3600 * 1000;
+/// Most destinations told at start-up (the most recently reached).
+const MAX_ANNOUNCED: usize = 1_000;
 /// Positions after which the routed position is saved even if nothing was owed.
 const SAVE_EVERY: i64 = 10_000;
 
@@ -76,6 +86,8 @@ pub struct Sender {
     /// Typing notices waiting for each destination's next transaction, with when they were
     /// queued (not persisted: stale ones are dropped).
     ephemeral: Mutex<HashMap<OwnedServerName, Vec<(Instant, Value)>>>,
+    /// Destinations owed one transaction, empty if need be, to learn that this server is up.
+    announce: Mutex<HashSet<OwnedServerName>>,
 }
 
 impl Sender {
@@ -88,6 +100,7 @@ impl Sender {
             remote_members: Mutex::new(HashMap::new()),
             saved: Mutex::new(StreamPos::ZERO),
             ephemeral: Mutex::new(HashMap::new()),
+            announce: Mutex::new(HashSet::new()),
         })
     }
 
@@ -131,6 +144,32 @@ impl Sender {
     fn take_ephemeral(&self, destination: &ServerName) -> Vec<Value> {
         let queued = self.ephemeral.lock().expect("sender poisoned").remove(destination).unwrap_or_default();
         queued.into_iter().filter(|(at, _)| at.elapsed() < EPHEMERAL_TTL).map(|(_, edu)| edu).collect()
+    }
+
+    /// Whether a destination is still to be told that this server is up (and no longer is).
+    fn take_announce(&self, destination: &ServerName) -> bool {
+        self.announce.lock().expect("sender poisoned").remove(destination)
+    }
+
+    /// Wakes the workers of destinations owed something, and has those recently reached and
+    /// owed nothing sent an empty transaction, so peers that backed off learn this server is up.
+    fn wake_at_start(self: &Arc<Self>, rows: &[homeserver_storage::destinations::DestinationRow]) {
+        let now = now_millis() as i64;
+        let mut idle: Vec<(i64, OwnedServerName)> = Vec::new();
+        for row in rows {
+            let Ok(name) = ServerName::parse(&row.destination) else { continue };
+            match row.last_success_ts {
+                _ if row.queued > 0 => self.wake(&name),
+                Some(ts) if row.failures == 0 && now - ts < ANNOUNCE_WITHIN_MS => idle.push((ts, name)),
+                _ => {}
+            }
+        }
+        idle.sort_unstable_by_key(|(ts, _)| std::cmp::Reverse(*ts));
+        idle.truncate(MAX_ANNOUNCED);
+        self.announce.lock().expect("sender poisoned").extend(idle.iter().map(|(_, name)| name.clone()));
+        for (_, name) in &idle {
+            self.wake(name);
+        }
     }
 
     /// Wakes (starting if needed) the worker of a destination.
@@ -376,13 +415,7 @@ async fn supervise(sender: Arc<Sender>) {
     let stream = state.rooms.stream().clone();
     let mut advanced = stream.watch_current();
     match state.db.destinations().await {
-        Ok(rows) => {
-            for row in rows.iter().filter(|r| r.queued > 0) {
-                if let Ok(name) = ServerName::parse(&row.destination) {
-                    sender.wake(&name);
-                }
-            }
-        }
+        Ok(rows) => sender.wake_at_start(&rows),
         Err(err) => tracing::warn!(error = %err, "could not load federation destinations"),
     }
     // A first start routes from now on; a restart resumes where routing stopped.
@@ -500,7 +533,8 @@ async fn deliver_once(sender: &Sender, destination: &ServerName) -> Result<Optio
     }
     let positions = state.db.outbox(destination.as_str(), MAX_PDUS as i64).await?;
     let ephemeral = sender.take_ephemeral(destination);
-    if positions.is_empty() && ephemeral.is_empty() {
+    let announcing = sender.take_announce(destination);
+    if positions.is_empty() && ephemeral.is_empty() && !announcing {
         return Ok(None);
     }
     let raw: Vec<i64> = positions.iter().map(|p| p.get()).collect();
@@ -509,7 +543,7 @@ async fn deliver_once(sender: &Sender, destination: &ServerName) -> Result<Optio
     let receipts = state.db.receipts_at(&raw).await?;
     let presence = state.db.presence_at(&raw).await?;
     // The transaction id is fixed by the positions it carries, so a retry keeps it; one with
-    // only typing notices (never retried) is named by the time.
+    // only typing notices or nothing (never retried) is named by the time.
     let txn_id: OwnedTransactionId = match (positions.first(), positions.last()) {
         (Some(first), Some(last)) => format!("{first}-{last}").into(),
         _ => format!("e{}", now_millis()).into(),

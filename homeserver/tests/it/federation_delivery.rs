@@ -1,7 +1,7 @@
 //! Outbound federation across outages: a server that goes down and comes back receives what it
 //! missed, in order, once; the admin API shows each destination's queue and backoff and resets
 //! it; `lattice federation` lists destinations; a destination that makes a request ends its own
-//! backoff.
+//! backoff, and a restarted server makes one to each peer it reached recently.
 
 use std::time::Duration;
 
@@ -248,6 +248,51 @@ async fn a_destination_in_backoff_is_retried_as_soon_as_it_makes_a_request() {
     assert_eq!(a.get(&profile, Some(&ann.token)).await.0, 200);
     wait_for_body(&a, &ann, &room, "while A was down").await;
     assert!(asked.elapsed() < Duration::from_secs(5), "delivered after {:?}", asked.elapsed());
+}
+
+#[tokio::test]
+async fn a_restarted_server_tells_its_peers_it_is_back() {
+    let ca = TestCa::create();
+    // No presence on A: nothing but the announcement may reach B after A's restart.
+    let a = federated(&ca, |c| c.presence.enabled = false).await;
+    let b = federated(&ca, |c| c.registration.shared_secret = "reg_secret".into()).await;
+    let alice = b.register_admin("alice").await;
+    let ann = a.register("ann").await;
+    let room = b.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    let join = format!("/_matrix/client/v3/join/{}?via={}", enc(&room), enc(name_of(&b).as_str()));
+    assert_eq!(a.post(&join, Some(&ann.token), json!({})).await.0, 200);
+    // A has delivered to B, so B is a destination A reached recently.
+    a.send_text(&ann, &room, "from A").await;
+    wait_for_body(&b, &alice, &room, "from A").await;
+
+    let a_name = name_of(&a).to_string();
+    let mut a = a;
+    a.stop().await;
+    b.send_text(&alice, &room, "while A was down").await;
+    let path = format!("/_synapse/admin/v1/federation/destinations/{}", enc(&a_name));
+    let mut failures = 0;
+    for _ in 0..200 {
+        failures = b.get(&path, Some(&alice.token)).await.1["failures"].as_i64().unwrap_or(0);
+        if failures >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(failures >= 2, "B backed off twice: its next try is ten seconds away");
+
+    // A only starts; its empty transaction ends B's backoff, and B delivers at once. B's own
+    // account of the destination is read, so nothing is asked of A meanwhile.
+    let _a = a.restart().await;
+    let started = std::time::Instant::now();
+    loop {
+        let (status, body) = b.get(&path, Some(&alice.token)).await;
+        assert_eq!(status, 200, "{body}");
+        if body["queued"].as_i64() == Some(0) && body["failures"].as_i64() == Some(0) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "still owed after 5 s: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Polls `on` for `user`'s presence status message as `viewer` sees it until it is `expected`.
