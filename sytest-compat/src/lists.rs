@@ -12,7 +12,7 @@ pub fn read_names(path: &Path) -> Result<Vec<String>> {
         .lines()
         .map(|l| l.split(" #").next().unwrap_or("").trim())
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_owned)
+        .map(|l| crate::tap::without_subtest_count(l).to_owned())
         .collect())
 }
 
@@ -50,7 +50,7 @@ pub fn read_name_areas(path: &Path) -> Result<BTreeMap<String, String>> {
         .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split_once('\t'))
-        .map(|(area, name)| (name.to_owned(), area.to_owned()))
+        .map(|(area, name)| (crate::tap::without_subtest_count(name).to_owned(), area.to_owned()))
         .collect())
 }
 

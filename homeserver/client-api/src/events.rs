@@ -17,7 +17,7 @@ use homeserver_storage::{
     persist::TxnRecord,
 };
 use ruma::{
-    RoomId, UserId,
+    EventId, RoomId, UserId,
     api::{
         Direction as RumaDirection,
         client::{
@@ -53,6 +53,14 @@ pub fn routes(router: Router<App>) -> Router<App> {
     router
         .route("/_matrix/client/r0/rooms/{room_id}/send/{event_type}", axum::routing::post(send_without_txn))
         .route("/_matrix/client/v3/rooms/{room_id}/send/{event_type}", axum::routing::post(send_without_txn))
+        .route(
+            "/_matrix/client/r0/rooms/{room_id}/redact/{event_id}",
+            axum::routing::post(redact_without_txn),
+        )
+        .route(
+            "/_matrix/client/v3/rooms/{room_id}/redact/{event_id}",
+            axum::routing::post(redact_without_txn),
+        )
         .ruma_route(send_message)
         .ruma_route_with(put_state, STATE_NO_KEY_PATHS)
         .ruma_route_with(get_state_event, STATE_NO_KEY_PATHS)
@@ -172,10 +180,10 @@ async fn readable_state(app: &App, room_id: &RoomId, user: &UserId) -> Result<Re
     }
     match app.db.membership(room_id.as_str(), user.as_str()).await.map_err(Error::from)? {
         Some(m) if m.membership == MembershipState::Join => return Ok(ReadableState::Current),
-        Some(m) if matches!(m.membership, MembershipState::Leave | MembershipState::Ban) => {
+        Some(m) if m.membership == MembershipState::Leave => {
             // A departed member sees the room as it was when they left, if they could see it
-            // just before (someone who only rejected an invite or was banned before joining
-            // never could), unless it is world readable now.
+            // just before (someone who only rejected an invite never could), unless it is world
+            // readable now. A banned user sees nothing, as in Synapse.
             if let Some(row) = app.db.event(m.event_id.as_str()).await.map_err(Error::from)?
                 && !world_readable(app, room_id).await?
                 && app.rooms.may_read_state_at(user, room_id, row.state_before).await?
@@ -288,16 +296,47 @@ async fn redact(app: App, req: Ruma<redact_event::v3::Request>) -> Result<JsonBo
     {
         return Ok(JsonBody(json!({ "event_id": event_id })));
     }
+    let event_id =
+        redact_as_member(&app, session, room_id, &req.body.event_id, req.body.reason.as_deref(), Some(txn))
+            .await?;
+    Ok(JsonBody(json!({ "event_id": event_id })))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/redact/{eventId}`: the form without a transaction id
+/// that Synapse still serves (and SyTest uses); each call redacts anew.
+async fn redact_without_txn(
+    axum::extract::State(app): axum::extract::State<App>,
+    homeserver_http::Authenticated(session): homeserver_http::Authenticated,
+    axum::extract::Path((room_id, event_id)): axum::extract::Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<axum::Json<Value>, ApiError> {
+    let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("invalid room id"))?;
+    let event_id = EventId::parse(&event_id).map_err(|_| Error::invalid_param("invalid event id"))?;
+    let body = content_object(&body)?;
+    let reason = match body.get("reason") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(reason)) => Some(reason.as_str()),
+        Some(_) => return Err(Error::bad_json("reason must be a string").into()),
+    };
+    let redaction = redact_as_member(&app, &session, &room_id, &event_id, reason, None).await?;
+    Ok(axum::Json(json!({ "event_id": redaction })))
+}
+
+/// Redacts an event as a member of its room (the room model decides whether the sender may).
+async fn redact_as_member(
+    app: &App,
+    session: &Session,
+    room_id: &RoomId,
+    event_id: &EventId,
+    reason: Option<&str>,
+    txn: Option<TxnRecord>,
+) -> Result<ruma::OwnedEventId, Error> {
     app.limit(Action::Message, session.user_id.as_str())?;
     app.live.presence.activity(&session.user_id).await;
     if !app.rooms.is_joined(room_id, &session.user_id).await? {
-        return Err(Error::forbidden("You are not in this room").into());
+        return Err(Error::forbidden("You are not in this room"));
     }
-    let event_id = app
-        .rooms
-        .redact(room_id, &session.user_id, &req.body.event_id, req.body.reason.as_deref(), Some(txn))
-        .await?;
-    Ok(JsonBody(json!({ "event_id": event_id })))
+    app.rooms.redact(room_id, &session.user_id, event_id, reason, txn).await
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}`

@@ -18,7 +18,11 @@ use ruma::{RoomId, events::room::member::MembershipState};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::{App, events::readable_state_rows};
+use crate::{
+    App,
+    events::readable_state_rows,
+    legacy_extras::{joined_members, presence_of, receipts_in, user_and_room_mates, v1_events},
+};
 
 const DEFAULT_LIMIT: i64 = 10;
 
@@ -65,7 +69,7 @@ async fn messages(
     let ignored = app.live.ignore_lists.of(session.user_id.as_str()).await?;
     rows.retain(|r| !ignored.hides(r));
     let rows = app.rooms.filter_visible(&session.user_id, rows).await?;
-    let chunk = app.rooms.client_events(&rows, Some(viewer(session)), RoomIdField::Include).await?;
+    let chunk = v1_events(app.rooms.client_events(&rows, Some(viewer(session)), RoomIdField::Include).await?);
     Ok(json!({
         "chunk": chunk,
         "start": StreamToken::new(start.as_live()).to_string(),
@@ -117,9 +121,9 @@ async fn room_entry(
         Err(err) if err.kind == homeserver_core::ErrorKind::Forbidden => Vec::new(),
         Err(err) => return Err(err),
     };
-    entry["state"] = Value::Array(
+    entry["state"] = Value::Array(v1_events(
         app.rooms.client_events(&state_rows, Some(viewer(session)), RoomIdField::Include).await?,
-    );
+    ));
     entry["account_data"] =
         Value::Array(room_account_data(app, session.user_id.as_str(), room_id.as_str()).await?);
     Ok(entry)
@@ -135,7 +139,11 @@ async fn initial_sync(
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(0, 1000);
     let archived = matches!(query.archived.as_deref(), Some("true" | "1"));
     let mut rooms = Vec::new();
+    let mut joined = Vec::new();
     for m in app.db.memberships_of_user(session.user_id.as_str()).await.map_err(Error::from)? {
+        if m.membership == MembershipState::Join {
+            joined.push(m.room_id.to_string());
+        }
         let wanted = match m.membership {
             MembershipState::Join | MembershipState::Invite => true,
             MembershipState::Leave | MembershipState::Ban => archived && !m.forgotten,
@@ -157,7 +165,8 @@ async fn initial_sync(
     Ok(Json(json!({
         "end": StreamToken::new(now.as_live()).to_string(),
         "rooms": rooms,
-        "presence": [],
+        "presence": presence_of(&app, &user_and_room_mates(&app, &session.user_id).await?).await?,
+        "receipts": receipts_in(&app, &joined, &session.user_id).await?,
         "account_data": account_data,
     })))
 }
@@ -181,13 +190,24 @@ async fn room_initial_sync(
         Some(m) if !matches!(m.membership, MembershipState::Join | MembershipState::Invite) => m.stream_pos,
         _ => now,
     };
+    // Presence and receipts are of now: only for members (a departed user gets none).
+    let (presence, receipts) = match &membership {
+        Some(m) if m.membership == MembershipState::Join => (
+            presence_of(&app, &joined_members(&app, &room_id).await?).await?,
+            receipts_in(&app, &[room_id.to_string()], &session.user_id).await?,
+        ),
+        _ => (Vec::new(), Vec::new()),
+    };
     let published =
         app.db.room(room_id.as_str()).await.map_err(Error::from)?.map(|r| r.published).unwrap_or(false);
     let mut body = json!({
         "room_id": room_id,
         "messages": messages(&app, &session, &room_id, up_to, limit).await?,
-        "state": app.rooms.client_events(&state_rows, Some(viewer(&session)), RoomIdField::Include).await?,
-        "presence": [],
+        "state": v1_events(
+            app.rooms.client_events(&state_rows, Some(viewer(&session)), RoomIdField::Include).await?,
+        ),
+        "presence": presence,
+        "receipts": receipts,
         "visibility": if published { "public" } else { "private" },
         "account_data": room_account_data(&app, session.user_id.as_str(), room_id.as_str()).await?,
     });
@@ -262,7 +282,9 @@ async fn events(
         let now = StreamPos::live(app.stream.current());
         let rows = events_since(&app, &session, from.min(now), now, query.room_id.as_deref()).await?;
         if !rows.is_empty() || app.stream.is_shutting_down() || tokio::time::Instant::now() >= deadline {
-            let chunk = app.rooms.client_events(&rows, Some(viewer(&session)), RoomIdField::Include).await?;
+            let chunk = v1_events(
+                app.rooms.client_events(&rows, Some(viewer(&session)), RoomIdField::Include).await?,
+            );
             return Ok(Json(json!({
                 "start": StreamToken::new(from.as_live()).to_string(),
                 "end": StreamToken::new(now.as_live()).to_string(),

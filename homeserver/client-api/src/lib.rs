@@ -27,6 +27,7 @@ pub mod discovery;
 pub mod events;
 pub mod filter;
 pub mod legacy;
+mod legacy_extras;
 mod paging;
 pub mod passwords;
 pub mod presence;

@@ -1,8 +1,8 @@
 //! Presence: a user's state (`online`, `unavailable`, `offline`), status message and last activity.
 
-use sqlx::Row;
+use sqlx::{AssertSqlSafe, Row};
 
-use crate::{Db, Result};
+use crate::{Db, Result, placeholders};
 
 #[derive(Debug, Clone)]
 pub struct PresenceRow {
@@ -120,6 +120,26 @@ impl Db {
         .fetch_all(self.reader())
         .await?;
         rows.iter().map(presence_row).collect()
+    }
+
+    /// The stored presence of these users (those never seen have none).
+    pub async fn presence_of(&self, users: &[String]) -> Result<Vec<PresenceRow>> {
+        let mut out = Vec::new();
+        for chunk in users.chunks(500) {
+            let sql = format!(
+                "SELECT user_id, state, status_msg, last_active_ts, currently_active, stream_pos \
+                 FROM presence WHERE user_id IN ({})",
+                placeholders(1, chunk.len())
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for user in chunk {
+                query = query.bind(user);
+            }
+            for row in query.fetch_all(self.reader()).await? {
+                out.push(presence_row(&row)?);
+            }
+        }
+        Ok(out)
     }
 
     /// Whether a user shares a joined room with a user of server `ours`.

@@ -195,6 +195,18 @@ async fn typing_reaches_long_polls_and_expires() {
         )
         .await;
     assert_eq!(status, 403, "typing in a room one is not in");
+
+    // No timeout: 30 seconds, as Synapse takes it; a body without `typing` is refused.
+    let (status, body) = server.put(&typing_path, Some(&alice.token), json!({ "typing": true })).await;
+    assert_eq!(status, 200, "{body}");
+    let sync = server.sync(&bob, Some(&since), 0).await;
+    assert_eq!(
+        ephemeral(&sync, &room, "m.typing").expect("typing")["content"]["user_ids"],
+        json!([alice.user_id])
+    );
+    let (status, body) = server.put(&typing_path, Some(&alice.token), json!({ "timeout": 10 })).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{body}");
+    assert_eq!(server.put(&typing_path, None, json!({ "typing": false })).await.0, 401);
 }
 
 #[tokio::test]

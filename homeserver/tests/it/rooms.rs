@@ -125,6 +125,10 @@ async fn membership_lifecycle() {
     let (status, _) =
         server.post(&r(&room, "/ban"), Some(&alice.token), json!({ "user_id": bob.user_id })).await;
     assert_eq!(status, 200);
+    // A banned user reads no state, not even as of the ban (Synapse's rule; a user who left does).
+    let own_member = r(&room, &format!("/state/m.room.member/{}", enc(&bob.user_id)));
+    assert_eq!(server.get(&own_member, Some(&bob.token)).await.0, 403);
+    assert_eq!(server.get(&r(&room, "/state"), Some(&bob.token)).await.0, 403);
     let (status, _) =
         server.post(&r(&room, "/unban"), Some(&alice.token), json!({ "user_id": bob.user_id })).await;
     assert_eq!(status, 200);
@@ -155,6 +159,17 @@ async fn membership_lifecycle() {
     assert_eq!(status, 200);
     let (status, _) = server.post(&r(&private, "/join"), Some(&bob.token), json!({})).await;
     assert_eq!(status, 403, "the invite is gone");
+
+    // An invite whose sender has left (the room has no member left) is still rejected here.
+    let empty = server.create_room(&alice, json!({})).await;
+    server.invite(&alice, &empty, &bob.user_id).await;
+    assert_eq!(server.post(&r(&empty, "/leave"), Some(&alice.token), json!({})).await.0, 200);
+    let (status, body) = server.post(&r(&empty, "/leave"), Some(&bob.token), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, rooms) = server.get("/_matrix/client/v3/joined_rooms", Some(&bob.token)).await;
+    assert!(!rooms["joined_rooms"].as_array().unwrap().iter().any(|r| r == empty.as_str()));
+    let sync = server.sync(&bob, None, 0).await;
+    assert!(sync["rooms"]["invite"].get(&empty).is_none(), "the invite is gone: {sync}");
 }
 
 #[tokio::test]
@@ -302,6 +317,18 @@ async fn redaction_strips_content_everywhere() {
     assert_eq!(red["redacts"], secret.as_str());
     let (status, _) = server.put(&r(&room, "/redact/$unknown/rd2"), Some(&alice.token), json!({})).await;
     assert_eq!(status, 404);
+
+    // The older POST form without a transaction id (Synapse serves it; SyTest uses it).
+    let second = server.send_text(&alice, &room, "another slip").await;
+    let path = r(&room, &format!("/redact/{}", enc(&second)));
+    let (status, posted) = server.post(&path, Some(&alice.token), json!({ "reason": "again" })).await;
+    assert_eq!(status, 200, "{posted}");
+    let (_, event) = server.get(&r(&room, &format!("/event/{}", enc(&second))), Some(&alice.token)).await;
+    assert_eq!(event["unsigned"]["redacted_by"], posted["event_id"], "{event}");
+    assert_eq!(server.post(&path, Some(&alice.token), json!({ "reason": 5 })).await.0, 400);
+    let bob = server.register("bob").await;
+    assert_eq!(server.post(&path, Some(&bob.token), json!({})).await.0, 403, "not a member");
+    assert_eq!(server.post(&path, None, json!({})).await.0, 401);
 }
 
 #[tokio::test]
@@ -440,7 +467,6 @@ async fn legacy_initial_sync_and_event_stream() {
     );
     assert_eq!(bodies(&entry["messages"]["chunk"]), vec!["first"]);
     assert!(entry["state"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.name"));
-    let end = init["end"].as_str().unwrap().to_owned();
 
     let (status, room_init) = server.get(&r(&room, "/initialSync"), Some(&alice.token)).await;
     assert_eq!(status, 200);
@@ -448,6 +474,41 @@ async fn legacy_initial_sync_and_event_stream() {
     assert_eq!(bodies(&room_init["messages"]["chunk"]), vec!["first"]);
     let (status, _) = server.get(&r(&room, "/initialSync"), Some(&bob.token)).await;
     assert_eq!(status, 403, "not a member, not world readable");
+
+    // The v1 event format, presence of the room's members (offline when never seen) and
+    // receipts, globally and per room; a departed member gets neither presence nor receipts.
+    server.join(&bob, &room).await;
+    let first = server.send_text(&alice, &room, "read me").await;
+    let receipt = r(&room, &format!("/receipt/m.read/{}", enc(&first)));
+    assert_eq!(server.post(&receipt, Some(&bob.token), json!({})).await.0, 200);
+    let (_, room_init) = server.get(&r(&room, "/initialSync"), Some(&bob.token)).await;
+    let alice_member = room_init["state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.room.member" && e["state_key"] == alice.user_id.as_str())
+        .expect("alice's member event");
+    assert_eq!(alice_member["user_id"], alice.user_id.as_str(), "{alice_member}");
+    let presence_users: Vec<&str> = room_init["presence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["content"]["user_id"].as_str())
+        .collect();
+    assert!(presence_users.contains(&alice.user_id.as_str()), "{room_init}");
+    assert!(presence_users.contains(&bob.user_id.as_str()), "{room_init}");
+    let receipts = &room_init["receipts"][0];
+    assert_eq!(receipts["room_id"], room.as_str());
+    assert!(receipts["content"][&first]["m.read"][&bob.user_id].is_object(), "{receipts}");
+    let (_, init) = server.get("/_matrix/client/v3/initialSync", Some(&bob.token)).await;
+    assert_eq!(init["presence"][0]["content"]["user_id"], bob.user_id.as_str(), "the user first");
+    assert!(init["receipts"].as_array().unwrap().iter().any(|r| r["room_id"] == room.as_str()), "{init}");
+    assert_eq!(server.post(&r(&room, "/leave"), Some(&bob.token), json!({})).await.0, 200);
+    let (status, departed) = server.get(&r(&room, "/initialSync"), Some(&bob.token)).await;
+    assert_eq!(status, 200, "{departed}");
+    assert_eq!((departed["presence"].clone(), departed["receipts"].clone()), (json!([]), json!([])));
+    let (_, now) = server.get("/_matrix/client/v3/initialSync?limit=0", Some(&alice.token)).await;
+    let end = now["end"].as_str().unwrap().to_owned();
 
     // The event stream long-polls and wakes for new events.
     let url = server.url(&format!("/_matrix/client/v3/events?from={end}&timeout=5000"));
@@ -468,6 +529,7 @@ async fn legacy_initial_sync_and_event_stream() {
     let stream = poll.await.unwrap();
     assert_eq!(bodies(&stream["chunk"]), vec!["second"]);
     assert_eq!(stream["chunk"][0]["room_id"], room.as_str());
+    assert_eq!(stream["chunk"][0]["user_id"], alice.user_id.as_str(), "the v1 format");
     let (_, empty) = server
         .get(
             &format!("/_matrix/client/v3/events?from={}&timeout=0", stream["end"].as_str().unwrap()),
