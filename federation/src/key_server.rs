@@ -67,7 +67,7 @@ async fn query_one(
     req: Ruma<get_remote_server_keys::v2::Request>,
 ) -> Result<JsonBody, ApiError> {
     let minimum = u64::from(req.body.minimum_valid_until_ts.get()) as i64;
-    let keys = notarised(&state, &req.body.server_name, minimum).await?;
+    let keys = notarised(&state, &req.body.server_name, &[], minimum).await?;
     Ok(JsonBody(json!({ "server_keys": keys })))
 }
 
@@ -78,7 +78,7 @@ async fn query_one_by_id(
     axum::extract::Path((server_name, _key_id)): axum::extract::Path<(String, String)>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let server = ServerName::parse(&server_name).map_err(|_| Error::invalid_param("not a server name"))?;
-    let keys = notarised(&state, &server, now_millis() as i64).await?;
+    let keys = notarised(&state, &server, &[], now_millis() as i64).await?;
     Ok(axum::Json(json!({ "server_keys": keys })))
 }
 
@@ -99,21 +99,28 @@ async fn query_batch(
             .max()
             // Without criteria, keys valid now (the spec's default).
             .unwrap_or(now_millis() as i64);
-        out.extend(notarised(&state, server, minimum).await?);
+        let key_ids: Vec<String> = criteria.keys().map(ToString::to_string).collect();
+        out.extend(notarised(&state, server, &key_ids, minimum).await?);
     }
     Ok(JsonBody(json!({ "server_keys": out })))
 }
 
-/// The key responses of `server` this notary vouches for, signed by it.
-async fn notarised(state: &FederationState, server: &ServerName, minimum: i64) -> Result<Vec<Value>, Error> {
+/// The key responses of `server` this notary vouches for (those holding one of `key_ids`, or
+/// any when none are named), signed by it.
+async fn notarised(
+    state: &FederationState,
+    server: &ServerName,
+    key_ids: &[String],
+    minimum: i64,
+) -> Result<Vec<Value>, Error> {
     if server == state.key.server_name() {
         return Ok(vec![key_document(&state.key, state.key_validity)?]);
     }
-    let mut stored = state.keys.stored_responses(server).await?;
+    let mut stored = state.keys.stored_responses(server, key_ids).await?;
     if !stored.iter().any(|(valid_until, _)| *valid_until >= minimum.max(now_millis() as i64))
         && state.keys.refresh(server).await.is_ok()
     {
-        stored = state.keys.stored_responses(server).await?;
+        stored = state.keys.stored_responses(server, key_ids).await?;
     }
     let fresh: Vec<&String> =
         stored.iter().filter(|(valid_until, _)| *valid_until >= minimum).map(|(_, json)| json).collect();

@@ -51,9 +51,11 @@ async fn state_and_chain(
     Ok((ids, chain))
 }
 
-/// The PDUs of `ids` (unknown ids skipped).
+/// The PDUs of `ids` (unknown ids skipped), oldest first, so an event's auth events come
+/// before it.
 async fn pdus(state: &FederationState, ids: &[String]) -> Result<Vec<Box<RawValue>>, Error> {
-    let rows = state.db.events(ids).await?;
+    let mut rows = state.db.events(ids).await?;
+    rows.sort_by_key(|r| (r.depth, r.stream_pos));
     Ok(rows.into_iter().filter_map(|r| RawValue::from_string(r.json).ok()).collect())
 }
 

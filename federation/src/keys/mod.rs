@@ -45,10 +45,26 @@ const REFETCH_AFTER: Duration = Duration::from_secs(30);
 const CONCURRENT_FETCHES: usize = 16;
 /// Key ids looked up per signing server of one event.
 const MAX_KEYS_PER_SERVER: usize = 4;
-/// How long a notary serves what it stored before fetching afresh for a caller who wants more.
-const NOTARY_REFRESH: Duration = Duration::from_secs(300);
+/// Fetches from one server that notary requests may cause per [`NOTARY_WINDOW`]: enough for a
+/// caller who wants keys valid longer than those stored to be answered afresh (as Synapse
+/// does), too few for anyone to turn this notary into a flood of requests to that server.
+const NOTARY_FETCHES: u32 = 10;
+const NOTARY_WINDOW: Duration = Duration::from_secs(60);
 /// Failures and fetch locks remembered.
 const REMEMBERED: usize = 10_000;
+
+/// Counts one fetch against a notary window `(start, fetches)`, starting a new window when the
+/// old one is over; false when the window has no fetch left.
+fn spend(window: &mut (Instant, u32), now: Instant) -> bool {
+    if now.duration_since(window.0) >= NOTARY_WINDOW {
+        *window = (now, 0);
+    }
+    if window.1 >= NOTARY_FETCHES {
+        return false;
+    }
+    window.1 += 1;
+    true
+}
 
 /// One verify key and how long it may be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +117,8 @@ pub struct KeyStore {
     failures: Mutex<LruCache<FailureKey, Instant>>,
     /// When each server's keys were last asked for.
     last_fetch: Mutex<LruCache<OwnedServerName, Instant>>,
+    /// Per server: when the current notary window began, and the fetches made in it.
+    notary_fetches: Mutex<LruCache<OwnedServerName, (Instant, u32)>>,
     /// One fetch per server at a time; callers arriving meanwhile wait and then read its result.
     /// An entry lives while someone holds it.
     fetching: Mutex<HashMap<OwnedServerName, Arc<tokio::sync::Mutex<()>>>>,
@@ -121,6 +139,7 @@ impl KeyStore {
             known: RwLock::new(HashMap::new()),
             failures: lru(),
             last_fetch: lru(),
+            notary_fetches: lru(),
             fetching: Mutex::new(HashMap::new()),
             fetch_slots: tokio::sync::Semaphore::new(CONCURRENT_FETCHES),
         }
@@ -328,33 +347,44 @@ impl KeyStore {
         Ok(())
     }
 
-    /// The stored key responses of `server` (for serving as a notary), newest first.
-    pub async fn stored_responses(&self, server: &ServerName) -> Result<Vec<(i64, String)>, Error> {
+    /// The stored key responses of `server` (for serving as a notary) that hold one of
+    /// `key_ids` (any key when none are named), newest first.
+    pub async fn stored_responses(
+        &self,
+        server: &ServerName,
+        key_ids: &[String],
+    ) -> Result<Vec<(i64, String)>, Error> {
         let rows = self.db.server_keys(server.as_str()).await?;
-        let mut responses: Vec<(i64, String)> =
-            rows.into_iter().map(|r| (r.valid_until_ts, r.response_json)).collect();
+        let mut responses: Vec<(i64, String)> = rows
+            .into_iter()
+            .filter(|r| key_ids.is_empty() || key_ids.contains(&r.key_id))
+            .map(|r| (r.valid_until_ts, r.response_json))
+            .collect();
         responses.sort_by(|a, b| b.cmp(a));
         responses.dedup_by(|a, b| a.1 == b.1);
         Ok(responses)
     }
 
     /// Fetches `server`'s keys directly for a notary request that wants keys valid longer than
-    /// those stored — unless they were fetched in the last five minutes or the server was
-    /// unreachable a moment ago. Errors only say why nothing new is known.
+    /// those stored, within the server's notary budget. Errors only say why nothing new is
+    /// known.
     pub async fn refresh(&self, server: &ServerName) -> Result<(), String> {
-        let rows = self.db.server_keys(server.as_str()).await.map_err(|e| e.to_string())?;
-        let fresh_after = now_millis() as i64 - NOTARY_REFRESH.as_millis() as i64;
-        if rows.iter().any(|r| r.fetched_ts > fresh_after) {
-            return Err("fetched a moment ago".into());
-        }
-        if self.recently_failed(server, "") {
-            return Err("recently unreachable".into());
+        if !self.notary_budget(server) {
+            return Err("fetched often enough this minute".into());
         }
         let result = self.fetch_direct(server).await.map(|_| ());
         if result.is_err() {
             self.failed(server, None);
         }
         result
+    }
+
+    /// Whether one more notary-driven fetch from `server` fits its budget (and counts it).
+    fn notary_budget(&self, server: &ServerName) -> bool {
+        let mut fetches = self.notary_fetches.lock().expect("key store poisoned");
+        let now = Instant::now();
+        let window = fetches.get_or_insert_mut(server.to_owned(), || (now, 0));
+        spend(window, now)
     }
 
     /// Makes sure the keys an event must be verified with are in memory (fetching them if
@@ -430,5 +460,17 @@ mod tests {
         assert!(!Use::EventAt(now + 120_000).admits(&current), "not past its validity");
         let lapsed = KnownKey { key: String::new(), valid_until_ts: now - 1, expired_ts: None };
         assert!(!Use::RequestNow.admits(&lapsed));
+    }
+
+    #[test]
+    fn notary_fetches_are_budgeted_per_window() {
+        let start = Instant::now();
+        let mut window = (start, 0);
+        for _ in 0..NOTARY_FETCHES {
+            assert!(spend(&mut window, start));
+        }
+        assert!(!spend(&mut window, start + Duration::from_secs(1)), "the budget is spent");
+        assert!(spend(&mut window, start + NOTARY_WINDOW), "a new window");
+        assert_eq!(window.1, 1);
     }
 }

@@ -222,7 +222,12 @@ struct EventsQuery {
     from: Option<String>,
     timeout: Option<u64>,
     room_id: Option<String>,
+    /// Read as text so that a bad value is this endpoint's 400, not a generic rejection.
+    limit: Option<String>,
 }
+
+/// The most events one `/events` answer carries.
+const MAX_EVENTS_LIMIT: usize = 1000;
 
 /// Events for the user in `(from, now]`: their rooms' events they may see, oldest first.
 async fn events_since(
@@ -271,6 +276,22 @@ async fn events(
         ),
         None => StreamPos::live(app.stream.current()),
     };
+    let limit = match query.limit.as_deref() {
+        None => MAX_EVENTS_LIMIT,
+        Some(text) => text
+            .parse::<usize>()
+            .map_err(|_| Error::invalid_param("limit must be a non-negative integer"))?
+            .min(MAX_EVENTS_LIMIT),
+    };
+    if let Some(room) = query.room_id.as_deref() {
+        // Only a room the user is in (or was in) has events for them here; any other is
+        // refused at once rather than long-polled (peeking is not supported).
+        let room_id = RoomId::parse(room).map_err(|_| Error::invalid_param("invalid room id"))?;
+        if app.db.membership(room_id.as_str(), session.user_id.as_str()).await.map_err(Error::from)?.is_none()
+        {
+            return Err(Error::forbidden("You are not a member of this room").into());
+        }
+    }
     let timeout = Duration::from_millis(query.timeout.unwrap_or(30_000).min(app.config.max_sync_timeout_ms));
     let deadline = tokio::time::Instant::now() + timeout;
     // Polling the stream shows the user online while it lasts, as a sync does (and as the
@@ -280,14 +301,25 @@ async fn events(
     loop {
         wake.borrow_and_update();
         let now = StreamPos::live(app.stream.current());
-        let rows = events_since(&app, &session, from.min(now), now, query.room_id.as_deref()).await?;
-        if !rows.is_empty() || app.stream.is_shutting_down() || tokio::time::Instant::now() >= deadline {
+        let mut rows = events_since(&app, &session, from.min(now), now, query.room_id.as_deref()).await?;
+        // A page cut short ends at its last event, so the next poll resumes right after it.
+        let end = match rows.get(limit) {
+            Some(_) if limit > 0 => rows[limit - 1].stream_pos,
+            Some(_) => from.min(now),
+            None => now,
+        };
+        rows.truncate(limit);
+        if !rows.is_empty()
+            || limit == 0
+            || app.stream.is_shutting_down()
+            || tokio::time::Instant::now() >= deadline
+        {
             let chunk = v1_events(
                 app.rooms.client_events(&rows, Some(viewer(&session)), RoomIdField::Include).await?,
             );
             return Ok(Json(json!({
                 "start": StreamToken::new(from.as_live()).to_string(),
-                "end": StreamToken::new(now.as_live()).to_string(),
+                "end": StreamToken::new(end.as_live()).to_string(),
                 "chunk": chunk,
             })));
         }

@@ -204,10 +204,13 @@ impl Rooms {
         let state_ids: Vec<String> = entries.into_iter().map(|(_, _, id)| id).collect();
         let mut roots = state_ids.clone();
         roots.push(row.event_id.clone());
-        let mut chain: Vec<String> = self.db().auth_chain(&roots).await?.into_iter().collect();
-        chain.sort();
-        let text =
-            |rows: Vec<homeserver_storage::events::EventRow>| rows.into_iter().map(|r| r.json).collect();
+        let chain: Vec<String> = self.db().auth_chain(&roots).await?.into_iter().collect();
+        // Oldest first (an event's auth events come before it): a joiner that reads the lists in
+        // order and lets later state replace earlier, as SyTest's does, ends with the current state.
+        let text = |mut rows: Vec<homeserver_storage::events::EventRow>| {
+            rows.sort_by_key(|r| (r.depth, r.stream_pos));
+            rows.into_iter().map(|r| r.json).collect()
+        };
         Ok(JoinedState {
             state: text(self.db().events(&state_ids).await?),
             auth_chain: text(self.db().events(&chain).await?),

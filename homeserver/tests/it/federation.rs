@@ -214,6 +214,13 @@ async fn keys_are_fetched_stored_and_served_as_a_notary() {
         answer["server_keys"][0]["verify_keys"][key_of(&a).key_id()]["key"],
         key_of(&a).public_key_base64()
     );
+    // Asked for named keys of B: the responses holding them, none for a key B never had.
+    let url = format!("{}/_matrix/key/v2/query", a.tls_base.as_ref().unwrap());
+    for (key_id, expected) in [(b_key.key_id(), 1), ("ed25519:never".to_owned(), 0)] {
+        let body = json!({ "server_keys": { name_of(&b).as_str(): { key_id.clone(): {} } } });
+        let answer: Value = raw_https().post(&url).json(&body).send().await.unwrap().json().await.unwrap();
+        assert_eq!(answer["server_keys"].as_array().unwrap().len(), expected, "{key_id}: {answer}");
+    }
 }
 
 #[tokio::test]
@@ -826,6 +833,25 @@ async fn a_remote_user_joins_through_make_join_and_send_join() {
     assert!(texts.iter().any(|t| t.contains("m.room.create")), "{texts:?}");
     assert!(texts.iter().any(|t| t.contains(&alice.user_id)), "Alice's membership is in the state");
     assert!(!state.auth_chain.is_empty());
+    // Both lists run oldest first: each event's auth events (those listed) come before it.
+    for list in [&state.auth_chain, &state.state] {
+        let rules = made.room_version.clone().unwrap().rules().unwrap();
+        let id_of = |json: &str| {
+            let object: ruma::CanonicalJsonObject = serde_json::from_str(json).unwrap();
+            homeserver_rooms::event_format::event_id_of(&object, &rules).unwrap().to_string()
+        };
+        let ids: Vec<String> = list.iter().map(|p| id_of(p.get())).collect();
+        let events: Vec<Value> = list.iter().map(|p| serde_json::from_str(p.get()).unwrap()).collect();
+        let position = |id: &str| ids.iter().position(|known| known == id);
+        assert!(events.iter().any(|e| e["auth_events"].as_array().is_some_and(|a| !a.is_empty())));
+        for (index, event) in events.iter().enumerate() {
+            for auth in event["auth_events"].as_array().unwrap() {
+                if let Some(at) = position(auth.as_str().unwrap()) {
+                    assert!(at < index, "{} listed before its auth event {auth}", ids[index]);
+                }
+            }
+        }
+    }
     let servers = state.servers_in_room.clone().unwrap_or_default();
     assert!(
         servers.contains(&name_of(&a).to_string()) && servers.contains(&name_of(&b).to_string()),

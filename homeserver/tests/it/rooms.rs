@@ -538,6 +538,25 @@ async fn legacy_initial_sync_and_event_stream() {
         .await;
     assert!(empty["chunk"].as_array().unwrap().is_empty());
 
+    // `limit` cuts a page, and the next poll resumes after it; bad limits are refused at once.
+    let from = stream["end"].as_str().unwrap().to_owned();
+    server.send_text(&alice, &room, "third").await;
+    server.send_text(&alice, &room, "fourth").await;
+    let events = |query: String| format!("/_matrix/client/v3/events?timeout=0&{query}");
+    let (_, page) = server.get(&events(format!("from={from}&limit=1")), Some(&alice.token)).await;
+    assert_eq!(bodies(&page["chunk"]), vec!["third"], "{page}");
+    let next = page["end"].as_str().unwrap();
+    let (_, page) = server.get(&events(format!("from={next}")), Some(&alice.token)).await;
+    assert_eq!(bodies(&page["chunk"]), vec!["fourth"], "{page}");
+    for bad in ["hello", "-1"] {
+        let (status, body) = server.get(&events(format!("limit={bad}")), Some(&alice.token)).await;
+        assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{bad}");
+    }
+    // A room the user was never in is refused, not long-polled.
+    let private = server.create_room(&bob, json!({})).await;
+    let (status, _) = server.get(&events(format!("room_id={}", enc(&private))), Some(&alice.token)).await;
+    assert_eq!(status, 403);
+
     // A join body's extra keys end up in the member event.
     let (status, _) = server.post(&r(&room, "/join"), Some(&bob.token), json!({ "foo": "bar" })).await;
     assert_eq!(status, 200);
