@@ -117,7 +117,9 @@ async fn notarised(
         return Ok(vec![key_document(&state.key, state.key_validity)?]);
     }
     let mut stored = state.keys.stored_responses(server, key_ids).await?;
-    if !stored.iter().any(|(valid_until, _)| *valid_until >= minimum.max(now_millis() as i64))
+    // The caller says how long keys must be valid to be of use (now, unless it says otherwise);
+    // only when nothing stored lasts that long is the server asked afresh.
+    if !stored.iter().any(|(valid_until, _)| *valid_until >= minimum)
         && state.keys.refresh(server).await.is_ok()
     {
         stored = state.keys.stored_responses(server, key_ids).await?;

@@ -89,8 +89,18 @@ impl TestCa {
     }
 }
 
+/// A port for a server whose name must carry it before it binds. Chosen below the kernel's
+/// ephemeral range (32768 and up, where `:0` binds and outgoing connections draw from), so no
+/// other test takes it between the choice and the bind.
 pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    loop {
+        let offset = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 12_000;
+        let port = 20_000 + offset;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A server named `localhost:PORT` serving HTTPS on that port with the CA's certificate,

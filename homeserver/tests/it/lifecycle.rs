@@ -8,7 +8,10 @@ use std::{
 use homeserver_storage::testing::TestDatabase;
 use serde_json::{Value, json};
 
-use crate::harness::{TestServer, bodies, enc};
+use crate::{
+    federation::free_port,
+    harness::{TestServer, bodies, enc},
+};
 
 #[tokio::test]
 async fn restart_keeps_accounts_rooms_and_history() {
@@ -68,10 +71,6 @@ async fn shutdown_answers_long_polls_at_once() {
 }
 
 /// A free loopback port (bound and released; the child binds it right after).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 struct Binary {
     child: Child,
     base: String,
