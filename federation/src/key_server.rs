@@ -116,14 +116,20 @@ async fn notarised(
     if server == state.key.server_name() {
         return Ok(vec![key_document(&state.key, state.key_validity)?]);
     }
-    let mut stored = state.keys.stored_responses(server, key_ids).await?;
-    // The caller says how long keys must be valid to be of use (now, unless it says otherwise);
-    // only when nothing stored lasts that long is the server asked afresh.
-    if !stored.iter().any(|(valid_until, _)| *valid_until >= minimum)
-        && state.keys.refresh(server).await.is_ok()
-    {
-        stored = state.keys.stored_responses(server, key_ids).await?;
+    // No caller can ask for more than any key is trusted for.
+    let minimum = minimum.min(now_millis() as i64 + crate::keys::MAX_KEY_VALIDITY_MS);
+    // The server is asked afresh when a key wanted (any, when none are named) is not stored
+    // valid for as long as the caller says it must be (now, unless it says otherwise).
+    let validity = state.keys.stored_validity(server).await?;
+    let lasts = |id: Option<&String>| {
+        validity.iter().any(|(key, until)| id.is_none_or(|id| id == key) && *until >= minimum)
+    };
+    let lacking = if key_ids.is_empty() { !lasts(None) } else { key_ids.iter().any(|id| !lasts(Some(id))) };
+    if lacking {
+        // Why nothing new is known (a budget spent, a server unreachable) changes no answer.
+        let _ = state.keys.refresh(server).await;
     }
+    let stored = state.keys.stored_responses(server, key_ids).await?;
     let fresh: Vec<&String> =
         stored.iter().filter(|(valid_until, _)| *valid_until >= minimum).map(|(_, json)| json).collect();
     // Expired keys when that is all there is.

@@ -88,6 +88,8 @@ pub struct Sender {
     ephemeral: Mutex<HashMap<OwnedServerName, Vec<(Instant, Value)>>>,
     /// Destinations owed one transaction, empty if need be, to learn that this server is up.
     announce: Mutex<HashSet<OwnedServerName>>,
+    /// Numbers transactions without positions, so two in one millisecond differ.
+    unpositioned: std::sync::atomic::AtomicU64,
 }
 
 impl Sender {
@@ -101,6 +103,7 @@ impl Sender {
             saved: Mutex::new(StreamPos::ZERO),
             ephemeral: Mutex::new(HashMap::new()),
             announce: Mutex::new(HashSet::new()),
+            unpositioned: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -546,7 +549,10 @@ async fn deliver_once(sender: &Sender, destination: &ServerName) -> Result<Optio
     // only typing notices or nothing (never retried) is named by the time.
     let txn_id: OwnedTransactionId = match (positions.first(), positions.last()) {
         (Some(first), Some(last)) => format!("{first}-{last}").into(),
-        _ => format!("e{}", now_millis()).into(),
+        _ => {
+            let n = sender.unpositioned.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            format!("e{}-{n}", now_millis()).into()
+        }
     };
     let mut request = send_transaction_message::v1::Request::new(
         txn_id,

@@ -33,6 +33,15 @@ struct WellKnown {
     server: String,
 }
 
+/// Where a server's federation API answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `https://host:port`.
+    pub base: String,
+    /// Found through an SRV record: the connection must follow [`Dns`]'s route for the host.
+    pub routed: bool,
+}
+
 /// Resolves server names to base URLs, caching `.well-known` answers.
 pub struct Discovery {
     allow_private: bool,
@@ -47,38 +56,47 @@ impl Discovery {
         Self { allow_private, dns, well_known: Mutex::new(cache) }
     }
 
-    /// The base URL (`https://host:port`) of a server's federation API.
-    pub async fn base_url(
+    /// Where a server's federation API answers. `direct` is the client that does not follow
+    /// SRV routes: `.well-known` is fetched with it.
+    pub async fn endpoint(
         &self,
-        http: &reqwest::Client,
+        direct: &reqwest::Client,
         server: &ServerName,
-    ) -> Result<String, FederationError> {
+    ) -> Result<Endpoint, FederationError> {
         let host = server.host();
         if is_address(host) || server.port().is_some() {
-            return self.checked(server.as_str(), host, server.port().unwrap_or(DEFAULT_PORT));
+            return self.checked(server.as_str(), host, server.port().unwrap_or(DEFAULT_PORT), false);
         }
         // A delegation that is not a valid server name counts as none, as the spec says.
         let delegated = self
-            .delegation(http, host)
+            .delegation(direct, host)
             .await
             .and_then(|d| <&ServerName>::try_from(d.as_str()).ok().map(ToOwned::to_owned));
         let name = delegated.as_deref().unwrap_or(server);
         if is_address(name.host()) || name.port().is_some() {
-            return self.checked(name.as_str(), name.host(), name.port().unwrap_or(DEFAULT_PORT));
+            return self.checked(name.as_str(), name.host(), name.port().unwrap_or(DEFAULT_PORT), false);
         }
-        let port = self.dns.srv(name.host()).await.map_or(DEFAULT_PORT, |target| target.port);
-        self.checked(name.as_str(), name.host(), port)
+        match self.dns.srv(name.host()).await {
+            Some(target) => self.checked(name.as_str(), name.host(), target.port, true),
+            None => self.checked(name.as_str(), name.host(), DEFAULT_PORT, false),
+        }
     }
 
     /// `https://host:port`, refused if the host is (in any spelling) an address the guard
     /// forbids.
-    fn checked(&self, server: &str, host: &str, port: u16) -> Result<String, FederationError> {
+    fn checked(
+        &self,
+        server: &str,
+        host: &str,
+        port: u16,
+        routed: bool,
+    ) -> Result<Endpoint, FederationError> {
         let base = format!("https://{host}:{port}");
         let url = url::Url::parse(&base).map_err(|e| FederationError::Discovery(format!("{server}: {e}")))?;
         if !url_allowed(&url, self.allow_private) {
             return Err(FederationError::Refused(format!("{server} is not a public address")));
         }
-        Ok(base)
+        Ok(Endpoint { base, routed })
     }
 
     /// The host a server name delegates to, from the cache or its `.well-known` document.
@@ -137,21 +155,24 @@ mod tests {
         let dns = Arc::new(Dns::new(&[]).unwrap());
         let open = Discovery::new(true, dns.clone());
         let name = |s: &str| <&ServerName>::try_from(s).unwrap().to_owned();
-        assert_eq!(open.base_url(&http, &name("127.0.0.1:8481")).await.unwrap(), "https://127.0.0.1:8481");
-        assert_eq!(open.base_url(&http, &name("[::1]")).await.unwrap(), "https://[::1]:8448");
         assert_eq!(
-            open.base_url(&http, &name("example.test:443")).await.unwrap(),
-            "https://example.test:443"
+            open.endpoint(&http, &name("127.0.0.1:8481")).await.unwrap().base,
+            "https://127.0.0.1:8481"
+        );
+        assert_eq!(open.endpoint(&http, &name("[::1]")).await.unwrap().base, "https://[::1]:8448");
+        assert_eq!(
+            open.endpoint(&http, &name("example.test:443")).await.unwrap(),
+            Endpoint { base: "https://example.test:443".into(), routed: false }
         );
         let guarded = Discovery::new(false, dns);
         assert!(matches!(
-            guarded.base_url(&http, &name("127.0.0.1:8481")).await,
+            guarded.endpoint(&http, &name("127.0.0.1:8481")).await,
             Err(FederationError::Refused(_))
         ));
-        assert!(matches!(guarded.base_url(&http, &name("10.0.0.1")).await, Err(FederationError::Refused(_))));
+        assert!(matches!(guarded.endpoint(&http, &name("10.0.0.1")).await, Err(FederationError::Refused(_))));
         for sneaky in ["2130706433", "127.1", "0x7f.1"] {
             assert!(
-                matches!(guarded.base_url(&http, &name(sneaky)).await, Err(FederationError::Refused(_))),
+                matches!(guarded.endpoint(&http, &name(sneaky)).await, Err(FederationError::Refused(_))),
                 "{sneaky}"
             );
         }

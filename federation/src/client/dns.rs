@@ -1,8 +1,11 @@
 //! DNS for federation: one caching resolver (the system's nameservers, or `[federation]
 //! nameservers`) answers the SRV lookups of server discovery and every address lookup of the
-//! HTTPS client. An SRV answer becomes a *route*: discovery asks for `https://<name>:<port>`,
+//! HTTPS clients. An SRV answer becomes a *route*: discovery asks for `https://<name>:<port>`,
 //! so TLS checks the certificate against the server name as the spec requires, and the route
-//! sends the connection to the SRV target's addresses.
+//! sends the connection to the SRV target's addresses. Routes are keyed by host alone (the
+//! HTTP client's resolver never sees the port), so only the client for SRV-found URLs follows
+//! them; `.well-known` fetches and names with an explicit port use a client that does not, and
+//! reach the host's own addresses whatever SRV lookups other server names caused.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -68,6 +71,7 @@ impl Dns {
     /// route for `host` for as long as the record may be cached. None when neither exists or
     /// the service is published as unavailable (target `.`).
     pub async fn srv(&self, host: &str) -> Option<SrvTarget> {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
         for service in SERVICES {
             let Ok(lookup) = self.resolver.srv_lookup(format!("{service}.{host}.")).await else {
                 continue;
@@ -80,23 +84,27 @@ impl Dns {
                     _ => None,
                 })
                 .collect();
-            let chosen = choose(&records)?;
+            let Some(chosen) = choose(&records) else { continue };
             let target = chosen.target.to_ascii();
             let target = target.trim_end_matches('.');
             if target.is_empty() {
-                return None;
+                break;
             }
             let route = (target.to_ascii_lowercase(), lookup.valid_until());
-            self.routes.lock().expect("routes poisoned").put(host.to_ascii_lowercase(), route.clone());
+            self.routes.lock().expect("routes poisoned").put(host, route.clone());
             return Some(SrvTarget { host: route.0, port: chosen.port });
         }
+        // No record (any more), or the service published as unavailable: no route either.
+        self.routes.lock().expect("routes poisoned").pop(&host);
         None
     }
 
-    /// The addresses a connection to `host` goes to: those of its SRV target while the route
-    /// is fresh, otherwise its own A and AAAA records.
-    pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, FederationError> {
-        let routed = {
+    /// The addresses a connection to `host` goes to: with `follow_routes`, those of its SRV
+    /// target while the route is fresh; otherwise its own A and AAAA records.
+    pub async fn addresses(&self, host: &str, follow_routes: bool) -> Result<Vec<IpAddr>, FederationError> {
+        let routed = if !follow_routes {
+            None
+        } else {
             let mut routes = self.routes.lock().expect("routes poisoned");
             match routes.get(&host.to_ascii_lowercase()) {
                 Some((target, until)) if *until > Instant::now() => Some(target.clone()),

@@ -85,11 +85,12 @@ pub fn redirect_policy(allow_private: bool) -> reqwest::redirect::Policy {
     })
 }
 
-/// Resolves names for the federation client through [`Dns`] (which follows SRV routes),
-/// dropping addresses that are not allowed.
+/// Resolves names for a federation client through [`Dns`] (following SRV routes if
+/// `follow_routes`), dropping addresses that are not allowed.
 #[derive(Clone)]
 pub struct GuardedResolver {
     pub allow_private: bool,
+    pub follow_routes: bool,
     pub dns: Arc<Dns>,
 }
 
@@ -100,7 +101,7 @@ impl Resolve for GuardedResolver {
             let host = name.as_str().to_owned();
             let addrs: Vec<SocketAddr> = this
                 .dns
-                .addresses(&host)
+                .addresses(&host, this.follow_routes)
                 .await?
                 .into_iter()
                 .filter(|ip| this.allow_private || is_public(*ip))

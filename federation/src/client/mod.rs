@@ -1,6 +1,7 @@
-//! The outbound side of federation: one connection-pooled HTTPS client (reqwest on rustls with
-//! ring) that finds a server through [`discovery`], refuses destinations [`guard`] forbids, signs
-//! every request with `X-Matrix`, and turns responses into ruma types with bounded bodies; and
+//! The outbound side of federation: connection-pooled HTTPS clients (reqwest on rustls with
+//! ring; one follows the SRV routes of [`dns`], one does not) that find a server through
+//! [`discovery`], refuse destinations [`guard`] forbids, sign
+//! every request with `X-Matrix`, and turn responses into ruma types with bounded bodies; and
 //! [`remote_error`], the one way another server's refusal reaches a local client.
 
 pub mod discovery;
@@ -81,7 +82,10 @@ impl Default for ClientSettings {
 pub struct FederationClient(Arc<Inner>);
 
 struct Inner {
-    http: reqwest::Client,
+    /// For URLs discovery found through SRV records: follows the DNS routes.
+    routed: reqwest::Client,
+    /// For everything else (`.well-known`, explicit ports, IP literals): a host's own addresses.
+    direct: reqwest::Client,
     key: ServerKey,
     discovery: Discovery,
 }
@@ -91,15 +95,20 @@ impl FederationClient {
         let tls = tls::client_config(settings.ca_file.as_deref(), settings.insecure_tls)?;
         let dns = Arc::new(dns::Dns::new(&settings.nameservers)?);
         let allow_private = settings.allow_private;
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .dns_resolver(Arc::new(guard::GuardedResolver { allow_private, dns: dns.clone() }))
-            .timeout(settings.timeout)
-            .connect_timeout(Duration::from_secs(15))
-            .redirect(guard::redirect_policy(settings.allow_private))
-            .user_agent(concat!("Lattice/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Self(Arc::new(Inner { http, key, discovery: Discovery::new(allow_private, dns) })))
+        let client = |follow_routes: bool| {
+            let resolver = guard::GuardedResolver { allow_private, follow_routes, dns: dns.clone() };
+            reqwest::Client::builder()
+                .tls_backend_preconfigured(tls.clone())
+                .dns_resolver(Arc::new(resolver))
+                .timeout(settings.timeout)
+                .connect_timeout(Duration::from_secs(15))
+                .redirect(guard::redirect_policy(allow_private))
+                .user_agent(concat!("Lattice/", env!("CARGO_PKG_VERSION")))
+                .build()
+        };
+        let (routed, direct) = (client(true)?, client(false)?);
+        let discovery = Discovery::new(allow_private, dns);
+        Ok(Self(Arc::new(Inner { routed, direct, key, discovery })))
     }
 
     /// This server's name (the origin of every request).
@@ -129,13 +138,13 @@ impl FederationClient {
     where
         R: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath>,
     {
-        let base = self.0.discovery.base_url(&self.0.http, destination).await?;
+        let endpoint = self.0.discovery.endpoint(&self.0.direct, destination).await?;
         let origin: OwnedServerName = self.server_name().to_owned();
         let signing = XMatrixSigningInput::new(origin, destination.to_owned(), self.0.key.pair());
         let http_request = request
-            .try_into_http_request::<Vec<u8>>(&base, signing, ())
+            .try_into_http_request::<Vec<u8>>(&endpoint.base, signing, ())
             .map_err(|e| FederationError::Request(e.to_string()))?;
-        self.execute::<R::IncomingResponse>(http_request, max_bytes).await
+        self.execute::<R::IncomingResponse>(&endpoint, http_request, max_bytes).await
     }
 
     /// Sends a request that needs no signature (the key endpoints; answers of at most
@@ -148,20 +157,22 @@ impl FederationClient {
     where
         R: OutgoingRequest<Authentication = NoAuthentication, PathBuilder = SinglePath>,
     {
-        let base = self.0.discovery.base_url(&self.0.http, destination).await?;
+        let endpoint = self.0.discovery.endpoint(&self.0.direct, destination).await?;
         let http_request = request
-            .try_into_http_request::<Vec<u8>>(&base, (), ())
+            .try_into_http_request::<Vec<u8>>(&endpoint.base, (), ())
             .map_err(|e| FederationError::Request(e.to_string()))?;
-        self.execute::<R::IncomingResponse>(http_request, MAX_UNSIGNED_RESPONSE_BYTES).await
+        self.execute::<R::IncomingResponse>(&endpoint, http_request, MAX_UNSIGNED_RESPONSE_BYTES).await
     }
 
     async fn execute<T: IncomingResponse>(
         &self,
+        endpoint: &discovery::Endpoint,
         request: http::Request<Vec<u8>>,
         max_bytes: usize,
     ) -> Result<T, FederationError> {
         let request = reqwest::Request::try_from(request)?;
-        let response = self.0.http.execute(request).await?;
+        let http = if endpoint.routed { &self.0.routed } else { &self.0.direct };
+        let response = http.execute(request).await?;
         let status = response.status();
         let mut builder = http::Response::builder().status(status);
         if let Some(headers) = builder.headers_mut() {

@@ -49,21 +49,21 @@ const MAX_KEYS_PER_SERVER: usize = 4;
 /// caller who wants keys valid longer than those stored to be answered afresh (as Synapse
 /// does), too few for anyone to turn this notary into a flood of requests to that server.
 const NOTARY_FETCHES: u32 = 10;
+/// Notary-driven fetches per window across all servers, and at once: many made-up server
+/// names cannot add up to a flood either, nor take the fetch slots events need.
+const NOTARY_FETCHES_TOTAL: u32 = 120;
+const NOTARY_CONCURRENT: usize = 4;
 const NOTARY_WINDOW: Duration = Duration::from_secs(60);
 /// Failures and fetch locks remembered.
 const REMEMBERED: usize = 10_000;
 
-/// Counts one fetch against a notary window `(start, fetches)`, starting a new window when the
-/// old one is over; false when the window has no fetch left.
-fn spend(window: &mut (Instant, u32), now: Instant) -> bool {
+/// Whether a notary window `(start, fetches)` has a fetch left of `limit`, starting a new window
+/// when the old one is over.
+fn has_room(window: &mut (Instant, u32), now: Instant, limit: u32) -> bool {
     if now.duration_since(window.0) >= NOTARY_WINDOW {
         *window = (now, 0);
     }
-    if window.1 >= NOTARY_FETCHES {
-        return false;
-    }
-    window.1 += 1;
-    true
+    window.1 < limit
 }
 
 /// One verify key and how long it may be used.
@@ -119,6 +119,9 @@ pub struct KeyStore {
     last_fetch: Mutex<LruCache<OwnedServerName, Instant>>,
     /// Per server: when the current notary window began, and the fetches made in it.
     notary_fetches: Mutex<LruCache<OwnedServerName, (Instant, u32)>>,
+    /// The window of all notary-driven fetches, and the slots they run in.
+    notary_total: Mutex<(Instant, u32)>,
+    notary_slots: tokio::sync::Semaphore,
     /// One fetch per server at a time; callers arriving meanwhile wait and then read its result.
     /// An entry lives while someone holds it.
     fetching: Mutex<HashMap<OwnedServerName, Arc<tokio::sync::Mutex<()>>>>,
@@ -140,6 +143,8 @@ impl KeyStore {
             failures: lru(),
             last_fetch: lru(),
             notary_fetches: lru(),
+            notary_total: Mutex::new((Instant::now(), 0)),
+            notary_slots: tokio::sync::Semaphore::new(NOTARY_CONCURRENT),
             fetching: Mutex::new(HashMap::new()),
             fetch_slots: tokio::sync::Semaphore::new(CONCURRENT_FETCHES),
         }
@@ -369,6 +374,9 @@ impl KeyStore {
     /// those stored, within the server's notary budget. Errors only say why nothing new is
     /// known.
     pub async fn refresh(&self, server: &ServerName) -> Result<(), String> {
+        let Ok(_slot) = self.notary_slots.try_acquire() else {
+            return Err("as many notary fetches as may run are running".into());
+        };
         if !self.notary_budget(server) {
             return Err("fetched often enough this minute".into());
         }
@@ -381,10 +389,22 @@ impl KeyStore {
 
     /// Whether one more notary-driven fetch from `server` fits its budget (and counts it).
     fn notary_budget(&self, server: &ServerName) -> bool {
-        let mut fetches = self.notary_fetches.lock().expect("key store poisoned");
         let now = Instant::now();
+        let mut total = self.notary_total.lock().expect("key store poisoned");
+        let mut fetches = self.notary_fetches.lock().expect("key store poisoned");
         let window = fetches.get_or_insert_mut(server.to_owned(), || (now, 0));
-        spend(window, now)
+        if !has_room(window, now, NOTARY_FETCHES) || !has_room(&mut total, now, NOTARY_FETCHES_TOTAL) {
+            return false;
+        }
+        window.1 += 1;
+        total.1 += 1;
+        true
+    }
+
+    /// The stored keys of `server`: key id and how long it is valid.
+    pub async fn stored_validity(&self, server: &ServerName) -> Result<Vec<(String, i64)>, Error> {
+        let rows = self.db.server_keys(server.as_str()).await?;
+        Ok(rows.into_iter().map(|r| (r.key_id, r.valid_until_ts)).collect())
     }
 
     /// Makes sure the keys an event must be verified with are in memory (fetching them if
@@ -467,10 +487,11 @@ mod tests {
         let start = Instant::now();
         let mut window = (start, 0);
         for _ in 0..NOTARY_FETCHES {
-            assert!(spend(&mut window, start));
+            assert!(has_room(&mut window, start, NOTARY_FETCHES));
+            window.1 += 1;
         }
-        assert!(!spend(&mut window, start + Duration::from_secs(1)), "the budget is spent");
-        assert!(spend(&mut window, start + NOTARY_WINDOW), "a new window");
-        assert_eq!(window.1, 1);
+        assert!(!has_room(&mut window, start + Duration::from_secs(1), NOTARY_FETCHES), "spent");
+        assert!(has_room(&mut window, start + NOTARY_WINDOW, NOTARY_FETCHES), "a new window");
+        assert_eq!(window.1, 0);
     }
 }

@@ -165,7 +165,7 @@ async fn initial_sync(
     Ok(Json(json!({
         "end": StreamToken::new(now.as_live()).to_string(),
         "rooms": rooms,
-        "presence": presence_of(&app, &user_and_room_mates(&app, &session.user_id).await?).await?,
+        "presence": presence_of(&app, &session.user_id, &user_and_room_mates(&app, &session.user_id).await?).await?,
         "receipts": receipts_in(&app, &joined, &session.user_id).await?,
         "account_data": account_data,
     })))
@@ -193,7 +193,7 @@ async fn room_initial_sync(
     // Presence and receipts are of now: only for members (a departed user gets none).
     let (presence, receipts) = match &membership {
         Some(m) if m.membership == MembershipState::Join => (
-            presence_of(&app, &joined_members(&app, &room_id).await?).await?,
+            presence_of(&app, &session.user_id, &joined_members(&app, &room_id).await?).await?,
             receipts_in(&app, &[room_id.to_string()], &session.user_id).await?,
         ),
         _ => (Vec::new(), Vec::new()),
@@ -229,14 +229,17 @@ struct EventsQuery {
 /// The most events one `/events` answer carries.
 const MAX_EVENTS_LIMIT: usize = 1000;
 
-/// Events for the user in `(from, now]`: their rooms' events they may see, oldest first.
+/// Events for the user in `(from, now]`: their rooms' events they may see, oldest first, and
+/// how far they are complete — short of `now` when a room had more than one read brings, so
+/// the page must end before that room's next event.
 async fn events_since(
     app: &App,
     session: &Session,
     from: StreamPos,
     now: StreamPos,
     only_room: Option<&str>,
-) -> Result<Vec<EventRow>, Error> {
+) -> Result<(Vec<EventRow>, StreamPos), Error> {
+    let mut complete_to = now;
     let user = session.user_id.as_str();
     let mut rows = Vec::new();
     for (room_id, _) in app.db.rooms_changed_between(user, from, now).await.map_err(Error::from)? {
@@ -250,17 +253,23 @@ async fn events_since(
             Some(m) => m.stream_pos.min(now),
             None => continue,
         };
-        rows.extend(
-            app.db
-                .room_events(&room_id, from, Some(up_to), Direction::Forward, 1000)
-                .await
-                .map_err(Error::from)?,
-        );
+        let batch = app
+            .db
+            .room_events(&room_id, from, Some(up_to), Direction::Forward, MAX_EVENTS_LIMIT as i64)
+            .await
+            .map_err(Error::from)?;
+        if batch.len() >= MAX_EVENTS_LIMIT
+            && let Some(last) = batch.last()
+        {
+            complete_to = complete_to.min(last.stream_pos);
+        }
+        rows.extend(batch);
     }
+    rows.retain(|r| r.stream_pos <= complete_to);
     rows.sort_by_key(|r| r.stream_pos);
     let ignored = app.live.ignore_lists.of(session.user_id.as_str()).await?;
     rows.retain(|r| !ignored.hides(r));
-    app.rooms.filter_visible(&session.user_id, rows).await
+    Ok((app.rooms.filter_visible(&session.user_id, rows).await?, complete_to))
 }
 
 /// `GET /_matrix/client/v3/events` (deprecated): long-polls like `/sync` (and, like it, marks
@@ -301,16 +310,18 @@ async fn events(
     loop {
         wake.borrow_and_update();
         let now = StreamPos::live(app.stream.current());
-        let mut rows = events_since(&app, &session, from.min(now), now, query.room_id.as_deref()).await?;
+        let (mut rows, complete_to) =
+            events_since(&app, &session, from.min(now), now, query.room_id.as_deref()).await?;
         // A page cut short ends at its last event, so the next poll resumes right after it.
         let end = match rows.get(limit) {
             Some(_) if limit > 0 => rows[limit - 1].stream_pos,
             Some(_) => from.min(now),
-            None => now,
+            None => complete_to,
         };
         rows.truncate(limit);
         if !rows.is_empty()
             || limit == 0
+            || complete_to < now
             || app.stream.is_shutting_down()
             || tokio::time::Instant::now() >= deadline
         {

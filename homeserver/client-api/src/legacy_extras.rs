@@ -2,9 +2,11 @@
 //! "v1" client format (Synapse's default there), presence with `content.user_id`, and read
 //! receipts as `m.receipt` events naming their room.
 
+use std::collections::HashMap;
+
 use homeserver_core::Error;
 use homeserver_live::presence::presence_event;
-use homeserver_storage::presence::PresenceRow;
+use homeserver_storage::{presence::PresenceRow, receipts::ReceiptRow};
 use homeserver_sync::ephemeral::receipt_event;
 use ruma::{RoomId, UserId};
 use serde_json::{Value, json};
@@ -42,13 +44,16 @@ fn v1_event(mut event: Value) -> Value {
     event
 }
 
-/// Presence events of `users` (at most [`MAX_PRESENCE`]), `offline` for those never seen, each
-/// with `content.user_id`; none when presence is off.
-pub(crate) async fn presence_of(app: &App, users: &[String]) -> Result<Vec<Value>, Error> {
+/// Presence events of `users` (at most [`MAX_PRESENCE`], none of those `viewer` ignores),
+/// `offline` for those never seen, each with `content.user_id`; none when presence is off.
+pub(crate) async fn presence_of(app: &App, viewer: &UserId, users: &[String]) -> Result<Vec<Value>, Error> {
     if !app.live.presence.enabled {
         return Ok(Vec::new());
     }
-    let users = &users[..users.len().min(MAX_PRESENCE)];
+    let ignored = app.live.ignore_lists.of(viewer.as_str()).await?;
+    let users: Vec<String> =
+        users.iter().filter(|u| !ignored.contains(u)).take(MAX_PRESENCE).cloned().collect();
+    let users = &users[..];
     let stored = app.db.presence_of(users).await.map_err(Error::from)?;
     let now = homeserver_core::time::now_millis() as i64;
     Ok(users
@@ -77,15 +82,21 @@ pub(crate) async fn user_and_room_mates(app: &App, user: &UserId) -> Result<Vec<
     Ok(users)
 }
 
-/// One `m.receipt` event per room (naming it) with the receipts `viewer` may see there.
+/// One `m.receipt` event per room (naming it) with the receipts `viewer` may see there (not
+/// those of users they ignore).
 pub(crate) async fn receipts_in(app: &App, rooms: &[String], viewer: &UserId) -> Result<Vec<Value>, Error> {
     let now = homeserver_core::streams::StreamPos::live(app.stream.current());
-    let rows = app.db.receipts_between(rooms, 0, now.get()).await.map_err(Error::from)?;
+    let ignored = app.live.ignore_lists.of(viewer.as_str()).await?;
+    let mut by_room: HashMap<String, Vec<ReceiptRow>> = HashMap::new();
+    for row in app.db.receipts_between(rooms, 0, now.get()).await.map_err(Error::from)? {
+        if !ignored.contains(&row.user_id) {
+            by_room.entry(row.room_id.clone()).or_default().push(row);
+        }
+    }
     Ok(rooms
         .iter()
         .filter_map(|room| {
-            let in_room: Vec<_> = rows.iter().filter(|r| &r.room_id == room).cloned().collect();
-            let mut event = receipt_event(&in_room, viewer.as_str())?;
+            let mut event = receipt_event(by_room.get(room)?, viewer.as_str())?;
             event["room_id"] = json!(room);
             Some(event)
         })

@@ -146,13 +146,16 @@ impl Rooms {
         change: MembershipChange,
     ) -> Result<OwnedEventId, Error> {
         // Leaving a room this server holds no state of (rejecting another server's invite,
-        // withdrawing a knock) goes through a server that holds it. An invite that is part of
-        // the room's DAG here (sent while its sender was a member of this server, who has left
-        // since) is rejected locally, as Synapse does.
+        // withdrawing a knock) goes through a server that holds it. An invite by a user of this
+        // server that is part of the room's DAG here (its sender has left since) is rejected
+        // locally, as Synapse does.
         if change.action == MembershipAction::Leave
             && change.sender == change.target
             && self.out_of_band(room_id, &change.target).await?.is_some_and(|oob| {
-                matches!(oob.membership, M::Invite | M::Knock) && oob.event.is_out_of_band()
+                let local_sender = UserId::parse(&oob.event.sender)
+                    .is_ok_and(|sender| sender.server_name() == self.server_name());
+                matches!(oob.membership, M::Invite | M::Knock)
+                    && (oob.event.is_out_of_band() || !local_sender)
             })
         {
             return self.leave_out_of_band(room_id, &change.target).await;

@@ -5,11 +5,12 @@
 
 use std::time::Duration;
 
+use homeserver::config::Config;
 use serde_json::{Value, json};
 
 use crate::{
     federation::{TestCa, federated, name_of, wait_for_body},
-    harness::enc,
+    harness::{TestServer, User, enc},
 };
 
 #[tokio::test]
@@ -214,33 +215,54 @@ async fn a_long_outage_is_caught_up_with_the_gap_filled_and_nothing_lost() {
     assert_eq!(received, missed);
 }
 
-#[tokio::test]
-async fn a_destination_in_backoff_is_retried_as_soon_as_it_makes_a_request() {
-    let ca = TestCa::create();
-    let a = federated(&ca, |_| {}).await;
-    let b = federated(&ca, |c| c.registration.shared_secret = "reg_secret".into()).await;
+/// Ann of A joined Alice's public room on B (and, if `a_speaks_first`, sent B a message, so B
+/// is a destination A reached); then A stopped and B, owing A a message, failed twice: its next
+/// try is ten seconds away.
+struct Outage {
+    a: TestServer,
+    b: TestServer,
+    alice: User,
+    ann: User,
+    room: String,
+    /// B's admin API path for destination A.
+    status_path: String,
+}
+
+async fn b_backed_off_from_a(
+    ca: &TestCa,
+    adjust_a: impl FnOnce(&mut Config),
+    a_speaks_first: bool,
+) -> Outage {
+    let mut a = federated(ca, adjust_a).await;
+    let b = federated(ca, |c| c.registration.shared_secret = "reg_secret".into()).await;
     let alice = b.register_admin("alice").await;
     let ann = a.register("ann").await;
     let room = b.create_room(&alice, json!({ "preset": "public_chat" })).await;
     let join = format!("/_matrix/client/v3/join/{}?via={}", enc(&room), enc(name_of(&b).as_str()));
     assert_eq!(a.post(&join, Some(&ann.token), json!({})).await.0, 200);
-
-    // A goes down and B fails twice: its next try is ten seconds away.
-    let a_name = name_of(&a).to_string();
-    let mut a = a;
+    if a_speaks_first {
+        a.send_text(&ann, &room, "from A").await;
+        wait_for_body(&b, &alice, &room, "from A").await;
+    }
+    let status_path = format!("/_synapse/admin/v1/federation/destinations/{}", enc(name_of(&a).as_str()));
     a.stop().await;
     b.send_text(&alice, &room, "while A was down").await;
-    let path = format!("/_synapse/admin/v1/federation/destinations/{}", enc(&a_name));
     let mut failures = 0;
     for _ in 0..200 {
-        failures = b.get(&path, Some(&alice.token)).await.1["failures"].as_i64().unwrap_or(0);
+        failures = b.get(&status_path, Some(&alice.token)).await.1["failures"].as_i64().unwrap_or(0);
         if failures >= 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(failures >= 2, "B backed off twice");
+    Outage { a, b, alice, ann, room, status_path }
+}
 
+#[tokio::test]
+async fn a_destination_in_backoff_is_retried_as_soon_as_it_makes_a_request() {
+    let ca = TestCa::create();
+    let Outage { a, b: _b, alice, ann, room, .. } = b_backed_off_from_a(&ca, |_| {}, false).await;
     // A comes back and asks B something: B hears from A and delivers at once.
     let a = a.restart().await;
     let asked = std::time::Instant::now();
@@ -254,38 +276,14 @@ async fn a_destination_in_backoff_is_retried_as_soon_as_it_makes_a_request() {
 async fn a_restarted_server_tells_its_peers_it_is_back() {
     let ca = TestCa::create();
     // No presence on A: nothing but the announcement may reach B after A's restart.
-    let a = federated(&ca, |c| c.presence.enabled = false).await;
-    let b = federated(&ca, |c| c.registration.shared_secret = "reg_secret".into()).await;
-    let alice = b.register_admin("alice").await;
-    let ann = a.register("ann").await;
-    let room = b.create_room(&alice, json!({ "preset": "public_chat" })).await;
-    let join = format!("/_matrix/client/v3/join/{}?via={}", enc(&room), enc(name_of(&b).as_str()));
-    assert_eq!(a.post(&join, Some(&ann.token), json!({})).await.0, 200);
-    // A has delivered to B, so B is a destination A reached recently.
-    a.send_text(&ann, &room, "from A").await;
-    wait_for_body(&b, &alice, &room, "from A").await;
-
-    let a_name = name_of(&a).to_string();
-    let mut a = a;
-    a.stop().await;
-    b.send_text(&alice, &room, "while A was down").await;
-    let path = format!("/_synapse/admin/v1/federation/destinations/{}", enc(&a_name));
-    let mut failures = 0;
-    for _ in 0..200 {
-        failures = b.get(&path, Some(&alice.token)).await.1["failures"].as_i64().unwrap_or(0);
-        if failures >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(failures >= 2, "B backed off twice: its next try is ten seconds away");
-
+    let outage = b_backed_off_from_a(&ca, |c| c.presence.enabled = false, true).await;
+    let Outage { a, b, alice, status_path, .. } = outage;
     // A only starts; its empty transaction ends B's backoff, and B delivers at once. B's own
     // account of the destination is read, so nothing is asked of A meanwhile.
     let _a = a.restart().await;
     let started = std::time::Instant::now();
     loop {
-        let (status, body) = b.get(&path, Some(&alice.token)).await;
+        let (status, body) = b.get(&status_path, Some(&alice.token)).await;
         assert_eq!(status, 200, "{body}");
         if body["queued"].as_i64() == Some(0) && body["failures"].as_i64() == Some(0) {
             break;

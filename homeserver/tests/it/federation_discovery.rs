@@ -119,6 +119,27 @@ async fn servers_published_by_srv_records_are_reached_at_their_targets() {
 }
 
 #[tokio::test]
+async fn only_srv_found_urls_follow_srv_routes() {
+    let dns = dns_server(vec![
+        srv("_matrix-fed._tcp.both.lattice.test.", 8448, "target.internal."),
+        loopback("target.internal."),
+        Record::from_rdata(name("both.lattice.test."), 60, RData::A(A(Ipv4Addr::new(192, 0, 2, 7)))),
+    ])
+    .await;
+    let resolver = federation::client::dns::Dns::new(&[dns]).unwrap();
+    let target = resolver.srv("both.lattice.test").await.expect("an SRV record");
+    assert_eq!((target.host.as_str(), target.port), ("target.internal", 8448));
+    // An SRV-found URL goes to the target; `.well-known` or `both.lattice.test:443`, which
+    // name the host itself, go to its own address whatever SRV lookups happened.
+    let routed = resolver.addresses("both.lattice.test", true).await.unwrap();
+    assert_eq!(routed, [std::net::IpAddr::from(Ipv4Addr::LOCALHOST)]);
+    let own = resolver.addresses("both.lattice.test", false).await.unwrap();
+    assert_eq!(own, [std::net::IpAddr::from(Ipv4Addr::new(192, 0, 2, 7))]);
+    // Without a record the name has no route any more.
+    assert!(resolver.srv("gone.lattice.test").await.is_none());
+}
+
+#[tokio::test]
 async fn nameservers_that_are_not_addresses_keep_the_server_from_starting() {
     let mut config = homeserver::config::Config::default();
     config.federation.nameservers = vec!["dns.lattice.test".into()];
