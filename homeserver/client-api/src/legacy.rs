@@ -272,6 +272,31 @@ async fn events_since(
     Ok((app.rooms.filter_visible(&session.user_id, rows).await?, complete_to))
 }
 
+/// The user's account-data changes in `(from, up_to]` as events (`room_id` on a room's).
+async fn account_data_events(
+    app: &App,
+    session: &Session,
+    from: StreamPos,
+    up_to: StreamPos,
+) -> Result<Vec<Value>, Error> {
+    let rows = app
+        .db
+        .account_data_since(session.user_id.as_str(), from.get(), up_to.get())
+        .await
+        .map_err(Error::from)?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let content = serde_json::from_str::<Value>(&row.content).unwrap_or_default();
+            let mut event = json!({ "type": row.data_type, "content": content });
+            if !row.room_id.is_empty() {
+                event["room_id"] = json!(row.room_id);
+            }
+            event
+        })
+        .collect())
+}
+
 /// `GET /_matrix/client/v3/events` (deprecated): long-polls like `/sync` (and, like it, marks
 /// the user online while it polls).
 async fn events(
@@ -319,15 +344,22 @@ async fn events(
             None => complete_to,
         };
         rows.truncate(limit);
+        // The user's account data changes (tags included) up to the page's end come too.
+        let account_data = match (limit, &query.room_id) {
+            (0, _) | (_, Some(_)) => Vec::new(),
+            _ => account_data_events(&app, &session, from.min(now), end).await?,
+        };
         if !rows.is_empty()
+            || !account_data.is_empty()
             || limit == 0
             || complete_to < now
             || app.stream.is_shutting_down()
             || tokio::time::Instant::now() >= deadline
         {
-            let chunk = v1_events(
+            let mut chunk = v1_events(
                 app.rooms.client_events(&rows, Some(viewer(&session)), RoomIdField::Include).await?,
             );
+            chunk.extend(account_data);
             return Ok(Json(json!({
                 "start": StreamToken::new(from.as_live()).to_string(),
                 "end": StreamToken::new(end.as_live()).to_string(),

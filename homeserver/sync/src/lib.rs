@@ -124,7 +124,7 @@ async fn build_response(ctx: &SyncContext<'_>) -> Result<(Value, bool), Error> {
     let typing_serial = ctx.syncer.live.typing.serial();
     let mut rooms = rooms::room_sections(ctx, &memberships).await?;
     let account_data = account_data::account_data_section(ctx, &memberships, &mut rooms).await?;
-    let presence = presence::presence_section(ctx).await?;
+    let presence = presence::presence_section(ctx, &memberships, &rooms.join).await?;
     let has_data = !rooms.is_empty() || !account_data.is_empty() || !presence.is_empty();
     let next_batch = StreamToken { pos: ctx.now.as_live(), ephemeral: typing_serial };
     let body = json!({

@@ -80,6 +80,36 @@ async fn presence_is_set_by_its_owner_and_comes_down_sync_to_room_mates() {
 }
 
 #[tokio::test]
+async fn users_newly_sharing_a_room_get_each_others_presence_unchanged() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let set = |msg: &str| json!({ "presence": "online", "status_msg": msg });
+    assert_eq!(server.put(&status_path(&alice), Some(&alice.token), set("alice here")).await.0, 200);
+    assert_eq!(server.put(&status_path(&carol), Some(&carol.token), set("carol here")).await.0, 200);
+    let room = server.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    // Bob's token is from after Alice's and Carol's last change; then he joins Alice's room.
+    let since = quiet_sync(&server, &bob).await;
+    server.join(&bob, &room).await;
+    let path = format!("/_matrix/client/v3/sync?timeout=0&since={since}&set_presence=offline");
+    let (_, sync) = server.get(&path, Some(&bob.token)).await;
+    assert_eq!(presence_of(&sync, &alice).expect("alice's presence")["content"]["status_msg"], "alice here");
+    assert!(presence_of(&sync, &carol).is_none(), "carol shares no room with bob: {sync}");
+    // Then Carol joins: Bob's next sync carries her presence; the one after, nothing again.
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    server.join(&carol, &room).await;
+    let path = format!("/_matrix/client/v3/sync?timeout=0&since={since}&set_presence=offline");
+    let (_, sync) = server.get(&path, Some(&bob.token)).await;
+    assert_eq!(presence_of(&sync, &carol).expect("carol's presence")["content"]["status_msg"], "carol here");
+    assert!(presence_of(&sync, &alice).is_none(), "alice is no newcomer now: {sync}");
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    let path = format!("/_matrix/client/v3/sync?timeout=0&since={since}&set_presence=offline");
+    let (_, sync) = server.get(&path, Some(&bob.token)).await;
+    assert!(presence_of(&sync, &carol).is_none(), "{sync}");
+}
+
+#[tokio::test]
 async fn a_long_poll_keeps_its_user_online_and_stopping_takes_them_offline() {
     let server = TestServer::start_with(|c| c.presence.offline_after_ms = 400).await;
     let (alice, bob, _room) = server.pair().await;

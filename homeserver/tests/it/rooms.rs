@@ -548,6 +548,16 @@ async fn legacy_initial_sync_and_event_stream() {
     let next = page["end"].as_str().unwrap();
     let (_, page) = server.get(&events(format!("from={next}")), Some(&alice.token)).await;
     assert_eq!(bodies(&page["chunk"]), vec!["fourth"], "{page}");
+    // Account data changes (tags here) come down the stream too, with their room.
+    let next = page["end"].as_str().unwrap().to_owned();
+    let tag = format!("/_matrix/client/v3/user/{}/rooms/{}/tags/u.work", enc(&alice.user_id), enc(&room));
+    assert_eq!(server.put(&tag, Some(&alice.token), json!({ "order": 0.5 })).await.0, 200);
+    let (_, page) = server.get(&events(format!("from={next}")), Some(&alice.token)).await;
+    let tags = page["chunk"].as_array().unwrap().iter().find(|e| e["type"] == "m.tag").expect("m.tag");
+    assert_eq!(
+        (tags["room_id"].as_str(), tags["content"]["tags"]["u.work"]["order"].as_f64()),
+        (Some(room.as_str()), Some(0.5))
+    );
     for bad in ["hello", "-1"] {
         let (status, body) = server.get(&events(format!("limit={bad}")), Some(&alice.token)).await;
         assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{bad}");
