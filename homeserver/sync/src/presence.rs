@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use homeserver_core::Error;
 use homeserver_live::presence::presence_event;
-use homeserver_storage::events::MembershipRow;
+use homeserver_storage::{events::MembershipRow, presence::PresenceRow};
 use ruma::events::room::member::MembershipState;
 use serde_json::{Map, Value};
 
@@ -42,7 +42,22 @@ pub(crate) async fn presence_section(
             .take(MAX_NEWCOMERS)
             .collect();
         if !newcomers.is_empty() {
-            rows.extend(ctx.syncer.db.presence_of(&newcomers).await?);
+            let stored = ctx.syncer.db.presence_of(&newcomers).await?;
+            // One never seen is offline (Synapse sends that too, so the client learns of them).
+            let unseen: Vec<PresenceRow> = newcomers
+                .iter()
+                .filter(|u| !stored.iter().any(|r| &r.user_id == *u))
+                .map(|u| PresenceRow {
+                    user_id: u.clone(),
+                    state: "offline".into(),
+                    status_msg: None,
+                    last_active_ts: 0,
+                    currently_active: false,
+                    stream_pos: 0,
+                })
+                .collect();
+            rows.extend(stored);
+            rows.extend(unseen);
         }
     }
     let now = homeserver_core::time::now_millis() as i64;

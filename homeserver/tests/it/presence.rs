@@ -107,6 +107,13 @@ async fn users_newly_sharing_a_room_get_each_others_presence_unchanged() {
     let path = format!("/_matrix/client/v3/sync?timeout=0&since={since}&set_presence=offline");
     let (_, sync) = server.get(&path, Some(&bob.token)).await;
     assert!(presence_of(&sync, &carol).is_none(), "{sync}");
+    // A newcomer never seen online is reported offline.
+    let dave = server.register("dave").await;
+    server.join(&dave, &room).await;
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    let path = format!("/_matrix/client/v3/sync?timeout=0&since={since}&set_presence=offline");
+    let (_, sync) = server.get(&path, Some(&bob.token)).await;
+    assert_eq!(presence_of(&sync, &dave).expect("dave's presence")["content"]["presence"], "offline");
 }
 
 #[tokio::test]
