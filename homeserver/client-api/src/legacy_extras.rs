@@ -59,14 +59,11 @@ pub(crate) async fn presence_of(app: &App, viewer: &UserId, users: &[String]) ->
     Ok(users
         .iter()
         .map(|user| {
-            let row = stored.iter().find(|p| &p.user_id == user).cloned().unwrap_or_else(|| PresenceRow {
-                user_id: user.clone(),
-                state: "offline".into(),
-                status_msg: None,
-                last_active_ts: 0,
-                currently_active: false,
-                stream_pos: 0,
-            });
+            let row = stored
+                .iter()
+                .find(|p| &p.user_id == user)
+                .cloned()
+                .unwrap_or_else(|| PresenceRow::never_seen(user));
             let mut event = presence_event(&row, now);
             event["content"]["user_id"] = json!(user);
             event

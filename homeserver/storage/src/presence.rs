@@ -14,6 +14,20 @@ pub struct PresenceRow {
     pub stream_pos: i64,
 }
 
+impl PresenceRow {
+    /// The presence of a user never seen online: offline, no activity, no position.
+    pub fn never_seen(user_id: &str) -> Self {
+        Self {
+            user_id: user_id.to_owned(),
+            state: "offline".into(),
+            status_msg: None,
+            last_active_ts: 0,
+            currently_active: false,
+            stream_pos: 0,
+        }
+    }
+}
+
 fn presence_row(r: &sqlx::any::AnyRow) -> Result<PresenceRow> {
     Ok(PresenceRow {
         user_id: r.try_get("user_id")?,

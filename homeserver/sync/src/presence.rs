@@ -47,14 +47,7 @@ pub(crate) async fn presence_section(
             let unseen: Vec<PresenceRow> = newcomers
                 .iter()
                 .filter(|u| !stored.iter().any(|r| &r.user_id == *u))
-                .map(|u| PresenceRow {
-                    user_id: u.clone(),
-                    state: "offline".into(),
-                    status_msg: None,
-                    last_active_ts: 0,
-                    currently_active: false,
-                    stream_pos: 0,
-                })
+                .map(|u| PresenceRow::never_seen(u))
                 .collect();
             rows.extend(stored);
             rows.extend(unseen);
