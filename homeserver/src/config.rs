@@ -157,6 +157,10 @@ pub struct RegistrationConfig {
     /// Allow registration without tokens on a non-loopback address. Off by default: an open
     /// homeserver on the internet is an invitation to spammers.
     pub allow_open_on_public_address: bool,
+    /// Whether `POST /register?kind=guest` creates guest accounts (the spec's guest access:
+    /// a token for reading world-readable rooms and joining those whose `m.room.guest_access`
+    /// is `can_join`). Off by default, as in Synapse.
+    pub allow_guest_access: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -276,6 +280,7 @@ impl Default for RegistrationConfig {
             shared_secret: String::new(),
             tokens: Vec::new(),
             allow_open_on_public_address: false,
+            allow_guest_access: false,
         }
     }
 }
@@ -354,6 +359,7 @@ pub const KEYS: &[&str] = &[
     "registration.shared_secret",
     "registration.tokens",
     "registration.allow_open_on_public_address",
+    "registration.allow_guest_access",
     "rooms.default_version",
     "rooms.event_cache_size",
     "rate_limits.enabled",
@@ -628,6 +634,9 @@ shared_secret = ""
 tokens = []
 # Open registration (no tokens) is refused on a non-loopback address unless this is true.
 allow_open_on_public_address = false
+# Guest accounts (POST /register?kind=guest): read world-readable rooms, join rooms whose
+# m.room.guest_access is can_join, and little else.
+allow_guest_access = false
 
 [rooms]
 # Version of rooms created without an explicit room_version (1 to 12 are supported).

@@ -192,6 +192,7 @@ impl Server {
         let client = ClientConfig {
             server_name,
             registration_enabled: config.registration.enabled,
+            guest_access: config.registration.allow_guest_access,
             registration_tokens: config.registration.tokens.clone(),
             well_known_base_url: (!config.well_known.client_base_url.is_empty())
                 .then(|| config.well_known.client_base_url.clone()),
@@ -299,6 +300,13 @@ impl Server {
     ) -> std::io::Result<()> {
         let stream = self.app.stream.clone();
         self.sender.run();
+        // Guests left in rooms that no longer admit them (a check a crash interrupted).
+        let rooms = self.app.rooms.clone();
+        tokio::spawn(async move {
+            if let Err(err) = rooms.sweep_guests().await {
+                tracing::warn!(error = %err, "could not check the rooms guests are in");
+            }
+        });
         let router = self.router();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {

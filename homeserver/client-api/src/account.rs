@@ -138,12 +138,14 @@ struct RegisterParams {
     initial_device_display_name: Option<String>,
     #[serde(default)]
     inhibit_login: bool,
+    /// Upgrades the guest this token belongs to (who must be the user registered).
+    guest_access_token: Option<String>,
 }
 
 /// `POST /_matrix/client/v3/register`
 async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<JsonBody, ApiError> {
     if req.body.kind == register::RegistrationKind::Guest {
-        return Err(Error::new(ErrorKind::GuestAccessForbidden, "Guest access is disabled").into());
+        return crate::guests::register_guest(&app, &req).await;
     }
     if !app.config.registration_enabled {
         return Err(Error::forbidden("Registration has been disabled").into());
@@ -184,8 +186,18 @@ async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<JsonBody
         None => random_string(12).to_lowercase(),
     };
     let user_id = validate_localpart(&app, &localpart)?;
-    if app.db.user(user_id.as_str()).await.map_err(Error::from)?.is_some() {
-        return Err(Error::new(ErrorKind::UserInUse, "User ID already taken").into());
+    let upgrading = match &params.guest_access_token {
+        Some(token) => Some(crate::guests::guest_to_upgrade(&app, token, &user_id).await?),
+        None => None,
+    };
+    if upgrading.is_none() {
+        if crate::guests::reserved_for_guests(&localpart) {
+            let reserved = "Numeric user IDs are reserved for guest users";
+            return Err(Error::new(ErrorKind::InvalidUsername, reserved).into());
+        }
+        if app.db.user(user_id.as_str()).await.map_err(Error::from)?.is_some() {
+            return Err(Error::new(ErrorKind::UserInUse, "User ID already taken").into());
+        }
     }
     if app.config.appservices.iter().any(|r| r.claims_user_exclusively(user_id.as_str())) {
         return Err(
@@ -207,6 +219,19 @@ async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<JsonBody
     // The account, the session's result and the first login commit together: a failure leaves
     // nothing behind, and a retry of the session finds either nothing or all of it.
     let login = (!params.inhibit_login).then(|| login_of(&params).from_client(&req));
+    if upgrading.is_some() {
+        let rows = login.as_ref().map(|l| l.rows(&user_id));
+        if !app
+            .db
+            .upgrade_guest(user_id.as_str(), &hash, Some(&completed.session), rows)
+            .await
+            .map_err(Error::from)?
+        {
+            return Err(Error::forbidden("This account is no longer a guest").into());
+        }
+        tracing::info!(user_id = %user_id, "upgraded guest to a full account");
+        return Ok(JsonBody(registered(&app, &user_id, login)));
+    }
     let user = NewUser {
         user_id: user_id.as_str(),
         password_hash: Some(&hash),
@@ -233,7 +258,12 @@ async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<JsonBody
         Err(e) => return Err(Error::from(e).into()),
     }
     tracing::info!(user_id = %user_id, "registered new user");
-    Ok(JsonBody(match login {
+    Ok(JsonBody(registered(&app, &user_id, login)))
+}
+
+/// The answer to a registration that stored `login` (if any) for `user_id`.
+fn registered(app: &App, user_id: &UserId, login: Option<PreparedLogin>) -> Value {
+    match login {
         Some(login) => json!({
             "user_id": user_id,
             "access_token": login.token,
@@ -241,7 +271,7 @@ async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<JsonBody
             "home_server": app.server_name(),
         }),
         None => json!({ "user_id": user_id, "home_server": app.server_name() }),
-    }))
+    }
 }
 
 /// The registration response: the user id, and a new login unless `inhibit_login`.
@@ -273,7 +303,13 @@ async fn username_available(
     app: App,
     req: Ruma<get_username_availability::v3::Request>,
 ) -> Result<JsonBody, ApiError> {
-    let user_id = validate_localpart(&app, &req.body.username.to_lowercase())?;
+    let localpart = req.body.username.to_lowercase();
+    let user_id = validate_localpart(&app, &localpart)?;
+    if crate::guests::reserved_for_guests(&localpart) {
+        return Err(
+            Error::new(ErrorKind::InvalidUsername, "Numeric user IDs are reserved for guest users").into()
+        );
+    }
     if app.db.user(user_id.as_str()).await.map_err(Error::from)?.is_some() {
         return Err(Error::new(ErrorKind::UserInUse, "User ID already taken").into());
     }

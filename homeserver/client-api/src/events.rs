@@ -199,7 +199,8 @@ async fn readable_state(app: &App, room_id: &RoomId, user: &UserId) -> Result<Re
     Err(Error::forbidden("You are not a member of this room"))
 }
 
-async fn world_readable(app: &App, room_id: &RoomId) -> Result<bool, Error> {
+/// Whether anyone may read the room (its current history visibility is `world_readable`).
+pub(crate) async fn world_readable(app: &App, room_id: &RoomId) -> Result<bool, Error> {
     Ok(app
         .rooms
         .current_state_event(room_id, "m.room.history_visibility", "")

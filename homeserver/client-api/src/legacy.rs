@@ -10,7 +10,11 @@ use axum::{
     extract::{Path, Query, State},
     routing::get,
 };
-use homeserver_core::{Error, streams::StreamPos, token::StreamToken};
+use homeserver_core::{
+    Error, ErrorKind,
+    streams::{StreamPos, watermarks::Mark},
+    token::StreamToken,
+};
 use homeserver_http::{ApiError, Authenticated, Session};
 use homeserver_rooms::format::{RoomIdField, Viewer};
 use homeserver_storage::events::{Direction, EventRow, MembershipRow};
@@ -229,6 +233,13 @@ struct EventsQuery {
 /// The most events one `/events` answer carries.
 const MAX_EVENTS_LIMIT: usize = 1000;
 
+/// What an `/events` poll reads: the user's rooms (or one of them), or a world-readable room
+/// the user is not in (peeking, as room previews do).
+enum Scope<'a> {
+    Mine(Option<&'a str>),
+    Peek(&'a RoomId),
+}
+
 /// Events for the user in `(from, now]`: their rooms' events they may see, oldest first, and
 /// how far they are complete — short of `now` when a room had more than one read brings, so
 /// the page must end before that room's next event.
@@ -237,22 +248,38 @@ async fn events_since(
     session: &Session,
     from: StreamPos,
     now: StreamPos,
-    only_room: Option<&str>,
+    scope: &Scope<'_>,
 ) -> Result<(Vec<EventRow>, StreamPos), Error> {
     let mut complete_to = now;
     let user = session.user_id.as_str();
     let mut rows = Vec::new();
-    for (room_id, _) in app.db.rooms_changed_between(user, from, now).await.map_err(Error::from)? {
-        if only_room.is_some_and(|only| only != room_id) {
-            continue;
+    let rooms: Vec<(String, StreamPos)> = match scope {
+        // Woken by every event on the server, a peek asks the database only when its room has
+        // new events.
+        Scope::Peek(room_id)
+            if !app.stream.marks().changed_after(Mark::RoomEvents, room_id.as_str(), from.as_live()) =>
+        {
+            Vec::new()
         }
-        let membership = app.db.membership(&room_id, user).await.map_err(Error::from)?;
-        // Rooms one has left contribute events up to the departure.
-        let up_to = match &membership {
-            Some(m) if m.membership == MembershipState::Join => now,
-            Some(m) => m.stream_pos.min(now),
-            None => continue,
-        };
+        Scope::Peek(room_id) => vec![(room_id.to_string(), now)],
+        Scope::Mine(only_room) => {
+            let mut rooms = Vec::new();
+            for (room_id, _) in app.db.rooms_changed_between(user, from, now).await.map_err(Error::from)? {
+                if only_room.is_some_and(|only| only != room_id) {
+                    continue;
+                }
+                let membership = app.db.membership(&room_id, user).await.map_err(Error::from)?;
+                // Rooms one has left contribute events up to the departure.
+                match &membership {
+                    Some(m) if m.membership == MembershipState::Join => rooms.push((room_id, now)),
+                    Some(m) => rooms.push((room_id, m.stream_pos.min(now))),
+                    None => {}
+                }
+            }
+            rooms
+        }
+    };
+    for (room_id, up_to) in rooms {
         let batch = app
             .db
             .room_events(&room_id, from, Some(up_to), Direction::Forward, MAX_EVENTS_LIMIT as i64)
@@ -317,26 +344,42 @@ async fn events(
             .map_err(|_| Error::invalid_param("limit must be a non-negative integer"))?
             .min(MAX_EVENTS_LIMIT),
     };
-    if let Some(room) = query.room_id.as_deref() {
-        // Only a room the user is in (or was in) has events for them here; any other is
-        // refused at once rather than long-polled (peeking is not supported).
-        let room_id = RoomId::parse(room).map_err(|_| Error::invalid_param("invalid room id"))?;
-        if app.db.membership(room_id.as_str(), session.user_id.as_str()).await.map_err(Error::from)?.is_none()
-        {
-            return Err(Error::forbidden("You are not a member of this room").into());
+    // A room the user is not (and was never) in is read only if anyone may read it (peeking);
+    // any other is refused at once rather than long-polled. Guests read single rooms only.
+    let peeked = match query.room_id.as_deref() {
+        Some(room) => {
+            let room_id = RoomId::parse(room).map_err(|_| Error::invalid_param("invalid room id"))?;
+            let membership =
+                app.db.membership(room_id.as_str(), session.user_id.as_str()).await.map_err(Error::from)?;
+            match membership {
+                Some(_) => None,
+                None if crate::events::world_readable(&app, &room_id).await? => Some(room_id),
+                None => return Err(Error::forbidden("You are not a member of this room").into()),
+            }
         }
-    }
+        None if session.is_guest => {
+            return Err(Error::new(ErrorKind::GuestAccessForbidden, "Guests must name a room_id").into());
+        }
+        None => None,
+    };
+    let scope = match &peeked {
+        Some(room_id) => Scope::Peek(room_id),
+        None => Scope::Mine(query.room_id.as_deref()),
+    };
     let timeout = Duration::from_millis(query.timeout.unwrap_or(30_000).min(app.config.max_sync_timeout_ms));
     let deadline = tokio::time::Instant::now() + timeout;
     // Polling the stream shows the user online while it lasts, as a sync does (and as the
     // clients that still poll it expect).
     let _syncing = app.live.presence.on_sync(&session.user_id, "online").await?;
-    let mut wake = app.stream.subscribe(&session.user_id);
+    // A peeked room's events do not wake the user's own subscription: any new event does.
+    let mut wake = match &peeked {
+        Some(_) => app.stream.watch_current(),
+        None => app.stream.subscribe(&session.user_id),
+    };
     loop {
         wake.borrow_and_update();
         let now = StreamPos::live(app.stream.current());
-        let (mut rows, complete_to) =
-            events_since(&app, &session, from.min(now), now, query.room_id.as_deref()).await?;
+        let (mut rows, complete_to) = events_since(&app, &session, from.min(now), now, &scope).await?;
         // A page cut short ends at its last event, so the next poll resumes right after it.
         let end = match rows.get(limit) {
             Some(_) if limit > 0 => rows[limit - 1].stream_pos,

@@ -26,6 +26,7 @@ pub mod devices;
 pub mod discovery;
 pub mod events;
 pub mod filter;
+mod guests;
 pub mod legacy;
 mod legacy_extras;
 mod paging;
@@ -67,6 +68,8 @@ pub struct ClientConfig {
     pub server_name: OwnedServerName,
     /// Whether anyone may register (`m.login.dummy`, or a token when tokens are configured).
     pub registration_enabled: bool,
+    /// Whether guest accounts may be created (`POST /register?kind=guest`).
+    pub guest_access: bool,
     /// If non-empty, registration requires one of these tokens (`m.login.registration_token`).
     pub registration_tokens: Vec<String>,
     /// `m.homeserver.base_url` for `/.well-known/matrix/client` (absent: 404).
@@ -90,6 +93,7 @@ impl ClientConfig {
         Self {
             server_name,
             registration_enabled: true,
+            guest_access: false,
             registration_tokens: Vec::new(),
             well_known_base_url: None,
             rate_limits: RateLimits::default(),
@@ -164,6 +168,7 @@ impl AuthState for App {
             user_id: UserId::parse(owner.user_id).map_err(|e| Error::internal(e.to_string()))?,
             device_id: owner.device_id.into(),
             is_admin: owner.is_admin,
+            is_guest: owner.is_guest,
         })
     }
 }

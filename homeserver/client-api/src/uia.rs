@@ -35,9 +35,11 @@ pub struct Completed {
 }
 
 /// The request body without its `auth` part: what a session remembers of the first request.
+/// A guest's access token (upgrading a guest) is not kept: tokens are never stored in clear.
 fn client_dict(body: &Value) -> Option<String> {
     let mut dict = body.as_object()?.clone();
     dict.remove("auth");
+    dict.remove("guest_access_token");
     Some(Value::Object(dict).to_string())
 }
 

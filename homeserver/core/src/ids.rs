@@ -12,6 +12,12 @@ pub fn random_string(len: usize) -> String {
     rand::rng().sample_iter(&Alphanumeric).take(len).map(char::from).collect()
 }
 
+/// A random decimal number of `len` digits, the first not zero (guest accounts' localparts).
+pub fn random_digits(len: usize) -> String {
+    let mut rng = rand::rng();
+    (0..len).map(|i| char::from(b'0' + rng.random_range(if i == 0 { 1..10 } else { 0..10 }))).collect()
+}
+
 /// Hex SHA-256 of a high-entropy secret (access tokens), the form stored in the database.
 pub fn hash_token(token: &str) -> String {
     let digest = Sha256::digest(token.as_bytes());

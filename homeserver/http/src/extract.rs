@@ -47,6 +47,8 @@ pub struct Session {
     pub user_id: OwnedUserId,
     pub device_id: OwnedDeviceId,
     pub is_admin: bool,
+    /// A guest account: only the endpoints guests may call are open to it.
+    pub is_guest: bool,
 }
 
 /// What the HTTP layer needs from the application state: resolving access tokens and, for
@@ -85,6 +87,13 @@ pub trait AuthKind {
     ) -> impl Future<Output = Result<Self::Resolved, Error>> + Send;
 }
 
+/// The session of an access token, refused when a guest calls what guests may not.
+async fn session_for<S: AuthState>(state: &S, token: &str, parts: &Parts) -> Result<Session, Error> {
+    let session = state.authenticate(token).await?;
+    crate::guest::check(&session, parts)?;
+    Ok(session)
+}
+
 fn missing_token() -> Error {
     Error::new(ErrorKind::MissingToken, "Missing access token")
 }
@@ -92,7 +101,7 @@ fn missing_token() -> Error {
 impl AuthKind for AccessToken {
     type Resolved = Session;
     async fn resolve<S: AuthState>(request: AuthRequest<'_>, state: &S) -> Result<Session, Error> {
-        state.authenticate(&request.token.ok_or_else(missing_token)?).await
+        session_for(state, &request.token.ok_or_else(missing_token)?, request.parts).await
     }
 }
 
@@ -100,7 +109,12 @@ impl AuthKind for AccessTokenOptional {
     type Resolved = Option<Session>;
     async fn resolve<S: AuthState>(request: AuthRequest<'_>, state: &S) -> Result<Option<Session>, Error> {
         match request.token {
-            Some(token) => state.authenticate(&token).await.map(Some),
+            // A guest on an endpoint not open to guests is served as anyone without a token.
+            Some(token) => match session_for(state, &token, request.parts).await {
+                Ok(session) => Ok(Some(session)),
+                Err(err) if err.kind == ErrorKind::GuestAccessForbidden => Ok(None),
+                Err(err) => Err(err),
+            },
             None => Ok(None),
         }
     }
@@ -195,7 +209,7 @@ impl<S: AuthState> axum::extract::FromRequestParts<S> for Authenticated {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let token = access_token(parts).ok_or_else(missing_token)?;
-        Ok(Authenticated(state.authenticate(&token).await?))
+        Ok(Authenticated(session_for(state, &token, parts).await?))
     }
 }
 

@@ -6,6 +6,7 @@
 //! - [`extract`]: the [`Ruma`] extractor — body limit, JSON checks, path/query parsing through
 //!   ruma, and authentication resolved into the type the endpoint's metadata demands (a handler of
 //!   an authenticated endpoint receives a [`Session`], never an `Option`).
+//! - `guest`: the endpoints a guest account may call, checked wherever a token is resolved.
 //! - [`nul`]: the middleware that refuses NUL characters from clients (PostgreSQL cannot store
 //!   them in text).
 //! - [`route`]: [`RouterExt::ruma_route`] registers a handler on every path and method its ruma
@@ -14,6 +15,7 @@
 
 pub mod error;
 pub mod extract;
+mod guest;
 pub mod nul;
 pub mod route;
 

@@ -290,8 +290,19 @@ impl RoomActor {
             }
             return;
         }
+        // A change of guest access, or a guest's join (vetted before a revocation might have
+        // committed), makes the actor check the room's guests once the batch is committed.
+        let check_guests = plan
+            .state_delta
+            .iter()
+            .any(|c| c.event_type == crate::guests::GUEST_ACCESS && c.state_key.is_empty())
+            || accepted.iter().any(|(_, o)| o.pdus.iter().any(|p| crate::guests::is_guest_join(p)));
         match self.shared.committer.commit(plan).await {
             Ok(()) => {
+                if check_guests {
+                    crate::Rooms { shared: self.shared.clone() }
+                        .after_guest_access_change(self.room_id.clone());
+                }
                 let mut woken: HashSet<OwnedUserId> = self.joined_members().collect();
                 let ours = self.shared.key.server_name();
                 for (_, outcome) in &mut accepted {
@@ -830,11 +841,19 @@ impl RoomActor {
             let value = pdu.content_str("membership").unwrap_or_else(|| "leave".into());
             let old = l.memberships.insert(target.clone(), value.clone());
             journal.memberships.push((target.clone(), old));
-            membership = Some(MembershipUpdate { membership: value, stream_pos: pos });
+            membership = Some(MembershipUpdate {
+                membership: value,
+                stream_pos: pos,
+                displayname: pdu.content_str("displayname"),
+                avatar_url: pdu.content_str("avatar_url"),
+            });
             outcome.woken.push(target);
         }
         if pdu.kind == ruma::events::TimelineEventType::RoomJoinRules && state_key.is_empty() {
             outcome.plan.join_rule = pdu.content_str("join_rule");
+        }
+        if pdu.kind == ruma::events::TimelineEventType::RoomHistoryVisibility && state_key.is_empty() {
+            outcome.plan.history_visibility = Some(pdu.content_str("history_visibility").unwrap_or_default());
         }
         outcome.plan.state_delta.push(StateChange {
             event_type: pdu.kind.to_string(),

@@ -32,6 +32,7 @@ pub mod derive;
 pub mod directory;
 pub mod event_format;
 pub mod format;
+mod guests;
 pub mod input;
 pub mod membership;
 pub mod outbound;

@@ -203,6 +203,9 @@ impl Rooms {
         if action == MembershipAction::Invite {
             self.require_invitable(&target).await?;
         }
+        if action == MembershipAction::Join && !creating_room {
+            self.vet_guest_join(room_id, &target, &mut content).await?;
+        }
         let current = if creating_room { None } else { self.membership(room_id, &target).await? };
         let repeated = match (action, current.as_ref()) {
             (MembershipAction::Join, _) => false, // decided below, against the content

@@ -125,6 +125,7 @@ impl Rooms {
         via: Vec<OwnedServerName>,
     ) -> Result<(), Error> {
         let remote = self.remote()?;
+        self.refuse_remote_guest_join(&room_id, &user).await?;
         if via.is_empty() {
             return Err(Error::new(ErrorKind::NotFound, "Unknown room: no server to join it through"));
         }

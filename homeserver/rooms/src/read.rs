@@ -216,6 +216,8 @@ const STRIPPED_STATE_TYPES: &[&str] = &[
     "m.room.avatar",
     "m.room.encryption",
     "m.room.topic",
+    // Lets another server's guest know whether it may accept the invite.
+    "m.room.guest_access",
 ];
 
 /// A state event as stripped state: type, state key, content and sender only.

@@ -10,7 +10,8 @@
 //!
 //! Three views of the rule:
 //! - [`Rooms::filter_visible`] keeps the events of a list a user may see (lookups per distinct
-//!   state group, two state entries each, never the whole state).
+//!   state group, two state entries each, never the whole state);
+//!   [`Rooms::filter_visible_or_current`] also keeps the room's current state, for sync.
 //! - [`Rooms::may_read_state_at`] says whether a user may read the room's state as of a state
 //!   group: as an ordinary event there would be seen, without the own-membership exception (a
 //!   rejected invite must not show the member list).
@@ -127,6 +128,34 @@ impl Rooms {
             }
         }
         Ok(out)
+    }
+
+    /// [`Rooms::filter_visible`] for a sync timeline of `room_id`: what the rule hides is kept
+    /// anyway when it is the room's current state. A member may read that state at any time,
+    /// and a client that was away when it changed (a join under `joined` history while the
+    /// user had left, say) learns of it only from the timeline, as with Synapse. Also returns
+    /// the ids kept only for that reason: the state before them is not the user's to see.
+    pub async fn filter_visible_or_current(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        rows: Vec<EventRow>,
+    ) -> Result<(Vec<EventRow>, std::collections::HashSet<String>), Error> {
+        let visible: std::collections::HashSet<String> =
+            self.filter_visible(user, rows.clone()).await?.into_iter().map(|r| r.event_id).collect();
+        let hidden_state: Vec<(&str, &str, &str)> = rows
+            .iter()
+            .filter(|r| !visible.contains(&r.event_id))
+            .filter_map(|r| Some((r.event_type.as_str(), r.state_key.as_deref()?, r.event_id.as_str())))
+            .collect();
+        let current = if hidden_state.is_empty() {
+            Default::default()
+        } else {
+            self.db().in_current_state(room_id.as_str(), &hidden_state).await.map_err(Error::from)?
+        };
+        let kept =
+            rows.into_iter().filter(|r| visible.contains(&r.event_id) || current.contains(&r.event_id));
+        Ok((kept.collect(), current))
     }
 
     async fn joined_now(

@@ -33,6 +33,8 @@ pub struct TokenOwner {
     pub device_id: String,
     pub is_admin: bool,
     pub deactivated: bool,
+    /// A guest account (limited to the endpoints the spec allows guests).
+    pub is_guest: bool,
 }
 
 /// A stored UIA session.
@@ -220,6 +222,95 @@ impl Db {
         Ok(())
     }
 
+    /// Creates a guest account (no password) with its first login, together.
+    pub async fn register_guest(&self, user_id: &str, now: i64, login: NewLogin<'_>) -> Result<()> {
+        let mut tx = self.writer().begin().await?;
+        sqlx::query(
+            "INSERT INTO users (user_id, password_hash, is_admin, deactivated, created_ts, is_guest) \
+             VALUES ($1, NULL, 0, 0, $2, 1)",
+        )
+        .bind(user_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(conflict_or)?;
+        insert_login(&mut tx, &login).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Turns a guest account into a full one with a password, claiming the registration's UIA
+    /// session and logging in, all together. False if the user is not (or no longer) a guest.
+    pub async fn upgrade_guest(
+        &self,
+        user_id: &str,
+        password_hash: &str,
+        uia_session: Option<&str>,
+        login: Option<NewLogin<'_>>,
+    ) -> Result<bool> {
+        let mut tx = self.writer().begin().await?;
+        let upgraded = sqlx::query(
+            "UPDATE users SET is_guest = 0, password_hash = $2 WHERE user_id = $1 AND is_guest = 1",
+        )
+        .bind(user_id)
+        .bind(password_hash)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if upgraded != 1 {
+            return Ok(false);
+        }
+        if let Some(session) = uia_session {
+            let claimed =
+                sqlx::query("UPDATE uia_sessions SET result = $2 WHERE session_id = $1 AND result IS NULL")
+                    .bind(session)
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            if claimed != 1 {
+                return Err(StorageError::Conflict);
+            }
+        }
+        if let Some(login) = &login {
+            insert_login(&mut tx, login).await?;
+        }
+        tx.commit().await?;
+        // Cached owners of the guest's tokens still say "guest".
+        self.tokens.invalidate();
+        Ok(true)
+    }
+
+    /// Whether a local user is a guest.
+    pub async fn is_guest(&self, user_id: &str) -> Result<bool> {
+        let flag: Option<i64> = sqlx::query_scalar("SELECT is_guest FROM users WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(self.reader())
+            .await?;
+        Ok(flag == Some(1))
+    }
+
+    /// Rooms this server's guests are joined to or invited into.
+    pub async fn rooms_with_guests(&self) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT m.room_id FROM memberships m JOIN users u ON u.user_id = m.user_id \
+             WHERE m.membership IN ('join', 'invite') AND u.is_guest = 1 ORDER BY m.room_id",
+        )
+        .fetch_all(self.reader())
+        .await?)
+    }
+
+    /// This server's guests joined to or invited into a room.
+    pub async fn guests_in_room(&self, room_id: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT m.user_id FROM memberships m JOIN users u ON u.user_id = m.user_id \
+             WHERE m.room_id = $1 AND m.membership IN ('join', 'invite') AND u.is_guest = 1 ORDER BY m.user_id",
+        )
+        .bind(room_id)
+        .fetch_all(self.reader())
+        .await?)
+    }
+
     /// Sets a password and, in the same transaction, logs out what `logout` says: a password
     /// changed because it leaked must never leave other sessions alive. False if no such user.
     pub async fn set_password(&self, user_id: &str, hash: &str, logout: Logout<'_>) -> Result<bool> {
@@ -356,7 +447,7 @@ impl Db {
 
     async fn token_owner_uncached(&self, token_hash: &str) -> Result<Option<TokenOwner>> {
         let row = sqlx::query(
-            "SELECT t.user_id, t.device_id, u.is_admin, u.deactivated \
+            "SELECT t.user_id, t.device_id, u.is_admin, u.deactivated, u.is_guest \
              FROM access_tokens t JOIN users u ON u.user_id = t.user_id WHERE t.token_hash = $1",
         )
         .bind(token_hash)
@@ -368,6 +459,7 @@ impl Db {
                 device_id: row.try_get("device_id")?,
                 is_admin: row.try_get::<i64, _>("is_admin")? != 0,
                 deactivated: row.try_get::<i64, _>("deactivated")? != 0,
+                is_guest: row.try_get::<i64, _>("is_guest")? != 0,
             })
         })
         .transpose()

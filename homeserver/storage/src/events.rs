@@ -583,6 +583,32 @@ impl Db {
             .collect()
     }
 
+    /// Which of these events are the room's current state for their key, in one query per
+    /// 300 keys (each key looked up by the table's primary key).
+    pub async fn in_current_state(
+        &self,
+        room_id: &str,
+        events: &[(&str, &str, &str)],
+    ) -> Result<std::collections::HashSet<String>> {
+        let mut out = std::collections::HashSet::new();
+        for chunk in events.chunks(300) {
+            let keys: Vec<String> = (0..chunk.len())
+                .map(|i| format!("(event_type = ${} AND state_key = ${})", 2 + 2 * i, 3 + 2 * i))
+                .collect();
+            let sql =
+                format!("SELECT event_id FROM current_state WHERE room_id = $1 AND ({})", keys.join(" OR "));
+            let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql)).bind(room_id);
+            for (event_type, state_key, _) in chunk {
+                q = q.bind(*event_type).bind(*state_key);
+            }
+            let current = q.fetch_all(self.reader()).await?;
+            out.extend(
+                chunk.iter().filter(|(_, _, id)| current.iter().any(|c| c == id)).map(|e| e.2.to_owned()),
+            );
+        }
+        Ok(out)
+    }
+
     pub async fn current_state_event_id(
         &self,
         room_id: &str,

@@ -79,6 +79,10 @@ pub struct StateChange {
 pub struct MembershipUpdate {
     pub membership: String,
     pub stream_pos: i64,
+    /// The member event's display name and avatar, for the user directory (how users of other
+    /// servers are found).
+    pub displayname: Option<String>,
+    pub avatar_url: Option<String>,
 }
 
 /// A new state group: the delta against `prev_group` (or a full snapshot when it is `None`).
@@ -171,6 +175,8 @@ pub struct PersistPlan {
     pub search: Vec<SearchRow>,
     /// The room's join rule when the batch changes it.
     pub join_rule: Option<String>,
+    /// The room's history visibility when the batch changes it ("" for a setting without one).
+    pub history_visibility: Option<String>,
     /// Memberships of this server's users in a room it has no state of (a remote invite, its
     /// rejection, a knock): written to `memberships` directly, the one exception to "derived
     /// from the current state" — there is none.
@@ -213,8 +219,18 @@ impl PersistPlan {
         if from.join_rule.is_some() {
             self.join_rule = from.join_rule;
         }
+        if from.history_visibility.is_some() {
+            self.history_visibility = from.history_visibility;
+        }
         self.out_of_band.extend(from.out_of_band);
     }
+}
+
+/// Text taken from an event's content for a column of its own, without U+0000: another server's
+/// event may carry it (escaped in the event's JSON, which is stored as is), and PostgreSQL
+/// refuses it in text, which would fail the whole batch.
+fn without_nul(text: &str) -> String {
+    text.replace('\0', "")
 }
 
 impl Db {
@@ -363,13 +379,15 @@ async fn apply_state_delta(
         set.iter().filter_map(|c| Some((*c, c.membership.as_ref()?))).collect();
     insert_rows(
         tx,
-        "memberships (room_id, user_id, membership, event_id, stream_pos, forgotten, joined_pos)",
+        "memberships (room_id, user_id, membership, event_id, stream_pos, forgotten, joined_pos, \
+         displayname, avatar_url)",
         "ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, \
          event_id = excluded.event_id, stream_pos = excluded.stream_pos, forgotten = 0, \
+         displayname = excluded.displayname, avatar_url = excluded.avatar_url, \
          joined_pos = CASE WHEN excluded.membership <> 'join' THEN 0 \
                            WHEN memberships.membership = 'join' THEN memberships.joined_pos \
                            ELSE excluded.joined_pos END",
-        7,
+        9,
         &memberships,
         |q, (c, m)| {
             let joined_pos = if m.membership == "join" { m.stream_pos } else { 0 };
@@ -380,6 +398,8 @@ async fn apply_state_delta(
                 .bind(m.stream_pos)
                 .bind(0_i64)
                 .bind(joined_pos)
+                .bind(m.displayname.as_deref().map(without_nul))
+                .bind(m.avatar_url.as_deref().map(without_nul))
         },
     )
     .await
@@ -594,7 +614,14 @@ async fn apply(tx: &mut Transaction<'_, Any>, plan: &PersistPlan, engine: crate:
     if let Some(join_rule) = &plan.join_rule {
         sqlx::query("UPDATE rooms SET join_rule = $2 WHERE room_id = $1")
             .bind(room_id)
-            .bind(join_rule)
+            .bind(without_nul(join_rule))
+            .execute(&mut **tx)
+            .await?;
+    }
+    if let Some(history_visibility) = &plan.history_visibility {
+        sqlx::query("UPDATE rooms SET history_visibility = $2 WHERE room_id = $1")
+            .bind(room_id)
+            .bind(without_nul(history_visibility))
             .execute(&mut **tx)
             .await?;
     }
@@ -609,6 +636,11 @@ async fn apply(tx: &mut Transaction<'_, Any>, plan: &PersistPlan, engine: crate:
         .execute(&mut **tx)
         .await?;
         if done.rows_affected() > 0 {
+            // A redacted member event's display name and avatar leave the user directory.
+            sqlx::query("UPDATE memberships SET displayname = NULL, avatar_url = NULL WHERE event_id = $1")
+                .bind(redacts)
+                .execute(&mut **tx)
+                .await?;
             // A redacted event no longer counts as a relation, and is no longer searchable.
             sqlx::query("DELETE FROM event_relations WHERE event_id = $1")
                 .bind(redacts)

@@ -47,8 +47,12 @@ fn change(ty: &str, key: &str, id: Option<&str>, pos: i64) -> StateChange {
         event_type: ty.into(),
         state_key: key.into(),
         event_id: id.map(Into::into),
-        membership: (ty == "m.room.member" && id.is_some())
-            .then(|| MembershipUpdate { membership: "join".into(), stream_pos: pos }),
+        membership: (ty == "m.room.member" && id.is_some()).then(|| MembershipUpdate {
+            membership: "join".into(),
+            stream_pos: pos,
+            displayname: None,
+            avatar_url: None,
+        }),
     }
 }
 

@@ -49,7 +49,12 @@ fn member(user: &str, id: Option<&str>, membership: &str, pos: i64) -> StateChan
         event_type: "m.room.member".into(),
         state_key: user.into(),
         event_id: id.map(Into::into),
-        membership: id.map(|_| MembershipUpdate { membership: membership.into(), stream_pos: pos }),
+        membership: id.map(|_| MembershipUpdate {
+            membership: membership.into(),
+            stream_pos: pos,
+            displayname: None,
+            avatar_url: None,
+        }),
     }
 }
 

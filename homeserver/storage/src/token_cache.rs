@@ -75,7 +75,13 @@ mod tests {
     use super::*;
 
     fn owner() -> TokenOwner {
-        TokenOwner { user_id: "@a:x".into(), device_id: "D".into(), is_admin: false, deactivated: false }
+        TokenOwner {
+            user_id: "@a:x".into(),
+            device_id: "D".into(),
+            is_admin: false,
+            deactivated: false,
+            is_guest: false,
+        }
     }
 
     #[test]

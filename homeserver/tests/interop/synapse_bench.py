@@ -3,13 +3,18 @@
 
 Usage (through `.ci/synapse-interop --bench`, which starts both servers):
     python synapse_bench.py LATTICE_CLIENT_URL LATTICE_NAME SYNAPSE_CLIENT_URL SYNAPSE_NAME \
-        LATTICE_PID SYNAPSE_PID RESTART_COMMAND_LATTICE RESTART_COMMAND_SYNAPSE
+        LATTICE_PID SYNAPSE_PID RESTART_COMMAND_LATTICE RESTART_COMMAND_SYNAPSE \
+        [SECOND_SYNAPSE_CLIENT_URL SECOND_SYNAPSE_NAME]
 
 Three figures, each measured both ways so every Lattice number has its Synapse counterpart:
 
 1. Joining a big room held by the other server: a room with MEMBERS members and STATE_EVENTS
    state events in all (members included) is built on each server; a user of the other server
-   joins it; the time of the join request is the figure.
+   joins it; the time of the join request is the figure. Both of these joins are full-state
+   joins (Synapse asks for a partial state, Lattice answers with the full one). For reference, a
+   second Synapse joins the first one's room with Synapse's partial-state ("faster") join, timed
+   to the join's answer and to the moment its members list is complete (Synapse holds that
+   request until the background resync of the room's state is done).
 2. Throughput: MESSAGES messages sent by a user of one server into a room both servers are in,
    as fast as the sending server takes them (SENDERS concurrent clients); the figure is the time
    until the last is readable on the other server, and the CPU time each server's process used
@@ -43,6 +48,7 @@ SENDERS = int(os.environ.get("LATTICE_BENCH_SENDERS", "8"))
 CATCH_UP = int(os.environ.get("LATTICE_BENCH_CATCH_UP", "10000"))
 OUTAGE = float(os.environ.get("LATTICE_BENCH_OUTAGE", "600"))
 PARALLEL = 16
+BIG_TIMEOUT = 1800.0  # a client's patience with the join of a big room, generous on purpose
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -80,15 +86,29 @@ def big_room(base: str, name: str, tag: str) -> tuple[User, str]:
     many(len(users), lambda i: users[i].join(room))
     extra = STATE_EVENTS - MEMBERS - 7  # createRoom's own state events, roughly
     path = f"/_matrix/client/v3/rooms/{quote(room, safe='')}/state/org.lattice.bench/"
-    many(max(extra, 0), lambda i: creator.call("PUT", path + str(i), {"i": i}))
+    # One at a time: concurrent state events fork Synapse's room and make it resolve state for
+    # each (an attempt with 16 senders slowed to 0.35 events/s at 7,000 state events).
+    for i in range(max(extra, 0)):
+        creator.call("PUT", path + str(i), {"i": i})
     log(f"built {room} on {name}: {MEMBERS} members, {STATE_EVENTS} state events")
     return creator, room
 
 
 def timed_join(joiner: User, room: str, via: str) -> float:
     started = time.monotonic()
-    joiner.join(room, via=via)
+    joiner.join(room, via=via, timeout=BIG_TIMEOUT)
     return time.monotonic() - started
+
+
+def partial_join(joiner: User, room: str, via: str) -> tuple[float, float]:
+    """A join answered before the full state is here: when the join returned, and when the
+    members list (which waits for the full state) did."""
+    started = time.monotonic()
+    joiner.join(room, via=via, timeout=BIG_TIMEOUT)
+    joined = time.monotonic()
+    path = f"/_matrix/client/v3/rooms/{quote(room, safe='')}/joined_members"
+    joiner.call("GET", path, timeout=BIG_TIMEOUT)
+    return joined - started, time.monotonic() - started
 
 
 def wait_for_body(user: User, room: str, body: str, deadline_s: float) -> float:
@@ -167,6 +187,10 @@ def catch_up(sender: User, receiver: User, room: str, stop, start, tag: str) -> 
     return {"outage_s": restarted - down, "catch_up_s": seen - restarted, "lost": CATCH_UP - len(held)}
 
 
+def cell(value: float) -> str:
+    return "—" if value != value else f"{value:.2f}"  # NaN: a figure only one server has
+
+
 def main() -> int:
     lat_base, lat_name, syn_base, syn_name = sys.argv[1:5]
     pids = {"Lattice": int(sys.argv[5]), "Synapse": int(sys.argv[6])}
@@ -185,6 +209,14 @@ def main() -> int:
     synapse_join = timed_join(syn_joiner, lat_room, lat_name)
     log(f"Synapse joined Lattice's room in {synapse_join:.2f} s")
     rows.append(("Join a room of the other server (s)", lattice_join, synapse_join))
+    if len(sys.argv) > 10:
+        second = User(sys.argv[9], sys.argv[10], "bench-joiner")
+        answered, complete = partial_join(second, syn_room, syn_name)
+        log(f"a second Synapse joined Synapse's room (partial state) in {answered:.2f} s, "
+            f"its full state complete after {complete:.2f} s")
+        rows.append(("Reference: a second Synapse joins Synapse's room, partial state: join answered (s)",
+                     float("nan"), answered))
+        rows.append(("Reference: the same join, full state complete (s)", float("nan"), complete))
     rows.append(("Peak RSS so far, rooms built and joined (MiB)", peak_rss_mib(pids["Lattice"]),
                  peak_rss_mib(pids["Synapse"])))
 
@@ -217,7 +249,7 @@ def main() -> int:
 
     print("\n| Measure | Lattice | Synapse |\n|---|---:|---:|")
     for name, lattice, synapse in rows:
-        print(f"| {name} | {lattice:.2f} | {synapse:.2f} |")
+        print(f"| {name} | {cell(lattice)} | {cell(synapse)} |")
     return 0 if lattice_back["lost"] == 0 else 1
 
 

@@ -69,11 +69,11 @@ class User:
     def create_room(self, **extra) -> str:
         return self.call("POST", "/_matrix/client/v3/createRoom", extra)["room_id"]
 
-    def join(self, room: str, via: str | None = None) -> str:
+    def join(self, room: str, via: str | None = None, timeout: float = 60.0) -> str:
         path = "/_matrix/client/v3/join/" + quote(room, safe="")
         if via:
             path += "?via=" + quote(via, safe="")
-        return self.call("POST", path, {})["room_id"]
+        return self.call("POST", path, {}, timeout=timeout)["room_id"]
 
     def leave(self, room: str):
         self.call("POST", f"/_matrix/client/v3/rooms/{quote(room, safe='')}/leave", {})

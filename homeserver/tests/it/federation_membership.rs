@@ -440,6 +440,72 @@ async fn rooms_are_found_through_other_servers_directories_and_joined_by_alias()
 }
 
 #[tokio::test]
+async fn other_servers_users_are_found_in_the_directory_while_a_room_is_shared() {
+    let ca = TestCa::create();
+    let (a, b) = (federated(&ca, |_| {}).await, federated(&ca, |_| {}).await);
+    let rita = b.register("rita").await;
+    let ann = a.register("ann").await;
+    let path = format!("/_matrix/client/v3/profile/{}/displayname", enc(&rita.user_id));
+    let (status, _) = b.put(&path, Some(&rita.token), json!({ "displayname": "Rita Remote" })).await;
+    assert_eq!(status, 200);
+    let room = b.create_room(&rita, json!({ "preset": "public_chat" })).await;
+    let search = |term: &'static str| {
+        let (a, token) = (&a, ann.token.clone());
+        async move {
+            let (status, body) = a
+                .post(
+                    "/_matrix/client/v3/user_directory/search",
+                    Some(&token),
+                    json!({ "search_term": term }),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            body["results"].as_array().unwrap().clone()
+        }
+    };
+    assert!(search("rita").await.is_empty(), "A knows nothing of rita yet");
+
+    // Once A is in the room, its users find rita by the name her membership event carries.
+    let join = format!("/_matrix/client/v3/join/{}?server_name={}", enc(&room), enc(name_of(&b).as_str()));
+    let (status, body) = a.post(&join, Some(&ann.token), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let results = search("remote").await;
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!(
+        (results[0]["user_id"].as_str(), results[0]["display_name"].as_str()),
+        (Some(rita.user_id.as_str()), Some("Rita Remote"))
+    );
+
+    // Redacting her member event takes its name out of A's directory; her id still finds her.
+    let state = format!(
+        "/_matrix/client/v3/rooms/{}/state/m.room.member/{}?format=event",
+        enc(&room),
+        enc(&rita.user_id)
+    );
+    let (_, member) = b.get(&state, Some(&rita.token)).await;
+    let member_id = member["event_id"].as_str().unwrap().to_owned();
+    let redact = format!("/_matrix/client/v3/rooms/{}/redact/{}/r1", enc(&room), enc(&member_id));
+    let (status, body) = b.put(&redact, Some(&rita.token), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let mut gone = false;
+    for _ in 0..50 {
+        if search("remote").await.is_empty() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the redacted name still finds rita");
+    assert_eq!(search("rita").await.len(), 1);
+
+    // When A's last user leaves, A no longer follows the room, and rita is not found.
+    let (status, _) =
+        a.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), Some(&ann.token), json!({})).await;
+    assert_eq!(status, 200);
+    assert!(search("rita").await.is_empty());
+}
+
+#[tokio::test]
 async fn knocks_cross_servers_and_are_let_in_or_withdrawn() {
     let ca = TestCa::create();
     let (a, b) = (federated(&ca, |_| {}).await, federated(&ca, |_| {}).await);

@@ -280,6 +280,45 @@ async fn user_directory_finds_room_mates_and_public_room_members() {
 }
 
 #[tokio::test]
+async fn user_directory_follows_a_rooms_join_rule_and_history_visibility() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("listed-bob").await;
+    let carol = server.register("carol").await;
+    let room = server.create_room(&alice, json!({ "preset": "private_chat" })).await;
+    server.invite(&alice, &room, &bob.user_id).await;
+    server.join(&bob, &room).await;
+    let set = |event_type: &'static str, content: Value| {
+        let path = format!("/_matrix/client/v3/rooms/{}/state/{event_type}/", enc(&room));
+        let (server, token) = (&server, alice.token.clone());
+        async move {
+            let (status, body) = server.put(&path, Some(&token), content).await;
+            assert_eq!(status, 200, "{body}");
+        }
+    };
+    // Carol shares nothing with bob: she finds him only while the room is listed, that is
+    // public to join or readable by anyone.
+    assert!(found(&search(&server, &carol, "listed", 10).await).is_empty());
+    assert!(found(&search(&server, &bob, "listed", 10).await).is_empty(), "not even by himself");
+    set("m.room.join_rules", json!({ "join_rule": "public" })).await;
+    assert_eq!(found(&search(&server, &carol, "listed", 10).await), vec![bob.user_id.clone()]);
+    assert_eq!(found(&search(&server, &bob, "listed", 10).await), vec![bob.user_id.clone()]);
+    set("m.room.history_visibility", json!({ "history_visibility": "world_readable" })).await;
+    set("m.room.join_rules", json!({ "join_rule": "invite" })).await;
+    assert_eq!(
+        found(&search(&server, &carol, "listed", 10).await),
+        vec![bob.user_id.clone()],
+        "world-readable"
+    );
+    set("m.room.history_visibility", json!({ "history_visibility": "shared" })).await;
+    assert!(found(&search(&server, &carol, "listed", 10).await).is_empty());
+    // A setting without a value lists nothing either.
+    set("m.room.history_visibility", json!({ "history_visibility": "world_readable" })).await;
+    set("m.room.history_visibility", json!({})).await;
+    assert!(found(&search(&server, &carol, "listed", 10).await).is_empty());
+}
+
+#[tokio::test]
 async fn user_directory_can_search_all_users() {
     let server = TestServer::start_with(|c| c.user_directory.search_all_users = true).await;
     let alice = server.register("alice").await;

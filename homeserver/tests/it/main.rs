@@ -17,6 +17,7 @@
 //! - `relations`: edits, reactions, threads, references, `/relations`, `/threads`.
 //! - `search`: `POST /search`, CJK text, pagination, context, visibility.
 //! - `groups`: knock, restricted joins, upgrades, space hierarchy, jump to date, pins, reports.
+//! - `guests`: guest accounts, the endpoints open to them, rooms that allow them, peeking.
 //! - `admin`: the Synapse-compatible admin API (users, rooms, reports; admins only).
 //! - `chat`: receipts, read markers, typing, unread counts, push rules, notifications.
 //! - `presence`: the online/unavailable/offline state machine as room mates see it.
@@ -46,6 +47,7 @@ mod federation_versions;
 mod friends;
 mod fuzz;
 mod groups;
+mod guests;
 mod hardening;
 mod harness;
 mod lifecycle;

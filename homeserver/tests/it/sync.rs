@@ -362,3 +362,116 @@ async fn profile_changes_are_not_new_joins_and_lazy_members_are_sent_once() {
     assert_eq!(r["timeline"]["limited"], true);
     assert!(r["timeline"]["prev_batch"].is_string());
 }
+
+/// Member keys in a sync's state section.
+fn state_members(room: &Value) -> Vec<(String, String)> {
+    let mut members: Vec<(String, String)> = room["state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.member")
+        .map(|e| {
+            (
+                e["state_key"].as_str().unwrap().to_owned(),
+                e["content"]["membership"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    members.sort();
+    members
+}
+
+#[tokio::test]
+async fn a_gappy_lazy_loading_sync_still_shows_who_joined_and_left_in_the_gap() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let (bob, carol, dave) =
+        (server.register("bob").await, server.register("carol").await, server.register("dave").await);
+    let room = server.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    server.join(&bob, &room).await;
+    server.join(&carol, &room).await;
+    for i in 0..5 {
+        server.send_text(&bob, &room, &format!("b{i}")).await;
+    }
+    let filter =
+        enc(&json!({ "room": { "timeline": { "limit": 5 }, "state": { "lazy_load_members": true } } })
+            .to_string());
+    let sync_from = |since: Option<String>| {
+        let (server, token, filter) = (&server, alice.token.clone(), filter.clone());
+        async move {
+            let since = since.map(|s| format!("&since={s}")).unwrap_or_default();
+            let (status, sync) =
+                server.get(&format!("/_matrix/client/v3/sync?filter={filter}{since}"), Some(&token)).await;
+            assert_eq!(status, 200, "{sync}");
+            sync
+        }
+    };
+    let first = sync_from(None).await;
+    let members = state_members(joined(&first, &room));
+    assert_eq!(members, vec![(alice.user_id.clone(), "join".into()), (bob.user_id.clone(), "join".into())]);
+
+    // Dave joins silently, then carol fills more than a timeline: the gap holds dave's join.
+    server.join(&dave, &room).await;
+    for i in 0..10 {
+        server.send_text(&carol, &room, &format!("c{i}")).await;
+    }
+    let second = sync_from(first["next_batch"].as_str().map(str::to_owned)).await;
+    let r = joined(&second, &room);
+    assert_eq!(r["timeline"]["limited"], true);
+    let expected =
+        vec![(carol.user_id.clone(), "join".to_owned()), (dave.user_id.clone(), "join".to_owned())];
+    let mut expected = expected;
+    expected.sort();
+    assert_eq!(state_members(r), expected, "carol speaks in the timeline, dave joined in the gap");
+
+    // Dave leaves in the next gap: his leave comes, carol's membership is not sent again.
+    let (status, _) = server
+        .post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), Some(&dave.token), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    for i in 0..10 {
+        server.send_text(&carol, &room, &format!("d{i}")).await;
+    }
+    let third = sync_from(second["next_batch"].as_str().map(str::to_owned)).await;
+    assert_eq!(state_members(joined(&third, &room)), vec![(dave.user_id.clone(), "leave".into())]);
+}
+
+#[tokio::test]
+async fn current_state_set_while_a_user_could_not_see_it_appears_in_their_timeline() {
+    let server = TestServer::start().await;
+    let (creator, syncer, invitee) =
+        (server.register("creator").await, server.register("syncer").await, server.register("invitee").await);
+    let room = server.create_room(&creator, json!({ "preset": "public_chat" })).await;
+    server.join(&syncer, &room).await;
+    let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.history_visibility/", enc(&room));
+    let (status, _) =
+        server.put(&path, Some(&creator.token), json!({ "history_visibility": "joined" })).await;
+    assert_eq!(status, 200);
+    server.invite(&creator, &room, &invitee.user_id).await;
+    let (_, first) = server.get("/_matrix/client/v3/sync", Some(&syncer.token)).await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+
+    // The syncer leaves; the invitee joins and messages follow, none of it visible to the
+    // syncer under `joined` history; the syncer comes back.
+    let (status, _) = server
+        .post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), Some(&syncer.token), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    server.join(&invitee, &room).await;
+    for i in 0..30 {
+        server.send_text(&creator, &room, &format!("unseen {i}")).await;
+    }
+    server.join(&syncer, &room).await;
+    let (status, sync) =
+        server.get(&format!("/_matrix/client/v3/sync?since={since}"), Some(&syncer.token)).await;
+    assert_eq!(status, 200);
+    let events = joined(&sync, &room)["timeline"]["events"].as_array().unwrap().clone();
+    assert!(
+        events.iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == invitee.user_id.as_str()),
+        "the invitee's join is current state: {events:?}"
+    );
+    assert!(
+        events.iter().all(|e| e["content"]["body"].as_str().is_none_or(|b| !b.starts_with("unseen"))),
+        "messages sent while away stay hidden: {events:?}"
+    );
+}

@@ -817,7 +817,12 @@ impl RoomActor {
                     Some(name) => l.display_names.insert(user.clone(), name),
                     None => l.display_names.remove(&user),
                 };
-                membership = value.map(|m| MembershipUpdate { membership: m, stream_pos: pos });
+                membership = value.map(|m| MembershipUpdate {
+                    membership: m,
+                    stream_pos: pos,
+                    displayname: event.and_then(|e| e.content_str("displayname")),
+                    avatar_url: event.and_then(|e| e.content_str("avatar_url")),
+                });
                 outcome.woken.push(user);
             }
             if key.0 == StateEventType::RoomCreate && key.1.is_empty() {
@@ -825,6 +830,10 @@ impl RoomActor {
             }
             if key.0 == StateEventType::RoomJoinRules && key.1.is_empty() {
                 outcome.plan.join_rule = event.and_then(|e| e.content_str("join_rule"));
+            }
+            if key.0 == StateEventType::RoomHistoryVisibility && key.1.is_empty() {
+                outcome.plan.history_visibility =
+                    Some(event.and_then(|e| e.content_str("history_visibility")).unwrap_or_default());
             }
             outcome.plan.state_delta.push(StateChange {
                 event_type: key.0.to_string(),

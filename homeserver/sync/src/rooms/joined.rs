@@ -10,7 +10,7 @@ use crate::{
     ephemeral::{Ephemeral, ephemeral_events},
     rooms::{
         state::state_section,
-        timeline::{prev_batch, start_group, timeline},
+        timeline::{Reader, prev_batch, start_group, timeline},
     },
 };
 
@@ -60,7 +60,7 @@ pub(crate) async fn joined_room(
     let timeline_from = if new_to_client { StreamPos::ZERO } else { since };
     let full_state = new_to_client || ctx.full_state;
     let timeline_filter = &ctx.filter.room.timeline;
-    let mut tl = timeline(ctx, room_id, timeline_from, up_to, timeline_filter).await?;
+    let mut tl = timeline(ctx, room_id, (timeline_from, up_to), timeline_filter, Reader::Member).await?;
     // A room joined since the last sync has history the client has not seen (as Synapse says).
     tl.limited |= new_to_client && ctx.since.is_some();
     let group = start_group(ctx, room_id, &tl, up_to).await?;

@@ -10,7 +10,7 @@ use crate::{
     context::SyncContext,
     rooms::{
         state::state_section,
-        timeline::{prev_batch, start_group, timeline},
+        timeline::{Reader, prev_batch, start_group, timeline},
     },
 };
 
@@ -37,7 +37,7 @@ pub(crate) async fn left_room(
     }
     let since = ctx.since_pos();
     let timeline_filter = &ctx.filter.room.timeline;
-    let tl = timeline(ctx, room_id, since, m.stream_pos, timeline_filter).await?;
+    let tl = timeline(ctx, room_id, (since, m.stream_pos), timeline_filter, Reader::Departed).await?;
     let group = start_group(ctx, room_id, &tl, m.stream_pos).await?;
     let full_state = new_to_client || ctx.full_state;
     // The room's state only if the user could see the room where the timeline starts: someone

@@ -13,7 +13,9 @@ use crate::{context::SyncContext, rooms::timeline::Timeline};
 /// changed between the current state at `since` and at the timeline's start, plus changes
 /// within the timeline's range that none of its events carries (a merge of forks can bring an
 /// older state event back). Key removals cannot be expressed in a sync response and are not
-/// sent.
+/// sent. Lazy loading keeps only the memberships of timeline senders, except that a gappy
+/// incremental sync keeps every membership change of the gap too (as Synapse does): the client
+/// cannot page back over a gap to learn who joined or left in it.
 pub(crate) async fn state_section(
     ctx: &SyncContext<'_>,
     room_id: &RoomId,
@@ -72,8 +74,10 @@ pub(crate) async fn state_section(
             .filter(|r| r.event_type == "m.room.member")
             .filter_map(|r| r.state_key.as_deref())
             .collect();
+        let keep_gap_changes = !fresh && timeline.limited;
         rows.retain(|r| {
             r.event_type != "m.room.member"
+                || keep_gap_changes
                 || r.state_key.as_deref().is_some_and(|k| wanted.contains(&k) && !in_timeline.contains(&k))
         });
         if !fresh && !timeline.rows.is_empty() {

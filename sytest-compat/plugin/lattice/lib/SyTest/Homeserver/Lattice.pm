@@ -144,6 +144,8 @@ sub start
       "[registration]",
       "enabled = true",
       "shared_secret = \"reg_secret\"",
+      # SyTest's guest tests register guests, as Synapse's SyTest config allows.
+      "allow_guest_access = true",
       "",
       "[rooms]",
       # SyTest's fake federation peer speaks room versions 1 to 11; the runner passes
