@@ -94,6 +94,25 @@ pub struct UserPatch<'a> {
     pub reactivate: bool,
 }
 
+/// Records `user_id` as the result of a registration's UIA session; `Conflict` if another
+/// request completed the session first.
+async fn claim_uia_session(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    session: &str,
+    user_id: &str,
+) -> Result<()> {
+    let claimed = sqlx::query("UPDATE uia_sessions SET result = $2 WHERE session_id = $1 AND result IS NULL")
+        .bind(session)
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    if claimed != 1 {
+        return Err(StorageError::Conflict);
+    }
+    Ok(())
+}
+
 /// Inserts (or refreshes) a device and a new token for it; returns how many tokens of that
 /// device it replaced.
 async fn insert_login(tx: &mut sqlx::Transaction<'static, sqlx::Any>, login: &NewLogin<'_>) -> Result<u64> {
@@ -204,16 +223,7 @@ impl Db {
         .await
         .map_err(conflict_or)?;
         if let Some(session) = uia_session {
-            let claimed =
-                sqlx::query("UPDATE uia_sessions SET result = $2 WHERE session_id = $1 AND result IS NULL")
-                    .bind(session)
-                    .bind(user.user_id)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-            if claimed != 1 {
-                return Err(StorageError::Conflict);
-            }
+            claim_uia_session(&mut tx, session, user.user_id).await?;
         }
         if let Some(login) = &login {
             insert_login(&mut tx, login).await?;
@@ -261,16 +271,7 @@ impl Db {
             return Ok(false);
         }
         if let Some(session) = uia_session {
-            let claimed =
-                sqlx::query("UPDATE uia_sessions SET result = $2 WHERE session_id = $1 AND result IS NULL")
-                    .bind(session)
-                    .bind(user_id)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-            if claimed != 1 {
-                return Err(StorageError::Conflict);
-            }
+            claim_uia_session(&mut tx, session, user_id).await?;
         }
         if let Some(login) = &login {
             insert_login(&mut tx, login).await?;

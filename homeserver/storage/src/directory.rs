@@ -38,6 +38,10 @@ impl Db {
             "%{}%",
             term.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
         );
+        // Both queries take the same parameters: $1 searcher, $2 pattern, $3 all users, $4 limit.
+        let bind = |q: sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>| {
+            q.bind(searcher.to_owned()).bind(pattern.clone()).bind(all_users as i64).bind(limit + 1)
+        };
         let local = sqlx::query(AssertSqlSafe(format!(
             "SELECT u.user_id, u.displayname, u.avatar_url, \
                CASE WHEN EXISTS (SELECT 1 FROM memberships x JOIN memberships y ON x.room_id = y.room_id \
@@ -53,13 +57,8 @@ impl Db {
                OR EXISTS (SELECT 1 FROM memberships m JOIN rooms r ON r.room_id = m.room_id \
                     WHERE m.user_id = u.user_id AND m.membership = 'join' AND {LISTED_ROOM})) \
              ORDER BY shares_room DESC, u.user_id LIMIT $4"
-        )))
-        .bind(searcher)
-        .bind(&pattern)
-        .bind(all_users as i64)
-        .bind(limit + 1)
-        .fetch_all(self.reader())
-        .await?;
+        )));
+        let local = bind(local).fetch_all(self.reader()).await?;
         // Another server's user: joined to a room a user of this server is joined to (so the
         // membership is current), found in it by the searcher.
         let remote = sqlx::query(AssertSqlSafe(format!(
@@ -76,13 +75,8 @@ impl Db {
              AND ($3 = 1 OR {LISTED_ROOM} OR EXISTS (SELECT 1 FROM memberships x WHERE x.room_id = m.room_id \
                     AND x.user_id = $1 AND x.membership = 'join'))) found \
              GROUP BY user_id ORDER BY MAX(shared) DESC, user_id LIMIT $4"
-        )))
-        .bind(searcher)
-        .bind(&pattern)
-        .bind(all_users as i64)
-        .bind(limit + 1)
-        .fetch_all(self.reader())
-        .await?;
+        )));
+        let remote = bind(remote).fetch_all(self.reader()).await?;
         let mut found = local
             .iter()
             .chain(remote.iter())
