@@ -14,6 +14,8 @@ pub struct User {
     pub created_ts: i64,
     pub displayname: Option<String>,
     pub avatar_url: Option<String>,
+    /// A guest account (see the guest access module).
+    pub is_guest: bool,
 }
 
 /// A device (a login session) of a user.
@@ -181,6 +183,7 @@ pub(crate) fn user_from_row(row: &sqlx::any::AnyRow) -> Result<User> {
         created_ts: row.try_get("created_ts")?,
         displayname: row.try_get("displayname")?,
         avatar_url: row.try_get("avatar_url")?,
+        is_guest: row.try_get::<i64, _>("is_guest")? != 0,
     })
 }
 
@@ -366,7 +369,7 @@ impl Db {
 
     pub async fn user(&self, user_id: &str) -> Result<Option<User>> {
         let row = sqlx::query(
-            "SELECT user_id, password_hash, is_admin, deactivated, created_ts, displayname, avatar_url \
+            "SELECT user_id, password_hash, is_admin, deactivated, created_ts, displayname, avatar_url, is_guest \
              FROM users WHERE user_id = $1",
         )
         .bind(user_id)

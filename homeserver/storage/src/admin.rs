@@ -59,7 +59,7 @@ impl Db {
         let pattern = q.name.as_deref().filter(|n| !n.is_empty()).map(like_pattern).unwrap_or_default();
         let admins = q.admins.map(i64::from).unwrap_or(-1);
         let sql = format!(
-            "SELECT user_id, password_hash, is_admin, deactivated, created_ts, displayname, avatar_url \
+            "SELECT user_id, password_hash, is_admin, deactivated, created_ts, displayname, avatar_url, is_guest \
              FROM users WHERE {filter} ORDER BY {column} {dir}, user_id {dir} LIMIT $4 OFFSET $5"
         );
         let rows = sqlx::query(AssertSqlSafe(sql))

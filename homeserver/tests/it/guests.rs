@@ -37,8 +37,16 @@ async fn guest_accounts_are_off_unless_configured() {
 
 #[tokio::test]
 async fn guests_reach_only_what_the_spec_opens_to_them() {
-    let server = TestServer::start_with(|c| c.registration.allow_guest_access = true).await;
+    let server = TestServer::start_with(|c| {
+        c.registration.allow_guest_access = true;
+        c.registration.shared_secret = "reg_secret".into();
+    })
+    .await;
     let guest = register_guest(&server).await;
+    let admin = server.register_admin("root").await;
+    let (status, body) =
+        server.get(&format!("/_synapse/admin/v2/users/{}", enc(&guest.user_id)), Some(&admin.token)).await;
+    assert_eq!((status, body["is_guest"].as_bool()), (200, Some(true)), "{body}");
     let localpart = guest.user_id.trim_start_matches('@').split(':').next().unwrap().to_owned();
     assert!(localpart.bytes().all(|b| b.is_ascii_digit()), "{}", guest.user_id);
     let (status, body) = server.get("/_matrix/client/v3/account/whoami", Some(&guest.token)).await;

@@ -49,7 +49,7 @@ fn user_json(u: &User) -> Value {
         "avatar_url": u.avatar_url,
         "admin": u.is_admin,
         "deactivated": u.deactivated,
-        "is_guest": false,
+        "is_guest": u.is_guest,
         "user_type": null,
         "shadow_banned": false,
         "locked": false,
