@@ -191,10 +191,7 @@ async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<JsonBody
         None => None,
     };
     if upgrading.is_none() {
-        if crate::guests::reserved_for_guests(&localpart) {
-            let reserved = "Numeric user IDs are reserved for guest users";
-            return Err(Error::new(ErrorKind::InvalidUsername, reserved).into());
-        }
+        crate::guests::refuse_reserved(&localpart)?;
         if app.db.user(user_id.as_str()).await.map_err(Error::from)?.is_some() {
             return Err(Error::new(ErrorKind::UserInUse, "User ID already taken").into());
         }
@@ -262,7 +259,7 @@ async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<JsonBody
 }
 
 /// The answer to a registration that stored `login` (if any) for `user_id`.
-fn registered(app: &App, user_id: &UserId, login: Option<PreparedLogin>) -> Value {
+pub(crate) fn registered(app: &App, user_id: &UserId, login: Option<PreparedLogin>) -> Value {
     match login {
         Some(login) => json!({
             "user_id": user_id,
@@ -305,11 +302,7 @@ async fn username_available(
 ) -> Result<JsonBody, ApiError> {
     let localpart = req.body.username.to_lowercase();
     let user_id = validate_localpart(&app, &localpart)?;
-    if crate::guests::reserved_for_guests(&localpart) {
-        return Err(
-            Error::new(ErrorKind::InvalidUsername, "Numeric user IDs are reserved for guest users").into()
-        );
-    }
+    crate::guests::refuse_reserved(&localpart)?;
     if app.db.user(user_id.as_str()).await.map_err(Error::from)?.is_some() {
         return Err(Error::new(ErrorKind::UserInUse, "User ID already taken").into());
     }

@@ -8,7 +8,6 @@ use homeserver_core::{Error, ErrorKind, ids::random_digits, time::now_millis};
 use homeserver_http::{ApiError, JsonBody, Ruma};
 use homeserver_storage::StorageError;
 use ruma::{OwnedUserId, UserId, api::client::account::register};
-use serde_json::json;
 
 use crate::{
     App,
@@ -42,12 +41,7 @@ pub(crate) async fn register_guest(
         match app.db.register_guest(user_id.as_str(), now_millis() as i64, login.rows(&user_id)).await {
             Ok(()) => {
                 tracing::info!(user_id = %user_id, "registered guest");
-                return Ok(JsonBody(json!({
-                    "user_id": user_id,
-                    "access_token": login.token,
-                    "device_id": login.device_id,
-                    "home_server": app.server_name(),
-                })));
+                return Ok(JsonBody(crate::account::registered(app, &user_id, Some(login))));
             }
             Err(StorageError::Conflict) => continue,
             Err(e) => return Err(Error::from(e).into()),
@@ -67,7 +61,11 @@ pub(crate) async fn guest_to_upgrade(app: &App, token: &str, user_id: &UserId) -
     Ok(session.user_id)
 }
 
-/// Whether a localpart is reserved for guests (all digits, as Synapse reserves them).
-pub(crate) fn reserved_for_guests(localpart: &str) -> bool {
-    !localpart.is_empty() && localpart.bytes().all(|b| b.is_ascii_digit())
+/// Refuses a localpart reserved for guests (all digits, as Synapse reserves them) to anyone
+/// registering or checking availability.
+pub(crate) fn refuse_reserved(localpart: &str) -> Result<(), Error> {
+    if !localpart.is_empty() && localpart.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Error::new(ErrorKind::InvalidUsername, "Numeric user IDs are reserved for guest users"));
+    }
+    Ok(())
 }
