@@ -35,6 +35,11 @@ pub struct Config {
     pub appservices: AppservicesConfig,
     pub federation: FederationConfig,
     pub testing: TestingConfig,
+    /// WASM plugins, `[plugins.<id>]` (see `plugins/README.md`).
+    pub plugins: std::collections::BTreeMap<String, plugins::PluginSpec>,
+    /// Plugin delivery and crash policy; not in the file (tests shorten the waits).
+    #[serde(skip)]
+    pub plugin_settings: plugins::HostSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -263,6 +268,8 @@ impl Default for Config {
             appservices: AppservicesConfig::default(),
             federation: FederationConfig::default(),
             testing: TestingConfig::default(),
+            plugins: Default::default(),
+            plugin_settings: Default::default(),
         }
     }
 }
@@ -544,6 +551,21 @@ impl Config {
                     .into(),
             });
         }
+        for (id, spec) in &self.plugins {
+            let valid_id = !id.is_empty()
+                && id.len() <= 64
+                && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c));
+            if !valid_id {
+                return Err(ConfigError::Invalid {
+                    key: "plugins",
+                    message: format!("plugin id `{id}` must be 1 to 64 of a-z, 0-9, `_`, `.`, `-`"),
+                });
+            }
+            spec.grants.validate().map_err(|message| ConfigError::Invalid {
+                key: "plugins",
+                message: format!("plugin {id}: {message}"),
+            })?;
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid {
                 key: "log.format",
@@ -721,6 +743,19 @@ nameservers = []
 insecure_federation_tls = false
 # Allow federation requests to private and loopback addresses.
 allow_private_destinations = false
+
+# WASM plugins, one table each (none by default; see plugins/README.md):
+# [plugins.echo]
+# path = "plugins/examples/target/wasm32-wasip2/release/echo_bot.wasm"
+# user = "echo"                    # the bot's localpart (default: the plugin id)
+# config = { greeting = "hi" }     # checked against what the plugin declares
+# [plugins.echo.grants]
+# storage_mb = 10                  # key-value store quota
+# memory_mb = 64                   # linear memory per instance
+# cpu_ms_per_call = 200            # guest CPU per call (time in host calls excluded)
+# wall_ms_per_call = 30000         # wall-clock time per call
+# sends_per_second = 10            # events sent per second (bursts of twice that)
+# max_timers = 1000
 "#;
 
 #[cfg(test)]

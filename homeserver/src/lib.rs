@@ -12,6 +12,8 @@
 pub mod admin;
 pub mod config;
 pub mod logging;
+pub mod plugin_admin;
+pub mod plugin_cli;
 pub mod tls;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -58,6 +60,8 @@ pub enum StartError {
     Horizon(#[from] homeserver_core::streams::HorizonError),
     #[error(transparent)]
     Federation(#[from] federation::FederationError),
+    #[error(transparent)]
+    Plugin(#[from] plugins::PluginError),
 }
 
 /// The federation client and the key store (which the room model checks signatures with).
@@ -149,6 +153,8 @@ pub struct Server {
     pub federation: federation::FederationState,
     /// Outbound federation; delivers only while the server serves.
     pub sender: Arc<federation::sender::Sender>,
+    /// The WASM plugins, loaded and started (`init`); delivered to only while the server serves.
+    pub plugins: Option<plugins::PluginHost>,
 }
 
 impl Server {
@@ -236,12 +242,24 @@ impl Server {
         };
         let sender = federation::sender::Sender::new(federation.clone());
         federation::remote::install(&federation, sender.clone());
-        Ok(Server { config, db, app, federation, sender })
+        let services = plugins::Services {
+            db: db.clone(),
+            rooms: app.rooms.clone(),
+            live: app.live.clone(),
+            cache_dir: config.data_dir.join("plugin-cache"),
+        };
+        let plugins =
+            plugins::PluginHost::start(services, &config.plugins, config.plugin_settings.clone()).await?;
+        if let Some(host) = &plugins {
+            info!(plugins = ?host.ids(), "loaded plugins");
+        }
+        Ok(Server { config, db, app, federation, sender, plugins })
     }
 
     /// The complete HTTP stack.
     pub fn router(&self) -> Router {
-        let client = homeserver_client_api::routes().with_state(self.app.clone());
+        let client = plugin_admin::routes(homeserver_client_api::routes(), self.plugins.clone())
+            .with_state(self.app.clone());
         let cors = CorsLayer::new()
             .allow_origin(Any)
             .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
@@ -300,6 +318,10 @@ impl Server {
     ) -> std::io::Result<()> {
         let stream = self.app.stream.clone();
         self.sender.run();
+        if let Some(plugins) = &self.plugins {
+            plugins.run();
+            tokio::spawn(reload_plugins_on_sighup(plugins.clone()));
+        }
         // Guests left in rooms that no longer admit them (a check a crash interrupted).
         let rooms = self.app.rooms.clone();
         tokio::spawn(async move {
@@ -332,6 +354,24 @@ impl Server {
         info!("stopped");
         Ok(())
     }
+}
+
+/// SIGHUP reloads every plugin (each keeps its running version if the new one fails to start).
+async fn reload_plugins_on_sighup(plugins: plugins::PluginHost) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            info!("SIGHUP: reloading plugins");
+            for err in plugins.reload_all().await {
+                tracing::error!(error = %err, "plugin reload failed; the running version stays");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(plugins);
 }
 
 #[cfg(test)]

@@ -36,6 +36,37 @@ enum Command {
     /// Inspect outbound federation on the configured database.
     #[command(subcommand)]
     Federation(FederationCommand),
+    /// Manage the running server's WASM plugins (through its admin API).
+    Plugin {
+        /// A server admin's access token.
+        #[arg(long, env = "LATTICE_ADMIN_TOKEN", hide_env_values = true)]
+        token: String,
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Every plugin: state, version, deliveries, crashes, dead letters, last error.
+    List,
+    /// Start delivering to a disabled (or suspended) plugin again.
+    Enable { id: String },
+    /// Stop calling a plugin; its events wait (kept across restarts).
+    Disable { id: String },
+    /// Load the plugin's component again; the running version stays if the new one fails.
+    Reload { id: String },
+    /// The plugin's recent log lines.
+    Logs { id: String },
+    /// The events the plugin failed to take; `--replay` delivers them again (all, or `--at`).
+    DeadLetters {
+        id: String,
+        #[arg(long)]
+        replay: bool,
+        /// With --replay: only the dead letter at this stream position.
+        #[arg(long, requires = "replay")]
+        at: Option<i64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -85,6 +116,14 @@ async fn main() -> ExitCode {
         Err(e) => return fail(2, e),
     };
     logging::init(&config.log.level, &config.log.format);
+    if let Some(Command::Plugin { token, command }) = cli.command {
+        return plugin_command(&config, &token, command).await;
+    }
+    let config = match cli.command {
+        // Only the serving process runs plugins; other commands do not load them.
+        Some(Command::User(_) | Command::Federation(_)) => Config { plugins: Default::default(), ..config },
+        _ => config,
+    };
     let server = match Server::build(config).await {
         Ok(server) => server,
         Err(e) => return fail(2, e),
@@ -93,7 +132,7 @@ async fn main() -> ExitCode {
         None | Some(Command::Run) => run(server).await,
         Some(Command::User(command)) => user_command(&server, command).await,
         Some(Command::Federation(command)) => federation_command(&server, command).await,
-        Some(Command::GenerateConfig) => unreachable!("handled above"),
+        Some(Command::GenerateConfig | Command::Plugin { .. }) => unreachable!("handled above"),
     }
 }
 
@@ -165,6 +204,26 @@ async fn finish(server: &Server, result: Result<String, admin::AdminError>) -> E
             ExitCode::SUCCESS
         }
         Err(e) => fail(1, e),
+    }
+}
+
+async fn plugin_command(config: &Config, token: &str, command: PluginCommand) -> ExitCode {
+    use homeserver::plugin_cli::{PluginRequest, run};
+    let request = match command {
+        PluginCommand::List => PluginRequest::List,
+        PluginCommand::Enable { id } => PluginRequest::Enable(id),
+        PluginCommand::Disable { id } => PluginRequest::Disable(id),
+        PluginCommand::Reload { id } => PluginRequest::Reload(id),
+        PluginCommand::Logs { id } => PluginRequest::Logs(id),
+        PluginCommand::DeadLetters { id, replay: false, .. } => PluginRequest::DeadLetters(id),
+        PluginCommand::DeadLetters { id, replay: true, at } => PluginRequest::Replay(id, at),
+    };
+    match run(config, token, request).await {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => fail(1, message),
     }
 }
 

@@ -3,14 +3,11 @@
 use axum::Router;
 use homeserver_core::{Error, ErrorKind, time::now_millis};
 use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma, Session};
-use homeserver_rooms::{
-    create::{CreateRoom, Preset},
-    membership::{MembershipAction, MembershipChange},
-};
+use homeserver_rooms::membership::{MembershipAction, MembershipChange};
 use homeserver_storage::StorageError;
 use ruma::events::room::member::MembershipState;
 use ruma::{
-    OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, RoomVersionId, UserId,
+    OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId,
     api::client::{
         alias::{create_alias, delete_alias, get_alias},
         directory::{get_public_rooms, get_public_rooms_filtered, get_room_visibility},
@@ -60,33 +57,6 @@ pub fn routes(router: Router<App>) -> Router<App> {
         )
 }
 
-#[derive(Deserialize, Default)]
-struct CreateBody {
-    visibility: Option<String>,
-    room_alias_name: Option<String>,
-    name: Option<String>,
-    topic: Option<String>,
-    #[serde(default)]
-    invite: Vec<OwnedUserId>,
-    room_version: Option<String>,
-    creation_content: Option<Map<String, Value>>,
-    #[serde(default)]
-    initial_state: Vec<InitialState>,
-    preset: Option<String>,
-    #[serde(default)]
-    is_direct: bool,
-    power_level_content_override: Option<Map<String, Value>>,
-}
-
-#[derive(Deserialize)]
-struct InitialState {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    state_key: String,
-    content: Value,
-}
-
 fn body_json<T: for<'de> Deserialize<'de> + Default>(raw: &[u8]) -> Result<T, Error> {
     if raw.is_empty() {
         return Ok(T::default());
@@ -97,64 +67,14 @@ fn body_json<T: for<'de> Deserialize<'de> + Default>(raw: &[u8]) -> Result<T, Er
 /// `POST /_matrix/client/v3/createRoom`
 async fn create(app: App, req: Ruma<create_room::v3::Request>) -> Result<JsonBody, ApiError> {
     app.limit(Action::RoomCreation, req.auth.user_id.as_str())?;
-    let body: CreateBody = body_json(&req.raw_body)?;
+    let request =
+        homeserver_rooms::create::CreateRoom::from_client_body(req.auth.user_id.clone(), &req.raw_body)?;
     // Each invitee is an invite, under the same limit as `/invite`.
-    for _ in &body.invite {
+    for _ in &request.invite {
         app.limit(Action::Invite, req.auth.user_id.as_str())?;
     }
-    let version = match body.room_version.as_deref() {
-        Some(v) => {
-            let version = RoomVersionId::try_from(v).map_err(|_| {
-                Error::new(ErrorKind::UnsupportedRoomVersion, format!("unsupported room version {v}"))
-            })?;
-            Some(version)
-        }
-        None => None,
-    };
-    let preset = match body.preset.as_deref() {
-        None => None,
-        Some("private_chat") => Some(Preset::PrivateChat),
-        Some("public_chat") => Some(Preset::PublicChat),
-        Some("trusted_private_chat") => Some(Preset::TrustedPrivateChat),
-        Some(other) => return Err(Error::invalid_param(format!("unknown preset {other}")).into()),
-    };
-    let public = match body.visibility.as_deref() {
-        None | Some("private") => false,
-        Some("public") => true,
-        Some(other) => return Err(Error::invalid_param(format!("unknown visibility {other}")).into()),
-    };
-    for state in &body.initial_state {
-        if !state.content.is_object() {
-            return Err(Error::bad_json("initial_state content must be an object").into());
-        }
-    }
-    let creator = req.auth.user_id.clone();
-    let profile = app.rooms.profile_of(&creator).await?;
-    let room_id = app
-        .rooms
-        .create_room(
-            CreateRoom {
-                creator,
-                version,
-                preset,
-                public,
-                alias_localpart: body.room_alias_name,
-                name: body.name,
-                topic: body.topic,
-                invite: body.invite,
-                is_direct: body.is_direct,
-                initial_state: body
-                    .initial_state
-                    .into_iter()
-                    .map(|s| (s.kind, s.state_key, s.content))
-                    .collect(),
-                creation_content: body.creation_content,
-                power_level_content_override: body.power_level_content_override,
-                apply_preset_state: true,
-            },
-            profile,
-        )
-        .await?;
+    let profile = app.rooms.profile_of(&req.auth.user_id).await?;
+    let room_id = app.rooms.create_room(request, profile).await?;
     Ok(JsonBody(json!({ "room_id": room_id })))
 }
 
@@ -193,18 +113,6 @@ fn join_content(raw: &[u8]) -> Result<Map<String, Value>, Error> {
     Ok(body)
 }
 
-/// Whether a join must go through another server: the room is unknown here, or known only from
-/// other servers (created elsewhere, and no user of this server is in it).
-async fn joins_remotely(app: &App, room_id: &RoomId) -> Result<bool, Error> {
-    let Some(room) = app.db.room(room_id.as_str()).await? else { return Ok(true) };
-    let created_here = UserId::parse(&room.creator).is_ok_and(|c| c.server_name() == app.server_name());
-    if created_here {
-        return Ok(false);
-    }
-    let joined = app.db.room_members(room_id.as_str(), "join").await?;
-    Ok(!joined.iter().any(|u| UserId::parse(u).is_ok_and(|u| u.server_name() == app.server_name())))
-}
-
 /// Joins a room with the request's body as extra member content, then carries the user's own
 /// view of a predecessor room over (upgrades). A room this server is not in is joined through
 /// `via` (or the server its id names) over federation.
@@ -215,15 +123,10 @@ async fn join_room(
     raw_body: &[u8],
     via: Vec<ruma::OwnedServerName>,
 ) -> Result<JsonBody, ApiError> {
-    if joins_remotely(app, &room_id).await? {
+    if app.rooms.joins_remotely(&room_id).await? {
         // The join rate limit applies to joins through other servers too.
         app.limit(Action::Join, user.as_str())?;
-        let mut via = via;
-        if via.is_empty() {
-            // An invited room: through the inviter's server (then the one the room id names).
-            via = app.rooms.servers_for_out_of_band(&room_id, user).await?;
-        }
-        app.rooms.join_remote(room_id.clone(), user.to_owned(), via).await?;
+        app.rooms.join_remote_via(room_id.clone(), user.to_owned(), via).await?;
         return Ok(JsonBody(json!({ "room_id": room_id })));
     }
     let extra = join_content(raw_body)?;
@@ -257,7 +160,7 @@ async fn knock(app: App, req: Ruma<knock_room::v3::Request>) -> Result<JsonBody,
         if req.raw_body.is_empty() { KnockBody::default() } else { body_json(&req.raw_body)? };
     let (room_id, mut via) = room_and_via(&app, req.body.room_id_or_alias.as_str(), &req.body.via).await?;
     let user = &req.auth.user_id;
-    if joins_remotely(&app, &room_id).await? {
+    if app.rooms.joins_remotely(&room_id).await? {
         app.limit(Action::Join, user.as_str())?;
         if let Some(server) = room_id.server_name()
             && !via.iter().any(|s| s == server)

@@ -28,6 +28,7 @@ pub mod builder;
 pub mod cache;
 mod commit;
 pub mod create;
+pub mod create_request;
 pub mod derive;
 pub mod directory;
 pub mod event_format;

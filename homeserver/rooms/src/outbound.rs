@@ -222,6 +222,31 @@ impl Rooms {
         Ok(servers)
     }
 
+    /// Whether a join must go through another server: the room is unknown here, or known only
+    /// from other servers (created elsewhere, and no user of this server is in it).
+    pub async fn joins_remotely(&self, room_id: &RoomId) -> Result<bool, Error> {
+        let Some(room) = self.db().room(room_id.as_str()).await? else { return Ok(true) };
+        let created_here = UserId::parse(&room.creator).is_ok_and(|c| c.server_name() == self.server_name());
+        if created_here {
+            return Ok(false);
+        }
+        Ok(!self.local_user_joined(room_id).await?)
+    }
+
+    /// Joins a room held by other servers through `via`; with none, an invited room is joined
+    /// through the inviter's server (then the one the room id names).
+    pub async fn join_remote_via(
+        &self,
+        room_id: OwnedRoomId,
+        user: OwnedUserId,
+        mut via: Vec<OwnedServerName>,
+    ) -> Result<(), Error> {
+        if via.is_empty() {
+            via = self.servers_for_out_of_band(&room_id, &user).await?;
+        }
+        self.join_remote(room_id, user, via).await
+    }
+
     /// Whether a user of this server is joined to the room (its events then reach this server
     /// through the room; otherwise memberships of it are out of band).
     pub async fn local_user_joined(&self, room_id: &RoomId) -> Result<bool, Error> {

@@ -30,6 +30,7 @@ pub mod directory;
 pub mod events;
 pub mod notifications;
 pub mod persist;
+pub mod plugins;
 pub mod presence;
 pub mod receipts;
 pub mod relations;
@@ -317,3 +318,5 @@ pub(crate) fn conflict_or(err: sqlx::Error) -> StorageError {
 mod tests;
 #[cfg(test)]
 mod tests_dag;
+#[cfg(test)]
+mod tests_plugins;

@@ -32,6 +32,8 @@
 //! - `federation`, `federation_membership`, `federation_delivery`: servers federating over HTTPS
 //!   with a test CA — keys, signed requests, transactions, joins, messages; invites, rejections,
 //!   knocks, leaves, directories, backfill, EDUs; outages, catch-up and the destinations' admin.
+//! - `plugins`: WASM plugins hosted for real — the echo bot, hostile fixtures contained, delivery
+//!   across a disabled plugin and a restart, reload rollback, send rate, the plugin admin API.
 //! - `spec_schema`: responses validated against the Matrix spec's OpenAPI schemas (`../shared/matrix-spec`).
 
 mod accounts;
@@ -53,6 +55,7 @@ mod harness;
 mod lifecycle;
 mod limits;
 mod merges;
+mod plugins;
 mod presence;
 mod relations;
 mod rooms;

@@ -39,7 +39,7 @@ pub fn routes(router: Router<App>) -> Router<App> {
 }
 
 /// The session, if it belongs to a server admin.
-pub(crate) fn require_admin(Authenticated(session): Authenticated) -> Result<Session, Error> {
+pub fn require_admin(Authenticated(session): Authenticated) -> Result<Session, Error> {
     if !session.is_admin {
         return Err(Error::forbidden("You are not a server admin"));
     }

@@ -1,0 +1,136 @@
+//! Write Lattice plugins in Rust.
+//!
+//! A Lattice plugin is a WebAssembly component built against the `bot` world of the WIT package
+//! `lattice:plugin@0.1.0` (`plugins/wit/plugin.wit`). This crate generates the bindings for that
+//! world and wraps them so that a plugin is one type implementing [`Plugin`] plus one
+//! [`export_plugin!`] line:
+//!
+//! ```ignore
+//! use lattice_plugin_sdk::{self as sdk, Command, Delivery, Event, Plugin, Registration};
+//!
+//! struct Hello;
+//!
+//! impl Plugin for Hello {
+//!     fn registration() -> Registration {
+//!         Registration::new("1.0.0").command("hello")
+//!     }
+//!     fn on_event(event: &Event, _delivery: Delivery) -> sdk::Result<()> {
+//!         sdk::accept_invite(event)?;
+//!         Ok(())
+//!     }
+//!     fn on_command(command: &Command, _delivery: Delivery) -> sdk::Result<()> {
+//!         sdk::reply_in_thread(&command.event, &format!("hello, {}", command.event.sender()))?;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! lattice_plugin_sdk::export_plugin!(Hello);
+//! ```
+//!
+//! Build it as a `cdylib` for `wasm32-wasip2` (see `plugins/README.md`).
+//!
+//! What is here:
+//! - [`Plugin`] and [`export_plugin!`]: the exports (`init`, `migrate`, `on-event`, `on-command`,
+//!   `on-timer`), each with a default.
+//! - [`Registration`] / [`ConfigKey`] builders for what `init` answers.
+//! - [`Event`] (content parsed as JSON, `body()`, `msgtype()`, …) and [`Command`].
+//! - [`matrix`]: `reply_in_thread`, `edit`, `react`, `send_text`, `accept_invite`, `whoami`.
+//! - [`Kv`]: the plugin's key-value store with string and JSON values and compare-and-swap.
+//! - [`log`] and the [`info!`]-style macros, [`config()`], [`timers`], and a [`Commands`] router.
+//! - [`raw`]: the generated bindings of every import, for what the helpers do not cover.
+
+#[doc(hidden)]
+pub mod bindings;
+pub mod commands;
+pub mod config;
+mod error;
+pub mod event;
+pub mod kv;
+pub mod log;
+pub mod matrix;
+pub mod plugin;
+pub mod registration;
+
+pub use commands::{Commands, Handler};
+pub use config::{config, config_as};
+pub use event::{Command, Event};
+pub use kv::Kv;
+pub use matrix::{accept_invite, edit, react, reply_in_thread, send_text, whoami};
+pub use plugin::{Info, Plugin};
+pub use registration::{ConfigKey, ConfigKind, Registration};
+
+/// Host timers (`timers::set(tag, after_ms)`, `timers::cancel(tag)`); due timers call
+/// [`Plugin::on_timer`].
+pub use bindings::lattice::plugin::timers;
+/// One delivery of an event: its stream position `id` (stable across redeliveries) and `attempt`
+/// (from 1).
+pub use bindings::lattice::plugin::types::Delivery;
+/// Why a host call failed (the WIT `error` variant); also what `on_event`, `on_command` and
+/// `on_timer` return to have the host retry.
+pub use bindings::lattice::plugin::types::Error;
+/// `m.relates_to` as the host parsed it.
+pub use bindings::lattice::plugin::types::Relation;
+/// `serde_json`, re-exported so plugins can use the same version as [`Event::content`].
+pub use serde_json;
+
+/// `Result` with the host's [`Error`] by default.
+pub type Result<T, E = Error> = core::result::Result<T, E>;
+
+/// The generated bindings of the imported interfaces, unwrapped: `raw::matrix`, `raw::kv`,
+/// `raw::timers`, `raw::log`, `raw::config`, `raw::types`.
+pub mod raw {
+    pub use crate::bindings::lattice::plugin::*;
+}
+
+/// Exports a [`Plugin`] type as the component's `lattice:plugin/guest` interface.
+///
+/// Use it once per plugin crate, at the crate root: `lattice_plugin_sdk::export_plugin!(MyBot);`
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        const _: () = {
+            struct __LatticePluginExport;
+            impl $crate::__private::Guest for __LatticePluginExport {
+                fn init(
+                    info_json: $crate::__private::String,
+                ) -> ::core::result::Result<$crate::Registration, $crate::__private::String> {
+                    $crate::__private::init::<$plugin>(info_json)
+                }
+                fn migrate(
+                    from_version: ::core::option::Option<$crate::__private::String>,
+                ) -> ::core::result::Result<(), $crate::__private::String> {
+                    $crate::__private::migrate::<$plugin>(from_version)
+                }
+                fn on_event(
+                    ev: $crate::__private::RawEvent,
+                    delivery: $crate::Delivery,
+                ) -> ::core::result::Result<(), $crate::Error> {
+                    $crate::__private::on_event::<$plugin>(ev, delivery)
+                }
+                fn on_command(
+                    invocation: $crate::__private::Invocation,
+                    delivery: $crate::Delivery,
+                ) -> ::core::result::Result<(), $crate::Error> {
+                    $crate::__private::on_command::<$plugin>(invocation, delivery)
+                }
+                fn on_timer(tag: $crate::__private::String) -> ::core::result::Result<(), $crate::Error> {
+                    $crate::__private::on_timer::<$plugin>(tag)
+                }
+            }
+            $crate::__private::export!(
+                __LatticePluginExport with_types_in $crate::__private::bindings
+            );
+        };
+    };
+}
+
+/// Used by [`export_plugin!`]; not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::bindings;
+    pub use crate::bindings::export;
+    pub use crate::bindings::exports::lattice::plugin::guest::{Guest, Invocation};
+    pub use crate::bindings::lattice::plugin::types::Event as RawEvent;
+    pub use crate::plugin::dispatch::*;
+    pub use std::string::String;
+}

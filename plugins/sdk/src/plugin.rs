@@ -1,0 +1,108 @@
+//! The [`Plugin`] trait: one associated function per export of the `guest` interface.
+
+use serde::Deserialize;
+
+use crate::{Command, Delivery, Error, Event, Registration};
+
+/// What the host tells the plugin at `init` (its `info-json`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Info {
+    /// The homeserver's name (`example.org`).
+    pub server_name: String,
+    /// The bot's full user id (`@echo:example.org`).
+    pub user_id: String,
+    /// The plugin's id from `lattice.toml` (`[plugins.<id>]`).
+    pub plugin_id: String,
+}
+
+/// A plugin. Every method has a default except [`Plugin::registration`]; export the type with
+/// [`crate::export_plugin!`].
+///
+/// The methods are associated functions: the host keeps one component instance per plugin and
+/// calls one export at a time, so state that must outlive a call goes in a `static`
+/// (`std::sync::OnceLock`, `thread_local!`) or, to survive reloads and restarts, in [`crate::Kv`].
+pub trait Plugin {
+    /// The version, commands and configuration keys the default [`Plugin::init`] answers.
+    fn registration() -> Registration;
+
+    /// Called once per instance before anything else. An `Err` refuses the start.
+    fn init(info: &Info) -> Result<Registration, String> {
+        let _ = info;
+        Ok(Self::registration())
+    }
+
+    /// Called after `init` when the stored version differs from the registered one (`None`: the
+    /// first start). The new version is recorded, and the plugin serves, only once this is `Ok`.
+    fn migrate(from_version: Option<&str>) -> Result<(), String> {
+        let _ = from_version;
+        Ok(())
+    }
+
+    /// An event of a room the bot is in, or an invite of the bot. An `Err` is retried with
+    /// backoff, then dead-lettered.
+    fn on_event(event: &Event, delivery: Delivery) -> Result<(), Error> {
+        let _ = (event, delivery);
+        Ok(())
+    }
+
+    /// A `!word args…` message for one of the registered command words; retried like events.
+    fn on_command(command: &Command, delivery: Delivery) -> Result<(), Error> {
+        let _ = (command, delivery);
+        Ok(())
+    }
+
+    /// A timer set with [`crate::timers::set`] is due.
+    fn on_timer(tag: &str) -> Result<(), Error> {
+        let _ = tag;
+        Ok(())
+    }
+}
+
+/// The glue [`crate::export_plugin!`] expands to: converts the generated types and calls the
+/// [`Plugin`].
+pub mod dispatch {
+    use super::{Info, Plugin};
+    use crate::bindings::exports::lattice::plugin::guest::Invocation;
+    use crate::bindings::lattice::plugin::types::Event as RawEvent;
+    use crate::{Command, Delivery, Error, Event, Registration};
+
+    pub fn init<P: Plugin>(info_json: String) -> Result<Registration, String> {
+        install_panic_hook();
+        let info: Info = serde_json::from_str(&info_json)
+            .map_err(|e| format!("malformed info-json from the host: {e}"))?;
+        P::init(&info)
+    }
+
+    pub fn migrate<P: Plugin>(from_version: Option<String>) -> Result<(), String> {
+        P::migrate(from_version.as_deref())
+    }
+
+    pub fn on_event<P: Plugin>(ev: RawEvent, delivery: Delivery) -> Result<(), Error> {
+        P::on_event(&Event::from_raw(ev), delivery)
+    }
+
+    pub fn on_command<P: Plugin>(invocation: Invocation, delivery: Delivery) -> Result<(), Error> {
+        let command = Command {
+            event: Event::from_raw(invocation.event),
+            name: invocation.name,
+            args: invocation.args,
+        };
+        P::on_command(&command, delivery)
+    }
+
+    pub fn on_timer<P: Plugin>(tag: String) -> Result<(), Error> {
+        P::on_timer(&tag)
+    }
+
+    /// Sends panic messages to the host's log: with `panic = "abort"` a panic is a trap, and the
+    /// message would otherwise only reach the (discarded) stderr.
+    fn install_panic_hook() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            std::panic::set_hook(Box::new(|info| {
+                crate::log::error(&format!("panic: {info}"));
+            }));
+        });
+    }
+}

@@ -1,0 +1,224 @@
+//! One instantiated plugin and the guarded calls into it. Every call gets a CPU budget in epoch
+//! ticks (re-armed whenever a host call returns, so time spent waiting on the server does not
+//! count), a wall-clock deadline, and the instance's memory cap. A trap, an exhausted budget or
+//! a missed deadline leaves the instance's memory in an unknown state, so the caller discards
+//! the instance ([`CallError::is_fatal`]) and builds a fresh one for the next call.
+
+use std::{sync::Arc, time::Duration};
+
+use wasmtime::{
+    Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline,
+    component::{Component, Linker, ResourceTable},
+};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView, p2::pipe::MemoryOutputPipe};
+
+use crate::{
+    bindings::{Bot, BotPre, guest, types},
+    engine::TICK,
+    manager::PluginCtx,
+};
+
+/// What a guest's stderr (panic messages) may fill per instance.
+const STDERR_CAPACITY: usize = 16 * 1024;
+
+/// The store's data: WASI with nothing granted, limits, the CPU budget and the plugin.
+pub(crate) struct PluginState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    /// Ticks of guest execution since the call began or a host call last returned.
+    ticks: u32,
+    budget_ticks: u32,
+    /// The last message the guest logged at error level during this call (a panic hook's).
+    pub last_error_log: Option<String>,
+    pub ctx: Arc<PluginCtx>,
+}
+
+impl PluginState {
+    /// Called by every host import: the guest's CPU budget starts again when it resumes.
+    pub(crate) fn rearm(&mut self) {
+        self.ticks = 0;
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Why a call did not succeed.
+#[derive(Debug)]
+pub(crate) enum CallError {
+    /// The guest returned an error; the instance is fine.
+    Returned(types::Error),
+    /// The guest trapped (panic, memory exhausted, budget exceeded); with what it printed.
+    Trapped(String),
+    /// The call ran past its wall-clock deadline.
+    TimedOut,
+}
+
+impl CallError {
+    /// Whether the instance must be discarded.
+    pub(crate) fn is_fatal(&self) -> bool {
+        !matches!(self, CallError::Returned(_))
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            CallError::Returned(err) => format!("returned {err:?}"),
+            CallError::Trapped(message) => format!("trapped: {message}"),
+            CallError::TimedOut => "timed out".to_owned(),
+        }
+    }
+}
+
+/// Links the world's imports (and WASI with nothing granted) once per engine.
+pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<PluginState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    Bot::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |state| state)?;
+    Ok(linker)
+}
+
+/// Resolves a component's imports against the linker (fails for a component of another world).
+pub(crate) fn prepare(
+    linker: &Linker<PluginState>,
+    component: &Component,
+) -> Result<BotPre<PluginState>, String> {
+    let pre = linker.instantiate_pre(component).map_err(|e| format!("{e:#}"))?;
+    BotPre::new(pre).map_err(|e| format!("not a lattice:plugin/bot component: {e:#}"))
+}
+
+/// A live instance.
+pub(crate) struct Instance {
+    store: Store<PluginState>,
+    bot: Bot,
+    stderr: MemoryOutputPipe,
+    wall: Duration,
+}
+
+impl Instance {
+    /// Instantiates the component with the plugin's memory cap.
+    pub(crate) async fn new(pre: &BotPre<PluginState>, ctx: Arc<PluginCtx>) -> Result<Instance, String> {
+        let grants = &ctx.grants;
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size((grants.memory_mb as usize) << 20)
+            .instances(64)
+            .tables(64)
+            .memories(8)
+            .trap_on_grow_failure(true)
+            .build();
+        let budget_ticks = (grants.cpu_ms_per_call / TICK.as_millis() as u32).max(1);
+        let wall = Duration::from_millis(grants.wall_ms_per_call.into());
+        let state = PluginState {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            ticks: 0,
+            budget_ticks,
+            last_error_log: None,
+            ctx,
+        };
+        let mut store = Store::new(pre.engine(), state);
+        store.limiter(|state| &mut state.limits);
+        store.epoch_deadline_callback(|mut ctx| {
+            let state = ctx.data_mut();
+            state.ticks += 1;
+            if state.ticks > state.budget_ticks {
+                return Err(wasmtime::Error::msg("CPU budget per call exceeded"));
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
+        store.set_epoch_deadline(1);
+        let instantiate = pre.instantiate_async(&mut store);
+        let bot = match tokio::time::timeout(wall, instantiate).await {
+            Ok(Ok(bot)) => bot,
+            Ok(Err(err)) => return Err(format!("cannot instantiate: {err:#}")),
+            Err(_) => return Err("instantiation timed out".to_owned()),
+        };
+        Ok(Instance { store, bot, stderr, wall })
+    }
+
+    /// Prepares a call: a full CPU budget.
+    fn arm(&mut self) {
+        self.store.data_mut().ticks = 0;
+        self.store.data_mut().last_error_log = None;
+        self.store.set_epoch_deadline(1);
+    }
+
+    /// Turns the outcome of a guest call into our terms, with the guest's last words on a trap.
+    fn outcome<T>(
+        &self,
+        result: Result<wasmtime::Result<T>, tokio::time::error::Elapsed>,
+    ) -> Result<T, CallError> {
+        match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(trap)) => {
+                // The cause without wasmtime's backtrace, then what the guest said last.
+                let cause = match trap.downcast_ref::<wasmtime::Trap>() {
+                    Some(trap) => trap.to_string(),
+                    None => trap.chain().last().map(ToString::to_string).unwrap_or_default(),
+                };
+                let mut said: Vec<String> = self.store.data().last_error_log.iter().cloned().collect();
+                let printed = String::from_utf8_lossy(&self.stderr.contents()).trim().to_owned();
+                said.extend(
+                    printed.lines().rev().take(3).map(str::to_owned).collect::<Vec<_>>().into_iter().rev(),
+                );
+                Err(CallError::Trapped(match said.is_empty() {
+                    true => cause,
+                    false => format!("{cause}; the plugin said: {}", said.join(" | ")),
+                }))
+            }
+            Err(_) => Err(CallError::TimedOut),
+        }
+    }
+
+    pub(crate) async fn init(
+        &mut self,
+        info: &str,
+    ) -> Result<Result<guest::Registration, String>, CallError> {
+        self.arm();
+        let call = self.bot.lattice_plugin_guest().call_init(&mut self.store, info);
+        let result = tokio::time::timeout(self.wall, call).await;
+        self.outcome(result)
+    }
+
+    pub(crate) async fn migrate(&mut self, from: Option<&str>) -> Result<Result<(), String>, CallError> {
+        self.arm();
+        let call = self.bot.lattice_plugin_guest().call_migrate(&mut self.store, from);
+        let result = tokio::time::timeout(self.wall, call).await;
+        self.outcome(result)
+    }
+
+    pub(crate) async fn on_event(
+        &mut self,
+        event: &types::Event,
+        delivery: types::Delivery,
+    ) -> Result<(), CallError> {
+        self.arm();
+        let call = self.bot.lattice_plugin_guest().call_on_event(&mut self.store, event, delivery);
+        let result = tokio::time::timeout(self.wall, call).await;
+        self.outcome(result)?.map_err(CallError::Returned)
+    }
+
+    pub(crate) async fn on_command(
+        &mut self,
+        invocation: &guest::Invocation,
+        delivery: types::Delivery,
+    ) -> Result<(), CallError> {
+        self.arm();
+        let call = self.bot.lattice_plugin_guest().call_on_command(&mut self.store, invocation, delivery);
+        let result = tokio::time::timeout(self.wall, call).await;
+        self.outcome(result)?.map_err(CallError::Returned)
+    }
+
+    pub(crate) async fn on_timer(&mut self, tag: &str) -> Result<(), CallError> {
+        self.arm();
+        let call = self.bot.lattice_plugin_guest().call_on_timer(&mut self.store, tag);
+        let result = tokio::time::timeout(self.wall, call).await;
+        self.outcome(result)?.map_err(CallError::Returned)
+    }
+}

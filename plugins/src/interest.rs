@@ -1,0 +1,127 @@
+//! Which events a plugin is offered, and which of them are commands. A bot sees the events of
+//! the rooms its user is joined to (as of each event: the joined set follows the bot's own
+//! membership events in stream order) and invites of its user; never its own events. A message
+//! whose body is `!word …` with `word` one of the plugin's commands is a command.
+
+use std::collections::HashSet;
+
+use homeserver_storage::events::EventRow;
+use serde_json::Value;
+
+/// What to do with one event.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Offer {
+    Skip,
+    Event,
+    Command { name: String, args: String },
+}
+
+pub(crate) struct Interest {
+    user: String,
+    joined: HashSet<String>,
+    commands: Vec<String>,
+}
+
+impl Interest {
+    pub(crate) fn new(
+        user: String,
+        joined: impl IntoIterator<Item = String>,
+        commands: Vec<String>,
+    ) -> Interest {
+        Interest { user, joined: joined.into_iter().collect(), commands }
+    }
+
+    /// The command words changed (a reload).
+    pub(crate) fn set_commands(&mut self, commands: Vec<String>) {
+        self.commands = commands;
+    }
+
+    /// Classifies the next event of the stream (and follows the bot's membership).
+    pub(crate) fn offer(&mut self, row: &EventRow) -> Offer {
+        let content =
+            || serde_json::from_str::<Value>(&row.json).ok().and_then(|j| j.get("content").cloned());
+        if row.event_type == "m.room.member" && row.state_key.as_deref() == Some(self.user.as_str()) {
+            let membership =
+                content().and_then(|c| c.get("membership").and_then(Value::as_str).map(str::to_owned));
+            match membership.as_deref() {
+                Some("join") if !row.outlier => {
+                    self.joined.insert(row.room_id.clone());
+                }
+                Some("invite") if row.sender != self.user => return Offer::Event,
+                _ => {
+                    self.joined.remove(&row.room_id);
+                }
+            }
+        }
+        if row.sender == self.user || row.outlier || !self.joined.contains(&row.room_id) {
+            return Offer::Skip;
+        }
+        if row.event_type == "m.room.message"
+            && let Some(body) =
+                content().and_then(|c| c.get("body").and_then(Value::as_str).map(str::to_owned))
+            && let Some((name, args)) = self.command(&body)
+        {
+            return Offer::Command { name, args };
+        }
+        Offer::Event
+    }
+
+    fn command(&self, body: &str) -> Option<(String, String)> {
+        let rest = body.strip_prefix('!')?;
+        let (word, args) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+        self.commands.iter().any(|c| c == word).then(|| (word.to_owned(), args.trim().to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use homeserver_core::streams::StreamPos;
+    use serde_json::json;
+
+    use super::*;
+
+    fn row(room: &str, sender: &str, kind: &str, state_key: Option<&str>, content: Value) -> EventRow {
+        EventRow {
+            stream_pos: StreamPos::new(1),
+            event_id: "$e".into(),
+            room_id: room.into(),
+            event_type: kind.into(),
+            state_key: state_key.map(Into::into),
+            sender: sender.into(),
+            depth: 1,
+            origin_server_ts: 0,
+            json: json!({ "content": content }).to_string(),
+            unsigned_extra: None,
+            state_before: 0,
+            state_after: 0,
+            redacted_by: None,
+            txn_device: None,
+            txn_id: None,
+            outlier: false,
+            soft_failed: false,
+            rejected_reason: None,
+        }
+    }
+
+    #[test]
+    fn the_bot_sees_its_rooms_invites_and_commands_but_not_itself() {
+        let mut interest = Interest::new("@bot:hs".into(), [], vec!["ai".into()]);
+        let msg = |room: &str, body: &str| row(room, "@u:hs", "m.room.message", None, json!({"body": body}));
+        assert_eq!(interest.offer(&msg("!a", "hello")), Offer::Skip, "not in the room");
+        let invite = row("!a", "@u:hs", "m.room.member", Some("@bot:hs"), json!({"membership": "invite"}));
+        assert_eq!(interest.offer(&invite), Offer::Event);
+        let join = row("!a", "@bot:hs", "m.room.member", Some("@bot:hs"), json!({"membership": "join"}));
+        assert_eq!(interest.offer(&join), Offer::Skip, "its own events");
+        assert_eq!(interest.offer(&msg("!a", "hello")), Offer::Event);
+        assert_eq!(
+            interest.offer(&msg("!a", "!ai  what is  love ")),
+            Offer::Command { name: "ai".into(), args: "what is  love".into() }
+        );
+        assert_eq!(interest.offer(&msg("!a", "!aim high")), Offer::Event, "a whole word only");
+        let own = row("!a", "@bot:hs", "m.room.message", None, json!({"body": "!ai loop"}));
+        assert_eq!(interest.offer(&own), Offer::Skip);
+        let kicked = row("!a", "@u:hs", "m.room.member", Some("@bot:hs"), json!({"membership": "leave"}));
+        interest.offer(&kicked);
+        assert_eq!(interest.offer(&msg("!a", "hello")), Offer::Skip, "left");
+    }
+}

@@ -1,0 +1,53 @@
+//! plugins: the WASM plugin host. Plugins are WebAssembly components built against the WIT
+//! package in `plugins/wit` (`lattice:plugin@0.1.0`); the host runs them on wasmtime, sandboxed
+//! (no filesystem, network or environment; memory capped per plugin; CPU cut off per call
+//! through epoch interruption), and delivers the event stream to them from a persisted cursor.
+//!
+//! Layout:
+//! - [`spec`]: a plugin as `lattice.toml` declares it (`[plugins.<id>]`), its grants, and the
+//!   check of its `config` table against what the plugin declares.
+//! - `engine`: the wasmtime engine (async, epochs, pooling allocator) and its epoch ticker;
+//!   `cache`: components precompiled once, by content hash.
+//! - `instance`: one instantiated plugin and the guarded calls into it (CPU budget, wall-clock
+//!   deadline, traps turned into errors and the instance discarded).
+//! - `host`: the imports — Matrix actions (`host::matrix`), `kv`, `timers`, `log`, `config`.
+//! - `delivery`: the per-plugin dispatcher (cursor, interest, retries, dead letters, timers);
+//!   `interest`: which events a plugin is offered and which are commands.
+//! - `breaker`: the crash circuit breaker; `coalesce`: edits of one message at most once a second.
+//! - [`PluginHost`] (`manager`): starting, reloading with rollback, enabling and disabling
+//!   plugins, and what the admin sees.
+//!
+//! Guest calls run on a runtime of their own, so a plugin spending its CPU budget never takes a
+//! thread from client requests; persistence and delivery to clients never wait on plugins.
+
+mod bindings;
+mod breaker;
+mod cache;
+mod coalesce;
+mod delivery;
+mod engine;
+mod host;
+mod instance;
+mod interest;
+mod manager;
+pub mod spec;
+
+pub use manager::{HostSettings, LogLine, PluginHost, PluginStatus, Services};
+pub use spec::{Grants, PluginSpec};
+
+/// Why a plugin could not be loaded, started or managed.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("plugin {id}: cannot read {path}: {source}")]
+    Read { id: String, path: String, source: std::io::Error },
+    #[error("plugin {id}: {message}")]
+    Load { id: String, message: String },
+    #[error("plugin {id}: init failed: {message}")]
+    Init { id: String, message: String },
+    #[error("plugin {id}: configuration: {message}")]
+    Config { id: String, message: String },
+    #[error("no plugin {0}")]
+    Unknown(String),
+    #[error(transparent)]
+    Storage(#[from] homeserver_storage::StorageError),
+}
