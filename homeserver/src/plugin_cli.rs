@@ -35,17 +35,27 @@ fn base_url(config: &Config) -> String {
 /// Sends the request; returns the answer as text for the terminal, or the server's error.
 pub async fn run(config: &Config, token: &str, request: PluginRequest) -> Result<String, String> {
     let base = base_url(config);
+    let enc = |id: &str| -> String {
+        id.bytes()
+            .map(|b| match b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                true => (b as char).to_string(),
+                false => format!("%{b:02X}"),
+            })
+            .collect()
+    };
     let client = reqwest::Client::new();
     let (method, path, body) = match &request {
         PluginRequest::List => (reqwest::Method::GET, String::new(), None),
-        PluginRequest::Enable(id) => (reqwest::Method::POST, format!("/{id}/enable"), Some(json!({}))),
-        PluginRequest::Disable(id) => (reqwest::Method::POST, format!("/{id}/disable"), Some(json!({}))),
-        PluginRequest::Reload(id) => (reqwest::Method::POST, format!("/{id}/reload"), Some(json!({}))),
-        PluginRequest::Logs(id) => (reqwest::Method::GET, format!("/{id}/logs"), None),
-        PluginRequest::DeadLetters(id) => (reqwest::Method::GET, format!("/{id}/dead_letters"), None),
+        PluginRequest::Enable(id) => (reqwest::Method::POST, format!("/{}/enable", enc(id)), Some(json!({}))),
+        PluginRequest::Disable(id) => {
+            (reqwest::Method::POST, format!("/{}/disable", enc(id)), Some(json!({})))
+        }
+        PluginRequest::Reload(id) => (reqwest::Method::POST, format!("/{}/reload", enc(id)), Some(json!({}))),
+        PluginRequest::Logs(id) => (reqwest::Method::GET, format!("/{}/logs", enc(id)), None),
+        PluginRequest::DeadLetters(id) => (reqwest::Method::GET, format!("/{}/dead_letters", enc(id)), None),
         PluginRequest::Replay(id, pos) => {
             let body = pos.map_or(json!({}), |p| json!({ "stream_pos": p }));
-            (reqwest::Method::POST, format!("/{id}/dead_letters/replay"), Some(body))
+            (reqwest::Method::POST, format!("/{}/dead_letters/replay", enc(id)), Some(body))
         }
     };
     let mut builder = client.request(method, format!("{base}{path}")).bearer_auth(token);

@@ -22,7 +22,7 @@ use crate::{
     host::event_to_wit,
     instance::CallError,
     interest::{Interest, Offer},
-    manager::Plugin,
+    plugin::{Call, Plugin, truncate},
 };
 
 /// Events read from the stream at a time.
@@ -43,49 +43,53 @@ pub(crate) async fn dispatch(plugin: Arc<Plugin>) {
         }
     };
     let mut cursor = state.stream_pos;
+    let mut saved = cursor;
     plugin.health.lock().expect("health poisoned").disabled = state.disabled;
-    let joined = match db.memberships_of_user(ctx.user.as_str()).await {
-        Ok(rows) => {
-            rows.into_iter().filter(|m| m.membership.as_str() == "join").map(|m| m.room_id.to_string())
-        }
+    // The bot's rooms as of the cursor, not as of now: what it is offered next follows its
+    // membership event by event from there.
+    let joined = match db.memberships_at(ctx.user.as_str(), cursor).await {
+        Ok(rows) => rows.into_iter().filter(|(_, m)| m == "join").map(|(room, _)| room).collect::<Vec<_>>(),
         Err(err) => {
             ctx.log("error", format!("cannot read the bot's rooms; not delivering: {err}"));
             return;
         }
     };
-    let commands =
-        plugin.slot.lock().await.as_ref().map(|s| s.registration.commands.clone()).unwrap_or_default();
-    let mut interest = Interest::new(ctx.user.to_string(), joined.collect::<Vec<_>>(), commands);
+    let mut interest = Interest::new(ctx.user.to_string(), joined, commands(&plugin).await);
     loop {
         if stream.is_shutting_down() {
             return;
         }
         wait_until_callable(&plugin).await;
-        let commands =
-            plugin.slot.lock().await.as_ref().map(|s| s.registration.commands.clone()).unwrap_or_default();
-        interest.set_commands(commands);
+        interest.set_commands(commands(&plugin).await);
         replay_dead_letters(&plugin, &mut interest).await;
         fire_due_timers(&plugin).await;
         let now = StreamPos::live(stream.current());
         if cursor < now {
             match db.stream_events(cursor, now, BATCH).await {
                 Ok(rows) => {
+                    let mut finished = true;
                     for row in &rows {
                         let offer = interest.offer(row);
-                        if offer != Offer::Skip {
-                            deliver(&plugin, row, offer).await;
+                        if offer != Offer::Skip && !deliver(&plugin, row, offer).await {
+                            finished = false;
+                            break;
                         }
                         cursor = row.stream_pos;
                         plugin.health.lock().expect("health poisoned").cursor = cursor.get();
                         if stream.is_shutting_down() {
+                            finished = false;
                             break;
                         }
                     }
-                    if (rows.len() as i64) < BATCH {
+                    // Past the last row only when the whole range was read and offered.
+                    if finished && (rows.len() as i64) < BATCH {
                         cursor = cursor.max(now);
                     }
-                    if let Err(err) = db.set_plugin_cursor(&ctx.id, cursor).await {
-                        ctx.log("warn", format!("cannot save the delivery cursor: {err}"));
+                    if cursor != saved {
+                        match db.set_plugin_cursor(&ctx.id, cursor).await {
+                            Ok(()) => saved = cursor,
+                            Err(err) => ctx.log("warn", format!("cannot save the delivery cursor: {err}")),
+                        }
                     }
                 }
                 Err(err) => {
@@ -103,6 +107,11 @@ pub(crate) async fn dispatch(plugin: Arc<Plugin>) {
             () = tokio::time::sleep(next_timer) => {}
         }
     }
+}
+
+/// The command words of the loaded version.
+async fn commands(plugin: &Plugin) -> Vec<String> {
+    plugin.slot.lock().await.as_ref().map(|s| s.registration.commands.clone()).unwrap_or_default()
 }
 
 /// Waits while the plugin is disabled or suspended by its breaker.
@@ -123,37 +132,38 @@ async fn wait_until_callable(plugin: &Plugin) {
     }
 }
 
-/// Delivers one event, retrying until it is taken or dead-lettered.
-async fn deliver(plugin: &Plugin, row: &EventRow, offer: Offer) {
+/// Delivers one event, retrying until it is taken or dead-lettered; false only if the server
+/// is shutting down before either (the event stays at the cursor).
+async fn deliver(plugin: &Arc<Plugin>, row: &EventRow, offer: Offer) -> bool {
     let event = event_to_wit(row);
     let settings = &plugin.settings;
+    let stream = plugin.ctx.services.rooms.stream();
     let mut attempt = 1u32;
     loop {
         wait_until_callable(plugin).await;
         let delivery = types::Delivery { id: row.stream_pos.get() as u64, attempt };
-        let result = match &offer {
+        let call = match &offer {
             Offer::Command { name, args } => {
                 let invocation =
                     guest::Invocation { event: event.clone(), name: name.clone(), args: args.clone() };
-                plugin.call(async |instance| instance.on_command(&invocation, delivery).await).await
+                Call::Command(invocation, delivery)
             }
-            _ => plugin.call(async |instance| instance.on_event(&event, delivery).await).await,
+            _ => Call::Event(event.clone(), delivery),
         };
-        let error = match result {
+        let error = match plugin.call(call).await {
             Ok(()) => {
                 plugin.health.lock().expect("health poisoned").delivered += 1;
-                return;
+                return true;
             }
             Err(error) => error,
         };
-        let message = error.describe();
+        let message = truncate(error.describe());
         if !error.is_fatal() {
             plugin.ctx.log("warn", format!("{} (attempt {attempt}) failed: {message}", row.event_id));
             plugin.health.lock().expect("health poisoned").last_error = Some(message.clone());
         }
         if attempt >= settings.max_attempts {
-            dead_letter(plugin, row, attempt, &message).await;
-            return;
+            return dead_letter(plugin, row, attempt, &message).await;
         }
         let wait = match &error {
             CallError::Returned(types::Error::RateLimited(ms)) => Duration::from_millis(u64::from(*ms)),
@@ -163,11 +173,16 @@ async fn deliver(plugin: &Plugin, row: &EventRow, offer: Offer) {
             () = tokio::time::sleep(wait) => {}
             () = plugin.control.notified() => {}
         }
+        if stream.is_shutting_down() {
+            return false;
+        }
         attempt += 1;
     }
 }
 
-async fn dead_letter(plugin: &Plugin, row: &EventRow, attempts: u32, error: &str) {
+/// Files the event as a dead letter; retried until the database takes it, since the cursor
+/// moves past the event only once it is filed (false: the server is shutting down first).
+async fn dead_letter(plugin: &Plugin, row: &EventRow, attempts: u32, error: &str) -> bool {
     let ctx = &plugin.ctx;
     ctx.log("error", format!("{} dead-lettered after {attempts} attempts: {error}", row.event_id));
     let letter = DeadLetterRow {
@@ -178,26 +193,44 @@ async fn dead_letter(plugin: &Plugin, row: &EventRow, attempts: u32, error: &str
         error: error.to_owned(),
         failed_ts: now_millis() as i64,
     };
-    if let Err(err) = ctx.services.db.add_dead_letter(&ctx.id, &letter).await {
-        ctx.log("error", format!("cannot file the dead letter for {}: {err}", row.event_id));
+    loop {
+        match ctx.services.db.add_dead_letter(&ctx.id, &letter).await {
+            Ok(()) => return true,
+            Err(err) => ctx.log("error", format!("cannot file the dead letter for {}: {err}", row.event_id)),
+        }
+        if ctx.services.rooms.stream().is_shutting_down() {
+            return false;
+        }
+        tokio::time::sleep(plugin.settings.retry_base.max(Duration::from_millis(100))).await;
     }
 }
 
-/// Delivers the dead letters the admin asked to replay (a replay is offered as it was first).
-async fn replay_dead_letters(plugin: &Plugin, interest: &mut Interest) {
+/// Delivers the dead letters the admin asked to replay (a replay is offered as it was first);
+/// each leaves the list once delivered, or is filed again with its new error.
+async fn replay_dead_letters(plugin: &Arc<Plugin>, interest: &mut Interest) {
+    let ctx = &plugin.ctx;
     loop {
         let next = plugin.health.lock().expect("health poisoned").replays.pop_front();
         let Some(pos) = next else { return };
-        match plugin.ctx.services.db.event_at(pos).await {
+        match ctx.services.db.event_at(pos).await {
             Ok(Some(row)) => {
-                let offer = match interest.offer(&row) {
+                let offer = match interest.classify(&row) {
                     Offer::Skip => Offer::Event,
                     offer => offer,
                 };
-                deliver(plugin, &row, offer).await;
+                let delivered_before = plugin.health.lock().expect("health poisoned").delivered;
+                if deliver(plugin, &row, offer).await
+                    && plugin.health.lock().expect("health poisoned").delivered > delivered_before
+                    && let Err(err) = ctx.services.db.remove_dead_letter(&ctx.id, pos).await
+                {
+                    ctx.log(
+                        "warn",
+                        format!("cannot remove the replayed dead letter at {}: {err}", pos.get()),
+                    );
+                }
             }
-            Ok(None) => plugin.ctx.log("warn", format!("dead letter at {} is gone", pos.get())),
-            Err(err) => plugin.ctx.log("warn", format!("cannot read dead letter at {}: {err}", pos.get())),
+            Ok(None) => ctx.log("warn", format!("dead letter at {} is gone", pos.get())),
+            Err(err) => ctx.log("warn", format!("cannot read dead letter at {}: {err}", pos.get())),
         }
     }
 }
@@ -215,13 +248,13 @@ async fn next_timer_in(plugin: &Plugin) -> Duration {
 }
 
 /// Fires every due timer.
-async fn fire_due_timers(plugin: &Plugin) {
+async fn fire_due_timers(plugin: &Arc<Plugin>) {
     let ctx = &plugin.ctx;
     let db = &ctx.services.db;
     let Ok(timers) = db.plugin_timers(&ctx.id, 100).await else { return };
     let now = now_millis() as i64;
     for (tag, due) in timers.into_iter().filter(|(_, due)| *due <= now) {
-        match plugin.call(async |instance| instance.on_timer(&tag).await).await {
+        match plugin.call(Call::Timer(tag.clone())).await {
             Ok(()) => {
                 let _ = db.remove_plugin_timer(&ctx.id, &tag, Some(due)).await;
             }

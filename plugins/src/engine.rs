@@ -12,6 +12,12 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 /// How often the epoch advances: the granularity of CPU budgets.
 pub(crate) const TICK: Duration = Duration::from_millis(10);
 
+/// Per instance: core instances, tables and linear memories (the memory cap applies to each
+/// memory, so a plugin gets one). Rust and C guests use one memory and a handful of instances.
+pub(crate) const CORE_INSTANCES_PER_PLUGIN: u32 = 16;
+pub(crate) const TABLES_PER_PLUGIN: u32 = 8;
+pub(crate) const MEMORIES_PER_PLUGIN: u32 = 1;
+
 /// The engine and the ticker that stops when the last handle is dropped.
 pub(crate) struct Engines {
     pub engine: Engine,
@@ -23,10 +29,12 @@ pub(crate) fn build(plugins: usize, max_memory_mb: u32) -> Result<Engines, Strin
     let slots = (plugins.max(1) * 2 + 2) as u32;
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(slots)
-        .total_core_instances(slots * 16)
-        .total_memories(slots * 4)
-        .total_tables(slots * 8)
-        .max_memories_per_component(4)
+        .total_core_instances(slots * CORE_INSTANCES_PER_PLUGIN)
+        .total_memories(slots * MEMORIES_PER_PLUGIN)
+        .total_tables(slots * TABLES_PER_PLUGIN)
+        .max_core_instances_per_component(CORE_INSTANCES_PER_PLUGIN)
+        .max_tables_per_component(TABLES_PER_PLUGIN)
+        .max_memories_per_component(MEMORIES_PER_PLUGIN)
         .max_memory_size((max_memory_mb as usize) << 20)
         .max_component_instance_size(1 << 20)
         .max_core_instance_size(1 << 20);

@@ -14,8 +14,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView, p2::pipe::MemoryOutputPipe};
 
 use crate::{
     bindings::{Bot, BotPre, guest, types},
-    engine::TICK,
-    manager::PluginCtx,
+    context::PluginCtx,
+    engine::{self, TICK},
 };
 
 /// What a guest's stderr (panic messages) may fill per instance.
@@ -106,9 +106,9 @@ impl Instance {
         let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
         let limits = StoreLimitsBuilder::new()
             .memory_size((grants.memory_mb as usize) << 20)
-            .instances(64)
-            .tables(64)
-            .memories(8)
+            .instances(engine::CORE_INSTANCES_PER_PLUGIN as usize)
+            .tables(engine::TABLES_PER_PLUGIN as usize)
+            .memories(engine::MEMORIES_PER_PLUGIN as usize)
             .trap_on_grow_failure(true)
             .build();
         let budget_ticks = (grants.cpu_ms_per_call / TICK.as_millis() as u32).max(1);

@@ -53,9 +53,20 @@ impl Interest {
                 }
             }
         }
-        if row.sender == self.user || row.outlier || !self.joined.contains(&row.room_id) {
+        if row.outlier || !self.joined.contains(&row.room_id) {
             return Offer::Skip;
         }
+        self.classify(row)
+    }
+
+    /// What an event is to the plugin, leaving the membership alone (a replayed dead letter):
+    /// its own events are skipped, messages with a command word are commands.
+    pub(crate) fn classify(&self, row: &EventRow) -> Offer {
+        if row.sender == self.user {
+            return Offer::Skip;
+        }
+        let content =
+            || serde_json::from_str::<Value>(&row.json).ok().and_then(|j| j.get("content").cloned());
         if row.event_type == "m.room.message"
             && let Some(body) =
                 content().and_then(|c| c.get("body").and_then(Value::as_str).map(str::to_owned))

@@ -14,25 +14,33 @@
 //! - `delivery`: the per-plugin dispatcher (cursor, interest, retries, dead letters, timers);
 //!   `interest`: which events a plugin is offered and which are commands.
 //! - `breaker`: the crash circuit breaker; `coalesce`: edits of one message at most once a second.
+//! - `context`: a plugin's state across reloads (identity, grants, rate buckets, log, the hop
+//!   to the server's runtime); `plugin`: one plugin, its loaded version and the one way into
+//!   guest code (`Plugin::call`).
 //! - [`PluginHost`] (`manager`): starting, reloading with rollback, enabling and disabling
 //!   plugins, and what the admin sees.
 //!
-//! Guest calls run on a runtime of their own, so a plugin spending its CPU budget never takes a
-//! thread from client requests; persistence and delivery to clients never wait on plugins.
+//! Guest code runs on a runtime of its own, so a plugin spending its CPU budget never takes a
+//! thread from client requests; host imports hop back to the server's runtime, so room actors,
+//! database connections and tasks they start never live on the guests' thread. Persistence and
+//! delivery to clients never wait on plugins.
 
 mod bindings;
 mod breaker;
 mod cache;
 mod coalesce;
+mod context;
 mod delivery;
 mod engine;
 mod host;
 mod instance;
 mod interest;
 mod manager;
+mod plugin;
 pub mod spec;
 
-pub use manager::{HostSettings, LogLine, PluginHost, PluginStatus, Services};
+pub use context::LogLine;
+pub use manager::{HostSettings, PluginHost, PluginStatus, Services};
 pub use spec::{Grants, PluginSpec};
 
 /// Why a plugin could not be loaded, started or managed.

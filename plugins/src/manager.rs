@@ -3,37 +3,38 @@
 //! configuration against its declaration and, when its version changed, calls `migrate` — all
 //! before the plugin serves. A reload does the same beside the running version and swaps only
 //! if every step passed; otherwise the old version keeps serving and the error is returned.
+//!
+//! Everything here runs on the server's runtime; only guest code (instantiation, `init`,
+//! `migrate` and the calls of [`crate::plugin::Plugin::call`]) runs on the plugin runtime.
 
 use std::{
     collections::{BTreeMap, VecDeque},
     path::PathBuf,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    sync::{Arc, Mutex, atomic::AtomicU64},
+    time::Duration,
 };
 
 use homeserver_core::{streams::StreamPos, time::now_millis};
 use homeserver_live::Live;
 use homeserver_rooms::Rooms;
 use homeserver_storage::{Db, plugins::DeadLetterRow};
-use ruma::{OwnedUserId, UserId};
+use ruma::UserId;
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use tokio::sync::Notify;
 use wasmtime::{Engine, component::Linker};
 
 use crate::{
     PluginError,
-    bindings::{BotPre, guest::Registration},
     breaker::Breaker,
     cache,
     coalesce::Coalescer,
+    context::{Buckets, LogLine, PluginCtx},
     engine::{self, Engines},
     instance::{self, Instance, PluginState},
-    spec::{CheckedConfig, Grants, PluginSpec, check_config},
+    plugin::{Health, Plugin, Slot, info},
+    spec::{CheckedConfig, PluginSpec, check_config},
 };
-
-/// Log lines kept per plugin for the admin.
-const MAX_LOG_LINES: usize = 500;
 
 /// What plugins act through.
 #[derive(Clone)]
@@ -70,20 +71,12 @@ impl Default for HostSettings {
     }
 }
 
-/// One line a plugin logged (or the host logged about it).
-#[derive(Debug, Clone, Serialize)]
-pub struct LogLine {
-    pub ts: u64,
-    pub level: String,
-    pub message: String,
-}
-
 /// What the admin sees of a plugin.
 #[derive(Debug, Clone, Serialize)]
 pub struct PluginStatus {
     pub id: String,
     pub user_id: String,
-    /// `running`, `disabled`, `suspended` (the crash breaker is open) or `failed` (cannot start).
+    /// `running`, `disabled` or `suspended` (the crash breaker is open).
     pub state: String,
     pub version: Option<String>,
     pub sha256: Option<String>,
@@ -91,183 +84,57 @@ pub struct PluginStatus {
     pub cursor: i64,
     pub delivered: u64,
     pub crashes: u64,
-    pub dead_letters: usize,
+    pub dead_letters: i64,
+    /// Log lines dropped because the plugin logged faster than its log rate.
+    pub dropped_log_lines: u64,
     pub counters: BTreeMap<String, u64>,
 }
 
-/// A token bucket: `rate` per second, bursts of twice that.
-pub(crate) struct Bucket {
-    tokens: f64,
-    last: Instant,
-    rate: f64,
-}
+/// The runtime guest code runs on; dropped without waiting (it may be dropped in async code).
+struct PluginRuntime(Option<tokio::runtime::Runtime>);
 
-impl Bucket {
-    fn new(rate: u32) -> Bucket {
-        Bucket { tokens: f64::from(rate) * 2.0, last: Instant::now(), rate: f64::from(rate) }
+impl PluginRuntime {
+    fn new() -> Result<PluginRuntime, PluginError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("lattice-plugins")
+            .enable_all()
+            .build()
+            .map_err(|e| PluginError::Load { id: "*".into(), message: e.to_string() })?;
+        Ok(PluginRuntime(Some(runtime)))
     }
 
-    /// Takes a token, or says how many milliseconds until one is there.
-    pub(crate) fn take(&mut self, now: Instant) -> Result<(), u32> {
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate * 2.0);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            return Ok(());
-        }
-        Err((((1.0 - self.tokens) / self.rate) * 1000.0).ceil() as u32)
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0.as_ref().expect("runtime").handle().clone()
     }
 }
 
-/// A plugin's own state, shared by its instances and kept across reloads.
-pub(crate) struct PluginCtx {
-    pub id: String,
-    pub user: OwnedUserId,
-    pub services: Services,
-    pub grants: Grants,
-    pub config: Mutex<CheckedConfig>,
-    pub sends: Mutex<Bucket>,
-    pub logs: Mutex<VecDeque<LogLine>>,
-    pub counters: Mutex<BTreeMap<String, u64>>,
-    pub edits: Coalescer,
-    /// Woken when the plugin's timers change.
-    pub timers_changed: Notify,
-}
-
-impl PluginCtx {
-    pub(crate) fn log(&self, level: &str, message: impl Into<String>) {
-        let message = message.into();
-        match level {
-            "error" => tracing::error!(plugin = %self.id, "{message}"),
-            "warn" => tracing::warn!(plugin = %self.id, "{message}"),
-            "info" => tracing::info!(plugin = %self.id, "{message}"),
-            _ => tracing::debug!(plugin = %self.id, "{message}"),
-        }
-        let mut logs = self.logs.lock().expect("plugin logs poisoned");
-        if logs.len() >= MAX_LOG_LINES {
-            logs.pop_front();
-        }
-        logs.push_back(LogLine { ts: now_millis(), level: level.to_owned(), message });
-    }
-}
-
-/// A loaded version of a plugin, and its live instance (rebuilt after a crash).
-pub(crate) struct Slot {
-    pub pre: BotPre<PluginState>,
-    pub instance: Option<Instance>,
-    pub registration: Registration,
-    pub sha256: String,
-}
-
-/// Counters and flags the dispatcher and the admin share.
-#[derive(Default)]
-pub(crate) struct Health {
-    pub disabled: bool,
-    pub last_error: Option<String>,
-    pub delivered: u64,
-    pub crashes: u64,
-    pub cursor: i64,
-    /// Dead letters to deliver again, oldest first.
-    pub replays: VecDeque<StreamPos>,
-}
-
-pub(crate) struct Plugin {
-    pub ctx: Arc<PluginCtx>,
-    pub spec: Mutex<PluginSpec>,
-    /// The loaded version (None until the first load succeeds).
-    pub slot: tokio::sync::Mutex<Option<Slot>>,
-    pub health: Mutex<Health>,
-    pub breaker: Mutex<Breaker>,
-    /// Wakes the dispatcher: enabled, disabled, reloaded, replay asked.
-    pub control: Notify,
-    pub settings: HostSettings,
-}
-
-impl Plugin {
-    /// Runs `f` on the live instance, instantiating (and initialising) one first if needed;
-    /// a fatal failure discards the instance and counts towards the breaker.
-    pub(crate) async fn call<T>(
-        &self,
-        f: impl AsyncFnOnce(&mut Instance) -> Result<T, instance::CallError>,
-    ) -> Result<T, instance::CallError> {
-        let mut guard = self.slot.lock().await;
-        let Some(slot) = guard.as_mut() else {
-            return Err(instance::CallError::Trapped("not loaded".to_owned()));
-        };
-        if slot.instance.is_none() {
-            let mut fresh =
-                Instance::new(&slot.pre, self.ctx.clone()).await.map_err(instance::CallError::Trapped)?;
-            match fresh.init(&info(&self.ctx)).await {
-                Ok(Ok(_)) => slot.instance = Some(fresh),
-                Ok(Err(message)) => {
-                    return Err(instance::CallError::Trapped(format!("init failed: {message}")));
-                }
-                Err(err) => {
-                    self.crashed(&err);
-                    return Err(err);
-                }
-            }
-        }
-        let instance = slot.instance.as_mut().expect("instantiated above");
-        let result = f(instance).await;
-        match &result {
-            Err(err) if err.is_fatal() => {
-                slot.instance = None;
-                self.crashed(err);
-            }
-            Err(_) => {}
-            Ok(_) => self.breaker.lock().expect("breaker poisoned").succeeded(),
-        }
-        result
-    }
-
-    fn crashed(&self, err: &instance::CallError) {
-        let message = err.describe();
-        self.ctx.log("error", format!("instance discarded: {message}"));
-        let mut health = self.health.lock().expect("health poisoned");
-        health.crashes += 1;
-        health.last_error = Some(message);
-        if self.breaker.lock().expect("breaker poisoned").crashed(Instant::now()) {
-            self.ctx.log("error", "crashing repeatedly: suspended for a while");
+impl Drop for PluginRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
         }
     }
 }
 
-/// What `init` is told.
-fn info(ctx: &PluginCtx) -> String {
-    json!({
-        "server_name": ctx.user.server_name().as_str(),
-        "user_id": ctx.user.as_str(),
-        "plugin_id": ctx.id,
-    })
-    .to_string()
-}
-
-/// The host: every configured plugin, on a runtime of its own.
+/// The host: every configured plugin, guest code on a runtime of its own.
 #[derive(Clone)]
 pub struct PluginHost {
     inner: Arc<HostInner>,
 }
 
 struct HostInner {
-    runtime: Option<tokio::runtime::Runtime>,
+    plugins: BTreeMap<String, Arc<Plugin>>,
     engines: Engines,
     linker: Linker<PluginState>,
-    plugins: BTreeMap<String, Arc<Plugin>>,
-}
-
-impl Drop for HostInner {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
+    // Dropped last: plugins' tasks may still be finishing on it.
+    _runtime: PluginRuntime,
 }
 
 impl PluginHost {
     /// Loads every plugin (None when there are none). A plugin that cannot start is an error:
-    /// a server does not come up without a plugin its admin configured.
+    /// a server does not come up without a plugin its admin configured. Called on the server's
+    /// runtime.
     pub async fn start(
         services: Services,
         specs: &BTreeMap<String, PluginSpec>,
@@ -281,46 +148,50 @@ impl PluginHost {
             .map_err(|message| PluginError::Load { id: "*".into(), message })?;
         let linker = instance::linker(&engines.engine)
             .map_err(|e| PluginError::Load { id: "*".into(), message: format!("{e:#}") })?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("lattice-plugins")
-            .enable_all()
-            .build()
-            .map_err(|e| PluginError::Load { id: "*".into(), message: e.to_string() })?;
+        let runtime = PluginRuntime::new()?;
         let mut plugins = BTreeMap::new();
         for (id, spec) in specs {
-            let plugin = new_plugin(&services, id, spec, &settings)?;
-            ensure_bot_user(&services.db, &plugin.ctx.user).await?;
+            let plugin = new_plugin(&services, id, spec, &settings, runtime.handle())?;
+            ensure_bot_user(&services.db, &plugin.ctx).await?;
+            let slot = load(&engines.engine, &linker, &plugin).await?;
+            *plugin.slot.lock().await = Some(slot);
             plugins.insert(id.clone(), plugin);
         }
-        let mut inner = HostInner { runtime: Some(runtime), engines, linker, plugins: BTreeMap::new() };
-        for (id, plugin) in plugins {
-            let engine = inner.engines.engine.clone();
-            let linker = inner.linker.clone();
-            let loading = plugin.clone();
-            let handle = inner
-                .runtime
-                .as_ref()
-                .expect("runtime")
-                .spawn(async move { load(&engine, &linker, &loading).await });
-            let slot =
-                handle.await.map_err(|e| PluginError::Load { id: id.clone(), message: e.to_string() })??;
-            *plugin.slot.lock().await = Some(slot);
-            inner.plugins.insert(id, plugin);
-        }
-        Ok(Some(PluginHost { inner: Arc::new(inner) }))
+        Ok(Some(PluginHost { inner: Arc::new(HostInner { plugins, engines, linker, _runtime: runtime }) }))
     }
 
-    /// Starts delivering to every plugin; dispatchers stop when the event stream shuts down.
+    /// Starts delivering to every plugin (dispatchers on the server's runtime; they stop when
+    /// the event stream shuts down).
     pub fn run(&self) {
-        let runtime = self.inner.runtime.as_ref().expect("runtime");
         for plugin in self.inner.plugins.values() {
-            runtime.spawn(crate::delivery::dispatch(plugin.clone()));
+            tokio::spawn(crate::delivery::dispatch(plugin.clone()));
         }
     }
 
     fn plugin(&self, id: &str) -> Result<&Arc<Plugin>, PluginError> {
         self.inner.plugins.get(id).ok_or_else(|| PluginError::Unknown(id.to_owned()))
+    }
+
+    /// Calls the plugin's `on-event` `calls` times with a synthetic message, back to back on
+    /// the live instance, and returns the time taken: the per-call cost of the host's guarded
+    /// call path, for the benchmark (`examples/plugin_bench.rs` of the homeserver).
+    pub async fn measure_calls(&self, id: &str, calls: u32) -> Result<Duration, PluginError> {
+        let event = crate::bindings::types::Event {
+            event_id: "$bench".into(),
+            room_id: "!bench:localhost".into(),
+            sender: "@bench:localhost".into(),
+            event_type: "m.room.message".into(),
+            state_key: None,
+            origin_server_ts: 0,
+            content_json: r#"{"msgtype":"m.text","body":"hello"}"#.into(),
+            relation: None,
+            thread_root: None,
+        };
+        let plugin = self.plugin(id)?;
+        plugin
+            .measure(event, calls)
+            .await
+            .map_err(|e| PluginError::Load { id: id.to_owned(), message: e.describe() })
     }
 
     /// The ids of the configured plugins.
@@ -337,15 +208,11 @@ impl PluginHost {
         Ok(out)
     }
 
-    /// One plugin's status.
+    /// One plugin's status (never waits for a call in progress).
     pub async fn status(&self, id: &str) -> Result<PluginStatus, PluginError> {
         let plugin = self.plugin(id)?;
-        let (version, sha256) = {
-            let slot = plugin.slot.lock().await;
-            (slot.as_ref().map(|s| s.registration.version.clone()), slot.as_ref().map(|s| s.sha256.clone()))
-        };
-        let dead_letters = plugin.ctx.services.db.dead_letters(id, 10_000).await?.len();
-        let suspended = plugin.breaker.lock().expect("breaker poisoned").open_until(Instant::now()).is_some();
+        let dead_letters = plugin.ctx.services.db.dead_letter_count(id).await?;
+        let suspended = plugin.suspended_until().is_some();
         let health = plugin.health.lock().expect("health poisoned");
         let state = match (health.disabled, suspended) {
             (true, _) => "disabled",
@@ -356,42 +223,42 @@ impl PluginHost {
             id: id.to_owned(),
             user_id: plugin.ctx.user.to_string(),
             state: state.to_owned(),
-            version,
-            sha256,
+            version: health.version.clone(),
+            sha256: health.sha256.clone(),
             last_error: health.last_error.clone(),
             cursor: health.cursor,
             delivered: health.delivered,
             crashes: health.crashes,
             dead_letters,
+            dropped_log_lines: plugin.ctx.dropped_logs.load(std::sync::atomic::Ordering::Relaxed),
             counters: plugin.ctx.counters.lock().expect("counters poisoned").clone(),
         })
     }
 
     /// Loads the plugin's component again (from its path) beside the running version and
     /// swaps if it starts; otherwise the running version stays and the error is returned.
+    /// The swap happens in a task of its own, so a caller that goes away cannot leave a
+    /// migrated store behind an old version.
     pub async fn reload(&self, id: &str) -> Result<(), PluginError> {
         let plugin = self.plugin(id)?.clone();
-        let engine = self.inner.engines.engine.clone();
-        let linker = self.inner.linker.clone();
-        let runtime = self.inner.runtime.as_ref().expect("runtime");
-        let loading = plugin.clone();
-        let slot = runtime
-            .spawn(async move { load(&engine, &linker, &loading).await })
-            .await
-            .map_err(|e| PluginError::Load { id: id.to_owned(), message: e.to_string() })?;
-        let slot = match slot {
-            Ok(slot) => slot,
-            Err(err) => {
-                plugin.ctx.log("error", format!("reload refused, the running version stays: {err}"));
-                return Err(err);
-            }
-        };
-        let version = slot.registration.version.clone();
-        *plugin.slot.lock().await = Some(slot);
-        plugin.breaker.lock().expect("breaker poisoned").reset();
-        plugin.ctx.log("info", format!("reloaded: version {version}"));
-        plugin.control.notify_one();
-        Ok(())
+        let (engine, linker) = (self.inner.engines.engine.clone(), self.inner.linker.clone());
+        let task = tokio::spawn(async move {
+            let _one_at_a_time = plugin.reloading.lock().await;
+            let slot = match load(&engine, &linker, &plugin).await {
+                Ok(slot) => slot,
+                Err(err) => {
+                    plugin.ctx.log("error", format!("reload refused, the running version stays: {err}"));
+                    return Err(err);
+                }
+            };
+            let version = slot.registration.version.clone();
+            *plugin.slot.lock().await = Some(slot);
+            plugin.breaker.lock().expect("breaker poisoned").reset();
+            plugin.ctx.log("info", format!("reloaded: version {version}"));
+            plugin.control.notify_one();
+            Ok(())
+        });
+        task.await.map_err(|e| PluginError::Load { id: id.to_owned(), message: e.to_string() })?
     }
 
     /// Reloads every plugin; the errors of those that kept their running version.
@@ -425,16 +292,30 @@ impl PluginHost {
 
     /// The events the plugin failed to take.
     pub async fn dead_letters(&self, id: &str) -> Result<Vec<DeadLetterRow>, PluginError> {
-        Ok(self.plugin(id)?.ctx.services.db.dead_letters(id, 10_000).await?)
+        Ok(self.plugin(id)?.ctx.services.db.dead_letters(id, 1_000).await?)
     }
 
-    /// Delivers dead letters again (one, or all); how many were queued.
+    /// Delivers dead letters again (one, or all); how many were queued. They stay filed until
+    /// delivered (a failed one is filed again with its new error).
     pub async fn replay(&self, id: &str, only: Option<i64>) -> Result<usize, PluginError> {
         let plugin = self.plugin(id)?;
-        let letters = plugin.ctx.services.db.take_dead_letters(id, only.map(StreamPos::new)).await?;
-        plugin.health.lock().expect("health poisoned").replays.extend(letters.iter().map(|l| l.stream_pos));
+        let letters = plugin.ctx.services.db.dead_letters(id, 10_000).await?;
+        let positions: Vec<StreamPos> = letters
+            .iter()
+            .map(|l| l.stream_pos)
+            .filter(|pos| only.is_none_or(|only| pos.get() == only))
+            .collect();
+        let mut health = plugin.health.lock().expect("health poisoned");
+        let mut queued = 0;
+        for pos in positions {
+            if !health.replays.contains(&pos) {
+                health.replays.push_back(pos);
+                queued += 1;
+            }
+        }
+        drop(health);
         plugin.control.notify_one();
-        Ok(letters.len())
+        Ok(queued)
     }
 }
 
@@ -443,6 +324,7 @@ fn new_plugin(
     id: &str,
     spec: &PluginSpec,
     settings: &HostSettings,
+    runtime: tokio::runtime::Handle,
 ) -> Result<Arc<Plugin>, PluginError> {
     let config_error = |message: String| PluginError::Config { id: id.to_owned(), message };
     spec.grants.validate().map_err(config_error)?;
@@ -459,16 +341,19 @@ fn new_plugin(
             visible: provisional_config(&spec.config),
             ..CheckedConfig::default()
         }),
-        sends: Mutex::new(Bucket::new(spec.grants.sends_per_second)),
+        buckets: Mutex::new(Buckets::new(&spec.grants)),
         logs: Mutex::new(VecDeque::new()),
+        dropped_logs: AtomicU64::new(0),
         counters: Mutex::new(BTreeMap::new()),
         edits: Coalescer::default(),
         timers_changed: Notify::new(),
+        main: tokio::runtime::Handle::current(),
     });
     Ok(Arc::new(Plugin {
         ctx,
         spec: Mutex::new(spec.clone()),
         slot: tokio::sync::Mutex::new(None),
+        reloading: tokio::sync::Mutex::new(()),
         health: Mutex::new(Health::default()),
         breaker: Mutex::new(Breaker::new(
             settings.breaker_threshold,
@@ -477,7 +362,16 @@ fn new_plugin(
         )),
         control: Notify::new(),
         settings: settings.clone(),
+        runtime,
     }))
+}
+
+/// Runs guest work on the plugin runtime.
+async fn on_plugin_runtime<T: Send + 'static>(
+    plugin: &Plugin,
+    work: impl Future<Output = Result<T, String>> + Send + 'static,
+) -> Result<T, String> {
+    plugin.runtime.spawn(work).await.map_err(|e| e.to_string())?
 }
 
 /// Loads the plugin's component and starts it: compile (or the cache), instantiate, `init`,
@@ -491,6 +385,7 @@ async fn load(
     let ctx = &plugin.ctx;
     let id = ctx.id.clone();
     let load_error = |message: String| PluginError::Load { id: id.clone(), message };
+    let init_error = |message: String| PluginError::Init { id: id.clone(), message };
     let spec = plugin.spec.lock().expect("spec poisoned").clone();
     let wasm = tokio::fs::read(&spec.path).await.map_err(|source| PluginError::Read {
         id: id.clone(),
@@ -503,30 +398,52 @@ async fn load(
         .map_err(|e| load_error(e.to_string()))?
         .map_err(load_error)?;
     let pre = instance::prepare(linker, &compiled.component).map_err(load_error)?;
-    let mut instance = Instance::new(&pre, ctx.clone()).await.map_err(load_error)?;
-    let init_error = |message: String| PluginError::Init { id: id.clone(), message };
-    let registration = match instance.init(&info(ctx)).await {
-        Ok(Ok(registration)) => registration,
-        Ok(Err(message)) => return Err(init_error(message)),
-        Err(err) => return Err(init_error(err.describe())),
-    };
+
+    let (pre_for_init, init_ctx) = (pre.clone(), ctx.clone());
+    let (instance, registration) = on_plugin_runtime(plugin, async move {
+        let mut instance = Instance::new(&pre_for_init, init_ctx.clone()).await?;
+        match instance.init(&info(&init_ctx)).await {
+            Ok(Ok(registration)) => Ok((instance, registration)),
+            Ok(Err(message)) => Err(message),
+            Err(err) => Err(err.describe()),
+        }
+    })
+    .await
+    .map_err(init_error)?;
     let checked = check_config(&registration.config, &spec.config, |var| std::env::var(var).ok())
         .map_err(|message| PluginError::Config { id: id.clone(), message })?;
+
     let db = &ctx.services.db;
     let stream = ctx.services.rooms.stream();
-    let stored = db.plugin_state(&id, StreamPos::live(stream.current())).await?.version;
-    if stored.as_deref() != Some(registration.version.as_str()) {
-        let from = stored.as_deref().unwrap_or("nothing");
-        match instance.migrate(stored.as_deref()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(message)) => return Err(init_error(format!("migrate from {from}: {message}"))),
-            Err(err) => return Err(init_error(format!("migrate from {from}: {}", err.describe()))),
+    let state = db.plugin_state(&id, StreamPos::live(stream.current())).await?;
+    plugin.health.lock().expect("health poisoned").disabled = state.disabled;
+    let stored = state.version;
+    let instance = match stored.as_deref() == Some(registration.version.as_str()) {
+        true => instance,
+        false => {
+            let from = stored.clone();
+            let (mut instance, label) = (instance, from.clone().unwrap_or_else(|| "nothing".into()));
+            let instance = on_plugin_runtime(plugin, async move {
+                match instance.migrate(from.as_deref()).await {
+                    Ok(Ok(())) => Ok(instance),
+                    Ok(Err(message)) => Err(message),
+                    Err(err) => Err(err.describe()),
+                }
+            })
+            .await
+            .map_err(|message| init_error(format!("migrate from {label}: {message}")))?;
+            db.set_plugin_version(&id, &registration.version).await?;
+            instance
         }
-        db.set_plugin_version(&id, &registration.version).await?;
-    }
+    };
     *ctx.config.lock().expect("config poisoned") = checked;
+    {
+        let mut health = plugin.health.lock().expect("health poisoned");
+        health.version = Some(registration.version.clone());
+        health.sha256 = Some(compiled.sha256.clone());
+    }
     ctx.log("info", format!("started version {} ({})", registration.version, &compiled.sha256[..12]));
-    Ok(Slot { pre, instance: Some(instance), registration, sha256: compiled.sha256 })
+    Ok(Slot { pre, instance: Some(instance), registration })
 }
 
 /// What `config.get` shows before `init` declared the keys: the table without the values
@@ -535,10 +452,14 @@ fn provisional_config(config: &Map<String, Value>) -> Map<String, Value> {
     config.iter().filter(|(_, v)| v.get("env").is_none()).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
-/// Creates the bot's account the first time (no password: nobody logs in as it).
-async fn ensure_bot_user(db: &Db, user: &UserId) -> Result<(), PluginError> {
-    match db.create_user(user.as_str(), None, false, Some(user.localpart()), now_millis() as i64).await {
-        Ok(()) | Err(homeserver_storage::StorageError::Conflict) => Ok(()),
-        Err(err) => Err(err.into()),
+/// Creates the bot's account the first time; refuses an id that is someone else's account.
+async fn ensure_bot_user(db: &Db, ctx: &PluginCtx) -> Result<(), PluginError> {
+    let user = &ctx.user;
+    match db.ensure_plugin_user(user.as_str(), &ctx.id, user.localpart(), now_millis() as i64).await? {
+        true => Ok(()),
+        false => Err(PluginError::Config {
+            id: ctx.id.clone(),
+            message: format!("{user} is an account that is not this plugin's bot; choose another `user`"),
+        }),
     }
 }

@@ -159,26 +159,69 @@ impl Db {
             .collect()
     }
 
-    /// Removes dead letters (to replay them); `None` removes them all. Returns what was removed.
-    pub async fn take_dead_letters(
-        &self,
-        plugin: &str,
-        only: Option<StreamPos>,
-    ) -> Result<Vec<DeadLetterRow>> {
-        let letters: Vec<DeadLetterRow> = self
-            .dead_letters(plugin, i64::MAX)
-            .await?
-            .into_iter()
-            .filter(|l| only.is_none_or(|pos| pos == l.stream_pos))
-            .collect();
-        for letter in &letters {
-            sqlx::query("DELETE FROM plugin_dead_letters WHERE plugin_id = $1 AND stream_pos = $2")
-                .bind(plugin)
-                .bind(letter.stream_pos.get())
-                .execute(self.writer())
-                .await?;
+    /// How many dead letters a plugin has.
+    pub async fn dead_letter_count(&self, plugin: &str) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM plugin_dead_letters WHERE plugin_id = $1")
+            .bind(plugin)
+            .fetch_one(self.reader())
+            .await?)
+    }
+
+    /// Removes a dead letter (delivered on replay); whether there was one.
+    pub async fn remove_dead_letter(&self, plugin: &str, pos: StreamPos) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM plugin_dead_letters WHERE plugin_id = $1 AND stream_pos = $2")
+            .bind(plugin)
+            .bind(pos.get())
+            .execute(self.writer())
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// The bot user's membership in each room as of stream position `at` (its latest member
+    /// event of the live stream up to there), by room.
+    pub async fn memberships_at(&self, user: &str, at: StreamPos) -> Result<Vec<(String, String)>> {
+        let sql = format!(
+            "SELECT room_id, json FROM events WHERE event_type = 'm.room.member' AND state_key = $1 \
+             AND stream_pos > 0 AND stream_pos <= $2 AND {IN_TIMELINE} ORDER BY stream_pos"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql)).bind(user).bind(at.get()).fetch_all(self.reader()).await?;
+        let mut latest = std::collections::BTreeMap::new();
+        for row in &rows {
+            let json: String = row.try_get("json")?;
+            let membership = serde_json::from_str::<serde_json::Value>(&json)
+                .ok()
+                .and_then(|v| v["content"]["membership"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            latest.insert(row.try_get::<String, _>("room_id")?, membership);
         }
-        Ok(letters)
+        Ok(latest.into_iter().collect())
+    }
+
+    /// Creates a plugin's bot account (no password: nobody logs in as it), or finds the one it
+    /// owns. `Ok(false)` if the id belongs to another account.
+    pub async fn ensure_plugin_user(
+        &self,
+        user_id: &str,
+        plugin: &str,
+        displayname: &str,
+        now: i64,
+    ) -> Result<bool> {
+        sqlx::query(
+            "INSERT INTO users (user_id, password_hash, is_admin, deactivated, created_ts, displayname, plugin_owner) \
+             VALUES ($1, NULL, 0, 0, $2, $3, $4) ON CONFLICT (user_id) DO NOTHING",
+        )
+        .bind(user_id)
+        .bind(now)
+        .bind(displayname)
+        .bind(plugin)
+        .execute(self.writer())
+        .await?;
+        let owner: Option<Option<String>> =
+            sqlx::query_scalar("SELECT plugin_owner FROM users WHERE user_id = $1 AND deactivated = 0")
+                .bind(user_id)
+                .fetch_optional(self.reader())
+                .await?;
+        Ok(owner.flatten().as_deref() == Some(plugin))
     }
 
     /// The live event at a stream position.

@@ -87,8 +87,18 @@ async fn cursors_timers_and_dead_letters() {
     }
     let letters = db.dead_letters("p", 10).await.unwrap();
     assert_eq!(letters.iter().map(|l| l.stream_pos.get()).collect::<Vec<_>>(), [3, 5]);
-    let taken = db.take_dead_letters("p", Some(StreamPos::new(5))).await.unwrap();
-    assert_eq!(taken.len(), 1);
-    assert_eq!(db.take_dead_letters("p", None).await.unwrap()[0].event_id, "$e3");
-    assert!(db.dead_letters("p", 10).await.unwrap().is_empty());
+    assert_eq!(db.dead_letter_count("p").await.unwrap(), 2);
+    assert!(db.remove_dead_letter("p", StreamPos::new(5)).await.unwrap());
+    assert!(!db.remove_dead_letter("p", StreamPos::new(5)).await.unwrap());
+    assert_eq!(db.dead_letters("p", 10).await.unwrap()[0].event_id, "$e3");
+}
+
+#[tokio::test]
+async fn a_bot_account_is_only_ever_its_plugins() {
+    let (_t, db) = fresh().await;
+    db.create_user("@alice:x", Some("hash"), false, None, 0).await.unwrap();
+    assert!(!db.ensure_plugin_user("@alice:x", "echo", "alice", 0).await.unwrap(), "a person's account");
+    assert!(db.ensure_plugin_user("@echo:x", "echo", "echo", 0).await.unwrap());
+    assert!(db.ensure_plugin_user("@echo:x", "echo", "echo", 0).await.unwrap(), "found again");
+    assert!(!db.ensure_plugin_user("@echo:x", "other", "echo", 0).await.unwrap(), "another plugin's");
 }

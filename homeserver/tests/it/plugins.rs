@@ -391,6 +391,14 @@ async fn a_plugin_with_a_bad_configuration_stops_the_server_from_starting() {
     config.plugins.insert("echo".into(), spec(dir.path().join("missing.wasm"), json!({}), Grants::default()));
     let err = homeserver::Server::build(config.clone()).await.err().expect("refused");
     assert!(err.to_string().contains("cannot read"), "{err}");
+    // A bot name that is a person's account is refused, not taken over.
+    let db = homeserver_storage::Db::connect(&database.url).await.unwrap();
+    db.create_user("@alice:localhost", Some("hash"), true, None, 0).await.unwrap();
+    let mut takeover = spec(echo.clone(), json!({}), Grants::default());
+    takeover.user = Some("alice".into());
+    config.plugins.insert("echo".into(), takeover);
+    let err = homeserver::Server::build(config.clone()).await.err().expect("refused");
+    assert!(err.to_string().contains("not this plugin's bot"), "{err}");
     std::fs::write(dir.path().join("junk.wasm"), b"not wasm").unwrap();
     config.plugins.insert("echo".into(), spec(dir.path().join("junk.wasm"), json!({}), Grants::default()));
     let err = homeserver::Server::build(config).await.err().expect("refused");

@@ -32,16 +32,17 @@ impl log::Host for PluginState {
         if level == "error" {
             self.last_error_log = Some(message.clone());
         }
-        self.ctx.log(level, message);
+        self.ctx.guest_log(level, message);
     }
 
     async fn counter(&mut self, name: String, delta: u64) {
         self.rearm();
+        let name: String = name.chars().take(64).collect();
         let mut counters = self.ctx.counters.lock().expect("counters poisoned");
         if counters.len() >= MAX_COUNTERS && !counters.contains_key(&name) {
             return;
         }
-        let value = counters.entry(name.chars().take(64).collect()).or_default();
+        let value = counters.entry(name).or_default();
         *value = value.saturating_add(delta);
     }
 }

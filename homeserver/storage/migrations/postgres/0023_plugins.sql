@@ -35,3 +35,6 @@ CREATE TABLE plugin_timers (
     due_ts BIGINT NOT NULL,
     PRIMARY KEY (plugin_id, tag)
 );
+-- The plugin whose bot an account is (NULL: a person's account). A plugin only ever acts as an
+-- account it owns, so a configured bot name cannot take over someone's account.
+ALTER TABLE users ADD COLUMN plugin_owner TEXT;

@@ -1,0 +1,188 @@
+//! One configured plugin: its loaded version (`Slot`), the health the admin sees, its crash
+//! breaker, and [`Plugin::call`], the one way into guest code. A call runs on the plugin
+//! runtime; it instantiates (and initialises) a fresh instance when there is none, and a
+//! fatal outcome — a trap, an exhausted budget, a missed deadline, a failed instantiation or
+//! `init` — discards the instance and counts towards the breaker.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use homeserver_core::streams::StreamPos;
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::{
+    bindings::{BotPre, guest, types},
+    breaker::Breaker,
+    context::PluginCtx,
+    instance::{CallError, Instance, PluginState},
+    manager::HostSettings,
+    spec::PluginSpec,
+};
+
+/// Longest error text kept (in the status and the dead letters).
+pub(crate) const MAX_ERROR: usize = 2048;
+
+/// A loaded version of a plugin, and its live instance (rebuilt after a crash).
+pub(crate) struct Slot {
+    pub pre: BotPre<PluginState>,
+    pub instance: Option<Instance>,
+    pub registration: guest::Registration,
+}
+
+/// Counters and flags the dispatcher and the admin share.
+#[derive(Default)]
+pub(crate) struct Health {
+    pub disabled: bool,
+    pub version: Option<String>,
+    pub sha256: Option<String>,
+    pub last_error: Option<String>,
+    pub delivered: u64,
+    pub crashes: u64,
+    pub cursor: i64,
+    /// Dead letters to deliver again, oldest first (they stay filed until delivered).
+    pub replays: VecDeque<StreamPos>,
+}
+
+/// A call into the guest.
+pub(crate) enum Call {
+    Event(types::Event, types::Delivery),
+    Command(guest::Invocation, types::Delivery),
+    Timer(String),
+    /// `on-event` with the same event this many times (the benchmark); returns nothing else.
+    Repeat(types::Event, u32),
+}
+
+pub(crate) struct Plugin {
+    pub ctx: Arc<PluginCtx>,
+    pub spec: Mutex<PluginSpec>,
+    /// The loaded version (None until the first load succeeds).
+    pub slot: tokio::sync::Mutex<Option<Slot>>,
+    /// Held while a reload runs, so reloads of one plugin never overlap.
+    pub reloading: tokio::sync::Mutex<()>,
+    pub health: Mutex<Health>,
+    pub breaker: Mutex<Breaker>,
+    /// Wakes the dispatcher: enabled, disabled, reloaded, replay asked.
+    pub control: Notify,
+    pub settings: HostSettings,
+    /// The runtime guest code runs on.
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// What `init` is told.
+pub(crate) fn info(ctx: &PluginCtx) -> String {
+    json!({
+        "server_name": ctx.user.server_name().as_str(),
+        "user_id": ctx.user.as_str(),
+        "plugin_id": ctx.id,
+    })
+    .to_string()
+}
+
+/// Cuts an error message to [`MAX_ERROR`] bytes.
+pub(crate) fn truncate(mut message: String) -> String {
+    if message.len() > MAX_ERROR {
+        let mut cut = MAX_ERROR;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+    }
+    message
+}
+
+impl Plugin {
+    /// Calls the guest on the plugin runtime and waits for the outcome.
+    pub(crate) async fn call(self: &Arc<Self>, call: Call) -> Result<(), CallError> {
+        let plugin = self.clone();
+        match self.runtime.spawn(async move { plugin.call_here(call).await }).await {
+            Ok(result) => result,
+            Err(err) => Err(CallError::Trapped(format!("the call's task failed: {err}"))),
+        }
+    }
+
+    async fn call_here(&self, call: Call) -> Result<(), CallError> {
+        let mut guard = self.slot.lock().await;
+        let Some(slot) = guard.as_mut() else {
+            return Err(CallError::Trapped("not loaded".to_owned()));
+        };
+        if slot.instance.is_none() {
+            let pre = slot.pre.clone();
+            match self.fresh_instance(pre).await {
+                Ok(instance) => slot.instance = Some(instance),
+                Err(err) => {
+                    self.crashed(&err);
+                    return Err(err);
+                }
+            }
+        }
+        let instance = slot.instance.as_mut().expect("instantiated above");
+        let result = match call {
+            Call::Event(event, delivery) => instance.on_event(&event, delivery).await,
+            Call::Command(invocation, delivery) => instance.on_command(&invocation, delivery).await,
+            Call::Timer(tag) => instance.on_timer(&tag).await,
+            Call::Repeat(event, times) => {
+                let mut result = Ok(());
+                for id in 0..times {
+                    result =
+                        instance.on_event(&event, types::Delivery { id: u64::from(id), attempt: 1 }).await;
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                result
+            }
+        };
+        match &result {
+            Err(err) if err.is_fatal() => {
+                slot.instance = None;
+                self.crashed(err);
+            }
+            Err(_) => {}
+            Ok(()) => self.breaker.lock().expect("breaker poisoned").succeeded(),
+        }
+        result
+    }
+
+    /// A new instance of the loaded version, initialised.
+    async fn fresh_instance(&self, pre: BotPre<PluginState>) -> Result<Instance, CallError> {
+        let mut fresh = Instance::new(&pre, self.ctx.clone()).await.map_err(CallError::Trapped)?;
+        match fresh.init(&info(&self.ctx)).await? {
+            Ok(_) => Ok(fresh),
+            Err(message) => Err(CallError::Trapped(format!("init failed: {message}"))),
+        }
+    }
+
+    fn crashed(&self, err: &CallError) {
+        let message = truncate(err.describe());
+        self.ctx.log("error", format!("instance discarded: {message}"));
+        let mut health = self.health.lock().expect("health poisoned");
+        health.crashes += 1;
+        health.last_error = Some(message);
+        if self.breaker.lock().expect("breaker poisoned").crashed(Instant::now()) {
+            self.ctx.log("error", "crashing repeatedly: suspended for a while");
+        }
+    }
+
+    /// Until when the breaker keeps the plugin suspended, if it does.
+    pub(crate) fn suspended_until(&self) -> Option<Instant> {
+        self.breaker.lock().expect("breaker poisoned").open_until(Instant::now())
+    }
+
+    /// Runs the per-call benchmark: `times` no-op calls in one task, timed there.
+    pub(crate) async fn measure(
+        self: &Arc<Self>,
+        event: types::Event,
+        times: u32,
+    ) -> Result<Duration, CallError> {
+        let plugin = self.clone();
+        let task = self.runtime.spawn(async move {
+            let started = Instant::now();
+            plugin.call_here(Call::Repeat(event, times)).await.map(|()| started.elapsed())
+        });
+        task.await.map_err(|e| CallError::Trapped(e.to_string()))?
+    }
+}
