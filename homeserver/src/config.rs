@@ -756,6 +756,7 @@ allow_private_destinations = false
 # wall_ms_per_call = 30000         # wall-clock time per call
 # sends_per_second = 10            # events sent per second (bursts of twice that)
 # max_timers = 1000
+# http_hosts = []                  # hosts it may send HTTP requests to ("host", "*.domain", ":port")
 "#;
 
 #[cfg(test)]

@@ -248,8 +248,11 @@ impl Server {
             live: app.live.clone(),
             cache_dir: config.data_dir.join("plugin-cache"),
         };
-        let plugins =
-            plugins::PluginHost::start(services, &config.plugins, config.plugin_settings.clone()).await?;
+        let plugin_settings = plugins::HostSettings {
+            allow_private_destinations: config.testing.allow_private_destinations,
+            ..config.plugin_settings.clone()
+        };
+        let plugins = plugins::PluginHost::start(services, &config.plugins, plugin_settings).await?;
         if let Some(host) = &plugins {
             info!(plugins = ?host.ids(), "loaded plugins");
         }

@@ -70,6 +70,8 @@ pub(crate) struct Buckets {
     pub writes: Bucket,
     /// Log lines (beyond it, lines are dropped and counted).
     pub logs: Bucket,
+    /// Outbound HTTP requests.
+    pub http: Bucket,
 }
 
 impl Buckets {
@@ -81,6 +83,7 @@ impl Buckets {
             profile: Bucket::new(1.0 / 60.0, 2.0),
             writes: Bucket::new(100.0, 200.0),
             logs: Bucket::new(50.0, 100.0),
+            http: Bucket::new(2.0, 20.0),
         }
     }
 }
@@ -100,6 +103,8 @@ pub(crate) struct PluginCtx {
     pub timers_changed: Notify,
     /// The server's runtime.
     pub main: tokio::runtime::Handle,
+    /// Outbound HTTP, when the plugin is granted hosts.
+    pub egress: Option<crate::http::Egress>,
 }
 
 impl PluginCtx {
@@ -126,6 +131,13 @@ impl PluginCtx {
             return;
         }
         self.log(level, message);
+    }
+
+    /// Adds to one of the plugin's counters (the host's own, beside those the plugin keeps).
+    pub(crate) fn count(&self, name: &str, delta: u64) {
+        let mut counters = self.counters.lock().expect("counters poisoned");
+        let value = counters.entry(name.to_owned()).or_default();
+        *value = value.saturating_add(delta);
     }
 
     /// Takes `n` tokens from one of the plugin's buckets, or `rate-limited`.

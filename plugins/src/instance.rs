@@ -31,6 +31,8 @@ pub(crate) struct PluginState {
     budget_ticks: u32,
     /// The last message the guest logged at error level during this call (a panic hook's).
     pub last_error_log: Option<String>,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    hooks: crate::http::Hooks,
     pub ctx: Arc<PluginCtx>,
 }
 
@@ -38,6 +40,16 @@ impl PluginState {
     /// Called by every host import: the guest's CPU budget starts again when it resumes.
     pub(crate) fn rearm(&mut self) {
         self.ticks = 0;
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for PluginState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
     }
 }
 
@@ -73,20 +85,47 @@ impl CallError {
     }
 }
 
-/// Links the world's imports (and WASI with nothing granted) once per engine.
-pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<PluginState>> {
-    let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    Bot::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |state| state)?;
-    Ok(linker)
+/// The imports a plugin can be linked against: the world's and WASI with nothing granted, and
+/// the same plus `wasi:http` for plugins granted HTTP hosts. A component that imports what its
+/// plugin was not granted fails to load, before it ever runs.
+pub(crate) struct Linkers {
+    plain: Linker<PluginState>,
+    with_http: Linker<PluginState>,
 }
 
-/// Resolves a component's imports against the linker (fails for a component of another world).
+impl Linkers {
+    pub(crate) fn new(engine: &wasmtime::Engine) -> wasmtime::Result<Linkers> {
+        let mut plain = Linker::new(engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut plain)?;
+        Bot::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut plain, |state| state)?;
+        let mut with_http = plain.clone();
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut with_http)?;
+        Ok(Linkers { plain, with_http })
+    }
+
+    pub(crate) fn for_plugin(&self, ctx: &PluginCtx) -> &Linker<PluginState> {
+        match ctx.egress {
+            Some(_) => &self.with_http,
+            None => &self.plain,
+        }
+    }
+}
+
+/// Resolves a component's imports against the linker (fails for a component of another world,
+/// or one importing what its plugin was not granted).
 pub(crate) fn prepare(
     linker: &Linker<PluginState>,
     component: &Component,
 ) -> Result<BotPre<PluginState>, String> {
-    let pre = linker.instantiate_pre(component).map_err(|e| format!("{e:#}"))?;
+    let pre = linker.instantiate_pre(component).map_err(|e| {
+        let message = format!("{e:#}");
+        match message.contains("wasi:http") {
+            true => format!(
+                "the component makes HTTP requests, but the plugin is granted no hosts (grants.http_hosts): {message}"
+            ),
+            false => message,
+        }
+    })?;
     BotPre::new(pre).map_err(|e| format!("not a lattice:plugin/bot component: {e:#}"))
 }
 
@@ -120,6 +159,8 @@ impl Instance {
             ticks: 0,
             budget_ticks,
             last_error_log: None,
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            hooks: crate::http::Hooks { ctx: ctx.clone() },
             ctx,
         };
         let mut store = Store::new(pre.engine(), state);

@@ -10,7 +10,9 @@
 //!   `cache`: components precompiled once, by content hash.
 //! - `instance`: one instantiated plugin and the guarded calls into it (CPU budget, wall-clock
 //!   deadline, traps turned into errors and the instance discarded).
-//! - `host`: the imports — Matrix actions (`host::matrix`), `kv`, `timers`, `log`, `config`.
+//! - `host`: the imports — Matrix actions (`host::matrix`), `kv`, `timers`, `log`, `config`;
+//!   `http`: outbound `wasi:http` for plugins granted hosts (allow-list, secrets put in by the
+//!   host, size and rate bounds).
 //! - `delivery`: the per-plugin dispatcher (cursor, interest, retries, dead letters, timers);
 //!   `interest`: which events a plugin is offered and which are commands.
 //! - `breaker`: the crash circuit breaker; `coalesce`: edits of one message at most once a second.
@@ -33,6 +35,7 @@ mod context;
 mod delivery;
 mod engine;
 mod host;
+mod http;
 mod instance;
 mod interest;
 mod manager;

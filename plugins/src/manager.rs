@@ -57,6 +57,9 @@ pub struct HostSettings {
     pub breaker_threshold: u32,
     pub breaker_window: Duration,
     pub breaker_cooldown: Duration,
+    /// Plain http and private or loopback destinations for plugin HTTP (`[testing]
+    /// allow_private_destinations`).
+    pub allow_private_destinations: bool,
 }
 
 impl Default for HostSettings {
@@ -67,6 +70,7 @@ impl Default for HostSettings {
             breaker_threshold: 5,
             breaker_window: Duration::from_secs(300),
             breaker_cooldown: Duration::from_secs(60),
+            allow_private_destinations: false,
         }
     }
 }
@@ -126,7 +130,7 @@ pub struct PluginHost {
 struct HostInner {
     plugins: BTreeMap<String, Arc<Plugin>>,
     engines: Engines,
-    linker: Linker<PluginState>,
+    linkers: instance::Linkers,
     // Dropped last: plugins' tasks may still be finishing on it.
     _runtime: PluginRuntime,
 }
@@ -146,18 +150,18 @@ impl PluginHost {
         let max_memory = specs.values().map(|s| s.grants.memory_mb).max().unwrap_or(64);
         let engines = engine::build(specs.len(), max_memory)
             .map_err(|message| PluginError::Load { id: "*".into(), message })?;
-        let linker = instance::linker(&engines.engine)
+        let linkers = instance::Linkers::new(&engines.engine)
             .map_err(|e| PluginError::Load { id: "*".into(), message: format!("{e:#}") })?;
         let runtime = PluginRuntime::new()?;
         let mut plugins = BTreeMap::new();
         for (id, spec) in specs {
             let plugin = new_plugin(&services, id, spec, &settings, runtime.handle())?;
             ensure_bot_user(&services.db, &plugin.ctx).await?;
-            let slot = load(&engines.engine, &linker, &plugin).await?;
+            let slot = load(&engines.engine, linkers.for_plugin(&plugin.ctx), &plugin).await?;
             *plugin.slot.lock().await = Some(slot);
             plugins.insert(id.clone(), plugin);
         }
-        Ok(Some(PluginHost { inner: Arc::new(HostInner { plugins, engines, linker, _runtime: runtime }) }))
+        Ok(Some(PluginHost { inner: Arc::new(HostInner { plugins, engines, linkers, _runtime: runtime }) }))
     }
 
     /// Starts delivering to every plugin (dispatchers on the server's runtime; they stop when
@@ -241,7 +245,8 @@ impl PluginHost {
     /// migrated store behind an old version.
     pub async fn reload(&self, id: &str) -> Result<(), PluginError> {
         let plugin = self.plugin(id)?.clone();
-        let (engine, linker) = (self.inner.engines.engine.clone(), self.inner.linker.clone());
+        let engine = self.inner.engines.engine.clone();
+        let linker = self.inner.linkers.for_plugin(&plugin.ctx).clone();
         let task = tokio::spawn(async move {
             let _one_at_a_time = plugin.reloading.lock().await;
             let slot = match load(&engine, &linker, &plugin).await {
@@ -328,6 +333,13 @@ fn new_plugin(
 ) -> Result<Arc<Plugin>, PluginError> {
     let config_error = |message: String| PluginError::Config { id: id.to_owned(), message };
     spec.grants.validate().map_err(config_error)?;
+    let egress = match spec.grants.http_hosts.is_empty() {
+        true => None,
+        false => Some(
+            crate::http::Egress::new(&spec.grants.http_hosts, settings.allow_private_destinations)
+                .map_err(config_error)?,
+        ),
+    };
     let localpart = spec.user.clone().unwrap_or_else(|| id.to_owned());
     let server = services.rooms.server_name();
     let user = UserId::parse(format!("@{localpart}:{server}"))
@@ -348,6 +360,7 @@ fn new_plugin(
         edits: Coalescer::default(),
         timers_changed: Notify::new(),
         main: tokio::runtime::Handle::current(),
+        egress,
     });
     Ok(Arc::new(Plugin {
         ctx,

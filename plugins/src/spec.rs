@@ -52,6 +52,9 @@ pub struct Grants {
     pub sends_per_second: u32,
     /// Timers the plugin may have set at once.
     pub max_timers: u32,
+    /// Hosts the plugin may send HTTP requests to (`host`, `*.domain` or either with `:port`),
+    /// through `wasi:http`; none by default (the import is then not even linked).
+    pub http_hosts: Vec<String>,
 }
 
 impl Default for Grants {
@@ -63,6 +66,7 @@ impl Default for Grants {
             wall_ms_per_call: 30_000,
             sends_per_second: 10,
             max_timers: 1_000,
+            http_hosts: Vec::new(),
         }
     }
 }
@@ -80,6 +84,9 @@ impl Grants {
         }
         if self.sends_per_second == 0 {
             return Err("grants.sends_per_second must be at least 1".into());
+        }
+        for host in &self.http_hosts {
+            crate::http::Destination::parse(host).map_err(|e| format!("grants.http_hosts: {e}"))?;
         }
         Ok(())
     }
@@ -193,5 +200,6 @@ mod tests {
         assert!(Grants { memory_mb: 0, ..Grants::default() }.validate().is_err());
         assert!(Grants { cpu_ms_per_call: 1, ..Grants::default() }.validate().is_err());
         assert!(Grants { sends_per_second: 0, ..Grants::default() }.validate().is_err());
+        assert!(Grants { http_hosts: vec!["https://x".into()], ..Grants::default() }.validate().is_err());
     }
 }

@@ -11,10 +11,13 @@
 //!   sign events and by `federation` to publish it).
 //! - [`ids`]: small helpers for identifiers (random strings, hashing secrets).
 //! - [`time`]: the wall clock in Matrix milliseconds.
+//! - [`net`]: which addresses are public — the rule every outbound request others can steer
+//!   (federation destinations, plugin HTTP) goes through.
 
 pub mod error;
 pub mod ids;
 pub mod keys;
+pub mod net;
 pub mod streams;
 pub mod text;
 pub mod time;

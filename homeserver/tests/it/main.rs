@@ -34,6 +34,8 @@
 //!   knocks, leaves, directories, backfill, EDUs; outages, catch-up and the destinations' admin.
 //! - `plugins`: WASM plugins hosted for real — the echo bot, hostile fixtures contained, delivery
 //!   across a disabled plugin and a restart, reload rollback, send rate, the plugin admin API.
+//! - `plugins_http`: plugin HTTP as an admin runs it (the binary, a granted host, a secret from
+//!   the environment, a streamed answer), and a plugin refused for requests it was not granted.
 //! - `spec_schema`: responses validated against the Matrix spec's OpenAPI schemas (`../shared/matrix-spec`).
 
 mod accounts;
@@ -56,6 +58,7 @@ mod lifecycle;
 mod limits;
 mod merges;
 mod plugins;
+mod plugins_http;
 mod presence;
 mod relations;
 mod rooms;

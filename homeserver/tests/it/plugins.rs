@@ -20,7 +20,7 @@ use crate::harness::{TestServer, User, enc};
 /// A built guest component, or None (skip) when the guests cannot be built here. The guests are
 /// built (or found up to date) once per test run by `.ci/plugin-guests`, which installs Debian's
 /// WebAssembly toolchain if it is missing.
-fn guest(name: &str) -> Option<PathBuf> {
+pub(crate) fn guest(name: &str) -> Option<PathBuf> {
     static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let built = BUILT.get_or_init(|| {
@@ -45,7 +45,7 @@ fn guest(name: &str) -> Option<PathBuf> {
     }
 }
 
-fn spec(path: PathBuf, config: Value, grants: Grants) -> PluginSpec {
+pub(crate) fn spec(path: PathBuf, config: Value, grants: Grants) -> PluginSpec {
     PluginSpec { path, user: None, config: config.as_object().cloned().unwrap_or_default(), grants }
 }
 
@@ -58,11 +58,23 @@ fn quick(config: &mut Config) {
         breaker_threshold: 3,
         breaker_window: Duration::from_secs(60),
         breaker_cooldown: Duration::from_secs(2),
+        ..HostSettings::default()
     };
 }
 
+/// A server hosting the given plugins (id, component, config, grants), with short waits.
+async fn hosting(plugins: Vec<(&str, PathBuf, Value, Grants)>) -> TestServer {
+    TestServer::start_with(|c| {
+        quick(c);
+        for (id, path, config, grants) in plugins {
+            c.plugins.insert(id.to_owned(), spec(path, config, grants));
+        }
+    })
+    .await
+}
+
 /// Polls `check` until it returns Some, for at most `secs`.
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+pub(crate) async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
     secs: u64,
     what: &str,
     mut check: impl FnMut() -> F,
@@ -105,11 +117,7 @@ async fn plugin_status(server: &TestServer, admin: &User, id: &str) -> Value {
 #[tokio::test]
 async fn the_echo_bot_answers_commands_in_threads_and_keeps_its_count() {
     let Some(echo) = guest("echo_bot") else { return };
-    let server = TestServer::start_with(|c| {
-        quick(c);
-        c.plugins.insert("echo".into(), spec(echo, json!({ "greeting": "hi" }), Grants::default()));
-    })
-    .await;
+    let server = hosting(vec![("echo", echo, json!({ "greeting": "hi" }), Grants::default())]).await;
     let alice = server.register("alice").await;
     let room = server.create_room(&alice, json!({})).await;
     server.invite(&alice, &room, "@echo:localhost").await;
@@ -160,12 +168,11 @@ async fn hostile_plugins_are_cut_off_reported_and_suspended_while_clients_keep_t
         return;
     };
     let tight = Grants { cpu_ms_per_call: 50, memory_mb: 16, ..Grants::default() };
-    let server = TestServer::start_with(|c| {
-        quick(c);
-        c.plugins.insert("spin".into(), spec(spin, json!({}), tight.clone()));
-        c.plugins.insert("bomb".into(), spec(bomb, json!({}), tight.clone()));
-        c.plugins.insert("panicker".into(), spec(panicker, json!({}), tight.clone()));
-    })
+    let server = hosting(vec![
+        ("spin", spin, json!({}), tight.clone()),
+        ("bomb", bomb, json!({}), tight.clone()),
+        ("panicker", panicker, json!({}), tight.clone()),
+    ])
     .await;
     let admin = server.register_admin("root").await;
     let alice = server.register("alice").await;
@@ -246,11 +253,7 @@ async fn send_latency(server: &TestServer, user: &User, room: &str, rounds: usiz
 #[tokio::test]
 async fn a_disabled_plugin_gets_every_event_in_order_after_a_restart() {
     let Some(echo) = guest("echo_bot") else { return };
-    let server = TestServer::start_with(|c| {
-        quick(c);
-        c.plugins.insert("echo".into(), spec(echo, json!({}), Grants::default()));
-    })
-    .await;
+    let server = hosting(vec![("echo", echo, json!({}), Grants::default())]).await;
     let admin = server.register_admin("root").await;
     let alice = server.register("alice").await;
     let room = server.create_room(&alice, json!({})).await;
@@ -294,11 +297,7 @@ async fn a_reload_that_fails_keeps_the_running_version() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("plugin.wasm");
     std::fs::copy(&echo, &path).unwrap();
-    let server = TestServer::start_with(|c| {
-        quick(c);
-        c.plugins.insert("echo".into(), spec(path.clone(), json!({}), Grants::default()));
-    })
-    .await;
+    let server = hosting(vec![("echo", path.clone(), json!({}), Grants::default())]).await;
     let admin = server.register_admin("root").await;
     let alice = server.register("alice").await;
     let before = plugin_status(&server, &admin, "echo").await["sha256"].clone();
@@ -332,11 +331,7 @@ async fn a_reload_that_fails_keeps_the_running_version() {
 async fn a_flooding_plugin_is_held_to_its_send_rate() {
     let Some(flood) = guest("flood") else { return };
     let grants = Grants { sends_per_second: 5, ..Grants::default() };
-    let server = TestServer::start_with(|c| {
-        quick(c);
-        c.plugins.insert("flood".into(), spec(flood, json!({}), grants));
-    })
-    .await;
+    let server = hosting(vec![("flood", flood, json!({}), grants)]).await;
     let alice = server.register("alice").await;
     let room = server.create_room(&alice, json!({})).await;
     server.invite(&alice, &room, "@flood:localhost").await;
@@ -353,11 +348,7 @@ async fn a_flooding_plugin_is_held_to_its_send_rate() {
 #[tokio::test]
 async fn the_plugin_admin_api_is_for_admins_only() {
     let Some(echo) = guest("echo_bot") else { return };
-    let server = TestServer::start_with(|c| {
-        quick(c);
-        c.plugins.insert("echo".into(), spec(echo, json!({}), Grants::default()));
-    })
-    .await;
+    let server = hosting(vec![("echo", echo, json!({}), Grants::default())]).await;
     let alice = server.register("alice").await;
     let admin = server.register_admin("root").await;
     let (code, body) = server.get("/_lattice/admin/v1/plugins", Some(&alice.token)).await;
@@ -408,11 +399,7 @@ async fn a_plugin_with_a_bad_configuration_stops_the_server_from_starting() {
 #[tokio::test]
 async fn the_plugin_command_manages_the_running_server() {
     let Some(echo) = guest("echo_bot") else { return };
-    let server = TestServer::start_with(|c| {
-        quick(c);
-        c.plugins.insert("echo".into(), spec(echo, json!({}), Grants::default()));
-    })
-    .await;
+    let server = hosting(vec![("echo", echo, json!({}), Grants::default())]).await;
     let admin = server.register_admin("root").await;
     let alice = server.register("alice").await;
     let address = server.base.trim_start_matches("http://").to_owned();

@@ -15,3 +15,19 @@ impl From<std::string::FromUtf8Error> for Error {
         Error::Invalid(e.to_string())
     }
 }
+
+impl Error {
+    /// The error as a sentence for people (a reply, a log line): the text the host gave, or
+    /// `rate limited (retry after N ms)`.
+    pub fn message(&self) -> String {
+        match self {
+            Error::Denied(m)
+            | Error::NotFound(m)
+            | Error::Quota(m)
+            | Error::Invalid(m)
+            | Error::Upstream(m)
+            | Error::Internal(m) => m.clone(),
+            Error::RateLimited(ms) => format!("rate limited (retry after {ms} ms)"),
+        }
+    }
+}

@@ -37,6 +37,8 @@
 //! - [`matrix`]: `reply_in_thread`, `edit`, `react`, `send_text`, `accept_invite`, `whoami`.
 //! - [`Kv`]: the plugin's key-value store with string and JSON values and compare-and-swap.
 //! - [`log`] and the [`info!`]-style macros, [`config()`], [`timers`], and a [`Commands`] router.
+//! - [`http`]: outbound HTTP over `wasi:http` (a blocking client, chunked bodies, server-sent
+//!   events), for plugins granted `http_hosts`.
 //! - [`raw`]: the generated bindings of every import, for what the helpers do not cover.
 
 #[doc(hidden)]
@@ -45,6 +47,7 @@ pub mod commands;
 pub mod config;
 mod error;
 pub mod event;
+pub mod http;
 pub mod kv;
 pub mod log;
 pub mod matrix;
