@@ -34,6 +34,10 @@
 //!   knocks, leaves, directories, backfill, EDUs; outages, catch-up and the destinations' admin.
 //! - `plugins`: WASM plugins hosted for real — the echo bot, hostile fixtures contained, delivery
 //!   across a disabled plugin and a restart, reload rollback, send rate, the plugin admin API.
+//! - `plugin_binary`, `upstream`: the `lattice` binary run from a `lattice.toml` with secrets in
+//!   its environment, and an OpenAI-compatible streaming test server, for the plugin tests below.
+//! - `plugins_chatgpt`: the ChatGPT bot against a streaming model service: threads, context,
+//!   edits, direct chats, mentions, per-room settings, provider failures.
 //! - `plugins_http`: plugin HTTP as an admin runs it (the binary, a granted host, a secret from
 //!   the environment, a streamed answer), and a plugin refused for requests it was not granted.
 //! - `spec_schema`: responses validated against the Matrix spec's OpenAPI schemas (`../shared/matrix-spec`).
@@ -57,7 +61,9 @@ mod harness;
 mod lifecycle;
 mod limits;
 mod merges;
+mod plugin_binary;
 mod plugins;
+mod plugins_chatgpt;
 mod plugins_http;
 mod presence;
 mod relations;
@@ -68,4 +74,5 @@ mod sdk_groups;
 mod search;
 mod spec_schema;
 mod sync;
+mod upstream;
 mod visibility;

@@ -41,10 +41,14 @@
 //! The calls block the plugin (the wall-clock time counts against `wall_ms_per_call`, the
 //! waiting does not count as CPU). [`Request::timeout_ms`] bounds the connection, the wait for
 //! the response's first byte and every wait between two body chunks.
+//! [`BodyReader::next_chunk_until`] and [`SseReader::next_event_until`] wait for the body only
+//! until a deadline the plugin chooses (and can be called again): a plugin streaming a long
+//! answer uses them to stop before its `wall_ms_per_call`, or to do other work between chunks.
 
 mod sse;
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use serde::de::DeserializeOwned;
 use wasi::http::outgoing_handler;
@@ -55,6 +59,16 @@ use wasi::http::types::{
 use wasi::io::streams::{InputStream, StreamError};
 
 pub use sse::{SseEvent, SseParser};
+
+/// What a read with a deadline ([`BodyReader::next_chunk_until`],
+/// [`SseReader::next_event_until`]) got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Timed<T> {
+    /// The read completed: a chunk or event, or `None` at the end of the body.
+    Ready(T),
+    /// The deadline passed first. Nothing was lost: reading can go on.
+    TimedOut,
+}
 
 use crate::{Error, Result};
 
@@ -361,6 +375,41 @@ impl BodyReader {
         Ok(out)
     }
 
+    /// Like [`next_chunk`](BodyReader::next_chunk), but waits at most until `deadline`
+    /// ([`Timed::TimedOut`] then, and the body can still be read): for a plugin that must do
+    /// something else now and then while a slow body arrives, or stay within its
+    /// `wall_ms_per_call`.
+    pub fn next_chunk_until(&mut self, deadline: Instant) -> Result<Timed<Option<Vec<u8>>>> {
+        let Some(stream) = &self.stream else {
+            return Ok(Timed::Ready(None));
+        };
+        loop {
+            match stream.read(CHUNK) {
+                Ok(bytes) if !bytes.is_empty() => return Ok(Timed::Ready(Some(bytes))),
+                Ok(_) => {}
+                Err(StreamError::Closed) => {
+                    self.close();
+                    return Ok(Timed::Ready(None));
+                }
+                Err(e) => {
+                    let error = stream_error("reading the response body", e);
+                    self.close();
+                    return Err(error);
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(Timed::TimedOut);
+            }
+            // Both pollables are dropped before the next read (`ready` is a child of the stream).
+            let ready = stream.subscribe();
+            let timer = wasi::clocks::monotonic_clock::subscribe_duration(
+                u64::try_from(left.as_nanos()).unwrap_or(u64::MAX),
+            );
+            wasi::io::poll::poll(&[&ready, &timer]);
+        }
+    }
+
     fn close(&mut self) {
         self.stream = None;
         self.body = None;
@@ -415,6 +464,25 @@ impl SseReader {
             }
             let Some(chunk) = self.body.next_chunk()? else {
                 return Ok(None);
+            };
+            self.ready.extend(self.parser.push(&chunk));
+            if self.parser.buffered_len() > self.max_pending {
+                self.body.close();
+                return Err(Error::Quota(format!("a server-sent event is longer than {} bytes", self.max_pending)));
+            }
+        }
+    }
+    /// Like [`next_event`](SseReader::next_event), but waits at most until `deadline`
+    /// ([`Timed::TimedOut`] then, and reading can go on; a partly received event is kept).
+    pub fn next_event_until(&mut self, deadline: Instant) -> Result<Timed<Option<SseEvent>>> {
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Ok(Timed::Ready(Some(event)));
+            }
+            let chunk = match self.body.next_chunk_until(deadline)? {
+                Timed::Ready(Some(chunk)) => chunk,
+                Timed::Ready(None) => return Ok(Timed::Ready(None)),
+                Timed::TimedOut => return Ok(Timed::TimedOut),
             };
             self.ready.extend(self.parser.push(&chunk));
             if self.parser.buffered_len() > self.max_pending {
