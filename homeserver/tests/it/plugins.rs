@@ -440,3 +440,54 @@ async fn the_plugin_command_manages_the_running_server() {
     let out = cli(admin.token.clone(), &["plugin", "reload", "nope"]).await.unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("M_NOT_FOUND"), "{out:?}");
 }
+
+#[tokio::test]
+async fn reloads_under_load_lose_and_repeat_nothing() {
+    let Some(echo) = guest("echo_bot") else { return };
+    let server =
+        hosting(vec![("echo", echo, json!({}), Grants { sends_per_second: 1000, ..Grants::default() })])
+            .await;
+    let admin = server.register_admin("root").await;
+    let alice = server.register("alice").await;
+    let room = server.create_room(&alice, json!({})).await;
+    server.invite(&alice, &room, "@echo:localhost").await;
+    wait_joined(&server, &alice, &room, "@echo:localhost").await;
+    const N: usize = 150;
+    let sending = async {
+        for i in 0..N {
+            server.send_text(&alice, &room, &format!("!echo n{i}")).await;
+        }
+    };
+    let reloading = async {
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let (code, body) =
+                server.post("/_lattice/admin/v1/plugins/echo/reload", Some(&admin.token), json!({})).await;
+            assert_eq!(code, 200, "{body}");
+        }
+    };
+    tokio::join!(sending, reloading);
+    // Every command counted once (the count is a compare-and-set counter in the plugin's
+    // store), and answered once.
+    let db = &server.server.db;
+    eventually(60, "every command counted", || async {
+        let count = db.kv_get("echo", "count", 0).await.unwrap().map(|e| String::from_utf8(e.value).unwrap());
+        (count.as_deref() == Some(&N.to_string())).then_some(())
+    })
+    .await;
+    let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1000", enc(&room));
+    let (_, page) = server.get(&path, Some(&alice.token)).await;
+    let mut answers: Vec<String> = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["sender"] == "@echo:localhost" && e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect();
+    let total = answers.len();
+    answers.sort();
+    answers.dedup();
+    assert_eq!((total, answers.len()), (N, N), "one answer per command, none twice");
+    let status = plugin_status(&server, &admin, "echo").await;
+    assert_eq!(status["crashes"], 0, "{status}");
+}
