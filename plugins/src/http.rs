@@ -1,10 +1,12 @@
 //! Outbound HTTP for plugins, through the standard `wasi:http/outgoing-handler`: linked only
 //! for plugins granted `http_hosts`, and every request checked here before it leaves — https
 //! to a granted host (and port), at most 2 per second (bursts of 20), request bodies up to
-//! 8 MiB, responses cut off past 16 MiB. Plain http and private or loopback addresses (checked
+//! 8 MiB, responses cut off past 16 MiB, at most 8 requests open at once. Plain http and private or loopback addresses (checked
 //! on the literal and on every address a name resolves to) only with the server's `[testing]
-//! allow_private_destinations`. Header values may name a secret as `{secret:NAME}`: the host
-//! puts the value in on the way out, so the plugin never holds it. Requests are sent by the
+//! allow_private_destinations`. Credential headers (`Authorization`, `X-Api-Key`, `Api-Key`) may
+//! name a secret as `{secret:NAME}`: the host puts the value in on the way out and takes any
+//! response header that echoes it away, so the plugin does not hold it (a granted server that
+//! echoes it in a body could still hand it back: grant only hosts trusted with the key). Requests are sent by the
 //! server's runtime (reqwest on rustls with ring), the response body streams back to the guest.
 
 use std::{
@@ -28,6 +30,10 @@ const MAX_RESPONSE_BYTES: u64 = 16 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for the response head, and between two reads of its body.
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
+/// Requests a plugin may have open at once (until their response body is read or dropped).
+const MAX_IN_FLIGHT: usize = 8;
+/// Headers a secret may be put into: credentials, never headers a server commonly echoes.
+const SECRET_HEADERS: [&str; 3] = ["authorization", "x-api-key", "api-key"];
 
 type WasiBody = UnsyncBoxBody<Bytes, HttpError>;
 type SendFuture = Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), HttpError>> + Send>;
@@ -55,7 +61,13 @@ impl Destination {
             && name
                 .split('.')
                 .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
-        if !valid {
+        // A name whose last label is a number is an address in some spelling (`0x7f.1`,
+        // `2130706433`) that URL parsers read differently: only plain IPv4 literals pass.
+        let numeric_tail = name
+            .rsplit('.')
+            .next()
+            .is_some_and(|l| l.chars().all(|c| c.is_ascii_digit()) || l.starts_with("0x"));
+        if !valid || (numeric_tail && name.parse::<std::net::Ipv4Addr>().is_err()) {
             return Err(format!("`{grant}` is not a host name (or host:port)"));
         }
         Ok(Destination { host: host.to_ascii_lowercase(), port })
@@ -76,6 +88,7 @@ pub(crate) struct Egress {
     destinations: Vec<Destination>,
     allow_private: bool,
     client: reqwest::Client,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl Egress {
@@ -93,11 +106,18 @@ impl Egress {
             .use_preconfigured_tls(tls)
             .dns_resolver(Arc::new(PublicOnly { allow_private }))
             .redirect(reqwest::redirect::Policy::none())
+            // Never through a proxy from the environment: the address checks are about the target.
+            .no_proxy()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
             .build()
             .map_err(|e| e.to_string())?;
-        Ok(Egress { destinations, allow_private, client })
+        Ok(Egress {
+            destinations,
+            allow_private,
+            client,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+        })
     }
 
     /// Whether the request may go out, by scheme, host and port.
@@ -163,22 +183,32 @@ impl WasiHttpHooks for Hooks {
             if ctx.take(|b| &mut b.http, 1.0).is_err() {
                 return Err(HttpError::ConnectionLimitReached);
             }
+            let permit = egress
+                .in_flight
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| HttpError::ConnectionLimitReached)?;
             let (parts, body) = request.into_parts();
             let body = collect_limited(body).await?;
-            let headers = inject_secrets(&ctx, parts.headers)?;
+            let (headers, secrets) = inject_secrets(&ctx, parts.headers)?;
             let client = egress.client.clone();
-            let first_byte = options.and_then(|o| o.first_byte_timeout).unwrap_or(READ_TIMEOUT);
-            let send = client.request(parts.method, parts.uri.to_string()).headers(headers).body(body).send();
-            // Sent by the server's runtime: the connection's tasks must not live on the guests'.
+            let first_byte =
+                options.and_then(|o| o.first_byte_timeout).unwrap_or(READ_TIMEOUT).min(READ_TIMEOUT);
+            let (method, uri) = (parts.method, parts.uri.to_string());
+            // Built and sent by the server's runtime: the connection's tasks and timers must not
+            // live on the guests'.
             let response = ctx
                 .main
-                .spawn(async move { tokio::time::timeout(first_byte, send).await })
+                .spawn(async move {
+                    let send = client.request(method, uri).headers(headers).body(body).send();
+                    tokio::time::timeout(first_byte, send).await
+                })
                 .await
                 .map_err(|_| HttpError::ConnectionTerminated)?
                 .map_err(|_| HttpError::ConnectionReadTimeout)?
                 .map_err(map_error)?;
             ctx.count("http_requests", 1);
-            Ok((into_wasi_response(response), Box::new(async { Ok(()) }) as IoFuture))
+            Ok((into_wasi_response(response, &secrets, permit), Box::new(async { Ok(()) }) as IoFuture))
         })
     }
 }
@@ -192,38 +222,46 @@ async fn collect_limited(body: WasiBody) -> Result<Vec<u8>, HttpError> {
     }
 }
 
-/// Replaces `{secret:NAME}` in header values with the configured secret; an unknown name
-/// refuses the request.
-fn inject_secrets(ctx: &PluginCtx, headers: http::HeaderMap) -> Result<http::HeaderMap, HttpError> {
+/// Replaces `{secret:NAME}` in the values of credential headers ([`SECRET_HEADERS`]) with the
+/// configured secret, marked sensitive; returns the headers and the secret values used. A secret
+/// named in any other header, or an unknown name, refuses the request.
+fn inject_secrets(
+    ctx: &PluginCtx,
+    headers: http::HeaderMap,
+) -> Result<(http::HeaderMap, Vec<String>), HttpError> {
     let secrets = ctx.config.lock().expect("config poisoned").secrets.clone();
+    let mut used = Vec::new();
     let mut out = http::HeaderMap::with_capacity(headers.len());
     for (name, value) in headers.iter() {
-        let Ok(text) = value.to_str() else {
-            out.append(name.clone(), value.clone());
-            continue;
-        };
+        let text = value.to_str().unwrap_or_default();
         if !text.contains("{secret:") {
             out.append(name.clone(), value.clone());
             continue;
+        }
+        let refuse = |why: String| HttpError::InternalError(Some(why));
+        if !SECRET_HEADERS.contains(&name.as_str()) {
+            return Err(refuse(format!("secrets go only into {}", SECRET_HEADERS.join(", "))));
         }
         let mut filled = String::with_capacity(text.len());
         let mut rest = text;
         while let Some(start) = rest.find("{secret:") {
             filled.push_str(&rest[..start]);
             let after = &rest[start + "{secret:".len()..];
-            let unknown = || HttpError::InternalError(Some(format!("unknown secret in header {name}")));
-            let end = after.find('}').ok_or_else(unknown)?;
-            let secret = secrets.get(&after[..end]).ok_or_else(unknown)?;
+            let end = after.find('}').ok_or_else(|| refuse(format!("unknown secret in header {name}")))?;
+            let secret = secrets
+                .get(&after[..end])
+                .ok_or_else(|| refuse(format!("unknown secret in header {name}")))?;
             filled.push_str(secret);
+            used.push(secret.clone());
             rest = &after[end + 1..];
         }
         filled.push_str(rest);
-        let value = http::HeaderValue::from_str(&filled).map_err(|_| {
-            HttpError::InternalError(Some(format!("header {name} is not valid with its secret")))
-        })?;
+        let mut value = http::HeaderValue::from_str(&filled)
+            .map_err(|_| refuse(format!("header {name} is not valid with its secret")))?;
+        value.set_sensitive(true);
         out.append(name.clone(), value);
     }
-    Ok(out)
+    Ok((out, used))
 }
 
 fn map_error(err: reqwest::Error) -> HttpError {
@@ -236,14 +274,27 @@ fn map_error(err: reqwest::Error) -> HttpError {
     }
 }
 
-/// The response for the guest: its head, and its body streamed up to [`MAX_RESPONSE_BYTES`].
-fn into_wasi_response(response: reqwest::Response) -> http::Response<WasiBody> {
+/// The response for the guest: its head (without any header that carries a secret the request
+/// used, should the server echo it), and its body streamed up to [`MAX_RESPONSE_BYTES`]. The
+/// in-flight permit is released when the body is read to the end or dropped.
+fn into_wasi_response(
+    response: reqwest::Response,
+    secrets: &[String],
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> http::Response<WasiBody> {
     let mut builder = http::Response::builder().status(response.status());
     if let Some(headers) = builder.headers_mut() {
-        *headers = response.headers().clone();
+        for (name, value) in response.headers() {
+            let echoes =
+                value.to_str().is_ok_and(|v| secrets.iter().any(|s| !s.is_empty() && v.contains(s.as_str())));
+            if !echoes {
+                headers.append(name.clone(), value.clone());
+            }
+        }
     }
     let mut read: u64 = 0;
     let stream = response.bytes_stream().map(move |chunk| {
+        let _held = &permit;
         let chunk = chunk.map_err(|_| HttpError::ConnectionTerminated)?;
         read += chunk.len() as u64;
         match read > MAX_RESPONSE_BYTES {
@@ -298,7 +349,10 @@ mod tests {
     fn grants_must_be_host_names() {
         assert!(Destination::parse("api.example.com").is_ok());
         assert!(Destination::parse("*.example.com:8443").is_ok());
-        for bad in ["", "https://x.com", "x.com/path", "x.com:port", "a b.com"] {
+        assert!(Destination::parse("127.0.0.1:8080").is_ok());
+        for bad in
+            ["", "https://x.com", "x.com/path", "x.com:port", "a b.com", "0x7f.1", "2130706433", "127.1"]
+        {
             assert!(Destination::parse(bad).is_err(), "{bad}");
         }
     }

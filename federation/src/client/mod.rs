@@ -103,6 +103,8 @@ impl FederationClient {
                 .timeout(settings.timeout)
                 .connect_timeout(Duration::from_secs(15))
                 .redirect(guard::redirect_policy(allow_private))
+                // Never through a proxy from the environment: the address guard is about the target.
+                .no_proxy()
                 .user_agent(concat!("Lattice/", env!("CARGO_PKG_VERSION")))
                 .build()
         };

@@ -77,6 +77,8 @@ async fn the_chatgpt_bot_answers_in_threads_with_streamed_edits_and_keeps_the_th
     let prompt = lattice.say(&alice, &room, "!ai What is 2+2?").await;
     let reply = answer_in_thread(&lattice, &alice, &room, &prompt, "The answer is 4.").await;
     assert_eq!(reply["content"]["body"], "…", "a placeholder first, then edits");
+    assert_eq!(reply["content"]["msgtype"], "m.notice", "bots answer with notices: {reply}");
+    assert_eq!(reply["content"]["org.lattice.chatgpt.answer"], true, "{reply}");
     let body = messages_sent(&upstream, 0);
     assert_eq!(body["model"], "test-model");
     assert_eq!(
@@ -111,7 +113,8 @@ async fn the_chatgpt_bot_answers_in_threads_with_streamed_edits_and_keeps_the_th
         ])
     );
 
-    // A per-room model; a provider failure is answered politely, not retried.
+    // A per-room model (alice created the room: power 100); a provider failure is answered
+    // politely, not retried.
     lattice.say(&alice, &room, "!ai model broken").await;
     let failing = lattice.say(&alice, &room, "!ai hi").await;
     let sorry = eventually(60, "the apology", || async {
@@ -138,6 +141,7 @@ async fn the_chatgpt_bot_answers_every_message_in_a_direct_chat() {
     let room = lattice.create_room(&alice, json!({ "is_direct": true, "invite": [BOT] })).await;
     lattice.wait_joined(&alice, &room, BOT).await;
     let prompt = lattice.say(&alice, &room, "hi there").await;
-    answer_in_thread(&lattice, &alice, &room, &prompt, "Hello, world!").await;
+    let reply = answer_in_thread(&lattice, &alice, &room, &prompt, "Hello, world!").await;
+    assert_eq!(reply["content"]["msgtype"], "m.notice", "{reply}");
     assert_eq!(messages_sent(&upstream, 0)["messages"][1], json!({ "role": "user", "content": "hi there" }));
 }

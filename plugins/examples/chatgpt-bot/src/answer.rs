@@ -52,6 +52,10 @@ pub fn answer(prompt: &Event, text: &str, started: Instant, delivery: Delivery) 
     let config = Config::load();
     let room = prompt.room_id();
     let bot = sdk::whoami();
+    // A redelivery of a prompt answered already (the answer, or an apology, was sent).
+    if settings::was_answered(prompt.id())? {
+        return Ok(());
+    }
     // Counted once per prompt: a redelivery was counted by the first attempt.
     if delivery.attempt == 1 {
         match settings::count_prompt(&config, prompt.sender(), room, now_ms())? {
@@ -114,6 +118,10 @@ pub fn answer(prompt: &Event, text: &str, started: Instant, delivery: Delivery) 
         sdk::log::counter("answers", 1);
     }
     finish(room, &placeholder, &final_text);
+    // Not returned: a redelivery would ask the model again.
+    if let Err(e) = settings::record_answered(prompt.id()) {
+        sdk::warn!("recording the answer to {}: {}", prompt.id(), e.message());
+    }
     room::typing(room, false);
     Ok(())
 }
@@ -230,7 +238,7 @@ impl Answering<'_> {
                             );
                         }
                         // The host sends at most one edit a second per message, always the last.
-                        match sdk::edit(self.room, self.placeholder, &text) {
+                        match room::edit_answer(self.room, self.placeholder, &text) {
                             Ok(_) => {}
                             Err(Error::NotFound(_)) => return Outcome::Gone,
                             Err(e) => sdk::debug!("editing the answer: {}", e.message()),
@@ -256,7 +264,7 @@ impl Answering<'_> {
 /// Edits the placeholder into its final text, once more after a `rate-limited`.
 fn finish(room: &str, placeholder: &str, text: &str) {
     for attempt in 1..=2 {
-        match sdk::edit(room, placeholder, text) {
+        match room::edit_answer(room, placeholder, text) {
             Ok(_) => return,
             Err(Error::RateLimited(ms)) if attempt == 1 => {
                 std::thread::sleep(Duration::from_millis(u64::from(ms).min(2_000)));

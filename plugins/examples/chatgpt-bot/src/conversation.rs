@@ -5,6 +5,16 @@ use lattice_plugin_sdk::serde_json::{Value, json};
 
 use crate::{addressing, texts};
 
+/// The key the bot puts (as `true`) in the content of its answers — the placeholder and, in
+/// `m.new_content`, every edit — so that they are told apart from its other notices.
+pub const ANSWER_MARKER: &str = "org.lattice.chatgpt.answer";
+
+/// The content of one of the bot's answers (the placeholder, or an edit's new content): an
+/// `m.notice`, which bots do not answer, with [`ANSWER_MARKER`].
+pub fn answer_content(text: &str) -> Value {
+    json!({ "msgtype": "m.notice", "body": text, (ANSWER_MARKER): true })
+}
+
 /// One message of the thread, as far as the conversation cares.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ThreadMessage {
@@ -17,6 +27,8 @@ pub struct ThreadMessage {
     pub replaces: Option<String>,
     /// The edit's `m.new_content.body`.
     pub new_body: Option<String>,
+    /// Whether the content carries [`ANSWER_MARKER`] (`true`).
+    pub answer_marker: bool,
 }
 
 impl ThreadMessage {
@@ -31,7 +43,17 @@ impl ThreadMessage {
             body: text(&content["body"]),
             replaces: (relates["rel_type"] == "m.replace").then(|| text(&relates["event_id"])).flatten(),
             new_body: text(&content["m.new_content"]["body"]),
+            answer_marker: content[ANSWER_MARKER] == true,
         }
+    }
+
+    /// Whether this is one of the bot's answers: an `m.notice` from `bot` with the marker, not
+    /// an edit. Its settings and help notices have no marker; `m.text` messages are never its.
+    pub fn is_answer_of(&self, bot: &str) -> bool {
+        self.sender == bot
+            && self.replaces.is_none()
+            && self.answer_marker
+            && self.msgtype.as_deref() == Some("m.notice")
     }
 }
 
@@ -57,10 +79,12 @@ impl Turn {
 /// `prompt_text`) in a thread whose messages are `thread`, oldest first:
 ///
 /// - the system prompt first;
-/// - the thread up to the prompt: the bot's `m.text` messages as `assistant` turns (their
-///   latest edit's text; placeholders, apologies and stops left out), others' `m.text`
-///   messages as `user` turns (without `!ai` or a leading mention; sub-commands and other bots'
-///   commands left out); edits are applied to the messages they edit, not turns of their own;
+/// - the thread up to the prompt: the bot's answers (see [`ThreadMessage::is_answer_of`]) as
+///   `assistant` turns (their latest edit's text; placeholders, apologies and stops left out),
+///   others' `m.text` messages as `user` turns (without `!ai` or a leading mention;
+///   sub-commands and other bots' commands left out); everything else (notices, the bot's
+///   unmarked messages) is left out; edits are applied to the messages they edit, not turns of
+///   their own;
 /// - the prompt last, as a `user` turn (added if the thread did not contain it);
 /// - then trimmed with [`trim`] to `max_chars`.
 pub fn build(
@@ -74,7 +98,11 @@ pub fn build(
     let mut turns = vec![Turn::new("system", system_prompt)];
     let upto = thread.iter().position(|m| m.id == prompt_id).unwrap_or(thread.len());
     for message in &thread[..upto] {
-        if message.replaces.is_some() || message.msgtype.as_deref() != Some("m.text") {
+        let from_bot = message.is_answer_of(bot);
+        let from_user = message.sender != bot
+            && message.replaces.is_none()
+            && message.msgtype.as_deref() == Some("m.text");
+        if !from_bot && !from_user {
             continue;
         }
         let edited = thread[..upto]
@@ -83,7 +111,7 @@ pub fn build(
             .find(|e| e.replaces.as_deref() == Some(message.id.as_str()) && e.sender == message.sender)
             .and_then(|e| e.new_body.as_deref());
         let Some(body) = edited.or(message.body.as_deref()) else { continue };
-        if message.sender == bot {
+        if from_bot {
             let text = texts::without_note(body).trim();
             if !texts::is_noise(text) {
                 turns.push(Turn::new("assistant", text));
@@ -124,6 +152,11 @@ mod tests {
         }
     }
 
+    /// One of the bot's answers: a marked `m.notice`.
+    fn answer(id: &str, body: &str) -> ThreadMessage {
+        ThreadMessage { msgtype: Some("m.notice".into()), answer_marker: true, ..msg(id, BOT, body) }
+    }
+
     fn edit(id: &str, sender: &str, target: &str, body: &str) -> ThreadMessage {
         ThreadMessage {
             replaces: Some(target.into()),
@@ -134,6 +167,28 @@ mod tests {
 
     fn roles(turns: &[Turn]) -> Vec<(&str, &str)> {
         turns.iter().map(|t| (t.role, t.content.as_str())).collect()
+    }
+
+    #[test]
+    fn answers_are_marked_notices() {
+        let content = answer_content("…");
+        assert_eq!(
+            content,
+            json!({ "msgtype": "m.notice", "body": "…", "org.lattice.chatgpt.answer": true })
+        );
+        assert!(ThreadMessage::from_content("$a", BOT, &content).is_answer_of(BOT));
+        assert!(!ThreadMessage::from_content("$a", "@bob:x", &content).is_answer_of(BOT));
+        let notice = json!({ "msgtype": "m.notice", "body": "Nothing to stop." });
+        assert!(!ThreadMessage::from_content("$n", BOT, &notice).is_answer_of(BOT));
+        let text = json!({ "msgtype": "m.text", "body": "4", "org.lattice.chatgpt.answer": true });
+        assert!(!ThreadMessage::from_content("$t", BOT, &text).is_answer_of(BOT));
+        // What the host makes of an edit: the new content at the top and in m.new_content.
+        let mut edit = answer_content("* 4");
+        edit["m.new_content"] = answer_content("4");
+        edit["m.relates_to"] = json!({ "rel_type": "m.replace", "event_id": "$a" });
+        let edit = ThreadMessage::from_content("$e", BOT, &edit);
+        assert!(!edit.is_answer_of(BOT), "an edit is not an answer of its own");
+        assert_eq!((edit.replaces.as_deref(), edit.new_body.as_deref()), (Some("$a"), Some("4")));
     }
 
     #[test]
@@ -149,7 +204,7 @@ mod tests {
         let thread = [
             msg("$p", "@alice:x", "!ai What is 2+2?"),
             // The bot's reply: its final text comes from the caller (or an edit in the list).
-            msg("$a", BOT, "The answer is 4."),
+            answer("$a", "The answer is 4."),
             msg("$f", "@alice:x", "And doubled?"),
             msg("$later", "@bob:x", "not yet"),
         ];
@@ -169,21 +224,25 @@ mod tests {
     fn edits_placeholders_and_commands() {
         let thread = [
             msg("$p", "@alice:x", "@chatgpt:x: tell a story"),
-            msg("$a", BOT, "…"),
+            answer("$a", "…"),
             edit("$e1", BOT, "$a", "Once"),
             edit("$e2", BOT, "$a", "Once upon a time"),
             edit("$forged", "@bob:x", "$a", "forged"),
             msg("$q", "@alice:x", "!ai model gpt-4o"),
-            msg("$b", BOT, "…"),
+            answer("$b", "…"),
             edit("$e3", BOT, "$b", &texts::status_apology(503)),
-            msg("$c", BOT, "…"),
-            msg("$d", BOT, "(stopped)"),
+            answer("$c", "…"),
+            answer("$d", "(stopped)"),
             msg("$o", "@bob:x", "!echo hi"),
+            // Its settings notices (no marker), unmarked messages, and anyone else's notices
+            // (even marked) are not the conversation.
             ThreadMessage {
                 msgtype: Some("m.notice".into()),
                 ..msg("$n", BOT, "Model for this room: gpt-4o.")
             },
-            msg("$cut", BOT, &texts::cut_short("A long", "the answer took too long")),
+            msg("$unmarked", BOT, "not an answer"),
+            ThreadMessage { sender: "@otherbot:x".into(), ..answer("$other", "another bot's answer") },
+            answer("$cut", &texts::cut_short("A long", "the answer took too long")),
             msg("$f", "@alice:x", "go on"),
         ];
         let turns = build(&thread, BOT, "$f", "go on", "S", 12_000);
@@ -201,7 +260,7 @@ mod tests {
 
     #[test]
     fn a_prompt_missing_from_the_thread_is_added() {
-        let thread = [msg("$p", "@alice:x", "!ai hi"), msg("$a", BOT, "Hello!")];
+        let thread = [msg("$p", "@alice:x", "!ai hi"), answer("$a", "Hello!")];
         let turns = build(&thread, BOT, "$new", "and now?", "S", 12_000);
         assert_eq!(
             roles(&turns),

@@ -32,8 +32,9 @@ struct ChatGptBot;
 
 const HELP: &str = "Ask me with `!ai <question>`, by mentioning me, or anything in a direct chat with me. \
     I answer in a thread, and every message in that thread continues the conversation. \
-    `!ai model <name>` and `!ai prompt <text>` set this room's model and system prompt, `!ai reset` \
-    goes back to the defaults, and `!ai stop` in the thread stops an answer being written.";
+    Room moderators can set this room's model and system prompt with `!ai model <name>` and \
+    `!ai prompt <text>`, and go back to the defaults with `!ai reset`; `!ai stop` in the thread \
+    stops an answer being written.";
 
 /// The body of a message the bot may answer: an `m.text` that is not an edit.
 fn text_body(event: &Event) -> Option<&str> {
@@ -50,13 +51,22 @@ fn text_body(event: &Event) -> Option<&str> {
 fn settings_command(event: &Event, request: Request) -> sdk::Result<()> {
     let room = event.room_id();
     let config = Config::load();
+    let changes = matches!(request, Request::SetModel(_) | Request::SetPrompt(_) | Request::Reset);
+    let allowed =
+        || room::settle(room::may_change_settings(room, event.sender()), "reading the power levels");
+    if changes && allowed()? != Some(true) {
+        room::settle(room::notice_in_thread(event, texts::NOT_MODERATOR), "replying to a command")?;
+        return Ok(());
+    }
     let reply = match request {
         Request::Ask(_) => unreachable!("prompts are answered"),
         Request::Help => HELP.to_owned(),
+        Request::SetModel(model) if !settings::valid_model(model) => texts::BAD_MODEL.to_owned(),
         Request::SetModel(model) => {
             settings::set_model(room, model)?;
             format!("Model for this room: {model}.")
         }
+        Request::SetPrompt(prompt) if !settings::valid_prompt(prompt) => texts::PROMPT_TOO_LONG.to_owned(),
         Request::SetPrompt(prompt) => {
             settings::set_prompt(room, prompt)?;
             "System prompt for this room set.".to_owned()

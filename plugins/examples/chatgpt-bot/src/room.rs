@@ -9,8 +9,8 @@ use lattice_plugin_sdk::serde_json::{Value, json};
 use lattice_plugin_sdk::{self as sdk, Error, Event};
 
 use crate::addressing;
-use crate::conversation::ThreadMessage;
-use crate::texts;
+use crate::conversation::{self, ThreadMessage};
+use crate::{settings, texts};
 
 /// Replies of a thread read for the conversation (the root and the newest 99 replies).
 const THREAD_LIMIT: u32 = 100;
@@ -47,13 +47,43 @@ pub fn is_direct_chat(room: &str, bot: &str) -> sdk::Result<bool> {
     Ok(members.len() == 2 && members.iter().any(|m| m == bot))
 }
 
-/// Whether the bot answered in the thread rooted at `root` (it has an `m.text` reply there;
-/// its notices — settings, warnings — do not count).
+/// Whether the bot answered in the thread rooted at `root` (it has an answer there — a marked
+/// `m.notice`, see [`ThreadMessage::is_answer_of`]; its other notices do not count).
 pub fn bot_answered_in_thread(room: &str, root: &str, bot: &str) -> sdk::Result<bool> {
-    Ok(host::thread(room, root, THREAD_LIMIT)?
-        .into_iter()
-        .map(Event::from_raw)
-        .any(|e| e.id() != root && e.sender() == bot && e.msgtype() == Some("m.text")))
+    Ok(host::thread(room, root, THREAD_LIMIT)?.into_iter().map(Event::from_raw).any(|e| {
+        e.id() != root && ThreadMessage::from_content(e.id(), e.sender(), e.content()).is_answer_of(bot)
+    }))
+}
+
+/// Whether `sender` may change the bot's settings in `room` (see
+/// [`settings::may_change_settings`]); the room's creators are looked up only when needed.
+pub fn may_change_settings(room: &str, sender: &str) -> sdk::Result<bool> {
+    let power_levels = host::get_state(room, "m.room.power_levels", "")?
+        .and_then(|json| sdk::serde_json::from_str::<Value>(&json).ok());
+    if settings::may_change_settings(power_levels.as_ref(), sender, false) {
+        return Ok(true);
+    }
+    Ok(settings::may_change_settings(power_levels.as_ref(), sender, is_creator(room, sender)?))
+}
+
+/// Whether `user` is one of the room's privileged creators (rooms whose id is the create
+/// event's hash, version 12 on: its sender and `additional_creators`, not in the power levels).
+fn is_creator(room: &str, user: &str) -> sdk::Result<bool> {
+    let Some(hash) = room.strip_prefix('!').filter(|h| !h.contains(':')) else { return Ok(false) };
+    let create = host::get_state(room, "m.room.create", "")?
+        .and_then(|json| sdk::serde_json::from_str::<Value>(&json).ok())
+        .unwrap_or_default();
+    let additional = create["additional_creators"]
+        .as_array()
+        .is_some_and(|users| users.iter().any(|u| u.as_str() == Some(user)));
+    if additional {
+        return Ok(true);
+    }
+    match host::get_event(room, &format!("${hash}")) {
+        Ok(event) => Ok(Event::from_raw(event).sender() == user),
+        Err(Error::NotFound(_)) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// The thread rooted at `root`, oldest first, the bot's messages with the text of their latest
@@ -135,24 +165,30 @@ pub fn typing(room: &str, on: bool) {
     }
 }
 
-fn send_in_thread(event: &Event, msgtype: &str, text: &str, txn: String) -> sdk::Result<String> {
-    let content: Value = json!({
-        "msgtype": msgtype,
-        "body": text,
-        "m.relates_to": thread_relation(event),
-    });
+fn send_in_thread(event: &Event, mut content: Value, txn: String) -> sdk::Result<String> {
+    content["m.relates_to"] = thread_relation(event);
     host::send(event.room_id(), "m.room.message", &content.to_string(), &with_txn(txn))
 }
 
-/// The placeholder reply to `prompt` (an `m.text` `…` in its thread, or starting one at it,
-/// with a reply fallback) that the answer is edited into.
+/// The placeholder reply to `prompt` (a marked `m.notice` `…` in its thread, or starting one at
+/// it, with a reply fallback) that the answer is edited into.
 pub fn placeholder(prompt: &Event) -> sdk::Result<String> {
-    send_in_thread(prompt, "m.text", texts::PLACEHOLDER, format!("chatgpt/answer/{}", prompt.id()))
+    let content = conversation::answer_content(texts::PLACEHOLDER);
+    send_in_thread(prompt, content, format!("chatgpt/answer/{}", prompt.id()))
 }
 
-/// A short `m.notice` reply in `event`'s thread (settings, warnings, help).
+/// Edits the placeholder `target` to `text`, a marked `m.notice` again (the host puts the new
+/// content in `m.new_content` and at the top of the edit). Returns `target`.
+pub fn edit_answer(room: &str, target: &str, text: &str) -> sdk::Result<String> {
+    let content = conversation::answer_content(text);
+    host::edit(room, target, &content.to_string(), &SendOptions::default())
+}
+
+/// A short `m.notice` reply in `event`'s thread (settings, warnings, help), without the
+/// answer marker.
 pub fn notice_in_thread(event: &Event, text: &str) -> sdk::Result<String> {
-    send_in_thread(event, "m.notice", text, format!("chatgpt/notice/{}", event.id()))
+    let content = json!({ "msgtype": "m.notice", "body": text });
+    send_in_thread(event, content, format!("chatgpt/notice/{}", event.id()))
 }
 
 /// Reacts to `event` with `key`.

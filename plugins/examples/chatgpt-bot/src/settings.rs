@@ -4,7 +4,7 @@
 //! Keys: `room/<room id>/model`, `room/<room id>/prompt` (kept until `!ai reset`),
 //! `rate/user/<user id>/<minute>`, `rate/room/<room id>/<minute>` (counters, expiring after two
 //! minutes; `<minute>` is Unix time in minutes), `stopped/<event id of the !ai stop>` (ten
-//! minutes).
+//! minutes), `answered/<event id of the prompt>` (a day).
 
 use lattice_plugin_sdk::serde_json::Value;
 use lattice_plugin_sdk::{self as sdk, Kv};
@@ -18,6 +18,14 @@ pub const DEFAULT_ANSWER_TIMEOUT_MS: u64 = 25_000;
 
 const RATE_TTL_MS: u64 = 120_000;
 const STOPPED_TTL_MS: u64 = 600_000;
+const ANSWERED_TTL_MS: u64 = 86_400_000;
+
+/// The power level needed to change the bot's settings in a room (a moderator's).
+pub const MODERATOR_LEVEL: i64 = 50;
+/// The longest room system prompt, in characters.
+pub const MAX_PROMPT_CHARS: usize = 2_000;
+/// The longest model name, in characters (of `[A-Za-z0-9._:/-]`).
+pub const MAX_MODEL_CHARS: usize = 100;
 
 /// The plugin's configuration, defaults applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +81,30 @@ pub fn room_settings(room: &str) -> sdk::Result<RoomSettings> {
         model: kv.get_str(&room_key(room, "model"))?,
         prompt: kv.get_str(&room_key(room, "prompt"))?,
     })
+}
+
+/// Whether `sender` may change the bot's settings in a room whose `m.room.power_levels`
+/// content is `power_levels`: a level (`users[sender]`, else `users_default`, else 0) of at
+/// least [`MODERATOR_LEVEL`], or being one of the room's privileged creators (`is_creator`,
+/// rooms of version 12 on). A room without power levels lets everyone.
+pub fn may_change_settings(power_levels: Option<&Value>, sender: &str, is_creator: bool) -> bool {
+    let Some(levels) = power_levels else { return true };
+    // Levels are integers; old rooms may hold them as strings.
+    let level = |v: &Value| v.as_i64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()));
+    let mine = level(&levels["users"][sender]).or_else(|| level(&levels["users_default"])).unwrap_or(0);
+    is_creator || mine >= MODERATOR_LEVEL
+}
+
+/// Whether `model` is an acceptable model name: 1 to [`MAX_MODEL_CHARS`] characters of
+/// `[A-Za-z0-9._:/-]`.
+pub fn valid_model(model: &str) -> bool {
+    (1..=MAX_MODEL_CHARS).contains(&model.len())
+        && model.chars().all(|c| c.is_ascii_alphanumeric() || "._:/-".contains(c))
+}
+
+/// Whether `prompt` is short enough for a room's system prompt ([`MAX_PROMPT_CHARS`]).
+pub fn valid_prompt(prompt: &str) -> bool {
+    prompt.chars().count() <= MAX_PROMPT_CHARS
 }
 
 pub fn set_model(room: &str, model: &str) -> sdk::Result<()> {
@@ -137,6 +169,22 @@ pub fn was_honoured(stop_event: &str) -> sdk::Result<bool> {
     Ok(Kv::new().get(&format!("stopped/{stop_event}"))?.is_some())
 }
 
+fn answered_key(prompt_event: &str) -> String {
+    format!("answered/{prompt_event}")
+}
+
+/// Records that the prompt `prompt_event` was answered (the final edit or an apology sent), so
+/// that a redelivery of it does not ask again.
+pub fn record_answered(prompt_event: &str) -> sdk::Result<()> {
+    Kv::new().ttl_ms(ANSWERED_TTL_MS).put_str(&answered_key(prompt_event), "1")?;
+    Ok(())
+}
+
+/// Whether the prompt `prompt_event` was answered already.
+pub fn was_answered(prompt_event: &str) -> sdk::Result<bool> {
+    Ok(Kv::new().get(&answered_key(prompt_event))?.is_some())
+}
+
 #[cfg(test)]
 mod tests {
     use lattice_plugin_sdk::serde_json::json;
@@ -165,6 +213,34 @@ mod tests {
         }));
         assert_eq!((set.system_prompt.as_str(), set.max_context_chars), ("Be brief.", 100));
         assert_eq!((set.rate_per_user, set.rate_per_room, set.answer_timeout_ms), (0, 3, 90_000));
+    }
+
+    #[test]
+    fn who_may_change_settings() {
+        let levels = json!({ "users": { "@alice:x": 100, "@mod:x": 50, "@old:x": "50", "@low:x": 49 }, "users_default": 0 });
+        for (user, may) in
+            [("@alice:x", true), ("@mod:x", true), ("@old:x", true), ("@low:x", false), ("@bob:x", false)]
+        {
+            assert_eq!(may_change_settings(Some(&levels), user, false), may, "{user}");
+        }
+        // Privileged creators (version 12 on) are not listed.
+        assert!(may_change_settings(Some(&levels), "@bob:x", true));
+        assert!(may_change_settings(Some(&json!({ "users_default": 50 })), "@bob:x", false));
+        assert!(!may_change_settings(Some(&json!({})), "@bob:x", false));
+        assert!(may_change_settings(None, "@bob:x", false));
+    }
+
+    #[test]
+    fn settings_caps() {
+        for model in ["gpt-4o-mini", "llama3.1:8b", "openai/gpt-4o", "a_b", &"m".repeat(100)] {
+            assert!(valid_model(model), "{model}");
+        }
+        for model in ["", &"m".repeat(101), "gpt 4", "gpt-4o!", "modèle", "a\nb"] {
+            assert!(!valid_model(model), "{model}");
+        }
+        assert!(valid_prompt(&"é".repeat(2_000)));
+        assert!(!valid_prompt(&"a".repeat(2_001)));
+        assert_eq!(answered_key("$p"), "answered/$p");
     }
 
     #[test]

@@ -24,6 +24,14 @@ pub const BUSY: &str = "Sorry — too many requests are going out right now. Ple
 pub const RATE_LIMITED: &str = "You're sending requests too fast; please wait a minute.";
 /// `!ai stop` with no answer being written.
 pub const NOTHING_TO_STOP: &str = "Nothing to stop.";
+/// `!ai model <name>`, `!ai prompt <text>` or `!ai reset` from a user below power level 50.
+pub const NOT_MODERATOR: &str = "Only room moderators can change my settings here.";
+/// `!ai model <name>` with a name that is too long or has other characters.
+pub const BAD_MODEL: &str =
+    "A model name is at most 100 characters: letters, digits and . _ : / - (the model is unchanged).";
+/// `!ai prompt <text>` past 2,000 characters.
+pub const PROMPT_TOO_LONG: &str =
+    "A system prompt is at most 2,000 characters (the system prompt is unchanged).";
 /// Appended to an answer that was cut short (time or size), before the reason.
 pub const CUT_SHORT: &str = "\n\n(cut short: ";
 
