@@ -194,6 +194,8 @@ impl WasiHttpHooks for Hooks {
             let client = egress.client.clone();
             let first_byte =
                 options.and_then(|o| o.first_byte_timeout).unwrap_or(READ_TIMEOUT).min(READ_TIMEOUT);
+            let between =
+                options.and_then(|o| o.between_bytes_timeout).unwrap_or(READ_TIMEOUT).min(READ_TIMEOUT);
             let (method, uri) = (parts.method, parts.uri.to_string());
             // Built and sent by the server's runtime: the connection's tasks and timers must not
             // live on the guests'.
@@ -208,7 +210,8 @@ impl WasiHttpHooks for Hooks {
                 .map_err(|_| HttpError::ConnectionReadTimeout)?
                 .map_err(map_error)?;
             ctx.count("http_requests", 1);
-            Ok((into_wasi_response(response, &secrets, permit), Box::new(async { Ok(()) }) as IoFuture))
+            let response = into_wasi_response(response, &secrets, permit, between);
+            Ok((response, Box::new(async { Ok(()) }) as IoFuture))
         })
     }
 }
@@ -275,12 +278,14 @@ fn map_error(err: reqwest::Error) -> HttpError {
 }
 
 /// The response for the guest: its head (without any header that carries a secret the request
-/// used, should the server echo it), and its body streamed up to [`MAX_RESPONSE_BYTES`]. The
-/// in-flight permit is released when the body is read to the end or dropped.
+/// used, should the server echo it), and its body streamed up to [`MAX_RESPONSE_BYTES`], each
+/// chunk within `between` of the last. The in-flight permit is released when the body is read
+/// to the end or dropped.
 fn into_wasi_response(
     response: reqwest::Response,
     secrets: &[String],
     permit: tokio::sync::OwnedSemaphorePermit,
+    between: Duration,
 ) -> http::Response<WasiBody> {
     let mut builder = http::Response::builder().status(response.status());
     if let Some(headers) = builder.headers_mut() {
@@ -292,16 +297,30 @@ fn into_wasi_response(
             }
         }
     }
-    let mut read: u64 = 0;
-    let stream = response.bytes_stream().map(move |chunk| {
-        let _held = &permit;
-        let chunk = chunk.map_err(|_| HttpError::ConnectionTerminated)?;
-        read += chunk.len() as u64;
-        match read > MAX_RESPONSE_BYTES {
-            true => Err(HttpError::HttpResponseBodySize(Some(read))),
-            false => Ok(http_body::Frame::data(chunk)),
-        }
-    });
+    // Each chunk within `between` of the last (the guest's between-bytes timeout, at most the
+    // host's), the whole within MAX_RESPONSE_BYTES; the first failure ends the body.
+    let chunks = Box::pin(response.bytes_stream());
+    let stream = futures::stream::unfold(
+        (chunks, permit, 0u64, false),
+        move |(mut chunks, permit, read, failed)| async move {
+            if failed {
+                return None;
+            }
+            let (item, read, failed) = match tokio::time::timeout(between, chunks.next()).await {
+                Err(_) => (Err(HttpError::ConnectionReadTimeout), read, true),
+                Ok(None) => return None,
+                Ok(Some(Err(_))) => (Err(HttpError::ConnectionTerminated), read, true),
+                Ok(Some(Ok(chunk))) => {
+                    let read = read + chunk.len() as u64;
+                    match read > MAX_RESPONSE_BYTES {
+                        true => (Err(HttpError::HttpResponseBodySize(Some(read))), read, true),
+                        false => (Ok(http_body::Frame::data(chunk)), read, false),
+                    }
+                }
+            };
+            Some((item, (chunks, permit, read, failed)))
+        },
+    );
     let body = StreamBody::new(stream).boxed_unsync();
     builder.body(body).expect("a response head from a response")
 }
