@@ -19,7 +19,7 @@ use homeserver_storage::{events::EventRow, persist::TxnRecord};
 use ruma::{EventId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, RoomOrAliasId, ServerName, UserId};
 use serde_json::{Value, json};
 
-use super::{event_to_wit, parse_object, to_wit};
+use super::{event_to_wit, parse_object, storage, to_wit};
 use crate::{
     bindings::{matrix, types},
     coalesce::Plan,
@@ -42,10 +42,6 @@ fn room_id(room: &str) -> R<OwnedRoomId> {
 
 fn event_id(id: &str) -> R<ruma::OwnedEventId> {
     EventId::parse(id).map_err(|_| types::Error::Invalid(format!("not an event id: {id}")))
-}
-
-fn storage(err: homeserver_storage::StorageError) -> types::Error {
-    to_wit(err.into())
 }
 
 impl PluginCtx {
@@ -426,16 +422,6 @@ impl PluginCtx {
             Err(err) => Err(to_wit(err)),
         }
     }
-}
-
-/// Re-arms the guest's budget and runs `$method` of the plugin's context on the server's
-/// runtime with the (owned) arguments.
-macro_rules! on_main {
-    ($state:expr, $method:ident($($arg:expr),*)) => {{
-        $state.rearm();
-        let ctx = $state.ctx.clone();
-        ctx.clone().on_main(ctx.$method($($arg),*)).await
-    }};
 }
 
 impl matrix::Host for PluginState {

@@ -3,6 +3,16 @@
 //! failure — never a trap. Matrix actions go through the room model as any client's would, so
 //! the room's rules (auth, power levels, membership vetting, redaction authority) apply.
 
+/// Re-arms the guest's budget and runs `$method` of the plugin's context on the server's
+/// runtime with the (owned) arguments.
+macro_rules! on_main {
+    ($state:expr, $method:ident($($arg:expr),*)) => {{
+        $state.rearm();
+        let ctx = $state.ctx.clone();
+        ctx.clone().on_main(ctx.$method($($arg),*)).await
+    }};
+}
+
 mod matrix;
 mod misc;
 mod store;
@@ -66,6 +76,11 @@ pub(crate) fn event_to_wit(row: &EventRow) -> types::Event {
         relation,
         thread_root,
     }
+}
+
+/// A storage failure as plugins see it.
+pub(crate) fn storage(err: homeserver_storage::StorageError) -> types::Error {
+    to_wit(err.into())
 }
 
 /// Parses a JSON object a plugin handed over.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use homeserver_core::time::now_millis;
 use homeserver_storage::plugins::KvWrite;
 
-use super::to_wit;
+use super::storage;
 use crate::{
     bindings::{kv, timers, types},
     context::PluginCtx,
@@ -23,10 +23,6 @@ const MAX_LIST: u32 = 1000;
 const MAX_TAG: usize = 256;
 /// Longest a timer may be set ahead: a year.
 const MAX_TIMER_MS: u64 = 365 * 24 * 3600 * 1000;
-
-fn storage(err: homeserver_storage::StorageError) -> types::Error {
-    to_wit(err.into())
-}
 
 fn check_key(key: &str) -> R<()> {
     match key.len() {
@@ -106,14 +102,6 @@ impl PluginCtx {
     async fn timer_cancel(self: Arc<Self>, tag: String) -> R<bool> {
         self.services.db.remove_plugin_timer(&self.id, &tag, None).await.map_err(storage)
     }
-}
-
-macro_rules! on_main {
-    ($state:expr, $method:ident($($arg:expr),*)) => {{
-        $state.rearm();
-        let ctx = $state.ctx.clone();
-        ctx.clone().on_main(ctx.$method($($arg),*)).await
-    }};
 }
 
 impl kv::Host for PluginState {
