@@ -5,7 +5,11 @@
 //!
 //! Layout:
 //! - [`registration`]: [`Registration`], parsed from YAML with its namespace regexes compiled once.
+//! - [`claims`]: [`Claims`], the exclusive user and alias namespaces of application services and
+//!   plugins, which clients cannot register or create.
 
+pub mod claims;
 pub mod registration;
 
-pub use registration::{Registration, RegistrationError, load_registrations};
+pub use claims::{Claim, Claims};
+pub use registration::{Namespace, Registration, RegistrationError, load_registrations};

@@ -4,6 +4,8 @@
 use std::path::Path;
 
 use regex::Regex;
+
+use crate::claims::Claim;
 use serde::Deserialize;
 
 /// One namespace entry: a regex over ids and whether the service claims it exclusively.
@@ -68,13 +70,20 @@ pub struct RegistrationError {
     pub message: String,
 }
 
+impl Namespace {
+    /// A namespace of whole ids matching `regex`.
+    pub fn new(regex: &str, exclusive: bool) -> Result<Namespace, regex::Error> {
+        // Bounded: a registration's regex must not take the server's memory.
+        let regex = regex::RegexBuilder::new(&format!("^(?:{regex})$")).size_limit(1 << 20).build()?;
+        Ok(Namespace { exclusive, regex })
+    }
+}
+
 fn namespaces(raw: Vec<RawNamespace>, kind: &str) -> Result<Vec<Namespace>, String> {
     raw.into_iter()
         .map(|ns| {
-            // Namespaces match whole ids.
-            let regex = Regex::new(&format!("^(?:{})$", ns.regex))
-                .map_err(|e| format!("invalid {kind} regex `{}`: {e}", ns.regex))?;
-            Ok(Namespace { exclusive: ns.exclusive, regex })
+            Namespace::new(&ns.regex, ns.exclusive)
+                .map_err(|e| format!("invalid {kind} regex `{}`: {e}", ns.regex))
         })
         .collect()
 }
@@ -115,9 +124,14 @@ impl Registration {
         self.rooms.iter().any(|ns| ns.regex.is_match(room_id))
     }
 
-    /// Whether the service claims this user id exclusively (others may not register it).
-    pub fn claims_user_exclusively(&self, user_id: &str) -> bool {
-        self.users.iter().any(|ns| ns.exclusive && ns.regex.is_match(user_id))
+    /// What the service claims exclusively, for [`crate::Claims`].
+    pub fn claim(&self, server_name: &str) -> Claim {
+        Claim {
+            owner: format!("application service {}", self.id),
+            own_user: format!("@{}:{server_name}", self.sender_localpart),
+            users: self.users.clone(),
+            aliases: self.aliases.clone(),
+        }
     }
 }
 
@@ -166,7 +180,7 @@ namespaces:
         assert_eq!(reg.id, "irc");
         assert!(reg.rate_limited);
         assert!(reg.is_interested_in_user("@_irc_bob:example.org"));
-        assert!(reg.claims_user_exclusively("@_irc_bob:example.org"));
+        assert!(reg.claim("example.org").reserves_user("@_irc_bob:example.org"));
         assert!(!reg.is_interested_in_user("@_irc_bob:example.org.evil"));
         assert!(reg.is_interested_in_alias("#_irc_chan:example.org"));
         assert!(!reg.is_interested_in_room("!x:example.org"));

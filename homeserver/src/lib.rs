@@ -64,6 +64,22 @@ pub enum StartError {
     Plugin(#[from] plugins::PluginError),
 }
 
+/// The user ids and aliases that application services and plugins own exclusively.
+fn exclusive_claims(
+    config: &Config,
+    appservices: &[appservices::Registration],
+) -> Result<appservices::Claims, StartError> {
+    let server = config.server_name.as_str();
+    let mut claims: Vec<appservices::Claim> = appservices.iter().map(|r| r.claim(server)).collect();
+    for (id, spec) in &config.plugins {
+        let claim = spec
+            .claim(id, server)
+            .map_err(|message| plugins::PluginError::Config { id: id.clone(), message })?;
+        claims.push(claim);
+    }
+    Ok(appservices::Claims::new(claims))
+}
+
 /// The federation client and the key store (which the room model checks signatures with).
 fn federation_parts(
     config: &Config,
@@ -181,6 +197,7 @@ impl Server {
         let stream = EventStream::start(recovered, Arc::new(StoredHorizon(db.clone()))).await?;
         let appservices = appservices::load_registrations(&config.appservices.registration_files)?;
         let registrations = appservices.clone();
+        let claims = exclusive_claims(&config, &appservices)?;
         let rooms_config = RoomsConfig {
             default_room_version: config.rooms.default_version.as_str().try_into().expect("validated"),
             event_cache_size: config.rooms.event_cache_size,
@@ -190,6 +207,7 @@ impl Server {
                 }))
             }),
             server_keys: Some(ServerKeysHandle(keys.clone())),
+            claims: Arc::new(claims),
         };
         let rooms = Rooms::new(db.clone(), key.clone(), stream, rooms_config);
         let limit =
@@ -222,11 +240,10 @@ impl Server {
             search_all_users: config.user_directory.search_all_users,
             registration_shared_secret: (!config.registration.shared_secret.is_empty())
                 .then(|| config.registration.shared_secret.clone()),
-            appservices,
         };
         let app = App::new(client, db.clone(), rooms);
-        if !config.appservices.registration_files.is_empty() {
-            info!(count = app.config.appservices.len(), "loaded application service registrations");
+        if !appservices.is_empty() {
+            info!(count = appservices.len(), "loaded application service registrations");
         }
         let federation = federation::FederationState {
             key,

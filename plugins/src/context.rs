@@ -72,11 +72,16 @@ pub(crate) struct Buckets {
     pub logs: Bucket,
     /// Outbound HTTP requests.
     pub http: Bucket,
+    /// Lines sent on connections (`net.send`).
+    pub net: Bucket,
+    /// Puppet accounts created or renamed.
+    pub puppets: Bucket,
 }
 
 impl Buckets {
     pub(crate) fn new(grants: &Grants) -> Buckets {
         let sends = f64::from(grants.sends_per_second);
+        let lines = f64::from(grants.net_lines_per_second);
         Buckets {
             events: Bucket::new(sends, sends * 2.0),
             ephemeral: Bucket::new(5.0, 10.0),
@@ -84,6 +89,8 @@ impl Buckets {
             writes: Bucket::new(100.0, 200.0),
             logs: Bucket::new(50.0, 100.0),
             http: Bucket::new(2.0, 20.0),
+            net: Bucket::new(lines, lines * 4.0),
+            puppets: Bucket::new(10.0, 100.0),
         }
     }
 }
@@ -105,6 +112,12 @@ pub(crate) struct PluginCtx {
     pub main: tokio::runtime::Handle,
     /// Outbound HTTP, when the plugin is granted hosts.
     pub egress: Option<crate::http::Egress>,
+    /// The connections the host keeps for the plugin.
+    pub net: crate::net::NetConns,
+    /// The user and alias namespaces the plugin owns (`grants.namespaces`).
+    pub claim: appservices::Claim,
+    /// Puppets known to be the plugin's accounts (checked once, then remembered).
+    pub puppets: Mutex<std::collections::HashSet<OwnedUserId>>,
 }
 
 impl PluginCtx {

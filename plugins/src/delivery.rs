@@ -54,7 +54,7 @@ pub(crate) async fn dispatch(plugin: Arc<Plugin>) {
             return;
         }
     };
-    let mut interest = Interest::new(ctx.user.to_string(), joined, commands(&plugin).await);
+    let mut interest = Interest::new(ctx.claim.clone(), joined, commands(&plugin).await);
     loop {
         if stream.is_shutting_down() {
             return;
@@ -115,7 +115,7 @@ async fn commands(plugin: &Plugin) -> Vec<String> {
 }
 
 /// Waits while the plugin is disabled or suspended by its breaker.
-async fn wait_until_callable(plugin: &Plugin) {
+pub(crate) async fn wait_until_callable(plugin: &Plugin) {
     loop {
         let disabled = plugin.health.lock().expect("health poisoned").disabled;
         let suspended = plugin.breaker.lock().expect("breaker poisoned").open_until(Instant::now());

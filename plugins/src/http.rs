@@ -73,7 +73,11 @@ impl Destination {
         Ok(Destination { host: host.to_ascii_lowercase(), port })
     }
 
-    fn allows(&self, host: &str, port: u16, default_port: u16) -> bool {
+    pub(crate) fn port(&self) -> Option<u16> {
+        self.port
+    }
+
+    pub(crate) fn allows(&self, host: &str, port: u16, default_port: u16) -> bool {
         let host = host.to_ascii_lowercase();
         let host_ok = match self.host.strip_prefix("*.") {
             Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(&format!(".{suffix}")),

@@ -8,12 +8,12 @@ use std::{sync::Arc, time::Duration};
 
 use wasmtime::{
     Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline,
-    component::{Component, Linker, ResourceTable},
+    component::{Component, InstancePre, Linker, ResourceTable},
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView, p2::pipe::MemoryOutputPipe};
 
 use crate::{
-    bindings::{Bot, BotPre, guest, types},
+    bindings::{Full, bridge_guest, guest, policy_guest, types},
     context::PluginCtx,
     engine::{self, TICK},
 };
@@ -68,12 +68,14 @@ pub(crate) enum CallError {
     Trapped(String),
     /// The call ran past its wall-clock deadline.
     TimedOut,
+    /// The plugin was busy with another call for longer than a policy check may wait.
+    Busy,
 }
 
 impl CallError {
     /// Whether the instance must be discarded.
     pub(crate) fn is_fatal(&self) -> bool {
-        !matches!(self, CallError::Returned(_))
+        !matches!(self, CallError::Returned(_) | CallError::Busy)
     }
 
     pub(crate) fn describe(&self) -> String {
@@ -81,6 +83,7 @@ impl CallError {
             CallError::Returned(err) => format!("returned {err:?}"),
             CallError::Trapped(message) => format!("trapped: {message}"),
             CallError::TimedOut => "timed out".to_owned(),
+            CallError::Busy => "busy with another call".to_owned(),
         }
     }
 }
@@ -97,7 +100,7 @@ impl Linkers {
     pub(crate) fn new(engine: &wasmtime::Engine) -> wasmtime::Result<Linkers> {
         let mut plain = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut plain)?;
-        Bot::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut plain, |state| state)?;
+        Full::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut plain, |state| state)?;
         let mut with_http = plain.clone();
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut with_http)?;
         Ok(Linkers { plain, with_http })
@@ -111,12 +114,29 @@ impl Linkers {
     }
 }
 
+/// A component ready to instantiate: its imports resolved and its exports found. `bridge` is
+/// there when the component exports `bridge-guest` (the `bridge` world).
+#[derive(Clone)]
+pub(crate) struct Prepared {
+    pre: InstancePre<PluginState>,
+    guest: guest::GuestIndices,
+    bridge: Option<bridge_guest::GuestIndices>,
+    policy: Option<policy_guest::GuestIndices>,
+}
+
+impl Prepared {
+    pub(crate) fn is_bridge(&self) -> bool {
+        self.bridge.is_some()
+    }
+
+    pub(crate) fn is_policy(&self) -> bool {
+        self.policy.is_some()
+    }
+}
+
 /// Resolves a component's imports against the linker (fails for a component of another world,
 /// or one importing what its plugin was not granted).
-pub(crate) fn prepare(
-    linker: &Linker<PluginState>,
-    component: &Component,
-) -> Result<BotPre<PluginState>, String> {
+pub(crate) fn prepare(linker: &Linker<PluginState>, component: &Component) -> Result<Prepared, String> {
     let pre = linker.instantiate_pre(component).map_err(|e| {
         let message = format!("{e:#}");
         match message.contains("wasi:http") {
@@ -126,20 +146,27 @@ pub(crate) fn prepare(
             false => message,
         }
     })?;
-    BotPre::new(pre).map_err(|e| format!("not a lattice:plugin/bot component: {e:#}"))
+    let guest = guest::GuestIndices::new(&pre)
+        .map_err(|e| format!("not a lattice:plugin/bot or bridge component: {e:#}"))?;
+    let bridge = bridge_guest::GuestIndices::new(&pre).ok();
+    let policy = policy_guest::GuestIndices::new(&pre).ok();
+    Ok(Prepared { pre, guest, bridge, policy })
 }
 
 /// A live instance.
 pub(crate) struct Instance {
     store: Store<PluginState>,
-    bot: Bot,
+    guest: guest::Guest,
+    bridge: Option<bridge_guest::Guest>,
+    policy: Option<policy_guest::Guest>,
     stderr: MemoryOutputPipe,
     wall: Duration,
 }
 
 impl Instance {
     /// Instantiates the component with the plugin's memory cap.
-    pub(crate) async fn new(pre: &BotPre<PluginState>, ctx: Arc<PluginCtx>) -> Result<Instance, String> {
+    pub(crate) async fn new(prepared: &Prepared, ctx: Arc<PluginCtx>) -> Result<Instance, String> {
+        let pre = &prepared.pre;
         let grants = &ctx.grants;
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
@@ -175,12 +202,21 @@ impl Instance {
         });
         store.set_epoch_deadline(1);
         let instantiate = pre.instantiate_async(&mut store);
-        let bot = match tokio::time::timeout(wall, instantiate).await {
-            Ok(Ok(bot)) => bot,
+        let instance = match tokio::time::timeout(wall, instantiate).await {
+            Ok(Ok(instance)) => instance,
             Ok(Err(err)) => return Err(format!("cannot instantiate: {err:#}")),
             Err(_) => return Err("instantiation timed out".to_owned()),
         };
-        Ok(Instance { store, bot, stderr, wall })
+        let guest = prepared.guest.load(&mut store, &instance).map_err(|e| format!("{e:#}"))?;
+        let bridge = match &prepared.bridge {
+            Some(indices) => Some(indices.load(&mut store, &instance).map_err(|e| format!("{e:#}"))?),
+            None => None,
+        };
+        let policy = match &prepared.policy {
+            Some(indices) => Some(indices.load(&mut store, &instance).map_err(|e| format!("{e:#}"))?),
+            None => None,
+        };
+        Ok(Instance { store, guest, bridge, policy, stderr, wall })
     }
 
     /// Prepares a call: a full CPU budget.
@@ -222,14 +258,14 @@ impl Instance {
         info: &str,
     ) -> Result<Result<guest::Registration, String>, CallError> {
         self.arm();
-        let call = self.bot.lattice_plugin_guest().call_init(&mut self.store, info);
+        let call = self.guest.call_init(&mut self.store, info);
         let result = tokio::time::timeout(self.wall, call).await;
         self.outcome(result)
     }
 
     pub(crate) async fn migrate(&mut self, from: Option<&str>) -> Result<Result<(), String>, CallError> {
         self.arm();
-        let call = self.bot.lattice_plugin_guest().call_migrate(&mut self.store, from);
+        let call = self.guest.call_migrate(&mut self.store, from);
         let result = tokio::time::timeout(self.wall, call).await;
         self.outcome(result)
     }
@@ -240,7 +276,7 @@ impl Instance {
         delivery: types::Delivery,
     ) -> Result<(), CallError> {
         self.arm();
-        let call = self.bot.lattice_plugin_guest().call_on_event(&mut self.store, event, delivery);
+        let call = self.guest.call_on_event(&mut self.store, event, delivery);
         let result = tokio::time::timeout(self.wall, call).await;
         self.outcome(result)?.map_err(CallError::Returned)
     }
@@ -251,15 +287,46 @@ impl Instance {
         delivery: types::Delivery,
     ) -> Result<(), CallError> {
         self.arm();
-        let call = self.bot.lattice_plugin_guest().call_on_command(&mut self.store, invocation, delivery);
+        let call = self.guest.call_on_command(&mut self.store, invocation, delivery);
         let result = tokio::time::timeout(self.wall, call).await;
         self.outcome(result)?.map_err(CallError::Returned)
     }
 
     pub(crate) async fn on_timer(&mut self, tag: &str) -> Result<(), CallError> {
         self.arm();
-        let call = self.bot.lattice_plugin_guest().call_on_timer(&mut self.store, tag);
+        let call = self.guest.call_on_timer(&mut self.store, tag);
         let result = tokio::time::timeout(self.wall, call).await;
         self.outcome(result)?.map_err(CallError::Returned)
+    }
+}
+
+impl Instance {
+    /// `on-net`, for a bridge (a bot has no connections to hear of).
+    pub(crate) async fn on_net(
+        &mut self,
+        name: &str,
+        event: &bridge_guest::NetEvent,
+    ) -> Result<(), CallError> {
+        self.arm();
+        let Some(bridge) = self.bridge.as_ref() else { return Ok(()) };
+        let call = bridge.call_on_net(&mut self.store, name, event);
+        let result = tokio::time::timeout(self.wall, call).await;
+        self.outcome(result)?.map_err(CallError::Returned)
+    }
+}
+
+impl Instance {
+    /// `check-event`, for a policy, cut off after `deadline` (a plugin without the export
+    /// allows everything).
+    pub(crate) async fn check_event(
+        &mut self,
+        event: &policy_guest::ProposedEvent,
+        deadline: Duration,
+    ) -> Result<policy_guest::Verdict, CallError> {
+        self.arm();
+        let Some(policy) = self.policy.as_ref() else { return Ok(policy_guest::Verdict::Allow) };
+        let call = policy.call_check_event(&mut self.store, event);
+        let result = tokio::time::timeout(deadline.min(self.wall), call).await;
+        self.outcome(result)
     }
 }

@@ -1,7 +1,8 @@
 //! Which events a plugin is offered, and which of them are commands. A bot sees the events of
 //! the rooms its user is joined to (as of each event: the joined set follows the bot's own
-//! membership events in stream order) and invites of its user; never its own events. A message
-//! whose body is `!word …` with `word` one of the plugin's commands is a command.
+//! membership events in stream order) and invites of its user or of its puppets (a bridge's
+//! namespace users); never its own events nor its puppets' (no echo loops). A message whose
+//! body is `!word …` with `word` one of the plugin's commands is a command.
 
 use std::collections::HashSet;
 
@@ -18,17 +19,19 @@ pub(crate) enum Offer {
 
 pub(crate) struct Interest {
     user: String,
+    /// The bot and its namespaces: whose events are the plugin's own.
+    claim: appservices::Claim,
     joined: HashSet<String>,
     commands: Vec<String>,
 }
 
 impl Interest {
     pub(crate) fn new(
-        user: String,
+        claim: appservices::Claim,
         joined: impl IntoIterator<Item = String>,
         commands: Vec<String>,
     ) -> Interest {
-        Interest { user, joined: joined.into_iter().collect(), commands }
+        Interest { user: claim.own_user.clone(), claim, joined: joined.into_iter().collect(), commands }
     }
 
     /// The command words changed (a reload).
@@ -47,11 +50,23 @@ impl Interest {
                 Some("join") if !row.outlier => {
                     self.joined.insert(row.room_id.clone());
                 }
-                Some("invite") if row.sender != self.user => return Offer::Event,
+                Some("invite") if !self.claim.acts_as(&row.sender) => return Offer::Event,
                 _ => {
                     self.joined.remove(&row.room_id);
                 }
             }
+        }
+        if row.event_type == "m.room.member"
+            && !row.outlier
+            && !self.claim.acts_as(&row.sender)
+            && row.state_key.as_deref().is_some_and(|target| self.claim.acts_as(target))
+            && content()
+                .and_then(|c| c.get("membership").and_then(Value::as_str).map(str::to_owned))
+                .as_deref()
+                == Some("invite")
+        {
+            // A puppet invited (a direct chat with someone on the other network).
+            return Offer::Event;
         }
         if row.outlier || !self.joined.contains(&row.room_id) {
             return Offer::Skip;
@@ -62,7 +77,7 @@ impl Interest {
     /// What an event is to the plugin, leaving the membership alone (a replayed dead letter):
     /// its own events are skipped, messages with a command word are commands.
     pub(crate) fn classify(&self, row: &EventRow) -> Offer {
-        if row.sender == self.user {
+        if self.claim.acts_as(&row.sender) {
             return Offer::Skip;
         }
         let content =
@@ -114,9 +129,32 @@ mod tests {
         }
     }
 
+    fn claim() -> appservices::Claim {
+        appservices::Claim {
+            owner: "plugin bot".into(),
+            own_user: "@bot:hs".into(),
+            users: vec![appservices::Namespace::new("@irc_.*:hs", true).unwrap()],
+            aliases: vec![],
+        }
+    }
+
+    #[test]
+    fn a_bridge_sees_invites_of_its_puppets_but_never_their_events() {
+        let mut interest = Interest::new(claim(), ["!a".to_owned()], vec![]);
+        let puppet_says = row("!a", "@irc_bob:hs", "m.room.message", None, json!({"body": "hi"}));
+        assert_eq!(interest.offer(&puppet_says), Offer::Skip, "no echo of what the bridge sent");
+        let dm = row("!dm", "@u:hs", "m.room.member", Some("@irc_bob:hs"), json!({"membership": "invite"}));
+        assert_eq!(interest.offer(&dm), Offer::Event, "in a room the bot is not in");
+        let by_puppet =
+            row("!a", "@irc_bob:hs", "m.room.member", Some("@irc_ann:hs"), json!({"membership": "invite"}));
+        assert_eq!(interest.offer(&by_puppet), Offer::Skip);
+        let other = row("!dm", "@u:hs", "m.room.member", Some("@carol:hs"), json!({"membership": "invite"}));
+        assert_eq!(interest.offer(&other), Offer::Skip);
+    }
+
     #[test]
     fn the_bot_sees_its_rooms_invites_and_commands_but_not_itself() {
-        let mut interest = Interest::new("@bot:hs".into(), [], vec!["ai".into()]);
+        let mut interest = Interest::new(claim(), [], vec!["ai".into()]);
         let msg = |room: &str, body: &str| row(room, "@u:hs", "m.room.message", None, json!({"body": body}));
         assert_eq!(interest.offer(&msg("!a", "hello")), Offer::Skip, "not in the room");
         let invite = row("!a", "@u:hs", "m.room.member", Some("@bot:hs"), json!({"membership": "invite"}));

@@ -39,7 +39,9 @@ mod http;
 mod instance;
 mod interest;
 mod manager;
+mod net;
 mod plugin;
+mod policy;
 pub mod spec;
 
 pub use context::LogLine;

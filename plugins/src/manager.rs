@@ -161,6 +161,10 @@ impl PluginHost {
             *plugin.slot.lock().await = Some(slot);
             plugins.insert(id.clone(), plugin);
         }
+        let policies: Vec<Arc<Plugin>> = plugins.values().filter(|p| p.ctx.grants.policy).cloned().collect();
+        if !policies.is_empty() {
+            services.rooms.set_event_policy(Arc::new(crate::policy::Policies { plugins: policies }));
+        }
         Ok(Some(PluginHost { inner: Arc::new(HostInner { plugins, engines, linkers, _runtime: runtime }) }))
     }
 
@@ -169,6 +173,7 @@ impl PluginHost {
     pub fn run(&self) {
         for plugin in self.inner.plugins.values() {
             tokio::spawn(crate::delivery::dispatch(plugin.clone()));
+            tokio::spawn(crate::net::pump(plugin.clone()));
         }
     }
 
@@ -340,8 +345,15 @@ fn new_plugin(
                 .map_err(config_error)?,
         ),
     };
-    let localpart = spec.user.clone().unwrap_or_else(|| id.to_owned());
+    let localpart = spec.localpart(id).to_owned();
     let server = services.rooms.server_name();
+    let net = crate::net::NetConns::new(
+        &spec.grants.net,
+        spec.grants.max_connections,
+        settings.allow_private_destinations,
+    )
+    .map_err(config_error)?;
+    let claim = spec.claim(id, server.as_str()).map_err(config_error)?;
     let user = UserId::parse(format!("@{localpart}:{server}"))
         .map_err(|e| config_error(format!("bot user @{localpart}:{server}: {e}")))?;
     let ctx = Arc::new(PluginCtx {
@@ -361,6 +373,9 @@ fn new_plugin(
         timers_changed: Notify::new(),
         main: tokio::runtime::Handle::current(),
         egress,
+        net,
+        claim,
+        puppets: Mutex::new(Default::default()),
     });
     Ok(Arc::new(Plugin {
         ctx,
@@ -411,6 +426,17 @@ async fn load(
         .map_err(|e| load_error(e.to_string()))?
         .map_err(load_error)?;
     let pre = instance::prepare(linker, &compiled.component).map_err(load_error)?;
+    if !pre.is_policy() && spec.grants.policy {
+        return Err(load_error(
+            "granted policy, but the component does not export policy-guest (the policy world)".into(),
+        ));
+    }
+    if !pre.is_bridge() && !spec.grants.net.is_empty() {
+        return Err(load_error(
+            "granted connections (grants.net), but the component does not export bridge-guest (the bridge world)"
+                .into(),
+        ));
+    }
 
     let (pre_for_init, init_ctx) = (pre.clone(), ctx.clone());
     let (instance, registration) = on_plugin_runtime(plugin, async move {

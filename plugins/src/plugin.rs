@@ -15,10 +15,10 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::{
-    bindings::{BotPre, guest, types},
+    bindings::{bridge_guest, guest, policy_guest, types},
     breaker::Breaker,
     context::PluginCtx,
-    instance::{CallError, Instance, PluginState},
+    instance::{CallError, Instance, Prepared},
     manager::HostSettings,
     spec::PluginSpec,
 };
@@ -28,7 +28,7 @@ pub(crate) const MAX_ERROR: usize = 2048;
 
 /// A loaded version of a plugin, and its live instance (rebuilt after a crash).
 pub(crate) struct Slot {
-    pub pre: BotPre<PluginState>,
+    pub pre: Prepared,
     pub instance: Option<Instance>,
     pub registration: guest::Registration,
 }
@@ -52,6 +52,8 @@ pub(crate) enum Call {
     Event(types::Event, types::Delivery),
     Command(guest::Invocation, types::Delivery),
     Timer(String),
+    /// `on-net`: something happened on one of the plugin's connections.
+    Net(String, bridge_guest::NetEvent),
     /// `on-event` with the same event this many times (the benchmark); returns nothing else.
     Repeat(types::Event, u32),
 }
@@ -104,9 +106,9 @@ impl Plugin {
         }
     }
 
-    async fn call_here(&self, call: Call) -> Result<(), CallError> {
-        let mut guard = self.slot.lock().await;
-        let Some(slot) = guard.as_mut() else {
+    /// The slot's live instance, built (and initialised) if there is none.
+    async fn ready<'a>(&self, slot: &'a mut Option<Slot>) -> Result<&'a mut Slot, CallError> {
+        let Some(slot) = slot.as_mut() else {
             return Err(CallError::Trapped("not loaded".to_owned()));
         };
         if slot.instance.is_none() {
@@ -119,11 +121,51 @@ impl Plugin {
                 }
             }
         }
-        let instance = slot.instance.as_mut().expect("instantiated above");
+        Ok(slot)
+    }
+
+    /// Accounts for a call's outcome: a fatal one discards the instance and counts a crash.
+    fn settle<T>(&self, slot: &mut Slot, result: &Result<T, CallError>) {
+        match result {
+            Err(err) if err.is_fatal() => {
+                slot.instance = None;
+                self.crashed(err);
+            }
+            Err(_) => {}
+            Ok(_) => self.breaker.lock().expect("breaker poisoned").succeeded(),
+        }
+    }
+
+    /// Asks a policy plugin about an event: waits at most `grants.policy_ms` for the plugin to
+    /// be free, and as long again for its answer.
+    pub(crate) async fn check(
+        self: &Arc<Self>,
+        event: policy_guest::ProposedEvent,
+    ) -> Result<policy_guest::Verdict, CallError> {
+        let plugin = self.clone();
+        let deadline = Duration::from_millis(self.ctx.grants.policy_ms.into());
+        let task = self.runtime.spawn(async move {
+            let Ok(mut guard) = tokio::time::timeout(deadline, plugin.slot.lock()).await else {
+                return Err(CallError::Busy);
+            };
+            let slot = plugin.ready(&mut guard).await?;
+            let instance = slot.instance.as_mut().expect("ready");
+            let result = instance.check_event(&event, deadline).await;
+            plugin.settle(slot, &result);
+            result
+        });
+        task.await.map_err(|e| CallError::Trapped(format!("the call's task failed: {e}")))?
+    }
+
+    async fn call_here(&self, call: Call) -> Result<(), CallError> {
+        let mut guard = self.slot.lock().await;
+        let slot = self.ready(&mut guard).await?;
+        let instance = slot.instance.as_mut().expect("ready");
         let result = match call {
             Call::Event(event, delivery) => instance.on_event(&event, delivery).await,
             Call::Command(invocation, delivery) => instance.on_command(&invocation, delivery).await,
             Call::Timer(tag) => instance.on_timer(&tag).await,
+            Call::Net(name, event) => instance.on_net(&name, &event).await,
             Call::Repeat(event, times) => {
                 let mut result = Ok(());
                 for id in 0..times {
@@ -136,19 +178,12 @@ impl Plugin {
                 result
             }
         };
-        match &result {
-            Err(err) if err.is_fatal() => {
-                slot.instance = None;
-                self.crashed(err);
-            }
-            Err(_) => {}
-            Ok(()) => self.breaker.lock().expect("breaker poisoned").succeeded(),
-        }
+        self.settle(slot, &result);
         result
     }
 
     /// A new instance of the loaded version, initialised.
-    async fn fresh_instance(&self, pre: BotPre<PluginState>) -> Result<Instance, CallError> {
+    async fn fresh_instance(&self, pre: Prepared) -> Result<Instance, CallError> {
         let mut fresh = Instance::new(&pre, self.ctx.clone()).await.map_err(CallError::Trapped)?;
         match fresh.init(&info(&self.ctx)).await? {
             Ok(_) => Ok(fresh),

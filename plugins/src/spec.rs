@@ -55,6 +55,76 @@ pub struct Grants {
     /// Hosts the plugin may send HTTP requests to (`host`, `*.domain` or either with `:port`),
     /// through `wasi:http`; none by default (the import is then not even linked).
     pub http_hosts: Vec<String>,
+    /// Destinations (`host:port`) the plugin may open connections to (`net`); none by default.
+    pub net: Vec<String>,
+    /// Connections the plugin may have open at once.
+    pub max_connections: u32,
+    /// Lines the plugin may send per second over all its connections (four times as many in a
+    /// burst).
+    pub net_lines_per_second: u32,
+    /// The users a bridge acts as and the aliases it owns, in the shape of an appservice
+    /// registration's namespaces (regexes over whole ids).
+    pub namespaces: NamespaceGrants,
+    /// Whether the server asks the plugin (`policy-guest.check-event`) about every event its
+    /// users send, and waits for the answer.
+    pub policy: bool,
+    /// How long the server waits for a policy answer, in ms; slower answers allow the event.
+    pub policy_ms: u32,
+}
+
+/// One namespace: a regex over whole ids, and whether the plugin owns it exclusively (clients
+/// cannot register such users or create such aliases).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceGrant {
+    pub regex: String,
+    #[serde(default)]
+    pub exclusive: bool,
+}
+
+/// `grants.namespaces`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NamespaceGrants {
+    pub users: Vec<NamespaceGrant>,
+    pub aliases: Vec<NamespaceGrant>,
+}
+
+/// Longest namespace regex, and most namespaces of a kind.
+const MAX_REGEX: usize = 256;
+const MAX_NAMESPACES: usize = 16;
+
+fn compile(grants: &[NamespaceGrant], kind: &str) -> Result<Vec<appservices::Namespace>, String> {
+    if grants.len() > MAX_NAMESPACES {
+        return Err(format!("grants.namespaces.{kind}: at most {MAX_NAMESPACES} entries"));
+    }
+    grants
+        .iter()
+        .map(|g| {
+            if g.regex.len() > MAX_REGEX {
+                return Err(format!("grants.namespaces.{kind}: regexes are at most {MAX_REGEX} bytes"));
+            }
+            appservices::Namespace::new(&g.regex, g.exclusive)
+                .map_err(|e| format!("grants.namespaces.{kind}: `{}`: {e}", g.regex))
+        })
+        .collect()
+}
+
+impl PluginSpec {
+    /// The bot user's localpart.
+    pub fn localpart<'a>(&'a self, id: &'a str) -> &'a str {
+        self.user.as_deref().unwrap_or(id)
+    }
+
+    /// The plugin's namespaces as a claim (what clients may not register or create).
+    pub fn claim(&self, id: &str, server_name: &str) -> Result<appservices::Claim, String> {
+        Ok(appservices::Claim {
+            owner: format!("plugin {id}"),
+            own_user: format!("@{}:{server_name}", self.localpart(id)),
+            users: compile(&self.grants.namespaces.users, "users")?,
+            aliases: compile(&self.grants.namespaces.aliases, "aliases")?,
+        })
+    }
 }
 
 impl Default for Grants {
@@ -67,6 +137,12 @@ impl Default for Grants {
             sends_per_second: 10,
             max_timers: 1_000,
             http_hosts: Vec::new(),
+            net: Vec::new(),
+            max_connections: 100,
+            net_lines_per_second: 50,
+            namespaces: NamespaceGrants::default(),
+            policy: false,
+            policy_ms: 200,
         }
     }
 }
@@ -88,6 +164,20 @@ impl Grants {
         for host in &self.http_hosts {
             crate::http::Destination::parse(host).map_err(|e| format!("grants.http_hosts: {e}"))?;
         }
+        for destination in &self.net {
+            crate::net::parse_grant(destination).map_err(|e| format!("grants.net: {e}"))?;
+        }
+        if self.max_connections > 10_000 {
+            return Err("grants.max_connections must be at most 10000".into());
+        }
+        if !(10..=5_000).contains(&self.policy_ms) {
+            return Err("grants.policy_ms must be between 10 and 5000".into());
+        }
+        if self.net_lines_per_second == 0 {
+            return Err("grants.net_lines_per_second must be at least 1".into());
+        }
+        compile(&self.namespaces.users, "users")?;
+        compile(&self.namespaces.aliases, "aliases")?;
         Ok(())
     }
 }
@@ -201,5 +291,15 @@ mod tests {
         assert!(Grants { cpu_ms_per_call: 1, ..Grants::default() }.validate().is_err());
         assert!(Grants { sends_per_second: 0, ..Grants::default() }.validate().is_err());
         assert!(Grants { http_hosts: vec!["https://x".into()], ..Grants::default() }.validate().is_err());
+        assert!(
+            Grants { net: vec!["irc.example.org".into()], ..Grants::default() }.validate().is_err(),
+            "needs a port"
+        );
+        assert!(Grants { net: vec!["irc.example.org:6697".into()], ..Grants::default() }.validate().is_ok());
+        let bad_regex = NamespaceGrants {
+            users: vec![NamespaceGrant { regex: "@irc_(".into(), exclusive: true }],
+            aliases: vec![],
+        };
+        assert!(Grants { namespaces: bad_regex, ..Grants::default() }.validate().is_err());
     }
 }

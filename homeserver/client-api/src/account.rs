@@ -196,10 +196,8 @@ async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<JsonBody
             return Err(Error::new(ErrorKind::UserInUse, "User ID already taken").into());
         }
     }
-    if app.config.appservices.iter().any(|r| r.claims_user_exclusively(user_id.as_str())) {
-        return Err(
-            Error::new(ErrorKind::Exclusive, "This user ID is reserved by an application service").into()
-        );
+    if let Some(owner) = app.rooms.config().claims.user_reserved_by(user_id.as_str()) {
+        return Err(Error::new(ErrorKind::Exclusive, format!("This user ID is reserved by {owner}")).into());
     }
     let flows: &[&[&str]] =
         if app.config.registration_tokens.is_empty() { &[&[DUMMY]] } else { &[&[REGISTRATION_TOKEN]] };

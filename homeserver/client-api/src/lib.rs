@@ -84,8 +84,6 @@ pub struct ClientConfig {
     pub presence: PresenceSettings,
     /// Whether the user directory finds every user (not only room mates and public rooms).
     pub search_all_users: bool,
-    /// Registered application services (their exclusive namespaces are reserved).
-    pub appservices: Vec<appservices::Registration>,
 }
 
 impl ClientConfig {
@@ -101,7 +99,6 @@ impl ClientConfig {
             registration_shared_secret: None,
             presence: PresenceSettings::default(),
             search_all_users: false,
-            appservices: Vec::new(),
         }
     }
 }

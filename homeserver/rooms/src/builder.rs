@@ -37,6 +37,9 @@ pub struct EventTemplate {
     /// For member events: the membership the target must still have when the event is
     /// accepted (profile updates must not re-join someone who left meanwhile).
     pub(crate) expect_membership: Option<&'static str>,
+    /// The event's `origin_server_ts` when it is not now: bridged history, which only bridges'
+    /// puppets may send (the plugin host checks that).
+    pub origin_server_ts: Option<u64>,
 }
 
 impl EventTemplate {
@@ -49,6 +52,7 @@ impl EventTemplate {
             redacts: None,
             membership_vetted: false,
             expect_membership: None,
+            origin_server_ts: None,
         }
     }
 

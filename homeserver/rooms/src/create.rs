@@ -60,6 +60,15 @@ pub struct Profile {
 }
 
 impl Rooms {
+    /// Refuses an alias in another owner's exclusive namespace (an application service's or a
+    /// bridge's): every way of creating an alias asks this.
+    pub fn check_alias_claim(&self, alias: &RoomAliasId, creator: &UserId) -> Result<(), Error> {
+        match self.config().claims.alias_reserved_against(alias.as_str(), creator.as_str()) {
+            Some(owner) => Err(Error::new(ErrorKind::Exclusive, format!("{alias} is reserved by {owner}"))),
+            None => Ok(()),
+        }
+    }
+
     /// Creates a room and returns its id.
     pub async fn create_room(&self, req: CreateRoom, creator_profile: Profile) -> Result<OwnedRoomId, Error> {
         let version = req.version.clone().unwrap_or_else(|| self.config().default_room_version.clone());
@@ -74,6 +83,7 @@ impl Rooms {
                 }
                 let alias = RoomAliasId::parse(format!("#{local}:{server}"))
                     .map_err(|_| Error::new(ErrorKind::InvalidParam, "invalid room_alias_name"))?;
+                self.check_alias_claim(&alias, &req.creator)?;
                 if self.db().alias(alias.as_str()).await.map_err(Error::from)?.is_some() {
                     return Err(Error::new(ErrorKind::RoomInUse, "room alias already taken"));
                 }

@@ -683,7 +683,7 @@ impl RoomActor {
                 prev_events: &prev_events,
                 auth_events: &auth_ids,
                 depth,
-                origin_server_ts: homeserver_core::time::now_millis(),
+                origin_server_ts: template.origin_server_ts.unwrap_or_else(homeserver_core::time::now_millis),
                 references: &references,
             },
         )?;

@@ -38,6 +38,7 @@ pub mod input;
 pub mod membership;
 pub mod outbound;
 pub mod pdu;
+pub mod policy;
 pub mod power;
 pub mod push;
 pub mod read;
@@ -82,6 +83,8 @@ pub struct RoomsConfig {
     /// Where verify keys of other servers come from (the federation layer's key store); by
     /// default an empty [`remote::KeyRing`] plus this server's own key.
     pub server_keys: Option<ServerKeysHandle>,
+    /// The exclusive user and alias namespaces of application services and plugins.
+    pub claims: Arc<appservices::Claims>,
 }
 
 /// A shared [`remote::ServerKeys`] source.
@@ -101,6 +104,7 @@ impl Default for RoomsConfig {
             event_cache_size: 20_000,
             appservice_users: None,
             server_keys: None,
+            claims: Arc::default(),
         }
     }
 }
@@ -134,6 +138,8 @@ pub(crate) struct Shared {
     versions: Mutex<HashMap<OwnedRoomId, RoomVersionId>>,
     /// How rooms this server is not in are joined (federation plugs it in).
     remote_servers: std::sync::OnceLock<Arc<dyn outbound::RemoteServers>>,
+    /// What local users' events are checked against (a policy plugin plugs it in).
+    policy: std::sync::OnceLock<Arc<dyn policy::EventPolicy>>,
     /// `(state group, type, state key) -> event id`: immutable, so cached without invalidation.
     state_entries: Mutex<lru::LruCache<(i64, String, String), Option<String>>>,
 }
@@ -195,6 +201,7 @@ impl Rooms {
                 actors: Mutex::new(HashMap::new()),
                 versions: Mutex::new(HashMap::new()),
                 remote_servers: std::sync::OnceLock::new(),
+                policy: std::sync::OnceLock::new(),
                 state_entries: Mutex::new(lru::LruCache::new(
                     std::num::NonZeroUsize::new(50_000).expect("non-zero"),
                 )),
@@ -267,6 +274,7 @@ impl Rooms {
         room_id: &RoomId,
         submission: Submission,
     ) -> Result<input::Answer, Error> {
+        self.check_policy(room_id, &submission).await?;
         let (reply, answer) = oneshot::channel();
         let mut command = Command { submission, reply };
         loop {

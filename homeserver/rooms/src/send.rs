@@ -33,6 +33,24 @@ impl Rooms {
         self.submit_one(room_id, EventTemplate::new(kind, sender, content), txn).await
     }
 
+    /// Sends a message-like event dated `origin_server_ts` (bridged history; the caller decides
+    /// who may).
+    pub async fn send_message_dated(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        kind: &str,
+        content: Value,
+        txn: Option<TxnRecord>,
+        origin_server_ts: u64,
+    ) -> Result<OwnedEventId, Error> {
+        let template = EventTemplate {
+            origin_server_ts: Some(origin_server_ts),
+            ..EventTemplate::new(kind, sender, content)
+        };
+        self.submit_one(room_id, template, txn).await
+    }
+
     /// Sets a state event. Re-sending the current content by the same sender returns the
     /// existing event instead of creating a duplicate (as Synapse does).
     pub async fn send_state(

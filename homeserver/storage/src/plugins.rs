@@ -216,12 +216,17 @@ impl Db {
         .bind(plugin)
         .execute(self.writer())
         .await?;
+        Ok(self.plugin_owner(user_id).await?.as_deref() == Some(plugin))
+    }
+
+    /// The plugin that owns this (active) account, if one does.
+    pub async fn plugin_owner(&self, user_id: &str) -> Result<Option<String>> {
         let owner: Option<Option<String>> =
             sqlx::query_scalar("SELECT plugin_owner FROM users WHERE user_id = $1 AND deactivated = 0")
                 .bind(user_id)
                 .fetch_optional(self.reader())
                 .await?;
-        Ok(owner.flatten().as_deref() == Some(plugin))
+        Ok(owner.flatten())
     }
 
     /// The live event at a stream position.

@@ -126,6 +126,12 @@ impl Lattice {
         events
     }
 
+    /// Reloads every plugin, as `kill -HUP` does.
+    pub fn reload_plugins(&self) {
+        let status = Command::new("kill").args(["-HUP", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
     /// Waits until `user` is joined to the room.
     pub async fn wait_joined(&self, token: &str, room: &str, user: &str) {
         eventually(30, &format!("{user} to join"), || async {

@@ -63,7 +63,7 @@ fn quick(config: &mut Config) {
 }
 
 /// A server hosting the given plugins (id, component, config, grants), with short waits.
-async fn hosting(plugins: Vec<(&str, PathBuf, Value, Grants)>) -> TestServer {
+pub(crate) async fn hosting(plugins: Vec<(&str, PathBuf, Value, Grants)>) -> TestServer {
     TestServer::start_with(|c| {
         quick(c);
         for (id, path, config, grants) in plugins {
@@ -90,7 +90,7 @@ pub(crate) async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
 }
 
 /// The room's recent messages, oldest first.
-async fn messages(server: &TestServer, user: &User, room: &str) -> Vec<Value> {
+pub(crate) async fn messages(server: &TestServer, user: &User, room: &str) -> Vec<Value> {
     let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=200", enc(room));
     let (status, body) = server.get(&path, Some(&user.token)).await;
     assert_eq!(status, 200, "{body}");
@@ -108,7 +108,7 @@ async fn wait_joined(server: &TestServer, user: &User, room: &str, bot: &str) {
     .await
 }
 
-async fn plugin_status(server: &TestServer, admin: &User, id: &str) -> Value {
+pub(crate) async fn plugin_status(server: &TestServer, admin: &User, id: &str) -> Value {
     let (status, body) = server.get(&format!("/_lattice/admin/v1/plugins/{id}"), Some(&admin.token)).await;
     assert_eq!(status, 200, "{body}");
     body
@@ -236,7 +236,7 @@ async fn hostile_plugins_are_cut_off_reported_and_suspended_while_clients_keep_t
 }
 
 /// The median of sending a message and seeing it in an incremental sync.
-async fn send_latency(server: &TestServer, user: &User, room: &str, rounds: usize) -> Duration {
+pub(crate) async fn send_latency(server: &TestServer, user: &User, room: &str, rounds: usize) -> Duration {
     let mut since = server.sync(user, None, 0).await["next_batch"].as_str().unwrap().to_owned();
     let mut times = Vec::new();
     for i in 0..rounds {

@@ -1,9 +1,11 @@
 //! Write Lattice plugins in Rust.
 //!
-//! A Lattice plugin is a WebAssembly component built against the `bot` world of the WIT package
-//! `lattice:plugin@0.1.0` (`plugins/wit/plugin.wit`). This crate generates the bindings for that
-//! world and wraps them so that a plugin is one type implementing [`Plugin`] plus one
-//! [`export_plugin!`] line:
+//! A Lattice plugin is a WebAssembly component built against a world of the WIT package
+//! `lattice:plugin@0.1.0` (`plugins/wit/plugin.wit`): `bot`, or `bridge` for a bridge (a bot that
+//! also acts as puppets and keeps network connections). This crate generates the bindings for
+//! `bridge` and wraps them so that a plugin is one type implementing [`Plugin`] plus one
+//! [`export_plugin!`] line. A plugin that uses neither [`net`] nor [`puppets`] imports only what
+//! `bot` does (the component keeps only the imports the code calls), so it runs as a bot:
 //!
 //! ```ignore
 //! use lattice_plugin_sdk::{self as sdk, Command, Delivery, Event, Plugin, Registration};
@@ -31,14 +33,20 @@
 //!
 //! What is here:
 //! - [`Plugin`] and [`export_plugin!`]: the exports (`init`, `migrate`, `on-event`, `on-command`,
-//!   `on-timer`), each with a default.
+//!   `on-timer`, and a bridge's `on-net`), each with a default.
 //! - [`Registration`] / [`ConfigKey`] builders for what `init` answers.
 //! - [`Event`] (content parsed as JSON, `body()`, `msgtype()`, …) and [`Command`].
-//! - [`matrix`]: `reply_in_thread`, `edit`, `react`, `send_text`, `accept_invite`, `whoami`.
+//! - [`matrix`]: `reply_in_thread`, `edit`, `react`, `send_text`, `accept_invite`, `whoami`, and
+//!   acting as a puppet (`as_user`, `send_json_as`, `join_as`, `leave_as`…).
 //! - [`Kv`]: the plugin's key-value store with string and JSON values and compare-and-swap.
 //! - [`log`] and the [`info!`]-style macros, [`config()`], [`timers`], and a [`Commands`] router.
 //! - [`http`]: outbound HTTP over `wasi:http` (a blocking client, chunked bodies, server-sent
 //!   events), for plugins granted `http_hosts`.
+//! - Bridges: [`puppets`] (`ensure`, `owns`) for the users of the plugin's namespaces, and [`net`]
+//!   (`open`, `send`, `close`, `list`) for the connections the host keeps for it, whose events
+//!   arrive at [`Plugin::on_net`].
+//! - Policies: [`Plugin::check_event`], asked about every event the server's users send when the
+//!   admin grants the plugin `policy`.
 //! - [`raw`]: the generated bindings of every import, for what the helpers do not cover.
 
 #[doc(hidden)]
@@ -51,7 +59,9 @@ pub mod http;
 pub mod kv;
 pub mod log;
 pub mod matrix;
+pub mod net;
 pub mod plugin;
+pub mod puppets;
 pub mod registration;
 
 pub use commands::{Commands, Handler};
@@ -59,6 +69,9 @@ pub use config::{config, config_as};
 pub use event::{Command, Event};
 pub use kv::Kv;
 pub use matrix::{accept_invite, edit, react, reply_in_thread, send_text, whoami};
+pub use net::NetEvent;
+/// What a policy is asked about ([`Plugin::check_event`]) and answers.
+pub use bindings::exports::lattice::plugin::policy_guest::{ProposedEvent, Verdict};
 pub use plugin::{Info, Plugin};
 pub use registration::{ConfigKey, ConfigKind, Registration};
 
@@ -80,12 +93,13 @@ pub use serde_json;
 pub type Result<T, E = Error> = core::result::Result<T, E>;
 
 /// The generated bindings of the imported interfaces, unwrapped: `raw::matrix`, `raw::kv`,
-/// `raw::timers`, `raw::log`, `raw::config`, `raw::types`.
+/// `raw::timers`, `raw::log`, `raw::config`, `raw::types`, `raw::puppets`, `raw::net`.
 pub mod raw {
     pub use crate::bindings::lattice::plugin::*;
 }
 
-/// Exports a [`Plugin`] type as the component's `lattice:plugin/guest` interface.
+/// Exports a [`Plugin`] type as the component's `lattice:plugin/guest`,
+/// `lattice:plugin/bridge-guest` and `lattice:plugin/policy-guest` interfaces.
 ///
 /// Use it once per plugin crate, at the crate root: `lattice_plugin_sdk::export_plugin!(MyBot);`
 #[macro_export]
@@ -120,6 +134,19 @@ macro_rules! export_plugin {
                     $crate::__private::on_timer::<$plugin>(tag)
                 }
             }
+            impl $crate::__private::PolicyGuest for __LatticePluginExport {
+                fn check_event(ev: $crate::ProposedEvent) -> $crate::Verdict {
+                    $crate::__private::check_event::<$plugin>(ev)
+                }
+            }
+            impl $crate::__private::BridgeGuest for __LatticePluginExport {
+                fn on_net(
+                    name: $crate::__private::String,
+                    ev: $crate::net::NetEvent,
+                ) -> ::core::result::Result<(), $crate::Error> {
+                    $crate::__private::on_net::<$plugin>(name, ev)
+                }
+            }
             $crate::__private::export!(
                 __LatticePluginExport with_types_in $crate::__private::bindings
             );
@@ -132,7 +159,9 @@ macro_rules! export_plugin {
 pub mod __private {
     pub use crate::bindings;
     pub use crate::bindings::export;
+    pub use crate::bindings::exports::lattice::plugin::bridge_guest::Guest as BridgeGuest;
     pub use crate::bindings::exports::lattice::plugin::guest::{Guest, Invocation};
+    pub use crate::bindings::exports::lattice::plugin::policy_guest::Guest as PolicyGuest;
     pub use crate::bindings::lattice::plugin::types::Event as RawEvent;
     pub use crate::plugin::dispatch::*;
     pub use std::string::String;

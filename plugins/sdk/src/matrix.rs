@@ -1,7 +1,14 @@
-//! Matrix helpers over the `matrix` import, acting as the plugin's bot user.
+//! Matrix helpers over the `matrix` import, acting as the plugin's bot user or, for a bridge, as
+//! one of its puppets.
 //!
-//! Everything else the interface offers (state, redactions, puppets via `as-user`, room creation,
-//! reading events and threads…) is in [`crate::raw::matrix`]; pass [`SendOptions::default()`]
+//! Acting as a puppet: the `*_as` helpers ([`send_json_as`], [`send_text_as`], [`join_as`],
+//! [`leave_as`]), or [`as_user`] for the options of any sending call (with
+//! [`SendOptions::with_txn_id`] and [`SendOptions::with_origin_ts`]). The user must be in the
+//! plugin's `grants.namespaces.users` and created with [`crate::puppets::ensure`]; the host
+//! refuses anyone else (and, in the `bot` world, anyone but the bot) with `denied`.
+//!
+//! Everything else the interface offers (state, redactions, room creation, reading events and
+//! threads…) is in [`crate::raw::matrix`]; pass [`SendOptions::default()`] (or [`as_user`])
 //! where it wants options.
 
 use std::sync::OnceLock;
@@ -20,6 +27,27 @@ impl Default for SendOptions {
     }
 }
 
+impl SendOptions {
+    /// The same options with a transaction id: a retried call with the same id returns the first
+    /// call's event instead of sending again.
+    pub fn with_txn_id(mut self, txn_id: impl Into<String>) -> Self {
+        self.txn_id = Some(txn_id.into());
+        self
+    }
+
+    /// The same options with the event's timestamp (milliseconds since the Unix epoch), for
+    /// bridged history; only honoured for puppets (`as_user` in the namespaces).
+    pub fn with_origin_ts(mut self, origin_ts: u64) -> Self {
+        self.origin_ts = Some(origin_ts);
+        self
+    }
+}
+
+/// Options that send as `user`, a puppet in the plugin's namespaces, instead of the bot.
+pub fn as_user(user: &str) -> SendOptions {
+    SendOptions { as_user: Some(user.to_owned()), ..SendOptions::default() }
+}
+
 /// The bot's user id (asked of the host once per instance, then remembered).
 pub fn whoami() -> &'static str {
     static ME: OnceLock<String> = OnceLock::new();
@@ -29,6 +57,26 @@ pub fn whoami() -> &'static str {
 /// Sends an event of type `event_type` with this content; returns its event id.
 pub fn send_json(room: &str, event_type: &str, content: &Value) -> Result<String> {
     host::send(room, event_type, &content.to_string(), &SendOptions::default())
+}
+
+/// Sends an event with these options (as a puppet, with a transaction id…); returns its id.
+pub fn send_json_with(
+    room: &str,
+    event_type: &str,
+    content: &Value,
+    options: &SendOptions,
+) -> Result<String> {
+    host::send(room, event_type, &content.to_string(), options)
+}
+
+/// Sends an event as the puppet `user`; returns its event id.
+pub fn send_json_as(user: &str, room: &str, event_type: &str, content: &Value) -> Result<String> {
+    send_json_with(room, event_type, content, &as_user(user))
+}
+
+/// Sends an `m.text` message as the puppet `user`.
+pub fn send_text_as(user: &str, room: &str, text: &str) -> Result<String> {
+    send_json_as(user, room, "m.room.message", &json!({ "msgtype": "m.text", "body": text }))
 }
 
 /// Sends an `m.text` message.
@@ -79,6 +127,17 @@ pub fn react(room: &str, target: &str, key: &str) -> Result<String> {
 /// Joins a room by id or alias; returns the room id.
 pub fn join(room_or_alias: &str) -> Result<String> {
     host::join(None, room_or_alias, &[])
+}
+
+/// Joins a room by id or alias as the puppet `user`; returns the room id. The room's join rules
+/// apply as for anyone (a public room, or one the puppet was invited to).
+pub fn join_as(user: &str, room_or_alias: &str) -> Result<String> {
+    host::join(Some(user), room_or_alias, &[])
+}
+
+/// Leaves a room as the puppet `user`.
+pub fn leave_as(user: &str, room: &str) -> Result<()> {
+    host::leave(Some(user), room)
 }
 
 /// If `event` invites the bot, joins the room and returns `Ok(true)`; `Ok(false)` for any other

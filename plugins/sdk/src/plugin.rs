@@ -1,8 +1,10 @@
-//! The [`Plugin`] trait: one associated function per export of the `guest` interface.
+//! The [`Plugin`] trait: one associated function per export of the `guest` and `bridge-guest`
+//! interfaces.
 
 use serde::Deserialize;
 
-use crate::{Command, Delivery, Error, Event, Registration};
+use crate::net::NetEvent;
+use crate::{Command, Delivery, Error, Event, ProposedEvent, Registration, Verdict};
 
 /// What the host tells the plugin at `init` (its `info-json`).
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -57,6 +59,23 @@ pub trait Plugin {
         let _ = tag;
         Ok(())
     }
+
+    /// Something happened on the connection `name` the plugin opened with [`crate::net::open`]:
+    /// it is established, a message arrived, or it closed. Calls come in order per connection.
+    /// An `Err` is only logged by the host: the event is not delivered again, so a bridge keeps
+    /// what it must not lose (a message it could not relay yet) in [`crate::Kv`] itself.
+    fn on_net(name: &str, event: NetEvent) -> Result<(), Error> {
+        let _ = (name, event);
+        Ok(())
+    }
+
+    /// For a policy (a plugin granted `policy`): an event a user of the server is about to send,
+    /// before it is stored. The server waits for the answer — at most `grants.policy_ms`, after
+    /// which it allows the event and counts a crash — so answer from what is at hand.
+    fn check_event(event: &ProposedEvent) -> Verdict {
+        let _ = event;
+        Verdict::Allow
+    }
 }
 
 /// The glue [`crate::export_plugin!`] expands to: converts the generated types and calls the
@@ -65,6 +84,7 @@ pub mod dispatch {
     use super::{Info, Plugin};
     use crate::bindings::exports::lattice::plugin::guest::Invocation;
     use crate::bindings::lattice::plugin::types::Event as RawEvent;
+    use crate::net::NetEvent;
     use crate::{Command, Delivery, Error, Event, Registration};
 
     pub fn init<P: Plugin>(info_json: String) -> Result<Registration, String> {
@@ -93,6 +113,14 @@ pub mod dispatch {
 
     pub fn on_timer<P: Plugin>(tag: String) -> Result<(), Error> {
         P::on_timer(&tag)
+    }
+
+    pub fn on_net<P: Plugin>(name: String, event: NetEvent) -> Result<(), Error> {
+        P::on_net(&name, event)
+    }
+
+    pub fn check_event<P: Plugin>(event: crate::ProposedEvent) -> crate::Verdict {
+        P::check_event(&event)
     }
 
     /// Sends panic messages to the host's log: with `panic = "abort"` a panic is a trap, and the

@@ -3,8 +3,9 @@
 //! that produces room events takes tokens from the plugin's event bucket (a room creation one
 //! per event it creates), typing and receipts from the ephemeral bucket, profile changes from
 //! the profile bucket; retried sends with a `txn-id` return the first event for free. `as-user`
-//! other than the bot is refused (namespaces come with the bridge world); `origin-ts` is ignored
-//! for the bot, as Synapse ignores `ts` from non-bridges. The work runs on the server's runtime
+//! names a puppet: a user of the plugin's namespaces whose account it owns (`puppets`);
+//! `origin-ts` dates a puppet's message (bridged history) and is ignored for the bot, as Synapse
+//! honours `ts` only from application services. The work runs on the server's runtime
 //! (`PluginCtx::on_main`).
 
 use std::{
@@ -45,12 +46,13 @@ fn event_id(id: &str) -> R<ruma::OwnedEventId> {
 }
 
 impl PluginCtx {
-    /// Who acts: the bot, unless another user is named (not granted in the bot world).
-    fn actor(&self, as_user: Option<&str>) -> R<OwnedUserId> {
+    /// Who acts: the bot, or a puppet — a user of the plugin's namespaces whose account the
+    /// plugin owns (made by `puppets.ensure`).
+    async fn actor(&self, as_user: Option<&str>) -> R<OwnedUserId> {
         match as_user {
             None => Ok(self.user.clone()),
             Some(user) if user == self.user.as_str() => Ok(self.user.clone()),
-            Some(user) => Err(types::Error::Denied(format!("{user} is not in the plugin's namespaces"))),
+            Some(user) => self.puppet(user).await,
         }
     }
 
@@ -90,7 +92,7 @@ impl PluginCtx {
         content: Value,
         opts: matrix::SendOptions,
     ) -> R<String> {
-        let sender = self.actor(opts.as_user.as_deref())?;
+        let sender = self.actor(opts.as_user.as_deref()).await?;
         let room = room_id(&room)?;
         if kind.is_empty() || kind.len() > 255 {
             return Err(types::Error::Invalid("event types are 1 to 255 bytes".into()));
@@ -104,9 +106,16 @@ impl PluginCtx {
             return Ok(id);
         }
         self.events(1)?;
-        let id =
-            self.services.rooms.send_message(&room, &sender, &kind, content, txn).await.map_err(to_wit)?;
-        Ok(id.to_string())
+        let rooms = &self.services.rooms;
+        // Bridged history keeps its time; only puppets send it (as Synapse lets only
+        // application services set `ts`).
+        let id = match opts.origin_ts {
+            Some(ts) if sender != self.user => {
+                rooms.send_message_dated(&room, &sender, &kind, content, txn, ts).await
+            }
+            _ => rooms.send_message(&room, &sender, &kind, content, txn).await,
+        };
+        Ok(id.map_err(to_wit)?.to_string())
     }
 
     /// Sends an edit now, or leaves it to the coalescer's flush.
@@ -117,7 +126,7 @@ impl PluginCtx {
         new_content: Value,
         opts: matrix::SendOptions,
     ) -> R<String> {
-        let sender = self.actor(opts.as_user.as_deref())?;
+        let sender = self.actor(opts.as_user.as_deref()).await?;
         let room_id = room_id(&room)?;
         let target_id = event_id(&target)?;
         self.joined(&room_id).await?;
@@ -175,7 +184,7 @@ impl PluginCtx {
     }
 
     async fn join(self: Arc<Self>, as_user: Option<String>, target: String, via: Vec<String>) -> R<String> {
-        let user = self.actor(as_user.as_deref())?;
+        let user = self.actor(as_user.as_deref()).await?;
         let rooms = &self.services.rooms;
         let target = RoomOrAliasId::parse(&target)
             .map_err(|_| types::Error::Invalid(format!("not a room id or alias: {target}")))?;
@@ -214,7 +223,7 @@ impl PluginCtx {
         content: String,
         opts: matrix::SendOptions,
     ) -> R<String> {
-        let sender = self.actor(opts.as_user.as_deref())?;
+        let sender = self.actor(opts.as_user.as_deref()).await?;
         let room = room_id(&room)?;
         let content = parse_object(&content, "content")?;
         self.events(1)?;
@@ -230,7 +239,7 @@ impl PluginCtx {
         reason: Option<String>,
         opts: matrix::SendOptions,
     ) -> R<String> {
-        let sender = self.actor(opts.as_user.as_deref())?;
+        let sender = self.actor(opts.as_user.as_deref()).await?;
         let room = room_id(&room)?;
         let target = event_id(&target)?;
         let txn = self.txn(&sender, format!("redact/{room}"), opts.txn_id);
@@ -245,7 +254,7 @@ impl PluginCtx {
     }
 
     async fn leave(self: Arc<Self>, as_user: Option<String>, room: String) -> R<()> {
-        let user = self.actor(as_user.as_deref())?;
+        let user = self.actor(as_user.as_deref()).await?;
         let room = room_id(&room)?;
         self.events(1)?;
         self.services.rooms.leave(&room, &user, None).await.map_err(to_wit)?;
@@ -253,7 +262,7 @@ impl PluginCtx {
     }
 
     async fn invite(self: Arc<Self>, as_user: Option<String>, room: String, target: String) -> R<()> {
-        let user = self.actor(as_user.as_deref())?;
+        let user = self.actor(as_user.as_deref()).await?;
         let room = room_id(&room)?;
         let target =
             UserId::parse(&target).map_err(|_| types::Error::Invalid(format!("not a user id: {target}")))?;
@@ -263,7 +272,7 @@ impl PluginCtx {
     }
 
     async fn create_room(self: Arc<Self>, as_user: Option<String>, options: String) -> R<String> {
-        let user = self.actor(as_user.as_deref())?;
+        let user = self.actor(as_user.as_deref()).await?;
         parse_object(&options, "options")?;
         let request = CreateRoom::from_client_body(user.clone(), options.as_bytes()).map_err(to_wit)?;
         // The create event, the join, power levels and the preset's state, then one per
@@ -281,14 +290,25 @@ impl PluginCtx {
         name: Option<String>,
         avatar: Option<String>,
     ) -> R<()> {
-        let user = self.actor(as_user.as_deref())?;
+        let user = self.actor(as_user.as_deref()).await?;
+        self.take(|b| &mut b.profile, 1.0)?;
+        self.apply_profile(&user, name, avatar).await
+    }
+
+    /// Sets a display name and avatar (`None` leaves it, empty clears it) and updates the
+    /// user's member events.
+    pub(crate) async fn apply_profile(
+        &self,
+        user: &UserId,
+        name: Option<String>,
+        avatar: Option<String>,
+    ) -> R<()> {
         if name.as_ref().is_some_and(|n| n.chars().count() > 256) {
             return Err(types::Error::Invalid("display names are at most 256 characters".into()));
         }
         if avatar.as_ref().is_some_and(|u| u.len() > 1024 || (!u.is_empty() && !u.starts_with("mxc://"))) {
             return Err(types::Error::Invalid("avatar urls are mxc:// urls of at most 1024 bytes".into()));
         }
-        self.take(|b| &mut b.profile, 1.0)?;
         let db = &self.services.db;
         if let Some(name) = &name {
             db.set_displayname(user.as_str(), Some(name.as_str()).filter(|n| !n.is_empty()))
@@ -300,7 +320,7 @@ impl PluginCtx {
                 .await
                 .map_err(storage)?;
         }
-        self.services.rooms.propagate_profile(&user).await.map_err(to_wit)
+        self.services.rooms.propagate_profile(user).await.map_err(to_wit)
     }
 
     async fn set_typing(
@@ -310,7 +330,7 @@ impl PluginCtx {
         typing: bool,
         timeout_ms: u32,
     ) -> R<()> {
-        let user = self.actor(as_user.as_deref())?;
+        let user = self.actor(as_user.as_deref()).await?;
         let room = room_id(&room)?;
         self.take(|b| &mut b.ephemeral, 1.0)?;
         let rooms = &self.services.rooms;
@@ -326,7 +346,7 @@ impl PluginCtx {
     }
 
     async fn send_receipt(self: Arc<Self>, as_user: Option<String>, room: String, target: String) -> R<()> {
-        let user = self.actor(as_user.as_deref())?;
+        let user = self.actor(as_user.as_deref()).await?;
         let room = room_id(&room)?;
         let target = event_id(&target)?;
         self.take(|b| &mut b.ephemeral, 1.0)?;

@@ -13,6 +13,7 @@ macro_rules! on_main {
     }};
 }
 
+mod bridge;
 mod matrix;
 mod misc;
 mod store;

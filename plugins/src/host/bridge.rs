@@ -1,0 +1,120 @@
+//! What the `bridge` world adds: `puppets` (accounts in the plugin's user namespaces, owned by
+//! it) and `net` (connections the host keeps, see [`crate::net`]). A puppet may act only once
+//! its account exists and belongs to this plugin: a namespace regex alone never lets a plugin
+//! act as an account someone registered before the grant, or another plugin's puppet.
+
+use std::sync::Arc;
+
+use homeserver_core::time::now_millis;
+use ruma::{OwnedUserId, UserId};
+
+use super::storage;
+use crate::{
+    bindings::{net, puppets, types},
+    context::PluginCtx,
+    instance::PluginState,
+};
+
+type R<T> = Result<T, types::Error>;
+
+impl PluginCtx {
+    /// A user id of the plugin's namespaces on this server (not checked to exist).
+    fn namespace_user(&self, user: &str) -> R<OwnedUserId> {
+        let id = UserId::parse(user).map_err(|_| types::Error::Invalid(format!("not a user id: {user}")))?;
+        if id.server_name() != self.user.server_name() || id == self.user || !self.claim.acts_as(id.as_str())
+        {
+            return Err(types::Error::Denied(format!("{user} is not in the plugin's namespaces")));
+        }
+        Ok(id)
+    }
+
+    /// A puppet the plugin may act as: in its namespaces, with an account it owns.
+    pub(crate) async fn puppet(&self, user: &str) -> R<OwnedUserId> {
+        let id = self.namespace_user(user)?;
+        if self.puppets.lock().expect("puppets poisoned").contains(&id) {
+            return Ok(id);
+        }
+        match self.services.db.plugin_owner(id.as_str()).await.map_err(storage)? {
+            Some(owner) if owner == self.id => {
+                self.remember_puppet(&id);
+                Ok(id)
+            }
+            Some(_) => Err(types::Error::Denied(format!("{user} belongs to another plugin"))),
+            None => Err(types::Error::Denied(format!(
+                "{user} is not a puppet of this plugin (puppets.ensure makes one)"
+            ))),
+        }
+    }
+
+    fn remember_puppet(&self, id: &UserId) {
+        let mut known = self.puppets.lock().expect("puppets poisoned");
+        // Bounded: a bridge with more puppets than this checks the database again.
+        if known.len() >= 100_000 {
+            known.clear();
+        }
+        known.insert(id.to_owned());
+    }
+
+    /// `puppets.ensure`: the account, and its display name when it changed.
+    async fn ensure_puppet(self: Arc<Self>, user: String, displayname: Option<String>) -> R<()> {
+        let id = self.namespace_user(&user)?;
+        let known = self.puppets.lock().expect("puppets poisoned").contains(&id);
+        let db = &self.services.db;
+        if !known {
+            self.take(|b| &mut b.puppets, 1.0)?;
+            let name = displayname.clone().unwrap_or_else(|| id.localpart().to_owned());
+            if name.chars().count() > 256 {
+                return Err(types::Error::Invalid("display names are at most 256 characters".into()));
+            }
+            if !db
+                .ensure_plugin_user(id.as_str(), &self.id, &name, now_millis() as i64)
+                .await
+                .map_err(storage)?
+            {
+                return Err(types::Error::Denied(format!("{user} is an account that is not this plugin's")));
+            }
+            self.remember_puppet(&id);
+        }
+        let Some(name) = displayname else { return Ok(()) };
+        let current = db.user(id.as_str()).await.map_err(storage)?.and_then(|u| u.displayname);
+        if current.as_deref() == Some(name.as_str()) {
+            return Ok(());
+        }
+        self.take(|b| &mut b.puppets, 1.0)?;
+        self.apply_profile(&id, Some(name), None).await
+    }
+}
+
+impl puppets::Host for PluginState {
+    async fn ensure(&mut self, user: String, displayname: Option<String>) -> R<()> {
+        on_main!(self, ensure_puppet(user, displayname))
+    }
+
+    async fn owns(&mut self, user: String) -> bool {
+        self.rearm();
+        self.ctx.namespace_user(&user).is_ok()
+    }
+}
+
+impl net::Host for PluginState {
+    async fn open(&mut self, name: String, destination: String, options: net::OpenOptions) -> R<bool> {
+        self.rearm();
+        self.ctx.open_connection(name, destination, options)
+    }
+
+    async fn send(&mut self, name: String, message: String) -> R<()> {
+        self.rearm();
+        self.ctx.take(|b| &mut b.net, 1.0)?;
+        self.ctx.net.send(&name, message)
+    }
+
+    async fn close(&mut self, name: String) -> bool {
+        self.rearm();
+        self.ctx.net.close(&name, &self.ctx.main)
+    }
+
+    async fn list(&mut self) -> Vec<String> {
+        self.rearm();
+        self.ctx.net.names()
+    }
+}

@@ -1,0 +1,351 @@
+//! Host-owned network connections (`net`): a plugin opens TCP connections (TLS optional) to
+//! granted `host:port` destinations under names it chooses, and the host keeps them — across
+//! reloads and instance crashes, since they live in the plugin's context, not its instance.
+//! Each connection is one task on the server's runtime that connects (private and loopback
+//! addresses only with `allow_private_destinations`, checked on every resolved address), cuts
+//! what it reads into lines of at most [`MAX_LINE`] bytes and queues them for the plugin's
+//! net pump ([`pump`]), which calls `on-net` in order. Sending never waits on a connection: a
+//! full outbox is the plugin's error, so no host call can block on the network while the
+//! plugin holds its instance.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader},
+    net::TcpStream,
+    sync::mpsc,
+};
+
+use crate::{
+    bindings::{bridge_guest::NetEvent, net, types},
+    context::PluginCtx,
+    http::Destination,
+    plugin::{Call, Plugin},
+};
+
+/// Longest line delivered; the rest of a longer one is dropped.
+pub(crate) const MAX_LINE: usize = 8 * 1024;
+/// Lines a connection may have waiting to be written.
+const OUTBOX: usize = 256;
+/// Events waiting for the plugin, across its connections; a reader waits when it is full, so a
+/// plugin that is down holds its peers back through TCP rather than the host's memory.
+const INBOX: usize = 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a closed connection may take to write what was queued on it.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+/// Parses a `grants.net` entry: `host:port`, the port required.
+pub(crate) fn parse_grant(grant: &str) -> Result<Destination, String> {
+    let destination = Destination::parse(grant)?;
+    match destination.port() {
+        Some(_) => Ok(destination),
+        None => Err(format!("`{grant}` needs a port (host:port)")),
+    }
+}
+
+struct Conn {
+    /// Tells this connection from a later one of the same name.
+    generation: u64,
+    outbox: mpsc::Sender<String>,
+    task: tokio::task::AbortHandle,
+}
+
+/// A plugin's connections and the queue of what happened on them.
+pub(crate) struct NetConns {
+    grants: Vec<Destination>,
+    max: usize,
+    allow_private: bool,
+    conns: Mutex<HashMap<String, Conn>>,
+    generations: AtomicU64,
+    inbox: mpsc::Sender<(String, NetEvent)>,
+    /// Taken by the pump when the host starts delivering.
+    receiver: Mutex<Option<mpsc::Receiver<(String, NetEvent)>>>,
+}
+
+impl NetConns {
+    pub(crate) fn new(grants: &[String], max: u32, allow_private: bool) -> Result<NetConns, String> {
+        let grants = grants.iter().map(|g| parse_grant(g)).collect::<Result<Vec<_>, _>>()?;
+        let (inbox, receiver) = mpsc::channel(INBOX);
+        Ok(NetConns {
+            grants,
+            max: max as usize,
+            allow_private,
+            conns: Mutex::new(HashMap::new()),
+            generations: AtomicU64::new(0),
+            inbox,
+            receiver: Mutex::new(Some(receiver)),
+        })
+    }
+
+    pub(crate) fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.conns.lock().expect("conns poisoned").keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Forgets a connection: what was sent on it is still written (for [`CLOSE_GRACE`] at
+    /// most), then it closes; no `closed` event follows.
+    pub(crate) fn close(&self, name: &str, runtime: &tokio::runtime::Handle) -> bool {
+        let Some(Conn { task, outbox, .. }) = self.conns.lock().expect("conns poisoned").remove(name) else {
+            return false;
+        };
+        // Dropping the outbox ends the connection's task once it has written what is queued.
+        drop(outbox);
+        runtime.spawn(async move {
+            tokio::time::sleep(CLOSE_GRACE).await;
+            task.abort();
+        });
+        true
+    }
+
+    /// Queues a line on a connection.
+    pub(crate) fn send(&self, name: &str, line: String) -> Result<(), types::Error> {
+        if line.contains(['\r', '\n']) {
+            return Err(types::Error::Invalid("a message cannot contain line breaks".into()));
+        }
+        if line.len() > MAX_LINE {
+            return Err(types::Error::Invalid(format!("a message is at most {MAX_LINE} bytes")));
+        }
+        let conns = self.conns.lock().expect("conns poisoned");
+        let conn = conns.get(name).ok_or_else(|| types::Error::NotFound(format!("no connection {name}")))?;
+        conn.outbox.try_send(line).map_err(|err| match err {
+            mpsc::error::TrySendError::Full(_) => types::Error::RateLimited(100),
+            mpsc::error::TrySendError::Closed(_) => types::Error::NotFound(format!("{name} is closing")),
+        })
+    }
+}
+
+impl PluginCtx {
+    /// `net.open`: starts a connection unless one of that name is open.
+    pub(crate) fn open_connection(
+        self: &Arc<Self>,
+        name: String,
+        destination: String,
+        options: net::OpenOptions,
+    ) -> Result<bool, types::Error> {
+        let conns = &self.net;
+        if name.is_empty() || name.len() > 255 {
+            return Err(types::Error::Invalid("connection names are 1 to 255 bytes".into()));
+        }
+        let (host, port) = split_destination(&destination)?;
+        if !conns.grants.iter().any(|d| d.allows(&host, port, port)) {
+            return Err(types::Error::Denied(format!("{destination} is not granted (grants.net)")));
+        }
+        let mut open = conns.conns.lock().expect("conns poisoned");
+        if open.contains_key(&name) {
+            return Ok(false);
+        }
+        if open.len() >= conns.max {
+            return Err(types::Error::Quota(format!(
+                "at most {} connections (grants.max_connections)",
+                conns.max
+            )));
+        }
+        let generation = conns.generations.fetch_add(1, Ordering::Relaxed);
+        let (outbox, outgoing) = mpsc::channel(OUTBOX);
+        let ctx = self.clone();
+        let task_name = name.clone();
+        let task = self.main.spawn(async move {
+            let reason = match connect(&ctx, &host, port, options.tls).await {
+                Ok(stream) => run(&ctx, &task_name, stream, outgoing).await,
+                Err(reason) => reason,
+            };
+            ctx.connection_ended(&task_name, generation, reason).await;
+        });
+        open.insert(name, Conn { generation, outbox, task: task.abort_handle() });
+        self.count("net_connections_opened", 1);
+        Ok(true)
+    }
+
+    /// A connection's task ended by itself: forget it (unless it was replaced) and tell the plugin.
+    async fn connection_ended(&self, name: &str, generation: u64, reason: String) {
+        let current = {
+            let mut conns = self.net.conns.lock().expect("conns poisoned");
+            match conns.get(name) {
+                Some(conn) if conn.generation == generation => conns.remove(name).is_some(),
+                _ => false,
+            }
+        };
+        if current {
+            self.log("info", format!("connection {name} closed: {reason}"));
+            let _ = self.net.inbox.send((name.to_owned(), NetEvent::Closed(reason))).await;
+        }
+    }
+}
+
+fn split_destination(destination: &str) -> Result<(String, u16), types::Error> {
+    let invalid = || types::Error::Invalid(format!("`{destination}` is not host:port"));
+    let (host, port) = destination.rsplit_once(':').ok_or_else(invalid)?;
+    let port = port.parse::<u16>().map_err(|_| invalid())?;
+    if host.is_empty() {
+        return Err(invalid());
+    }
+    Ok((host.to_ascii_lowercase(), port))
+}
+
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// Resolves (keeping only addresses plugins may reach), connects, and wraps in TLS if asked.
+async fn connect(ctx: &PluginCtx, host: &str, port: u16, tls: bool) -> Result<Box<dyn Stream>, String> {
+    let allow_private = ctx.net.allow_private;
+    let attempt = async {
+        let found =
+            tokio::net::lookup_host((host, port)).await.map_err(|e| format!("cannot resolve {host}: {e}"))?;
+        let addrs: Vec<SocketAddr> =
+            found.filter(|a| allow_private || homeserver_core::net::is_public(a.ip())).collect();
+        if addrs.is_empty() {
+            return Err(format!("{host} has no address plugins may reach"));
+        }
+        let tcp = TcpStream::connect(&addrs[..])
+            .await
+            .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        if !tls {
+            return Ok(Box::new(tcp) as Box<dyn Stream>);
+        }
+        let name = rustls_pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|e| format!("{host} is not a TLS server name: {e}"))?;
+        let stream =
+            tls_connector()?.connect(name, tcp).await.map_err(|e| format!("TLS with {host}: {e}"))?;
+        Ok(Box::new(stream) as Box<dyn Stream>)
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+        .await
+        .map_err(|_| format!("connecting to {host}:{port} timed out"))?
+}
+
+fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// Runs an established connection until it ends; returns why it ended.
+async fn run(
+    ctx: &PluginCtx,
+    name: &str,
+    stream: Box<dyn Stream>,
+    mut outgoing: mpsc::Receiver<String>,
+) -> String {
+    let (reader, mut writer) = tokio::io::split(stream);
+    let mut reader = BufReader::new(reader);
+    let inbox = &ctx.net.inbox;
+    if inbox.send((name.to_owned(), NetEvent::Connected)).await.is_err() {
+        return "the host stopped".into();
+    }
+    let mut line = Vec::with_capacity(512);
+    loop {
+        tokio::select! {
+            read = read_line(&mut reader, &mut line) => match read {
+                Ok(true) => {
+                    let text = String::from_utf8_lossy(&line).into_owned();
+                    if inbox.send((name.to_owned(), NetEvent::Message(text))).await.is_err() {
+                        return "the host stopped".into();
+                    }
+                }
+                Ok(false) => return "the peer closed the connection".into(),
+                Err(err) => return format!("read failed: {err}"),
+            },
+            next = outgoing.recv() => match next {
+                Some(mut text) => {
+                    text.push_str("\r\n");
+                    if let Err(err) = writer.write_all(text.as_bytes()).await {
+                        return format!("write failed: {err}");
+                    }
+                    ctx.count("net_lines_sent", 1);
+                }
+                None => return "closed".into(),
+            },
+        }
+    }
+}
+
+/// Reads the next line into `line` (without its `\r\n`), at most [`MAX_LINE`] bytes of it;
+/// `false` at the end of the stream.
+async fn read_line<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    line: &mut Vec<u8>,
+) -> std::io::Result<bool> {
+    line.clear();
+    let read = (&mut *reader).take(MAX_LINE as u64).read_until(b'\n', line).await?;
+    if read == 0 {
+        return Ok(false);
+    }
+    if line.last() != Some(&b'\n') && line.len() >= MAX_LINE {
+        // Too long: skip the rest of it.
+        let mut rest = Vec::new();
+        loop {
+            rest.clear();
+            let n = (&mut *reader).take(MAX_LINE as u64).read_until(b'\n', &mut rest).await?;
+            if n == 0 || rest.last() == Some(&b'\n') {
+                break;
+            }
+        }
+    }
+    while matches!(line.last(), Some(b'\n' | b'\r')) {
+        line.pop();
+    }
+    Ok(true)
+}
+
+/// Delivers what happens on the plugin's connections to `on-net`, in order, while it is callable.
+pub(crate) async fn pump(plugin: Arc<Plugin>) {
+    let Some(mut receiver) = plugin.ctx.net.receiver.lock().expect("receiver poisoned").take() else {
+        return;
+    };
+    let stream = plugin.ctx.services.rooms.stream().clone();
+    while let Some((name, event)) = receiver.recv().await {
+        if stream.is_shutting_down() {
+            return;
+        }
+        crate::delivery::wait_until_callable(&plugin).await;
+        if let Err(err) = plugin.call(Call::Net(name.clone(), event)).await {
+            plugin.ctx.log("warn", format!("on-net for {name} failed: {}", err.describe()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_are_cut_at_the_limit_and_lose_their_line_ends() {
+        let long = "x".repeat(MAX_LINE + 100);
+        let input = format!("PING :a\r\n{long}\r\nnext\nlast");
+        let mut reader = BufReader::new(input.as_bytes());
+        let mut line = Vec::new();
+        assert!(read_line(&mut reader, &mut line).await.unwrap());
+        assert_eq!(line, b"PING :a");
+        assert!(read_line(&mut reader, &mut line).await.unwrap());
+        assert_eq!(line.len(), MAX_LINE, "cut at the limit");
+        assert!(read_line(&mut reader, &mut line).await.unwrap());
+        assert_eq!(line, b"next", "the rest of the long line was skipped");
+        assert!(read_line(&mut reader, &mut line).await.unwrap());
+        assert_eq!(line, b"last");
+        assert!(!read_line(&mut reader, &mut line).await.unwrap());
+    }
+
+    #[test]
+    fn grants_need_a_port_and_destinations_must_be_host_port() {
+        assert!(parse_grant("irc.example.org:6667").is_ok());
+        assert!(parse_grant("irc.example.org").is_err());
+        assert!(split_destination("irc.example.org").is_err());
+        assert_eq!(split_destination("IRC.example.org:6697").unwrap(), ("irc.example.org".into(), 6697));
+    }
+}
