@@ -129,6 +129,7 @@ impl Registration {
         Claim {
             owner: format!("application service {}", self.id),
             own_user: format!("@{}:{server_name}", self.sender_localpart),
+            plugin: None,
             users: self.users.clone(),
             aliases: self.aliases.clone(),
         }

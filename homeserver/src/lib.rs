@@ -14,6 +14,7 @@ pub mod config;
 pub mod logging;
 pub mod plugin_admin;
 pub mod plugin_cli;
+pub mod plugin_webhooks;
 pub mod tls;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -278,8 +279,8 @@ impl Server {
 
     /// The complete HTTP stack.
     pub fn router(&self) -> Router {
-        let client = plugin_admin::routes(homeserver_client_api::routes(), self.plugins.clone())
-            .with_state(self.app.clone());
+        let client = plugin_admin::routes(homeserver_client_api::routes(), self.plugins.clone());
+        let client = plugin_webhooks::routes(client, self.plugins.clone()).with_state(self.app.clone());
         let cors = CorsLayer::new()
             .allow_origin(Any)
             .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])

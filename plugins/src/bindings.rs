@@ -11,5 +11,5 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub(crate) use exports::lattice::plugin::{bridge_guest, guest, policy_guest};
+pub(crate) use exports::lattice::plugin::{bridge_guest, guest, policy_guest, webhook_guest};
 pub(crate) use lattice::plugin::{config, kv, log, matrix, net, puppets, timers, types};

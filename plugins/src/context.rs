@@ -76,6 +76,10 @@ pub(crate) struct Buckets {
     pub net: Bucket,
     /// Puppet accounts created or renamed.
     pub puppets: Bucket,
+    /// Webhook requests answered.
+    pub webhooks: Bucket,
+    /// Connections opened.
+    pub net_opens: Bucket,
 }
 
 impl Buckets {
@@ -91,6 +95,8 @@ impl Buckets {
             http: Bucket::new(2.0, 20.0),
             net: Bucket::new(lines, lines * 4.0),
             puppets: Bucket::new(10.0, 100.0),
+            webhooks: Bucket::new(20.0, 50.0),
+            net_opens: Bucket::new(5.0, 20.0),
         }
     }
 }
@@ -116,8 +122,11 @@ pub(crate) struct PluginCtx {
     pub net: crate::net::NetConns,
     /// The user and alias namespaces the plugin owns (`grants.namespaces`).
     pub claim: appservices::Claim,
+    /// The rooms the plugin may be in and act in (`grants.rooms`, aliases resolved at start);
+    /// `None`: any.
+    pub scope: Option<std::collections::HashSet<ruma::OwnedRoomId>>,
     /// Puppets known to be the plugin's accounts (checked once, then remembered).
-    pub puppets: Mutex<std::collections::HashSet<OwnedUserId>>,
+    pub puppets: Mutex<std::collections::HashSet<String>>,
 }
 
 impl PluginCtx {

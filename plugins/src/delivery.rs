@@ -54,12 +54,17 @@ pub(crate) async fn dispatch(plugin: Arc<Plugin>) {
             return;
         }
     };
-    let mut interest = Interest::new(ctx.claim.clone(), joined, commands(&plugin).await);
+    let own_ctx = ctx.clone();
+    let own: crate::interest::Own = Box::new(move |user: &str| own_ctx.is_own(user));
+    let mut interest = Interest::new(ctx.user.to_string(), own, joined, commands(&plugin).await);
+    if let Some(rooms) = &ctx.scope {
+        interest = interest.within(rooms.iter().map(ToString::to_string));
+    }
     loop {
         if stream.is_shutting_down() {
             return;
         }
-        wait_until_callable(&plugin).await;
+        wait_until_callable(&plugin, &plugin.control).await;
         interest.set_commands(commands(&plugin).await);
         replay_dead_letters(&plugin, &mut interest).await;
         fire_due_timers(&plugin).await;
@@ -115,16 +120,18 @@ async fn commands(plugin: &Plugin) -> Vec<String> {
 }
 
 /// Waits while the plugin is disabled or suspended by its breaker.
-pub(crate) async fn wait_until_callable(plugin: &Plugin) {
+/// Waits while the plugin is disabled or suspended; `control` is the waiter's own wake-up
+/// (`Plugin::wake` rings every waiter's).
+pub(crate) async fn wait_until_callable(plugin: &Plugin, control: &tokio::sync::Notify) {
     loop {
         let disabled = plugin.health.lock().expect("health poisoned").disabled;
         let suspended = plugin.breaker.lock().expect("breaker poisoned").open_until(Instant::now());
         match (disabled, suspended) {
-            (true, _) => plugin.control.notified().await,
+            (true, _) => control.notified().await,
             (false, Some(until)) => {
                 tokio::select! {
                     () = tokio::time::sleep_until(until.into()) => {}
-                    () = plugin.control.notified() => {}
+                    () = control.notified() => {}
                 }
             }
             (false, None) => return,
@@ -140,7 +147,7 @@ async fn deliver(plugin: &Arc<Plugin>, row: &EventRow, offer: Offer) -> bool {
     let stream = plugin.ctx.services.rooms.stream();
     let mut attempt = 1u32;
     loop {
-        wait_until_callable(plugin).await;
+        wait_until_callable(plugin, &plugin.control).await;
         let delivery = types::Delivery { id: row.stream_pos.get() as u64, attempt };
         let call = match &offer {
             Offer::Command { name, args } => {

@@ -1,6 +1,7 @@
 //! The wasmtime engine plugins share: component model, async calls (host imports are async),
 //! epoch interruption driven by a ticker thread every [`TICK`], and the pooling allocator sized
-//! for the configured plugins (two instances each, so a reload can run beside the old one).
+//! for the configured plugins (four instances each: the one that takes events and the side
+//! instance for calls someone waits for, each twice so a reload can run beside the old one).
 
 use std::{
     sync::{Arc, Weak},
@@ -26,7 +27,7 @@ pub(crate) struct Engines {
 
 /// Builds the engine for `plugins` plugins whose largest memory grant is `max_memory_mb`.
 pub(crate) fn build(plugins: usize, max_memory_mb: u32) -> Result<Engines, String> {
-    let slots = (plugins.max(1) * 2 + 2) as u32;
+    let slots = (plugins.max(1) * 4 + 2) as u32;
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(slots)
         .total_core_instances(slots * CORE_INSTANCES_PER_PLUGIN)

@@ -87,6 +87,18 @@ impl Destination {
     }
 }
 
+/// TLS for plugins' outbound traffic (HTTP and connections): ring, the public web roots.
+pub(crate) fn public_tls() -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// The outbound HTTP policy of one plugin, and its client.
 pub(crate) struct Egress {
     destinations: Vec<Destination>,
@@ -98,14 +110,7 @@ pub(crate) struct Egress {
 impl Egress {
     pub(crate) fn new(grants: &[String], allow_private: bool) -> Result<Egress, String> {
         let destinations = grants.iter().map(|g| Destination::parse(g)).collect::<Result<Vec<_>, _>>()?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = public_tls()?;
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .dns_resolver(Arc::new(PublicOnly { allow_private }))

@@ -13,7 +13,7 @@ use wasmtime::{
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView, p2::pipe::MemoryOutputPipe};
 
 use crate::{
-    bindings::{Full, bridge_guest, guest, policy_guest, types},
+    bindings::{Full, bridge_guest, guest, policy_guest, types, webhook_guest},
     context::PluginCtx,
     engine::{self, TICK},
 };
@@ -122,6 +122,7 @@ pub(crate) struct Prepared {
     guest: guest::GuestIndices,
     bridge: Option<bridge_guest::GuestIndices>,
     policy: Option<policy_guest::GuestIndices>,
+    webhook: Option<webhook_guest::GuestIndices>,
 }
 
 impl Prepared {
@@ -131,6 +132,10 @@ impl Prepared {
 
     pub(crate) fn is_policy(&self) -> bool {
         self.policy.is_some()
+    }
+
+    pub(crate) fn answers_webhooks(&self) -> bool {
+        self.webhook.is_some()
     }
 }
 
@@ -150,7 +155,8 @@ pub(crate) fn prepare(linker: &Linker<PluginState>, component: &Component) -> Re
         .map_err(|e| format!("not a lattice:plugin/bot or bridge component: {e:#}"))?;
     let bridge = bridge_guest::GuestIndices::new(&pre).ok();
     let policy = policy_guest::GuestIndices::new(&pre).ok();
-    Ok(Prepared { pre, guest, bridge, policy })
+    let webhook = webhook_guest::GuestIndices::new(&pre).ok();
+    Ok(Prepared { pre, guest, bridge, policy, webhook })
 }
 
 /// A live instance.
@@ -159,6 +165,7 @@ pub(crate) struct Instance {
     guest: guest::Guest,
     bridge: Option<bridge_guest::Guest>,
     policy: Option<policy_guest::Guest>,
+    webhook: Option<webhook_guest::Guest>,
     stderr: MemoryOutputPipe,
     wall: Duration,
 }
@@ -207,16 +214,16 @@ impl Instance {
             Ok(Err(err)) => return Err(format!("cannot instantiate: {err:#}")),
             Err(_) => return Err("instantiation timed out".to_owned()),
         };
-        let guest = prepared.guest.load(&mut store, &instance).map_err(|e| format!("{e:#}"))?;
-        let bridge = match &prepared.bridge {
-            Some(indices) => Some(indices.load(&mut store, &instance).map_err(|e| format!("{e:#}"))?),
-            None => None,
-        };
-        let policy = match &prepared.policy {
-            Some(indices) => Some(indices.load(&mut store, &instance).map_err(|e| format!("{e:#}"))?),
-            None => None,
-        };
-        Ok(Instance { store, guest, bridge, policy, stderr, wall })
+        let loaded = |e: wasmtime::Error| format!("{e:#}");
+        let guest = prepared.guest.load(&mut store, &instance).map_err(loaded)?;
+        // The exports beyond `guest` that the component has.
+        let bridge =
+            prepared.bridge.as_ref().map(|i| i.load(&mut store, &instance)).transpose().map_err(loaded)?;
+        let policy =
+            prepared.policy.as_ref().map(|i| i.load(&mut store, &instance)).transpose().map_err(loaded)?;
+        let webhook =
+            prepared.webhook.as_ref().map(|i| i.load(&mut store, &instance)).transpose().map_err(loaded)?;
+        Ok(Instance { store, guest, bridge, policy, webhook, stderr, wall })
     }
 
     /// Prepares a call: a full CPU budget.
@@ -298,9 +305,7 @@ impl Instance {
         let result = tokio::time::timeout(self.wall, call).await;
         self.outcome(result)?.map_err(CallError::Returned)
     }
-}
 
-impl Instance {
     /// `on-net`, for a bridge (a bot has no connections to hear of).
     pub(crate) async fn on_net(
         &mut self,
@@ -313,9 +318,7 @@ impl Instance {
         let result = tokio::time::timeout(self.wall, call).await;
         self.outcome(result)?.map_err(CallError::Returned)
     }
-}
 
-impl Instance {
     /// `check-event`, for a policy, cut off after `deadline` (a plugin without the export
     /// allows everything).
     pub(crate) async fn check_event(
@@ -326,6 +329,21 @@ impl Instance {
         self.arm();
         let Some(policy) = self.policy.as_ref() else { return Ok(policy_guest::Verdict::Allow) };
         let call = policy.call_check_event(&mut self.store, event);
+        let result = tokio::time::timeout(deadline.min(self.wall), call).await;
+        self.outcome(result)
+    }
+
+    /// `on-http-request`, cut off after `deadline` (a plugin without the export answers 404).
+    pub(crate) async fn on_http_request(
+        &mut self,
+        request: &webhook_guest::HttpRequest,
+        deadline: Duration,
+    ) -> Result<webhook_guest::HttpResponse, CallError> {
+        self.arm();
+        let Some(webhook) = self.webhook.as_ref() else {
+            return Ok(webhook_guest::HttpResponse { status: 404, headers: Vec::new(), body: Vec::new() });
+        };
+        let call = webhook.call_on_http_request(&mut self.store, request);
         let result = tokio::time::timeout(deadline.min(self.wall), call).await;
         self.outcome(result)
     }

@@ -17,21 +17,33 @@ pub(crate) enum Offer {
     Command { name: String, args: String },
 }
 
+/// Tells the plugin's own users.
+pub(crate) type Own = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
 pub(crate) struct Interest {
     user: String,
-    /// The bot and its namespaces: whose events are the plugin's own.
-    claim: appservices::Claim,
+    /// Whether a user is the plugin's own (its bot, its puppets).
+    own: Own,
+    /// The only rooms whose events it is offered (`grants.rooms`), if limited.
+    scope: Option<HashSet<String>>,
     joined: HashSet<String>,
     commands: Vec<String>,
 }
 
 impl Interest {
     pub(crate) fn new(
-        claim: appservices::Claim,
+        user: String,
+        own: Own,
         joined: impl IntoIterator<Item = String>,
         commands: Vec<String>,
     ) -> Interest {
-        Interest { user: claim.own_user.clone(), claim, joined: joined.into_iter().collect(), commands }
+        Interest { user, own, scope: None, joined: joined.into_iter().collect(), commands }
+    }
+
+    /// Limits the offer to these rooms.
+    pub(crate) fn within(mut self, rooms: impl IntoIterator<Item = String>) -> Interest {
+        self.scope = Some(rooms.into_iter().collect());
+        self
     }
 
     /// The command words changed (a reload).
@@ -41,6 +53,9 @@ impl Interest {
 
     /// Classifies the next event of the stream (and follows the bot's membership).
     pub(crate) fn offer(&mut self, row: &EventRow) -> Offer {
+        if self.scope.as_ref().is_some_and(|rooms| !rooms.contains(&row.room_id)) {
+            return Offer::Skip;
+        }
         let content =
             || serde_json::from_str::<Value>(&row.json).ok().and_then(|j| j.get("content").cloned());
         if row.event_type == "m.room.member" && row.state_key.as_deref() == Some(self.user.as_str()) {
@@ -50,7 +65,7 @@ impl Interest {
                 Some("join") if !row.outlier => {
                     self.joined.insert(row.room_id.clone());
                 }
-                Some("invite") if !self.claim.acts_as(&row.sender) => return Offer::Event,
+                Some("invite") if !(self.own)(&row.sender) => return Offer::Event,
                 _ => {
                     self.joined.remove(&row.room_id);
                 }
@@ -58,8 +73,8 @@ impl Interest {
         }
         if row.event_type == "m.room.member"
             && !row.outlier
-            && !self.claim.acts_as(&row.sender)
-            && row.state_key.as_deref().is_some_and(|target| self.claim.acts_as(target))
+            && !(self.own)(&row.sender)
+            && row.state_key.as_deref().is_some_and(|target| target != self.user && (self.own)(target))
             && content()
                 .and_then(|c| c.get("membership").and_then(Value::as_str).map(str::to_owned))
                 .as_deref()
@@ -77,7 +92,7 @@ impl Interest {
     /// What an event is to the plugin, leaving the membership alone (a replayed dead letter):
     /// its own events are skipped, messages with a command word are commands.
     pub(crate) fn classify(&self, row: &EventRow) -> Offer {
-        if self.claim.acts_as(&row.sender) {
+        if (self.own)(&row.sender) {
             return Offer::Skip;
         }
         let content =
@@ -129,18 +144,20 @@ mod tests {
         }
     }
 
-    fn claim() -> appservices::Claim {
-        appservices::Claim {
-            owner: "plugin bot".into(),
-            own_user: "@bot:hs".into(),
-            users: vec![appservices::Namespace::new("@irc_.*:hs", true).unwrap()],
-            aliases: vec![],
-        }
+    /// The bot and one puppet, `@irc_bob:hs`.
+    fn interest(joined: &[&str], commands: &[&str]) -> Interest {
+        let own: Own = Box::new(|user: &str| user == "@bot:hs" || user == "@irc_bob:hs");
+        Interest::new(
+            "@bot:hs".into(),
+            own,
+            joined.iter().map(|r| r.to_string()),
+            commands.iter().map(|c| c.to_string()).collect(),
+        )
     }
 
     #[test]
     fn a_bridge_sees_invites_of_its_puppets_but_never_their_events() {
-        let mut interest = Interest::new(claim(), ["!a".to_owned()], vec![]);
+        let mut interest = interest(&["!a"], &[]);
         let puppet_says = row("!a", "@irc_bob:hs", "m.room.message", None, json!({"body": "hi"}));
         assert_eq!(interest.offer(&puppet_says), Offer::Skip, "no echo of what the bridge sent");
         let dm = row("!dm", "@u:hs", "m.room.member", Some("@irc_bob:hs"), json!({"membership": "invite"}));
@@ -150,11 +167,17 @@ mod tests {
         assert_eq!(interest.offer(&by_puppet), Offer::Skip);
         let other = row("!dm", "@u:hs", "m.room.member", Some("@carol:hs"), json!({"membership": "invite"}));
         assert_eq!(interest.offer(&other), Offer::Skip);
+        let lookalike = row("!a", "@irc_fan:hs", "m.room.message", None, json!({"body": "hi"}));
+        assert_eq!(
+            interest.offer(&lookalike),
+            Offer::Event,
+            "an account the bridge does not own is not its own"
+        );
     }
 
     #[test]
     fn the_bot_sees_its_rooms_invites_and_commands_but_not_itself() {
-        let mut interest = Interest::new(claim(), [], vec!["ai".into()]);
+        let mut interest = interest(&[], &["ai"]);
         let msg = |room: &str, body: &str| row(room, "@u:hs", "m.room.message", None, json!({"body": body}));
         assert_eq!(interest.offer(&msg("!a", "hello")), Offer::Skip, "not in the room");
         let invite = row("!a", "@u:hs", "m.room.member", Some("@bot:hs"), json!({"membership": "invite"}));

@@ -43,10 +43,12 @@ mod net;
 mod plugin;
 mod policy;
 pub mod spec;
+pub mod webhook;
 
 pub use context::LogLine;
 pub use manager::{HostSettings, PluginHost, PluginStatus, Services};
 pub use spec::{Grants, PluginSpec};
+pub use webhook::{WebhookError, WebhookRequest, WebhookResponse};
 
 /// Why a plugin could not be loaded, started or managed.
 #[derive(Debug, thiserror::Error)]

@@ -155,13 +155,21 @@ impl PluginHost {
         let runtime = PluginRuntime::new()?;
         let mut plugins = BTreeMap::new();
         for (id, spec) in specs {
-            let plugin = new_plugin(&services, id, spec, &settings, runtime.handle())?;
+            let scope = resolve_scope(&services, id, spec).await?;
+            let plugin = new_plugin(&services, id, spec, scope, &settings, runtime.handle())?;
             ensure_bot_user(&services.db, &plugin.ctx).await?;
-            let slot = load(&engines.engine, linkers.for_plugin(&plugin.ctx), &plugin).await?;
-            *plugin.slot.lock().await = Some(slot);
+            for puppet in services.db.plugin_users(id).await? {
+                plugin.ctx.remember_puppet_id(puppet);
+            }
             plugins.insert(id.clone(), plugin);
         }
-        let policies: Vec<Arc<Plugin>> = plugins.values().filter(|p| p.ctx.grants.policy).cloned().collect();
+        // Every bot exists before any plugin's code runs, so none can take another's id.
+        for plugin in plugins.values() {
+            let slot = load(&engines.engine, linkers.for_plugin(&plugin.ctx), plugin).await?;
+            plugin.install(slot).await;
+        }
+        let policies: Vec<std::sync::Weak<Plugin>> =
+            plugins.values().filter(|p| p.ctx.grants.policy).map(Arc::downgrade).collect();
         if !policies.is_empty() {
             services.rooms.set_event_policy(Arc::new(crate::policy::Policies { plugins: policies }));
         }
@@ -177,7 +185,7 @@ impl PluginHost {
         }
     }
 
-    fn plugin(&self, id: &str) -> Result<&Arc<Plugin>, PluginError> {
+    pub(crate) fn plugin(&self, id: &str) -> Result<&Arc<Plugin>, PluginError> {
         self.inner.plugins.get(id).ok_or_else(|| PluginError::Unknown(id.to_owned()))
     }
 
@@ -262,10 +270,10 @@ impl PluginHost {
                 }
             };
             let version = slot.registration.version.clone();
-            *plugin.slot.lock().await = Some(slot);
+            plugin.install(slot).await;
             plugin.breaker.lock().expect("breaker poisoned").reset();
             plugin.ctx.log("info", format!("reloaded: version {version}"));
-            plugin.control.notify_one();
+            plugin.wake();
             Ok(())
         });
         task.await.map_err(|e| PluginError::Load { id: id.to_owned(), message: e.to_string() })?
@@ -291,7 +299,7 @@ impl PluginHost {
             plugin.breaker.lock().expect("breaker poisoned").reset();
         }
         plugin.ctx.log("info", if enabled { "enabled" } else { "disabled" });
-        plugin.control.notify_one();
+        plugin.wake();
         Ok(())
     }
 
@@ -324,15 +332,49 @@ impl PluginHost {
             }
         }
         drop(health);
-        plugin.control.notify_one();
+        plugin.wake();
         Ok(queued)
     }
+}
+
+/// The rooms of `grants.rooms`, aliases resolved; `None` if the grant lists none. An alias that
+/// does not resolve refuses the start.
+async fn resolve_scope(
+    services: &Services,
+    id: &str,
+    spec: &PluginSpec,
+) -> Result<Option<std::collections::HashSet<ruma::OwnedRoomId>>, PluginError> {
+    if spec.grants.rooms.is_empty() {
+        return Ok(None);
+    }
+    let mut rooms = std::collections::HashSet::new();
+    for entry in &spec.grants.rooms {
+        let config_error = |message: String| PluginError::Config { id: id.to_owned(), message };
+        match ruma::RoomId::parse(entry) {
+            Ok(room) => {
+                rooms.insert(room);
+            }
+            Err(_) => {
+                let alias = ruma::RoomAliasId::parse(entry).map_err(|_| {
+                    config_error(format!("grants.rooms: `{entry}` is not a room id or alias"))
+                })?;
+                let (room, _) = services
+                    .rooms
+                    .resolve_alias(&alias)
+                    .await
+                    .map_err(|e| config_error(format!("grants.rooms: {alias}: {}", e.message)))?;
+                rooms.insert(room);
+            }
+        }
+    }
+    Ok(Some(rooms))
 }
 
 fn new_plugin(
     services: &Services,
     id: &str,
     spec: &PluginSpec,
+    scope: Option<std::collections::HashSet<ruma::OwnedRoomId>>,
     settings: &HostSettings,
     runtime: tokio::runtime::Handle,
 ) -> Result<Arc<Plugin>, PluginError> {
@@ -375,12 +417,15 @@ fn new_plugin(
         egress,
         net,
         claim,
+        scope,
         puppets: Mutex::new(Default::default()),
     });
     Ok(Arc::new(Plugin {
         ctx,
         spec: Mutex::new(spec.clone()),
         slot: tokio::sync::Mutex::new(None),
+        loaded: Mutex::new(None),
+        side: tokio::sync::Mutex::new(Default::default()),
         reloading: tokio::sync::Mutex::new(()),
         health: Mutex::new(Health::default()),
         breaker: Mutex::new(Breaker::new(
@@ -389,6 +434,7 @@ fn new_plugin(
             settings.breaker_cooldown,
         )),
         control: Notify::new(),
+        net_control: Notify::new(),
         settings: settings.clone(),
         runtime,
     }))
@@ -429,6 +475,11 @@ async fn load(
     if !pre.is_policy() && spec.grants.policy {
         return Err(load_error(
             "granted policy, but the component does not export policy-guest (the policy world)".into(),
+        ));
+    }
+    if !pre.answers_webhooks() && spec.grants.webhooks {
+        return Err(load_error(
+            "granted webhooks, but the component does not export webhook-guest (the webhooks world)".into(),
         ));
     }
     if !pre.is_bridge() && !spec.grants.net.is_empty() {

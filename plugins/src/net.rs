@@ -13,7 +13,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -35,6 +35,10 @@ use crate::{
 pub(crate) const MAX_LINE: usize = 8 * 1024;
 /// Lines a connection may have waiting to be written.
 const OUTBOX: usize = 256;
+/// Bytes a plugin may have queued for writing over all its connections.
+const MAX_QUEUED: usize = 16 << 20;
+/// Longest connection name.
+const MAX_NAME: usize = 1024;
 /// Events waiting for the plugin, across its connections; a reader waits when it is full, so a
 /// plugin that is down holds its peers back through TCP rather than the host's memory.
 const INBOX: usize = 1024;
@@ -56,7 +60,12 @@ struct Conn {
     generation: u64,
     outbox: mpsc::Sender<String>,
     task: tokio::task::AbortHandle,
+    /// Whether it got as far as connecting (a closed one that did not is dropped at once).
+    connected: Arc<AtomicBool>,
 }
+
+/// What happened on a connection, tagged with its generation.
+type Inbound = (String, u64, NetEvent);
 
 /// A plugin's connections and the queue of what happened on them.
 pub(crate) struct NetConns {
@@ -65,9 +74,13 @@ pub(crate) struct NetConns {
     allow_private: bool,
     conns: Mutex<HashMap<String, Conn>>,
     generations: AtomicU64,
-    inbox: mpsc::Sender<(String, NetEvent)>,
+    /// Connection tasks alive, closing ones included: what `grants.max_connections` bounds.
+    live: Arc<AtomicUsize>,
+    /// Bytes queued to be written, over all connections.
+    queued: Arc<AtomicUsize>,
+    inbox: mpsc::Sender<Inbound>,
     /// Taken by the pump when the host starts delivering.
-    receiver: Mutex<Option<mpsc::Receiver<(String, NetEvent)>>>,
+    receiver: Mutex<Option<mpsc::Receiver<Inbound>>>,
 }
 
 impl NetConns {
@@ -80,6 +93,8 @@ impl NetConns {
             allow_private,
             conns: Mutex::new(HashMap::new()),
             generations: AtomicU64::new(0),
+            live: Arc::default(),
+            queued: Arc::default(),
             inbox,
             receiver: Mutex::new(Some(receiver)),
         })
@@ -91,12 +106,24 @@ impl NetConns {
         names
     }
 
+    /// Whether `generation` is the open connection of that name.
+    fn is_current(&self, name: &str, generation: u64) -> bool {
+        self.conns.lock().expect("conns poisoned").get(name).is_some_and(|c| c.generation == generation)
+    }
+
     /// Forgets a connection: what was sent on it is still written (for [`CLOSE_GRACE`] at
-    /// most), then it closes; no `closed` event follows.
+    /// most), then it closes; one that is still connecting is dropped at once. Nothing more of
+    /// it reaches the plugin.
     pub(crate) fn close(&self, name: &str, runtime: &tokio::runtime::Handle) -> bool {
-        let Some(Conn { task, outbox, .. }) = self.conns.lock().expect("conns poisoned").remove(name) else {
+        let Some(Conn { task, outbox, connected, .. }) =
+            self.conns.lock().expect("conns poisoned").remove(name)
+        else {
             return false;
         };
+        if !connected.load(Ordering::Acquire) {
+            task.abort();
+            return true;
+        }
         // Dropping the outbox ends the connection's task once it has written what is queued.
         drop(outbox);
         runtime.spawn(async move {
@@ -116,10 +143,51 @@ impl NetConns {
         }
         let conns = self.conns.lock().expect("conns poisoned");
         let conn = conns.get(name).ok_or_else(|| types::Error::NotFound(format!("no connection {name}")))?;
-        conn.outbox.try_send(line).map_err(|err| match err {
-            mpsc::error::TrySendError::Full(_) => types::Error::RateLimited(100),
-            mpsc::error::TrySendError::Closed(_) => types::Error::NotFound(format!("{name} is closing")),
+        let size = line.len() + 2;
+        if self.queued.fetch_add(size, Ordering::AcqRel) + size > MAX_QUEUED {
+            self.queued.fetch_sub(size, Ordering::AcqRel);
+            return Err(types::Error::RateLimited(100));
+        }
+        conn.outbox.try_send(line).map_err(|err| {
+            self.queued.fetch_sub(size, Ordering::AcqRel);
+            match err {
+                mpsc::error::TrySendError::Full(_) => types::Error::RateLimited(100),
+                mpsc::error::TrySendError::Closed(_) => types::Error::NotFound(format!("{name} is closing")),
+            }
         })
+    }
+}
+
+/// Counts a connection task as alive until it ends, however it ends (aborts included).
+struct Alive(Arc<AtomicUsize>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A connection's queue of lines to write; what is left in it when the connection ends no
+/// longer counts as queued.
+struct Outbox {
+    lines: mpsc::Receiver<String>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Outbox {
+    async fn next(&mut self) -> Option<String> {
+        let line = self.lines.recv().await?;
+        self.queued.fetch_sub(line.len() + 2, Ordering::AcqRel);
+        Some(line)
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.lines.close();
+        while let Ok(line) = self.lines.try_recv() {
+            self.queued.fetch_sub(line.len() + 2, Ordering::AcqRel);
+        }
     }
 }
 
@@ -132,8 +200,8 @@ impl PluginCtx {
         options: net::OpenOptions,
     ) -> Result<bool, types::Error> {
         let conns = &self.net;
-        if name.is_empty() || name.len() > 255 {
-            return Err(types::Error::Invalid("connection names are 1 to 255 bytes".into()));
+        if name.is_empty() || name.len() > MAX_NAME {
+            return Err(types::Error::Invalid(format!("connection names are 1 to {MAX_NAME} bytes")));
         }
         let (host, port) = split_destination(&destination)?;
         if !conns.grants.iter().any(|d| d.allows(&host, port, port)) {
@@ -143,29 +211,38 @@ impl PluginCtx {
         if open.contains_key(&name) {
             return Ok(false);
         }
-        if open.len() >= conns.max {
+        if conns.live.load(Ordering::Acquire) >= conns.max {
             return Err(types::Error::Quota(format!(
-                "at most {} connections (grants.max_connections)",
+                "at most {} connections, closing ones included (grants.max_connections)",
                 conns.max
             )));
         }
+        self.take(|b| &mut b.net_opens, 1.0)?;
+        conns.live.fetch_add(1, Ordering::AcqRel);
+        let alive = Alive(conns.live.clone());
         let generation = conns.generations.fetch_add(1, Ordering::Relaxed);
-        let (outbox, outgoing) = mpsc::channel(OUTBOX);
-        let ctx = self.clone();
-        let task_name = name.clone();
+        let (outbox, lines) = mpsc::channel(OUTBOX);
+        let outgoing = Outbox { lines, queued: conns.queued.clone() };
+        let connected = Arc::new(AtomicBool::new(false));
+        let (ctx, task_name, flag) = (self.clone(), name.clone(), connected.clone());
         let task = self.main.spawn(async move {
+            let _alive = alive;
             let reason = match connect(&ctx, &host, port, options.tls).await {
-                Ok(stream) => run(&ctx, &task_name, stream, outgoing).await,
+                Ok(stream) => {
+                    flag.store(true, Ordering::Release);
+                    run(&ctx, &task_name, generation, stream, outgoing).await
+                }
                 Err(reason) => reason,
             };
             ctx.connection_ended(&task_name, generation, reason).await;
         });
-        open.insert(name, Conn { generation, outbox, task: task.abort_handle() });
+        open.insert(name, Conn { generation, outbox, task: task.abort_handle(), connected });
         self.count("net_connections_opened", 1);
         Ok(true)
     }
 
-    /// A connection's task ended by itself: forget it (unless it was replaced) and tell the plugin.
+    /// A connection's task ended by itself: forget it (unless it was closed or replaced) and
+    /// tell the plugin.
     async fn connection_ended(&self, name: &str, generation: u64, reason: String) {
         let current = {
             let mut conns = self.net.conns.lock().expect("conns poisoned");
@@ -176,7 +253,7 @@ impl PluginCtx {
         };
         if current {
             self.log("info", format!("connection {name} closed: {reason}"));
-            let _ = self.net.inbox.send((name.to_owned(), NetEvent::Closed(reason))).await;
+            let _ = self.net.inbox.send((name.to_owned(), generation, NetEvent::Closed(reason))).await;
         }
     }
 }
@@ -224,53 +301,55 @@ async fn connect(ctx: &PluginCtx, host: &str, port: u16, tls: bool) -> Result<Bo
 }
 
 fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(crate::http::public_tls()?)))
 }
 
-/// Runs an established connection until it ends; returns why it ended.
+/// Runs an established connection until it ends; returns why it ended. Reading is a task of
+/// its own, so a line half read is never lost to a write that wins a race.
 async fn run(
     ctx: &PluginCtx,
     name: &str,
+    generation: u64,
     stream: Box<dyn Stream>,
-    mut outgoing: mpsc::Receiver<String>,
+    mut outgoing: Outbox,
 ) -> String {
     let (reader, mut writer) = tokio::io::split(stream);
-    let mut reader = BufReader::new(reader);
-    let inbox = &ctx.net.inbox;
-    if inbox.send((name.to_owned(), NetEvent::Connected)).await.is_err() {
+    let inbox = ctx.net.inbox.clone();
+    if inbox.send((name.to_owned(), generation, NetEvent::Connected)).await.is_err() {
         return "the host stopped".into();
     }
-    let mut line = Vec::with_capacity(512);
-    loop {
-        tokio::select! {
-            read = read_line(&mut reader, &mut line) => match read {
+    let reader_name = name.to_owned();
+    let mut reading = ctx.main.spawn(async move {
+        let mut reader = BufReader::new(reader);
+        let mut line = Vec::with_capacity(512);
+        loop {
+            match read_line(&mut reader, &mut line).await {
                 Ok(true) => {
                     let text = String::from_utf8_lossy(&line).into_owned();
-                    if inbox.send((name.to_owned(), NetEvent::Message(text))).await.is_err() {
-                        return "the host stopped".into();
+                    if inbox.send((reader_name.clone(), generation, NetEvent::Message(text))).await.is_err() {
+                        return "the host stopped".to_owned();
                     }
                 }
-                Ok(false) => return "the peer closed the connection".into(),
+                Ok(false) => return "the peer closed the connection".to_owned(),
                 Err(err) => return format!("read failed: {err}"),
-            },
-            next = outgoing.recv() => match next {
-                Some(mut text) => {
-                    text.push_str("\r\n");
-                    if let Err(err) = writer.write_all(text.as_bytes()).await {
-                        return format!("write failed: {err}");
-                    }
-                    ctx.count("net_lines_sent", 1);
-                }
-                None => return "closed".into(),
-            },
+            }
+        }
+    });
+    let writing = async {
+        while let Some(mut text) = outgoing.next().await {
+            text.push_str("\r\n");
+            if let Err(err) = writer.write_all(text.as_bytes()).await {
+                return format!("write failed: {err}");
+            }
+            ctx.count("net_lines_sent", 1);
+        }
+        "closed".to_owned()
+    };
+    tokio::select! {
+        read = &mut reading => read.unwrap_or_else(|e| format!("the reader failed: {e}")),
+        reason = writing => {
+            reading.abort();
+            reason
         }
     }
 }
@@ -309,11 +388,16 @@ pub(crate) async fn pump(plugin: Arc<Plugin>) {
         return;
     };
     let stream = plugin.ctx.services.rooms.stream().clone();
-    while let Some((name, event)) = receiver.recv().await {
+    while let Some((name, generation, event)) = receiver.recv().await {
         if stream.is_shutting_down() {
             return;
         }
-        crate::delivery::wait_until_callable(&plugin).await;
+        crate::delivery::wait_until_callable(&plugin, &plugin.net_control).await;
+        // What a closed or replaced connection read meanwhile is not the plugin's any more
+        // (its `closed` is: it was current when it was queued).
+        if !matches!(event, NetEvent::Closed(_)) && !plugin.ctx.net.is_current(&name, generation) {
+            continue;
+        }
         if let Err(err) = plugin.call(Call::Net(name.clone(), event)).await {
             plugin.ctx.log("warn", format!("on-net for {name} failed: {}", err.describe()));
         }

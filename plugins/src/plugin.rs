@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::{
-    bindings::{bridge_guest, guest, policy_guest, types},
+    bindings::{bridge_guest, guest, policy_guest, types, webhook_guest},
     breaker::Breaker,
     context::PluginCtx,
     instance::{CallError, Instance, Prepared},
@@ -33,6 +33,13 @@ pub(crate) struct Slot {
     pub registration: guest::Registration,
 }
 
+/// The side instance and the load it was built from.
+#[derive(Default)]
+pub(crate) struct SideLane {
+    generation: u64,
+    instance: Option<Instance>,
+}
+
 /// Counters and flags the dispatcher and the admin share.
 #[derive(Default)]
 pub(crate) struct Health {
@@ -45,6 +52,17 @@ pub(crate) struct Health {
     pub cursor: i64,
     /// Dead letters to deliver again, oldest first (they stay filed until delivered).
     pub replays: VecDeque<StreamPos>,
+}
+
+/// A call someone waits for the answer of.
+enum Ask {
+    Check(policy_guest::ProposedEvent),
+    Webhook(webhook_guest::HttpRequest),
+}
+
+enum Answer {
+    Verdict(policy_guest::Verdict),
+    Response(webhook_guest::HttpResponse),
 }
 
 /// A call into the guest.
@@ -63,12 +81,21 @@ pub(crate) struct Plugin {
     pub spec: Mutex<PluginSpec>,
     /// The loaded version (None until the first load succeeds).
     pub slot: tokio::sync::Mutex<Option<Slot>>,
+    /// The loaded version's component and a number that changes with every load: what the
+    /// side instance is built from, readable without waiting for the slot.
+    pub loaded: Mutex<Option<(u64, Prepared)>>,
+    /// An instance of its own for calls someone waits for (policy checks, webhooks), so they
+    /// never queue behind event handling.
+    pub side: tokio::sync::Mutex<SideLane>,
     /// Held while a reload runs, so reloads of one plugin never overlap.
     pub reloading: tokio::sync::Mutex<()>,
     pub health: Mutex<Health>,
     pub breaker: Mutex<Breaker>,
     /// Wakes the dispatcher: enabled, disabled, reloaded, replay asked.
     pub control: Notify,
+    /// The net pump's wake-up, rung with `control` (each waiter has its own: `notify_one`
+    /// wakes one task).
+    pub net_control: Notify,
     pub settings: HostSettings,
     /// The runtime guest code runs on.
     pub runtime: tokio::runtime::Handle,
@@ -142,19 +169,83 @@ impl Plugin {
         self: &Arc<Self>,
         event: policy_guest::ProposedEvent,
     ) -> Result<policy_guest::Verdict, CallError> {
-        let plugin = self.clone();
         let deadline = Duration::from_millis(self.ctx.grants.policy_ms.into());
+        match self.ask(Ask::Check(event), deadline, deadline).await? {
+            Answer::Verdict(verdict) => Ok(verdict),
+            Answer::Response(_) => unreachable!("a check is answered with a verdict"),
+        }
+    }
+
+    /// Hands a webhook request to the plugin: waits for it to be free and for its answer, each
+    /// at most the plugin's wall-clock budget per call.
+    pub(crate) async fn webhook(
+        self: &Arc<Self>,
+        request: webhook_guest::HttpRequest,
+    ) -> Result<webhook_guest::HttpResponse, CallError> {
+        let wall = Duration::from_millis(self.ctx.grants.wall_ms_per_call.into());
+        match self.ask(Ask::Webhook(request), wall, wall).await? {
+            Answer::Response(response) => Ok(response),
+            Answer::Verdict(_) => unreachable!("a webhook is answered with a response"),
+        }
+    }
+
+    /// Makes `slot` the loaded version (the side instance follows at its next call).
+    pub(crate) async fn install(&self, slot: Slot) {
+        {
+            let mut loaded = self.loaded.lock().expect("loaded poisoned");
+            let generation = loaded.as_ref().map_or(1, |(g, _)| g + 1);
+            *loaded = Some((generation, slot.pre.clone()));
+        }
+        *self.slot.lock().await = Some(slot);
+    }
+
+    /// A call someone waits for (a client's request), on the side instance, bounded: at most
+    /// `wait` for it to be free, at most `deadline` for the answer (building the instance
+    /// included).
+    async fn ask(
+        self: &Arc<Self>,
+        ask: Ask,
+        wait: Duration,
+        deadline: Duration,
+    ) -> Result<Answer, CallError> {
+        let plugin = self.clone();
         let task = self.runtime.spawn(async move {
-            let Ok(mut guard) = tokio::time::timeout(deadline, plugin.slot.lock()).await else {
+            let Ok(mut side) = tokio::time::timeout(wait, plugin.side.lock()).await else {
+                plugin.ctx.count("calls_busy", 1);
                 return Err(CallError::Busy);
             };
-            let slot = plugin.ready(&mut guard).await?;
-            let instance = slot.instance.as_mut().expect("ready");
-            let result = instance.check_event(&event, deadline).await;
-            plugin.settle(slot, &result);
+            let answer = tokio::time::timeout(deadline, plugin.ask_on(&mut side, ask, deadline)).await;
+            let result = answer.unwrap_or(Err(CallError::TimedOut));
+            match &result {
+                Err(err) if err.is_fatal() => {
+                    side.instance = None;
+                    plugin.crashed(err);
+                }
+                Err(_) => {}
+                Ok(_) => plugin.breaker.lock().expect("breaker poisoned").succeeded(),
+            }
             result
         });
         task.await.map_err(|e| CallError::Trapped(format!("the call's task failed: {e}")))?
+    }
+
+    async fn ask_on(&self, side: &mut SideLane, ask: Ask, deadline: Duration) -> Result<Answer, CallError> {
+        let (generation, pre) = self
+            .loaded
+            .lock()
+            .expect("loaded poisoned")
+            .clone()
+            .ok_or(CallError::Trapped("not loaded".into()))?;
+        if side.generation != generation || side.instance.is_none() {
+            side.instance = None;
+            side.instance = Some(self.fresh_instance(pre).await?);
+            side.generation = generation;
+        }
+        let instance = side.instance.as_mut().expect("built above");
+        match ask {
+            Ask::Check(event) => instance.check_event(&event, deadline).await.map(Answer::Verdict),
+            Ask::Webhook(request) => instance.on_http_request(&request, deadline).await.map(Answer::Response),
+        }
     }
 
     async fn call_here(&self, call: Call) -> Result<(), CallError> {
@@ -200,6 +291,12 @@ impl Plugin {
         if self.breaker.lock().expect("breaker poisoned").crashed(Instant::now()) {
             self.ctx.log("error", "crashing repeatedly: suspended for a while");
         }
+    }
+
+    /// Wakes the dispatcher and the net pump: enabled, disabled, reloaded, replay asked.
+    pub(crate) fn wake(&self) {
+        self.control.notify_one();
+        self.net_control.notify_one();
     }
 
     /// Until when the breaker keeps the plugin suspended, if it does.

@@ -4,7 +4,7 @@
 //! suspended by its breaker; a failed or slow answer allows the event (the server fails open)
 //! and counts as a crash, so a hostile policy is soon suspended and stops costing latency.
 
-use std::sync::Arc;
+use std::sync::Weak;
 
 use homeserver_rooms::policy::{EventPolicy, PolicyFuture, ProposedEvent};
 
@@ -16,18 +16,18 @@ use crate::{
 /// Longest refusal reason passed on to the client.
 const MAX_REASON: usize = 1000;
 
+/// Weak: the room model holds the policies, and plugins hold the room model.
 pub(crate) struct Policies {
-    pub plugins: Vec<Arc<Plugin>>,
+    pub plugins: Vec<Weak<Plugin>>,
 }
 
 impl EventPolicy for Policies {
     fn check<'a>(&'a self, event: ProposedEvent<'a>) -> PolicyFuture<'a> {
         Box::pin(async move {
-            for plugin in &self.plugins {
+            for plugin in self.plugins.iter().filter_map(Weak::upgrade) {
                 let ctx = &plugin.ctx;
                 let disabled = plugin.health.lock().expect("health poisoned").disabled;
-                if disabled || plugin.suspended_until().is_some() || ctx.claim.acts_as(event.sender.as_str())
-                {
+                if disabled || plugin.suspended_until().is_some() || ctx.is_own(event.sender.as_str()) {
                     continue;
                 }
                 let proposed = policy_guest::ProposedEvent {

@@ -70,6 +70,11 @@ pub struct Grants {
     pub policy: bool,
     /// How long the server waits for a policy answer, in ms; slower answers allow the event.
     pub policy_ms: u32,
+    /// Whether requests to `/_lattice/plugins/<id>/…` reach the plugin (`on-http-request`).
+    pub webhooks: bool,
+    /// If not empty, the only rooms (ids or aliases, resolved at start) the plugin's users may
+    /// join and act in and whose events it sees; it creates no rooms then.
+    pub rooms: Vec<String>,
 }
 
 /// One namespace: a regex over whole ids, and whether the plugin owns it exclusively (clients
@@ -121,6 +126,7 @@ impl PluginSpec {
         Ok(appservices::Claim {
             owner: format!("plugin {id}"),
             own_user: format!("@{}:{server_name}", self.localpart(id)),
+            plugin: Some(id.to_owned()),
             users: compile(&self.grants.namespaces.users, "users")?,
             aliases: compile(&self.grants.namespaces.aliases, "aliases")?,
         })
@@ -143,6 +149,8 @@ impl Default for Grants {
             namespaces: NamespaceGrants::default(),
             policy: false,
             policy_ms: 200,
+            webhooks: false,
+            rooms: Vec::new(),
         }
     }
 }
@@ -175,6 +183,14 @@ impl Grants {
         }
         if self.net_lines_per_second == 0 {
             return Err("grants.net_lines_per_second must be at least 1".into());
+        }
+        if self.rooms.len() > 1000 {
+            return Err("grants.rooms: at most 1000 rooms".into());
+        }
+        for room in &self.rooms {
+            if ruma::RoomOrAliasId::parse(room).is_err() {
+                return Err(format!("grants.rooms: `{room}` is not a room id or alias"));
+            }
         }
         compile(&self.namespaces.users, "users")?;
         compile(&self.namespaces.aliases, "aliases")?;

@@ -196,9 +196,7 @@ async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<JsonBody
             return Err(Error::new(ErrorKind::UserInUse, "User ID already taken").into());
         }
     }
-    if let Some(owner) = app.rooms.config().claims.user_reserved_by(user_id.as_str()) {
-        return Err(Error::new(ErrorKind::Exclusive, format!("This user ID is reserved by {owner}")).into());
-    }
+    refuse_claimed(&app, &user_id)?;
     let flows: &[&[&str]] =
         if app.config.registration_tokens.is_empty() { &[&[DUMMY]] } else { &[&[REGISTRATION_TOKEN]] };
     let merged = serde_json::to_vec(&Value::Object(body)).unwrap_or_default();
@@ -293,6 +291,15 @@ fn login_of(params: &RegisterParams) -> PreparedLogin {
     PreparedLogin::new(params.device_id.clone(), params.initial_device_display_name.as_deref())
 }
 
+/// Refuses a user id in an application service's or a plugin's exclusive namespace: every way
+/// of registering an account asks this (`M_EXCLUSIVE`).
+pub(crate) fn refuse_claimed(app: &App, user_id: &ruma::UserId) -> Result<(), Error> {
+    match app.rooms.config().claims.user_reserved_by(user_id.as_str()) {
+        Some(owner) => Err(Error::new(ErrorKind::Exclusive, format!("This user ID is reserved by {owner}"))),
+        None => Ok(()),
+    }
+}
+
 /// `GET /_matrix/client/v3/register/available`
 async fn username_available(
     app: App,
@@ -304,6 +311,7 @@ async fn username_available(
     if app.db.user(user_id.as_str()).await.map_err(Error::from)?.is_some() {
         return Err(Error::new(ErrorKind::UserInUse, "User ID already taken").into());
     }
+    refuse_claimed(&app, &user_id)?;
     Ok(JsonBody(json!({ "available": true })))
 }
 

@@ -301,7 +301,7 @@ async fn put_alias(app: App, req: Ruma<create_alias::v3::Request>) -> Result<Jso
     if !app.rooms.is_joined(room_id, &req.auth.user_id).await? && !req.auth.is_admin {
         return Err(Error::forbidden("You must be in the room to give it an alias").into());
     }
-    app.rooms.check_alias_claim(alias, &req.auth.user_id)?;
+    app.rooms.check_alias_claim(alias, &req.auth.user_id).await?;
     match app
         .db
         .create_alias(alias.as_str(), room_id.as_str(), req.auth.user_id.as_str(), now_millis() as i64)

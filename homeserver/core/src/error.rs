@@ -73,6 +73,9 @@ pub enum ErrorKind {
     },
     /// Server-side failure; details are logged, not shown.
     Internal,
+    /// Something the request needs is not available for now (HTTP 503, `M_UNKNOWN`): a
+    /// disabled or suspended plugin's webhook.
+    Unavailable,
 }
 
 impl ErrorKind {
@@ -88,7 +91,9 @@ impl ErrorKind {
             ErrorKind::NotFound => "M_NOT_FOUND",
             ErrorKind::LimitExceeded { .. } => "M_LIMIT_EXCEEDED",
             ErrorKind::Unrecognized => "M_UNRECOGNIZED",
-            ErrorKind::Unknown | ErrorKind::Internal | ErrorKind::Conflict => "M_UNKNOWN",
+            ErrorKind::Unknown | ErrorKind::Internal | ErrorKind::Conflict | ErrorKind::Unavailable => {
+                "M_UNKNOWN"
+            }
             ErrorKind::Unauthorized | ErrorKind::MalformedAuthorization => "M_UNAUTHORIZED",
             ErrorKind::UserDeactivated => "M_USER_DEACTIVATED",
             ErrorKind::UserInUse => "M_USER_IN_USE",

@@ -42,6 +42,7 @@ impl ApiError {
             ErrorKind::LimitExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::ServerManaged => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::BadJson

@@ -62,8 +62,13 @@ pub struct Profile {
 impl Rooms {
     /// Refuses an alias in another owner's exclusive namespace (an application service's or a
     /// bridge's): every way of creating an alias asks this.
-    pub fn check_alias_claim(&self, alias: &RoomAliasId, creator: &UserId) -> Result<(), Error> {
-        match self.config().claims.alias_reserved_against(alias.as_str(), creator.as_str()) {
+    pub async fn check_alias_claim(&self, alias: &RoomAliasId, creator: &UserId) -> Result<(), Error> {
+        let claims = &self.config().claims;
+        if !claims.alias_reserved(alias.as_str()) {
+            return Ok(());
+        }
+        let owner_plugin = self.db().plugin_owner(creator.as_str()).await.map_err(Error::from)?;
+        match claims.alias_reserved_against(alias.as_str(), creator.as_str(), owner_plugin.as_deref()) {
             Some(owner) => Err(Error::new(ErrorKind::Exclusive, format!("{alias} is reserved by {owner}"))),
             None => Ok(()),
         }
@@ -83,7 +88,7 @@ impl Rooms {
                 }
                 let alias = RoomAliasId::parse(format!("#{local}:{server}"))
                     .map_err(|_| Error::new(ErrorKind::InvalidParam, "invalid room_alias_name"))?;
-                self.check_alias_claim(&alias, &req.creator)?;
+                self.check_alias_claim(&alias, &req.creator).await?;
                 if self.db().alias(alias.as_str()).await.map_err(Error::from)?.is_some() {
                     return Err(Error::new(ErrorKind::RoomInUse, "room alias already taken"));
                 }

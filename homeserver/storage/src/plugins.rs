@@ -219,6 +219,14 @@ impl Db {
         Ok(self.plugin_owner(user_id).await?.as_deref() == Some(plugin))
     }
 
+    /// The active accounts a plugin owns (its bot and its puppets).
+    pub async fn plugin_users(&self, plugin: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT user_id FROM users WHERE plugin_owner = $1 AND deactivated = 0")
+            .bind(plugin)
+            .fetch_all(self.reader())
+            .await?)
+    }
+
     /// The plugin that owns this (active) account, if one does.
     pub async fn plugin_owner(&self, user_id: &str) -> Result<Option<String>> {
         let owner: Option<Option<String>> =

@@ -93,12 +93,18 @@ impl TestServer {
     }
 
     /// Stops and starts again on the same database and data directory (a new port).
-    pub async fn restart(mut self) -> TestServer {
+    pub async fn restart(self) -> TestServer {
+        self.restart_with(|_| {}).await
+    }
+
+    /// Restarts with the configuration changed.
+    pub async fn restart_with(mut self, adjust: impl FnOnce(&mut Config)) -> TestServer {
         self.stop().await;
         let database = self.database.take();
         let data_dir = self._data_dir.clone();
         let mut config = self.config.clone();
         config.listen.client = "127.0.0.1:0".parse().unwrap();
+        adjust(&mut config);
         Self::launch(config, database, data_dir).await
     }
 

@@ -68,6 +68,8 @@ mod plugins_chatgpt;
 mod plugins_http;
 mod plugins_irc;
 mod plugins_policy;
+mod plugins_python;
+mod plugins_webhooks;
 mod presence;
 mod relations;
 mod rooms;

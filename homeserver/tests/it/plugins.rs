@@ -45,6 +45,30 @@ pub(crate) fn guest(name: &str) -> Option<PathBuf> {
     }
 }
 
+/// The Python example plugin, built by `.ci/plugin-python` (once per test process), or `None`
+/// (the test skips) when it cannot be built outside CI.
+pub(crate) fn python_guest() -> Option<PathBuf> {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let built = BUILT.get_or_init(|| {
+        let output = std::process::Command::new(root.join(".ci/plugin-python"))
+            .output()
+            .map_err(|e| format!("cannot run .ci/plugin-python: {e}"))?;
+        match output.status.success() {
+            true => Ok(PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())),
+            false => Err(format!(".ci/plugin-python failed: {}", String::from_utf8_lossy(&output.stderr))),
+        }
+    });
+    match built {
+        Ok(path) => Some(path.clone()),
+        Err(err) if std::env::var_os("LATTICE_REQUIRE_PLUGINS").is_some() => panic!("{err}"),
+        Err(err) => {
+            eprintln!("skipping: {err}");
+            None
+        }
+    }
+}
+
 pub(crate) fn spec(path: PathBuf, config: Value, grants: Grants) -> PluginSpec {
     PluginSpec { path, user: None, config: config.as_object().cloned().unwrap_or_default(), grants }
 }
@@ -99,7 +123,7 @@ pub(crate) async fn messages(server: &TestServer, user: &User, room: &str) -> Ve
     events.into_iter().filter(|e| e["type"] == "m.room.message").collect()
 }
 
-async fn wait_joined(server: &TestServer, user: &User, room: &str, bot: &str) {
+pub(crate) async fn wait_joined(server: &TestServer, user: &User, room: &str, bot: &str) {
     eventually(20, &format!("{bot} to join"), || async {
         let path = format!("/_matrix/client/v3/rooms/{}/joined_members", enc(room));
         let (_, body) = server.get(&path, Some(&user.token)).await;
@@ -475,19 +499,57 @@ async fn reloads_under_load_lose_and_repeat_nothing() {
         (count.as_deref() == Some(&N.to_string())).then_some(())
     })
     .await;
+    // The bot counts a command before it answers it: wait for the last answer too, then a
+    // moment for any duplicate.
     let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1000", enc(&room));
-    let (_, page) = server.get(&path, Some(&alice.token)).await;
-    let mut answers: Vec<String> = page["chunk"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["sender"] == "@echo:localhost" && e["type"] == "m.room.message")
-        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
-        .collect();
+    let answers = || async {
+        let (_, page) = server.get(&path, Some(&alice.token)).await;
+        page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["sender"] == "@echo:localhost" && e["type"] == "m.room.message")
+            .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+            .collect::<Vec<String>>()
+    };
+    eventually(60, "every command answered", || async { (answers().await.len() >= N).then_some(()) }).await;
+    tokio::time::sleep(crate::plugin_binary::QUIET).await;
+    let mut answers = answers().await;
     let total = answers.len();
     answers.sort();
     answers.dedup();
     assert_eq!((total, answers.len()), (N, N), "one answer per command, none twice");
     let status = plugin_status(&server, &admin, "echo").await;
     assert_eq!(status["crashes"], 0, "{status}");
+}
+
+#[tokio::test]
+async fn a_plugin_limited_to_its_rooms_sees_and_joins_no_other() {
+    let Some(echo) = guest("echo_bot") else { return };
+    let server = TestServer::start_with(quick).await;
+    let alice = server.register("alice").await;
+    let allowed = server.create_room(&alice, json!({ "room_alias_name": "allowed" })).await;
+    let other = server.create_room(&alice, json!({})).await;
+    let grants = Grants { rooms: vec!["#allowed:localhost".into()], ..Grants::default() };
+    let server = server
+        .restart_with(|c| {
+            c.plugins.insert("echo".into(), spec(echo, json!({}), grants));
+        })
+        .await;
+    server.invite(&alice, &other, "@echo:localhost").await;
+    server.invite(&alice, &allowed, "@echo:localhost").await;
+    wait_joined(&server, &alice, &allowed, "@echo:localhost").await;
+    server.send_text(&alice, &allowed, "!echo hi").await;
+    eventually(30, "the echo", || async {
+        messages(&server, &alice, &allowed)
+            .await
+            .iter()
+            .any(|e| e["content"]["body"] == "echo: hi")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(crate::plugin_binary::QUIET).await;
+    let path = format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&other));
+    let (_, members) = server.get(&path, Some(&alice.token)).await;
+    assert!(members["joined"].get("@echo:localhost").is_none(), "the bot stayed out: {members}");
 }

@@ -150,6 +150,9 @@ async fn matrix_and_irc_users_chat_in_the_portal_room() {
     let body = json!({ "username": "irc_mallory", "password": "pw-mallory-secret", "auth": { "type": "m.login.dummy" } });
     let refused = lattice.call(reqwest::Method::POST, "/_matrix/client/v3/register", None, body).await;
     assert_eq!(refused["errcode"], "M_EXCLUSIVE", "{refused}");
+    let path = "/_matrix/client/v3/register/available?username=irc_mallory";
+    let refused = lattice.call(reqwest::Method::GET, path, None, Value::Null).await;
+    assert_eq!(refused["errcode"], "M_EXCLUSIVE", "{refused}");
     let body = json!({ "room_alias_name": "irc_other" });
     let refused =
         lattice.call(reqwest::Method::POST, "/_matrix/client/v3/createRoom", Some(&alice), body).await;

@@ -47,6 +47,8 @@
 //!   arrive at [`Plugin::on_net`].
 //! - Policies: [`Plugin::check_event`], asked about every event the server's users send when the
 //!   admin grants the plugin `policy`.
+//! - Webhooks: [`Plugin::on_http_request`] and [`webhook`] helpers, for a plugin granted
+//!   `webhooks` (requests to `/_lattice/plugins/<id>/…`).
 //! - [`raw`]: the generated bindings of every import, for what the helpers do not cover.
 
 #[doc(hidden)]
@@ -63,6 +65,7 @@ pub mod net;
 pub mod plugin;
 pub mod puppets;
 pub mod registration;
+pub mod webhook;
 
 pub use commands::{Commands, Handler};
 pub use config::{config, config_as};
@@ -99,7 +102,8 @@ pub mod raw {
 }
 
 /// Exports a [`Plugin`] type as the component's `lattice:plugin/guest`,
-/// `lattice:plugin/bridge-guest` and `lattice:plugin/policy-guest` interfaces.
+/// `lattice:plugin/bridge-guest`, `lattice:plugin/policy-guest` and
+/// `lattice:plugin/webhook-guest` interfaces.
 ///
 /// Use it once per plugin crate, at the crate root: `lattice_plugin_sdk::export_plugin!(MyBot);`
 #[macro_export]
@@ -134,6 +138,11 @@ macro_rules! export_plugin {
                     $crate::__private::on_timer::<$plugin>(tag)
                 }
             }
+            impl $crate::__private::WebhookGuest for __LatticePluginExport {
+                fn on_http_request(req: $crate::webhook::HttpRequest) -> $crate::webhook::HttpResponse {
+                    $crate::__private::on_http_request::<$plugin>(req)
+                }
+            }
             impl $crate::__private::PolicyGuest for __LatticePluginExport {
                 fn check_event(ev: $crate::ProposedEvent) -> $crate::Verdict {
                     $crate::__private::check_event::<$plugin>(ev)
@@ -162,6 +171,7 @@ pub mod __private {
     pub use crate::bindings::exports::lattice::plugin::bridge_guest::Guest as BridgeGuest;
     pub use crate::bindings::exports::lattice::plugin::guest::{Guest, Invocation};
     pub use crate::bindings::exports::lattice::plugin::policy_guest::Guest as PolicyGuest;
+    pub use crate::bindings::exports::lattice::plugin::webhook_guest::Guest as WebhookGuest;
     pub use crate::bindings::lattice::plugin::types::Event as RawEvent;
     pub use crate::plugin::dispatch::*;
     pub use std::string::String;

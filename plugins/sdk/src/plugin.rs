@@ -4,6 +4,7 @@
 use serde::Deserialize;
 
 use crate::net::NetEvent;
+use crate::webhook::{HttpRequest, HttpResponse};
 use crate::{Command, Delivery, Error, Event, ProposedEvent, Registration, Verdict};
 
 /// What the host tells the plugin at `init` (its `info-json`).
@@ -76,6 +77,14 @@ pub trait Plugin {
         let _ = event;
         Verdict::Allow
     }
+
+    /// For a plugin granted `webhooks`: a request to `/_lattice/plugins/<id>/…` (`request.path`
+    /// is what follows the id). Authenticate the caller yourself (a token from your
+    /// configuration); see [`crate::webhook`] for building answers.
+    fn on_http_request(request: &HttpRequest) -> HttpResponse {
+        let _ = request;
+        crate::webhook::text(404, "not found")
+    }
 }
 
 /// The glue [`crate::export_plugin!`] expands to: converts the generated types and calls the
@@ -121,6 +130,10 @@ pub mod dispatch {
 
     pub fn check_event<P: Plugin>(event: crate::ProposedEvent) -> crate::Verdict {
         P::check_event(&event)
+    }
+
+    pub fn on_http_request<P: Plugin>(request: crate::webhook::HttpRequest) -> crate::webhook::HttpResponse {
+        P::on_http_request(&request)
     }
 
     /// Sends panic messages to the host's log: with `panic = "abort"` a panic is a trap, and the

@@ -18,20 +18,35 @@ use crate::{
 type R<T> = Result<T, types::Error>;
 
 impl PluginCtx {
-    /// A user id of the plugin's namespaces on this server (not checked to exist).
+    /// A user id of the plugin's namespaces on this server that no one else claims
+    /// exclusively (not checked to exist).
     fn namespace_user(&self, user: &str) -> R<OwnedUserId> {
         let id = UserId::parse(user).map_err(|_| types::Error::Invalid(format!("not a user id: {user}")))?;
-        if id.server_name() != self.user.server_name() || id == self.user || !self.claim.acts_as(id.as_str())
+        if id.server_name() != self.user.server_name()
+            || id == self.user
+            || !self.claim.covers_user(id.as_str())
         {
             return Err(types::Error::Denied(format!("{user} is not in the plugin's namespaces")));
         }
-        Ok(id)
+        match self.services.rooms.config().claims.user_reserved_by(id.as_str()) {
+            Some(owner) if owner != self.claim.owner => {
+                Err(types::Error::Denied(format!("{user} is reserved by {owner}")))
+            }
+            _ => Ok(id),
+        }
+    }
+
+    /// Whether the user is the plugin's own: its bot or one of its puppets (events of theirs
+    /// are not offered to it, and its policy does not check them).
+    pub(crate) fn is_own(&self, user: &str) -> bool {
+        user == self.user.as_str()
+            || (self.claim.covers_user(user) && self.puppets.lock().expect("puppets poisoned").contains(user))
     }
 
     /// A puppet the plugin may act as: in its namespaces, with an account it owns.
     pub(crate) async fn puppet(&self, user: &str) -> R<OwnedUserId> {
         let id = self.namespace_user(user)?;
-        if self.puppets.lock().expect("puppets poisoned").contains(&id) {
+        if self.puppets.lock().expect("puppets poisoned").contains(id.as_str()) {
             return Ok(id);
         }
         match self.services.db.plugin_owner(id.as_str()).await.map_err(storage)? {
@@ -46,19 +61,20 @@ impl PluginCtx {
         }
     }
 
-    fn remember_puppet(&self, id: &UserId) {
-        let mut known = self.puppets.lock().expect("puppets poisoned");
-        // Bounded: a bridge with more puppets than this checks the database again.
-        if known.len() >= 100_000 {
-            known.clear();
-        }
-        known.insert(id.to_owned());
+    /// Remembers a puppet. Kept whole (never evicted): the set is also what tells the
+    /// plugin's own events apart, and it grows only as fast as puppets are created.
+    pub(crate) fn remember_puppet(&self, id: &UserId) {
+        self.remember_puppet_id(id.to_string());
+    }
+
+    pub(crate) fn remember_puppet_id(&self, id: String) {
+        self.puppets.lock().expect("puppets poisoned").insert(id);
     }
 
     /// `puppets.ensure`: the account, and its display name when it changed.
     async fn ensure_puppet(self: Arc<Self>, user: String, displayname: Option<String>) -> R<()> {
         let id = self.namespace_user(&user)?;
-        let known = self.puppets.lock().expect("puppets poisoned").contains(&id);
+        let known = self.puppets.lock().expect("puppets poisoned").contains(id.as_str());
         let db = &self.services.db;
         if !known {
             self.take(|b| &mut b.puppets, 1.0)?;

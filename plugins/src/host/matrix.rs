@@ -69,6 +69,23 @@ impl PluginCtx {
         })
     }
 
+    /// A room id the plugin named, within its `rooms` grant.
+    fn room(&self, room: &str) -> R<OwnedRoomId> {
+        let room = room_id(room)?;
+        self.in_scope(&room)?;
+        Ok(room)
+    }
+
+    /// Refuses rooms outside the plugin's `rooms` grant (when it has one).
+    fn in_scope(&self, room: &RoomId) -> R<()> {
+        match &self.scope {
+            Some(rooms) if !rooms.contains(room) => {
+                Err(types::Error::Denied(format!("{room} is not one of the plugin's rooms (grants.rooms)")))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Refuses what concerns rooms the bot is not joined to.
     async fn joined(&self, room: &RoomId) -> R<()> {
         match self.services.rooms.is_joined(room, &self.user).await.map_err(to_wit)? {
@@ -93,7 +110,7 @@ impl PluginCtx {
         opts: matrix::SendOptions,
     ) -> R<String> {
         let sender = self.actor(opts.as_user.as_deref()).await?;
-        let room = room_id(&room)?;
+        let room = self.room(&room)?;
         if kind.is_empty() || kind.len() > 255 {
             return Err(types::Error::Invalid("event types are 1 to 255 bytes".into()));
         }
@@ -127,7 +144,7 @@ impl PluginCtx {
         opts: matrix::SendOptions,
     ) -> R<String> {
         let sender = self.actor(opts.as_user.as_deref()).await?;
-        let room_id = room_id(&room)?;
+        let room_id = self.room(&room)?;
         let target_id = event_id(&target)?;
         self.joined(&room_id).await?;
         let known = self.services.db.event(target_id.as_str()).await.map_err(storage)?;
@@ -207,6 +224,7 @@ impl PluginCtx {
                 room
             }
         };
+        self.in_scope(&room)?;
         if rooms.joins_remotely(&room).await.map_err(to_wit)? {
             rooms.join_remote_via(room.clone(), user, servers).await.map_err(to_wit)?;
         } else {
@@ -224,7 +242,7 @@ impl PluginCtx {
         opts: matrix::SendOptions,
     ) -> R<String> {
         let sender = self.actor(opts.as_user.as_deref()).await?;
-        let room = room_id(&room)?;
+        let room = self.room(&room)?;
         let content = parse_object(&content, "content")?;
         self.events(1)?;
         let id =
@@ -240,7 +258,7 @@ impl PluginCtx {
         opts: matrix::SendOptions,
     ) -> R<String> {
         let sender = self.actor(opts.as_user.as_deref()).await?;
-        let room = room_id(&room)?;
+        let room = self.room(&room)?;
         let target = event_id(&target)?;
         let txn = self.txn(&sender, format!("redact/{room}"), opts.txn_id);
         self.events(1)?;
@@ -263,7 +281,7 @@ impl PluginCtx {
 
     async fn invite(self: Arc<Self>, as_user: Option<String>, room: String, target: String) -> R<()> {
         let user = self.actor(as_user.as_deref()).await?;
-        let room = room_id(&room)?;
+        let room = self.room(&room)?;
         let target =
             UserId::parse(&target).map_err(|_| types::Error::Invalid(format!("not a user id: {target}")))?;
         self.events(1)?;
@@ -273,6 +291,11 @@ impl PluginCtx {
 
     async fn create_room(self: Arc<Self>, as_user: Option<String>, options: String) -> R<String> {
         let user = self.actor(as_user.as_deref()).await?;
+        if self.scope.is_some() {
+            return Err(types::Error::Denied(
+                "a plugin limited to its rooms (grants.rooms) creates none".into(),
+            ));
+        }
         parse_object(&options, "options")?;
         let request = CreateRoom::from_client_body(user.clone(), options.as_bytes()).map_err(to_wit)?;
         // The create event, the join, power levels and the preset's state, then one per
@@ -331,7 +354,7 @@ impl PluginCtx {
         timeout_ms: u32,
     ) -> R<()> {
         let user = self.actor(as_user.as_deref()).await?;
-        let room = room_id(&room)?;
+        let room = self.room(&room)?;
         self.take(|b| &mut b.ephemeral, 1.0)?;
         let rooms = &self.services.rooms;
         if !rooms.is_joined(&room, &user).await.map_err(to_wit)? {
@@ -347,7 +370,7 @@ impl PluginCtx {
 
     async fn send_receipt(self: Arc<Self>, as_user: Option<String>, room: String, target: String) -> R<()> {
         let user = self.actor(as_user.as_deref()).await?;
-        let room = room_id(&room)?;
+        let room = self.room(&room)?;
         let target = event_id(&target)?;
         self.take(|b| &mut b.ephemeral, 1.0)?;
         if !self.services.rooms.is_joined(&room, &user).await.map_err(to_wit)? {
@@ -367,7 +390,7 @@ impl PluginCtx {
     }
 
     async fn get_event(self: Arc<Self>, room: String, id: String) -> R<types::Event> {
-        let room = room_id(&room)?;
+        let room = self.room(&room)?;
         self.joined(&room).await?;
         let row = self.services.db.event(event_id(&id)?.as_str()).await.map_err(storage)?;
         let visible = self.visible(&room, row.into_iter().collect()).await?;
@@ -375,14 +398,14 @@ impl PluginCtx {
     }
 
     async fn get_state(self: Arc<Self>, room: String, kind: String, key: String) -> R<Option<String>> {
-        let room = room_id(&room)?;
+        let room = self.room(&room)?;
         self.joined(&room).await?;
         let event = self.services.rooms.current_state_event(&room, &kind, &key).await.map_err(to_wit)?;
         Ok(event.map(|pdu| pdu.content_value().to_string()))
     }
 
     async fn members(self: Arc<Self>, room: String) -> R<Vec<String>> {
-        let room = room_id(&room)?;
+        let room = self.room(&room)?;
         self.joined(&room).await?;
         let members = self.services.rooms.joined_members(&room).await.map_err(to_wit)?;
         Ok(members.into_iter().map(|m| m.to_string()).collect())
@@ -395,7 +418,7 @@ impl PluginCtx {
         rel_type: Option<String>,
         limit: u32,
     ) -> R<Vec<types::Event>> {
-        let room = room_id(&room)?;
+        let room = self.room(&room)?;
         self.joined(&room).await?;
         let target = event_id(&target)?;
         let limit = i64::from(limit.min(MAX_READ));
@@ -410,7 +433,7 @@ impl PluginCtx {
     }
 
     async fn thread(self: Arc<Self>, room: String, root: String, limit: u32) -> R<Vec<types::Event>> {
-        let room_id = room_id(&room)?;
+        let room_id = self.room(&room)?;
         self.joined(&room_id).await?;
         let root_id = event_id(&root)?;
         let db = &self.services.db;

@@ -138,6 +138,7 @@ async fn register(State(app): State<App>, body: Bytes) -> Result<axum::Json<Valu
     }
     let localpart = body.username.to_lowercase();
     let user_id = validate_localpart(&app, &localpart)?;
+    crate::account::refuse_claimed(&app, &user_id)?;
     let hash = app.passwords.hash(body.password.clone()).await?;
     let displayname = body.displayname.clone().unwrap_or_else(|| localpart.clone());
     // The account and its first login commit together.

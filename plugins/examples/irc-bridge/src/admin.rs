@@ -1,21 +1,20 @@
-//! `!irc` commands: `!irc bridge #channel` (room moderators: power level 50 or more in the room
-//! where it is said) bridges one more channel; `!irc channels` lists the bridged ones. Answered
+//! `!irc` commands: `!irc bridge #channel` (the bridge's admins, the `admins` setting) bridges
+//! one more channel, up to [`MAX_CHANNELS`]; `!irc channels` lists the bridged ones. Answered
 //! with a notice.
 
-use lattice_plugin_sdk::raw::matrix as host;
-use lattice_plugin_sdk::serde_json::Value;
+use std::collections::BTreeSet;
+
 use lattice_plugin_sdk::{self as sdk, Command, Error, Event, matrix};
 
 use crate::names::normalize_channel;
+use crate::settings::MAX_CHANNELS;
 use crate::{links, portals, store};
 
 /// The command word.
 pub const WORD: &str = "irc";
-/// The power level `!irc bridge` takes.
-pub const MODERATOR_LEVEL: i64 = 50;
 
 const HELP: &str = "IRC bridge: `!irc channels` lists the bridged channels; \
-    `!irc bridge #channel` (room moderators) bridges one more.";
+    `!irc bridge #channel` (the bridge's admins) bridges one more.";
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request<'a> {
@@ -33,39 +32,29 @@ pub fn parse(args: &str) -> Request<'_> {
     }
 }
 
-/// A user's power level from `m.room.power_levels` content: `users[user]`, else
-/// `users_default`, else 0 (levels written as strings, as old rooms may have them, count too).
-pub fn power_level(power_levels: &Value, user: &str) -> i64 {
-    let level = |v: &Value| v.as_i64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()));
-    level(&power_levels["users"][user]).or_else(|| level(&power_levels["users_default"])).unwrap_or(0)
-}
-
-/// Whether `user` may bridge channels from `room`: power level 50 or more, or one of the room's
-/// creators where they are not listed in the power levels (room versions 12 on) or there are
-/// no power levels at all.
-fn may_bridge(room: &str, user: &str) -> sdk::Result<bool> {
-    let levels = host::get_state(room, "m.room.power_levels", "")?
-        .and_then(|json| sdk::serde_json::from_str::<Value>(&json).ok());
-    if levels.as_ref().is_some_and(|l| power_level(l, user) >= MODERATOR_LEVEL) {
-        return Ok(true);
+/// Why `sender` may not bridge `channel` now, as the answer to give; `None` if they may.
+/// `admins`: the configured ones; `bridged`: the channels bridged now.
+pub fn refusal(
+    admins: &BTreeSet<String>,
+    sender: &str,
+    bridged: &BTreeSet<String>,
+    channel: &str,
+) -> Option<String> {
+    if admins.is_empty() {
+        return Some(
+            "Sorry, bridging more channels is turned off: the bridge has no admins configured.".to_owned(),
+        );
     }
-    let create: Value = host::get_state(room, "m.room.create", "")?
-        .and_then(|json| sdk::serde_json::from_str(&json).ok())
-        .unwrap_or_default();
-    if levels.is_none() && create["creator"].as_str() == Some(user) {
-        return Ok(true);
+    if !admins.contains(sender) {
+        return Some("Sorry, only the bridge's admins can bridge channels.".to_owned());
     }
-    // Room ids without a server name are the create event's hash (version 12 on), whose
-    // sender and `additional_creators` outrank every power level.
-    let Some(hash) = room.strip_prefix('!').filter(|h| !h.contains(':')) else { return Ok(false) };
-    if create["additional_creators"].as_array().is_some_and(|c| c.iter().any(|u| u.as_str() == Some(user))) {
-        return Ok(true);
+    if !bridged.contains(channel) && bridged.len() >= MAX_CHANNELS {
+        return Some(format!(
+            "Sorry, {} channels are bridged already, the most this bridge takes ({MAX_CHANNELS}).",
+            bridged.len()
+        ));
     }
-    match host::get_event(room, &format!("${hash}")) {
-        Ok(event) => Ok(Event::from_raw(event).sender() == user),
-        Err(Error::NotFound(_)) => Ok(false),
-        Err(e) => Err(e),
-    }
+    None
 }
 
 pub fn handle(command: &Command) -> sdk::Result<()> {
@@ -93,8 +82,10 @@ fn bridge(event: &Event, channel: &str) -> sdk::Result<String> {
     let Some(channel) = normalize_channel(channel) else {
         return Ok(format!("{channel} is not an IRC channel name (like #test)."));
     };
-    if !may_bridge(event.room_id(), event.sender())? {
-        return Ok("Only room moderators (power level 50 or more) can bridge channels.".to_owned());
+    let bridged = portals::channels()?;
+    if let Some(answer) = refusal(&crate::settings().admins, event.sender(), &bridged, &channel) {
+        sdk::info!("{} may not bridge {channel}: {answer}", event.sender());
+        return Ok(answer);
     }
     store::add_bridged_channel(&channel)?;
     let room = match portals::ensure(&channel) {
@@ -109,8 +100,6 @@ fn bridge(event: &Event, channel: &str) -> sdk::Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use lattice_plugin_sdk::serde_json::json;
-
     use super::*;
 
     #[test]
@@ -125,11 +114,22 @@ mod tests {
     }
 
     #[test]
-    fn power_levels() {
-        let levels = json!({"users": {"@mod:x": 50, "@admin:x": "100"}, "users_default": 10});
-        assert_eq!(power_level(&levels, "@mod:x"), 50);
-        assert_eq!(power_level(&levels, "@admin:x"), 100);
-        assert_eq!(power_level(&levels, "@someone:x"), 10);
-        assert_eq!(power_level(&json!({}), "@someone:x"), 0);
+    fn only_admins_bridge_and_only_so_many() {
+        let admins = BTreeSet::from(["@admin:example.org".to_owned()]);
+        let bridged: BTreeSet<String> = ["#a".to_owned()].into();
+        assert_eq!(refusal(&admins, "@admin:example.org", &bridged, "#b"), None);
+        assert!(
+            refusal(&admins, "@mod:example.org", &bridged, "#b")
+                .unwrap()
+                .contains("only the bridge's admins")
+        );
+        assert!(refusal(&admins, "@admin:evil.org", &bridged, "#b").is_some());
+        assert!(
+            refusal(&BTreeSet::new(), "@admin:example.org", &bridged, "#b").unwrap().contains("no admins")
+        );
+        let full: BTreeSet<String> = (0..MAX_CHANNELS).map(|i| format!("#c{i}")).collect();
+        assert!(refusal(&admins, "@admin:example.org", &full, "#b").unwrap().contains("the most"));
+        // Bridging one that is bridged already is no new channel.
+        assert_eq!(refusal(&admins, "@admin:example.org", &full, "#c1"), None);
     }
 }

@@ -45,6 +45,11 @@ pub struct Conn {
     pub backoff_ms: u64,
     /// It sent QUIT and is closing for good.
     pub quitting: bool,
+    /// Opening it was refused for good (the plugin's connection quota, a destination not
+    /// granted, a name the host does not take) or it could not register: it is not reopened on
+    /// a timer, only when its user next joins a portal or at the next sync. Meanwhile the
+    /// bridge's own connection relays its user's messages.
+    pub failed: bool,
 }
 
 impl Conn {
@@ -183,6 +188,18 @@ impl Conn {
     pub fn quit(&mut self, reason: &str) -> Vec<String> {
         self.quitting = true;
         vec![line("QUIT", &[reason])]
+    }
+
+    /// Opening the connection was refused for good, or it gave up registering: not open, not
+    /// reconnecting. Returns how many lines waiting for the registration were dropped.
+    pub fn fail(&mut self) -> usize {
+        self.open = false;
+        self.registered = false;
+        self.failed = true;
+        self.joined.clear();
+        let dropped = self.queue.len();
+        self.queue.clear();
+        dropped
     }
 
     /// The connection closed: returns the delay before reconnecting, and doubles the next one.
@@ -345,6 +362,20 @@ mod tests {
         assert!(c.want("#a").is_empty());
         assert!(!c.quitting && !c.registered);
         assert_eq!(c.say(vec!["PRIVMSG #a :hi".into()]).0, Vec::<String>::new());
+    }
+
+    #[test]
+    fn failing_keeps_the_channels_and_drops_the_queue() {
+        let mut c = conn();
+        c.want("#a");
+        c.say(vec!["PRIVMSG #a :one".into(), "PRIVMSG #a :two".into()]);
+        assert_eq!(c.fail(), 2);
+        assert!(c.failed && !c.open && !c.registered && c.queue.is_empty());
+        assert_eq!(c.wanted, BTreeSet::from(["#a".to_owned()]));
+        // Stored before the field existed: not failed.
+        let old: Conn =
+            lattice_plugin_sdk::serde_json::from_str(r#"{"nick": "alice[m]", "open": true}"#).unwrap();
+        assert!(!old.failed && old.open);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The IRC bridge: IRC channels as Matrix portal rooms. IRC users appear in the portals as
-//! puppets (`@irc_bob:server`); each Matrix user in a portal gets an IRC connection of their own
-//! (`alice[m]`). See `README.md` beside this crate for what an admin configures.
+//! puppets (`@irc_bob:server`); each user of this homeserver in a portal gets an IRC connection
+//! of their own (`alice[m]`), and the bridge's own connection says what users of other servers
+//! write (`<Alice> hi`). See `README.md` beside this crate for what an admin configures.
 //!
 //! - `lib.rs`: the exports, the start-up sync, and Matrix events of portal rooms;
 //! - `message.rs`, `inbound.rs`: IRC lines and what they mean (pure);
@@ -30,6 +31,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
 
 use lattice_plugin_sdk::raw::matrix as host;
+use lattice_plugin_sdk::serde_json::Value;
 use lattice_plugin_sdk::{
     self as sdk, Command, Delivery, Error, Event, Info, NetEvent, Plugin, Registration, puppets, timers,
 };
@@ -66,6 +68,11 @@ fn is_bridge_user(user: &str) -> bool {
     user == context().bot || naming().nick_of_puppet(user).is_some() || puppets::owns(user)
 }
 
+/// Whether a user is of this homeserver (only they get IRC connections of their own).
+fn is_local_user(user: &str) -> bool {
+    names::is_local_user(user, &naming().server_name)
+}
+
 /// `Err` for host failures a retry may fix (the host delivers the event again), else logged.
 fn settle(result: sdk::Result<()>, doing: &str) -> sdk::Result<()> {
     match result {
@@ -79,11 +86,12 @@ fn settle(result: sdk::Result<()>, doing: &str) -> sdk::Result<()> {
 }
 
 /// Portals for every bridged channel, the bridge's own connection in them, the connections the
-/// store knows reopened if the host lost them, and every Matrix user's connection in the
-/// channels of the portals they are in.
+/// store knows reopened if the host lost them, and the connection of every user of this server
+/// in a portal in the channels of the portals they are in (one that failed tried again).
 fn sync() -> sdk::Result<()> {
     let mut portals = BTreeMap::new();
-    for channel in portals::channels()? {
+    let bridged = portals::channels()?;
+    for channel in bridged.iter().cloned() {
         match portals::ensure(&channel) {
             Ok(room) => {
                 portals.insert(channel, room);
@@ -104,30 +112,32 @@ fn sync() -> sdk::Result<()> {
         match host::members(room) {
             Ok(members) => {
                 checked.insert(channel.clone());
-                for user in members.into_iter().filter(|u| !is_bridge_user(u)) {
+                for user in members.into_iter().filter(|u| is_local_user(u) && !is_bridge_user(u)) {
                     wanted.entry(user).or_default().insert(channel.clone());
                 }
             }
             Err(e) => sdk::warn!("{channel}: reading the members of {room}: {}", e.message()),
         }
     }
-    links::reconcile_users(&wanted, &checked)
+    links::reconcile_users(&wanted, &checked, &bridged)
 }
 
-/// A Matrix user joined or left a portal.
+/// A Matrix user of this server joined or left a portal (users of other servers have no
+/// connections of their own).
 fn on_membership(event: &Event, channel: &str) -> sdk::Result<()> {
     let Some(user) = event.state_key() else { return Ok(()) };
-    if is_bridge_user(user) {
+    if is_bridge_user(user) || !is_local_user(user) {
         return Ok(());
     }
     match event.membership() {
-        Some("join") => links::user_wants(user, channel),
+        Some("join") => links::user_wants(user, [channel]),
         Some("leave" | "ban") => links::user_unwants(user, channel),
         _ => Ok(()),
     }
 }
 
-/// A Matrix user's message in a portal, said on IRC by their connection.
+/// A Matrix user's message in a portal, said on IRC by their connection; or, for a user of
+/// another server (or one whose connection failed), by the bridge's own as `<name> text`.
 fn on_message(event: &Event, channel: &str) -> sdk::Result<()> {
     if is_bridge_user(event.sender()) {
         return Ok(());
@@ -138,11 +148,28 @@ fn on_message(event: &Event, channel: &str) -> sdk::Result<()> {
     }
     let reply_nick = outbound::reply_target(event.content()).and_then(|id| replied_nick(event.room_id(), id));
     let Some(rendered) = outbound::render(event.content(), reply_nick.as_deref()) else { return Ok(()) };
-    links::say(event.sender(), channel, outbound::lines(channel, &rendered))
+    let sender = event.sender();
+    if is_local_user(sender) && links::say(sender, channel, outbound::lines(channel, &rendered))? {
+        return Ok(());
+    }
+    let speaker = speaker_name(event.room_id(), sender);
+    links::bot_say(outbound::relayed_lines(channel, &rendered, &speaker))
 }
 
-/// The IRC nick of whoever sent the event `id`: a puppet's nick, the bridge's own, or a Matrix
-/// user's connection's.
+/// How the bridge's own connection names a Matrix user it speaks for: their display name in
+/// the room, else their localpart (see [`outbound::speaker_name`]).
+fn speaker_name(room: &str, user: &str) -> String {
+    let displayname = host::get_state(room, "m.room.member", user)
+        .inspect_err(|e| sdk::debug!("reading the membership of {user}: {}", e.message()))
+        .ok()
+        .flatten()
+        .and_then(|json| sdk::serde_json::from_str::<Value>(&json).ok())
+        .and_then(|content| content["displayname"].as_str().map(str::to_owned));
+    outbound::speaker_name(displayname.as_deref(), user)
+}
+
+/// The IRC nick of whoever sent the event `id`: a puppet's nick, the bridge's own, a Matrix
+/// user's connection's, or the name the bridge's connection gives a user it speaks for.
 fn replied_nick(room: &str, id: &str) -> Option<String> {
     let event = host::get_event(room, id)
         .inspect_err(|e| sdk::debug!("reading the replied-to {id}: {}", e.message()))
@@ -154,7 +181,10 @@ fn replied_nick(room: &str, id: &str) -> Option<String> {
     if let Some(nick) = relay::puppet_nick(sender) {
         return Some(nick);
     }
-    Some(links::nick_of_user(sender))
+    if let Some(nick) = is_local_user(sender).then(|| links::nick_of_user(sender)).flatten() {
+        return Some(nick);
+    }
+    Some(speaker_name(room, sender))
 }
 
 struct IrcBridge;

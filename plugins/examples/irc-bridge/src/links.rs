@@ -1,8 +1,12 @@
 //! The bridge's IRC connections, over the host's `net` connections: the bridge's own
-//! (`irc/bot`, which relays what it sees) and one per Matrix user in a portal
-//! (`irc/<user id>`, which speaks for them). Opening, registering, joining and parting, the
-//! reconnect backoff and the registration watchdog; the protocol steps themselves are in
-//! [`crate::conn`].
+//! (`irc/bot`, which relays what it sees, and says what users of other servers write) and one
+//! per user of this server in a portal ([`user_conn_name`], which speaks for them). Opening,
+//! registering, joining and parting, the reconnect backoff and the registration watchdog; the
+//! protocol steps themselves are in [`crate::conn`].
+//!
+//! Every connection the bridge opens has its record (`conn/<net name>`) stored before it is
+//! opened, so an event of a connection without one is not of one being opened; and a `closed`
+//! for a name that is open again is of an earlier connection, and changes nothing.
 //!
 //! Timers: `reconnect/<net name>` (reopen after the backoff, or end a QUIT that did not close)
 //! and `register/<net name>` (a connection not registered in time is closed and reopened).
@@ -15,12 +19,12 @@ use lattice_plugin_sdk::{self as sdk, Error, timers};
 use crate::conn::{Conn, MIN_BACKOFF_MS};
 use crate::inbound::{Inbound, classify};
 use crate::message::{Message, line};
-use crate::names::{self, casefold};
+use crate::names::{self, casefold, user_conn_name};
 use crate::settings::Settings;
 use crate::{portals, relay, store};
 
 /// The bridge's own connection.
-pub const BOT: &str = "irc/bot";
+pub const BOT: &str = names::BOT_CONN;
 pub const RECONNECT_TIMER: &str = "reconnect/";
 pub const REGISTER_TIMER: &str = "register/";
 /// How long a connection may take from opening to `001`.
@@ -31,11 +35,6 @@ const QUIT_WITHIN_MS: u64 = 10_000;
 const REJOIN_AFTER_MS: u64 = 30_000;
 /// What the bridge's own connection tells IRC about itself.
 const BOT_REALNAME: &str = "Lattice IRC bridge";
-
-/// The connection of a Matrix user.
-pub fn user_conn_name(user: &str) -> String {
-    format!("irc/{user}")
-}
 
 fn settings() -> &'static Settings {
     crate::settings()
@@ -52,23 +51,36 @@ fn transmit(name: &str, lines: &[String]) {
     }
 }
 
-/// Opens the connection (`false` from the host: it was open already, nothing to do).
+/// Opens the connection (`false` from the host: it was open already, nothing to do), its
+/// record stored first. A refusal that a retry would not change ([`refused_for_good`]) marks
+/// it failed: no reconnect timer, but another try when its user next joins a portal or at the
+/// next sync.
 fn open(name: &str, conn: &mut Conn) -> sdk::Result<()> {
+    conn.open = true;
+    conn.failed = false;
+    store::save_conn(name, conn)?;
     let options = OpenOptions::lines().tls(settings().tls);
     match net::open(name, &settings().server, options) {
         Ok(opening) => {
-            conn.open = true;
             if opening {
                 conn.registered = false;
                 conn.joined.clear();
                 timers::set(&format!("{REGISTER_TIMER}{name}"), REGISTER_WITHIN_MS)?;
             }
         }
-        Err(Error::Denied(why)) => {
-            // Not in grants.net: nothing to retry until the admin changes the grants (which
-            // restarts the plugin, and its start opens the connections again).
-            sdk::error!("{name}: the host refused the connection to {}: {why}", settings().server);
-            conn.open = false;
+        Err(e) if refused_for_good(&e, conn.user.is_none()) => {
+            sdk::error!(
+                "{name}: the host refused a connection to {}: {}; not retrying before the next sync{}",
+                settings().server,
+                e.message(),
+                if conn.user.is_some() { " or join" } else { "" },
+            );
+            sdk::log::counter("open_refused", 1);
+            let dropped = conn.fail();
+            if dropped > 0 {
+                sdk::log::counter("queue_dropped", dropped as u64);
+            }
+            timers::cancel(&format!("{RECONNECT_TIMER}{name}"));
         }
         Err(e) => {
             sdk::warn!("{name}: opening failed: {}", e.message());
@@ -79,9 +91,24 @@ fn open(name: &str, conn: &mut Conn) -> sdk::Result<()> {
     store::save_conn(name, conn)
 }
 
+/// Whether `net.open` would refuse the same on a retry: a destination not granted, a name the
+/// host does not take, or, for a user's connection (not the bridge's `own`), the plugin's
+/// connection quota. The bridge's own connection keeps trying on its backoff when the quota is
+/// full: without it, nothing is relayed.
+fn refused_for_good(error: &Error, own: bool) -> bool {
+    match error {
+        Error::Denied(_) | Error::Invalid(_) => true,
+        Error::Quota(_) => !own,
+        _ => false,
+    }
+}
+
 /// Something happened on one of the bridge's connections.
 pub fn on_net(name: &str, event: NetEvent) -> sdk::Result<()> {
     let Some(mut conn) = store::conn(name)? else {
+        // Records are stored before connections are opened, and the host does not deliver the
+        // events of a connection replaced by a newer one of the same name: this is none of the
+        // bridge's (one it forgot, or an earlier version's under a name it no longer gives).
         if !matches!(event, NetEvent::Closed(_)) {
             sdk::warn!("{name}: a connection the bridge has no record of; closing it");
             net::close(name);
@@ -103,7 +130,20 @@ pub fn on_net(name: &str, event: NetEvent) -> sdk::Result<()> {
             Some(message) => on_message(name, conn, &message),
             None => Ok(()),
         },
-        NetEvent::Closed(why) => on_closed(name, conn, &why),
+        NetEvent::Closed(why) => {
+            if net::is_open(name) {
+                // The host delivers the `closed` of a connection even after the bridge opened
+                // another of the same name: that one is not concerned.
+                sdk::debug!("{name}: an earlier connection closed ({why}); the open one stays");
+                return Ok(());
+            }
+            if !conn.open {
+                // The bridge closed it itself, and has dealt with that already.
+                sdk::debug!("{name}: closed ({why})");
+                return Ok(());
+            }
+            on_closed(name, conn, &why)
+        }
     }
 }
 
@@ -171,13 +211,23 @@ fn on_message(name: &str, mut conn: Conn, message: &Message) -> sdk::Result<()> 
     Ok(())
 }
 
-/// Ends a connection that cannot register; a user's opens again when they next join a portal,
-/// the bridge's own at the next start.
-fn give_up(name: &str, conn: Conn, why: &str) -> sdk::Result<()> {
+/// Ends a connection that cannot register, as failed: it is tried again when its user next
+/// joins a portal or at the next sync.
+fn give_up(name: &str, mut conn: Conn, why: &str) -> sdk::Result<()> {
     sdk::error!("{name}: giving up on the connection: {why}");
     transmit(name, &[line("QUIT", &[why])]);
     net::close(name);
-    forget(name, &conn)
+    if conn.is_idle() {
+        return forget(name, &conn);
+    }
+    store::forget_own_nick(&conn.nick, name)?;
+    timers::cancel(&format!("{REGISTER_TIMER}{name}"));
+    timers::cancel(&format!("{RECONNECT_TIMER}{name}"));
+    let dropped = conn.fail();
+    if dropped > 0 {
+        sdk::log::counter("queue_dropped", dropped as u64);
+    }
+    store::save_conn(name, &conn)
 }
 
 fn forget(name: &str, conn: &Conn) -> sdk::Result<()> {
@@ -209,7 +259,7 @@ pub fn reconnect_due(name: &str) -> sdk::Result<()> {
         net::close(name);
         return forget(name, &conn);
     }
-    if conn.open && net::is_open(name) {
+    if conn.failed || (conn.open && net::is_open(name)) {
         return Ok(());
     }
     open(name, &mut conn)
@@ -226,21 +276,30 @@ pub fn registration_due(name: &str) -> sdk::Result<()> {
     Ok(())
 }
 
-/// Loads a user's connection, or a new one under the nick template.
-fn user_conn(user: &str) -> sdk::Result<(String, Conn, bool)> {
+/// Loads a user's connection, or a new one under the nick template (`true`: new). `None` if the
+/// name is taken by another user's record (it cannot be, short of a SHA-256 collision).
+fn user_conn(user: &str) -> sdk::Result<Option<(String, Conn, bool)>> {
     let name = user_conn_name(user);
     Ok(match store::conn(&name)? {
-        Some(conn) => (name, conn, false),
-        None => (name, Conn::new(Some(user.to_owned()), &crate::naming().irc_nick(user)), true),
+        Some(conn) if conn.user.as_deref() == Some(user) => Some((name, conn, false)),
+        Some(_) => {
+            sdk::error!("{name}: the connection of another user; {user} gets none");
+            None
+        }
+        None => Some((name, Conn::new(Some(user.to_owned()), &crate::naming().irc_nick(user)), true)),
     })
 }
 
-/// A Matrix user is in a channel's portal: their connection (opened if new) joins it.
-pub fn user_wants(user: &str, channel: &str) -> sdk::Result<()> {
-    let (name, mut conn, new) = user_conn(user)?;
-    let lines = conn.want(channel);
-    if new {
-        sdk::info!("{name}: opening for {channel}");
+/// A Matrix user of this server is in the portals of these channels: their connection (opened
+/// if new, or tried again if it failed) joins them.
+pub fn user_wants<'a>(user: &str, channels: impl IntoIterator<Item = &'a str>) -> sdk::Result<()> {
+    let Some((name, mut conn, new)) = user_conn(user)? else { return Ok(()) };
+    let mut lines = Vec::new();
+    for channel in channels {
+        lines.extend(conn.want(channel));
+    }
+    if new || conn.failed {
+        sdk::info!("{name}: opening for {}", conn.wanted.iter().cloned().collect::<Vec<_>>().join(","));
         return open(&name, &mut conn);
     }
     store::save_conn(&name, &conn)?;
@@ -250,8 +309,7 @@ pub fn user_wants(user: &str, channel: &str) -> sdk::Result<()> {
 
 /// A Matrix user left a channel's portal: their connection parts it, and quits once in none.
 pub fn user_unwants(user: &str, channel: &str) -> sdk::Result<()> {
-    let name = user_conn_name(user);
-    let Some(mut conn) = store::conn(&name)? else { return Ok(()) };
+    let Some((name, mut conn, false)) = user_conn(user)? else { return Ok(()) };
     let mut lines = conn.unwant(channel);
     if conn.is_idle() {
         if !conn.open {
@@ -265,11 +323,21 @@ pub fn user_unwants(user: &str, channel: &str) -> sdk::Result<()> {
     Ok(())
 }
 
-/// Lines a Matrix user says in a channel: sent on their connection, or queued until it is
-/// registered (opening it if they had none).
-pub fn say(user: &str, channel: &str, lines: Vec<String>) -> sdk::Result<()> {
-    let (name, mut conn, new) = user_conn(user)?;
+/// Lines a Matrix user of this server says in a channel: sent on their connection, or queued
+/// until it is registered (opening it if they had none). `false` if they have no connection to
+/// say them (it failed, see [`open`]): the bridge's own says them instead.
+pub fn say(user: &str, channel: &str, lines: Vec<String>) -> sdk::Result<bool> {
+    let Some((name, mut conn, new)) = user_conn(user)? else { return Ok(false) };
+    if conn.failed {
+        return Ok(false);
+    }
     let mut out = conn.want(channel);
+    if new {
+        open(&name, &mut conn)?;
+        if conn.failed {
+            return Ok(false);
+        }
+    }
     let (now, dropped) = conn.say(lines);
     out.extend(now);
     if dropped > 0 {
@@ -277,19 +345,38 @@ pub fn say(user: &str, channel: &str, lines: Vec<String>) -> sdk::Result<()> {
         sdk::log::counter("queue_dropped", dropped as u64);
     }
     sdk::log::counter("matrix_to_irc", 1);
-    if new {
-        return open(&name, &mut conn);
-    }
     store::save_conn(&name, &conn)?;
     transmit(&name, &out);
+    Ok(true)
+}
+
+/// Lines the bridge's own connection says for a Matrix user without a connection of their own
+/// (queued like a user's until it is registered).
+pub fn bot_say(lines: Vec<String>) -> sdk::Result<()> {
+    let Some(mut conn) = store::conn(BOT)? else {
+        sdk::warn!("{BOT}: no connection to relay on; dropped {} lines", lines.len());
+        sdk::log::counter("queue_dropped", lines.len() as u64);
+        return Ok(());
+    };
+    let (now, dropped) = conn.say(lines);
+    if dropped > 0 {
+        sdk::warn!("{BOT}: not registered yet; dropped {dropped} older queued lines");
+        sdk::log::counter("queue_dropped", dropped as u64);
+    }
+    sdk::log::counter("matrix_to_irc", 1);
+    if now.is_empty() {
+        return store::save_conn(BOT, &conn);
+    }
+    transmit(BOT, &now);
     Ok(())
 }
 
-/// The IRC nick a Matrix user has (their connection's), or would have.
-pub fn nick_of_user(user: &str) -> String {
+/// The IRC nick a Matrix user of this server has (their connection's), or would have; `None` if
+/// their connection failed (the bridge's own relays them).
+pub fn nick_of_user(user: &str) -> Option<String> {
     match store::conn(&user_conn_name(user)) {
-        Ok(Some(conn)) => conn.nick,
-        _ => crate::naming().irc_nick(user),
+        Ok(Some(conn)) if conn.user.as_deref() == Some(user) => (!conn.failed).then_some(conn.nick),
+        _ => Some(crate::naming().irc_nick(user)),
     }
 }
 
@@ -334,12 +421,25 @@ pub fn bot_wants(channel: &str) -> sdk::Result<()> {
 }
 
 /// At start: connections the store says are open but the host does not have (the server
-/// restarted) are opened again; open ones the store does not know are closed.
+/// restarted) are opened again; open ones the store does not know are closed, and so are those
+/// it knows but does not keep (see [`names::keeps_conn`]: an earlier version's, for users of
+/// other servers or under names too long).
 pub fn revive() -> sdk::Result<()> {
+    // The host's list before the store's: a connection opened in between has its record stored
+    // before it was opened, so it is not taken for an unknown one.
     let open_now: BTreeSet<String> = net::list().into_iter().collect();
     let known = store::conn_names()?;
     for name in &known {
         let Some(mut conn) = store::conn(name)? else { continue };
+        if !names::keeps_conn(name, conn.user.as_deref(), &crate::naming().server_name) {
+            sdk::info!("{name}: not a connection this bridge keeps; closing it");
+            if open_now.contains(name) {
+                transmit(name, &[line("QUIT", &["the bridge does not connect this user any more"])]);
+                net::close(name);
+            }
+            forget(name, &conn)?;
+            continue;
+        }
         if conn.open && !open_now.contains(name) {
             sdk::info!("{name}: gone while the bridge was away; opening again");
             conn.backoff_ms = MIN_BACKOFF_MS;
@@ -353,11 +453,13 @@ pub fn revive() -> sdk::Result<()> {
     Ok(())
 }
 
-/// At start: every Matrix user's connection wants exactly the channels of the portals they are
-/// in (`wanted`, for the channels in `checked` — those whose members could be read).
+/// At start: every connection of a user of this server wants exactly the channels of the
+/// portals they are in (`wanted`, for the channels in `checked` — those whose members could be
+/// read — and none that is not `bridged` any more), and a failed one is tried again.
 pub fn reconcile_users(
     wanted: &BTreeMap<String, BTreeSet<String>>,
     checked: &BTreeSet<String>,
+    bridged: &BTreeSet<String>,
 ) -> sdk::Result<()> {
     for name in store::conn_names()? {
         let Some(conn) = store::conn(&name)? else { continue };
@@ -365,16 +467,34 @@ pub fn reconcile_users(
         let stale: Vec<&String> = conn
             .wanted
             .iter()
-            .filter(|c| checked.contains(*c) && !wanted.get(&user).is_some_and(|w| w.contains(*c)))
+            .filter(|c| {
+                !bridged.contains(*c)
+                    || (checked.contains(*c) && !wanted.get(&user).is_some_and(|w| w.contains(*c)))
+            })
             .collect();
         for channel in stale {
             user_unwants(&user, channel)?;
         }
     }
     for (user, channels) in wanted {
-        for channel in channels {
-            user_wants(user, channel)?;
-        }
+        user_wants(user, channels.iter().map(String::as_str))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_for_good() {
+        for own in [false, true] {
+            assert!(refused_for_good(&Error::Denied("not granted".into()), own));
+            assert!(refused_for_good(&Error::Invalid("name too long".into()), own));
+            assert!(!refused_for_good(&Error::Internal("oops".into()), own));
+            assert!(!refused_for_good(&Error::RateLimited(100), own));
+        }
+        assert!(refused_for_good(&Error::Quota("at most 100 connections".into()), false));
+        assert!(!refused_for_good(&Error::Quota("at most 100 connections".into()), true));
+    }
 }

@@ -147,6 +147,120 @@ pub fn localpart(user_id: &str) -> &str {
     id.split_once(':').map_or(id, |(local, _)| local)
 }
 
+/// The server name of a user id (`@alice:example.org` → `example.org`; a port stays with it).
+pub fn server_of(user_id: &str) -> Option<&str> {
+    user_id.strip_prefix('@')?.split_once(':').map(|(_, server)| server).filter(|s| !s.is_empty())
+}
+
+/// Whether `user_id` is a user of the homeserver `server_name`.
+pub fn is_local_user(user_id: &str, server_name: &str) -> bool {
+    server_of(user_id) == Some(server_name)
+}
+
+/// Whether `value` looks like a Matrix user id: `@localpart:server`, at most 255 bytes, without
+/// whitespace or control characters.
+pub fn is_user_id(value: &str) -> bool {
+    value.len() <= 255
+        && !value.chars().any(|c| c.is_whitespace() || c.is_control())
+        && value
+            .strip_prefix('@')
+            .and_then(|v| v.split_once(':'))
+            .is_some_and(|(l, s)| !l.is_empty() && !s.is_empty())
+}
+
+/// The net name of the bridge's own connection.
+pub const BOT_CONN: &str = "irc/bot";
+
+/// Whether the bridge keeps a stored connection `name` of `user` (`None`: the bridge's own) on
+/// the homeserver `server_name`: its own as [`BOT_CONN`], and users of that server (no others)
+/// under [`user_conn_name`].
+pub fn keeps_conn(name: &str, user: Option<&str>, server_name: &str) -> bool {
+    match user {
+        None => name == BOT_CONN,
+        Some(user) => is_local_user(user, server_name) && user_conn_name(user) == name,
+    }
+}
+
+/// The longest connection name the bridge gives. The host takes names of up to 255 bytes, but
+/// the timers named after a connection (`reconnect/<name>`) must fit its 256-byte timer tags.
+pub const MAX_CONN_NAME: usize = 240;
+
+/// The net name of a Matrix user's connection: `irc/<user id>`, or for a user id too long for
+/// that (over [`MAX_CONN_NAME`] bytes), `irc/h/<SHA-256 of the user id, 64 hex digits>/<as much
+/// of the user id as fits>`. User ids start with `@`, so the two forms never meet, and neither
+/// meets the bridge's own `irc/bot`.
+pub fn user_conn_name(user_id: &str) -> String {
+    let plain = format!("irc/{user_id}");
+    if plain.len() <= MAX_CONN_NAME {
+        return plain;
+    }
+    let head: String = sha256(user_id.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let head = format!("irc/h/{head}/");
+    let mut end = (MAX_CONN_NAME - head.len()).min(user_id.len());
+    while !user_id.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{head}{}", &user_id[..end])
+}
+
+/// SHA-256 (FIPS 180-4), for connection names that must not collide.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    const K: [u32; 64] = [
+        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+        0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+        0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+        0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+        0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+        0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+        0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+    ];
+    let mut h: [u32; 8] =
+        [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
+    let mut message = data.to_vec();
+    message.push(0x80);
+    while message.len() % 64 != 56 {
+        message.push(0);
+    }
+    message.extend_from_slice(&((data.len() as u64) * 8).to_be_bytes());
+    for block in message.chunks_exact(64) {
+        let mut w = [0u32; 64];
+        for (i, word) in block.chunks_exact(4).enumerate() {
+            w[i] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
+        }
+        for i in 16..64 {
+            let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
+            let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
+            w[i] = w[i - 16].wrapping_add(s0).wrapping_add(w[i - 7]).wrapping_add(s1);
+        }
+        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut hh] = h;
+        for i in 0..64 {
+            let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
+            let ch = (e & f) ^ (!e & g);
+            let t1 = hh.wrapping_add(s1).wrapping_add(ch).wrapping_add(K[i]).wrapping_add(w[i]);
+            let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
+            let maj = (a & b) ^ (a & c) ^ (b & c);
+            let t2 = s0.wrapping_add(maj);
+            hh = g;
+            g = f;
+            f = e;
+            e = d.wrapping_add(t1);
+            d = c;
+            c = b;
+            b = a;
+            a = t1.wrapping_add(t2);
+        }
+        for (state, value) in h.iter_mut().zip([a, b, c, d, e, f, g, hh]) {
+            *state = state.wrapping_add(value);
+        }
+    }
+    let mut out = [0u8; 32];
+    for (chunk, word) in out.chunks_exact_mut(4).zip(h) {
+        chunk.copy_from_slice(&word.to_be_bytes());
+    }
+    out
+}
+
 /// A channel name as the bridge keeps it: case-folded, `#` first, at most 50 bytes, without the
 /// characters a channel cannot have (space, comma, BEL), `:` (it would end an alias's localpart)
 /// or control characters. `None` if it is not such a name.
@@ -306,6 +420,78 @@ mod tests {
         assert_eq!(username("..."), "matrix");
         assert_eq!(localpart("@alice:example.org"), "alice");
         assert_eq!(localpart("@alice:example.org:8448"), "alice");
+    }
+
+    #[test]
+    fn local_users_and_user_ids() {
+        assert_eq!(server_of("@alice:example.org"), Some("example.org"));
+        assert_eq!(server_of("@alice:example.org:8448"), Some("example.org:8448"));
+        assert_eq!(server_of("alice"), None);
+        assert_eq!(server_of("@alice:"), None);
+        assert!(is_local_user("@alice:example.org", "example.org"));
+        assert!(!is_local_user("@alice:evil.org", "example.org"));
+        assert!(!is_local_user("@alice:example.org.evil.org", "example.org"));
+        assert!(!is_local_user("@alice:example.org:8448", "example.org"));
+        assert!(is_user_id("@alice:example.org") && is_user_id("@a:b:8448"));
+        for bad in ["alice", "@alice", "@:example.org", "@alice:", "@al ice:x", "@a\n:x", "#a:x"] {
+            assert!(!is_user_id(bad), "{bad:?}");
+        }
+        assert!(!is_user_id(&format!("@{}:x", "a".repeat(260))));
+    }
+
+    #[test]
+    fn sha256_known_answers() {
+        let hex = |d: [u8; 32]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        assert_eq!(hex(sha256(b"")), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(hex(sha256(b"abc")), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            hex(sha256(b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq")),
+            "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"
+        );
+        // Two blocks of padding, and a multiple of the block size.
+        assert_eq!(
+            hex(sha256(&[b'a'; 64])),
+            "ffe054fe7ae0cb6dc65c3af9b61d5209f439851db43d0ba5997337df154668eb"
+        );
+    }
+
+    #[test]
+    fn connection_names_fit() {
+        assert_eq!(user_conn_name("@alice:example.org"), "irc/@alice:example.org");
+        let longest_plain = format!("@{}:x", "a".repeat(MAX_CONN_NAME - "irc/@:x".len()));
+        assert_eq!(user_conn_name(&longest_plain), format!("irc/{longest_plain}"));
+        let long = format!("@{}:example.org", "a".repeat(240));
+        let name = user_conn_name(&long);
+        assert!(name.starts_with("irc/h/") && name.len() == MAX_CONN_NAME, "{name}");
+        // The hash, then the start of the id.
+        let (hash, start) = name.split_once("/@").unwrap();
+        assert_eq!(hash.len(), "irc/h/".len() + 64);
+        assert!(long.starts_with(&format!("@{start}")));
+        assert_eq!(name, user_conn_name(&long), "deterministic");
+        // Ids that differ only past the kept part get different names.
+        let other = format!("@{}:example.org.", "a".repeat(240));
+        assert_ne!(user_conn_name(&other), name);
+        // Cut between characters, not inside one.
+        let wide = format!("@{}:example.org", "é".repeat(120));
+        let name = user_conn_name(&wide);
+        assert!(name.len() <= MAX_CONN_NAME && name.starts_with("irc/h/"), "{name}");
+        // Timers named after a connection fit the host's 256-byte tags.
+        assert!("reconnect/".len() + MAX_CONN_NAME <= 256);
+    }
+
+    #[test]
+    fn connections_kept() {
+        let keeps = |name: &str, user: Option<&str>| keeps_conn(name, user, "example.org");
+        assert!(keeps("irc/bot", None));
+        assert!(keeps("irc/@alice:example.org", Some("@alice:example.org")));
+        // An earlier version connected users of other servers too.
+        assert!(!keeps("irc/@alice:evil.org", Some("@alice:evil.org")));
+        assert!(!keeps("irc/bot", Some("@alice:example.org")));
+        assert!(!keeps("irc/other", None));
+        // And named connections `irc/<user id>` whatever the length.
+        let long = format!("@{}:example.org", "a".repeat(240));
+        assert!(!keeps(&format!("irc/{long}"), Some(&long)));
+        assert!(keeps(&user_conn_name(&long), Some(&long)));
     }
 
     #[test]

@@ -89,9 +89,23 @@ pub fn text_budget(verb: Verb, target: &str) -> usize {
 /// The IRC lines for a rendered message to `target`: one per line of text, each cut to
 /// [`text_budget`], at most [`MAX_LINES`].
 pub fn lines(target: &str, rendered: &Rendered) -> Vec<String> {
-    let budget = text_budget(rendered.verb, target);
+    build(target, rendered.verb, &rendered.text, "")
+}
+
+/// The IRC lines for a message of a Matrix user without a connection of their own (a user of
+/// another server), said by the bridge's own connection: every line starts with `<speaker> `,
+/// and an emote is `* speaker text` (a CTCP ACTION would be the bridge's own).
+pub fn relayed_lines(target: &str, rendered: &Rendered, speaker: &str) -> Vec<String> {
+    match rendered.verb {
+        Verb::Action => build(target, Verb::Privmsg, &rendered.text, &format!("* {speaker} ")),
+        verb => build(target, verb, &rendered.text, &format!("<{speaker}> ")),
+    }
+}
+
+fn build(target: &str, verb: Verb, text: &str, prefix: &str) -> Vec<String> {
+    let budget = text_budget(verb, target).saturating_sub(prefix.len()).max(1);
     let mut pieces: Vec<String> =
-        rendered.text.lines().flat_map(|l| text::split_to_fit(&text::strip_formatting(l), budget)).collect();
+        text.lines().flat_map(|l| text::split_to_fit(&text::strip_formatting(l), budget)).collect();
     if pieces.len() > MAX_LINES {
         let left_out = pieces.len() - (MAX_LINES - 1);
         pieces.truncate(MAX_LINES - 1);
@@ -99,12 +113,44 @@ pub fn lines(target: &str, rendered: &Rendered) -> Vec<String> {
     }
     pieces
         .iter()
-        .map(|piece| match rendered.verb {
-            Verb::Privmsg => line("PRIVMSG", &[target, piece]),
-            Verb::Action => line("PRIVMSG", &[target, &text::action(piece)]),
-            Verb::Notice => line("NOTICE", &[target, piece]),
+        .map(|piece| {
+            let piece = format!("{prefix}{piece}");
+            match verb {
+                Verb::Privmsg => line("PRIVMSG", &[target, &piece]),
+                Verb::Action => line("PRIVMSG", &[target, &text::action(&piece)]),
+                Verb::Notice => line("NOTICE", &[target, &piece]),
+            }
         })
         .collect()
+}
+
+/// The most characters of a relayed speaker's name.
+pub const MAX_SPEAKER_CHARS: usize = 32;
+
+/// How a relayed message names its Matrix sender: their display name, else their localpart,
+/// else the whole id; without control characters (CR, LF, NUL, CTCP's `\x01`, IRC's formatting
+/// codes) or bidirectional overrides, runs of whitespace as one space, at most
+/// [`MAX_SPEAKER_CHARS`] characters (the last `…` if cut).
+pub fn speaker_name(displayname: Option<&str>, user_id: &str) -> String {
+    let localpart = crate::names::localpart(user_id);
+    [displayname.unwrap_or(""), localpart, user_id]
+        .into_iter()
+        .map(clean_name)
+        .find(|name| !name.is_empty())
+        .unwrap_or_else(|| "someone".to_owned())
+}
+
+fn clean_name(name: &str) -> String {
+    // Marks that reorder or hide text (LRM/RLM, embeddings, overrides, isolates, zero widths).
+    let invisible = |c: char| matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}');
+    let spaced: String =
+        name.chars().filter(|c| !invisible(*c)).map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let words = spaced.split_whitespace().collect::<Vec<_>>().join(" ");
+    if words.chars().count() <= MAX_SPEAKER_CHARS {
+        return words;
+    }
+    let cut: String = words.chars().take(MAX_SPEAKER_CHARS - 1).collect();
+    format!("{}…", cut.trim_end())
 }
 
 #[cfg(test)]
@@ -211,6 +257,39 @@ mod tests {
             "{}",
             text_budget(Verb::Privmsg, "#test")
         );
+    }
+
+    #[test]
+    fn relayed_messages_name_the_speaker() {
+        let say = |verb, text: &str| relayed_lines("#t", &Rendered { verb, text: text.into() }, "Alice");
+        assert_eq!(say(Verb::Privmsg, "hi\nthere"), ["PRIVMSG #t :<Alice> hi", "PRIVMSG #t :<Alice> there"]);
+        assert_eq!(say(Verb::Notice, "fyi"), ["NOTICE #t :<Alice> fyi"]);
+        assert_eq!(say(Verb::Action, "waves"), ["PRIVMSG #t :* Alice waves"]);
+        // Cut to fit with the prefix on every piece.
+        let out = say(Verb::Privmsg, &"word ".repeat(300));
+        assert!(out.len() > 1);
+        for l in &out {
+            assert!(
+                l.starts_with("PRIVMSG #t :<Alice> ") && l.len() + SOURCE_BUDGET <= MAX_LINE_BYTES,
+                "{l}"
+            );
+        }
+        let many = (1..=25).map(|i| format!("line {i}")).collect::<Vec<_>>().join("\n");
+        assert_eq!(say(Verb::Privmsg, &many).len(), MAX_LINES);
+    }
+
+    #[test]
+    fn speaker_names_are_clean_and_short() {
+        assert_eq!(speaker_name(Some("Alice Liddell"), "@alice:evil.org"), "Alice Liddell");
+        assert_eq!(speaker_name(None, "@alice:evil.org"), "alice");
+        assert_eq!(speaker_name(Some(" \u{3}\u{1} "), "@alice:evil.org"), "alice");
+        assert_eq!(speaker_name(Some("a\r\nPRIVMSG #x :b\0c"), "@a:x"), "a PRIVMSG #x :b c");
+        assert_eq!(speaker_name(Some("\u{1}ACTION x\u{1}"), "@a:x"), "ACTION x");
+        assert_eq!(speaker_name(Some("\u{202e}evil\u{200b}"), "@a:x"), "evil");
+        let long = speaker_name(Some(&"x".repeat(100)), "@a:x");
+        assert_eq!(long.chars().count(), MAX_SPEAKER_CHARS);
+        assert!(long.ends_with('…'));
+        assert_eq!(speaker_name(Some(""), "@:x"), "@:x");
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! Net events are delivered once (an error is only logged), and the plugin's send rate is
 //! limited, so an action the host refuses for the rate waits in the outbox (KV `outbox/…`, in
 //! order) and the `outbox` timer sends it later; while anything waits there, new actions queue
-//! behind it so that a room's messages keep their order.
+//! behind it so that a room's messages keep their order. The outbox is one queue for every
+//! channel, of at most [`MAX_OUTBOX`] entries: past that the oldest are dropped (counted in
+//! `outbox_dropped`), so that a flood cannot fill the store or hold everything back for ever.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +21,8 @@ use crate::store::{self, OUTBOX, OUTBOX_SEQ, Puppet};
 
 /// The timer that sends what waits in the outbox.
 pub const OUTBOX_TIMER: &str = "outbox";
+/// The most entries (the actions for one IRC event each) the outbox keeps.
+pub const MAX_OUTBOX: u64 = 10_000;
 /// How long one timer call sends from the outbox before leaving the rest to the next call
 /// (well within the default `wall_ms_per_call` of 30 s).
 const DRAIN_FOR: Duration = Duration::from_secs(10);
@@ -104,7 +108,40 @@ fn enqueue(batch: Batch) -> sdk::Result<()> {
     let seq = Kv::new().increment(OUTBOX_SEQ, 1)?;
     Kv::prefixed(OUTBOX).put_json(&format!("{seq:020}"), &batch)?;
     sdk::log::counter("outbox_deferred", (batch.actions.len() - batch.next) as u64);
+    trim(seq)
+}
+
+/// Drops the oldest entries past [`MAX_OUTBOX`] (`last`: the newest entry's sequence number).
+fn trim(last: u64) -> sdk::Result<()> {
+    let outbox = Kv::prefixed(OUTBOX);
+    let first = outbox.list("", None, 1)?.first().and_then(|key| key.parse::<u64>().ok());
+    let Some(first) = first else { return Ok(()) };
+    let excess = outbox_excess(first, last, MAX_OUTBOX);
+    let mut dropped = 0;
+    while dropped < excess {
+        let keys = outbox.list("", None, (excess - dropped).min(1000) as u32)?;
+        if keys.is_empty() {
+            break;
+        }
+        for key in keys {
+            outbox.delete(&key)?;
+            dropped += 1;
+        }
+    }
+    if dropped > 0 {
+        sdk::warn!("the outbox is full ({MAX_OUTBOX} entries): dropped the {dropped} oldest");
+        sdk::log::counter("outbox_dropped", dropped);
+    }
     Ok(())
+}
+
+/// How many entries to drop from an outbox holding the sequence numbers `first..=last` (they
+/// are taken in order and dropped oldest first, so it holds at most that many) to keep `max`.
+pub fn outbox_excess(first: u64, last: u64, max: u64) -> u64 {
+    if last < first {
+        return 0;
+    }
+    (last - first + 1).saturating_sub(max)
 }
 
 /// The `outbox` timer: carries out what waits, oldest first, until the rate stops it (then the
@@ -341,6 +378,15 @@ mod tests {
         assert_eq!(actions(names, portal, ours), [join("bob"), join("carol")]);
         let elsewhere = Inbound::Names { channel: "#other".into(), nicks: vec!["bob".into()] };
         assert!(actions(elsewhere, portal, ours).is_empty());
+    }
+
+    #[test]
+    fn the_outbox_is_bounded() {
+        assert_eq!(outbox_excess(1, 1, MAX_OUTBOX), 0);
+        assert_eq!(outbox_excess(1, MAX_OUTBOX, MAX_OUTBOX), 0);
+        assert_eq!(outbox_excess(1, MAX_OUTBOX + 1, MAX_OUTBOX), 1);
+        assert_eq!(outbox_excess(500, 500 + MAX_OUTBOX + 9, MAX_OUTBOX), 10);
+        assert_eq!(outbox_excess(7, 3, MAX_OUTBOX), 0);
     }
 
     #[test]

@@ -1,15 +1,20 @@
 //! The bridge's configuration: the keys it declares, their defaults, and the checks that refuse
 //! a start on values it cannot work with.
 
+use std::collections::BTreeSet;
+
 use lattice_plugin_sdk::serde_json::Value;
 use lattice_plugin_sdk::{ConfigKey, ConfigKind, Registration};
 
-use crate::names::{Naming, Template, is_valid_nick, normalize_channel};
+use crate::names::{Naming, Template, is_user_id, is_valid_nick, normalize_channel};
 
 pub const DEFAULT_ALIAS_TEMPLATE: &str = "irc_{channel}";
 pub const DEFAULT_PUPPET_TEMPLATE: &str = "irc_{nick}";
 pub const DEFAULT_NICK_TEMPLATE: &str = "{localpart}[m]";
 pub const DEFAULT_BOT_NICK: &str = "lattice";
+/// The most channels the bridge bridges, configured and added with `!irc bridge` together (its
+/// own connection joins them all, and IRC servers limit the channels of one connection).
+pub const MAX_CHANNELS: usize = 100;
 
 /// The registration's configuration keys.
 pub fn declare(registration: Registration) -> Registration {
@@ -45,6 +50,11 @@ pub fn declare(registration: Registration) -> Registration {
             ConfigKind::String,
             "The nick of the bridge's own IRC connection (default lattice).",
         ))
+        .config_key(ConfigKey::optional(
+            "admins",
+            ConfigKind::List,
+            "Matrix user ids that may use `!irc bridge` (default none: the command is refused).",
+        ))
 }
 
 /// The configuration, checked, with defaults applied.
@@ -57,6 +67,8 @@ pub struct Settings {
     pub channels: Vec<String>,
     pub naming: Naming,
     pub bot_nick: String,
+    /// The users who may bridge more channels (`!irc bridge`).
+    pub admins: BTreeSet<String>,
 }
 
 impl Settings {
@@ -88,6 +100,21 @@ impl Settings {
                 .collect::<Result<_, _>>()?,
             _ => return Err("channels must be a list of channel names".to_owned()),
         };
+        if channels.iter().collect::<BTreeSet<_>>().len() > MAX_CHANNELS {
+            return Err(format!("channels: at most {MAX_CHANNELS} channels can be bridged"));
+        }
+        let admins = match &config["admins"] {
+            Value::Null => BTreeSet::new(),
+            Value::Array(list) => list
+                .iter()
+                .map(|a| {
+                    a.as_str().filter(|a| is_user_id(a)).map(str::to_owned).ok_or_else(|| {
+                        format!("admins: {a} is not a Matrix user id like \"@alice:example.org\"")
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            _ => return Err("admins must be a list of Matrix user ids".to_owned()),
+        };
         let alias = Template::parse(&text("alias_template", DEFAULT_ALIAS_TEMPLATE)?, "{channel}")
             .map_err(|e| format!("alias_template: {e}"))?;
         if alias.fixed_text().contains([':', ' ']) {
@@ -112,7 +139,7 @@ impl Settings {
             return Err(format!("bot_nick {bot_nick:?} is not a valid IRC nick"));
         }
         let naming = Naming { server_name: server_name.to_owned(), puppet, alias, nick };
-        Ok(Settings { server, tls, channels, naming, bot_nick })
+        Ok(Settings { server, tls, channels, naming, bot_nick, admins })
     }
 }
 
@@ -137,6 +164,7 @@ mod tests {
             ("irc.example.org:6697", false, "lattice")
         );
         assert!(s.channels.is_empty());
+        assert!(s.admins.is_empty());
         assert_eq!(s.naming.puppet_id("bob"), "@irc_bob:example.org");
         assert_eq!(s.naming.alias("#test"), "#irc_test:example.org");
         assert_eq!(s.naming.irc_nick("@alice:example.org"), "alice[m]");
@@ -152,6 +180,7 @@ mod tests {
             "puppet_template": "libera_{nick}",
             "nick_template": "m_{localpart}",
             "bot_nick": "bridge",
+            "admins": ["@admin:example.org", "@ops:other.org"],
         });
         let s = Settings::from_config(&config, "example.org").unwrap();
         assert!(s.tls);
@@ -160,6 +189,7 @@ mod tests {
         assert_eq!(s.naming.alias("#test"), "#libera_test:example.org");
         assert_eq!(s.naming.irc_nick("@alice:example.org"), "m_alice");
         assert_eq!(s.bot_nick, "bridge");
+        assert_eq!(s.admins, BTreeSet::from(["@admin:example.org".to_owned(), "@ops:other.org".to_owned()]));
     }
 
     #[test]
@@ -181,6 +211,15 @@ mod tests {
         assert!(with("puppet_template", json!("irc_{nick}{nick}")).contains("puppet_template"));
         assert!(with("nick_template", json!("{localpart} m")).contains("nick_template"));
         assert!(with("bot_nick", json!("9lives")).contains("bot_nick"));
+        assert!(with("admins", json!("@admin:example.org")).contains("admins"));
+        assert!(with("admins", json!(["admin"])).contains("admins"));
+        assert!(with("admins", json!([42])).contains("admins"));
+        let too_many: Vec<String> = (0..=MAX_CHANNELS).map(|i| format!("#c{i}")).collect();
+        assert!(with("channels", json!(too_many)).contains("at most"));
+        // Repeats count once.
+        let mut config = json!({"server": "irc.example.org:6697"});
+        config["channels"] = json!(vec!["#same"; MAX_CHANNELS + 1]);
+        assert!(Settings::from_config(&config, "example.org").is_ok());
         assert!(Settings::from_config(&json!({}), "example.org").is_err());
     }
 }

@@ -6,10 +6,10 @@
 //! | `bridged/<#channel>` | empty: a channel added with `!irc bridge` (configured ones are not stored) |
 //! | `portal/<#channel>` | the portal room's id |
 //! | `room/<room id>` | the channel the room is the portal of |
-//! | `conn/<net name>` | a connection's [`Conn`] (JSON) |
+//! | `conn/<net name>` | a connection's [`Conn`] (JSON); net names are `irc/bot` and [`crate::names::user_conn_name`] |
 //! | `nick/<case-folded nick>` | the net name of the bridge's connection using that nick |
 //! | `puppet/<user id>` | a puppet's [`Puppet`] record (JSON) |
-//! | `outbox/<sequence, 20 digits>` | IRC events waiting to reach Matrix (see `relay`) |
+//! | `outbox/<sequence, 20 digits>` | IRC events waiting to reach Matrix (see `relay`; at most `relay::MAX_OUTBOX`) |
 //! | `outbox-seq` | the last outbox sequence number |
 
 use std::collections::BTreeSet;
@@ -65,6 +65,16 @@ pub fn add_bridged_channel(channel: &str) -> sdk::Result<bool> {
     }
     kv.put(channel, b"")?;
     Ok(true)
+}
+
+/// Whether a channel was added with `!irc bridge` (and not dropped since).
+pub fn is_bridged_channel(channel: &str) -> sdk::Result<bool> {
+    Ok(Kv::prefixed(BRIDGED).get(channel)?.is_some())
+}
+
+pub fn remove_bridged_channel(channel: &str) -> sdk::Result<()> {
+    Kv::prefixed(BRIDGED).delete(channel)?;
+    Ok(())
 }
 
 pub fn portal_room(channel: &str) -> sdk::Result<Option<String>> {
