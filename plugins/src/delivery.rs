@@ -70,6 +70,7 @@ pub(crate) async fn dispatch(plugin: Arc<Plugin>) {
         fire_due_timers(&plugin).await;
         let now = StreamPos::live(stream.current());
         if cursor < now {
+            let batch_start = cursor;
             match db.stream_events(cursor, now, BATCH).await {
                 Ok(rows) => {
                     let mut finished = true;
@@ -89,6 +90,9 @@ pub(crate) async fn dispatch(plugin: Arc<Plugin>) {
                     // Past the last row only when the whole range was read and offered.
                     if finished && (rows.len() as i64) < BATCH {
                         cursor = cursor.max(now);
+                    }
+                    if cursor > batch_start {
+                        crate::ephemeral::deliver_receipts(&plugin, &interest, batch_start, cursor).await;
                     }
                     if cursor != saved {
                         match db.set_plugin_cursor(&ctx.id, cursor).await {

@@ -319,6 +319,15 @@ impl Instance {
         self.outcome(result)?.map_err(CallError::Returned)
     }
 
+    /// `on-ephemeral`, for a bridge.
+    pub(crate) async fn on_ephemeral(&mut self, event: &bridge_guest::Ephemeral) -> Result<(), CallError> {
+        self.arm();
+        let Some(bridge) = self.bridge.as_ref() else { return Ok(()) };
+        let call = bridge.call_on_ephemeral(&mut self.store, event);
+        let result = tokio::time::timeout(self.wall, call).await;
+        self.outcome(result)?.map_err(CallError::Returned)
+    }
+
     /// `check-event`, for a policy, cut off after `deadline` (a plugin without the export
     /// allows everything).
     pub(crate) async fn check_event(

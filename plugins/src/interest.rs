@@ -46,6 +46,11 @@ impl Interest {
         self
     }
 
+    /// The rooms the bot is joined to, as of the last event offered.
+    pub(crate) fn joined(&self) -> Vec<String> {
+        self.joined.iter().cloned().collect()
+    }
+
     /// The command words changed (a reload).
     pub(crate) fn set_commands(&mut self, commands: Vec<String>) {
         self.commands = commands;

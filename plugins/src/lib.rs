@@ -34,6 +34,7 @@ mod coalesce;
 mod context;
 mod delivery;
 mod engine;
+mod ephemeral;
 mod host;
 mod http;
 mod instance;

@@ -182,6 +182,7 @@ impl PluginHost {
         for plugin in self.inner.plugins.values() {
             tokio::spawn(crate::delivery::dispatch(plugin.clone()));
             tokio::spawn(crate::net::pump(plugin.clone()));
+            tokio::spawn(crate::ephemeral::typing(plugin.clone()));
         }
     }
 

@@ -37,6 +37,8 @@ pub(crate) const MAX_LINE: usize = 8 * 1024;
 const OUTBOX: usize = 256;
 /// Bytes a plugin may have queued for writing over all its connections.
 const MAX_QUEUED: usize = 16 << 20;
+/// Largest WebSocket message, either way.
+const MAX_WS_MESSAGE: usize = 1 << 20;
 /// Longest connection name.
 const MAX_NAME: usize = 1024;
 /// Events waiting for the plugin, across its connections; a reader waits when it is full, so a
@@ -62,6 +64,7 @@ struct Conn {
     task: tokio::task::AbortHandle,
     /// Whether it got as far as connecting (a closed one that did not is dropped at once).
     connected: Arc<AtomicBool>,
+    websocket: bool,
 }
 
 /// What happened on a connection, tagged with its generation.
@@ -133,16 +136,17 @@ impl NetConns {
         true
     }
 
-    /// Queues a line on a connection.
+    /// Queues a line (or a WebSocket message) on a connection.
     pub(crate) fn send(&self, name: &str, line: String) -> Result<(), types::Error> {
-        if line.contains(['\r', '\n']) {
-            return Err(types::Error::Invalid("a message cannot contain line breaks".into()));
-        }
-        if line.len() > MAX_LINE {
-            return Err(types::Error::Invalid(format!("a message is at most {MAX_LINE} bytes")));
-        }
         let conns = self.conns.lock().expect("conns poisoned");
         let conn = conns.get(name).ok_or_else(|| types::Error::NotFound(format!("no connection {name}")))?;
+        let max = if conn.websocket { MAX_WS_MESSAGE } else { MAX_LINE };
+        if !conn.websocket && line.contains(['\r', '\n']) {
+            return Err(types::Error::Invalid("a line cannot contain line breaks".into()));
+        }
+        if line.len() > max {
+            return Err(types::Error::Invalid(format!("a message is at most {max} bytes")));
+        }
         let size = line.len() + 2;
         if self.queued.fetch_add(size, Ordering::AcqRel) + size > MAX_QUEUED {
             self.queued.fetch_sub(size, Ordering::AcqRel);
@@ -204,6 +208,17 @@ impl PluginCtx {
             return Err(types::Error::Invalid(format!("connection names are 1 to {MAX_NAME} bytes")));
         }
         let (host, port) = split_destination(&destination)?;
+        let websocket = options.framing == net::Framing::Websocket;
+        let path = options.path.clone().unwrap_or_else(|| "/".to_owned());
+        if websocket
+            && (!path.starts_with('/')
+                || path.len() > 2048
+                || path.chars().any(|c| c.is_ascii_control() || c == ' '))
+        {
+            return Err(types::Error::Invalid(
+                "a WebSocket path starts with / and is at most 2048 printable bytes".into(),
+            ));
+        }
         if !conns.grants.iter().any(|d| d.allows(&host, port, port)) {
             return Err(types::Error::Denied(format!("{destination} is not granted (grants.net)")));
         }
@@ -228,6 +243,17 @@ impl PluginCtx {
         let task = self.main.spawn(async move {
             let _alive = alive;
             let reason = match connect(&ctx, &host, port, options.tls).await {
+                Ok(stream) if websocket => {
+                    let scheme = if options.tls { "wss" } else { "ws" };
+                    let url = format!("{scheme}://{host}:{port}{path}");
+                    match handshake(url, stream).await {
+                        Ok(socket) => {
+                            flag.store(true, Ordering::Release);
+                            run_websocket(&ctx, &task_name, generation, socket, outgoing).await
+                        }
+                        Err(reason) => reason,
+                    }
+                }
                 Ok(stream) => {
                     flag.store(true, Ordering::Release);
                     run(&ctx, &task_name, generation, stream, outgoing).await
@@ -236,7 +262,7 @@ impl PluginCtx {
             };
             ctx.connection_ended(&task_name, generation, reason).await;
         });
-        open.insert(name, Conn { generation, outbox, task: task.abort_handle(), connected });
+        open.insert(name, Conn { generation, outbox, task: task.abort_handle(), connected, websocket });
         self.count("net_connections_opened", 1);
         Ok(true)
     }
@@ -319,7 +345,7 @@ async fn run(
         return "the host stopped".into();
     }
     let reader_name = name.to_owned();
-    let mut reading = ctx.main.spawn(async move {
+    let reading = ctx.main.spawn(async move {
         let mut reader = BufReader::new(reader);
         let mut line = Vec::with_capacity(512);
         loop {
@@ -345,6 +371,14 @@ async fn run(
         }
         "closed".to_owned()
     };
+    until_either(reading, writing).await
+}
+
+/// Runs a connection's reader task and its writer until either ends; why it ended.
+async fn until_either(
+    mut reading: tokio::task::JoinHandle<String>,
+    writing: impl Future<Output = String>,
+) -> String {
     tokio::select! {
         read = &mut reading => read.unwrap_or_else(|e| format!("the reader failed: {e}")),
         reason = writing => {
@@ -352,6 +386,75 @@ async fn run(
             reason
         }
     }
+}
+
+type WebSocket = tokio_tungstenite::WebSocketStream<Box<dyn Stream>>;
+
+/// The WebSocket opening handshake over an established connection, with the connect timeout.
+async fn handshake(url: String, stream: Box<dyn Stream>) -> Result<WebSocket, String> {
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_WS_MESSAGE))
+        .max_frame_size(Some(MAX_WS_MESSAGE));
+    let attempt = tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config));
+    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+        Ok(Ok((socket, _response))) => Ok(socket),
+        Ok(Err(err)) => Err(format!("WebSocket handshake with {url} failed: {err}")),
+        Err(_) => Err(format!("WebSocket handshake with {url} timed out")),
+    }
+}
+
+/// Runs an open WebSocket until it ends, like [`run`]: text messages in (binary ones
+/// dropped), text messages out; pings are answered by the protocol layer as it reads.
+async fn run_websocket(
+    ctx: &PluginCtx,
+    name: &str,
+    generation: u64,
+    socket: WebSocket,
+    mut outgoing: Outbox,
+) -> String {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (mut sink, mut stream) = socket.split();
+    let inbox = ctx.net.inbox.clone();
+    if inbox.send((name.to_owned(), generation, NetEvent::Connected)).await.is_err() {
+        return "the host stopped".into();
+    }
+    let reader_name = name.to_owned();
+    let reading = ctx.main.spawn(async move {
+        while let Some(message) = stream.next().await {
+            match message {
+                Ok(Message::Text(text)) => {
+                    let event = NetEvent::Message(text.as_str().to_owned());
+                    if inbox.send((reader_name.clone(), generation, event)).await.is_err() {
+                        return "the host stopped".to_owned();
+                    }
+                }
+                Ok(Message::Close(frame)) => {
+                    return match frame {
+                        Some(frame) => {
+                            format!("the peer closed the WebSocket ({}: {})", frame.code, frame.reason)
+                        }
+                        None => "the peer closed the WebSocket".to_owned(),
+                    };
+                }
+                Ok(_) => {}
+                Err(err) => return format!("read failed: {err}"),
+            }
+        }
+        "the peer closed the connection".to_owned()
+    });
+    let writing = async {
+        while let Some(text) = outgoing.next().await {
+            if let Err(err) = sink.send(Message::text(text)).await {
+                return format!("write failed: {err}");
+            }
+            ctx.count("net_lines_sent", 1);
+        }
+        let _ = sink.close().await;
+        "closed".to_owned()
+    };
+    until_either(reading, writing).await
 }
 
 /// Reads the next line into `line` (without its `\r\n`), at most [`MAX_LINE`] bytes of it;

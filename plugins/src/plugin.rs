@@ -72,6 +72,8 @@ pub(crate) enum Call {
     Timer(String),
     /// `on-net`: something happened on one of the plugin's connections.
     Net(String, bridge_guest::NetEvent),
+    /// `on-ephemeral`: typing or a receipt.
+    Ephemeral(bridge_guest::Ephemeral),
     /// `on-event` with the same event this many times (the benchmark); returns nothing else.
     Repeat(types::Event, u32),
 }
@@ -257,6 +259,7 @@ impl Plugin {
             Call::Command(invocation, delivery) => instance.on_command(&invocation, delivery).await,
             Call::Timer(tag) => instance.on_timer(&tag).await,
             Call::Net(name, event) => instance.on_net(&name, &event).await,
+            Call::Ephemeral(event) => instance.on_ephemeral(&event).await,
             Call::Repeat(event, times) => {
                 let mut result = Ok(());
                 for id in 0..times {
@@ -297,6 +300,14 @@ impl Plugin {
     pub(crate) fn wake(&self) {
         self.control.notify_one();
         self.net_control.notify_one();
+    }
+
+    /// Whether the plugin is a bridge: granted connections or puppets, and its loaded version
+    /// exports `bridge-guest` (every plugin built with the SDK does; the grant decides).
+    pub(crate) fn is_bridge(&self) -> bool {
+        let grants = &self.ctx.grants;
+        (!grants.net.is_empty() || !grants.namespaces.users.is_empty())
+            && self.loaded.lock().expect("loaded poisoned").as_ref().is_some_and(|(_, pre)| pre.is_bridge())
     }
 
     /// Until when the breaker keeps the plugin suspended, if it does.

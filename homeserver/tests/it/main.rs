@@ -70,6 +70,7 @@ mod plugins_irc;
 mod plugins_policy;
 mod plugins_python;
 mod plugins_webhooks;
+mod plugins_ws;
 mod presence;
 mod relations;
 mod rooms;

@@ -74,7 +74,7 @@ pub(crate) fn spec(path: PathBuf, config: Value, grants: Grants) -> PluginSpec {
 }
 
 /// Short waits so failure paths finish quickly.
-fn quick(config: &mut Config) {
+pub(crate) fn quick(config: &mut Config) {
     config.registration.shared_secret = "reg_secret".into();
     config.plugin_settings = HostSettings {
         retry_base: Duration::from_millis(50),

@@ -73,6 +73,8 @@ pub use event::{Command, Event};
 pub use kv::Kv;
 pub use matrix::{accept_invite, edit, react, reply_in_thread, send_text, whoami};
 pub use net::NetEvent;
+/// A typing notice or read receipt for a bridge ([`Plugin::on_ephemeral`]).
+pub use bindings::exports::lattice::plugin::bridge_guest::Ephemeral;
 /// What a policy is asked about ([`Plugin::check_event`]) and answers.
 pub use bindings::exports::lattice::plugin::policy_guest::{ProposedEvent, Verdict};
 pub use plugin::{Info, Plugin};
@@ -154,6 +156,9 @@ macro_rules! export_plugin {
                     ev: $crate::net::NetEvent,
                 ) -> ::core::result::Result<(), $crate::Error> {
                     $crate::__private::on_net::<$plugin>(name, ev)
+                }
+                fn on_ephemeral(ev: $crate::Ephemeral) -> ::core::result::Result<(), $crate::Error> {
+                    $crate::__private::on_ephemeral::<$plugin>(ev)
                 }
             }
             $crate::__private::export!(

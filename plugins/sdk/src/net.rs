@@ -36,16 +36,22 @@ use crate::bindings::lattice::plugin::net as host;
 /// [`NetEvent::Message`] (one message, e.g. a line without its `\r\n`) or
 /// [`NetEvent::Closed`] (with the reason; the name is free again).
 pub use crate::bindings::exports::lattice::plugin::bridge_guest::NetEvent;
-/// How a connection's bytes are cut into messages; `Lines` is the only framing so far.
+/// How a connection's bytes are cut into messages: `Lines` or `Websocket`.
 pub use host::Framing;
-/// The generated `open-options` record (`framing`, `tls`), with builder methods.
+/// The generated `open-options` record (`framing`, `tls`, `path`), with builder methods.
 pub use host::OpenOptions;
 
 impl OpenOptions {
     /// Text lines (`\r\n`-terminated, each received line one message, cut at 8 KiB), without
     /// TLS.
     pub fn lines() -> Self {
-        OpenOptions { framing: Framing::Lines, tls: false }
+        OpenOptions { framing: Framing::Lines, tls: false, path: None }
+    }
+
+    /// A WebSocket to the request target `path` (`/socket`), without TLS (`.tls(true)` for
+    /// `wss://`): each text message one message, up to 1 MiB.
+    pub fn websocket(path: &str) -> Self {
+        OpenOptions { framing: Framing::Websocket, tls: false, path: Some(path.to_owned()) }
     }
 
     /// With TLS or not (the server's name is checked against the public roots).
@@ -66,11 +72,12 @@ impl Default for OpenOptions {
 /// opened, and [`NetEvent::Connected`] or [`NetEvent::Closed`] follows. `Ok(false)`: a
 /// connection of that name is open already, and nothing changed.
 pub fn open(name: &str, destination: &str, options: OpenOptions) -> Result<bool> {
-    host::open(name, destination, options)
+    host::open(name, destination, &options)
 }
 
 /// Sends one message: with [`Framing::Lines`], one line, to which the host adds `\r\n` (a line
-/// break inside is refused as [`Error::Invalid`](crate::Error::Invalid)).
+/// break inside is refused as [`Error::Invalid`](crate::Error::Invalid)); with
+/// [`Framing::Websocket`], one text message.
 pub fn send(name: &str, message: &str) -> Result<()> {
     host::send(name, message)
 }

@@ -5,6 +5,7 @@ use serde::Deserialize;
 
 use crate::net::NetEvent;
 use crate::webhook::{HttpRequest, HttpResponse};
+use crate::Ephemeral;
 use crate::{Command, Delivery, Error, Event, ProposedEvent, Registration, Verdict};
 
 /// What the host tells the plugin at `init` (its `info-json`).
@@ -70,6 +71,14 @@ pub trait Plugin {
         Ok(())
     }
 
+    /// For a bridge (a plugin granted `net` or `namespaces`): a typing notice (`m.typing`,
+    /// `{"user_ids": […]}`) or a public read receipt (`m.receipt`, as in `/sync`) in a room its
+    /// bot is in. An `Err` is only logged.
+    fn on_ephemeral(event: &Ephemeral) -> Result<(), Error> {
+        let _ = event;
+        Ok(())
+    }
+
     /// For a policy (a plugin granted `policy`): an event a user of the server is about to send,
     /// before it is stored. The server waits for the answer — at most `grants.policy_ms`, after
     /// which it allows the event and counts a crash — so answer from what is at hand.
@@ -126,6 +135,10 @@ pub mod dispatch {
 
     pub fn on_net<P: Plugin>(name: String, event: NetEvent) -> Result<(), Error> {
         P::on_net(&name, event)
+    }
+
+    pub fn on_ephemeral<P: Plugin>(event: crate::Ephemeral) -> Result<(), Error> {
+        P::on_ephemeral(&event)
     }
 
     pub fn check_event<P: Plugin>(event: crate::ProposedEvent) -> crate::Verdict {
