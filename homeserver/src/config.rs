@@ -31,6 +31,7 @@ pub struct Config {
     pub sync: SyncConfig,
     pub presence: PresenceConfig,
     pub user_directory: UserDirectoryConfig,
+    pub media: MediaSection,
     pub log: LogConfig,
     pub appservices: AppservicesConfig,
     pub federation: FederationConfig,
@@ -232,6 +233,29 @@ impl Default for PresenceConfig {
     }
 }
 
+/// `[media]`: the media repository (content under `<data_dir>/media`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaSection {
+    /// Largest upload; `M_TOO_LARGE` above it, and what `/media/config` reports.
+    pub max_upload_bytes: u64,
+    /// Bytes one user may have uploaded in all; `M_FORBIDDEN` past it.
+    pub user_quota_bytes: u64,
+    /// Also serve new media on the legacy unauthenticated `/_matrix/media/v3/download`
+    /// (off, as Synapse has it: media uploaded while it is off stays authenticated-only).
+    pub legacy_unauthenticated_download: bool,
+}
+
+impl Default for MediaSection {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: 100 << 20,
+            user_quota_bytes: 10 << 30,
+            legacy_unauthenticated_download: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct UserDirectoryConfig {
@@ -264,6 +288,7 @@ impl Default for Config {
             sync: SyncConfig::default(),
             presence: PresenceConfig::default(),
             user_directory: UserDirectoryConfig::default(),
+            media: MediaSection::default(),
             log: LogConfig::default(),
             appservices: AppservicesConfig::default(),
             federation: FederationConfig::default(),
@@ -394,6 +419,9 @@ pub const KEYS: &[&str] = &[
     "presence.offline_after_ms",
     "presence.idle_after_ms",
     "user_directory.search_all_users",
+    "media.max_upload_bytes",
+    "media.user_quota_bytes",
+    "media.legacy_unauthenticated_download",
     "log.level",
     "log.format",
     "appservices.registration_files",

@@ -239,6 +239,12 @@ impl Server {
                 idle_after: Duration::from_millis(config.presence.idle_after_ms),
             },
             search_all_users: config.user_directory.search_all_users,
+            media: homeserver_media::MediaConfig {
+                max_upload_bytes: config.media.max_upload_bytes,
+                user_quota_bytes: config.media.user_quota_bytes,
+                legacy_unauthenticated: config.media.legacy_unauthenticated_download,
+                ..homeserver_media::MediaConfig::new(config.data_dir.join("media"))
+            },
             registration_shared_secret: (!config.registration.shared_secret.is_empty())
                 .then(|| config.registration.shared_secret.clone()),
         };
@@ -264,6 +270,7 @@ impl Server {
             db: db.clone(),
             rooms: app.rooms.clone(),
             live: app.live.clone(),
+            media: app.media.clone(),
             cache_dir: config.data_dir.join("plugin-cache"),
         };
         let plugin_settings = plugins::HostSettings {

@@ -12,4 +12,4 @@ wasmtime::component::bindgen!({
 });
 
 pub(crate) use exports::lattice::plugin::{bridge_guest, guest, policy_guest, webhook_guest};
-pub(crate) use lattice::plugin::{config, kv, log, matrix, net, puppets, timers, types};
+pub(crate) use lattice::plugin::{config, kv, log, matrix, media, net, puppets, timers, types};

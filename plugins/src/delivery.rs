@@ -45,12 +45,12 @@ pub(crate) async fn dispatch(plugin: Arc<Plugin>) {
     let mut cursor = state.stream_pos;
     let mut saved = cursor;
     plugin.health.lock().expect("health poisoned").disabled = state.disabled;
-    // The bot's rooms as of the cursor, not as of now: what it is offered next follows its
-    // membership event by event from there.
-    let joined = match db.memberships_at(ctx.user.as_str(), cursor).await {
-        Ok(rows) => rows.into_iter().filter(|(_, m)| m == "join").map(|(room, _)| room).collect::<Vec<_>>(),
+    // The rooms of the plugin's users as of the cursor, not as of now: what it is offered next
+    // follows their membership event by event from there.
+    let joined = match db.plugin_joined_at(&ctx.id, cursor).await {
+        Ok(pairs) => pairs,
         Err(err) => {
-            ctx.log("error", format!("cannot read the bot's rooms; not delivering: {err}"));
+            ctx.log("error", format!("cannot read the plugin's rooms; not delivering: {err}"));
             return;
         }
     };

@@ -1,10 +1,10 @@
-//! Which events a plugin is offered, and which of them are commands. A bot sees the events of
-//! the rooms its user is joined to (as of each event: the joined set follows the bot's own
-//! membership events in stream order) and invites of its user or of its puppets (a bridge's
-//! namespace users); never its own events nor its puppets' (no echo loops). A message whose
+//! Which events a plugin is offered, and which of them are commands. A plugin sees the events
+//! of the rooms its users — its bot and its puppets (a bridge's namespace users) — are joined
+//! to (as of each event: the joined set follows their member events in stream order), and
+//! invites of them; never its own users' events (no echo loops). A message whose
 //! body is `!word …` with `word` one of the plugin's commands is a command.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use homeserver_storage::events::EventRow;
 use serde_json::Value;
@@ -26,7 +26,8 @@ pub(crate) struct Interest {
     own: Own,
     /// The only rooms whose events it is offered (`grants.rooms`), if limited.
     scope: Option<HashSet<String>>,
-    joined: HashSet<String>,
+    /// Rooms with the plugin's users (the bot, puppets) joined, and which of them.
+    joined: HashMap<String, HashSet<String>>,
     commands: Vec<String>,
 }
 
@@ -34,10 +35,14 @@ impl Interest {
     pub(crate) fn new(
         user: String,
         own: Own,
-        joined: impl IntoIterator<Item = String>,
+        joined: impl IntoIterator<Item = (String, String)>,
         commands: Vec<String>,
     ) -> Interest {
-        Interest { user, own, scope: None, joined: joined.into_iter().collect(), commands }
+        let mut rooms: HashMap<String, HashSet<String>> = HashMap::new();
+        for (room, member) in joined {
+            rooms.entry(room).or_default().insert(member);
+        }
+        Interest { user, own, scope: None, joined: rooms, commands }
     }
 
     /// Limits the offer to these rooms.
@@ -46,9 +51,9 @@ impl Interest {
         self
     }
 
-    /// The rooms the bot is joined to, as of the last event offered.
+    /// The rooms the bot or a puppet is joined to, as of the last event offered.
     pub(crate) fn joined(&self) -> Vec<String> {
-        self.joined.iter().cloned().collect()
+        self.joined.keys().cloned().collect()
     }
 
     /// The command words changed (a reload).
@@ -63,32 +68,30 @@ impl Interest {
         }
         let content =
             || serde_json::from_str::<Value>(&row.json).ok().and_then(|j| j.get("content").cloned());
-        if row.event_type == "m.room.member" && row.state_key.as_deref() == Some(self.user.as_str()) {
+        if row.event_type == "m.room.member"
+            && let Some(target) = row.state_key.as_deref().filter(|t| *t == self.user || (self.own)(t))
+        {
             let membership =
                 content().and_then(|c| c.get("membership").and_then(Value::as_str).map(str::to_owned));
             match membership.as_deref() {
                 Some("join") if !row.outlier => {
-                    self.joined.insert(row.room_id.clone());
+                    self.joined.entry(row.room_id.clone()).or_default().insert(target.to_owned());
                 }
-                Some("invite") if !(self.own)(&row.sender) => return Offer::Event,
+                // The bot or a puppet invited (a puppet: a direct chat with someone on the
+                // other network).
+                Some("invite") if !row.outlier && !(self.own)(&row.sender) => return Offer::Event,
+                Some("invite") if target == self.user && !(self.own)(&row.sender) => return Offer::Event,
                 _ => {
-                    self.joined.remove(&row.room_id);
+                    if let Some(users) = self.joined.get_mut(&row.room_id) {
+                        users.remove(target);
+                        if users.is_empty() {
+                            self.joined.remove(&row.room_id);
+                        }
+                    }
                 }
             }
         }
-        if row.event_type == "m.room.member"
-            && !row.outlier
-            && !(self.own)(&row.sender)
-            && row.state_key.as_deref().is_some_and(|target| target != self.user && (self.own)(target))
-            && content()
-                .and_then(|c| c.get("membership").and_then(Value::as_str).map(str::to_owned))
-                .as_deref()
-                == Some("invite")
-        {
-            // A puppet invited (a direct chat with someone on the other network).
-            return Offer::Event;
-        }
-        if row.outlier || !self.joined.contains(&row.room_id) {
+        if row.outlier || !self.joined.contains_key(&row.room_id) {
             return Offer::Skip;
         }
         self.classify(row)
@@ -155,7 +158,7 @@ mod tests {
         Interest::new(
             "@bot:hs".into(),
             own,
-            joined.iter().map(|r| r.to_string()),
+            joined.iter().map(|r| (r.to_string(), "@bot:hs".to_owned())),
             commands.iter().map(|c| c.to_string()).collect(),
         )
     }
@@ -172,6 +175,15 @@ mod tests {
         assert_eq!(interest.offer(&by_puppet), Offer::Skip);
         let other = row("!dm", "@u:hs", "m.room.member", Some("@carol:hs"), json!({"membership": "invite"}));
         assert_eq!(interest.offer(&other), Offer::Skip);
+        let puppet_joins =
+            row("!dm", "@irc_bob:hs", "m.room.member", Some("@irc_bob:hs"), json!({"membership": "join"}));
+        assert_eq!(interest.offer(&puppet_joins), Offer::Skip, "its own event");
+        let in_dm = row("!dm", "@u:hs", "m.room.message", None, json!({"body": "psst"}));
+        assert_eq!(interest.offer(&in_dm), Offer::Event, "a room a puppet is in, without the bot");
+        let puppet_leaves =
+            row("!dm", "@irc_bob:hs", "m.room.member", Some("@irc_bob:hs"), json!({"membership": "leave"}));
+        interest.offer(&puppet_leaves);
+        assert_eq!(interest.offer(&in_dm), Offer::Skip, "after the puppet left");
         let lookalike = row("!a", "@irc_fan:hs", "m.room.message", None, json!({"body": "hi"}));
         assert_eq!(
             interest.offer(&lookalike),

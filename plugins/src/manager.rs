@@ -42,6 +42,8 @@ pub struct Services {
     pub db: Db,
     pub rooms: Rooms,
     pub live: Live,
+    /// The media repository (`media` imports).
+    pub media: homeserver_media::MediaRepo,
     /// Where compiled components are cached.
     pub cache_dir: PathBuf,
 }

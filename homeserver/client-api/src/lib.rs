@@ -29,6 +29,7 @@ pub mod filter;
 mod guests;
 pub mod legacy;
 mod legacy_extras;
+pub mod media;
 mod paging;
 pub mod passwords;
 pub mod presence;
@@ -84,6 +85,8 @@ pub struct ClientConfig {
     pub presence: PresenceSettings,
     /// Whether the user directory finds every user (not only room mates and public rooms).
     pub search_all_users: bool,
+    /// The media repository's limits, switches and place.
+    pub media: homeserver_media::MediaConfig,
 }
 
 impl ClientConfig {
@@ -99,6 +102,7 @@ impl ClientConfig {
             registration_shared_secret: None,
             presence: PresenceSettings::default(),
             search_all_users: false,
+            media: homeserver_media::MediaConfig::new(std::path::PathBuf::from("./lattice-data/media")),
         }
     }
 }
@@ -118,6 +122,7 @@ pub struct AppInner {
     /// Typing, presence, unread counts, ignore lists, account-data writes.
     pub live: Live,
     pub syncer: Syncer,
+    pub media: homeserver_media::MediaRepo,
 }
 
 impl std::ops::Deref for App {
@@ -140,7 +145,8 @@ impl App {
         let nonces = admin::Nonces::default();
         let live = Live::start(db.clone(), stream.clone(), config.presence, config.server_name.clone());
         let syncer = Syncer::new(db.clone(), rooms.clone(), live.clone());
-        App(Arc::new(AppInner { config, db, rooms, stream, limiter, passwords, nonces, live, syncer }))
+        let media = homeserver_media::MediaRepo::new(db.clone(), &config.server_name, config.media.clone());
+        App(Arc::new(AppInner { config, db, rooms, stream, limiter, passwords, nonces, live, syncer, media }))
     }
 
     pub fn server_name(&self) -> &ruma::ServerName {
@@ -195,6 +201,7 @@ pub fn routes() -> Router<App> {
     let router = spaces::routes(router);
     let router = timestamp::routes(router);
     let router = reports::routes(router);
+    let router = media::routes(router);
     account_data::routes(router)
 }
 

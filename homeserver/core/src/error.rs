@@ -73,6 +73,10 @@ pub enum ErrorKind {
     },
     /// Server-side failure; details are logged, not shown.
     Internal,
+    /// Media that already has content (HTTP 409, `M_CANNOT_OVERWRITE_MEDIA`).
+    CannotOverwriteMedia,
+    /// Media whose content has not been uploaded yet (HTTP 504, `M_NOT_YET_UPLOADED`).
+    NotYetUploaded,
     /// Something the request needs is not available for now (HTTP 503, `M_UNKNOWN`): a
     /// disabled or suspended plugin's webhook.
     Unavailable,
@@ -108,6 +112,8 @@ impl ErrorKind {
             ErrorKind::InvalidParam => "M_INVALID_PARAM",
             ErrorKind::TooLarge => "M_TOO_LARGE",
             ErrorKind::Exclusive => "M_EXCLUSIVE",
+            ErrorKind::CannotOverwriteMedia => "M_CANNOT_OVERWRITE_MEDIA",
+            ErrorKind::NotYetUploaded => "M_NOT_YET_UPLOADED",
             ErrorKind::WeakPassword => "M_WEAK_PASSWORD",
             ErrorKind::ThreepidDenied => "M_THREEPID_DENIED",
             ErrorKind::BadAlias => "M_BAD_ALIAS",

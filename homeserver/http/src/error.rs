@@ -43,6 +43,8 @@ impl ApiError {
             ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::CannotOverwriteMedia => StatusCode::CONFLICT,
+            ErrorKind::NotYetUploaded => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::ServerManaged => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::BadJson

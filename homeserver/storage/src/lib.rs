@@ -28,6 +28,7 @@ pub mod dag;
 pub mod destinations;
 pub mod directory;
 pub mod events;
+pub mod media;
 pub mod notifications;
 pub mod persist;
 pub mod plugins;

@@ -177,24 +177,26 @@ impl Db {
         Ok(done.rows_affected() > 0)
     }
 
-    /// The bot user's membership in each room as of stream position `at` (its latest member
-    /// event of the live stream up to there), by room.
-    pub async fn memberships_at(&self, user: &str, at: StreamPos) -> Result<Vec<(String, String)>> {
+    /// Who of a plugin's users (its bot and puppets, by `users.plugin_owner`) is joined to which
+    /// room as of stream position `at`: (room, user) pairs.
+    pub async fn plugin_joined_at(&self, plugin: &str, at: StreamPos) -> Result<Vec<(String, String)>> {
         let sql = format!(
-            "SELECT room_id, json FROM events WHERE event_type = 'm.room.member' AND state_key = $1 \
+            "SELECT room_id, state_key, json FROM events WHERE event_type = 'm.room.member' \
+             AND state_key IN (SELECT user_id FROM users WHERE plugin_owner = $1) \
              AND stream_pos > 0 AND stream_pos <= $2 AND {IN_TIMELINE} ORDER BY stream_pos"
         );
-        let rows = sqlx::query(AssertSqlSafe(sql)).bind(user).bind(at.get()).fetch_all(self.reader()).await?;
+        let rows =
+            sqlx::query(AssertSqlSafe(sql)).bind(plugin).bind(at.get()).fetch_all(self.reader()).await?;
         let mut latest = std::collections::BTreeMap::new();
         for row in &rows {
             let json: String = row.try_get("json")?;
-            let membership = serde_json::from_str::<serde_json::Value>(&json)
+            let joined = serde_json::from_str::<serde_json::Value>(&json)
                 .ok()
-                .and_then(|v| v["content"]["membership"].as_str().map(str::to_owned))
-                .unwrap_or_default();
-            latest.insert(row.try_get::<String, _>("room_id")?, membership);
+                .is_some_and(|v| v["content"]["membership"] == "join");
+            let key = (row.try_get::<String, _>("room_id")?, row.try_get::<String, _>("state_key")?);
+            latest.insert(key, joined);
         }
-        Ok(latest.into_iter().collect())
+        Ok(latest.into_iter().filter(|(_, joined)| *joined).map(|(key, _)| key).collect())
     }
 
     /// Creates a plugin's bot account (no password: nobody logs in as it), or finds the one it

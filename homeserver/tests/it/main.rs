@@ -61,6 +61,7 @@ mod harness;
 mod ircd;
 mod lifecycle;
 mod limits;
+mod media;
 mod merges;
 mod plugin_binary;
 mod plugins;

@@ -38,6 +38,7 @@
 //! - [`Event`] (content parsed as JSON, `body()`, `msgtype()`, …) and [`Command`].
 //! - [`matrix`]: `reply_in_thread`, `edit`, `react`, `send_text`, `accept_invite`, `whoami`, and
 //!   acting as a puppet (`as_user`, `send_json_as`, `join_as`, `leave_as`…).
+//! - [`media`]: upload and download files through the server's media repository.
 //! - [`Kv`]: the plugin's key-value store with string and JSON values and compare-and-swap.
 //! - [`log`] and the [`info!`]-style macros, [`config()`], [`timers`], and a [`Commands`] router.
 //! - [`http`]: outbound HTTP over `wasi:http` (a blocking client, chunked bodies, server-sent
@@ -61,6 +62,7 @@ pub mod http;
 pub mod kv;
 pub mod log;
 pub mod matrix;
+pub mod media;
 pub mod net;
 pub mod plugin;
 pub mod puppets;

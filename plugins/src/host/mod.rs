@@ -15,6 +15,7 @@ macro_rules! on_main {
 
 mod bridge;
 mod matrix;
+mod media;
 mod misc;
 mod store;
 

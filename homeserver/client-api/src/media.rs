@@ -1,0 +1,194 @@
+//! The media repository's client endpoints (spec: "Content repository", authenticated media):
+//! uploads (`POST /_matrix/media/v3/upload`, `POST /_matrix/media/v1/create` then `PUT
+//! /_matrix/media/v3/upload/{server}/{id}`), `GET /_matrix/client/v1/media/config` and
+//! `/download/{server}/{id}[/{fileName}]`, and the legacy unauthenticated
+//! `/_matrix/media/v3/download` — which serves only media uploaded while `[media]
+//! legacy_unauthenticated_download` was on, as Synapse freezes it. The work is
+//! `homeserver_media::MediaRepo`'s; downloads stream the file with headers that keep it from
+//! running script on our origin.
+
+use std::collections::HashMap;
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::{Path, Query, State},
+    http::{HeaderMap, HeaderValue, header},
+    response::{IntoResponse, Response},
+    routing::{get, post, put},
+};
+use futures::StreamExt;
+use homeserver_core::Error;
+use homeserver_http::{ApiError, Authenticated};
+use homeserver_media::serving;
+use homeserver_storage::media::MediaRow;
+use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
+
+use crate::App;
+
+pub fn routes(router: Router<App>) -> Router<App> {
+    router
+        .route("/_matrix/media/v3/upload", post(upload))
+        .route("/_matrix/media/v1/create", post(create))
+        .route("/_matrix/media/v3/upload/{server}/{id}", put(fill))
+        .route("/_matrix/client/v1/media/config", get(config))
+        .route("/_matrix/media/v3/config", get(config))
+        .route("/_matrix/client/v1/media/download/{server}/{id}", get(download))
+        .route("/_matrix/client/v1/media/download/{server}/{id}/{filename}", get(download_as))
+        .route("/_matrix/media/v3/download/{server}/{id}", get(legacy_download))
+        .route("/_matrix/media/v3/download/{server}/{id}/{filename}", get(legacy_download_as))
+}
+
+fn content_type(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
+}
+
+fn guests_may_not(auth: &Authenticated) -> Result<(), Error> {
+    match auth.0.is_guest {
+        true => {
+            Err(Error::new(homeserver_core::ErrorKind::GuestAccessForbidden, "Guests cannot upload media"))
+        }
+        false => Ok(()),
+    }
+}
+
+/// `POST /_matrix/media/v3/upload?filename=`
+async fn upload(
+    State(app): State<App>,
+    auth: Authenticated,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    guests_may_not(&auth)?;
+    let filename = query.get("filename").map(String::as_str);
+    let uploaded = app
+        .media
+        .upload(&auth.0.user_id, content_type(&headers), filename, body.into_data_stream())
+        .await
+        .map_err(Error::from)?;
+    Ok(Json(json!({ "content_uri": uploaded.mxc })))
+}
+
+/// `POST /_matrix/media/v1/create`
+async fn create(State(app): State<App>, auth: Authenticated) -> Result<Json<Value>, ApiError> {
+    guests_may_not(&auth)?;
+    let (uploaded, expires) = app.media.create(&auth.0.user_id).await.map_err(Error::from)?;
+    Ok(Json(json!({ "content_uri": uploaded.mxc, "unused_expires_at": expires })))
+}
+
+/// `PUT /_matrix/media/v3/upload/{serverName}/{mediaId}?filename=`
+async fn fill(
+    State(app): State<App>,
+    auth: Authenticated,
+    Path((server, id)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    guests_may_not(&auth)?;
+    let filename = query.get("filename").map(String::as_str);
+    app.media
+        .fill(&auth.0.user_id, &server, &id, content_type(&headers), filename, body.into_data_stream())
+        .await
+        .map_err(Error::from)?;
+    Ok(Json(json!({})))
+}
+
+/// `GET /_matrix/client/v1/media/config` (and the legacy `/_matrix/media/v3/config`)
+async fn config(State(app): State<App>, _auth: Authenticated) -> Json<Value> {
+    Json(json!({ "m.upload.size": app.media.config.max_upload_bytes }))
+}
+
+/// `GET /_matrix/client/v1/media/download/{serverName}/{mediaId}`
+async fn download(
+    State(app): State<App>,
+    _auth: Authenticated,
+    Path((server, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    serve(&app, &server, &id, None, false).await
+}
+
+/// `GET /_matrix/client/v1/media/download/{serverName}/{mediaId}/{fileName}`
+async fn download_as(
+    State(app): State<App>,
+    _auth: Authenticated,
+    Path((server, id, filename)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    serve(&app, &server, &id, Some(filename), false).await
+}
+
+/// `GET /_matrix/media/v3/download/{serverName}/{mediaId}` (no authentication)
+async fn legacy_download(
+    State(app): State<App>,
+    Path((server, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    serve(&app, &server, &id, None, true).await
+}
+
+/// `GET /_matrix/media/v3/download/{serverName}/{mediaId}/{fileName}` (no authentication)
+async fn legacy_download_as(
+    State(app): State<App>,
+    Path((server, id, filename)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    serve(&app, &server, &id, Some(filename), true).await
+}
+
+/// Streams stored media with its safe headers; `legacy`: only media uploaded while the
+/// unauthenticated endpoints were on, and only while they are.
+async fn serve(
+    app: &App,
+    server: &str,
+    id: &str,
+    filename: Option<String>,
+    legacy: bool,
+) -> Result<Response, ApiError> {
+    let row = app.media.get(server, id).await.map_err(Error::from)?;
+    if legacy && !(app.media.config.legacy_unauthenticated && row.legacy_visible) {
+        return Err(Error::not_found(
+            "Unknown media (this server serves new media to authenticated requests only)",
+        )
+        .into());
+    }
+    let file = app.media.open(&row).await.map_err(Error::from)?;
+    let mut response = Response::new(Body::from_stream(chunks(file)));
+    set_headers(response.headers_mut(), &row, filename.as_deref().or(row.filename.as_deref()));
+    Ok(response.into_response())
+}
+
+/// A file as a stream of 64 KiB chunks.
+fn chunks(file: tokio::fs::File) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> {
+    futures::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut buf = vec![0u8; 64 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(bytes::Bytes::from(buf)), Some(file)))
+            }
+            Err(err) => Some((Err(err), None)),
+        }
+    })
+    .boxed()
+}
+
+fn set_headers(headers: &mut HeaderMap, row: &MediaRow, filename: Option<&str>) {
+    let value = |s: &str| {
+        HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
+    };
+    headers.insert(header::CONTENT_TYPE, value(&row.content_type));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(row.size.max(0) as u64));
+    let disposition = serving::disposition(&row.content_type, filename);
+    if let Ok(disposition) = HeaderValue::from_str(&disposition) {
+        headers.insert(header::CONTENT_DISPOSITION, disposition);
+    }
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox; default-src 'none'; script-src 'none'; object-src 'none'; style-src 'unsafe-inline'; media-src 'self'"),
+    );
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=86400, immutable"));
+    headers.insert("cross-origin-resource-policy", HeaderValue::from_static("cross-origin"));
+}
