@@ -743,6 +743,15 @@ idle_after_ms = 300000
 # Find every user, not only room mates and members of public rooms.
 search_all_users = false
 
+[media]
+# Largest upload in bytes (M_TOO_LARGE above it; what /media/config reports).
+max_upload_bytes = 104857600
+# Bytes one user may have uploaded in all (M_FORBIDDEN past it).
+user_quota_bytes = 10737418240
+# Also serve new media on the legacy unauthenticated /_matrix/media/v3/download. Off, as Synapse
+# has it: media uploaded while it is off is served to authenticated requests only.
+legacy_unauthenticated_download = false
+
 [log]
 # A tracing filter, e.g. "info" or "info,homeserver_rooms=debug".
 level = "info"

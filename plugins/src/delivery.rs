@@ -48,7 +48,8 @@ pub(crate) async fn dispatch(plugin: Arc<Plugin>) {
     // The rooms of the plugin's users as of the cursor, not as of now: what it is offered next
     // follows their membership event by event from there.
     let joined = match db.plugin_joined_at(&ctx.id, cursor).await {
-        Ok(pairs) => pairs,
+        // Only its users as the plugin knows them now (a renamed bot's old account is not).
+        Ok(pairs) => pairs.into_iter().filter(|(_, user)| ctx.is_own(user)).collect::<Vec<_>>(),
         Err(err) => {
             ctx.log("error", format!("cannot read the plugin's rooms; not delivering: {err}"));
             return;

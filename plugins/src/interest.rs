@@ -81,12 +81,22 @@ impl Interest {
                 // other network).
                 Some("invite") if !row.outlier && !(self.own)(&row.sender) => return Offer::Event,
                 Some("invite") if target == self.user && !(self.own)(&row.sender) => return Offer::Event,
-                _ => {
+                other => {
+                    let was_in = self.joined.contains_key(&row.room_id);
                     if let Some(users) = self.joined.get_mut(&row.room_id) {
                         users.remove(target);
                         if users.is_empty() {
                             self.joined.remove(&row.room_id);
                         }
+                    }
+                    // Kicked or banned by someone else: the plugin hears of it even when that
+                    // was its last user in the room.
+                    if was_in
+                        && !row.outlier
+                        && matches!(other, Some("leave" | "ban"))
+                        && !(self.own)(&row.sender)
+                    {
+                        return self.classify(row);
                     }
                 }
             }
@@ -180,6 +190,10 @@ mod tests {
         assert_eq!(interest.offer(&puppet_joins), Offer::Skip, "its own event");
         let in_dm = row("!dm", "@u:hs", "m.room.message", None, json!({"body": "psst"}));
         assert_eq!(interest.offer(&in_dm), Offer::Event, "a room a puppet is in, without the bot");
+        let kicked =
+            row("!dm", "@u:hs", "m.room.member", Some("@irc_bob:hs"), json!({"membership": "leave"}));
+        assert_eq!(interest.offer(&kicked), Offer::Event, "its last user in the room kicked");
+        assert_eq!(interest.offer(&puppet_joins), Offer::Skip);
         let puppet_leaves =
             row("!dm", "@irc_bob:hs", "m.room.member", Some("@irc_bob:hs"), json!({"membership": "leave"}));
         interest.offer(&puppet_leaves);

@@ -21,7 +21,10 @@ pub fn routes(router: Router<App>) -> Router<App> {
 
 /// `GET /_matrix/client/versions`
 async fn versions(_app: App, _req: Ruma<get_supported_versions::Request>) -> Result<JsonBody, ApiError> {
-    Ok(JsonBody(json!({ "versions": SPEC_VERSIONS, "unstable_features": {} })))
+    // Authenticated media (v1.11) is served: clients that see this use its endpoints.
+    Ok(JsonBody(
+        json!({ "versions": SPEC_VERSIONS, "unstable_features": { "org.matrix.msc3916.stable": true } }),
+    ))
 }
 
 /// `GET /.well-known/matrix/client`

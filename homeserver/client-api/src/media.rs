@@ -38,6 +38,40 @@ pub fn routes(router: Router<App>) -> Router<App> {
         .route("/_matrix/client/v1/media/download/{server}/{id}/{filename}", get(download_as))
         .route("/_matrix/media/v3/download/{server}/{id}", get(legacy_download))
         .route("/_matrix/media/v3/download/{server}/{id}/{filename}", get(legacy_download_as))
+        // The r0 paths older clients (matrix-nio) still use.
+        .route("/_matrix/media/r0/upload", post(upload))
+        .route("/_matrix/media/r0/config", get(config))
+        .route("/_matrix/media/r0/download/{server}/{id}", get(legacy_download))
+        .route("/_matrix/media/r0/download/{server}/{id}/{filename}", get(legacy_download_as))
+        .route("/_matrix/client/v1/media/thumbnail/{server}/{id}", get(thumbnail))
+        .route("/_matrix/media/v3/thumbnail/{server}/{id}", get(legacy_thumbnail))
+}
+
+/// `GET /_matrix/client/v1/media/thumbnail/{serverName}/{mediaId}`: until thumbnails are
+/// generated, an image is answered with itself (which the spec allows for images no larger
+/// than asked, and clients scale); anything else has no thumbnail.
+async fn thumbnail(
+    State(app): State<App>,
+    _auth: Authenticated,
+    Path((server, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    serve_thumbnail(&app, &server, &id, false).await
+}
+
+/// `GET /_matrix/media/v3/thumbnail/{serverName}/{mediaId}` (no authentication)
+async fn legacy_thumbnail(
+    State(app): State<App>,
+    Path((server, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    serve_thumbnail(&app, &server, &id, true).await
+}
+
+async fn serve_thumbnail(app: &App, server: &str, id: &str, legacy: bool) -> Result<Response, ApiError> {
+    let row = app.media.get(server, id).await.map_err(Error::from)?;
+    if !(row.content_type.starts_with("image/") && serving::is_inline(&row.content_type)) {
+        return Err(Error::not_found("No thumbnail for this media").into());
+    }
+    serve(app, server, id, None, legacy).await
 }
 
 fn content_type(headers: &HeaderMap) -> Option<&str> {

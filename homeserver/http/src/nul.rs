@@ -24,7 +24,11 @@ pub async fn refuse_nul(req: Request, next: Next) -> Response {
     if decoded(uri.path()) || uri.query().is_some_and(decoded) {
         return ApiError(Error::invalid_param("NUL characters are not allowed")).into_response();
     }
-    // Only JSON (or untyped) bodies are read here; others (media) stream to their endpoint.
+    // Only JSON (or untyped) bodies are read here; media uploads (of any type) stream to their
+    // endpoint, which stores them as bytes.
+    if uri.path().starts_with("/_matrix/media/") {
+        return next.run(req).await;
+    }
     let json = match req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
         None => true,
         Some(kind) => kind.trim().is_empty() || kind.to_ascii_lowercase().contains("json"),

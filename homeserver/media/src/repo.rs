@@ -57,6 +57,8 @@ pub enum MediaError {
     CannotOverwrite,
     Forbidden(String),
     TooManyPending,
+    /// More uploads of one user at once than allowed.
+    TooManyUploads,
     /// The upload stream failed.
     Body(String),
     Internal(String),
@@ -81,22 +83,70 @@ pub struct Uploaded {
     pub mxc: String,
 }
 
+/// Uploads one user may stream at once.
+const UPLOADS_PER_USER: usize = 4;
+
 #[derive(Clone)]
 pub struct MediaRepo {
     db: Db,
     store: ContentStore,
     server_name: Arc<str>,
     pub config: Arc<MediaConfig>,
+    /// Uploads streaming now, per user.
+    streaming: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    /// Held while an upload's quota is checked and its row written, so concurrent uploads of
+    /// one user cannot all fit the same remainder.
+    committing: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// One of a user's streaming uploads, counted until dropped.
+struct Streaming {
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    user: String,
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().expect("upload counts poisoned");
+        if let Some(n) = counts.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.user);
+            }
+        }
+    }
 }
 
 impl MediaRepo {
+    /// The repository; what interrupted uploads of an earlier run left is removed.
     pub fn new(db: Db, server_name: &ServerName, config: MediaConfig) -> MediaRepo {
+        let store = ContentStore::new(config.root.clone());
+        store.clear_temporary();
         MediaRepo {
             db,
-            store: ContentStore::new(config.root.clone()),
+            store,
             server_name: server_name.as_str().into(),
             config: Arc::new(config),
+            streaming: Arc::default(),
+            committing: Arc::default(),
         }
+    }
+
+    /// Counts an upload of `user`'s, or refuses it past [`UPLOADS_PER_USER`] at once.
+    fn start_streaming(&self, user: &UserId) -> Result<Streaming, MediaError> {
+        let mut counts = self.streaming.lock().expect("upload counts poisoned");
+        let n = counts.entry(user.to_string()).or_default();
+        if *n >= UPLOADS_PER_USER {
+            return Err(MediaError::TooManyUploads);
+        }
+        *n += 1;
+        Ok(Streaming { counts: self.streaming.clone(), user: user.to_string() })
+    }
+
+    /// Whether `size` more bytes fit `uploader`'s quota now (call under `committing`).
+    async fn fits_quota(&self, uploader: &UserId, size: u64) -> Result<bool, MediaError> {
+        let used = self.db.media_bytes_of(uploader.as_str()).await?.max(0) as u64;
+        Ok(used.saturating_add(size) <= self.config.user_quota_bytes)
     }
 
     fn uploaded(&self, media_id: String) -> Uploaded {
@@ -120,6 +170,7 @@ impl MediaRepo {
         uploader: &UserId,
         body: impl Stream<Item = Result<Bytes, E>> + Unpin,
     ) -> Result<crate::store::Stored, MediaError> {
+        let _streaming = self.start_streaming(uploader)?;
         let (limit, quota_bound) = self.allowance(uploader).await?;
         self.store.write(body, limit).await.map_err(|err| match err {
             StoreError::TooLarge if quota_bound => MediaError::QuotaExceeded,
@@ -138,6 +189,10 @@ impl MediaRepo {
         body: impl Stream<Item = Result<Bytes, E>> + Unpin,
     ) -> Result<Uploaded, MediaError> {
         let stored = self.store(uploader, body).await?;
+        let _commit = self.committing.lock().await;
+        if !self.fits_quota(uploader, stored.size).await? {
+            return Err(MediaError::QuotaExceeded);
+        }
         let media_id = random_string(24);
         let row = MediaRow {
             origin: self.server_name.to_string(),
@@ -197,16 +252,20 @@ impl MediaRepo {
             Some(row) if server == &*self.server_name => row,
             _ => return Err(MediaError::NotFound),
         };
+        if row.uploader != uploader.as_str() {
+            return Err(MediaError::Forbidden("only the creator of a media id may upload to it".into()));
+        }
         if row.sha256.is_some() {
             return Err(MediaError::CannotOverwrite);
         }
         if row.expires_ts.is_none_or(|at| at <= now) {
             return Err(MediaError::NotFound);
         }
-        if row.uploader != uploader.as_str() {
-            return Err(MediaError::Forbidden("only the creator of a media id may upload to it".into()));
-        }
         let stored = self.store(uploader, body).await?;
+        let _commit = self.committing.lock().await;
+        if !self.fits_quota(uploader, stored.size).await? {
+            return Err(MediaError::QuotaExceeded);
+        }
         let filled = MediaRow {
             sha256: Some(stored.sha256),
             content_type: serving::content_type(content_type),
@@ -278,7 +337,12 @@ impl From<MediaError> for homeserver_core::Error {
                 ErrorKind::LimitExceeded { retry_after_ms: 60_000 },
                 "Too many media ids waiting for their content",
             ),
-            MediaError::Body(why) => Error::bad_json(format!("The upload was cut short: {why}")),
+            MediaError::TooManyUploads => {
+                Error::new(ErrorKind::LimitExceeded { retry_after_ms: 1_000 }, "Too many uploads at once")
+            }
+            MediaError::Body(why) => {
+                Error::new(ErrorKind::Unknown, format!("The upload was cut short: {why}"))
+            }
             MediaError::Internal(why) => Error::internal(why),
         }
     }

@@ -46,7 +46,10 @@ pub fn content_type(given: Option<&str>) -> String {
         |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "!#$&-^_.+".contains(c));
     match essence.split_once('/') {
         Some((kind, sub))
-            if token(kind) && token(sub) && given.chars().all(|c| c.is_ascii_graphic() || c == ' ') =>
+            // No commas or quotes: browsers read a comma-separated list and take the last type.
+            if token(kind)
+                && token(sub)
+                && given.chars().all(|c| (c.is_ascii_graphic() || c == ' ') && c != ',' && c != '"') =>
         {
             given.to_owned()
         }
@@ -85,7 +88,13 @@ pub fn disposition(content_type: &str, filename: Option<&str>) -> String {
 /// A file name worth keeping: at most 255 bytes, no path separators or control characters.
 pub fn filename(given: Option<&str>) -> Option<String> {
     let name = given?.trim();
-    if name.is_empty() || name.len() > 255 || name.chars().any(|c| c.is_control() || c == '/' || c == '\\') {
+    // Bidirectional controls can disguise an extension ("invoice\u{202e}fdp.exe").
+    let bidi =
+        |c: char| matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if name.is_empty()
+        || name.len() > 255
+        || name.chars().any(|c| c.is_control() || bidi(c) || c == '/' || c == '\\')
+    {
         return None;
     }
     Some(name.to_owned())
@@ -102,12 +111,14 @@ mod tests {
         assert_eq!(content_type(Some("not a type")), "application/octet-stream");
         assert_eq!(content_type(Some("text/html\r\nX-Evil: 1")), "application/octet-stream");
         assert_eq!(content_type(None), "application/octet-stream");
+        assert_eq!(content_type(Some("text/plain; a=b, text/html")), "application/octet-stream");
         assert_eq!(disposition("image/png", Some("cat.png")), "inline; filename=\"cat.png\"");
         assert_eq!(disposition("text/html", Some("page.html")), "attachment; filename=\"page.html\"");
         assert_eq!(disposition("image/svg+xml", None), "attachment", "SVG can carry script");
         assert_eq!(disposition("text/plain", Some("a\"b")), "inline; filename=\"a\\\"b\"");
         assert_eq!(disposition("text/plain", Some("été.txt")), "inline; filename*=utf-8''%C3%A9t%C3%A9.txt");
         assert_eq!(filename(Some("../etc/passwd")), None);
+        assert_eq!(filename(Some("invoice\u{202e}fdp.exe")), None);
         assert_eq!(filename(Some("notes.txt")), Some("notes.txt".into()));
     }
 }

@@ -32,6 +32,18 @@ pub struct Stored {
     pub size: u64,
 }
 
+/// The longest a body may stall.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A temporary file, removed when dropped unless renamed away first.
+struct Temporary(PathBuf);
+
+impl Drop for Temporary {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ContentStore {
     root: PathBuf,
@@ -51,7 +63,14 @@ impl ContentStore {
         self.root.join(&sha256[..2]).join(&sha256[2..4]).join(sha256)
     }
 
-    /// Streams `body` to disk, at most `limit` bytes; durable when this returns.
+    /// Removes what interrupted uploads left (at start-up, before any upload runs).
+    pub fn clear_temporary(&self) {
+        let _ = std::fs::remove_dir_all(self.root.join("tmp"));
+    }
+
+    /// Streams `body` to disk, at most `limit` bytes; durable when this returns. A body that
+    /// stalls for [`IDLE`] is abandoned; a temporary file is removed however the upload ends
+    /// (an error, or the request dropped when the client goes away).
     pub async fn write<E: std::fmt::Display>(
         &self,
         mut body: impl Stream<Item = Result<Bytes, E>> + Unpin,
@@ -59,12 +78,8 @@ impl ContentStore {
     ) -> Result<Stored, StoreError> {
         let tmp_dir = self.root.join("tmp");
         tokio::fs::create_dir_all(&tmp_dir).await?;
-        let tmp = tmp_dir.join(format!("upload-{}", homeserver_core::ids::random_string(16)));
-        let result = self.write_to(&tmp, &mut body, limit).await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
-        }
-        result
+        let tmp = Temporary(tmp_dir.join(format!("upload-{}", homeserver_core::ids::random_string(16))));
+        self.write_to(&tmp.0, &mut body, limit).await
     }
 
     async fn write_to<E: std::fmt::Display>(
@@ -76,8 +91,13 @@ impl ContentStore {
         let mut file = tokio::fs::File::create(tmp).await?;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| StoreError::Body(e.to_string()))?;
+        loop {
+            let next = tokio::time::timeout(IDLE, body.next()).await;
+            let chunk = match next {
+                Ok(Some(chunk)) => chunk.map_err(|e| StoreError::Body(e.to_string()))?,
+                Ok(None) => break,
+                Err(_) => return Err(StoreError::Body(format!("nothing arrived for {} s", IDLE.as_secs()))),
+            };
             size += chunk.len() as u64;
             if size > limit {
                 return Err(StoreError::TooLarge);
@@ -91,12 +111,12 @@ impl ContentStore {
         let path = self.path_of(&sha256);
         let dir = path.parent().expect("nested path");
         tokio::fs::create_dir_all(dir).await?;
-        if tokio::fs::try_exists(&path).await? {
-            tokio::fs::remove_file(tmp).await?;
-        } else {
+        if !tokio::fs::try_exists(&path).await? {
             tokio::fs::rename(tmp, &path).await?;
-            // The rename is durable once the directory is.
-            tokio::fs::File::open(dir).await?.sync_all().await?;
+            // The rename is durable once the directories are.
+            for dir in [dir, dir.parent().expect("nested"), &self.root] {
+                tokio::fs::File::open(dir).await?.sync_all().await?;
+            }
         }
         Ok(Stored { sha256, size })
     }

@@ -182,7 +182,7 @@ impl Db {
     pub async fn plugin_joined_at(&self, plugin: &str, at: StreamPos) -> Result<Vec<(String, String)>> {
         let sql = format!(
             "SELECT room_id, state_key, json FROM events WHERE event_type = 'm.room.member' \
-             AND state_key IN (SELECT user_id FROM users WHERE plugin_owner = $1) \
+             AND state_key IN (SELECT user_id FROM users WHERE plugin_owner = $1 AND deactivated = 0) \
              AND stream_pos > 0 AND stream_pos <= $2 AND {IN_TIMELINE} ORDER BY stream_pos"
         );
         let rows =

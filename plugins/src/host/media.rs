@@ -55,6 +55,7 @@ impl PluginCtx {
         if server.is_empty() || id.is_empty() || id.contains('/') {
             return Err(invalid());
         }
+        self.take(|b| &mut b.writes, 1.0)?;
         let repo = &self.services.media;
         let row = repo.get(server, id).await.map_err(to_wit)?;
         let data = repo.read(&row, MAX_BYTES as u64).await.map_err(to_wit)?;
