@@ -91,7 +91,8 @@ async fn uploads_come_back_byte_for_byte_with_safe_headers_and_only_authenticate
     assert_eq!(answer.headers()["content-disposition"], "attachment; filename=\"x.html\"");
 
     // Until thumbnails are generated, an image is its own thumbnail; other media has none.
-    let thumb = format!("/_matrix/client/v1/media/thumbnail/{}?width=32&height=32&method=scale", media_path(&mxc));
+    let thumb =
+        format!("/_matrix/client/v1/media/thumbnail/{}?width=32&height=32&method=scale", media_path(&mxc));
     let answer = download(&server, Some(&alice.token), &thumb).await;
     assert_eq!(answer.status(), 200);
     assert_eq!(answer.bytes().await.unwrap().to_vec(), data);
@@ -100,7 +101,8 @@ async fn uploads_come_back_byte_for_byte_with_safe_headers_and_only_authenticate
     // Clients learn that authenticated media is served; older ones upload on the r0 path.
     let (_, versions) = server.get("/_matrix/client/versions", None).await;
     assert_eq!(versions["unstable_features"]["org.matrix.msc3916.stable"], true);
-    let (code, body) = upload(&server, &alice, "/_matrix/media/r0/upload", "text/plain", b"old".to_vec()).await;
+    let (code, body) =
+        upload(&server, &alice, "/_matrix/media/r0/upload", "text/plain", b"old".to_vec()).await;
     assert_eq!(code, 200, "{body}");
 
     // No token, no media; the legacy endpoint does not serve new media.

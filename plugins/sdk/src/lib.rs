@@ -1,11 +1,12 @@
 //! Write Lattice plugins in Rust.
 //!
 //! A Lattice plugin is a WebAssembly component built against a world of the WIT package
-//! `lattice:plugin@0.1.0` (`plugins/wit/plugin.wit`): `bot`, or `bridge` for a bridge (a bot that
-//! also acts as puppets and keeps network connections). This crate generates the bindings for
-//! `bridge` and wraps them so that a plugin is one type implementing [`Plugin`] plus one
-//! [`export_plugin!`] line. A plugin that uses neither [`net`] nor [`puppets`] imports only what
-//! `bot` does (the component keeps only the imports the code calls), so it runs as a bot:
+//! `lattice:plugin@0.1.0` (`plugins/wit/plugin.wit`): `bot`, `bridge` (a bot that also acts as
+//! puppets and keeps network connections), `policy` or `webhooks`. This crate generates the
+//! bindings for `full` (all of them) and wraps them so that a plugin is one type implementing
+//! [`Plugin`] plus one [`export_plugin!`] line; what the host calls is what the admin granted.
+//! A plugin that uses neither [`net`] nor [`puppets`] imports only what `bot` does (the
+//! component keeps only the imports the code calls), so it runs as a bot:
 //!
 //! ```ignore
 //! use lattice_plugin_sdk::{self as sdk, Command, Delivery, Event, Plugin, Registration};
