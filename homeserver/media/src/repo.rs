@@ -213,6 +213,8 @@ impl MediaRepo {
 
     /// Reserves an id for content to come (`POST /media/v1/create`); with when it expires.
     pub async fn create(&self, uploader: &UserId) -> Result<(Uploaded, u64), MediaError> {
+        // Counted and written under the commit lock, so concurrent creates cannot all fit.
+        let _commit = self.committing.lock().await;
         let now = now_millis();
         if self.db.pending_media_of(uploader.as_str(), now as i64).await? >= self.config.max_pending {
             return Err(MediaError::TooManyPending);
