@@ -21,6 +21,8 @@
 //!   persisted outbox when they happen, delivered per destination with backoff;
 //!   [`recovery`] clears a backoff when the destination makes a request here.
 //! - `query` (profile), `directory` (aliases, public rooms; both ways) and `version`.
+//! - [`media`]: this server's media served to other servers, and theirs fetched for the media
+//!   repository (plugged in at start-up like `remote`).
 //!
 //! Receiving and sending events, EDUs, membership and backfill come on top of these.
 
@@ -37,6 +39,7 @@ pub mod keys;
 mod knocker;
 mod leaver;
 pub mod legacy;
+pub mod media;
 mod membership;
 mod query;
 pub mod recovery;
@@ -75,6 +78,8 @@ pub struct FederationState {
     pub transactions: Arc<transactions::Transactions>,
     /// Destinations in backoff, cleared when they make a request here.
     pub recovery: Arc<recovery::Recovery>,
+    /// The media repository (served to other servers; theirs fetched into it).
+    pub media: homeserver_media::MediaRepo,
 }
 
 /// The federation router (already given its state; the caller adds the fallbacks).
@@ -90,5 +95,6 @@ pub fn routes(state: FederationState) -> Router {
     let router = invites::routes(router);
     let router = legacy::routes(router);
     let router = directory::routes(router);
+    let router = media::routes(router);
     router.with_state(state)
 }

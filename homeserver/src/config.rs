@@ -244,6 +244,8 @@ pub struct MediaSection {
     /// Also serve new media on the legacy unauthenticated `/_matrix/media/v3/download`
     /// (off, as Synapse has it: media uploaded while it is off stays authenticated-only).
     pub legacy_unauthenticated_download: bool,
+    /// Bytes of other servers' media kept cached; the oldest fetched are dropped past it.
+    pub remote_cache_bytes: u64,
 }
 
 impl Default for MediaSection {
@@ -252,6 +254,7 @@ impl Default for MediaSection {
             max_upload_bytes: 100 << 20,
             user_quota_bytes: 10 << 30,
             legacy_unauthenticated_download: false,
+            remote_cache_bytes: 10 << 30,
         }
     }
 }
@@ -422,6 +425,7 @@ pub const KEYS: &[&str] = &[
     "media.max_upload_bytes",
     "media.user_quota_bytes",
     "media.legacy_unauthenticated_download",
+    "media.remote_cache_bytes",
     "log.level",
     "log.format",
     "appservices.registration_files",
@@ -751,6 +755,9 @@ user_quota_bytes = 10737418240
 # Also serve new media on the legacy unauthenticated /_matrix/media/v3/download. Off, as Synapse
 # has it: media uploaded while it is off is served to authenticated requests only.
 legacy_unauthenticated_download = false
+# Bytes of other servers' media kept cached; the oldest fetched are dropped past it (and
+# fetched again when asked for).
+remote_cache_bytes = 10737418240
 
 [log]
 # A tracing filter, e.g. "info" or "info,homeserver_rooms=debug".

@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod config;
 pub mod logging;
+pub mod media_cli;
 pub mod plugin_admin;
 pub mod plugin_cli;
 pub mod plugin_webhooks;
@@ -243,6 +244,7 @@ impl Server {
                 max_upload_bytes: config.media.max_upload_bytes,
                 user_quota_bytes: config.media.user_quota_bytes,
                 legacy_unauthenticated: config.media.legacy_unauthenticated_download,
+                remote_cache_bytes: config.media.remote_cache_bytes,
                 ..homeserver_media::MediaConfig::new(config.data_dir.join("media"))
             },
             registration_shared_secret: (!config.registration.shared_secret.is_empty())
@@ -263,7 +265,9 @@ impl Server {
             transactions: Arc::default(),
             recovery: Arc::default(),
             catch_up_cap: config.federation.catch_up_cap,
+            media: app.media.clone(),
         };
+        app.media.set_remote(federation::media::FederatedMedia::new(federation.client.clone()));
         let sender = federation::sender::Sender::new(federation.clone());
         federation::remote::install(&federation, sender.clone());
         let services = plugins::Services {
@@ -320,6 +324,8 @@ impl Server {
 
     /// Binds the configured addresses (and loads the TLS certificate for the HTTPS one).
     pub async fn bind(&self) -> Result<Listeners, StartError> {
+        // Only a serving process binds: what its interrupted uploads left can go now.
+        self.app.media.clear_interrupted_uploads();
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
         };

@@ -36,6 +36,14 @@ enum Command {
     /// Inspect outbound federation on the configured database.
     #[command(subcommand)]
     Federation(FederationCommand),
+    /// Manage the running server's media repository (through its admin API).
+    Media {
+        /// A server admin's access token.
+        #[arg(long, env = "LATTICE_ADMIN_TOKEN", hide_env_values = true)]
+        token: String,
+        #[command(subcommand)]
+        command: MediaCommand,
+    },
     /// Manage the running server's WASM plugins (through its admin API).
     Plugin {
         /// A server admin's access token.
@@ -79,6 +87,16 @@ enum FederationCommand {
 }
 
 #[derive(Subcommand)]
+enum MediaCommand {
+    /// Delete cached copies of other servers' media fetched longer ago than `--before`
+    /// (days: `30` or `30d`); they are fetched again when next asked for.
+    PurgeRemote {
+        #[arg(long)]
+        before: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum UserCommand {
     /// Create a user; prints the password if none was given.
     Create {
@@ -119,6 +137,15 @@ async fn main() -> ExitCode {
     if let Some(Command::Plugin { token, command }) = cli.command {
         return plugin_command(&config, &token, command).await;
     }
+    if let Some(Command::Media { token, command: MediaCommand::PurgeRemote { before } }) = cli.command {
+        return match homeserver::media_cli::purge_remote(&config, &token, &before).await {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(message) => fail(1, message),
+        };
+    }
     let config = match cli.command {
         // Only the serving process runs plugins; other commands do not load them.
         Some(Command::User(_) | Command::Federation(_)) => Config { plugins: Default::default(), ..config },
@@ -132,7 +159,9 @@ async fn main() -> ExitCode {
         None | Some(Command::Run) => run(server).await,
         Some(Command::User(command)) => user_command(&server, command).await,
         Some(Command::Federation(command)) => federation_command(&server, command).await,
-        Some(Command::GenerateConfig | Command::Plugin { .. }) => unreachable!("handled above"),
+        Some(Command::GenerateConfig | Command::Plugin { .. } | Command::Media { .. }) => {
+            unreachable!("handled above")
+        }
     }
 }
 

@@ -21,15 +21,20 @@ pub enum PluginRequest {
     Replay(String, Option<i64>),
 }
 
-/// The admin API's base URL for the configured listener.
-fn base_url(config: &Config) -> String {
+/// The running server's base URL for the configured listener.
+pub(crate) fn server_url(config: &Config) -> String {
     let mut addr: SocketAddr = config.listen.client;
     match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => addr.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         IpAddr::V6(ip) if ip.is_unspecified() => addr.set_ip(IpAddr::V6(Ipv6Addr::LOCALHOST)),
         _ => {}
     }
-    format!("http://{addr}/_lattice/admin/v1/plugins")
+    format!("http://{addr}")
+}
+
+/// The plugin admin API's base URL.
+fn base_url(config: &Config) -> String {
+    format!("{}/_lattice/admin/v1/plugins", server_url(config))
 }
 
 /// Sends the request; returns the answer as text for the terminal, or the server's error.

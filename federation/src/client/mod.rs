@@ -88,6 +88,7 @@ struct Inner {
     direct: reqwest::Client,
     key: ServerKey,
     discovery: Discovery,
+    allow_private: bool,
 }
 
 impl FederationClient {
@@ -110,7 +111,7 @@ impl FederationClient {
         };
         let (routed, direct) = (client(true)?, client(false)?);
         let discovery = Discovery::new(allow_private, dns);
-        Ok(Self(Arc::new(Inner { routed, direct, key, discovery })))
+        Ok(Self(Arc::new(Inner { routed, direct, key, discovery, allow_private })))
     }
 
     /// This server's name (the origin of every request).
@@ -140,13 +141,51 @@ impl FederationClient {
     where
         R: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath>,
     {
+        let (endpoint, http_request) = self.signed(destination, request).await?;
+        self.execute::<R::IncomingResponse>(&endpoint, http_request, max_bytes).await
+    }
+
+    /// The destination's endpoint and the request for it, `X-Matrix`-signed.
+    async fn signed<R>(
+        &self,
+        destination: &ServerName,
+        request: R,
+    ) -> Result<(discovery::Endpoint, http::Request<Vec<u8>>), FederationError>
+    where
+        R: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath>,
+    {
         let endpoint = self.0.discovery.endpoint(&self.0.direct, destination).await?;
         let origin: OwnedServerName = self.server_name().to_owned();
         let signing = XMatrixSigningInput::new(origin, destination.to_owned(), self.0.key.pair());
         let http_request = request
             .try_into_http_request::<Vec<u8>>(&endpoint.base, signing, ())
             .map_err(|e| FederationError::Request(e.to_string()))?;
-        self.execute::<R::IncomingResponse>(&endpoint, http_request, max_bytes).await
+        Ok((endpoint, http_request))
+    }
+
+    /// Sends an `X-Matrix`-signed request and hands back the answer unread, whatever its status
+    /// (media, whose bodies are streamed).
+    pub async fn send_streaming<R>(
+        &self,
+        destination: &ServerName,
+        request: R,
+    ) -> Result<reqwest::Response, FederationError>
+    where
+        R: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath>,
+    {
+        let (endpoint, http_request) = self.signed(destination, request).await?;
+        let http = if endpoint.routed { &self.0.routed } else { &self.0.direct };
+        Ok(http.execute(reqwest::Request::try_from(http_request)?).await?)
+    }
+
+    /// A plain `GET` of a URL another server gave (a media `Location`), through the same
+    /// address guard as every federation request.
+    pub async fn get_url(&self, url: &str) -> Result<reqwest::Response, FederationError> {
+        let url = url::Url::parse(url).map_err(|e| FederationError::Request(e.to_string()))?;
+        if !guard::url_allowed(&url, self.0.allow_private) {
+            return Err(FederationError::Request(format!("{url} is not a destination federation may reach")));
+        }
+        Ok(self.0.direct.get(url).send().await?)
     }
 
     /// Sends a request that needs no signature (the key endpoints; answers of at most

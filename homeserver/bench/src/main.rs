@@ -7,7 +7,9 @@
 //! - the server's resident memory when idle and after the load (with `--server-bin` or `--pid`);
 //! - send throughput into a 1,000-member room (push rules and unread counts for everyone) against
 //!   a 2-member room; search latency over 100,000 messages; typing and receipt delivery latency
-//!   (see [`chat`]).
+//!   (see [`chat`]);
+//! - a 100 MB upload and download with the server's peak memory, and thumbnail generation
+//!   (see [`media`]).
 //!
 //! While measuring it checks correctness: every message is delivered exactly once and in the
 //! order its sender sent it. A violation fails the run.
@@ -17,6 +19,7 @@
 
 mod chat;
 mod client;
+mod media;
 
 use std::{
     collections::HashMap,
@@ -59,9 +62,12 @@ pub struct Args {
     #[arg(long, default_value_t = 5)]
     pub receivers: usize,
     /// Which runs to do, comma-separated: core (throughput, latency, initial sync, memory),
-    /// big-room, search, ephemeral.
-    #[arg(long, default_value = "core,big-room,search,ephemeral", value_delimiter = ',')]
+    /// big-room, search, ephemeral, media.
+    #[arg(long, default_value = "core,big-room,search,ephemeral,media", value_delimiter = ',')]
     pub runs: Vec<String>,
+    /// Size of the media run's file, in MB.
+    #[arg(long, default_value_t = 100)]
+    pub media_megabytes: usize,
     /// Members of the big room.
     #[arg(long, default_value_t = 1000)]
     pub big_room_members: usize,
@@ -127,6 +133,25 @@ async fn main() -> Result<()> {
         println!(
             "| read receipt → {} long-polling members (p50 / p95) | {:.2} / {:.2} ms |",
             e.receivers, e.receipts.0, e.receipts.1
+        );
+    }
+    if wants("media") {
+        let m = media::media(&server, run, args.media_megabytes).await?;
+        println!("| upload of a {:.0} MB file | {:.0} MB/s |", m.megabytes, m.upload_mb_s);
+        println!(
+            "| download of the {:.0} MB file (checked byte for byte) | {:.0} MB/s |",
+            m.megabytes, m.download_mb_s
+        );
+        if let (Some(before), Some(peak)) = (m.rss_before_kib, m.rss_peak_kib) {
+            println!(
+                "| server RSS before the transfers / peak during them (sampled every 5 ms) | {:.1} / {:.1} MB |",
+                before as f64 / 1024.0,
+                peak as f64 / 1024.0
+            );
+        }
+        println!(
+            "| thumbnail 320x240 of a 4000x3000 JPEG: generated / stored | {:.0} / {:.1} ms |",
+            m.thumbnail_first_ms, m.thumbnail_stored_ms
         );
     }
     if let Some(rss) = server.rss_kib() {

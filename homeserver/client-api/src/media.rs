@@ -1,9 +1,10 @@
 //! The media repository's client endpoints (spec: "Content repository", authenticated media):
 //! uploads (`POST /_matrix/media/v3/upload`, `POST /_matrix/media/v1/create` then `PUT
 //! /_matrix/media/v3/upload/{server}/{id}`), `GET /_matrix/client/v1/media/config` and
-//! `/download/{server}/{id}[/{fileName}]`, and the legacy unauthenticated
-//! `/_matrix/media/v3/download` — which serves only media uploaded while `[media]
-//! legacy_unauthenticated_download` was on, as Synapse freezes it. The work is
+//! `/download/{server}/{id}[/{fileName}]`, `/thumbnail/{server}/{id}`, and the legacy
+//! unauthenticated `/_matrix/media/v3/download|thumbnail` — which serve only this server's
+//! media uploaded while `[media] legacy_unauthenticated_download` was on, as Synapse freezes
+//! it. Other servers' media is fetched and cached by the repository. The work is
 //! `homeserver_media::MediaRepo`'s; downloads stream the file with headers that keep it from
 //! running script on our origin.
 
@@ -17,13 +18,11 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post, put},
 };
-use futures::StreamExt;
 use homeserver_core::Error;
 use homeserver_http::{ApiError, Authenticated};
-use homeserver_media::serving;
+use homeserver_media::{Thumbnail, serving, thumbnail::Method};
 use homeserver_storage::media::MediaRow;
 use serde_json::{Value, json};
-use tokio::io::AsyncReadExt;
 
 use crate::App;
 
@@ -47,31 +46,79 @@ pub fn routes(router: Router<App>) -> Router<App> {
         .route("/_matrix/media/v3/thumbnail/{server}/{id}", get(legacy_thumbnail))
 }
 
-/// `GET /_matrix/client/v1/media/thumbnail/{serverName}/{mediaId}`: until thumbnails are
-/// generated, an image is answered with itself (which the spec allows for images no larger
-/// than asked, and clients scale); anything else has no thumbnail.
+/// `GET /_matrix/client/v1/media/thumbnail/{serverName}/{mediaId}?width=&height=&method=&animated=`
 async fn thumbnail(
     State(app): State<App>,
     _auth: Authenticated,
     Path((server, id)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    serve_thumbnail(&app, &server, &id, false).await
+    serve_thumbnail(&app, &server, &id, &query, false).await
 }
 
 /// `GET /_matrix/media/v3/thumbnail/{serverName}/{mediaId}` (no authentication)
 async fn legacy_thumbnail(
     State(app): State<App>,
     Path((server, id)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    serve_thumbnail(&app, &server, &id, true).await
+    serve_thumbnail(&app, &server, &id, &query, true).await
 }
 
-async fn serve_thumbnail(app: &App, server: &str, id: &str, legacy: bool) -> Result<Response, ApiError> {
-    let row = app.media.get(server, id).await.map_err(Error::from)?;
-    if !(row.content_type.starts_with("image/") && serving::is_inline(&row.content_type)) {
-        return Err(Error::not_found("No thumbnail for this media").into());
+/// A thumbnail request's size, method and animation preference.
+pub struct ThumbnailQuery {
+    pub width: u32,
+    pub height: u32,
+    pub method: Method,
+    pub animated: bool,
+}
+
+impl ThumbnailQuery {
+    /// From the query string: `width` and `height` positive integers, `method` `crop` or
+    /// `scale` (default), `animated` `true` or `false`.
+    pub fn parse(query: &HashMap<String, String>) -> Result<ThumbnailQuery, Error> {
+        let dimension = |name: &str| -> Result<u32, Error> {
+            let value = query.get(name).ok_or_else(|| Error::missing_param(format!("{name} is required")))?;
+            match value.parse::<u32>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(Error::invalid_param(format!("{name} must be a positive integer"))),
+            }
+        };
+        let method = Method::parse(query.get("method").map(String::as_str))
+            .ok_or_else(|| Error::invalid_param("method must be crop or scale"))?;
+        let animated = match query.get("animated").map(String::as_str) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(_) => return Err(Error::invalid_param("animated must be true or false")),
+        };
+        Ok(ThumbnailQuery { width: dimension("width")?, height: dimension("height")?, method, animated })
     }
-    serve(app, server, id, None, legacy).await
+}
+
+async fn serve_thumbnail(
+    app: &App,
+    server: &str,
+    id: &str,
+    query: &HashMap<String, String>,
+    legacy: bool,
+) -> Result<Response, ApiError> {
+    let wanted = ThumbnailQuery::parse(query)?;
+    let row = media_row(app, server, id, legacy).await?;
+    let answer = app
+        .media
+        .thumbnail(row, wanted.width, wanted.height, wanted.method, wanted.animated)
+        .await
+        .map_err(Error::from)?;
+    match answer {
+        Thumbnail::Original(row) => stream_row(app, &row, None).await,
+        Thumbnail::Generated(thumbnail) => {
+            let file = app.media.open_content(&thumbnail.sha256).await.map_err(Error::from)?;
+            let mut response = Response::new(Body::from_stream(homeserver_media::store::chunks(file)));
+            let headers = response.headers_mut();
+            set_headers(headers, &thumbnail.content_type, thumbnail.size, None);
+            Ok(response)
+        }
+    }
 }
 
 fn content_type(headers: &HeaderMap) -> Option<&str> {
@@ -178,6 +225,16 @@ async fn serve(
     filename: Option<String>,
     legacy: bool,
 ) -> Result<Response, ApiError> {
+    let row = media_row(app, server, id, legacy).await?;
+    stream_row(app, &row, filename.as_deref()).await
+}
+
+/// The media a request may see: for the legacy unauthenticated endpoints, only media
+/// uploaded while they were on (never other servers' media), and only while they are.
+async fn media_row(app: &App, server: &str, id: &str, legacy: bool) -> Result<MediaRow, ApiError> {
+    if legacy && server != app.media.server_name() {
+        return Err(Error::not_found("Unknown media (other servers' media needs authentication)").into());
+    }
     let row = app.media.get(server, id).await.map_err(Error::from)?;
     if legacy && !(app.media.config.legacy_unauthenticated && row.legacy_visible) {
         return Err(Error::not_found(
@@ -185,36 +242,24 @@ async fn serve(
         )
         .into());
     }
-    let file = app.media.open(&row).await.map_err(Error::from)?;
-    let mut response = Response::new(Body::from_stream(chunks(file)));
-    set_headers(response.headers_mut(), &row, filename.as_deref().or(row.filename.as_deref()));
+    Ok(row)
+}
+
+/// Streams a media row's content with its safe headers (`filename` over the stored one).
+async fn stream_row(app: &App, row: &MediaRow, filename: Option<&str>) -> Result<Response, ApiError> {
+    let file = app.media.open(row).await.map_err(Error::from)?;
+    let mut response = Response::new(Body::from_stream(homeserver_media::store::chunks(file)));
+    set_headers(response.headers_mut(), &row.content_type, row.size, filename.or(row.filename.as_deref()));
     Ok(response.into_response())
 }
 
-/// A file as a stream of 64 KiB chunks.
-fn chunks(file: tokio::fs::File) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> {
-    futures::stream::unfold(Some(file), |file| async move {
-        let mut file = file?;
-        let mut buf = vec![0u8; 64 * 1024];
-        match file.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(bytes::Bytes::from(buf)), Some(file)))
-            }
-            Err(err) => Some((Err(err), None)),
-        }
-    })
-    .boxed()
-}
-
-fn set_headers(headers: &mut HeaderMap, row: &MediaRow, filename: Option<&str>) {
+fn set_headers(headers: &mut HeaderMap, content_type: &str, size: i64, filename: Option<&str>) {
     let value = |s: &str| {
         HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
     };
-    headers.insert(header::CONTENT_TYPE, value(&row.content_type));
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(row.size.max(0) as u64));
-    let disposition = serving::disposition(&row.content_type, filename);
+    headers.insert(header::CONTENT_TYPE, value(content_type));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size.max(0) as u64));
+    let disposition = serving::disposition(content_type, filename);
     if let Ok(disposition) = HeaderValue::from_str(&disposition) {
         headers.insert(header::CONTENT_DISPOSITION, disposition);
     }

@@ -21,4 +21,4 @@ pub mod route;
 
 pub use error::ApiError;
 pub use extract::{AuthState, Authenticated, Ruma, Session};
-pub use route::{IntoMatrixResponse, JsonBody, RouterExt, RumaResponse, unrecognized_fallbacks};
+pub use route::{IntoMatrixResponse, JsonBody, RawResponse, RouterExt, RumaResponse, unrecognized_fallbacks};

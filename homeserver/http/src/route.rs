@@ -34,7 +34,17 @@ impl<R: OutgoingResponse> IntoResponse for RumaResponse<R> {
 /// (sync, messages, state): it avoids re-parsing every event into ruma's types.
 pub struct JsonBody(pub serde_json::Value);
 
-/// What a Matrix handler may return: a ruma response type or a hand-built [`JsonBody`].
+/// A response built by hand whole (headers and a streamed body, as media downloads are).
+pub struct RawResponse(pub Response);
+
+impl IntoMatrixResponse for RawResponse {
+    fn into_matrix_response(self) -> Response {
+        self.0
+    }
+}
+
+/// What a Matrix handler may return: a ruma response type, a hand-built [`JsonBody`] or a
+/// [`RawResponse`].
 pub trait IntoMatrixResponse: Send {
     fn into_matrix_response(self) -> Response;
 }

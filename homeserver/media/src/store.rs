@@ -121,10 +121,36 @@ impl ContentStore {
         Ok(Stored { sha256, size })
     }
 
+    /// Removes content no media uses any more (gone already is fine).
+    pub async fn remove(&self, sha256: &str) -> std::io::Result<()> {
+        match tokio::fs::remove_file(self.path_of(sha256)).await {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err),
+            _ => Ok(()),
+        }
+    }
+
     /// Opens stored content for reading.
     pub async fn open(&self, sha256: &str) -> std::io::Result<tokio::fs::File> {
         tokio::fs::File::open(self.path_of(sha256)).await
     }
+}
+
+/// A file as a stream of 64 KiB chunks (for streaming content out).
+pub fn chunks(file: tokio::fs::File) -> futures::stream::BoxStream<'static, std::io::Result<Bytes>> {
+    use tokio::io::AsyncReadExt;
+    futures::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut buf = vec![0u8; 64 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Bytes::from(buf)), Some(file)))
+            }
+            Err(err) => Some((Err(err), None)),
+        }
+    })
+    .boxed()
 }
 
 #[cfg(test)]

@@ -62,6 +62,7 @@ mod ircd;
 mod lifecycle;
 mod limits;
 mod media;
+mod media_federation;
 mod merges;
 mod plugin_binary;
 mod plugins;

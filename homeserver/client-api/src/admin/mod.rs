@@ -6,12 +6,14 @@
 //! - [`rooms`]: `v1/rooms` list, details, members, and `DELETE` (kick everyone, block, purge);
 //!   `v1/event_reports`.
 //! - [`federation`]: `v1/federation/destinations` list, details and `reset_connection`.
+//! - [`media`]: quarantine, deletion and purging the cache of remote media.
 //!
 //! Everything but registration and the server version needs a server admin's access token; anyone else gets
 //! `M_FORBIDDEN`. Query strings and bodies that do not parse are `M_INVALID_PARAM`/`M_BAD_JSON`
 //! like everywhere else, never axum's plain-text rejections.
 
 pub mod federation;
+pub mod media;
 pub mod register;
 pub mod rooms;
 pub mod users;
@@ -35,6 +37,7 @@ pub fn routes(router: Router<App>) -> Router<App> {
     let router = register::routes(router);
     let router = users::routes(router);
     let router = federation::routes(router);
+    let router = media::routes(router);
     rooms::routes(router)
 }
 
