@@ -376,7 +376,12 @@ impl Server {
         });
         let mut plain_stop = stop_rx;
         let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listeners.client, service)
+        // No Nagle delay: a streamed answer (media) writes its headers and its first chunk
+        // apart, and the second write would wait for the client's delayed ACK (40 ms).
+        let client = axum::serve::ListenerExt::tap_io(listeners.client, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(client, service)
             .with_graceful_shutdown(async move {
                 let _ = plain_stop.wait_for(|stop| *stop).await;
             })

@@ -68,6 +68,8 @@ pub async fn serve(
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((tcp, peer)) = accepted else { continue };
+                // No Nagle delay for streamed answers (see the plain listener).
+                let _ = tcp.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let watcher = graceful.watcher();
                 let router = router.clone();

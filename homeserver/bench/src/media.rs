@@ -1,7 +1,7 @@
 //! The media run: a 100 MB upload and download over loopback (throughput, the content checked
 //! byte for byte, the server's resident memory sampled every 5 ms throughout, to show the file
 //! is streamed and never held whole), and thumbnail generation of a 12-megapixel JPEG (the
-//! first request renders and stores it, the second reads it back).
+//! first request renders and stores it; the median of 20 more reads it back).
 
 use std::{
     sync::{
@@ -130,7 +130,12 @@ pub async fn media(server: &Arc<Server>, run: u32, megabytes: usize) -> Result<M
         Ok::<_, anyhow::Error>(started.elapsed().as_secs_f64() * 1000.0)
     };
     let thumbnail_first_ms = thumbnail().await?;
-    let thumbnail_stored_ms = thumbnail().await?;
+    let mut stored = Vec::new();
+    for _ in 0..20 {
+        stored.push(thumbnail().await?);
+    }
+    stored.sort_by(f64::total_cmp);
+    let thumbnail_stored_ms = stored[stored.len() / 2];
 
     let mb = data.len() as f64 / 1_000_000.0;
     Ok(MediaRun {
