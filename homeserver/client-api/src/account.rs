@@ -390,12 +390,14 @@ async fn login(app: App, req: Ruma<login::v3::Request>) -> Result<JsonBody, ApiE
 async fn logout(app: App, req: Ruma<logout::v3::Request>) -> Result<JsonBody, ApiError> {
     let Session { user_id, device_id, .. } = &req.auth;
     app.db.delete_device(user_id.as_str(), device_id.as_str()).await.map_err(Error::from)?;
+    app.live.device_lists.changed(user_id).await?;
     Ok(JsonBody(json!({})))
 }
 
 /// `POST /_matrix/client/v3/logout/all`
 async fn logout_all(app: App, req: Ruma<logout_all::v3::Request>) -> Result<JsonBody, ApiError> {
     app.db.delete_all_devices(req.auth.user_id.as_str(), None).await.map_err(Error::from)?;
+    app.live.device_lists.changed(&req.auth.user_id).await?;
     Ok(JsonBody(json!({})))
 }
 
@@ -427,6 +429,9 @@ async fn change_password(app: App, req: Ruma<change_password::v3::Request>) -> R
         false => Logout::Nothing,
     };
     app.db.set_password(session.user_id.as_str(), &hash, logout).await.map_err(Error::from)?;
+    if req.body.logout_devices {
+        app.live.device_lists.changed(&session.user_id).await?;
+    }
     Ok(JsonBody(json!({})))
 }
 
@@ -443,6 +448,7 @@ async fn deactivate(app: App, req: Ruma<deactivate::v3::Request>) -> Result<Json
 /// it is still in are left at the next start-up if the server stops half-way.
 pub async fn deactivate_account(app: &App, user_id: &UserId) -> Result<(), Error> {
     app.db.deactivate_user(user_id.as_str()).await.map_err(Error::from)?;
+    app.live.device_lists.changed(user_id).await?;
     for row in app.db.memberships_of_user(user_id.as_str()).await.map_err(Error::from)? {
         if matches!(row.membership.as_str(), "join" | "invite" | "knock")
             && let Ok(room_id) = ruma::RoomId::parse(&row.room_id)

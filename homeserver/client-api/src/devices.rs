@@ -66,6 +66,7 @@ async fn remove_device(app: App, req: Ruma<delete_device::v3::Request>) -> Resul
     let user = &req.auth.user_id;
     uia::authenticate(&app, uia::Step::of(&req), &[&[uia::PASSWORD]], Some(user), false).await?;
     app.db.delete_device(user.as_str(), req.body.device_id.as_str()).await.map_err(Error::from)?;
+    app.live.device_lists.changed(user).await?;
     Ok(JsonBody(json!({})))
 }
 
@@ -75,5 +76,6 @@ async fn remove_devices(app: App, req: Ruma<delete_devices::v3::Request>) -> Res
     uia::authenticate(&app, uia::Step::of(&req), &[&[uia::PASSWORD]], Some(user), false).await?;
     let ids: Vec<String> = req.body.devices.iter().map(|d| d.to_string()).collect();
     app.db.delete_devices(user.as_str(), &ids).await.map_err(Error::from)?;
+    app.live.device_lists.changed(user).await?;
     Ok(JsonBody(json!({})))
 }

@@ -22,11 +22,13 @@
 pub mod account;
 pub mod account_data;
 pub mod admin;
+pub mod cross_signing;
 pub mod devices;
 pub mod discovery;
 pub mod events;
 pub mod filter;
 mod guests;
+pub mod keys;
 pub mod legacy;
 mod legacy_extras;
 pub mod media;
@@ -202,6 +204,8 @@ pub fn routes() -> Router<App> {
     let router = timestamp::routes(router);
     let router = reports::routes(router);
     let router = media::routes(router);
+    let router = keys::routes(router);
+    let router = cross_signing::routes(router);
     account_data::routes(router)
 }
 

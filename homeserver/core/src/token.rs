@@ -4,7 +4,9 @@
 //! `ephemeral` counts non-persisted updates (typing) so that a sync woken only by them still gets
 //! a fresh `next_batch`. The text form is `s{pos}_{ephemeral}`; the leading `s` is the format
 //! version, so a richer token (per-stream positions) can later be introduced without breaking the
-//! tokens clients already hold.
+//! tokens clients already hold. A third part, `s{pos}_{ephemeral}_{to_device}`, appears when a
+//! device's to-device messages were delivered only up to a lower position (a sync hands out at
+//! most 100): the rest come next time.
 //!
 //! Pagination (`/messages`, `/context`) walks a room's DAG in topological order (depth, then
 //! position), so its tokens, [`PageToken`], are either a sync token (everything that arrived by
@@ -17,17 +19,28 @@ use std::{fmt, str::FromStr};
 pub struct StreamToken {
     pub pos: u64,
     pub ephemeral: u64,
+    /// Up to where the device's to-device messages were delivered, when below `pos`.
+    pub to_device: Option<u64>,
 }
 
 impl StreamToken {
     pub fn new(pos: u64) -> Self {
-        Self { pos, ephemeral: 0 }
+        Self { pos, ephemeral: 0, to_device: None }
+    }
+
+    /// Up to where to-device messages were delivered.
+    pub fn to_device_pos(&self) -> u64 {
+        self.to_device.unwrap_or(self.pos).min(self.pos)
     }
 }
 
 impl fmt::Display for StreamToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "s{}_{}", self.pos, self.ephemeral)
+        write!(f, "s{}_{}", self.pos, self.ephemeral)?;
+        match self.to_device {
+            Some(to_device) if to_device < self.pos => write!(f, "_{to_device}"),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -40,16 +53,23 @@ impl FromStr for StreamToken {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let rest = s.strip_prefix('s').ok_or(InvalidToken)?;
-        let (pos, ephemeral) = match rest.split_once('_') {
-            Some((p, e)) => (p, Some(e)),
-            None => (rest, None),
+        let mut parts = rest.split('_');
+        let number = |part: Option<&str>| -> Result<Option<u64>, InvalidToken> {
+            match part {
+                None => Ok(None),
+                Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                    p.parse().map(Some).map_err(|_| InvalidToken)
+                }
+                Some(_) => Err(InvalidToken),
+            }
         };
-        let pos = pos.parse().map_err(|_| InvalidToken)?;
-        let ephemeral = match ephemeral {
-            Some(e) => e.parse().map_err(|_| InvalidToken)?,
-            None => 0,
-        };
-        Ok(Self { pos, ephemeral })
+        let pos = number(parts.next())?.ok_or(InvalidToken)?;
+        let ephemeral = number(parts.next())?.unwrap_or(0);
+        let to_device = number(parts.next())?;
+        if parts.next().is_some() || to_device.is_some_and(|t| t > pos) {
+            return Err(InvalidToken);
+        }
+        Ok(Self { pos, ephemeral, to_device })
     }
 }
 
@@ -94,10 +114,15 @@ mod tests {
 
     #[test]
     fn round_trip_and_bare_form() {
-        let t = StreamToken { pos: 42, ephemeral: 3 };
+        let t = StreamToken { pos: 42, ephemeral: 3, to_device: None };
         assert_eq!(t.to_string(), "s42_3");
         assert_eq!("s42_3".parse::<StreamToken>().unwrap(), t);
         assert_eq!("s42".parse::<StreamToken>().unwrap(), StreamToken::new(42));
+        let behind = StreamToken { pos: 42, ephemeral: 3, to_device: Some(40) };
+        assert_eq!(behind.to_string(), "s42_3_40");
+        assert_eq!("s42_3_40".parse::<StreamToken>().unwrap(), behind);
+        assert_eq!(behind.to_device_pos(), 40);
+        assert_eq!(t.to_device_pos(), 42);
     }
 
     #[test]
@@ -107,7 +132,7 @@ mod tests {
         assert_eq!("t5_-3".parse::<PageToken>().unwrap(), topo);
         assert_eq!(
             "s9_1".parse::<PageToken>().unwrap(),
-            PageToken::Stream(StreamToken { pos: 9, ephemeral: 1 })
+            PageToken::Stream(StreamToken { pos: 9, ephemeral: 1, to_device: None })
         );
         for bad in ["t", "t5", "t-1_2", "t+1_2", "t1_x", "tx_1", "t1_2_3", "x1_2"] {
             assert!(bad.parse::<PageToken>().is_err(), "{bad}");
@@ -116,7 +141,7 @@ mod tests {
 
     #[test]
     fn garbage_is_rejected() {
-        for bad in ["", "42", "sx", "s1_x", "t1", "s-1"] {
+        for bad in ["", "42", "sx", "s1_x", "t1", "s-1", "s5_1_6", "s5_1_2_3", "s5__1", "s+5"] {
             assert!(bad.parse::<StreamToken>().is_err(), "{bad}");
         }
     }

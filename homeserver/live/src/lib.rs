@@ -1,6 +1,6 @@
 //! homeserver-live: the live, non-HTTP state of users that every front end shares — typing,
-//! the presence state machine, read receipts, unread counts, ignore lists, account-data writes
-//! and the lazy-loading bookkeeping of sync.
+//! the presence state machine, read receipts, unread counts, ignore lists, account-data writes,
+//! to-device messages and the lazy-loading bookkeeping of sync.
 //!
 //! It sits below the handlers (client API, sync, and later federation and application
 //! services), above storage and the event stream: a typing EDU from another server and a
@@ -8,10 +8,12 @@
 //! is a service object holding what it needs; [`Live`] bundles them, cheap to clone.
 
 pub mod account_data;
+pub mod device_lists;
 pub mod ignore;
 pub mod lazy;
 pub mod presence;
 pub mod receipts;
+pub mod to_device;
 pub mod typing;
 pub mod unread;
 
@@ -30,6 +32,8 @@ pub struct Live {
     pub account_data: Arc<account_data::AccountData>,
     pub lazy_members: Arc<lazy::LazyMemberCache>,
     pub receipts: Arc<receipts::Receipts>,
+    pub to_device: Arc<to_device::ToDevice>,
+    pub device_lists: Arc<device_lists::DeviceLists>,
 }
 
 impl Live {
@@ -46,6 +50,8 @@ impl Live {
             presence: presence::Presence::start(presence, server_name, db.clone(), stream.clone()),
             unread: Arc::new(unread::UnreadCache::new(db.clone(), stream.clone())),
             receipts: Arc::new(receipts::Receipts::new(db.clone(), stream.clone())),
+            to_device: Arc::new(to_device::ToDevice::new(db.clone(), stream.clone())),
+            device_lists: Arc::new(device_lists::DeviceLists::new(db.clone(), stream.clone())),
             account_data: Arc::new(account_data::AccountData::new(db, stream, ignore_lists.clone())),
             ignore_lists,
             lazy_members: Arc::new(lazy::LazyMemberCache::default()),

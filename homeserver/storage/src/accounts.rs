@@ -171,7 +171,7 @@ async fn delete_devices_except(
         .bind(keep)
         .execute(&mut **tx)
         .await?;
-    Ok(())
+    crate::e2ee::forget_devices(tx, user_id, Some(keep)).await
 }
 
 pub(crate) fn user_from_row(row: &sqlx::any::AnyRow) -> Result<User> {
@@ -401,6 +401,7 @@ impl Db {
             .await?;
         sqlx::query("DELETE FROM access_tokens WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM devices WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
+        crate::e2ee::forget_devices(&mut tx, user_id, None).await?;
         tx.commit().await?;
         self.tokens.invalidate();
         Ok(done.rows_affected() > 0)
@@ -500,6 +501,7 @@ impl Db {
             }
             deleted += q.execute(&mut *tx).await?.rows_affected();
         }
+        crate::e2ee::forget_listed_devices(&mut tx, user_id, device_ids).await?;
         tx.commit().await?;
         self.tokens.invalidate();
         Ok(deleted)

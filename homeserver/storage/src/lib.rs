@@ -27,6 +27,7 @@ pub mod aliases;
 pub mod dag;
 pub mod destinations;
 pub mod directory;
+pub mod e2ee;
 pub mod events;
 pub mod media;
 pub mod notifications;

@@ -8,8 +8,8 @@
 //!
 //! One module per stream of the response: [`rooms`] (room events and state: `join`, `invite`,
 //! `knock`, `leave`, with unread counts and summaries), [`ephemeral`] (typing and receipts, inside
-//! joined rooms), [`account_data`] and [`presence`]; to-device messages, device lists and key
-//! counts join them as their own modules. [`filter`] is the filter model `/sync`, `/messages` and
+//! joined rooms), [`account_data`], [`presence`] and `to_device` (to-device messages, the
+//! device's one-time key counts, and the device lists of the users it shares rooms with). [`filter`] is the filter model `/sync`, `/messages` and
 //! `/context` share. The client API's handler only parses the request.
 //!
 //! Per room the response follows the spec: `timeline` holds the newest events of the window
@@ -26,6 +26,7 @@ pub mod ephemeral;
 pub mod filter;
 mod presence;
 mod rooms;
+mod to_device;
 
 use std::{sync::Arc, time::Duration};
 
@@ -88,9 +89,7 @@ impl Syncer {
                 user,
                 device,
                 filter: &request.filter,
-                since: request
-                    .since
-                    .map(|s| StreamToken { pos: s.pos.min(now.as_live()), ephemeral: s.ephemeral }),
+                since: request.since.map(|s| StreamToken { pos: s.pos.min(now.as_live()), ..s }),
                 now,
                 full_state: request.full_state,
                 ignored: self.live.ignore_lists.of(user.as_str()).await?,
@@ -125,13 +124,26 @@ async fn build_response(ctx: &SyncContext<'_>) -> Result<(Value, bool), Error> {
     let mut rooms = rooms::room_sections(ctx, &memberships).await?;
     let account_data = account_data::account_data_section(ctx, &memberships, &mut rooms).await?;
     let presence = presence::presence_section(ctx, &memberships, &rooms.join).await?;
-    let has_data = !rooms.is_empty() || !account_data.is_empty() || !presence.is_empty();
-    let next_batch = StreamToken { pos: ctx.now.as_live(), ephemeral: typing_serial };
+    let (to_device, to_device_upto) = to_device::to_device_section(ctx).await?;
+    let (key_counts, fallback_types) = to_device::key_counts(ctx).await?;
+    let (devices_changed, devices_left) = to_device::device_lists(ctx, &memberships).await?;
+    let has_data = !rooms.is_empty()
+        || !account_data.is_empty()
+        || !presence.is_empty()
+        || !to_device.is_empty()
+        || !devices_changed.is_empty()
+        || !devices_left.is_empty();
+    let next_batch =
+        StreamToken { pos: ctx.now.as_live(), ephemeral: typing_serial, to_device: to_device_upto };
     let body = json!({
         "next_batch": next_batch.to_string(),
         "rooms": { "join": rooms.join, "invite": rooms.invite, "knock": rooms.knock, "leave": rooms.leave },
         "account_data": { "events": account_data },
         "presence": { "events": presence },
+        "to_device": { "events": to_device },
+        "device_one_time_keys_count": key_counts,
+        "device_unused_fallback_key_types": fallback_types,
+        "device_lists": { "changed": devices_changed, "left": devices_left },
     });
     Ok((body, has_data))
 }

@@ -46,6 +46,7 @@ mod accounts;
 mod admin;
 mod chat;
 mod durability;
+mod e2ee;
 mod errors;
 mod federation;
 mod federation_delivery;

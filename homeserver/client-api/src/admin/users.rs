@@ -201,6 +201,9 @@ async fn put_user(
                 reactivate,
             };
             app.db.update_user(user.as_str(), &patch).await.map_err(Error::from)?;
+            if patch.logout_devices {
+                app.live.device_lists.changed(&user).await?;
+            }
             if deactivate {
                 deactivate_account(&app, &user).await?;
             } else if req.displayname.is_some() || req.avatar_url.is_some() {
@@ -255,6 +258,9 @@ async fn reset_password(
     let logout =
         if req.logout_devices.unwrap_or(true) { Logout::AllDevicesExcept(None) } else { Logout::Nothing };
     app.db.set_password(user.as_str(), &hash, logout).await.map_err(Error::from)?;
+    if req.logout_devices.unwrap_or(true) {
+        app.live.device_lists.changed(&user).await?;
+    }
     Ok(Json(json!({})))
 }
 

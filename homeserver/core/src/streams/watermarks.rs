@@ -24,6 +24,8 @@ pub enum Mark {
     UserReceipts,
     /// Account data (global and per room), keyed by user ID.
     AccountData,
+    /// Device-list changes of any user, under the key `""` (a sync asks whether any happened).
+    DeviceLists,
 }
 
 /// The key of a [`Mark::UserReceipts`] watermark.

@@ -1,0 +1,230 @@
+//! End-to-end encryption's key endpoints (spec: "End-to-End Encryption", "Key management
+//! API") and send-to-device messaging:
+//! - `POST /keys/upload`: the device's identity keys (signed by it, for itself only), one-time
+//!   keys and fallback keys; answers the one-time key counts.
+//! - `POST /keys/query`: the device and cross-signing keys of this server's users (other
+//!   servers' users come
+//!   with federation's `/user/keys/query`; until then they are listed in `failures`).
+//! - `POST /keys/claim`: one one-time key (or the fallback key) per asked device.
+//! - `GET /keys/changes`: whose devices changed between two sync tokens (as sync's
+//!   `device_lists`), and whose devices no longer concern the caller.
+//! - `PUT /sendToDevice/{type}/{txnId}`: queued through `homeserver_live::to_device`.
+//!
+//! Keys are stored as uploaded: signed objects the server never alters.
+
+use std::collections::{BTreeMap, HashSet};
+
+use axum::Router;
+use homeserver_core::{Error, ErrorKind, token::StreamToken};
+use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma};
+use homeserver_live::to_device::{Outgoing, Recipient};
+use homeserver_storage::e2ee::OneTimeKey;
+use ruma::{
+    OwnedOneTimeKeyId, UserId,
+    api::client::{
+        keys::{claim_keys, get_key_changes, get_keys, upload_keys},
+        to_device::send_event_to_device,
+    },
+    serde::Raw,
+    to_device::DeviceIdOrAllDevices,
+};
+use serde_json::{Map, Value, json};
+
+use crate::App;
+
+pub fn routes(router: Router<App>) -> Router<App> {
+    router
+        .ruma_route(upload)
+        .ruma_route(query)
+        .ruma_route(claim)
+        .ruma_route(changes)
+        .ruma_route(send_to_device)
+}
+
+/// `GET /_matrix/client/v3/keys/changes?from=&to=`: users whose devices changed between two
+/// sync tokens, among those sharing a room with the caller, and those who stopped sharing one.
+async fn changes(app: App, req: Ruma<get_key_changes::v3::Request>) -> Result<JsonBody, ApiError> {
+    let position = |token: &str| -> Result<i64, Error> {
+        token
+            .parse::<StreamToken>()
+            .map(|t| t.pos as i64)
+            .map_err(|_| Error::invalid_param(format!("{token} is not a sync token")))
+    };
+    let (from, to) = (position(&req.body.from)?, position(&req.body.to)?);
+    let (changed, left) =
+        app.db.device_list_delta(req.auth.user_id.as_str(), from, to).await.map_err(Error::from)?;
+    Ok(JsonBody(json!({ "changed": changed, "left": left })))
+}
+
+/// Users one `/keys/query` or `/keys/claim` may ask about.
+const MAX_USERS: usize = 1_000;
+/// One-time keys one upload may carry.
+const MAX_KEYS_PER_UPLOAD: usize = 1_000;
+
+/// Splits `algorithm:key_id` keys into rows.
+fn key_rows<T>(keys: &BTreeMap<OwnedOneTimeKeyId, Raw<T>>) -> Result<Vec<OneTimeKey>, Error> {
+    if keys.len() > MAX_KEYS_PER_UPLOAD {
+        return Err(Error::new(
+            ErrorKind::TooLarge,
+            format!("at most {MAX_KEYS_PER_UPLOAD} keys per upload"),
+        ));
+    }
+    Ok(keys
+        .iter()
+        .map(|(id, key)| OneTimeKey {
+            algorithm: id.algorithm().to_string(),
+            key_id: id.key_name().to_string(),
+            key_json: key.json().get().to_owned(),
+        })
+        .collect())
+}
+
+/// `POST /_matrix/client/v3/keys/upload`
+async fn upload(app: App, req: Ruma<upload_keys::v3::Request>) -> Result<JsonBody, ApiError> {
+    let (user, device) = (req.auth.user_id.as_str(), req.auth.device_id.as_str());
+    if let Some(keys) = &req.body.device_keys {
+        let value: Value =
+            serde_json::from_str(keys.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
+        // A device publishes keys for itself only.
+        if value["user_id"] != user || value["device_id"] != device {
+            return Err(Error::invalid_param(
+                "device_keys must be this device's own (user_id and device_id)",
+            )
+            .into());
+        }
+        if app.db.put_device_keys(user, device, keys.json().get()).await.map_err(Error::from)? {
+            app.live.device_lists.changed(&req.auth.user_id).await?;
+        }
+    }
+    let one_time = key_rows(&req.body.one_time_keys)?;
+    if !one_time.is_empty() {
+        app.db.add_one_time_keys(user, device, &one_time).await.map_err(Error::from)?;
+    }
+    let fallback = key_rows(&req.body.fallback_keys)?;
+    if !fallback.is_empty() {
+        app.db.put_fallback_keys(user, device, &fallback).await.map_err(Error::from)?;
+    }
+    let mut counts = Map::new();
+    counts.insert("signed_curve25519".into(), json!(0));
+    for (algorithm, n) in app.db.one_time_key_counts(user, device).await.map_err(Error::from)? {
+        counts.insert(algorithm, json!(n));
+    }
+    Ok(JsonBody(json!({ "one_time_key_counts": counts })))
+}
+
+/// `POST /_matrix/client/v3/keys/query`
+async fn query(app: App, req: Ruma<get_keys::v3::Request>) -> Result<JsonBody, ApiError> {
+    if req.body.device_keys.len() > MAX_USERS {
+        return Err(Error::new(ErrorKind::TooLarge, format!("at most {MAX_USERS} users per query")).into());
+    }
+    let mut device_keys = Map::new();
+    let mut failures = Map::new();
+    let (mut masters, mut self_signing, mut user_signing) = (Map::new(), Map::new(), Map::new());
+    for (user, wanted) in &req.body.device_keys {
+        if user.server_name() != app.server_name() {
+            failures.insert(
+                user.server_name().to_string(),
+                json!({ "status": 503, "message": "other servers' keys are not fetched yet" }),
+            );
+            continue;
+        }
+        let wanted: HashSet<&str> = wanted.iter().map(|d| d.as_str()).collect();
+        let mut devices = Map::new();
+        for (device_id, key_json, display_name) in
+            app.db.device_keys_of(user.as_str()).await.map_err(Error::from)?
+        {
+            if !wanted.is_empty() && !wanted.contains(device_id.as_str()) {
+                continue;
+            }
+            let mut keys: Value = serde_json::from_str(&key_json).unwrap_or_else(|_| json!({}));
+            if let Some(name) = display_name {
+                keys["unsigned"] = json!({ "device_display_name": name });
+            }
+            devices.insert(device_id, keys);
+        }
+        device_keys.insert(user.to_string(), Value::Object(devices));
+        for (usage, key_json) in app.db.cross_signing_keys(user.as_str()).await.map_err(Error::from)? {
+            let key: Value = serde_json::from_str(&key_json).unwrap_or_else(|_| json!({}));
+            match usage.as_str() {
+                "master" => masters.insert(user.to_string(), key),
+                "self_signing" => self_signing.insert(user.to_string(), key),
+                // Only its owner sees a user-signing key.
+                "user_signing" if *user == req.auth.user_id => user_signing.insert(user.to_string(), key),
+                _ => None,
+            };
+        }
+    }
+    Ok(JsonBody(json!({
+        "device_keys": device_keys,
+        "failures": failures,
+        "master_keys": masters,
+        "self_signing_keys": self_signing,
+        "user_signing_keys": user_signing,
+    })))
+}
+
+/// `POST /_matrix/client/v3/keys/claim`
+async fn claim(app: App, req: Ruma<claim_keys::v3::Request>) -> Result<JsonBody, ApiError> {
+    if req.body.one_time_keys.len() > MAX_USERS {
+        return Err(Error::new(ErrorKind::TooLarge, format!("at most {MAX_USERS} users per claim")).into());
+    }
+    let mut claimed = Map::new();
+    let mut failures = Map::new();
+    for (user, devices) in &req.body.one_time_keys {
+        if user.server_name() != app.server_name() {
+            failures.insert(
+                user.server_name().to_string(),
+                json!({ "status": 503, "message": "other servers' keys are not claimed yet" }),
+            );
+            continue;
+        }
+        let mut by_device = Map::new();
+        for (device, algorithm) in devices {
+            let key = app
+                .db
+                .claim_key(user.as_str(), device.as_str(), algorithm.as_str())
+                .await
+                .map_err(Error::from)?;
+            if let Some(key) = key {
+                let value: Value = serde_json::from_str(&key.key_json).unwrap_or_else(|_| json!({}));
+                by_device.insert(
+                    device.to_string(),
+                    json!({ format!("{}:{}", key.algorithm, key.key_id): value }),
+                );
+            }
+        }
+        if !by_device.is_empty() {
+            claimed.insert(user.to_string(), Value::Object(by_device));
+        }
+    }
+    Ok(JsonBody(json!({ "one_time_keys": claimed, "failures": failures })))
+}
+
+/// `PUT /_matrix/client/v3/sendToDevice/{eventType}/{txnId}`
+async fn send_to_device(
+    app: App,
+    req: Ruma<send_event_to_device::v3::Request>,
+) -> Result<JsonBody, ApiError> {
+    let mut messages = Vec::new();
+    for (user, devices) in &req.body.messages {
+        for (device, content) in devices {
+            let devices = match device {
+                DeviceIdOrAllDevices::DeviceId(id) => Recipient::Device(id.to_string()),
+                DeviceIdOrAllDevices::AllDevices => Recipient::AllDevices,
+            };
+            messages.push(Outgoing { user: user.clone(), devices, content: content.json().get().to_owned() });
+        }
+    }
+    let sender: &UserId = &req.auth.user_id;
+    app.live
+        .to_device
+        .send(
+            sender,
+            req.auth.device_id.as_str(),
+            &req.body.event_type.to_string(),
+            req.body.txn_id.as_str(),
+            messages,
+        )
+        .await?;
+    Ok(JsonBody(json!({})))
+}

@@ -1,0 +1,368 @@
+//! End-to-end encryption's server side over raw HTTP: device keys uploaded by their device only,
+//! queried with display names, one-time keys claimed once each and then the fallback key,
+//! counts in sync, keys gone with their device; to-device messages delivered to the addressed
+//! device (or all of them), again until a later sync acknowledges them, once per transaction
+//! id, at most 100 per sync with the rest in the next, waking a long-poll.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::{TestServer, User};
+
+/// `POST /_matrix/client/v3/keys/{endpoint}` as `user`: the status and the answer.
+async fn keys(server: &TestServer, endpoint: &str, user: &User, body: Value) -> (u16, Value) {
+    server.post(&format!("/_matrix/client/v3/keys/{endpoint}"), Some(&user.token), body).await
+}
+
+/// Logs in `user` again: a second device, its access token and device id.
+async fn second_device(server: &TestServer, user: &User, device_id: &str) -> (User, String) {
+    let body = json!({
+        "type": "m.login.password",
+        "identifier": { "type": "m.id.user", "user": user.user_id },
+        "password": user.password,
+        "device_id": device_id,
+        "initial_device_display_name": "second phone",
+    });
+    let (code, answer) = server.post("/_matrix/client/v3/login", None, body).await;
+    assert_eq!(code, 200, "{answer}");
+    let token = answer["access_token"].as_str().unwrap().to_owned();
+    (User { token, ..user.clone() }, device_id.to_owned())
+}
+
+async fn whoami_device(server: &TestServer, user: &User) -> String {
+    let (_, body) = server.get("/_matrix/client/v3/account/whoami", Some(&user.token)).await;
+    body["device_id"].as_str().unwrap().to_owned()
+}
+
+fn device_keys(user: &User, device: &str) -> Value {
+    json!({
+        "user_id": user.user_id,
+        "device_id": device,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": { format!("curve25519:{device}"): "curve", format!("ed25519:{device}"): "ed" },
+        "signatures": { user.user_id.clone(): { format!("ed25519:{device}"): "sig" } },
+    })
+}
+
+#[tokio::test]
+async fn keys_are_uploaded_by_their_device_queried_and_claimed_once_then_the_fallback() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let first = whoami_device(&server, &alice).await;
+    let (phone, second) = second_device(&server, &alice, "PHONE").await;
+
+    let otks: serde_json::Map<String, Value> =
+        (0..3).map(|i| (format!("signed_curve25519:k{i}"), json!({ "key": format!("otk{i}") }))).collect();
+    let body = json!({
+        "device_keys": device_keys(&alice, &first),
+        "one_time_keys": otks,
+        "fallback_keys": { "signed_curve25519:fb": { "key": "fallback", "fallback": true } },
+    });
+    let (code, answer) = keys(&server, "upload", &alice, body).await;
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["one_time_key_counts"]["signed_curve25519"], 3);
+    let (code, _) =
+        keys(&server, "upload", &phone, json!({ "device_keys": device_keys(&alice, &second) })).await;
+    assert_eq!(code, 200);
+    // A device uploads its own keys only.
+    let (code, answer) =
+        keys(&server, "upload", &phone, json!({ "device_keys": device_keys(&alice, &first) })).await;
+    assert_eq!((code, answer["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
+    let sync = server.sync(&alice, None, 0).await;
+    assert_eq!(sync["device_one_time_keys_count"]["signed_curve25519"], 3);
+    assert_eq!(sync["device_unused_fallback_key_types"], json!(["signed_curve25519"]));
+
+    // Bob sees both devices, the second with its display name.
+    let (code, answer) =
+        keys(&server, "query", &bob, json!({ "device_keys": { alice.user_id.clone(): [] } })).await;
+    assert_eq!(code, 200, "{answer}");
+    let devices = &answer["device_keys"][&alice.user_id];
+    assert_eq!(devices[&first]["keys"][format!("ed25519:{first}")], "ed");
+    assert_eq!(devices[&second]["unsigned"]["device_display_name"], "second phone");
+    let (_, answer) =
+        keys(&server, "query", &bob, json!({ "device_keys": { alice.user_id.clone(): [second.clone()] } }))
+            .await;
+    assert_eq!(
+        answer["device_keys"][&alice.user_id].as_object().unwrap().len(),
+        1,
+        "only the device asked for"
+    );
+
+    // Each one-time key once, then the fallback key (again and again), never for the second device.
+    let claim = json!({ "one_time_keys": { alice.user_id.clone(): { first.clone(): "signed_curve25519", second.clone(): "signed_curve25519" } } });
+    let mut handed = Vec::new();
+    for _ in 0..5 {
+        let (code, answer) = keys(&server, "claim", &bob, claim.clone()).await;
+        assert_eq!(code, 200, "{answer}");
+        let keys = &answer["one_time_keys"][&alice.user_id];
+        assert!(keys.get(&second).is_none(), "the second device has no one-time keys");
+        let (id, key) =
+            keys[&first].as_object().unwrap().iter().next().map(|(k, v)| (k.clone(), v.clone())).unwrap();
+        handed.push((id, key["key"].as_str().unwrap().to_owned()));
+    }
+    let ids: Vec<&str> = handed.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids[..3], ["signed_curve25519:k0", "signed_curve25519:k1", "signed_curve25519:k2"]);
+    assert_eq!(ids[3..], ["signed_curve25519:fb", "signed_curve25519:fb"]);
+    let sync = server.sync(&alice, None, 0).await;
+    assert_eq!(sync["device_one_time_keys_count"]["signed_curve25519"], 0);
+    assert_eq!(sync["device_unused_fallback_key_types"], json!([]), "the fallback key was used");
+
+    // A deleted device's keys go with it.
+    let (code, _) = server.post("/_matrix/client/v3/logout", Some(&phone.token), json!({})).await;
+    assert_eq!(code, 200);
+    let (_, answer) =
+        keys(&server, "query", &bob, json!({ "device_keys": { alice.user_id.clone(): [] } })).await;
+    assert!(answer["device_keys"][&alice.user_id].get(&second).is_none(), "{answer}");
+
+    // Failure paths: no token, bad JSON.
+    let (code, _) = server.post("/_matrix/client/v3/keys/query", None, json!({ "device_keys": {} })).await;
+    assert_eq!(code, 401);
+    let (code, answer) = keys(&server, "claim", &bob, json!({ "one_time_keys": 5 })).await;
+    assert_eq!((code, answer["errcode"].as_str()), (400, Some("M_BAD_JSON")));
+}
+
+/// Sends a to-device message of `kind` to `to` (a device id or `*`) of `user`.
+async fn send(server: &TestServer, from: &User, txn: &str, user: &str, to: &str, n: u64) -> u16 {
+    let body = json!({ "messages": { user: { to: { "n": n } } } });
+    server.put(&format!("/_matrix/client/v3/sendToDevice/m.test/{txn}"), Some(&from.token), body).await.0
+}
+
+fn to_device(sync: &Value) -> Vec<u64> {
+    sync["to_device"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["content"]["n"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn to_device_messages_arrive_until_acknowledged_once_per_transaction() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let first = whoami_device(&server, &alice).await;
+    let (phone, _) = second_device(&server, &alice, "PHONE").await;
+    let start = server.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let phone_start = server.sync(&phone, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+
+    assert_eq!(send(&server, &bob, "t1", &alice.user_id, &first, 1).await, 200);
+    assert_eq!(send(&server, &bob, "t1", &alice.user_id, &first, 1).await, 200, "a replay answers the same");
+    assert_eq!(send(&server, &bob, "t2", &alice.user_id, "*", 2).await, 200);
+    let sync = server.sync(&alice, Some(&start), 0).await;
+    assert_eq!(to_device(&sync), [1, 2], "once per transaction, in order");
+    assert_eq!(sync["to_device"]["events"][0]["sender"], bob.user_id);
+    assert_eq!(sync["to_device"]["events"][0]["type"], "m.test");
+    let phone_sync = server.sync(&phone, Some(&phone_start), 0).await;
+    assert_eq!(to_device(&phone_sync), [2], "`*` reaches every device");
+
+    // Not acknowledged until a sync with the newer token: a retry gets them again.
+    let again = server.sync(&alice, Some(&start), 0).await;
+    assert_eq!(to_device(&again), [1, 2]);
+    let next = again["next_batch"].as_str().unwrap().to_owned();
+    let after = server.sync(&alice, Some(&next), 0).await;
+    assert_eq!(to_device(&after), Vec::<u64>::new());
+    assert!(
+        server.sync(&alice, Some(&start), 0).await["to_device"]["events"].as_array().unwrap().is_empty(),
+        "deleted once acknowledged"
+    );
+
+    // A long-poll wakes for a to-device message.
+    let since = after["next_batch"].as_str().unwrap().to_owned();
+    let waiting = {
+        let (server, alice) = (&server, &alice);
+        async move { server.sync(alice, Some(&since), 20_000).await }
+    };
+    let sending = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        send(&server, &bob, "t3", &alice.user_id, &first, 3).await
+    };
+    let started = std::time::Instant::now();
+    let (woken, _) = tokio::join!(waiting, sending);
+    assert_eq!(to_device(&woken), [3]);
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // At most 100 per sync; the rest come with the next, nothing skipped.
+    let mut since = woken["next_batch"].as_str().unwrap().to_owned();
+    for n in 0..150 {
+        assert_eq!(send(&server, &bob, &format!("bulk{n}"), &alice.user_id, &first, 100 + n).await, 200);
+    }
+    let mut received = Vec::new();
+    for _ in 0..3 {
+        let sync = server.sync(&alice, Some(&since), 0).await;
+        received.extend(to_device(&sync));
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+    }
+    assert_eq!(received, (100..250).collect::<Vec<u64>>());
+
+    let (code, _) =
+        server.put("/_matrix/client/v3/sendToDevice/m.test/t9", None, json!({ "messages": {} })).await;
+    assert_eq!(code, 401);
+}
+
+/// Syncs `user` from `since` (long-polling up to 10 s) until `pick` finds something; that and
+/// the next token.
+async fn sync_until(
+    server: &TestServer,
+    user: &User,
+    since: &str,
+    pick: impl Fn(&Value) -> bool,
+) -> (Value, String) {
+    let mut since = since.to_owned();
+    for _ in 0..20 {
+        let sync = server.sync(user, Some(&since), 10_000).await;
+        let next = sync["next_batch"].as_str().unwrap().to_owned();
+        if pick(&sync) {
+            return (sync, next);
+        }
+        since = next;
+    }
+    panic!("never found in {}'s syncs", user.user_id);
+}
+
+fn lists(sync: &Value, which: &str) -> Vec<String> {
+    sync["device_lists"][which]
+        .as_array()
+        .map(|a| a.iter().map(|u| u.as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn room_mates_hear_of_device_list_changes_joins_and_leaves() {
+    let server = TestServer::start().await;
+    let (alice, bob, room) = server.pair().await;
+    let carol = server.register("carol").await;
+    let t0 = server.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let device = whoami_device(&server, &alice).await;
+
+    // Alice's new keys: Bob's long-poll wakes with her in `changed`.
+    let (code, _) =
+        keys(&server, "upload", &alice, json!({ "device_keys": device_keys(&alice, &device) })).await;
+    assert_eq!(code, 200);
+    let (_, t1) = sync_until(&server, &bob, &t0, |s| lists(s, "changed").contains(&alice.user_id)).await;
+    let (code, answer) =
+        server.get(&format!("/_matrix/client/v3/keys/changes?from={t0}&to={t1}"), Some(&bob.token)).await;
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["changed"], json!([alice.user_id]));
+    let (code, answer) =
+        server.get("/_matrix/client/v3/keys/changes?from=nonsense&to=s1", Some(&bob.token)).await;
+    assert_eq!((code, answer["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
+
+    // A new room mate's devices are news; one who leaves every shared room is `left`.
+    server.invite(&alice, &room, &carol.user_id).await;
+    server.join(&carol, &room).await;
+    let (_, t2) = sync_until(&server, &bob, &t1, |s| lists(s, "changed").contains(&carol.user_id)).await;
+    let (code, _) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", crate::harness::enc(&room)),
+            Some(&carol.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(code, 200);
+    let (_, t3) = sync_until(&server, &bob, &t2, |s| lists(s, "left").contains(&carol.user_id)).await;
+
+    // A deleted device changes the list too.
+    let (phone, _) = second_device(&server, &alice, "PHONE").await;
+    let (code, _) = server.post("/_matrix/client/v3/logout", Some(&phone.token), json!({})).await;
+    assert_eq!(code, 200);
+    sync_until(&server, &bob, &t3, |s| lists(s, "changed").contains(&alice.user_id)).await;
+}
+
+fn cross_key(user: &User, usage: &str, public: &str) -> Value {
+    json!({
+        "user_id": user.user_id,
+        "usage": [usage],
+        "keys": { format!("ed25519:{public}"): public },
+    })
+}
+
+#[tokio::test]
+async fn cross_signing_keys_are_set_once_freely_replaced_with_a_password_and_signed() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let device = whoami_device(&server, &alice).await;
+    let (code, _) =
+        keys(&server, "upload", &alice, json!({ "device_keys": device_keys(&alice, &device) })).await;
+    assert_eq!(code, 200);
+    let upload = json!({
+        "master_key": cross_key(&alice, "master", "MASTER"),
+        "self_signing_key": cross_key(&alice, "self_signing", "SELF"),
+        "user_signing_key": cross_key(&alice, "user_signing", "USER"),
+    });
+    let path = "/_matrix/client/v3/keys/device_signing/upload";
+    let (code, answer) = server.post(path, Some(&alice.token), upload.clone()).await;
+    assert_eq!(code, 200, "the first upload needs no password: {answer}");
+    let (code, _) = server.post(path, Some(&alice.token), upload.clone()).await;
+    assert_eq!(code, 200, "nor the same keys again");
+    // Replacing them does.
+    let replace = json!({ "master_key": cross_key(&alice, "master", "MASTER2") });
+    let (code, answer) = server.post(path, Some(&alice.token), replace.clone()).await;
+    assert_eq!(code, 401, "{answer}");
+    let session = answer["session"].as_str().unwrap().to_owned();
+    let mut authed = replace.clone();
+    authed["auth"] = json!({ "type": "m.login.password", "session": session, "password": alice.password,
+        "identifier": { "type": "m.id.user", "user": alice.user_id } });
+    let (code, answer) = server.post(path, Some(&alice.token), authed).await;
+    assert_eq!(code, 200, "{answer}");
+    // Keys of another user, or without their usage, are refused.
+    let (code, answer) =
+        server.post(path, Some(&bob.token), json!({ "master_key": cross_key(&alice, "master", "X") })).await;
+    assert_eq!((code, answer["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
+    let (code, _) = server
+        .post(path, Some(&bob.token), json!({ "master_key": cross_key(&bob, "self_signing", "X") }))
+        .await;
+    assert_eq!(code, 400);
+
+    // Alice signs her device with her self-signing key; Bob signs her master key with his
+    // user-signing key; Bob cannot sign her device.
+    let mut signed_device = device_keys(&alice, &device);
+    signed_device["signatures"] = json!({ alice.user_id.clone(): { "ed25519:SELF": "cross-signature" } });
+    let (code, answer) = keys(
+        &server,
+        "signatures/upload",
+        &alice,
+        json!({ alice.user_id.clone(): { device.clone(): signed_device } }),
+    )
+    .await;
+    assert_eq!((code, &answer["failures"]), (200, &json!({})), "{answer}");
+    let (code, _) = server
+        .post(path, Some(&bob.token), json!({ "master_key": cross_key(&bob, "master", "BOBM"), "user_signing_key": cross_key(&bob, "user_signing", "BOBU") }))
+        .await;
+    assert_eq!(code, 200);
+    let mut master = cross_key(&alice, "master", "MASTER2");
+    master["signatures"] = json!({ bob.user_id.clone(): { "ed25519:BOBU": "bob-vouches" } });
+    let mut forged = device_keys(&alice, &device);
+    forged["signatures"] = json!({ bob.user_id.clone(): { "ed25519:BOBU": "forged" } });
+    let (code, answer) = keys(
+        &server,
+        "signatures/upload",
+        &bob,
+        json!({ alice.user_id.clone(): { "MASTER2": master, device.clone(): forged } }),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert!(answer["failures"][&alice.user_id].get(&device).is_some(), "{answer}");
+    assert!(answer["failures"][&alice.user_id].get("MASTER2").is_none(), "{answer}");
+
+    let query = json!({ "device_keys": { alice.user_id.clone(): [] } });
+    let (_, seen_by_bob) = keys(&server, "query", &bob, query.clone()).await;
+    assert_eq!(seen_by_bob["master_keys"][&alice.user_id]["keys"]["ed25519:MASTER2"], "MASTER2");
+    assert_eq!(
+        seen_by_bob["master_keys"][&alice.user_id]["signatures"][&bob.user_id]["ed25519:BOBU"],
+        "bob-vouches"
+    );
+    assert_eq!(seen_by_bob["self_signing_keys"][&alice.user_id]["keys"]["ed25519:SELF"], "SELF");
+    assert!(
+        seen_by_bob["user_signing_keys"].get(&alice.user_id).is_none(),
+        "only its owner sees a user-signing key"
+    );
+    let signatures = &seen_by_bob["device_keys"][&alice.user_id][&device]["signatures"];
+    assert_eq!(signatures[&alice.user_id]["ed25519:SELF"], "cross-signature");
+    assert!(signatures.get(&bob.user_id).is_none());
+    let (_, seen_by_alice) = keys(&server, "query", &alice, query).await;
+    assert_eq!(seen_by_alice["user_signing_keys"][&alice.user_id]["keys"]["ed25519:USER"], "USER");
+}
