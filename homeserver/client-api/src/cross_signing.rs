@@ -7,7 +7,7 @@
 //! counts as a device-list change, so room mates re-query.
 
 use axum::Router;
-use homeserver_core::Error;
+use homeserver_core::{Error, ErrorKind};
 use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma};
 use ruma::api::client::keys::{upload_signatures, upload_signing_keys};
 use serde_json::{Map, Value, json};
@@ -54,7 +54,14 @@ async fn upload_signing_keys(
         existing.iter().find(|(t, _)| t == usage).and_then(|(_, j)| serde_json::from_str::<Value>(j).ok())
     };
     let has_master = stored("master").is_some();
-    let nothing_new = keys.iter().all(|(usage, key)| stored(usage).as_ref() == Some(key));
+    // The same keys again (signatures added since do not make them different keys).
+    let unsigned = |key: &Value| {
+        let mut key = key.clone();
+        key.as_object_mut().map(|k| k.remove("signatures"));
+        key
+    };
+    let nothing_new =
+        keys.iter().all(|(usage, key)| stored(usage).as_ref().map(unsigned) == Some(unsigned(key)));
     if has_master && !nothing_new {
         // Replacing keys: the account's password first.
         uia::authenticate(&app, uia::Step::of(&req), &[&[uia::PASSWORD]], Some(user), false).await?;
@@ -63,7 +70,7 @@ async fn upload_signing_keys(
         return Ok(JsonBody(json!({})));
     }
     if !has_master && !keys.iter().any(|(usage, _)| usage == "master") {
-        return Err(Error::invalid_param("a master key must be uploaded first").into());
+        return Err(Error::missing_param("a master key must be uploaded first").into());
     }
     let rows: Vec<(String, String)> = keys.into_iter().map(|(usage, key)| (usage, key.to_string())).collect();
     app.db.put_cross_signing_keys(user.as_str(), &rows).await.map_err(Error::from)?;
@@ -83,6 +90,9 @@ fn merge_signatures(stored: &mut Value, signed: &Value, signer: &str) -> bool {
     let Some(mine) = mine.as_object_mut() else { return false };
     let mut added = false;
     for (key_id, signature) in new {
+        if !mine.contains_key(key_id) && mine.len() >= MAX_SIGNATURES_PER_SIGNER {
+            continue;
+        }
         if mine.get(key_id) != Some(signature) {
             mine.insert(key_id.clone(), signature.clone());
             added = true;
@@ -91,16 +101,29 @@ fn merge_signatures(stored: &mut Value, signed: &Value, signer: &str) -> bool {
     added
 }
 
-/// `POST /_matrix/client/v3/keys/signatures/upload`
+/// Signatures one request may carry (keys signed).
+const MAX_SIGNED_KEYS: usize = 1_000;
+/// Signatures one signer may keep on one key.
+const MAX_SIGNATURES_PER_SIGNER: usize = 8;
+
+/// `POST /_matrix/client/v3/keys/signatures/upload`: the signer's own devices and keys, or
+/// another local user's master key; each merge happens under a lock on the target's keys, so
+/// concurrent uploads and a key rotation never undo one another.
 async fn upload_signatures(
     app: App,
     req: Ruma<upload_signatures::v3::Request>,
 ) -> Result<JsonBody, ApiError> {
     let signer = req.auth.user_id.as_str();
+    if req.body.signed_keys.values().map(|k| k.iter().count()).sum::<usize>() > MAX_SIGNED_KEYS {
+        return Err(
+            Error::new(ErrorKind::TooLarge, format!("at most {MAX_SIGNED_KEYS} keys per request")).into()
+        );
+    }
     let mut failures = Map::new();
+    let mut changed_users: Vec<ruma::OwnedUserId> = Vec::new();
     for (target, signed_keys) in &req.body.signed_keys {
         let mut target_failures = Map::new();
-        let mut changed = false;
+        let own = target.as_str() == signer;
         for (key_id, raw) in signed_keys.iter() {
             let fail = |why: &str| json!({ "errcode": "M_INVALID_SIGNATURE", "error": why });
             let Ok(signed) = serde_json::from_str::<Value>(raw.get()) else {
@@ -112,50 +135,49 @@ async fn upload_signatures(
                     .insert(key_id.to_owned(), fail("other servers' keys are not signed here yet"));
                 continue;
             }
-            let own = target.as_str() == signer;
-            // A device of the signer's own, by device id.
-            let devices = app.db.device_keys_of(target.as_str()).await.map_err(Error::from)?;
-            if own && let Some((device, key_json, _)) = devices.iter().find(|(d, _, _)| d == key_id) {
-                let mut stored: Value = serde_json::from_str(key_json).unwrap_or_else(|_| json!({}));
-                if merge_signatures(&mut stored, &signed, signer) {
-                    app.db
-                        .replace_device_keys(target.as_str(), device, &stored.to_string())
-                        .await
-                        .map_err(Error::from)?;
-                    changed = true;
-                }
-                continue;
-            }
-            // A cross-signing key, by its public key: the signer's own, or another user's master.
-            let keys = app.db.cross_signing_keys(target.as_str()).await.map_err(Error::from)?;
-            let found = keys.into_iter().find(|(usage, json)| {
-                (own || usage == "master")
-                    && serde_json::from_str::<Value>(json)
-                        .ok()
-                        .and_then(|k| k["keys"].as_object().map(|ks| ks.values().any(|v| v == key_id)))
-                        .unwrap_or(false)
-            });
-            let Some((usage, key_json)) = found else {
-                target_failures.insert(key_id.to_owned(), fail("no such key"));
-                continue;
+            let merge = |kind: &str, json: &str| -> Option<String> {
+                // Own devices and keys, or another user's master key, named by its public key.
+                let is_target = match kind {
+                    "device" => own,
+                    usage => {
+                        (own || usage == "master")
+                            && serde_json::from_str::<Value>(json)
+                                .ok()
+                                .and_then(|k| {
+                                    k["keys"].as_object().map(|ks| ks.values().any(|v| v == key_id))
+                                })
+                                .unwrap_or(false)
+                    }
+                };
+                let mut stored: Value = serde_json::from_str(json).ok().filter(|_| is_target)?;
+                merge_signatures(&mut stored, &signed, signer).then(|| stored.to_string())
             };
-            let mut stored: Value = serde_json::from_str(&key_json).unwrap_or_else(|_| json!({}));
-            if merge_signatures(&mut stored, &signed, signer) {
-                app.db
-                    .put_cross_signing_keys(target.as_str(), &[(usage, stored.to_string())])
-                    .await
-                    .map_err(Error::from)?;
-                changed = true;
+            let device_id = if own { key_id } else { "" };
+            match app.db.change_key_json(target.as_str(), device_id, merge).await.map_err(Error::from)? {
+                true if !changed_users.contains(target) => changed_users.push(target.clone()),
+                true => {}
+                false => {
+                    target_failures.insert(key_id.to_owned(), fail("no such key, or nothing new"));
+                }
             }
-        }
-        if changed {
-            app.live.device_lists.changed(target).await?;
         }
         if !target_failures.is_empty() {
             failures.insert(target.to_string(), Value::Object(target_failures));
         }
     }
+    // The signer's clients re-query; a signature of another user's key concerns only them.
+    if !changed_users.is_empty() {
+        app.live.device_lists.changed(&req.auth.user_id).await?;
+    }
     Ok(JsonBody(json!({ "failures": failures })))
+}
+
+/// A cross-signing key as `viewer` may see it: signatures by users other than its owner and
+/// the viewer are another user's private trust decisions (spec: only the signer sees them).
+pub fn visible_signatures(key: &mut Value, owner: &str, viewer: &str) {
+    if let Some(signatures) = key.get_mut("signatures").and_then(Value::as_object_mut) {
+        signatures.retain(|signer, _| signer == owner || signer == viewer);
+    }
 }
 
 #[cfg(test)]

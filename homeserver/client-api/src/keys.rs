@@ -82,6 +82,9 @@ fn key_rows<T>(keys: &BTreeMap<OwnedOneTimeKeyId, Raw<T>>) -> Result<Vec<OneTime
 /// `POST /_matrix/client/v3/keys/upload`
 async fn upload(app: App, req: Ruma<upload_keys::v3::Request>) -> Result<JsonBody, ApiError> {
     let (user, device) = (req.auth.user_id.as_str(), req.auth.device_id.as_str());
+    // Everything checked before anything is stored.
+    let one_time = key_rows(&req.body.one_time_keys)?;
+    let fallback = key_rows(&req.body.fallback_keys)?;
     if let Some(keys) = &req.body.device_keys {
         let value: Value =
             serde_json::from_str(keys.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
@@ -96,11 +99,9 @@ async fn upload(app: App, req: Ruma<upload_keys::v3::Request>) -> Result<JsonBod
             app.live.device_lists.changed(&req.auth.user_id).await?;
         }
     }
-    let one_time = key_rows(&req.body.one_time_keys)?;
     if !one_time.is_empty() {
         app.db.add_one_time_keys(user, device, &one_time).await.map_err(Error::from)?;
     }
-    let fallback = key_rows(&req.body.fallback_keys)?;
     if !fallback.is_empty() {
         app.db.put_fallback_keys(user, device, &fallback).await.map_err(Error::from)?;
     }
@@ -144,7 +145,8 @@ async fn query(app: App, req: Ruma<get_keys::v3::Request>) -> Result<JsonBody, A
         }
         device_keys.insert(user.to_string(), Value::Object(devices));
         for (usage, key_json) in app.db.cross_signing_keys(user.as_str()).await.map_err(Error::from)? {
-            let key: Value = serde_json::from_str(&key_json).unwrap_or_else(|_| json!({}));
+            let mut key: Value = serde_json::from_str(&key_json).unwrap_or_else(|_| json!({}));
+            crate::cross_signing::visible_signatures(&mut key, user.as_str(), req.auth.user_id.as_str());
             match usage.as_str() {
                 "master" => masters.insert(user.to_string(), key),
                 "self_signing" => self_signing.insert(user.to_string(), key),
@@ -165,8 +167,8 @@ async fn query(app: App, req: Ruma<get_keys::v3::Request>) -> Result<JsonBody, A
 
 /// `POST /_matrix/client/v3/keys/claim`
 async fn claim(app: App, req: Ruma<claim_keys::v3::Request>) -> Result<JsonBody, ApiError> {
-    if req.body.one_time_keys.len() > MAX_USERS {
-        return Err(Error::new(ErrorKind::TooLarge, format!("at most {MAX_USERS} users per claim")).into());
+    if req.body.one_time_keys.values().map(|d| d.len()).sum::<usize>() > MAX_USERS {
+        return Err(Error::new(ErrorKind::TooLarge, format!("at most {MAX_USERS} devices per claim")).into());
     }
     let mut claimed = Map::new();
     let mut failures = Map::new();

@@ -22,6 +22,7 @@
 pub mod account;
 pub mod account_data;
 pub mod admin;
+pub mod backup;
 pub mod cross_signing;
 pub mod devices;
 pub mod discovery;
@@ -206,6 +207,7 @@ pub fn routes() -> Router<App> {
     let router = media::routes(router);
     let router = keys::routes(router);
     let router = cross_signing::routes(router);
+    let router = backup::routes(router);
     account_data::routes(router)
 }
 

@@ -48,6 +48,10 @@ pub enum ErrorKind {
         room_version: String,
     },
     BadState,
+    /// A key-backup request for a version that is not the current one (the body names it).
+    WrongRoomKeysVersion {
+        current_version: Option<String>,
+    },
     GuestAccessForbidden,
     MissingParam,
     InvalidParam,
@@ -107,6 +111,7 @@ impl ErrorKind {
             ErrorKind::UnsupportedRoomVersion => "M_UNSUPPORTED_ROOM_VERSION",
             ErrorKind::IncompatibleRoomVersion { .. } => "M_INCOMPATIBLE_ROOM_VERSION",
             ErrorKind::BadState => "M_BAD_STATE",
+            ErrorKind::WrongRoomKeysVersion { .. } => "M_WRONG_ROOM_KEYS_VERSION",
             ErrorKind::GuestAccessForbidden => "M_GUEST_ACCESS_FORBIDDEN",
             ErrorKind::MissingParam => "M_MISSING_PARAM",
             ErrorKind::InvalidParam => "M_INVALID_PARAM",

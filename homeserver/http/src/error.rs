@@ -29,6 +29,7 @@ impl ApiError {
             ErrorKind::Forbidden
             | ErrorKind::UserDeactivated
             | ErrorKind::GuestAccessForbidden
+            | ErrorKind::WrongRoomKeysVersion { .. }
             | ErrorKind::ThreepidDenied => StatusCode::FORBIDDEN,
             ErrorKind::UnknownToken { .. }
             | ErrorKind::MissingToken
@@ -89,6 +90,11 @@ impl ApiError {
                 "errcode": self.0.kind.errcode(),
                 "error": message,
                 "retry_after_ms": retry_after_ms,
+            }),
+            ErrorKind::WrongRoomKeysVersion { current_version } => json!({
+                "errcode": self.0.kind.errcode(),
+                "error": message,
+                "current_version": current_version,
             }),
             ErrorKind::IncompatibleRoomVersion { room_version } => json!({
                 "errcode": self.0.kind.errcode(),

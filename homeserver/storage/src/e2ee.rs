@@ -95,8 +95,10 @@ impl Db {
         if old.as_deref() == Some(key_json) {
             return Ok(false);
         }
+        // Only for a device that exists: an upload racing the device's deletion leaves nothing.
         sqlx::query(
-            "INSERT INTO device_keys (user_id, device_id, key_json) VALUES ($1, $2, $3) \
+            "INSERT INTO device_keys (user_id, device_id, key_json) SELECT $1, $2, $3 WHERE EXISTS \
+             (SELECT 1 FROM devices WHERE user_id = $1 AND device_id = $2) \
              ON CONFLICT (user_id, device_id) DO UPDATE SET key_json = excluded.key_json",
         )
         .bind(user_id)
@@ -128,7 +130,8 @@ impl Db {
         for key in keys {
             sqlx::query(
                 "INSERT INTO one_time_keys (user_id, device_id, algorithm, key_id, key_json) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                 SELECT $1, $2, $3, $4, $5 WHERE EXISTS \
+                 (SELECT 1 FROM devices WHERE user_id = $1 AND device_id = $2) ON CONFLICT DO NOTHING",
             )
             .bind(user_id)
             .bind(device_id)
@@ -142,14 +145,18 @@ impl Db {
         Ok(())
     }
 
-    /// Sets the device's fallback keys (one per algorithm, replacing the old one, unused).
+    /// Sets the device's fallback keys (one per algorithm, replacing the old one; a new key is
+    /// unused, the same key uploaded again keeps its state).
     pub async fn put_fallback_keys(&self, user_id: &str, device_id: &str, keys: &[OneTimeKey]) -> Result<()> {
         let mut tx = self.writer().begin().await?;
         for key in keys {
             sqlx::query(
                 "INSERT INTO fallback_keys (user_id, device_id, algorithm, key_id, key_json, used) \
-                 VALUES ($1, $2, $3, $4, $5, 0) ON CONFLICT (user_id, device_id, algorithm) DO UPDATE \
-                 SET key_id = excluded.key_id, key_json = excluded.key_json, used = 0",
+                 SELECT $1, $2, $3, $4, $5, 0 WHERE EXISTS \
+                 (SELECT 1 FROM devices WHERE user_id = $1 AND device_id = $2) \
+                 ON CONFLICT (user_id, device_id, algorithm) DO UPDATE \
+                 SET key_id = excluded.key_id, key_json = excluded.key_json, \
+                 used = CASE WHEN fallback_keys.key_id = excluded.key_id THEN fallback_keys.used ELSE 0 END",
             )
             .bind(user_id)
             .bind(device_id)
@@ -196,7 +203,8 @@ impl Db {
         device_id: &str,
         algorithm: &str,
     ) -> Result<Option<OneTimeKey>> {
-        let mut tx = self.writer().begin().await?;
+        // One claim per device at a time: two concurrent claims must not read the same key.
+        let mut tx = self.locked_tx(&format!("otk:{user_id}:{device_id}")).await?;
         let exists: Option<i64> =
             sqlx::query_scalar("SELECT 1 FROM devices WHERE user_id = $1 AND device_id = $2")
                 .bind(user_id)
@@ -437,7 +445,7 @@ impl Db {
             "SELECT DISTINCT y.user_id FROM memberships x JOIN memberships y ON x.room_id = y.room_id \
              WHERE x.user_id = $1 AND y.user_id <> $1 \
              AND ((y.membership IN ('leave', 'ban') AND y.stream_pos > $2 AND y.stream_pos <= $3 \
-                   AND (x.membership = 'join' OR x.stream_pos > y.stream_pos)) \
+                   AND x.membership = 'join' AND x.joined_pos < y.stream_pos) \
                OR (x.membership IN ('leave', 'ban') AND x.stream_pos > $2 AND x.stream_pos <= $3 \
                    AND y.membership = 'join' AND y.joined_pos > 0 AND y.joined_pos < x.stream_pos)) \
              AND y.user_id NOT IN ({ROOM_MATES}) ORDER BY y.user_id"
@@ -466,7 +474,7 @@ impl Db {
     /// Stores cross-signing keys (type, JSON), replacing those of the same types, in one
     /// transaction.
     pub async fn put_cross_signing_keys(&self, user_id: &str, keys: &[(String, String)]) -> Result<()> {
-        let mut tx = self.writer().begin().await?;
+        let mut tx = self.locked_tx(&format!("keys:{user_id}")).await?;
         for (key_type, key_json) in keys {
             sqlx::query(
                 "INSERT INTO cross_signing_keys (user_id, key_type, key_json) VALUES ($1, $2, $3) \
@@ -482,14 +490,53 @@ impl Db {
         Ok(())
     }
 
-    /// Replaces the stored JSON of a device's keys (signatures added).
-    pub async fn replace_device_keys(&self, user_id: &str, device_id: &str, key_json: &str) -> Result<bool> {
-        let done = sqlx::query("UPDATE device_keys SET key_json = $3 WHERE user_id = $1 AND device_id = $2")
+    /// Changes the stored JSON of one of `user_id`'s keys under a lock on the user's keys: a
+    /// device's keys (by device id) or else a cross-signing key; `change` gets the kind
+    /// (`device` or the key's usage) and the JSON and returns the new JSON, or `None` to leave
+    /// that key alone. Whether a key was changed.
+    pub async fn change_key_json(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        change: impl Fn(&str, &str) -> Option<String>,
+    ) -> Result<bool> {
+        let mut tx = self.locked_tx(&format!("keys:{user_id}")).await?;
+        let device: Option<String> =
+            sqlx::query_scalar("SELECT key_json FROM device_keys WHERE user_id = $1 AND device_id = $2")
+                .bind(user_id)
+                .bind(device_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some(json) = device {
+            let Some(new) = change("device", &json) else { return Ok(false) };
+            sqlx::query("UPDATE device_keys SET key_json = $3 WHERE user_id = $1 AND device_id = $2")
+                .bind(user_id)
+                .bind(device_id)
+                .bind(new)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(true);
+        }
+        let rows = sqlx::query("SELECT key_type, key_json FROM cross_signing_keys WHERE user_id = $1")
             .bind(user_id)
-            .bind(device_id)
-            .bind(key_json)
-            .execute(self.writer())
+            .fetch_all(&mut *tx)
             .await?;
-        Ok(done.rows_affected() > 0)
+        for row in rows {
+            let (usage, json): (String, String) = (row.try_get("key_type")?, row.try_get("key_json")?);
+            if let Some(new) = change(&usage, &json) {
+                sqlx::query(
+                    "UPDATE cross_signing_keys SET key_json = $3 WHERE user_id = $1 AND key_type = $2",
+                )
+                .bind(user_id)
+                .bind(&usage)
+                .bind(new)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }

@@ -29,6 +29,7 @@ pub mod destinations;
 pub mod directory;
 pub mod e2ee;
 pub mod events;
+pub mod key_backup;
 pub mod media;
 pub mod notifications;
 pub mod persist;

@@ -70,6 +70,9 @@ async fn keys_are_uploaded_by_their_device_queried_and_claimed_once_then_the_fal
     let (code, answer) =
         keys(&server, "upload", &phone, json!({ "device_keys": device_keys(&alice, &first) })).await;
     assert_eq!((code, answer["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
+    let (code, _) =
+        keys(&server, "upload", &bob, json!({ "device_keys": device_keys(&alice, &first) })).await;
+    assert_eq!(code, 400, "nor another user's");
     let sync = server.sync(&alice, None, 0).await;
     assert_eq!(sync["device_one_time_keys_count"]["signed_curve25519"], 3);
     assert_eq!(sync["device_unused_fallback_key_types"], json!(["signed_curve25519"]));
@@ -185,16 +188,21 @@ async fn to_device_messages_arrive_until_acknowledged_once_per_transaction() {
     assert!(started.elapsed() < Duration::from_secs(10));
 
     // At most 100 per sync; the rest come with the next, nothing skipped.
-    let mut since = woken["next_batch"].as_str().unwrap().to_owned();
+    let since = woken["next_batch"].as_str().unwrap().to_owned();
     for n in 0..150 {
         assert_eq!(send(&server, &bob, &format!("bulk{n}"), &alice.user_id, &first, 100 + n).await, 200);
     }
-    let mut received = Vec::new();
-    for _ in 0..3 {
-        let sync = server.sync(&alice, Some(&since), 0).await;
-        received.extend(to_device(&sync));
-        since = sync["next_batch"].as_str().unwrap().to_owned();
-    }
+    let first = server.sync(&alice, Some(&since), 0).await;
+    assert_eq!(to_device(&first), (100..200).collect::<Vec<u64>>(), "the first 100");
+    let split = first["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(split.split('_').count(), 3, "the token says how far they got: {split}");
+    // A retry with the token from before the split gets the same 100 again.
+    assert_eq!(to_device(&server.sync(&alice, Some(&since), 0).await), (100..200).collect::<Vec<u64>>());
+    let rest = server.sync(&alice, Some(&split), 0).await;
+    assert_eq!(to_device(&rest), (200..250).collect::<Vec<u64>>(), "then the other 50");
+    let last = rest["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(last.split('_').count(), 2, "all delivered: {last}");
+    let received: Vec<u64> = to_device(&first).into_iter().chain(to_device(&rest)).collect();
     assert_eq!(received, (100..250).collect::<Vec<u64>>());
 
     let (code, _) =
@@ -363,6 +371,42 @@ async fn cross_signing_keys_are_set_once_freely_replaced_with_a_password_and_sig
     let signatures = &seen_by_bob["device_keys"][&alice.user_id][&device]["signatures"];
     assert_eq!(signatures[&alice.user_id]["ed25519:SELF"], "cross-signature");
     assert!(signatures.get(&bob.user_id).is_none());
+    // A third user sees neither Bob's signature nor Alice's user-signing key.
+    let carol = server.register("carol").await;
+    let (_, seen_by_carol) = keys(&server, "query", &carol, query.clone()).await;
+    assert!(
+        seen_by_carol["master_keys"][&alice.user_id]["signatures"].get(&bob.user_id).is_none(),
+        "{seen_by_carol}"
+    );
     let (_, seen_by_alice) = keys(&server, "query", &alice, query).await;
     assert_eq!(seen_by_alice["user_signing_keys"][&alice.user_id]["keys"]["ed25519:USER"], "USER");
+}
+
+#[tokio::test]
+async fn concurrent_claims_never_hand_out_one_key_twice() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let device = whoami_device(&server, &alice).await;
+    let otks: serde_json::Map<String, Value> =
+        (0..5).map(|i| (format!("signed_curve25519:c{i}"), json!({ "key": format!("otk{i}") }))).collect();
+    let (code, _) = keys(&server, "upload", &alice, json!({ "one_time_keys": otks })).await;
+    assert_eq!(code, 200);
+    let mut claimers = Vec::new();
+    for i in 0..10 {
+        claimers.push(server.register(&format!("claimer{i}")).await);
+    }
+    let claim =
+        json!({ "one_time_keys": { alice.user_id.clone(): { device.clone(): "signed_curve25519" } } });
+    let answers =
+        futures::future::join_all(claimers.iter().map(|c| keys(&server, "claim", c, claim.clone()))).await;
+    let mut handed: Vec<String> = answers
+        .iter()
+        .filter_map(|(_, a)| {
+            a["one_time_keys"][&alice.user_id][&device].as_object().and_then(|k| k.keys().next().cloned())
+        })
+        .collect();
+    assert_eq!(handed.len(), 5, "five keys, five claims answered: {answers:?}");
+    handed.sort();
+    handed.dedup();
+    assert_eq!(handed.len(), 5, "each key once");
 }

@@ -60,6 +60,7 @@ mod guests;
 mod hardening;
 mod harness;
 mod ircd;
+mod key_backup;
 mod lifecycle;
 mod limits;
 mod media;
