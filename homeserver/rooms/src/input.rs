@@ -297,6 +297,7 @@ impl RoomActor {
             .iter()
             .any(|c| c.event_type == crate::guests::GUEST_ACCESS && c.state_key.is_empty())
             || accepted.iter().any(|(_, o)| o.pdus.iter().any(|p| crate::guests::is_guest_join(p)));
+        let memberships_changed = plan.state_delta.iter().any(|c| c.event_type == "m.room.member");
         match self.shared.committer.commit(plan).await {
             Ok(()) => {
                 if check_guests {
@@ -314,6 +315,9 @@ impl RoomActor {
                 // Committed: raise the room's watermark before any of it becomes visible.
                 if let Some(newest) = reservations.iter().map(|r| r.first() + r.count() - 1).max() {
                     self.shared.stream.marks().advance(Mark::RoomEvents, self.room_id.as_str(), newest);
+                    if memberships_changed {
+                        self.shared.stream.marks().advance(Mark::Memberships, self.room_id.as_str(), newest);
+                    }
                 }
                 let last = reservations.pop();
                 for r in reservations {

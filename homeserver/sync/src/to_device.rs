@@ -57,8 +57,8 @@ pub(crate) async fn key_counts(ctx: &SyncContext<'_>) -> Result<(Value, Vec<Stri
 }
 
 /// `device_lists` for an incremental sync (see `Db::device_list_delta`), skipped when the
-/// stream's watermarks show no device-list change and no event in the user's rooms since the
-/// token.
+/// stream's watermarks show no device-list change and no membership change in the user's
+/// rooms since the token (a message alone changes neither).
 pub(crate) async fn device_lists(
     ctx: &SyncContext<'_>,
     memberships: &[MembershipRow],
@@ -67,7 +67,7 @@ pub(crate) async fn device_lists(
     let marks = ctx.syncer.stream.marks();
     let devices_changed = marks.changed_after(Mark::DeviceLists, "", since.pos);
     let rooms_changed =
-        memberships.iter().any(|m| marks.changed_after(Mark::RoomEvents, m.room_id.as_str(), since.pos));
+        memberships.iter().any(|m| marks.changed_after(Mark::Memberships, m.room_id.as_str(), since.pos));
     if !devices_changed && !rooms_changed {
         return Ok((Vec::new(), Vec::new()));
     }

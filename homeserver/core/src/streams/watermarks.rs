@@ -24,6 +24,9 @@ pub enum Mark {
     UserReceipts,
     /// Account data (global and per room), keyed by user ID.
     AccountData,
+    /// Membership changes in a room's current state, keyed by room ID (device lists follow
+    /// who shares a room, not every message).
+    Memberships,
     /// Device-list changes of any user, under the key `""` (a sync asks whether any happened).
     DeviceLists,
 }
