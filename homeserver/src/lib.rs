@@ -173,6 +173,8 @@ pub struct Server {
     pub sender: Arc<federation::sender::Sender>,
     /// The WASM plugins, loaded and started (`init`); delivered to only while the server serves.
     pub plugins: Option<plugins::PluginHost>,
+    /// Push notifications to push gateways; delivers only while the server serves.
+    pub push: homeserver_push::PushSender,
 }
 
 impl Server {
@@ -285,7 +287,14 @@ impl Server {
         if let Some(host) = &plugins {
             info!(plugins = ?host.ids(), "loaded plugins");
         }
-        Ok(Server { config, db, app, federation, sender, plugins })
+        let push = homeserver_push::PushSender::new(
+            db.clone(),
+            app.stream.clone(),
+            app.live.clone(),
+            config.testing.allow_private_destinations,
+            homeserver_push::Backoff::default(),
+        );
+        Ok(Server { config, db, app, federation, sender, plugins, push })
     }
 
     /// The complete HTTP stack.
@@ -352,6 +361,7 @@ impl Server {
     ) -> std::io::Result<()> {
         let stream = self.app.stream.clone();
         self.sender.run();
+        self.push.run();
         if let Some(plugins) = &self.plugins {
             plugins.run();
             tokio::spawn(reload_plugins_on_sighup(plugins.clone()));

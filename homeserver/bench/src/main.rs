@@ -9,7 +9,8 @@
 //!   a 2-member room; search latency over 100,000 messages; typing and receipt delivery latency
 //!   (see [`chat`]);
 //! - a 100 MB upload and download with the server's peak memory, and thumbnail generation
-//!   (see [`media`]).
+//!   (see [`media`]);
+//! - `/keys/claim` and `/sendToDevice` latency for a user with 50 devices (see [`e2ee`]).
 //!
 //! While measuring it checks correctness: every message is delivered exactly once and in the
 //! order its sender sent it. A violation fails the run.
@@ -19,6 +20,7 @@
 
 mod chat;
 mod client;
+mod e2ee;
 mod media;
 
 use std::{
@@ -62,8 +64,8 @@ pub struct Args {
     #[arg(long, default_value_t = 5)]
     pub receivers: usize,
     /// Which runs to do, comma-separated: core (throughput, latency, initial sync, memory),
-    /// big-room, search, ephemeral, media.
-    #[arg(long, default_value = "core,big-room,search,ephemeral,media", value_delimiter = ',')]
+    /// big-room, search, ephemeral, media, e2ee.
+    #[arg(long, default_value = "core,big-room,search,ephemeral,media,e2ee", value_delimiter = ',')]
     pub runs: Vec<String>,
     /// Size of the media run's file, in MB.
     #[arg(long, default_value_t = 100)]
@@ -80,6 +82,12 @@ pub struct Args {
     /// Typing notices and receipts sent in the ephemeral run.
     #[arg(long, default_value_t = 40)]
     pub ephemeral_updates: usize,
+    /// Devices of the user whose keys are claimed and who is sent to-device messages.
+    #[arg(long, default_value_t = 50)]
+    pub e2ee_devices: usize,
+    /// Claims and to-device requests measured in the e2ee run.
+    #[arg(long, default_value_t = 40)]
+    pub e2ee_rounds: usize,
 }
 
 #[tokio::main]
@@ -152,6 +160,17 @@ async fn main() -> Result<()> {
         println!(
             "| thumbnail 320x240 of a 4000x3000 JPEG: generated / stored | {:.0} / {:.1} ms |",
             m.thumbnail_first_ms, m.thumbnail_stored_ms
+        );
+    }
+    if wants("e2ee") {
+        let e = e2ee::e2ee(&server, run, args.e2ee_devices, args.e2ee_rounds).await?;
+        println!(
+            "| `/keys/claim` of a one-time key from each of {} devices, one request (p50 / p95 of {}) | {:.2} / {:.2} ms |",
+            e.devices, e.rounds, e.claim.0, e.claim.1
+        );
+        println!(
+            "| `/sendToDevice` of one 1 KB message to each of {} devices, one request (p50 / p95 of {}) | {:.2} / {:.2} ms |",
+            e.devices, e.rounds, e.send.0, e.send.1
         );
     }
     if let Some(rss) = server.rss_kib() {

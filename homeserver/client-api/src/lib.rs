@@ -37,6 +37,7 @@ mod paging;
 pub mod passwords;
 pub mod presence;
 pub mod profile;
+pub mod pushers;
 pub mod pushrules;
 pub mod ratelimit;
 pub mod receipts;
@@ -195,6 +196,7 @@ pub fn routes() -> Router<App> {
     let router = presence::routes(router);
     let router = receipts::routes(router);
     let router = pushrules::routes(router);
+    let router = pushers::routes(router);
     let router = typing::routes(router);
     let router = tags::routes(router);
     let router = user_directory::routes(router);

@@ -215,16 +215,10 @@ async fn notifications(app: App, req: Ruma<get_notifications::v3::Request>) -> R
                 app.db.user_receipts(&row.room_id, session.user_id.as_str()).await.map_err(Error::from)?;
             receipts_of_room.insert(row.room_id.clone(), receipts);
         }
-        // Read if an unthreaded receipt, or the receipt of the event's own thread (`main` for
-        // the main timeline), is at or after it.
-        let own_thread = row.thread_id.as_deref().unwrap_or("main");
-        let read_up_to = receipts_of_room[&row.room_id]
-            .iter()
-            .filter(|r| r.receipt_type.starts_with("m.read"))
-            .filter(|r| r.thread_id.is_empty() || r.thread_id == own_thread)
-            .map(|r| r.event_pos)
-            .max()
-            .unwrap_or(0);
+        let read_up_to = homeserver_storage::receipts::read_up_to(
+            &receipts_of_room[&row.room_id],
+            row.thread_id.as_deref(),
+        );
         out.push(json!({
             "actions": serde_json::from_str::<Value>(&row.actions).unwrap_or_else(|_| json!([])),
             "event": formatted,

@@ -1,6 +1,6 @@
 //! homeserver-live: the live, non-HTTP state of users that every front end shares — typing,
 //! the presence state machine, read receipts, unread counts, ignore lists, account-data writes,
-//! to-device messages and the lazy-loading bookkeeping of sync.
+//! to-device messages, pusher changes and the lazy-loading bookkeeping of sync.
 //!
 //! It sits below the handlers (client API, sync, and later federation and application
 //! services), above storage and the event stream: a typing EDU from another server and a
@@ -12,6 +12,7 @@ pub mod device_lists;
 pub mod ignore;
 pub mod lazy;
 pub mod presence;
+pub mod pushers;
 pub mod receipts;
 pub mod to_device;
 pub mod typing;
@@ -34,6 +35,7 @@ pub struct Live {
     pub receipts: Arc<receipts::Receipts>,
     pub to_device: Arc<to_device::ToDevice>,
     pub device_lists: Arc<device_lists::DeviceLists>,
+    pub pusher_changes: Arc<pushers::PusherChanges>,
 }
 
 impl Live {
@@ -52,6 +54,7 @@ impl Live {
             receipts: Arc::new(receipts::Receipts::new(db.clone(), stream.clone())),
             to_device: Arc::new(to_device::ToDevice::new(db.clone(), stream.clone())),
             device_lists: Arc::new(device_lists::DeviceLists::new(db.clone(), stream.clone())),
+            pusher_changes: Arc::default(),
             account_data: Arc::new(account_data::AccountData::new(db, stream, ignore_lists.clone())),
             ignore_lists,
             lazy_members: Arc::new(lazy::LazyMemberCache::default()),

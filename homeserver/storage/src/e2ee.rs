@@ -45,14 +45,14 @@ pub struct OneTimeKey {
     pub key_json: String,
 }
 
-/// Deletes a device's encryption rows (keys and waiting messages) inside a transaction that
+/// Deletes a device's encryption rows (keys and waiting messages) and pushers inside a transaction that
 /// deletes the device: all of the user's devices, or all but `except`.
 pub(crate) async fn forget_devices(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     user_id: &str,
     except: Option<&str>,
 ) -> Result<()> {
-    for table in ["device_keys", "one_time_keys", "fallback_keys", "to_device_messages"] {
+    for table in ["device_keys", "one_time_keys", "fallback_keys", "to_device_messages", "pushers"] {
         let sql = match except {
             Some(_) => format!("DELETE FROM {table} WHERE user_id = $1 AND device_id <> $2"),
             None => format!("DELETE FROM {table} WHERE user_id = $1"),
@@ -73,7 +73,7 @@ pub(crate) async fn forget_listed_devices(
     user_id: &str,
     devices: &[String],
 ) -> Result<()> {
-    for table in ["device_keys", "one_time_keys", "fallback_keys", "to_device_messages"] {
+    for table in ["device_keys", "one_time_keys", "fallback_keys", "to_device_messages", "pushers"] {
         for device in devices {
             let sql = format!("DELETE FROM {table} WHERE user_id = $1 AND device_id = $2");
             sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id).bind(device).execute(&mut **tx).await?;

@@ -35,6 +35,7 @@ pub mod notifications;
 pub mod persist;
 pub mod plugins;
 pub mod presence;
+pub mod pushers;
 pub mod receipts;
 pub mod relations;
 pub mod reports;

@@ -17,6 +17,20 @@ pub struct ReceiptRow {
     pub stream_pos: i64,
 }
 
+/// How far a user's receipts (theirs in one room) mark an event of `thread` (`None`: the main
+/// timeline) as read: an unthreaded read receipt, or the receipt of the event's own thread
+/// (`main` for the main timeline).
+pub fn read_up_to(receipts: &[ReceiptRow], thread: Option<&str>) -> i64 {
+    let own_thread = thread.unwrap_or("main");
+    receipts
+        .iter()
+        .filter(|r| r.receipt_type.starts_with("m.read"))
+        .filter(|r| r.thread_id.is_empty() || r.thread_id == own_thread)
+        .map(|r| r.event_pos)
+        .max()
+        .unwrap_or(0)
+}
+
 fn receipt_from_row(r: &sqlx::any::AnyRow) -> Result<ReceiptRow> {
     Ok(ReceiptRow {
         room_id: r.try_get("room_id")?,

@@ -21,6 +21,8 @@
 //! - `admin`: the Synapse-compatible admin API (users, rooms, reports; admins only).
 //! - `chat`: receipts, read markers, typing, unread counts, push rules, notifications.
 //! - `presence`: the online/unavailable/offline state machine as room mates see it.
+//! - `push`: pushers and a test push gateway: one notification per notifying event, formats,
+//!   outages and restarts, rejected pushkeys, validation.
 //! - `fuzz`: property tests over bodies, filters, search and pagination parameters: no 5xx,
 //!   no dropped connection, bounded time.
 //! - `limits`: rate limits with the defaults, one budget per effect whichever endpoint reaches
@@ -76,6 +78,7 @@ mod plugins_python;
 mod plugins_webhooks;
 mod plugins_ws;
 mod presence;
+mod push;
 mod relations;
 mod rooms;
 mod sdk;

@@ -89,7 +89,9 @@ async fn matrix_and_irc_users_chat_in_the_portal_room() {
     let line = bob.expect(30, "alice's action", |l| l.command == "PRIVMSG" && l.nick == "alice[m]").await;
     assert_eq!(line.text(), "\u{1}ACTION waves\u{1}");
 
-    // Bob's words reach the room from his puppet, which joined the portal.
+    // Bob's words reach the room from his puppet, which joined the portal (once the bridge's own
+    // connection, which relays what IRC says, is in the channel: IRC keeps no history).
+    bob.wait_for_nick("#test", "lattice", 60).await;
     bob.say("#test", "hi from irc").await;
     let seen =
         matrix_sees(&lattice, &alice, &room, "bob's message", |e| e["content"]["body"] == "hi from irc")
@@ -190,6 +192,9 @@ async fn the_bridge_survives_an_irc_server_restart_and_a_plugin_reload() {
     let mut bob = IrcClient::connect(ircd.port, "bob").await;
     bob.join("#test").await;
     bob.wait_for_nick("#test", "alice[m]", 120).await;
+    // IRC keeps no history: what bob says reaches Matrix only once the bridge's own connection,
+    // which reconnects on its own backoff, is back in the channel.
+    bob.wait_for_nick("#test", "lattice", 120).await;
     lattice.say(&alice, &room, "after the restart").await;
     let line = bob
         .expect(60, "a message after the restart", |l| l.command == "PRIVMSG" && l.nick == "alice[m]")

@@ -1226,7 +1226,14 @@ async fn account_responses_match_the_spec() {
     c.get(&format!("{V3}/pushrules/global/override/.m.rule.master"), &alice).await;
     c.get(&format!("{V3}/pushrules/global/override/.m.rule.master/enabled"), &alice).await;
     c.get(&format!("{V3}/pushrules/global/underride/.m.rule.message/actions"), &alice).await;
-    c.get_if_served(&format!("{V3}/pushers"), &alice).await;
+    let pusher = json!({
+        "kind": "http", "app_id": "org.example.app", "pushkey": "key", "app_display_name": "App",
+        "device_display_name": "Phone", "lang": "en", "profile_tag": "tag",
+        "data": { "url": "https://push.example.org/_matrix/push/v1/notify", "format": "event_id_only" },
+    });
+    c.post(&format!("{V3}/pushers/set"), &alice, pusher).await;
+    let pushers = c.get(&format!("{V3}/pushers"), &alice).await;
+    assert_eq!(pushers["pushers"][0]["pushkey"], "key", "{pushers}");
 
     // Presence: before anything was set, then after.
     let presence = format!("{V3}/presence/{}/status", enc(&alice.user_id));
