@@ -185,6 +185,28 @@ async fn send_one(
     })
 }
 
+/// Sends the user's badge alone (after they read something), once; a gateway that rejects
+/// the pushkey removes the pusher.
+pub(crate) async fn send_badge(inner: &Inner, key: &PusherKey) {
+    let result = async {
+        let Some(pusher) = inner.db.pusher(key).await? else { return Ok(()) };
+        let Some(url) = payload::url_of(&pusher) else { return Ok(()) };
+        let ignored = inner.live.ignore_lists.of(&key.user_id).await?;
+        let unread = count_badge(inner, &key.user_id, &ignored).await?;
+        let body = payload::badge(&pusher, unread);
+        let _turn = inner.active.acquire().await.expect("the semaphore is never closed");
+        if let Outcome::Delivered { rejected } = inner.gateways.notify(&url, &body).await
+            && rejected.contains(&pusher.pushkey)
+        {
+            inner.db.delete_pusher(key).await?;
+        }
+        Ok::<(), Error>(())
+    };
+    if let Err(err) = result.await {
+        warn!(user = %key.user_id, app_id = %key.app_id, error = %err, "could not push a badge");
+    }
+}
+
 /// The sender's display name and the room's name and alias, from the room's current state.
 async fn describe_room(db: &Db, notified: &mut NotifiedEvent) -> Result<(), Error> {
     let text = |content: Option<Value>, field: &str| {

@@ -81,7 +81,20 @@ struct Inner {
 /// short when its pusher was set again.
 struct Slot {
     again: bool,
+    /// The user read something: send the badge once caught up.
+    badge: bool,
     reset: Arc<Notify>,
+}
+
+/// Why a pusher is woken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// Its user may have been notified.
+    Notified,
+    /// It was set (or set again) through `/pushers/set`.
+    Set,
+    /// Its user's read receipts moved: the badge may have gone down.
+    Read,
 }
 
 impl PushSender {
@@ -115,13 +128,20 @@ impl PushSender {
                 if now <= routed {
                     continue;
                 }
-                match this.inner.db.pushers_notified(routed, now).await {
-                    Ok(keys) => {
-                        keys.into_iter().for_each(|key| this.wake(key, false));
+                let db = &this.inner.db;
+                match (
+                    db.pushers_notified(routed, now).await,
+                    db.pushers_with_new_receipts(routed, now).await,
+                ) {
+                    (Ok(notified), Ok(read)) => {
+                        notified.into_iter().for_each(|key| this.wake(key, Wake::Notified));
+                        read.into_iter().for_each(|key| this.wake(key, Wake::Read));
                         routed = now;
                     }
                     // The range stays unrouted: the next move of the stream covers it again.
-                    Err(err) => warn!(error = %err, "could not find the pushers to wake"),
+                    (Err(err), _) | (_, Err(err)) => {
+                        warn!(error = %err, "could not find the pushers to wake")
+                    }
                 }
             }
         });
@@ -129,7 +149,7 @@ impl PushSender {
         tokio::spawn(async move {
             loop {
                 match changes.recv().await {
-                    Ok(key) => this.wake(key, true),
+                    Ok(key) => this.wake(key, Wake::Set),
                     Err(RecvError::Lagged(_)) => this.wake_all().await,
                     Err(RecvError::Closed) => return,
                 }
@@ -139,26 +159,28 @@ impl PushSender {
 
     async fn wake_all(&self) {
         match self.inner.db.all_pusher_keys().await {
-            Ok(keys) => keys.into_iter().for_each(|key| self.wake(key, false)),
+            Ok(keys) => keys.into_iter().for_each(|key| self.wake(key, Wake::Notified)),
             Err(err) => warn!(error = %err, "could not list the pushers"),
         }
     }
 
     /// Makes a pusher look for notifications after its cursor: starts its delivery task, or
-    /// tells the running one to look again when it is done (and, with `reset`, to end a retry
-    /// delay now: the pusher was set again, perhaps with a working URL).
-    fn wake(&self, key: PusherKey, reset: bool) {
+    /// tells the running one to look again when it is done (to end a retry delay now when the
+    /// pusher was set again, perhaps with a working URL; to send the badge when the user read).
+    fn wake(&self, key: PusherKey, why: Wake) {
         let notify = {
             let mut running = self.inner.running.lock().expect("push sender poisoned");
             if let Some(slot) = running.get_mut(&key) {
                 slot.again = true;
-                if reset {
+                slot.badge |= why == Wake::Read;
+                if why == Wake::Set {
                     slot.reset.notify_one();
                 }
                 return;
             }
             let notify = Arc::new(Notify::new());
-            running.insert(key.clone(), Slot { again: false, reset: notify.clone() });
+            running
+                .insert(key.clone(), Slot { again: false, badge: why == Wake::Read, reset: notify.clone() });
             notify
         };
         let inner = self.inner.clone();
@@ -174,15 +196,27 @@ impl PushSender {
                     tokio::time::sleep(DB_RETRY).await;
                     continue;
                 }
-                let mut running = inner.running.lock().expect("push sender poisoned");
-                match running.get_mut(&key) {
-                    Some(slot) if slot.again => slot.again = false,
-                    _ => {
-                        // Removed under the same lock a wake takes, so no wake is lost.
-                        running.remove(&key);
-                        guard.armed = false;
-                        return;
+                let badge = {
+                    let mut running = inner.running.lock().expect("push sender poisoned");
+                    match running.get_mut(&key) {
+                        Some(slot) if slot.again || slot.badge => {
+                            slot.again = false;
+                            std::mem::take(&mut slot.badge)
+                        }
+                        _ => {
+                            // Removed under the same lock a wake takes, so no wake is lost.
+                            running.remove(&key);
+                            guard.armed = false;
+                            return;
+                        }
                     }
+                };
+                if badge {
+                    // Best effort, once, on a task of its own: a badge is soon out of date, and
+                    // a slow gateway must not hold the notifications behind it.
+                    let inner = inner.clone();
+                    let key = key.clone();
+                    tokio::spawn(async move { deliver::send_badge(&inner, &key).await });
                 }
             }
         });

@@ -60,17 +60,9 @@ pub fn notification(pusher: &PusherRow, event: &NotifiedEvent, actions: &Value, 
     let high = event.event_type == "m.room.encrypted"
         || tweaks.get("highlight").is_some_and(|h| h == &Value::Bool(true))
         || tweaks.contains_key("sound");
-    let mut device_data = data_of(pusher);
-    device_data.remove("url");
     let ids_only = event_id_only(pusher);
-    let device = json!({
-        "app_id": pusher.app_id,
-        "pushkey": pusher.pushkey,
-        "pushkey_ts": pusher.created_ts / 1000,
-        "data": device_data,
-        // As Synapse: an ids-only push tells the gateway nothing about the event's rules.
-        "tweaks": if ids_only { Map::new() } else { tweaks },
-    });
+    // As Synapse: an ids-only push tells the gateway nothing about the event's rules.
+    let device = device(pusher, if ids_only { Map::new() } else { tweaks });
     let mut n = Map::new();
     n.insert("event_id".into(), json!(event.event_id));
     n.insert("room_id".into(), json!(event.room_id));
@@ -78,6 +70,8 @@ pub fn notification(pusher: &PusherRow, event: &NotifiedEvent, actions: &Value, 
     n.insert("prio".into(), json!(if high { "high" } else { "low" }));
     n.insert("devices".into(), json!([device]));
     if !ids_only {
+        // Synapse's name for the event id, which SyTest and older gateways read.
+        n.insert("id".into(), json!(event.event_id));
         n.insert("type".into(), json!(event.event_type));
         n.insert("sender".into(), json!(event.sender));
         n.insert("content".into(), event.content.clone());
@@ -98,6 +92,29 @@ pub fn notification(pusher: &PusherRow, event: &NotifiedEvent, actions: &Value, 
         }
     }
     json!({ "notification": n })
+}
+
+/// A badge-only notification (no event): sent when the user read something, so the phone's
+/// badge follows (as Synapse sends it).
+pub fn badge(pusher: &PusherRow, unread: u64) -> Value {
+    json!({ "notification": {
+        "id": "", "type": null, "sender": "",
+        "counts": { "unread": unread },
+        "devices": [device(pusher, Map::new())],
+    } })
+}
+
+/// The pusher as the `devices` entry: its `data` without the URL, which is the server's.
+fn device(pusher: &PusherRow, tweaks: Map<String, Value>) -> Value {
+    let mut data = data_of(pusher);
+    data.remove("url");
+    json!({
+        "app_id": pusher.app_id,
+        "pushkey": pusher.pushkey,
+        "pushkey_ts": pusher.created_ts / 1000,
+        "data": data,
+        "tweaks": tweaks,
+    })
 }
 
 #[cfg(test)]
@@ -142,6 +159,7 @@ mod tests {
         let body = notification(&p, &message(), &actions, 3);
         let n = &body["notification"];
         assert_eq!(n["content"]["body"], "hi");
+        assert_eq!(n["id"], "$e");
         assert_eq!(n["sender_display_name"], "Alice");
         assert_eq!(n["room_name"], "Room");
         assert_eq!(n["counts"]["unread"], 3);
@@ -165,6 +183,11 @@ mod tests {
         assert_eq!(n["prio"], "low");
         assert_eq!(n["devices"][0]["data"], json!({ "format": "event_id_only" }));
         assert_eq!(n["devices"][0]["tweaks"], json!({}));
+        assert!(n.get("id").is_none());
+        let badge = badge(&p, 4);
+        assert_eq!(badge["notification"]["counts"]["unread"], 4);
+        assert_eq!(badge["notification"]["type"], Value::Null);
+        assert_eq!(badge["notification"]["devices"][0]["data"], json!({ "format": "event_id_only" }));
     }
 
     #[test]

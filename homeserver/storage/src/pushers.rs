@@ -239,6 +239,22 @@ impl Db {
 }
 
 impl Db {
+    /// The pushers of users whose read receipts moved in `(after, up_to]`: their badge may
+    /// have gone down.
+    pub async fn pushers_with_new_receipts(&self, after: i64, up_to: i64) -> Result<Vec<PusherKey>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT p.user_id, p.app_id, p.pushkey FROM receipts r \
+             JOIN pushers p ON p.user_id = r.user_id \
+             WHERE r.stream_pos > $1 AND r.stream_pos <= $2 \
+             AND r.receipt_type IN ('m.read', 'm.read.private')",
+        )
+        .bind(after)
+        .bind(up_to)
+        .fetch_all(self.reader())
+        .await?;
+        rows.iter().map(key_of).collect()
+    }
+
     /// How many rooms a user is invited to (part of a push's badge, as Synapse counts it).
     pub async fn count_invites(&self, user_id: &str) -> Result<i64> {
         Ok(sqlx::query_scalar(
