@@ -5,8 +5,11 @@
 //! receipts never leave their server) go through `homeserver_live::receipts`, the one receipt
 //! write path, for events known here, at most [`MAX_RECEIPTS`] per EDU. Presence (`m.presence`:
 //! the last update of each user in a transaction, at most [`MAX_PRESENCE`] users) is taken for the origin's users who share a room with a
-//! user of this server, and shown as sent: no local timers drive remote users. Other EDU types
-//! are accepted and not processed yet.
+//! user of this server, and shown as sent: no local timers drive remote users. To-device
+//! messages (`m.direct_to_device`) from the origin's users are queued for this server's users
+//! through `homeserver_live::to_device`; device-list and cross-signing key updates
+//! (`m.device_list_update`, `m.signing_key_update`) of the origin's users who share a room with
+//! a user of this server become device-list changes. Other EDU types are accepted and ignored.
 
 use std::time::Duration;
 
@@ -14,12 +17,16 @@ use homeserver_core::Error;
 use homeserver_live::{
     presence::{RemotePresence, State},
     receipts::NewReceipt,
+    to_device::{Outgoing, Recipient},
 };
 use ruma::{
     RoomId, ServerName, UserId,
-    api::federation::transactions::edu::{Edu, PresenceUpdate, ReceiptContent, TypingContent},
+    api::federation::transactions::edu::{
+        DirectDeviceContent, Edu, PresenceUpdate, ReceiptContent, TypingContent,
+    },
     events::receipt::ReceiptThread,
     serde::Raw,
+    to_device::DeviceIdOrAllDevices,
 };
 use tokio::time::Instant;
 
@@ -58,11 +65,73 @@ pub(crate) async fn receive_edus(
                     }
                 }
             }
+            Ok(Edu::DirectToDevice(content)) => to_device(state, origin, content).await?,
+            Ok(Edu::DeviceListUpdate(update)) => device_list_changed(state, origin, &update.user_id).await?,
+            Ok(Edu::SigningKeyUpdate(update)) => device_list_changed(state, origin, &update.user_id).await?,
             Ok(_) => {}
             Err(err) => tracing::debug!(%origin, error = %err, "skipping a malformed EDU"),
         }
     }
     presence_updates(state, origin, &presence).await
+}
+
+/// A user of `origin` sends to-device messages (`m.direct_to_device`) to this server's users:
+/// queued like a local `sendToDevice` (once per message id, so a repeated transaction queues
+/// nothing again); recipients of other servers are ignored.
+async fn to_device(
+    state: &FederationState,
+    origin: &ServerName,
+    content: DirectDeviceContent,
+) -> Result<(), Error> {
+    if content.sender.server_name() != origin {
+        return Ok(());
+    }
+    let ours = state.key.server_name();
+    let mut messages = Vec::new();
+    for (user, devices) in content.messages.into_iter().filter(|(user, _)| user.server_name() == ours) {
+        for (device, message) in devices {
+            let devices = match device {
+                DeviceIdOrAllDevices::DeviceId(id) => Recipient::Device(id.to_string()),
+                DeviceIdOrAllDevices::AllDevices => Recipient::AllDevices,
+            };
+            messages.push(Outgoing { user: user.clone(), devices, content: message.json().get().to_owned() });
+        }
+    }
+    if messages.is_empty() {
+        return Ok(());
+    }
+    // The sender's server stands in for the sending device in the once-per-id key.
+    let device = format!("federation:{origin}");
+    let sent = state
+        .live
+        .to_device
+        .send(&content.sender, &device, &content.ev_type.to_string(), content.message_id.as_str(), messages)
+        .await;
+    if let Err(err) = sent {
+        // Too many recipients, or unknown users: the message is refused, not the transaction.
+        tracing::debug!(%origin, error = %err.message, "skipping a to-device EDU");
+    }
+    Ok(())
+}
+
+/// A user of `origin` changed their devices or cross-signing keys (`m.device_list_update`,
+/// `m.signing_key_update`): recorded as a device-list change, so the syncs of this server's
+/// users who share a room with them list them in `device_lists.changed` and their clients
+/// query the keys again (which asks `origin`: nothing is cached here to go stale).
+async fn device_list_changed(
+    state: &FederationState,
+    origin: &ServerName,
+    user: &UserId,
+) -> Result<(), Error> {
+    if user.server_name() != origin {
+        return Ok(());
+    }
+    let ours = state.key.server_name();
+    let mates = state.db.room_mates(user.as_str()).await?;
+    if !mates.iter().any(|m| UserId::parse(m.as_str()).is_ok_and(|m| m.server_name() == ours)) {
+        return Ok(());
+    }
+    state.live.device_lists.changed(user).await
 }
 
 /// Whether `user` of `origin` may act in the room: the room is known, its ACL admits the

@@ -30,6 +30,7 @@ pub mod auth;
 mod backfiller;
 pub mod client;
 mod directory;
+mod e2ee;
 mod edus;
 mod events;
 mod invites;
@@ -96,5 +97,6 @@ pub fn routes(state: FederationState) -> Router {
     let router = legacy::routes(router);
     let router = directory::routes(router);
     let router = media::routes(router);
+    let router = e2ee::routes(router);
     router.with_state(state)
 }

@@ -5,17 +5,20 @@
 //! start-up.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use homeserver_rooms::outbound::{DirectoryQuery, RemoteFuture, RemoteInvite, RemoteServers};
-use ruma::{OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedServerName, OwnedUserId};
+use ruma::{
+    OneTimeKeyAlgorithm, OwnedDeviceId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedServerName,
+    OwnedUserId,
+};
 use serde_json::{Map, Value};
 
 use crate::{
-    FederationState, backfiller, directory, invites, joiner, knocker, leaver, query, sender::Sender,
+    FederationState, backfiller, directory, e2ee, invites, joiner, knocker, leaver, query, sender::Sender,
 };
 
 /// [`RemoteServers`] over federation.
@@ -108,6 +111,24 @@ impl RemoteServers for Remote {
     fn profile(&self, user: OwnedUserId) -> RemoteFuture<Map<String, Value>> {
         let state = self.state.clone();
         Box::pin(async move { query::fetch_profile(&state, &user).await })
+    }
+
+    fn query_keys(
+        &self,
+        server: OwnedServerName,
+        device_keys: BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
+    ) -> RemoteFuture<Value> {
+        let state = self.state.clone();
+        Box::pin(async move { e2ee::fetch_keys(&state, &server, device_keys).await })
+    }
+
+    fn claim_keys(
+        &self,
+        server: OwnedServerName,
+        claims: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, OneTimeKeyAlgorithm>>,
+    ) -> RemoteFuture<Value> {
+        let state = self.state.clone();
+        Box::pin(async move { e2ee::claim_remote_keys(&state, &server, claims).await })
     }
 
     fn public_rooms(&self, server: OwnedServerName, query: DirectoryQuery) -> RemoteFuture<Value> {

@@ -172,14 +172,6 @@ async fn upload_signatures(
     Ok(JsonBody(json!({ "failures": failures })))
 }
 
-/// A cross-signing key as `viewer` may see it: signatures by users other than its owner and
-/// the viewer are another user's private trust decisions (spec: only the signer sees them).
-pub fn visible_signatures(key: &mut Value, owner: &str, viewer: &str) {
-    if let Some(signatures) = key.get_mut("signatures").and_then(Value::as_object_mut) {
-        signatures.retain(|signer, _| signer == owner || signer == viewer);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

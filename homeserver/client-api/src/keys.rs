@@ -2,25 +2,33 @@
 //! API") and send-to-device messaging:
 //! - `POST /keys/upload`: the device's identity keys (signed by it, for itself only), one-time
 //!   keys and fallback keys; answers the one-time key counts.
-//! - `POST /keys/query`: the device and cross-signing keys of this server's users (other
-//!   servers' users come
-//!   with federation's `/user/keys/query`; until then they are listed in `failures`).
-//! - `POST /keys/claim`: one one-time key (or the fallback key) per asked device.
+//! - `POST /keys/query`: the device and cross-signing keys of this server's users
+//!   (`homeserver_live::keys`, which other servers' queries read too), and other servers'
+//!   users' keys asked of their servers (`/user/keys/query`, all at once, within the
+//!   request's timeout; a server that cannot answer is listed in `failures`).
+//! - `POST /keys/claim`: one one-time key (or the fallback key) per asked device, here or
+//!   through `/user/keys/claim`.
 //! - `GET /keys/changes`: whose devices changed between two sync tokens (as sync's
 //!   `device_lists`), and whose devices no longer concern the caller.
 //! - `PUT /sendToDevice/{type}/{txnId}`: queued through `homeserver_live::to_device`.
 //!
 //! Keys are stored as uploaded: signed objects the server never alters.
 
-use std::collections::{BTreeMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashSet},
+    time::Duration,
+};
 
 use axum::Router;
 use homeserver_core::{Error, ErrorKind, token::StreamToken};
 use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma};
-use homeserver_live::to_device::{Outgoing, Recipient};
+use homeserver_live::{
+    keys,
+    to_device::{Outgoing, Recipient},
+};
 use homeserver_storage::e2ee::OneTimeKey;
 use ruma::{
-    OwnedOneTimeKeyId, UserId,
+    OwnedDeviceId, OwnedOneTimeKeyId, OwnedServerName, OwnedUserId, UserId,
     api::client::{
         keys::{claim_keys, get_key_changes, get_keys, upload_keys},
         to_device::send_event_to_device,
@@ -118,50 +126,56 @@ async fn query(app: App, req: Ruma<get_keys::v3::Request>) -> Result<JsonBody, A
     if req.body.device_keys.len() > MAX_USERS {
         return Err(Error::new(ErrorKind::TooLarge, format!("at most {MAX_USERS} users per query")).into());
     }
-    let mut device_keys = Map::new();
-    let mut failures = Map::new();
-    let (mut masters, mut self_signing, mut user_signing) = (Map::new(), Map::new(), Map::new());
+    let viewer = req.auth.user_id.as_str();
+    let mut answer = keys::KeysAnswer::default();
+    let mut remote: BTreeMap<OwnedServerName, BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>> = BTreeMap::new();
     for (user, wanted) in &req.body.device_keys {
         if user.server_name() != app.server_name() {
-            failures.insert(
-                user.server_name().to_string(),
-                json!({ "status": 503, "message": "other servers' keys are not fetched yet" }),
-            );
+            remote.entry(user.server_name().to_owned()).or_default().insert(user.clone(), wanted.clone());
             continue;
         }
         let wanted: HashSet<&str> = wanted.iter().map(|d| d.as_str()).collect();
-        let mut devices = Map::new();
-        for (device_id, key_json, display_name) in
-            app.db.device_keys_of(user.as_str()).await.map_err(Error::from)?
-        {
-            if !wanted.is_empty() && !wanted.contains(device_id.as_str()) {
+        keys::add_user_keys(&app.db, &mut answer, user.as_str(), &wanted, Some(viewer)).await?;
+    }
+    // Other servers are asked at once, each within the client's timeout (10 s by default).
+    let timeout =
+        Duration::from_millis(req.body.timeout.map_or(10_000, |t| t.as_millis() as u64).min(30_000));
+    let asked = remote.into_iter().map(|(server, users)| {
+        let rooms = app.rooms.clone();
+        async move {
+            let answer = tokio::time::timeout(timeout, rooms.remote_keys(server.clone(), users)).await;
+            (server, answer)
+        }
+    });
+    let mut failures = Map::new();
+    for (server, result) in futures::future::join_all(asked).await {
+        let parts = match result {
+            Ok(Ok(parts)) => parts,
+            Ok(Err(err)) => {
+                failures.insert(server.to_string(), json!({ "status": 503, "message": err.message }));
                 continue;
             }
-            let mut keys: Value = serde_json::from_str(&key_json).unwrap_or_else(|_| json!({}));
-            if let Some(name) = display_name {
-                keys["unsigned"] = json!({ "device_display_name": name });
+            Err(_) => {
+                failures.insert(server.to_string(), json!({ "status": 503, "message": "timed out" }));
+                continue;
             }
-            devices.insert(device_id, keys);
-        }
-        device_keys.insert(user.to_string(), Value::Object(devices));
-        for (usage, key_json) in app.db.cross_signing_keys(user.as_str()).await.map_err(Error::from)? {
-            let mut key: Value = serde_json::from_str(&key_json).unwrap_or_else(|_| json!({}));
-            crate::cross_signing::visible_signatures(&mut key, user.as_str(), req.auth.user_id.as_str());
-            match usage.as_str() {
-                "master" => masters.insert(user.to_string(), key),
-                "self_signing" => self_signing.insert(user.to_string(), key),
-                // Only its owner sees a user-signing key.
-                "user_signing" if *user == req.auth.user_id => user_signing.insert(user.to_string(), key),
-                _ => None,
-            };
+        };
+        for (field, into) in [
+            ("device_keys", &mut answer.device_keys),
+            ("master_keys", &mut answer.master_keys),
+            ("self_signing_keys", &mut answer.self_signing_keys),
+        ] {
+            if let Some(entries) = parts.get(field).and_then(Value::as_object) {
+                into.extend(entries.clone());
+            }
         }
     }
     Ok(JsonBody(json!({
-        "device_keys": device_keys,
+        "device_keys": answer.device_keys,
         "failures": failures,
-        "master_keys": masters,
-        "self_signing_keys": self_signing,
-        "user_signing_keys": user_signing,
+        "master_keys": answer.master_keys,
+        "self_signing_keys": answer.self_signing_keys,
+        "user_signing_keys": answer.user_signing_keys,
     })))
 }
 
@@ -171,32 +185,39 @@ async fn claim(app: App, req: Ruma<claim_keys::v3::Request>) -> Result<JsonBody,
         return Err(Error::new(ErrorKind::TooLarge, format!("at most {MAX_USERS} devices per claim")).into());
     }
     let mut claimed = Map::new();
-    let mut failures = Map::new();
+    let mut remote: BTreeMap<OwnedServerName, BTreeMap<OwnedUserId, _>> = BTreeMap::new();
     for (user, devices) in &req.body.one_time_keys {
         if user.server_name() != app.server_name() {
-            failures.insert(
-                user.server_name().to_string(),
-                json!({ "status": 503, "message": "other servers' keys are not claimed yet" }),
-            );
+            remote.entry(user.server_name().to_owned()).or_default().insert(user.clone(), devices.clone());
             continue;
         }
-        let mut by_device = Map::new();
-        for (device, algorithm) in devices {
-            let key = app
-                .db
-                .claim_key(user.as_str(), device.as_str(), algorithm.as_str())
-                .await
-                .map_err(Error::from)?;
-            if let Some(key) = key {
-                let value: Value = serde_json::from_str(&key.key_json).unwrap_or_else(|_| json!({}));
-                by_device.insert(
-                    device.to_string(),
-                    json!({ format!("{}:{}", key.algorithm, key.key_id): value }),
-                );
-            }
-        }
+        let wanted: Vec<(String, String)> =
+            devices.iter().map(|(device, algorithm)| (device.to_string(), algorithm.to_string())).collect();
+        let by_device = keys::claim_user_keys(&app.db, user.as_str(), &wanted).await?;
         if !by_device.is_empty() {
             claimed.insert(user.to_string(), Value::Object(by_device));
+        }
+    }
+    let timeout =
+        Duration::from_millis(req.body.timeout.map_or(10_000, |t| t.as_millis() as u64).min(30_000));
+    let asked = remote.into_iter().map(|(server, claims)| {
+        let rooms = app.rooms.clone();
+        async move {
+            let answer = tokio::time::timeout(timeout, rooms.remote_claim_keys(server.clone(), claims)).await;
+            (server, answer)
+        }
+    });
+    let mut failures = Map::new();
+    for (server, result) in futures::future::join_all(asked).await {
+        match result {
+            Ok(Ok(Value::Object(users))) => claimed.extend(users),
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => {
+                failures.insert(server.to_string(), json!({ "status": 503, "message": err.message }));
+            }
+            Err(_) => {
+                failures.insert(server.to_string(), json!({ "status": 503, "message": "timed out" }));
+            }
         }
     }
     Ok(JsonBody(json!({ "one_time_keys": claimed, "failures": failures })))

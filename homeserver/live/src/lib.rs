@@ -10,6 +10,7 @@
 pub mod account_data;
 pub mod device_lists;
 pub mod ignore;
+pub mod keys;
 pub mod lazy;
 pub mod presence;
 pub mod pushers;

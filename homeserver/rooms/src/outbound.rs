@@ -8,13 +8,13 @@
 //! Out-of-band memberships (an invite from another server, its rejection) are stored through
 //! [`Rooms::store_out_of_band`]: the room actor writes them, as it writes every room event.
 
-use std::{future::Future, pin::Pin, sync::Arc};
+use std::{collections::BTreeMap, future::Future, pin::Pin, sync::Arc};
 
 use homeserver_core::{Error, ErrorKind};
 use homeserver_storage::events::EventRow;
 use ruma::{
-    OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomAliasId, RoomId,
-    RoomVersionId, UserId, events::room::member::MembershipState,
+    OneTimeKeyAlgorithm, OwnedDeviceId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedServerName,
+    OwnedUserId, RoomAliasId, RoomId, RoomVersionId, UserId, events::room::member::MembershipState,
 };
 use serde_json::{Map, Value};
 
@@ -78,6 +78,20 @@ pub trait RemoteServers: Send + Sync {
 
     /// The profile (`displayname`, `avatar_url`) of a user of another server, from that server.
     fn profile(&self, user: OwnedUserId) -> RemoteFuture<Map<String, Value>>;
+
+    /// `server`'s users' device and cross-signing keys (`/user/keys/query`).
+    fn query_keys(
+        &self,
+        server: OwnedServerName,
+        device_keys: BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
+    ) -> RemoteFuture<Value>;
+
+    /// Claims one-time keys of `server`'s users (`/user/keys/claim`).
+    fn claim_keys(
+        &self,
+        server: OwnedServerName,
+        claims: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, OneTimeKeyAlgorithm>>,
+    ) -> RemoteFuture<Value>;
 
     /// A page of `server`'s public room directory (`/publicRooms` over federation).
     fn public_rooms(&self, server: OwnedServerName, query: DirectoryQuery) -> RemoteFuture<Value>;
@@ -145,6 +159,25 @@ impl Rooms {
             return Err(Error::not_found("Unknown room: no server to knock through"));
         }
         remote.knock(room_id, user, via, reason).await
+    }
+
+    /// Other servers' users' device and cross-signing keys, asked of `server`
+    /// (`/user/keys/query`): `{device_keys, master_keys, self_signing_keys}` of its users.
+    pub async fn remote_keys(
+        &self,
+        server: OwnedServerName,
+        device_keys: BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
+    ) -> Result<Value, Error> {
+        self.remote()?.query_keys(server, device_keys).await
+    }
+
+    /// Claims one-time keys of `server`'s users (`/user/keys/claim`): user → device → key.
+    pub async fn remote_claim_keys(
+        &self,
+        server: OwnedServerName,
+        claims: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, OneTimeKeyAlgorithm>>,
+    ) -> Result<Value, Error> {
+        self.remote()?.claim_keys(server, claims).await
     }
 
     /// The profile of a user of another server.

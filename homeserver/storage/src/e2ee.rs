@@ -373,6 +373,15 @@ const ROOM_MATES: &str = "SELECT y.user_id FROM memberships x JOIN memberships y
                           WHERE x.user_id = $1 AND x.membership = 'join' AND y.membership = 'join'";
 
 impl Db {
+    /// The position of a user's newest device-list change (the `stream_id` other servers are
+    /// told with their devices); 0 if it never changed.
+    pub async fn device_list_stream_id(&self, user_id: &str) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COALESCE(MAX(pos), 0) FROM device_list_changes WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_one(self.reader())
+            .await?)
+    }
+
     /// Records that `user_id`'s device list changed at `pos`.
     pub async fn record_device_list_change(&self, user_id: &str, pos: i64) -> Result<()> {
         sqlx::query("INSERT INTO device_list_changes (user_id, pos) VALUES ($1, $2) ON CONFLICT DO NOTHING")

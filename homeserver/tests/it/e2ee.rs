@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::harness::{TestServer, User};
 
 /// `POST /_matrix/client/v3/keys/{endpoint}` as `user`: the status and the answer.
-async fn keys(server: &TestServer, endpoint: &str, user: &User, body: Value) -> (u16, Value) {
+pub(crate) async fn keys(server: &TestServer, endpoint: &str, user: &User, body: Value) -> (u16, Value) {
     server.post(&format!("/_matrix/client/v3/keys/{endpoint}"), Some(&user.token), body).await
 }
 
@@ -30,12 +30,12 @@ async fn second_device(server: &TestServer, user: &User, device_id: &str) -> (Us
     (User { token, ..user.clone() }, device_id.to_owned())
 }
 
-async fn whoami_device(server: &TestServer, user: &User) -> String {
+pub(crate) async fn whoami_device(server: &TestServer, user: &User) -> String {
     let (_, body) = server.get("/_matrix/client/v3/account/whoami", Some(&user.token)).await;
     body["device_id"].as_str().unwrap().to_owned()
 }
 
-fn device_keys(user: &User, device: &str) -> Value {
+pub(crate) fn device_keys(user: &User, device: &str) -> Value {
     json!({
         "user_id": user.user_id,
         "device_id": device,

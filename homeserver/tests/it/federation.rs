@@ -409,7 +409,7 @@ pub(crate) async fn send_transaction(
 }
 
 /// `PUT /send/{txn}` with EDUs too.
-async fn send_transaction_with(
+pub(crate) async fn send_transaction_with(
     to: &TestServer,
     key: &ServerKey,
     txn: &str,

@@ -31,6 +31,8 @@
 //! - `hardening`: rules no endpoint can skip (redaction authority, one membership path, aliases),
 //!   concurrent writes, bounded filters, lax and malformed request bodies.
 //! - `visibility`: history visibility on every event-returning endpoint (left, never joined, late).
+//! - `e2ee_federation`: keys queried and claimed through another server; to-device and
+//!   device-list EDUs.
 //! - `federation`, `federation_membership`, `federation_delivery`: servers federating over HTTPS
 //!   with a test CA — keys, signed requests, transactions, joins, messages; invites, rejections,
 //!   knocks, leaves, directories, backfill, EDUs; outages, catch-up and the destinations' admin.
@@ -49,6 +51,7 @@ mod admin;
 mod chat;
 mod durability;
 mod e2ee;
+mod e2ee_federation;
 mod errors;
 mod federation;
 mod federation_delivery;

@@ -1,0 +1,110 @@
+//! End-to-end encryption across two Lattice servers: a client's `/keys/query` and `/keys/claim`
+//! for another server's users answered by that server (`/user/keys/query`, `/user/keys/claim`),
+//! an unreachable server in `failures`, `/user/devices`; to-device messages and device-list
+//! updates arriving as EDUs, each only from the sender's own server.
+
+use ruma::api::federation::device::get_devices;
+use serde_json::{Value, json};
+
+use crate::{
+    e2ee::{device_keys, keys, whoami_device},
+    federation::{TestCa, federated, name_of, send_transaction_with},
+    harness::{TestServer, User, enc},
+};
+
+/// Two servers; Ann on A and Bob on B in a room on B; Bob's device has keys and three
+/// one-time keys, and a master key.
+async fn setup() -> (TestCa, TestServer, TestServer, User, User, String, String) {
+    let ca = TestCa::create();
+    let (a, b) = (federated(&ca, |_| {}).await, federated(&ca, |_| {}).await);
+    let ann = a.register("ann").await;
+    let bob = b.register("bob").await;
+    let room = b.create_room(&bob, json!({ "preset": "public_chat" })).await;
+    let join = format!("/_matrix/client/v3/join/{}?via={}", enc(&room), enc(name_of(&b).as_str()));
+    let (code, answer) = a.post(&join, Some(&ann.token), json!({})).await;
+    assert_eq!(code, 200, "{answer}");
+    let device = whoami_device(&b, &bob).await;
+    let otks: serde_json::Map<String, Value> =
+        (0..3).map(|i| (format!("signed_curve25519:k{i}"), json!({ "key": format!("otk{i}") }))).collect();
+    let body = json!({ "device_keys": device_keys(&bob, &device), "one_time_keys": otks });
+    assert_eq!(keys(&b, "upload", &bob, body).await.0, 200);
+    let master =
+        json!({ "user_id": bob.user_id, "usage": ["master"], "keys": { "ed25519:master": "master" } });
+    let (code, answer) = b
+        .post(
+            "/_matrix/client/v3/keys/device_signing/upload",
+            Some(&bob.token),
+            json!({ "master_key": master }),
+        )
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    (ca, a, b, ann, bob, room, device)
+}
+
+#[tokio::test]
+async fn keys_of_another_servers_users_are_queried_and_claimed_through_it() {
+    let (_ca, a, b, ann, bob, _room, device) = setup().await;
+    let query =
+        json!({ "device_keys": { &bob.user_id: [], "@nobody:unreachable.invalid": [] }, "timeout": 5000 });
+    let (code, answer) = keys(&a, "query", &ann, query).await;
+    assert_eq!(code, 200, "{answer}");
+    let theirs = &answer["device_keys"][&bob.user_id][&device];
+    assert_eq!(theirs["keys"][format!("curve25519:{device}")], "curve", "{answer}");
+    assert_eq!(answer["master_keys"][&bob.user_id]["keys"]["ed25519:master"], "master", "{answer}");
+    assert!(answer["failures"].get("unreachable.invalid").is_some(), "{answer}");
+    assert!(answer["failures"].get(name_of(&b).as_str()).is_none(), "{answer}");
+
+    // Claims reach Bob's server: each hands out another key.
+    let claim = json!({ "one_time_keys": { &bob.user_id: { &device: "signed_curve25519" } } });
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let (code, answer) = keys(&a, "claim", &ann, claim.clone()).await;
+        assert_eq!(code, 200, "{answer}");
+        let key = answer["one_time_keys"][&bob.user_id][&device].as_object().cloned().unwrap_or_default();
+        assert_eq!(key.len(), 1, "{answer}");
+        seen.extend(key.keys().cloned());
+    }
+    assert_ne!(seen[0], seen[1], "a key is handed out once");
+    let sync = b.sync(&bob, None, 0).await;
+    assert_eq!(sync["device_one_time_keys_count"]["signed_curve25519"], 1, "Bob's server counts the claims");
+
+    // `/user/devices` lists Bob's device with its keys.
+    let request = get_devices::v1::Request::new(bob.user_id.parse().unwrap());
+    let devices = a.server.federation.client.send(&name_of(&b), request).await.unwrap();
+    assert_eq!(devices.devices.len(), 1);
+    assert_eq!(devices.devices[0].device_id.as_str(), device);
+    assert!(u64::from(devices.stream_id) > 0);
+    assert!(devices.master_key.is_some());
+}
+
+#[tokio::test]
+async fn to_device_and_device_list_edus_are_taken_from_the_senders_server_only() {
+    let (_ca, a, b, ann, bob, _room, device) = setup().await;
+    let since = b.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let a_key = &a.server.federation.key;
+    let message = |sender: &str, id: &str| {
+        json!({ "edu_type": "m.direct_to_device", "content": {
+            "sender": sender, "type": "m.room.encrypted", "message_id": id,
+            "messages": { &bob.user_id: { &device: { "ciphertext": format!("from {sender}") } } },
+        } })
+    };
+    let forged = format!("@mallory:{}", name_of(&b));
+    let edus = [
+        message(&ann.user_id, "m1"),
+        message(&ann.user_id, "m1"),
+        message(&forged, "m2"),
+        json!({ "edu_type": "m.device_list_update", "content": {
+            "user_id": ann.user_id, "device_id": "ANNPHONE", "stream_id": 1, "prev_id": [], "deleted": false,
+        } }),
+    ];
+    let (code, answer) = send_transaction_with(&b, a_key, "edus1", &[], &edus).await;
+    assert_eq!(code, 200, "{answer}");
+    let sync = b.sync(&bob, Some(&since), 5000).await;
+    let events = sync["to_device"]["events"].as_array().cloned().unwrap_or_default();
+    assert_eq!(events.len(), 1, "once per message id, never from a forged sender: {sync:#}");
+    assert_eq!(events[0]["sender"], ann.user_id.as_str());
+    assert_eq!(events[0]["type"], "m.room.encrypted");
+    assert_eq!(events[0]["content"]["ciphertext"], format!("from {}", ann.user_id));
+    let changed = sync["device_lists"]["changed"].as_array().cloned().unwrap_or_default();
+    assert!(changed.iter().any(|u| u == ann.user_id.as_str()), "{sync:#}");
+}
