@@ -214,10 +214,29 @@ impl Sender {
                 n if n < ROUTE_BATCH => up_to,
                 _ => presence.last().map_or(up_to, |p| StreamPos::new(p.stream_pos)),
             };
-            let reached = reached_events.min(reached_receipts).min(reached_presence);
+            let mut to_device = state.db.to_device_to_route(from.get(), up_to.get(), ROUTE_BATCH).await?;
+            let reached_to_device = match to_device.len() as i64 {
+                n if n < ROUTE_BATCH => up_to,
+                _ => to_device.last().map_or(up_to, |(_, pos)| StreamPos::new(*pos)),
+            };
+            let mut device_lists = state
+                .db
+                .device_list_changes_to_route(ours.as_str(), from.get(), up_to.get(), ROUTE_BATCH)
+                .await?;
+            let reached_device_lists = match device_lists.len() as i64 {
+                n if n < ROUTE_BATCH => up_to,
+                _ => device_lists.last().map_or(up_to, |(_, pos)| StreamPos::new(*pos)),
+            };
+            let reached = reached_events
+                .min(reached_receipts)
+                .min(reached_presence)
+                .min(reached_to_device)
+                .min(reached_device_lists);
             events.retain(|e| e.stream_pos <= reached);
             receipts.retain(|r| r.stream_pos <= reached.get());
             presence.retain(|p| p.stream_pos <= reached.get());
+            to_device.retain(|(_, pos)| *pos <= reached.get());
+            device_lists.retain(|(_, pos)| *pos <= reached.get());
             let mut owed: Vec<(String, StreamPos)> = Vec::new();
             let mut forwarded: Vec<String> = Vec::new();
             for event in &events {
@@ -238,6 +257,16 @@ impl Sender {
             for row in &presence {
                 for destination in self.servers_sharing_a_room(&row.user_id).await? {
                     owed.push((destination.to_string(), StreamPos::new(row.stream_pos)));
+                }
+            }
+            // To-device messages name their destination; device-list changes go to every
+            // server sharing a room with the user (it then fetches the devices).
+            for (destination, pos) in &to_device {
+                owed.push((destination.clone(), StreamPos::new(*pos)));
+            }
+            for (user, pos) in &device_lists {
+                for destination in self.servers_sharing_a_room(user).await? {
+                    owed.push((destination.to_string(), StreamPos::new(*pos)));
                 }
             }
             // Routing that owes nothing is not written each time (a server without federation
@@ -545,6 +574,8 @@ async fn deliver_once(sender: &Sender, destination: &ServerName) -> Result<Optio
     events.sort_by_key(|e| e.stream_pos);
     let receipts = state.db.receipts_at(&raw).await?;
     let presence = state.db.presence_at(&raw).await?;
+    let to_device = state.db.to_device_edus_at(destination.as_str(), &raw).await?;
+    let device_lists = state.db.device_list_changes_at(&raw).await?;
     // The transaction id is fixed by the positions it carries, so a retry keeps it; one with
     // only typing notices or nothing (never retried) is named by the time.
     let txn_id: OwnedTransactionId = match (positions.first(), positions.last()) {
@@ -563,6 +594,8 @@ async fn deliver_once(sender: &Sender, destination: &ServerName) -> Result<Optio
     request.edus = receipt_edus(&receipts)
         .into_iter()
         .chain(presence_edu(&presence))
+        .chain(to_device.iter().filter_map(|edu| serde_json::from_str::<Value>(edu).ok()))
+        .chain(device_lists.iter().map(|(user, pos)| device_list_edu(user, *pos)))
         .chain(ephemeral)
         .filter_map(|e| serde_json::value::to_raw_value(&e).ok().map(Raw::from_json))
         .collect();
@@ -591,6 +624,15 @@ async fn deliver_once(sender: &Sender, destination: &ServerName) -> Result<Optio
             Ok(Some(backoff))
         }
     }
+}
+
+/// An `m.device_list_update` for a change of a user's devices. Which device changed is not
+/// recorded, so `prev_id` is empty: the receiver then fetches the user's whole device list
+/// (`/user/devices`), as the spec lets it (Synapse always resyncs on an empty `prev_id`).
+fn device_list_edu(user: &str, pos: i64) -> Value {
+    json!({ "edu_type": "m.device_list_update", "content": {
+        "user_id": user, "device_id": "*", "stream_id": pos, "prev_id": [], "deleted": false,
+    } })
 }
 
 /// One `m.presence` EDU for the presence rows a transaction carries (none if there are none).

@@ -50,10 +50,10 @@ impl Live {
         let ignore_lists = Arc::new(ignore::IgnoreLists::new(db.clone(), stream.clone()));
         Self {
             typing: typing::Typing::start(stream.clone()),
-            presence: presence::Presence::start(presence, server_name, db.clone(), stream.clone()),
+            presence: presence::Presence::start(presence, server_name.clone(), db.clone(), stream.clone()),
             unread: Arc::new(unread::UnreadCache::new(db.clone(), stream.clone())),
             receipts: Arc::new(receipts::Receipts::new(db.clone(), stream.clone())),
-            to_device: Arc::new(to_device::ToDevice::new(db.clone(), stream.clone())),
+            to_device: Arc::new(to_device::ToDevice::new(db.clone(), stream.clone(), server_name.clone())),
             device_lists: Arc::new(device_lists::DeviceLists::new(db.clone(), stream.clone())),
             pusher_changes: Arc::default(),
             account_data: Arc::new(account_data::AccountData::new(db, stream, ignore_lists.clone())),

@@ -1,7 +1,9 @@
 //! To-device messages (spec: "Send-to-Device messaging"): a client's `PUT /sendToDevice`
 //! queues one message per recipient device at one stream position, once per transaction id,
 //! and wakes the recipients' syncs; their syncs deliver them (`homeserver-sync`) until a later
-//! sync acknowledges them. `*` addresses every device of a user.
+//! sync acknowledges them. `*` addresses every device of a user. Messages for other servers'
+//! users are stored, in the same transaction, as one `m.direct_to_device` EDU per server
+//! (`federation_to_device`), which federation's sender routes and delivers.
 
 use std::sync::Arc;
 
@@ -10,7 +12,10 @@ use homeserver_storage::{
     Db,
     e2ee::{ToDeviceBatch, ToDeviceMessage},
 };
-use ruma::{OwnedUserId, UserId};
+use std::collections::BTreeMap;
+
+use ruma::{OwnedServerName, OwnedUserId, UserId};
+use serde_json::{Map, Value, json};
 
 /// Recipients one request may address (devices, after `*` is expanded).
 pub const MAX_RECIPIENTS: usize = 10_000;
@@ -33,11 +38,12 @@ pub struct Outgoing {
 pub struct ToDevice {
     db: Db,
     stream: Arc<EventStream>,
+    server_name: OwnedServerName,
 }
 
 impl ToDevice {
-    pub fn new(db: Db, stream: Arc<EventStream>) -> Self {
-        Self { db, stream }
+    pub fn new(db: Db, stream: Arc<EventStream>, server_name: OwnedServerName) -> Self {
+        Self { db, stream, server_name }
     }
 
     /// Queues the messages of one `sendToDevice` request (a repeated transaction id queues
@@ -52,7 +58,20 @@ impl ToDevice {
     ) -> Result<(), Error> {
         let mut recipients = Vec::new();
         let mut woken: Vec<OwnedUserId> = Vec::new();
+        // Other servers' users: one `m.direct_to_device` EDU per server, for federation to send.
+        let mut remote: BTreeMap<OwnedServerName, Map<String, Value>> = BTreeMap::new();
         for message in messages {
+            if message.user.server_name() != self.server_name {
+                let device = match &message.devices {
+                    Recipient::Device(device) => device.clone(),
+                    Recipient::AllDevices => "*".to_owned(),
+                };
+                let content: Value = serde_json::from_str(&message.content).unwrap_or_else(|_| json!({}));
+                let users = remote.entry(message.user.server_name().to_owned()).or_default();
+                let devices = users.entry(message.user.to_string()).or_insert_with(|| json!({}));
+                devices[device] = content;
+                continue;
+            }
             let devices = match message.devices {
                 Recipient::Device(device) => vec![device],
                 Recipient::AllDevices => {
@@ -78,6 +97,18 @@ impl ToDevice {
         }
         let reservation = self.stream.reserve(1).await?;
         let pos = reservation.first() as i64;
+        let remote: Vec<(String, String)> = remote
+            .into_iter()
+            .map(|(server, users)| {
+                let edu = json!({ "edu_type": "m.direct_to_device", "content": {
+                    "sender": sender, "type": event_type,
+                    // Unique per sender: the position is this server's, once.
+                    "message_id": format!("{}.{pos}", self.server_name),
+                    "messages": users,
+                } });
+                (server.to_string(), edu.to_string())
+            })
+            .collect();
         let scope = format!("sendToDevice/{event_type}");
         let batch = ToDeviceBatch {
             sender: sender.as_str(),
@@ -88,7 +119,7 @@ impl ToDevice {
             pos,
             now_ms: now_millis() as i64,
         };
-        self.db.queue_to_device(&batch, &recipients).await?;
+        self.db.queue_to_device(&batch, &recipients, &remote).await?;
         reservation.complete(woken);
         Ok(())
     }

@@ -100,6 +100,76 @@ impl Db {
         rows.iter().map(event_from_row).collect()
     }
 
+    /// To-device messages for other servers in `(after, up_to]`: (destination, position).
+    pub async fn to_device_to_route(&self, after: i64, up_to: i64, limit: i64) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT destination, stream_pos FROM federation_to_device \
+             WHERE stream_pos > $1 AND stream_pos <= $2 ORDER BY stream_pos LIMIT $3",
+        )
+        .bind(after)
+        .bind(up_to)
+        .bind(limit)
+        .fetch_all(self.reader())
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get("destination")?, r.try_get("stream_pos")?))).collect()
+    }
+
+    /// The `m.direct_to_device` EDUs for `destination` at these positions.
+    pub async fn to_device_edus_at(&self, destination: &str, positions: &[i64]) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for chunk in positions.chunks(100) {
+            let list = crate::placeholders(2, chunk.len());
+            let sql = format!(
+                "SELECT edu FROM federation_to_device WHERE destination = $1 AND stream_pos IN ({list}) ORDER BY stream_pos"
+            );
+            let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql)).bind(destination);
+            for pos in chunk {
+                q = q.bind(*pos);
+            }
+            out.extend(q.fetch_all(self.reader()).await?);
+        }
+        Ok(out)
+    }
+
+    /// Device-list changes of users of `ours` in `(after, up_to]`: (user, position).
+    pub async fn device_list_changes_to_route(
+        &self,
+        ours: &str,
+        after: i64,
+        up_to: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT user_id, pos FROM device_list_changes WHERE pos > $1 AND pos <= $2 AND user_id LIKE $3 \
+             ORDER BY pos LIMIT $4",
+        )
+        .bind(after)
+        .bind(up_to)
+        .bind(format!("%:{ours}"))
+        .bind(limit)
+        .fetch_all(self.reader())
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get("user_id")?, r.try_get("pos")?))).collect()
+    }
+
+    /// The device-list changes at these positions: (user, position).
+    pub async fn device_list_changes_at(&self, positions: &[i64]) -> Result<Vec<(String, i64)>> {
+        let mut out = Vec::new();
+        for chunk in positions.chunks(100) {
+            let list = crate::placeholders(1, chunk.len());
+            let sql =
+                format!("SELECT user_id, pos FROM device_list_changes WHERE pos IN ({list}) ORDER BY pos");
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for pos in chunk {
+                q = q.bind(*pos);
+            }
+            for r in q.fetch_all(self.reader()).await? {
+                out.push((r.try_get("user_id")?, r.try_get("pos")?));
+            }
+        }
+        Ok(out)
+    }
+
     /// A destination's state (None: unknown).
     pub async fn destination(&self, destination: &str) -> Result<Option<DestinationRow>> {
         let sql =
@@ -132,11 +202,10 @@ impl Db {
     /// the backoff is reset.
     pub async fn delivered(&self, destination: &str, up_to: StreamPos, now: i64) -> Result<()> {
         let mut tx = self.writer().begin().await?;
-        sqlx::query("DELETE FROM federation_outbox WHERE destination = $1 AND stream_pos <= $2")
-            .bind(destination)
-            .bind(up_to.get())
-            .execute(&mut *tx)
-            .await?;
+        for table in ["federation_outbox", "federation_to_device"] {
+            let sql = format!("DELETE FROM {table} WHERE destination = $1 AND stream_pos <= $2");
+            sqlx::query(AssertSqlSafe(sql)).bind(destination).bind(up_to.get()).execute(&mut *tx).await?;
+        }
         sqlx::query(
             "UPDATE federation_destinations SET failures = 0, retry_at = 0, last_success_ts = $2, failure_ts = NULL \
              WHERE destination = $1",
@@ -151,7 +220,8 @@ impl Db {
 
     /// Catch-up after an outage: keeps the newest `keep` positions a destination is owed, the
     /// newest event of each room among the rest, and every position still holding someone's
-    /// current receipt or presence; drops the others (the destination fetches the events
+    /// current receipt or presence, a to-device message or a device-list change (never
+    /// dropped: nothing else would bring them); drops the others (the destination fetches the events
     /// between with `get_missing_events` and backfill). Returns how many were dropped.
     pub async fn compact_outbox(&self, destination: &str, keep: i64) -> Result<u64> {
         let done = sqlx::query(
@@ -162,7 +232,9 @@ impl Db {
                                     JOIN events e ON e.stream_pos = o.stream_pos \
                                     WHERE o.destination = $1 GROUP BY e.room_id) \
              AND stream_pos NOT IN (SELECT stream_pos FROM receipts) \
-             AND stream_pos NOT IN (SELECT stream_pos FROM presence)",
+             AND stream_pos NOT IN (SELECT stream_pos FROM presence) \
+             AND stream_pos NOT IN (SELECT stream_pos FROM federation_to_device WHERE destination = $1) \
+             AND stream_pos NOT IN (SELECT pos FROM device_list_changes)",
         )
         .bind(destination)
         .bind(keep)

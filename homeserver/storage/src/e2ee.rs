@@ -272,6 +272,7 @@ impl Db {
         &self,
         batch: &ToDeviceBatch<'_>,
         recipients: &[ToDeviceMessage],
+        remote: &[(String, String)],
     ) -> Result<bool> {
         let ToDeviceBatch { sender, sender_device, txn_scope, txn_id, event_type, pos, now_ms } = *batch;
         let mut tx = self.writer().begin().await?;
@@ -303,6 +304,16 @@ impl Db {
             .bind(sender)
             .bind(event_type)
             .bind(&m.content)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (destination, edu) in remote {
+            sqlx::query(
+                "INSERT INTO federation_to_device (destination, stream_pos, edu) VALUES ($1, $2, $3)",
+            )
+            .bind(destination)
+            .bind(pos)
+            .bind(edu)
             .execute(&mut *tx)
             .await?;
         }

@@ -16,7 +16,7 @@ pub(crate) async fn keys(server: &TestServer, endpoint: &str, user: &User, body:
 }
 
 /// Logs in `user` again: a second device, its access token and device id.
-async fn second_device(server: &TestServer, user: &User, device_id: &str) -> (User, String) {
+pub(crate) async fn second_device(server: &TestServer, user: &User, device_id: &str) -> (User, String) {
     let body = json!({
         "type": "m.login.password",
         "identifier": { "type": "m.id.user", "user": user.user_id },

@@ -7,7 +7,7 @@ use ruma::api::federation::device::get_devices;
 use serde_json::{Value, json};
 
 use crate::{
-    e2ee::{device_keys, keys, whoami_device},
+    e2ee::{device_keys, keys, second_device, whoami_device},
     federation::{TestCa, federated, name_of, send_transaction_with},
     harness::{TestServer, User, enc},
 };
@@ -107,4 +107,56 @@ async fn to_device_and_device_list_edus_are_taken_from_the_senders_server_only()
     assert_eq!(events[0]["content"]["ciphertext"], format!("from {}", ann.user_id));
     let changed = sync["device_lists"]["changed"].as_array().cloned().unwrap_or_default();
     assert!(changed.iter().any(|u| u == ann.user_id.as_str()), "{sync:#}");
+}
+
+#[tokio::test]
+async fn to_device_messages_and_device_list_changes_reach_the_other_server() {
+    let (_ca, a, b, ann, bob, _room, device) = setup().await;
+    let bob_since = b.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let ann_since = a.sync(&ann, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+
+    // Ann sends Bob's device (and all his devices) a message through her server.
+    let body = json!({ "messages": { &bob.user_id: { &device: { "ciphertext": "for one" }, "*": { "ciphertext": "for all" } } } });
+    for _ in 0..2 {
+        // A retry with the same transaction id sends nothing again.
+        let (code, answer) = a
+            .put("/_matrix/client/v3/sendToDevice/m.room.encrypted/t1", Some(&ann.token), body.clone())
+            .await;
+        assert_eq!(code, 200, "{answer}");
+    }
+    let mut got = Vec::new();
+    let mut since = bob_since;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while got.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the to-device message never arrived");
+        let sync = b.sync(&bob, Some(&since), 2000).await;
+        got.extend(sync["to_device"]["events"].as_array().cloned().unwrap_or_default());
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+    }
+    // One of the two (a device addressed by id and by `*` gets one message per request).
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(got[0]["sender"], ann.user_id.as_str());
+    assert_eq!(got[0]["type"], "m.room.encrypted");
+    let sync = b.sync(&bob, Some(&since), 1000).await;
+    assert!(sync["to_device"]["events"].as_array().is_none_or(Vec::is_empty), "delivered once: {sync:#}");
+
+    // Bob's new device: Ann's server hears of it and her sync lists him.
+    let (tablet, tablet_id) = second_device(&b, &bob, "TABLET").await;
+    let (code, answer) =
+        keys(&b, "upload", &tablet, json!({ "device_keys": device_keys(&bob, &tablet_id) })).await;
+    assert_eq!(code, 200, "{answer}");
+    let mut since = ann_since;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "Ann's server never heard of Bob's new keys");
+        let sync = a.sync(&ann, Some(&since), 2000).await;
+        let changed = sync["device_lists"]["changed"].as_array().cloned().unwrap_or_default();
+        if changed.iter().any(|u| u == bob.user_id.as_str()) {
+            break;
+        }
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+    }
+    // And a query then gets the new device's keys from Bob's server.
+    let (_, answer) = keys(&a, "query", &ann, json!({ "device_keys": { &bob.user_id: [] } })).await;
+    assert!(answer["device_keys"][&bob.user_id].get("TABLET").is_some(), "{answer}");
 }
