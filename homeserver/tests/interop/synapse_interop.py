@@ -8,7 +8,8 @@ Both servers are already running and federate with each other over HTTPS (`.ci/s
 starts them). The script drives each server's client-server API with plain HTTP requests and
 checks that what one server's user does reaches the other server's user: joins in both
 directions, messages both ways in order, invites (accepted and rejected), leaves, typing, read
-receipts, profile queries and backfill for a late joiner.
+receipts, profile queries, backfill for a late joiner, media, and end-to-end encryption's
+server side (keys queried and claimed, to-device messages, device-list updates).
 
 Every check prints PASS or FAIL; the exit status is 0 only if every check passed.
 """
@@ -420,6 +421,49 @@ def main(argv: list[str]) -> int:
             assert joiner.join(room, via=owner.server_name) == room
             owner.wait_for("the restricted join", lambda r=room: owner.membership(r, joiner.user_id) == "join")
 
+    def e2ee_keys_and_to_device_both_ways():
+        # Each side's device keys queried and one-time keys claimed by the other's user through
+        # federation, a to-device message delivered across, and a new device announced (the
+        # other side's sync lists the user in device_lists.changed).
+        for owner, other in ((lat, syn), (syn, lat)):
+            owner.sync(timeout_ms=0)
+            device = other.call("GET", "/_matrix/client/v3/account/whoami")["device_id"]
+            keys = {
+                "user_id": other.user_id, "device_id": device,
+                "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+                "keys": {f"curve25519:{device}": f"curve-{tag}", f"ed25519:{device}": f"ed-{tag}"},
+                "signatures": {other.user_id: {f"ed25519:{device}": "sig"}},
+            }
+            otks = {f"signed_curve25519:k{i}{tag}": {"key": f"otk{i}", "signatures": {}} for i in range(2)}
+            other.call("POST", "/_matrix/client/v3/keys/upload", {"device_keys": keys, "one_time_keys": otks})
+            answer = owner.call("POST", "/_matrix/client/v3/keys/query", {"device_keys": {other.user_id: []}})
+            got = answer["device_keys"].get(other.user_id, {}).get(device, {})
+            assert got.get("keys", {}).get(f"curve25519:{device}") == f"curve-{tag}", answer
+            claim = {"one_time_keys": {other.user_id: {device: "signed_curve25519"}}}
+            answer = owner.call("POST", "/_matrix/client/v3/keys/claim", claim)
+            claimed = answer["one_time_keys"].get(other.user_id, {}).get(device, {})
+            assert len(claimed) == 1, answer
+            other.sync(timeout_ms=0)
+            path = f"/_matrix/client/v3/sendToDevice/m.room.encrypted/{uuid.uuid4().hex}"
+            body = {"messages": {other.user_id: {device: {"algorithm": "test", "note": f"to-device {tag}"}}}}
+            owner.call("PUT", path, body)
+            other.wait_sync("the to-device message", lambda a, o=owner: any(
+                e.get("sender") == o.user_id and e["content"].get("note") == f"to-device {tag}"
+                for e in a.get("to_device", {}).get("events", [])))
+            login = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": other.user_id},
+                     "password": "interop-password-" + other.user_id[1:].split(":")[0]}
+            new = other.call("POST", "/_matrix/client/v3/login", login, auth=False)
+            # The same user on a second device (a login, not a registration).
+            second = object.__new__(User)
+            second.base, second.server_name, second.since = other.base, other.server_name, None
+            second.token, second.user_id = new["access_token"], other.user_id
+            new_device = new["device_id"]
+            keys = dict(keys, device_id=new_device, keys={f"curve25519:{new_device}": "c2", f"ed25519:{new_device}": "e2"},
+                        signatures={other.user_id: {f"ed25519:{new_device}": "sig"}})
+            second.call("POST", "/_matrix/client/v3/keys/upload", {"device_keys": keys})
+            owner.wait_sync(f"{other.user_id} in device_lists.changed", lambda a, o=other: o.user_id in
+                            a.get("device_lists", {}).get("changed", []))
+
     def leaves_both_ways():
         lat.leave(rooms["syn"])
         syn.wait_for("the Lattice user's leave", lambda: syn.membership(rooms["syn"], lat.user_id) == "leave")
@@ -460,6 +504,7 @@ def main(argv: list[str]) -> int:
     check("presence both ways", presence_both_ways)
     check("typing both ways", typing_both_ways)
     check("read receipts both ways", receipts_both_ways)
+    check("end-to-end encryption keys, claims, to-device and device lists both ways", e2ee_keys_and_to_device_both_ways)
     check("leaves both ways", leaves_both_ways)
     check("media fetched over federation both ways", media_both_ways)
 
