@@ -46,13 +46,8 @@ async fn devices(state: FederationState, req: Ruma<get_devices::v1::Request>) ->
         .and_then(Value::as_object)
         .into_iter()
         .flatten()
-        .map(|(device_id, keys)| {
-            let mut device = json!({ "device_id": device_id, "keys": keys });
-            if let Some(name) = keys.pointer("/unsigned/device_display_name") {
-                device["device_display_name"] = name.clone();
-            }
-            device
-        })
+        // No `device_display_name`: device names stay on this server.
+        .map(|(device_id, keys)| json!({ "device_id": device_id, "keys": keys }))
         .collect();
     let stream_id = state.db.device_list_stream_id(user.as_str()).await.map_err(Error::from)?;
     let mut body = json!({ "user_id": user, "stream_id": stream_id, "devices": devices });

@@ -13,14 +13,14 @@
 
 use std::time::Duration;
 
-use homeserver_core::Error;
+use homeserver_core::{Error, ErrorKind};
 use homeserver_live::{
     presence::{RemotePresence, State},
     receipts::NewReceipt,
     to_device::{Outgoing, Recipient},
 };
 use ruma::{
-    RoomId, ServerName, UserId,
+    OwnedUserId, RoomId, ServerName, UserId,
     api::federation::transactions::edu::{
         DirectDeviceContent, Edu, PresenceUpdate, ReceiptContent, TypingContent,
     },
@@ -52,6 +52,8 @@ pub(crate) async fn receive_edus(
     // Presence is gathered over the whole transaction: the last update of each user counts,
     // at most `MAX_PRESENCE` users, so a transaction costs a bounded number of writes.
     let mut presence: Vec<PresenceUpdate> = Vec::new();
+    // Device-list changes count once per user per transaction, however many EDUs name them.
+    let mut changed_lists: Vec<OwnedUserId> = Vec::new();
     for raw in edus {
         match raw.deserialize() {
             Ok(Edu::Typing(typing)) => typing_notice(state, origin, &typing).await?,
@@ -66,11 +68,16 @@ pub(crate) async fn receive_edus(
                 }
             }
             Ok(Edu::DirectToDevice(content)) => to_device(state, origin, content).await?,
-            Ok(Edu::DeviceListUpdate(update)) => device_list_changed(state, origin, &update.user_id).await?,
-            Ok(Edu::SigningKeyUpdate(update)) => device_list_changed(state, origin, &update.user_id).await?,
+            Ok(Edu::DeviceListUpdate(update)) => changed_lists.push(update.user_id),
+            Ok(Edu::SigningKeyUpdate(update)) => changed_lists.push(update.user_id),
             Ok(_) => {}
             Err(err) => tracing::debug!(%origin, error = %err, "skipping a malformed EDU"),
         }
+    }
+    changed_lists.sort();
+    changed_lists.dedup();
+    for user in &changed_lists {
+        device_list_changed(state, origin, user).await?;
     }
     presence_updates(state, origin, &presence).await
 }
@@ -107,11 +114,17 @@ async fn to_device(
         .to_device
         .send(&content.sender, &device, &content.ev_type.to_string(), content.message_id.as_str(), messages)
         .await;
-    if let Err(err) = sent {
-        // Too many recipients, or unknown users: the message is refused, not the transaction.
-        tracing::debug!(%origin, error = %err.message, "skipping a to-device EDU");
+    match sent {
+        Ok(()) => Ok(()),
+        // Too many recipients: the message is refused, not the transaction.
+        Err(err) if err.kind == ErrorKind::TooLarge => {
+            tracing::debug!(%origin, error = %err.message, "skipping a to-device EDU");
+            Ok(())
+        }
+        // Anything else (the database) fails the transaction, so the origin retries it; the
+        // message id makes the retry queue nothing twice.
+        Err(err) => Err(err),
     }
-    Ok(())
 }
 
 /// A user of `origin` changed their devices or cross-signing keys (`m.device_list_update`,

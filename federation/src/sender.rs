@@ -214,11 +214,9 @@ impl Sender {
                 n if n < ROUTE_BATCH => up_to,
                 _ => presence.last().map_or(up_to, |p| StreamPos::new(p.stream_pos)),
             };
-            let mut to_device = state.db.to_device_to_route(from.get(), up_to.get(), ROUTE_BATCH).await?;
-            let reached_to_device = match to_device.len() as i64 {
-                n if n < ROUTE_BATCH => up_to,
-                _ => to_device.last().map_or(up_to, |(_, pos)| StreamPos::new(*pos)),
-            };
+            let (mut to_device, reached_to_device) =
+                state.db.to_device_to_route(from.get(), up_to.get(), ROUTE_BATCH).await?;
+            let reached_to_device = StreamPos::new(reached_to_device);
             let mut device_lists = state
                 .db
                 .device_list_changes_to_route(ours.as_str(), from.get(), up_to.get(), ROUTE_BATCH)
@@ -563,7 +561,16 @@ async fn deliver_once(sender: &Sender, destination: &ServerName) -> Result<Optio
         let dropped = state.db.compact_outbox(destination.as_str(), cap).await?;
         tracing::info!(%destination, dropped, "catch-up capped: recent events and each room's latest kept");
     }
-    let positions = state.db.outbox(destination.as_str(), MAX_PDUS as i64).await?;
+    let mut positions = state.db.outbox(destination.as_str(), MAX_PDUS as i64).await?;
+    let raw: Vec<i64> = positions.iter().map(|p| p.get()).collect();
+    let mut to_device = state.db.to_device_edus_at(destination.as_str(), &raw).await?;
+    // A transaction stays well inside every server's body limit: to-device EDUs (up to 64 KiB
+    // each) end it early, at a position boundary (always after the first position).
+    if let Some(cut) = to_device_cut(&to_device) {
+        positions.retain(|p| p.get() < cut || Some(*p) == raw.first().map(|f| StreamPos::new(*f)));
+        let last = positions.last().map_or(0, |p| p.get());
+        to_device.retain(|(pos, _)| *pos <= last);
+    }
     let ephemeral = sender.take_ephemeral(destination);
     let announcing = sender.take_announce(destination);
     if positions.is_empty() && ephemeral.is_empty() && !announcing {
@@ -574,8 +581,7 @@ async fn deliver_once(sender: &Sender, destination: &ServerName) -> Result<Optio
     events.sort_by_key(|e| e.stream_pos);
     let receipts = state.db.receipts_at(&raw).await?;
     let presence = state.db.presence_at(&raw).await?;
-    let to_device = state.db.to_device_edus_at(destination.as_str(), &raw).await?;
-    let device_lists = state.db.device_list_changes_at(&raw).await?;
+    let device_lists = newest_per_user(state.db.device_list_changes_at(&raw).await?);
     // The transaction id is fixed by the positions it carries, so a retry keeps it; one with
     // only typing notices or nothing (never retried) is named by the time.
     let txn_id: OwnedTransactionId = match (positions.first(), positions.last()) {
@@ -594,7 +600,7 @@ async fn deliver_once(sender: &Sender, destination: &ServerName) -> Result<Optio
     request.edus = receipt_edus(&receipts)
         .into_iter()
         .chain(presence_edu(&presence))
-        .chain(to_device.iter().filter_map(|edu| serde_json::from_str::<Value>(edu).ok()))
+        .chain(to_device.iter().filter_map(|(_, edu)| serde_json::from_str::<Value>(edu).ok()))
         .chain(device_lists.iter().map(|(user, pos)| device_list_edu(user, *pos)))
         .chain(ephemeral)
         .filter_map(|e| serde_json::value::to_raw_value(&e).ok().map(Raw::from_json))
@@ -624,6 +630,37 @@ async fn deliver_once(sender: &Sender, destination: &ServerName) -> Result<Optio
             Ok(Some(backoff))
         }
     }
+}
+
+/// Most to-device EDU bytes, and EDUs, one transaction carries (the spec allows 100 EDUs;
+/// receipts, presence, device lists and typing share the rest).
+const MAX_TO_DEVICE_BYTES: usize = 4 << 20;
+const MAX_TO_DEVICE_EDUS: usize = 40;
+
+/// Where a transaction's to-device EDUs (position, EDU, in order) pass the limits: the first
+/// position left out, if any.
+fn to_device_cut(edus: &[(i64, String)]) -> Option<i64> {
+    let (mut bytes, mut count) = (0, 0);
+    for (pos, edu) in edus {
+        bytes += edu.len();
+        count += 1;
+        if bytes > MAX_TO_DEVICE_BYTES || count > MAX_TO_DEVICE_EDUS {
+            return Some(*pos);
+        }
+    }
+    None
+}
+
+/// One device-list change per user (the newest): each makes the receiver refetch the list.
+fn newest_per_user(changes: Vec<(String, i64)>) -> Vec<(String, i64)> {
+    let mut newest: HashMap<String, i64> = HashMap::new();
+    for (user, pos) in changes {
+        let entry = newest.entry(user).or_insert(pos);
+        *entry = (*entry).max(pos);
+    }
+    let mut out: Vec<(String, i64)> = newest.into_iter().collect();
+    out.sort_by_key(|(_, pos)| *pos);
+    out
 }
 
 /// An `m.device_list_update` for a change of a user's devices. Which device changed is not

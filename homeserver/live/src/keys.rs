@@ -28,15 +28,23 @@ pub fn visible_signatures(key: &mut Value, owner: &str, viewer: Option<&str>) {
     }
 }
 
-/// The devices' keys of one local user (`wanted` empty: all of them), keyed by device id.
-pub async fn device_keys(db: &Db, user: &str, wanted: &HashSet<&str>) -> Result<Map<String, Value>, Error> {
+/// The devices' keys of one local user (`wanted` empty: all of them), keyed by device id, with
+/// their display names when `with_names`.
+pub async fn device_keys(
+    db: &Db,
+    user: &str,
+    wanted: &HashSet<&str>,
+    with_names: bool,
+) -> Result<Map<String, Value>, Error> {
     let mut devices = Map::new();
     for (device_id, key_json, display_name) in db.device_keys_of(user).await? {
         if !wanted.is_empty() && !wanted.contains(device_id.as_str()) {
             continue;
         }
         let mut keys: Value = serde_json::from_str(&key_json).unwrap_or_else(|_| json!({}));
-        if let Some(name) = display_name {
+        // Device names often name a person or a machine: other servers do not see them (as
+        // Synapse's `allow_device_name_lookup_over_federation` is off by default).
+        if let Some(name) = display_name.filter(|_| with_names) {
             keys["unsigned"] = json!({ "device_display_name": name });
         }
         devices.insert(device_id, keys);
@@ -53,7 +61,8 @@ pub async fn add_user_keys(
     wanted: &HashSet<&str>,
     viewer: Option<&str>,
 ) -> Result<(), Error> {
-    answer.device_keys.insert(user.to_owned(), Value::Object(device_keys(db, user, wanted).await?));
+    let devices = device_keys(db, user, wanted, viewer.is_some()).await?;
+    answer.device_keys.insert(user.to_owned(), Value::Object(devices));
     for (usage, key_json) in db.cross_signing_keys(user).await? {
         let mut key: Value = serde_json::from_str(&key_json).unwrap_or_else(|_| json!({}));
         visible_signatures(&mut key, user, viewer);

@@ -100,10 +100,17 @@ impl Db {
         rows.iter().map(event_from_row).collect()
     }
 
-    /// To-device messages for other servers in `(after, up_to]`: (destination, position).
-    pub async fn to_device_to_route(&self, after: i64, up_to: i64, limit: i64) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query(
-            "SELECT destination, stream_pos FROM federation_to_device \
+    /// The (destination, position) pairs of to-device messages for other servers in
+    /// `(after, up_to]`, at most `limit` positions' worth (a position's pairs are never split
+    /// between two calls), and how far that covers.
+    pub async fn to_device_to_route(
+        &self,
+        after: i64,
+        up_to: i64,
+        limit: i64,
+    ) -> Result<(Vec<(String, i64)>, i64)> {
+        let positions: Vec<i64> = sqlx::query_scalar(
+            "SELECT DISTINCT stream_pos FROM federation_to_device \
              WHERE stream_pos > $1 AND stream_pos <= $2 ORDER BY stream_pos LIMIT $3",
         )
         .bind(after)
@@ -111,22 +118,44 @@ impl Db {
         .bind(limit)
         .fetch_all(self.reader())
         .await?;
-        rows.iter().map(|r| Ok((r.try_get("destination")?, r.try_get("stream_pos")?))).collect()
+        let Some(&last) = positions.last() else { return Ok((Vec::new(), up_to)) };
+        let rows = sqlx::query(
+            "SELECT DISTINCT destination, stream_pos FROM federation_to_device \
+             WHERE stream_pos > $1 AND stream_pos <= $2 ORDER BY stream_pos",
+        )
+        .bind(after)
+        .bind(last)
+        .fetch_all(self.reader())
+        .await?;
+        let pairs = rows
+            .iter()
+            .map(|r| Ok((r.try_get("destination")?, r.try_get("stream_pos")?)))
+            .collect::<Result<Vec<(String, i64)>>>()?;
+        // Fewer positions than the limit: everything up to `up_to` was read.
+        Ok((pairs, if (positions.len() as i64) < limit { up_to } else { last }))
     }
 
-    /// The `m.direct_to_device` EDUs for `destination` at these positions.
-    pub async fn to_device_edus_at(&self, destination: &str, positions: &[i64]) -> Result<Vec<String>> {
+    /// The `m.direct_to_device` EDUs for `destination` at these positions: (position, EDU),
+    /// in order.
+    pub async fn to_device_edus_at(
+        &self,
+        destination: &str,
+        positions: &[i64],
+    ) -> Result<Vec<(i64, String)>> {
         let mut out = Vec::new();
         for chunk in positions.chunks(100) {
             let list = crate::placeholders(2, chunk.len());
             let sql = format!(
-                "SELECT edu FROM federation_to_device WHERE destination = $1 AND stream_pos IN ({list}) ORDER BY stream_pos"
+                "SELECT stream_pos, edu FROM federation_to_device WHERE destination = $1 \
+                 AND stream_pos IN ({list}) ORDER BY stream_pos, seq"
             );
-            let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql)).bind(destination);
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(destination);
             for pos in chunk {
                 q = q.bind(*pos);
             }
-            out.extend(q.fetch_all(self.reader()).await?);
+            for r in q.fetch_all(self.reader()).await? {
+                out.push((r.try_get("stream_pos")?, r.try_get("edu")?));
+            }
         }
         Ok(out)
     }

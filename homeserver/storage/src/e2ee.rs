@@ -307,12 +307,13 @@ impl Db {
             .execute(&mut *tx)
             .await?;
         }
-        for (destination, edu) in remote {
+        for (seq, (destination, edu)) in remote.iter().enumerate() {
             sqlx::query(
-                "INSERT INTO federation_to_device (destination, stream_pos, edu) VALUES ($1, $2, $3)",
+                "INSERT INTO federation_to_device (destination, stream_pos, seq, edu) VALUES ($1, $2, $3, $4)",
             )
             .bind(destination)
             .bind(pos)
+            .bind(seq as i64)
             .bind(edu)
             .execute(&mut *tx)
             .await?;

@@ -50,6 +50,7 @@ async fn keys_of_another_servers_users_are_queried_and_claimed_through_it() {
     assert_eq!(code, 200, "{answer}");
     let theirs = &answer["device_keys"][&bob.user_id][&device];
     assert_eq!(theirs["keys"][format!("curve25519:{device}")], "curve", "{answer}");
+    assert!(theirs.get("unsigned").is_none(), "device names stay on their server: {answer}");
     assert_eq!(answer["master_keys"][&bob.user_id]["keys"]["ed25519:master"], "master", "{answer}");
     assert!(answer["failures"].get("unreachable.invalid").is_some(), "{answer}");
     assert!(answer["failures"].get(name_of(&b).as_str()).is_none(), "{answer}");
@@ -159,4 +160,40 @@ async fn to_device_messages_and_device_list_changes_reach_the_other_server() {
     // And a query then gets the new device's keys from Bob's server.
     let (_, answer) = keys(&a, "query", &ann, json!({ "device_keys": { &bob.user_id: [] } })).await;
     assert!(answer["device_keys"][&bob.user_id].get("TABLET").is_some(), "{answer}");
+}
+
+#[tokio::test]
+async fn to_device_messages_for_other_servers_are_bounded_and_split_into_small_edus() {
+    let (_ca, a, b, ann, bob, _room, device) = setup().await;
+    let since = b.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    // More than 100 servers in one request, or one message over 64 KiB, is refused.
+    let many: serde_json::Map<String, Value> =
+        (0..101).map(|i| (format!("@u:s{i}.example"), json!({ "D": { "x": 1 } }))).collect();
+    let (code, answer) = a
+        .put("/_matrix/client/v3/sendToDevice/m.test/many", Some(&ann.token), json!({ "messages": many }))
+        .await;
+    assert_eq!((code, answer["errcode"].as_str()), (413, Some("M_TOO_LARGE")), "{answer}");
+    let huge = json!({ "messages": { &bob.user_id: { &device: { "blob": "x".repeat(70_000) } } } });
+    let (code, answer) = a.put("/_matrix/client/v3/sendToDevice/m.test/huge", Some(&ann.token), huge).await;
+    assert_eq!((code, answer["errcode"].as_str()), (413, Some("M_TOO_LARGE")), "{answer}");
+
+    // Two 40 KB messages to Bob go as two EDUs, and both arrive.
+    let blob = "y".repeat(40_000);
+    let body = json!({ "messages": { &bob.user_id: { &device: { "part": 1, "blob": blob }, "*": { "part": 2, "blob": blob } } } });
+    let (code, answer) = a.put("/_matrix/client/v3/sendToDevice/m.test/split", Some(&ann.token), body).await;
+    assert_eq!(code, 200, "{answer}");
+    let mut parts = Vec::new();
+    let mut since = since;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while parts.len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "only {parts:?} arrived");
+        let sync = b.sync(&bob, Some(&since), 2000).await;
+        for event in sync["to_device"]["events"].as_array().cloned().unwrap_or_default() {
+            assert_eq!(event["content"]["blob"].as_str().map(str::len), Some(40_000));
+            parts.push(event["content"]["part"].as_u64().unwrap());
+        }
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+    }
+    parts.sort();
+    assert_eq!(parts, [1, 2]);
 }
