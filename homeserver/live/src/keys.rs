@@ -85,8 +85,8 @@ pub async fn claim_user_keys(
     devices: &[(String, String)],
 ) -> Result<Map<String, Value>, Error> {
     let mut by_device = Map::new();
-    for (device, algorithm) in devices {
-        if let Some(key) = db.claim_key(user, device, algorithm).await? {
+    for ((device, _), key) in devices.iter().zip(db.claim_keys(user, devices).await?) {
+        if let Some(key) = key {
             let value: Value = serde_json::from_str(&key.key_json).unwrap_or_else(|_| json!({}));
             by_device.insert(device.clone(), json!({ format!("{}:{}", key.algorithm, key.key_id): value }));
         }

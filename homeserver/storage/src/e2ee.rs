@@ -67,6 +67,70 @@ pub(crate) async fn forget_devices(
     Ok(())
 }
 
+/// One claim inside a claiming transaction.
+async fn claim_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    user_id: &str,
+    device_id: &str,
+    algorithm: &str,
+) -> Result<Option<OneTimeKey>> {
+    let exists: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM devices WHERE user_id = $1 AND device_id = $2")
+            .bind(user_id)
+            .bind(device_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    let one_time = sqlx::query(
+        "SELECT key_id, key_json FROM one_time_keys WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 \
+         ORDER BY key_id LIMIT 1",
+    )
+    .bind(user_id)
+    .bind(device_id)
+    .bind(algorithm)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some(row) = one_time {
+        let key_id: String = row.try_get("key_id")?;
+        sqlx::query(
+            "DELETE FROM one_time_keys WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 AND key_id = $4",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(algorithm)
+        .bind(&key_id)
+        .execute(&mut **tx)
+        .await?;
+        return Ok(Some(OneTimeKey {
+            algorithm: algorithm.to_owned(),
+            key_id,
+            key_json: row.try_get("key_json")?,
+        }));
+    }
+    let fallback = sqlx::query(
+        "SELECT key_id, key_json FROM fallback_keys WHERE user_id = $1 AND device_id = $2 AND algorithm = $3",
+    )
+    .bind(user_id)
+    .bind(device_id)
+    .bind(algorithm)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(row) = fallback else { return Ok(None) };
+    sqlx::query("UPDATE fallback_keys SET used = 1 WHERE user_id = $1 AND device_id = $2 AND algorithm = $3")
+        .bind(user_id)
+        .bind(device_id)
+        .bind(algorithm)
+        .execute(&mut **tx)
+        .await?;
+    Ok(Some(OneTimeKey {
+        algorithm: algorithm.to_owned(),
+        key_id: row.try_get("key_id")?,
+        key_json: row.try_get("key_json")?,
+    }))
+}
+
 /// [`forget_devices`] for a list of devices.
 pub(crate) async fn forget_listed_devices(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
@@ -195,75 +259,23 @@ impl Db {
         .await?)
     }
 
-    /// Hands out one key of `algorithm` of an existing device: a one-time key (deleted as it is
-    /// taken), or else its fallback key (marked used, handed out again until replaced).
-    pub async fn claim_key(
+    /// Hands out one key of each asked (device, algorithm) of a user's existing devices: a
+    /// one-time key (deleted as it is taken), or else the fallback key (marked used, handed out
+    /// again until replaced) — all in one transaction (a client claims a key of every device of
+    /// the user it writes to); the answers in the order asked.
+    pub async fn claim_keys(
         &self,
         user_id: &str,
-        device_id: &str,
-        algorithm: &str,
-    ) -> Result<Option<OneTimeKey>> {
-        // One claim per device at a time: two concurrent claims must not read the same key.
-        let mut tx = self.locked_tx(&format!("otk:{user_id}:{device_id}")).await?;
-        let exists: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM devices WHERE user_id = $1 AND device_id = $2")
-                .bind(user_id)
-                .bind(device_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if exists.is_none() {
-            return Ok(None);
+        claims: &[(String, String)],
+    ) -> Result<Vec<Option<OneTimeKey>>> {
+        // One claim per user at a time: two concurrent claims must not read the same key.
+        let mut tx = self.locked_tx(&format!("otk:{user_id}")).await?;
+        let mut out = Vec::with_capacity(claims.len());
+        for (device_id, algorithm) in claims {
+            out.push(claim_in(&mut tx, user_id, device_id, algorithm).await?);
         }
-        let one_time = sqlx::query(
-            "SELECT key_id, key_json FROM one_time_keys WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 \
-             ORDER BY key_id LIMIT 1",
-        )
-        .bind(user_id)
-        .bind(device_id)
-        .bind(algorithm)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(row) = one_time {
-            let key_id: String = row.try_get("key_id")?;
-            sqlx::query(
-                "DELETE FROM one_time_keys WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 AND key_id = $4",
-            )
-            .bind(user_id)
-            .bind(device_id)
-            .bind(algorithm)
-            .bind(&key_id)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            return Ok(Some(OneTimeKey {
-                algorithm: algorithm.to_owned(),
-                key_id,
-                key_json: row.try_get("key_json")?,
-            }));
-        }
-        let fallback = sqlx::query(
-            "SELECT key_id, key_json FROM fallback_keys WHERE user_id = $1 AND device_id = $2 AND algorithm = $3",
-        )
-        .bind(user_id)
-        .bind(device_id)
-        .bind(algorithm)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = fallback else { return Ok(None) };
-        sqlx::query(
-            "UPDATE fallback_keys SET used = 1 WHERE user_id = $1 AND device_id = $2 AND algorithm = $3",
-        )
-        .bind(user_id)
-        .bind(device_id)
-        .bind(algorithm)
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
-        Ok(Some(OneTimeKey {
-            algorithm: algorithm.to_owned(),
-            key_id: row.try_get("key_id")?,
-            key_json: row.try_get("key_json")?,
-        }))
+        Ok(out)
     }
 
     /// Queues a to-device message at `batch.pos` for each recipient (existing devices only),
