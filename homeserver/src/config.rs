@@ -122,9 +122,9 @@ impl FederationConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct TestingConfig {
-    /// Accept any TLS certificate from other servers (federation).
+    /// Accept any TLS certificate from other servers (federation) and push gateways.
     pub insecure_federation_tls: bool,
-    /// Allow federation requests to private and loopback addresses.
+    /// Allow federation and push requests to private and loopback addresses.
     pub allow_private_destinations: bool,
 }
 
@@ -783,9 +783,9 @@ nameservers = []
 
 [testing]
 # Only for test suites (SyTest). With any of these on, every listener must be on loopback.
-# Accept any TLS certificate from other servers.
+# Accept any TLS certificate from other servers and push gateways.
 insecure_federation_tls = false
-# Allow federation requests to private and loopback addresses.
+# Allow federation and push requests to private and loopback addresses.
 allow_private_destinations = false
 
 # WASM plugins, one table each (none by default; see plugins/README.md):

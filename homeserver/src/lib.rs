@@ -291,7 +291,14 @@ impl Server {
             db.clone(),
             app.stream.clone(),
             app.live.clone(),
-            config.testing.allow_private_destinations,
+            homeserver_push::GatewayPolicy {
+                allow_private: config.testing.allow_private_destinations,
+                // The same trust as federation's: public roots, the test CA, or the test switch.
+                tls: federation::client::tls::client_config(
+                    (!config.federation.ca_file.is_empty()).then(|| config.federation.ca_file.as_ref()),
+                    config.testing.insecure_federation_tls,
+                )?,
+            },
             homeserver_push::Backoff::default(),
         );
         Ok(Server { config, db, app, federation, sender, plugins, push })

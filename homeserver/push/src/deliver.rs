@@ -217,6 +217,10 @@ async fn describe_room(db: &Db, notified: &mut NotifiedEvent) -> Result<(), Erro
     notified.sender_display_name = text(member, "displayname");
     notified.room_name = text(state_content(db, &room, "m.room.name", "").await?, "name");
     notified.room_alias = text(state_content(db, &room, "m.room.canonical_alias", "").await?, "alias");
+    // A room without a name is shown by its alias (as Synapse names it in pushes).
+    if notified.room_name.is_none() {
+        notified.room_name = notified.room_alias.clone();
+    }
     Ok(())
 }
 

@@ -2,7 +2,8 @@
 //! can steer: private, loopback and other internal addresses are refused (on the literal and
 //! on every address a name resolves to, through `homeserver_core::net`) unless the server's
 //! `[testing] allow_private_destinations` allows them, as Synapse's default IP block list does.
-//! No redirects, no proxy from the environment, bounded time and answer size.
+//! TLS is the server's outbound TLS (see [`GatewayPolicy`]). No redirects, no proxy from the
+//! environment, bounded time and answer size.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -35,16 +36,17 @@ pub struct Gateways {
     allow_private: bool,
 }
 
+/// Which gateways may be reached, and how they are trusted: the server's outbound TLS (the
+/// public roots, plus the configured test CA, or — only with `[testing]
+/// insecure_federation_tls` — any certificate) and its `[testing] allow_private_destinations`.
+pub struct GatewayPolicy {
+    pub allow_private: bool,
+    pub tls: rustls::ClientConfig,
+}
+
 impl Gateways {
-    pub fn new(allow_private: bool) -> Self {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let tls =
-            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .expect("ring supports the default protocol versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+    pub fn new(policy: GatewayPolicy) -> Self {
+        let GatewayPolicy { allow_private, tls } = policy;
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .dns_resolver(Arc::new(PublicOnly { allow_private }))

@@ -31,6 +31,7 @@ use homeserver_storage::{Db, pushers::PusherKey};
 use tokio::sync::{Notify, Semaphore, broadcast::error::RecvError};
 use tracing::warn;
 
+pub use crate::gateway::GatewayPolicy;
 use crate::gateway::Gateways;
 
 /// Pushers doing work (reading the database, waiting on a gateway) at once: at start-up every
@@ -98,12 +99,18 @@ enum Wake {
 }
 
 impl PushSender {
-    pub fn new(db: Db, stream: Arc<EventStream>, live: Live, allow_private: bool, backoff: Backoff) -> Self {
+    pub fn new(
+        db: Db,
+        stream: Arc<EventStream>,
+        live: Live,
+        policy: GatewayPolicy,
+        backoff: Backoff,
+    ) -> Self {
         let inner = Inner {
             db,
             stream,
             live,
-            gateways: Gateways::new(allow_private),
+            gateways: Gateways::new(policy),
             backoff,
             active: Semaphore::new(MAX_ACTIVE),
             running: Mutex::new(HashMap::new()),
