@@ -98,6 +98,22 @@ fn unreachable(err: crate::FederationError) -> Error {
     Error::new(ErrorKind::Unknown, format!("could not reach the server: {err}"))
 }
 
+/// Refuses at once to ask a server this one is backing off from (its transactions keep
+/// failing), as Synapse does: a dead server would otherwise cost every key query its timeout.
+/// It is asked again once its backoff ends or it is heard from.
+pub(crate) async fn ensure_not_backing_off(
+    state: &FederationState,
+    server: &ServerName,
+) -> Result<(), Error> {
+    let now = homeserver_core::time::now_millis() as i64;
+    match state.db.destination(server.as_str()).await? {
+        Some(row) if row.retry_at > now => {
+            Err(Error::new(ErrorKind::Unknown, "the server is unreachable (backing off)"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Another server's users' keys (`/user/keys/query` to `server`), as a `/keys/query` answer's
 /// parts: only entries for that server's users are kept.
 pub(crate) async fn fetch_keys(
@@ -105,6 +121,7 @@ pub(crate) async fn fetch_keys(
     server: &ServerName,
     device_keys: BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
 ) -> Result<Value, Error> {
+    ensure_not_backing_off(state, server).await?;
     let answer =
         state.client.send(server, get_keys::v1::Request::new(device_keys)).await.map_err(unreachable)?;
     let theirs = |user: &UserId| user.server_name() == server;
@@ -128,6 +145,7 @@ pub(crate) async fn claim_remote_keys(
     server: &ServerName,
     claims: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, OneTimeKeyAlgorithm>>,
 ) -> Result<Value, Error> {
+    ensure_not_backing_off(state, server).await?;
     let answer =
         state.client.send(server, claim_keys::v1::Request::new(claims)).await.map_err(unreachable)?;
     let mut out = Map::new();

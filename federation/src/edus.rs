@@ -8,8 +8,9 @@
 //! user of this server, and shown as sent: no local timers drive remote users. To-device
 //! messages (`m.direct_to_device`) from the origin's users are queued for this server's users
 //! through `homeserver_live::to_device`; device-list and cross-signing key updates
-//! (`m.device_list_update`, `m.signing_key_update`) of the origin's users who share a room with
-//! a user of this server become device-list changes. Other EDU types are accepted and ignored.
+//! (`m.device_list_update`, `m.signing_key_update`, at most [`MAX_DEVICE_LIST_UPDATES`] each)
+//! go to `device_lists`, which keeps the origin's users' lists cached. Other EDU types are
+//! accepted and ignored.
 
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use homeserver_live::{
     to_device::{Outgoing, Recipient},
 };
 use ruma::{
-    OwnedUserId, RoomId, ServerName, UserId,
+    RoomId, ServerName, UserId,
     api::federation::transactions::edu::{
         DirectDeviceContent, Edu, PresenceUpdate, ReceiptContent, TypingContent,
     },
@@ -40,6 +41,9 @@ const MAX_STATUS_BYTES: usize = 1024;
 /// Most receipts taken from one EDU.
 const MAX_RECEIPTS: usize = 100;
 
+/// Most device-list (and, apart, cross-signing) updates taken from one transaction.
+const MAX_DEVICE_LIST_UPDATES: usize = 100;
+
 /// How long a remote typing notice lasts.
 const REMOTE_TYPING: Duration = Duration::from_secs(30);
 
@@ -52,8 +56,8 @@ pub(crate) async fn receive_edus(
     // Presence is gathered over the whole transaction: the last update of each user counts,
     // at most `MAX_PRESENCE` users, so a transaction costs a bounded number of writes.
     let mut presence: Vec<PresenceUpdate> = Vec::new();
-    // Device-list changes count once per user per transaction, however many EDUs name them.
-    let mut changed_lists: Vec<OwnedUserId> = Vec::new();
+    // Device-list and cross-signing updates are applied together, user by user.
+    let (mut device_lists, mut signing_keys) = (Vec::new(), Vec::new());
     for raw in edus {
         match raw.deserialize() {
             Ok(Edu::Typing(typing)) => typing_notice(state, origin, &typing).await?,
@@ -68,17 +72,17 @@ pub(crate) async fn receive_edus(
                 }
             }
             Ok(Edu::DirectToDevice(content)) => to_device(state, origin, content).await?,
-            Ok(Edu::DeviceListUpdate(update)) => changed_lists.push(update.user_id),
-            Ok(Edu::SigningKeyUpdate(update)) => changed_lists.push(update.user_id),
+            Ok(Edu::DeviceListUpdate(update)) if device_lists.len() < MAX_DEVICE_LIST_UPDATES => {
+                device_lists.push(update)
+            }
+            Ok(Edu::SigningKeyUpdate(update)) if signing_keys.len() < MAX_DEVICE_LIST_UPDATES => {
+                signing_keys.push(update)
+            }
             Ok(_) => {}
             Err(err) => tracing::debug!(%origin, error = %err, "skipping a malformed EDU"),
         }
     }
-    changed_lists.sort();
-    changed_lists.dedup();
-    for user in &changed_lists {
-        device_list_changed(state, origin, user).await?;
-    }
+    crate::device_lists::receive(state, origin, device_lists, signing_keys).await?;
     presence_updates(state, origin, &presence).await
 }
 
@@ -108,7 +112,7 @@ async fn to_device(
         return Ok(());
     }
     // The sender's server stands in for the sending device in the once-per-id key.
-    let device = format!("federation:{origin}");
+    let device = format!("{}{origin}", homeserver_storage::FEDERATION_DEVICE_PREFIX);
     let sent = state
         .live
         .to_device
@@ -125,26 +129,6 @@ async fn to_device(
         // message id makes the retry queue nothing twice.
         Err(err) => Err(err),
     }
-}
-
-/// A user of `origin` changed their devices or cross-signing keys (`m.device_list_update`,
-/// `m.signing_key_update`): recorded as a device-list change, so the syncs of this server's
-/// users who share a room with them list them in `device_lists.changed` and their clients
-/// query the keys again (which asks `origin`: nothing is cached here to go stale).
-async fn device_list_changed(
-    state: &FederationState,
-    origin: &ServerName,
-    user: &UserId,
-) -> Result<(), Error> {
-    if user.server_name() != origin {
-        return Ok(());
-    }
-    let ours = state.key.server_name();
-    let mates = state.db.room_mates(user.as_str()).await?;
-    if !mates.iter().any(|m| UserId::parse(m.as_str()).is_ok_and(|m| m.server_name() == ours)) {
-        return Ok(());
-    }
-    state.live.device_lists.changed(user).await
 }
 
 /// Whether `user` of `origin` may act in the room: the room is known, its ACL admits the

@@ -29,6 +29,7 @@
 pub mod auth;
 mod backfiller;
 pub mod client;
+mod device_lists;
 mod directory;
 mod e2ee;
 mod edus;
@@ -42,6 +43,7 @@ mod leaver;
 pub mod legacy;
 pub mod media;
 mod membership;
+pub mod openid;
 mod query;
 pub mod recovery;
 pub mod remote;
@@ -81,6 +83,8 @@ pub struct FederationState {
     pub recovery: Arc<recovery::Recovery>,
     /// The media repository (served to other servers; theirs fetched into it).
     pub media: homeserver_media::MediaRepo,
+    /// Other servers' users' device lists being fetched in the background.
+    pub device_resyncs: Arc<device_lists::Resyncs>,
 }
 
 /// The federation router (already given its state; the caller adds the fallbacks).
@@ -98,5 +102,6 @@ pub fn routes(state: FederationState) -> Router {
     let router = directory::routes(router);
     let router = media::routes(router);
     let router = e2ee::routes(router);
+    let router = openid::routes(router);
     router.with_state(state)
 }

@@ -581,7 +581,8 @@ async fn deliver_once(sender: &Sender, destination: &ServerName) -> Result<Optio
     events.sort_by_key(|e| e.stream_pos);
     let receipts = state.db.receipts_at(&raw).await?;
     let presence = state.db.presence_at(&raw).await?;
-    let device_lists = newest_per_user(state.db.device_list_changes_at(&raw).await?);
+    let device_lists =
+        crate::device_lists::outbound_edus(state, &state.db.device_list_changes_at(&raw).await?).await?;
     // The transaction id is fixed by the positions it carries, so a retry keeps it; one with
     // only typing notices or nothing (never retried) is named by the time.
     let txn_id: OwnedTransactionId = match (positions.first(), positions.last()) {
@@ -601,7 +602,7 @@ async fn deliver_once(sender: &Sender, destination: &ServerName) -> Result<Optio
         .into_iter()
         .chain(presence_edu(&presence))
         .chain(to_device.iter().filter_map(|(_, edu)| serde_json::from_str::<Value>(edu).ok()))
-        .chain(device_lists.iter().map(|(user, pos)| device_list_edu(user, *pos)))
+        .chain(device_lists)
         .chain(ephemeral)
         .filter_map(|e| serde_json::value::to_raw_value(&e).ok().map(Raw::from_json))
         .collect();
@@ -649,27 +650,6 @@ fn to_device_cut(edus: &[(i64, String)]) -> Option<i64> {
         }
     }
     None
-}
-
-/// One device-list change per user (the newest): each makes the receiver refetch the list.
-fn newest_per_user(changes: Vec<(String, i64)>) -> Vec<(String, i64)> {
-    let mut newest: HashMap<String, i64> = HashMap::new();
-    for (user, pos) in changes {
-        let entry = newest.entry(user).or_insert(pos);
-        *entry = (*entry).max(pos);
-    }
-    let mut out: Vec<(String, i64)> = newest.into_iter().collect();
-    out.sort_by_key(|(_, pos)| *pos);
-    out
-}
-
-/// An `m.device_list_update` for a change of a user's devices. Which device changed is not
-/// recorded, so `prev_id` is empty: the receiver then fetches the user's whole device list
-/// (`/user/devices`), as the spec lets it (Synapse always resyncs on an empty `prev_id`).
-fn device_list_edu(user: &str, pos: i64) -> Value {
-    json!({ "edu_type": "m.device_list_update", "content": {
-        "user_id": user, "device_id": "*", "stream_id": pos, "prev_id": [], "deleted": false,
-    } })
 }
 
 /// One `m.presence` EDU for the presence rows a transaction carries (none if there are none).

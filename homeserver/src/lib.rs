@@ -268,6 +268,7 @@ impl Server {
             recovery: Arc::default(),
             catch_up_cap: config.federation.catch_up_cap,
             media: app.media.clone(),
+            device_resyncs: Arc::default(),
         };
         app.media.set_remote(federation::media::FederatedMedia::new(federation.client.clone()));
         let sender = federation::sender::Sender::new(federation.clone());

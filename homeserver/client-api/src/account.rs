@@ -125,6 +125,8 @@ pub async fn issue_login(
     login: PreparedLogin,
 ) -> Result<(String, String), Error> {
     app.db.create_login(login.rows(user_id)).await.map_err(Error::from)?;
+    // A new device (or a new session of one) is news to the users sharing a room.
+    app.live.device_lists.devices_changed(user_id, std::slice::from_ref(&login.device_id)).await?;
     Ok((login.device_id, login.token))
 }
 
@@ -390,14 +392,15 @@ async fn login(app: App, req: Ruma<login::v3::Request>) -> Result<JsonBody, ApiE
 async fn logout(app: App, req: Ruma<logout::v3::Request>) -> Result<JsonBody, ApiError> {
     let Session { user_id, device_id, .. } = &req.auth;
     app.db.delete_device(user_id.as_str(), device_id.as_str()).await.map_err(Error::from)?;
-    app.live.device_lists.changed(user_id).await?;
+    app.live.device_lists.devices_changed(user_id, &[device_id.to_string()]).await?;
     Ok(JsonBody(json!({})))
 }
 
 /// `POST /_matrix/client/v3/logout/all`
 async fn logout_all(app: App, req: Ruma<logout_all::v3::Request>) -> Result<JsonBody, ApiError> {
+    let logged_out = crate::devices::ids_of(&app, &req.auth.user_id, None).await?;
     app.db.delete_all_devices(req.auth.user_id.as_str(), None).await.map_err(Error::from)?;
-    app.live.device_lists.changed(&req.auth.user_id).await?;
+    app.live.device_lists.devices_changed(&req.auth.user_id, &logged_out).await?;
     Ok(JsonBody(json!({})))
 }
 
@@ -428,9 +431,10 @@ async fn change_password(app: App, req: Ruma<change_password::v3::Request>) -> R
         true => Logout::AllDevicesExcept(Some(session.device_id.as_str())),
         false => Logout::Nothing,
     };
+    let logged_out = crate::devices::ids_of(&app, &session.user_id, Some(session.device_id.as_str())).await?;
     app.db.set_password(session.user_id.as_str(), &hash, logout).await.map_err(Error::from)?;
     if req.body.logout_devices {
-        app.live.device_lists.changed(&session.user_id).await?;
+        app.live.device_lists.devices_changed(&session.user_id, &logged_out).await?;
     }
     Ok(JsonBody(json!({})))
 }
@@ -447,8 +451,9 @@ async fn deactivate(app: App, req: Ruma<deactivate::v3::Request>) -> Result<Json
 /// tokens) in one transaction first, so a failure while leaving never leaves it usable; rooms
 /// it is still in are left at the next start-up if the server stops half-way.
 pub async fn deactivate_account(app: &App, user_id: &UserId) -> Result<(), Error> {
+    let devices = crate::devices::ids_of(app, user_id, None).await?;
     app.db.deactivate_user(user_id.as_str()).await.map_err(Error::from)?;
-    app.live.device_lists.changed(user_id).await?;
+    app.live.device_lists.devices_changed(user_id, &devices).await?;
     for row in app.db.memberships_of_user(user_id.as_str()).await.map_err(Error::from)? {
         if matches!(row.membership.as_str(), "join" | "invite" | "knock")
             && let Ok(room_id) = ruma::RoomId::parse(&row.room_id)

@@ -45,14 +45,16 @@ pub fn routes(router: Router<App>) -> Router<App> {
 /// Keys one request may store.
 const MAX_KEYS_PER_REQUEST: usize = 10_000;
 
-/// `{algorithm, auth_data}` of a backup-algorithm body, checked to be objects of the right kind.
+/// `{algorithm, auth_data}` of a backup-algorithm body: both present. `auth_data` is the
+/// algorithm's own (an object for the spec's algorithm) and kept as sent, whatever its JSON
+/// type, as Synapse keeps it (older clients and SyTest send a string).
 fn algorithm(raw: &Raw<ruma::api::client::backup::BackupAlgorithm>) -> Result<(String, String), Error> {
     let body: Value = serde_json::from_str(raw.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
     let algorithm = body["algorithm"].as_str().ok_or_else(|| Error::bad_json("algorithm is required"))?;
-    if !body["auth_data"].is_object() {
-        return Err(Error::bad_json("auth_data must be an object"));
+    match body.get("auth_data") {
+        None | Some(Value::Null) => Err(Error::bad_json("auth_data is required")),
+        Some(auth_data) => Ok((algorithm.to_owned(), auth_data.to_string())),
     }
-    Ok((algorithm.to_owned(), body["auth_data"].to_string()))
 }
 
 fn version_json(v: &BackupVersion) -> Value {

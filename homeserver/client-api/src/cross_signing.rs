@@ -120,7 +120,8 @@ async fn upload_signatures(
         );
     }
     let mut failures = Map::new();
-    let mut changed_users: Vec<ruma::OwnedUserId> = Vec::new();
+    let own_devices = crate::devices::ids_of(&app, &req.auth.user_id, None).await?;
+    let (mut signed_devices, mut signed_other_keys) = (Vec::new(), false);
     for (target, signed_keys) in &req.body.signed_keys {
         let mut target_failures = Map::new();
         let own = target.as_str() == signer;
@@ -154,8 +155,10 @@ async fn upload_signatures(
             };
             let device_id = if own { key_id } else { "" };
             match app.db.change_key_json(target.as_str(), device_id, merge).await.map_err(Error::from)? {
-                true if !changed_users.contains(target) => changed_users.push(target.clone()),
-                true => {}
+                true if own && own_devices.iter().any(|d| d == key_id) => {
+                    signed_devices.push(key_id.to_owned())
+                }
+                true => signed_other_keys = true,
                 false => {
                     target_failures.insert(key_id.to_owned(), fail("no such key, or nothing new"));
                 }
@@ -166,7 +169,12 @@ async fn upload_signatures(
         }
     }
     // The signer's clients re-query; a signature of another user's key concerns only them.
-    if !changed_users.is_empty() {
+    // Its own signed devices change as devices (other servers are told of each), anything
+    // else as its cross-signing keys.
+    if !signed_devices.is_empty() {
+        app.live.device_lists.devices_changed(&req.auth.user_id, &signed_devices).await?;
+    }
+    if signed_other_keys {
         app.live.device_lists.changed(&req.auth.user_id).await?;
     }
     Ok(JsonBody(json!({ "failures": failures })))

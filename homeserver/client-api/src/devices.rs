@@ -4,7 +4,10 @@ use axum::Router;
 use homeserver_core::Error;
 use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma};
 use homeserver_storage::accounts::Device;
-use ruma::api::client::device::{delete_device, delete_devices, get_device, get_devices, update_device};
+use ruma::{
+    UserId,
+    api::client::device::{delete_device, delete_devices, get_device, get_devices, update_device},
+};
 use serde_json::{Value, json};
 
 use crate::{App, uia};
@@ -58,6 +61,8 @@ async fn rename_device(app: App, req: Ruma<update_device::v3::Request>) -> Resul
     if !updated {
         return Err(Error::not_found("Device not found").into());
     }
+    let renamed = [req.body.device_id.to_string()];
+    app.live.device_lists.devices_changed(&req.auth.user_id, &renamed).await?;
     Ok(JsonBody(json!({})))
 }
 
@@ -66,7 +71,7 @@ async fn remove_device(app: App, req: Ruma<delete_device::v3::Request>) -> Resul
     let user = &req.auth.user_id;
     uia::authenticate(&app, uia::Step::of(&req), &[&[uia::PASSWORD]], Some(user), false).await?;
     app.db.delete_device(user.as_str(), req.body.device_id.as_str()).await.map_err(Error::from)?;
-    app.live.device_lists.changed(user).await?;
+    app.live.device_lists.devices_changed(user, &[req.body.device_id.to_string()]).await?;
     Ok(JsonBody(json!({})))
 }
 
@@ -76,6 +81,12 @@ async fn remove_devices(app: App, req: Ruma<delete_devices::v3::Request>) -> Res
     uia::authenticate(&app, uia::Step::of(&req), &[&[uia::PASSWORD]], Some(user), false).await?;
     let ids: Vec<String> = req.body.devices.iter().map(|d| d.to_string()).collect();
     app.db.delete_devices(user.as_str(), &ids).await.map_err(Error::from)?;
-    app.live.device_lists.changed(user).await?;
+    app.live.device_lists.devices_changed(user, &ids).await?;
     Ok(JsonBody(json!({})))
+}
+
+/// The ids of a user's devices but `except` (those a logout is about to delete).
+pub(crate) async fn ids_of(app: &App, user: &UserId, except: Option<&str>) -> Result<Vec<String>, Error> {
+    let devices = app.db.devices(user.as_str()).await.map_err(Error::from)?;
+    Ok(devices.into_iter().map(|d| d.device_id).filter(|d| Some(d.as_str()) != except).collect())
 }

@@ -20,6 +20,7 @@ use std::{
 };
 
 use axum::Router;
+use futures::StreamExt;
 use homeserver_core::{Error, ErrorKind, token::StreamToken};
 use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma};
 use homeserver_live::{
@@ -66,6 +67,16 @@ async fn changes(app: App, req: Ruma<get_key_changes::v3::Request>) -> Result<Js
 
 /// Users one `/keys/query` or `/keys/claim` may ask about.
 const MAX_USERS: usize = 1_000;
+/// Other servers one `/keys/query` or `/keys/claim` asks at once (the rest wait their turn,
+/// within the same deadline).
+const SERVERS_AT_ONCE: usize = 32;
+
+/// When a query's answers from other servers are due: the client's `timeout` (10 s by
+/// default, at most 30 s) from now.
+fn deadline(timeout: Option<Duration>) -> tokio::time::Instant {
+    let timeout = timeout.map_or(Duration::from_secs(10), |t| t.min(Duration::from_secs(30)));
+    tokio::time::Instant::now() + timeout
+}
 /// One-time keys one upload may carry.
 const MAX_KEYS_PER_UPLOAD: usize = 1_000;
 
@@ -96,6 +107,10 @@ async fn upload(app: App, req: Ruma<upload_keys::v3::Request>) -> Result<JsonBod
     if let Some(keys) = &req.body.device_keys {
         let value: Value =
             serde_json::from_str(keys.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
+        // The spec's required fields, as Synapse checks them.
+        if !value["algorithms"].is_array() || !value["keys"].is_object() || !value["signatures"].is_object() {
+            return Err(Error::bad_json("device_keys needs algorithms, keys and signatures").into());
+        }
         // A device publishes keys for itself only.
         if value["user_id"] != user || value["device_id"] != device {
             return Err(Error::invalid_param(
@@ -104,7 +119,7 @@ async fn upload(app: App, req: Ruma<upload_keys::v3::Request>) -> Result<JsonBod
             .into());
         }
         if app.db.put_device_keys(user, device, keys.json().get()).await.map_err(Error::from)? {
-            app.live.device_lists.changed(&req.auth.user_id).await?;
+            app.live.device_lists.devices_changed(&req.auth.user_id, &[device.to_owned()]).await?;
         }
     }
     if !one_time.is_empty() {
@@ -137,18 +152,19 @@ async fn query(app: App, req: Ruma<get_keys::v3::Request>) -> Result<JsonBody, A
         let wanted: HashSet<&str> = wanted.iter().map(|d| d.as_str()).collect();
         keys::add_user_keys(&app.db, &mut answer, user.as_str(), &wanted, Some(viewer)).await?;
     }
-    // Other servers are asked at once, each within the client's timeout (10 s by default).
-    let timeout =
-        Duration::from_millis(req.body.timeout.map_or(10_000, |t| t.as_millis() as u64).min(30_000));
+    // Other servers are asked at once (up to `SERVERS_AT_ONCE`), all within the client's
+    // timeout (10 s by default).
+    let deadline = deadline(req.body.timeout);
     let asked = remote.into_iter().map(|(server, users)| {
         let rooms = app.rooms.clone();
         async move {
-            let answer = tokio::time::timeout(timeout, rooms.remote_keys(server.clone(), users)).await;
+            let answer = tokio::time::timeout_at(deadline, rooms.remote_keys(server.clone(), users)).await;
             (server, answer)
         }
     });
+    let answers: Vec<_> = futures::stream::iter(asked).buffer_unordered(SERVERS_AT_ONCE).collect().await;
     let mut failures = Map::new();
-    for (server, result) in futures::future::join_all(asked).await {
+    for (server, result) in answers {
         let parts = match result {
             Ok(Ok(parts)) => parts,
             Ok(Err(err)) => {
@@ -198,17 +214,18 @@ async fn claim(app: App, req: Ruma<claim_keys::v3::Request>) -> Result<JsonBody,
             claimed.insert(user.to_string(), Value::Object(by_device));
         }
     }
-    let timeout =
-        Duration::from_millis(req.body.timeout.map_or(10_000, |t| t.as_millis() as u64).min(30_000));
+    let deadline = deadline(req.body.timeout);
     let asked = remote.into_iter().map(|(server, claims)| {
         let rooms = app.rooms.clone();
         async move {
-            let answer = tokio::time::timeout(timeout, rooms.remote_claim_keys(server.clone(), claims)).await;
+            let answer =
+                tokio::time::timeout_at(deadline, rooms.remote_claim_keys(server.clone(), claims)).await;
             (server, answer)
         }
     });
+    let answers: Vec<_> = futures::stream::iter(asked).buffer_unordered(SERVERS_AT_ONCE).collect().await;
     let mut failures = Map::new();
-    for (server, result) in futures::future::join_all(asked).await {
+    for (server, result) in answers {
         match result {
             Ok(Ok(Value::Object(users))) => claimed.extend(users),
             Ok(Ok(_)) => {}

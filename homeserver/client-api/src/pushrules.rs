@@ -4,51 +4,51 @@
 //! whole rule set is stored as global account data `m.push_rules` (so `/sync` delivers it) and the
 //! room pipeline's cached copy is dropped.
 
-use axum::Router;
-use homeserver_core::{Error, ErrorKind, token::StreamToken};
-use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma};
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    http::Method,
+    routing::get,
+};
+use homeserver_core::{Error, token::StreamToken};
+use homeserver_http::{ApiError, Authenticated, JsonBody, RouterExt, Ruma};
 use homeserver_rooms::{
     format::{RoomIdField, Viewer},
-    push::{PUSH_RULES_TYPE, parse_ruleset},
+    push::PUSH_RULES_TYPE,
 };
-use ruma::{
-    UserId,
-    api::client::push::{
-        delete_pushrule, get_notifications, get_pushrule, get_pushrule_actions, get_pushrule_enabled,
-        get_pushrules_all, get_pushrules_global_scope, set_pushrule, set_pushrule_actions,
-        set_pushrule_enabled,
-    },
-    push::{RuleKind, Ruleset},
-};
+use ruma::{UserId, api::client::push::get_notifications, push::Ruleset};
 use serde_json::{Value, json};
 
-use crate::App;
+use crate::{
+    App,
+    push_rule_set::{self, Placement, RuleSet},
+};
 
 pub fn routes(router: Router<App>) -> Router<App> {
-    router
-        .ruma_route(all_rules)
-        .ruma_route(global_rules)
-        .ruma_route(get_rule)
-        .ruma_route(put_rule)
-        .ruma_route(delete_rule)
-        .ruma_route(get_enabled)
-        .ruma_route(put_enabled)
-        .ruma_route(get_actions)
-        .ruma_route(put_actions)
-        .ruma_route(notifications)
-}
-
-/// A user's current rule set.
-pub async fn ruleset(app: &App, user: &UserId) -> Result<Ruleset, Error> {
-    let stored = app.db.account_data(user.as_str(), "", PUSH_RULES_TYPE).await.map_err(Error::from)?;
-    Ok(stored_ruleset(user, stored.as_deref()))
-}
-
-fn stored_ruleset(user: &UserId, stored: Option<&str>) -> Ruleset {
-    match stored {
-        Some(content) => parse_ruleset(user, content),
-        None => Ruleset::server_default(user),
+    let mut router = router.ruma_route(notifications);
+    for version in ["r0", "v3"] {
+        router = router
+            .route(&format!("/_matrix/client/{version}/pushrules/"), get(all_rules).fallback(no_scope))
+            .route(
+                &format!("/_matrix/client/{version}/pushrules/{{*path}}"),
+                get(rule_path).put(rule_path).delete(rule_path),
+            );
     }
+    router
+}
+
+/// A user's current rule set as JSON (the server's defaults until they change something).
+async fn rule_set(app: &App, user: &UserId) -> Result<RuleSet, Error> {
+    let stored = app.db.account_data(user.as_str(), "", PUSH_RULES_TYPE).await.map_err(Error::from)?;
+    Ok(stored_rule_set(user, stored.as_deref()))
+}
+
+fn stored_rule_set(user: &UserId, stored: Option<&str>) -> RuleSet {
+    let global = stored
+        .and_then(|content| serde_json::from_str::<Value>(content).ok())
+        .and_then(|mut content| content.get_mut("global").map(Value::take))
+        .unwrap_or_else(|| serde_json::to_value(Ruleset::server_default(user)).unwrap_or_default());
+    RuleSet::from_json(global)
 }
 
 /// Changes a user's rule set atomically: `change` edits the stored rules and says whether it
@@ -57,14 +57,14 @@ fn stored_ruleset(user: &UserId, stored: Option<&str>) -> Ruleset {
 pub(crate) async fn update(
     app: &App,
     user: &UserId,
-    change: impl FnOnce(&mut Ruleset) -> Result<bool, Error>,
+    change: impl FnOnce(&mut RuleSet) -> Result<bool, Error>,
 ) -> Result<(), Error> {
     let written = app
         .live
         .account_data
         .update(user, "", PUSH_RULES_TYPE, |stored| {
-            let mut rules = stored_ruleset(user, stored);
-            Ok(change(&mut rules)?.then(|| json!({ "global": rules }).to_string()))
+            let mut rules = stored_rule_set(user, stored);
+            Ok(change(&mut rules)?.then(|| json!({ "global": rules.to_json() }).to_string()))
         })
         .await?;
     if written {
@@ -73,108 +73,91 @@ pub(crate) async fn update(
     Ok(())
 }
 
-fn rule_json(rules: &Ruleset, kind: RuleKind, rule_id: &str) -> Result<Value, Error> {
-    use ruma::{api::client::push::PushRule, push::AnyPushRule};
-    let rule = rules.get(kind, rule_id).ok_or_else(|| Error::not_found("Push rule not found"))?;
-    let rule: PushRule = match rule.to_owned() {
-        AnyPushRule::Override(r) | AnyPushRule::Underride(r) => r.into(),
-        AnyPushRule::Content(r) => r.into(),
-        AnyPushRule::Room(r) => r.into(),
-        AnyPushRule::Sender(r) => r.into(),
-        _ => return Err(Error::not_found("Push rule not found")),
-    };
-    serde_json::to_value(rule).map_err(|e| Error::internal(e.to_string()))
-}
-
 /// `GET /_matrix/client/v3/pushrules/`
-async fn all_rules(app: App, req: Ruma<get_pushrules_all::v3::Request>) -> Result<JsonBody, ApiError> {
-    Ok(JsonBody(json!({ "global": ruleset(&app, &req.auth.user_id).await? })))
+async fn all_rules(
+    State(app): State<App>,
+    Authenticated(session): Authenticated,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "global": rule_set(&app, &session.user_id).await?.to_json() })))
 }
 
-/// `GET /_matrix/client/v3/pushrules/global/`
-async fn global_rules(
-    app: App,
-    req: Ruma<get_pushrules_global_scope::v3::Request>,
-) -> Result<JsonBody, ApiError> {
-    Ok(JsonBody(
-        serde_json::to_value(ruleset(&app, &req.auth.user_id).await?)
-            .map_err(|e| Error::internal(e.to_string()))?,
-    ))
+/// Anything but `GET` on `/pushrules/`: no scope named.
+async fn no_scope() -> ApiError {
+    Error::invalid_param("no push rule scope given").into()
 }
 
-/// `GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}`
-async fn get_rule(app: App, req: Ruma<get_pushrule::v3::Request>) -> Result<JsonBody, ApiError> {
-    let rules = ruleset(&app, &req.auth.user_id).await?;
-    Ok(JsonBody(rule_json(&rules, req.body.kind.clone(), &req.body.rule_id)?))
+#[derive(serde::Deserialize, Default)]
+struct Anchors {
+    before: Option<String>,
+    after: Option<String>,
 }
 
-/// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}`
-async fn put_rule(app: App, req: Ruma<set_pushrule::v3::Request>) -> Result<JsonBody, ApiError> {
-    let b = &req.body;
-    update(&app, &req.auth.user_id, |rules| {
-        rules.insert(b.rule.clone(), b.after.as_deref(), b.before.as_deref()).map_err(|e| match e {
-            ruma::push::InsertPushRuleError::UnknownRuleId => Error::not_found(e.to_string()),
-            other => Error::new(ErrorKind::InvalidParam, other.to_string()),
-        })?;
-        Ok(true)
-    })
-    .await?;
-    Ok(JsonBody(json!({})))
+/// Everything below `/pushrules/`: `global/` (the scope), `global/{kind}/` (a kind's rules),
+/// `global/{kind}/{ruleId}` and its `enabled` and `actions`. Any other shape is a 400, as
+/// Synapse answers.
+async fn rule_path(
+    State(app): State<App>,
+    Authenticated(session): Authenticated,
+    method: Method,
+    Path(path): Path<String>,
+    Query(anchors): Query<Anchors>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let user = &session.user_id;
+    let segments: Vec<&str> = path.split('/').collect();
+    let read = method == Method::GET;
+    let answer = match segments.as_slice() {
+        ["global", ""] if read => rule_set(&app, user).await?.to_json(),
+        ["global", kind, ""] if read => rule_set(&app, user).await?.list(push_rule_set::kind(kind)?),
+        ["global", kind, rule_id] if !rule_id.is_empty() => {
+            let kind = push_rule_set::kind(kind)?;
+            match method {
+                Method::GET => rule_set(&app, user).await?.get(kind, rule_id)?.clone(),
+                Method::PUT => {
+                    let body = json_body(&body)?;
+                    let at = Placement { before: anchors.before.as_deref(), after: anchors.after.as_deref() };
+                    update(&app, user, |rules| rules.put(kind, rule_id, &body, at).map(|()| true)).await?;
+                    json!({})
+                }
+                _ => {
+                    update(&app, user, |rules| rules.delete(kind, rule_id).map(|()| true)).await?;
+                    json!({})
+                }
+            }
+        }
+        ["global", kind, rule_id, attribute @ ("enabled" | "actions")] if method != Method::DELETE => {
+            let kind = push_rule_set::kind(kind)?;
+            if read {
+                let rules = rule_set(&app, user).await?;
+                let rule = rules.get(kind, rule_id)?;
+                json!({ *attribute: rule.get(*attribute).cloned().unwrap_or(Value::Null) })
+            } else {
+                let body = json_body(&body)?;
+                let value =
+                    body.get(*attribute).ok_or_else(|| Error::bad_json(format!("{attribute} is missing")))?;
+                match *attribute {
+                    "enabled" => {
+                        let enabled = value
+                            .as_bool()
+                            .ok_or_else(|| Error::bad_json("enabled must be true or false"))?;
+                        update(&app, user, |rules| rules.set_enabled(kind, rule_id, enabled).map(|()| true))
+                            .await?
+                    }
+                    _ => {
+                        update(&app, user, |rules| rules.set_actions(kind, rule_id, value).map(|()| true))
+                            .await?
+                    }
+                }
+                json!({})
+            }
+        }
+        _ => return Err(Error::invalid_param(format!("unrecognised push rule path {path}")).into()),
+    };
+    Ok(Json(answer))
 }
 
-/// `DELETE /_matrix/client/v3/pushrules/global/{kind}/{ruleId}`
-async fn delete_rule(app: App, req: Ruma<delete_pushrule::v3::Request>) -> Result<JsonBody, ApiError> {
-    update(&app, &req.auth.user_id, |rules| {
-        rules.remove(req.body.kind.clone(), &req.body.rule_id).map_err(|e| match e {
-            ruma::push::RemovePushRuleError::NotFound => Error::not_found("Push rule not found"),
-            other => Error::invalid_param(other.to_string()),
-        })?;
-        Ok(true)
-    })
-    .await?;
-    Ok(JsonBody(json!({})))
-}
-
-/// `GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled`
-async fn get_enabled(app: App, req: Ruma<get_pushrule_enabled::v3::Request>) -> Result<JsonBody, ApiError> {
-    let rules = ruleset(&app, &req.auth.user_id).await?;
-    let rule = rules
-        .get(req.body.kind.clone(), &req.body.rule_id)
-        .ok_or_else(|| Error::not_found("Push rule not found"))?;
-    Ok(JsonBody(json!({ "enabled": rule.enabled() })))
-}
-
-/// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled`
-async fn put_enabled(app: App, req: Ruma<set_pushrule_enabled::v3::Request>) -> Result<JsonBody, ApiError> {
-    update(&app, &req.auth.user_id, |rules| {
-        rules
-            .set_enabled(req.body.kind.clone(), &req.body.rule_id, req.body.enabled)
-            .map_err(|_| Error::not_found("Push rule not found"))?;
-        Ok(true)
-    })
-    .await?;
-    Ok(JsonBody(json!({})))
-}
-
-/// `GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions`
-async fn get_actions(app: App, req: Ruma<get_pushrule_actions::v3::Request>) -> Result<JsonBody, ApiError> {
-    let rules = ruleset(&app, &req.auth.user_id).await?;
-    let rule = rules
-        .get(req.body.kind.clone(), &req.body.rule_id)
-        .ok_or_else(|| Error::not_found("Push rule not found"))?;
-    Ok(JsonBody(json!({ "actions": rule.actions() })))
-}
-
-/// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions`
-async fn put_actions(app: App, req: Ruma<set_pushrule_actions::v3::Request>) -> Result<JsonBody, ApiError> {
-    update(&app, &req.auth.user_id, |rules| {
-        rules
-            .set_actions(req.body.kind.clone(), &req.body.rule_id, req.body.actions.clone())
-            .map_err(|_| Error::not_found("Push rule not found"))?;
-        Ok(true)
-    })
-    .await?;
-    Ok(JsonBody(json!({})))
+fn json_body(body: &[u8]) -> Result<Value, Error> {
+    serde_json::from_slice(body).map_err(|e| Error::bad_json(e.to_string()))
 }
 
 /// `GET /_matrix/client/v3/notifications`

@@ -7,14 +7,10 @@
 use axum::Router;
 use homeserver_core::Error;
 use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma};
-use ruma::{
-    OwnedRoomId, RoomId, UserId,
-    api::client::room::upgrade_room,
-    push::{NewPushRule, NewSimplePushRule},
-};
+use ruma::{OwnedRoomId, RoomId, UserId, api::client::room::upgrade_room};
 use serde_json::{Value, json};
 
-use crate::{App, pushrules, ratelimit::Action};
+use crate::{App, push_rule_set::Placement, pushrules, ratelimit::Action};
 
 pub fn routes(router: Router<App>) -> Router<App> {
     router.ruma_route(upgrade)
@@ -74,16 +70,16 @@ async fn copy_tags(app: &App, user: &UserId, old: &RoomId, new: &RoomId) -> Resu
 
 async fn copy_room_rule(app: &App, user: &UserId, old: &RoomId, new: &RoomId) -> Result<(), Error> {
     pushrules::update(app, user, |rules| {
-        let Some(rule) = rules.room.iter().find(|r| r.rule_id == *old).cloned() else { return Ok(false) };
-        if rules.room.iter().any(|r| r.rule_id == *new) {
+        let Ok(rule) = rules.get("room", old.as_str()).cloned() else { return Ok(false) };
+        if rules.get("room", new.as_str()).is_ok() {
             return Ok(false);
         }
-        let enabled = rule.enabled;
-        let copy = NewPushRule::Room(NewSimplePushRule::new(new.to_owned(), rule.actions));
-        rules.insert(copy, None, None).map_err(|e| Error::internal(e.to_string()))?;
-        rules
-            .set_enabled(ruma::push::RuleKind::Room, new.as_str(), enabled)
-            .map_err(|e| Error::internal(e.to_string()))?;
+        let copy = json!({ "actions": rule["actions"] });
+        // A rule the set would not take now (its actions no longer valid) is not copied.
+        if rules.put("room", new.as_str(), &copy, Placement::default()).is_err() {
+            return Ok(false);
+        }
+        rules.set_enabled("room", new.as_str(), rule["enabled"] != false)?;
         Ok(true)
     })
     .await

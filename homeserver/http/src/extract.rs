@@ -355,6 +355,8 @@ where
         let token = access_token(&parts);
         let auth =
             T::Authentication::resolve(AuthRequest { token, parts: &parts, body: &raw_body }, state).await?;
+        let raw_body =
+            if T::Authentication::SERVER_SIGNED { raw_body } else { crate::legacy_auth::rewrite(raw_body) };
 
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
         // Lax clients (matrix-nio) send no body at all where every field is optional; Synapse

@@ -57,6 +57,7 @@ const ALLOWED: &[&str] = &[
     "GET user/*/filter/*",
     "GET pushrules",
     "GET pushrules/",
+    "GET pushrules/*",
     "GET presence/*/status",
     "PUT presence/*/status",
     "GET capabilities",

@@ -16,6 +16,7 @@
 pub mod error;
 pub mod extract;
 mod guest;
+mod legacy_auth;
 pub mod nul;
 pub mod route;
 

@@ -43,9 +43,14 @@ pub async fn device_keys(
         }
         let mut keys: Value = serde_json::from_str(&key_json).unwrap_or_else(|_| json!({}));
         // Device names often name a person or a machine: other servers do not see them (as
-        // Synapse's `allow_device_name_lookup_over_federation` is off by default).
-        if let Some(name) = display_name.filter(|_| with_names) {
-            keys["unsigned"] = json!({ "device_display_name": name });
+        // Synapse's `allow_device_name_lookup_over_federation` is off by default). Local
+        // askers always get `unsigned`, with the name if the device has one.
+        if with_names && let Some(keys) = keys.as_object_mut() {
+            let unsigned = match display_name {
+                Some(name) => json!({ "device_display_name": name }),
+                None => json!({}),
+            };
+            keys.insert("unsigned".into(), unsigned);
         }
         devices.insert(device_id, keys);
     }

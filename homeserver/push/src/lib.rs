@@ -21,7 +21,10 @@ pub mod payload;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -76,6 +79,10 @@ struct Inner {
     active: Semaphore,
     /// The pushers whose delivery task runs.
     running: Mutex<HashMap<PusherKey, Slot>>,
+    /// Whether any pusher exists (as of start-up, or one was set since): a server without
+    /// pushers does not look for pushers to wake each time the stream moves. A pusher set
+    /// later starts from its own cursor, so nothing the router skipped is missed.
+    any_pushers: AtomicBool,
 }
 
 /// A running delivery task: whether it was woken meanwhile, and how to cut its retry delay
@@ -114,6 +121,7 @@ impl PushSender {
             backoff,
             active: Semaphore::new(MAX_ACTIVE),
             running: Mutex::new(HashMap::new()),
+            any_pushers: AtomicBool::new(false),
         };
         PushSender { inner: Arc::new(inner) }
     }
@@ -133,6 +141,10 @@ impl PushSender {
                 }
                 let now = *current.borrow_and_update() as i64;
                 if now <= routed {
+                    continue;
+                }
+                if !this.inner.any_pushers.load(Ordering::Acquire) {
+                    routed = now;
                     continue;
                 }
                 let db = &this.inner.db;
@@ -156,7 +168,10 @@ impl PushSender {
         tokio::spawn(async move {
             loop {
                 match changes.recv().await {
-                    Ok(key) => this.wake(key, Wake::Set),
+                    Ok(key) => {
+                        this.inner.any_pushers.store(true, Ordering::Release);
+                        this.wake(key, Wake::Set)
+                    }
                     Err(RecvError::Lagged(_)) => this.wake_all().await,
                     Err(RecvError::Closed) => return,
                 }
@@ -166,8 +181,17 @@ impl PushSender {
 
     async fn wake_all(&self) {
         match self.inner.db.all_pusher_keys().await {
-            Ok(keys) => keys.into_iter().for_each(|key| self.wake(key, Wake::Notified)),
-            Err(err) => warn!(error = %err, "could not list the pushers"),
+            Ok(keys) => {
+                if !keys.is_empty() {
+                    self.inner.any_pushers.store(true, Ordering::Release);
+                }
+                keys.into_iter().for_each(|key| self.wake(key, Wake::Notified))
+            }
+            Err(err) => {
+                // Unknown: keep looking as the stream moves.
+                self.inner.any_pushers.store(true, Ordering::Release);
+                warn!(error = %err, "could not list the pushers")
+            }
         }
     }
 

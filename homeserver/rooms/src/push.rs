@@ -47,12 +47,31 @@ pub struct UserRules {
 }
 
 /// Parses stored `m.push_rules` content (`{"global": ruleset}`), falling back to the default.
+/// Rules kept as clients sent them that cannot apply (a room rule whose id is no room id, a
+/// sender rule whose id is no user id: Synapse stores those too) are left out, not the set.
 pub fn parse_ruleset(user: &UserId, content: &str) -> Ruleset {
-    serde_json::from_str::<Value>(content)
-        .ok()
-        .and_then(|v| v.get("global").cloned())
-        .and_then(|g| serde_json::from_value::<Ruleset>(g).ok())
-        .unwrap_or_else(|| Ruleset::server_default(user))
+    let Some(mut global) =
+        serde_json::from_str::<Value>(content).ok().and_then(|mut v| v.get_mut("global").map(Value::take))
+    else {
+        return Ruleset::server_default(user);
+    };
+    if let Ok(rules) = serde_json::from_value::<Ruleset>(global.clone()) {
+        return rules;
+    }
+    let usable = |kind: &str, rule: &Value| {
+        let id = rule["rule_id"].as_str().unwrap_or_default();
+        match kind {
+            "room" => ruma::RoomId::parse(id).is_ok(),
+            "sender" => UserId::parse(id).is_ok(),
+            _ => true,
+        }
+    };
+    for kind in ["room", "sender"] {
+        if let Some(rules) = global.get_mut(kind).and_then(Value::as_array_mut) {
+            rules.retain(|rule| usable(kind, rule));
+        }
+    }
+    serde_json::from_value::<Ruleset>(global).unwrap_or_else(|_| Ruleset::server_default(user))
 }
 
 impl PushRules {

@@ -37,6 +37,17 @@ fn destination_row(r: &sqlx::any::AnyRow) -> Result<DestinationRow> {
 const DESTINATION_COLUMNS: &str = "d.destination, d.failures, d.retry_at, d.last_success_ts, d.failure_ts, \
      (SELECT COUNT(*) FROM federation_outbox o WHERE o.destination = d.destination) AS queued";
 
+/// A device-list change of one of this server's users, as routed to other servers.
+#[derive(Debug, Clone)]
+pub struct DeviceListChange {
+    pub user_id: String,
+    /// The device it was about; `None`: the user's cross-signing keys.
+    pub device_id: Option<String>,
+    pub pos: i64,
+    /// The user's previous device change, if any.
+    pub prev: Option<i64>,
+}
+
 impl Db {
     /// How far the event stream has been routed to destinations (None: never).
     pub async fn routed_position(&self) -> Result<Option<StreamPos>> {
@@ -181,19 +192,28 @@ impl Db {
         rows.iter().map(|r| Ok((r.try_get("user_id")?, r.try_get("pos")?))).collect()
     }
 
-    /// The device-list changes at these positions: (user, position).
-    pub async fn device_list_changes_at(&self, positions: &[i64]) -> Result<Vec<(String, i64)>> {
+    /// The device-list changes at these positions, in order, each with the position of the
+    /// user's previous device change (its `prev_id`).
+    pub async fn device_list_changes_at(&self, positions: &[i64]) -> Result<Vec<DeviceListChange>> {
         let mut out = Vec::new();
         for chunk in positions.chunks(100) {
             let list = crate::placeholders(1, chunk.len());
-            let sql =
-                format!("SELECT user_id, pos FROM device_list_changes WHERE pos IN ({list}) ORDER BY pos");
+            let sql = format!(
+                "SELECT c.user_id, c.device_id, c.pos, (SELECT MAX(p.pos) FROM device_list_changes p \
+                 WHERE p.user_id = c.user_id AND p.pos < c.pos AND p.device_id IS NOT NULL) AS prev \
+                 FROM device_list_changes c WHERE c.pos IN ({list}) ORDER BY c.pos"
+            );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for pos in chunk {
                 q = q.bind(*pos);
             }
             for r in q.fetch_all(self.reader()).await? {
-                out.push((r.try_get("user_id")?, r.try_get("pos")?));
+                out.push(DeviceListChange {
+                    user_id: r.try_get("user_id")?,
+                    device_id: r.try_get("device_id")?,
+                    pos: r.try_get("pos")?,
+                    prev: r.try_get("prev")?,
+                });
             }
         }
         Ok(out)
@@ -249,9 +269,11 @@ impl Db {
 
     /// Catch-up after an outage: keeps the newest `keep` positions a destination is owed, the
     /// newest event of each room among the rest, and every position still holding someone's
-    /// current receipt or presence, a to-device message or a device-list change (never
-    /// dropped: nothing else would bring them); drops the others (the destination fetches the events
-    /// between with `get_missing_events` and backfill). Returns how many were dropped.
+    /// current receipt or presence, a to-device message (never dropped: nothing else would
+    /// bring them), and each user's newest device change and newest cross-signing change (the
+    /// older ones' gap in the `prev_id` chain makes the destination fetch the whole list);
+    /// drops the others (the destination fetches the events between with `get_missing_events`
+    /// and backfill). Returns how many were dropped.
     pub async fn compact_outbox(&self, destination: &str, keep: i64) -> Result<u64> {
         let done = sqlx::query(
             "DELETE FROM federation_outbox WHERE destination = $1 \
@@ -263,7 +285,9 @@ impl Db {
              AND stream_pos NOT IN (SELECT stream_pos FROM receipts) \
              AND stream_pos NOT IN (SELECT stream_pos FROM presence) \
              AND stream_pos NOT IN (SELECT stream_pos FROM federation_to_device WHERE destination = $1) \
-             AND stream_pos NOT IN (SELECT pos FROM device_list_changes)",
+             AND stream_pos NOT IN (SELECT MAX(c.pos) FROM federation_outbox o \
+                                    JOIN device_list_changes c ON c.pos = o.stream_pos \
+                                    WHERE o.destination = $1 GROUP BY c.user_id, c.device_id IS NULL)",
         )
         .bind(destination)
         .bind(keep)

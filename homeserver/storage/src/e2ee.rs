@@ -304,6 +304,19 @@ impl Db {
         if !fresh {
             return Ok(false);
         }
+        // Another server's message ids are kept a week (its retries stop long before); its
+        // user's older ones go as it sends new ones, so they do not pile up.
+        if sender_device.starts_with(crate::FEDERATION_DEVICE_PREFIX) {
+            sqlx::query(
+                "DELETE FROM txn_ids WHERE user_id = $1 AND device_id = $2 AND scope = $3 AND created_ts < $4",
+            )
+            .bind(sender)
+            .bind(sender_device)
+            .bind(txn_scope)
+            .bind(now_ms - FEDERATION_TXN_ID_LIFETIME_MS)
+            .execute(&mut *tx)
+            .await?;
+        }
         for m in recipients {
             sqlx::query(
                 "INSERT INTO to_device_messages (user_id, device_id, pos, sender, event_type, content) \
@@ -392,27 +405,45 @@ impl Db {
     }
 }
 
+/// How long an inbound federation to-device message id is remembered (replays refused).
+const FEDERATION_TXN_ID_LIFETIME_MS: i64 = 7 * 24 * 3600 * 1000;
+
 /// The users sharing a joined room with `$1` (and `$1`), as SQL.
 const ROOM_MATES: &str = "SELECT y.user_id FROM memberships x JOIN memberships y ON x.room_id = y.room_id \
                           WHERE x.user_id = $1 AND x.membership = 'join' AND y.membership = 'join'";
 
 impl Db {
-    /// The position of a user's newest device-list change (the `stream_id` other servers are
-    /// told with their devices); 0 if it never changed.
+    /// The position of a user's newest device change (the `stream_id` other servers are told
+    /// with their devices, the end of the prev_id chain); 0 if none changed.
     pub async fn device_list_stream_id(&self, user_id: &str) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COALESCE(MAX(pos), 0) FROM device_list_changes WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_one(self.reader())
-            .await?)
+        Ok(sqlx::query_scalar(
+            "SELECT COALESCE(MAX(pos), 0) FROM device_list_changes WHERE user_id = $1 AND device_id IS NOT NULL",
+        )
+        .bind(user_id)
+        .fetch_one(self.reader())
+        .await?)
     }
 
-    /// Records that `user_id`'s device list changed at `pos`.
-    pub async fn record_device_list_change(&self, user_id: &str, pos: i64) -> Result<()> {
-        sqlx::query("INSERT INTO device_list_changes (user_id, pos) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+    /// Records that `user_id`'s device list changed: (device, position) pairs, `None` for a
+    /// change not about one device (cross-signing keys, another server's user), in one
+    /// transaction.
+    pub async fn record_device_list_changes(
+        &self,
+        user_id: &str,
+        changes: &[(Option<&str>, i64)],
+    ) -> Result<()> {
+        let mut tx = self.writer().begin().await?;
+        for (device_id, pos) in changes {
+            sqlx::query(
+                "INSERT INTO device_list_changes (user_id, pos, device_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            )
             .bind(user_id)
-            .bind(pos)
-            .execute(self.writer())
+            .bind(*pos)
+            .bind(*device_id)
+            .execute(&mut *tx)
             .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -455,12 +486,16 @@ impl Db {
     }
 
     /// Users who became room mates of `user_id` in `(after, upto]`: they joined one of its
-    /// rooms, or it joined one of theirs (their devices are news to it).
+    /// rooms, or it joined one of theirs (their devices are news to it); and, as Synapse
+    /// counts them, users invited to (or knocking on) one of its rooms then, whose devices it
+    /// will encrypt for.
     pub async fn new_room_mates(&self, user_id: &str, after: i64, upto: i64) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
             "SELECT DISTINCT y.user_id FROM memberships x JOIN memberships y ON x.room_id = y.room_id \
-             WHERE x.user_id = $1 AND x.membership = 'join' AND y.membership = 'join' AND y.user_id <> $1 \
-             AND ((y.joined_pos > $2 AND y.joined_pos <= $3) OR (x.joined_pos > $2 AND x.joined_pos <= $3)) \
+             WHERE x.user_id = $1 AND x.membership = 'join' AND y.user_id <> $1 \
+             AND ((y.membership = 'join' AND ((y.joined_pos > $2 AND y.joined_pos <= $3) \
+                   OR (x.joined_pos > $2 AND x.joined_pos <= $3))) \
+               OR (y.membership IN ('invite', 'knock') AND y.stream_pos > $2 AND y.stream_pos <= $3)) \
              ORDER BY y.user_id",
         )
         .bind(user_id)

@@ -32,12 +32,14 @@ pub mod events;
 pub mod key_backup;
 pub mod media;
 pub mod notifications;
+pub mod openid;
 pub mod persist;
 pub mod plugins;
 pub mod presence;
 pub mod pushers;
 pub mod receipts;
 pub mod relations;
+pub mod remote_devices;
 pub mod reports;
 pub mod search;
 pub mod server_keys;
@@ -296,6 +298,10 @@ pub(crate) async fn rows_at_positions<T>(
     Ok(out)
 }
 
+/// The stand-in "device" of to-device messages another server sends (`federation:{origin}`):
+/// their message ids are deduplicated under it.
+pub const FEDERATION_DEVICE_PREFIX: &str = "federation:";
+
 pub(crate) fn placeholders(first: usize, count: usize) -> String {
     let mut out = String::with_capacity(count * 4);
     for i in 0..count {
@@ -322,5 +328,7 @@ pub(crate) fn conflict_or(err: sqlx::Error) -> StorageError {
 mod tests;
 #[cfg(test)]
 mod tests_dag;
+#[cfg(test)]
+mod tests_device_lists;
 #[cfg(test)]
 mod tests_plugins;

@@ -432,3 +432,32 @@ async fn registration_remembers_parameters_and_is_idempotent() {
     assert!(stored.contains("remy"), "{stored}");
     assert!(!stored.contains(first["access_token"].as_str().unwrap()));
 }
+
+/// An OpenID token names its user to whoever holds it (`/openid/userinfo`, on any listener),
+/// only for one's own account; unknown and missing tokens are 401s.
+#[tokio::test]
+async fn openid_tokens_name_their_user() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let path = |user: &str| format!("/_matrix/client/v3/user/{}/openid/request_token", enc(user));
+    let (status, token) = server.post(&path(&alice.user_id), Some(&alice.token), json!({})).await;
+    assert_eq!(status, 200, "{token}");
+    assert_eq!(token["matrix_server_name"], "localhost");
+    assert_eq!(token["token_type"], "Bearer");
+    assert!(token["expires_in"].as_u64().is_some_and(|s| s > 60), "{token}");
+    let userinfo = "/_matrix/federation/v1/openid/userinfo";
+    let access = token["access_token"].as_str().unwrap();
+    let (status, info) = server.get(&format!("{userinfo}?access_token={}", enc(access)), None).await;
+    assert_eq!((status, info), (200, json!({ "sub": alice.user_id })));
+
+    let (status, answer) = server.post(&path(&alice.user_id), Some(&bob.token), json!({})).await;
+    assert_eq!((status, answer["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{answer}");
+    let (status, answer) = server.get(&format!("{userinfo}?access_token=an%2Finvalid%2Ftoken"), None).await;
+    assert_eq!((status, answer["errcode"].as_str()), (401, Some("M_UNKNOWN_TOKEN")), "{answer}");
+    // A client's access token is no OpenID token.
+    let (status, _) = server.get(&format!("{userinfo}?access_token={}", enc(&alice.token)), None).await;
+    assert_eq!(status, 401);
+    let (status, answer) = server.get(userinfo, None).await;
+    assert_eq!((status, answer["errcode"].as_str()), (401, Some("M_MISSING_TOKEN")), "{answer}");
+}

@@ -456,3 +456,84 @@ async fn threaded_receipts_clear_their_own_thread_and_recall_clears_the_badge() 
             .all(|n| n["event"]["event_id"] != replies[1].as_str())
     );
 }
+
+/// Rule ids are kept as sent (a room rule named like an alias, as Synapse keeps it), listed
+/// per kind with a trailing slash, placed by `before`/`after`; such a rule never stops the
+/// other rules from applying; malformed paths and bodies are 400s, unknown rules 404s.
+#[tokio::test]
+async fn push_rules_keep_free_form_ids_and_refuse_malformed_paths() {
+    let server = TestServer::start().await;
+    let (alice, bob, room) = server.pair().await;
+    let rules = "/_matrix/client/v3/pushrules";
+    let put = |path: String, body: Value| {
+        let (server, token) = (&server, bob.token.clone());
+        async move { server.put(&format!("{rules}{path}"), Some(&token), body).await }
+    };
+    for id in ["#a:example.com", "#b:example.com"] {
+        let (status, body) =
+            put(format!("/global/room/{}", enc(id)), json!({ "actions": ["dont_notify"] })).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = put(
+        format!("/global/room/{}?after={}", enc("#c:example.com"), enc("#b:example.com")),
+        json!({ "actions": [] }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, list) = server.get(&format!("{rules}/global/room/"), Some(&bob.token)).await;
+    assert_eq!(status, 200, "{list}");
+    let ids: Vec<&str> = list.as_array().unwrap().iter().filter_map(|r| r["rule_id"].as_str()).collect();
+    assert_eq!(ids, ["#b:example.com", "#c:example.com", "#a:example.com"], "{list}");
+    let (status, rule) =
+        server.get(&format!("{rules}/global/room/{}", enc("#a:example.com")), Some(&bob.token)).await;
+    assert_eq!(
+        (status, rule["enabled"].as_bool(), rule["default"].as_bool()),
+        (200, Some(true), Some(false)),
+        "{rule}"
+    );
+    let (status, actions) =
+        server.get(&format!("{rules}/global/room/{}/actions", enc("#a:example.com")), Some(&bob.token)).await;
+    assert_eq!((status, actions), (200, json!({ "actions": ["dont_notify"] })));
+
+    // Rules that cannot apply to a room do not stop the others: a message still notifies.
+    let since = server.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    server.send_text(&alice, &room, "still heard").await;
+    let sync = server.sync(&bob, Some(&since), 0).await;
+    assert_eq!(joined(&sync, &room)["unread_notifications"]["notification_count"], 1, "{sync}");
+
+    // Malformed paths and bodies: 400; an unknown rule: 404; no trailing slash: 404.
+    for (path, body) in [
+        ("/".to_owned(), json!({})),
+        ("/not_a_scope/room/x".into(), json!({ "actions": [] })),
+        ("/global".into(), json!({})),
+        ("/global/room".into(), json!({})),
+        ("/global/room/".into(), json!({})),
+        ("/global/not_a_template/foo".into(), json!({ "actions": [] })),
+        (format!("/global/room/{}", enc("#fo\\o:example.com")), json!({ "actions": [] })),
+        ("/global/override/my_id".into(), json!({ "actions": [] })),
+        ("/global/underride/my_id".into(), json!({ "actions": [], "conditions": [{}] })),
+        ("/global/content/my_id".into(), json!({ "actions": [] })),
+        ("/global/room/x".into(), json!({})),
+        ("/global/room/x".into(), json!({ "actions": ["not_an_action"] })),
+        ("/global/override/.m.rule.master/not_an_attr".into(), json!({ "enabled": true })),
+        ("/global/override/.m.rule.master/enabled".into(), json!({ "enabled": "not a boolean" })),
+    ] {
+        let (status, answer) = put(path.clone(), body).await;
+        assert_eq!(status, 400, "PUT {path}: {answer}");
+    }
+    for path in [
+        "/global",
+        "/global/room",
+        "/not_a_scope/",
+        "/global/not_a_template/",
+        "/global/override/.m.rule.master/x",
+    ] {
+        let (status, answer) = server.get(&format!("{rules}{path}"), Some(&bob.token)).await;
+        assert_eq!(status, 400, "GET {path}: {answer}");
+    }
+    assert_eq!(server.get(&format!("{rules}/global/override/not_a_rule"), Some(&bob.token)).await.0, 404);
+    assert_eq!(server.get(rules, Some(&bob.token)).await.0, 404);
+    let missing_anchor = format!("/global/room/x?before={}", enc("#nowhere:example.com"));
+    assert_eq!(put(missing_anchor, json!({ "actions": [] })).await.0, 404);
+    assert_eq!(server.get(&format!("{rules}/global/room/"), None).await.0, 401);
+}

@@ -73,6 +73,11 @@ async fn keys_are_uploaded_by_their_device_queried_and_claimed_once_then_the_fal
     let (code, _) =
         keys(&server, "upload", &bob, json!({ "device_keys": device_keys(&alice, &first) })).await;
     assert_eq!(code, 400, "nor another user's");
+    // The spec's required fields (algorithms, keys, signatures) are checked.
+    let mut partial = device_keys(&alice, &first);
+    partial.as_object_mut().unwrap().remove("signatures");
+    let (code, answer) = keys(&server, "upload", &alice, json!({ "device_keys": partial })).await;
+    assert_eq!((code, answer["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{answer}");
     let sync = server.sync(&alice, None, 0).await;
     assert_eq!(sync["device_one_time_keys_count"]["signed_curve25519"], 3);
     assert_eq!(sync["device_unused_fallback_key_types"], json!(["signed_curve25519"]));
@@ -84,6 +89,7 @@ async fn keys_are_uploaded_by_their_device_queried_and_claimed_once_then_the_fal
     let devices = &answer["device_keys"][&alice.user_id];
     assert_eq!(devices[&first]["keys"][format!("ed25519:{first}")], "ed");
     assert_eq!(devices[&second]["unsigned"]["device_display_name"], "second phone");
+    assert_eq!(devices[&first]["unsigned"], json!({}), "unsigned, without a name the device lacks");
     let (_, answer) =
         keys(&server, "query", &bob, json!({ "device_keys": { alice.user_id.clone(): [second.clone()] } }))
             .await;
@@ -272,11 +278,20 @@ async fn room_mates_hear_of_device_list_changes_joins_and_leaves() {
     assert_eq!(code, 200);
     let (_, t3) = sync_until(&server, &bob, &t2, |s| lists(s, "left").contains(&carol.user_id)).await;
 
-    // A deleted device changes the list too.
+    // A new device (Alice's own syncs hear of it too), a renamed one and a deleted one
+    // change the list.
+    let alice_since = server.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
     let (phone, _) = second_device(&server, &alice, "PHONE").await;
+    let (_, t4) = sync_until(&server, &bob, &t3, |s| lists(s, "changed").contains(&alice.user_id)).await;
+    sync_until(&server, &alice, &alice_since, |s| lists(s, "changed").contains(&alice.user_id)).await;
+    let (code, _) = server
+        .put("/_matrix/client/v3/devices/PHONE", Some(&alice.token), json!({ "display_name": "new name" }))
+        .await;
+    assert_eq!(code, 200);
+    let (_, t5) = sync_until(&server, &bob, &t4, |s| lists(s, "changed").contains(&alice.user_id)).await;
     let (code, _) = server.post("/_matrix/client/v3/logout", Some(&phone.token), json!({})).await;
     assert_eq!(code, 200);
-    sync_until(&server, &bob, &t3, |s| lists(s, "changed").contains(&alice.user_id)).await;
+    sync_until(&server, &bob, &t5, |s| lists(s, "changed").contains(&alice.user_id)).await;
 }
 
 fn cross_key(user: &User, usage: &str, public: &str) -> Value {

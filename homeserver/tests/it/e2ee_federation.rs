@@ -197,3 +197,67 @@ async fn to_device_messages_for_other_servers_are_bounded_and_split_into_small_e
     parts.sort();
     assert_eq!(parts, [1, 2]);
 }
+
+/// Ann's server caches Bob's device list once it has asked for it: an update that follows the
+/// cached chain is applied in place, one after a gap makes it fetch the list again, and while
+/// Ann shares a room with Bob the cache answers even with Bob's server down; once she left,
+/// it no longer does (nobody would tell her server of changes).
+#[tokio::test]
+async fn another_servers_device_lists_are_cached_and_kept_by_their_updates() {
+    let (_ca, a, mut b, ann, bob, room, device) = setup().await;
+    let query = json!({ "device_keys": { &bob.user_id: [] }, "timeout": 5000 });
+    let (code, answer) = keys(&a, "query", &ann, query.clone()).await;
+    assert_eq!(code, 200, "{answer}");
+    assert!(answer["device_keys"][&bob.user_id].get(&device).is_some(), "{answer}");
+    let db = &a.server.db;
+    let end = db.remote_device_list_stream_id(&bob.user_id).await.unwrap().expect("cached after a query");
+
+    // An update that follows the chain is applied as sent (Bob's server has no such device:
+    // seeing it proves nothing was fetched).
+    let b_key = &b.server.federation.key;
+    let fake_keys = json!({ "user_id": bob.user_id, "device_id": "FAKE", "algorithms": [],
+        "keys": { "ed25519:FAKE": "fake" }, "signatures": {} });
+    let update = |stream: i64, prev: i64| {
+        json!({ "edu_type": "m.device_list_update", "content": {
+            "user_id": bob.user_id, "device_id": "FAKE", "stream_id": stream, "prev_id": [prev],
+            "keys": fake_keys, "device_display_name": "Fake phone",
+        } })
+    };
+    let (code, answer) = send_transaction_with(&a, b_key, "dl1", &[], &[update(end + 1, end)]).await;
+    assert_eq!(code, 200, "{answer}");
+    let (_, answer) = keys(&a, "query", &ann, query.clone()).await;
+    let fake = &answer["device_keys"][&bob.user_id]["FAKE"];
+    assert_eq!(fake["keys"]["ed25519:FAKE"], "fake", "{answer}");
+    assert_eq!(fake["unsigned"]["device_display_name"], "Fake phone", "{answer}");
+    assert!(answer["device_keys"][&bob.user_id].get(&device).is_some(), "{answer}");
+
+    // A gap (the previous change never arrived): the list is fetched whole from Bob's server.
+    let (code, answer) = send_transaction_with(&a, b_key, "dl2", &[], &[update(end + 10, end + 5)]).await;
+    assert_eq!(code, 200, "{answer}");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "the list was never fetched again");
+        if db.remote_device_list_stream_id(&bob.user_id).await.unwrap() == Some(end) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (_, answer) = keys(&a, "query", &ann, query.clone()).await;
+    assert!(answer["device_keys"][&bob.user_id].get("FAKE").is_none(), "{answer}");
+    assert!(answer["device_keys"][&bob.user_id].get(&device).is_some(), "{answer}");
+
+    // Bob's server goes down: the cache answers.
+    b.stop().await;
+    let (code, answer) = keys(&a, "query", &ann, query.clone()).await;
+    assert_eq!(code, 200, "{answer}");
+    assert!(answer["device_keys"][&bob.user_id].get(&device).is_some(), "{answer}");
+    assert_eq!(answer["failures"], json!({}), "{answer}");
+
+    // Ann leaves: no room shared, so the cache is not trusted and Bob's server is asked.
+    let leave = format!("/_matrix/client/v3/rooms/{}/leave", enc(&room));
+    let (code, answer) = a.post(&leave, Some(&ann.token), json!({})).await;
+    assert_eq!(code, 200, "{answer}");
+    let (code, answer) = keys(&a, "query", &ann, query).await;
+    assert_eq!(code, 200, "{answer}");
+    assert!(answer["failures"].get(name_of(&b).as_str()).is_some(), "{answer}");
+}

@@ -119,4 +119,18 @@ async fn backups_keep_the_best_key_per_session_in_the_current_version() {
     let (code, answer) =
         server.put(&session_path("1"), Some(&alice.token), json!({ "first_message_index": 1 })).await;
     assert_eq!((code, answer["errcode"].as_str()), (400, Some("M_BAD_JSON")));
+    // Without auth_data, a version is the client's error; an opaque one (older clients) is kept.
+    let (code, answer) =
+        server.post(&format!("{v3}/version"), Some(&alice.token), json!({ "algorithm": ALGORITHM })).await;
+    assert_eq!((code, answer["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{answer}");
+    let (code, answer) = server
+        .post(
+            &format!("{v3}/version"),
+            Some(&alice.token),
+            json!({ "algorithm": ALGORITHM, "auth_data": "opaque" }),
+        )
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    let (_, info) = server.get(&format!("{v3}/version"), Some(&alice.token)).await;
+    assert_eq!(info["auth_data"], "opaque", "{info}");
 }

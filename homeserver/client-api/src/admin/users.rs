@@ -200,9 +200,10 @@ async fn put_user(
                 avatar_url: req.avatar_url.as_deref(),
                 reactivate,
             };
+            let logged_out = crate::devices::ids_of(&app, &user, None).await?;
             app.db.update_user(user.as_str(), &patch).await.map_err(Error::from)?;
             if patch.logout_devices {
-                app.live.device_lists.changed(&user).await?;
+                app.live.device_lists.devices_changed(&user, &logged_out).await?;
             }
             if deactivate {
                 deactivate_account(&app, &user).await?;
@@ -257,9 +258,10 @@ async fn reset_password(
     let hash = app.passwords.hash(password).await?;
     let logout =
         if req.logout_devices.unwrap_or(true) { Logout::AllDevicesExcept(None) } else { Logout::Nothing };
+    let logged_out = crate::devices::ids_of(&app, &user, None).await?;
     app.db.set_password(user.as_str(), &hash, logout).await.map_err(Error::from)?;
     if req.logout_devices.unwrap_or(true) {
-        app.live.device_lists.changed(&user).await?;
+        app.live.device_lists.devices_changed(&user, &logged_out).await?;
     }
     Ok(Json(json!({})))
 }
