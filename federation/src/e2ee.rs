@@ -38,6 +38,9 @@ async fn devices(state: FederationState, req: Ruma<get_devices::v1::Request>) ->
     if !ours(&state, user) {
         return Err(Error::invalid_param("the user does not belong to this server").into());
     }
+    // The stream id first: a change committed after it is sent as an update the receiver
+    // applies on top; read after the devices, it could claim a change the list lacks.
+    let stream_id = state.db.device_list_stream_id(user.as_str()).await.map_err(Error::from)?;
     let mut answer = KeysAnswer::default();
     keys::add_user_keys(&state.db, &mut answer, user.as_str(), &HashSet::new(), None).await?;
     let devices: Vec<Value> = answer
@@ -49,7 +52,6 @@ async fn devices(state: FederationState, req: Ruma<get_devices::v1::Request>) ->
         // No `device_display_name`: device names stay on this server.
         .map(|(device_id, keys)| json!({ "device_id": device_id, "keys": keys }))
         .collect();
-    let stream_id = state.db.device_list_stream_id(user.as_str()).await.map_err(Error::from)?;
     let mut body = json!({ "user_id": user, "stream_id": stream_id, "devices": devices });
     if let Some(key) = answer.master_keys.remove(user.as_str()) {
         body["master_key"] = key;

@@ -47,6 +47,7 @@ pub mod openid;
 mod query;
 pub mod recovery;
 pub mod remote;
+pub mod remote_lists;
 pub mod sender;
 pub mod signing_key;
 mod state;
@@ -84,7 +85,7 @@ pub struct FederationState {
     /// The media repository (served to other servers; theirs fetched into it).
     pub media: homeserver_media::MediaRepo,
     /// Other servers' users' device lists being fetched in the background.
-    pub device_resyncs: Arc<device_lists::Resyncs>,
+    pub device_resyncs: Arc<remote_lists::Resyncs>,
 }
 
 /// The federation router (already given its state; the caller adds the fallbacks).

@@ -119,7 +119,7 @@ impl RemoteServers for Remote {
         device_keys: BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
     ) -> RemoteFuture<Value> {
         let state = self.state.clone();
-        Box::pin(async move { crate::device_lists::query(&state, &server, device_keys).await })
+        Box::pin(async move { crate::remote_lists::query(&state, &server, device_keys).await })
     }
 
     fn claim_keys(

@@ -63,6 +63,8 @@ const ROUTE_BATCH: i64 = 1_000;
 const OUTAGE_MS: i64 = 60_000;
 /// Typing notices kept per destination while it cannot be reached, and for how long.
 const MAX_EPHEMERAL: usize = 50;
+/// Most EDUs in one transaction (the spec's limit).
+const MAX_EDUS: usize = 100;
 const EPHEMERAL_TTL: Duration = Duration::from_secs(30);
 /// When, after accepting another server's join, this server's users' presence is sent to it.
 const JOIN_PRESENCE_DELAYS: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(5)];
@@ -598,14 +600,17 @@ async fn deliver_once(sender: &Sender, destination: &ServerName) -> Result<Optio
         MilliSecondsSinceUnixEpoch::now(),
     );
     request.pdus = events.into_iter().filter_map(|e| RawValue::from_string(e.json).ok()).collect();
-    request.edus = receipt_edus(&receipts)
+    let mut edus: Vec<Value> = receipt_edus(&receipts)
         .into_iter()
         .chain(presence_edu(&presence))
         .chain(to_device.iter().filter_map(|(_, edu)| serde_json::from_str::<Value>(edu).ok()))
         .chain(device_lists)
-        .chain(ephemeral)
-        .filter_map(|e| serde_json::value::to_raw_value(&e).ok().map(Raw::from_json))
         .collect();
+    // The spec's limit is 100 EDUs a transaction (receivers refuse more): typing notices, best
+    // effort and never retried, take what room is left.
+    edus.extend(ephemeral.into_iter().take(MAX_EDUS.saturating_sub(edus.len())));
+    request.edus =
+        edus.iter().filter_map(|e| serde_json::value::to_raw_value(e).ok().map(Raw::from_json)).collect();
     match state.client.send(destination, request).await {
         // A 2xx is an acknowledgement whatever its body says (SyTest's, for one, has no `pdus`):
         // per-PDU errors are the receiver's to act on, and a retry would not change them.

@@ -113,8 +113,10 @@ fn backed_up(room_id: &str, session_id: &str, raw: &Raw<KeyBackupData>) -> Resul
             .filter(|n| *n >= 0)
             .ok_or_else(|| Error::bad_json(format!("{name} must be a non-negative integer")))
     };
-    if !data["session_data"].is_object() || !data["is_verified"].is_boolean() {
-        return Err(Error::bad_json("session_data (an object) and is_verified are required"));
+    // `session_data` is the algorithm's (an object for the spec's); kept as sent, whatever
+    // its JSON type, as Synapse keeps it.
+    if data["session_data"].is_null() || !data["is_verified"].is_boolean() {
+        return Err(Error::bad_json("session_data and is_verified are required"));
     }
     Ok(BackedUpKey {
         room_id: room_id.to_owned(),

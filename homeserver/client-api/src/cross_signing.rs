@@ -74,7 +74,12 @@ async fn upload_signing_keys(
     }
     let rows: Vec<(String, String)> = keys.into_iter().map(|(usage, key)| (usage, key.to_string())).collect();
     app.db.put_cross_signing_keys(user.as_str(), &rows).await.map_err(Error::from)?;
-    app.live.device_lists.changed(user).await?;
+    // A user-signing key alone is the user's own business (others never see it).
+    if rows.iter().all(|(usage, _)| usage == "user_signing") {
+        app.live.device_lists.changed_for_self(user).await?;
+    } else {
+        app.live.device_lists.changed(user).await?;
+    }
     Ok(JsonBody(json!({})))
 }
 
@@ -121,7 +126,7 @@ async fn upload_signatures(
     }
     let mut failures = Map::new();
     let own_devices = crate::devices::ids_of(&app, &req.auth.user_id, None).await?;
-    let (mut signed_devices, mut signed_other_keys) = (Vec::new(), false);
+    let (mut signed_devices, mut signed_own_keys, mut signed_other_keys) = (Vec::new(), false, false);
     for (target, signed_keys) in &req.body.signed_keys {
         let mut target_failures = Map::new();
         let own = target.as_str() == signer;
@@ -158,6 +163,7 @@ async fn upload_signatures(
                 true if own && own_devices.iter().any(|d| d == key_id) => {
                     signed_devices.push(key_id.to_owned())
                 }
+                true if own => signed_own_keys = true,
                 true => signed_other_keys = true,
                 false => {
                     target_failures.insert(key_id.to_owned(), fail("no such key, or nothing new"));
@@ -168,14 +174,16 @@ async fn upload_signatures(
             failures.insert(target.to_string(), Value::Object(target_failures));
         }
     }
-    // The signer's clients re-query; a signature of another user's key concerns only them.
-    // Its own signed devices change as devices (other servers are told of each), anything
-    // else as its cross-signing keys.
+    // Its own signed devices change as devices (other servers are told of each), its own
+    // signed keys as its cross-signing keys; a signature of another user's key concerns only
+    // the signer's own devices.
     if !signed_devices.is_empty() {
         app.live.device_lists.devices_changed(&req.auth.user_id, &signed_devices).await?;
     }
-    if signed_other_keys {
+    if signed_own_keys {
         app.live.device_lists.changed(&req.auth.user_id).await?;
+    } else if signed_other_keys {
+        app.live.device_lists.changed_for_self(&req.auth.user_id).await?;
     }
     Ok(JsonBody(json!({ "failures": failures })))
 }

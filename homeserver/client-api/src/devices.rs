@@ -70,8 +70,9 @@ async fn rename_device(app: App, req: Ruma<update_device::v3::Request>) -> Resul
 async fn remove_device(app: App, req: Ruma<delete_device::v3::Request>) -> Result<JsonBody, ApiError> {
     let user = &req.auth.user_id;
     uia::authenticate(&app, uia::Step::of(&req), &[&[uia::PASSWORD]], Some(user), false).await?;
-    app.db.delete_device(user.as_str(), req.body.device_id.as_str()).await.map_err(Error::from)?;
-    app.live.device_lists.devices_changed(user, &[req.body.device_id.to_string()]).await?;
+    if app.db.delete_device(user.as_str(), req.body.device_id.as_str()).await.map_err(Error::from)? {
+        app.live.device_lists.devices_changed(user, &[req.body.device_id.to_string()]).await?;
+    }
     Ok(JsonBody(json!({})))
 }
 
@@ -79,7 +80,10 @@ async fn remove_device(app: App, req: Ruma<delete_device::v3::Request>) -> Resul
 async fn remove_devices(app: App, req: Ruma<delete_devices::v3::Request>) -> Result<JsonBody, ApiError> {
     let user = &req.auth.user_id;
     uia::authenticate(&app, uia::Step::of(&req), &[&[uia::PASSWORD]], Some(user), false).await?;
-    let ids: Vec<String> = req.body.devices.iter().map(|d| d.to_string()).collect();
+    // Only devices that exist change the list (other servers are told of each).
+    let existing = ids_of(&app, user, None).await?;
+    let ids: Vec<String> =
+        req.body.devices.iter().map(|d| d.to_string()).filter(|d| existing.contains(d)).collect();
     app.db.delete_devices(user.as_str(), &ids).await.map_err(Error::from)?;
     app.live.device_lists.devices_changed(user, &ids).await?;
     Ok(JsonBody(json!({})))

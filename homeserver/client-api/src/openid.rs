@@ -8,7 +8,7 @@ use homeserver_http::{ApiError, JsonBody, RouterExt, Ruma};
 use ruma::api::client::account::request_openid_token;
 use serde_json::json;
 
-use crate::App;
+use crate::{App, ratelimit::Action};
 
 /// How long an OpenID token lasts.
 const LIFETIME_MS: u64 = 3_600_000;
@@ -22,6 +22,8 @@ async fn request_token(app: App, req: Ruma<request_openid_token::v3::Request>) -
     if req.body.user_id != req.auth.user_id {
         return Err(Error::forbidden("OpenID tokens are issued for one's own account only").into());
     }
+    // Each token is a row written: limited as messages are.
+    app.limit(Action::Message, req.auth.user_id.as_str())?;
     let token = ids::random_string(32);
     let now = now_millis();
     app.db

@@ -9,6 +9,7 @@
 //! `before`/`after` anchor, and the number of rules a user keeps.
 
 use homeserver_core::{Error, ErrorKind};
+use ruma::push::{Action, PushCondition};
 use serde_json::{Map, Value, json};
 
 /// The rule kinds in priority order.
@@ -16,6 +17,10 @@ pub const KINDS: [&str; 5] = ["override", "content", "room", "sender", "underrid
 
 /// Most rules of their own one user keeps (all kinds together).
 const MAX_USER_RULES: usize = 1_000;
+/// Largest rule (serialised), and largest rule set: the set is account data, rewritten on
+/// every edit and read for every event the user may be notified of.
+const MAX_RULE_BYTES: usize = 16 * 1024;
+const MAX_SET_BYTES: usize = 1024 * 1024;
 /// Longest rule id, and most conditions of one rule.
 const MAX_RULE_ID_BYTES: usize = 512;
 const MAX_CONDITIONS: usize = 20;
@@ -97,14 +102,24 @@ impl RuleSet {
     /// Adds (or replaces, in place) a rule of the user's own from a client's body.
     pub fn put(&mut self, kind: &str, rule_id: &str, body: &Value, at: Placement<'_>) -> Result<(), Error> {
         check_rule_id(rule_id)?;
-        let rule = new_rule(kind, rule_id, body)?;
+        let mut rule = new_rule(kind, rule_id, body)?;
         for anchor in [at.before, at.after].into_iter().flatten() {
             if anchor.starts_with('.') {
                 return Err(Error::invalid_param(
                     "a rule cannot be placed relative to a server-default rule",
                 ));
             }
+            if anchor == rule_id {
+                return Err(Error::invalid_param("a rule cannot be placed relative to itself"));
+            }
             self.get(kind, anchor)?;
+        }
+        // A rule set again keeps whether it was enabled.
+        if let Ok(existing) = self.get(kind, rule_id) {
+            rule["enabled"] = existing["enabled"].clone();
+        }
+        if self.to_json().to_string().len() + rule.to_string().len() > MAX_SET_BYTES {
+            return Err(Error::new(ErrorKind::TooLarge, "the push rules would exceed 1 MiB"));
         }
         if at.before.is_none()
             && at.after.is_none()
@@ -167,7 +182,8 @@ fn check_rule_id(rule_id: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Actions: a list of `notify`, `dont_notify`, `coalesce` or `{"set_tweak": …}` objects.
+/// Actions: a list of `notify`, `dont_notify`, `coalesce` or `{"set_tweak": …}` objects that
+/// the evaluator reads (a known tweak with a valid value).
 pub fn check_actions(actions: &Value) -> Result<(), Error> {
     let Some(list) = actions.as_array() else {
         return Err(Error::bad_json("actions must be a list"));
@@ -182,6 +198,8 @@ pub fn check_actions(actions: &Value) -> Result<(), Error> {
             return Err(Error::invalid_param(format!("unknown action {action}")));
         }
     }
+    serde_json::from_value::<Vec<Action>>(actions.clone())
+        .map_err(|e| Error::invalid_param(format!("invalid action: {e}")))?;
     Ok(())
 }
 
@@ -205,6 +223,9 @@ fn new_rule(kind: &str, rule_id: &str, body: &Value) -> Result<Value, Error> {
             if !conditions.iter().all(|c| c.get("kind").is_some_and(Value::is_string)) {
                 return Err(Error::bad_json("every condition needs a kind"));
             }
+            // Conditions the evaluator cannot read would make it drop the rule.
+            serde_json::from_value::<Vec<PushCondition>>(Value::Array(conditions.clone()))
+                .map_err(|e| Error::bad_json(format!("invalid condition: {e}")))?;
             rule["conditions"] = Value::Array(conditions.clone());
         }
         "content" => {
@@ -215,6 +236,9 @@ fn new_rule(kind: &str, rule_id: &str, body: &Value) -> Result<Value, Error> {
             rule["pattern"] = json!(pattern);
         }
         _ => {}
+    }
+    if rule.to_string().len() > MAX_RULE_BYTES {
+        return Err(Error::new(ErrorKind::TooLarge, "a push rule is at most 16 KiB"));
     }
     Ok(rule)
 }
@@ -253,10 +277,14 @@ mod tests {
             .put("room", "#spam:example.com", &json!({ "actions": ["dont_notify"] }), Placement::default())
             .unwrap();
         assert_eq!(rules.get("room", "#spam:example.com").unwrap()["actions"], json!(["dont_notify"]));
-        // Adding again replaces in place.
+        // Adding again replaces in place, enabled or not as it was; a huge rule is refused.
+        rules.set_enabled("override", "b", false).unwrap();
         rules
             .put("override", "b", &json!({ "actions": [], "conditions": [] }), Placement::default())
             .unwrap();
+        assert_eq!(rules.get("override", "b").unwrap()["enabled"], false);
+        let huge = json!({ "actions": [], "pattern": "x".repeat(20_000) });
+        assert!(rules.put("content", "big", &huge, Placement::default()).is_err());
         assert_eq!(ids(&rules, "override")[2], "b");
         assert_eq!(rules.get("override", "b").unwrap()["actions"], json!([]));
     }
@@ -266,7 +294,21 @@ mod tests {
         let mut rules = set();
         let before = rules.to_json();
         let notify = json!({ "actions": ["notify"] });
-        let cases: [(&str, &str, Value, Placement); 9] = [
+        let cases: [(&str, &str, Value, Placement); 13] = [
+            ("room", "x", json!({ "actions": [{ "set_tweak": "sound" }] }), Placement::default()),
+            (
+                "room",
+                "x",
+                json!({ "actions": [{ "set_tweak": "highlight", "value": "yes" }] }),
+                Placement::default(),
+            ),
+            (
+                "override",
+                "x",
+                json!({ "actions": [], "conditions": [{ "kind": "event_match" }] }),
+                Placement::default(),
+            ),
+            ("room", "x", notify.clone(), Placement { before: Some("x"), after: None }),
             ("override", "x", notify.clone(), Placement::default()),
             ("underride", "x", json!({ "actions": [], "conditions": [{}] }), Placement::default()),
             ("content", "x", notify.clone(), Placement::default()),

@@ -355,8 +355,6 @@ where
         let token = access_token(&parts);
         let auth =
             T::Authentication::resolve(AuthRequest { token, parts: &parts, body: &raw_body }, state).await?;
-        let raw_body =
-            if T::Authentication::SERVER_SIGNED { raw_body } else { crate::legacy_auth::rewrite(raw_body) };
 
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
         // Lax clients (matrix-nio) send no body at all where every field is optional; Synapse
@@ -371,7 +369,18 @@ where
                 let empty = Bytes::from_static(b"{}");
                 (parse_request::<T>(&parts, &empty, &args)?, empty)
             }
-            Err(err) => return Err(err.into()),
+            // A body that does not parse may carry UIA's pre-r0.4 password stage: only then is
+            // it rewritten, so no other body is ever touched.
+            Err(err) => {
+                let rewritten = match T::Authentication::SERVER_SIGNED {
+                    true => None,
+                    false => crate::legacy_auth::rewrite(&raw_body),
+                };
+                match rewritten.map(|body| (parse_request::<T>(&parts, &body, &args), body)) {
+                    Some((Ok(parsed), body)) => (parsed, body),
+                    _ => return Err(err.into()),
+                }
+            }
         };
         let client_ip = parts
             .extensions

@@ -40,6 +40,17 @@ impl DeviceLists {
         self.record(user, &[None]).await
     }
 
+    /// Records a change only `user`'s own devices hear of (a new user-signing key, a signature
+    /// of another user's key: private trust decisions) and wakes only them.
+    pub async fn changed_for_self(&self, user: &UserId) -> Result<(), Error> {
+        let reservation = self.stream.reserve(1).await?;
+        let pos = reservation.first();
+        self.db.record_own_device_list_change(user.as_str(), pos as i64).await?;
+        self.stream.marks().advance(Mark::DeviceLists, "", pos);
+        reservation.complete(vec![user.to_owned()]);
+        Ok(())
+    }
+
     /// The stream's current position: a cache filled from what another server says now is
     /// complete from here.
     pub fn position(&self) -> u64 {

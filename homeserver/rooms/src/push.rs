@@ -47,8 +47,9 @@ pub struct UserRules {
 }
 
 /// Parses stored `m.push_rules` content (`{"global": ruleset}`), falling back to the default.
-/// Rules kept as clients sent them that cannot apply (a room rule whose id is no room id, a
-/// sender rule whose id is no user id: Synapse stores those too) are left out, not the set.
+/// A rule the evaluator cannot use (a room rule whose id is no room id, a sender rule whose id
+/// is no user id — Synapse stores those too —, or any rule ruma cannot read) is left out, not
+/// the whole set: one odd rule never costs a user their mutes.
 pub fn parse_ruleset(user: &UserId, content: &str) -> Ruleset {
     let Some(mut global) =
         serde_json::from_str::<Value>(content).ok().and_then(|mut v| v.get_mut("global").map(Value::take))
@@ -58,17 +59,22 @@ pub fn parse_ruleset(user: &UserId, content: &str) -> Ruleset {
     if let Ok(rules) = serde_json::from_value::<Ruleset>(global.clone()) {
         return rules;
     }
+    use ruma::push::{ConditionalPushRule, PatternedPushRule, SimplePushRule};
     let usable = |kind: &str, rule: &Value| {
-        let id = rule["rule_id"].as_str().unwrap_or_default();
+        let rule = rule.clone();
         match kind {
-            "room" => ruma::RoomId::parse(id).is_ok(),
-            "sender" => UserId::parse(id).is_ok(),
-            _ => true,
+            "override" | "underride" => serde_json::from_value::<ConditionalPushRule>(rule).is_ok(),
+            "content" => serde_json::from_value::<PatternedPushRule>(rule).is_ok(),
+            "room" => serde_json::from_value::<SimplePushRule<ruma::OwnedRoomId>>(rule).is_ok(),
+            "sender" => serde_json::from_value::<SimplePushRule<OwnedUserId>>(rule).is_ok(),
+            _ => false,
         }
     };
-    for kind in ["room", "sender"] {
-        if let Some(rules) = global.get_mut(kind).and_then(Value::as_array_mut) {
-            rules.retain(|rule| usable(kind, rule));
+    if let Some(kinds) = global.as_object_mut() {
+        for (kind, rules) in kinds.iter_mut() {
+            if let Some(rules) = rules.as_array_mut() {
+                rules.retain(|rule| usable(kind, rule));
+            }
         }
     }
     serde_json::from_value::<Ruleset>(global).unwrap_or_else(|_| Ruleset::server_default(user))
@@ -285,5 +291,24 @@ mod tests {
         assert!(parsed.get(ruma::push::RuleKind::Override, ".m.rule.master").unwrap().enabled());
         let fallback = parse_ruleset(&u, "not json");
         assert!(!fallback.get(ruma::push::RuleKind::Override, ".m.rule.master").unwrap().enabled());
+    }
+
+    #[test]
+    fn an_unusable_stored_rule_is_left_out_not_the_set() {
+        let u = user("@b:x");
+        let mut rules = Ruleset::server_default(&u);
+        rules.set_enabled(ruma::push::RuleKind::Override, ".m.rule.master", true).unwrap();
+        let mut global = serde_json::to_value(&rules).unwrap();
+        global["override"].as_array_mut().unwrap().push(serde_json::json!({
+            "rule_id": "odd", "default": false, "enabled": true, "actions": [], "conditions": [{ "kind": "event_match" }],
+        }));
+        global["room"] = serde_json::json!([
+            { "rule_id": "#spam:example.com", "default": false, "enabled": true, "actions": [] },
+            { "rule_id": "!r:x", "default": false, "enabled": true, "actions": [] },
+        ]);
+        let parsed = parse_ruleset(&u, &serde_json::json!({ "global": global }).to_string());
+        assert!(parsed.get(ruma::push::RuleKind::Override, ".m.rule.master").unwrap().enabled());
+        assert!(parsed.get(ruma::push::RuleKind::Override, "odd").is_none());
+        assert!(parsed.get(ruma::push::RuleKind::Room, "!r:x").is_some(), "the usable room rule stays");
     }
 }

@@ -181,6 +181,7 @@ impl Db {
     ) -> Result<Vec<(String, i64)>> {
         let rows = sqlx::query(
             "SELECT user_id, pos FROM device_list_changes WHERE pos > $1 AND pos <= $2 AND user_id LIKE $3 \
+             AND own_only = 0 \
              ORDER BY pos LIMIT $4",
         )
         .bind(after)

@@ -424,6 +424,20 @@ impl Db {
         .await?)
     }
 
+    /// Records a change of `user_id`'s keys that only its own devices hear of (a new
+    /// user-signing key, a signature of another user's key): never listed to room mates nor
+    /// sent to other servers.
+    pub async fn record_own_device_list_change(&self, user_id: &str, pos: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO device_list_changes (user_id, pos, own_only) VALUES ($1, $2, 1) ON CONFLICT DO NOTHING",
+        )
+        .bind(user_id)
+        .bind(pos)
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
     /// Records that `user_id`'s device list changed: (device, position) pairs, `None` for a
     /// change not about one device (cross-signing keys, another server's user), in one
     /// transaction.
@@ -457,7 +471,7 @@ impl Db {
     ) -> Result<Vec<String>> {
         let sql = format!(
             "SELECT DISTINCT c.user_id FROM device_list_changes c WHERE c.pos > $2 AND c.pos <= $3 \
-             AND (c.user_id = $1 OR c.user_id IN ({ROOM_MATES})) ORDER BY c.user_id"
+             AND (c.user_id = $1 OR (c.own_only = 0 AND c.user_id IN ({ROOM_MATES}))) ORDER BY c.user_id"
         );
         Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
             .bind(user_id)

@@ -52,14 +52,23 @@ impl Db {
             .await?)
     }
 
-    /// Replaces a user's cached list with one fetched whole, known complete from `synced_pos`.
+    /// Replaces a user's cached list with one fetched whole, known complete from `synced_pos`;
+    /// false (nothing changed) if the cache is already further along its chain.
     pub async fn replace_remote_device_list(
         &self,
         user_id: &str,
         list: &RemoteDeviceList,
         synced_pos: i64,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let mut tx = self.locked_tx(&format!("rdl:{user_id}")).await?;
+        let cached: Option<i64> =
+            sqlx::query_scalar("SELECT stream_id FROM remote_device_lists WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if cached.is_some_and(|cached| cached > list.stream_id) {
+            return Ok(false);
+        }
         sqlx::query("DELETE FROM remote_devices WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
         sqlx::query(
             "INSERT INTO remote_device_lists (user_id, stream_id, synced_pos, master_key, self_signing_key) \
@@ -86,26 +95,26 @@ impl Db {
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// Applies one change to a cached list if the list still ends at `after` (the change's
-    /// prev_id); false if it does not (or the user is not cached): the caller resyncs.
+    /// prev_id); false if it does not (or the user is not cached): the caller resyncs. The
+    /// position the cache is known complete from stays: only a whole fetch moves it (a chain
+    /// cannot show what a server never sent while no room was shared).
     pub async fn apply_remote_device_update(
         &self,
         user_id: &str,
         after: i64,
         update: &RemoteDeviceUpdate,
-        synced_pos: i64,
     ) -> Result<bool> {
         let mut tx = self.locked_tx(&format!("rdl:{user_id}")).await?;
         let moved = sqlx::query(
-            "UPDATE remote_device_lists SET stream_id = $3, synced_pos = $4 WHERE user_id = $1 AND stream_id = $2",
+            "UPDATE remote_device_lists SET stream_id = $3 WHERE user_id = $1 AND stream_id = $2",
         )
         .bind(user_id)
         .bind(after)
         .bind(update.stream_id)
-        .bind(synced_pos)
         .execute(&mut *tx)
         .await?;
         if moved.rows_affected() == 0 {

@@ -65,14 +65,17 @@ async fn a_remote_list_changes_only_along_its_chain() {
         display_name: Some("phone".into()),
         keys: (!deleted).then(|| format!("{{\"k\":{stream_id}}}")),
     };
-    assert!(!db.apply_remote_device_update(carl, 0, &update("C1", 1, false), 5).await.unwrap(), "not cached");
+    assert!(!db.apply_remote_device_update(carl, 0, &update("C1", 1, false)).await.unwrap(), "not cached");
     let list = RemoteDeviceList { stream_id: 7, devices: vec![device("C1", "{}")], ..Default::default() };
-    db.replace_remote_device_list(carl, &list, 5).await.unwrap();
+    assert!(db.replace_remote_device_list(carl, &list, 5).await.unwrap());
     assert_eq!(db.remote_device_list_stream_id(carl).await.unwrap(), Some(7));
     // Not after 7: refused, nothing changes.
-    assert!(!db.apply_remote_device_update(carl, 6, &update("C2", 8, false), 9).await.unwrap());
-    assert!(db.apply_remote_device_update(carl, 7, &update("C2", 8, false), 9).await.unwrap());
-    assert!(db.apply_remote_device_update(carl, 8, &update("C1", 9, true), 9).await.unwrap());
+    assert!(!db.apply_remote_device_update(carl, 6, &update("C2", 8, false)).await.unwrap());
+    assert!(db.apply_remote_device_update(carl, 7, &update("C2", 8, false)).await.unwrap());
+    assert!(db.apply_remote_device_update(carl, 8, &update("C1", 9, true)).await.unwrap());
+    assert_eq!(db.remote_device_list_stream_id(carl).await.unwrap(), Some(9));
+    // A fetched list older than the cache does not replace it.
+    assert!(!db.replace_remote_device_list(carl, &list, 6).await.unwrap());
     assert_eq!(db.remote_device_list_stream_id(carl).await.unwrap(), Some(9));
     db.set_remote_cross_signing_keys(carl, Some("{\"m\":1}"), None).await.unwrap();
     assert!(!db.set_remote_cross_signing_keys("@nobody:there", Some("{}"), None).await.unwrap());

@@ -425,3 +425,34 @@ async fn concurrent_claims_never_hand_out_one_key_twice() {
     handed.dedup();
     assert_eq!(handed.len(), 5, "each key once");
 }
+
+/// A new user-signing key (others never see it) is news to its owner's devices only; a new
+/// master key is news to room mates too. The password stage in its pre-r0.4 form (`user`, no
+/// `identifier`) is taken, as Synapse takes it.
+#[tokio::test]
+async fn a_user_signing_key_is_news_to_its_owner_only() {
+    let server = TestServer::start().await;
+    let (alice, bob, _room) = server.pair().await;
+    let path = "/_matrix/client/v3/keys/device_signing/upload";
+    let (code, _) = server
+        .post(path, Some(&alice.token), json!({ "master_key": cross_key(&alice, "master", "M") }))
+        .await;
+    assert_eq!(code, 200);
+    let bob_since = server.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let alice_since = server.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let legacy_auth =
+        json!({ "type": "m.login.password", "user": alice.user_id, "password": alice.password });
+    let upload = json!({ "user_signing_key": cross_key(&alice, "user_signing", "U"), "auth": legacy_auth });
+    let (code, answer) = server.post(path, Some(&alice.token), upload).await;
+    assert_eq!(code, 200, "{answer}");
+    sync_until(&server, &alice, &alice_since, |s| lists(s, "changed").contains(&alice.user_id)).await;
+    let sync = server.sync(&bob, Some(&bob_since), 1000).await;
+    assert!(!lists(&sync, "changed").contains(&alice.user_id), "Bob is not told: {sync}");
+    let bob_since = sync["next_batch"].as_str().unwrap().to_owned();
+
+    let replace = json!({ "master_key": cross_key(&alice, "master", "M2"), "auth": {
+        "type": "m.login.password", "user": alice.user_id, "password": alice.password } });
+    let (code, answer) = server.post(path, Some(&alice.token), replace).await;
+    assert_eq!(code, 200, "{answer}");
+    sync_until(&server, &bob, &bob_since, |s| lists(s, "changed").contains(&alice.user_id)).await;
+}

@@ -133,4 +133,11 @@ async fn backups_keep_the_best_key_per_session_in_the_current_version() {
     assert_eq!(code, 200, "{answer}");
     let (_, info) = server.get(&format!("{v3}/version"), Some(&alice.token)).await;
     assert_eq!(info["auth_data"], "opaque", "{info}");
+    // Its keys' session_data is the algorithm's too: kept as sent.
+    let current = info["version"].as_str().unwrap().to_owned();
+    let key = json!({ "first_message_index": 0, "forwarded_count": 0, "is_verified": false, "session_data": "blob" });
+    let (code, answer) = server.put(&session_path(&current), Some(&alice.token), key).await;
+    assert_eq!(code, 200, "{answer}");
+    let (_, stored) = server.get(&session_path(&current), Some(&alice.token)).await;
+    assert_eq!(stored["session_data"], "blob", "{stored}");
 }

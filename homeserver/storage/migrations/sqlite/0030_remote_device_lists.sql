@@ -3,6 +3,9 @@
 -- Changes of this server's users' devices are sent as m.device_list_update whose prev_id is the
 -- user's previous device change (a chain the receiver checks).
 ALTER TABLE device_list_changes ADD COLUMN device_id TEXT;
+-- 1: a change only the user's own devices hear of (a new user-signing key, a signature of
+-- another user's key): not listed to room mates, not sent to other servers.
+ALTER TABLE device_list_changes ADD COLUMN own_only INTEGER NOT NULL DEFAULT 0;
 
 -- Other servers' users' device lists, cached while they share a room with a user of this
 -- server (their servers then send every change): the user's `stream_id` as their server
