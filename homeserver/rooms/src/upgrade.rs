@@ -2,7 +2,8 @@
 //! over the old one's settings, and a tombstone that points members of the old room to it.
 //!
 //! In order, as Synapse does it: the new room is created with `predecessor` in its create event,
-//! the old room's name, topic, avatar, join rules, history visibility, guest access, encryption,
+//! the old room's name, topic, avatar, join rules, history visibility, guest access (Synapse's
+//! `can_join` where the old room set none), encryption,
 //! server ACL, pinned events, space links and bans copied, and the upgrader temporarily raised so
 //! they may send all of it; then the old power levels are restored in the new room, the old room
 //! gets its `m.room.tombstone` and has chat restricted, and local aliases, the canonical alias and
@@ -146,15 +147,11 @@ impl Rooms {
         let request = CreateRoom {
             creator: user.to_owned(),
             version: Some(new_version),
-            preset: Some(
-                if join_rule.as_ref().and_then(|c| c.get("join_rule")).and_then(Value::as_str)
-                    == Some("public")
-                {
-                    Preset::PublicChat
-                } else {
-                    Preset::PrivateChat
-                },
-            ),
+            // As Synapse: the private preset, overridden by the copied state. The old room's
+            // join rules and history visibility always win; guest access, when the old room
+            // set none, is the preset's (`can_join`) — what Synapse's clients find after an
+            // upgrade.
+            preset: Some(Preset::PrivateChat),
             public,
             alias_localpart: None,
             name: None,
@@ -164,7 +161,7 @@ impl Rooms {
             initial_state,
             creation_content: Some(create_content),
             power_level_content_override: creation_power.as_object().cloned(),
-            apply_preset_state: false,
+            apply_preset_state: true,
         };
         let profile = self.profile_of(user).await?;
         let new_room = self.create_room(request, profile).await?;

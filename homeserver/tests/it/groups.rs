@@ -201,6 +201,8 @@ async fn upgrading_a_room_carries_it_over_and_tombstones_the_old_one() {
     assert_eq!(state(&server, &alice, &new, "m.room.name", "").await.1["name"], "Team");
     assert_eq!(state(&server, &alice, &new, "m.room.topic", "").await.1["topic"], "Announcements here");
     assert_eq!(state(&server, &alice, &new, "m.room.join_rules", "").await.1["join_rule"], "public");
+    // The old room set no guest access; the new one has Synapse's upgrade default.
+    assert_eq!(state(&server, &alice, &new, "m.room.guest_access", "").await.1["guest_access"], "can_join");
     assert_eq!(state(&server, &alice, &new, "m.room.pinned_events", "").await.1["pinned"], json!([notice]));
     assert_eq!(state(&server, &alice, &new, "m.room.member", &carol.user_id).await.1["membership"], "ban");
     let (_, power) = state(&server, &alice, &new, "m.room.power_levels", "").await;
