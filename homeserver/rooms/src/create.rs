@@ -48,8 +48,11 @@ pub struct CreateRoom {
     pub creation_content: Option<Map<String, Value>>,
     pub power_level_content_override: Option<Map<String, Value>>,
     /// Whether the preset's join rules, history visibility and guest access are sent when
-    /// `initial_state` lacks them (false for upgrades, which copy exactly what the old room had).
+    /// `initial_state` lacks them.
     pub apply_preset_state: bool,
+    /// The room id to take, for versions whose ids are random (an upgrade names the new room in
+    /// the old room's tombstone before creating it); taken already: `M_ROOM_IN_USE`.
+    pub room_id: Option<OwnedRoomId>,
 }
 
 /// What the creator's and invitees' member events show about them.
@@ -122,7 +125,8 @@ impl Rooms {
         let create_template =
             EventTemplate::state("m.room.create", "", &req.creator, Value::Object(create_content));
         let now = now_millis();
-        let (mut room_id, mut create_pdu) = self.build_create(&rules, &create_template, now)?;
+        let (mut room_id, mut create_pdu) =
+            self.build_create(&rules, &create_template, now, req.room_id.as_deref())?;
         let additional_creators: Vec<String> = create_pdu
             .content_value()
             .get("additional_creators")
@@ -294,11 +298,12 @@ impl Rooms {
                 Err(err)
                     if err.kind == ErrorKind::RoomInUse
                         && attempt < MAX_CREATE_ATTEMPTS
+                        && req.room_id.is_none()
                         && !self.any_alias_taken(&aliases).await? =>
                 {
                     attempt += 1;
                     let bumped = now + attempt * (1 + rand::random::<u64>() % 10);
-                    (room_id, create_pdu) = self.build_create(&rules, &create_template, bumped)?;
+                    (room_id, create_pdu) = self.build_create(&rules, &create_template, bumped, None)?;
                 }
                 Err(err) => return Err(err),
             }
@@ -327,19 +332,26 @@ impl Rooms {
         }
     }
 
-    /// The create event and the room id it names: a fresh random id for versions before 12,
-    /// the id derived from the event's reference hash from version 12.
+    /// A fresh random room id of this server (versions before 12).
+    pub fn random_room_id(&self) -> Result<OwnedRoomId, Error> {
+        RoomId::parse(format!("!{}:{}", random_string(18), self.server_name()))
+            .map_err(|e| Error::internal(e.to_string()))
+    }
+
+    /// The create event and the room id it names: `chosen` or a fresh random id for versions
+    /// before 12, the id derived from the event's reference hash from version 12.
     fn build_create(
         &self,
         rules: &RoomVersionRules,
         template: &EventTemplate,
         origin_server_ts: u64,
+        chosen: Option<&RoomId>,
     ) -> Result<(OwnedRoomId, Pdu), Error> {
         let room_id = match rules.room_id_format {
-            ruma::room_version_rules::RoomIdFormatVersion::V1 => Some(
-                RoomId::parse(format!("!{}:{}", random_string(18), self.server_name()))
-                    .map_err(|e| Error::internal(e.to_string()))?,
-            ),
+            ruma::room_version_rules::RoomIdFormatVersion::V1 => match chosen {
+                Some(id) => Some(id.to_owned()),
+                None => Some(self.random_room_id()?),
+            },
             _ => None,
         };
         let pdu = build_pdu(

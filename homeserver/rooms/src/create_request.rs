@@ -78,6 +78,7 @@ impl CreateRoom {
             creation_content: body.creation_content,
             power_level_content_override: body.power_level_content_override,
             apply_preset_state: true,
+            room_id: None,
         })
     }
 }

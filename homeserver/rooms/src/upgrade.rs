@@ -108,8 +108,17 @@ impl Rooms {
                 }
             }
         }
+        // Where room ids are random (before version 12), the new room's id is chosen first and
+        // the old room's tombstone names it before the new room exists, so the new room's
+        // `predecessor.event_id` is the tombstone — the old room's last event —, as Synapse
+        // does. From version 12 the id comes from the create event: the tombstone follows it.
+        let random_ids = new_rules.room_id_format == ruma::room_version_rules::RoomIdFormatVersion::V1;
+        let chosen_id = if random_ids { Some(self.random_room_id()?) } else { None };
         let mut predecessor = json!({ "room_id": old });
-        if !privileged_creators
+        if let Some(new_room) = &chosen_id {
+            let tombstone = self.send_tombstone(old, user, new_room).await?;
+            predecessor["event_id"] = json!(tombstone);
+        } else if !privileged_creators
             && let Some(last) = self
                 .db()
                 .latest_room_event(old.as_str(), StreamPos::new(i64::MAX))
@@ -162,9 +171,23 @@ impl Rooms {
             creation_content: Some(create_content),
             power_level_content_override: creation_power.as_object().cloned(),
             apply_preset_state: true,
+            room_id: chosen_id.clone(),
         };
         let profile = self.profile_of(user).await?;
-        let new_room = self.create_room(request, profile).await?;
+        let new_room = match self.create_room(request, profile).await {
+            Ok(new_room) => new_room,
+            Err(err) => {
+                // The tombstone named a room that never came to be: withdrawn (an empty
+                // tombstone replaces nothing), so the old room stays usable.
+                if chosen_id.is_some() {
+                    let withdrawn = self.send_state(old, user, "m.room.tombstone", "", json!({})).await;
+                    if let Err(undo) = withdrawn {
+                        tracing::warn!(room_id = %old, error = %undo.message, "could not withdraw a tombstone");
+                    }
+                }
+                return Err(err);
+            }
+        };
         // A restricted room that admitted members of itself now admits the new room's.
         if let Some(rules) = join_rule.and_then(|c| retarget_allow(c, old, &new_room)) {
             self.send_state(&new_room, user, "m.room.join_rules", "", rules).await?;
@@ -173,15 +196,10 @@ impl Rooms {
             self.send_state(&new_room, user, "m.room.power_levels", "", final_power).await?;
         }
 
-        // Point the old room at the new one and quieten it.
-        self.send_state(
-            old,
-            user,
-            "m.room.tombstone",
-            "",
-            json!({ "body": "This room has been replaced", "replacement_room": new_room }),
-        )
-        .await?;
+        // Point the old room at the new one (unless done already) and quieten it.
+        if chosen_id.is_none() {
+            self.send_tombstone(old, user, &new_room).await?;
+        }
         if let Some(mut restricted) = old_power {
             let users_default = restricted.get("users_default").and_then(Value::as_i64).unwrap_or(0);
             let level = (users_default + 1).max(50);
@@ -213,6 +231,14 @@ impl Rooms {
             self.db().set_room_published(old.as_str(), false).await.map_err(Error::from)?;
         }
         Ok(new_room)
+    }
+}
+
+impl Rooms {
+    /// The old room's `m.room.tombstone` naming its replacement; its event id.
+    async fn send_tombstone(&self, old: &RoomId, user: &UserId, new_room: &RoomId) -> Result<String, Error> {
+        let content = json!({ "body": "This room has been replaced", "replacement_room": new_room });
+        Ok(self.send_state(old, user, "m.room.tombstone", "", content).await?.to_string())
     }
 }
 

@@ -11,7 +11,8 @@ use crate::{
     testing::TestDatabase,
 };
 
-async fn fresh() -> (TestDatabase, Db) {
+/// A fresh database on the engine under test (shared by the storage test modules).
+pub(crate) async fn fresh() -> (TestDatabase, Db) {
     let tdb = TestDatabase::create().await;
     let db = Db::connect(&tdb.url).await.expect("connect");
     (tdb, db)

@@ -6,16 +6,9 @@
 use homeserver_core::streams::StreamPos;
 
 use crate::{
-    Db,
     remote_devices::{RemoteDevice, RemoteDeviceList, RemoteDeviceUpdate},
-    testing::TestDatabase,
+    tests::fresh,
 };
-
-async fn fresh() -> (TestDatabase, Db) {
-    let tdb = TestDatabase::create().await;
-    let db = Db::connect(&tdb.url).await.expect("connect");
-    (tdb, db)
-}
 
 #[tokio::test]
 async fn device_changes_chain_per_user_and_compaction_keeps_each_users_newest() {

@@ -5,16 +5,9 @@
 use homeserver_core::streams::StreamPos;
 
 use crate::{
-    Db,
     plugins::{DeadLetterRow, KvWrite},
-    testing::TestDatabase,
+    tests::fresh,
 };
-
-async fn fresh() -> (TestDatabase, Db) {
-    let tdb = TestDatabase::create().await;
-    let db = Db::connect(&tdb.url).await.expect("connect");
-    (tdb, db)
-}
 
 #[tokio::test]
 async fn kv_versions_compare_and_set_and_expiry() {

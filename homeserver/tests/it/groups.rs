@@ -212,6 +212,16 @@ async fn upgrading_a_room_carries_it_over_and_tombstones_the_old_one() {
     // The old room: tombstone, chat restricted to moderators, alias and listing moved.
     let (_, tombstone) = state(&server, &alice, &old, "m.room.tombstone", "").await;
     assert_eq!(tombstone["replacement_room"], new.as_str());
+    // The new room's predecessor names the tombstone, the old room's last word (as Synapse).
+    let (_, old_state) = server.get(&r(&old, "/state"), Some(&alice.token)).await;
+    let tombstone_id = old_state
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.room.tombstone")
+        .map(|e| e["event_id"].clone())
+        .unwrap();
+    assert_eq!(create["predecessor"]["event_id"], tombstone_id);
     let (status, _) = server
         .put(
             &r(&old, "/send/m.room.message/late"),

@@ -54,6 +54,7 @@ fn create_request(creator: &str, version: RoomVersionId) -> CreateRoom {
         creation_content: None,
         power_level_content_override: None,
         apply_preset_state: true,
+        room_id: None,
     }
 }
 
