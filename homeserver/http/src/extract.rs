@@ -300,9 +300,14 @@ fn parse_request<T: IncomingRequest>(parts: &Parts, body: &[u8], args: &[&str]) 
 /// Shapes ruma's parsers are known to mishandle, refused before they run. `POST /login` needs a
 /// string `type`: ruma's `LoginInfo` deserialiser indexes the key without checking it exists.
 fn precheck_body<T: IncomingRequest>(raw_body: &[u8]) -> Result<(), Error> {
-    let is_login = T::METHOD == http::Method::POST
-        && T::PATH_BUILDER.all_paths().any(|p| p.ends_with("/login") && p.starts_with("/_matrix/client/"));
-    if !is_login {
+    let client_post = |suffix: &str| {
+        T::METHOD == http::Method::POST
+            && T::PATH_BUILDER.all_paths().any(|p| p.ends_with(suffix) && p.starts_with("/_matrix/client/"))
+    };
+    if client_post("/upgrade") {
+        return precheck_upgrade(raw_body);
+    }
+    if !client_post("/login") {
         return Ok(());
     }
     #[derive(serde::Deserialize)]
@@ -314,6 +319,26 @@ fn precheck_body<T: IncomingRequest>(raw_body: &[u8]) -> Result<(), Error> {
         Ok(LoginType { kind: Some(serde_json::Value::String(_)) }) => Ok(()),
         Ok(_) => Err(Error::bad_json("login requires a string `type`")),
         Err(_) => Err(Error::bad_json("the login body must be a JSON object")),
+    }
+}
+
+/// A room upgrade to a version whose name is not even a room version's (`my_bad_version`) is
+/// an unsupported version, as Synapse answers, not a malformed body.
+fn precheck_upgrade(raw_body: &[u8]) -> Result<(), Error> {
+    #[derive(serde::Deserialize)]
+    struct Upgrade {
+        new_version: Option<serde_json::Value>,
+    }
+    match serde_json::from_slice::<Upgrade>(raw_body) {
+        Ok(Upgrade { new_version: Some(serde_json::Value::String(version)) })
+            if ruma::RoomVersionId::try_from(version.as_str()).is_err() =>
+        {
+            Err(Error::new(
+                ErrorKind::UnsupportedRoomVersion,
+                format!("room version {version} is not supported"),
+            ))
+        }
+        _ => Ok(()),
     }
 }
 
