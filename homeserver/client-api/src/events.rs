@@ -476,23 +476,27 @@ async fn messages(app: App, req: Ruma<get_message_events::v3::Request>) -> Resul
         RumaDirection::Backward => Direction::Backward,
         RumaDirection::Forward => Direction::Forward,
     };
-    let from = match req.body.from.as_deref() {
-        Some(t) => paging::parse(t)?,
-        None => match dir {
-            // A departed member pages back from where they left, as Synapse does.
-            Direction::Backward => Bound::Stream(
-                match app
-                    .db
-                    .membership(room_id.as_str(), session.user_id.as_str())
-                    .await
-                    .map_err(Error::from)?
-                {
-                    Some(m) if matches!(m.membership, MembershipState::Leave | MembershipState::Ban) => {
-                        m.stream_pos
-                    }
-                    _ => StreamPos::live(app.stream.current()),
-                },
-            ),
+    // A departed member pages back from where they left at the latest, as Synapse does: what
+    // came after is not theirs to see, and a page of it would come back empty.
+    let left_at = match dir {
+        Direction::Backward => app
+            .db
+            .membership(room_id.as_str(), session.user_id.as_str())
+            .await
+            .map_err(Error::from)?
+            .filter(|m| matches!(m.membership, MembershipState::Leave | MembershipState::Ban))
+            .map(|m| m.stream_pos),
+        Direction::Forward => None,
+    };
+    let from = match (req.body.from.as_deref(), left_at) {
+        (Some(t), Some(left)) => match paging::parse(t)? {
+            Bound::Stream(pos) if pos > left => Bound::Stream(left),
+            bound => bound,
+        },
+        (Some(t), None) => paging::parse(t)?,
+        (None, Some(left)) => Bound::Stream(left),
+        (None, None) => match dir {
+            Direction::Backward => Bound::Stream(StreamPos::live(app.stream.current())),
             Direction::Forward => Bound::Topo(paging::BEGINNING),
         },
     };

@@ -445,10 +445,20 @@ async fn history_visibility_is_enforced() {
     server.join(&bob, &shared).await;
     let (_, page) = server.get(&r(&shared, "/messages?dir=b&limit=50"), Some(&bob.token)).await;
     assert!(bodies(&page["chunk"]).contains(&"old news".to_owned()));
+    server.send_text(&alice, &shared, "while bob was here").await;
     server.post(&r(&shared, "/leave"), Some(&bob.token), json!({})).await;
     server.send_text(&alice, &shared, "secret after leave").await;
     let (_, page) = server.get(&r(&shared, "/messages?dir=b&limit=50"), Some(&bob.token)).await;
     assert!(!bodies(&page["chunk"]).contains(&"secret after leave".to_owned()));
+    // Paging back from a token after the leave starts at the leave: a short page still
+    // reaches what Bob saw (his leave, the last message before it).
+    for n in 0..3 {
+        server.send_text(&alice, &shared, &format!("later {n}")).await;
+    }
+    let now = server.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let path = r(&shared, &format!("/messages?dir=b&limit=2&from={now}"));
+    let (_, page) = server.get(&path, Some(&bob.token)).await;
+    assert_eq!(bodies(&page["chunk"]), vec!["while bob was here"], "{page}");
 }
 
 #[tokio::test]
