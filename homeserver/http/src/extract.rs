@@ -304,9 +304,6 @@ fn precheck_body<T: IncomingRequest>(raw_body: &[u8]) -> Result<(), Error> {
         T::METHOD == http::Method::POST
             && T::PATH_BUILDER.all_paths().any(|p| p.ends_with(suffix) && p.starts_with("/_matrix/client/"))
     };
-    if client_post("/upgrade") {
-        return precheck_upgrade(raw_body);
-    }
     if !client_post("/login") {
         return Ok(());
     }
@@ -380,6 +377,14 @@ where
         let token = access_token(&parts);
         let auth =
             T::Authentication::resolve(AuthRequest { token, parts: &parts, body: &raw_body }, state).await?;
+        // After authentication: a request without a token is a 401 whatever its body says.
+        let is_upgrade = T::METHOD == http::Method::POST
+            && T::PATH_BUILDER
+                .all_paths()
+                .any(|p| p.ends_with("/upgrade") && p.starts_with("/_matrix/client/"));
+        if is_upgrade {
+            precheck_upgrade(&raw_body)?;
+        }
 
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
         // Lax clients (matrix-nio) send no body at all where every field is optional; Synapse

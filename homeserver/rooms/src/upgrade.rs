@@ -7,7 +7,9 @@
 //! server ACL, pinned events, space links and bans copied, and the upgrader temporarily raised so
 //! they may send all of it; then the old power levels are restored in the new room, the old room
 //! gets its `m.room.tombstone` and has chat restricted, and local aliases, the canonical alias and
-//! the directory listing move to the new room.
+//! the directory listing move to the new room. Before version 12 (random room ids) the tombstone
+//! comes first instead, naming the chosen id, so `predecessor.event_id` can name it; it is
+//! withdrawn with an empty tombstone if the new room then fails to be created.
 
 use homeserver_core::{Error, ErrorKind, streams::StreamPos};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId};

@@ -195,6 +195,9 @@ async fn upgrading_a_room_carries_it_over_and_tombstones_the_old_one() {
             "{unknown}"
         );
     }
+    let (status, _) =
+        server.post(&r(&old, "/upgrade"), None, json!({ "new_version": "my_bad_version" })).await;
+    assert_eq!(status, 401, "no token: 401 before the body is judged");
 
     let (status, body) = upgrade(&server, &old, &alice, "11").await;
     assert_eq!(status, 200, "{body}");
